@@ -1,0 +1,123 @@
+//! The sequential model of one key: an optional value, interned to a small
+//! integer so that states are cheap to compare, copy and hash.
+
+use std::collections::HashMap;
+
+/// The state of one key: [`ABSENT`] or `1 + ` the index of an interned value.
+pub(crate) type StateId = u32;
+
+/// The key is absent (the initial state).
+pub(crate) const ABSENT: StateId = 0;
+
+/// What an operation does to, and requires of, the state of its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Effect {
+    /// Put (of a value) or Delete (of [`ABSENT`]): sets the state, always succeeds.
+    Write(StateId),
+    /// Get that observed this state.
+    Read(StateId),
+    /// Compare-and-swap; `swapped` is what the client saw, None if Unknown.
+    Cas {
+        expected: StateId,
+        new: StateId,
+        swapped: Option<bool>,
+    },
+}
+
+impl Effect {
+    /// Applies the operation to `state`: the next state, or None if the
+    /// operation could not have produced its observed outcome from `state`.
+    pub(crate) fn apply(self, state: StateId) -> Option<StateId> {
+        match self {
+            Effect::Write(value) => Some(value),
+            Effect::Read(observed) => (observed == state).then_some(state),
+            Effect::Cas {
+                expected,
+                new,
+                swapped,
+            } => {
+                let holds = expected == state;
+                match swapped {
+                    Some(saw) if saw != holds => None,
+                    _ if holds => Some(new),
+                    _ => Some(state),
+                }
+            }
+        }
+    }
+
+    /// True for Put and Delete, which set the state whatever it was.
+    pub(crate) fn is_unconditional_write(self) -> bool {
+        matches!(self, Effect::Write(_))
+    }
+}
+
+/// Interns the values of one key.
+#[derive(Default)]
+pub(crate) struct Values<'a> {
+    ids: HashMap<&'a [u8], StateId>,
+    bytes: Vec<&'a [u8]>,
+}
+
+impl<'a> Values<'a> {
+    /// The state id of `value` (None = absent), interning it if new.
+    pub(crate) fn intern(&mut self, value: Option<&'a [u8]>) -> StateId {
+        let Some(value) = value else {
+            return ABSENT;
+        };
+        if let Some(&id) = self.ids.get(value) {
+            return id;
+        }
+        self.bytes.push(value);
+        let id = StateId::try_from(self.bytes.len()).expect("more than 2^32 distinct values");
+        self.ids.insert(value, id);
+        id
+    }
+
+    /// The value a state id stands for (None = absent).
+    pub(crate) fn get(&self, id: StateId) -> Option<&'a [u8]> {
+        (id != ABSENT).then(|| self.bytes[id as usize - 1])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_and_read() {
+        assert_eq!(Effect::Write(3).apply(ABSENT), Some(3));
+        assert_eq!(Effect::Write(ABSENT).apply(3), Some(ABSENT));
+        assert_eq!(Effect::Read(3).apply(3), Some(3));
+        assert_eq!(Effect::Read(3).apply(2), None);
+        assert_eq!(Effect::Read(ABSENT).apply(ABSENT), Some(ABSENT));
+    }
+
+    #[test]
+    fn cas() {
+        let cas = |swapped| Effect::Cas {
+            expected: 1,
+            new: 2,
+            swapped,
+        };
+        assert_eq!(cas(Some(true)).apply(1), Some(2));
+        assert_eq!(cas(Some(true)).apply(3), None);
+        assert_eq!(cas(Some(false)).apply(1), None);
+        assert_eq!(cas(Some(false)).apply(3), Some(3));
+        assert_eq!(cas(None).apply(1), Some(2));
+        assert_eq!(cas(None).apply(3), Some(3));
+    }
+
+    #[test]
+    fn interning() {
+        let mut values = Values::default();
+        assert_eq!(values.intern(None), ABSENT);
+        let a = values.intern(Some(b"a"));
+        let b = values.intern(Some(b"b"));
+        assert_ne!(a, b);
+        assert_ne!(a, ABSENT);
+        assert_eq!(values.intern(Some(b"a")), a);
+        assert_eq!(values.get(a), Some(&b"a"[..]));
+        assert_eq!(values.get(ABSENT), None);
+    }
+}
