@@ -65,8 +65,10 @@
 //! * For a violation the report names the key, its operations and the longest
 //!   linearizable prefix the search found; it is not a minimal counterexample.
 
+mod bitset;
 mod cache;
 mod display;
+mod links;
 mod model;
 mod partition;
 mod report;

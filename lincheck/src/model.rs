@@ -46,6 +46,19 @@ impl Effect {
         }
     }
 
+    /// True for operations that never change the state: Gets and Cas that
+    /// reported `Swapped(false)`.
+    pub(crate) fn is_read_only(self) -> bool {
+        matches!(
+            self,
+            Effect::Read(_)
+                | Effect::Cas {
+                    swapped: Some(false),
+                    ..
+                }
+        )
+    }
+
     /// True for Put and Delete, which set the state whatever it was.
     pub(crate) fn is_unconditional_write(self) -> bool {
         matches!(self, Effect::Write(_))
@@ -106,6 +119,22 @@ mod tests {
         assert_eq!(cas(Some(false)).apply(3), Some(3));
         assert_eq!(cas(None).apply(1), Some(2));
         assert_eq!(cas(None).apply(3), Some(3));
+    }
+
+    #[test]
+    fn classification() {
+        assert!(Effect::Read(1).is_read_only());
+        assert!(!Effect::Read(1).is_unconditional_write());
+        assert!(Effect::Write(1).is_unconditional_write());
+        assert!(!Effect::Write(1).is_read_only());
+        for swapped in [None, Some(true)] {
+            let cas = Effect::Cas {
+                expected: 0,
+                new: 1,
+                swapped,
+            };
+            assert!(!cas.is_read_only() && !cas.is_unconditional_write());
+        }
     }
 
     #[test]

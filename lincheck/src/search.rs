@@ -12,11 +12,16 @@
 //!
 //! Rules that only skip redundant work (each skipped linearization has an
 //! equivalent one that is still tried):
+//! * a read-only operation (a Get, or a Cas that did not swap) that fits the
+//!   current state is linearized at once, without trying alternatives: in
+//!   any linearization from here it could be moved to the front;
 //! * an Unknown operation is applied only if it changes the state (otherwise
 //!   it might as well never have happened);
 //! * after an Unknown operation, the next Unknown one applied before a
 //!   completed operation is a Cas, not a Put or Delete (which would overwrite
-//!   whatever the first did, so the first is not needed);
+//!   whatever the first did, so the first is not needed), and the next
+//!   completed operation is not a Put or Delete either (which would overwrite
+//!   the Unknown ones, so they are not needed);
 //! * of several pending Unknown operations with the same effect, only the one
 //!   invoked last is tried (the earlier ones can stand in for it anywhere);
 //! * a node covered by a failed node (see [`FailedCache`]) is not explored.
@@ -68,6 +73,11 @@ struct Event {
 /// The next candidate to try at the current node.
 #[derive(Clone, Copy)]
 enum Cursor {
+    /// A read-only completed operation (by rank) that fits the state: the
+    /// only candidate of the node.
+    Forced(u32),
+    /// Every candidate of the node has been tried.
+    Exhausted,
     /// An event of the completed-operation list.
     Completed(u32),
     /// A node of the unknown-operation list; `bound` is the time of the
@@ -78,7 +88,8 @@ enum Cursor {
 /// How the current node was reached from its parent.
 #[derive(Clone, Copy)]
 enum Choice {
-    Completed { rank: u32 },
+    /// `forced`: the operation was the node's only candidate.
+    Completed { rank: u32, forced: bool },
     Unknown { id: u32, bound: u64 },
 }
 
@@ -217,9 +228,16 @@ impl<'h> Search<'h> {
             return SearchResult::Linearizable;
         }
         self.best.blocked = self.blocking_operation();
-        let mut cursor = Cursor::Completed(self.event_list.first());
+        let mut cursor = self.node_start();
         loop {
             let next = match cursor {
+                Cursor::Forced(rank) => match self.try_completed(rank, true) {
+                    Attempt::Descended => Some(self.node_start()),
+                    Attempt::Rejected => None,
+                    Attempt::Linearizable => return SearchResult::Linearizable,
+                    Attempt::OutOfBudget => return self.out_of_budget(),
+                },
+                Cursor::Exhausted => None,
                 Cursor::Completed(event_id) => {
                     let event = self.events[event_id as usize];
                     if event.is_return {
@@ -230,8 +248,8 @@ impl<'h> Search<'h> {
                             bound: event.time,
                         })
                     } else {
-                        match self.try_completed(event.rank) {
-                            Attempt::Descended => Some(Cursor::Completed(self.event_list.first())),
+                        match self.try_completed(event.rank, false) {
+                            Attempt::Descended => Some(self.node_start()),
                             Attempt::Rejected => Some(Cursor::Completed(self.event_list.next(event_id))),
                             Attempt::Linearizable => return SearchResult::Linearizable,
                             Attempt::OutOfBudget => return self.out_of_budget(),
@@ -241,7 +259,7 @@ impl<'h> Search<'h> {
                 Cursor::Unknown { id, bound } => {
                     if id != self.unknown_list.tail() && self.unknown_op(id).invoke <= bound {
                         match self.try_unknown(id, bound) {
-                            Attempt::Descended => Some(Cursor::Completed(self.event_list.first())),
+                            Attempt::Descended => Some(self.node_start()),
                             Attempt::Rejected => Some(Cursor::Unknown {
                                 id: self.unknown_list.next(id),
                                 bound,
@@ -270,13 +288,32 @@ impl<'h> Search<'h> {
         &self.ops[self.unknown[id as usize - 1]]
     }
 
-    fn try_completed(&mut self, rank: u32) -> Attempt {
-        let op = &self.ops[self.completed[rank as usize]];
-        let Some(next_state) = op.effect.apply(self.state) else {
+    /// The first cursor of a node just entered.
+    fn node_start(&self) -> Cursor {
+        let mut event_id = self.event_list.first();
+        loop {
+            let event = self.events[event_id as usize];
+            if event.is_return {
+                return Cursor::Completed(self.event_list.first());
+            }
+            let effect = self.ops[self.completed[event.rank as usize]].effect;
+            if effect.is_read_only() && effect.apply(self.state).is_some() {
+                return Cursor::Forced(event.rank);
+            }
+            event_id = self.event_list.next(event_id);
+        }
+    }
+
+    fn try_completed(&mut self, rank: u32, forced: bool) -> Attempt {
+        let effect = self.ops[self.completed[rank as usize]].effect;
+        if self.after_unknown && effect.is_unconditional_write() {
+            return Attempt::Rejected;
+        }
+        let Some(next_state) = effect.apply(self.state) else {
             return Attempt::Rejected;
         };
         let frame = Frame {
-            choice: Choice::Completed { rank },
+            choice: Choice::Completed { rank, forced },
             state: self.state,
             after_unknown: self.after_unknown,
         };
@@ -338,6 +375,11 @@ impl<'h> Search<'h> {
             return Attempt::Rejected;
         }
         self.explored += 1;
+        if std::env::var("LC_DEBUG").is_ok() {
+            let u: u32 = self.applied.words().iter().map(|w| w.count_ones()).sum();
+            let d = self.completed.len() - self.remaining;
+            if self.explored % 100000 == 0 { eprintln!("explored {} |U|={} depth={} after_unknown={} stack={}", self.explored, u, d, self.after_unknown, self.stack.len()); }
+        }
         if self.explored > self.budget {
             return Attempt::OutOfBudget;
         }
@@ -363,7 +405,8 @@ impl<'h> Search<'h> {
             .insert(&self.key_scratch, self.applied.words(), self.after_unknown);
         self.undo(&frame);
         Some(match frame.choice {
-            Choice::Completed { rank } => {
+            Choice::Completed { forced: true, .. } => Cursor::Exhausted,
+            Choice::Completed { rank, .. } => {
                 Cursor::Completed(self.event_list.next(self.call_event[rank as usize]))
             }
             Choice::Unknown { id, bound } => Cursor::Unknown {
@@ -375,7 +418,7 @@ impl<'h> Search<'h> {
 
     fn undo(&mut self, frame: &Frame) {
         match frame.choice {
-            Choice::Completed { rank } => {
+            Choice::Completed { rank, .. } => {
                 self.event_list.unlift(self.return_event[rank as usize]);
                 self.event_list.unlift(self.call_event[rank as usize]);
                 self.linearized.remove(rank as usize);
@@ -415,7 +458,7 @@ impl<'h> Search<'h> {
 
     fn position(&self, choice: Choice) -> usize {
         match choice {
-            Choice::Completed { rank } => self.completed[rank as usize],
+            Choice::Completed { rank, .. } => self.completed[rank as usize],
             Choice::Unknown { id, .. } => self.unknown[id as usize - 1],
         }
     }

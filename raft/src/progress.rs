@@ -121,6 +121,14 @@ impl Progress {
 
     /// A rejection of the Append after `rejected`; `match_hint` is where the
     /// follower's log may match. Returns false when the rejection is stale.
+    /// Frees the oldest in-flight slot if the window is full (a heartbeat
+    /// answered, so the follower is alive even if Append answers were lost).
+    pub fn free_first_inflight(&mut self) {
+        if self.state == ProgressState::Replicate && self.inflights.len() >= self.max_inflight {
+            self.inflights.pop_front();
+        }
+    }
+
     pub fn maybe_decrease_to(&mut self, rejected: Index, match_hint: Index) -> bool {
         if self.state == ProgressState::Replicate {
             if rejected <= self.matched {

@@ -600,6 +600,9 @@ impl<S: Storage> Raft<S> {
                 };
                 pr.recent_active = true;
                 pr.probe_sent = false;
+                // Appends or their answers may have been lost: let one more through,
+                // so a full window cannot stall replication forever.
+                pr.free_first_inflight();
                 if read_round > self.read_only.last_round() {
                     return Err(invalid(
                         &m,

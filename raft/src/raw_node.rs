@@ -316,6 +316,12 @@ impl<S: Storage> RawNode<S> {
         &mut self.raft.log.storage
     }
 
+    /// Stops the node, keeping only what storage made durable (a crash, for
+    /// simulation, or a clean shutdown).
+    pub fn into_storage(self) -> S {
+        self.raft.log.storage
+    }
+
     pub fn check_invariants(&self) {
         self.raft.check_invariants();
     }

@@ -214,19 +214,39 @@ impl Storage for MemStorage {
 impl StorageWrite for MemStorage {
     fn write(&mut self, write: &LogWrite) -> Result<(), StorageError> {
         // Validate everything first so a failed write changes nothing.
-        let mut next = self.clone();
-        if let Some(snap) = &write.snapshot {
-            if snap.metadata.index < next.snapshot.metadata.index {
-                return Err(StorageError::SnapshotOutOfDate);
+        let (base, base_last) = match &write.snapshot {
+            Some(snap) if snap.metadata.index < self.snapshot.metadata.index => {
+                return Err(StorageError::SnapshotOutOfDate)
             }
-            next.entries.clear();
-            next.snapshot = snap.clone();
+            Some(snap) => (snap.metadata.index, snap.metadata.index),
+            None => (self.snapshot.metadata.index, self.last_index_now()),
+        };
+        if let Some(first) = write.entries.first() {
+            if first.index <= base || first.index > base_last.next() {
+                return Err(StorageError::Fatal(format!(
+                    "append at {} does not fit a log covering ({base}, {base_last}]",
+                    first.index
+                )));
+            }
+            if write
+                .entries
+                .iter()
+                .enumerate()
+                .any(|(i, e)| e.index.0 != first.index.0 + i as u64)
+            {
+                return Err(StorageError::Fatal(
+                    "entries to append are not contiguous".into(),
+                ));
+            }
         }
-        next.append_entries(&write.entries)?;
+        if let Some(snap) = &write.snapshot {
+            self.entries.clear();
+            self.snapshot = snap.clone();
+        }
+        self.append_entries(&write.entries)?;
         if let Some(hs) = write.hard_state {
-            next.hard_state = hs;
+            self.hard_state = hs;
         }
-        *self = next;
         Ok(())
     }
 
