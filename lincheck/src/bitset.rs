@@ -33,7 +33,11 @@ impl Bitset {
     /// (empty if there is none at or after it).
     pub(crate) fn words_from(&self, from: usize) -> &[u64] {
         let lo = from / 64;
-        let hi = self.words.iter().rposition(|&w| w != 0).map_or(0, |i| i + 1);
+        let hi = self
+            .words
+            .iter()
+            .rposition(|&w| w != 0)
+            .map_or(0, |i| i + 1);
         &self.words[lo..hi.max(lo)]
     }
 }

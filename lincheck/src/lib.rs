@@ -21,6 +21,28 @@
 //! invocation, or never; operations that definitely failed
 //! ([`Outcome::Failed`]) are ignored, as are `Get`s with unknown outcome.
 //!
+//! ```
+//! use nod_lincheck::{check, Op, Operation, Outcome, Verdict};
+//!
+//! let op = |client, invoke, complete, op, outcome| Operation { client, invoke, complete, op, outcome };
+//! let key = b"k".to_vec();
+//! let history = [
+//!     op(0, 0, 10, Op::Put { key: key.clone(), value: b"a".to_vec() }, Outcome::Done),
+//!     op(1, 20, 30, Op::Put { key: key.clone(), value: b"b".to_vec() }, Outcome::Done),
+//!     // A stale read: "a" was overwritten before this Get began.
+//!     op(2, 40, 50, Op::Get { key: key.clone() }, Outcome::Read(Some(b"a".to_vec()))),
+//! ];
+//! match check(&history) {
+//!     Verdict::Violation { key, operations, message } => {
+//!         assert_eq!(key, b"k");
+//!         assert_eq!(operations, [0, 1, 2]);
+//!         println!("{message}");
+//!     }
+//!     other => panic!("{other:?}"),
+//! }
+//! assert_eq!(check(&history[..2]), Verdict::Linearizable);
+//! ```
+//!
 //! # Algorithm
 //!
 //! The checker is the Wing & Gong search with the memoization of Lowe
@@ -37,27 +59,32 @@
 //!   the model accepts its outcome; the search lifts it out of the list and
 //!   descends, and backtracks when the first pending return is reached.
 //! * **Memoization.** A search node is determined by the set of linearized
-//!   operations (a bitset) and the model state (values are interned to small
-//!   integers). Nodes whose subtree held no linearization are cached and
-//!   never explored again.
+//!   operations (a bitset, stored from the first unlinearized operation on)
+//!   and the model state (values are interned to small integers). Nodes whose
+//!   subtree held no linearization are cached and never explored again.
 //! * **Unknown operations.** Their return is at +infinity, so they never
 //!   block the search and the search succeeds once every *completed*
-//!   operation is linearized. To keep them from multiplying the search space
-//!   the search only applies them when they change the state, applies at most
-//!   one unconditional write between two completed operations, prefers the
-//!   latest-invoked of several identical pending ones, and treats a failed
-//!   node as also covering every node that differs only by having used *more*
-//!   unknown operations. Each of these rules only discards linearizations that
-//!   have an equivalent the search still considers, so the check stays exact.
+//!   operation is linearized (the unused ones never took effect).
+//! * **Reductions.** Each of these only skips linearizations that have an
+//!   equivalent the search still tries, so the check stays exact:
+//!   a Get (or non-swapping Cas) that fits the current state is linearized
+//!   at once without branching; values that no operation reads or expects
+//!   share one model state; Unknown operations are applied only when they
+//!   change the state, at most one Put/Delete per run of them, and only
+//!   right before a completed Get or Cas; of identical pending Unknown
+//!   operations only the latest-invoked is tried and the memo counts, rather
+//!   than names, the ones used; and a failed node also rules out every node
+//!   that differs only by having used *more* Unknown operations. See
+//!   `src/search.rs` for the arguments.
 //!
 //! # Limits
 //!
 //! * Deciding linearizability is NP-complete; the search is exponential in
-//!   the worst case (in practice in the number of operations that are
-//!   concurrent at one moment on one key, and in the number of unknown
-//!   operations). Each key has a budget of search states
-//!   ([`Checker::with_budget`]); running out yields [`Verdict::Inconclusive`],
-//!   never a silent pass.
+//!   the worst case: in practice in the number of operations concurrent at
+//!   one moment on one key, and in the number of Unknown operations on a key
+//!   that could explain the same observation. Each key has a budget of
+//!   search states ([`Checker::with_budget`]); running out yields
+//!   [`Verdict::Inconclusive`], never a silent pass.
 //! * Only the key-value model above is supported, and operations touch a
 //!   single key each (no transactions or multi-key reads).
 //! * Timestamps must come from one clock (or be conservatively widened), as
@@ -156,7 +183,10 @@ pub enum Verdict {
         message: String,
     },
     /// The search exceeded its budget for this key (report, don't silently pass).
-    Inconclusive { key: Key, explored: u64 },
+    Inconclusive {
+        key: Key,
+        explored: u64,
+    },
 }
 
 impl Verdict {

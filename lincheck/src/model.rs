@@ -66,30 +66,38 @@ impl Effect {
 }
 
 /// Interns the values of one key.
-#[derive(Default)]
+///
+/// Only values that some operation compares the state with (a value a Get
+/// returned, or a Cas `expected`) get a state of their own. Every other
+/// value, never read and never expected, behaves exactly like any other such
+/// value (every comparison with the state comes out unequal), so all of them
+/// share the state [`ANONYMOUS`]. This merges search states and makes
+/// Unknown writes of such values interchangeable.
 pub(crate) struct Values<'a> {
     ids: HashMap<&'a [u8], StateId>,
-    bytes: Vec<&'a [u8]>,
 }
 
+/// Any value that no operation compares the state with.
+pub(crate) const ANONYMOUS: StateId = 1;
+
 impl<'a> Values<'a> {
-    /// The state id of `value` (None = absent), interning it if new.
-    pub(crate) fn intern(&mut self, value: Option<&'a [u8]>) -> StateId {
-        let Some(value) = value else {
-            return ABSENT;
-        };
-        if let Some(&id) = self.ids.get(value) {
-            return id;
+    /// Interning for a key whose operations compare the state with
+    /// `observed` values.
+    pub(crate) fn new(observed: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut ids = HashMap::new();
+        for value in observed {
+            let next = StateId::try_from(ids.len() + 2).expect("more than 2^32 distinct values");
+            ids.entry(value).or_insert(next);
         }
-        self.bytes.push(value);
-        let id = StateId::try_from(self.bytes.len()).expect("more than 2^32 distinct values");
-        self.ids.insert(value, id);
-        id
+        Values { ids }
     }
 
-    /// The value a state id stands for (None = absent).
-    pub(crate) fn get(&self, id: StateId) -> Option<&'a [u8]> {
-        (id != ABSENT).then(|| self.bytes[id as usize - 1])
+    /// The state of `value` (None = absent).
+    pub(crate) fn intern(&self, value: Option<&[u8]>) -> StateId {
+        match value {
+            None => ABSENT,
+            Some(value) => self.ids.get(value).copied().unwrap_or(ANONYMOUS),
+        }
     }
 }
 
@@ -139,14 +147,13 @@ mod tests {
 
     #[test]
     fn interning() {
-        let mut values = Values::default();
+        let values = Values::new([&b"a"[..], b"b", b"a"]);
         assert_eq!(values.intern(None), ABSENT);
         let a = values.intern(Some(b"a"));
         let b = values.intern(Some(b"b"));
-        assert_ne!(a, b);
-        assert_ne!(a, ABSENT);
+        assert!(a != b && a != ABSENT && a != ANONYMOUS && b != ABSENT && b != ANONYMOUS);
         assert_eq!(values.intern(Some(b"a")), a);
-        assert_eq!(values.get(a), Some(&b"a"[..]));
-        assert_eq!(values.get(ABSENT), None);
+        assert_eq!(values.intern(Some(b"x")), ANONYMOUS);
+        assert_eq!(values.intern(Some(b"y")), ANONYMOUS);
     }
 }

@@ -22,51 +22,71 @@ pub(crate) struct KeyOp {
 pub(crate) struct KeyHistory<'a> {
     pub(crate) key: &'a [u8],
     pub(crate) ops: Vec<KeyOp>,
-    pub(crate) values: Values<'a>,
 }
 
 /// Splits `history` (already validated) by key, in order of each key's first
 /// appearance. Failed operations and Unknown Gets are dropped; a key whose
 /// operations were all dropped has no sub-history.
 pub(crate) fn partition(history: &[Operation]) -> Vec<KeyHistory<'_>> {
-    let mut by_key: Vec<KeyHistory<'_>> = Vec::new();
+    let mut keys: Vec<(&[u8], Vec<usize>)> = Vec::new();
     let mut position: HashMap<&[u8], usize> = HashMap::new();
     for (index, operation) in history.iter().enumerate() {
-        let known = match (&operation.op, &operation.outcome) {
-            (_, Outcome::Failed) | (Op::Get { .. }, Outcome::Unknown) => continue,
-            (_, Outcome::Unknown) => false,
-            _ => true,
-        };
+        if is_dropped(operation) {
+            continue;
+        }
         let key = operation.op.key();
         let slot = *position.entry(key).or_insert_with(|| {
-            by_key.push(KeyHistory {
-                key,
-                ops: Vec::new(),
-                values: Values::default(),
-            });
-            by_key.len() - 1
+            keys.push((key, Vec::new()));
+            keys.len() - 1
         });
-        let key_history = &mut by_key[slot];
-        let effect = effect(operation, &mut key_history.values);
-        key_history.ops.push(KeyOp {
-            index,
-            invoke: operation.invoke,
-            complete: known.then_some(operation.complete),
-            effect,
-        });
+        keys[slot].1.push(index);
     }
-    for key_history in &mut by_key {
-        key_history.ops.sort_by_key(|op| (op.invoke, op.index));
-    }
-    by_key
+    keys.into_iter()
+        .map(|(key, indices)| key_history(history, key, indices))
+        .collect()
 }
 
-/// The effect of a validated, non-Failed operation that is not an Unknown Get.
-fn effect<'a>(operation: &'a Operation, values: &mut Values<'a>) -> Effect {
+fn is_dropped(operation: &Operation) -> bool {
+    matches!(
+        (&operation.op, &operation.outcome),
+        (_, Outcome::Failed) | (Op::Get { .. }, Outcome::Unknown)
+    )
+}
+
+fn key_history<'a>(history: &'a [Operation], key: &'a [u8], indices: Vec<usize>) -> KeyHistory<'a> {
+    let observed = indices
+        .iter()
+        .filter_map(|&i| match (&history[i].op, &history[i].outcome) {
+            (Op::Get { .. }, Outcome::Read(value)) => value.as_deref(),
+            (Op::Cas { expected, .. }, _) => expected.as_deref(),
+            _ => None,
+        });
+    let values = Values::new(observed);
+    let mut ops: Vec<KeyOp> = indices
+        .into_iter()
+        .map(|index| {
+            let operation = &history[index];
+            let known = operation.outcome != Outcome::Unknown;
+            KeyOp {
+                index,
+                invoke: operation.invoke,
+                complete: known.then_some(operation.complete),
+                effect: effect(operation, &values),
+            }
+        })
+        .collect();
+    ops.sort_by_key(|op| (op.invoke, op.index));
+    KeyHistory { key, ops }
+}
+
+/// The effect of a validated operation that is not dropped.
+fn effect(operation: &Operation, values: &Values<'_>) -> Effect {
     match (&operation.op, &operation.outcome) {
         (Op::Put { value, .. }, _) => Effect::Write(values.intern(Some(value))),
         (Op::Delete { .. }, _) => Effect::Write(values.intern(None)),
-        (Op::Get { .. }, Outcome::Read(observed)) => Effect::Read(values.intern(observed.as_deref())),
+        (Op::Get { .. }, Outcome::Read(observed)) => {
+            Effect::Read(values.intern(observed.as_deref()))
+        }
         (Op::Cas { expected, new, .. }, outcome) => Effect::Cas {
             expected: values.intern(expected.as_deref()),
             new: values.intern(Some(new)),

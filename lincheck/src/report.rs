@@ -5,7 +5,7 @@ use std::fmt::Write;
 use crate::display::{Bytes, MaybeBytes};
 use crate::partition::KeyHistory;
 use crate::search::Failure;
-use crate::Operation;
+use crate::{Op, Operation};
 
 /// How many operations at the end of the longest prefix are listed.
 const PREFIX_TAIL: usize = 10;
@@ -31,9 +31,10 @@ pub(crate) fn violation_message(
     let mut message = String::new();
     let _ = write!(
         message,
-        "key {} is not linearizable ({completed} completed and {unknown} unknown operations; \
+        "key {} is not linearizable ({completed} completed and {unknown} unknown {}; \
          {} search states explored). ",
         Bytes(key_history.key),
+        plural(unknown, "operation"),
         failure.explored,
     );
     let _ = write!(
@@ -42,12 +43,16 @@ pub(crate) fn violation_message(
     );
     let prefix_unknown = failure.prefix.len() - prefix_completed;
     if prefix_unknown > 0 {
-        let _ = write!(message, " (and {prefix_unknown} unknown ones)");
+        let _ = write!(
+            message,
+            " (plus {prefix_unknown} unknown {})",
+            plural(prefix_unknown, "operation")
+        );
     }
     let _ = write!(
         message,
         ", leaving the value {}",
-        MaybeBytes(key_history.values.get(failure.state))
+        MaybeBytes(replay(history, key_history, &failure.prefix))
     );
     if failure.prefix.is_empty() {
         message.push_str(" (the initial state).");
@@ -60,8 +65,39 @@ pub(crate) fn violation_message(
     }
     let _ = write!(
         message,
-        "\nAfter it, no order of the pending operations places\n  {}\nbefore its completion.",
+        "\nNo extension of it linearizes\n  {}\nwithin that operation's interval.",
         line(failure.blocked)
     );
     message
+}
+
+/// The value of the key after executing `prefix` (positions in the key's
+/// operations) in order.
+fn replay<'a>(
+    history: &'a [Operation],
+    key_history: &KeyHistory<'_>,
+    prefix: &[usize],
+) -> Option<&'a [u8]> {
+    let mut state: Option<&[u8]> = None;
+    for &position in prefix {
+        match &history[key_history.ops[position].index].op {
+            Op::Put { value, .. } => state = Some(value),
+            Op::Delete { .. } => state = None,
+            Op::Get { .. } => {}
+            Op::Cas { expected, new, .. } => {
+                if state == expected.as_deref() {
+                    state = Some(new);
+                }
+            }
+        }
+    }
+    state
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        word.to_string()
+    } else {
+        format!("{word}s")
+    }
 }

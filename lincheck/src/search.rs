@@ -24,7 +24,18 @@
 //!   the Unknown ones, so they are not needed);
 //! * of several pending Unknown operations with the same effect, only the one
 //!   invoked last is tried (the earlier ones can stand in for it anywhere);
+//!   likewise the memo key records how many of them are used, not which;
 //! * a node covered by a failed node (see [`FailedCache`]) is not explored.
+//!
+//! Why this stays exact: deleting Unknown operations from a linearization
+//! keeps it valid as long as the states seen by the completed operations do
+//! not change (nothing ever has to come after an Unknown operation), and
+//! moving a fitting read-only operation to the front keeps it valid too (it
+//! may go first, since every completed operation still pending finished no
+//! earlier than it started, and it does not change the state). Any
+//! linearization from a node can be brought into the shape the rules
+//! allow by such deletions and moves, so a node fails only if no
+//! linearization from it exists at all.
 
 use crate::bitset::Bitset;
 use crate::cache::FailedCache;
@@ -46,8 +57,6 @@ pub(crate) struct Failure {
     /// The longest linearizable prefix found (positions in `KeyHistory::ops`):
     /// the one that linearized the most completed operations.
     pub(crate) prefix: Vec<usize>,
-    /// The state after `prefix`.
-    pub(crate) state: StateId,
     /// The completed operation that had to be linearized next but could not
     /// be (position in `KeyHistory::ops`).
     pub(crate) blocked: usize,
@@ -89,8 +98,14 @@ enum Cursor {
 #[derive(Clone, Copy)]
 enum Choice {
     /// `forced`: the operation was the node's only candidate.
-    Completed { rank: u32, forced: bool },
-    Unknown { id: u32, bound: u64 },
+    Completed {
+        rank: u32,
+        forced: bool,
+    },
+    Unknown {
+        id: u32,
+        bound: u64,
+    },
 }
 
 struct Frame {
@@ -112,7 +127,6 @@ enum Attempt {
 struct Best {
     depth: usize,
     prefix: Vec<usize>,
-    state: StateId,
     blocked: usize,
 }
 
@@ -130,9 +144,22 @@ struct Search<'h> {
     unknown_list: Links,
     /// For each unknown id, the next unknown id with the same effect (or NONE).
     same_effect_next: Vec<u32>,
+    /// For each unknown id - 1, its class: the unknown operations with the
+    /// same effect.
+    class_of: Vec<u32>,
+    /// For each class, its members (unknown id - 1) in invocation order.
+    class_members: Vec<Vec<u32>>,
+    /// For each class, how many members are applied.
+    class_used: Vec<u32>,
 
     linearized: Bitset,
+    /// Applied unknown operations (by id - 1).
     applied: Bitset,
+    /// `applied` up to symmetry, for the memo: the first `class_used[c]`
+    /// members of each class c. Applied members have all been invoked before
+    /// the current bound, as have those earlier members, so from here on it
+    /// only matters how many members of a class are used, not which.
+    applied_canonical: Bitset,
     remaining: usize,
     state: StateId,
     /// An Unknown operation was applied since the last completed one.
@@ -148,8 +175,12 @@ struct Search<'h> {
 
 impl<'h> Search<'h> {
     fn new(ops: &'h [KeyOp], budget: u64) -> Self {
-        let completed: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].complete.is_some()).collect();
-        let unknown: Vec<usize> = (0..ops.len()).filter(|&i| ops[i].complete.is_none()).collect();
+        let completed: Vec<usize> = (0..ops.len())
+            .filter(|&i| ops[i].complete.is_some())
+            .collect();
+        let unknown: Vec<usize> = (0..ops.len())
+            .filter(|&i| ops[i].complete.is_none())
+            .collect();
 
         let mut events = Vec::with_capacity(2 * completed.len() + 2);
         for (rank, &i) in completed.iter().enumerate() {
@@ -193,6 +224,17 @@ impl<'h> Search<'h> {
                 same_effect_next[id] = next;
             }
         }
+        let mut class_of = Vec::with_capacity(unknown.len());
+        let mut class_members: Vec<Vec<u32>> = Vec::new();
+        let mut class_by_effect = std::collections::HashMap::new();
+        for (rank, &i) in unknown.iter().enumerate() {
+            let class = *class_by_effect.entry(ops[i].effect).or_insert_with(|| {
+                class_members.push(Vec::new());
+                class_members.len() as u32 - 1
+            });
+            class_members[class as usize].push(rank as u32);
+            class_of.push(class);
+        }
 
         Search {
             ops,
@@ -200,6 +242,7 @@ impl<'h> Search<'h> {
             unknown_list: Links::new(unknown.len()),
             linearized: Bitset::new(completed.len()),
             applied: Bitset::new(unknown.len()),
+            applied_canonical: Bitset::new(unknown.len()),
             remaining: completed.len(),
             completed,
             unknown,
@@ -207,6 +250,9 @@ impl<'h> Search<'h> {
             call_event,
             return_event,
             same_effect_next,
+            class_of,
+            class_used: vec![0; class_members.len()],
+            class_members,
             state: ABSENT,
             after_unknown: false,
             stack: Vec::new(),
@@ -217,7 +263,6 @@ impl<'h> Search<'h> {
             best: Best {
                 depth: 0,
                 prefix: Vec::new(),
-                state: ABSENT,
                 blocked: usize::MAX,
             },
         }
@@ -250,7 +295,9 @@ impl<'h> Search<'h> {
                     } else {
                         match self.try_completed(event.rank, false) {
                             Attempt::Descended => Some(self.node_start()),
-                            Attempt::Rejected => Some(Cursor::Completed(self.event_list.next(event_id))),
+                            Attempt::Rejected => {
+                                Some(Cursor::Completed(self.event_list.next(event_id)))
+                            }
                             Attempt::Linearizable => return SearchResult::Linearizable,
                             Attempt::OutOfBudget => return self.out_of_budget(),
                         }
@@ -331,7 +378,9 @@ impl<'h> Search<'h> {
         if self.after_unknown && effect.is_unconditional_write() {
             return Attempt::Rejected;
         }
-        let next_state = effect.apply(self.state).expect("unknown outcomes always fit");
+        let next_state = effect
+            .apply(self.state)
+            .expect("unknown outcomes always fit");
         if next_state == self.state || self.has_pending_twin(id, bound) {
             return Attempt::Rejected;
         }
@@ -342,6 +391,11 @@ impl<'h> Search<'h> {
         };
         self.unknown_list.lift(id);
         self.applied.insert(id as usize - 1);
+        let class = self.class_of[id as usize - 1] as usize;
+        let used = &mut self.class_used[class];
+        self.applied_canonical
+            .insert(self.class_members[class][*used as usize] as usize);
+        *used += 1;
         self.state = next_state;
         self.after_unknown = true;
         self.enter(frame)
@@ -367,19 +421,15 @@ impl<'h> Search<'h> {
             return Attempt::Linearizable;
         }
         self.build_key();
-        if self
-            .cache
-            .covers(&self.key_scratch, self.applied.words(), self.after_unknown)
-        {
+        if self.cache.covers(
+            &self.key_scratch,
+            self.applied_canonical.words(),
+            self.after_unknown,
+        ) {
             self.undo(&frame);
             return Attempt::Rejected;
         }
         self.explored += 1;
-        if std::env::var("LC_DEBUG").is_ok() {
-            let u: u32 = self.applied.words().iter().map(|w| w.count_ones()).sum();
-            let d = self.completed.len() - self.remaining;
-            if self.explored % 100000 == 0 { eprintln!("explored {} |U|={} depth={} after_unknown={} stack={}", self.explored, u, d, self.after_unknown, self.stack.len()); }
-        }
         if self.explored > self.budget {
             return Attempt::OutOfBudget;
         }
@@ -389,7 +439,6 @@ impl<'h> Search<'h> {
             self.best = Best {
                 depth,
                 prefix: self.stack.iter().map(|f| self.position(f.choice)).collect(),
-                state: self.state,
                 blocked: self.blocking_operation(),
             };
         }
@@ -401,8 +450,11 @@ impl<'h> Search<'h> {
     fn backtrack(&mut self) -> Option<Cursor> {
         let frame = self.stack.pop()?;
         self.build_key();
-        self.cache
-            .insert(&self.key_scratch, self.applied.words(), self.after_unknown);
+        self.cache.insert(
+            &self.key_scratch,
+            self.applied_canonical.words(),
+            self.after_unknown,
+        );
         self.undo(&frame);
         Some(match frame.choice {
             Choice::Completed { forced: true, .. } => Cursor::Exhausted,
@@ -427,6 +479,11 @@ impl<'h> Search<'h> {
             Choice::Unknown { id, .. } => {
                 self.unknown_list.unlift(id);
                 self.applied.remove(id as usize - 1);
+                let class = self.class_of[id as usize - 1] as usize;
+                let used = &mut self.class_used[class];
+                *used -= 1;
+                self.applied_canonical
+                    .remove(self.class_members[class][*used as usize] as usize);
             }
         }
         self.state = frame.state;
@@ -472,7 +529,6 @@ impl<'h> Search<'h> {
     fn violation(self) -> SearchResult {
         SearchResult::Violation(Failure {
             prefix: self.best.prefix,
-            state: self.best.state,
             blocked: self.best.blocked,
             explored: self.explored,
         })

@@ -71,13 +71,13 @@ pub(crate) fn op_name(op: &Op) -> &'static str {
 /// completion, so their `complete` is not checked). Returns the first problem.
 pub fn validate(history: &[Operation]) -> Result<(), HistoryError> {
     for (index, operation) in history.iter().enumerate() {
-        let fits = match (&operation.op, &operation.outcome) {
-            (_, Outcome::Failed | Outcome::Unknown) => true,
-            (Op::Put { .. } | Op::Delete { .. }, Outcome::Done) => true,
-            (Op::Get { .. }, Outcome::Read(_)) => true,
-            (Op::Cas { .. }, Outcome::Swapped(_)) => true,
-            _ => false,
-        };
+        let fits = matches!(
+            (&operation.op, &operation.outcome),
+            (_, Outcome::Failed | Outcome::Unknown)
+                | (Op::Put { .. } | Op::Delete { .. }, Outcome::Done)
+                | (Op::Get { .. }, Outcome::Read(_))
+                | (Op::Cas { .. }, Outcome::Swapped(_))
+        );
         if !fits {
             return Err(HistoryError::OutcomeMismatch {
                 index,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{at, cas, del, get, put, reference_linearizable};
+use common::{at, cas, del, get, put, reference_linearizable, reference_memo_linearizable};
 use nod_lincheck::{check, Op, Operation, Outcome, Verdict};
 use proptest::prelude::*;
 
@@ -22,8 +22,8 @@ fn maybe_value() -> impl Strategy<Value = Option<&'static str>> {
 /// included) but is otherwise random.
 fn operation(keys: usize) -> impl Strategy<Value = Operation> {
     let key = prop::sample::select(&KEYS[..keys]);
-    let op_and_outcome = (key, 0..4u8, value(), maybe_value(), any::<bool>(), 0..10u8)
-        .prop_map(|(key, kind, value, maybe, swapped, fate)| {
+    let op_and_outcome = (key, 0..4u8, value(), maybe_value(), any::<bool>(), 0..10u8).prop_map(
+        |(key, kind, value, maybe, swapped, fate)| {
             let (op, outcome) = match kind {
                 0 => (put(key, value), Outcome::Done),
                 1 => (get(key), Outcome::Read(maybe.map(Into::into))),
@@ -36,14 +36,39 @@ fn operation(keys: usize) -> impl Strategy<Value = Operation> {
                 _ => outcome,
             };
             (op, outcome)
-        });
+        },
+    );
     (op_and_outcome, 0..4u64, 0..20u64, 0..10u64).prop_map(
-        |((op, outcome), client, invoke, duration)| at(client, invoke, invoke + duration, op, outcome),
+        |((op, outcome), client, invoke, duration)| {
+            at(client, invoke, invoke + duration, op, outcome)
+        },
     )
 }
 
 fn small_history() -> impl Strategy<Value = Vec<Operation>> {
     (1..=2usize).prop_flat_map(|keys| prop::collection::vec(operation(keys), 0..=7))
+}
+
+/// Up to 16 operations on one or two keys with Unknown outcomes, built from a
+/// sequential execution (so most are close to linearizable) with one read
+/// possibly corrupted.
+fn medium_history() -> impl Strategy<Value = Vec<Operation>> {
+    (
+        (1..=2usize).prop_flat_map(|keys| prop::collection::vec(step_with_unknowns(keys), 4..=16)),
+        any::<prop::sample::Index>(),
+        maybe_value(),
+    )
+        .prop_map(|(steps, corrupt, read_value)| {
+            let mut history = sequential_history(&steps);
+            let reads: Vec<usize> = (0..history.len())
+                .filter(|&i| matches!(history[i].outcome, Outcome::Read(_)))
+                .collect();
+            if !reads.is_empty() {
+                let i = reads[corrupt.index(reads.len())];
+                history[i].outcome = Outcome::Read(read_value.map(Into::into));
+            }
+            history
+        })
 }
 
 /// One step of a sequential execution, before timing and outcome are chosen.
@@ -57,9 +82,28 @@ struct Step {
 }
 
 fn step(keys: usize) -> impl Strategy<Value = Step> {
+    step_with_fates(keys, 20)
+}
+
+/// Like [`step`], with Unknown outcomes far more frequent.
+fn step_with_unknowns(keys: usize) -> impl Strategy<Value = Step> {
+    step_with_fates(keys, 6)
+}
+
+/// Fates `0` (Failed), `1` (Unknown, took effect) and `2` (Unknown, did not)
+/// each come with probability `1 / fates`.
+fn step_with_fates(keys: usize, fates: u8) -> impl Strategy<Value = Step> {
     let key = prop::sample::select(&KEYS[..keys]);
-    (key, 0..4u8, value(), maybe_value(), 0..40u64, 0..40u64, 0..20u8).prop_map(
-        |(key, kind, value, expected, before, after, fate)| Step {
+    (
+        key,
+        0..4u8,
+        value(),
+        maybe_value(),
+        0..40u64,
+        0..40u64,
+        0..fates,
+    )
+        .prop_map(|(key, kind, value, expected, before, after, fate)| Step {
             op: match kind {
                 0 => put(key, value),
                 1 => get(key),
@@ -69,8 +113,7 @@ fn step(keys: usize) -> impl Strategy<Value = Step> {
             before,
             after,
             fate,
-        },
-    )
+        })
 }
 
 /// Executes `steps` one after another, the i-th taking effect at time
@@ -129,6 +172,7 @@ proptest! {
     #[test]
     fn agrees_with_naive_reference(history in small_history()) {
         let expected = reference_linearizable(&history);
+        prop_assert_eq!(expected, reference_memo_linearizable(&history), "the references disagree");
         let verdict = check(&history);
         match &verdict {
             Verdict::Linearizable => prop_assert!(expected, "checker accepted a non-linearizable history"),
@@ -145,6 +189,15 @@ proptest! {
             }
             Verdict::Inconclusive { .. } => prop_assert!(false, "inconclusive: {verdict:?}"),
         }
+    }
+
+    #[test]
+    fn medium_histories_agree_with_memoized_reference(history in medium_history()) {
+        prop_assert_eq!(
+            check(&history).is_linearizable(),
+            reference_memo_linearizable(&history),
+            "{:#?}", history
+        );
     }
 
     #[test]

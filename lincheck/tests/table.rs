@@ -23,7 +23,9 @@ fn assert_violation(name: &str, history: &[Operation], key: &str) -> String {
             let mut sorted = operations.clone();
             sorted.sort_by_key(|&i| (history[i].invoke, i));
             assert_eq!(operations, sorted, "{name}: not in invocation order");
-            assert!(operations.iter().all(|&i| history[i].op.key() == key.as_bytes()));
+            assert!(operations
+                .iter()
+                .all(|&i| history[i].op.key() == key.as_bytes()));
             message
         }
         other => panic!("{name}: expected a violation on {key:?}, got {other:?}"),
@@ -65,7 +67,10 @@ fn stale_read_after_completed_write() {
         at(2, 40, 50, get("k"), read(Some("a"))),
     ];
     let message = assert_violation("stale read", &history, "k");
-    assert!(message.contains("key \"k\" is not linearizable"), "{message}");
+    assert!(
+        message.contains("key \"k\" is not linearizable"),
+        "{message}"
+    );
     assert!(
         message.contains("#2 client 2 [40, 50]: Get(\"k\") -> read \"a\""),
         "the unplaceable read is named: {message}"
@@ -296,7 +301,10 @@ fn failed_operations_are_ignored() {
         at(1, 20, 30, get("k"), read(Some("a"))),
     ];
     let message = assert_violation("failed put observed", &history, "k");
-    assert!(!message.contains("#0"), "failed ops are not reported: {message}");
+    assert!(
+        !message.contains("#0"),
+        "failed ops are not reported: {message}"
+    );
     match check(&history) {
         Verdict::Violation { operations, .. } => assert_eq!(operations, [1]),
         other => panic!("{other:?}"),
@@ -405,7 +413,10 @@ fn long_prefix_is_abbreviated_in_the_report() {
         .collect();
     history.push(at(1, 1000, 1001, get("k"), read(Some("3"))));
     let message = assert_violation("long", &history, "k");
-    assert!(message.contains("Longest linearizable prefix: 30 of the 31"), "{message}");
+    assert!(
+        message.contains("Longest linearizable prefix: 30 of the 31"),
+        "{message}"
+    );
     assert!(message.contains("it ends with:"), "{message}");
     assert!(message.contains("Put(\"k\" = \"29\")"), "{message}");
     assert!(!message.contains("Put(\"k\" = \"19\")"), "{message}");

@@ -72,7 +72,8 @@ mod tests {
 
     #[test]
     fn vote_result_table() {
-        let cases: &[(u64, &[(u64, bool)], VoteResult)] = &[
+        type Case<'a> = (u64, &'a [(u64, bool)], VoteResult);
+        let cases: &[Case] = &[
             (1, &[(1, true)], VoteResult::Won),
             (3, &[(1, true)], VoteResult::Pending),
             (3, &[(1, true), (2, true)], VoteResult::Won),

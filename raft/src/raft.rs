@@ -693,10 +693,8 @@ impl<S: Storage> Raft<S> {
                 // The leader hands over: campaign at once, no pre-vote (thesis §3.10).
                 self.campaign(true);
             }
-            MessageBody::ReadIndexResponse { context, index } => {
-                if from == self.leader {
-                    self.read_states.push(ReadState { index, context });
-                }
+            MessageBody::ReadIndexResponse { context, index } if from == self.leader => {
+                self.read_states.push(ReadState { index, context });
             }
             _ => {}
         }
@@ -860,6 +858,8 @@ impl<S: Storage> Raft<S> {
             && !self.conf.current().is_voter(self.id)
             && self.conf.latest_index() <= self.log.committed
         {
+            // Tell the others the removal committed before going quiet.
+            self.broadcast_append();
             let term = self.term;
             self.become_follower(term, NodeId::NONE);
         }

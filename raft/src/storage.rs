@@ -76,14 +76,15 @@ impl MemStorage {
     /// A store for a founding member: a snapshot at index 1, term 1 holding the
     /// initial configuration, so every later member learns it the same way.
     pub fn new_bootstrap(conf_state: ConfState, data: Vec<u8>) -> Self {
-        let mut s = Self::default();
-        s.snapshot = bootstrap_snapshot(conf_state, data);
-        s.hard_state = HardState {
-            term: Term(1),
-            vote: crate::types::NodeId::NONE,
-            commit: Index(1),
-        };
-        s
+        MemStorage {
+            snapshot: bootstrap_snapshot(conf_state, data),
+            hard_state: HardState {
+                term: Term(1),
+                vote: crate::types::NodeId::NONE,
+                commit: Index(1),
+            },
+            entries: Vec::new(),
+        }
     }
 
     pub fn hard_state(&self) -> HardState {

@@ -24,6 +24,8 @@ pub struct Ledger {
     entries: BTreeMap<(Index, Term), (u64, Term)>,
     /// State machine safety: what was applied at each index, and by whom first.
     applied: BTreeMap<Index, (Term, u64, NodeId)>,
+    /// Indexes of configuration entries applied somewhere.
+    conf_changes: std::collections::BTreeSet<Index>,
     /// Per node: the highest durable term and commit index ever seen.
     durable: BTreeMap<NodeId, (Term, Index)>,
     pub violations: Vec<String>,
@@ -68,6 +70,9 @@ impl Ledger {
 
     pub fn observe_applied(&mut self, node: NodeId, entry: &Entry) {
         let d = digest(&entry.payload);
+        if matches!(entry.payload, EntryPayload::ConfChange(_)) {
+            self.conf_changes.insert(entry.index);
+        }
         match self.applied.get(&entry.index) {
             None => {
                 self.applied.insert(entry.index, (entry.term, d, node));
@@ -128,6 +133,10 @@ impl Ledger {
     /// A node removed from the cluster may reuse nothing: forget its history.
     pub fn forget_node(&mut self, node: NodeId) {
         self.durable.remove(&node);
+    }
+
+    pub fn conf_changes(&self) -> usize {
+        self.conf_changes.len()
     }
 
     pub fn applied_count(&self) -> usize {

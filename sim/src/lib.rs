@@ -60,6 +60,10 @@ pub struct SimConfig {
     pub snapshot_interval: u64,
     pub client_timeout_us: u64,
     pub planted: Planted,
+    /// How long a crashed node stays down (µs, low and high).
+    pub restart_delay_us: (u64, u64),
+    /// Pre-vote on every node (the default). Off, split votes are more common.
+    pub pre_vote: bool,
     /// Print every fault and role change.
     pub trace: bool,
 }
@@ -68,7 +72,7 @@ impl SimConfig {
     /// A configuration drawn from `seed`: cluster size, clients, keys, network
     /// and fault rates all vary from seed to seed.
     pub fn from_seed(seed: u64) -> Self {
-        let mut rng = SeededRng::new(seed ^ 0x5EED_0F_C0FFEE);
+        let mut rng = SeededRng::new(seed ^ 0x5EED_0FC0_FFEE);
         let initial_voters = rng.range(3, 6);
         SimConfig {
             seed,
@@ -93,6 +97,8 @@ impl SimConfig {
             snapshot_interval: [20, 50, 200][rng.range(0, 3) as usize],
             client_timeout_us: 1_000_000,
             planted: Planted::None,
+            pre_vote: true,
+            restart_delay_us: (20_000, 1_500_000),
             trace: false,
         }
     }
@@ -107,6 +113,8 @@ pub struct SimReport {
     pub ops: usize,
     pub ok_ops: usize,
     pub applied_entries: usize,
+    /// Membership changes committed (distinct entries).
+    pub conf_changes: usize,
     pub elections: u64,
     pub violations: Vec<String>,
 }

@@ -242,6 +242,7 @@ impl World {
         c.max_size_per_msg = self.cfg.max_size_per_msg;
         c.max_inflight_msgs = self.cfg.max_inflight_msgs;
         c.snapshot_timeout_tick = 3 * self.cfg.election_tick;
+        c.pre_vote = self.cfg.pre_vote;
         c.seed = self.rng.next_u64();
         c
     }
@@ -862,11 +863,21 @@ impl World {
             .collect();
         let choice = self.rng.range(0, 100);
         match choice {
-            0..=24 => {
+            0..=11 => {
+                // Crash the leader, often right after it took new entries.
+                if let Some(id) = self.leader() {
+                    self.trace(|| format!("crash leader {id}"));
+                    self.crash(id);
+                    let after = self.rng.range(5_000, 300_000);
+                    self.schedule(after, Event::Restart(id));
+                }
+            }
+            12..=24 => {
                 if let Some(id) = self.pick(&live) {
                     self.trace(|| format!("crash node {id}"));
                     self.crash(id);
-                    let after = self.rng.range(20_000, 1_500_000);
+                    let (lo, hi) = self.cfg.restart_delay_us;
+                    let after = self.rng.range(lo, hi);
                     self.schedule(after, Event::Restart(id));
                 }
             }
@@ -964,33 +975,40 @@ impl World {
             .filter(|p| p.is_learner && p.matched.0 + 5 >= status.commit.0)
             .map(|p| p.id)
             .collect();
-        let roll = self.rng.range(0, 3);
-        let change = if roll == 0 && members < self.cfg.max_members && self.next_node_id < 20 {
-            let id = NodeId(self.next_node_id);
-            self.next_node_id += 1;
-            ConfChange {
-                kind: ConfChangeKind::AddLearner,
+        // Try the three kinds of step in a random order; take the first that applies.
+        let start = self.rng.range(0, 3);
+        let mut change = None;
+        for k in 0..3 {
+            let (kind, id) = match (start + k) % 3 {
+                0 if members < self.cfg.max_members && self.next_node_id < 20 => {
+                    self.next_node_id += 1;
+                    (ConfChangeKind::AddLearner, NodeId(self.next_node_id - 1))
+                }
+                1 if !caught_up.is_empty() => (
+                    ConfChangeKind::PromoteLearner,
+                    self.pick(&caught_up).expect("not empty"),
+                ),
+                2 if conf.voters.len() > 3 || !learners.is_empty() => {
+                    let candidates: Vec<NodeId> = if conf.voters.len() > 3 {
+                        all.clone()
+                    } else {
+                        learners.clone()
+                    };
+                    (
+                        ConfChangeKind::Remove,
+                        self.pick(&candidates).expect("not empty"),
+                    )
+                }
+                _ => continue,
+            };
+            change = Some(ConfChange {
+                kind,
                 node: id,
                 context: vec![],
-            }
-        } else if roll == 1 && !caught_up.is_empty() {
-            let id = self.pick(&caught_up).expect("not empty");
-            ConfChange {
-                kind: ConfChangeKind::PromoteLearner,
-                node: id,
-                context: vec![],
-            }
-        } else if conf.voters.len() > 3 || !learners.is_empty() {
-            let candidates: Vec<NodeId> = if conf.voters.len() > 3 { all } else { learners };
-            let id = self.pick(&candidates).expect("not empty");
-            ConfChange {
-                kind: ConfChangeKind::Remove,
-                node: id,
-                context: vec![],
-            }
-        } else {
-            return;
-        };
+            });
+            break;
+        }
+        let Some(change) = change else { return };
         let Some(raw) = self.nodes.get_mut(&leader).and_then(|n| n.raw.as_mut()) else {
             return;
         };
@@ -1154,6 +1172,7 @@ impl World {
             ops: self.history.len(),
             ok_ops,
             applied_entries: self.ledger.applied_count(),
+            conf_changes: self.ledger.conf_changes(),
             elections: self.elections,
             violations: std::mem::take(&mut self.ledger.violations),
         }

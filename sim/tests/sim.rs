@@ -35,14 +35,15 @@ fn main() {
         cfg.trace = trace;
         cfg
     });
-    let (mut steps, mut violations, mut ops, mut ok, mut faults, mut elections) =
-        (0, 0, 0, 0, 0, 0);
+    let (mut steps, mut violations, mut ops, mut ok, mut faults, mut elections, mut confs) =
+        (0, 0, 0, 0, 0, 0, 0);
     for r in &reports {
         steps += r.steps;
         ops += r.ops;
         ok += r.ok_ops;
         faults += r.faults;
         elections += r.elections;
+        confs += r.conf_changes;
         violations += r.violations.len();
         if !r.violations.is_empty() {
             eprintln!(
@@ -60,11 +61,12 @@ fn main() {
         }
     }
     println!(
-        "{} client ops ({} acknowledged), {} faults, {} elections, {:.1}s",
+        "{} client ops ({} acknowledged), {} faults, {} elections, {} membership changes, {:.1}s",
         ops,
         ok,
         faults,
         elections,
+        confs,
         started.elapsed().as_secs_f64()
     );
     println!(

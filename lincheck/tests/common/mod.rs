@@ -98,7 +98,9 @@ pub fn generate(w: &Workload) -> Vec<Operation> {
     let mut points = Vec::with_capacity(w.ops);
     let mut recent: Vec<Vec<String>> = vec![Vec::new(); w.keys];
     for _ in 0..w.ops {
-        let client = (0..w.clients).min_by_key(|&c| (clock[c], c)).expect("a client");
+        let client = (0..w.clients)
+            .min_by_key(|&c| (clock[c], c))
+            .expect("a client");
         let invoke = clock[client];
         let duration = 1 + rng.below(60);
         let complete = invoke + duration;
@@ -297,4 +299,49 @@ fn replays(ops: &[&Operation], order: &[usize]) -> bool {
         let observed = apply(&mut state, &ops[i].op);
         ops[i].outcome == Outcome::Unknown || ops[i].outcome == observed
     })
+}
+
+/// A second reference for somewhat larger histories (up to 20 operations): a
+/// plain exhaustive search over (set of operations placed, map state), with
+/// a visited set but none of the checker's reductions and no per-key split.
+pub fn reference_memo_linearizable(history: &[Operation]) -> bool {
+    let ops: Vec<&Operation> = history
+        .iter()
+        .filter(|o| o.outcome != Outcome::Failed)
+        .collect();
+    assert!(ops.len() <= 20, "too many operations for the reference");
+    let completed_mask: u32 = (0..ops.len())
+        .filter(|&i| ops[i].outcome != Outcome::Unknown)
+        .fold(0, |mask, i| mask | 1 << i);
+    let mut visited = std::collections::HashSet::new();
+    let mut stack = vec![(0u32, Vec::<(Vec<u8>, Vec<u8>)>::new())];
+    while let Some((placed, state)) = stack.pop() {
+        if placed & completed_mask == completed_mask {
+            return true;
+        }
+        if !visited.insert((placed, state.clone())) {
+            continue;
+        }
+        for i in 0..ops.len() {
+            if placed & (1 << i) != 0 {
+                continue;
+            }
+            // Some unplaced completed operation finished before this one began.
+            let blocked = (0..ops.len()).any(|j| {
+                completed_mask & !placed & (1 << j) != 0 && ops[j].complete < ops[i].invoke
+            });
+            if blocked {
+                continue;
+            }
+            let mut map: HashMap<Vec<u8>, Vec<u8>> = state.iter().cloned().collect();
+            let observed = apply(&mut map, &ops[i].op);
+            if ops[i].outcome != Outcome::Unknown && ops[i].outcome != observed {
+                continue;
+            }
+            let mut next: Vec<(Vec<u8>, Vec<u8>)> = map.into_iter().collect();
+            next.sort();
+            stack.push((placed | 1 << i, next));
+        }
+    }
+    false
 }
