@@ -269,3 +269,92 @@ impl<S: Storage> RaftLog<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{LogWrite, MemStorage, StorageWrite};
+    use crate::types::EntryPayload;
+    use proptest::prelude::*;
+
+    fn log_with_terms(terms: &[u64]) -> RaftLog<MemStorage> {
+        let mut s = MemStorage::new();
+        let entries: Vec<Entry> = terms
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| Entry {
+                index: Index(i as u64 + 1),
+                term: Term(t),
+                payload: EntryPayload::Empty,
+            })
+            .collect();
+        s.write(&LogWrite {
+            entries,
+            ..Default::default()
+        })
+        .unwrap();
+        RaftLog::new(s).unwrap()
+    }
+
+    /// Non-decreasing terms, as in any Raft log.
+    fn terms() -> impl Strategy<Value = Vec<u64>> {
+        prop::collection::vec(0u64..3, 0..30).prop_map(|steps| {
+            let mut t = 1;
+            steps
+                .into_iter()
+                .map(|s| {
+                    t += s;
+                    t
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn find_conflict_by_term_matches_naive(terms in terms(), index in 0u64..35, term in 0u64..50) {
+            let log = log_with_terms(&terms);
+            let term_of = |i: u64| if i == 0 { 0 } else { terms[(i - 1) as usize] };
+            let start = index.min(terms.len() as u64);
+            let want = (0..=start).rev().find(|&i| term_of(i) <= term).map(|i| (Index(i), Term(term_of(i)))).unwrap();
+            prop_assert_eq!(log.find_conflict_by_term(Index(index), Term(term)), want);
+        }
+
+        #[test]
+        fn find_conflict_matches_naive(terms in terms(), start in 1u64..32, other in prop::collection::vec(1u64..60, 0..10)) {
+            let log = log_with_terms(&terms);
+            let mut t = 0;
+            let incoming: Vec<Entry> = other.iter().enumerate().map(|(k, &x)| {
+                t = t.max(x);
+                Entry { index: Index(start + k as u64), term: Term(t), payload: EntryPayload::Empty }
+            }).collect();
+            let want = incoming.iter().find(|e| {
+                let i = e.index.0 as usize;
+                i > terms.len() || terms[i - 1] != e.term.0
+            }).map(|e| e.index);
+            prop_assert_eq!(log.find_conflict(&incoming), want);
+        }
+    }
+
+    #[test]
+    fn unstable_tail_is_truncated_and_sliced_with_storage() {
+        let mut log = log_with_terms(&[1, 1, 2]);
+        let e = |i: u64, t: u64| Entry {
+            index: Index(i),
+            term: Term(t),
+            payload: EntryPayload::Empty,
+        };
+        log.append(&[e(4, 2), e(5, 2)]);
+        assert_eq!(log.last_index(), Index(5));
+        assert_eq!(log.stable_last_index(), Index(3));
+        // A conflicting entry at 3 replaces durable and unstable entries after it.
+        log.append(&[e(3, 3)]);
+        assert_eq!(log.last_index(), Index(3));
+        assert_eq!(log.term(Index(3)).unwrap(), Term(3));
+        let all = log.slice(Index(1), Index(4), u64::MAX).unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.term.0).collect::<Vec<_>>(),
+            vec![1, 1, 3]
+        );
+    }
+}

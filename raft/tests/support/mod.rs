@@ -20,6 +20,8 @@ pub struct Cluster {
     pub applied: BTreeMap<NodeId, Vec<Entry>>,
     pub read_states: BTreeMap<NodeId, Vec<ReadState>>,
     pub transcript: Option<String>,
+    /// Record applied entries (tests); benchmarks turn it off.
+    pub keep_applied: bool,
     tweak: fn(&mut Config),
 }
 
@@ -124,6 +126,7 @@ impl Cluster {
             applied: BTreeMap::new(),
             read_states: BTreeMap::new(),
             transcript: None,
+            keep_applied: true,
             tweak,
         };
         let conf = ConfState::with_voters((1..=n).map(NodeId));
@@ -174,41 +177,42 @@ impl Cluster {
         }
         let ready = raw.ready().expect("memory storage");
         let mut lines = Vec::new();
-        if let Some(ss) = ready.soft_state {
-            lines.push(format!("{id}: becomes {} (leader {})", ss.role, ss.leader));
-        }
-        if let Some(hs) = ready.hard_state {
-            lines.push(format!(
-                "{id}: persist term={} vote={} commit={}",
-                hs.term, hs.vote, hs.commit
-            ));
-        }
-        if let Some(s) = &ready.snapshot {
-            lines.push(format!(
-                "{id}: persist snapshot index={} term={}",
-                s.metadata.index, s.metadata.term
-            ));
-        }
-        for e in &ready.entries {
-            lines.push(format!("{id}: persist {}", describe_entry(e)));
+        if self.transcript.is_some() {
+            if let Some(ss) = ready.soft_state {
+                lines.push(format!("{id}: becomes {} (leader {})", ss.role, ss.leader));
+            }
+            if let Some(hs) = ready.hard_state {
+                lines.push(format!(
+                    "{id}: persist term={} vote={} commit={}",
+                    hs.term, hs.vote, hs.commit
+                ));
+            }
+            if let Some(s) = &ready.snapshot {
+                lines.push(format!(
+                    "{id}: persist snapshot index={} term={}",
+                    s.metadata.index, s.metadata.term
+                ));
+            }
+            for e in &ready.entries {
+                lines.push(format!("{id}: persist {}", describe_entry(e)));
+            }
+            for e in &ready.committed_entries {
+                lines.push(format!("{id}: apply {}", describe_entry(e)));
+            }
+            for rs in &ready.read_states {
+                let ctx = String::from_utf8_lossy(&rs.context);
+                lines.push(format!("{id}: read ready ctx={ctx} index={}", rs.index));
+            }
         }
         raw.storage_mut()
             .write(&ready.log_write())
             .expect("the core asks for valid writes");
-        for e in &ready.committed_entries {
-            lines.push(format!("{id}: apply {}", describe_entry(e)));
+        if self.keep_applied {
+            self.applied
+                .entry(id)
+                .or_default()
+                .extend(ready.committed_entries.iter().cloned());
         }
-        for rs in &ready.read_states {
-            lines.push(format!(
-                "{id}: read ready ctx={} index={}",
-                String::from_utf8_lossy(&rs.context),
-                rs.index
-            ));
-        }
-        self.applied
-            .entry(id)
-            .or_default()
-            .extend(ready.committed_entries.iter().cloned());
         self.read_states
             .entry(id)
             .or_default()
@@ -229,10 +233,14 @@ impl Cluster {
         let any = !msgs.is_empty();
         for m in msgs {
             if self.blocked.contains(&(m.from, m.to)) || !self.nodes.contains_key(&m.to) {
-                self.say(format!("  dropped {}", describe_message(&m)));
+                if self.transcript.is_some() {
+                    self.say(format!("  dropped {}", describe_message(&m)));
+                }
                 continue;
             }
-            self.say(format!("  {}", describe_message(&m)));
+            if self.transcript.is_some() {
+                self.say(format!("  {}", describe_message(&m)));
+            }
             let to = m.to;
             let raw = self.nodes.get_mut(&to).expect("checked above");
             raw.step(m).expect("a correct peer's message is accepted");
