@@ -8,7 +8,7 @@
 //! `add-node ID`, `campaign ID`, `tick ID N`, `tick-all N`, `stabilize`,
 //! `process-ready ID`, `deliver`, `propose ID DATA`, `conf-change ID KIND NODE`
 //! (KIND: add-learner, add-voter, promote, remove), `read-index ID CTX`,
-//! `transfer-leader ID TARGET`, `isolate ID`, `partition A,B C,D`, `heal`,
+//! `transfer-leader ID TARGET`, `isolate ID`, `partition A,B C,D`, `heal`, `drop [FROM TO]`,
 //! `crash ID`, `restart ID`, `compact ID INDEX`, `status ID`.
 
 mod support;
@@ -140,6 +140,17 @@ fn run_command(cluster: &mut Option<Cluster>, line: &str) -> String {
             c.partition(&group(args[1]), &group(args[2]));
         }
         "heal" => c.heal(),
+        "drop" => {
+            // `drop` loses every message in flight; `drop A B` only those from A to B.
+            let before = c.inflight.len();
+            if args.len() == 3 {
+                let (from, to) = (NodeId(arg_id(&args, 1)), NodeId(arg_id(&args, 2)));
+                c.inflight.retain(|m| !(m.from == from && m.to == to));
+            } else {
+                c.inflight.clear();
+            }
+            writeln!(out, "dropped {} messages", before - c.inflight.len()).expect("string");
+        }
         "crash" => c.crash(arg_id(&args, 1)),
         "restart" => c.restart(arg_id(&args, 1)),
         "compact" => {

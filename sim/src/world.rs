@@ -818,7 +818,18 @@ impl World {
         let Some(op) = self.clients[client].op.take() else {
             return;
         };
-        self.trace(|| format!("client {client} {:?} -> {outcome:?}", op.request));
+        self.trace(|| {
+            let seen = match &outcome {
+                lin::Outcome::Read(Some(v)) if v.len() == 8 => {
+                    format!(
+                        "Read({})",
+                        u64::from_le_bytes(v[..8].try_into().expect("8 bytes"))
+                    )
+                }
+                other => format!("{other:?}"),
+            };
+            format!("client {client} {:?} -> {seen}", op.request)
+        });
         let lin_op = match op.request {
             Request::Put { key, value } => lin::Op::Put {
                 key: vec![key],
