@@ -11,12 +11,14 @@ use nod_raft::{
 use proptest::prelude::*;
 use support::{no_tweak, Cluster};
 
+/// from, to, term, kind, an index, a term field, entries (index offset, term), a flag.
+type RawMessage = (u64, u64, u64, u8, u64, u64, Vec<(u64, u64)>, bool);
+
 fn entry_strategy() -> impl Strategy<Value = (u64, u64)> {
     (0u64..6, 0u64..6)
 }
 
-fn message_strategy() -> impl Strategy<Value = (u64, u64, u64, u8, u64, u64, Vec<(u64, u64)>, bool)>
-{
+fn message_strategy() -> impl Strategy<Value = RawMessage> {
     (
         1u64..5,                                       // from (4 is not a member)
         1u64..4,                                       // to
