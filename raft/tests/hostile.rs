@@ -31,18 +31,7 @@ fn message_strategy() -> impl Strategy<Value = RawMessage> {
     )
 }
 
-fn build(
-    (from, to, term, kind, index, t, entries, flag): (
-        u64,
-        u64,
-        u64,
-        u8,
-        u64,
-        u64,
-        Vec<(u64, u64)>,
-        bool,
-    ),
-) -> Message {
+fn build((from, to, term, kind, index, t, entries, flag): RawMessage) -> Message {
     let entries: Vec<Entry> = entries
         .into_iter()
         .map(|(off, et)| Entry {
