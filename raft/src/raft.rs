@@ -216,13 +216,16 @@ impl<S: Storage> Raft<S> {
         self.vote = self.id;
         self.role = Role::Leader;
         self.leader = self.id;
-        self.rebuild_progress();
+        self.rebuild_progress(false);
         // A no-op of our own term lets us commit everything before it (§5.4.2).
         self.append_entries(vec![EntryPayload::Empty]);
     }
 
-    /// Leader: one progress per member of the current configuration.
-    fn rebuild_progress(&mut self) {
+    /// Leader: one progress per member of the current configuration. Members
+    /// added by a configuration change count as recently active, so that
+    /// check-quorum does not depose the leader before they had a chance to
+    /// answer (etcd does the same).
+    fn rebuild_progress(&mut self, newcomers_active: bool) {
         let last = self.log.last_index();
         let stable = self.log.stable_last_index();
         let conf = self.conf.current().clone();
@@ -230,10 +233,11 @@ impl<S: Storage> Raft<S> {
         for id in conf.members() {
             let is_learner = !conf.is_voter(id);
             let max_inflight = self.cfg.max_inflight_msgs;
-            let pr = self
-                .progress
-                .entry(id)
-                .or_insert_with(|| Progress::new(last.next(), max_inflight, is_learner));
+            let pr = self.progress.entry(id).or_insert_with(|| {
+                let mut p = Progress::new(last.next(), max_inflight, is_learner);
+                p.recent_active = newcomers_active;
+                p
+            });
             pr.is_learner = is_learner;
             if id == self.id {
                 pr.matched = pr.matched.max(stable);
@@ -825,7 +829,7 @@ impl<S: Storage> Raft<S> {
         }
         let last = self.log.append(&entries);
         if conf_changed {
-            self.rebuild_progress();
+            self.rebuild_progress(true);
         }
         last
     }
