@@ -98,3 +98,44 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_refuses_unsafe_or_meaningless_settings() {
+        let base = Config::new(NodeId(1));
+        assert!(base.validate().is_ok());
+        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+            ("id must not be 0", Box::new(|c| c.id = NodeId::NONE)),
+            ("heartbeat_tick", Box::new(|c| c.heartbeat_tick = 0)),
+            (
+                "greater than heartbeat_tick",
+                Box::new(|c| c.election_tick = c.heartbeat_tick),
+            ),
+            ("max_inflight_msgs", Box::new(|c| c.max_inflight_msgs = 0)),
+            (
+                "check_quorum",
+                Box::new(|c| {
+                    c.read_only = ReadOnlyOption::LeaseBased;
+                    c.check_quorum = false;
+                }),
+            ),
+            (
+                "snapshot_timeout_tick",
+                Box::new(|c| c.snapshot_timeout_tick = 0),
+            ),
+        ];
+        for (needle, change) in cases {
+            let mut c = base.clone();
+            change(&mut c);
+            match c.validate() {
+                Err(ConfigError::Invalid(msg)) => {
+                    assert!(msg.contains(needle), "{msg} should mention {needle}")
+                }
+                other => panic!("expected a refusal mentioning {needle}, got {other:?}"),
+            }
+        }
+    }
+}
