@@ -107,7 +107,8 @@ mod tests {
     fn validate_refuses_unsafe_or_meaningless_settings() {
         let base = Config::new(NodeId(1));
         assert!(base.validate().is_ok());
-        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+        type Change = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(&str, Change)> = vec![
             ("id must not be 0", Box::new(|c| c.id = NodeId::NONE)),
             ("heartbeat_tick", Box::new(|c| c.heartbeat_tick = 0)),
             (
