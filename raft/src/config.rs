@@ -84,6 +84,11 @@ impl Config {
                 "max_inflight_msgs must be at least 1".into(),
             ));
         }
+        if self.read_only == ReadOnlyOption::LeaseBased && self.election_tick < 4 {
+            return Err(ConfigError::Invalid(
+                "lease-based reads need election_tick of at least 4 (the lease keeps a two-tick margin)".into(),
+            ));
+        }
         if self.read_only == ReadOnlyOption::LeaseBased && !self.check_quorum {
             return Err(ConfigError::Invalid(
                 "lease-based reads need check_quorum: without it a deposed leader could serve stale reads"

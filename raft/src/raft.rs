@@ -11,7 +11,7 @@
 //!    and its own `matched` never exceeds what is durable.
 //! 4. The configuration has disjoint voters and learners.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::conf_history::ConfHistory;
 use crate::config::{Config, ReadOnlyOption};
@@ -59,9 +59,25 @@ pub struct Raft<S: Storage> {
     /// Reads that reached the leader before it committed an entry of its term.
     reads_before_term_commit: Vec<(NodeId, Vec<u8>)>,
     uncommitted_size: u64,
+    /// Ticks since this node started; the leader's clock for leases.
+    ticks: u64,
+    /// Leader: when each recent heartbeat round was sent, oldest first.
+    round_sent_at: VecDeque<(u64, u64)>,
+    /// Leader: a TimeoutNow went out this term, so another node may win
+    /// without waiting out the voters' leases; no more lease reads.
+    lease_revoked: bool,
+    transfer_elapsed: u64,
+    /// With lease reads: ticks left during which a restarted node refuses
+    /// votes, because before it crashed it may have acknowledged a heartbeat
+    /// that a leader's lease still counts on.
+    restart_quiet: u64,
     rng: SeededRng,
     cfg: Config,
 }
+
+/// Terms and indexes above this are refused from peers and disk: no log gets
+/// near it, and it keeps `+ 1` from overflowing.
+pub const MAX_WIRE_VALUE: u64 = u64::MAX / 4;
 
 impl<S: Storage> Raft<S> {
     pub fn new(cfg: Config, storage: S) -> Result<Self, crate::error::ConfigError> {
@@ -71,7 +87,14 @@ impl<S: Storage> Raft<S> {
         let first = log.first_index()?;
         let last = log.last_index();
         let hs = state.hard_state;
-        if hs.commit > last || hs.commit < first.prev() && hs.commit != Index(0) {
+        if hs.term.0 > MAX_WIRE_VALUE || last.0 > MAX_WIRE_VALUE {
+            return Err(StorageError::Fatal(format!(
+                "node {}: stored term {} or last index {last} is implausibly large",
+                cfg.id, hs.term
+            ))
+            .into());
+        }
+        if hs.commit > last {
             return Err(StorageError::Fatal(format!(
                 "node {}: hard state commit {} is outside the log [{}, {}]: the log was truncated or lost",
                 cfg.id,
@@ -87,7 +110,14 @@ impl<S: Storage> Raft<S> {
         } else {
             first.prev()
         };
-        log.applied = applied.min(log.committed).max(first.prev());
+        if applied > log.committed {
+            return Err(crate::error::ConfigError::Invalid(format!(
+                "node {}: the application applied {applied} but the log is committed only to {}: \
+                 the commit index must be made durable before entries are applied",
+                cfg.id, log.committed
+            )));
+        }
+        log.applied = applied.max(first.prev());
 
         // Rebuild the configuration: the snapshot's, then every configuration
         // entry after it (they take effect when appended, committed or not).
@@ -119,6 +149,15 @@ impl<S: Storage> Raft<S> {
             read_only: ReadOnly::default(),
             reads_before_term_commit: Vec::new(),
             uncommitted_size: 0,
+            ticks: 0,
+            round_sent_at: VecDeque::new(),
+            lease_revoked: false,
+            transfer_elapsed: 0,
+            restart_quiet: if cfg.read_only == ReadOnlyOption::LeaseBased && cfg.check_quorum {
+                cfg.election_tick
+            } else {
+                0
+            },
             rng: SeededRng::new(cfg.seed),
             cfg,
         };
@@ -177,6 +216,9 @@ impl<S: Storage> Raft<S> {
         self.read_only.reset();
         self.reads_before_term_commit.clear();
         self.uncommitted_size = 0;
+        self.round_sent_at.clear();
+        self.lease_revoked = false;
+        self.transfer_elapsed = 0;
     }
 
     pub fn become_follower(&mut self, term: Term, leader: NodeId) {
@@ -251,6 +293,8 @@ impl<S: Storage> Raft<S> {
     // ----- ticks ----------------------------------------------------------------
 
     pub fn tick(&mut self) {
+        self.ticks += 1;
+        self.restart_quiet = self.restart_quiet.saturating_sub(1);
         if self.role == Role::Leader {
             self.tick_leader();
         } else {
@@ -290,7 +334,10 @@ impl<S: Storage> Raft<S> {
                     pr.recent_active = false;
                 }
             }
-            if !self.lead_transferee.is_none() {
+        }
+        if !self.lead_transferee.is_none() {
+            self.transfer_elapsed += 1;
+            if self.transfer_elapsed >= self.cfg.election_tick {
                 self.lead_transferee = NodeId::NONE; // the transfer timed out
             }
         }
@@ -425,8 +472,8 @@ impl<S: Storage> Raft<S> {
         if m.term > self.term {
             if let MessageBody::Vote { transfer, .. } = m.body {
                 let in_lease = self.cfg.check_quorum
-                    && !self.leader.is_none()
-                    && self.election_elapsed < self.cfg.election_tick;
+                    && ((!self.leader.is_none() && self.election_elapsed < self.cfg.election_tick)
+                        || self.restart_quiet > 0);
                 if in_lease && !transfer {
                     // We hear from a leader: a disruptive candidate is ignored (thesis §4.2.3).
                     return Ok(());
@@ -490,6 +537,47 @@ impl<S: Storage> Raft<S> {
 
     /// Structural checks on a peer's message, before any of it is used.
     fn validate(&self, m: &Message) -> Result<(), StepError> {
+        let big = |v: u64| v > MAX_WIRE_VALUE;
+        let oversized = big(m.term.0)
+            || match &m.body {
+                MessageBody::Append {
+                    prev_index,
+                    prev_term,
+                    entries,
+                    commit,
+                } => {
+                    // Checked first, so the sum below cannot overflow.
+                    big(prev_index.0)
+                        || big(prev_index.0 + entries.len() as u64)
+                        || big(prev_term.0)
+                        || big(commit.0)
+                }
+                MessageBody::AppendResponse {
+                    result: AppendResult::Accepted { last_index },
+                } => big(last_index.0),
+                MessageBody::AppendResponse {
+                    result:
+                        AppendResult::Rejected {
+                            rejected,
+                            hint_index,
+                            hint_term,
+                        },
+                } => big(rejected.0) || big(hint_index.0) || big(hint_term.0),
+                MessageBody::Heartbeat { commit, .. } => big(commit.0),
+                MessageBody::Vote {
+                    last_index,
+                    last_term,
+                    ..
+                } => big(last_index.0) || big(last_term.0),
+                MessageBody::Snapshot { snapshot } => {
+                    big(snapshot.metadata.index.0) || big(snapshot.metadata.term.0)
+                }
+                MessageBody::ReadIndexResponse { index, .. } => big(index.0),
+                _ => false,
+            };
+        if oversized {
+            return Err(invalid(m, "a term or index is implausibly large"));
+        }
         match &m.body {
             MessageBody::Append {
                 prev_index,
@@ -536,6 +624,20 @@ impl<S: Storage> Raft<S> {
         let from = m.from;
         match m.body {
             MessageBody::AppendResponse { result } => {
+                // Check every claim before anything changes.
+                match result {
+                    AppendResult::Rejected {
+                        rejected,
+                        hint_index,
+                        ..
+                    } if rejected > self.log.last_index() || hint_index > rejected => {
+                        return Err(invalid(&m, "rejection names an index we never sent"));
+                    }
+                    AppendResult::Accepted { last_index } if last_index > self.log.last_index() => {
+                        return Err(invalid(&m, "follower acknowledges entries we do not have"));
+                    }
+                    _ => {}
+                }
                 let Some(pr) = self.progress.get_mut(&from) else {
                     return Ok(());
                 };
@@ -546,9 +648,6 @@ impl<S: Storage> Raft<S> {
                         hint_index,
                         hint_term,
                     } => {
-                        if rejected > self.log.last_index() || hint_index > rejected {
-                            return Err(invalid(&m, "rejection names an index we never sent"));
-                        }
                         // Skip every entry of the follower's conflicting term at once.
                         let next_probe = if hint_term > Term(0) {
                             self.log.find_conflict_by_term(hint_index, hint_term).0
@@ -564,14 +663,12 @@ impl<S: Storage> Raft<S> {
                         }
                     }
                     AppendResult::Accepted { last_index } => {
-                        if last_index > self.log.last_index() {
-                            return Err(invalid(
-                                &m,
-                                "follower acknowledges entries we do not have",
-                            ));
-                        }
                         let was_paused = pr.is_paused();
-                        if pr.maybe_update(last_index) {
+                        let updated = pr.maybe_update(last_index);
+                        // A probe answered at the known match also proves where the logs agree.
+                        let probe_confirmed =
+                            pr.state == ProgressState::Probe && pr.matched == last_index;
+                        if updated || probe_confirmed {
                             match pr.state {
                                 ProgressState::Probe => pr.become_replicate(),
                                 ProgressState::Snapshot if pr.matched >= pr.pending_snapshot => {
@@ -581,7 +678,7 @@ impl<S: Storage> Raft<S> {
                                 ProgressState::Snapshot => {}
                                 ProgressState::Replicate => pr.free_inflights_to(last_index),
                             }
-                            if self.maybe_commit() {
+                            if updated && self.maybe_commit() {
                                 self.broadcast_append();
                             } else if was_paused {
                                 self.send_append(from)?;
@@ -592,13 +689,19 @@ impl<S: Storage> Raft<S> {
                                 && self.progress.get(&from).map(|p| p.matched)
                                     == Some(self.log.last_index())
                             {
-                                self.send(from, MessageBody::TimeoutNow);
+                                self.send_timeout_now(from);
                             }
                         }
                     }
                 }
             }
             MessageBody::HeartbeatResponse { read_round } => {
+                if read_round > self.read_only.last_round() {
+                    return Err(invalid(
+                        &m,
+                        "acknowledges a read round that was never started",
+                    ));
+                }
                 let Some(pr) = self.progress.get_mut(&from) else {
                     return Ok(());
                 };
@@ -607,12 +710,6 @@ impl<S: Storage> Raft<S> {
                 // Appends or their answers may have been lost: let one more through,
                 // so a full window cannot stall replication forever.
                 pr.free_first_inflight();
-                if read_round > self.read_only.last_round() {
-                    return Err(invalid(
-                        &m,
-                        "acknowledges a read round that was never started",
-                    ));
-                }
                 pr.read_round_acked = pr.read_round_acked.max(read_round);
                 if pr.matched < self.log.last_index() {
                     self.send_append(from)?;
@@ -784,8 +881,10 @@ impl<S: Storage> Raft<S> {
             );
         } else if self.log.match_term(meta.index, meta.term) {
             // We already have the snapshot's entries: just learn they are committed.
+            // Answer with the commit index, not the last index: entries after it
+            // may not match the leader's (etcd does the same).
             self.log.commit_to(meta.index);
-            let last_index = self.log.last_index();
+            let last_index = self.log.committed;
             self.send(
                 from,
                 MessageBody::AppendResponse {
@@ -830,6 +929,8 @@ impl<S: Storage> Raft<S> {
         let last = self.log.append(&entries);
         if conf_changed {
             self.rebuild_progress(true);
+            // The voters changed: pending read rounds may be confirmed already.
+            self.release_reads();
         }
         last
     }
@@ -938,8 +1039,10 @@ impl<S: Storage> Raft<S> {
         }
     }
 
+    /// Every heartbeat broadcast is a read round: reads waiting in the outbox
+    /// join it, and its send time dates the leader's lease.
     fn broadcast_heartbeat(&mut self) {
-        let read_round = self.read_only.last_round();
+        let read_round = self.start_round();
         let peers: Vec<(NodeId, Index)> = self
             .progress
             .iter()
@@ -949,6 +1052,55 @@ impl<S: Storage> Raft<S> {
         for (to, commit) in peers {
             self.send(to, MessageBody::Heartbeat { commit, read_round });
         }
+    }
+
+    fn start_round(&mut self) -> u64 {
+        let (round, new) = self.read_only.start_round();
+        if new {
+            self.note_round_sent(round);
+        }
+        round
+    }
+
+    fn note_round_sent(&mut self, round: u64) {
+        self.round_sent_at.push_back((round, self.ticks));
+        // A bounded window: rounds older than an election timeout cannot date a lease.
+        while self.round_sent_at.len() > 2 * self.cfg.election_tick as usize + 4 {
+            self.round_sent_at.pop_front();
+        }
+    }
+
+    /// The newest round a majority of voters has acknowledged (the leader
+    /// acknowledges every round it starts).
+    fn confirmed_round(&self) -> u64 {
+        let own = self.read_only.last_round();
+        let (id, progress) = (self.id, &self.progress);
+        majority_value(&self.conf.current().voters, |v| {
+            if v == id {
+                own
+            } else {
+                progress.get(&v).map_or(0, |p| p.read_round_acked)
+            }
+        })
+    }
+
+    /// Whether the leader lease holds: a quorum acknowledged a heartbeat sent
+    /// less than `election_tick - 2` ticks ago. Each of those voters refuses
+    /// to vote for `election_tick` ticks after hearing it (check-quorum), and
+    /// any new leader needs one of them; two ticks absorb tick phase and
+    /// clock-rate drift. Void after a TimeoutNow, which bypasses those leases.
+    fn lease_valid(&self) -> bool {
+        if self.lease_revoked || !self.cfg.check_quorum || !self.lead_transferee.is_none() {
+            return false;
+        }
+        let confirmed = self.confirmed_round();
+        let sent = self
+            .round_sent_at
+            .iter()
+            .rev()
+            .find(|(r, _)| *r <= confirmed)
+            .map(|(_, t)| *t);
+        sent.is_some_and(|t| self.ticks < t + self.cfg.election_tick.saturating_sub(2))
     }
 
     /// The driver made entries durable up to (`index`, `term`). A leader counts
@@ -1054,11 +1206,16 @@ impl<S: Storage> Raft<S> {
         let index = self.log.committed;
         let single_voter =
             self.conf.current().voters.len() == 1 && self.conf.current().is_voter(self.id);
-        if single_voter || self.cfg.read_only == ReadOnlyOption::LeaseBased {
+        if single_voter || (self.cfg.read_only == ReadOnlyOption::LeaseBased && self.lease_valid())
+        {
             self.answer_read(from, context, index);
             return;
         }
-        if let Some(round) = self.read_only.add(from, context, index) {
+        // Safe mode, or a lease that has lapsed: confirm with a quorum round.
+        let started_new = self.read_only.add(from, context, index);
+        if started_new {
+            let round = self.read_only.last_round();
+            self.note_round_sent(round);
             let peers: Vec<(NodeId, Index)> = self
                 .progress
                 .iter()
@@ -1081,15 +1238,7 @@ impl<S: Storage> Raft<S> {
         if self.read_only.pending_count() == 0 {
             return;
         }
-        let own = self.read_only.last_round();
-        let (id, progress) = (self.id, &self.progress);
-        let confirmed = majority_value(&self.conf.current().voters, |v| {
-            if v == id {
-                own
-            } else {
-                progress.get(&v).map_or(0, |p| p.read_round_acked)
-            }
-        });
+        let confirmed = self.confirmed_round();
         for read in self.read_only.release(confirmed) {
             self.answer_read(read.from, read.context, read.index);
         }
@@ -1124,13 +1273,19 @@ impl<S: Storage> Raft<S> {
             return Ok(());
         }
         self.lead_transferee = target;
-        self.election_elapsed = 0; // the transfer must finish within an election timeout
+        self.transfer_elapsed = 0; // the transfer must finish within an election timeout
         if self.progress.get(&target).map(|p| p.matched) == Some(self.log.last_index()) {
-            self.send(target, MessageBody::TimeoutNow);
+            self.send_timeout_now(target);
         } else {
             let _ = self.send_append(target);
         }
         Ok(())
+    }
+
+    fn send_timeout_now(&mut self, to: NodeId) {
+        // The target will campaign past the voters' leases: ours is void now.
+        self.lease_revoked = true;
+        self.send(to, MessageBody::TimeoutNow);
     }
 
     /// The transport could not reach `to`: stop streaming and probe.

@@ -204,6 +204,13 @@ impl<S: Storage> RawNode<S> {
             || snapshot.is_some()
             || hard.term != self.prev_hard.term
             || hard.vote != self.prev_hard.vote;
+        // A node that became leader in this very Ready (a sole voter does, in one
+        // step) has a term and vote not yet on disk: nothing it says may leave
+        // before they are.
+        if hard.term != self.prev_hard.term || hard.vote != self.prev_hard.vote {
+            let early = std::mem::take(&mut r.msgs);
+            r.persisted_msgs.splice(0..0, early);
+        }
         let ready = Ready {
             soft_state: (soft != self.prev_soft).then_some(soft),
             hard_state: (hard != self.prev_hard).then_some(hard),

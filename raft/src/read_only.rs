@@ -31,23 +31,29 @@ impl ReadOnly {
         self.last_round
     }
 
-    /// Queues a read; returns `Some(round)` when a new heartbeat round must be
-    /// broadcast for it.
-    pub fn add(&mut self, from: NodeId, context: Vec<u8>, index: Index) -> Option<u64> {
-        let started = if self.open {
-            None
-        } else {
-            self.last_round += 1;
-            self.open = true;
-            Some(self.last_round)
-        };
+    /// Queues a read; returns whether a new round was started for it (its
+    /// heartbeats must then be broadcast).
+    pub fn add(&mut self, from: NodeId, context: Vec<u8>, index: Index) -> bool {
+        let (round, started) = self.start_round();
         self.pending.push_back(PendingRead {
             from,
             context,
             index,
-            round: self.last_round,
+            round,
         });
         started
+    }
+
+    /// The round whose heartbeats are still in the outbox, starting one if
+    /// none is; returns it and whether it is new.
+    pub fn start_round(&mut self) -> (u64, bool) {
+        if self.open {
+            (self.last_round, false)
+        } else {
+            self.last_round += 1;
+            self.open = true;
+            (self.last_round, true)
+        }
     }
 
     /// The outbox was handed to the driver: later reads need a new round.
@@ -83,14 +89,16 @@ mod tests {
     #[test]
     fn reads_batch_until_the_round_leaves() {
         let mut r = ReadOnly::default();
-        assert_eq!(r.add(NodeId(1), b"a".to_vec(), Index(5)), Some(1));
+        assert!(r.add(NodeId(1), b"a".to_vec(), Index(5)), "starts round 1");
+        assert!(!r.add(NodeId(2), b"b".to_vec(), Index(5)), "joins round 1");
         assert_eq!(
-            r.add(NodeId(2), b"b".to_vec(), Index(5)),
-            None,
-            "joins round 1"
+            r.start_round(),
+            (1, false),
+            "a heartbeat joins the open round too"
         );
         r.close_round();
-        assert_eq!(r.add(NodeId(1), b"c".to_vec(), Index(6)), Some(2));
+        assert!(r.add(NodeId(1), b"c".to_vec(), Index(6)));
+        assert_eq!(r.last_round(), 2);
         assert!(r.release(0).is_empty());
         let released: Vec<_> = r.release(1).into_iter().map(|p| p.context).collect();
         assert_eq!(released, vec![b"a".to_vec(), b"b".to_vec()]);

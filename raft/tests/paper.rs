@@ -770,3 +770,182 @@ fn storage_whose_commit_is_beyond_its_log_is_refused_at_start() {
         other => panic!("expected a storage error, got {:?}", other.map(|_| ())),
     }
 }
+
+// ----- findings of the first review, kept as regressions -----
+
+fn lease(c: &mut Config) {
+    c.read_only = ReadOnlyOption::LeaseBased;
+}
+
+fn cc_learner(node: u64) -> ConfChange {
+    cc(ConfChangeKind::AddLearner, node)
+}
+
+#[test]
+fn thesis_10_2_1_a_sole_voter_says_nothing_before_its_new_term_is_durable() {
+    let mut c = Cluster::new(1, no_tweak);
+    c.elect(1);
+    c.add_empty_node(NodeId(2));
+    c.node(1).propose_conf_change(cc_learner(2)).unwrap();
+    c.stabilize();
+    c.crash(1);
+    c.restart(1);
+    // One step makes it leader of a new term; its Appends to the learner must
+    // wait for that term to be on disk, or a crash could let it lead the same
+    // term twice with different entries.
+    c.node(1).campaign();
+    assert_eq!(c.node(1).role(), Role::Leader);
+    c.propose(1, "a");
+    let ready = c.node(1).ready().unwrap();
+    assert!(ready.hard_state.is_some() && ready.must_sync);
+    assert!(
+        ready.messages.is_empty(),
+        "sent before the new term was durable: {:?}",
+        ready.messages
+    );
+    assert!(ready.persisted_messages.iter().any(|m| m.to == NodeId(2)));
+}
+
+/// A lease cluster: restarted (and new) nodes refuse votes for an election
+/// timeout, so let time pass until someone is elected; returns the leader and
+/// the two others.
+fn lease_cluster() -> (Cluster, u64, [u64; 2]) {
+    let mut c = Cluster::new(3, lease);
+    for _ in 0..60 {
+        c.tick_all(1);
+        c.stabilize();
+        if c.leader().is_some() {
+            break;
+        }
+    }
+    let l = c.leader().expect("a leader from ticks alone").0;
+    let others: Vec<u64> = (1..=3).filter(|&i| i != l).collect();
+    (c, l, [others[0], others[1]])
+}
+
+#[test]
+fn paper_8_a_cut_off_leader_stops_lease_reads_before_another_can_be_elected() {
+    let (mut c, l, others) = lease_cluster();
+    for _ in 0..11 {
+        c.tick_all(1);
+        c.stabilize();
+    }
+    // The lease works while the leader hears from a quorum.
+    c.node(l).request_read(b"warm".to_vec()).unwrap();
+    c.process_ready(NodeId(l));
+    assert_eq!(
+        c.read_states[&NodeId(l)].len(),
+        1,
+        "answered from the lease, without a round"
+    );
+    c.isolate(l);
+    let mut elsewhere = false;
+    for _ in 0..60 {
+        c.tick_all(1);
+        c.stabilize();
+        elsewhere |= others.iter().any(|&id| c.node(id).role() == Role::Leader);
+        if elsewhere && c.node(l).role() == Role::Leader {
+            c.node(l).request_read(b"late".to_vec()).unwrap();
+            c.stabilize();
+            assert_eq!(
+                c.read_states[&NodeId(l)].len(),
+                1,
+                "a stale lease read was served after a new leader was elected"
+            );
+        }
+    }
+    assert!(elsewhere, "the others elected a leader");
+}
+
+#[test]
+fn thesis_3_10_no_lease_reads_once_leadership_is_handed_over() {
+    let (mut c, l, [t, o]) = lease_cluster();
+    for _ in 0..3 {
+        c.tick_all(1);
+        c.stabilize();
+    }
+    // The old leader does not hear that the target took over.
+    c.blocked.insert((NodeId(t), NodeId(l)));
+    c.blocked.insert((NodeId(o), NodeId(l)));
+    c.node(l).transfer_leader(NodeId(t)).unwrap();
+    c.stabilize();
+    assert_eq!(c.node(t).role(), Role::Leader);
+    c.propose(t, "w");
+    c.stabilize();
+    assert_eq!(
+        c.node(l).role(),
+        Role::Leader,
+        "the old leader has not heard of the new term"
+    );
+    let before = c.read_states.get(&NodeId(l)).map_or(0, |r| r.len());
+    c.node(l).request_read(b"r".to_vec()).unwrap();
+    c.stabilize();
+    let after = c.read_states.get(&NodeId(l)).map_or(0, |r| r.len());
+    assert_eq!(after, before, "served a lease read after TimeoutNow");
+}
+
+#[test]
+fn paper_8_with_lease_reads_a_restarted_node_does_not_vote_at_once() {
+    let (mut c, l, [a, b]) = lease_cluster();
+    c.crash(a);
+    c.restart(a);
+    let term = c.node(a).term();
+    let m = Message {
+        from: NodeId(b),
+        to: NodeId(a),
+        term: Term(term.0 + 1),
+        body: MessageBody::Vote {
+            pre_vote: true,
+            last_index: Index(100),
+            last_term: term,
+            transfer: false,
+        },
+    };
+    c.node(a).step(m).unwrap();
+    c.process_ready(NodeId(a));
+    assert!(
+        c.inflight.is_empty(),
+        "it may have promised node {l} a lease before the crash"
+    );
+}
+
+#[test]
+fn huge_terms_and_indexes_from_peers_are_refused_without_panic() {
+    let mut c = Cluster::new(3, no_tweak);
+    c.elect(1);
+    let term = c.node(1).term();
+    for body in [
+        MessageBody::Append {
+            prev_index: Index(u64::MAX),
+            prev_term: term,
+            entries: vec![],
+            commit: Index(0),
+        },
+        MessageBody::Heartbeat {
+            commit: Index(u64::MAX),
+            read_round: 0,
+        },
+        MessageBody::Vote {
+            pre_vote: true,
+            last_index: Index(u64::MAX),
+            last_term: Term(u64::MAX),
+            transfer: false,
+        },
+    ] {
+        let m = Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term,
+            body,
+        };
+        assert!(matches!(c.node(2).step(m), Err(StepError::Invalid { .. })));
+    }
+    let m = Message {
+        from: NodeId(3),
+        to: NodeId(2),
+        term: Term(u64::MAX),
+        body: MessageBody::TimeoutNow,
+    };
+    assert!(matches!(c.node(2).step(m), Err(StepError::Invalid { .. })));
+    assert_eq!(c.node(2).term(), term);
+}

@@ -60,6 +60,8 @@ pub struct SimConfig {
     pub snapshot_interval: u64,
     pub client_timeout_us: u64,
     pub planted: Planted,
+    /// Serve reads from the leader lease instead of a quorum round.
+    pub lease_reads: bool,
     /// How long a crashed node stays down (µs, low and high).
     pub restart_delay_us: (u64, u64),
     /// Pre-vote on every node (the default). Off, split votes are more common.
@@ -98,6 +100,7 @@ impl SimConfig {
             client_timeout_us: 1_000_000,
             planted: Planted::None,
             pre_vote: true,
+            lease_reads: rng.range(0, 3) == 0,
             restart_delay_us: (20_000, 1_500_000),
             trace: false,
         }

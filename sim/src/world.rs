@@ -243,6 +243,9 @@ impl World {
         c.max_inflight_msgs = self.cfg.max_inflight_msgs;
         c.snapshot_timeout_tick = 3 * self.cfg.election_tick;
         c.pre_vote = self.cfg.pre_vote;
+        if self.cfg.lease_reads {
+            c.read_only = nod_raft::ReadOnlyOption::LeaseBased;
+        }
         c.seed = self.rng.next_u64();
         c
     }
