@@ -1042,7 +1042,11 @@ impl<S: Storage> Raft<S> {
     /// Every heartbeat broadcast is a read round: reads waiting in the outbox
     /// join it, and its send time dates the leader's lease.
     fn broadcast_heartbeat(&mut self) {
-        let read_round = self.start_round();
+        let (round, _) = self.start_round();
+        self.send_heartbeats(round);
+    }
+
+    fn send_heartbeats(&mut self, read_round: u64) {
         let peers: Vec<(NodeId, Index)> = self
             .progress
             .iter()
@@ -1054,20 +1058,18 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    fn start_round(&mut self) -> u64 {
+    /// The round whose heartbeats are still in the outbox, starting (and
+    /// dating) a new one if none is; returns it and whether it is new.
+    fn start_round(&mut self) -> (u64, bool) {
         let (round, new) = self.read_only.start_round();
         if new {
-            self.note_round_sent(round);
+            self.round_sent_at.push_back((round, self.ticks));
+            // A bounded window: rounds older than an election timeout cannot date a lease.
+            while self.round_sent_at.len() > 2 * self.cfg.election_tick as usize + 4 {
+                self.round_sent_at.pop_front();
+            }
         }
-        round
-    }
-
-    fn note_round_sent(&mut self, round: u64) {
-        self.round_sent_at.push_back((round, self.ticks));
-        // A bounded window: rounds older than an election timeout cannot date a lease.
-        while self.round_sent_at.len() > 2 * self.cfg.election_tick as usize + 4 {
-            self.round_sent_at.pop_front();
-        }
+        (round, new)
     }
 
     /// The newest round a majority of voters has acknowledged (the leader
@@ -1212,25 +1214,10 @@ impl<S: Storage> Raft<S> {
             return;
         }
         // Safe mode, or a lease that has lapsed: confirm with a quorum round.
-        let started_new = self.read_only.add(from, context, index);
-        if started_new {
-            let round = self.read_only.last_round();
-            self.note_round_sent(round);
-            let peers: Vec<(NodeId, Index)> = self
-                .progress
-                .iter()
-                .filter(|(&id, _)| id != self.id)
-                .map(|(&id, pr)| (id, pr.matched.min(self.log.committed)))
-                .collect();
-            for (to, commit) in peers {
-                self.send(
-                    to,
-                    MessageBody::Heartbeat {
-                        commit,
-                        read_round: round,
-                    },
-                );
-            }
+        let (round, new) = self.start_round();
+        self.read_only.add(from, context, index, round);
+        if new {
+            self.send_heartbeats(round);
         }
     }
 

@@ -31,17 +31,14 @@ impl ReadOnly {
         self.last_round
     }
 
-    /// Queues a read; returns whether a new round was started for it (its
-    /// heartbeats must then be broadcast).
-    pub fn add(&mut self, from: NodeId, context: Vec<u8>, index: Index) -> bool {
-        let (round, started) = self.start_round();
+    /// Queues a read to be answered when `round` is confirmed.
+    pub fn add(&mut self, from: NodeId, context: Vec<u8>, index: Index, round: u64) {
         self.pending.push_back(PendingRead {
             from,
             context,
             index,
             round,
         });
-        started
     }
 
     /// The round whose heartbeats are still in the outbox, starting one if
@@ -89,16 +86,21 @@ mod tests {
     #[test]
     fn reads_batch_until_the_round_leaves() {
         let mut r = ReadOnly::default();
-        assert!(r.add(NodeId(1), b"a".to_vec(), Index(5)), "starts round 1");
-        assert!(!r.add(NodeId(2), b"b".to_vec(), Index(5)), "joins round 1");
+        assert_eq!(r.start_round(), (1, true), "the first read starts round 1");
+        r.add(NodeId(1), b"a".to_vec(), Index(5), 1);
         assert_eq!(
             r.start_round(),
             (1, false),
-            "a heartbeat joins the open round too"
+            "the next joins it while it is open"
         );
+        r.add(NodeId(2), b"b".to_vec(), Index(5), 1);
         r.close_round();
-        assert!(r.add(NodeId(1), b"c".to_vec(), Index(6)));
-        assert_eq!(r.last_round(), 2);
+        assert_eq!(
+            r.start_round(),
+            (2, true),
+            "after the outbox left, a new round"
+        );
+        r.add(NodeId(1), b"c".to_vec(), Index(6), 2);
         assert!(r.release(0).is_empty());
         let released: Vec<_> = r.release(1).into_iter().map(|p| p.context).collect();
         assert_eq!(released, vec![b"a".to_vec(), b"b".to_vec()]);

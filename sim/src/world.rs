@@ -335,6 +335,15 @@ impl World {
         self.start_node(id, disk);
     }
 
+    /// Nodes not removed from the cluster (up or down).
+    fn members(&self) -> Vec<NodeId> {
+        self.nodes
+            .values()
+            .filter(|n| !n.retired)
+            .map(|n| n.id)
+            .collect()
+    }
+
     fn leader(&self) -> Option<NodeId> {
         self.nodes
             .values()
@@ -763,12 +772,7 @@ impl World {
         let request = op.request.clone();
         let outcome = match (&request, reply) {
             (_, Reply::Redirect(hint)) => {
-                let members: Vec<NodeId> = self
-                    .nodes
-                    .values()
-                    .filter(|n| !n.retired)
-                    .map(|n| n.id)
-                    .collect();
+                let members = self.members();
                 let target = if !hint.is_none() && members.contains(&hint) {
                     hint
                 } else {
@@ -869,12 +873,7 @@ impl World {
             .filter(|n| n.raw.is_some())
             .map(|n| n.id)
             .collect();
-        let members: Vec<NodeId> = self
-            .nodes
-            .values()
-            .filter(|n| !n.retired)
-            .map(|n| n.id)
-            .collect();
+        let members = self.members();
         let choice = self.rng.range(0, 100);
         match choice {
             0..=11 => {
@@ -1091,12 +1090,7 @@ impl World {
                     {
                         self.complete(r.client, lin::Outcome::Unknown);
                         // The node may be gone: try another next time.
-                        let members: Vec<NodeId> = self
-                            .nodes
-                            .values()
-                            .filter(|n| !n.retired)
-                            .map(|n| n.id)
-                            .collect();
+                        let members = self.members();
                         if let Some(target) = self.pick(&members) {
                             self.clients[r.client].target = target;
                         }
