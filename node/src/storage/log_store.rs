@@ -1,0 +1,338 @@
+//! The Raft log, hard state and latest snapshot in RocksDB: the durable twin
+//! of `nod_raft::MemStorage`, held to the same conformance suite.
+//!
+//! Layout: column family `log` maps an index (8 bytes, big-endian, so keys
+//! sort by index) to an entry record; column family `meta` holds the
+//! `hard_state` and `snapshot` records (see `codec`). Every `write` is one
+//! RocksDB write batch, synced when the Ready asks for it: one fsync per
+//! Ready however many entries it carries. Opening scans and verifies the whole
+//! log (checksums, contiguity, keys matching indexes), so a torn or corrupt
+//! record is reported with its index before the node uses it. RocksDB's own
+//! LOCK file keeps a second process off the directory.
+
+use std::path::{Path, PathBuf};
+
+use nod_raft::{
+    bootstrap_snapshot, ConfState, Entry, HardState, Index, LogWrite, NodeId, RaftState, Snapshot,
+    Storage, StorageError, StorageWrite, Term,
+};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+
+use super::codec;
+
+const CF_LOG: &str = "log";
+const CF_META: &str = "meta";
+const KEY_HARD_STATE: &[u8] = b"hard_state";
+const KEY_SNAPSHOT: &[u8] = b"snapshot";
+
+fn key(index: Index) -> [u8; 8] {
+    index.0.to_be_bytes()
+}
+
+fn fatal(context: impl std::fmt::Display, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Fatal(format!("{context}: {e}"))
+}
+
+pub struct LogStore {
+    db: DB,
+    path: PathBuf,
+    hard_state: HardState,
+    snapshot: Snapshot,
+    last_index: Index,
+}
+
+impl LogStore {
+    /// Opens (creating if needed) the log store in `dir`, verifying every record.
+    pub fn open(dir: &Path) -> Result<LogStore, StorageError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs =
+            [CF_LOG, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
+            let text = e.to_string();
+            if text.to_ascii_lowercase().contains("lock") {
+                StorageError::Fatal(format!(
+                    "data directory {} is in use by another process (its RocksDB LOCK is held): {text}",
+                    dir.display()
+                ))
+            } else {
+                fatal(format_args!("cannot open the log store in {}", dir.display()), text)
+            }
+        })?;
+        let mut store = LogStore {
+            db,
+            path: dir.to_path_buf(),
+            hard_state: HardState::default(),
+            snapshot: Snapshot::default(),
+            last_index: Index(0),
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes an empty store a founding member's: the initial configuration in
+    /// a snapshot at index 1 (see `nod_raft::MemStorage::new_bootstrap`).
+    pub fn bootstrap(&mut self, conf_state: ConfState, data: Vec<u8>) -> Result<(), StorageError> {
+        if self.hard_state != HardState::default()
+            || !self.snapshot.is_empty()
+            || self.last_index != Index(0)
+        {
+            return Err(StorageError::Fatal(format!(
+                "{} already holds a Raft log; refusing to bootstrap over it",
+                self.path.display()
+            )));
+        }
+        let write = LogWrite {
+            snapshot: Some(bootstrap_snapshot(conf_state, data)),
+            entries: Vec::new(),
+            hard_state: Some(HardState {
+                term: Term(1),
+                vote: NodeId::NONE,
+                commit: Index(1),
+            }),
+            sync: true,
+        };
+        self.write(&write)
+    }
+
+    fn load(&mut self) -> Result<(), StorageError> {
+        let meta = cf(&self.db, CF_META);
+        if let Some(v) = self
+            .db
+            .get_cf(meta, KEY_HARD_STATE)
+            .map_err(|e| fatal("reading the hard state", e))?
+        {
+            self.hard_state =
+                codec::decode_hard_state(&v).map_err(|e| fatal("corrupt hard state", e))?;
+        }
+        if let Some(v) = self
+            .db
+            .get_cf(meta, KEY_SNAPSHOT)
+            .map_err(|e| fatal("reading the snapshot", e))?
+        {
+            self.snapshot =
+                codec::decode_snapshot(&v).map_err(|e| fatal("corrupt snapshot record", e))?;
+        }
+        let mut expect = self.snapshot.metadata.index.next();
+        for item in self
+            .db
+            .iterator_cf(cf(&self.db, CF_LOG), IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(|e| fatal("reading the log", e))?;
+            let index = decode_key(&k)?;
+            if index != expect {
+                return Err(StorageError::Fatal(format!(
+                    "log is not contiguous: found index {index} where {expect} was expected"
+                )));
+            }
+            let entry = codec::decode_entry(&v)
+                .map_err(|e| fatal(format_args!("corrupt log record at index {index}"), e))?;
+            if entry.index != index {
+                return Err(StorageError::Fatal(format!(
+                    "log record at key {index} holds entry {}",
+                    entry.index
+                )));
+            }
+            expect = expect.next();
+        }
+        self.last_index = expect.prev();
+        Ok(())
+    }
+
+    fn validate_write(&self, write: &LogWrite) -> Result<(), StorageError> {
+        let (base, base_last) = match &write.snapshot {
+            Some(s) if s.metadata.index < self.snapshot.metadata.index => {
+                return Err(StorageError::SnapshotOutOfDate)
+            }
+            Some(s) => (s.metadata.index, s.metadata.index),
+            None => (self.snapshot.metadata.index, self.last_index),
+        };
+        if let Some(first) = write.entries.first() {
+            if first.index <= base || first.index > base_last.next() {
+                return Err(StorageError::Fatal(format!(
+                    "append at {} does not fit a log covering ({base}, {base_last}]",
+                    first.index
+                )));
+            }
+            if write
+                .entries
+                .iter()
+                .enumerate()
+                .any(|(i, e)| e.index.0 != first.index.0 + i as u64)
+            {
+                return Err(StorageError::Fatal(
+                    "entries to append are not contiguous".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name)
+        .expect("column families are created at open")
+}
+
+fn decode_key(k: &[u8]) -> Result<Index, StorageError> {
+    let bytes: [u8; 8] = k
+        .try_into()
+        .map_err(|_| StorageError::Fatal(format!("log key of {} bytes, want 8", k.len())))?;
+    Ok(Index(u64::from_be_bytes(bytes)))
+}
+
+impl Storage for LogStore {
+    fn initial_state(&self) -> Result<RaftState, StorageError> {
+        Ok(RaftState {
+            hard_state: self.hard_state,
+            conf_state: self.snapshot.metadata.conf_state.clone(),
+        })
+    }
+
+    fn entries(&self, low: Index, high: Index, max_size: u64) -> Result<Vec<Entry>, StorageError> {
+        if low <= self.snapshot.metadata.index {
+            return Err(StorageError::Compacted);
+        }
+        if high > self.last_index.next() || low > high {
+            return Err(StorageError::Unavailable(high));
+        }
+        let mut out = Vec::new();
+        let mut size = 0;
+        let start = key(low);
+        let iter = self.db.iterator_cf(
+            cf(&self.db, CF_LOG),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut expect = low;
+        for item in iter {
+            if expect >= high {
+                break;
+            }
+            let (k, v) = item.map_err(|e| fatal("reading the log", e))?;
+            let index = decode_key(&k)?;
+            if index != expect {
+                return Err(StorageError::Fatal(format!(
+                    "log has a gap: {index} where {expect} was expected"
+                )));
+            }
+            let entry = codec::decode_entry(&v)
+                .map_err(|e| fatal(format_args!("corrupt log record at index {index}"), e))?;
+            size += entry.size();
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(entry);
+            expect = expect.next();
+        }
+        if out.is_empty() && low < high {
+            return Err(StorageError::Fatal(format!("log entry {low} is missing")));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, index: Index) -> Result<Term, StorageError> {
+        let snap = &self.snapshot.metadata;
+        if index == snap.index {
+            return Ok(snap.term);
+        }
+        if index < snap.index {
+            return Err(StorageError::Compacted);
+        }
+        if index > self.last_index {
+            return Err(StorageError::Unavailable(index));
+        }
+        let v = self
+            .db
+            .get_cf(cf(&self.db, CF_LOG), key(index))
+            .map_err(|e| fatal("reading the log", e))?
+            .ok_or_else(|| StorageError::Fatal(format!("log entry {index} is missing")))?;
+        let entry = codec::decode_entry(&v)
+            .map_err(|e| fatal(format_args!("corrupt log record at index {index}"), e))?;
+        Ok(entry.term)
+    }
+
+    fn first_index(&self) -> Result<Index, StorageError> {
+        Ok(self.snapshot.metadata.index.next())
+    }
+
+    fn last_index(&self) -> Result<Index, StorageError> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        Ok(self.snapshot.clone())
+    }
+}
+
+impl StorageWrite for LogStore {
+    fn write(&mut self, write: &LogWrite) -> Result<(), StorageError> {
+        self.validate_write(write)?;
+        let (log, meta) = (cf(&self.db, CF_LOG), cf(&self.db, CF_META));
+        let mut batch = WriteBatch::default();
+        let mut last = self.last_index;
+        if let Some(snap) = &write.snapshot {
+            // The snapshot replaces the whole log.
+            batch.delete_range_cf(log, key(Index(0)), key(Index(u64::MAX)));
+            batch.put_cf(meta, KEY_SNAPSHOT, codec::encode_snapshot(snap));
+            last = snap.metadata.index;
+        }
+        if let Some(first) = write.entries.first() {
+            // Drop any conflicting tail, then append.
+            batch.delete_range_cf(log, key(first.index), key(Index(u64::MAX)));
+            for e in &write.entries {
+                batch.put_cf(log, key(e.index), codec::encode_entry(e));
+            }
+            last = write.entries.last().expect("not empty").index;
+        }
+        if let Some(hs) = &write.hard_state {
+            batch.put_cf(meta, KEY_HARD_STATE, codec::encode_hard_state(hs));
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(write.sync);
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(|e| fatal("writing the log", e))?;
+        if let Some(snap) = &write.snapshot {
+            self.snapshot = snap.clone();
+        }
+        if let Some(hs) = write.hard_state {
+            self.hard_state = hs;
+        }
+        self.last_index = last;
+        Ok(())
+    }
+
+    fn compact(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
+        let index = snapshot.metadata.index;
+        if index <= self.snapshot.metadata.index {
+            return Err(StorageError::SnapshotOutOfDate);
+        }
+        if index > self.last_index {
+            return Err(StorageError::Unavailable(index));
+        }
+        if self.term(index)? != snapshot.metadata.term {
+            return Err(StorageError::Fatal(format!(
+                "snapshot term {} at {index} does not match the log",
+                snapshot.metadata.term
+            )));
+        }
+        let (log, meta) = (cf(&self.db, CF_LOG), cf(&self.db, CF_META));
+        let mut batch = WriteBatch::default();
+        batch.put_cf(meta, KEY_SNAPSHOT, codec::encode_snapshot(&snapshot));
+        batch.delete_range_cf(log, key(self.snapshot.metadata.index), key(index.next()));
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db
+            .write_opt(batch, &opts)
+            .map_err(|e| fatal("compacting the log", e))?;
+        self.snapshot = snapshot;
+        Ok(())
+    }
+}
