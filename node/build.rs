@@ -1,0 +1,20 @@
+//! Generates the etcd v3 API types, clients and servers from `proto/etcd`
+//! with tonic/prost. Needs `protoc` (scripts/setup installs it).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = "proto/etcd";
+    let files = [
+        "etcdserverpb/rpc.proto",
+        "mvccpb/kv.proto",
+        "authpb/auth.proto",
+    ]
+    .map(|f| format!("{root}/{f}"));
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&files, &[root.to_string()])?;
+    Ok(())
+}
