@@ -46,6 +46,40 @@ impl LogWrite {
     pub fn is_empty(&self) -> bool {
         self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none()
     }
+
+    /// Checks that this write applies to a log whose snapshot is at
+    /// `snapshot_index` and whose last entry is `last_index`: a snapshot no
+    /// older than the current one, entries contiguous and starting inside
+    /// the log or right after it. Every store calls this before writing, so a
+    /// refused write changes nothing.
+    pub fn check_fits(&self, snapshot_index: Index, last_index: Index) -> Result<(), StorageError> {
+        let (base, base_last) = match &self.snapshot {
+            Some(s) if s.metadata.index < snapshot_index => {
+                return Err(StorageError::SnapshotOutOfDate)
+            }
+            Some(s) => (s.metadata.index, s.metadata.index),
+            None => (snapshot_index, last_index),
+        };
+        if let Some(first) = self.entries.first() {
+            if first.index <= base || first.index > base_last.next() {
+                return Err(StorageError::Fatal(format!(
+                    "append at {} does not fit a log covering ({base}, {base_last}]",
+                    first.index
+                )));
+            }
+            if self
+                .entries
+                .iter()
+                .enumerate()
+                .any(|(i, e)| e.index.0 != first.index.0 + i as u64)
+            {
+                return Err(StorageError::Fatal(
+                    "entries to append are not contiguous".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 pub trait StorageWrite: Storage {
@@ -215,31 +249,7 @@ impl Storage for MemStorage {
 impl StorageWrite for MemStorage {
     fn write(&mut self, write: &LogWrite) -> Result<(), StorageError> {
         // Validate everything first so a failed write changes nothing.
-        let (base, base_last) = match &write.snapshot {
-            Some(snap) if snap.metadata.index < self.snapshot.metadata.index => {
-                return Err(StorageError::SnapshotOutOfDate)
-            }
-            Some(snap) => (snap.metadata.index, snap.metadata.index),
-            None => (self.snapshot.metadata.index, self.last_index_now()),
-        };
-        if let Some(first) = write.entries.first() {
-            if first.index <= base || first.index > base_last.next() {
-                return Err(StorageError::Fatal(format!(
-                    "append at {} does not fit a log covering ({base}, {base_last}]",
-                    first.index
-                )));
-            }
-            if write
-                .entries
-                .iter()
-                .enumerate()
-                .any(|(i, e)| e.index.0 != first.index.0 + i as u64)
-            {
-                return Err(StorageError::Fatal(
-                    "entries to append are not contiguous".into(),
-                ));
-            }
-        }
+        write.check_fits(self.snapshot.metadata.index, self.last_index_now())?;
         if let Some(snap) = &write.snapshot {
             self.entries.clear();
             self.snapshot = snap.clone();

@@ -145,35 +145,6 @@ impl LogStore {
         self.last_index = expect.prev();
         Ok(())
     }
-
-    fn validate_write(&self, write: &LogWrite) -> Result<(), StorageError> {
-        let (base, base_last) = match &write.snapshot {
-            Some(s) if s.metadata.index < self.snapshot.metadata.index => {
-                return Err(StorageError::SnapshotOutOfDate)
-            }
-            Some(s) => (s.metadata.index, s.metadata.index),
-            None => (self.snapshot.metadata.index, self.last_index),
-        };
-        if let Some(first) = write.entries.first() {
-            if first.index <= base || first.index > base_last.next() {
-                return Err(StorageError::Fatal(format!(
-                    "append at {} does not fit a log covering ({base}, {base_last}]",
-                    first.index
-                )));
-            }
-            if write
-                .entries
-                .iter()
-                .enumerate()
-                .any(|(i, e)| e.index.0 != first.index.0 + i as u64)
-            {
-                return Err(StorageError::Fatal(
-                    "entries to append are not contiguous".into(),
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
@@ -273,7 +244,7 @@ impl Storage for LogStore {
 
 impl StorageWrite for LogStore {
     fn write(&mut self, write: &LogWrite) -> Result<(), StorageError> {
-        self.validate_write(write)?;
+        write.check_fits(self.snapshot.metadata.index, self.last_index)?;
         let (log, meta) = (cf(&self.db, CF_LOG), cf(&self.db, CF_META));
         let mut batch = WriteBatch::default();
         let mut last = self.last_index;
