@@ -1,5 +1,6 @@
-//! Generates the etcd v3 API types, clients and servers from `proto/etcd`
-//! with tonic/prost. Needs `protoc` (scripts/setup installs it).
+//! Generates, with tonic/prost, the etcd v3 API (types, clients, servers)
+//! from `proto/etcd` and Nod's peer protocol from `proto/nod`. Needs
+//! `protoc` (scripts/setup installs it).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = "proto/etcd";
@@ -16,5 +17,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_protos(&files, &[root.to_string()])?;
+    let peer = "proto/nod/raft.proto";
+    println!("cargo:rerun-if-changed={peer}");
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&[peer.to_string()], &["proto/nod".to_string()])?;
     Ok(())
 }
