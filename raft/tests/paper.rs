@@ -949,3 +949,36 @@ fn huge_terms_and_indexes_from_peers_are_refused_without_panic() {
     assert!(matches!(c.node(2).step(m), Err(StepError::Invalid { .. })));
     assert_eq!(c.node(2).term(), term);
 }
+
+#[test]
+fn paper_6_2_a_new_voter_gets_an_election_timeout_before_check_quorum_counts_it() {
+    let mut c = Cluster::new(1, no_tweak);
+    c.elect(1);
+    c.add_empty_node(NodeId(2));
+    c.isolate(2);
+    c.node(1)
+        .propose_conf_change(cc(ConfChangeKind::AddVoter, 2))
+        .unwrap();
+    c.stabilize();
+    // The configuration {1, 2} needs node 2, which has not answered yet: the
+    // first quorum check must give it the benefit of the doubt...
+    for _ in 0..10 {
+        c.node(1).tick();
+        c.stabilize();
+    }
+    assert_eq!(
+        c.node(1).role(),
+        Role::Leader,
+        "deposed before the new voter had a chance"
+    );
+    // ...but not forever.
+    for _ in 0..10 {
+        c.node(1).tick();
+        c.stabilize();
+    }
+    assert_eq!(
+        c.node(1).role(),
+        Role::Follower,
+        "a voter that never answers costs the quorum"
+    );
+}
