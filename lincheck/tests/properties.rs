@@ -129,24 +129,7 @@ fn sequential_history(steps: &[Step]) -> Vec<Operation> {
         let unknown = matches!(step.fate, 1 | 2);
         let takes_effect = !fails && step.fate != 2;
         let outcome = if takes_effect {
-            match &step.op {
-                Op::Put { key, value } => {
-                    state.insert(key.clone(), value.clone());
-                    Outcome::Done
-                }
-                Op::Get { key } => Outcome::Read(state.get(key).cloned()),
-                Op::Cas { key, expected, new } => {
-                    let holds = state.get(key) == expected.as_ref();
-                    if holds {
-                        state.insert(key.clone(), new.clone());
-                    }
-                    Outcome::Swapped(holds)
-                }
-                Op::Delete { key } => {
-                    state.remove(key);
-                    Outcome::Done
-                }
-            }
+            common::apply(&mut state, &step.op)
         } else {
             Outcome::Failed
         };

@@ -154,35 +154,15 @@ impl MemStorage {
         Index(self.offset() - 1 + self.entries.len() as u64)
     }
 
-    fn append_entries(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+    /// Truncates any conflicting tail and appends; `write` has already
+    /// checked the entries fit (`LogWrite::check_fits`).
+    fn append_entries(&mut self, entries: &[Entry]) {
         let Some(first) = entries.first() else {
-            return Ok(());
+            return;
         };
-        let offset = self.offset();
-        if first.index.0 < offset {
-            return Err(StorageError::Fatal(format!(
-                "append at {} is behind the snapshot at {}",
-                first.index,
-                offset - 1
-            )));
-        }
-        if first.index > self.last_index_now().next() {
-            return Err(StorageError::Fatal(format!(
-                "append at {} leaves a gap after {}",
-                first.index,
-                self.last_index_now()
-            )));
-        }
-        for (i, e) in entries.iter().enumerate() {
-            if e.index.0 != first.index.0 + i as u64 {
-                return Err(StorageError::Fatal(
-                    "entries to append are not contiguous".into(),
-                ));
-            }
-        }
-        self.entries.truncate((first.index.0 - offset) as usize);
+        self.entries
+            .truncate((first.index.0 - self.offset()) as usize);
         self.entries.extend_from_slice(entries);
-        Ok(())
     }
 }
 
@@ -254,7 +234,7 @@ impl StorageWrite for MemStorage {
             self.entries.clear();
             self.snapshot = snap.clone();
         }
-        self.append_entries(&write.entries)?;
+        self.append_entries(&write.entries);
         if let Some(hs) = write.hard_state {
             self.hard_state = hs;
         }

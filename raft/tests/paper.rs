@@ -679,40 +679,32 @@ fn malformed_peer_messages_are_refused_and_change_nothing() {
     c.elect(1);
     let term = c.node(1).term();
     let before = c.node(2).status();
-    let gap = Message {
+    // An Append from the leader after entry 2 carrying one entry.
+    let append = |entry: Entry| Message {
         from: NodeId(1),
         to: NodeId(2),
         term,
         body: MessageBody::Append {
             prev_index: Index(2),
             prev_term: term,
-            entries: vec![Entry {
-                term,
-                index: Index(5),
-                payload: EntryPayload::Empty,
-            }],
+            entries: vec![entry],
             commit: Index(2),
         },
     };
+    let gap = append(Entry {
+        term,
+        index: Index(5),
+        payload: EntryPayload::Empty,
+    });
     assert!(matches!(
         c.node(2).step(gap),
         Err(StepError::Invalid { .. })
     ));
-    let future_term = Message {
-        from: NodeId(1),
-        to: NodeId(2),
-        term,
-        body: MessageBody::Append {
-            prev_index: Index(2),
-            prev_term: term,
-            entries: vec![Entry {
-                term: Term(term.0 + 1),
-                index: Index(3),
-                payload: EntryPayload::Empty,
-            }],
-            commit: Index(2),
-        },
-    };
+    let future_term = append(Entry {
+        term: Term(term.0 + 1),
+        index: Index(3),
+        payload: EntryPayload::Empty,
+    });
     assert!(matches!(
         c.node(2).step(future_term),
         Err(StepError::Invalid { .. })

@@ -172,7 +172,7 @@ enum Fate {
 }
 
 /// Executes `op` on `state`, returning the outcome it has.
-fn apply(state: &mut HashMap<Vec<u8>, Vec<u8>>, op: &Op) -> Outcome {
+pub fn apply(state: &mut HashMap<Vec<u8>, Vec<u8>>, op: &Op) -> Outcome {
     match op {
         Op::Put { key, value } => {
             state.insert(key.clone(), value.clone());
