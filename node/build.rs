@@ -17,11 +17,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_protos(&files, &[root.to_string()])?;
-    let peer = "proto/nod/raft.proto";
-    println!("cargo:rerun-if-changed={peer}");
+    let peer = ["proto/nod/raft.proto", "proto/nod/server.proto"];
+    for f in &peer {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    // Its own output folder: protoc hands the imported etcd files along too,
+    // and their (extern) output must not overwrite the etcd code above.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("nod");
+    std::fs::create_dir_all(&out)?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_protos(&[peer.to_string()], &["proto/nod".to_string()])?;
+        .out_dir(out)
+        .extern_path(".etcdserverpb", "crate::api::etcd::etcdserverpb")
+        .extern_path(".mvccpb", "crate::api::etcd::mvccpb")
+        .extern_path(".authpb", "crate::api::etcd::authpb")
+        .compile_protos(&peer, &["proto/nod", root])?;
     Ok(())
 }

@@ -1,9 +1,11 @@
-//! The Nod server library. So far: durable storage for the Raft log
-//! (`storage`), the etcd v3 API types generated from its protos (`api`) and
-//! the wire codec of Nod's peer protocol (`transport`).
-//! The driver, transport and services come next; the `nod` binary wires
-//! them together.
+//! The Nod server library: durable storage (`storage`: the Raft log and the
+//! MVCC state machine in RocksDB), the peer transport (`transport`), the
+//! etcd v3 API (`api`), the node that joins them (`server`, whose `driver`
+//! is the one loop around the consensus core) and the client (`client`).
+//! The `nod` binary wires them together.
 
 pub mod api;
+pub mod client;
+pub mod server;
 pub mod storage;
 pub mod transport;

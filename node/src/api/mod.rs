@@ -1,6 +1,14 @@
 //! The client-facing API: etcd v3, wire-compatible. `etcd` holds the types,
-//! clients and service traits generated from `proto/etcd`; the services that
-//! implement them come with the server.
+//! clients and service traits generated from `proto/etcd`; one module per
+//! service implements them, and `status` turns every error into etcd's
+//! gRPC status.
+
+pub mod cluster;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod status;
+pub mod watch;
 
 /// Code generated from etcd's v3 API protos (see `proto/etcd/README.md`).
 pub mod etcd {

@@ -1,26 +1,196 @@
-//! The `nod` command. Only wiring lives here: flags in, library calls out.
+//! The `nod` command. Only wiring lives here: flags in, library calls out,
+//! results printed.
 //!
-//! Today it runs the consensus core in the deterministic simulation
-//! (`nod sim`); the server, `nod dev` and the client commands come with the
-//! server.
+//! Exit codes: 0 success; 1 the server refused the request (its etcd error
+//! is printed); 2 bad usage; 3 the cluster could not be reached or had no
+//! leader in time.
 
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nod::api::etcd::etcdserverpb::{
+    compare, range_request, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest,
+    RequestOp, ResponseHeader, TxnRequest, WatchCreateRequest,
+};
+use nod::api::etcd::mvccpb::{event::EventType, KeyValue};
+use nod::client::{Client, ClientError, KeySpan};
+use nod::server::{self, ClusterState, ServerConfig};
+use serde_json::{json, Value};
 
 #[derive(Parser)]
 #[command(
     name = "nod",
     version,
-    about = "Nod: a strongly consistent key-value store replicated with Raft"
+    about = "Nod: a strongly consistent key-value store replicated with Raft, speaking the etcd v3 API"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Args, Clone)]
+struct ClientFlags {
+    /// Comma-separated client endpoints (host:port or URLs).
+    #[arg(
+        long,
+        env = "NOD_ENDPOINTS",
+        default_value = "127.0.0.1:2379",
+        value_delimiter = ',',
+        global = true
+    )]
+    endpoints: Vec<String>,
+    /// Output format.
+    #[arg(long, short = 'w', env = "NOD_OUTPUT", value_enum, default_value_t = Output::Simple, global = true)]
+    output: Output,
+    /// Give up on a request after this many seconds.
+    #[arg(long, env = "NOD_COMMAND_TIMEOUT", default_value_t = 10, global = true)]
+    command_timeout: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Simple,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Runs one Nod server (a member of a cluster).
+    Server(Box<ServerFlags>),
+    /// Runs a whole local cluster on loopback, for development: the quickest way to try Nod.
+    Dev(DevFlags),
+    /// Puts a key.
+    Put {
+        key: String,
+        /// The value; read from standard input when omitted.
+        value: Option<String>,
+        /// Attach the key to this lease (hex id, as `lease grant` prints it).
+        #[arg(long)]
+        lease: Option<String>,
+        /// Print the previous key-value.
+        #[arg(long)]
+        prev_kv: bool,
+        /// Keep the current value (update the lease only).
+        #[arg(long)]
+        ignore_value: bool,
+        /// Keep the current lease.
+        #[arg(long)]
+        ignore_lease: bool,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Gets a key or a range of keys.
+    Get {
+        key: String,
+        /// End of the range [key, range_end).
+        range_end: Option<String>,
+        #[command(flatten)]
+        span: SpanFlags,
+        /// At most this many keys.
+        #[arg(long, default_value_t = 0)]
+        limit: i64,
+        /// Read at this revision (0: latest).
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        /// Keys without values.
+        #[arg(long)]
+        keys_only: bool,
+        /// Only the number of keys.
+        #[arg(long)]
+        count_only: bool,
+        /// Serve from the contacted member without a quorum round (may be stale).
+        #[arg(long, visible_alias = "consistency-s")]
+        serializable: bool,
+        /// Sort by KEY, VERSION, CREATE, MODIFY or VALUE.
+        #[arg(long)]
+        sort_by: Option<String>,
+        /// ASCEND or DESCEND.
+        #[arg(long)]
+        order: Option<String>,
+        /// Print only values.
+        #[arg(long)]
+        print_value_only: bool,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Deletes a key or a range of keys.
+    Del {
+        key: String,
+        range_end: Option<String>,
+        #[command(flatten)]
+        span: SpanFlags,
+        /// Print the deleted key-values.
+        #[arg(long)]
+        prev_kv: bool,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Runs a transaction read from standard input, in etcdctl's format:
+    /// compares, a blank line, success operations, a blank line, failure operations.
+    Txn {
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Watches a key or range and prints events until interrupted.
+    Watch {
+        key: String,
+        range_end: Option<String>,
+        #[command(flatten)]
+        span: SpanFlags,
+        /// Start at this revision (replaying history).
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        /// Include previous values.
+        #[arg(long)]
+        prev_kv: bool,
+        /// Exit after this many events.
+        #[arg(long)]
+        max_events: Option<u64>,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Leases: grant, revoke, keep-alive, timetolive, list.
+    Lease {
+        #[command(subcommand)]
+        command: LeaseCommand,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Members: list, add, remove, promote, update.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Prints each endpoint's status (leader, Raft index and term, db size).
+    Status {
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Snapshots (backups) of the key space.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Compacts history up to a revision.
+    Compact {
+        revision: i64,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
+    /// Hands leadership to another voter (hex member id).
+    MoveLeader {
+        target: String,
+        #[command(flatten)]
+        client: ClientFlags,
+    },
     /// Runs a simulated cluster (3 to 7 in-memory nodes, clients and a nemesis
     /// injecting faults) and checks every safety property and linearizability.
     Sim {
@@ -36,10 +206,1162 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Sim { seed, seeds, trace } => sim(seed, seeds, trace),
+#[derive(Args, Clone, Default)]
+struct SpanFlags {
+    /// Treat the key as a prefix.
+    #[arg(long)]
+    prefix: bool,
+    /// Every key from the key on.
+    #[arg(long)]
+    from_key: bool,
+}
+
+impl SpanFlags {
+    fn span(&self, range_end: &Option<String>) -> Result<KeySpan, String> {
+        match (self.prefix, self.from_key, range_end) {
+            (true, true, _) => Err("--prefix and --from-key exclude each other".into()),
+            (true, _, Some(_)) | (_, true, Some(_)) => {
+                Err("a range end cannot be combined with --prefix or --from-key".into())
+            }
+            (true, false, None) => Ok(KeySpan::Prefix),
+            (false, true, None) => Ok(KeySpan::FromKey),
+            (false, false, Some(end)) => Ok(KeySpan::Until(end.as_bytes().to_vec())),
+            (false, false, None) => Ok(KeySpan::Single),
+        }
     }
+}
+
+#[derive(Subcommand)]
+enum LeaseCommand {
+    /// Grants a lease with a TTL in seconds.
+    Grant { ttl: i64 },
+    /// Revokes a lease, deleting its keys.
+    Revoke { id: String },
+    /// Keeps a lease alive until interrupted (or once).
+    KeepAlive {
+        id: String,
+        #[arg(long)]
+        once: bool,
+    },
+    /// Shows a lease's remaining time (and keys with --keys).
+    Timetolive {
+        id: String,
+        #[arg(long)]
+        keys: bool,
+    },
+    /// Lists leases.
+    List,
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    List,
+    /// Adds a member; start it with `nod server --initial-cluster-state existing`.
+    Add {
+        name: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+        /// Add as a non-voting learner (promote it once it caught up).
+        #[arg(long)]
+        learner: bool,
+    },
+    Remove {
+        id: String,
+    },
+    Promote {
+        id: String,
+    },
+    Update {
+        id: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Saves a backup of the whole key space to a file.
+    Save { file: PathBuf },
+}
+
+#[derive(Args)]
+struct ServerFlags {
+    /// Human-readable name of this member; unique in the cluster.
+    #[arg(long, env = "NOD_NAME", default_value = "default")]
+    name: String,
+    /// Where the Raft log, the state machine and snapshots live.
+    #[arg(long, env = "NOD_DATA_DIR", default_value = "./nod-data/default")]
+    data_dir: PathBuf,
+    /// Address to serve clients (the etcd v3 API) on.
+    #[arg(
+        long,
+        env = "NOD_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    listen_client_urls: String,
+    /// Client URL other members and clients use to reach this member (default: the listen URL).
+    #[arg(long, env = "NOD_ADVERTISE_CLIENT_URLS")]
+    advertise_client_urls: Option<String>,
+    /// Address to serve peers (Raft messages) on.
+    #[arg(
+        long,
+        env = "NOD_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    listen_peer_urls: String,
+    /// Peer URL other members use to reach this member (default: the listen URL).
+    #[arg(long, env = "NOD_INITIAL_ADVERTISE_PEER_URLS")]
+    initial_advertise_peer_urls: Option<String>,
+    /// Address for /metrics, /healthz and /readyz ("" turns it off).
+    #[arg(
+        long,
+        env = "NOD_LISTEN_METRICS_URLS",
+        default_value = "http://127.0.0.1:2381"
+    )]
+    listen_metrics_urls: String,
+    /// Founding members (new) or members to ask (existing): name=peerURL,...
+    #[arg(long, env = "NOD_INITIAL_CLUSTER")]
+    initial_cluster: Option<String>,
+    /// `new` founds a cluster; `existing` joins one this member was added to.
+    #[arg(long, env = "NOD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    initial_cluster_state: String,
+    /// Distinguishes clusters founded with the same member names.
+    #[arg(long, env = "NOD_INITIAL_CLUSTER_TOKEN", default_value = "nod-cluster")]
+    initial_cluster_token: String,
+    /// Heartbeat interval in milliseconds (one Raft tick).
+    #[arg(long, env = "NOD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Election timeout in milliseconds (a multiple of the heartbeat interval).
+    #[arg(long, env = "NOD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    election_timeout: u64,
+    /// Largest client request accepted, in bytes.
+    #[arg(long, env = "NOD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    max_request_bytes: usize,
+    /// Applied entries between snapshots.
+    #[arg(long, env = "NOD_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    snapshot_count: u64,
+    /// Seconds between progress notifications to watchers that asked for them.
+    #[arg(long, env = "NOD_PROGRESS_NOTIFY_INTERVAL", default_value_t = 600)]
+    progress_notify_interval: u64,
+    /// Log format.
+    #[arg(long, env = "NOD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Args)]
+struct DevFlags {
+    /// How many members.
+    #[arg(long, env = "NOD_DEV_NODES", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=9))]
+    nodes: u16,
+    /// Where the members keep their data (one folder each).
+    #[arg(long, env = "NOD_DEV_DATA_DIR", default_value = "./nod-data")]
+    data_dir: PathBuf,
+    /// Member i serves clients on base+100*i, peers on base+100*i+1, metrics on base+100*i+2.
+    #[arg(long, env = "NOD_DEV_BASE_PORT", default_value_t = 2379)]
+    base_port: u16,
+    #[arg(long, env = "NOD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logs(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Parses `http://host:port` (or `host:port`) into a socket address.
+fn socket_addr(url: &str) -> Result<SocketAddr, String> {
+    let hostport = url.split("://").last().unwrap_or(url).trim_end_matches('/');
+    use std::net::ToSocketAddrs;
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("{url:?} is not a host:port address: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{url:?} resolves to no address"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sim { seed, seeds, trace } => sim(seed, seeds, trace),
+        Command::Server(flags) => {
+            init_logs(flags.log_format, "info");
+            run_async(run_server(*flags))
+        }
+        Command::Dev(flags) => {
+            init_logs(flags.log_format, "warn,nod=info");
+            run_async(run_dev(flags))
+        }
+        other => {
+            init_logs(LogFormat::Text, "warn");
+            run_async(run_client(other))
+        }
+    }
+}
+
+fn run_async(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("nod: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
+    let listen_client = socket_addr(&f.listen_client_urls)?;
+    let listen_peer = socket_addr(&f.listen_peer_urls)?;
+    let advertise_peer = f
+        .initial_advertise_peer_urls
+        .clone()
+        .unwrap_or_else(|| f.listen_peer_urls.clone());
+    let initial = f
+        .initial_cluster
+        .clone()
+        .unwrap_or_else(|| format!("{}={}", f.name, advertise_peer));
+    let mut initial_cluster = Vec::new();
+    for part in initial.split(',').filter(|p| !p.is_empty()) {
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--initial-cluster entry {part:?} is not name=peerURL"))?;
+        initial_cluster.push((name.trim().to_string(), url.trim().to_string()));
+    }
+    if f.heartbeat_interval == 0 || f.election_timeout < 5 * f.heartbeat_interval {
+        return Err("--election-timeout must be at least 5 heartbeat intervals".into());
+    }
+    let mut cfg = ServerConfig::local(&f.name, f.data_dir.clone(), listen_client, listen_peer);
+    cfg.advertise_client = f
+        .advertise_client_urls
+        .clone()
+        .unwrap_or_else(|| f.listen_client_urls.clone());
+    cfg.advertise_peer = advertise_peer;
+    cfg.listen_metrics = if f.listen_metrics_urls.is_empty() {
+        None
+    } else {
+        Some(socket_addr(&f.listen_metrics_urls)?)
+    };
+    cfg.initial_cluster = initial_cluster;
+    cfg.initial_cluster_state = match f.initial_cluster_state.as_str() {
+        "new" => ClusterState::New,
+        "existing" => ClusterState::Existing,
+        other => {
+            return Err(format!(
+                "--initial-cluster-state is new or existing, not {other:?}"
+            ))
+        }
+    };
+    cfg.initial_cluster_token = f.initial_cluster_token.clone();
+    cfg.heartbeat = Duration::from_millis(f.heartbeat_interval);
+    cfg.election_ticks = f.election_timeout / f.heartbeat_interval;
+    cfg.max_request_bytes = f.max_request_bytes;
+    cfg.snapshot_count = f.snapshot_count;
+    cfg.progress_notify_interval = Duration::from_secs(f.progress_notify_interval.max(1));
+    Ok(cfg)
+}
+
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run_server(flags: ServerFlags) -> ExitCode {
+    let cfg = match server_config(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nod server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut running = match server::start(cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("nod server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        _ = stop_signal() => {
+            tracing::info!("stopping");
+            match running.shutdown().await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => { eprintln!("nod server: {e}"); ExitCode::FAILURE }
+            }
+        }
+        r = running.stopped() => match r {
+            Ok(()) => {
+                eprintln!("nod server: this member was removed from the cluster");
+                ExitCode::SUCCESS
+            }
+            Err(e) => { eprintln!("nod server: stopped: {e}"); ExitCode::FAILURE }
+        }
+    }
+}
+
+async fn run_dev(flags: DevFlags) -> ExitCode {
+    let n = flags.nodes;
+    let port = |i: u16, k: u16| -> Option<u16> { flags.base_port.checked_add(i * 100 + k) };
+    let mut members = Vec::new();
+    for i in 0..n {
+        let (Some(c), Some(p), Some(m)) = (port(i, 0), port(i, 1), port(i, 2)) else {
+            eprintln!(
+                "nod dev: --base-port {} leaves no room for {n} members",
+                flags.base_port
+            );
+            return ExitCode::from(2);
+        };
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        members.push((format!("node-{}", i + 1), addr(c), addr(p), addr(m)));
+    }
+    let initial: Vec<(String, String)> = members
+        .iter()
+        .map(|(name, _, p, _)| (name.clone(), format!("http://{p}")))
+        .collect();
+    let mut servers = Vec::new();
+    for (name, c, p, m) in &members {
+        let mut cfg = ServerConfig::local(name, flags.data_dir.join(name), *c, *p);
+        cfg.listen_metrics = Some(*m);
+        cfg.initial_cluster = initial.clone();
+        cfg.initial_cluster_token = "nod-dev".into();
+        match server::start(cfg).await {
+            Ok(s) => servers.push(s),
+            Err(e) => {
+                eprintln!("nod dev: {name}: {e}");
+                for s in servers {
+                    let _ = s.shutdown().await;
+                }
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let endpoints: Vec<String> = servers.iter().map(|s| s.client_addr.to_string()).collect();
+    // Wait for a leader so the first command a user types works.
+    for _ in 0..100 {
+        if servers.iter().any(|s| s.shared.status().leader != 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("nod dev: {n} members, data in {}", flags.data_dir.display());
+    println!("endpoints: {}", endpoints.join(","));
+    println!(
+        "metrics: {}",
+        servers
+            .iter()
+            .filter_map(|s| s.metrics_addr.map(|a| format!("http://{a}/metrics")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "try:  etcdctl --endpoints={} put hello world",
+        endpoints.join(",")
+    );
+    println!(
+        "      nod --endpoints={} get hello   (Ctrl-C stops the cluster)",
+        endpoints.join(",")
+    );
+    stop_signal().await;
+    println!("nod dev: stopping");
+    let mut ok = true;
+    for s in servers {
+        if let Err(e) = s.shutdown().await {
+            eprintln!("nod dev: {e}");
+            ok = false;
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+// ---- client commands ----
+
+enum Failure {
+    Usage(String),
+    Client(ClientError),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure::Client(e)
+    }
+}
+
+fn usage(s: impl Into<String>) -> Failure {
+    Failure::Usage(s.into())
+}
+
+fn exit_for(f: Failure) -> ExitCode {
+    match f {
+        Failure::Usage(m) => {
+            eprintln!("nod: {m}");
+            ExitCode::from(2)
+        }
+        Failure::Client(ClientError::Status(s)) => {
+            eprintln!("Error: {}", s.message());
+            match s.code() {
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => ExitCode::from(3),
+                _ => ExitCode::FAILURE,
+            }
+        }
+        Failure::Client(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_hex(s: &str, what: &str) -> Result<u64, Failure> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|_| usage(format!("{what} {s:?} is not a hexadecimal id")))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn kv_json(kv: &KeyValue) -> Value {
+    json!({
+        "key": text(&kv.key),
+        "value": text(&kv.value),
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+        "lease": format!("{:x}", kv.lease),
+    })
+}
+
+fn header_json(h: &Option<ResponseHeader>) -> Value {
+    let h = h.unwrap_or_default();
+    json!({
+        "cluster_id": format!("{:x}", h.cluster_id),
+        "member_id": format!("{:x}", h.member_id),
+        "revision": h.revision,
+        "raft_term": h.raft_term,
+    })
+}
+
+fn print_json(v: Value) {
+    println!("{v}");
+}
+
+async fn run_client(cmd: Command) -> ExitCode {
+    match client_command(cmd).await {
+        Ok(code) => code,
+        Err(f) => exit_for(f),
+    }
+}
+
+fn connect(c: &ClientFlags) -> Result<Client, Failure> {
+    Ok(Client::connect(
+        &c.endpoints,
+        Duration::from_secs(c.command_timeout),
+    )?)
+}
+
+fn sort_target(s: &str) -> Result<range_request::SortTarget, Failure> {
+    use range_request::SortTarget as T;
+    Ok(match s.to_ascii_uppercase().as_str() {
+        "KEY" => T::Key,
+        "VERSION" => T::Version,
+        "CREATE" => T::Create,
+        "MODIFY" | "MOD" => T::Mod,
+        "VALUE" => T::Value,
+        _ => {
+            return Err(usage(format!(
+                "--sort-by {s:?}: use KEY, VERSION, CREATE, MODIFY or VALUE"
+            )))
+        }
+    })
+}
+
+async fn client_command(cmd: Command) -> Result<ExitCode, Failure> {
+    match cmd {
+        Command::Put {
+            key,
+            value,
+            lease,
+            prev_kv,
+            ignore_value,
+            ignore_lease,
+            client,
+        } => {
+            let value = match value {
+                Some(v) => v.into_bytes(),
+                None if ignore_value => Vec::new(),
+                None => {
+                    let mut buf = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut buf)
+                        .map_err(|e| usage(format!("reading the value from stdin: {e}")))?;
+                    buf
+                }
+            };
+            let lease = match lease {
+                Some(l) => parse_hex(&l, "lease")? as i64,
+                None => 0,
+            };
+            let mut c = connect(&client)?;
+            let r = c
+                .put(PutRequest {
+                    key: key.into_bytes(),
+                    value,
+                    lease,
+                    prev_kv,
+                    ignore_value,
+                    ignore_lease,
+                })
+                .await?;
+            match client.output {
+                Output::Json => print_json(json!({
+                    "header": header_json(&r.header),
+                    "prev_kv": r.prev_kv.as_ref().map(kv_json),
+                })),
+                Output::Simple => {
+                    println!("OK");
+                    if let Some(p) = r.prev_kv {
+                        println!("{}\n{}", text(&p.key), text(&p.value));
+                    }
+                }
+            }
+        }
+        Command::Get {
+            key,
+            range_end,
+            span,
+            limit,
+            rev,
+            keys_only,
+            count_only,
+            serializable,
+            sort_by,
+            order,
+            print_value_only,
+            client,
+        } => {
+            let span = span.span(&range_end).map_err(usage)?;
+            let mut req = RangeRequest {
+                range_end: span.range_end(key.as_bytes()),
+                key: key.into_bytes(),
+                limit,
+                revision: rev,
+                keys_only,
+                count_only,
+                serializable,
+                ..Default::default()
+            };
+            if let Some(s) = sort_by {
+                req.sort_target = sort_target(&s)? as i32;
+                req.sort_order = range_request::SortOrder::Ascend as i32;
+            }
+            if let Some(o) = order {
+                req.sort_order = match o.to_ascii_uppercase().as_str() {
+                    "ASCEND" => range_request::SortOrder::Ascend,
+                    "DESCEND" => range_request::SortOrder::Descend,
+                    _ => return Err(usage(format!("--order {o:?}: use ASCEND or DESCEND"))),
+                } as i32;
+            }
+            let mut c = connect(&client)?;
+            let r = c.range(req).await?;
+            match client.output {
+                Output::Json => print_json(json!({
+                    "header": header_json(&r.header),
+                    "kvs": r.kvs.iter().map(kv_json).collect::<Vec<_>>(),
+                    "more": r.more,
+                    "count": r.count,
+                })),
+                Output::Simple => {
+                    if count_only {
+                        println!("{}", r.count);
+                    }
+                    for kv in &r.kvs {
+                        if !print_value_only {
+                            println!("{}", text(&kv.key));
+                        }
+                        if !keys_only {
+                            println!("{}", text(&kv.value));
+                        }
+                    }
+                }
+            }
+        }
+        Command::Del {
+            key,
+            range_end,
+            span,
+            prev_kv,
+            client,
+        } => {
+            let span = span.span(&range_end).map_err(usage)?;
+            let mut c = connect(&client)?;
+            let r = c
+                .delete(DeleteRangeRequest {
+                    range_end: span.range_end(key.as_bytes()),
+                    key: key.into_bytes(),
+                    prev_kv,
+                })
+                .await?;
+            match client.output {
+                Output::Json => print_json(json!({
+                    "header": header_json(&r.header),
+                    "deleted": r.deleted,
+                    "prev_kvs": r.prev_kvs.iter().map(kv_json).collect::<Vec<_>>(),
+                })),
+                Output::Simple => {
+                    println!("{}", r.deleted);
+                    for kv in &r.prev_kvs {
+                        println!("{}\n{}", text(&kv.key), text(&kv.value));
+                    }
+                }
+            }
+        }
+        Command::Txn { client } => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .map_err(|e| usage(format!("reading stdin: {e}")))?;
+            let req = parse_txn(&input).map_err(usage)?;
+            let mut c = connect(&client)?;
+            let r = c.txn(req).await?;
+            match client.output {
+                Output::Json => print_json(json!({
+                    "header": header_json(&r.header),
+                    "succeeded": r.succeeded,
+                    "responses": r.responses.len(),
+                })),
+                Output::Simple => {
+                    println!("{}", if r.succeeded { "SUCCESS" } else { "FAILURE" });
+                    use nod::api::etcd::etcdserverpb::response_op::Response as R;
+                    for op in r.responses {
+                        println!();
+                        match op.response {
+                            Some(R::ResponsePut(_)) => println!("OK"),
+                            Some(R::ResponseDeleteRange(d)) => println!("{}", d.deleted),
+                            Some(R::ResponseRange(g)) => {
+                                for kv in g.kvs {
+                                    println!("{}\n{}", text(&kv.key), text(&kv.value));
+                                }
+                            }
+                            Some(R::ResponseTxn(t)) => {
+                                println!("{}", if t.succeeded { "SUCCESS" } else { "FAILURE" })
+                            }
+                            None => {}
+                        }
+                    }
+                }
+            }
+        }
+        Command::Watch {
+            key,
+            range_end,
+            span,
+            rev,
+            prev_kv,
+            max_events,
+            client,
+        } => {
+            let span = span.span(&range_end).map_err(usage)?;
+            let mut c = Client::connect(&client.endpoints, Duration::from_secs(u64::MAX / 4))?;
+            let create = WatchCreateRequest {
+                range_end: span.range_end(key.as_bytes()),
+                key: key.into_bytes(),
+                start_revision: rev,
+                prev_kv,
+                ..Default::default()
+            };
+            let (_tx, mut stream) = c.watch(create).await?;
+            let mut seen = 0u64;
+            loop {
+                let msg = tokio::select! {
+                    m = stream.message() => m.map_err(ClientError::from)?,
+                    _ = stop_signal() => return Ok(ExitCode::SUCCESS),
+                };
+                let Some(resp) = msg else {
+                    eprintln!("Error: watch stream closed by the server");
+                    return Ok(ExitCode::from(3));
+                };
+                if resp.canceled {
+                    eprintln!("Error: watch canceled: {}", resp.cancel_reason);
+                    return Ok(ExitCode::FAILURE);
+                }
+                for ev in resp.events {
+                    let kv = ev.kv.unwrap_or_default();
+                    let kind = if ev.r#type == EventType::Delete as i32 {
+                        "DELETE"
+                    } else {
+                        "PUT"
+                    };
+                    match client.output {
+                        Output::Json => print_json(json!({
+                            "type": kind,
+                            "kv": kv_json(&kv),
+                            "prev_kv": ev.prev_kv.as_ref().map(kv_json),
+                        })),
+                        Output::Simple => {
+                            println!("{kind}");
+                            if let Some(p) = &ev.prev_kv {
+                                println!("{}\n{}", text(&p.key), text(&p.value));
+                            }
+                            println!("{}", text(&kv.key));
+                            if kind == "PUT" {
+                                println!("{}", text(&kv.value));
+                            }
+                        }
+                    }
+                    seen += 1;
+                    if max_events.is_some_and(|m| seen >= m) {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
+            }
+        }
+        Command::Lease { command, client } => {
+            let mut c = connect(&client)?;
+            match command {
+                LeaseCommand::Grant { ttl } => {
+                    let r = c.lease_grant(ttl, 0).await?;
+                    match client.output {
+                        Output::Json => print_json(
+                            json!({"header": header_json(&r.header), "id": format!("{:x}", r.id), "ttl": r.ttl}),
+                        ),
+                        Output::Simple => println!("lease {:x} granted with TTL({}s)", r.id, r.ttl),
+                    }
+                }
+                LeaseCommand::Revoke { id } => {
+                    let id = parse_hex(&id, "lease")?;
+                    let r = c.lease_revoke(id as i64).await?;
+                    match client.output {
+                        Output::Json => print_json(json!({"header": header_json(&r.header)})),
+                        Output::Simple => println!("lease {id:x} revoked"),
+                    }
+                }
+                LeaseCommand::KeepAlive { id, once } => {
+                    let id = parse_hex(&id, "lease")? as i64;
+                    let (tx, mut stream) = c.lease_keep_alive(id).await?;
+                    loop {
+                        let Some(r) = stream.message().await.map_err(ClientError::from)? else {
+                            eprintln!("Error: keep-alive stream closed");
+                            return Ok(ExitCode::from(3));
+                        };
+                        if r.ttl <= 0 {
+                            eprintln!("lease {id:x} expired or revoked.");
+                            return Ok(ExitCode::FAILURE);
+                        }
+                        match client.output {
+                            Output::Json => {
+                                print_json(json!({"id": format!("{:x}", r.id), "ttl": r.ttl}))
+                            }
+                            Output::Simple => {
+                                println!("lease {:x} keepalived with TTL({})", r.id, r.ttl)
+                            }
+                        }
+                        if once {
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        let wait = Duration::from_millis((r.ttl as u64 * 1000 / 3).max(500));
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = stop_signal() => return Ok(ExitCode::SUCCESS),
+                        }
+                        if tx
+                            .send(nod::api::etcd::etcdserverpb::LeaseKeepAliveRequest { id })
+                            .await
+                            .is_err()
+                        {
+                            return Ok(ExitCode::from(3));
+                        }
+                    }
+                }
+                LeaseCommand::Timetolive { id, keys } => {
+                    let id = parse_hex(&id, "lease")? as i64;
+                    let r = c.lease_time_to_live(id, keys).await?;
+                    match client.output {
+                        Output::Json => print_json(json!({
+                            "id": format!("{:x}", r.id), "ttl": r.ttl, "granted_ttl": r.granted_ttl,
+                            "keys": r.keys.iter().map(|k| text(k)).collect::<Vec<_>>(),
+                        })),
+                        Output::Simple if r.ttl == -1 => println!("lease {id:x} already expired"),
+                        Output::Simple => {
+                            print!(
+                                "lease {id:x} granted with TTL({}s), remaining({}s)",
+                                r.granted_ttl, r.ttl
+                            );
+                            if keys {
+                                print!(
+                                    ", attached keys({:?})",
+                                    r.keys.iter().map(|k| text(k)).collect::<Vec<_>>()
+                                );
+                            }
+                            println!();
+                        }
+                    }
+                }
+                LeaseCommand::List => {
+                    let r = c.lease_list().await?;
+                    match client.output {
+                        Output::Json => print_json(
+                            json!({"leases": r.leases.iter().map(|l| format!("{:x}", l.id)).collect::<Vec<_>>()}),
+                        ),
+                        Output::Simple => {
+                            println!("found {} leases", r.leases.len());
+                            for l in r.leases {
+                                println!("{:x}", l.id);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Command::Member { command, client } => {
+            let mut c = connect(&client)?;
+            let member_json = |m: &nod::api::etcd::etcdserverpb::Member| json!({"id": format!("{:x}", m.id), "name": m.name, "peer_urls": m.peer_ur_ls, "client_urls": m.client_ur_ls, "is_learner": m.is_learner});
+            match command {
+                MemberCommand::List => {
+                    let r = c.member_list().await?;
+                    match client.output {
+                        Output::Json => print_json(
+                            json!({"header": header_json(&r.header), "members": r.members.iter().map(member_json).collect::<Vec<_>>()}),
+                        ),
+                        Output::Simple => {
+                            for m in r.members {
+                                println!(
+                                    "{:x}, started, {}, {}, {}, {}",
+                                    m.id,
+                                    m.name,
+                                    m.peer_ur_ls.join(","),
+                                    m.client_ur_ls.join(","),
+                                    m.is_learner
+                                );
+                            }
+                        }
+                    }
+                }
+                MemberCommand::Add {
+                    name,
+                    peer_urls,
+                    learner,
+                } => {
+                    let r = c.member_add(peer_urls.clone(), learner).await?;
+                    let m = r.member.clone().unwrap_or_default();
+                    match client.output {
+                        Output::Json => print_json(
+                            json!({"header": header_json(&r.header), "member": member_json(&m)}),
+                        ),
+                        Output::Simple => {
+                            println!(
+                                "Member {:x} added to cluster {:x}",
+                                m.id,
+                                r.header.unwrap_or_default().cluster_id
+                            );
+                            let mut initial: Vec<String> = r
+                                .members
+                                .iter()
+                                .filter(|x| x.id != m.id && !x.name.is_empty())
+                                .filter_map(|x| {
+                                    x.peer_ur_ls.first().map(|u| format!("{}={u}", x.name))
+                                })
+                                .collect();
+                            initial.push(format!("{name}={}", peer_urls[0]));
+                            println!("\nNOD_NAME=\"{name}\"");
+                            println!("NOD_INITIAL_CLUSTER=\"{}\"", initial.join(","));
+                            println!(
+                                "NOD_INITIAL_ADVERTISE_PEER_URLS=\"{}\"",
+                                peer_urls.join(",")
+                            );
+                            println!("NOD_INITIAL_CLUSTER_STATE=\"existing\"");
+                        }
+                    }
+                }
+                MemberCommand::Remove { id } => {
+                    let id = parse_hex(&id, "member")?;
+                    let r = c.member_remove(id).await?;
+                    match client.output {
+                        Output::Json => print_json(json!({"header": header_json(&r.header)})),
+                        Output::Simple => println!(
+                            "Member {id:x} removed from cluster {:x}",
+                            r.header.unwrap_or_default().cluster_id
+                        ),
+                    }
+                }
+                MemberCommand::Promote { id } => {
+                    let id = parse_hex(&id, "member")?;
+                    let r = c.member_promote(id).await?;
+                    match client.output {
+                        Output::Json => print_json(json!({"header": header_json(&r.header)})),
+                        Output::Simple => println!(
+                            "Member {id:x} promoted in cluster {:x}",
+                            r.header.unwrap_or_default().cluster_id
+                        ),
+                    }
+                }
+                MemberCommand::Update { id, peer_urls } => {
+                    let id = parse_hex(&id, "member")?;
+                    let r = c.member_update(id, peer_urls).await?;
+                    match client.output {
+                        Output::Json => print_json(json!({"header": header_json(&r.header)})),
+                        Output::Simple => println!(
+                            "Member {id:x} updated in cluster {:x}",
+                            r.header.unwrap_or_default().cluster_id
+                        ),
+                    }
+                }
+            }
+        }
+        Command::Status { client } => {
+            let mut failed = false;
+            for ep in &client.endpoints {
+                let mut c = Client::connect(
+                    std::slice::from_ref(ep),
+                    Duration::from_secs(client.command_timeout),
+                )?;
+                match c.status().await {
+                    Ok(s) => {
+                        let h = s.header.unwrap_or_default();
+                        match client.output {
+                            Output::Json => print_json(json!({
+                                "endpoint": ep, "id": format!("{:x}", h.member_id), "version": s.version,
+                                "db_size": s.db_size, "leader": format!("{:x}", s.leader), "is_leader": s.leader == h.member_id,
+                                "is_learner": s.is_learner, "raft_term": s.raft_term, "raft_index": s.raft_index,
+                                "raft_applied_index": s.raft_applied_index, "errors": s.errors,
+                            })),
+                            Output::Simple => println!(
+                                "{ep}, {:x}, {}, {} B, {}, {}, {}, {}, {}",
+                                h.member_id,
+                                s.version,
+                                s.db_size,
+                                s.leader == h.member_id,
+                                s.is_learner,
+                                s.raft_term,
+                                s.raft_index,
+                                s.raft_applied_index
+                            ),
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("{ep}: Error: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Command::Snapshot {
+            command: SnapshotCommand::Save { file },
+            client,
+        } => {
+            let mut c = connect(&client)?;
+            let bytes = c.snapshot().await?;
+            nod::api::maintenance::decode_backup(&bytes)
+                .map_err(|e| Failure::Client(ClientError::Protocol(e)))?;
+            let part = file.with_extension("part");
+            std::fs::write(&part, &bytes)
+                .and_then(|_| std::fs::rename(&part, &file))
+                .map_err(|e| usage(format!("cannot write {}: {e}", file.display())))?;
+            println!(
+                "Snapshot saved at {} ({} bytes)",
+                file.display(),
+                bytes.len()
+            );
+        }
+        Command::Compact { revision, client } => {
+            let mut c = connect(&client)?;
+            c.compact(revision).await?;
+            println!("compacted revision {revision}");
+        }
+        Command::MoveLeader { target, client } => {
+            let target = parse_hex(&target, "member")?;
+            // Only the leader can move leadership: find it first.
+            let mut c = connect(&client)?;
+            let leader = c.status().await?.leader;
+            let members = c.member_list().await?.members;
+            let url = members
+                .iter()
+                .find(|m| m.id == leader)
+                .and_then(|m| m.client_ur_ls.first().cloned())
+                .ok_or_else(|| usage("no leader with a known client URL"))?;
+            let mut lc = Client::connect(&[url], Duration::from_secs(client.command_timeout))?;
+            lc.move_leader(target).await?;
+            println!("Leadership transferred from {leader:x} to {target:x}");
+        }
+        Command::Server(_) | Command::Dev(_) | Command::Sim { .. } => {
+            unreachable!("handled in main")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---- etcdctl's txn format ----
+
+/// Splits a line into words, honouring double quotes (with \" escapes).
+fn words(line: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+            continue;
+        }
+        let mut w = String::new();
+        if c == '"' {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('\\') => w.push(chars.next().ok_or("unterminated escape")?),
+                    Some('"') => break,
+                    Some(ch) => w.push(ch),
+                    None => return Err(format!("unterminated quote in {line:?}")),
+                }
+            }
+        } else {
+            while let Some(&ch) = chars.peek() {
+                if ch.is_whitespace() {
+                    break;
+                }
+                w.push(ch);
+                chars.next();
+            }
+        }
+        out.push(w);
+    }
+    Ok(out)
+}
+
+/// `value("k") = "v"`, `version("k") > "3"`, `mod(...)`, `create(...)`, `lease(...)`.
+fn parse_compare(line: &str) -> Result<Compare, String> {
+    let open = line
+        .find('(')
+        .ok_or_else(|| format!("bad compare {line:?}"))?;
+    let close = line
+        .rfind(')')
+        .ok_or_else(|| format!("bad compare {line:?}"))?;
+    let target = line[..open].trim();
+    let key = words(&line[open + 1..close])?
+        .into_iter()
+        .next()
+        .ok_or("compare without a key")?;
+    let rest = words(&line[close + 1..])?;
+    let [op, value] = rest.as_slice() else {
+        return Err(format!("bad compare {line:?}: want target(key) op value"));
+    };
+    use compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
+    let result = match op.as_str() {
+        "=" | "==" => R::Equal,
+        "!=" => R::NotEqual,
+        ">" => R::Greater,
+        "<" => R::Less,
+        _ => return Err(format!("unknown compare operator {op:?}")),
+    };
+    let num = || {
+        value
+            .parse::<i64>()
+            .map_err(|_| format!("{value:?} is not a number"))
+    };
+    let (t, u) = match target {
+        "value" | "val" | "v" => (T::Value, U::Value(value.clone().into_bytes())),
+        "version" | "ver" => (T::Version, U::Version(num()?)),
+        "create" | "c" => (T::Create, U::CreateRevision(num()?)),
+        "mod" | "m" => (T::Mod, U::ModRevision(num()?)),
+        "lease" => (
+            T::Lease,
+            U::Lease(
+                i64::from_str_radix(value, 16)
+                    .map_err(|_| format!("{value:?} is not a hex lease id"))?,
+            ),
+        ),
+        _ => return Err(format!("unknown compare target {target:?}")),
+    };
+    Ok(Compare {
+        result: result as i32,
+        target: t as i32,
+        key: key.into_bytes(),
+        range_end: Vec::new(),
+        target_union: Some(u),
+    })
+}
+
+fn parse_op(line: &str) -> Result<RequestOp, String> {
+    let w = words(line)?;
+    let arg = |i: usize| w.get(i).map(|s| s.clone().into_bytes());
+    use request_op::Request as R;
+    let request = match w.first().map(String::as_str) {
+        Some("put") => R::RequestPut(PutRequest {
+            key: arg(1).ok_or("put needs a key")?,
+            value: arg(2).ok_or("put needs a value")?,
+            ..Default::default()
+        }),
+        Some("get") => R::RequestRange(RangeRequest {
+            key: arg(1).ok_or("get needs a key")?,
+            range_end: arg(2).unwrap_or_default(),
+            ..Default::default()
+        }),
+        Some("del") => R::RequestDeleteRange(DeleteRangeRequest {
+            key: arg(1).ok_or("del needs a key")?,
+            range_end: arg(2).unwrap_or_default(),
+            ..Default::default()
+        }),
+        _ => return Err(format!("unknown operation {line:?}: use put, get or del")),
+    };
+    Ok(RequestOp {
+        request: Some(request),
+    })
+}
+
+fn parse_txn(input: &str) -> Result<TxnRequest, String> {
+    let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in input.lines() {
+        if line.trim().is_empty() {
+            sections.push(Vec::new());
+        } else {
+            sections.last_mut().expect("non-empty").push(line.trim());
+        }
+    }
+    if sections.len() > 3 {
+        return Err("a txn has three sections: compares, success ops, failure ops".into());
+    }
+    sections.resize(3, Vec::new());
+    Ok(TxnRequest {
+        compare: sections[0]
+            .iter()
+            .map(|l| parse_compare(l))
+            .collect::<Result<_, _>>()?,
+        success: sections[1]
+            .iter()
+            .map(|l| parse_op(l))
+            .collect::<Result<_, _>>()?,
+        failure: sections[2]
+            .iter()
+            .map(|l| parse_op(l))
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 fn sim(seed: u64, seeds: u64, trace: bool) -> ExitCode {
@@ -59,15 +1381,7 @@ fn sim(seed: u64, seeds: u64, trace: bool) -> ExitCode {
         violations += r.violations.len();
         println!(
             "seed {}: {} steps, {} faults, {} elections, {} membership changes, {} client ops ({} acknowledged), {} entries applied, {} violations",
-            r.seed,
-            r.steps,
-            r.faults,
-            r.elections,
-            r.conf_changes,
-            r.ops,
-            r.ok_ops,
-            r.applied_entries,
-            r.violations.len()
+            r.seed, r.steps, r.faults, r.elections, r.conf_changes, r.ops, r.ok_ops, r.applied_entries, r.violations.len()
         );
         for v in &r.violations {
             println!("  {v}");
@@ -77,5 +1391,27 @@ fn sim(seed: u64, seeds: u64, trace: bool) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn txn_input_in_etcdctl_format_parses() {
+        let t = parse_txn(
+            "value(\"k\") = \"v 1\"\nmod(\"k\") > \"3\"\n\nput k \"new value\"\n\nget k\n",
+        )
+        .unwrap();
+        assert_eq!(t.compare.len(), 2);
+        assert_eq!(
+            t.compare[0].target_union,
+            Some(compare::TargetUnion::Value(b"v 1".to_vec()))
+        );
+        assert_eq!(t.success.len(), 1);
+        assert_eq!(t.failure.len(), 1);
+        assert!(parse_txn("value(\"k\") ~ \"v\"\n").is_err());
+        assert!(parse_txn("\n\nfrobnicate k\n").is_err());
     }
 }

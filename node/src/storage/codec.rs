@@ -62,6 +62,23 @@ fn open(record: &[u8]) -> Result<Reader<'_>, DecodeError> {
     Ok(Reader { rest: &body[1..] })
 }
 
+/// A tagged opaque record (`[version][tag][payload][crc32]`), for the state
+/// machine's column families whose payload is a protobuf message. Decoding
+/// checks the checksum and version and returns the tag and payload.
+pub fn encode_tagged(tag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(payload.len() + 6);
+    body.push(VERSION);
+    body.push(tag);
+    body.extend_from_slice(payload);
+    seal(body)
+}
+
+pub fn decode_tagged(record: &[u8]) -> Result<(u8, &[u8]), DecodeError> {
+    let mut r = open(record)?;
+    let tag = r.u8("tag")?;
+    Ok((tag, r.rest))
+}
+
 struct Reader<'a> {
     rest: &'a [u8],
 }

@@ -1,7 +1,9 @@
 //! Durable storage: the Raft log store in RocksDB and its record encoding.
-//! The MVCC state machine joins it with the server.
+//! The MVCC state machine (`kv_store`) lives beside the log in its own RocksDB.
 
 pub mod codec;
+pub mod kv_store;
 pub mod log_store;
 
+pub use kv_store::{KvError, KvStore};
 pub use log_store::LogStore;

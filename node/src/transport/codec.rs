@@ -9,11 +9,7 @@ use nod_raft::{
     MessageBody, NodeId, Snapshot, SnapshotMetadata, Term,
 };
 
-/// Code generated from `proto/nod/raft.proto`.
-pub mod pb {
-    #![allow(clippy::all, clippy::pedantic, missing_docs)]
-    tonic::include_proto!("nodraftpb");
-}
+pub use super::nodraftpb as pb;
 
 /// Most entries one Append may carry.
 pub const MAX_ENTRIES: usize = 100_000;

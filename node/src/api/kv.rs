@@ -1,0 +1,295 @@
+//! The etcd KV service: Range, Put, DeleteRange, Txn, Compact.
+//! Writes go through the log (forwarded to the leader from a follower);
+//! reads are linearizable unless `serializable`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prost::Message as _;
+use tonic::{Request, Response, Status};
+
+use super::etcd::etcdserverpb::kv_client::KvClient;
+use super::etcd::etcdserverpb::kv_server::Kv;
+use super::etcd::etcdserverpb::{
+    request_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+};
+use super::status::kv_status;
+use crate::server::command::Op;
+use crate::server::driver::Outcome;
+use crate::server::node::{Node, Route};
+use crate::storage::kv_store::{MAX_TXN_DEPTH, MAX_TXN_OPS};
+use crate::storage::KvError;
+
+pub struct KvService {
+    pub node: Arc<Node>,
+}
+
+fn unexpected() -> Status {
+    Status::internal("etcdserver: unexpected apply result")
+}
+
+/// Checks a transaction's shape before it is proposed: op count, depth,
+/// and that no key is written twice (etcd's `checkTxnReqsPermission`/dup check).
+fn check_txn(t: &TxnRequest, depth: usize, ops: &mut usize) -> Result<(), KvError> {
+    if depth > MAX_TXN_DEPTH {
+        return Err(KvError::Invalid("txn nested too deeply".into()));
+    }
+    for branch in [&t.success, &t.failure] {
+        let mut put_keys = std::collections::BTreeSet::new();
+        for op in branch.iter() {
+            *ops += 1;
+            if *ops > MAX_TXN_OPS {
+                return Err(KvError::TooManyOps);
+            }
+            match &op.request {
+                Some(request_op::Request::RequestPut(p)) => {
+                    if p.key.is_empty() {
+                        return Err(KvError::EmptyKey);
+                    }
+                    if !put_keys.insert(p.key.clone()) {
+                        return Err(KvError::DuplicateKey);
+                    }
+                }
+                Some(request_op::Request::RequestRange(r)) if r.key.is_empty() => {
+                    return Err(KvError::EmptyKey)
+                }
+                Some(request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
+                    return Err(KvError::EmptyKey)
+                }
+                Some(request_op::Request::RequestTxn(inner)) => check_txn(inner, depth + 1, ops)?,
+                None => return Err(KvError::Invalid("txn operation has no request".into())),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn txn_is_read_only(t: &TxnRequest) -> bool {
+    [&t.success, &t.failure].iter().all(|b| {
+        b.iter().all(|op: &RequestOp| match &op.request {
+            Some(request_op::Request::RequestRange(_)) => true,
+            Some(request_op::Request::RequestTxn(inner)) => txn_is_read_only(inner),
+            _ => false,
+        })
+    })
+}
+
+impl KvService {
+    fn observe<T>(&self, method: &str, started: Instant, r: &Result<T, Status>) {
+        let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        self.node
+            .shared
+            .metrics
+            .observe_grpc(method, code, started.elapsed().as_secs_f64());
+    }
+
+    async fn range_inner(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
+        if req.key.is_empty() {
+            return Err(kv_status(KvError::EmptyKey));
+        }
+        if !req.serializable {
+            self.node.linearize().await?;
+        }
+        let store = self.node.shared.store();
+        let mut resp = store.range(&req).map_err(kv_status)?;
+        resp.header = Some(self.node.header(store.current_revision()));
+        Ok(resp)
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let r = self.range_inner(req).await;
+        self.observe("Range", started, &r);
+        r.map(Response::new)
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let started = Instant::now();
+        let forwarded = Node::is_forwarded(&request);
+        let req = request.into_inner();
+        let r = async {
+            self.node.check_size(req.encoded_len())?;
+            if req.key.is_empty() {
+                return Err(kv_status(KvError::EmptyKey));
+            }
+            match self.node.propose(Op::Put(req.clone()), forwarded).await {
+                Route::Forward(ch) => Ok(KvClient::new(ch)
+                    .put(Node::forward_request(req))
+                    .await?
+                    .into_inner()),
+                Route::Done(Err(s)) => Err(s),
+                Route::Done(Ok(a)) => match a.outcome {
+                    Outcome::Put(mut p) => {
+                        p.header = Some(self.node.header(a.revision));
+                        Ok(p)
+                    }
+                    _ => Err(unexpected()),
+                },
+            }
+        }
+        .await;
+        self.observe("Put", started, &r);
+        r.map(Response::new)
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let started = Instant::now();
+        let forwarded = Node::is_forwarded(&request);
+        let req = request.into_inner();
+        let r = async {
+            self.node.check_size(req.encoded_len())?;
+            if req.key.is_empty() {
+                return Err(kv_status(KvError::EmptyKey));
+            }
+            match self
+                .node
+                .propose(Op::DeleteRange(req.clone()), forwarded)
+                .await
+            {
+                Route::Forward(ch) => Ok(KvClient::new(ch)
+                    .delete_range(Node::forward_request(req))
+                    .await?
+                    .into_inner()),
+                Route::Done(Err(s)) => Err(s),
+                Route::Done(Ok(a)) => match a.outcome {
+                    Outcome::Delete(mut d) => {
+                        d.header = Some(self.node.header(a.revision));
+                        Ok(d)
+                    }
+                    _ => Err(unexpected()),
+                },
+            }
+        }
+        .await;
+        self.observe("DeleteRange", started, &r);
+        r.map(Response::new)
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let started = Instant::now();
+        let forwarded = Node::is_forwarded(&request);
+        let req = request.into_inner();
+        let r = async {
+            self.node.check_size(req.encoded_len())?;
+            check_txn(&req, 0, &mut 0).map_err(kv_status)?;
+            if txn_is_read_only(&req) {
+                // A read-only txn is served like a linearizable read, without the log.
+                self.node.linearize().await?;
+                let store = self.node.shared.store();
+                let resp = store.read_txn(&req).map_err(kv_status)?;
+                let rev = store.current_revision();
+                drop(store);
+                return Ok(TxnResponse {
+                    header: Some(self.node.header(rev)),
+                    ..resp
+                });
+            }
+            match self.node.propose(Op::Txn(req.clone()), forwarded).await {
+                Route::Forward(ch) => Ok(KvClient::new(ch)
+                    .txn(Node::forward_request(req))
+                    .await?
+                    .into_inner()),
+                Route::Done(Err(s)) => Err(s),
+                Route::Done(Ok(a)) => match a.outcome {
+                    Outcome::Txn(mut t) => {
+                        t.header = Some(self.node.header(a.revision));
+                        Ok(t)
+                    }
+                    _ => Err(unexpected()),
+                },
+            }
+        }
+        .await;
+        self.observe("Txn", started, &r);
+        r.map(Response::new)
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let started = Instant::now();
+        let forwarded = Node::is_forwarded(&request);
+        let req = request.into_inner();
+        let r = async {
+            match self.node.propose(Op::Compaction(req), forwarded).await {
+                Route::Forward(ch) => Ok(KvClient::new(ch)
+                    .compact(Node::forward_request(req))
+                    .await?
+                    .into_inner()),
+                Route::Done(Err(s)) => Err(s),
+                Route::Done(Ok(a)) => Ok(CompactionResponse {
+                    header: Some(self.node.header(a.revision)),
+                }),
+            }
+        }
+        .await;
+        self.observe("Compact", started, &r);
+        r.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::etcd::etcdserverpb::request_op::Request as R;
+
+    fn put(k: &[u8]) -> RequestOp {
+        RequestOp {
+            request: Some(R::RequestPut(PutRequest {
+                key: k.to_vec(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn txn_checks_refuse_duplicate_puts_empty_keys_and_deep_nesting() {
+        let dup = TxnRequest {
+            success: vec![put(b"a"), put(b"a")],
+            ..Default::default()
+        };
+        assert_eq!(check_txn(&dup, 0, &mut 0), Err(KvError::DuplicateKey));
+        let empty = TxnRequest {
+            failure: vec![put(b"")],
+            ..Default::default()
+        };
+        assert_eq!(check_txn(&empty, 0, &mut 0), Err(KvError::EmptyKey));
+        let mut deep = TxnRequest::default();
+        for _ in 0..=MAX_TXN_DEPTH + 1 {
+            deep = TxnRequest {
+                success: vec![RequestOp {
+                    request: Some(R::RequestTxn(deep)),
+                }],
+                ..Default::default()
+            };
+        }
+        assert!(matches!(
+            check_txn(&deep, 0, &mut 0),
+            Err(KvError::Invalid(_))
+        ));
+        let ok = TxnRequest {
+            success: vec![put(b"a")],
+            failure: vec![put(b"a")],
+            ..Default::default()
+        };
+        assert_eq!(
+            check_txn(&ok, 0, &mut 0),
+            Ok(()),
+            "the same key in both branches is fine"
+        );
+        assert!(!txn_is_read_only(&ok));
+    }
+}

@@ -1,0 +1,90 @@
+//! The one place errors become gRPC statuses, with etcd's codes and messages
+//! (its `rpctypes`), because clients match on them: clientv3 retries on
+//! `Unavailable`, and etcdctl prints the message.
+
+use tonic::Status;
+
+use crate::server::driver::DriverError;
+use crate::storage::KvError;
+
+pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
+pub const MEMBER_NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
+pub const LEARNER_NOT_READY: &str =
+    "etcdserver: can only promote a learner member which is in sync with leader";
+pub const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
+pub const BAD_TRANSFEREE: &str = "etcdserver: bad leader transferee";
+
+pub fn kv_status(e: KvError) -> Status {
+    let msg = e.to_string();
+    match e {
+        KvError::EmptyKey
+        | KvError::KeyNotFound
+        | KvError::DuplicateKey
+        | KvError::TooManyOps
+        | KvError::Invalid(_) => Status::invalid_argument(msg),
+        KvError::LeaseNotFound => Status::not_found(msg),
+        KvError::LeaseExists => Status::failed_precondition(msg),
+        KvError::LeaseTtlTooLarge | KvError::Compacted | KvError::FutureRevision => {
+            Status::out_of_range(msg)
+        }
+        KvError::Fatal(_) => Status::internal(msg),
+    }
+}
+
+pub fn to_status(e: DriverError) -> Status {
+    let msg = e.to_string();
+    match e {
+        DriverError::NotLeader { .. } => Status::failed_precondition(msg),
+        DriverError::NoLeader | DriverError::LeaderChanged | DriverError::Stopped => {
+            Status::unavailable(msg)
+        }
+        DriverError::Rejected(_) => Status::failed_precondition(msg),
+        DriverError::Kv(k) => kv_status(k),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn errors_carry_etcd_codes_and_messages() {
+        let cases = [
+            (
+                kv_status(KvError::Compacted),
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                kv_status(KvError::FutureRevision),
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                kv_status(KvError::LeaseNotFound),
+                Code::NotFound,
+                "etcdserver: requested lease not found",
+            ),
+            (
+                kv_status(KvError::EmptyKey),
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                to_status(DriverError::NoLeader),
+                Code::Unavailable,
+                "etcdserver: no leader",
+            ),
+            (
+                to_status(DriverError::LeaderChanged),
+                Code::Unavailable,
+                "etcdserver: leader changed",
+            ),
+        ];
+        for (status, code, message) in cases {
+            assert_eq!(status.code(), code, "{message}");
+            assert_eq!(status.message(), message);
+        }
+    }
+}

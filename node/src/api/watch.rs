@@ -1,0 +1,363 @@
+//! The etcd Watch service. One task per client stream multiplexes its
+//! watchers. A new watcher registers with the hub under the hub lock after
+//! reading the store's revision R (see `server::watch_hub`), then replays
+//! history from its start revision up to R from the store, then passes on
+//! live events (> R) in the order the driver published them. So events
+//! arrive in revision order, never twice and never skipped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::etcd::etcdserverpb::watch_create_request::FilterType;
+use super::etcd::etcdserverpb::watch_server::Watch;
+use super::etcd::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest, WatchResponse};
+use super::etcd::mvccpb::{event::EventType, Event};
+use crate::server::node::Node;
+use crate::server::watch_hub::HubMessage;
+use crate::storage::kv_store::KeyRange;
+use crate::storage::KvError;
+
+/// Most events one response carries when replaying history.
+const HISTORY_BATCH: usize = 1000;
+
+pub struct WatchService {
+    pub node: Arc<Node>,
+    /// How often watchers that asked for progress notifications get one.
+    pub progress_interval: Duration,
+}
+
+struct Watcher {
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+    /// Events below this revision are not for this watcher.
+    start: i64,
+}
+
+impl Watcher {
+    fn shape(&self, events: Vec<Event>) -> Vec<Event> {
+        events
+            .into_iter()
+            .filter(|e| {
+                e.kv.as_ref()
+                    .is_some_and(|kv| kv.mod_revision >= self.start)
+            })
+            .filter(|e| {
+                let put = e.r#type == EventType::Put as i32;
+                !(put && self.no_put || !put && self.no_delete)
+            })
+            .map(|mut e| {
+                if !self.prev_kv {
+                    e.prev_kv = None;
+                }
+                e
+            })
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let input = request.into_inner();
+        let (out, rx) = mpsc::channel(256);
+        let session = Session {
+            node: self.node.clone(),
+            out,
+            watchers: HashMap::new(),
+            next_id: 0,
+            stream: self.node.shared.hub.lock().new_stream(),
+            progress_interval: self.progress_interval,
+        };
+        tokio::spawn(session.run(input));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+struct Session {
+    node: Arc<Node>,
+    out: mpsc::Sender<Result<WatchResponse, Status>>,
+    watchers: HashMap<i64, Watcher>,
+    next_id: i64,
+    stream: u64,
+    progress_interval: Duration,
+}
+
+impl Session {
+    async fn run(mut self, mut input: Streaming<WatchRequest>) {
+        let (hub_tx, mut hub_rx) = mpsc::unbounded_channel();
+        let mut progress = tokio::time::interval(self.progress_interval);
+        progress.tick().await;
+        loop {
+            let ok = tokio::select! {
+                req = input.next() => match req {
+                    Some(Ok(r)) => self.on_request(r, &hub_tx).await,
+                    // Client went away or sent garbage: end the session.
+                    _ => false,
+                },
+                Some(m) = hub_rx.recv() => self.on_hub(m).await,
+                _ = progress.tick() => self.progress_notify(&hub_tx),
+                _ = self.out.closed() => false,
+            };
+            if !ok {
+                break;
+            }
+        }
+        self.node.shared.hub.lock().drop_stream(self.stream);
+        self.node
+            .shared
+            .metrics
+            .watchers
+            .set(self.node.shared.hub.watchers() as i64);
+    }
+
+    async fn send(&self, r: WatchResponse) -> bool {
+        self.out.send(Ok(r)).await.is_ok()
+    }
+
+    fn header(&self, revision: i64) -> Option<super::etcd::etcdserverpb::ResponseHeader> {
+        Some(self.node.header(revision))
+    }
+
+    async fn on_request(
+        &mut self,
+        r: WatchRequest,
+        hub_tx: &mpsc::UnboundedSender<HubMessage>,
+    ) -> bool {
+        match r.request_union {
+            Some(watch_request::RequestUnion::CreateRequest(c)) => self.create(c, hub_tx).await,
+            Some(watch_request::RequestUnion::CancelRequest(c)) => {
+                let existed = self
+                    .node
+                    .shared
+                    .hub
+                    .lock()
+                    .unsubscribe(self.stream, c.watch_id);
+                self.watchers.remove(&c.watch_id);
+                let rev = self.node.shared.store().current_revision();
+                let reason = if existed {
+                    String::new()
+                } else {
+                    "watch not found".to_string()
+                };
+                self.send(WatchResponse {
+                    header: self.header(rev),
+                    watch_id: c.watch_id,
+                    canceled: true,
+                    cancel_reason: reason,
+                    ..Default::default()
+                })
+                .await
+            }
+            Some(watch_request::RequestUnion::ProgressRequest(_)) => {
+                // Queued under the hub lock, so it follows every event it covers.
+                let hub = self.node.shared.hub.lock();
+                let revision = self.node.shared.store().current_revision();
+                let _ = hub_tx.send(HubMessage::Progress {
+                    revision,
+                    watch_id: -1,
+                });
+                drop(hub);
+                true
+            }
+            None => true,
+        }
+    }
+
+    async fn create(
+        &mut self,
+        c: WatchCreateRequest,
+        hub_tx: &mpsc::UnboundedSender<HubMessage>,
+    ) -> bool {
+        let watch_id = if c.watch_id != 0 {
+            c.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        };
+        if self.watchers.contains_key(&watch_id) || watch_id < 0 {
+            let rev = self.node.shared.store().current_revision();
+            return self
+                .send(WatchResponse {
+                    header: self.header(rev),
+                    watch_id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: "etcdserver: duplicate watch ID".into(),
+                    ..Default::default()
+                })
+                .await;
+        }
+        let range = KeyRange::new(&c.key, &c.range_end);
+        let filters: Vec<i32> = c.filters.clone();
+        let watcher = Watcher {
+            prev_kv: c.prev_kv,
+            no_put: filters.contains(&(FilterType::Noput as i32)),
+            no_delete: filters.contains(&(FilterType::Nodelete as i32)),
+            progress_notify: c.progress_notify,
+            start: c.start_revision.max(0),
+        };
+        let (current, compacted) = {
+            let mut hub = self.node.shared.hub.lock();
+            let store = self.node.shared.store();
+            let current = store.current_revision();
+            let compacted = store.compacted_revision();
+            let live_from = c.start_revision.max(current + 1);
+            if !(c.start_revision > 0 && c.start_revision < compacted) {
+                hub.subscribe(
+                    self.stream,
+                    watch_id,
+                    range.clone(),
+                    live_from,
+                    hub_tx.clone(),
+                );
+            }
+            (current, compacted)
+        };
+        if c.start_revision > 0 && c.start_revision < compacted {
+            let _ = self
+                .send(WatchResponse {
+                    header: self.header(current),
+                    watch_id,
+                    created: true,
+                    ..Default::default()
+                })
+                .await;
+            return self
+                .send(WatchResponse {
+                    header: self.header(current),
+                    watch_id,
+                    canceled: true,
+                    compact_revision: compacted,
+                    cancel_reason: KvError::Compacted.to_string(),
+                    ..Default::default()
+                })
+                .await;
+        }
+        self.next_id = self.next_id.max(watch_id + 1);
+        if !self
+            .send(WatchResponse {
+                header: self.header(current),
+                watch_id,
+                created: true,
+                ..Default::default()
+            })
+            .await
+        {
+            return false;
+        }
+        self.node
+            .shared
+            .metrics
+            .watchers
+            .set(self.node.shared.hub.watchers() as i64);
+        if c.start_revision > 0 && c.start_revision <= current {
+            let history =
+                self.node
+                    .shared
+                    .store()
+                    .events_between(&range, c.start_revision - 1, current);
+            match history {
+                Ok(events) => {
+                    let events = watcher.shape(events);
+                    for chunk in events.chunks(HISTORY_BATCH) {
+                        if !self
+                            .send(WatchResponse {
+                                header: self.header(current),
+                                watch_id,
+                                events: chunk.to_vec(),
+                                ..Default::default()
+                            })
+                            .await
+                        {
+                            return false;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Compacted between registering and reading: cancel as etcd does.
+                    self.node
+                        .shared
+                        .hub
+                        .lock()
+                        .unsubscribe(self.stream, watch_id);
+                    let compacted = self.node.shared.store().compacted_revision();
+                    return self
+                        .send(WatchResponse {
+                            header: self.header(current),
+                            watch_id,
+                            canceled: true,
+                            compact_revision: compacted,
+                            cancel_reason: e.to_string(),
+                            ..Default::default()
+                        })
+                        .await;
+                }
+            }
+        }
+        self.watchers.insert(watch_id, watcher);
+        true
+    }
+
+    async fn on_hub(&mut self, m: HubMessage) -> bool {
+        match m {
+            HubMessage::Events {
+                watch_id,
+                revision,
+                events,
+            } => {
+                let Some(w) = self.watchers.get(&watch_id) else {
+                    return true;
+                };
+                let events = w.shape(events);
+                if events.is_empty() {
+                    return true;
+                }
+                self.send(WatchResponse {
+                    header: self.header(revision),
+                    watch_id,
+                    events,
+                    ..Default::default()
+                })
+                .await
+            }
+            HubMessage::Progress { revision, watch_id } => {
+                self.send(WatchResponse {
+                    header: self.header(revision),
+                    watch_id,
+                    ..Default::default()
+                })
+                .await
+            }
+        }
+    }
+
+    fn progress_notify(&self, hub_tx: &mpsc::UnboundedSender<HubMessage>) -> bool {
+        let hub = self.node.shared.hub.lock();
+        let revision = self.node.shared.store().current_revision();
+        for (id, w) in &self.watchers {
+            if w.progress_notify {
+                let _ = hub_tx.send(HubMessage::Progress {
+                    revision,
+                    watch_id: *id,
+                });
+            }
+        }
+        drop(hub);
+        true
+    }
+}

@@ -1,0 +1,314 @@
+//! Nod's Rust client: the etcd v3 API over one load-balanced channel to
+//! every endpoint given. Written to become the public client library: typed
+//! options, typed errors, no printing. The `nod` CLI is built on it.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Streaming;
+
+use crate::api::etcd::etcdserverpb::{
+    cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, watch_client::WatchClient, *,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid endpoint {0:?}: {1}")]
+    Endpoint(String, String),
+    #[error("no endpoints given")]
+    NoEndpoints,
+    /// The server answered with an error (etcd's code and message).
+    #[error("{}", .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A key range in etcd's terms: one key, a prefix, or everything from a key on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum KeySpan {
+    #[default]
+    Single,
+    Prefix,
+    FromKey,
+    /// `[key, end)`.
+    Until(Vec<u8>),
+}
+
+impl KeySpan {
+    pub fn range_end(&self, key: &[u8]) -> Vec<u8> {
+        match self {
+            KeySpan::Single => Vec::new(),
+            KeySpan::Prefix => prefix_end(key),
+            KeySpan::FromKey => vec![0],
+            KeySpan::Until(end) => end.clone(),
+        }
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`
+/// (`"\0"`, meaning "no end", when the prefix is empty or all 0xff).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[derive(Clone)]
+pub struct Client {
+    pub kv: KvClient<Channel>,
+    pub watch: WatchClient<Channel>,
+    pub lease: LeaseClient<Channel>,
+    pub cluster: ClusterClient<Channel>,
+    pub maintenance: MaintenanceClient<Channel>,
+}
+
+/// Turns `host:port` or a URL into a URL.
+fn normalize(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+impl Client {
+    /// Connects lazily to every endpoint; requests go to whichever is up.
+    pub fn connect(endpoints: &[String], timeout: Duration) -> Result<Client> {
+        if endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let mut list = Vec::new();
+        for e in endpoints {
+            let url = normalize(e.trim());
+            let ep = Endpoint::from_shared(url.clone())
+                .map_err(|err| ClientError::Endpoint(e.clone(), err.to_string()))?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(timeout);
+            list.push(ep);
+        }
+        let channel = Channel::balance_list(list.into_iter());
+        Ok(Client::from_channel(channel))
+    }
+
+    pub fn from_channel(channel: Channel) -> Client {
+        let max = 64 * 1024 * 1024;
+        Client {
+            kv: KvClient::new(channel.clone()).max_decoding_message_size(max),
+            watch: WatchClient::new(channel.clone()).max_decoding_message_size(max),
+            lease: LeaseClient::new(channel.clone()),
+            cluster: ClusterClient::new(channel.clone()),
+            maintenance: MaintenanceClient::new(channel).max_decoding_message_size(max),
+        }
+    }
+
+    pub async fn put(&mut self, req: PutRequest) -> Result<PutResponse> {
+        Ok(self.kv.put(req).await?.into_inner())
+    }
+
+    pub async fn range(&mut self, req: RangeRequest) -> Result<RangeResponse> {
+        Ok(self.kv.range(req).await?.into_inner())
+    }
+
+    pub async fn delete(&mut self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        Ok(self.kv.delete_range(req).await?.into_inner())
+    }
+
+    pub async fn txn(&mut self, req: TxnRequest) -> Result<TxnResponse> {
+        Ok(self.kv.txn(req).await?.into_inner())
+    }
+
+    pub async fn compact(&mut self, revision: i64) -> Result<CompactionResponse> {
+        Ok(self
+            .kv
+            .compact(CompactionRequest {
+                revision,
+                physical: false,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Opens a watch stream with one watcher; send more requests through the sender.
+    pub async fn watch(
+        &mut self,
+        create: WatchCreateRequest,
+    ) -> Result<(mpsc::Sender<WatchRequest>, Streaming<WatchResponse>)> {
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+        })
+        .await
+        .map_err(|_| ClientError::Protocol("watch stream closed".into()))?;
+        let stream = self
+            .watch
+            .watch(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok((tx, stream))
+    }
+
+    pub async fn lease_grant(&mut self, ttl: i64, id: i64) -> Result<LeaseGrantResponse> {
+        Ok(self
+            .lease
+            .lease_grant(LeaseGrantRequest { ttl, id })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn lease_revoke(&mut self, id: i64) -> Result<LeaseRevokeResponse> {
+        Ok(self
+            .lease
+            .lease_revoke(LeaseRevokeRequest { id })
+            .await?
+            .into_inner())
+    }
+
+    /// Keeps a lease alive: one request per `every`, yielding each answer.
+    pub async fn lease_keep_alive(
+        &mut self,
+        id: i64,
+    ) -> Result<(
+        mpsc::Sender<LeaseKeepAliveRequest>,
+        Streaming<LeaseKeepAliveResponse>,
+    )> {
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(LeaseKeepAliveRequest { id })
+            .await
+            .map_err(|_| ClientError::Protocol("keep-alive stream closed".into()))?;
+        let stream = self
+            .lease
+            .lease_keep_alive(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok((tx, stream))
+    }
+
+    pub async fn lease_time_to_live(
+        &mut self,
+        id: i64,
+        keys: bool,
+    ) -> Result<LeaseTimeToLiveResponse> {
+        Ok(self
+            .lease
+            .lease_time_to_live(LeaseTimeToLiveRequest { id, keys })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn lease_list(&mut self) -> Result<LeaseLeasesResponse> {
+        Ok(self
+            .lease
+            .lease_leases(LeaseLeasesRequest {})
+            .await?
+            .into_inner())
+    }
+
+    pub async fn member_list(&mut self) -> Result<MemberListResponse> {
+        Ok(self
+            .cluster
+            .member_list(MemberListRequest { linearizable: true })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn member_add(
+        &mut self,
+        peer_urls: Vec<String>,
+        learner: bool,
+    ) -> Result<MemberAddResponse> {
+        Ok(self
+            .cluster
+            .member_add(MemberAddRequest {
+                peer_ur_ls: peer_urls,
+                is_learner: learner,
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn member_remove(&mut self, id: u64) -> Result<MemberRemoveResponse> {
+        Ok(self
+            .cluster
+            .member_remove(MemberRemoveRequest { id })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn member_promote(&mut self, id: u64) -> Result<MemberPromoteResponse> {
+        Ok(self
+            .cluster
+            .member_promote(MemberPromoteRequest { id })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn member_update(
+        &mut self,
+        id: u64,
+        peer_urls: Vec<String>,
+    ) -> Result<MemberUpdateResponse> {
+        Ok(self
+            .cluster
+            .member_update(MemberUpdateRequest {
+                id,
+                peer_ur_ls: peer_urls,
+            })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn status(&mut self) -> Result<StatusResponse> {
+        Ok(self
+            .maintenance
+            .status(StatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    pub async fn move_leader(&mut self, target: u64) -> Result<MoveLeaderResponse> {
+        Ok(self
+            .maintenance
+            .move_leader(MoveLeaderRequest { target_id: target })
+            .await?
+            .into_inner())
+    }
+
+    /// The whole backup stream, concatenated.
+    pub async fn snapshot(&mut self) -> Result<Vec<u8>> {
+        let mut stream = self
+            .maintenance
+            .snapshot(SnapshotRequest {})
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            out.extend_from_slice(&chunk.blob);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"a"), b"b");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+        assert_eq!(prefix_end(b""), vec![0]);
+        assert_eq!(KeySpan::FromKey.range_end(b"x"), vec![0]);
+    }
+}

@@ -1,0 +1,888 @@
+//! The one loop that joins the consensus core to I/O (the production twin of
+//! `nod-sim`'s event loop): tick on a timer, step peer messages, take client
+//! requests, then for each `Ready` send, persist (one batch, one fsync),
+//! send what needed the fsync, apply to the MVCC store, answer the waiting
+//! requests and publish watch events, and `advance`.
+//!
+//! The leader also keeps lease deadlines here: it renews them on keep-alive
+//! and proposes a revoke through the log when one runs out, so expiry is
+//! decided once and applied everywhere in the same order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use nod_raft::{
+    ConfChange, ConfChangeKind, Entry, EntryPayload, Index, Message, NodeId, ProposeError, RawNode,
+    Role, StorageWrite, Term,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::command::{self, MemberAttributes, Op};
+use super::metrics::Metrics;
+use super::watch_hub::WatchHub;
+use crate::api::etcd::etcdserverpb::{
+    DeleteRangeResponse, LeaseRevokeRequest, Member, PutResponse, TxnResponse,
+};
+use crate::storage::{KvError, KvStore, LogStore};
+use crate::transport::peer::{Transport, TransportEvent};
+
+/// Why a request did not get a result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriverError {
+    #[error("etcdserver: not leader")]
+    NotLeader { leader: NodeId },
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: {0}")]
+    Rejected(String),
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error("etcdserver: server stopped")]
+    Stopped,
+}
+
+/// What applying a proposal produced, with the store revision after it.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Put(PutResponse),
+    Delete(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compacted,
+    LeaseGranted,
+    LeaseRevoked,
+    Members(Vec<Member>),
+    Nothing,
+}
+
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub outcome: Outcome,
+    pub revision: i64,
+    pub term: u64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, DriverError>>;
+
+pub enum Request {
+    Propose {
+        op: Op,
+        reply: Reply<Applied>,
+    },
+    ConfChange {
+        change: ConfChange,
+        reply: Reply<Applied>,
+    },
+    /// Answered once this node has applied everything committed before the
+    /// request (ReadIndex, §8 / thesis §6.4).
+    ReadIndex {
+        reply: Reply<()>,
+    },
+    KeepAlive {
+        id: i64,
+        reply: Reply<i64>,
+    },
+    TimeToLive {
+        id: i64,
+        reply: Reply<(i64, i64)>,
+    },
+    TransferLeader {
+        target: NodeId,
+        reply: Reply<()>,
+    },
+    RaftStatus {
+        reply: oneshot::Sender<nod_raft::Status>,
+    },
+}
+
+/// What the API reads without going through the loop.
+#[derive(Clone, Debug, Default)]
+pub struct NodeStatus {
+    pub leader: u64,
+    pub term: u64,
+    pub role: Option<Role>,
+    pub commit: u64,
+    pub applied: u64,
+    pub removed: bool,
+    pub fatal: Option<String>,
+}
+
+pub struct Shared {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub name: String,
+    pub store: RwLock<KvStore>,
+    pub hub: WatchHub,
+    pub status: RwLock<NodeStatus>,
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    pub fn status(&self) -> NodeStatus {
+        self.status
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    pub fn store(&self) -> std::sync::RwLockReadGuard<'_, KvStore> {
+        self.store.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn store_mut(&self) -> std::sync::RwLockWriteGuard<'_, KvStore> {
+        self.store.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Clone)]
+pub struct DriverHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+impl DriverHandle {
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)?
+    }
+    pub async fn propose(&self, op: Op) -> Result<Applied, DriverError> {
+        self.call(|reply| Request::Propose { op, reply }).await
+    }
+    pub async fn conf_change(&self, change: ConfChange) -> Result<Applied, DriverError> {
+        self.call(|reply| Request::ConfChange { change, reply })
+            .await
+    }
+    pub async fn read_index(&self) -> Result<(), DriverError> {
+        self.call(|reply| Request::ReadIndex { reply }).await
+    }
+    pub async fn keep_alive(&self, id: i64) -> Result<i64, DriverError> {
+        self.call(|reply| Request::KeepAlive { id, reply }).await
+    }
+    /// (remaining seconds, granted TTL)
+    pub async fn time_to_live(&self, id: i64) -> Result<(i64, i64), DriverError> {
+        self.call(|reply| Request::TimeToLive { id, reply }).await
+    }
+    pub async fn transfer_leader(&self, target: NodeId) -> Result<(), DriverError> {
+        self.call(|reply| Request::TransferLeader { target, reply })
+            .await
+    }
+    pub async fn raft_status(&self) -> Result<nod_raft::Status, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::RaftStatus { reply })
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
+}
+
+pub struct DriverConfig {
+    pub tick: Duration,
+    /// What this member publishes about itself once it is in the cluster.
+    pub attributes: MemberAttributes,
+    /// Where the peers are before the member table says (a joiner's view
+    /// of the cluster, from the member it asked): without it a new member
+    /// could not answer the leader that is about to send it a snapshot.
+    pub seed_peers: HashMap<NodeId, String>,
+}
+
+pub struct Driver {
+    node: RawNode<LogStore>,
+    shared: Arc<Shared>,
+    transport: Transport,
+    config: DriverConfig,
+    requests: mpsc::Receiver<Request>,
+    inbox: mpsc::Receiver<Message>,
+    transport_events: mpsc::Receiver<TransportEvent>,
+    waiters: BTreeMap<Index, (Term, Reply<Applied>)>,
+    unsent_reads: Vec<Reply<()>>,
+    reads_in_flight: HashMap<Vec<u8>, Vec<Reply<()>>>,
+    reads_ready: Vec<(Index, Reply<()>)>,
+    read_seq: u64,
+    lease_deadlines: HashMap<i64, Instant>,
+    revoking: HashMap<i64, Instant>,
+    was_leader: bool,
+    last_published: Option<Instant>,
+    ticks: u64,
+}
+
+pub fn channel(depth: usize) -> (DriverHandle, mpsc::Receiver<Request>) {
+    let (tx, rx) = mpsc::channel(depth);
+    (DriverHandle { tx }, rx)
+}
+
+impl Driver {
+    pub fn new(
+        node: RawNode<LogStore>,
+        shared: Arc<Shared>,
+        transport: Transport,
+        config: DriverConfig,
+        requests: mpsc::Receiver<Request>,
+        inbox: mpsc::Receiver<Message>,
+        transport_events: mpsc::Receiver<TransportEvent>,
+    ) -> Driver {
+        Driver {
+            node,
+            shared,
+            transport,
+            config,
+            requests,
+            inbox,
+            transport_events,
+            waiters: BTreeMap::new(),
+            unsent_reads: Vec::new(),
+            reads_in_flight: HashMap::new(),
+            reads_ready: Vec::new(),
+            read_seq: 0,
+            lease_deadlines: HashMap::new(),
+            revoking: HashMap::new(),
+            was_leader: false,
+            last_published: None,
+            ticks: 0,
+        }
+    }
+
+    /// Runs until `stop` turns true, this member is removed, or storage
+    /// fails (then the error is in `NodeStatus::fatal` and returned).
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+        let mut ticker = tokio::time::interval(self.config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.refresh_peers();
+        let result = loop {
+            tokio::select! {
+                _ = ticker.tick() => self.on_tick(),
+                Some(m) = self.inbox.recv() => self.on_message(m),
+                Some(r) = self.requests.recv() => self.on_request(r),
+                Some(e) = self.transport_events.recv() => self.on_transport_event(e),
+                _ = stop.changed() => if *stop.borrow() { break Ok(()) },
+            }
+            // Take whatever else is queued, so one Ready (one fsync) covers it all.
+            for _ in 0..1024 {
+                if let Ok(m) = self.inbox.try_recv() {
+                    self.on_message(m);
+                } else if let Ok(r) = self.requests.try_recv() {
+                    self.on_request(r);
+                } else {
+                    break;
+                }
+            }
+            self.send_reads();
+            if let Err(e) = self.process_ready() {
+                break Err(e);
+            }
+            if self.shared.status().removed {
+                break Ok(());
+            }
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "stopping: storage failed");
+            self.shared
+                .status
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .fatal = Some(e.clone());
+        }
+        self.fail_all(DriverError::Stopped);
+        result
+    }
+
+    fn fail_all(&mut self, e: DriverError) {
+        for (_, (_, r)) in std::mem::take(&mut self.waiters) {
+            let _ = r.send(Err(e.clone()));
+        }
+        for r in std::mem::take(&mut self.unsent_reads) {
+            let _ = r.send(Err(e.clone()));
+        }
+        for (_, rs) in std::mem::take(&mut self.reads_in_flight) {
+            for r in rs {
+                let _ = r.send(Err(e.clone()));
+            }
+        }
+        for (_, r) in std::mem::take(&mut self.reads_ready) {
+            let _ = r.send(Err(e.clone()));
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.node.tick();
+        self.ticks += 1;
+        if self.node.role() == Role::Leader {
+            self.expire_leases();
+        }
+        if self.ticks.is_multiple_of(10) {
+            // Requests whose callers gave up (timeout, disconnect) free their slots.
+            self.waiters.retain(|_, (_, r)| !r.is_closed());
+            self.reads_ready.retain(|(_, r)| !r.is_closed());
+            self.reads_in_flight.retain(|_, rs| {
+                rs.retain(|r| !r.is_closed());
+                !rs.is_empty()
+            });
+            self.maybe_publish_attributes();
+        }
+    }
+
+    fn on_message(&mut self, m: Message) {
+        if let Err(e) = self.node.step(m) {
+            tracing::debug!(error = %e, "dropped a peer message");
+        }
+    }
+
+    fn on_transport_event(&mut self, e: TransportEvent) {
+        match e {
+            TransportEvent::Unreachable(id) => self.node.report_unreachable(id),
+            TransportEvent::Snapshot(id, delivered) => self.node.report_snapshot(id, delivered),
+            TransportEvent::Removed => {
+                tracing::warn!("a peer says this member was removed from the cluster; stopping");
+                self.shared
+                    .status
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .removed = true;
+            }
+        }
+    }
+
+    fn not_leader(&self) -> DriverError {
+        match self.node.leader() {
+            NodeId::NONE => DriverError::NoLeader,
+            l => DriverError::NotLeader { leader: l },
+        }
+    }
+
+    fn on_request(&mut self, r: Request) {
+        match r {
+            Request::Propose { op, reply } => {
+                let data = command::encode(&command::Command {
+                    id: 0,
+                    op: Some(op),
+                });
+                self.shared.metrics.proposals_pending.inc();
+                match self.node.propose(data) {
+                    Ok(p) => {
+                        self.waiters.insert(p.index, (p.term, reply));
+                    }
+                    Err(e) => {
+                        self.shared.metrics.proposals_pending.dec();
+                        self.shared.metrics.proposals_failed.inc();
+                        let _ = reply.send(Err(self.propose_error(e)));
+                    }
+                }
+            }
+            Request::ConfChange { change, reply } => match self.node.propose_conf_change(change) {
+                Ok(p) => {
+                    self.shared.metrics.proposals_pending.inc();
+                    self.waiters.insert(p.index, (p.term, reply));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(self.propose_error(e)));
+                }
+            },
+            Request::ReadIndex { reply } => self.unsent_reads.push(reply),
+            Request::KeepAlive { id, reply } => {
+                let result = if self.node.role() != Role::Leader {
+                    Err(self.not_leader())
+                } else {
+                    match self.shared.store().leases().get(&id) {
+                        None => Err(DriverError::Kv(KvError::LeaseNotFound)),
+                        Some(rec) => {
+                            self.lease_deadlines.insert(
+                                id,
+                                Instant::now() + Duration::from_secs(rec.ttl.max(0) as u64),
+                            );
+                            Ok(rec.ttl)
+                        }
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Request::TimeToLive { id, reply } => {
+                let result = if self.node.role() != Role::Leader {
+                    Err(self.not_leader())
+                } else {
+                    match self.shared.store().leases().get(&id) {
+                        None => Err(DriverError::Kv(KvError::LeaseNotFound)),
+                        Some(rec) => {
+                            let left = self
+                                .lease_deadlines
+                                .get(&id)
+                                .map(|d| d.saturating_duration_since(Instant::now()))
+                                .unwrap_or_default();
+                            // etcd rounds the remaining time up to whole seconds.
+                            let secs = left.as_millis().div_ceil(1000) as i64;
+                            Ok((secs, rec.ttl))
+                        }
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Request::TransferLeader { target, reply } => {
+                let result = self
+                    .node
+                    .transfer_leader(target)
+                    .map_err(|e| self.propose_error(e));
+                let _ = reply.send(result);
+            }
+            Request::RaftStatus { reply } => {
+                let _ = reply.send(self.node.status());
+            }
+        }
+    }
+
+    fn propose_error(&self, e: ProposeError) -> DriverError {
+        match e {
+            ProposeError::NotLeader { leader_hint } if leader_hint.is_none() => {
+                DriverError::NoLeader
+            }
+            ProposeError::NotLeader { leader_hint } => DriverError::NotLeader {
+                leader: leader_hint,
+            },
+            other => DriverError::Rejected(other.to_string()),
+        }
+    }
+
+    /// One ReadIndex round for every read queued since the last one.
+    fn send_reads(&mut self) {
+        if self.unsent_reads.is_empty() {
+            return;
+        }
+        self.read_seq += 1;
+        let ctx = self.read_seq.to_be_bytes().to_vec();
+        match self.node.request_read(ctx.clone()) {
+            Ok(()) => {
+                let readers = std::mem::take(&mut self.unsent_reads);
+                self.reads_in_flight.insert(ctx, readers);
+            }
+            Err(e) => {
+                let err = self.propose_error(e);
+                for r in self.unsent_reads.drain(..) {
+                    let _ = r.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    fn process_ready(&mut self) -> Result<(), String> {
+        while self.node.has_ready() {
+            let mut rd = self.node.ready().map_err(|e| e.to_string())?;
+            if let Some(ss) = &rd.soft_state {
+                self.on_soft_state(ss.leader, ss.role);
+            }
+            self.transport.send(std::mem::take(&mut rd.messages));
+            let write = rd.log_write();
+            if !write.is_empty() {
+                let started = Instant::now();
+                self.node
+                    .storage_mut()
+                    .write(&write)
+                    .map_err(|e| e.to_string())?;
+                if write.sync {
+                    self.shared
+                        .metrics
+                        .wal_fsync_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
+            }
+            self.transport
+                .send(std::mem::take(&mut rd.persisted_messages));
+            if let Some(snap) = &rd.snapshot {
+                self.install_snapshot(snap)?;
+            }
+            for e in std::mem::take(&mut rd.committed_entries) {
+                self.apply(e)?;
+            }
+            for rs in std::mem::take(&mut rd.read_states) {
+                if let Some(readers) = self.reads_in_flight.remove(&rs.context) {
+                    self.reads_ready
+                        .extend(readers.into_iter().map(|r| (rs.index, r)));
+                }
+            }
+            self.serve_reads();
+            self.node.advance();
+            let st = self.node.status();
+            let mut status = self
+                .shared
+                .status
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            status.term = st.term.0;
+            status.commit = st.commit.0;
+            status.applied = self.shared.store().applied().0;
+            self.shared.metrics.term.set(st.term.0 as i64);
+            self.shared.metrics.committed_index.set(st.commit.0 as i64);
+            self.shared.metrics.applied_index.set(status.applied as i64);
+        }
+        Ok(())
+    }
+
+    fn serve_reads(&mut self) {
+        let applied = Index(self.shared.store().applied().0);
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_ready)
+            .into_iter()
+            .partition(|(i, _)| *i <= applied);
+        self.reads_ready = later;
+        for (_, r) in now {
+            let _ = r.send(Ok(()));
+        }
+    }
+
+    fn on_soft_state(&mut self, leader: NodeId, role: Role) {
+        let before = self.shared.status().leader;
+        {
+            let mut status = self
+                .shared
+                .status
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            status.leader = leader.0;
+            status.role = Some(role);
+        }
+        self.shared
+            .metrics
+            .has_leader
+            .set(i64::from(!leader.is_none()));
+        if before != leader.0 && !leader.is_none() {
+            self.shared.metrics.leader_changes.inc();
+            tracing::info!(
+                leader = leader.0,
+                term = self.node.term().0,
+                "leader elected"
+            );
+        }
+        self.shared
+            .metrics
+            .is_leader
+            .set(i64::from(role == Role::Leader));
+        let is_leader = role == Role::Leader;
+        if is_leader && !self.was_leader {
+            // A new leader gives every lease a full TTL from now (etcd's Promote).
+            let now = Instant::now();
+            self.lease_deadlines = self
+                .shared
+                .store()
+                .leases()
+                .iter()
+                .map(|(id, rec)| (*id, now + Duration::from_secs(rec.ttl.max(0) as u64)))
+                .collect();
+        }
+        if !is_leader && self.was_leader {
+            self.lease_deadlines.clear();
+            self.revoking.clear();
+        }
+        self.was_leader = is_leader;
+        if leader.is_none() || before != leader.0 {
+            // ReadIndex requests sent to the old leader will not be answered.
+            for (_, rs) in std::mem::take(&mut self.reads_in_flight) {
+                for r in rs {
+                    let _ = r.send(Err(DriverError::LeaderChanged));
+                }
+            }
+        }
+    }
+
+    fn expire_leases(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<i64> = self
+            .lease_deadlines
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(id, _)| *id)
+            .filter(|id| {
+                self.revoking
+                    .get(id)
+                    .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(3))
+            })
+            .take(64)
+            .collect();
+        for id in expired {
+            let data = command::encode(&command::Command {
+                id: 0,
+                op: Some(Op::LeaseRevoke(LeaseRevokeRequest { id })),
+            });
+            if self.node.propose(data).is_ok() {
+                tracing::debug!(lease = id, "lease expired; revoking");
+                self.revoking.insert(id, now);
+            }
+        }
+    }
+
+    /// Publishes this member's name and client URLs through the log when the
+    /// member table does not show them yet (as etcd's publish does).
+    fn maybe_publish_attributes(&mut self) {
+        if self.node.leader().is_none() {
+            return;
+        }
+        if self
+            .last_published
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+        {
+            return;
+        }
+        let mine = &self.config.attributes;
+        let current = self.shared.store().member(self.shared.member_id).cloned();
+        let Some(current) = current else { return };
+        if current.name == mine.name && current.client_ur_ls == mine.client_urls {
+            return;
+        }
+        let data = command::encode(&command::Command {
+            id: 0,
+            op: Some(Op::MemberAttributes(mine.clone())),
+        });
+        match self.node.propose(data) {
+            Ok(_) => self.last_published = Some(Instant::now()),
+            Err(ProposeError::NotLeader { leader_hint }) if !leader_hint.is_none() => {
+                // Only the leader proposes; ask it through the forwarding path.
+                self.last_published = Some(Instant::now());
+                self.transport.forward_attributes(leader_hint, mine.clone());
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn install_snapshot(&mut self, snap: &nod_raft::Snapshot) -> Result<(), String> {
+        let data = command::decode_snapshot_data(&snap.data)
+            .map_err(|e| format!("snapshot at {}: {e}", snap.metadata.index))?;
+        let applied = (snap.metadata.index.0, snap.metadata.term.0);
+        let hub = self.shared.hub.clone();
+        let _hub = hub.lock();
+        let shared = self.shared.clone();
+        let mut store = shared.store_mut();
+        for m in data.members {
+            let member = Member {
+                id: m.id,
+                name: m.name,
+                peer_ur_ls: m.peer_urls,
+                client_ur_ls: m.client_urls,
+                is_learner: snap.metadata.conf_state.learners.contains(&NodeId(m.id)),
+            };
+            store
+                .apply_member(member.id, Some(member), applied)
+                .map_err(|e| e.to_string())?;
+        }
+        store.apply_noop(applied).map_err(|e| e.to_string())?;
+        drop(store);
+        self.refresh_peers();
+        Ok(())
+    }
+
+    fn refresh_peers(&mut self) {
+        let me = self.shared.member_id;
+        let members = self.shared.store().members();
+        let peers: HashMap<NodeId, String> = if members.is_empty() {
+            self.config.seed_peers.clone()
+        } else {
+            members
+                .into_iter()
+                .filter(|m| m.id != me)
+                .filter_map(|m| m.peer_ur_ls.first().map(|u| (NodeId(m.id), u.clone())))
+                .collect()
+        };
+        self.transport.set_peers(peers);
+    }
+
+    fn apply(&mut self, entry: Entry) -> Result<(), String> {
+        let applied = (entry.index.0, entry.term.0);
+        let waiter = match self.waiters.first_key_value() {
+            Some((i, _)) if *i <= entry.index => self.waiters.pop_first(),
+            _ => None,
+        }
+        .and_then(|(i, (term, reply))| {
+            if i == entry.index && term == entry.term {
+                Some(reply)
+            } else {
+                // Our proposal at `i` was replaced by another leader's entry.
+                self.shared.metrics.proposals_failed.inc();
+                self.shared.metrics.proposals_pending.dec();
+                let _ = reply.send(Err(DriverError::LeaderChanged));
+                None
+            }
+        });
+        let hub = self.shared.hub.clone();
+        let mut hub = hub.lock();
+        let shared = self.shared.clone();
+        let mut store = shared.store_mut();
+        let fatal = |e: KvError| e.to_string();
+        let result: Result<Outcome, DriverError> = match entry.payload {
+            EntryPayload::Empty => {
+                store.apply_noop(applied).map_err(fatal)?;
+                Ok(Outcome::Nothing)
+            }
+            EntryPayload::ConfChange(cc) => {
+                let r = self.apply_conf_change(&mut store, &cc, applied)?;
+                drop(store);
+                drop(hub);
+                self.refresh_peers();
+                if cc.kind == ConfChangeKind::Remove && cc.node.0 == self.shared.member_id {
+                    tracing::warn!("this member was removed from the cluster; stopping");
+                    self.shared
+                        .status
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .removed = true;
+                }
+                if let Some(reply) = waiter {
+                    self.shared.metrics.proposals_pending.dec();
+                    self.shared.metrics.proposals_committed.inc();
+                    let revision = self.shared.store().current_revision();
+                    let _ = reply.send(r.map(|outcome| Applied {
+                        outcome,
+                        revision,
+                        term: entry.term.0,
+                    }));
+                }
+                return Ok(());
+            }
+            EntryPayload::Normal(data) => match command::decode(&data) {
+                Err(e) => {
+                    tracing::warn!(index = entry.index.0, error = %e, "applying an undecodable entry as a no-op");
+                    store.apply_noop(applied).map_err(fatal)?;
+                    Err(DriverError::Rejected(e.to_string()))
+                }
+                Ok((_, op)) => self.apply_op(&mut store, &mut hub, op, applied)?,
+            },
+        };
+        let revision = store.current_revision();
+        drop(store);
+        drop(hub);
+        if let Some(reply) = waiter {
+            self.shared.metrics.proposals_pending.dec();
+            match &result {
+                Ok(_) => self.shared.metrics.proposals_committed.inc(),
+                Err(_) => self.shared.metrics.proposals_failed.inc(),
+            }
+            let _ = reply.send(result.map(|outcome| Applied {
+                outcome,
+                revision,
+                term: entry.term.0,
+            }));
+        }
+        Ok(())
+    }
+
+    fn apply_op(
+        &mut self,
+        store: &mut KvStore,
+        hub: &mut super::watch_hub::HubState,
+        op: Op,
+        applied: (u64, u64),
+    ) -> Result<Result<Outcome, DriverError>, String> {
+        let f = |e: KvError| e.to_string();
+        let publish = |hub: &mut super::watch_hub::HubState,
+                       store: &KvStore,
+                       events: &[crate::api::etcd::mvccpb::Event]| {
+            hub.publish(store.current_revision(), events);
+        };
+        Ok(match op {
+            Op::Put(p) => store
+                .apply_put(&p, applied)
+                .map_err(f)?
+                .map(|a| {
+                    publish(hub, store, &a.events);
+                    Outcome::Put(a.response)
+                })
+                .map_err(DriverError::from),
+            Op::DeleteRange(d) => store
+                .apply_delete(&d, applied)
+                .map_err(f)?
+                .map(|a| {
+                    publish(hub, store, &a.events);
+                    Outcome::Delete(a.response)
+                })
+                .map_err(DriverError::from),
+            Op::Txn(t) => store
+                .apply_txn(&t, applied)
+                .map_err(f)?
+                .map(|a| {
+                    publish(hub, store, &a.events);
+                    Outcome::Txn(a.response)
+                })
+                .map_err(DriverError::from),
+            Op::Compaction(c) => store
+                .apply_compaction(&c, applied)
+                .map_err(f)?
+                .map(|()| Outcome::Compacted)
+                .map_err(DriverError::from),
+            Op::LeaseGrant(g) => {
+                let r = store.apply_lease_grant(g.id, g.ttl, applied).map_err(f)?;
+                if r.is_ok() && self.node.role() == Role::Leader {
+                    self.lease_deadlines.insert(
+                        g.id,
+                        Instant::now() + Duration::from_secs(g.ttl.max(0) as u64),
+                    );
+                }
+                r.map(|()| Outcome::LeaseGranted).map_err(DriverError::from)
+            }
+            Op::LeaseRevoke(r) => {
+                self.lease_deadlines.remove(&r.id);
+                self.revoking.remove(&r.id);
+                store
+                    .apply_lease_revoke(r.id, applied)
+                    .map_err(f)?
+                    .map(|events| {
+                        publish(hub, store, &events);
+                        Outcome::LeaseRevoked
+                    })
+                    .map_err(DriverError::from)
+            }
+            Op::MemberAttributes(m) => {
+                match store.member(m.id).cloned() {
+                    Some(mut cur) => {
+                        cur.name = m.name;
+                        cur.client_ur_ls = m.client_urls;
+                        store.apply_member(m.id, Some(cur), applied).map_err(f)?;
+                    }
+                    None => store.apply_noop(applied).map_err(f)?,
+                }
+                Ok(Outcome::Nothing)
+            }
+            Op::MemberPeerUrls(m) => match store.member(m.id).cloned() {
+                Some(mut cur) => {
+                    cur.peer_ur_ls = m.peer_urls;
+                    store.apply_member(m.id, Some(cur), applied).map_err(f)?;
+                    Ok(Outcome::Members(store.members()))
+                }
+                None => {
+                    store.apply_noop(applied).map_err(f)?;
+                    Err(DriverError::Rejected("member not found".into()))
+                }
+            },
+        })
+    }
+
+    fn apply_conf_change(
+        &mut self,
+        store: &mut KvStore,
+        cc: &ConfChange,
+        applied: (u64, u64),
+    ) -> Result<Result<Outcome, DriverError>, String> {
+        let f = |e: KvError| e.to_string();
+        let id = cc.node.0;
+        match cc.kind {
+            ConfChangeKind::AddLearner | ConfChangeKind::AddVoter => {
+                let attrs = command::decode_member(&cc.context).unwrap_or(MemberAttributes {
+                    id,
+                    ..Default::default()
+                });
+                let member = Member {
+                    id,
+                    name: attrs.name,
+                    peer_ur_ls: attrs.peer_urls,
+                    client_ur_ls: attrs.client_urls,
+                    is_learner: cc.kind == ConfChangeKind::AddLearner,
+                };
+                store.apply_member(id, Some(member), applied).map_err(f)?;
+            }
+            ConfChangeKind::PromoteLearner => match store.member(id).cloned() {
+                Some(mut m) => {
+                    m.is_learner = false;
+                    store.apply_member(id, Some(m), applied).map_err(f)?;
+                }
+                None => store.apply_noop(applied).map_err(f)?,
+            },
+            ConfChangeKind::Remove => store.apply_member(id, None, applied).map_err(f)?,
+        }
+        Ok(Ok(Outcome::Members(store.members())))
+    }
+}

@@ -1,0 +1,121 @@
+//! Who a node is: its member id, its cluster's id and its name, derived for
+//! founding members and stored in `<data>/identity.json` so a restart is the
+//! same member of the same cluster. Does file I/O.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub name: String,
+    pub member_id: u64,
+    pub cluster_id: u64,
+}
+
+const FILE: &str = "identity.json";
+
+/// 64-bit FNV-1a: stable across versions and platforms, which is all a
+/// derived id needs (it is not a security boundary; the cluster id check is
+/// against accidents, as in etcd).
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.iter().chain(std::iter::once(&0xffu8)) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h.max(1)
+}
+
+/// A founding member's id: from its name and the cluster token, so every
+/// founding node computes the same ids from the same `--initial-cluster`.
+pub fn founding_member_id(name: &str, token: &str) -> u64 {
+    fnv1a(&[b"member", name.as_bytes(), token.as_bytes()])
+}
+
+/// The cluster id: from the founding members' ids and the token.
+pub fn cluster_id(mut member_ids: Vec<u64>, token: &str) -> u64 {
+    member_ids.sort_unstable();
+    let bytes: Vec<[u8; 8]> = member_ids.iter().map(|i| i.to_be_bytes()).collect();
+    let mut parts: Vec<&[u8]> = vec![b"cluster", token.as_bytes()];
+    parts.extend(bytes.iter().map(|b| b.as_slice()));
+    fnv1a(&parts)
+}
+
+/// A random non-zero id (lease and member ids), from the standard library's
+/// randomly keyed hasher and the clock: no RNG crate needed for ids.
+pub fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.write_u128(now.as_nanos());
+    h.finish().max(1)
+}
+
+impl Identity {
+    pub fn load(dir: &Path) -> Result<Option<Identity>, String> {
+        let path = dir.join(FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("{} is corrupt: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// Writes the identity durably (temp file, fsync, rename, fsync dir).
+    pub fn store(&self, dir: &Path) -> Result<(), String> {
+        let path = dir.join(FILE);
+        let tmp = dir.join(format!("{FILE}.tmp"));
+        let body = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn founding_ids_differ_by_name_and_token_and_are_never_zero() {
+        let a = founding_member_id("a", "t");
+        assert_ne!(a, founding_member_id("b", "t"));
+        assert_ne!(a, founding_member_id("a", "u"));
+        assert_ne!(a, 0);
+        assert_eq!(
+            cluster_id(vec![3, 1, 2], "t"),
+            cluster_id(vec![1, 2, 3], "t"),
+            "order of --initial-cluster must not matter"
+        );
+        assert_ne!(cluster_id(vec![1, 2, 3], "t"), cluster_id(vec![1, 2], "t"));
+    }
+
+    #[test]
+    fn identity_survives_a_round_trip_and_corruption_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(Identity::load(dir.path()).unwrap(), None);
+        let id = Identity {
+            name: "n1".into(),
+            member_id: 7,
+            cluster_id: 9,
+        };
+        id.store(dir.path()).unwrap();
+        assert_eq!(Identity::load(dir.path()).unwrap(), Some(id));
+        std::fs::write(dir.path().join(FILE), b"{garbage").unwrap();
+        let err = Identity::load(dir.path()).unwrap_err();
+        assert!(err.contains("corrupt"), "{err}");
+    }
+}

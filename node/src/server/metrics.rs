@@ -1,0 +1,166 @@
+//! Prometheus metrics, named as etcd names them where etcd has one, so
+//! existing dashboards and alerts read Nod unchanged. No I/O: `/metrics`
+//! renders the registry (see `http`).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub term: IntGauge,
+    pub has_leader: IntGauge,
+    pub is_leader: IntGauge,
+    pub leader_changes: IntCounter,
+    pub proposals_committed: IntCounter,
+    pub proposals_failed: IntCounter,
+    pub proposals_pending: IntGauge,
+    pub applied_index: IntGauge,
+    pub committed_index: IntGauge,
+    pub wal_fsync_seconds: Histogram,
+    pub backend_commit_seconds: Histogram,
+    pub snapshots: IntCounter,
+    pub snapshot_seconds: Histogram,
+    pub snapshot_sent_bytes: IntCounter,
+    pub snapshot_received_bytes: IntCounter,
+    pub grpc_requests: IntCounterVec,
+    pub grpc_seconds: HistogramVec,
+    pub db_size: IntGauge,
+    pub watchers: IntGauge,
+    pub leases: IntGauge,
+}
+
+fn buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0001, 2.0, 16).expect("valid buckets")
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("valid metric");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("unique metric");
+                m
+            }};
+        }
+        Metrics {
+            term: reg!(IntGauge::new("etcd_server_term", "The current Raft term.")),
+            has_leader: reg!(IntGauge::new(
+                "etcd_server_has_leader",
+                "1 if a leader exists, else 0."
+            )),
+            is_leader: reg!(IntGauge::new(
+                "etcd_server_is_leader",
+                "1 if this member leads, else 0."
+            )),
+            leader_changes: reg!(IntCounter::new(
+                "etcd_server_leader_changes_seen_total",
+                "Leader changes seen."
+            )),
+            proposals_committed: reg!(IntCounter::new(
+                "etcd_server_proposals_committed_total",
+                "Proposals applied with a result."
+            )),
+            proposals_failed: reg!(IntCounter::new(
+                "etcd_server_proposals_failed_total",
+                "Proposals that failed."
+            )),
+            proposals_pending: reg!(IntGauge::new(
+                "etcd_server_proposals_pending",
+                "Proposals waiting to commit."
+            )),
+            applied_index: reg!(IntGauge::new(
+                "etcd_server_proposals_applied_total",
+                "The applied Raft index."
+            )),
+            committed_index: reg!(IntGauge::new(
+                "etcd_server_proposals_committed_index",
+                "The committed Raft index."
+            )),
+            wal_fsync_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "etcd_disk_wal_fsync_duration_seconds",
+                    "Latency of log fsyncs (one per Ready)."
+                )
+                .buckets(buckets())
+            )),
+            backend_commit_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "etcd_disk_backend_commit_duration_seconds",
+                    "Latency of state machine batch commits."
+                )
+                .buckets(buckets())
+            )),
+            snapshots: reg!(IntCounter::new("nod_snapshots_total", "Snapshots taken.")),
+            snapshot_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "etcd_debugging_snap_save_total_duration_seconds",
+                    "Time to take a snapshot."
+                )
+                .buckets(buckets())
+            )),
+            snapshot_sent_bytes: reg!(IntCounter::new(
+                "etcd_network_snapshot_send_bytes_total",
+                "Snapshot bytes sent to peers."
+            )),
+            snapshot_received_bytes: reg!(IntCounter::new(
+                "etcd_network_snapshot_receive_bytes_total",
+                "Snapshot bytes received from peers."
+            )),
+            grpc_requests: reg!(IntCounterVec::new(
+                Opts::new(
+                    "grpc_server_handled_total",
+                    "Client gRPC requests by method and code."
+                ),
+                &["grpc_method", "grpc_code"]
+            )),
+            grpc_seconds: reg!(HistogramVec::new(
+                HistogramOpts::new(
+                    "grpc_server_handling_seconds",
+                    "Client gRPC latency by method."
+                )
+                .buckets(buckets()),
+                &["grpc_method"]
+            )),
+            db_size: reg!(IntGauge::new(
+                "etcd_mvcc_db_total_size_in_bytes",
+                "State machine size on disk."
+            )),
+            watchers: reg!(IntGauge::new(
+                "etcd_debugging_mvcc_watcher_total",
+                "Active watchers."
+            )),
+            leases: reg!(IntGauge::new("nod_leases", "Granted leases.")),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding of gathered metrics");
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Records one client request's method, result and latency.
+    pub fn observe_grpc(&self, method: &str, code: tonic::Code, seconds: f64) {
+        self.grpc_requests
+            .with_label_values(&[method, &format!("{code:?}")])
+            .inc();
+        self.grpc_seconds
+            .with_label_values(&[method])
+            .observe(seconds);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

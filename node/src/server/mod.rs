@@ -1,0 +1,557 @@
+//! A running Nod node: opens the data directory, decides who it is (founding
+//! member, restarted member or joiner), starts the driver, the peer and
+//! client gRPC servers and the metrics endpoint, and stops them in order.
+//!
+//! Read `driver` first; `node` is what the API services share.
+
+pub mod command;
+pub mod driver;
+pub mod http;
+pub mod identity;
+pub mod metrics;
+pub mod node;
+pub mod watch_hub;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use nod_raft::{ConfState, Config, NodeId, RawNode, Role, Storage};
+use prost::Message as _;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::cluster::ClusterService;
+use crate::api::etcd::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer, Member,
+};
+use crate::api::kv::KvService;
+use crate::api::lease::LeaseService;
+use crate::api::maintenance::MaintenanceService;
+use crate::api::watch::WatchService;
+use crate::storage::{KvStore, LogStore};
+use crate::transport::nodserverpb::peer_client::PeerClient;
+use crate::transport::nodserverpb::peer_server::PeerServer;
+use crate::transport::nodserverpb::{MembersRequest, SnapshotData};
+use crate::transport::peer::{PeerNode, PeerService, Transport, MAX_PEER_FRAME};
+use command::{MemberAttributes, Op};
+use driver::{Driver, DriverConfig, DriverHandle, NodeStatus, Shared};
+use identity::Identity;
+use metrics::Metrics;
+use node::Node;
+use watch_hub::WatchHub;
+
+/// gRPC's allowance over `max_request_bytes`, so a request a little too
+/// large gets etcd's "request is too large" instead of a transport error (etcd does the same).
+const GRPC_OVERHEAD: usize = 512 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Found a new cluster with the members of `initial_cluster`.
+    New,
+    /// Join a running cluster this node was added to (`member add`).
+    Existing,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client: SocketAddr,
+    pub advertise_client: String,
+    pub listen_peer: SocketAddr,
+    pub advertise_peer: String,
+    /// `None`: no metrics endpoint.
+    pub listen_metrics: Option<SocketAddr>,
+    /// (name, peer URL) of every founding member, or of members to ask when joining.
+    pub initial_cluster: Vec<(String, String)>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub heartbeat: Duration,
+    pub election_ticks: u64,
+    pub max_request_bytes: usize,
+    pub request_timeout: Duration,
+    pub snapshot_count: u64,
+    pub progress_notify_interval: Duration,
+}
+
+impl ServerConfig {
+    /// A configuration for one member of a loopback cluster; tests and `nod dev` start here.
+    pub fn local(
+        name: &str,
+        data_dir: PathBuf,
+        client: SocketAddr,
+        peer: SocketAddr,
+    ) -> ServerConfig {
+        ServerConfig {
+            name: name.to_string(),
+            data_dir,
+            listen_client: client,
+            advertise_client: format!("http://{client}"),
+            listen_peer: peer,
+            advertise_peer: format!("http://{peer}"),
+            listen_metrics: None,
+            initial_cluster: vec![(name.to_string(), format!("http://{peer}"))],
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "nod-cluster".into(),
+            heartbeat: Duration::from_millis(100),
+            election_ticks: 10,
+            max_request_bytes: 1536 * 1024,
+            request_timeout: Duration::from_secs(7),
+            snapshot_count: 10_000,
+            progress_notify_interval: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Config(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("cannot join the cluster: {0}")]
+    Join(String),
+}
+
+pub struct RunningServer {
+    pub shared: Arc<Shared>,
+    pub driver: DriverHandle,
+    pub client_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    driver_task: JoinHandle<Result<(), String>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct PeerView {
+    shared: Arc<Shared>,
+    driver: DriverHandle,
+}
+
+impl PeerNode for PeerView {
+    fn member_id(&self) -> u64 {
+        self.shared.member_id
+    }
+    fn cluster_id(&self) -> u64 {
+        self.shared.cluster_id
+    }
+    fn members(&self) -> Vec<Member> {
+        self.shared.store().members()
+    }
+    fn is_removed(&self, id: u64) -> bool {
+        self.shared.store().is_removed(id)
+    }
+    fn publish(
+        &self,
+        attributes: MemberAttributes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::Status>> + Send + '_>>
+    {
+        Box::pin(async move {
+            self.driver
+                .propose(Op::MemberAttributes(attributes))
+                .await
+                .map(|_| ())
+                .map_err(crate::api::status::to_status)
+        })
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|error| ServerError::Listen { addr, error })
+}
+
+/// Asks the members in `initial_cluster` for the member table and finds
+/// this node in it by its advertised peer URL.
+async fn discover_identity(cfg: &ServerConfig) -> Result<(Identity, Vec<Member>), ServerError> {
+    let mut last = String::from("no member to ask in --initial-cluster");
+    for (_, url) in &cfg.initial_cluster {
+        if *url == cfg.advertise_peer {
+            continue;
+        }
+        let mut client = match PeerClient::connect(url.clone()).await {
+            Ok(c) => c,
+            Err(e) => {
+                last = format!("{url}: {e}");
+                continue;
+            }
+        };
+        match client.members(MembersRequest { cluster_id: 0 }).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                let me = r
+                    .members
+                    .iter()
+                    .find(|m| m.peer_ur_ls.contains(&cfg.advertise_peer))
+                    .ok_or_else(|| {
+                        ServerError::Join(format!(
+                            "the cluster has no member with peer URL {}; add it first (nod member add {} --peer-urls {})",
+                            cfg.advertise_peer, cfg.name, cfg.advertise_peer
+                        ))
+                    })?;
+                let id = Identity {
+                    name: cfg.name.clone(),
+                    member_id: me.id,
+                    cluster_id: r.cluster_id,
+                };
+                return Ok((id, r.members));
+            }
+            Err(s) => last = format!("{url}: {}", s.message()),
+        }
+    }
+    Err(ServerError::Join(last))
+}
+
+pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
+    if cfg.name.is_empty() {
+        return Err(ServerError::Config("--name must not be empty".into()));
+    }
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        ServerError::Storage(format!("cannot create {}: {e}", cfg.data_dir.display()))
+    })?;
+    let mut log = LogStore::open(&cfg.data_dir.join("log"))
+        .map_err(|e| ServerError::Storage(e.to_string()))?;
+    let mut kv =
+        KvStore::open(&cfg.data_dir.join("kv")).map_err(|e| ServerError::Storage(e.to_string()))?;
+    let stored = Identity::load(&cfg.data_dir).map_err(ServerError::Storage)?;
+    let log_empty = log
+        .last_index()
+        .map_err(|e| ServerError::Storage(e.to_string()))?
+        .0
+        == 0
+        && log
+            .initial_state()
+            .map_err(|e| ServerError::Storage(e.to_string()))?
+            .conf_state
+            == ConfState::default();
+
+    let mut seed_peers = HashMap::new();
+    let identity = match (stored, cfg.initial_cluster_state) {
+        (Some(id), _) => {
+            if id.name != cfg.name {
+                return Err(ServerError::Config(format!(
+                    "{} belongs to member {:?}, not {:?}",
+                    cfg.data_dir.display(),
+                    id.name,
+                    cfg.name
+                )));
+            }
+            id
+        }
+        (None, ClusterState::New) => {
+            if !log_empty {
+                return Err(ServerError::Config(format!(
+                    "{} holds a Raft log but no identity.json; refusing to found a new cluster over it",
+                    cfg.data_dir.display()
+                )));
+            }
+            let token = &cfg.initial_cluster_token;
+            let mut members = Vec::new();
+            for (name, url) in &cfg.initial_cluster {
+                if members.iter().any(|m: &MemberAttributes| m.name == *name) {
+                    return Err(ServerError::Config(format!(
+                        "--initial-cluster names {name:?} twice"
+                    )));
+                }
+                members.push(MemberAttributes {
+                    id: identity::founding_member_id(name, token),
+                    name: name.clone(),
+                    peer_urls: vec![url.clone()],
+                    client_urls: Vec::new(),
+                });
+            }
+            let me = members.iter().find(|m| m.name == cfg.name).ok_or_else(|| {
+                ServerError::Config(format!(
+                    "--initial-cluster has no member named {:?}",
+                    cfg.name
+                ))
+            })?;
+            if !me.peer_urls.contains(&cfg.advertise_peer) {
+                return Err(ServerError::Config(format!(
+                    "--initial-cluster gives {} the peer URL {}, but it advertises {}",
+                    cfg.name, me.peer_urls[0], cfg.advertise_peer
+                )));
+            }
+            let id = Identity {
+                name: cfg.name.clone(),
+                member_id: me.id,
+                cluster_id: identity::cluster_id(members.iter().map(|m| m.id).collect(), token),
+            };
+            let conf = ConfState::with_voters(members.iter().map(|m| NodeId(m.id)));
+            let data = SnapshotData {
+                members: members.clone(),
+                ..Default::default()
+            };
+            log.bootstrap(conf, data.encode_to_vec())
+                .map_err(|e| ServerError::Storage(e.to_string()))?;
+            for m in members {
+                let member = Member {
+                    id: m.id,
+                    name: m.name,
+                    peer_ur_ls: m.peer_urls,
+                    client_ur_ls: m.client_urls,
+                    is_learner: false,
+                };
+                kv.apply_member(member.id, Some(member), (1, 1))
+                    .map_err(|e| ServerError::Storage(e.to_string()))?;
+            }
+            id.store(&cfg.data_dir).map_err(ServerError::Storage)?;
+            tracing::info!(
+                member = format!("{:x}", id.member_id),
+                cluster = format!("{:x}", id.cluster_id),
+                "founded a new cluster"
+            );
+            id
+        }
+        (None, ClusterState::Existing) => {
+            if !log_empty {
+                return Err(ServerError::Config(format!(
+                    "{} holds a Raft log but no identity.json; wipe it to join as a new member",
+                    cfg.data_dir.display()
+                )));
+            }
+            let (id, members) = discover_identity(&cfg).await?;
+            seed_peers = members
+                .iter()
+                .filter(|m| m.id != id.member_id)
+                .filter_map(|m| m.peer_ur_ls.first().map(|u| (NodeId(m.id), u.clone())))
+                .collect();
+            id.store(&cfg.data_dir).map_err(ServerError::Storage)?;
+            tracing::info!(
+                member = format!("{:x}", id.member_id),
+                cluster = format!("{:x}", id.cluster_id),
+                "joining an existing cluster"
+            );
+            id
+        }
+    };
+
+    let mut raft_cfg = Config::new(NodeId(identity.member_id));
+    raft_cfg.election_tick = cfg.election_ticks;
+    raft_cfg.heartbeat_tick = 1;
+    raft_cfg.applied = nod_raft::Index(kv.applied().0);
+    raft_cfg.seed = identity::random_id();
+    let node = RawNode::new(raft_cfg, log).map_err(|e| ServerError::Config(e.to_string()))?;
+
+    let metrics = Metrics::new();
+    let shared = Arc::new(Shared {
+        member_id: identity.member_id,
+        cluster_id: identity.cluster_id,
+        name: cfg.name.clone(),
+        store: RwLock::new(kv),
+        hub: WatchHub::default(),
+        status: RwLock::new(NodeStatus::default()),
+        metrics,
+    });
+
+    let client_listener = bind(cfg.listen_client).await?;
+    let peer_listener = bind(cfg.listen_peer).await?;
+    let metrics_listener = match cfg.listen_metrics {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let client_addr = client_listener
+        .local_addr()
+        .map_err(|error| ServerError::Listen {
+            addr: cfg.listen_client,
+            error,
+        })?;
+    let peer_addr = peer_listener
+        .local_addr()
+        .map_err(|error| ServerError::Listen {
+            addr: cfg.listen_peer,
+            error,
+        })?;
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    let (stop, stop_rx) = watch::channel(false);
+    let (inbox_tx, inbox_rx) = mpsc::channel(4096);
+    let (events_tx, events_rx) = mpsc::channel(1024);
+    let (handle, requests) = driver::channel(4096);
+    let transport = Transport::new(identity.cluster_id, events_tx);
+    let driver = Driver::new(
+        node,
+        shared.clone(),
+        transport,
+        DriverConfig {
+            tick: cfg.heartbeat,
+            attributes: MemberAttributes {
+                id: identity.member_id,
+                name: cfg.name.clone(),
+                peer_urls: vec![cfg.advertise_peer.clone()],
+                client_urls: vec![cfg.advertise_client.clone()],
+            },
+            seed_peers,
+        },
+        requests,
+        inbox_rx,
+        events_rx,
+    );
+    let driver_task = tokio::spawn(driver.run(stop_rx.clone()));
+
+    let mut tasks = Vec::new();
+    let peer_service = PeerService::new(
+        Arc::new(PeerView {
+            shared: shared.clone(),
+            driver: handle.clone(),
+        }),
+        inbox_tx,
+    );
+    let mut stop_peer = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(
+                PeerServer::new(peer_service)
+                    .max_decoding_message_size(MAX_PEER_FRAME)
+                    .max_encoding_message_size(MAX_PEER_FRAME),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), async move {
+                let _ = stop_peer.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "peer server failed");
+        }
+    }));
+
+    let api = Arc::new(Node::new(
+        shared.clone(),
+        handle.clone(),
+        cfg.max_request_bytes,
+        cfg.request_timeout,
+    ));
+    let limit = cfg.max_request_bytes + GRPC_OVERHEAD;
+    let mut stop_client = stop_rx.clone();
+    let progress_interval = cfg.progress_notify_interval;
+    tasks.push(tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(
+                KvServer::new(KvService { node: api.clone() }).max_decoding_message_size(limit),
+            )
+            .add_service(
+                WatchServer::new(WatchService {
+                    node: api.clone(),
+                    progress_interval,
+                })
+                .max_decoding_message_size(limit),
+            )
+            .add_service(
+                LeaseServer::new(LeaseService { node: api.clone() })
+                    .max_decoding_message_size(limit),
+            )
+            .add_service(
+                ClusterServer::new(ClusterService { node: api.clone() })
+                    .max_decoding_message_size(limit),
+            )
+            .add_service(
+                MaintenanceServer::new(MaintenanceService { node: api.clone() })
+                    .max_decoding_message_size(limit),
+            )
+            .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), async move {
+                let _ = stop_client.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "client server failed");
+        }
+    }));
+
+    if let Some(listener) = metrics_listener {
+        tasks.push(tokio::spawn(http::serve(
+            listener,
+            shared.clone(),
+            stop_rx.clone(),
+        )));
+    }
+
+    tracing::info!(
+        name = %cfg.name,
+        member = format!("{:x}", identity.member_id),
+        client = %client_addr,
+        peer = %peer_addr,
+        "serving"
+    );
+    Ok(RunningServer {
+        shared,
+        driver: handle,
+        client_addr,
+        peer_addr,
+        metrics_addr,
+        stop,
+        driver_task,
+        tasks,
+    })
+}
+
+impl RunningServer {
+    pub fn member_id(&self) -> u64 {
+        self.shared.member_id
+    }
+
+    /// Resolves when the driver stops by itself (removed from the cluster,
+    /// or a storage failure), with the reason.
+    pub async fn stopped(&mut self) -> Result<(), String> {
+        match (&mut self.driver_task).await {
+            Ok(r) => r,
+            Err(e) => Err(format!("driver task failed: {e}")),
+        }
+    }
+
+    /// Stops serving: hands leadership to the most caught-up voter if this
+    /// node leads, then stops the driver (every write it acknowledged is
+    /// already fsynced) and the servers.
+    pub async fn shutdown(self) -> Result<(), String> {
+        if let Ok(st) = self.driver.raft_status().await {
+            if st.role == Role::Leader {
+                let best = st
+                    .peers
+                    .iter()
+                    .filter(|p| !p.is_learner && p.id != st.id && p.recent_active)
+                    .max_by_key(|p| p.matched);
+                if let Some(p) = best {
+                    if self.driver.transfer_leader(p.id).await.is_ok() {
+                        for _ in 0..40 {
+                            let l = self.shared.status().leader;
+                            if l != 0 && l != st.id.0 {
+                                tracing::info!(
+                                    to = format!("{:x}", p.id.0),
+                                    "handed leadership over"
+                                );
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+        }
+        let _ = self.stop.send(true);
+        let result = match self.driver_task.await {
+            Ok(r) => r,
+            Err(e) => Err(format!("driver task failed: {e}")),
+        };
+        for mut t in self.tasks {
+            // Open client streams (watches) would hold a graceful stop forever.
+            if tokio::time::timeout(Duration::from_secs(2), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+            }
+        }
+        result
+    }
+}

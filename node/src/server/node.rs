@@ -1,0 +1,199 @@
+//! What every client-facing service shares: the driver handle, the store,
+//! the limits, and the routing rules. A write on a follower is forwarded to
+//! the leader's client API (once: a forwarded request is never forwarded
+//! again); a request with no leader in sight waits for one up to the request
+//! timeout; a linearizable read waits for a ReadIndex round.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+use super::command::Op;
+use super::driver::{Applied, DriverError, DriverHandle, Shared};
+use crate::api::etcd::etcdserverpb::ResponseHeader;
+use crate::api::status::to_status;
+
+/// Metadata key marking a request another member already forwarded.
+pub const FORWARDED: &str = "nod-forwarded";
+
+pub struct Node {
+    pub shared: Arc<Shared>,
+    pub driver: DriverHandle,
+    pub max_request_bytes: usize,
+    pub request_timeout: Duration,
+    leaders: Mutex<HashMap<u64, (String, Channel)>>,
+}
+
+/// Where a write goes when this node cannot take it.
+pub enum Route {
+    Done(Result<Applied, Status>),
+    Forward(Channel),
+}
+
+impl Node {
+    pub fn new(
+        shared: Arc<Shared>,
+        driver: DriverHandle,
+        max_request_bytes: usize,
+        request_timeout: Duration,
+    ) -> Node {
+        Node {
+            shared,
+            driver,
+            max_request_bytes,
+            request_timeout,
+            leaders: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        let status = self.shared.status();
+        ResponseHeader {
+            cluster_id: self.shared.cluster_id,
+            member_id: self.shared.member_id,
+            revision,
+            raft_term: status.term,
+        }
+    }
+
+    pub fn current_header(&self) -> ResponseHeader {
+        let rev = self.shared.store().current_revision();
+        self.header(rev)
+    }
+
+    /// Refuses a request whose encoding exceeds `--max-request-bytes`, with
+    /// etcd's error.
+    pub fn check_size(&self, len: usize) -> Result<(), Status> {
+        if len > self.max_request_bytes {
+            return Err(Status::invalid_argument("etcdserver: request is too large"));
+        }
+        Ok(())
+    }
+
+    pub fn is_forwarded<T>(request: &Request<T>) -> bool {
+        request.metadata().get(FORWARDED).is_some()
+    }
+
+    /// A channel to the leader's client API, from the member table.
+    fn leader_channel(&self, leader: u64) -> Option<Channel> {
+        let url = self
+            .shared
+            .store()
+            .member(leader)
+            .and_then(|m| m.client_ur_ls.first().cloned())?;
+        let mut cache = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((u, ch)) = cache.get(&leader) {
+            if *u == url {
+                return Some(ch.clone());
+            }
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).ok()?;
+        let ch = endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy();
+        cache.insert(leader, (url, ch.clone()));
+        Some(ch)
+    }
+
+    /// Runs `attempt` until it has a leader to talk to or the request timeout
+    /// passes; `NotLeader` becomes a route to the leader unless `forwarded`.
+    pub async fn route<T, F, Fut>(
+        &self,
+        forwarded: bool,
+        mut attempt: F,
+    ) -> Result<Result<T, Channel>, Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, DriverError>>,
+    {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let err = match attempt().await {
+                Ok(v) => return Ok(Ok(v)),
+                Err(e) => e,
+            };
+            match &err {
+                DriverError::NotLeader { leader } if !forwarded => {
+                    if let Some(ch) = self.leader_channel(leader.0) {
+                        return Ok(Err(ch));
+                    }
+                }
+                DriverError::NoLeader
+                | DriverError::LeaderChanged
+                | DriverError::NotLeader { .. } => {}
+                _ => return Err(to_status(err)),
+            }
+            if Instant::now() >= deadline {
+                return Err(match err {
+                    DriverError::LeaderChanged => to_status(err),
+                    DriverError::NoLeader => to_status(err),
+                    _ => Status::unavailable("etcdserver: request timed out"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Proposes `op`; see `route`.
+    pub async fn propose(&self, op: Op, forwarded: bool) -> Route {
+        let started = Instant::now();
+        let r = tokio::time::timeout(
+            self.request_timeout + Duration::from_secs(1),
+            self.route(forwarded, || self.driver.propose(op.clone())),
+        )
+        .await;
+        let _ = started;
+        match r {
+            Err(_) => Route::Done(Err(Status::unavailable("etcdserver: request timed out"))),
+            Ok(Err(s)) => Route::Done(Err(s)),
+            Ok(Ok(Ok(a))) => Route::Done(Ok(a)),
+            Ok(Ok(Err(ch))) => Route::Forward(ch),
+        }
+    }
+
+    /// Waits until this node may answer a linearizable read locally.
+    pub async fn linearize(&self) -> Result<(), Status> {
+        let r = tokio::time::timeout(
+            self.request_timeout + Duration::from_secs(1),
+            self.route(true, || self.driver.read_index()),
+        )
+        .await;
+        match r {
+            Err(_) => Err(Status::unavailable("etcdserver: request timed out")),
+            Ok(Err(s)) => Err(s),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    /// A channel to the leader for requests only the leader answers (lease
+    /// keep-alive and time-to-live), or `None` if this node leads.
+    pub async fn leader_route(&self) -> Result<Option<Channel>, Status> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let st = self.shared.status();
+            if st.leader == self.shared.member_id {
+                return Ok(None);
+            }
+            if st.leader != 0 {
+                if let Some(ch) = self.leader_channel(st.leader) {
+                    return Ok(Some(ch));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(to_status(DriverError::NoLeader));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Tags a request as forwarded, keeping its body.
+    pub fn forward_request<T>(body: T) -> Request<T> {
+        let mut r = Request::new(body);
+        r.metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        r
+    }
+}

@@ -1,0 +1,316 @@
+//! Raft messages between nodes over tonic gRPC.
+//!
+//! Sending: one task per peer holds one long-lived client stream
+//! (`Peer.Send`); each frame is a `MessageBatch` with every message one
+//! Ready had for that peer, stamped with our cluster id. When the stream
+//! breaks the task reconnects with exponential backoff (50 ms to 2 s) and
+//! tells the driver the peer is unreachable, so the core probes instead of
+//! pipelining. A full queue drops messages: Raft retries, and a slow peer
+//! must never block the driver.
+//!
+//! Receiving: `PeerService` checks the cluster id of every batch, decodes
+//! every message with `codec::decode_message` (which trusts nothing), drops
+//! messages not addressed to us, and hands the rest to the driver.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use nod_raft::{Message, MessageBody, NodeId};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::codec::{decode_message, encode_message};
+use super::nodraftpb::{Empty, MessageBatch};
+use super::nodserverpb::peer_client::PeerClient;
+use super::nodserverpb::peer_server::Peer;
+use super::nodserverpb::{MemberAttributes, MembersRequest, MembersResponse, PublishRequest};
+
+/// Largest frame a peer may send us (entries are limited per message by the
+/// core's `max_size_per_msg`; snapshots carry their data inline).
+pub const MAX_PEER_FRAME: usize = 128 * 1024 * 1024;
+/// What a peer answers a member it removed (with gRPC code NotFound).
+pub const MEMBER_REMOVED: &str = "the member was removed from the cluster";
+/// Batches queued for one peer before new ones are dropped.
+const PEER_QUEUE: usize = 1024;
+
+/// What the transport tells the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportEvent {
+    Unreachable(NodeId),
+    /// A peer says this node was removed from the cluster.
+    Removed,
+    /// A snapshot message was (true) or was not (false) handed to the peer.
+    Snapshot(NodeId, bool),
+}
+
+struct PeerLink {
+    url: String,
+    tx: mpsc::Sender<Vec<Message>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct Transport {
+    cluster_id: u64,
+    peers: HashMap<NodeId, PeerLink>,
+    events: mpsc::Sender<TransportEvent>,
+}
+
+impl Transport {
+    pub fn new(cluster_id: u64, events: mpsc::Sender<TransportEvent>) -> Transport {
+        Transport {
+            cluster_id,
+            peers: HashMap::new(),
+            events,
+        }
+    }
+
+    /// Makes the set of peers (and their URLs) `peers`: new ones get a
+    /// link, gone or moved ones lose theirs.
+    pub fn set_peers(&mut self, peers: HashMap<NodeId, String>) {
+        self.peers.retain(|id, link| {
+            let keep = peers.get(id) == Some(&link.url);
+            if !keep {
+                link.task.abort();
+            }
+            keep
+        });
+        for (id, url) in peers {
+            if self.peers.contains_key(&id) {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let task = tokio::spawn(run_link(
+                id,
+                url.clone(),
+                self.cluster_id,
+                rx,
+                self.events.clone(),
+            ));
+            self.peers.insert(id, PeerLink { url, tx, task });
+        }
+    }
+
+    pub fn send(&mut self, messages: Vec<Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        let mut by_peer: HashMap<NodeId, Vec<Message>> = HashMap::new();
+        for m in messages {
+            by_peer.entry(m.to).or_default().push(m);
+        }
+        for (to, batch) in by_peer {
+            let has_snapshot = batch
+                .iter()
+                .any(|m| matches!(m.body, MessageBody::Snapshot { .. }));
+            let sent = match self.peers.get(&to) {
+                Some(link) => link.tx.try_send(batch).is_ok(),
+                None => false,
+            };
+            if !sent {
+                let _ = self.events.try_send(TransportEvent::Unreachable(to));
+                if has_snapshot {
+                    let _ = self.events.try_send(TransportEvent::Snapshot(to, false));
+                }
+            }
+        }
+    }
+
+    /// Asks the leader to publish our attributes (fire and forget; the
+    /// driver retries until the member table shows them).
+    pub fn forward_attributes(&self, leader: NodeId, attributes: MemberAttributes) {
+        let Some(link) = self.peers.get(&leader) else {
+            return;
+        };
+        let url = link.url.clone();
+        let cluster_id = self.cluster_id;
+        tokio::spawn(async move {
+            if let Ok(mut c) = PeerClient::connect(url).await {
+                let _ = c
+                    .publish(PublishRequest {
+                        cluster_id,
+                        attributes: Some(attributes),
+                    })
+                    .await;
+            }
+        });
+    }
+}
+
+impl Drop for Transport {
+    fn drop(&mut self) {
+        for link in self.peers.values() {
+            link.task.abort();
+        }
+    }
+}
+
+async fn run_link(
+    to: NodeId,
+    url: String,
+    cluster_id: u64,
+    mut rx: mpsc::Receiver<Vec<Message>>,
+    events: mpsc::Sender<TransportEvent>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let channel = match tonic::transport::Endpoint::from_shared(url.clone()) {
+            Ok(e) => e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true),
+            Err(e) => {
+                tracing::error!(peer = to.0, %url, error = %e, "invalid peer URL");
+                return;
+            }
+        };
+        match channel.connect().await {
+            Ok(ch) => {
+                backoff = Duration::from_millis(50);
+                let mut client = PeerClient::new(ch)
+                    .max_encoding_message_size(MAX_PEER_FRAME)
+                    .max_decoding_message_size(MAX_PEER_FRAME);
+                let (stream_tx, stream_rx) = mpsc::channel::<MessageBatch>(16);
+                let call = tokio::spawn(async move {
+                    client
+                        .send(tokio_stream::wrappers::ReceiverStream::new(stream_rx))
+                        .await
+                });
+                // Forward batches until the stream breaks.
+                while let Some(batch) = rx.recv().await {
+                    let snapshot = batch
+                        .iter()
+                        .any(|m| matches!(m.body, MessageBody::Snapshot { .. }));
+                    let frame = MessageBatch {
+                        cluster_id,
+                        messages: batch.iter().map(encode_message).collect(),
+                    };
+                    let ok = stream_tx.send(frame).await.is_ok();
+                    if snapshot {
+                        let _ = events.try_send(TransportEvent::Snapshot(to, ok));
+                    }
+                    if !ok {
+                        break;
+                    }
+                }
+                drop(stream_tx);
+                if let Ok(Err(status)) = call.await {
+                    tracing::debug!(peer = to.0, %status, "peer stream ended");
+                    if status.code() == tonic::Code::NotFound
+                        && status.message().contains(MEMBER_REMOVED)
+                    {
+                        let _ = events.send(TransportEvent::Removed).await;
+                        return;
+                    }
+                }
+                if rx.is_closed() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(peer = to.0, %url, error = %e, "cannot reach peer");
+            }
+        }
+        let _ = events.try_send(TransportEvent::Unreachable(to));
+        // Drop what queued while we were away: it is stale, Raft resends.
+        while rx.try_recv().is_ok() {}
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// What the peer service needs from the node.
+pub trait PeerNode: Send + Sync + 'static {
+    fn member_id(&self) -> u64;
+    fn cluster_id(&self) -> u64;
+    fn members(&self) -> Vec<crate::api::etcd::etcdserverpb::Member>;
+    fn is_removed(&self, id: u64) -> bool;
+    /// Proposes a member's attributes if this node leads.
+    fn publish(
+        &self,
+        attributes: MemberAttributes,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<(), Status>> + Send + '_>>;
+}
+
+pub struct PeerService<N: PeerNode> {
+    node: Arc<N>,
+    inbox: mpsc::Sender<Message>,
+}
+
+impl<N: PeerNode> PeerService<N> {
+    pub fn new(node: Arc<N>, inbox: mpsc::Sender<Message>) -> Self {
+        PeerService { node, inbox }
+    }
+
+    fn check_cluster(&self, cluster_id: u64) -> Result<(), Status> {
+        if cluster_id != self.node.cluster_id() {
+            return Err(Status::permission_denied(format!(
+                "cluster id mismatch: this node belongs to cluster {:x}, the sender to {:x}",
+                self.node.cluster_id(),
+                cluster_id
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl<N: PeerNode> Peer for PeerService<N> {
+    async fn send(
+        &self,
+        request: Request<Streaming<MessageBatch>>,
+    ) -> Result<Response<Empty>, Status> {
+        let mut stream = request.into_inner();
+        let me = NodeId(self.node.member_id());
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            self.check_cluster(batch.cluster_id)?;
+            for m in batch.messages {
+                let m = decode_message(m).map_err(|e| {
+                    Status::invalid_argument(format!("malformed Raft message: {e}"))
+                })?;
+                if self.node.is_removed(m.from.0) {
+                    return Err(Status::not_found(format!(
+                        "{MEMBER_REMOVED}: {:x}",
+                        m.from.0
+                    )));
+                }
+                if m.to != me {
+                    tracing::debug!(to = m.to.0, "dropped a message addressed to another node");
+                    continue;
+                }
+                // Full inbox: drop, Raft resends.
+                let _ = self.inbox.try_send(m);
+            }
+        }
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn members(
+        &self,
+        request: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let cluster_id = request.into_inner().cluster_id;
+        // A joining node does not know the cluster id yet and sends 0.
+        if cluster_id != 0 {
+            self.check_cluster(cluster_id)?;
+        }
+        Ok(Response::new(MembersResponse {
+            cluster_id: self.node.cluster_id(),
+            members: self.node.members(),
+        }))
+    }
+
+    async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        let attributes = r
+            .attributes
+            .ok_or_else(|| Status::invalid_argument("publish without attributes"))?;
+        self.node.publish(attributes).await?;
+        Ok(Response::new(Empty {}))
+    }
+}
+
+/// A stream type alias kept for the server's boxed streams.
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;

@@ -1,0 +1,410 @@
+//! Multi-process tests on loopback: real `nod server` processes, real
+//! sockets, real RocksDB. A cluster forms; a killed leader is replaced with
+//! no acknowledged write lost; members are added, promoted and removed
+//! through the API; bad input gets etcd's errors and the node keeps serving.
+
+mod support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use nod::api::etcd::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
+use nod::client::{prefix_end, Client, ClientError};
+use support::{eventually, leader, Cluster, Member};
+
+fn put(k: &str, v: &str) -> PutRequest {
+    PutRequest {
+        key: k.into(),
+        value: v.into(),
+        ..Default::default()
+    }
+}
+
+async fn get(c: &mut Client, k: &str, serializable: bool) -> Option<String> {
+    let r = c
+        .range(RangeRequest {
+            key: k.into(),
+            serializable,
+            ..Default::default()
+        })
+        .await
+        .ok()?;
+    r.kvs
+        .first()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+}
+
+fn code(e: ClientError) -> (tonic::Code, String) {
+    match e {
+        ClientError::Status(s) => (s.code(), s.message().to_string()),
+        other => panic!("expected a status, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_loses_no_acknowledged_write_and_a_restarted_node_catches_up() {
+    let mut cluster = Cluster::start(3);
+    let endpoints = cluster.endpoints();
+    let first = leader(&endpoints).await;
+    // Writes through every member: followers forward to the leader.
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        let m = &cluster.members[i % 3];
+        let mut c = m.client();
+        c.put(put(&format!("k{i:02}"), &format!("v{i}")))
+            .await
+            .unwrap();
+        acked.push(i);
+    }
+    // Kill -9 the leader.
+    let leader_idx = {
+        let mut idx = None;
+        for (i, m) in cluster.members.iter().enumerate() {
+            let s = m.client().status().await.unwrap();
+            if s.header.unwrap().member_id == first {
+                idx = Some(i);
+            }
+        }
+        idx.expect("the leader is one of the members")
+    };
+    let killed_at = Instant::now();
+    cluster.members[leader_idx].kill();
+    let survivors: Vec<String> = cluster.endpoints();
+    let second = eventually("a new leader", Duration::from_secs(20), || {
+        let survivors = survivors.clone();
+        async move { Some(leader(&survivors).await).filter(|l| *l != first) }
+    })
+    .await;
+    let took = killed_at.elapsed();
+    assert_ne!(first, second);
+    // Election timeout is 500 ms: a new leader within a few of them (plus polling).
+    assert!(took < Duration::from_secs(6), "new leader took {took:?}");
+    // Every acknowledged write is on the new leader (linearizable reads).
+    let mut c = Client::connect(&survivors, Duration::from_secs(5)).unwrap();
+    let all = c
+        .range(RangeRequest {
+            key: b"k".to_vec(),
+            range_end: prefix_end(b"k"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.kvs.len(), acked.len());
+    // More writes while one node is down, then bring it back: it catches up.
+    for i in 30..40 {
+        c.put(put(&format!("k{i:02}"), &format!("v{i}")))
+            .await
+            .unwrap();
+    }
+    let initial = cluster.initial_cluster();
+    cluster.members[leader_idx].start(&initial, "new", &[]);
+    let mut back = cluster.members[leader_idx].client();
+    eventually("the restarted member to catch up", Duration::from_secs(20), || {
+        let mut back = back.clone();
+        async move { (get(&mut back, "k39", true).await.as_deref() == Some("v39")).then_some(()) }
+    })
+    .await;
+    let r = back
+        .range(RangeRequest {
+            key: b"k".to_vec(),
+            range_end: prefix_end(b"k"),
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.kvs.len(), 40, "the restarted member has every key");
+    // All three agree on the state (HashKV at the same revision).
+    let rev = r.header.unwrap().revision;
+    let mut hashes = Vec::new();
+    for m in &cluster.members {
+        let h = m
+            .client()
+            .maintenance
+            .hash_kv(nod::api::etcd::etcdserverpb::HashKvRequest { revision: rev })
+            .await
+            .unwrap()
+            .into_inner();
+        hashes.push(h.hash);
+    }
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "replicas differ: {hashes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_as_learners_promoted_and_removed_through_the_api() {
+    let mut cluster = Cluster::start(3);
+    let endpoints = cluster.endpoints();
+    leader(&endpoints).await;
+    let mut c = Client::connect(&endpoints, Duration::from_secs(5)).unwrap();
+    for i in 0..20 {
+        c.put(put(&format!("pre{i}"), "x")).await.unwrap();
+    }
+    let mut new = Member::new(cluster.dir.path(), "n4");
+    let added = c.member_add(vec![new.peer_url()], true).await.unwrap();
+    let id = added.member.unwrap().id;
+    assert_eq!(added.members.len(), 4);
+    // Promotion before it caught up is refused with etcd's error.
+    let (code_, msg) = code(c.member_promote(id).await.unwrap_err());
+    assert_eq!(code_, tonic::Code::FailedPrecondition);
+    assert!(msg.contains("learner member which is in sync"), "{msg}");
+    let initial = format!("{},n4={}", cluster.initial_cluster(), new.peer_url());
+    new.start(&initial, "existing", &[]);
+    let mut nc = new.client();
+    eventually("the learner to catch up", Duration::from_secs(20), || {
+        let mut nc = nc.clone();
+        async move { (get(&mut nc, "pre19", true).await.as_deref() == Some("x")).then_some(()) }
+    })
+    .await;
+    let status = nc.status().await.unwrap();
+    assert!(status.is_learner);
+    eventually("promotion", Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move { c.member_promote(id).await.ok() }
+    })
+    .await;
+    let list = c.member_list().await.unwrap();
+    let m = list.members.iter().find(|m| m.id == id).unwrap();
+    assert!(!m.is_learner);
+    // The new member publishes its name and client URL through the log.
+    eventually(
+        "the new member to publish its name",
+        Duration::from_secs(10),
+        || {
+            let mut c = c.clone();
+            let url = format!("http://{}", new.endpoint());
+            async move {
+                let list = c.member_list().await.ok()?;
+                let m = list.members.into_iter().find(|m| m.id == id)?;
+                (m.name == "n4" && m.client_ur_ls == vec![url]).then_some(())
+            }
+        },
+    )
+    .await;
+    // Promoting a voter is refused.
+    let (code_, _) = code(c.member_promote(id).await.unwrap_err());
+    assert_eq!(code_, tonic::Code::FailedPrecondition);
+    // Remove it again; the process notices and exits.
+    c.member_remove(id).await.unwrap();
+    let list = c.member_list().await.unwrap();
+    assert_eq!(list.members.len(), 3);
+    let mut child = new.child.take().unwrap();
+    let exited = eventually(
+        "the removed member to exit",
+        Duration::from_secs(15),
+        || {
+            let r = child.try_wait().unwrap();
+            async move { r }
+        },
+    )
+    .await;
+    assert!(exited.success(), "removed member exits 0: {exited:?}");
+    // Removing an unknown member: etcd's error.
+    let (code_, msg) = code(c.member_remove(12345).await.unwrap_err());
+    assert_eq!(
+        (code_, msg.as_str()),
+        (tonic::Code::NotFound, "etcdserver: member not found")
+    );
+    cluster.members.push(new);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_etcd_errors_and_the_node_keeps_serving() {
+    let cluster = Cluster::start(1);
+    let endpoints = cluster.endpoints();
+    leader(&endpoints).await;
+    let m = &cluster.members[0];
+    let mut c = m.client();
+    // Oversize request.
+    let big = "x".repeat(2 * 1024 * 1024);
+    let (code_, msg) = code(c.put(put("big", &big)).await.unwrap_err());
+    // Far over the limit, gRPC itself refuses the frame (etcd: ResourceExhausted).
+    assert!(
+        matches!(
+            code_,
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{code_:?} {msg}"
+    );
+    let just_over = "x".repeat(1536 * 1024 + 10);
+    let (code_, msg) = code(c.put(put("big", &just_over)).await.unwrap_err());
+    assert_eq!(
+        (code_, msg.as_str()),
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: request is too large"
+        )
+    );
+    // Unknown lease, empty key, future revision.
+    let (code_, msg) = code(
+        c.put(PutRequest {
+            key: b"k".to_vec(),
+            lease: 42,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(
+        (code_, msg.as_str()),
+        (
+            tonic::Code::NotFound,
+            "etcdserver: requested lease not found"
+        )
+    );
+    let (code_, msg) = code(c.put(put("", "v")).await.unwrap_err());
+    assert_eq!(
+        (code_, msg.as_str()),
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: key is not provided"
+        )
+    );
+    let (code_, msg) = code(
+        c.range(RangeRequest {
+            key: b"k".to_vec(),
+            revision: 1_000_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+    );
+    assert_eq!(
+        (code_, msg.as_str()),
+        (
+            tonic::Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision"
+        )
+    );
+    // Inverted range: empty, not an error.
+    c.put(put("b", "1")).await.unwrap();
+    let r = c
+        .range(RangeRequest {
+            key: b"z".to_vec(),
+            range_end: b"a".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.count, 0);
+    let d = c
+        .delete(DeleteRangeRequest {
+            key: b"z".to_vec(),
+            range_end: b"a".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(d.deleted, 0);
+    // Garbage bytes on the client and the peer ports.
+    for port in [m.client_port, m.peer_port, m.metrics_port] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _ = s.write_all(b"\x00\x01garbage\xff\xfe not http/2 at all\r\n\r\n");
+        let _ = s.write_all(&[0xAB; 4096]);
+        drop(s);
+    }
+    // A well-formed gRPC call with a malformed Raft message on the peer port.
+    let mut peer = nod::transport::nodserverpb::peer_client::PeerClient::connect(m.peer_url())
+        .await
+        .unwrap();
+    let batch = nod::transport::nodraftpb::MessageBatch {
+        cluster_id: 1,
+        messages: vec![],
+    };
+    let err = peer
+        .send(tokio_stream::iter(vec![batch]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::PermissionDenied,
+        "wrong cluster id: {err}"
+    );
+    let me = m.client().status().await.unwrap().header.unwrap();
+    let malformed = nod::transport::nodraftpb::MessageBatch {
+        cluster_id: me.cluster_id,
+        messages: vec![nod::transport::nodraftpb::Message {
+            from: 0,
+            to: me.member_id,
+            term: 1,
+            body: None,
+        }],
+    };
+    let err = peer
+        .send(tokio_stream::iter(vec![malformed]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // Still serving, data intact.
+    assert_eq!(get(&mut c, "b", false).await.as_deref(), Some("1"));
+    // Metrics and health answer.
+    let body = http_get(m.metrics_port, "/metrics");
+    assert!(body.contains("etcd_server_has_leader 1"), "{body}");
+    assert!(body.contains("etcd_disk_wal_fsync_duration_seconds_bucket"));
+    assert!(http_get(m.metrics_port, "/readyz").starts_with("HTTP/1.1 200"));
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_leadership_over_and_exits_zero_and_data_survives_restart() {
+    let mut cluster = Cluster::start(3);
+    let endpoints = cluster.endpoints();
+    let first = leader(&endpoints).await;
+    let mut c = Client::connect(&endpoints, Duration::from_secs(5)).unwrap();
+    c.put(put("durable", "yes")).await.unwrap();
+    let idx = {
+        let mut idx = 0;
+        for (i, m) in cluster.members.iter().enumerate() {
+            if m.client().status().await.unwrap().header.unwrap().member_id == first {
+                idx = i;
+            }
+        }
+        idx
+    };
+    let status = cluster.members[idx].terminate();
+    assert!(status.success(), "SIGTERM exits 0: {status:?}");
+    assert!(
+        cluster.members[idx]
+            .logs()
+            .contains("handed leadership over"),
+        "{}",
+        cluster.members[idx].logs()
+    );
+    let survivors = cluster.endpoints();
+    let second = eventually("a new leader", Duration::from_secs(20), || {
+        let survivors = survivors.clone();
+        async move { Some(leader(&survivors).await).filter(|l| *l != first) }
+    })
+    .await;
+    assert_ne!(second, first);
+    let initial = cluster.initial_cluster();
+    cluster.members[idx].start(&initial, "new", &[]);
+    let mut back = cluster.members[idx].client();
+    eventually(
+        "the restarted member to serve",
+        Duration::from_secs(20),
+        || {
+            let mut back = back.clone();
+            async move {
+                (get(&mut back, "durable", true).await.as_deref() == Some("yes")).then_some(())
+            }
+        },
+    )
+    .await;
+    let _ = back.status().await.unwrap();
+}

@@ -1,0 +1,479 @@
+//! The MVCC state machine on a real RocksDB: etcd's revision rules, history,
+//! compaction, leases, transactions, and restart with the applied index.
+
+use nod::api::etcd::etcdserverpb::{
+    compare, request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
+    RangeRequest, RequestOp, TxnRequest,
+};
+use nod::api::etcd::mvccpb::event::EventType;
+use nod::storage::kv_store::KeyRange;
+use nod::storage::{KvError, KvStore};
+
+struct Fixture {
+    store: KvStore,
+    index: u64,
+}
+
+impl Fixture {
+    fn next(&mut self) -> (u64, u64) {
+        self.index += 1;
+        (self.index, 1)
+    }
+    fn put(&mut self, k: &str, v: &str) -> i64 {
+        let at = self.next();
+        self.store
+            .apply_put(
+                &PutRequest {
+                    key: k.into(),
+                    value: v.into(),
+                    ..Default::default()
+                },
+                at,
+            )
+            .unwrap()
+            .unwrap();
+        self.store.current_revision()
+    }
+    fn get(&self, k: &str, rev: i64) -> Result<Option<(String, i64, i64, i64)>, KvError> {
+        let r = self.store.range(&RangeRequest {
+            key: k.into(),
+            revision: rev,
+            ..Default::default()
+        })?;
+        Ok(r.kvs.first().map(|kv| {
+            (
+                String::from_utf8(kv.value.clone()).unwrap(),
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+            )
+        }))
+    }
+    fn del(&mut self, k: &str, end: &str) -> i64 {
+        let at = self.next();
+        self.store
+            .apply_delete(
+                &DeleteRangeRequest {
+                    key: k.into(),
+                    range_end: end.into(),
+                    ..Default::default()
+                },
+                at,
+            )
+            .unwrap()
+            .unwrap()
+            .response
+            .deleted
+    }
+}
+
+fn open(dir: &std::path::Path) -> Fixture {
+    let store = KvStore::open(dir).unwrap();
+    let index = store.applied().0;
+    Fixture { store, index }
+}
+
+#[test]
+fn revisions_versions_and_history_follow_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = open(dir.path());
+    assert_eq!(
+        f.store.current_revision(),
+        1,
+        "an empty store is at revision 1, as etcd"
+    );
+    let r1 = f.put("a", "1");
+    let r2 = f.put("a", "2");
+    let r3 = f.put("b", "x");
+    assert_eq!((r1, r2, r3), (2, 3, 4));
+    assert_eq!(f.get("a", 0).unwrap(), Some(("2".into(), 2, 3, 2)));
+    assert_eq!(
+        f.get("a", r1).unwrap(),
+        Some(("1".into(), 2, 2, 1)),
+        "history is readable"
+    );
+    assert_eq!(
+        f.get("b", r2).unwrap(),
+        None,
+        "b did not exist at revision 3"
+    );
+    assert_eq!(f.del("a", ""), 1);
+    assert_eq!(f.get("a", 0).unwrap(), None);
+    assert_eq!(f.del("a", ""), 0);
+    assert_eq!(
+        f.store.current_revision(),
+        5,
+        "deleting nothing does not make a revision"
+    );
+    f.put("a", "again");
+    assert_eq!(
+        f.get("a", 0).unwrap(),
+        Some(("again".into(), 6, 6, 1)),
+        "a recreated key starts a new generation"
+    );
+    assert_eq!(f.get("a", 99), Err(KvError::FutureRevision));
+}
+
+#[test]
+fn ranges_prefixes_limits_and_sorting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = open(dir.path());
+    for (k, v) in [("k1", "c"), ("k2", "a"), ("k3", "b"), ("l1", "z")] {
+        f.put(k, v);
+    }
+    let all = f
+        .store
+        .range(&RangeRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        all.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(),
+        vec![b"k1".to_vec(), b"k2".to_vec(), b"k3".to_vec()]
+    );
+    assert_eq!(all.count, 3);
+    let limited = f
+        .store
+        .range(&RangeRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            limit: 2,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        (limited.kvs.len(), limited.more, limited.count),
+        (2, true, 3)
+    );
+    let from = f
+        .store
+        .range(&RangeRequest {
+            key: b"k3".to_vec(),
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(from.kvs.len(), 2, "k3 and l1");
+    let by_value = f
+        .store
+        .range(&RangeRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            sort_target: 4, // VALUE
+            sort_order: 2,  // DESCEND
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        by_value
+            .kvs
+            .iter()
+            .map(|kv| kv.value.clone())
+            .collect::<Vec<_>>(),
+        vec![b"c".to_vec(), b"b".to_vec(), b"a".to_vec()]
+    );
+    let inverted = f
+        .store
+        .range(&RangeRequest {
+            key: b"z".to_vec(),
+            range_end: b"a".to_vec(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        inverted.kvs.is_empty() && inverted.count == 0,
+        "an inverted range is empty, not an error"
+    );
+    let count = f
+        .store
+        .range(&RangeRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            count_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(count.kvs.is_empty());
+    assert_eq!(count.count, 3);
+    assert_eq!(f.del("k", "l"), 3);
+}
+
+#[test]
+fn txn_compares_and_branches_atomically_in_one_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = open(dir.path());
+    f.put("k", "v1");
+    let cas = |expect: &str, new: &str| TxnRequest {
+        compare: vec![Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Value as i32,
+            key: b"k".to_vec(),
+            range_end: vec![],
+            target_union: Some(compare::TargetUnion::Value(expect.into())),
+        }],
+        success: vec![
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: b"k".to_vec(),
+                    value: new.into(),
+                    ..Default::default()
+                })),
+            },
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: b"other".to_vec(),
+                    value: new.into(),
+                    ..Default::default()
+                })),
+            },
+            RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: b"k".to_vec(),
+                    ..Default::default()
+                })),
+            },
+        ],
+        failure: vec![RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            })),
+        }],
+    };
+    let before = f.store.current_revision();
+    let at = f.next();
+    let ok = f.store.apply_txn(&cas("v1", "v2"), at).unwrap().unwrap();
+    assert!(ok.response.succeeded);
+    assert_eq!(
+        f.store.current_revision(),
+        before + 1,
+        "all writes of a txn share one revision"
+    );
+    assert_eq!(ok.events.len(), 2);
+    match &ok.response.responses[2].response {
+        Some(response_op::Response::ResponseRange(r)) => {
+            assert_eq!(r.kvs[0].value, b"v2", "a txn reads its own writes")
+        }
+        other => panic!("expected a range response, got {other:?}"),
+    }
+    let at = f.next();
+    let failed = f.store.apply_txn(&cas("v1", "v3"), at).unwrap().unwrap();
+    assert!(!failed.response.succeeded);
+    assert_eq!(
+        f.store.current_revision(),
+        before + 1,
+        "a failed compare writes nothing"
+    );
+    // A txn that fails midway (unknown lease) changes nothing at all.
+    let bad = TxnRequest {
+        success: vec![
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: b"x".to_vec(),
+                    value: b"1".to_vec(),
+                    ..Default::default()
+                })),
+            },
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: b"y".to_vec(),
+                    value: b"1".to_vec(),
+                    lease: 77,
+                    ..Default::default()
+                })),
+            },
+        ],
+        ..Default::default()
+    };
+    let at = f.next();
+    assert_eq!(
+        f.store.apply_txn(&bad, at).unwrap().unwrap_err(),
+        KvError::LeaseNotFound
+    );
+    assert_eq!(f.get("x", 0).unwrap(), None);
+    assert_eq!(
+        f.store.applied().0,
+        at.0,
+        "a refused request still advances the applied index"
+    );
+}
+
+#[test]
+fn compaction_keeps_the_visible_values_and_refuses_older_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = open(dir.path());
+    f.put("a", "1");
+    let r = f.put("a", "2");
+    f.put("b", "1");
+    f.del("b", "");
+    f.put("a", "3");
+    let at = f.next();
+    f.store
+        .apply_compaction(
+            &CompactionRequest {
+                revision: r + 1,
+                physical: true,
+            },
+            at,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.get("a", r - 1), Err(KvError::Compacted));
+    assert_eq!(
+        f.get("a", r + 1).unwrap().unwrap().0,
+        "2",
+        "the value visible at the compaction point stays"
+    );
+    assert_eq!(f.get("a", 0).unwrap().unwrap().0, "3");
+    let at = f.next();
+    assert_eq!(
+        f.store
+            .apply_compaction(
+                &CompactionRequest {
+                    revision: r,
+                    physical: true
+                },
+                at
+            )
+            .unwrap(),
+        Err(KvError::Compacted)
+    );
+    let events = f
+        .store
+        .events_between(&KeyRange::new(b"a", b""), r + 1, 100)
+        .unwrap();
+    assert!(events
+        .iter()
+        .all(|e| e.kv.as_ref().unwrap().mod_revision > r + 1));
+    assert!(
+        f.store
+            .events_between(&KeyRange::new(b"a", b""), 0, 100)
+            .is_err(),
+        "history before compaction is gone"
+    );
+    // Reopen: the index is rebuilt from disk and agrees.
+    let applied = f.store.applied();
+    drop(f);
+    let f = open(dir.path());
+    assert_eq!(f.store.applied(), applied);
+    assert_eq!(f.get("a", 0).unwrap().unwrap().0, "3");
+    assert_eq!(f.get("a", r - 1), Err(KvError::Compacted));
+}
+
+#[test]
+fn leases_own_keys_and_revoking_deletes_them_in_one_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = open(dir.path());
+    let at = f.next();
+    f.store.apply_lease_grant(9, 30, at).unwrap().unwrap();
+    let at = f.next();
+    assert_eq!(
+        f.store.apply_lease_grant(9, 30, at).unwrap(),
+        Err(KvError::LeaseExists)
+    );
+    for k in ["x", "y"] {
+        let at = f.next();
+        f.store
+            .apply_put(
+                &PutRequest {
+                    key: k.into(),
+                    value: b"v".to_vec(),
+                    lease: 9,
+                    ..Default::default()
+                },
+                at,
+            )
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(f.store.leases()[&9].keys.len(), 2);
+    // Moving a key off the lease detaches it.
+    f.put("y", "no lease");
+    assert_eq!(f.store.leases()[&9].keys.len(), 1);
+    drop(f);
+    let mut f = open(dir.path());
+    assert_eq!(
+        f.store.leases()[&9].keys.len(),
+        1,
+        "lease attachments are rebuilt on open"
+    );
+    let before = f.store.current_revision();
+    let at = f.next();
+    let events = f.store.apply_lease_revoke(9, at).unwrap().unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].r#type, EventType::Delete as i32);
+    assert_eq!(f.store.current_revision(), before + 1);
+    assert_eq!(f.get("x", 0).unwrap(), None);
+    assert_eq!(f.get("y", 0).unwrap().unwrap().0, "no lease");
+    let at = f.next();
+    assert_eq!(
+        f.store.apply_lease_revoke(9, at).unwrap().unwrap_err(),
+        KvError::LeaseNotFound
+    );
+}
+
+#[test]
+fn watch_history_is_in_revision_order_with_previous_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = open(dir.path());
+    let r1 = f.put("w/a", "1");
+    f.put("other", "1");
+    f.put("w/a", "2");
+    f.del("w/a", "");
+    let events = f
+        .store
+        .events_between(
+            &KeyRange::new(b"w/", b"w0"),
+            r1 - 1,
+            f.store.current_revision(),
+        )
+        .unwrap();
+    let summary: Vec<(i32, i64, Option<Vec<u8>>)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.r#type,
+                e.kv.as_ref().unwrap().mod_revision,
+                e.prev_kv.as_ref().map(|p| p.value.clone()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (EventType::Put as i32, r1, None),
+            (EventType::Put as i32, r1 + 2, Some(b"1".to_vec())),
+            (EventType::Delete as i32, r1 + 3, Some(b"2".to_vec())),
+        ]
+    );
+}
+
+#[test]
+fn a_corrupt_record_is_reported_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut f = open(dir.path());
+        f.put("a", "1");
+    }
+    // Overwrite the record through RocksDB with bytes whose checksum is wrong.
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_missing_column_families(true);
+        let db =
+            rocksdb::DB::open_cf(&opts, dir.path(), ["rev", "lease", "member", "meta"]).unwrap();
+        let cf = db.cf_handle("rev").unwrap();
+        let key = db
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .next()
+            .unwrap()
+            .unwrap()
+            .0;
+        db.put_cf(cf, key, b"\x01\x01garbage-with-bad-crc").unwrap();
+    }
+    let err = KvStore::open(dir.path())
+        .err()
+        .expect("corruption must be reported");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}

@@ -1,0 +1,211 @@
+//! Real `nod server` processes on loopback for end-to-end tests: free ports,
+//! a data directory each, logs kept in the temp dir (printed when a test
+//! fails), and kill -9 on drop so no test leaves a process behind.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nod::client::Client;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub metrics_port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Member {
+    pub fn new(root: &Path, name: &str) -> Member {
+        Member {
+            name: name.to_string(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            metrics_port: free_port(),
+            data_dir: root.join(name),
+            log: root.join(format!("{name}.log")),
+            child: None,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&[self.endpoint()], Duration::from_secs(5)).unwrap()
+    }
+
+    /// Starts the process with `initial_cluster` and `state` (new/existing).
+    pub fn start(&mut self, initial_cluster: &str, state: &str, extra: &[&str]) {
+        assert!(self.child.is_none(), "{} already runs", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_nod"))
+            .arg("server")
+            .args(["--name", &self.name])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{}", self.client_port),
+            ])
+            .args(["--listen-peer-urls", &self.peer_url()])
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", self.metrics_port),
+            ])
+            .args(["--initial-cluster", initial_cluster])
+            .args(["--initial-cluster-state", state])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn nod server");
+        self.child = Some(child);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe_kill(c.id(), 15);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("{} did not exit within 15 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.name, self.logs());
+        }
+        self.kill();
+    }
+}
+
+pub struct Cluster {
+    // Members drop first: their logs are printed from the temp dir on failure.
+    pub members: Vec<Member>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let members: Vec<Member> = (1..=n)
+            .map(|i| Member::new(dir.path(), &format!("n{i}")))
+            .collect();
+        let mut c = Cluster { members, dir };
+        let initial = c.initial_cluster();
+        for m in &mut c.members {
+            m.start(&initial, "new", &[]);
+        }
+        c
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.child.is_some())
+            .map(|m| m.endpoint())
+            .collect()
+    }
+}
+
+/// Polls `f` every 100 ms until it returns Some, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The leader's member id as `endpoints` report it, once they agree.
+pub async fn leader(endpoints: &[String]) -> u64 {
+    eventually(
+        "a leader all members agree on",
+        Duration::from_secs(20),
+        || async {
+            let mut seen = None;
+            for ep in endpoints {
+                let mut c =
+                    Client::connect(std::slice::from_ref(ep), Duration::from_secs(2)).ok()?;
+                let s = c.status().await.ok()?;
+                if s.leader == 0 || seen.is_some_and(|l| l != s.leader) {
+                    return None;
+                }
+                seen = Some(s.leader);
+            }
+            seen
+        },
+    )
+    .await
+}
