@@ -335,6 +335,18 @@ impl Session {
                 })
                 .await
             }
+            HubMessage::Canceled { watch_id, reason } => {
+                self.watchers.remove(&watch_id);
+                let rev = self.node.shared.store().current_revision();
+                self.send(WatchResponse {
+                    header: self.header(rev),
+                    watch_id,
+                    canceled: true,
+                    cancel_reason: reason,
+                    ..Default::default()
+                })
+                .await
+            }
             HubMessage::Progress { revision, watch_id } => {
                 self.send(WatchResponse {
                     header: self.header(revision),

@@ -9,12 +9,13 @@
 //! decided once and applied everywhere in the same order.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use nod_raft::{
     ConfChange, ConfChangeKind, Entry, EntryPayload, Index, Message, NodeId, ProposeError, RawNode,
-    Role, StorageWrite, Term,
+    Role, Storage, StorageWrite, Term,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -24,6 +25,7 @@ use super::watch_hub::WatchHub;
 use crate::api::etcd::etcdserverpb::{
     DeleteRangeResponse, LeaseRevokeRequest, Member, PutResponse, TxnResponse,
 };
+use crate::storage::checkpoint::{self, CheckpointInfo};
 use crate::storage::{KvError, KvStore, LogStore};
 use crate::transport::peer::{Transport, TransportEvent};
 
@@ -187,6 +189,11 @@ pub struct DriverConfig {
     /// of the cluster, from the member it asked): without it a new member
     /// could not answer the leader that is about to send it a snapshot.
     pub seed_peers: HashMap<NodeId, String>,
+    /// Applied entries between snapshots.
+    pub snapshot_count: u64,
+    /// The data folder (state machine stores live in it) and the checkpoints' (`<data>/snap`).
+    pub data_dir: PathBuf,
+    pub snapshot_root: PathBuf,
 }
 
 pub struct Driver {
@@ -207,6 +214,10 @@ pub struct Driver {
     was_leader: bool,
     last_published: Option<Instant>,
     ticks: u64,
+    last_snapshot: u64,
+    snapshot_in_flight: bool,
+    snapshots_tx: mpsc::Sender<Result<CheckpointInfo, String>>,
+    snapshots_rx: mpsc::Receiver<Result<CheckpointInfo, String>>,
 }
 
 pub fn channel(depth: usize) -> (DriverHandle, mpsc::Receiver<Request>) {
@@ -224,7 +235,17 @@ impl Driver {
         inbox: mpsc::Receiver<Message>,
         transport_events: mpsc::Receiver<TransportEvent>,
     ) -> Driver {
+        let last_snapshot = node
+            .storage()
+            .snapshot()
+            .map(|s| s.metadata.index.0)
+            .unwrap_or(0);
+        let (snapshots_tx, snapshots_rx) = mpsc::channel(1);
         Driver {
+            last_snapshot,
+            snapshot_in_flight: false,
+            snapshots_tx,
+            snapshots_rx,
             node,
             shared,
             transport,
@@ -257,6 +278,11 @@ impl Driver {
                 Some(m) = self.inbox.recv() => self.on_message(m),
                 Some(r) = self.requests.recv() => self.on_request(r),
                 Some(e) = self.transport_events.recv() => self.on_transport_event(e),
+                Some(s) = self.snapshots_rx.recv() => {
+                    if let Err(e) = self.on_snapshot_taken(s) {
+                        break Err(e);
+                    }
+                }
                 _ = stop.changed() => if *stop.borrow() { break Ok(()) },
             }
             // Take whatever else is queued, so one Ready (one fsync) covers it all.
@@ -273,6 +299,7 @@ impl Driver {
             if let Err(e) = self.process_ready() {
                 break Err(e);
             }
+            self.maybe_snapshot();
             if self.shared.status().removed {
                 break Ok(());
             }
@@ -641,10 +668,119 @@ impl Driver {
         }
     }
 
+    /// Takes a checkpoint in the background once `snapshot_count` entries
+    /// were applied since the last one.
+    fn maybe_snapshot(&mut self) {
+        let applied = self.shared.store().applied().0;
+        if self.snapshot_in_flight
+            || applied < self.last_snapshot + self.config.snapshot_count.max(1)
+        {
+            return;
+        }
+        self.snapshot_in_flight = true;
+        let db = self.shared.store().db_handle();
+        let root = self.config.snapshot_root.clone();
+        let tx = self.snapshots_tx.clone();
+        let started = Instant::now();
+        let seconds = self.shared.metrics.snapshot_seconds.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = checkpoint::create(&db, &root).map_err(|e| e.to_string());
+            seconds.observe(started.elapsed().as_secs_f64());
+            let _ = tx.blocking_send(r);
+        });
+    }
+
+    /// Records a finished checkpoint as the Raft snapshot and compacts the
+    /// log behind it.
+    fn on_snapshot_taken(&mut self, r: Result<CheckpointInfo, String>) -> Result<(), String> {
+        self.snapshot_in_flight = false;
+        let info = match r {
+            Ok(i) => i,
+            Err(e) => {
+                // A failed checkpoint leaves the log whole; the next one retries.
+                tracing::error!(error = %e, "taking a snapshot failed");
+                self.last_snapshot = self.shared.store().applied().0;
+                return Ok(());
+            }
+        };
+        self.last_snapshot = info.index;
+        let current = self.node.storage().snapshot().map_err(|e| e.to_string())?;
+        if info.index <= current.metadata.index.0 {
+            return Ok(());
+        }
+        let conf_state = nod_raft::ConfState {
+            voters: info
+                .members
+                .iter()
+                .filter(|m| !m.is_learner)
+                .map(|m| NodeId(m.id))
+                .collect(),
+            learners: info
+                .members
+                .iter()
+                .filter(|m| m.is_learner)
+                .map(|m| NodeId(m.id))
+                .collect(),
+        };
+        let data = command::SnapshotData {
+            members: Vec::new(),
+            checkpoint_index: info.index,
+            checkpoint_bytes: info.bytes,
+            checkpoint_crc32: info.crc32,
+        };
+        let snapshot = nod_raft::Snapshot {
+            metadata: nod_raft::SnapshotMetadata {
+                index: Index(info.index),
+                term: Term(info.term),
+                conf_state,
+            },
+            data: prost::Message::encode_to_vec(&data),
+        };
+        self.node
+            .storage_mut()
+            .compact(snapshot)
+            .map_err(|e| e.to_string())?;
+        self.shared.metrics.snapshots.inc();
+        checkpoint::prune(&self.config.snapshot_root, 2);
+        tracing::info!(
+            index = info.index,
+            bytes = info.bytes,
+            "took a snapshot and compacted the log"
+        );
+        Ok(())
+    }
+
     fn install_snapshot(&mut self, snap: &nod_raft::Snapshot) -> Result<(), String> {
         let data = command::decode_snapshot_data(&snap.data)
             .map_err(|e| format!("snapshot at {}: {e}", snap.metadata.index))?;
         let applied = (snap.metadata.index.0, snap.metadata.term.0);
+        if data.checkpoint_index != 0 {
+            let dir = checkpoint::dir_for(&self.config.snapshot_root, applied.0, applied.1);
+            let hub = self.shared.hub.clone();
+            let mut hub = hub.lock();
+            let shared = self.shared.clone();
+            let mut store = shared.store_mut();
+            let path = checkpoint::install(&self.config.data_dir, &dir, applied.0)
+                .map_err(|e| e.to_string())?;
+            let fresh = KvStore::open(&path).map_err(|e| e.to_string())?;
+            if fresh.applied() != applied {
+                return Err(format!(
+                    "installed snapshot holds applied {:?}, expected {applied:?}",
+                    fresh.applied()
+                ));
+            }
+            drop(std::mem::replace(&mut *store, fresh));
+            checkpoint::remove_stale(&self.config.data_dir).map_err(|e| e.to_string())?;
+            // Watchers cannot be caught up across a snapshot: end them, as
+            // etcd ends watchers whose revisions were compacted.
+            hub.cancel_all("etcdserver: member restored from a snapshot; watch again");
+            drop(store);
+            drop(hub);
+            self.last_snapshot = applied.0;
+            self.refresh_peers();
+            tracing::info!(index = applied.0, "installed a snapshot");
+            return Ok(());
+        }
         let hub = self.shared.hub.clone();
         let _hub = hub.lock();
         let shared = self.shared.clone();

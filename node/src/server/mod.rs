@@ -34,7 +34,7 @@ use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
-use crate::storage::{KvStore, LogStore};
+use crate::storage::{checkpoint, KvStore, LogStore};
 use crate::transport::nodserverpb::peer_client::PeerClient;
 use crate::transport::nodserverpb::peer_server::PeerServer;
 use crate::transport::nodserverpb::{MembersRequest, SnapshotData};
@@ -138,6 +138,7 @@ pub struct RunningServer {
 struct PeerView {
     shared: Arc<Shared>,
     driver: DriverHandle,
+    snapshot_root: PathBuf,
 }
 
 impl PeerNode for PeerView {
@@ -152,6 +153,12 @@ impl PeerNode for PeerView {
     }
     fn is_removed(&self, id: u64) -> bool {
         self.shared.store().is_removed(id)
+    }
+    fn snapshot_root(&self) -> PathBuf {
+        self.snapshot_root.clone()
+    }
+    fn snapshot_received(&self, bytes: u64) {
+        self.shared.metrics.snapshot_received_bytes.inc_by(bytes);
     }
     fn publish(
         &self,
@@ -222,10 +229,31 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
         ServerError::Storage(format!("cannot create {}: {e}", cfg.data_dir.display()))
     })?;
+    let snapshot_root = cfg.data_dir.join("snap");
     let mut log = LogStore::open(&cfg.data_dir.join("log"))
         .map_err(|e| ServerError::Storage(e.to_string()))?;
-    let mut kv =
-        KvStore::open(&cfg.data_dir.join("kv")).map_err(|e| ServerError::Storage(e.to_string()))?;
+    let storage = |e: checkpoint::CheckpointError| ServerError::Storage(e.to_string());
+    checkpoint::remove_stale(&cfg.data_dir).map_err(storage)?;
+    let mut kv = KvStore::open(&checkpoint::current_kv(&cfg.data_dir).map_err(storage)?)
+        .map_err(|e| ServerError::Storage(e.to_string()))?;
+    // A snapshot persisted in the log but not yet in the store (a crash
+    // during install): install it now, before the core replays the tail.
+    let log_snapshot = log
+        .snapshot()
+        .map_err(|e| ServerError::Storage(e.to_string()))?;
+    if log_snapshot.metadata.index.0 > kv.applied().0 {
+        let data = command::decode_snapshot_data(&log_snapshot.data)
+            .map_err(|e| ServerError::Storage(e.to_string()))?;
+        if data.checkpoint_index != 0 {
+            let (index, term) = (log_snapshot.metadata.index.0, log_snapshot.metadata.term.0);
+            let dir = checkpoint::dir_for(&snapshot_root, index, term);
+            let path = checkpoint::install(&cfg.data_dir, &dir, index).map_err(storage)?;
+            drop(kv);
+            kv = KvStore::open(&path).map_err(|e| ServerError::Storage(e.to_string()))?;
+            checkpoint::remove_stale(&cfg.data_dir).map_err(storage)?;
+            tracing::info!(index, "installed the log's snapshot at startup");
+        }
+    }
     let stored = Identity::load(&cfg.data_dir).map_err(ServerError::Storage)?;
     let log_empty = log
         .last_index()
@@ -381,7 +409,12 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let (inbox_tx, inbox_rx) = mpsc::channel(4096);
     let (events_tx, events_rx) = mpsc::channel(1024);
     let (handle, requests) = driver::channel(4096);
-    let transport = Transport::new(identity.cluster_id, events_tx);
+    let transport = Transport::new(
+        identity.cluster_id,
+        events_tx,
+        snapshot_root.clone(),
+        shared.metrics.snapshot_sent_bytes.clone(),
+    );
     let driver = Driver::new(
         node,
         shared.clone(),
@@ -395,6 +428,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 client_urls: vec![cfg.advertise_client.clone()],
             },
             seed_peers,
+            snapshot_count: cfg.snapshot_count,
+            data_dir: cfg.data_dir.clone(),
+            snapshot_root: snapshot_root.clone(),
         },
         requests,
         inbox_rx,
@@ -407,6 +443,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         Arc::new(PeerView {
             shared: shared.clone(),
             driver: handle.clone(),
+            snapshot_root,
         }),
         inbox_tx,
     );

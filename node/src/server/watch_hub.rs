@@ -21,6 +21,8 @@ pub enum HubMessage {
         revision: i64,
         events: Vec<Event>,
     },
+    /// The watcher ends (the store was replaced by a snapshot).
+    Canceled { watch_id: i64, reason: String },
     /// Everything up to `revision` has been delivered (a progress request,
     /// `watch_id` -1, or a progress notification for one watcher).
     Progress { revision: i64, watch_id: i64 },
@@ -91,6 +93,16 @@ impl HubState {
 
     pub fn has_watch(&self, stream: u64, watch_id: i64) -> bool {
         self.subscriptions.contains_key(&(stream, watch_id))
+    }
+
+    /// Ends every watcher, telling each why.
+    pub fn cancel_all(&mut self, reason: &str) {
+        for ((_, watch_id), s) in self.subscriptions.drain() {
+            let _ = s.tx.send(HubMessage::Canceled {
+                watch_id,
+                reason: reason.to_string(),
+            });
+        }
     }
 
     /// Hands one revision's events to every watcher whose range they touch.

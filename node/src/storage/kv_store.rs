@@ -23,6 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use prost::Message as _;
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
@@ -212,7 +213,7 @@ struct Staged {
 }
 
 pub struct KvStore {
-    db: DB,
+    db: Arc<DB>,
     path: PathBuf,
     index: BTreeMap<Vec<u8>, Vec<Change>>,
     current: i64,
@@ -249,7 +250,7 @@ impl KvStore {
             }
         })?;
         let mut store = KvStore {
-            db,
+            db: Arc::new(db),
             path: dir.to_path_buf(),
             index: BTreeMap::new(),
             current: 1,
@@ -352,6 +353,36 @@ impl KvStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The database, for taking a checkpoint off the driver's thread.
+    pub fn db_handle(&self) -> Arc<DB> {
+        self.db.clone()
+    }
+
+    /// The applied index and term and the member table of a checkpoint,
+    /// opened read-only (the checkpoint is not changed).
+    pub fn read_checkpoint(dir: &Path) -> Result<(u64, u64, Vec<Member>), KvError> {
+        let opts = Options::default();
+        let db =
+            DB::open_cf_for_read_only(&opts, dir, [CF_REV, CF_LEASE, CF_MEMBER, CF_META], false)
+                .map_err(|e| fatal("opening a checkpoint", e))?;
+        let applied = match db
+            .get_cf(cf(&db, CF_META), KEY_APPLIED)
+            .map_err(|e| fatal("reading applied", e))?
+        {
+            Some(v) => decode_pair(&v)?,
+            None => return Err(KvError::Fatal("checkpoint without an applied index".into())),
+        };
+        let mut members = Vec::new();
+        for item in db.iterator_cf(cf(&db, CF_MEMBER), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| fatal("scanning members", e))?;
+            let (tag, body) = codec::decode_tagged(&v).map_err(|e| fatal("corrupt member", e))?;
+            if tag == TAG_MEMBER && k.len() == 8 {
+                members.push(Member::decode(body).map_err(|e| fatal("corrupt member", e))?);
+            }
+        }
+        Ok((applied.0, applied.1, members))
     }
 
     /// The revision of the last write transaction (1 for an empty store, as in etcd).

@@ -1,6 +1,7 @@
 //! Durable storage: the Raft log store in RocksDB and its record encoding.
 //! The MVCC state machine (`kv_store`) lives beside the log in its own RocksDB.
 
+pub mod checkpoint;
 pub mod codec;
 pub mod kv_store;
 pub mod log_store;

@@ -13,6 +13,7 @@
 //! messages not addressed to us, and hands the rest to the driver.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,11 @@ use super::codec::{decode_message, encode_message};
 use super::nodraftpb::{Empty, MessageBatch};
 use super::nodserverpb::peer_client::PeerClient;
 use super::nodserverpb::peer_server::Peer;
-use super::nodserverpb::{MemberAttributes, MembersRequest, MembersResponse, PublishRequest};
+use super::nodserverpb::{
+    MemberAttributes, MembersRequest, MembersResponse, PublishRequest, SnapshotChunk, SnapshotData,
+};
+use crate::storage::checkpoint;
+use prost::Message as _;
 
 /// Largest frame a peer may send us (entries are limited per message by the
 /// core's `max_size_per_msg`; snapshots carry their data inline).
@@ -57,14 +62,40 @@ pub struct Transport {
     cluster_id: u64,
     peers: HashMap<NodeId, PeerLink>,
     events: mpsc::Sender<TransportEvent>,
+    snapshot_root: PathBuf,
+    snapshot_sent_bytes: prometheus::IntCounter,
+}
+
+/// Bytes per snapshot chunk.
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+/// Largest piece a snapshot chunk may carry.
+const MAX_SNAPSHOT_CHUNK: usize = 4 * 1024 * 1024;
+
+/// Whether a Raft message carries a checkpoint (sent on the snapshot stream)
+/// rather than inline data (the bootstrap snapshot).
+fn checkpoint_of(m: &Message) -> Option<SnapshotData> {
+    match &m.body {
+        MessageBody::Snapshot { snapshot } => {
+            let data = SnapshotData::decode(snapshot.data.as_slice()).ok()?;
+            (data.checkpoint_index != 0).then_some(data)
+        }
+        _ => None,
+    }
 }
 
 impl Transport {
-    pub fn new(cluster_id: u64, events: mpsc::Sender<TransportEvent>) -> Transport {
+    pub fn new(
+        cluster_id: u64,
+        events: mpsc::Sender<TransportEvent>,
+        snapshot_root: PathBuf,
+        snapshot_sent_bytes: prometheus::IntCounter,
+    ) -> Transport {
         Transport {
             cluster_id,
             peers: HashMap::new(),
             events,
+            snapshot_root,
+            snapshot_sent_bytes,
         }
     }
 
@@ -100,6 +131,10 @@ impl Transport {
         }
         let mut by_peer: HashMap<NodeId, Vec<Message>> = HashMap::new();
         for m in messages {
+            if checkpoint_of(&m).is_some() {
+                self.send_snapshot(m);
+                continue;
+            }
             by_peer.entry(m.to).or_default().push(m);
         }
         for (to, batch) in by_peer {
@@ -117,6 +152,28 @@ impl Transport {
                 }
             }
         }
+    }
+
+    /// Streams a checkpoint to its peer on its own connection, then tells
+    /// the driver whether it arrived.
+    fn send_snapshot(&self, m: Message) {
+        let to = m.to;
+        let Some(link) = self.peers.get(&to) else {
+            let _ = self.events.try_send(TransportEvent::Snapshot(to, false));
+            return;
+        };
+        let (url, cluster_id, events) = (link.url.clone(), self.cluster_id, self.events.clone());
+        let root = self.snapshot_root.clone();
+        let counter = self.snapshot_sent_bytes.clone();
+        tokio::spawn(async move {
+            let r = stream_snapshot(url, cluster_id, m, root, counter).await;
+            if let Err(e) = &r {
+                tracing::warn!(peer = format!("{:x}", to.0), error = %e, "sending a snapshot failed");
+            } else {
+                tracing::info!(peer = format!("{:x}", to.0), "sent a snapshot");
+            }
+            let _ = events.send(TransportEvent::Snapshot(to, r.is_ok())).await;
+        });
     }
 
     /// Asks the leader to publish our attributes (fire and forget; the
@@ -146,6 +203,68 @@ impl Drop for Transport {
             link.task.abort();
         }
     }
+}
+
+async fn stream_snapshot(
+    url: String,
+    cluster_id: u64,
+    m: Message,
+    root: PathBuf,
+    counter: prometheus::IntCounter,
+) -> Result<(), String> {
+    let MessageBody::Snapshot { snapshot } = &m.body else {
+        return Err("not a snapshot message".into());
+    };
+    let dir = checkpoint::dir_for(&root, snapshot.metadata.index.0, snapshot.metadata.term.0);
+    let files = checkpoint::files(&dir).map_err(|e| e.to_string())?;
+    let mut client = PeerClient::connect(url)
+        .await
+        .map_err(|e| e.to_string())?
+        .max_encoding_message_size(MAX_PEER_FRAME);
+    // A small queue: the reader waits while the network is slow (flow control).
+    let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
+    let first = SnapshotChunk {
+        cluster_id,
+        message: Some(encode_message(&m)),
+        ..Default::default()
+    };
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        use std::io::Read;
+        tx.blocking_send(first)
+            .map_err(|_| "stream closed".to_string())?;
+        for (name, _) in files {
+            let mut f = std::fs::File::open(dir.join(&name)).map_err(|e| format!("{name}: {e}"))?;
+            let mut offset = 0u64;
+            loop {
+                let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+                let n = f.read(&mut buf).map_err(|e| format!("{name}: {e}"))?;
+                if n == 0 && offset > 0 {
+                    break;
+                }
+                buf.truncate(n);
+                counter.inc_by(n as u64);
+                tx.blocking_send(SnapshotChunk {
+                    cluster_id,
+                    message: None,
+                    file: name.clone(),
+                    offset,
+                    data: buf,
+                })
+                .map_err(|_| "stream closed".to_string())?;
+                offset += n as u64;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    });
+    let sent = client
+        .snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    let read = reader.await.map_err(|e| e.to_string())?;
+    sent.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+    read
 }
 
 async fn run_link(
@@ -221,6 +340,9 @@ async fn run_link(
 
 /// What the peer service needs from the node.
 pub trait PeerNode: Send + Sync + 'static {
+    /// Where checkpoints live (`<data>/snap`).
+    fn snapshot_root(&self) -> PathBuf;
+    fn snapshot_received(&self, bytes: u64);
     fn member_id(&self) -> u64;
     fn cluster_id(&self) -> u64;
     fn members(&self) -> Vec<crate::api::etcd::etcdserverpb::Member>;
@@ -301,6 +423,92 @@ impl<N: PeerNode> Peer for PeerService<N> {
         }))
     }
 
+    async fn snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<Empty>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+        self.check_cluster(first.cluster_id)?;
+        let m = first
+            .message
+            .ok_or_else(|| Status::invalid_argument("snapshot stream without its Raft message"))
+            .and_then(|m| {
+                decode_message(m)
+                    .map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}")))
+            })?;
+        if self.node.is_removed(m.from.0) {
+            return Err(Status::not_found(format!(
+                "{MEMBER_REMOVED}: {:x}",
+                m.from.0
+            )));
+        }
+        if m.to.0 != self.node.member_id() {
+            return Err(Status::invalid_argument(
+                "snapshot addressed to another member",
+            ));
+        }
+        let (index, term, data) = match &m.body {
+            MessageBody::Snapshot { snapshot } => (
+                snapshot.metadata.index.0,
+                snapshot.metadata.term.0,
+                SnapshotData::decode(snapshot.data.as_slice())
+                    .map_err(|e| Status::invalid_argument(format!("snapshot data: {e}")))?,
+            ),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "snapshot stream carries no snapshot",
+                ))
+            }
+        };
+        if data.checkpoint_index != index {
+            return Err(Status::invalid_argument(
+                "snapshot descriptor does not match its index",
+            ));
+        }
+        let root = self.node.snapshot_root();
+        let recv = root.join(format!(
+            "recv-{index:016x}-{}",
+            crate::server::identity::random_id()
+        ));
+        std::fs::create_dir_all(&recv)
+            .map_err(|e| Status::internal(format!("snapshot folder: {e}")))?;
+        let result = receive_files(&mut stream, &recv, data.checkpoint_bytes).await;
+        let outcome = result.and_then(|received| {
+            let (bytes, crc) = checkpoint::digest(&recv).map_err(|e| Status::internal(e.to_string()))?;
+            if bytes != data.checkpoint_bytes || crc != data.checkpoint_crc32 {
+                return Err(Status::data_loss(format!(
+                    "snapshot checksum mismatch: got {bytes} bytes crc {crc:#010x}, expected {} bytes crc {:#010x}",
+                    data.checkpoint_bytes, data.checkpoint_crc32
+                )));
+            }
+            let dir = checkpoint::dir_for(&root, index, term);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| Status::internal(e.to_string()))?;
+            }
+            std::fs::rename(&recv, &dir).map_err(|e| Status::internal(e.to_string()))?;
+            Ok(received)
+        });
+        match outcome {
+            Ok(received) => {
+                self.node.snapshot_received(received);
+                tracing::info!(index, bytes = received, "received a snapshot");
+                self.inbox
+                    .send(m)
+                    .await
+                    .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+                Ok(Response::new(Empty {}))
+            }
+            Err(s) => {
+                let _ = std::fs::remove_dir_all(&recv);
+                Err(s)
+            }
+        }
+    }
+
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<Empty>, Status> {
         let r = request.into_inner();
         self.check_cluster(r.cluster_id)?;
@@ -310,6 +518,65 @@ impl<N: PeerNode> Peer for PeerService<N> {
         self.node.publish(attributes).await?;
         Ok(Response::new(Empty {}))
     }
+}
+
+/// Writes a snapshot's file chunks into `dir`, checking names, offsets and
+/// the declared total before writing anything.
+async fn receive_files(
+    stream: &mut Streaming<SnapshotChunk>,
+    dir: &Path,
+    declared: u64,
+) -> Result<u64, Status> {
+    use std::io::Write;
+    let mut written: HashMap<String, u64> = HashMap::new();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if !checkpoint::valid_file_name(&chunk.file) {
+            return Err(Status::invalid_argument(format!(
+                "bad snapshot file name {:?}",
+                chunk.file
+            )));
+        }
+        if chunk.data.len() > MAX_SNAPSHOT_CHUNK {
+            return Err(Status::invalid_argument("snapshot chunk too large"));
+        }
+        total += chunk.data.len() as u64;
+        if total > declared {
+            return Err(Status::invalid_argument("snapshot larger than declared"));
+        }
+        if written.len() >= checkpoint::MAX_FILES && !written.contains_key(&chunk.file) {
+            return Err(Status::invalid_argument("too many snapshot files"));
+        }
+        let at = written.entry(chunk.file.clone()).or_insert(0);
+        if chunk.offset != *at {
+            return Err(Status::invalid_argument(format!(
+                "snapshot file {} chunk at {} but {} bytes were written",
+                chunk.file, chunk.offset, at
+            )));
+        }
+        let path = dir.join(&chunk.file);
+        let data = chunk.data;
+        tokio::task::block_in_place(|| -> std::io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            f.write_all(&data)?;
+            Ok(())
+        })
+        .map_err(|e| Status::internal(format!("writing a snapshot file: {e}")))?;
+        *at += data.len() as u64;
+    }
+    // Make the files durable before the snapshot is acknowledged.
+    tokio::task::block_in_place(|| -> std::io::Result<()> {
+        for name in written.keys() {
+            std::fs::File::open(dir.join(name))?.sync_all()?;
+        }
+        std::fs::File::open(dir)?.sync_all()
+    })
+    .map_err(|e| Status::internal(format!("syncing a snapshot: {e}")))?;
+    Ok(total)
 }
 
 /// A stream type alias kept for the server's boxed streams.

@@ -112,6 +112,28 @@ impl Member {
         }
     }
 
+    /// One metric's value from `/metrics` (0 when absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
+            return 0.0;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|r| r.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -149,6 +171,11 @@ impl Cluster {
     }
 
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// Starts `n` founding members with extra server flags.
+    pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let members: Vec<Member> = (1..=n)
             .map(|i| Member::new(dir.path(), &format!("n{i}")))
@@ -156,7 +183,7 @@ impl Cluster {
         let mut c = Cluster { members, dir };
         let initial = c.initial_cluster();
         for m in &mut c.members {
-            m.start(&initial, "new", &[]);
+            m.start(&initial, "new", extra);
         }
         c
     }
