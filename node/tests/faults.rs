@@ -207,7 +207,7 @@ async fn clients_see_a_linearizable_history_across_leader_crashes() {
                     4..=6 => Op::Put { key, value },
                     7 => Op::Delete { key },
                     _ => {
-                        let expected = if rng.next() % 3 == 0 {
+                        let expected = if rng.next().is_multiple_of(3) {
                             None
                         } else {
                             Some(
