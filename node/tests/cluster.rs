@@ -343,6 +343,12 @@ async fn bad_input_gets_etcd_errors_and_the_node_keeps_serving() {
     let body = http_get(m.metrics_port, "/metrics");
     assert!(body.contains("etcd_server_has_leader 1"), "{body}");
     assert!(body.contains("etcd_disk_wal_fsync_duration_seconds_bucket"));
+    // Every client request is counted by method and code.
+    assert!(
+        body.contains("grpc_server_handled_total{grpc_code=\"InvalidArgument\",grpc_method=\"Put\"}"),
+        "{body}"
+    );
+    assert!(body.contains("grpc_server_handled_total{grpc_code=\"OutOfRange\",grpc_method=\"Range\"}"));
     assert!(http_get(m.metrics_port, "/readyz").starts_with("HTTP/1.1 200"));
 }
 

@@ -3,7 +3,6 @@
 //! reads are linearizable unless `serializable`.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use prost::Message as _;
 use tonic::{Request, Response, Status};
@@ -77,14 +76,6 @@ fn txn_is_read_only(t: &TxnRequest) -> bool {
 }
 
 impl KvService {
-    fn observe<T>(&self, method: &str, started: Instant, r: &Result<T, Status>) {
-        let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-        self.node
-            .shared
-            .metrics
-            .observe_grpc(method, code, started.elapsed().as_secs_f64());
-    }
-
     async fn range_inner(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
         if req.key.is_empty() {
             return Err(kv_status(KvError::EmptyKey));
@@ -105,15 +96,12 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
-        let started = Instant::now();
         let req = request.into_inner();
         let r = self.range_inner(req).await;
-        self.observe("Range", started, &r);
         r.map(Response::new)
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let started = Instant::now();
         let forwarded = Node::is_forwarded(&request);
         let req = request.into_inner();
         let r = async {
@@ -137,7 +125,6 @@ impl Kv for KvService {
             }
         }
         .await;
-        self.observe("Put", started, &r);
         r.map(Response::new)
     }
 
@@ -145,7 +132,6 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let started = Instant::now();
         let forwarded = Node::is_forwarded(&request);
         let req = request.into_inner();
         let r = async {
@@ -173,12 +159,10 @@ impl Kv for KvService {
             }
         }
         .await;
-        self.observe("DeleteRange", started, &r);
         r.map(Response::new)
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let started = Instant::now();
         let forwarded = Node::is_forwarded(&request);
         let req = request.into_inner();
         let r = async {
@@ -212,7 +196,6 @@ impl Kv for KvService {
             }
         }
         .await;
-        self.observe("Txn", started, &r);
         r.map(Response::new)
     }
 
@@ -220,7 +203,6 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        let started = Instant::now();
         let forwarded = Node::is_forwarded(&request);
         let req = request.into_inner();
         let r = async {
@@ -236,7 +218,6 @@ impl Kv for KvService {
             }
         }
         .await;
-        self.observe("Compact", started, &r);
         r.map(Response::new)
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod command;
 pub mod driver;
+pub mod grpc_metrics;
 pub mod http;
 pub mod identity;
 pub mod metrics;
@@ -473,8 +474,12 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let limit = cfg.max_request_bytes + GRPC_OVERHEAD;
     let mut stop_client = stop_rx.clone();
     let progress_interval = cfg.progress_notify_interval;
+    let metrics_for_grpc = shared.metrics.clone();
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
+            .layer(grpc_metrics::GrpcMetricsLayer {
+                metrics: metrics_for_grpc,
+            })
             .add_service(
                 KvServer::new(KvService { node: api.clone() }).max_decoding_message_size(limit),
             )

@@ -1,0 +1,85 @@
+//! A tower layer on the client gRPC server that counts every request and
+//! times it, by method and gRPC status code (`grpc_server_handled_total`,
+//! `grpc_server_handling_seconds`, as etcd's go-grpc-prometheus names them).
+//! Streams are timed until their response headers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tower::{Layer, Service};
+
+use super::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct GrpcMetricsLayer {
+    pub metrics: Metrics,
+}
+
+impl<S> Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+/// The method name of a gRPC path (`/etcdserverpb.KV/Range` → `Range`).
+fn method(path: &str) -> String {
+    path.rsplit('/').next().unwrap_or(path).to_string()
+}
+
+impl<S, B, R> Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let name = method(req.uri().path());
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            let code = match &r {
+                // An error status of a unary call is in the headers (trailers-only).
+                Ok(resp) => resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map(tonic::Code::from)
+                    .unwrap_or(tonic::Code::Ok),
+                Err(_) => tonic::Code::Internal,
+            };
+            metrics.observe_grpc(&name, code, started.elapsed().as_secs_f64());
+            r
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn method_names_come_from_the_path() {
+        assert_eq!(super::method("/etcdserverpb.KV/Range"), "Range");
+        assert_eq!(super::method("/etcdserverpb.Watch/Watch"), "Watch");
+    }
+}
