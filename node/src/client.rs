@@ -82,6 +82,33 @@ fn normalize(endpoint: &str) -> String {
     }
 }
 
+/// Whether a request surely never reached a server (no connection could be
+/// made), so sending it again cannot apply it twice.
+fn not_sent(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable && s.message().contains("tcp connect error")
+}
+
+/// Runs a unary call, retrying (up to 5 times, backing off) while the
+/// endpoint it went to refuses connections: with several endpoints, the
+/// balancer tries another.
+async fn retrying<T, F, Fut>(mut call: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut tries = 0u64;
+    loop {
+        match call().await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(s) if not_sent(&s) && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+            }
+            Err(s) => return Err(s.into()),
+        }
+    }
+}
+
 impl Client {
     /// Connects lazily to every endpoint; requests go to whichever is up.
     pub fn connect(endpoints: &[String], timeout: Duration) -> Result<Client> {
@@ -113,30 +140,67 @@ impl Client {
     }
 
     pub async fn put(&mut self, req: PutRequest) -> Result<PutResponse> {
-        Ok(self.kv.put(req).await?.into_inner())
+        {
+            let client = self.kv.clone();
+            retrying(move || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.put(req).await }
+            })
+            .await
+        }
     }
 
     pub async fn range(&mut self, req: RangeRequest) -> Result<RangeResponse> {
-        Ok(self.kv.range(req).await?.into_inner())
+        {
+            let client = self.kv.clone();
+            retrying(move || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.range(req).await }
+            })
+            .await
+        }
     }
 
     pub async fn delete(&mut self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
-        Ok(self.kv.delete_range(req).await?.into_inner())
+        {
+            let client = self.kv.clone();
+            retrying(move || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.delete_range(req).await }
+            })
+            .await
+        }
     }
 
     pub async fn txn(&mut self, req: TxnRequest) -> Result<TxnResponse> {
-        Ok(self.kv.txn(req).await?.into_inner())
+        {
+            let client = self.kv.clone();
+            retrying(move || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.txn(req).await }
+            })
+            .await
+        }
     }
 
     pub async fn compact(&mut self, revision: i64) -> Result<CompactionResponse> {
-        Ok(self
-            .kv
-            .compact(CompactionRequest {
+        {
+            let client = self.kv.clone();
+            let req = CompactionRequest {
                 revision,
                 physical: false,
+            };
+            retrying(move || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.compact(req).await }
             })
-            .await?
-            .into_inner())
+            .await
+        }
     }
 
     /// Opens a watch stream with one watcher; send more requests through the sender.
@@ -159,19 +223,29 @@ impl Client {
     }
 
     pub async fn lease_grant(&mut self, ttl: i64, id: i64) -> Result<LeaseGrantResponse> {
-        Ok(self
-            .lease
-            .lease_grant(LeaseGrantRequest { ttl, id })
-            .await?
-            .into_inner())
+        {
+            let client = self.lease.clone();
+            let req = LeaseGrantRequest { ttl, id };
+            retrying(move || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.lease_grant(req).await }
+            })
+            .await
+        }
     }
 
     pub async fn lease_revoke(&mut self, id: i64) -> Result<LeaseRevokeResponse> {
-        Ok(self
-            .lease
-            .lease_revoke(LeaseRevokeRequest { id })
-            .await?
-            .into_inner())
+        {
+            let client = self.lease.clone();
+            let req = LeaseRevokeRequest { id };
+            retrying(move || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.lease_revoke(req).await }
+            })
+            .await
+        }
     }
 
     /// Keeps a lease alive: one request per `every`, yielding each answer.
@@ -199,27 +273,42 @@ impl Client {
         id: i64,
         keys: bool,
     ) -> Result<LeaseTimeToLiveResponse> {
-        Ok(self
-            .lease
-            .lease_time_to_live(LeaseTimeToLiveRequest { id, keys })
-            .await?
-            .into_inner())
+        {
+            let client = self.lease.clone();
+            let req = LeaseTimeToLiveRequest { id, keys };
+            retrying(move || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.lease_time_to_live(req).await }
+            })
+            .await
+        }
     }
 
     pub async fn lease_list(&mut self) -> Result<LeaseLeasesResponse> {
-        Ok(self
-            .lease
-            .lease_leases(LeaseLeasesRequest {})
-            .await?
-            .into_inner())
+        {
+            let client = self.lease.clone();
+            let req = LeaseLeasesRequest {};
+            retrying(move || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.lease_leases(req).await }
+            })
+            .await
+        }
     }
 
     pub async fn member_list(&mut self) -> Result<MemberListResponse> {
-        Ok(self
-            .cluster
-            .member_list(MemberListRequest { linearizable: true })
-            .await?
-            .into_inner())
+        {
+            let client = self.cluster.clone();
+            let req = MemberListRequest { linearizable: true };
+            retrying(move || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.member_list(req).await }
+            })
+            .await
+        }
     }
 
     pub async fn member_add(
@@ -227,30 +316,45 @@ impl Client {
         peer_urls: Vec<String>,
         learner: bool,
     ) -> Result<MemberAddResponse> {
-        Ok(self
-            .cluster
-            .member_add(MemberAddRequest {
+        {
+            let client = self.cluster.clone();
+            let req = MemberAddRequest {
                 peer_ur_ls: peer_urls,
                 is_learner: learner,
+            };
+            retrying(move || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.member_add(req).await }
             })
-            .await?
-            .into_inner())
+            .await
+        }
     }
 
     pub async fn member_remove(&mut self, id: u64) -> Result<MemberRemoveResponse> {
-        Ok(self
-            .cluster
-            .member_remove(MemberRemoveRequest { id })
-            .await?
-            .into_inner())
+        {
+            let client = self.cluster.clone();
+            let req = MemberRemoveRequest { id };
+            retrying(move || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.member_remove(req).await }
+            })
+            .await
+        }
     }
 
     pub async fn member_promote(&mut self, id: u64) -> Result<MemberPromoteResponse> {
-        Ok(self
-            .cluster
-            .member_promote(MemberPromoteRequest { id })
-            .await?
-            .into_inner())
+        {
+            let client = self.cluster.clone();
+            let req = MemberPromoteRequest { id };
+            retrying(move || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.member_promote(req).await }
+            })
+            .await
+        }
     }
 
     pub async fn member_update(
@@ -258,30 +362,45 @@ impl Client {
         id: u64,
         peer_urls: Vec<String>,
     ) -> Result<MemberUpdateResponse> {
-        Ok(self
-            .cluster
-            .member_update(MemberUpdateRequest {
+        {
+            let client = self.cluster.clone();
+            let req = MemberUpdateRequest {
                 id,
                 peer_ur_ls: peer_urls,
+            };
+            retrying(move || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.member_update(req).await }
             })
-            .await?
-            .into_inner())
+            .await
+        }
     }
 
     pub async fn status(&mut self) -> Result<StatusResponse> {
-        Ok(self
-            .maintenance
-            .status(StatusRequest {})
-            .await?
-            .into_inner())
+        {
+            let client = self.maintenance.clone();
+            let req = StatusRequest {};
+            retrying(move || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.status(req).await }
+            })
+            .await
+        }
     }
 
     pub async fn move_leader(&mut self, target: u64) -> Result<MoveLeaderResponse> {
-        Ok(self
-            .maintenance
-            .move_leader(MoveLeaderRequest { target_id: target })
-            .await?
-            .into_inner())
+        {
+            let client = self.maintenance.clone();
+            let req = MoveLeaderRequest { target_id: target };
+            retrying(move || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.move_leader(req).await }
+            })
+            .await
+        }
     }
 
     /// The whole backup stream, concatenated.

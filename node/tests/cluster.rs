@@ -345,10 +345,14 @@ async fn bad_input_gets_etcd_errors_and_the_node_keeps_serving() {
     assert!(body.contains("etcd_disk_wal_fsync_duration_seconds_bucket"));
     // Every client request is counted by method and code.
     assert!(
-        body.contains("grpc_server_handled_total{grpc_code=\"InvalidArgument\",grpc_method=\"Put\"}"),
+        body.contains(
+            "grpc_server_handled_total{grpc_code=\"InvalidArgument\",grpc_method=\"Put\"}"
+        ),
         "{body}"
     );
-    assert!(body.contains("grpc_server_handled_total{grpc_code=\"OutOfRange\",grpc_method=\"Range\"}"));
+    assert!(
+        body.contains("grpc_server_handled_total{grpc_code=\"OutOfRange\",grpc_method=\"Range\"}")
+    );
     assert!(http_get(m.metrics_port, "/readyz").starts_with("HTTP/1.1 200"));
 }
 
