@@ -196,7 +196,7 @@ impl Client {
             };
             retrying(move || {
                 let mut client = client.clone();
-                let req = req.clone();
+                let req = req;
                 async move { client.compact(req).await }
             })
             .await
@@ -228,7 +228,7 @@ impl Client {
             let req = LeaseGrantRequest { ttl, id };
             retrying(move || {
                 let mut client = client.clone();
-                let req = req.clone();
+                let req = req;
                 async move { client.lease_grant(req).await }
             })
             .await
@@ -241,7 +241,7 @@ impl Client {
             let req = LeaseRevokeRequest { id };
             retrying(move || {
                 let mut client = client.clone();
-                let req = req.clone();
+                let req = req;
                 async move { client.lease_revoke(req).await }
             })
             .await
@@ -278,7 +278,7 @@ impl Client {
             let req = LeaseTimeToLiveRequest { id, keys };
             retrying(move || {
                 let mut client = client.clone();
-                let req = req.clone();
+                let req = req;
                 async move { client.lease_time_to_live(req).await }
             })
             .await
@@ -291,7 +291,7 @@ impl Client {
             let req = LeaseLeasesRequest {};
             retrying(move || {
                 let mut client = client.clone();
-                let req = req.clone();
+                let req = req;
                 async move { client.lease_leases(req).await }
             })
             .await
@@ -304,7 +304,7 @@ impl Client {
             let req = MemberListRequest { linearizable: true };
             retrying(move || {
                 let mut client = client.clone();
-                let req = req.clone();
+                let req = req;
                 async move { client.member_list(req).await }
             })
             .await
@@ -337,7 +337,7 @@ impl Client {
             let req = MemberRemoveRequest { id };
             retrying(move || {
                 let mut client = client.clone();
-                let req = req.clone();
+                let req = req;
                 async move { client.member_remove(req).await }
             })
             .await
@@ -350,7 +350,7 @@ impl Client {
             let req = MemberPromoteRequest { id };
             retrying(move || {
                 let mut client = client.clone();
-                let req = req.clone();
+                let req = req;
                 async move { client.member_promote(req).await }
             })
             .await
@@ -383,7 +383,7 @@ impl Client {
             let req = StatusRequest {};
             retrying(move || {
                 let mut client = client.clone();
-                let req = req.clone();
+                let req = req;
                 async move { client.status(req).await }
             })
             .await
@@ -396,7 +396,7 @@ impl Client {
             let req = MoveLeaderRequest { target_id: target };
             retrying(move || {
                 let mut client = client.clone();
-                let req = req.clone();
+                let req = req;
                 async move { client.move_leader(req).await }
             })
             .await
