@@ -289,3 +289,100 @@ async fn clients_see_a_linearizable_history_across_leader_crashes() {
     let verdict = nod_lincheck::check(&history);
     assert!(verdict.is_linearizable(), "seed {seed}: {verdict:?}");
 }
+
+/// Unmounts the test's tmpfs when the test ends, whatever happened.
+struct Mount(std::path::PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_node_and_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        // Mounting a small tmpfs needs root (CI and scripts/test run as root).
+        eprintln!("skipped: cannot mount a 32 MiB tmpfs here (needs root)");
+        return;
+    }
+    let _mount = Mount(disk.clone());
+    let mut m = support::Member::new(&disk, "solo");
+    let initial = format!("solo={}", m.peer_url());
+    m.start(&initial, "new", &[]);
+    leader(&[m.endpoint()]).await;
+    let mut c = m.client();
+    let value = vec![b'x'; 1_000_000];
+    let mut acked = Vec::new();
+    for i in 0..100 {
+        let key = format!("big{i:03}");
+        match c
+            .put(PutRequest {
+                key: key.clone().into_bytes(),
+                value: value.clone(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(_) => acked.push(key),
+            Err(_) => break,
+        }
+    }
+    assert!(acked.len() < 100, "32 MiB took 100 MB of values");
+    let mut child = m.child.take().unwrap();
+    let status = eventually(
+        "the node to stop on the full disk",
+        Duration::from_secs(10),
+        || {
+            let s = child.try_wait().unwrap();
+            async move { s }
+        },
+    )
+    .await;
+    assert!(
+        !status.success(),
+        "a node that cannot write must not exit 0"
+    );
+    assert!(m.logs().contains("No space left on device"), "{}", m.logs());
+    // Restarted (there is room for the log's recovery), it has every acknowledged write.
+    m.start(&initial, "new", &[]);
+    let c = m.client();
+    let got = eventually(
+        "the restarted node to serve",
+        Duration::from_secs(20),
+        || {
+            let mut c = c.clone();
+            async move {
+                c.range(RangeRequest {
+                    key: b"big".to_vec(),
+                    range_end: b"bih".to_vec(),
+                    keys_only: true,
+                    ..Default::default()
+                })
+                .await
+                .ok()
+            }
+        },
+    )
+    .await;
+    let present: std::collections::HashSet<Vec<u8>> =
+        got.kvs.into_iter().map(|kv| kv.key).collect();
+    for k in &acked {
+        assert!(
+            present.contains(k.as_bytes()),
+            "acknowledged {k} is missing after the disk filled"
+        );
+    }
+    m.kill();
+}

@@ -30,6 +30,8 @@ use serde_json::{json, Value};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    client: ClientFlags,
 }
 
 #[derive(Args, Clone)]
@@ -80,8 +82,6 @@ enum Command {
         /// Keep the current lease.
         #[arg(long)]
         ignore_lease: bool,
-        #[command(flatten)]
-        client: ClientFlags,
     },
     /// Gets a key or a range of keys.
     Get {
@@ -114,8 +114,6 @@ enum Command {
         /// Print only values.
         #[arg(long)]
         print_value_only: bool,
-        #[command(flatten)]
-        client: ClientFlags,
     },
     /// Deletes a key or a range of keys.
     Del {
@@ -126,15 +124,10 @@ enum Command {
         /// Print the deleted key-values.
         #[arg(long)]
         prev_kv: bool,
-        #[command(flatten)]
-        client: ClientFlags,
     },
     /// Runs a transaction read from standard input, in etcdctl's format:
     /// compares, a blank line, success operations, a blank line, failure operations.
-    Txn {
-        #[command(flatten)]
-        client: ClientFlags,
-    },
+    Txn,
     /// Watches a key or range and prints events until interrupted.
     Watch {
         key: String,
@@ -150,47 +143,28 @@ enum Command {
         /// Exit after this many events.
         #[arg(long)]
         max_events: Option<u64>,
-        #[command(flatten)]
-        client: ClientFlags,
     },
     /// Leases: grant, revoke, keep-alive, timetolive, list.
     Lease {
         #[command(subcommand)]
         command: LeaseCommand,
-        #[command(flatten)]
-        client: ClientFlags,
     },
     /// Members: list, add, remove, promote, update.
     Member {
         #[command(subcommand)]
         command: MemberCommand,
-        #[command(flatten)]
-        client: ClientFlags,
     },
     /// Prints each endpoint's status (leader, Raft index and term, db size).
-    Status {
-        #[command(flatten)]
-        client: ClientFlags,
-    },
+    Status,
     /// Snapshots (backups) of the key space.
     Snapshot {
         #[command(subcommand)]
         command: SnapshotCommand,
-        #[command(flatten)]
-        client: ClientFlags,
     },
     /// Compacts history up to a revision.
-    Compact {
-        revision: i64,
-        #[command(flatten)]
-        client: ClientFlags,
-    },
+    Compact { revision: i64 },
     /// Hands leadership to another voter (hex member id).
-    MoveLeader {
-        target: String,
-        #[command(flatten)]
-        client: ClientFlags,
-    },
+    MoveLeader { target: String },
     /// Runs a simulated cluster (3 to 7 in-memory nodes, clients and a nemesis
     /// injecting faults) and checks every safety property and linearizability.
     Sim {
@@ -406,7 +380,7 @@ fn main() -> ExitCode {
         }
         other => {
             init_logs(LogFormat::Text, "warn");
-            run_async(run_client(other))
+            run_async(run_client(other, cli.client))
         }
     }
 }
@@ -672,8 +646,8 @@ fn print_json(v: Value) {
     println!("{v}");
 }
 
-async fn run_client(cmd: Command) -> ExitCode {
-    match client_command(cmd).await {
+async fn run_client(cmd: Command, client: ClientFlags) -> ExitCode {
+    match client_command(cmd, client).await {
         Ok(code) => code,
         Err(f) => exit_for(f),
     }
@@ -702,7 +676,7 @@ fn sort_target(s: &str) -> Result<range_request::SortTarget, Failure> {
     })
 }
 
-async fn client_command(cmd: Command) -> Result<ExitCode, Failure> {
+async fn client_command(cmd: Command, client: ClientFlags) -> Result<ExitCode, Failure> {
     match cmd {
         Command::Put {
             key,
@@ -711,7 +685,6 @@ async fn client_command(cmd: Command) -> Result<ExitCode, Failure> {
             prev_kv,
             ignore_value,
             ignore_lease,
-            client,
         } => {
             let value = match value {
                 Some(v) => v.into_bytes(),
@@ -764,7 +737,6 @@ async fn client_command(cmd: Command) -> Result<ExitCode, Failure> {
             sort_by,
             order,
             print_value_only,
-            client,
         } => {
             let span = span.span(&range_end).map_err(usage)?;
             let mut req = RangeRequest {
@@ -817,7 +789,6 @@ async fn client_command(cmd: Command) -> Result<ExitCode, Failure> {
             range_end,
             span,
             prev_kv,
-            client,
         } => {
             let span = span.span(&range_end).map_err(usage)?;
             let mut c = connect(&client)?;
@@ -842,7 +813,7 @@ async fn client_command(cmd: Command) -> Result<ExitCode, Failure> {
                 }
             }
         }
-        Command::Txn { client } => {
+        Command::Txn => {
             let mut input = String::new();
             std::io::stdin()
                 .read_to_string(&mut input)
@@ -885,7 +856,6 @@ async fn client_command(cmd: Command) -> Result<ExitCode, Failure> {
             rev,
             prev_kv,
             max_events,
-            client,
         } => {
             let span = span.span(&range_end).map_err(usage)?;
             let mut c = Client::connect(&client.endpoints, Duration::from_secs(u64::MAX / 4))?;
@@ -942,7 +912,7 @@ async fn client_command(cmd: Command) -> Result<ExitCode, Failure> {
                 }
             }
         }
-        Command::Lease { command, client } => {
+        Command::Lease { command } => {
             let mut c = connect(&client)?;
             match command {
                 LeaseCommand::Grant { ttl } => {
@@ -1039,7 +1009,7 @@ async fn client_command(cmd: Command) -> Result<ExitCode, Failure> {
                 }
             }
         }
-        Command::Member { command, client } => {
+        Command::Member { command } => {
             let mut c = connect(&client)?;
             let member_json = |m: &nod::api::etcd::etcdserverpb::Member| json!({"id": format!("{:x}", m.id), "name": m.name, "peer_urls": m.peer_ur_ls, "client_urls": m.client_ur_ls, "is_learner": m.is_learner});
             match command {
@@ -1134,7 +1104,7 @@ async fn client_command(cmd: Command) -> Result<ExitCode, Failure> {
                 }
             }
         }
-        Command::Status { client } => {
+        Command::Status => {
             let mut failed = false;
             for ep in &client.endpoints {
                 let mut c = Client::connect(
@@ -1176,7 +1146,6 @@ async fn client_command(cmd: Command) -> Result<ExitCode, Failure> {
         }
         Command::Snapshot {
             command: SnapshotCommand::Save { file },
-            client,
         } => {
             let mut c = connect(&client)?;
             let bytes = c.snapshot().await?;
@@ -1192,12 +1161,12 @@ async fn client_command(cmd: Command) -> Result<ExitCode, Failure> {
                 bytes.len()
             );
         }
-        Command::Compact { revision, client } => {
+        Command::Compact { revision } => {
             let mut c = connect(&client)?;
             c.compact(revision).await?;
             println!("compacted revision {revision}");
         }
-        Command::MoveLeader { target, client } => {
+        Command::MoveLeader { target } => {
             let target = parse_hex(&target, "member")?;
             // Only the leader can move leadership: find it first.
             let mut c = connect(&client)?;
