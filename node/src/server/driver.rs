@@ -517,8 +517,16 @@ impl Driver {
             if let Some(snap) = &rd.snapshot {
                 self.install_snapshot(snap)?;
             }
-            for e in std::mem::take(&mut rd.committed_entries) {
-                self.apply(e)?;
+            let committed = std::mem::take(&mut rd.committed_entries);
+            if !committed.is_empty() {
+                let started = Instant::now();
+                for e in committed {
+                    self.apply(e)?;
+                }
+                self.shared
+                    .metrics
+                    .backend_commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
             }
             for rs in std::mem::take(&mut rd.read_states) {
                 if let Some(readers) = self.reads_in_flight.remove(&rs.context) {

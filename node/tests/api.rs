@@ -1,0 +1,220 @@
+//! The etcd API's finer points through Nod's own Rust client, against one
+//! real process: range filters, txn compares on every target, watch filters,
+//! prev_kv and progress, member update, move-leader, compaction errors.
+
+mod support;
+
+use std::time::Duration;
+
+use nod::api::etcd::etcdserverpb::{
+    compare, request_op, watch_create_request::FilterType, watch_request, Compare, PutRequest,
+    RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest,
+};
+use nod::api::etcd::mvccpb::event::EventType;
+use nod::client::prefix_end;
+use support::{leader, Cluster};
+
+fn put(k: &str, v: &str) -> PutRequest {
+    PutRequest {
+        key: k.into(),
+        value: v.into(),
+        ..Default::default()
+    }
+}
+
+fn cmp(
+    key: &str,
+    target: compare::CompareTarget,
+    result: compare::CompareResult,
+    u: compare::TargetUnion,
+) -> Compare {
+    Compare {
+        result: result as i32,
+        target: target as i32,
+        key: key.into(),
+        range_end: vec![],
+        target_union: Some(u),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_finer_points_of_the_etcd_api() {
+    let cluster = Cluster::start(1);
+    leader(&cluster.endpoints()).await;
+    let mut c = cluster.members[0].client();
+    let r1 = c.put(put("a", "1")).await.unwrap().header.unwrap().revision;
+    let r2 = c.put(put("b", "2")).await.unwrap().header.unwrap().revision;
+    let r3 = c.put(put("a", "3")).await.unwrap().header.unwrap().revision;
+
+    // Range filters on mod and create revisions.
+    let all = |min_mod, max_mod, min_create, max_create| RangeRequest {
+        key: b"a".to_vec(),
+        range_end: b"c".to_vec(),
+        min_mod_revision: min_mod,
+        max_mod_revision: max_mod,
+        min_create_revision: min_create,
+        max_create_revision: max_create,
+        ..Default::default()
+    };
+    let keys = |r: nod::api::etcd::etcdserverpb::RangeResponse| {
+        r.kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(c.range(all(r3, 0, 0, 0)).await.unwrap()),
+        vec![b"a".to_vec()]
+    );
+    assert_eq!(
+        keys(c.range(all(0, r2, 0, 0)).await.unwrap()),
+        vec![b"b".to_vec()]
+    );
+    assert_eq!(
+        keys(c.range(all(0, 0, r2, 0)).await.unwrap()),
+        vec![b"b".to_vec()]
+    );
+    assert_eq!(
+        keys(c.range(all(0, 0, 0, r1)).await.unwrap()),
+        vec![b"a".to_vec()]
+    );
+
+    // Txn compares on version, create, mod and lease; nested txn.
+    use compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
+    let lease = c.lease_grant(60, 0).await.unwrap().id;
+    c.put(PutRequest {
+        key: b"l".to_vec(),
+        value: b"x".to_vec(),
+        lease,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let t = TxnRequest {
+        compare: vec![
+            cmp("a", T::Version, R::Equal, U::Version(2)),
+            cmp("a", T::Create, R::Equal, U::CreateRevision(r1)),
+            cmp("a", T::Mod, R::Greater, U::ModRevision(r2)),
+            cmp("l", T::Lease, R::Equal, U::Lease(lease)),
+            cmp("missing", T::Version, R::Equal, U::Version(0)),
+        ],
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest {
+                compare: vec![cmp("b", T::Value, R::NotEqual, U::Value(b"2".to_vec()))],
+                success: vec![],
+                failure: vec![RequestOp {
+                    request: Some(request_op::Request::RequestPut(put("nested", "yes"))),
+                }],
+            })),
+        }],
+        failure: vec![],
+    };
+    assert!(c.txn(t).await.unwrap().succeeded);
+    let nested = c
+        .range(RangeRequest {
+            key: b"nested".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        nested.kvs[0].value, b"yes",
+        "the nested txn took its failure branch"
+    );
+    let wrong = TxnRequest {
+        compare: vec![cmp("a", T::Version, R::Less, U::Version(2))],
+        ..Default::default()
+    };
+    assert!(!c.txn(wrong).await.unwrap().succeeded);
+
+    // Watch: NOPUT filter, prev_kv, and a progress request answered at the current revision.
+    let create = WatchCreateRequest {
+        key: b"w".to_vec(),
+        range_end: prefix_end(b"w"),
+        prev_kv: true,
+        filters: vec![FilterType::Noput as i32],
+        ..Default::default()
+    };
+    let (tx, mut stream) = c.watch(create).await.unwrap();
+    let created = stream.message().await.unwrap().unwrap();
+    assert!(created.created);
+    c.put(put("w1", "old")).await.unwrap();
+    c.put(put("w1", "new")).await.unwrap();
+    let del = c
+        .delete(nod::api::etcd::etcdserverpb::DeleteRangeRequest {
+            key: b"w1".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev.events.len(), 1, "puts are filtered out: {ev:?}");
+    assert_eq!(ev.events[0].r#type, EventType::Delete as i32);
+    assert_eq!(ev.events[0].prev_kv.as_ref().unwrap().value, b"new");
+    assert_eq!(ev.header.unwrap().revision, del.header.unwrap().revision);
+    tx.send(WatchRequest {
+        request_union: Some(watch_request::RequestUnion::ProgressRequest(
+            WatchProgressRequest {},
+        )),
+    })
+    .await
+    .unwrap();
+    let progress = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(progress.events.is_empty());
+    assert_eq!(
+        progress.header.unwrap().revision,
+        c.status().await.unwrap().header.unwrap().revision
+    );
+
+    // Compaction: older reads refused, watches from before it canceled with the compact revision.
+    let now = c.status().await.unwrap().header.unwrap().revision;
+    c.compact(now).await.unwrap();
+    let err = c
+        .range(RangeRequest {
+            key: b"a".to_vec(),
+            revision: r1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("compacted"), "{err}");
+    let (_tx, mut old) = c
+        .watch(WatchCreateRequest {
+            key: b"a".to_vec(),
+            start_revision: r1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut canceled = None;
+    while canceled.is_none() {
+        let m = tokio::time::timeout(Duration::from_secs(5), old.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if m.canceled {
+            canceled = Some(m);
+        }
+    }
+    assert_eq!(canceled.unwrap().compact_revision, now);
+
+    // Member update changes peer URLs; move-leader to itself is a no-op on a single node.
+    let me = c.status().await.unwrap().header.unwrap().member_id;
+    let url = cluster.members[0].peer_url();
+    let updated = c.member_update(me, vec![url.clone()]).await.unwrap();
+    assert_eq!(updated.members[0].peer_ur_ls, vec![url]);
+    c.move_leader(me).await.unwrap();
+    let err = c.move_leader(12345).await.unwrap_err();
+    assert!(err.to_string().contains("bad leader transferee"), "{err}");
+    let err = c
+        .member_update(999, vec!["http://127.0.0.1:1".into()])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("member not found"), "{err}");
+}
