@@ -123,6 +123,12 @@ async fn the_finer_points_of_the_etcd_api() {
         ..Default::default()
     };
     assert!(!c.txn(wrong).await.unwrap().succeeded);
+    // As etcd: a value compare on a missing key fails, whatever the operator.
+    let missing = TxnRequest {
+        compare: vec![cmp("nokey", T::Value, R::NotEqual, U::Value(b"x".to_vec()))],
+        ..Default::default()
+    };
+    assert!(!c.txn(missing).await.unwrap().succeeded);
 
     // Watch: NOPUT filter, prev_kv, and a progress request answered at the current revision.
     let create = WatchCreateRequest {

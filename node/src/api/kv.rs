@@ -17,6 +17,7 @@ use super::status::kv_status;
 use crate::server::command::Op;
 use crate::server::driver::Outcome;
 use crate::server::node::{Node, Route};
+use crate::storage::kv_store::KeyRange;
 use crate::storage::kv_store::{MAX_TXN_DEPTH, MAX_TXN_OPS};
 use crate::storage::KvError;
 
@@ -34,18 +35,20 @@ fn check_txn(t: &TxnRequest, depth: usize, ops: &mut usize) -> Result<(), KvErro
     if depth > MAX_TXN_DEPTH {
         return Err(KvError::Invalid("txn nested too deeply".into()));
     }
+    if t.compare.len() > MAX_TXN_OPS {
+        return Err(KvError::TooManyOps);
+    }
     for branch in [&t.success, &t.failure] {
+        if branch.len() > MAX_TXN_OPS {
+            return Err(KvError::TooManyOps);
+        }
         let mut put_keys = std::collections::BTreeSet::new();
+        let mut deletes = Vec::new();
         for op in branch.iter() {
             *ops += 1;
-            if *ops > MAX_TXN_OPS {
-                return Err(KvError::TooManyOps);
-            }
             match &op.request {
                 Some(request_op::Request::RequestPut(p)) => {
-                    if p.key.is_empty() {
-                        return Err(KvError::EmptyKey);
-                    }
+                    check_put(p)?;
                     if !put_keys.insert(p.key.clone()) {
                         return Err(KvError::DuplicateKey);
                     }
@@ -53,14 +56,39 @@ fn check_txn(t: &TxnRequest, depth: usize, ops: &mut usize) -> Result<(), KvErro
                 Some(request_op::Request::RequestRange(r)) if r.key.is_empty() => {
                     return Err(KvError::EmptyKey)
                 }
-                Some(request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
-                    return Err(KvError::EmptyKey)
+                Some(request_op::Request::RequestDeleteRange(d)) => {
+                    if d.key.is_empty() {
+                        return Err(KvError::EmptyKey);
+                    }
+                    deletes.push(KeyRange::new(&d.key, &d.range_end));
                 }
                 Some(request_op::Request::RequestTxn(inner)) => check_txn(inner, depth + 1, ops)?,
                 None => return Err(KvError::Invalid("txn operation has no request".into())),
                 _ => {}
             }
         }
+        // etcd refuses a branch that both puts and deletes a key: one key
+        // would change twice in one revision.
+        if put_keys
+            .iter()
+            .any(|k| deletes.iter().any(|d| d.contains(k)))
+        {
+            return Err(KvError::DuplicateKey);
+        }
+    }
+    Ok(())
+}
+
+/// etcd's `checkPutRequest`.
+fn check_put(p: &PutRequest) -> Result<(), KvError> {
+    if p.key.is_empty() {
+        return Err(KvError::EmptyKey);
+    }
+    if p.ignore_value && !p.value.is_empty() {
+        return Err(KvError::ValueProvided);
+    }
+    if p.ignore_lease && p.lease != 0 {
+        return Err(KvError::LeaseProvided);
     }
     Ok(())
 }
@@ -106,9 +134,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         let r = async {
             self.node.check_size(req.encoded_len())?;
-            if req.key.is_empty() {
-                return Err(kv_status(KvError::EmptyKey));
-            }
+            check_put(&req).map_err(kv_status)?;
             match self.node.propose(Op::Put(req.clone()), forwarded).await {
                 Route::Forward(ch) => Ok(KvClient::new(ch)
                     .put(Node::forward_request(req))

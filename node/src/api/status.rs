@@ -21,6 +21,8 @@ pub fn kv_status(e: KvError) -> Status {
         | KvError::KeyNotFound
         | KvError::DuplicateKey
         | KvError::TooManyOps
+        | KvError::ValueProvided
+        | KvError::LeaseProvided
         | KvError::Invalid(_) => Status::invalid_argument(msg),
         KvError::LeaseNotFound => Status::not_found(msg),
         KvError::LeaseExists => Status::failed_precondition(msg),
@@ -35,9 +37,10 @@ pub fn to_status(e: DriverError) -> Status {
     let msg = e.to_string();
     match e {
         DriverError::NotLeader { .. } => Status::failed_precondition(msg),
-        DriverError::NoLeader | DriverError::LeaderChanged | DriverError::Stopped => {
-            Status::unavailable(msg)
-        }
+        DriverError::NoLeader
+        | DriverError::LeaderChanged
+        | DriverError::Stopped
+        | DriverError::Timeout => Status::unavailable(msg),
         DriverError::Rejected(_) => Status::failed_precondition(msg),
         DriverError::Kv(k) => kv_status(k),
     }

@@ -39,6 +39,9 @@ struct Watcher {
     progress_notify: bool,
     /// Events below this revision are not for this watcher.
     start: i64,
+    /// The hub's id for this watcher: never reused in a session, so events
+    /// queued for a canceled watcher never reach a new one with its watch id.
+    internal: i64,
 }
 
 impl Watcher {
@@ -78,6 +81,8 @@ impl Watch for WatchService {
             out,
             watchers: HashMap::new(),
             next_id: 0,
+            next_internal: 0,
+            by_internal: HashMap::new(),
             stream: self.node.shared.hub.lock().new_stream(),
             progress_interval: self.progress_interval,
         };
@@ -91,6 +96,8 @@ struct Session {
     out: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: HashMap<i64, Watcher>,
     next_id: i64,
+    next_internal: i64,
+    by_internal: HashMap<i64, i64>,
     stream: u64,
     progress_interval: Duration,
 }
@@ -139,13 +146,17 @@ impl Session {
         match r.request_union {
             Some(watch_request::RequestUnion::CreateRequest(c)) => self.create(c, hub_tx).await,
             Some(watch_request::RequestUnion::CancelRequest(c)) => {
-                let existed = self
-                    .node
-                    .shared
-                    .hub
-                    .lock()
-                    .unsubscribe(self.stream, c.watch_id);
-                self.watchers.remove(&c.watch_id);
+                let existed = match self.watchers.remove(&c.watch_id) {
+                    Some(w) => {
+                        self.by_internal.remove(&w.internal);
+                        self.node
+                            .shared
+                            .hub
+                            .lock()
+                            .unsubscribe(self.stream, w.internal)
+                    }
+                    None => false,
+                };
                 let rev = self.node.shared.store().current_revision();
                 let reason = if existed {
                     String::new()
@@ -204,12 +215,14 @@ impl Session {
         }
         let range = KeyRange::new(&c.key, &c.range_end);
         let filters: Vec<i32> = c.filters.clone();
+        self.next_internal += 1;
         let watcher = Watcher {
             prev_kv: c.prev_kv,
             no_put: filters.contains(&(FilterType::Noput as i32)),
             no_delete: filters.contains(&(FilterType::Nodelete as i32)),
             progress_notify: c.progress_notify,
             start: c.start_revision.max(0),
+            internal: self.next_internal,
         };
         let (current, compacted) = {
             let mut hub = self.node.shared.hub.lock();
@@ -220,7 +233,7 @@ impl Session {
             if !(c.start_revision > 0 && c.start_revision < compacted) {
                 hub.subscribe(
                     self.stream,
-                    watch_id,
+                    watcher.internal,
                     range.clone(),
                     live_from,
                     hub_tx.clone(),
@@ -294,7 +307,7 @@ impl Session {
                         .shared
                         .hub
                         .lock()
-                        .unsubscribe(self.stream, watch_id);
+                        .unsubscribe(self.stream, watcher.internal);
                     let compacted = self.node.shared.store().compacted_revision();
                     return self
                         .send(WatchResponse {
@@ -309,6 +322,7 @@ impl Session {
                 }
             }
         }
+        self.by_internal.insert(watcher.internal, watch_id);
         self.watchers.insert(watch_id, watcher);
         true
     }
@@ -320,6 +334,9 @@ impl Session {
                 revision,
                 events,
             } => {
+                let Some(&watch_id) = self.by_internal.get(&watch_id) else {
+                    return true;
+                };
                 let Some(w) = self.watchers.get(&watch_id) else {
                     return true;
                 };
@@ -336,6 +353,9 @@ impl Session {
                 .await
             }
             HubMessage::Canceled { watch_id, reason } => {
+                let Some(watch_id) = self.by_internal.remove(&watch_id) else {
+                    return true;
+                };
                 self.watchers.remove(&watch_id);
                 let rev = self.node.shared.store().current_revision();
                 self.send(WatchResponse {

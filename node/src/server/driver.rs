@@ -44,6 +44,9 @@ pub enum DriverError {
     Kv(#[from] KvError),
     #[error("etcdserver: server stopped")]
     Stopped,
+    /// The outcome is unknown (the proposal may have been applied): never retried.
+    #[error("etcdserver: request timed out")]
+    Timeout,
 }
 
 /// What applying a proposal produced, with the store revision after it.
@@ -216,6 +219,10 @@ pub struct Driver {
     ticks: u64,
     last_snapshot: u64,
     snapshot_in_flight: bool,
+    /// The newest checkpoint; the log is compacted to the one before it, so
+    /// a follower up to `snapshot_count` entries behind catches up from the
+    /// log instead of a whole snapshot.
+    newest_checkpoint: Option<CheckpointInfo>,
     snapshots_tx: mpsc::Sender<Result<CheckpointInfo, String>>,
     snapshots_rx: mpsc::Receiver<Result<CheckpointInfo, String>>,
 }
@@ -244,6 +251,7 @@ impl Driver {
         Driver {
             last_snapshot,
             snapshot_in_flight: false,
+            newest_checkpoint: None,
             snapshots_tx,
             snapshots_rx,
             node,
@@ -412,13 +420,16 @@ impl Driver {
                 let result = if self.node.role() != Role::Leader {
                     Err(self.not_leader())
                 } else {
+                    let now = Instant::now();
+                    let expired = self.revoking.contains_key(&id)
+                        || self.lease_deadlines.get(&id).is_some_and(|d| *d <= now);
                     match self.shared.store().leases().get(&id) {
+                        // A lease past its deadline is as good as revoked (etcd's Renew).
+                        Some(_) if expired => Err(DriverError::Kv(KvError::LeaseNotFound)),
                         None => Err(DriverError::Kv(KvError::LeaseNotFound)),
                         Some(rec) => {
-                            self.lease_deadlines.insert(
-                                id,
-                                Instant::now() + Duration::from_secs(rec.ttl.max(0) as u64),
-                            );
+                            self.lease_deadlines
+                                .insert(id, now + Duration::from_secs(rec.ttl.max(0) as u64));
                             Ok(rec.ttl)
                         }
                     }
@@ -712,6 +723,9 @@ impl Driver {
             }
         };
         self.last_snapshot = info.index;
+        let Some(info) = self.newest_checkpoint.replace(info) else {
+            return Ok(());
+        };
         let current = self.node.storage().snapshot().map_err(|e| e.to_string())?;
         if info.index <= current.metadata.index.0 {
             return Ok(());
@@ -749,6 +763,7 @@ impl Driver {
             .compact(snapshot)
             .map_err(|e| e.to_string())?;
         self.shared.metrics.snapshots.inc();
+        // Keep the newest checkpoint and the one the log now starts from.
         checkpoint::prune(&self.config.snapshot_root, 2);
         tracing::info!(
             index = info.index,
@@ -762,6 +777,8 @@ impl Driver {
         let data = command::decode_snapshot_data(&snap.data)
             .map_err(|e| format!("snapshot at {}: {e}", snap.metadata.index))?;
         let applied = (snap.metadata.index.0, snap.metadata.term.0);
+        // Proposals the snapshot covers may or may not be in it: unknown, not retried.
+        self.fail_waiters_below(Index(applied.0 + 1), DriverError::Timeout);
         if data.checkpoint_index != 0 {
             let dir = checkpoint::dir_for(&self.config.snapshot_root, applied.0, applied.1);
             let hub = self.shared.hub.clone();
@@ -826,17 +843,34 @@ impl Driver {
         self.transport.set_peers(peers);
     }
 
+    fn fail_waiters_below(&mut self, index: Index, e: DriverError) {
+        while let Some((i, _)) = self.waiters.first_key_value() {
+            if *i >= index {
+                break;
+            }
+            if let Some((_, (_, reply))) = self.waiters.pop_first() {
+                self.shared.metrics.proposals_failed.inc();
+                self.shared.metrics.proposals_pending.dec();
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+
     fn apply(&mut self, entry: Entry) -> Result<(), String> {
         let applied = (entry.index.0, entry.term.0);
+        // Waiters below this entry were passed over (a snapshot covered
+        // them): their outcome is unknown, so they must not be retried.
+        self.fail_waiters_below(entry.index, DriverError::Timeout);
         let waiter = match self.waiters.first_key_value() {
-            Some((i, _)) if *i <= entry.index => self.waiters.pop_first(),
+            Some((i, _)) if *i == entry.index => self.waiters.pop_first(),
             _ => None,
         }
-        .and_then(|(i, (term, reply))| {
-            if i == entry.index && term == entry.term {
+        .and_then(|(_, (term, reply))| {
+            if term == entry.term {
                 Some(reply)
             } else {
-                // Our proposal at `i` was replaced by another leader's entry.
+                // Another leader's entry took our index: ours is in no log
+                // (an entry is its index and term), so a retry is safe.
                 self.shared.metrics.proposals_failed.inc();
                 self.shared.metrics.proposals_pending.dec();
                 let _ = reply.send(Err(DriverError::LeaderChanged));

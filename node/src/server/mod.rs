@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use nod_raft::{ConfState, Config, NodeId, RawNode, Role, Storage};
+use nod_raft::{ConfState, Config, NodeId, RawNode, Role, Storage, StorageWrite};
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -367,6 +367,39 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             id
         }
     };
+
+    // The commit index is persisted without fsync when it alone changes,
+    // and the state machine is not fsynced either: after a power loss the
+    // store may have applied past the durable commit index. Those entries
+    // were committed (and are durable in the log), so raise the commit.
+    let state = log
+        .initial_state()
+        .map_err(|e| ServerError::Storage(e.to_string()))?;
+    let applied = nod_raft::Index(kv.applied().0);
+    if applied > state.hard_state.commit {
+        let last = log
+            .last_index()
+            .map_err(|e| ServerError::Storage(e.to_string()))?;
+        if applied > last {
+            return Err(ServerError::Storage(format!(
+                "the state machine applied index {applied} but the log ends at {last}"
+            )));
+        }
+        let write = nod_raft::LogWrite {
+            hard_state: Some(nod_raft::HardState {
+                commit: applied,
+                ..state.hard_state
+            }),
+            sync: true,
+            ..Default::default()
+        };
+        log.write(&write)
+            .map_err(|e| ServerError::Storage(e.to_string()))?;
+        tracing::warn!(
+            commit = applied.0,
+            "raised the commit index to what the state machine applied"
+        );
+    }
 
     let mut raft_cfg = Config::new(NodeId(identity.member_id));
     raft_cfg.election_tick = cfg.election_ticks;

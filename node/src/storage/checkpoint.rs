@@ -90,13 +90,23 @@ pub fn files(dir: &Path) -> Result<Vec<(String, u64)>, CheckpointError> {
 
 /// Total bytes and CRC32 of the files in name order.
 pub fn digest(dir: &Path) -> Result<(u64, u32), CheckpointError> {
+    use std::io::Read;
     let mut h = crc32fast::Hasher::new();
     let mut total = 0u64;
+    let mut buf = vec![0u8; 1024 * 1024];
     for (name, _) in files(dir)? {
-        let bytes =
-            std::fs::read(dir.join(&name)).map_err(|e| err(&format!("reading {name}"), e))?;
-        total += bytes.len() as u64;
-        h.update(&bytes);
+        let mut f =
+            std::fs::File::open(dir.join(&name)).map_err(|e| err(&format!("reading {name}"), e))?;
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| err(&format!("reading {name}"), e))?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            h.update(&buf[..n]);
+        }
     }
     Ok((total, h.finalize()))
 }

@@ -51,8 +51,9 @@ const TAG_REMOVED: u8 = 5;
 
 /// The largest TTL a lease may ask for (etcd's `MaxLeaseTTL`).
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
-/// Most operations one transaction (counting nested ones) may hold.
-pub const MAX_TXN_OPS: usize = 10_000;
+/// Most compares, or operations in one branch, a transaction may hold
+/// (etcd's default `--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
 /// Deepest nesting of transactions inside transactions.
 pub const MAX_TXN_DEPTH: usize = 16;
 
@@ -78,6 +79,10 @@ pub enum KvError {
     DuplicateKey,
     #[error("etcdserver: too many operations in txn request")]
     TooManyOps,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
     #[error("etcdserver: {0}")]
     Invalid(String),
     /// The store itself failed: the node must stop.
@@ -490,6 +495,44 @@ impl KvStore {
             return Err(KvError::Compacted);
         }
         let range = KeyRange::new(&req.key, &req.range_end);
+        let key_order = req.sort_target == range_request::SortTarget::Key as i32
+            && req.sort_order != range_request::SortOrder::Descend as i32;
+        let filtered = req.min_mod_revision != 0
+            || req.max_mod_revision != 0
+            || req.min_create_revision != 0
+            || req.max_create_revision != 0;
+        if !filtered && (key_order || req.count_only) && !range.is_empty() {
+            // Count from the in-memory index and read only the records
+            // returned, so `--limit 1` over a large range reads one record.
+            let limit = if req.limit > 0 {
+                req.limit as usize
+            } else {
+                usize::MAX
+            };
+            let mut count = 0i64;
+            let mut kvs = Vec::new();
+            for (key, _) in self.index.range::<[u8], _>(range.bounds()) {
+                match self.visible(key, at) {
+                    Some(c) if !c.tombstone => {
+                        count += 1;
+                        if !req.count_only && kvs.len() < limit {
+                            let mut kv = self.read_record(c.rev)?;
+                            if req.keys_only {
+                                kv.value.clear();
+                            }
+                            kvs.push(kv);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(RangeResponse {
+                header: None,
+                kvs,
+                more: count as usize > limit,
+                count,
+            });
+        }
         let kvs = self.range_at(&range, at)?;
         Ok(shape_range(req, kvs))
     }
@@ -669,12 +712,8 @@ impl KvStore {
 
     fn compare_holds(&self, st: &Staged, c: &Compare) -> Result<bool, KvError> {
         let range = KeyRange::new(&c.key, &c.range_end);
-        let kvs = if range.single {
-            // A compare on a missing key compares against zero values (etcd).
-            vec![self.staged_get(st, &c.key)?.unwrap_or_else(|| KeyValue {
-                key: c.key.clone(),
-                ..Default::default()
-            })]
+        let mut kvs = if range.single {
+            self.staged_get(st, &c.key)?.into_iter().collect()
         } else {
             self.staged_range(st, &range)?
         };
@@ -682,6 +721,14 @@ impl KvStore {
             .map_err(|_| KvError::Invalid(format!("unknown compare result {}", c.result)))?;
         let target = compare::CompareTarget::try_from(c.target)
             .map_err(|_| KvError::Invalid(format!("unknown compare target {}", c.target)))?;
+        if kvs.is_empty() {
+            // etcd's applyCompare: a value compare on missing keys fails; any
+            // other compares against a zero key-value.
+            if target == compare::CompareTarget::Value {
+                return Ok(false);
+            }
+            kvs.push(KeyValue::default());
+        }
         for kv in kvs {
             use compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
             let ord = match (target, &c.target_union) {

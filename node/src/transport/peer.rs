@@ -71,6 +71,16 @@ const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 /// Largest piece a snapshot chunk may carry.
 const MAX_SNAPSHOT_CHUNK: usize = 4 * 1024 * 1024;
 
+/// An inline (bootstrap) snapshot must decode as snapshot data.
+fn inline_snapshot_ok(m: &Message) -> bool {
+    match &m.body {
+        MessageBody::Snapshot { snapshot } => {
+            crate::server::command::decode_snapshot_data(&snapshot.data).is_ok()
+        }
+        _ => true,
+    }
+}
+
 /// Whether a Raft message carries a checkpoint (sent on the snapshot stream)
 /// rather than inline data (the bootstrap snapshot).
 fn checkpoint_of(m: &Message) -> Option<SnapshotData> {
@@ -397,6 +407,16 @@ impl<N: PeerNode> Peer for PeerService<N> {
                         m.from.0
                     )));
                 }
+                if checkpoint_of(&m).is_some() {
+                    // A checkpoint travels only on the snapshot stream, which
+                    // verifies it before the core may see it.
+                    return Err(Status::invalid_argument(
+                        "a checkpoint snapshot on the message stream",
+                    ));
+                }
+                if !inline_snapshot_ok(&m) {
+                    return Err(Status::invalid_argument("undecodable snapshot data"));
+                }
                 if m.to != me {
                     tracing::debug!(to = m.to.0, "dropped a message addressed to another node");
                     continue;
@@ -478,7 +498,8 @@ impl<N: PeerNode> Peer for PeerService<N> {
             .map_err(|e| Status::internal(format!("snapshot folder: {e}")))?;
         let result = receive_files(&mut stream, &recv, data.checkpoint_bytes).await;
         let outcome = result.and_then(|received| {
-            let (bytes, crc) = checkpoint::digest(&recv).map_err(|e| Status::internal(e.to_string()))?;
+            let (bytes, crc) = tokio::task::block_in_place(|| checkpoint::digest(&recv))
+                .map_err(|e| Status::internal(e.to_string()))?;
             if bytes != data.checkpoint_bytes || crc != data.checkpoint_crc32 {
                 return Err(Status::data_loss(format!(
                     "snapshot checksum mismatch: got {bytes} bytes crc {crc:#010x}, expected {} bytes crc {:#010x}",
@@ -487,9 +508,12 @@ impl<N: PeerNode> Peer for PeerService<N> {
             }
             let dir = checkpoint::dir_for(&root, index, term);
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| Status::internal(e.to_string()))?;
+                // The same snapshot again (a resend): keep the verified copy,
+                // which the driver may be installing from right now.
+                let _ = std::fs::remove_dir_all(&recv);
+            } else {
+                std::fs::rename(&recv, &dir).map_err(|e| Status::internal(e.to_string()))?;
             }
-            std::fs::rename(&recv, &dir).map_err(|e| Status::internal(e.to_string()))?;
             Ok(received)
         });
         match outcome {
