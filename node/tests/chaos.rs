@@ -1,0 +1,440 @@
+//! The chaos suite: real `nod` processes under faults scheduled from a seed,
+//! clients recording every operation, the history checked for
+//! linearizability (`nod-lincheck`), and every acknowledged write checked to
+//! be present at the end.
+//!
+//! `cargo test --release --test chaos`; `NOD_CHAOS_SECONDS=N` (default 30),
+//! `NOD_CHAOS_SEED=S` (default: from the clock, printed). The last line is
+//! `chaos: <ops> ops, <faults> faults, <violations> violations, <lost> lost writes`.
+//!
+//! Faults so far are process-level, on loopback: kill -9 and restart,
+//! SIGSTOP/SIGCONT pauses, killing the leader, leadership transfer.
+//! `NOD_CHAOS_PLANT=stale-reads` makes the clients' reads serializable (served
+//! by whichever member they ask, without ReadIndex): the run must then
+//! report violations, which shows the checker sees real faults.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nod::api::etcd::etcdserverpb::{
+    compare, request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use nod::client::{prefix_end, Client};
+use nod_lincheck::{Op, Operation, Outcome};
+use support::{leader, Cluster};
+
+/// A small seeded generator (xorshift64*): the schedule of faults and the
+/// clients' choices follow from the seed.
+#[derive(Clone)]
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo))
+    }
+}
+
+#[derive(Default)]
+struct Record {
+    history: Vec<Operation>,
+    /// Append-only keys whose put was acknowledged: all must survive.
+    acked: Vec<Vec<u8>>,
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(sig).arg(pid.to_string()).status();
+}
+
+async fn run_client(
+    id: u64,
+    endpoint: String,
+    mut rng: Rng,
+    start: Instant,
+    stale_reads: bool,
+    stop: Arc<AtomicBool>,
+    record: Arc<Mutex<Record>>,
+) {
+    let mut c = Client::connect(&[endpoint], Duration::from_secs(2)).expect("client");
+    let mut n: u64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let key = format!("key{}", rng.below(3)).into_bytes();
+        let value = format!("c{id}-{n}").into_bytes();
+        let op = match rng.below(10) {
+            0..=3 => Op::Get { key },
+            4..=6 => Op::Put { key, value },
+            _ => {
+                let expected = if rng.below(3) == 0 {
+                    None
+                } else {
+                    Some(
+                        format!("c{}-{}", rng.below(4), n.saturating_sub(1 + rng.below(3)))
+                            .into_bytes(),
+                    )
+                };
+                Op::Cas {
+                    key,
+                    expected,
+                    new: value,
+                }
+            }
+        };
+        let invoke = start.elapsed().as_nanos() as u64;
+        let outcome = match &op {
+            Op::Get { key } => c
+                .range(RangeRequest {
+                    key: key.clone(),
+                    serializable: stale_reads,
+                    ..Default::default()
+                })
+                .await
+                .map(|r| Outcome::Read(r.kvs.first().map(|kv| kv.value.clone())))
+                .unwrap_or(Outcome::Unknown),
+            Op::Put { key, value } => {
+                // The same put also appends a unique key in one txn: the
+                // append-only keys are what the lost-write check counts.
+                let log_key = format!("log/{id}/{n:08}").into_bytes();
+                let txn = TxnRequest {
+                    compare: vec![],
+                    success: vec![
+                        RequestOp {
+                            request: Some(request_op::Request::RequestPut(PutRequest {
+                                key: key.clone(),
+                                value: value.clone(),
+                                ..Default::default()
+                            })),
+                        },
+                        RequestOp {
+                            request: Some(request_op::Request::RequestPut(PutRequest {
+                                key: log_key.clone(),
+                                value: vec![1],
+                                ..Default::default()
+                            })),
+                        },
+                    ],
+                    failure: vec![],
+                };
+                match c.txn(txn).await {
+                    Ok(_) => {
+                        record.lock().unwrap().acked.push(log_key);
+                        Outcome::Done
+                    }
+                    Err(_) => Outcome::Unknown,
+                }
+            }
+            Op::Cas { key, expected, new } => {
+                let cmp = match expected {
+                    Some(v) => Compare {
+                        result: compare::CompareResult::Equal as i32,
+                        target: compare::CompareTarget::Value as i32,
+                        key: key.clone(),
+                        range_end: vec![],
+                        target_union: Some(compare::TargetUnion::Value(v.clone())),
+                    },
+                    None => Compare {
+                        result: compare::CompareResult::Equal as i32,
+                        target: compare::CompareTarget::Create as i32,
+                        key: key.clone(),
+                        range_end: vec![],
+                        target_union: Some(compare::TargetUnion::CreateRevision(0)),
+                    },
+                };
+                let txn = TxnRequest {
+                    compare: vec![cmp],
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::RequestPut(PutRequest {
+                            key: key.clone(),
+                            value: new.clone(),
+                            ..Default::default()
+                        })),
+                    }],
+                    failure: vec![],
+                };
+                c.txn(txn)
+                    .await
+                    .map(|r| Outcome::Swapped(r.succeeded))
+                    .unwrap_or(Outcome::Unknown)
+            }
+            Op::Delete { .. } => unreachable!("the chaos clients do not delete"),
+        };
+        let complete = start.elapsed().as_nanos() as u64;
+        let unknown = outcome == Outcome::Unknown;
+        record.lock().unwrap().history.push(Operation {
+            client: id,
+            invoke,
+            complete,
+            op,
+            outcome,
+        });
+        if unknown {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn leader_index(cluster: &Cluster) -> Option<usize> {
+    let live = cluster.endpoints();
+    let l = tokio::time::timeout(Duration::from_secs(5), leader(&live))
+        .await
+        .ok()?;
+    for (i, m) in cluster.members.iter().enumerate() {
+        if m.child.is_none() {
+            continue;
+        }
+        let mut c = Client::connect(&[m.endpoint()], Duration::from_secs(1)).ok()?;
+        if c.status().await.ok()?.header?.member_id == l {
+            return Some(i);
+        }
+    }
+    None
+}
+
+struct Report {
+    ops: usize,
+    faults: u64,
+    violations: usize,
+    lost: usize,
+    definite: usize,
+}
+
+/// One chaos run of `seconds` from `seed`; prints its faults and findings.
+async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
+    println!("chaos seed {seed}: NOD_CHAOS_SEED={seed} NOD_CHAOS_SECONDS={seconds} repeats this schedule{}", if stale_reads { " (planted: stale reads)" } else { "" });
+    let mut rng = Rng(seed);
+    let mut cluster = Cluster::start_with(3, &["--snapshot-count", "500"]);
+    let eps = cluster.endpoints();
+    leader(&eps).await;
+    let initial = cluster.initial_cluster();
+
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let record = Arc::new(Mutex::new(Record::default()));
+    let mut clients = Vec::new();
+    for id in 0..5u64 {
+        let endpoint = eps[id as usize % eps.len()].clone();
+        clients.push(tokio::spawn(run_client(
+            id,
+            endpoint,
+            Rng(rng.next() | 1),
+            start,
+            stale_reads,
+            stop.clone(),
+            record.clone(),
+        )));
+    }
+
+    let mut faults = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        tokio::time::sleep(rng.millis(500, 2000)).await;
+        faults += 1;
+        let victim = rng.below(cluster.members.len() as u64) as usize;
+        match rng.below(4) {
+            0 => {
+                println!(
+                    "fault {faults}: kill -9 {} and restart",
+                    cluster.members[victim].name
+                );
+                cluster.members[victim].kill();
+                tokio::time::sleep(rng.millis(200, 2000)).await;
+                cluster.members[victim].start(&initial, "new", &["--snapshot-count", "500"]);
+            }
+            1 => {
+                let pid = cluster.members[victim].child.as_ref().map(|c| c.id());
+                if let Some(pid) = pid {
+                    println!(
+                        "fault {faults}: pause {} (SIGSTOP)",
+                        cluster.members[victim].name
+                    );
+                    signal(pid, "-STOP");
+                    tokio::time::sleep(rng.millis(300, 3000)).await;
+                    signal(pid, "-CONT");
+                }
+            }
+            2 => {
+                if let Some(l) = leader_index(&cluster).await {
+                    println!(
+                        "fault {faults}: kill -9 the leader {} and restart",
+                        cluster.members[l].name
+                    );
+                    cluster.members[l].kill();
+                    tokio::time::sleep(rng.millis(500, 2500)).await;
+                    cluster.members[l].start(&initial, "new", &["--snapshot-count", "500"]);
+                }
+            }
+            _ => {
+                if let Some(l) = leader_index(&cluster).await {
+                    let target = (l + 1 + rng.below(2) as usize) % cluster.members.len();
+                    let mut c = cluster.members[l].client();
+                    let mut t = cluster.members[target].client();
+                    if let (Ok(st), Ok(_)) = (t.status().await, c.status().await) {
+                        let id = st.header.unwrap_or_default().member_id;
+                        println!(
+                            "fault {faults}: move leadership from {} to {}",
+                            cluster.members[l].name, cluster.members[target].name
+                        );
+                        let _ = c.move_leader(id).await;
+                    }
+                }
+            }
+        }
+    }
+    // Heal: everything running, a leader, then let the clients run on a little.
+    for m in &mut cluster.members {
+        if m.child.is_none() {
+            m.start(&initial, "new", &["--snapshot-count", "500"]);
+        }
+    }
+    let healed = tokio::time::timeout(Duration::from_secs(30), leader(&cluster.endpoints()))
+        .await
+        .is_ok();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+
+    let record = std::mem::take(&mut *record.lock().unwrap());
+    let ops = record.history.len();
+    // Violations: one per key whose history has no linearization.
+    let mut by_key: BTreeMap<Vec<u8>, Vec<Operation>> = BTreeMap::new();
+    for o in &record.history {
+        by_key
+            .entry(o.op.key().to_vec())
+            .or_default()
+            .push(o.clone());
+    }
+    let mut violations = 0;
+    for (key, h) in &by_key {
+        if let Err(e) = nod_lincheck::validate(h) {
+            println!(
+                "invalid history for {}: {e:?}",
+                String::from_utf8_lossy(key)
+            );
+            violations += 1;
+            continue;
+        }
+        let verdict = nod_lincheck::check(h);
+        if !verdict.is_linearizable() {
+            let text = format!("{verdict:?}");
+            println!(
+                "violation on {}: {}",
+                String::from_utf8_lossy(key),
+                &text[..text.len().min(600)]
+            );
+            violations += 1;
+        }
+    }
+    // Lost writes: every acknowledged append-only key must be there.
+    let mut c = Client::connect(&cluster.endpoints(), Duration::from_secs(10)).expect("client");
+    let lost = match c
+        .range(RangeRequest {
+            key: b"log/".to_vec(),
+            range_end: prefix_end(b"log/"),
+            keys_only: true,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(r) => {
+            let present: HashSet<Vec<u8>> = r.kvs.into_iter().map(|kv| kv.key).collect();
+            record
+                .acked
+                .iter()
+                .filter(|k| !present.contains(*k))
+                .count()
+        }
+        Err(e) => {
+            println!("the final read failed: {e}");
+            record.acked.len()
+        }
+    };
+    if !healed {
+        println!("the cluster did not recover a leader within 30 s of healing");
+        violations += 1;
+    }
+    let definite = record
+        .history
+        .iter()
+        .filter(|o| o.outcome != Outcome::Unknown)
+        .count();
+    println!(
+        "{definite} of {ops} operations had a definite outcome; {} acknowledged writes checked",
+        record.acked.len()
+    );
+    if violations + lost > 0 && !stale_reads {
+        for m in &cluster.members {
+            eprintln!("---- log of {} (tail) ----", m.name);
+            let logs = m.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(30).collect();
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+    Report {
+        ops,
+        faults,
+        violations,
+        lost,
+        definite,
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let seconds: u64 = std::env::var("NOD_CHAOS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let seed: u64 = std::env::var("NOD_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+        | 1;
+    let plant = std::env::var("NOD_CHAOS_PLANT").ok();
+    // First, the checker must see a planted fault against real processes
+    // (skip with NOD_CHAOS_PLANT=none; NOD_CHAOS_PLANT=stale-reads runs only it).
+    if plant.as_deref() != Some("none") {
+        let planted = run(if plant.is_some() { seconds } else { 10 }, seed, true).await;
+        println!(
+            "chaos planted stale reads: {} violations (must be > 0)",
+            planted.violations
+        );
+        if planted.violations == 0 {
+            println!("the checker missed planted stale reads");
+            return ExitCode::FAILURE;
+        }
+        if plant.is_some() {
+            return ExitCode::SUCCESS;
+        }
+    }
+    let r = run(seconds, seed, false).await;
+    println!(
+        "chaos: {} ops, {} faults, {} violations, {} lost writes",
+        r.ops, r.faults, r.violations, r.lost
+    );
+    if r.violations == 0 && r.lost == 0 && r.definite > 100 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
