@@ -26,7 +26,8 @@ use nod::api::etcd::etcdserverpb::{
 };
 use nod::client::{prefix_end, Client};
 use nod_lincheck::{Op, Operation, Outcome};
-use support::{leader, Cluster};
+use support::network::Network;
+use support::{leader, Cluster, Member};
 
 /// A small seeded generator (xorshift64*): the schedule of faults and the
 /// clients' choices follow from the seed.
@@ -214,10 +215,34 @@ struct Report {
 async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
     println!("chaos seed {seed}: NOD_CHAOS_SEED={seed} NOD_CHAOS_SECONDS={seconds} repeats this schedule{}", if stale_reads { " (planted: stale reads)" } else { "" });
     let mut rng = Rng(seed);
-    let mut cluster = Cluster::start_with(3, &["--snapshot-count", "500"]);
+    // Each node in its own network namespace when we can (root, iproute2,
+    // iptables): then partitions and packet loss join the faults.
+    let network = match Network::create(3) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            println!("network faults skipped: cannot create namespaces ({e})");
+            None
+        }
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let members: Vec<Member> = match &network {
+        Some(net) => net
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (ns, ip))| Member::in_netns(dir.path(), &format!("n{}", i + 1), ns, ip))
+            .collect(),
+        None => (1..=3)
+            .map(|i| Member::new(dir.path(), &format!("n{i}")))
+            .collect(),
+    };
+    let mut cluster = Cluster { members, dir };
+    let initial = cluster.initial_cluster();
+    for m in &mut cluster.members {
+        m.start(&initial, "new", &["--snapshot-count", "500"]);
+    }
     let eps = cluster.endpoints();
     leader(&eps).await;
-    let initial = cluster.initial_cluster();
 
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -242,7 +267,8 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
         tokio::time::sleep(rng.millis(500, 2000)).await;
         faults += 1;
         let victim = rng.below(cluster.members.len() as u64) as usize;
-        match rng.below(4) {
+        let kinds = if network.is_some() { 8 } else { 4 };
+        match rng.below(kinds) {
             0 => {
                 println!(
                     "fault {faults}: kill -9 {} and restart",
@@ -275,6 +301,46 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
                     cluster.members[l].start(&initial, "new", &["--snapshot-count", "500"]);
                 }
             }
+            4..=6 if network.is_some() => {
+                let net = network.as_ref().expect("checked");
+                let kind = rng.below(4);
+                let other = (victim + 1 + rng.below(2) as usize) % cluster.members.len();
+                match kind {
+                    0 => {
+                        println!(
+                            "fault {faults}: partition {} | {}",
+                            cluster.members[victim].name, cluster.members[other].name
+                        );
+                        net.partition(victim, other);
+                    }
+                    1 => {
+                        let l = leader_index(&cluster).await.unwrap_or(victim);
+                        println!(
+                            "fault {faults}: isolate the leader {}",
+                            cluster.members[l].name
+                        );
+                        net.isolate(l);
+                    }
+                    2 => {
+                        println!(
+                            "fault {faults}: {} stops hearing {} (one way)",
+                            cluster.members[victim].name, cluster.members[other].name
+                        );
+                        net.drop_from(victim, other);
+                    }
+                    _ => {
+                        let p = 0.1 + rng.below(30) as f64 / 100.0;
+                        println!(
+                            "fault {faults}: {} drops {:.0}% of its packets",
+                            cluster.members[victim].name,
+                            p * 100.0
+                        );
+                        net.loss(victim, p);
+                    }
+                }
+                tokio::time::sleep(rng.millis(500, 4000)).await;
+                net.heal();
+            }
             _ => {
                 if let Some(l) = leader_index(&cluster).await {
                     let target = (l + 1 + rng.below(2) as usize) % cluster.members.len();
@@ -292,7 +358,10 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
             }
         }
     }
-    // Heal: everything running, a leader, then let the clients run on a little.
+    // Heal: no network faults, everything running, a leader, then let the clients run on a little.
+    if let Some(net) = &network {
+        net.heal();
+    }
     for m in &mut cluster.members {
         if m.child.is_none() {
             m.start(&initial, "new", &["--snapshot-count", "500"]);

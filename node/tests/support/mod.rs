@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod network;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,6 +29,10 @@ pub struct Member {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
+    /// The address the member listens on (loopback unless in a namespace).
+    pub host: String,
+    /// The network namespace it runs in, if any.
+    pub netns: Option<String>,
 }
 
 impl Member {
@@ -39,15 +45,32 @@ impl Member {
             data_dir: root.join(name),
             log: root.join(format!("{name}.log")),
             child: None,
+            host: "127.0.0.1".into(),
+            netns: None,
+        }
+    }
+
+    /// A member in its own network namespace at `host`, on etcd's ports.
+    pub fn in_netns(root: &Path, name: &str, netns: &str, host: &str) -> Member {
+        Member {
+            name: name.to_string(),
+            client_port: 2379,
+            peer_port: 2380,
+            metrics_port: 2381,
+            data_dir: root.join(name),
+            log: root.join(format!("{name}.log")),
+            child: None,
+            host: host.to_string(),
+            netns: Some(netns.to_string()),
         }
     }
 
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        format!("{}:{}", self.host, self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://{}:{}", self.host, self.peer_port)
     }
 
     pub fn client(&self) -> Client {
@@ -62,19 +85,28 @@ impl Member {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_nod"))
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs the server in place: the pid is the server's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_nod")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_nod")),
+        };
+        let child = cmd
             .arg("server")
             .args(["--name", &self.name])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args([
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{}", self.client_port),
+                &format!("http://{}:{}", self.host, self.client_port),
             ])
             .args(["--listen-peer-urls", &self.peer_url()])
             .args([
                 "--listen-metrics-urls",
-                &format!("http://127.0.0.1:{}", self.metrics_port),
+                &format!("http://{}:{}", self.host, self.metrics_port),
             ])
             .args(["--initial-cluster", initial_cluster])
             .args(["--initial-cluster-state", state])
@@ -115,7 +147,8 @@ impl Member {
     /// One metric's value from `/metrics` (0 when absent).
     pub fn metric(&self, name: &str) -> f64 {
         use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
+        let Ok(mut s) = std::net::TcpStream::connect((self.host.as_str(), self.metrics_port))
+        else {
             return 0.0;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
