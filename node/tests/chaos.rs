@@ -262,13 +262,62 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
     }
 
     let mut faults = 0u64;
+    let mut pending_promotion: Option<u64> = None;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < deadline {
         tokio::time::sleep(rng.millis(500, 2000)).await;
         faults += 1;
         let victim = rng.below(cluster.members.len() as u64) as usize;
-        let kinds = if network.is_some() { 8 } else { 4 };
-        match rng.below(kinds) {
+        // Learners added by a replacement are promoted once they caught up.
+        if let Some(id) = pending_promotion {
+            let mut c =
+                Client::connect(&cluster.endpoints(), Duration::from_secs(2)).expect("client");
+            if c.member_promote(id).await.is_ok() {
+                println!("promoted {id:x}");
+                pending_promotion = None;
+            }
+        }
+        let kinds = if network.is_some() { 9 } else { 5 };
+        let kind = rng.below(kinds);
+        if kind == kinds - 1 && pending_promotion.is_none() {
+            // Replace a member: kill it, remove it, wipe its data, add it back
+            // as a learner under a new id (the manual steps gossip will automate).
+            let m = &mut cluster.members[victim];
+            let old = match m.client().status().await {
+                Ok(s) => s.header.unwrap_or_default().member_id,
+                Err(_) => continue,
+            };
+            println!(
+                "fault {faults}: replace {} (kill, remove, wipe, add as learner)",
+                m.name
+            );
+            m.kill();
+            let others: Vec<String> = cluster
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(i, m)| *i != victim && m.child.is_some())
+                .map(|(_, m)| m.endpoint())
+                .collect();
+            let mut c = Client::connect(&others, Duration::from_secs(5)).expect("client");
+            let removed = c.member_remove(old).await;
+            let m = &mut cluster.members[victim];
+            if removed.is_err() {
+                // No quorum to change membership now: just restart it.
+                m.start(&initial, "new", &["--snapshot-count", "500"]);
+                continue;
+            }
+            match c.member_add(vec![m.peer_url()], true).await {
+                Ok(r) => {
+                    let _ = std::fs::remove_dir_all(&m.data_dir);
+                    pending_promotion = r.member.map(|x| x.id);
+                    m.start(&initial, "existing", &["--snapshot-count", "500"]);
+                }
+                Err(e) => println!("re-adding {} failed: {e}", m.name),
+            }
+            continue;
+        }
+        match kind {
             0 => {
                 println!(
                     "fault {faults}: kill -9 {} and restart",
