@@ -27,6 +27,7 @@ use nod::api::etcd::etcdserverpb::{
 use nod::client::{prefix_end, Client};
 use nod_lincheck::{Op, Operation, Outcome};
 use support::network::Network;
+use support::proxy::DelayProxy;
 use support::{leader, Cluster, Member};
 
 /// A small seeded generator (xorshift64*): the schedule of faults and the
@@ -217,20 +218,41 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
     let mut rng = Rng(seed);
     // Each node in its own network namespace when we can (root, iproute2,
     // iptables): then partitions and packet loss join the faults.
-    let network = match Network::create(3) {
+    let mut network = match Network::create(3) {
         Ok(n) => Some(n),
         Err(e) => {
             println!("network faults skipped: cannot create namespaces ({e})");
             None
         }
     };
+    // Peers reach each node through a delay proxy on the gateway.
+    let mut proxies = Vec::new();
+    if let Some(net) = network.as_mut() {
+        for (_, ip) in &net.nodes {
+            let listen = format!("{}:0", net.gateway).parse().expect("address");
+            let target = format!("{ip}:2380").parse().expect("address");
+            match DelayProxy::start(listen, target).await {
+                Ok(p) => proxies.push(p),
+                Err(e) => println!("delay proxy failed: {e}"),
+            }
+        }
+        if proxies.len() == net.nodes.len() {
+            net.proxy_ports = Some(proxies.iter().map(|p| p.addr.port()).collect());
+        } else {
+            proxies.clear();
+        }
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let members: Vec<Member> = match &network {
         Some(net) => net
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, (ns, ip))| Member::in_netns(dir.path(), &format!("n{}", i + 1), ns, ip))
+            .map(|(i, (ns, ip))| {
+                let mut m = Member::in_netns(dir.path(), &format!("n{}", i + 1), ns, ip);
+                m.advertise_peer = proxies.get(i).map(|p| format!("http://{}", p.addr));
+                m
+            })
             .collect(),
         None => (1..=3)
             .map(|i| Member::new(dir.path(), &format!("n{i}")))
@@ -352,7 +374,7 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
             }
             4..=6 if network.is_some() => {
                 let net = network.as_ref().expect("checked");
-                let kind = rng.below(4);
+                let kind = rng.below(if proxies.is_empty() { 4 } else { 5 });
                 let other = (victim + 1 + rng.below(2) as usize) % cluster.members.len();
                 match kind {
                     0 => {
@@ -377,6 +399,14 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
                         );
                         net.drop_from(victim, other);
                     }
+                    4 => {
+                        let ms = 20 + rng.below(200);
+                        println!(
+                            "fault {faults}: peers reach {} {ms} ms late",
+                            cluster.members[victim].name
+                        );
+                        proxies[victim].set_delay(Duration::from_millis(ms));
+                    }
                     _ => {
                         let p = 0.1 + rng.below(30) as f64 / 100.0;
                         println!(
@@ -389,6 +419,9 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
                 }
                 tokio::time::sleep(rng.millis(500, 4000)).await;
                 net.heal();
+                for p in &proxies {
+                    p.set_delay(Duration::ZERO);
+                }
             }
             _ => {
                 if let Some(l) = leader_index(&cluster).await {
@@ -410,6 +443,9 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
     // Heal: no network faults, everything running, a leader, then let the clients run on a little.
     if let Some(net) = &network {
         net.heal();
+    }
+    for p in &proxies {
+        p.set_delay(Duration::ZERO);
     }
     for m in &mut cluster.members {
         if m.child.is_none() {

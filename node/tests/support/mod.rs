@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod network;
+pub mod proxy;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,9 @@ pub struct Member {
     pub host: String,
     /// The network namespace it runs in, if any.
     pub netns: Option<String>,
+    /// The peer URL it advertises when others must reach it another way
+    /// (through a delay proxy).
+    pub advertise_peer: Option<String>,
 }
 
 impl Member {
@@ -47,6 +51,7 @@ impl Member {
             child: None,
             host: "127.0.0.1".into(),
             netns: None,
+            advertise_peer: None,
         }
     }
 
@@ -62,6 +67,7 @@ impl Member {
             child: None,
             host: host.to_string(),
             netns: Some(netns.to_string()),
+            advertise_peer: None,
         }
     }
 
@@ -70,6 +76,9 @@ impl Member {
     }
 
     pub fn peer_url(&self) -> String {
+        if let Some(url) = &self.advertise_peer {
+            return url.clone();
+        }
         format!("http://{}:{}", self.host, self.peer_port)
     }
 
@@ -103,7 +112,11 @@ impl Member {
                 "--listen-client-urls",
                 &format!("http://{}:{}", self.host, self.client_port),
             ])
-            .args(["--listen-peer-urls", &self.peer_url()])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://{}:{}", self.host, self.peer_port),
+            ])
+            .args(["--initial-advertise-peer-urls", &self.peer_url()])
             .args([
                 "--listen-metrics-urls",
                 &format!("http://{}:{}", self.host, self.metrics_port),

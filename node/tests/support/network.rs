@@ -23,8 +23,13 @@ fn run(args: &[&str]) -> Result<(), String> {
 
 pub struct Network {
     bridge: String,
+    /// The bridge's address: where the root namespace (clients, proxies) is reachable.
+    pub gateway: String,
     /// (namespace, address) per node.
     pub nodes: Vec<(String, String)>,
+    /// When peers reach node i through a proxy on the gateway at this port,
+    /// faults between nodes block those ports instead of node addresses.
+    pub proxy_ports: Option<Vec<u16>>,
 }
 
 impl Network {
@@ -35,7 +40,9 @@ impl Network {
         let subnet = 100 + (std::process::id() % 150);
         let mut net = Network {
             bridge: format!("nodbr{tag}"),
+            gateway: format!("10.213.{subnet}.1"),
             nodes: Vec::new(),
+            proxy_ports: None,
         };
         run(&["iptables", "-V"]).map_err(|e| format!("iptables is missing ({e})"))?;
         run(&["ip", "link", "add", &net.bridge, "type", "bridge"])?;
@@ -88,10 +95,25 @@ impl Network {
         }
     }
 
-    /// `to` stops hearing `from` (one way).
+    /// `to` stops hearing `from` (one way: Raft messages travel on the
+    /// sender's own connection, so `to` still reaches `from`).
     pub fn drop_from(&self, to: usize, from: usize) {
-        let src = self.nodes[from].1.clone();
-        self.iptables(to, &["-A", "INPUT", "-s", &src, "-j", "DROP"]);
+        match &self.proxy_ports {
+            Some(ports) => {
+                let port = ports[to].to_string();
+                let gw = self.gateway.clone();
+                self.iptables(
+                    from,
+                    &[
+                        "-A", "OUTPUT", "-p", "tcp", "-d", &gw, "--dport", &port, "-j", "DROP",
+                    ],
+                );
+            }
+            None => {
+                let src = self.nodes[from].1.clone();
+                self.iptables(to, &["-A", "INPUT", "-s", &src, "-j", "DROP"]);
+            }
+        }
     }
 
     /// `a` and `b` cannot talk.
@@ -133,6 +155,7 @@ impl Network {
     pub fn heal(&self) {
         for i in 0..self.nodes.len() {
             self.iptables(i, &["-F", "INPUT"]);
+            self.iptables(i, &["-F", "OUTPUT"]);
         }
     }
 }
