@@ -9,6 +9,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
+use crate::transport::nodserverpb::admin_client::AdminClient;
+use crate::transport::nodserverpb::{MemberHealthRequest, MemberHealthResponse};
+
 use crate::api::etcd::etcdserverpb::{
     cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, watch_client::WatchClient, *,
@@ -71,6 +74,8 @@ pub struct Client {
     pub lease: LeaseClient<Channel>,
     pub cluster: ClusterClient<Channel>,
     pub maintenance: MaintenanceClient<Channel>,
+    /// Nod's extensions (member health).
+    pub admin: AdminClient<Channel>,
 }
 
 /// Turns `host:port` or a URL into a URL.
@@ -135,7 +140,8 @@ impl Client {
             watch: WatchClient::new(channel.clone()).max_decoding_message_size(max),
             lease: LeaseClient::new(channel.clone()),
             cluster: ClusterClient::new(channel.clone()),
-            maintenance: MaintenanceClient::new(channel).max_decoding_message_size(max),
+            maintenance: MaintenanceClient::new(channel.clone()).max_decoding_message_size(max),
+            admin: AdminClient::new(channel),
         }
     }
 
@@ -375,6 +381,16 @@ impl Client {
             })
             .await
         }
+    }
+
+    /// The member table with role, health and lag, as the leader sees it.
+    pub async fn member_health(&mut self) -> Result<MemberHealthResponse> {
+        let client = self.admin.clone();
+        retrying(move || {
+            let mut client = client.clone();
+            async move { client.member_health(MemberHealthRequest {}).await }
+        })
+        .await
     }
 
     pub async fn status(&mut self) -> Result<StatusResponse> {

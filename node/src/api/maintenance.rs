@@ -27,6 +27,8 @@ const SNAPSHOT_CHUNK: usize = 64 * 1024;
 
 pub struct MaintenanceService {
     pub node: Arc<Node>,
+    /// Member health, for Status's errors on the leader.
+    pub autopilot: Option<Arc<crate::server::autopilot::Autopilot>>,
 }
 
 /// The backup format. etcdctl checks that a snapshot is a whole number of
@@ -72,6 +74,31 @@ pub fn decode_backup(bytes: &[u8]) -> Result<RangeResponse, String> {
     RangeResponse::decode(body).map_err(|e| format!("snapshot does not decode: {e}"))
 }
 
+impl MaintenanceService {
+    /// On the leader: one line per member it has not heard from lately
+    /// (etcdctl endpoint status shows them in its ERRORS column).
+    fn unhealthy_members(&self, leader: u64) -> Vec<String> {
+        let Some(a) = &self.autopilot else {
+            return Vec::new();
+        };
+        if leader != self.node.shared.member_id {
+            return Vec::new();
+        }
+        a.health()
+            .iter()
+            .filter(|m| !m.healthy)
+            .map(|m| {
+                format!(
+                    "member {:x} ({}) unreachable for {}s",
+                    m.id,
+                    m.name,
+                    m.unhealthy_ms / 1000
+                )
+            })
+            .collect()
+    }
+}
+
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(
@@ -105,7 +132,11 @@ impl Maintenance for MaintenanceService {
             raft_index: st.commit,
             raft_term: st.term,
             raft_applied_index: st.applied,
-            errors: st.fatal.into_iter().collect(),
+            errors: st
+                .fatal
+                .into_iter()
+                .chain(self.unhealthy_members(st.leader))
+                .collect(),
             db_size_in_use: db_size,
             is_learner,
         }))

@@ -3,6 +3,7 @@
 //! service implements them, and `status` turns every error into etcd's
 //! gRPC status.
 
+pub mod admin;
 pub mod cluster;
 pub mod kv;
 pub mod lease;

@@ -18,7 +18,9 @@ use nod::api::etcd::etcdserverpb::{
 };
 use nod::api::etcd::mvccpb::{event::EventType, KeyValue};
 use nod::client::{Client, ClientError, KeySpan};
-use nod::server::{self, ClusterState, ServerConfig};
+use nod::gossip::GossipConfig;
+use nod::server::autopilot::AutopilotConfig;
+use nod::server::{self, ClusterState, Discovery, ServerConfig};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
@@ -230,6 +232,8 @@ enum LeaseCommand {
 #[derive(Subcommand)]
 enum MemberCommand {
     List,
+    /// Role, health and replication lag of every member (the leader's view).
+    Health,
     /// Adds a member; start it with `nod server --initial-cluster-state existing`.
     Add {
         name: String,
@@ -320,6 +324,39 @@ struct ServerFlags {
     /// Log format.
     #[arg(long, env = "NOD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// UDP address to gossip on (host:port); turns discovery by gossip on.
+    #[arg(long, env = "NOD_GOSSIP_LISTEN_ADDR")]
+    gossip_listen_addr: Option<String>,
+    /// Gossip address other nodes use to reach this one (default: the listen address).
+    #[arg(long, env = "NOD_GOSSIP_ADVERTISE_ADDR")]
+    gossip_advertise_addr: Option<String>,
+    /// Nodes to gossip with first: host:port,... (DNS names are resolved again every minute).
+    #[arg(long, env = "NOD_GOSSIP_SEEDS", value_delimiter = ',')]
+    gossip_seeds: Vec<String>,
+    /// Milliseconds between gossip rounds.
+    #[arg(long, env = "NOD_GOSSIP_INTERVAL", default_value_t = 500)]
+    gossip_interval: u64,
+    /// With gossip and no data: found a new cluster once this many empty
+    /// nodes (with the same setting) see each other and no member is visible.
+    #[arg(long, env = "NOD_BOOTSTRAP_EXPECT", value_parser = clap::value_parser!(u16).range(1..=9))]
+    bootstrap_expect: Option<u16>,
+    /// Promote caught-up learners up to this many voters (default: 5 with
+    /// gossip, 0 = never without).
+    #[arg(long, env = "NOD_VOTERS")]
+    voters: Option<usize>,
+    /// A learner is caught up when its log is at most this many entries behind the leader's.
+    #[arg(long, env = "NOD_PROMOTE_LAG", default_value_t = 100)]
+    promote_lag: u64,
+    /// Milliseconds a learner must stay caught up before it is promoted.
+    #[arg(long, env = "NOD_PROMOTE_STABILIZE", default_value_t = 3000)]
+    promote_stabilize: u64,
+    /// Remove members unreachable (by Raft and gossip) for this many seconds; off by default.
+    #[arg(long, env = "NOD_AUTOPILOT_DEAD_AFTER")]
+    autopilot_dead_after: Option<u64>,
+    /// On SIGTERM, remove this member from the cluster (after handing off
+    /// leadership): scale-down outside Kubernetes.
+    #[arg(long, env = "NOD_LEAVE_ON_SHUTDOWN")]
+    leave_on_shutdown: bool,
 }
 
 #[derive(Args)]
@@ -446,6 +483,61 @@ fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
     cfg.max_request_bytes = f.max_request_bytes;
     cfg.snapshot_count = f.snapshot_count;
     cfg.progress_notify_interval = Duration::from_secs(f.progress_notify_interval.max(1));
+    cfg.discovery = match &f.gossip_listen_addr {
+        None => {
+            if !f.gossip_seeds.is_empty() || f.bootstrap_expect.is_some() {
+                return Err(
+                    "--gossip-seeds and --bootstrap-expect need --gossip-listen-addr".into(),
+                );
+            }
+            None
+        }
+        Some(listen) => {
+            let listen = socket_addr(listen)?;
+            let advertise =
+                match &f.gossip_advertise_addr {
+                    Some(a) => socket_addr(a)?,
+                    None if listen.ip().is_unspecified() => return Err(
+                        "--gossip-listen-addr is a wildcard address: set --gossip-advertise-addr"
+                            .into(),
+                    ),
+                    None => listen,
+                };
+            if f.gossip_interval < 10 {
+                return Err("--gossip-interval is at least 10 ms".into());
+            }
+            Some(Discovery {
+                gossip: GossipConfig {
+                    listen,
+                    advertise,
+                    seeds: f
+                        .gossip_seeds
+                        .iter()
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                    interval: Duration::from_millis(f.gossip_interval),
+                },
+                bootstrap_expect: f.bootstrap_expect.map(usize::from),
+            })
+        }
+    };
+    if cfg.discovery.is_some() && f.initial_cluster.is_none() {
+        cfg.initial_cluster_state = ClusterState::Discover;
+        cfg.initial_cluster = Vec::new();
+    }
+    cfg.autopilot = AutopilotConfig {
+        voters: f
+            .voters
+            .unwrap_or(if cfg.discovery.is_some() { 5 } else { 0 }),
+        promote_lag: f.promote_lag,
+        stabilize: Duration::from_millis(f.promote_stabilize),
+        dead_after: f
+            .autopilot_dead_after
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
+    };
+    cfg.leave_on_shutdown = f.leave_on_shutdown;
     Ok(cfg)
 }
 
@@ -1028,6 +1120,54 @@ async fn client_command(cmd: Command, client: ClientFlags) -> Result<ExitCode, F
                                     m.peer_ur_ls.join(","),
                                     m.client_ur_ls.join(","),
                                     m.is_learner
+                                );
+                            }
+                        }
+                    }
+                }
+                MemberCommand::Health => {
+                    let r = c.member_health().await?;
+                    match client.output {
+                        Output::Json => print_json(json!({
+                            "header": header_json(&r.header),
+                            "leader": format!("{:x}", r.leader),
+                            "target_voters": r.target_voters,
+                            "members": r.members.iter().map(|m| json!({
+                                "id": format!("{:x}", m.id), "name": m.name,
+                                "role": if m.is_leader { "leader" } else if m.is_learner { "learner" } else { "voter" },
+                                "healthy": m.healthy, "raft_active": m.raft_active,
+                                "gossip_alive": m.gossip_alive, "matched": m.matched, "lag": m.lag,
+                                "unhealthy_ms": m.unhealthy_ms, "peer_urls": m.peer_urls,
+                                "client_urls": m.client_urls,
+                            })).collect::<Vec<_>>(),
+                        })),
+                        Output::Simple => {
+                            println!(
+                                "{:<16} {:<12} {:<8} {:<9} {:>10} {:>8}  GOSSIP",
+                                "ID", "NAME", "ROLE", "HEALTHY", "MATCHED", "LAG"
+                            );
+                            for m in r.members {
+                                let role = if m.is_leader {
+                                    "leader"
+                                } else if m.is_learner {
+                                    "learner"
+                                } else {
+                                    "voter"
+                                };
+                                let healthy = if m.healthy {
+                                    "yes".to_string()
+                                } else {
+                                    format!("no {}s", m.unhealthy_ms / 1000)
+                                };
+                                println!(
+                                    "{:<16x} {:<12} {:<8} {:<9} {:>10} {:>8}  {}",
+                                    m.id,
+                                    m.name,
+                                    role,
+                                    healthy,
+                                    m.matched,
+                                    m.lag,
+                                    if m.gossip_alive { "alive" } else { "-" }
                                 );
                             }
                         }

@@ -79,3 +79,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::
         tracing::error!(error = %e, "metrics server failed");
     }
 }
+
+/// What `/readyz` answers, as a flag (gossip carries it).
+pub fn is_ready(shared: &Shared) -> bool {
+    ready(shared).0 == StatusCode::OK
+}

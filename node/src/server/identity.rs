@@ -58,31 +58,46 @@ pub fn random_id() -> u64 {
 
 impl Identity {
     pub fn load(dir: &Path) -> Result<Option<Identity>, String> {
-        let path = dir.join(FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| format!("{} is corrupt: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-        }
+        read_json(dir, FILE)
     }
 
     /// Writes the identity durably (temp file, fsync, rename, fsync dir).
     pub fn store(&self, dir: &Path) -> Result<(), String> {
-        let path = dir.join(FILE);
-        let tmp = dir.join(format!("{FILE}.tmp"));
         let body = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(dir)?.sync_all()
-        };
-        write().map_err(|e| format!("cannot write {}: {e}", path.display()))
+        write_durably(dir, FILE, &body)
     }
+}
+
+/// Reads `dir/file` as JSON: `None` when it does not exist, an error naming
+/// the file when it cannot be read or is corrupt.
+pub fn read_json<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    file: &str,
+) -> Result<Option<T>, String> {
+    let path = dir.join(file);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{} is corrupt: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Replaces `dir/file` with `body` so that a crash leaves the old or the new
+/// content, never a mix (temp file, fsync, rename, fsync the folder).
+pub fn write_durably(dir: &Path, file: &str, body: &[u8]) -> Result<(), String> {
+    let path = dir.join(file);
+    let tmp = dir.join(format!("{file}.tmp"));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]

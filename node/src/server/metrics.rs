@@ -3,8 +3,8 @@
 //! renders the registry (see `http`).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -30,6 +30,10 @@ pub struct Metrics {
     pub db_size: IntGauge,
     pub watchers: IntGauge,
     pub leases: IntGauge,
+    pub member_healthy: IntGaugeVec,
+    pub members_unhealthy: IntGauge,
+    pub autopilot_actions: IntCounterVec,
+    pub gossip_nodes: IntGaugeVec,
 }
 
 fn buckets() -> Vec<f64> {
@@ -136,6 +140,31 @@ impl Metrics {
                 "Active watchers."
             )),
             leases: reg!(IntGauge::new("nod_leases", "Granted leases.")),
+            member_healthy: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "nod_member_healthy",
+                    "1 if the member is healthy (the leader hears from it; on followers: alive by gossip)."
+                ),
+                &["name", "member_id"]
+            )),
+            members_unhealthy: reg!(IntGauge::new(
+                "nod_members_unhealthy",
+                "Members the leader has not heard from within two election timeouts (leader only)."
+            )),
+            autopilot_actions: reg!(IntCounterVec::new(
+                Opts::new(
+                    "nod_autopilot_actions_total",
+                    "Membership changes made by autopilot, by action (promote, remove)."
+                ),
+                &["action"]
+            )),
+            gossip_nodes: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "nod_gossip_nodes",
+                    "Other nodes known by gossip, by state (alive, dead)."
+                ),
+                &["state"]
+            )),
             registry,
         }
     }

@@ -4,6 +4,7 @@
 //!
 //! Read `driver` first; `node` is what the API services share.
 
+pub mod autopilot;
 pub mod command;
 pub mod driver;
 pub mod grpc_metrics;
@@ -26,6 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::api::admin::AdminService;
 use crate::api::cluster::ClusterService;
 use crate::api::etcd::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
@@ -35,11 +37,16 @@ use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
+use crate::gossip::bootstrap::{self, BootstrapState, Decision, DiscoverConfig};
+use crate::gossip::{keys, Gossip, GossipConfig, PeerInfo};
 use crate::storage::{checkpoint, KvStore, LogStore};
+use crate::transport::nodserverpb::admin_server::AdminServer;
+use crate::transport::nodserverpb::bootstrap_server::BootstrapServer;
 use crate::transport::nodserverpb::peer_client::PeerClient;
 use crate::transport::nodserverpb::peer_server::PeerServer;
 use crate::transport::nodserverpb::{MembersRequest, SnapshotData};
 use crate::transport::peer::{PeerNode, PeerService, Transport, MAX_PEER_FRAME};
+use autopilot::{Autopilot, AutopilotConfig};
 use command::{MemberAttributes, Op};
 use driver::{Driver, DriverConfig, DriverHandle, NodeStatus, Shared};
 use identity::Identity;
@@ -57,6 +64,17 @@ pub enum ClusterState {
     New,
     /// Join a running cluster this node was added to (`member add`).
     Existing,
+    /// Find the cluster by gossip: join it, or found it with the other
+    /// empty nodes when `bootstrap_expect` allows (see `gossip::bootstrap`).
+    Discover,
+}
+
+/// Gossip discovery and guarded bootstrap.
+#[derive(Clone, Debug)]
+pub struct Discovery {
+    pub gossip: GossipConfig,
+    /// Found a cluster once this many empty nodes (with the same setting) are visible.
+    pub bootstrap_expect: Option<usize>,
 }
 
 #[derive(Clone, Debug)]
@@ -79,6 +97,11 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     pub snapshot_count: u64,
     pub progress_notify_interval: Duration,
+    /// Gossip; `None` runs without it (static membership).
+    pub discovery: Option<Discovery>,
+    pub autopilot: AutopilotConfig,
+    /// On a clean stop, remove this member from the cluster first.
+    pub leave_on_shutdown: bool,
 }
 
 impl ServerConfig {
@@ -106,6 +129,9 @@ impl ServerConfig {
             request_timeout: Duration::from_secs(7),
             snapshot_count: 10_000,
             progress_notify_interval: Duration::from_secs(600),
+            discovery: None,
+            autopilot: AutopilotConfig::default(),
+            leave_on_shutdown: false,
         }
     }
 }
@@ -127,6 +153,9 @@ pub enum ServerError {
 
 pub struct RunningServer {
     pub shared: Arc<Shared>,
+    pub autopilot: Arc<Autopilot>,
+    gossip: Option<Arc<Gossip>>,
+    leave_on_shutdown: bool,
     pub driver: DriverHandle,
     pub client_addr: SocketAddr,
     pub peer_addr: SocketAddr,
@@ -223,6 +252,234 @@ async fn discover_identity(cfg: &ServerConfig) -> Result<(Identity, Vec<Member>)
     Err(ServerError::Join(last))
 }
 
+/// Founds a new cluster with `initial_cluster` (name, peer URL): every
+/// founding member derives the same member and cluster ids from the names and
+/// the token, and writes the same bootstrap snapshot.
+fn found(
+    cfg: &ServerConfig,
+    initial_cluster: &[(String, String)],
+    log: &mut LogStore,
+    kv: &mut KvStore,
+) -> Result<Identity, ServerError> {
+    let token = &cfg.initial_cluster_token;
+    let mut members = Vec::new();
+    for (name, url) in initial_cluster {
+        if members.iter().any(|m: &MemberAttributes| m.name == *name) {
+            return Err(ServerError::Config(format!(
+                "--initial-cluster names {name:?} twice"
+            )));
+        }
+        members.push(MemberAttributes {
+            id: identity::founding_member_id(name, token),
+            name: name.clone(),
+            peer_urls: vec![url.clone()],
+            client_urls: Vec::new(),
+        });
+    }
+    let me = members.iter().find(|m| m.name == cfg.name).ok_or_else(|| {
+        ServerError::Config(format!(
+            "--initial-cluster has no member named {:?}",
+            cfg.name
+        ))
+    })?;
+    if !me.peer_urls.contains(&cfg.advertise_peer) {
+        return Err(ServerError::Config(format!(
+            "--initial-cluster gives {} the peer URL {}, but it advertises {}",
+            cfg.name, me.peer_urls[0], cfg.advertise_peer
+        )));
+    }
+    let id = Identity {
+        name: cfg.name.clone(),
+        member_id: me.id,
+        cluster_id: identity::cluster_id(members.iter().map(|m| m.id).collect(), token),
+    };
+    let conf = ConfState::with_voters(members.iter().map(|m| NodeId(m.id)));
+    let data = SnapshotData {
+        members: members.clone(),
+        ..Default::default()
+    };
+    log.bootstrap(conf, data.encode_to_vec())
+        .map_err(|e| ServerError::Storage(e.to_string()))?;
+    for m in members {
+        let member = Member {
+            id: m.id,
+            name: m.name,
+            peer_ur_ls: m.peer_urls,
+            client_ur_ls: m.client_urls,
+            is_learner: false,
+        };
+        kv.apply_member(member.id, Some(member), (1, 1))
+            .map_err(|e| ServerError::Storage(e.to_string()))?;
+    }
+    id.store(&cfg.data_dir).map_err(ServerError::Storage)?;
+    tracing::info!(
+        member = format!("{:x}", id.member_id),
+        cluster = format!("{:x}", id.cluster_id),
+        "founded a new cluster"
+    );
+    Ok(id)
+}
+
+/// Accepts connections from a listener shared between the servers that use
+/// it one after the other (the bootstrap-only server, then the full one).
+fn incoming(
+    listener: Arc<TcpListener>,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| s);
+        Some((r, l))
+    })
+}
+
+enum Discovered {
+    Found(Vec<(String, String)>),
+    Joined(Identity, Vec<Member>),
+}
+
+/// An empty node with gossip: serves the bootstrap service on the peer port
+/// and decides, with `gossip::bootstrap`, to found or to join.
+async fn run_discovery(
+    cfg: &ServerConfig,
+    gossip: &Gossip,
+    state: &Arc<BootstrapState>,
+    peer_listener: &Arc<TcpListener>,
+) -> Result<Discovered, ServerError> {
+    let d = cfg
+        .discovery
+        .as_ref()
+        .ok_or_else(|| ServerError::Config("discovery is off".into()))?;
+    let (stop, mut stopped) = watch::channel(false);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(BootstrapServer::new(state.clone()))
+            .serve_with_incoming_shutdown(incoming(peer_listener.clone()), async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }),
+    );
+    let dcfg = DiscoverConfig {
+        name: cfg.name.clone(),
+        token: cfg.initial_cluster_token.clone(),
+        peer_url: cfg.advertise_peer.clone(),
+        expect: d.bootstrap_expect,
+        interval: d.gossip.interval,
+    };
+    let outcome = loop {
+        match bootstrap::discover(gossip, state, &dcfg).await {
+            Err(e) => break Err(ServerError::Storage(e)),
+            Ok(Decision::Found(set)) => break Ok(Discovered::Found(set)),
+            Ok(Decision::Join(targets)) => {
+                gossip.set(&[(keys::ROLE, "joining".into())]).await;
+                match join_cluster(cfg, &targets).await {
+                    Ok((id, members)) => break Ok(Discovered::Joined(id, members)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "joining failed; looking again");
+                        gossip.set(&[(keys::ROLE, "empty".into())]).await;
+                        bootstrap::reopen(state).await;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+    };
+    let _ = stop.send(true);
+    let _ = server.await;
+    outcome
+}
+
+/// Adds this empty node to the cluster of `targets` as a learner. A member
+/// of the same name or peer URL is this node's stale past (its volume is
+/// gone: this node is empty), so it is removed first.
+async fn join_cluster(
+    cfg: &ServerConfig,
+    targets: &[PeerInfo],
+) -> Result<(Identity, Vec<Member>), String> {
+    let endpoints: Vec<String> = targets.iter().map(|t| t.client_url.clone()).collect();
+    let mut client = crate::client::Client::connect(&endpoints, cfg.request_timeout)
+        .map_err(|e| e.to_string())?;
+    let list = client.member_list().await.map_err(|e| e.to_string())?;
+    for m in &list.members {
+        if m.name == cfg.name || m.peer_ur_ls.contains(&cfg.advertise_peer) {
+            tracing::warn!(
+                member = format!("{:x}", m.id),
+                name = %m.name,
+                "removing the stale member this empty node replaces"
+            );
+            client
+                .member_remove(m.id)
+                .await
+                .map_err(|e| format!("cannot remove the stale member {:x}: {e}", m.id))?;
+        }
+    }
+    let added = client
+        .member_add(vec![cfg.advertise_peer.clone()], true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let member = added.member.ok_or("the cluster added no member")?;
+    let cluster_id = added.header.map(|h| h.cluster_id).unwrap_or(0);
+    if cluster_id == 0 || member.id == 0 {
+        return Err("the cluster answered without a cluster or member id".into());
+    }
+    let expected = targets[0].cluster_id;
+    if cluster_id != expected {
+        return Err(format!(
+            "the cluster id {cluster_id:x} differs from the one gossip advertised ({expected:x})"
+        ));
+    }
+    tracing::info!(member = format!("{:x}", member.id), "added as a learner");
+    Ok((
+        Identity {
+            name: cfg.name.clone(),
+            member_id: member.id,
+            cluster_id,
+        },
+        added.members,
+    ))
+}
+
+/// Keeps this node's gossip values current (role, applied index, readiness).
+async fn publish_gossip(
+    gossip: Arc<Gossip>,
+    shared: Arc<Shared>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let st = shared.status();
+        let learner = shared
+            .store()
+            .member(shared.member_id)
+            .is_some_and(|m| m.is_learner);
+        let role = match st.role {
+            Some(Role::Leader) => "leader",
+            Some(Role::Follower) if learner => "learner",
+            Some(Role::Follower) => "follower",
+            Some(_) => "candidate",
+            None => "starting",
+        };
+        gossip
+            .set(&[
+                (keys::ROLE, role.to_string()),
+                (keys::APPLIED, st.applied.to_string()),
+                (
+                    keys::READY,
+                    if http::is_ready(&shared) { "1" } else { "0" }.to_string(),
+                ),
+            ])
+            .await;
+        let peers = gossip.peers().await;
+        let alive = peers.iter().filter(|p| p.alive).count() as i64;
+        let m = &shared.metrics.gossip_nodes;
+        m.with_label_values(&["alive"]).set(alive);
+        m.with_label_values(&["dead"])
+            .set(peers.len() as i64 - alive);
+    }
+}
+
 pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     if cfg.name.is_empty() {
         return Err(ServerError::Config("--name must not be empty".into()));
@@ -255,7 +512,58 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             tracing::info!(index, "installed the log's snapshot at startup");
         }
     }
+    let client_listener = bind(cfg.listen_client).await?;
+    let peer_listener = Arc::new(bind(cfg.listen_peer).await?);
+    let metrics_listener = match cfg.listen_metrics {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let client_addr = client_listener
+        .local_addr()
+        .map_err(|error| ServerError::Listen {
+            addr: cfg.listen_client,
+            error,
+        })?;
+    let peer_addr = peer_listener
+        .local_addr()
+        .map_err(|error| ServerError::Listen {
+            addr: cfg.listen_peer,
+            error,
+        })?;
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let stored = Identity::load(&cfg.data_dir).map_err(ServerError::Storage)?;
+
+    // The bootstrap record and the gossip instance exist before the node
+    // knows who it is: an empty node finds its cluster through them.
+    let bootstrap_state =
+        BootstrapState::open(&cfg.data_dir, &cfg.initial_cluster_token, &cfg.name)
+            .map_err(ServerError::Storage)?;
+    let gossip = match &cfg.discovery {
+        None => None,
+        Some(d) => {
+            let mut initial = vec![
+                (keys::PEER.to_string(), cfg.advertise_peer.clone()),
+                (keys::CLIENT.to_string(), cfg.advertise_client.clone()),
+            ];
+            match &stored {
+                Some(id) => {
+                    initial.push((keys::MEMBER.into(), format!("{:x}", id.member_id)));
+                    initial.push((keys::CLUSTER.into(), format!("{:x}", id.cluster_id)));
+                    initial.push((keys::ROLE.into(), "starting".into()));
+                }
+                None => {
+                    initial.push((keys::ROLE.into(), "empty".into()));
+                    if let Some(n) = d.bootstrap_expect {
+                        initial.push((keys::EXPECT.into(), n.to_string()));
+                    }
+                }
+            }
+            let g = Gossip::start(&d.gossip, &cfg.name, &cfg.initial_cluster_token, initial)
+                .await
+                .map_err(ServerError::Config)?;
+            Some(Arc::new(g))
+        }
+    };
     let log_empty = log
         .last_index()
         .map_err(|e| ServerError::Storage(e.to_string()))?
@@ -287,86 +595,62 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                     cfg.data_dir.display()
                 )));
             }
-            let token = &cfg.initial_cluster_token;
-            let mut members = Vec::new();
-            for (name, url) in &cfg.initial_cluster {
-                if members.iter().any(|m: &MemberAttributes| m.name == *name) {
-                    return Err(ServerError::Config(format!(
-                        "--initial-cluster names {name:?} twice"
-                    )));
-                }
-                members.push(MemberAttributes {
-                    id: identity::founding_member_id(name, token),
-                    name: name.clone(),
-                    peer_urls: vec![url.clone()],
-                    client_urls: Vec::new(),
-                });
-            }
-            let me = members.iter().find(|m| m.name == cfg.name).ok_or_else(|| {
-                ServerError::Config(format!(
-                    "--initial-cluster has no member named {:?}",
-                    cfg.name
-                ))
-            })?;
-            if !me.peer_urls.contains(&cfg.advertise_peer) {
-                return Err(ServerError::Config(format!(
-                    "--initial-cluster gives {} the peer URL {}, but it advertises {}",
-                    cfg.name, me.peer_urls[0], cfg.advertise_peer
-                )));
-            }
-            let id = Identity {
-                name: cfg.name.clone(),
-                member_id: me.id,
-                cluster_id: identity::cluster_id(members.iter().map(|m| m.id).collect(), token),
-            };
-            let conf = ConfState::with_voters(members.iter().map(|m| NodeId(m.id)));
-            let data = SnapshotData {
-                members: members.clone(),
-                ..Default::default()
-            };
-            log.bootstrap(conf, data.encode_to_vec())
-                .map_err(|e| ServerError::Storage(e.to_string()))?;
-            for m in members {
-                let member = Member {
-                    id: m.id,
-                    name: m.name,
-                    peer_ur_ls: m.peer_urls,
-                    client_ur_ls: m.client_urls,
-                    is_learner: false,
-                };
-                kv.apply_member(member.id, Some(member), (1, 1))
-                    .map_err(|e| ServerError::Storage(e.to_string()))?;
-            }
-            id.store(&cfg.data_dir).map_err(ServerError::Storage)?;
-            tracing::info!(
-                member = format!("{:x}", id.member_id),
-                cluster = format!("{:x}", id.cluster_id),
-                "founded a new cluster"
-            );
-            id
+            found(&cfg, &cfg.initial_cluster, &mut log, &mut kv)?
         }
-        (None, ClusterState::Existing) => {
+        (None, state @ (ClusterState::Existing | ClusterState::Discover)) => {
             if !log_empty {
                 return Err(ServerError::Config(format!(
                     "{} holds a Raft log but no identity.json; wipe it to join as a new member",
                     cfg.data_dir.display()
                 )));
             }
-            let (id, members) = discover_identity(&cfg).await?;
-            seed_peers = members
-                .iter()
-                .filter(|m| m.id != id.member_id)
-                .filter_map(|m| m.peer_ur_ls.first().map(|u| (NodeId(m.id), u.clone())))
-                .collect();
-            id.store(&cfg.data_dir).map_err(ServerError::Storage)?;
-            tracing::info!(
-                member = format!("{:x}", id.member_id),
-                cluster = format!("{:x}", id.cluster_id),
-                "joining an existing cluster"
-            );
+            let joined = if state == ClusterState::Existing {
+                discover_identity(&cfg).await?
+            } else {
+                let gossip = gossip.as_ref().ok_or_else(|| {
+                    ServerError::Config("finding the cluster by gossip needs gossip seeds".into())
+                })?;
+                match run_discovery(&cfg, gossip, &bootstrap_state, &peer_listener).await? {
+                    Discovered::Found(set) => {
+                        let id = found(&cfg, &set, &mut log, &mut kv)?;
+                        (id, Vec::new())
+                    }
+                    Discovered::Joined(id, members) => (id, members),
+                }
+            };
+            let (id, members) = joined;
+            if !members.is_empty() {
+                seed_peers = members
+                    .iter()
+                    .filter(|m| m.id != id.member_id)
+                    .filter_map(|m| m.peer_ur_ls.first().map(|u| (NodeId(m.id), u.clone())))
+                    .collect();
+                id.store(&cfg.data_dir).map_err(ServerError::Storage)?;
+                tracing::info!(
+                    member = format!("{:x}", id.member_id),
+                    cluster = format!("{:x}", id.cluster_id),
+                    "joining an existing cluster"
+                );
+            }
             id
         }
     };
+    bootstrap_state
+        .close(format!(
+            "already a member of cluster {:x}",
+            identity.cluster_id
+        ))
+        .await;
+    if let Some(g) = &gossip {
+        g.delete(keys::EXPECT).await;
+        g.delete(keys::PROMISED).await;
+        g.set(&[
+            (keys::MEMBER, format!("{:x}", identity.member_id)),
+            (keys::CLUSTER, format!("{:x}", identity.cluster_id)),
+            (keys::ROLE, "starting".into()),
+        ])
+        .await;
+    }
 
     // The commit index is persisted without fsync when it alone changes,
     // and the state machine is not fsynced either: after a power loss the
@@ -419,26 +703,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         metrics,
     });
 
-    let client_listener = bind(cfg.listen_client).await?;
-    let peer_listener = bind(cfg.listen_peer).await?;
-    let metrics_listener = match cfg.listen_metrics {
-        Some(a) => Some(bind(a).await?),
-        None => None,
-    };
-    let client_addr = client_listener
-        .local_addr()
-        .map_err(|error| ServerError::Listen {
-            addr: cfg.listen_client,
-            error,
-        })?;
-    let peer_addr = peer_listener
-        .local_addr()
-        .map_err(|error| ServerError::Listen {
-            addr: cfg.listen_peer,
-            error,
-        })?;
-    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-
     let (stop, stop_rx) = watch::channel(false);
     let (inbox_tx, inbox_rx) = mpsc::channel(4096);
     let (events_tx, events_rx) = mpsc::channel(1024);
@@ -489,7 +753,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                     .max_decoding_message_size(MAX_PEER_FRAME)
                     .max_encoding_message_size(MAX_PEER_FRAME),
             )
-            .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), async move {
+            .add_service(BootstrapServer::new(bootstrap_state))
+            .serve_with_incoming_shutdown(incoming(peer_listener), async move {
                 let _ = stop_peer.wait_for(|s| *s).await;
             })
             .await;
@@ -504,6 +769,27 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         cfg.max_request_bytes,
         cfg.request_timeout,
     ));
+    let autopilot = Autopilot::new(
+        cfg.autopilot.clone(),
+        shared.clone(),
+        handle.clone(),
+        gossip.clone(),
+        cfg.heartbeat * cfg.election_ticks as u32,
+    );
+    tasks.push(tokio::spawn(autopilot.clone().run(stop_rx.clone())));
+    if let (Some(g), Some(d)) = (&gossip, &cfg.discovery) {
+        tasks.push(tokio::spawn(publish_gossip(
+            g.clone(),
+            shared.clone(),
+            d.gossip.interval,
+            stop_rx.clone(),
+        )));
+    }
+    let autopilot_for_status = autopilot.clone();
+    let admin = AdminService {
+        node: api.clone(),
+        autopilot: autopilot.clone(),
+    };
     let limit = cfg.max_request_bytes + GRPC_OVERHEAD;
     let mut stop_client = stop_rx.clone();
     let progress_interval = cfg.progress_notify_interval;
@@ -532,9 +818,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                     .max_decoding_message_size(limit),
             )
             .add_service(
-                MaintenanceServer::new(MaintenanceService { node: api.clone() })
-                    .max_decoding_message_size(limit),
+                MaintenanceServer::new(MaintenanceService {
+                    node: api.clone(),
+                    autopilot: Some(autopilot_for_status),
+                })
+                .max_decoding_message_size(limit),
             )
+            .add_service(AdminServer::new(admin))
             .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), async move {
                 let _ = stop_client.wait_for(|s| *s).await;
             })
@@ -561,6 +851,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     );
     Ok(RunningServer {
         shared,
+        autopilot,
+        gossip,
+        leave_on_shutdown: cfg.leave_on_shutdown,
         driver: handle,
         client_addr,
         peer_addr,
@@ -576,6 +869,51 @@ impl RunningServer {
         self.shared.member_id
     }
 
+    /// Removes this member from the cluster (through the leader) and waits
+    /// until the removal is applied here, which stops the driver. Refused
+    /// when this is the only voter: the cluster would be gone.
+    async fn leave(&mut self) {
+        let me = self.shared.member_id;
+        let voters = self
+            .shared
+            .store()
+            .members()
+            .iter()
+            .filter(|m| !m.is_learner)
+            .count();
+        let is_voter = self
+            .shared
+            .store()
+            .member(me)
+            .is_some_and(|m| !m.is_learner);
+        if is_voter && voters <= 1 {
+            tracing::warn!("not leaving: this is the cluster's only voter");
+            return;
+        }
+        let endpoint = format!("http://{}", self.client_addr);
+        let mut client = match crate::client::Client::connect(&[endpoint], Duration::from_secs(10))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot leave the cluster");
+                return;
+            }
+        };
+        match client.member_remove(me).await {
+            Ok(_) => {
+                tracing::info!(member = format!("{me:x}"), "left the cluster");
+                // The removal reaches this node's log too; then the driver stops.
+                for _ in 0..100 {
+                    if self.shared.status().removed {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "leaving the cluster failed"),
+        }
+    }
+
     /// Resolves when the driver stops by itself (removed from the cluster,
     /// or a storage failure), with the reason.
     pub async fn stopped(&mut self) -> Result<(), String> {
@@ -588,7 +926,7 @@ impl RunningServer {
     /// Stops serving: hands leadership to the most caught-up voter if this
     /// node leads, then stops the driver (every write it acknowledged is
     /// already fsynced) and the servers.
-    pub async fn shutdown(self) -> Result<(), String> {
+    pub async fn shutdown(mut self) -> Result<(), String> {
         if let Ok(st) = self.driver.raft_status().await {
             if st.role == Role::Leader {
                 let best = st
@@ -613,7 +951,13 @@ impl RunningServer {
                 }
             }
         }
+        if self.leave_on_shutdown {
+            self.leave().await;
+        }
         let _ = self.stop.send(true);
+        if let Some(g) = self.gossip.take() {
+            g.stop();
+        }
         let result = match self.driver_task.await {
             Ok(r) => r,
             Err(e) => Err(format!("driver task failed: {e}")),

@@ -14,12 +14,23 @@ use std::time::{Duration, Instant};
 
 use nod::client::Client;
 
+/// A port nothing listens on now, never the same twice in one test binary
+/// (the kernel may hand a just-released port out again; tests in one binary
+/// run concurrently and must not share one).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub struct Member {
@@ -27,6 +38,7 @@ pub struct Member {
     pub client_port: u16,
     pub peer_port: u16,
     pub metrics_port: u16,
+    pub gossip_port: u16,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
@@ -46,6 +58,7 @@ impl Member {
             client_port: free_port(),
             peer_port: free_port(),
             metrics_port: free_port(),
+            gossip_port: free_port(),
             data_dir: root.join(name),
             log: root.join(format!("{name}.log")),
             child: None,
@@ -62,6 +75,7 @@ impl Member {
             client_port: 2379,
             peer_port: 2380,
             metrics_port: 2381,
+            gossip_port: 2382,
             data_dir: root.join(name),
             log: root.join(format!("{name}.log")),
             child: None,
@@ -86,8 +100,33 @@ impl Member {
         Client::connect(&[self.endpoint()], Duration::from_secs(5)).unwrap()
     }
 
+    pub fn gossip_addr(&self) -> String {
+        format!("{}:{}", self.host, self.gossip_port)
+    }
+
+    /// Starts the process with no member list: it finds its cluster by
+    /// gossip from `seeds` (and founds one if `extra` allows it).
+    pub fn start_gossip(&mut self, seeds: &[String], extra: &[&str]) {
+        let gossip = self.gossip_addr();
+        let seeds = seeds.join(",");
+        let mut args = vec![
+            "--gossip-listen-addr",
+            gossip.as_str(),
+            "--gossip-seeds",
+            seeds.as_str(),
+            "--gossip-interval",
+            "100",
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(None, &args);
+    }
+
     /// Starts the process with `initial_cluster` and `state` (new/existing).
     pub fn start(&mut self, initial_cluster: &str, state: &str, extra: &[&str]) {
+        self.spawn(Some((initial_cluster, state)), extra);
+    }
+
+    fn spawn(&mut self, initial: Option<(&str, &str)>, extra: &[&str]) {
         assert!(self.child.is_none(), "{} already runs", self.name);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -121,8 +160,15 @@ impl Member {
                 "--listen-metrics-urls",
                 &format!("http://{}:{}", self.host, self.metrics_port),
             ])
-            .args(["--initial-cluster", initial_cluster])
-            .args(["--initial-cluster-state", state])
+            .args(match initial {
+                Some((cluster, state)) => vec![
+                    "--initial-cluster",
+                    cluster,
+                    "--initial-cluster-state",
+                    state,
+                ],
+                None => vec![],
+            })
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(extra)
             .env("RUST_LOG", "info")

@@ -1,0 +1,46 @@
+//! Nod's own client-port service for operators, where etcd has no call:
+//! the member table with role, health and lag (the leader's view; a
+//! follower forwards the call to the leader).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::server::autopilot::Autopilot;
+use crate::server::node::Node;
+use crate::transport::nodserverpb::admin_client::AdminClient;
+use crate::transport::nodserverpb::admin_server::Admin;
+use crate::transport::nodserverpb::{MemberHealthRequest, MemberHealthResponse};
+
+pub struct AdminService {
+    pub node: Arc<Node>,
+    pub autopilot: Arc<Autopilot>,
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn member_health(
+        &self,
+        request: Request<MemberHealthRequest>,
+    ) -> Result<Response<MemberHealthResponse>, Status> {
+        let forwarded = Node::is_forwarded(&request);
+        let req = request.into_inner();
+        if !forwarded {
+            if let Some(ch) = self.node.leader_route().await? {
+                return AdminClient::new(ch)
+                    .member_health(Node::forward_request(req))
+                    .await;
+            }
+        }
+        let status = self.node.shared.status();
+        if status.leader != self.node.shared.member_id {
+            return Err(Status::unavailable("etcdserver: not leader"));
+        }
+        Ok(Response::new(MemberHealthResponse {
+            header: Some(self.node.current_header()),
+            leader: status.leader,
+            target_voters: self.autopilot.cfg.voters as u32,
+            members: self.autopilot.health(),
+        }))
+    }
+}

@@ -1,0 +1,751 @@
+//! Guarded bootstrap and the decision every empty node makes: found a new
+//! cluster, or join the one it sees.
+//!
+//! An empty node (no identity, empty log) that sees a member of its cluster
+//! (by gossip) joins it. Otherwise, with `--bootstrap-expect N`, it waits
+//! until N empty nodes with the same N are visible; the founding set S is the
+//! N lowest names among them and its coordinator is the lowest name of S.
+//! Founding is a two-phase agreement over gRPC (the `Bootstrap` service):
+//!
+//! 1. The coordinator durably promises S to itself, then asks every member of
+//!    S for a durable promise (`Prepare`). A node holds at most one promise;
+//!    it refuses a prepare when it holds another, or is already a member, or
+//!    has decided to join.
+//! 2. When all of S promised, the coordinator durably marks its promise
+//!    committed and founds the cluster (the same founding path as a static
+//!    `--initial-cluster`, so every member of S derives the same ids). A
+//!    promised node asks the coordinator for the outcome (`Outcome`) and
+//!    founds when it hears "committed"; it drops its promise only when the
+//!    coordinator says the attempt was abandoned (or its record is gone).
+//!    A refusal or a timeout abandons the attempt; the coordinator retries
+//!    with a fresh nonce after a random pause.
+//!
+//! Why one cluster: a commit needs every member of S to hold that very
+//! promise at once, a node holds one promise until the coordinator's durable
+//! record says otherwise, and two founding sets of N drawn from the same
+//! visible nodes share a node. (Starting more than 2N-1 empty nodes with
+//! disjoint views of each other could still found two clusters; start the N
+//! you expect, and add the rest after, as Consul documents.)
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+
+use super::{keys, Gossip, PeerInfo};
+use crate::server::identity::{self, write_durably};
+use crate::transport::nodserverpb::bootstrap_client::BootstrapClient;
+use crate::transport::nodserverpb::bootstrap_reply::State;
+use crate::transport::nodserverpb::bootstrap_server::Bootstrap;
+use crate::transport::nodserverpb::{
+    BootstrapMember, BootstrapOutcome, BootstrapPrepare, BootstrapReply,
+};
+
+/// Largest founding set accepted (from a flag or from the network).
+pub const MAX_FOUNDERS: usize = 9;
+const FILE: &str = "bootstrap.json";
+
+/// A durable promise to found the cluster `members` with `coordinator`.
+/// The coordinator's own record turns `committed` before it founds and is
+/// kept afterwards, so it can answer `Outcome` after restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promise {
+    pub coordinator: String,
+    pub nonce: u64,
+    /// (name, peer URL), sorted by name.
+    pub members: Vec<(String, String)>,
+    pub committed: bool,
+}
+
+impl Promise {
+    pub fn load(dir: &Path) -> Result<Option<Promise>, String> {
+        identity::read_json(dir, FILE)
+    }
+
+    fn store(&self, dir: &Path) -> Result<(), String> {
+        let body = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
+        write_durably(dir, FILE, &body)
+    }
+
+    fn remove(dir: &Path) -> Result<(), String> {
+        match std::fs::remove_file(dir.join(FILE)) {
+            Ok(()) => std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| e.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot remove {FILE}: {e}")),
+        }
+    }
+
+    /// The Raft cluster id this set founds (as with `--initial-cluster`).
+    pub fn cluster_id(&self, token: &str) -> u64 {
+        identity::cluster_id(
+            self.members
+                .iter()
+                .map(|(n, _)| identity::founding_member_id(n, token))
+                .collect(),
+            token,
+        )
+    }
+}
+
+/// Checks a founding set from the network: size, names, URLs, order, and
+/// that the coordinator is its lowest name.
+pub fn check_set(coordinator: &str, members: &[BootstrapMember]) -> Result<(), String> {
+    if members.is_empty() || members.len() > MAX_FOUNDERS {
+        return Err(format!(
+            "a founding set has 1 to {MAX_FOUNDERS} members, not {}",
+            members.len()
+        ));
+    }
+    for w in members.windows(2) {
+        if w[0].name >= w[1].name {
+            return Err("founding members must be sorted by name, without repeats".into());
+        }
+    }
+    for m in members {
+        if m.name.is_empty() || m.name.len() > 256 {
+            return Err("a founding member name must be 1 to 256 bytes".into());
+        }
+        let ok = (m.peer_url.starts_with("http://") || m.peer_url.starts_with("https://"))
+            && m.peer_url.len() <= 1024;
+        if !ok {
+            return Err(format!("invalid peer URL {:?}", m.peer_url));
+        }
+    }
+    if members[0].name != coordinator {
+        return Err("the coordinator must be the lowest name of the set".into());
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Inner {
+    promise: Option<Promise>,
+    /// Why prepares are refused for good: a member already, or joining.
+    closed: Option<String>,
+}
+
+/// The bootstrap record of this node, shared by the discovery loop and the
+/// `Bootstrap` service (served before and after the node has an identity).
+pub struct BootstrapState {
+    data_dir: PathBuf,
+    token: String,
+    name: String,
+    inner: Mutex<Inner>,
+}
+
+impl BootstrapState {
+    pub fn open(data_dir: &Path, token: &str, name: &str) -> Result<Arc<Self>, String> {
+        let promise = Promise::load(data_dir)?;
+        Ok(Arc::new(BootstrapState {
+            data_dir: data_dir.to_path_buf(),
+            token: token.to_string(),
+            name: name.to_string(),
+            inner: Mutex::new(Inner {
+                promise,
+                closed: None,
+            }),
+        }))
+    }
+
+    /// The node is a member now: refuse prepares from here on.
+    pub async fn close(&self, why: String) {
+        self.inner.lock().await.closed = Some(why);
+    }
+
+    pub async fn promise(&self) -> Option<Promise> {
+        self.inner.lock().await.promise.clone()
+    }
+
+    /// Takes `p` as this node's promise if it holds none.
+    async fn try_promise(&self, p: Promise) -> Result<bool, String> {
+        let mut inner = self.inner.lock().await;
+        if inner.promise.is_some() || inner.closed.is_some() {
+            return Ok(false);
+        }
+        p.store(&self.data_dir)?;
+        inner.promise = Some(p);
+        Ok(true)
+    }
+
+    /// Drops the promise `nonce` (an abandoned attempt).
+    async fn drop_promise(&self, nonce: u64) -> Result<(), String> {
+        let mut inner = self.inner.lock().await;
+        if inner.promise.as_ref().is_some_and(|p| p.nonce == nonce) {
+            Promise::remove(&self.data_dir)?;
+            inner.promise = None;
+        }
+        Ok(())
+    }
+
+    async fn mark_committed(&self, nonce: u64) -> Result<Option<Promise>, String> {
+        let mut inner = self.inner.lock().await;
+        match inner.promise.as_mut() {
+            Some(p) if p.nonce == nonce => {
+                let mut c = p.clone();
+                c.committed = true;
+                c.store(&self.data_dir)?;
+                *p = c.clone();
+                Ok(Some(c))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Decides to join: from now on prepares are refused. False when a
+    /// promise got in first.
+    async fn close_for_join(&self) -> bool {
+        let mut inner = self.inner.lock().await;
+        if inner.promise.is_some() {
+            return false;
+        }
+        inner.closed = Some("joining an existing cluster".into());
+        true
+    }
+
+    async fn reopen(&self) {
+        self.inner.lock().await.closed = None;
+    }
+
+    fn reply(state: State, reason: impl Into<String>) -> Response<BootstrapReply> {
+        Response::new(BootstrapReply {
+            state: state as i32,
+            reason: reason.into(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Bootstrap for Arc<BootstrapState> {
+    async fn prepare(
+        &self,
+        request: Request<BootstrapPrepare>,
+    ) -> Result<Response<BootstrapReply>, Status> {
+        let req = request.into_inner();
+        if req.token != self.token {
+            return Ok(BootstrapState::reply(
+                State::Refused,
+                "another cluster token",
+            ));
+        }
+        check_set(&req.coordinator, &req.members).map_err(Status::invalid_argument)?;
+        if req.nonce == 0 {
+            return Err(Status::invalid_argument("the nonce must not be 0"));
+        }
+        if !req.members.iter().any(|m| m.name == self.name) {
+            return Err(Status::invalid_argument(format!(
+                "the founding set does not name {:?}",
+                self.name
+            )));
+        }
+        let wanted = Promise {
+            coordinator: req.coordinator.clone(),
+            nonce: req.nonce,
+            members: req
+                .members
+                .iter()
+                .map(|m| (m.name.clone(), m.peer_url.clone()))
+                .collect(),
+            committed: false,
+        };
+        let mut inner = self.inner.lock().await;
+        if let Some(why) = &inner.closed {
+            return Ok(BootstrapState::reply(State::Refused, why.clone()));
+        }
+        match &inner.promise {
+            Some(p) if p.coordinator == wanted.coordinator && p.nonce == wanted.nonce => {
+                Ok(BootstrapState::reply(State::Promised, ""))
+            }
+            Some(p) => Ok(BootstrapState::reply(
+                State::Refused,
+                format!("promised to {}", p.coordinator),
+            )),
+            None => {
+                wanted.store(&self.data_dir).map_err(Status::internal)?;
+                tracing::info!(
+                    coordinator = %wanted.coordinator,
+                    members = wanted.members.len(),
+                    "promised to found a cluster"
+                );
+                inner.promise = Some(wanted);
+                Ok(BootstrapState::reply(State::Promised, ""))
+            }
+        }
+    }
+
+    async fn outcome(
+        &self,
+        request: Request<BootstrapOutcome>,
+    ) -> Result<Response<BootstrapReply>, Status> {
+        let req = request.into_inner();
+        if req.token != self.token {
+            return Ok(BootstrapState::reply(
+                State::Refused,
+                "another cluster token",
+            ));
+        }
+        let inner = self.inner.lock().await;
+        match &inner.promise {
+            Some(p) if p.coordinator == self.name && p.nonce == req.nonce => {
+                if p.committed {
+                    Ok(BootstrapState::reply(State::Committed, ""))
+                } else {
+                    Ok(BootstrapState::reply(State::Pending, ""))
+                }
+            }
+            _ => Ok(BootstrapState::reply(
+                State::Refused,
+                "no such attempt: it was abandoned",
+            )),
+        }
+    }
+}
+
+/// What an empty node does.
+#[derive(Debug)]
+pub enum Decision {
+    /// Found a cluster with these (name, peer URL), like `--initial-cluster`.
+    Found(Vec<(String, String)>),
+    /// Join the cluster these members belong to (leader first).
+    Join(Vec<PeerInfo>),
+}
+
+pub struct DiscoverConfig {
+    pub name: String,
+    pub token: String,
+    pub peer_url: String,
+    pub expect: Option<usize>,
+    pub interval: Duration,
+}
+
+/// The founding set an empty node would propose: the `expect` lowest names
+/// among the visible empty nodes with the same `expect` (itself included).
+pub fn founding_set(
+    me: &str,
+    my_peer_url: &str,
+    expect: usize,
+    peers: &[PeerInfo],
+) -> Option<Vec<(String, String)>> {
+    let mut set: Vec<(String, String)> = peers
+        .iter()
+        .filter(|p| p.alive && !p.is_member() && p.expect == Some(expect))
+        .map(|p| (p.name.clone(), p.peer_url.clone()))
+        .chain(std::iter::once((me.to_string(), my_peer_url.to_string())))
+        .collect();
+    set.sort();
+    set.dedup_by(|a, b| a.0 == b.0);
+    if set.len() < expect {
+        return None;
+    }
+    set.truncate(expect);
+    Some(set)
+}
+
+/// Members to join, the leader first, then by how much they applied.
+pub fn join_targets(peers: &[PeerInfo]) -> Vec<PeerInfo> {
+    let mut members: Vec<PeerInfo> = peers
+        .iter()
+        .filter(|p| p.alive && p.is_member())
+        .cloned()
+        .collect();
+    // The cluster most of them belong to (there should be only one).
+    let mut counts: std::collections::BTreeMap<u64, usize> = Default::default();
+    for m in &members {
+        *counts.entry(m.cluster_id).or_default() += 1;
+    }
+    if let Some((&cluster, _)) = counts.iter().max_by_key(|(_, n)| **n) {
+        members.retain(|m| m.cluster_id == cluster);
+    }
+    members.sort_by_key(|m| (m.role != "leader", std::cmp::Reverse(m.applied)));
+    members
+}
+
+async fn connect(url: &str) -> Result<BootstrapClient<tonic::transport::Channel>, String> {
+    let ep = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(3));
+    Ok(BootstrapClient::new(
+        ep.connect().await.map_err(|e| format!("{url}: {e}"))?,
+    ))
+}
+
+/// Runs until this empty node knows what to do. Keeps its gossip keys
+/// (`promised`) up to date on the way.
+pub async fn discover(
+    gossip: &Gossip,
+    state: &BootstrapState,
+    cfg: &DiscoverConfig,
+) -> Result<Decision, String> {
+    let mut last_note = Instant::now();
+    let mut first = true;
+    loop {
+        if !first {
+            tokio::time::sleep(cfg.interval).await;
+        }
+        first = false;
+        let peers = gossip.peers().await;
+        let note = last_note.elapsed() > Duration::from_secs(10);
+        if note {
+            last_note = Instant::now();
+        }
+        match state.promise().await {
+            Some(p) if p.committed => return Ok(Decision::Found(p.members)),
+            Some(p) if p.coordinator == cfg.name => {
+                if let Some(found) = coordinate(gossip, state, cfg, p).await? {
+                    return Ok(Decision::Found(found));
+                }
+            }
+            Some(p) => {
+                gossip.set(&[(keys::PROMISED, p.coordinator.clone())]).await;
+                // A member of the promised cluster proves the commit.
+                let id = p.cluster_id(&cfg.token);
+                if peers.iter().any(|x| x.cluster_id == id) {
+                    state.mark_committed(p.nonce).await?;
+                    return Ok(Decision::Found(p.members));
+                }
+                let url = p
+                    .members
+                    .iter()
+                    .find(|(n, _)| *n == p.coordinator)
+                    .map(|(_, u)| u.clone())
+                    .unwrap_or_default();
+                let asked = match connect(&url).await {
+                    Ok(mut c) => c
+                        .outcome(BootstrapOutcome {
+                            token: cfg.token.clone(),
+                            coordinator: p.coordinator.clone(),
+                            nonce: p.nonce,
+                        })
+                        .await
+                        .map(|r| r.into_inner())
+                        .map_err(|s| s.message().to_string()),
+                    Err(e) => Err(e),
+                };
+                match asked.map(|r| State::try_from(r.state).unwrap_or(State::Unknown)) {
+                    Ok(State::Committed) => {
+                        state.mark_committed(p.nonce).await?;
+                        tracing::info!(coordinator = %p.coordinator, "founding the cluster");
+                        return Ok(Decision::Found(p.members));
+                    }
+                    Ok(State::Refused) => {
+                        tracing::info!(coordinator = %p.coordinator, "the founding attempt was abandoned");
+                        state.drop_promise(p.nonce).await?;
+                        gossip.delete(keys::PROMISED).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) if note => {
+                        tracing::warn!(coordinator = %p.coordinator, error = %e, "waiting for the coordinator of the founding this node promised");
+                    }
+                    Err(_) => {}
+                }
+            }
+            None => {
+                let targets = join_targets(&peers);
+                if !targets.is_empty() {
+                    if state.close_for_join().await {
+                        return Ok(Decision::Join(targets));
+                    }
+                    continue;
+                }
+                let Some(n) = cfg.expect else {
+                    if note {
+                        tracing::info!("no member of the cluster is visible yet; waiting (set --bootstrap-expect to found one)");
+                    }
+                    continue;
+                };
+                match founding_set(&cfg.name, &cfg.peer_url, n, &peers) {
+                    Some(set) if set[0].0 == cfg.name => {
+                        let p = Promise {
+                            coordinator: cfg.name.clone(),
+                            nonce: identity::random_id(),
+                            members: set,
+                            committed: false,
+                        };
+                        if state.try_promise(p.clone()).await? {
+                            if let Some(found) = coordinate(gossip, state, cfg, p).await? {
+                                return Ok(Decision::Found(found));
+                            }
+                        }
+                    }
+                    _ => {
+                        if note {
+                            let seen = peers.iter().filter(|p| p.alive).count() + 1;
+                            tracing::info!(seen, expect = n, "waiting for the founding members");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One founding attempt as coordinator; `p` is this node's durable promise.
+/// Returns the set when committed; `None` after abandoning it.
+async fn coordinate(
+    gossip: &Gossip,
+    state: &BootstrapState,
+    cfg: &DiscoverConfig,
+    p: Promise,
+) -> Result<Option<Vec<(String, String)>>, String> {
+    gossip.set(&[(keys::PROMISED, cfg.name.clone())]).await;
+    let req = BootstrapPrepare {
+        token: cfg.token.clone(),
+        coordinator: cfg.name.clone(),
+        nonce: p.nonce,
+        members: p
+            .members
+            .iter()
+            .map(|(name, peer_url)| BootstrapMember {
+                name: name.clone(),
+                peer_url: peer_url.clone(),
+            })
+            .collect(),
+    };
+    let mut pending: Vec<(String, String)> = p
+        .members
+        .iter()
+        .filter(|(n, _)| *n != cfg.name)
+        .cloned()
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut refused = None;
+    while !pending.is_empty() && refused.is_none() && Instant::now() < deadline {
+        let mut still = Vec::new();
+        for (name, url) in pending {
+            let r = match connect(&url).await {
+                Ok(mut c) => c
+                    .prepare(req.clone())
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| s.message().to_string()),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(r) if r.state == State::Promised as i32 => {}
+                Ok(r) => {
+                    refused = Some(format!("{name}: {}", r.reason));
+                    break;
+                }
+                Err(_) => still.push((name, url)),
+            }
+        }
+        pending = still;
+        if !pending.is_empty() && refused.is_none() {
+            tokio::time::sleep(cfg.interval).await;
+        }
+    }
+    if pending.is_empty() && refused.is_none() {
+        if state.mark_committed(p.nonce).await?.is_some() {
+            tracing::info!(
+                members = p.members.len(),
+                "every founding member promised: founding the cluster"
+            );
+            return Ok(Some(p.members));
+        }
+        return Ok(None);
+    }
+    tracing::info!(
+        why = refused
+            .as_deref()
+            .unwrap_or("a founding member did not answer"),
+        "abandoning this founding attempt"
+    );
+    state.drop_promise(p.nonce).await?;
+    gossip.delete(keys::PROMISED).await;
+    // A random pause so competing coordinators do not collide again.
+    let pause = 300 + identity::random_id() % 1700;
+    tokio::time::sleep(Duration::from_millis(pause)).await;
+    Ok(None)
+}
+
+/// After a failed join the node may be asked to found or join again.
+pub async fn reopen(state: &BootstrapState) {
+    state.reopen().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(name: &str, expect: Option<usize>, cluster: u64, alive: bool) -> PeerInfo {
+        PeerInfo {
+            name: name.into(),
+            generation: 1,
+            gossip_addr: "127.0.0.1:1".parse().unwrap(),
+            peer_url: format!("http://{name}:2380"),
+            client_url: format!("http://{name}:2379"),
+            member_id: if cluster != 0 { 5 } else { 0 },
+            cluster_id: cluster,
+            role: if cluster != 0 { "follower" } else { "empty" }.into(),
+            applied: 0,
+            ready: false,
+            expect,
+            promised: None,
+            alive,
+        }
+    }
+
+    #[test]
+    fn the_set_is_the_lowest_names_with_the_same_expectation() {
+        let peers = vec![
+            peer("d", Some(3), 0, true),
+            peer("b", Some(3), 0, true),
+            peer("a", Some(5), 0, true), // another expectation: not a candidate
+            peer("c", Some(3), 0, false), // dead: not a candidate
+            peer("e", None, 0, true),    // may not found
+        ];
+        // Only b and d count besides itself: 3 of 4 is not enough.
+        assert_eq!(founding_set("x", "http://x:2380", 4, &peers), None);
+        let set = founding_set("c", "http://c:2380", 3, &peers).unwrap();
+        let names: Vec<&str> = set.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["b", "c", "d"]);
+        let set = founding_set("z", "http://z:2380", 2, &[peer("y", Some(2), 0, true)]).unwrap();
+        assert_eq!(set[0].0, "y", "the coordinator is the lowest name");
+    }
+
+    #[test]
+    fn join_targets_prefer_the_leader_of_the_largest_cluster() {
+        let mut l = peer("l", None, 7, true);
+        l.role = "leader".into();
+        let mut f = peer("f", None, 7, true);
+        f.applied = 100;
+        let stray = peer("s", None, 9, true);
+        let targets = join_targets(&[f, stray, l, peer("e", Some(3), 0, true)]);
+        let names: Vec<&str> = targets.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["l", "f"]);
+    }
+
+    #[test]
+    fn sets_from_the_network_are_checked() {
+        let m = |n: &str, u: &str| BootstrapMember {
+            name: n.into(),
+            peer_url: u.into(),
+        };
+        assert!(check_set("a", &[m("a", "http://a:1"), m("b", "http://b:1")]).is_ok());
+        assert!(check_set("b", &[m("a", "http://a:1"), m("b", "http://b:1")]).is_err());
+        assert!(check_set("a", &[m("b", "http://b:1"), m("a", "http://a:1")]).is_err());
+        assert!(check_set("a", &[m("a", "http://a:1"), m("a", "http://a:2")]).is_err());
+        assert!(check_set("a", &[m("a", "ftp://a:1")]).is_err());
+        assert!(check_set("a", &[]).is_err());
+        let many: Vec<BootstrapMember> = (0..=MAX_FOUNDERS)
+            .map(|i| m(&format!("n{i:02}"), "http://a:1"))
+            .collect();
+        assert!(check_set("n00", &many).is_err());
+    }
+
+    fn prepare(coord: &str, nonce: u64, names: &[&str]) -> BootstrapPrepare {
+        BootstrapPrepare {
+            token: "t".into(),
+            coordinator: coord.into(),
+            nonce,
+            members: names
+                .iter()
+                .map(|n| BootstrapMember {
+                    name: n.to_string(),
+                    peer_url: format!("http://{n}:2380"),
+                })
+                .collect(),
+        }
+    }
+
+    fn state_of(r: Result<Response<BootstrapReply>, Status>) -> State {
+        State::try_from(r.unwrap().into_inner().state).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_node_holds_one_promise_durably_until_abandoned() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = BootstrapState::open(dir.path(), "t", "b").unwrap();
+        let r = st
+            .prepare(Request::new(prepare("a", 1, &["a", "b", "c"])))
+            .await;
+        assert_eq!(state_of(r), State::Promised);
+        // The same prepare again is idempotent; another coordinator is refused.
+        let r = st
+            .prepare(Request::new(prepare("a", 1, &["a", "b", "c"])))
+            .await;
+        assert_eq!(state_of(r), State::Promised);
+        let r = st
+            .prepare(Request::new(prepare("b", 2, &["b", "c", "d"])))
+            .await;
+        assert_eq!(state_of(r), State::Refused);
+        // The promise survives a restart.
+        let again = BootstrapState::open(dir.path(), "t", "b").unwrap();
+        assert_eq!(again.promise().await.unwrap().nonce, 1);
+        let r = again
+            .prepare(Request::new(prepare("a", 9, &["a", "b"])))
+            .await;
+        assert_eq!(
+            state_of(r),
+            State::Refused,
+            "a new nonce is another attempt"
+        );
+        again.drop_promise(1).await.unwrap();
+        let r = again
+            .prepare(Request::new(prepare("a", 9, &["a", "b"])))
+            .await;
+        assert_eq!(state_of(r), State::Promised);
+        // Wrong token, a set without this node, a bad set: refused or invalid.
+        let mut other = prepare("a", 3, &["a", "b"]);
+        other.token = "u".into();
+        assert_eq!(
+            state_of(again.prepare(Request::new(other)).await),
+            State::Refused
+        );
+        let err = again
+            .prepare(Request::new(prepare("a", 3, &["a", "c"])))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let err = again
+            .prepare(Request::new(prepare("b", 3, &["a", "b"])))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn a_member_or_joiner_refuses_and_outcomes_follow_the_coordinators_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = BootstrapState::open(dir.path(), "t", "a").unwrap();
+        let p = Promise {
+            coordinator: "a".into(),
+            nonce: 4,
+            members: vec![("a".into(), "http://a:1".into())],
+            committed: false,
+        };
+        assert!(st.try_promise(p).await.unwrap());
+        let ask = |n: u64| BootstrapOutcome {
+            token: "t".into(),
+            coordinator: "a".into(),
+            nonce: n,
+        };
+        assert_eq!(
+            state_of(st.outcome(Request::new(ask(4))).await),
+            State::Pending
+        );
+        assert_eq!(
+            state_of(st.outcome(Request::new(ask(5))).await),
+            State::Refused
+        );
+        st.mark_committed(4).await.unwrap();
+        let reopened = BootstrapState::open(dir.path(), "t", "a").unwrap();
+        assert_eq!(
+            state_of(reopened.outcome(Request::new(ask(4))).await),
+            State::Committed,
+            "the commit is durable"
+        );
+        let empty = tempfile::tempdir().unwrap();
+        let joiner = BootstrapState::open(empty.path(), "t", "b").unwrap();
+        assert!(joiner.close_for_join().await);
+        let r = joiner
+            .prepare(Request::new(prepare("a", 1, &["a", "b"])))
+            .await;
+        assert_eq!(state_of(r), State::Refused);
+    }
+}
