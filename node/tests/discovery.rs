@@ -239,6 +239,30 @@ async fn bootstrap_waits_for_the_expected_nodes_and_a_crowd_forms_one_cluster() 
     )
     .await;
     assert_eq!(cluster_ids_on_disk(&ms), BTreeSet::from([cluster]));
+
+    // A node of another cluster (another token) gossiping with the same
+    // seeds is refused by gossip: it founds its own cluster alone and
+    // neither side sees the other as a member.
+    let mut stranger = vec![Member::new(dir.path(), "x1")];
+    stranger[0].start_gossip(
+        &seeds,
+        &[
+            "--bootstrap-expect",
+            "1",
+            "--initial-cluster-token",
+            "another",
+        ],
+    );
+    let (other, _) = converge(&stranger, &["x1"], Duration::from_secs(30)).await;
+    assert_ne!(other, cluster);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (still, _) = converge(
+        &ms,
+        &["n1", "n2", "n3", "n4", "n5"],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(still, cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
