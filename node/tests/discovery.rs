@@ -88,10 +88,12 @@ async fn from_nothing_three_then_five_then_a_wiped_member_rejoins() {
         .unwrap();
     }
 
-    // Two more nodes with only a seed and no bootstrap permission: they join
-    // as learners and autopilot promotes them (default: up to 5 voters).
+    // Two more nodes with only a seed (a DNS name, as a headless Service
+    // would be) and no bootstrap permission: they join as learners and
+    // autopilot promotes them (default: up to 5 voters).
+    let by_name = vec![format!("localhost:{}", ms[0].gossip_port)];
     for m in &mut ms[3..] {
-        m.start_gossip(&seeds[..1], &[]);
+        m.start_gossip(&by_name, &[]);
     }
     let (again, members) = converge(
         &ms,
