@@ -36,11 +36,14 @@ impl Admin for AdminService {
         if status.leader != self.node.shared.member_id {
             return Err(Status::unavailable("etcdserver: not leader"));
         }
+        let members = self.autopilot.health().ok_or_else(|| {
+            Status::unavailable("etcdserver: leader changed (member health is being sampled)")
+        })?;
         Ok(Response::new(MemberHealthResponse {
             header: Some(self.node.current_header()),
             leader: status.leader,
             target_voters: self.autopilot.cfg.voters as u32,
-            members: self.autopilot.health(),
+            members,
         }))
     }
 }

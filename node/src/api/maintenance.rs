@@ -85,6 +85,7 @@ impl MaintenanceService {
             return Vec::new();
         }
         a.health()
+            .unwrap_or_default()
             .iter()
             .filter(|m| !m.healthy)
             .map(|m| {

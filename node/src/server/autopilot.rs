@@ -119,7 +119,8 @@ pub struct Autopilot {
     gossip: Option<Arc<Gossip>>,
     election_timeout: Duration,
     tracks: Mutex<HashMap<u64, Track>>,
-    last: Mutex<Vec<MemberHealth>>,
+    /// The last sample, and whether it was taken as leader.
+    last: Mutex<(bool, Vec<MemberHealth>)>,
     was_leading: std::sync::atomic::AtomicBool,
 }
 
@@ -138,14 +139,16 @@ impl Autopilot {
             gossip,
             election_timeout,
             tracks: Mutex::new(HashMap::new()),
-            last: Mutex::new(Vec::new()),
+            last: Mutex::new((false, Vec::new())),
             was_leading: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
-    /// The member table with health, as of the last sample (the leader's view).
-    pub fn health(&self) -> Vec<MemberHealth> {
-        self.last.lock().map(|l| l.clone()).unwrap_or_default()
+    /// The member table with health as the leader sees it, if the last
+    /// sample was taken as leader (right after an election it was not yet).
+    pub fn health(&self) -> Option<Vec<MemberHealth>> {
+        let last = self.last.lock().ok()?;
+        last.0.then(|| last.1.clone())
     }
 
     /// One sample: updates the health table and metrics; returns the
@@ -261,7 +264,7 @@ impl Autopilot {
                 .set(table.iter().filter(|h| !h.healthy).count() as i64);
         }
         if let Ok(mut last) = self.last.lock() {
-            *last = table;
+            *last = (leading, table);
         }
         leading.then_some((st.id.0, views))
     }

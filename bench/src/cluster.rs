@@ -1,0 +1,305 @@
+//! 3-member clusters of Nod or etcd as real processes on loopback, with
+//! comparable settings (fsync on for both, 100 ms heartbeat, 1 s election,
+//! 100k entries between snapshots), and what the report needs from them:
+//! peak RSS, bytes on disk, metrics, restart time.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    Nod,
+    Etcd,
+}
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Nod => "Nod",
+            System::Etcd => "etcd",
+        }
+    }
+}
+
+struct Server {
+    name: String,
+    client: u16,
+    peer: u16,
+    metrics: u16,
+    data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub system: System,
+    bin: PathBuf,
+    servers: Vec<Server>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+impl Cluster {
+    /// Starts 3 members under `root` with the binary `bin`.
+    pub fn start(system: System, bin: &Path, root: &Path) -> Result<Cluster, String> {
+        let mut servers = Vec::new();
+        let mut used = std::collections::HashSet::new();
+        for i in 1..=3 {
+            let mut port = || loop {
+                let p = free_port();
+                if p != 0 && used.insert(p) {
+                    return p;
+                }
+            };
+            let name = format!("{}{i}", if system == System::Nod { "n" } else { "e" });
+            servers.push(Server {
+                data: root.join(&name),
+                log: root.join(format!("{name}.log")),
+                name,
+                client: port(),
+                peer: port(),
+                metrics: port(),
+                child: None,
+            });
+        }
+        let mut c = Cluster {
+            system,
+            bin: bin.to_path_buf(),
+            servers,
+        };
+        for i in 0..3 {
+            c.spawn(i)?;
+        }
+        Ok(c)
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), String> {
+        let initial = self
+            .servers
+            .iter()
+            .map(|s| format!("{}=http://127.0.0.1:{}", s.name, s.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let s = &mut self.servers[i];
+        let url = |p: u16| format!("http://127.0.0.1:{p}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&s.log)
+            .map_err(|e| format!("{}: {e}", s.log.display()))?;
+        let mut cmd = Command::new(&self.bin);
+        if self.system == System::Nod {
+            cmd.arg("server");
+        }
+        cmd.args(["--name", &s.name])
+            .arg("--data-dir")
+            .arg(&s.data)
+            .args(["--listen-client-urls", &url(s.client)])
+            .args(["--advertise-client-urls", &url(s.client)])
+            .args(["--listen-peer-urls", &url(s.peer)])
+            .args(["--initial-advertise-peer-urls", &url(s.peer)])
+            .args(["--listen-metrics-urls", &url(s.metrics)])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-token", "bench"])
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .args(["--snapshot-count", "100000"]);
+        if self.system == System::Etcd {
+            cmd.args([
+                "--quota-backend-bytes",
+                "8589934592",
+                "--log-level",
+                "error",
+            ]);
+            cmd.args(["--logger", "zap"]);
+        } else {
+            cmd.env("RUST_LOG", "warn");
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
+        s.child = Some(child);
+        Ok(())
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .map(|s| format!("http://127.0.0.1:{}", s.client))
+            .collect()
+    }
+
+    /// Waits until a linearizable read succeeds on every member.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        for ep in self.endpoints() {
+            loop {
+                if start.elapsed() > timeout {
+                    return Err(format!(
+                        "{} at {ep} not ready after {timeout:?}; logs in {}",
+                        self.system.name(),
+                        self.servers[0]
+                            .log
+                            .parent()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
+                    ));
+                }
+                if let Ok(ch) = crate::workload::connect(std::slice::from_ref(&ep), 1).await {
+                    let mut kv =
+                        nod::api::etcd::etcdserverpb::kv_client::KvClient::new(ch[0].clone());
+                    let r = kv
+                        .range(nod::api::etcd::etcdserverpb::RangeRequest {
+                            key: b"ready".to_vec(),
+                            ..Default::default()
+                        })
+                        .await;
+                    if r.is_ok() {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(start.elapsed())
+    }
+
+    /// The largest peak resident set of the members, in bytes (VmHWM).
+    pub fn peak_rss(&self) -> u64 {
+        self.servers
+            .iter()
+            .filter_map(|s| s.child.as_ref())
+            .filter_map(|c| std::fs::read_to_string(format!("/proc/{}/status", c.id())).ok())
+            .filter_map(|st| {
+                st.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+            .max()
+            .unwrap_or(0)
+            * 1024
+    }
+
+    /// Bytes on disk in the first member's data folder.
+    pub fn disk_bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            let Ok(rd) = std::fs::read_dir(p) else {
+                return 0;
+            };
+            rd.filter_map(|e| e.ok())
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.servers[0].data)
+    }
+
+    /// The sum over members of one metric (a plain sample line).
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let mut total = 0.0;
+        for s in &self.servers {
+            let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", s.metrics)) else {
+                continue;
+            };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = write!(
+                conn,
+                "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            );
+            let mut body = String::new();
+            let _ = conn.read_to_string(&mut body);
+            total += body
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)
+                        .and_then(|r| r.strip_prefix(' '))
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                })
+                .unwrap_or(0.0);
+        }
+        total
+    }
+
+    /// SIGTERM every member and wait for it to exit.
+    pub fn stop(&mut self) {
+        for s in &mut self.servers {
+            if let Some(c) = &s.child {
+                let _ = Command::new("kill").arg(c.id().to_string()).status();
+            }
+        }
+        for s in &mut self.servers {
+            if let Some(mut c) = s.child.take() {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    if let Ok(Some(_)) = c.try_wait() {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    /// Stops every member, starts them again, and returns the time from the
+    /// start until every member serves a linearizable read.
+    pub async fn restart(&mut self) -> Result<Duration, String> {
+        self.stop();
+        let start = Instant::now();
+        for i in 0..self.servers.len() {
+            self.spawn(i)?;
+        }
+        self.wait_ready(Duration::from_secs(600)).await?;
+        Ok(start.elapsed())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            if let Some(mut c) = s.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// The disk's fdatasync latency for a small write in `dir`, in microseconds
+/// (p50, p99): the floor under any durable write.
+pub fn fdatasync_latency(dir: &Path, rounds: usize) -> Result<(f64, f64), String> {
+    use std::io::Write;
+    let path = dir.join("fdatasync-probe");
+    let mut f = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+    let mut hist = crate::workload::histogram();
+    let block = [7u8; 4096];
+    for _ in 0..rounds {
+        let t = Instant::now();
+        f.write_all(&block).map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())?;
+        let _ = hist.record((t.elapsed().as_micros() as u64).max(1));
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok((
+        hist.value_at_quantile(0.5) as f64,
+        hist.value_at_quantile(0.99) as f64,
+    ))
+}

@@ -1,0 +1,191 @@
+//! The results: a markdown table with the Nod/etcd ratio of every figure, and
+//! a PNG chart of throughput.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+pub struct Row {
+    pub workload: String,
+    pub clients: usize,
+    /// (throughput ops/s, p50, p90, p99, p99.9 in ms, errors) for Nod, etcd.
+    pub nod: Figures,
+    pub etcd: Figures,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Figures {
+    pub throughput: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub errors: u64,
+    /// fsyncs per committed write per member (write workloads).
+    pub fsyncs_per_write: Option<f64>,
+}
+
+pub struct Extras {
+    pub machine: String,
+    pub command: String,
+    pub fdatasync_us: (f64, f64),
+    /// (Nod, etcd)
+    pub peak_rss: (u64, u64),
+    pub disk_bytes: (u64, u64),
+    pub restart: Option<(u64, f64, f64)>,
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b == 0.0 {
+        "–".into()
+    } else {
+        format!("{:.2}×", a / b)
+    }
+}
+
+pub fn markdown(rows: &[Row], x: &Extras) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Nod vs etcd: benchmark results\n");
+    let _ = writeln!(s, "Machine: {}\n", x.machine);
+    let _ = writeln!(s, "Command: `{}`\n", x.command);
+    let _ = writeln!(
+        s,
+        "Both systems: 3 members on loopback, fsync on, the same client (`nod-bench`, etcd v3 gRPC). Latencies in ms; ratio = Nod / etcd (throughput: higher is better; latency: lower is better).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| workload | clients | Nod ops/s | etcd ops/s | ratio | Nod p50 | etcd p50 | ratio | Nod p90 | etcd p90 | Nod p99 | etcd p99 | ratio | Nod p99.9 | etcd p99.9 | errors (Nod/etcd) |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in rows {
+        let (n, e) = (r.nod, r.etcd);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {}/{} |",
+            r.workload,
+            r.clients,
+            n.throughput,
+            e.throughput,
+            ratio(n.throughput, e.throughput),
+            n.p50,
+            e.p50,
+            ratio(n.p50, e.p50),
+            n.p90,
+            e.p90,
+            n.p99,
+            e.p99,
+            ratio(n.p99, e.p99),
+            n.p999,
+            e.p999,
+            n.errors,
+            e.errors
+        );
+    }
+    let _ = writeln!(s, "\n## The physical limit and the cost per write\n");
+    let _ = writeln!(
+        s,
+        "fdatasync of a 4 KiB write on this disk: p50 {:.0} µs, p99 {:.0} µs.\n",
+        x.fdatasync_us.0, x.fdatasync_us.1
+    );
+    let _ = writeln!(
+        s,
+        "| write workload | clients | Nod fsyncs per write | etcd fsyncs per write |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|");
+    for r in rows {
+        if let (Some(n), Some(e)) = (r.nod.fsyncs_per_write, r.etcd.fsyncs_per_write) {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.3} | {:.3} |",
+                r.workload, r.clients, n, e
+            );
+        }
+    }
+    let _ = writeln!(s, "\n(WAL fsyncs per member, `etcd_disk_wal_fsync_duration_seconds_count`, divided by the writes committed.)\n");
+    let _ = writeln!(s, "## Resources\n");
+    let _ = writeln!(s, "| | Nod | etcd | ratio |");
+    let _ = writeln!(s, "|---|---:|---:|---:|");
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let _ = writeln!(
+        s,
+        "| peak RSS per member (MiB) | {:.1} | {:.1} | {} |",
+        mib(x.peak_rss.0),
+        mib(x.peak_rss.1),
+        ratio(x.peak_rss.0 as f64, x.peak_rss.1 as f64)
+    );
+    let _ = writeln!(
+        s,
+        "| data on disk per member (MiB) | {:.1} | {:.1} | {} |",
+        mib(x.disk_bytes.0),
+        mib(x.disk_bytes.1),
+        ratio(x.disk_bytes.0 as f64, x.disk_bytes.1 as f64)
+    );
+    if let Some((keys, n, e)) = x.restart {
+        let _ = writeln!(
+            s,
+            "| restart to ready with {keys} keys (s) | {n:.2} | {e:.2} | {} |",
+            ratio(n, e)
+        );
+    }
+    s
+}
+
+/// A grouped bar chart of throughput per workload and client count.
+pub fn chart(rows: &[Row], path: &Path, font: &Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    let bytes = std::fs::read(font).map_err(|e| format!("font {}: {e}", font.display()))?;
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        .map_err(|_| "the font does not load".to_string())?;
+    let n = rows.len();
+    let max = rows
+        .iter()
+        .map(|r| r.nod.throughput.max(r.etcd.throughput))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let root = BitMapBackend::new(path, (1400, 800)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Throughput (ops/s): Nod (blue) vs etcd (red), 3 members, same machine",
+            ("sans-serif", 24),
+        )
+        .margin(20)
+        .x_label_area_size(160)
+        .y_label_area_size(90)
+        .build_cartesian_2d(0f64..n as f64, 0f64..max)
+        .map_err(|e| e.to_string())?;
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{} ×{}", r.workload, r.clients))
+        .collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n.max(1))
+        .x_label_formatter(&|x| {
+            let i = (*x - 0.5).round() as usize;
+            labels.get(i).cloned().unwrap_or_default()
+        })
+        .x_label_style(
+            ("sans-serif", 12)
+                .into_font()
+                .transform(FontTransform::Rotate90),
+        )
+        .y_desc("ops/s")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    for (i, r) in rows.iter().enumerate() {
+        let x = i as f64;
+        chart
+            .draw_series([
+                Rectangle::new([(x + 0.1, 0.0), (x + 0.5, r.nod.throughput)], BLUE.filled()),
+                Rectangle::new([(x + 0.5, 0.0), (x + 0.9, r.etcd.throughput)], RED.filled()),
+            ])
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())?;
+    Ok(())
+}

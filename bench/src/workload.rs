@@ -1,0 +1,403 @@
+//! The load generator: etcd v3 requests over gRPC, so the same code drives
+//! Nod and etcd. Workloads in the spirit of etcd's `benchmark` tool; every
+//! request's latency goes into an HDR histogram (microseconds).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use nod::api::etcd::etcdserverpb::kv_client::KvClient;
+use nod::api::etcd::etcdserverpb::watch_client::WatchClient;
+use nod::api::etcd::etcdserverpb::{
+    compare, request_op, watch_request, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    WatchCreateRequest, WatchRequest,
+};
+use tokio::sync::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Put an 8-byte key (uniform over the key space) with a 256-byte value.
+    Put,
+    /// Get one key, linearizable (etcd's default).
+    RangeLinearizable,
+    /// Get one key, serializable (served by the member asked).
+    RangeSerializable,
+    /// Compare the key's mod revision, then put: a compare-and-swap.
+    Txn,
+    /// 90% linearizable gets, 10% puts.
+    Mixed,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 5] = [
+        Workload::Put,
+        Workload::RangeLinearizable,
+        Workload::RangeSerializable,
+        Workload::Txn,
+        Workload::Mixed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Put => "put",
+            Workload::RangeLinearizable => "range (linearizable)",
+            Workload::RangeSerializable => "range (serializable)",
+            Workload::Txn => "txn compare-and-swap",
+            Workload::Mixed => "mixed 90% read / 10% write",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Workload> {
+        match s {
+            "put" => Some(Workload::Put),
+            "range" | "range-linearizable" => Some(Workload::RangeLinearizable),
+            "range-serializable" => Some(Workload::RangeSerializable),
+            "txn" => Some(Workload::Txn),
+            "mixed" => Some(Workload::Mixed),
+            _ => None,
+        }
+    }
+
+    pub fn writes(self) -> bool {
+        matches!(self, Workload::Put | Workload::Txn)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub workload: Workload,
+    pub clients: usize,
+    pub duration: Duration,
+    pub keyspace: u64,
+    pub value_size: usize,
+}
+
+/// What one run measured.
+pub struct Measured {
+    pub ops: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Latency in microseconds.
+    pub hist: Histogram<u64>,
+}
+
+impl Measured {
+    pub fn throughput(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// A latency percentile in milliseconds.
+    pub fn ms(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
+}
+
+/// `conns` channels, spread over `endpoints` round robin.
+pub async fn connect(endpoints: &[String], conns: usize) -> Result<Vec<Channel>, String> {
+    let mut out = Vec::new();
+    for i in 0..conns.max(1) {
+        let url = &endpoints[i % endpoints.len()];
+        let ch = Endpoint::from_shared(url.clone())
+            .map_err(|e| format!("{url}: {e}"))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        out.push(ch);
+    }
+    Ok(out)
+}
+
+/// A small xorshift generator per client: cheap and reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+/// The 8-byte key `i`.
+pub fn key(i: u64) -> Vec<u8> {
+    format!("{:08x}", i & 0xffff_ffff).into_bytes()
+}
+
+async fn one(
+    kv: &mut KvClient<Channel>,
+    w: Workload,
+    rng: &mut Rng,
+    keyspace: u64,
+    value: &[u8],
+) -> Result<(), tonic::Status> {
+    let k = key(rng.next() % keyspace.max(1));
+    let put = |k: Vec<u8>| PutRequest {
+        key: k,
+        value: value.to_vec(),
+        ..Default::default()
+    };
+    match w {
+        Workload::Put => kv.put(put(k)).await.map(|_| ()),
+        Workload::RangeLinearizable | Workload::RangeSerializable => kv
+            .range(RangeRequest {
+                key: k,
+                serializable: w == Workload::RangeSerializable,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        Workload::Txn => kv
+            .txn(TxnRequest {
+                compare: vec![Compare {
+                    result: compare::CompareResult::Less as i32,
+                    target: compare::CompareTarget::Mod as i32,
+                    key: k.clone(),
+                    range_end: vec![],
+                    target_union: Some(compare::TargetUnion::ModRevision(i64::MAX)),
+                }],
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestPut(put(k))),
+                }],
+                failure: vec![],
+            })
+            .await
+            .map(|_| ()),
+        Workload::Mixed => {
+            if rng.next().is_multiple_of(10) {
+                kv.put(put(k)).await.map(|_| ())
+            } else {
+                kv.range(RangeRequest {
+                    key: k,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+            }
+        }
+    }
+}
+
+/// Runs `spec` for its duration with `spec.clients` concurrent clients.
+pub async fn run(channels: &[Channel], spec: &Spec) -> Measured {
+    let value = Arc::new(vec![b'v'; spec.value_size]);
+    let start = Instant::now();
+    let deadline = start + spec.duration;
+    let mut tasks = Vec::new();
+    for c in 0..spec.clients {
+        let mut kv = KvClient::new(channels[c % channels.len()].clone());
+        let value = value.clone();
+        let spec = spec.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (c as u64 + 1).wrapping_mul(0x2545_f491));
+            let mut hist = histogram();
+            let (mut ops, mut errors) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match one(&mut kv, spec.workload, &mut rng, spec.keyspace, &value).await {
+                    Ok(()) => {
+                        ops += 1;
+                        let _ = hist.record((t.elapsed().as_micros() as u64).max(1));
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (ops, errors, hist)
+        }));
+    }
+    let mut total = Measured {
+        ops: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        hist: histogram(),
+    };
+    for t in tasks {
+        if let Ok((ops, errors, hist)) = t.await {
+            total.ops += ops;
+            total.errors += errors;
+            let _ = total.hist.add(&hist);
+        }
+    }
+    total.elapsed = start.elapsed();
+    total
+}
+
+/// Writes `count` keys (0..count) with `clients` concurrent clients: the data
+/// set for reads and for the restart measurement.
+pub async fn load(channels: &[Channel], count: u64, clients: usize, value_size: usize) -> u64 {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let value = Arc::new(vec![b'v'; value_size]);
+    let mut tasks = Vec::new();
+    for c in 0..clients.max(1) {
+        let mut kv = KvClient::new(channels[c % channels.len()].clone());
+        let next = next.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut errors = 0;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    return errors;
+                }
+                let req = PutRequest {
+                    key: key(i),
+                    value: value.to_vec(),
+                    ..Default::default()
+                };
+                if kv.put(req).await.is_err() {
+                    errors += 1;
+                }
+            }
+        }));
+    }
+    let mut errors = 0;
+    for t in tasks {
+        errors += t.await.unwrap_or(0);
+    }
+    errors
+}
+
+/// Watch fan-out: `watchers` watch streams on one key (spread over the
+/// channels), then `writes` puts to it; each event's latency is from just
+/// before its put was sent to its arrival at a watcher.
+pub async fn watch_fanout(channels: &[Channel], watchers: usize, writes: usize) -> Measured {
+    const KEY: &[u8] = b"watch-fanout";
+    let base = Instant::now();
+    let hist = Arc::new(Mutex::new(histogram()));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers.max(1));
+    let mut tasks = Vec::new();
+    for w in 0..watchers {
+        let mut client = WatchClient::new(channels[w % channels.len()].clone());
+        let hist = hist.clone();
+        let ready = ready_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let _ = tx
+                .send(WatchRequest {
+                    request_union: Some(watch_request::RequestUnion::CreateRequest(
+                        WatchCreateRequest {
+                            key: KEY.to_vec(),
+                            ..Default::default()
+                        },
+                    )),
+                })
+                .await;
+            let Ok(resp) = client
+                .watch(tokio_stream_from(rx))
+                .await
+                .map(|r| r.into_inner())
+            else {
+                return 0u64;
+            };
+            let mut stream = resp;
+            let mut seen = 0u64;
+            let mut local = histogram();
+            let mut announced = false;
+            loop {
+                let msg = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;
+                let Ok(Ok(Some(m))) = msg else { break };
+                if m.created && !announced {
+                    announced = true;
+                    let _ = ready.send(()).await;
+                }
+                for e in m.events {
+                    let Some(kv) = e.kv else { continue };
+                    if kv.value.len() >= 16 {
+                        let sent =
+                            u128::from_be_bytes(kv.value[..16].try_into().unwrap_or([0; 16]));
+                        let now = base.elapsed().as_nanos();
+                        let _ = local.record(((now.saturating_sub(sent)) / 1000).max(1) as u64);
+                        seen += 1;
+                    }
+                }
+                if seen >= writes as u64 {
+                    break;
+                }
+            }
+            drop(tx);
+            let _ = hist.lock().await.add(&local);
+            seen
+        }));
+    }
+    drop(ready_tx);
+    let mut created = 0;
+    while created < watchers {
+        match tokio::time::timeout(Duration::from_secs(20), ready_rx.recv()).await {
+            Ok(Some(())) => created += 1,
+            _ => break,
+        }
+    }
+    let mut kv = KvClient::new(channels[0].clone());
+    let start = Instant::now();
+    let mut errors = 0u64;
+    for _ in 0..writes {
+        let mut value = base.elapsed().as_nanos().to_be_bytes().to_vec();
+        value.resize(256, b'w');
+        if kv
+            .put(PutRequest {
+                key: KEY.to_vec(),
+                value,
+                ..Default::default()
+            })
+            .await
+            .is_err()
+        {
+            errors += 1;
+        }
+    }
+    let mut delivered = 0u64;
+    for t in tasks {
+        delivered += t.await.unwrap_or(0);
+    }
+    let expected = (watchers * writes) as u64;
+    let hist = std::mem::replace(&mut *hist.lock().await, histogram());
+    Measured {
+        ops: delivered,
+        errors: errors + expected.saturating_sub(delivered),
+        elapsed: start.elapsed(),
+        hist,
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_eight_bytes_and_distinct() {
+        assert_eq!(key(0).len(), 8);
+        assert_eq!(key(u64::MAX).len(), 8);
+        assert_ne!(key(1), key(2));
+    }
+
+    #[test]
+    fn percentiles_come_from_the_histogram() {
+        let mut m = Measured {
+            ops: 100,
+            errors: 0,
+            elapsed: Duration::from_secs(2),
+            hist: histogram(),
+        };
+        for us in 1..=100u64 {
+            m.hist.record(us * 1000).unwrap();
+        }
+        assert_eq!(m.throughput(), 50.0);
+        assert!((m.ms(0.5) - 50.0).abs() < 0.1, "{}", m.ms(0.5));
+        assert!((m.ms(0.99) - 99.0).abs() < 0.1, "{}", m.ms(0.99));
+    }
+}
