@@ -25,7 +25,6 @@ use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::admin::AdminService;
 use crate::api::cluster::ClusterService;
@@ -326,7 +325,12 @@ fn incoming(
     listener: Arc<TcpListener>,
 ) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     futures::stream::unfold(listener, |l| async move {
-        let r = l.accept().await.map(|(s, _)| s);
+        // Small request/response frames: without TCP_NODELAY, Nagle and
+        // delayed ACKs add ~40 ms to a lone request.
+        let r = l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        });
         Some((r, l))
     })
 }
@@ -825,7 +829,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 .max_decoding_message_size(limit),
             )
             .add_service(AdminServer::new(admin))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), async move {
+            .serve_with_incoming_shutdown(incoming(Arc::new(client_listener)), async move {
                 let _ = stop_client.wait_for(|s| *s).await;
             })
             .await;
