@@ -160,6 +160,13 @@ impl Transport {
                 if has_snapshot {
                     let _ = self.events.try_send(TransportEvent::Snapshot(to, false));
                 }
+            } else if has_snapshot {
+                // A small (bootstrap) snapshot rides the message stream, which
+                // may still lose it (the peer restarting, or still serving only
+                // the bootstrap service). Without a report the leader would
+                // wait for it forever; reported as sent, the leader probes
+                // after the next heartbeat answer and sends it again if needed.
+                let _ = self.events.try_send(TransportEvent::Snapshot(to, true));
             }
         }
     }
