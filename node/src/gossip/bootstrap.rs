@@ -207,8 +207,14 @@ impl BootstrapState {
         true
     }
 
-    async fn reopen(&self) {
+    /// After a failed join: the node may be asked to found or join again.
+    pub async fn reopen(&self) {
         self.inner.lock().await.closed = None;
+    }
+
+    /// The refusal for a request carrying another cluster's token.
+    fn foreign(&self, token: &str) -> Option<Response<BootstrapReply>> {
+        (token != self.token).then(|| Self::reply(State::Refused, "another cluster token"))
     }
 
     fn reply(state: State, reason: impl Into<String>) -> Response<BootstrapReply> {
@@ -226,11 +232,8 @@ impl Bootstrap for Arc<BootstrapState> {
         request: Request<BootstrapPrepare>,
     ) -> Result<Response<BootstrapReply>, Status> {
         let req = request.into_inner();
-        if req.token != self.token {
-            return Ok(BootstrapState::reply(
-                State::Refused,
-                "another cluster token",
-            ));
+        if let Some(refused) = self.foreign(&req.token) {
+            return Ok(refused);
         }
         check_set(&req.coordinator, &req.members).map_err(Status::invalid_argument)?;
         if req.nonce == 0 {
@@ -282,11 +285,8 @@ impl Bootstrap for Arc<BootstrapState> {
         request: Request<BootstrapOutcome>,
     ) -> Result<Response<BootstrapReply>, Status> {
         let req = request.into_inner();
-        if req.token != self.token {
-            return Ok(BootstrapState::reply(
-                State::Refused,
-                "another cluster token",
-            ));
+        if let Some(refused) = self.foreign(&req.token) {
+            return Ok(refused);
         }
         let inner = self.inner.lock().await;
         match &inner.promise {
@@ -561,11 +561,6 @@ async fn coordinate(
     let pause = 300 + identity::random_id() % 1700;
     tokio::time::sleep(Duration::from_millis(pause)).await;
     Ok(None)
-}
-
-/// After a failed join the node may be asked to found or join again.
-pub async fn reopen(state: &BootstrapState) {
-    state.reopen().await;
 }
 
 #[cfg(test)]

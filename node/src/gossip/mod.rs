@@ -152,7 +152,6 @@ pub fn parse_peer<'a>(
 /// A running gossip instance.
 pub struct Gossip {
     handle: ChitchatHandle,
-    name: String,
 }
 
 impl Gossip {
@@ -190,14 +189,7 @@ impl Gossip {
         let handle = spawn_chitchat(config, initial, &UdpTransport)
             .await
             .map_err(|e| format!("cannot start gossip on {}: {e}", cfg.listen))?;
-        Ok(Gossip {
-            handle,
-            name: name.to_string(),
-        })
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
+        Ok(Gossip { handle })
     }
 
     pub async fn set(&self, kvs: &[(&str, String)]) {

@@ -378,7 +378,7 @@ async fn run_discovery(
                     Err(e) => {
                         tracing::warn!(error = %e, "joining failed; looking again");
                         gossip.set(&[(keys::ROLE, "empty".into())]).await;
-                        bootstrap::reopen(state).await;
+                        state.reopen().await;
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
