@@ -155,6 +155,7 @@ impl Autopilot {
     /// planner's view when this node leads.
     async fn sample(&self) -> Option<(u64, Vec<MemberView>)> {
         let st = self.driver.raft_status().await.ok()?;
+        let heard = self.driver.last_heard().await.ok()?;
         let members = self.shared.store().members();
         let gossip_alive: HashMap<u64, bool> = match &self.gossip {
             Some(g) => g
@@ -199,8 +200,10 @@ impl Autopilot {
             });
             let progress = st.peers.iter().find(|p| p.id.0 == m.id);
             let is_self = m.id == st.id.0;
-            if is_self || progress.is_some_and(|p| p.recent_active) {
+            if is_self {
                 t.last_active = Some(now);
+            } else if let Some(&h) = heard.get(&m.id) {
+                t.last_active = Some(t.last_active.map_or(h, |a| a.max(h)));
             }
             let raft_active = leading && t.last_active.is_some_and(|a| now - a < window);
             let gossip = gossip_alive.get(&m.id).copied().unwrap_or(false) || is_self;

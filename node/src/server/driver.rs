@@ -100,6 +100,9 @@ pub enum Request {
     RaftStatus {
         reply: oneshot::Sender<nod_raft::Status>,
     },
+    Contact {
+        reply: oneshot::Sender<HashMap<u64, Instant>>,
+    },
 }
 
 /// What the API reads without going through the loop.
@@ -182,6 +185,15 @@ impl DriverHandle {
             .map_err(|_| DriverError::Stopped)?;
         rx.await.map_err(|_| DriverError::Stopped)
     }
+    /// When this node last received a Raft message from each member.
+    pub async fn last_heard(&self) -> Result<HashMap<u64, Instant>, DriverError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Contact { reply })
+            .await
+            .map_err(|_| DriverError::Stopped)?;
+        rx.await.map_err(|_| DriverError::Stopped)
+    }
 }
 
 pub struct DriverConfig {
@@ -225,6 +237,10 @@ pub struct Driver {
     newest_checkpoint: Option<CheckpointInfo>,
     snapshots_tx: mpsc::Sender<Result<CheckpointInfo, String>>,
     snapshots_rx: mpsc::Receiver<Result<CheckpointInfo, String>>,
+    /// When a message last arrived from each member (member health: a
+    /// timestamp, not the core's `recent_active` bit, which is cleared every
+    /// election timeout and so reads false for a moment after each clear).
+    last_heard: HashMap<u64, Instant>,
 }
 
 pub fn channel(depth: usize) -> (DriverHandle, mpsc::Receiver<Request>) {
@@ -254,6 +270,7 @@ impl Driver {
             newest_checkpoint: None,
             snapshots_tx,
             snapshots_rx,
+            last_heard: HashMap::new(),
             node,
             shared,
             transport,
@@ -360,6 +377,10 @@ impl Driver {
     }
 
     fn on_message(&mut self, m: Message) {
+        // Only members are tracked, so a peer cannot grow the map with made-up ids.
+        if self.node.conf_state().contains(m.from) {
+            self.last_heard.insert(m.from.0, Instant::now());
+        }
         if let Err(e) = self.node.step(m) {
             tracing::debug!(error = %e, "dropped a peer message");
         }
@@ -465,6 +486,11 @@ impl Driver {
             }
             Request::RaftStatus { reply } => {
                 let _ = reply.send(self.node.status());
+            }
+            Request::Contact { reply } => {
+                let conf = self.node.conf_state();
+                self.last_heard.retain(|id, _| conf.contains(NodeId(*id)));
+                let _ = reply.send(self.last_heard.clone());
             }
         }
     }
