@@ -132,9 +132,11 @@ pub fn markdown(rows: &[Row], x: &Extras) -> String {
     s
 }
 
-/// A grouped bar chart of throughput per workload and client count.
+/// A grouped horizontal bar chart of throughput per workload and client
+/// count (horizontal, so the long workload names stay readable).
 pub fn chart(rows: &[Row], path: &Path, font: &Path) -> Result<(), String> {
     use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
     let bytes = std::fs::read(font).map_err(|e| format!("font {}: {e}", font.display()))?;
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
@@ -145,7 +147,8 @@ pub fn chart(rows: &[Row], path: &Path, font: &Path) -> Result<(), String> {
         .map(|r| r.nod.throughput.max(r.etcd.throughput))
         .fold(1.0, f64::max)
         * 1.1;
-    let root = BitMapBackend::new(path, (1400, 800)).into_drawing_area();
+    let height = 120 + 44 * n.max(1) as u32;
+    let root = BitMapBackend::new(path, (1400, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -153,38 +156,38 @@ pub fn chart(rows: &[Row], path: &Path, font: &Path) -> Result<(), String> {
             ("sans-serif", 24),
         )
         .margin(20)
-        .x_label_area_size(160)
-        .y_label_area_size(90)
-        .build_cartesian_2d(0f64..n as f64, 0f64..max)
+        .x_label_area_size(40)
+        .y_label_area_size(330)
+        // Row 0 at the top.
+        .build_cartesian_2d(0f64..max, (n as f64)..0f64)
         .map_err(|e| e.to_string())?;
-    let labels: Vec<String> = rows
-        .iter()
-        .map(|r| format!("{} ×{}", r.workload, r.clients))
-        .collect();
     chart
         .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n.max(1))
-        .x_label_formatter(&|x| {
-            let i = (*x - 0.5).round() as usize;
-            labels.get(i).cloned().unwrap_or_default()
-        })
-        .x_label_style(
-            ("sans-serif", 12)
-                .into_font()
-                .transform(FontTransform::Rotate90),
-        )
-        .y_desc("ops/s")
+        .disable_y_mesh()
+        .y_labels(0)
+        .x_desc("ops/s")
+        .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| e.to_string())?;
+    let label_style = ("sans-serif", 15)
+        .into_font()
+        .color(&BLACK)
+        .pos(Pos::new(HPos::Right, VPos::Center));
     for (i, r) in rows.iter().enumerate() {
-        let x = i as f64;
+        let y = i as f64;
         chart
             .draw_series([
-                Rectangle::new([(x + 0.1, 0.0), (x + 0.5, r.nod.throughput)], BLUE.filled()),
-                Rectangle::new([(x + 0.5, 0.0), (x + 0.9, r.etcd.throughput)], RED.filled()),
+                Rectangle::new([(0.0, y + 0.1), (r.nod.throughput, y + 0.5)], BLUE.filled()),
+                Rectangle::new([(0.0, y + 0.5), (r.etcd.throughput, y + 0.9)], RED.filled()),
             ])
             .map_err(|e| e.to_string())?;
+        let (px, py) = chart.backend_coord(&(0.0, y + 0.5));
+        root.draw(&Text::new(
+            format!("{} ×{}", r.workload, r.clients),
+            (px - 10, py),
+            label_style.clone(),
+        ))
+        .map_err(|e| e.to_string())?;
     }
     root.present().map_err(|e| e.to_string())?;
     Ok(())

@@ -1,6 +1,9 @@
 //! Storage and wire microbenchmarks (criterion):
 //! - the Raft log: appending a batch of entries with one fsync (what one
 //!   Ready costs the disk), for 1, 16 and 256 entries of 256 bytes;
+//! - the Raft log's steady state: append one entry (no fsync) and read its
+//!   term back, as the leader does for every entry (a range tombstone per
+//!   append once made this grow with every write);
 //! - the MVCC store: applying a put, and a one-key and a 100-key range;
 //! - the peer codec: encoding and decoding an Append of 64 entries.
 //!
@@ -11,7 +14,7 @@ use nod::api::etcd::etcdserverpb::{PutRequest, RangeRequest};
 use nod::storage::{KvStore, LogStore};
 use nod::transport::codec::{decode_message, encode_message};
 use nod_raft::{
-    Entry, EntryPayload, Index, LogWrite, Message, MessageBody, NodeId, StorageWrite, Term,
+    Entry, EntryPayload, Index, LogWrite, Message, MessageBody, NodeId, Storage, StorageWrite, Term,
 };
 
 fn entries(from: u64, n: u64) -> Vec<Entry> {
@@ -44,6 +47,25 @@ fn log_append(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+fn log_append_then_term(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut log = LogStore::open(&dir.path().join("log")).expect("open log");
+    let mut next = 1u64;
+    c.bench_function("log_append_then_term", |b| {
+        b.iter(|| {
+            let w = LogWrite {
+                entries: entries(next, 1),
+                sync: false,
+                ..Default::default()
+            };
+            log.write(&w).expect("append");
+            let t = log.term(Index(next)).expect("term");
+            next += 1;
+            t
+        })
+    });
 }
 
 fn mvcc(c: &mut Criterion) {
@@ -128,5 +150,5 @@ fn codec(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, log_append, mvcc, codec);
+criterion_group!(benches, log_append, log_append_then_term, mvcc, codec);
 criterion_main!(benches);
