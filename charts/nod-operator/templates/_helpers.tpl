@@ -1,0 +1,118 @@
+{{/*
+Name of the chart, or nameOverride.
+*/}}
+{{- define "nod-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name of the release's objects: fullnameOverride, or the release name when
+it already contains the chart name, or "<release>-<chart>". Cut to 63
+characters (a DNS label).
+*/}}
+{{- define "nod-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "nod-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels on every object of the release.
+*/}}
+{{- define "nod-operator.labels" -}}
+helm.sh/chart: {{ include "nod-operator.chart" . }}
+{{ include "nod-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: nod
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Labels that select the operator's pods; never change them on upgrade (a
+Deployment's selector is immutable).
+*/}}
+{{- define "nod-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "nod-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+The metrics Service: a Service name is a DNS label (63 characters at most).
+*/}}
+{{- define "nod-operator.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "nod-operator.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The ServiceAccount the operator runs as.
+*/}}
+{{- define "nod-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "nod-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The operator's image reference.
+*/}}
+{{- define "nod-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+Rules of the operator's role on NodClusters and what it makes for them. The
+same rules serve the ClusterRole (all namespaces) and each namespaced Role.
+Nothing more: the operator reads no Secrets or ConfigMaps and changes no
+Nodes.
+*/}}
+{{- define "nod-operator.rules" -}}
+- apiGroups: ["nod.io"]
+  resources: ["nodclusters"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["nod.io"]
+  resources: ["nodclusters/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: ["nod.io"]
+  resources: ["nodclusters/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["apps"]
+  resources: ["statefulsets"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: [""]
+  resources: ["services", "serviceaccounts"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+# Deletes a member's pod and claim when it replaces a dead member.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "delete"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "list", "watch", "delete"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+# One per NodCluster that sets spec.metrics.serviceMonitor.
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["servicemonitors"]
+  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+{{- end }}
