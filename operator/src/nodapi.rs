@@ -95,21 +95,37 @@ impl ClusterApi for NodApi {
         if leader.id == to {
             return Ok(());
         }
-        let urls = h
+        // The leader's own client URLs when it has published them; every
+        // endpoint otherwise (a follower answers "not leader" and the next
+        // one is tried).
+        let mut urls = h
             .client_urls
             .iter()
             .find(|(id, _)| *id == leader.id)
             .map(|(_, u)| u.clone())
-            .filter(|u| !u.is_empty())
-            .ok_or("the leader publishes no client URL")?;
-        let mut c = self.client(&urls)?;
-        c.move_leader(to).await.map_err(|e| e.to_string())?;
-        Ok(())
+            .unwrap_or_default();
+        urls.extend(endpoints);
+        let mut last = String::from("no endpoint");
+        for url in urls {
+            let mut c = self.client(std::slice::from_ref(&url))?;
+            match c.move_leader(to).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = format!("{url}: {e}"),
+            }
+        }
+        Err(last)
     }
 
     async fn remove_member(&self, endpoints: Vec<String>, id: u64) -> Result<(), String> {
         let mut c = self.client(&endpoints)?;
-        c.member_remove(id).await.map_err(|e| e.to_string())?;
-        Ok(())
+        match c.member_remove(id).await {
+            Ok(_) => Ok(()),
+            // Already gone: a retry after the first attempt's answer was
+            // lost (the removed member stops at once and may have been the
+            // endpoint that carried the call), or a reconcile repeated
+            // after a crash. Either way the goal holds.
+            Err(e) if e.to_string().contains("member not found") => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
