@@ -856,16 +856,27 @@ impl Driver {
 
     fn refresh_peers(&mut self) {
         let me = self.shared.member_id;
-        let members = self.shared.store().members();
-        let peers: HashMap<NodeId, String> = if members.is_empty() {
-            self.config.seed_peers.clone()
-        } else {
-            members
-                .into_iter()
-                .filter(|m| m.id != me)
-                .filter_map(|m| m.peer_ur_ls.first().map(|u| (NodeId(m.id), u.clone())))
-                .collect()
-        };
+        let store = self.shared.store();
+        // The seed list (the members a joiner was told of) stays until the
+        // applied state knows better: a joiner that installs an old
+        // snapshot (say, from a leader that itself joined after the
+        // founding) learns from it only the founders, and must still be
+        // able to answer the leader it was told of, or it never acks,
+        // never learns the commit index and never catches up.
+        let mut peers: HashMap<NodeId, String> = self
+            .config
+            .seed_peers
+            .iter()
+            .filter(|(id, _)| !store.is_removed(id.0))
+            .map(|(id, u)| (*id, u.clone()))
+            .collect();
+        for m in store.members() {
+            if let Some(u) = m.peer_ur_ls.first() {
+                peers.insert(NodeId(m.id), u.clone());
+            }
+        }
+        drop(store);
+        peers.remove(&NodeId(me));
         self.transport.set_peers(peers);
     }
 
