@@ -314,6 +314,17 @@ async fn scale_down_removes_the_top_member_before_touching_the_statefulset() {
             .as_array()
             .unwrap()
             .contains(&json!("--bootstrap-expect=5")));
+        // Every membership step is an Event on the NodCluster.
+        let ev = expect(
+            &mut h,
+            "POST",
+            "/apis/events.k8s.io/v1/namespaces/default/events",
+            echo,
+        )
+        .await;
+        assert_eq!(ev["reason"], "MemberRemoved");
+        assert_eq!(ev["regarding"]["kind"], "NodCluster");
+        assert!(ev["note"].as_str().unwrap().contains("demo-4"), "{ev}");
         expect(
             &mut h,
             "PATCH",
@@ -326,9 +337,27 @@ async fn scale_down_removes_the_top_member_before_touching_the_statefulset() {
         )
         .await
     });
-    reconcile(Arc::new(nc), context(client, nod.clone()))
-        .await
-        .unwrap();
+    let recorder = kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "nod-operator".into(),
+            instance: Some("test".into()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        recorder: Some(recorder),
+        ..Arc::into_inner(context(client, nod.clone())).unwrap()
+    });
+    reconcile(Arc::new(nc), ctx.clone()).await.unwrap();
+    let metrics = ctx.metrics.render();
+    assert!(
+        metrics.contains("nod_operator_reconciles_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nod_operator_reconcile_duration_seconds_count 1"),
+        "{metrics}"
+    );
     let status = server.await.unwrap()["status"].clone();
     assert_eq!(*nod.calls.lock().unwrap(), ["health", "remove 104"]);
     assert_eq!(status["removedMembers"], json!(["demo-4"]));

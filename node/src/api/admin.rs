@@ -36,7 +36,7 @@ impl Admin for AdminService {
         if status.leader != self.node.shared.member_id {
             return Err(Status::unavailable("etcdserver: not leader"));
         }
-        let members = self.autopilot.health().ok_or_else(|| {
+        let members = self.autopilot.health().await.ok_or_else(|| {
             Status::unavailable("etcdserver: leader changed (member health is being sampled)")
         })?;
         Ok(Response::new(MemberHealthResponse {

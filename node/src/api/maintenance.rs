@@ -84,7 +84,7 @@ impl MaintenanceService {
         if leader != self.node.shared.member_id {
             return Vec::new();
         }
-        a.health()
+        a.last_health()
             .unwrap_or_default()
             .iter()
             .filter(|m| !m.healthy)

@@ -144,9 +144,18 @@ impl Autopilot {
         })
     }
 
-    /// The member table with health as the leader sees it, if the last
-    /// sample was taken as leader (right after an election it was not yet).
-    pub fn health(&self) -> Option<Vec<MemberHealth>> {
+    /// The member table with health as the leader sees it now: a fresh
+    /// sample, so a member removed or added a moment ago is (or is not) in
+    /// it, as the operator needs when it plans its next step. `None` when
+    /// this node does not lead.
+    pub async fn health(&self) -> Option<Vec<MemberHealth>> {
+        self.sample().await;
+        self.last_health()
+    }
+
+    /// The last sample's table (at most one sampling interval old), if it
+    /// was taken as leader; cheap, for `Status`.
+    pub fn last_health(&self) -> Option<Vec<MemberHealth>> {
         let last = self.last.lock().ok()?;
         last.0.then(|| last.1.clone())
     }
