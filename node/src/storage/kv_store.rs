@@ -238,11 +238,10 @@ impl KvStore {
     /// Opens (creating if needed) the store in `dir` and rebuilds the key
     /// index, verifying every record's checksum.
     pub fn open(dir: &Path) -> Result<KvStore, KvError> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
+        let opts = super::tuning::db_options();
+        let cache = super::tuning::block_cache();
         let cfs = [CF_REV, CF_LEASE, CF_MEMBER, CF_META]
-            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+            .map(|n| ColumnFamilyDescriptor::new(n, super::tuning::cf_options(&cache)));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
             let text = e.to_string();
             if text.to_ascii_lowercase().contains("lock") {

@@ -16,9 +16,7 @@ use nod_raft::{
     bootstrap_snapshot, ConfState, Entry, HardState, Index, LogWrite, NodeId, RaftState, Snapshot,
     Storage, StorageError, StorageWrite, Term,
 };
-use rocksdb::{
-    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
-};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
 use super::codec;
 
@@ -46,11 +44,10 @@ pub struct LogStore {
 impl LogStore {
     /// Opens (creating if needed) the log store in `dir`, verifying every record.
     pub fn open(dir: &Path) -> Result<LogStore, StorageError> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        let cfs =
-            [CF_LOG, CF_META].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let opts = super::tuning::db_options();
+        let cache = super::tuning::block_cache();
+        let cfs = [CF_LOG, CF_META]
+            .map(|name| ColumnFamilyDescriptor::new(name, super::tuning::cf_options(&cache)));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
             let text = e.to_string();
             if text.to_ascii_lowercase().contains("lock") {

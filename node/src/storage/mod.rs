@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod codec;
 pub mod kv_store;
 pub mod log_store;
+pub mod tuning;
 
 pub use kv_store::{KvError, KvStore};
 pub use log_store::LogStore;
