@@ -77,6 +77,10 @@ pub enum Step {
     Refuse(String),
 }
 
+/// A member further behind the leader than this many entries is still
+/// catching up: no restart waits on it being the next to go.
+pub const CAUGHT_UP_LAG: u64 = 1000;
+
 pub fn quorum(voters: usize) -> usize {
     voters / 2 + 1
 }
@@ -205,6 +209,12 @@ pub fn plan(o: &Observed) -> Step {
     }
     if let Some(u) = members.iter().find(|m| !m.healthy) {
         return Step::Wait(format!("{} is unhealthy", u.name));
+    }
+    if let Some(l) = members.iter().find(|m| m.lag > CAUGHT_UP_LAG) {
+        return Step::Wait(format!(
+            "{} is catching up ({} entries behind)",
+            l.name, l.lag
+        ));
     }
 
     // Upgrade: one pod at a time, followers first, the leader last.
@@ -494,6 +504,17 @@ mod tests {
                 3,
                 3,
                 Step::Wait("demo-2 is not ready yet".into()),
+            ),
+            (
+                "upgrade waits for a restarted member to catch up",
+                Box::new(|o| {
+                    o.desired_image = NEW.into();
+                    o.pods[2].image = NEW.into();
+                    o.members.as_mut().unwrap()[2].lag = 5000;
+                }),
+                3,
+                3,
+                Step::Wait("demo-2 is catching up (5000 entries behind)".into()),
             ),
             (
                 "a single member upgrades in place (nothing to hand over to)",
