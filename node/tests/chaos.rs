@@ -15,7 +15,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -309,13 +309,36 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
         if kind == kinds - 1 {
             // Replace a member: kill it, wipe its data, start it again. It
             // removes its stale self, joins as a learner and is promoted, with
-            // no member command. Only from a settled cluster of 3 voters.
+            // no member command. Only from a settled cluster: 3 healthy
+            // voters, each the identity a running process holds now. (A
+            // member list of 3 voters alone is not enough: right after a
+            // replacement the wiped node's old entry is still a voter, and
+            // wiping a second node then loses a quorum's data, which no
+            // cluster survives.)
             let mut c =
                 Client::connect(&cluster.endpoints(), Duration::from_secs(2)).expect("client");
-            let settled = match c.member_list().await {
-                Ok(r) => r.members.len() == 3 && r.members.iter().all(|m| !m.is_learner),
-                Err(_) => false,
+            let healthy: Option<BTreeSet<u64>> = match c.member_health().await {
+                Ok(h)
+                    if h.members.len() == 3
+                        && h.members.iter().all(|m| !m.is_learner && m.healthy) =>
+                {
+                    Some(h.members.iter().map(|m| m.id).collect())
+                }
+                _ => None,
             };
+            let mut running = BTreeSet::new();
+            for m in cluster.members.iter().filter(|m| m.child.is_some()) {
+                let id = match Client::connect(&[m.endpoint()], Duration::from_secs(2)) {
+                    Ok(mut c) => c
+                        .status()
+                        .await
+                        .ok()
+                        .and_then(|s| s.header.map(|h| h.member_id)),
+                    Err(_) => None,
+                };
+                running.extend(id);
+            }
+            let settled = healthy.is_some_and(|ids| ids == running);
             let m = &mut cluster.members[victim];
             if !settled || m.child.is_none() {
                 println!("fault {faults}: (no replacement: membership is changing)");
