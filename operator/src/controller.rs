@@ -548,19 +548,20 @@ async fn write_status<A: ClusterApi>(
 
 async fn delete_claim(client: &kube::Client, ns: &str, pod: &str) -> Result<(), Error> {
     let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    match api
-        .delete(&render::claim_name(pod), &DeleteParams::default())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    delete_if_present(&api, &render::claim_name(pod)).await
 }
 
 async fn delete_pod(client: &kube::Client, ns: &str, pod: &str) -> Result<(), Error> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    match api.delete(pod, &DeleteParams::default()).await {
+    delete_if_present(&api, pod).await
+}
+
+/// Deletes `name`; already gone counts as done (a repeated reconcile).
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),

@@ -153,6 +153,34 @@ fn claim(i: i32) -> Value {
            "metadata": {"name": format!("data-demo-{i}"), "namespace": "default"}})
 }
 
+/// The observation of a running 5-member cluster: its StatefulSet, 5 ready
+/// pods and 5 claims.
+async fn expect_five_running_members(h: &mut Handle) {
+    expect(
+        h,
+        "GET",
+        "/apis/apps/v1/namespaces/default/statefulsets/demo",
+        |_| (200, sts_with(5)),
+    )
+    .await;
+    expect(h, "GET", "/api/v1/namespaces/default/pods", |_| {
+        (200, list("PodList", (0..5).map(ready_pod).collect()))
+    })
+    .await;
+    expect(
+        h,
+        "GET",
+        "/api/v1/namespaces/default/persistentvolumeclaims",
+        |_| {
+            (
+                200,
+                list("PersistentVolumeClaimList", (0..5).map(claim).collect()),
+            )
+        },
+    )
+    .await;
+}
+
 /// The objects every reconcile applies, in order; returns the StatefulSet applied.
 async fn expect_objects(h: &mut Handle) -> Value {
     expect(
@@ -284,29 +312,7 @@ async fn scale_down_removes_the_top_member_before_touching_the_statefulset() {
     nc.status = Some(serde_json::from_value(json!({"bootstrapExpect": 5})).unwrap());
     let original = serde_json::to_value(&nc).unwrap();
     let server = tokio::spawn(async move {
-        expect(
-            &mut h,
-            "GET",
-            "/apis/apps/v1/namespaces/default/statefulsets/demo",
-            |_| (200, sts_with(5)),
-        )
-        .await;
-        expect(&mut h, "GET", "/api/v1/namespaces/default/pods", |_| {
-            (200, list("PodList", (0..5).map(ready_pod).collect()))
-        })
-        .await;
-        expect(
-            &mut h,
-            "GET",
-            "/api/v1/namespaces/default/persistentvolumeclaims",
-            |_| {
-                (
-                    200,
-                    list("PersistentVolumeClaimList", (0..5).map(claim).collect()),
-                )
-            },
-        )
-        .await;
+        expect_five_running_members(&mut h).await;
         let sts = expect_objects(&mut h).await;
         // Applied at its current size: the member leaves Raft first.
         assert_eq!(sts["spec"]["replicas"], 5);
@@ -386,29 +392,7 @@ async fn after_the_removal_the_statefulset_shrinks_by_one() {
     );
     let original = serde_json::to_value(&nc).unwrap();
     let server = tokio::spawn(async move {
-        expect(
-            &mut h,
-            "GET",
-            "/apis/apps/v1/namespaces/default/statefulsets/demo",
-            |_| (200, sts_with(5)),
-        )
-        .await;
-        expect(&mut h, "GET", "/api/v1/namespaces/default/pods", |_| {
-            (200, list("PodList", (0..5).map(ready_pod).collect()))
-        })
-        .await;
-        expect(
-            &mut h,
-            "GET",
-            "/api/v1/namespaces/default/persistentvolumeclaims",
-            |_| {
-                (
-                    200,
-                    list("PersistentVolumeClaimList", (0..5).map(claim).collect()),
-                )
-            },
-        )
-        .await;
+        expect_five_running_members(&mut h).await;
         expect_objects(&mut h).await;
         let sts = expect(
             &mut h,
