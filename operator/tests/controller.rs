@@ -153,6 +153,22 @@ fn claim(i: i32) -> Value {
            "metadata": {"name": format!("data-demo-{i}"), "namespace": "default"}})
 }
 
+/// The status write that ends every reconcile; answers with the object and
+/// that status, and returns what was sent.
+async fn expect_status(h: &mut Handle, original: &Value) -> Value {
+    expect(
+        h,
+        "PATCH",
+        "/apis/nod.io/v1alpha1/namespaces/default/nodclusters/demo/status",
+        |b| {
+            let mut o = original.clone();
+            o["status"] = b["status"].clone();
+            (200, o)
+        },
+    )
+    .await
+}
+
 /// The observation of a running 5-member cluster: its StatefulSet, 5 ready
 /// pods and 5 claims.
 async fn expect_five_running_members(h: &mut Handle) {
@@ -257,17 +273,7 @@ async fn a_new_cluster_gets_its_objects_and_a_status_saying_what_it_waits_for() 
         .await;
         let sts = expect_objects(&mut h).await;
         assert_eq!(sts["spec"]["replicas"], 3);
-        let status = expect(
-            &mut h,
-            "PATCH",
-            "/apis/nod.io/v1alpha1/namespaces/default/nodclusters/demo/status",
-            |b| {
-                let mut o = original.clone();
-                o["status"] = b["status"].clone();
-                (200, o)
-            },
-        )
-        .await;
+        let status = expect_status(&mut h, &original).await;
         status
     });
     reconcile(Arc::new(nc), context(client, nod.clone()))
@@ -331,17 +337,7 @@ async fn scale_down_removes_the_top_member_before_touching_the_statefulset() {
         assert_eq!(ev["reason"], "MemberRemoved");
         assert_eq!(ev["regarding"]["kind"], "NodCluster");
         assert!(ev["note"].as_str().unwrap().contains("demo-4"), "{ev}");
-        expect(
-            &mut h,
-            "PATCH",
-            "/apis/nod.io/v1alpha1/namespaces/default/nodclusters/demo/status",
-            |b| {
-                let mut o = original.clone();
-                o["status"] = b["status"].clone();
-                (200, o)
-            },
-        )
-        .await
+        expect_status(&mut h, &original).await
     });
     let recorder = kube::runtime::events::Recorder::new(
         client.clone(),
@@ -402,17 +398,7 @@ async fn after_the_removal_the_statefulset_shrinks_by_one() {
         )
         .await;
         assert_eq!(sts["spec"]["replicas"], 4);
-        expect(
-            &mut h,
-            "PATCH",
-            "/apis/nod.io/v1alpha1/namespaces/default/nodclusters/demo/status",
-            |b| {
-                let mut o = original.clone();
-                o["status"] = b["status"].clone();
-                (200, o)
-            },
-        )
-        .await
+        expect_status(&mut h, &original).await
     });
     reconcile(Arc::new(nc), context(client, nod.clone()))
         .await
@@ -432,19 +418,7 @@ async fn an_invalid_spec_is_reported_and_nothing_is_applied() {
         json!({"replicas": 3, "raft": {"heartbeatIntervalMs": 100, "electionTimeoutMs": 200}}),
     );
     let original = serde_json::to_value(&nc).unwrap();
-    let server = tokio::spawn(async move {
-        expect(
-            &mut h,
-            "PATCH",
-            "/apis/nod.io/v1alpha1/namespaces/default/nodclusters/demo/status",
-            |b| {
-                let mut o = original.clone();
-                o["status"] = b["status"].clone();
-                (200, o)
-            },
-        )
-        .await
-    });
+    let server = tokio::spawn(async move { expect_status(&mut h, &original).await });
     reconcile(Arc::new(nc), context(client, nod.clone()))
         .await
         .unwrap();
