@@ -92,6 +92,7 @@ fn url(e: &str) -> String {
 fn figures(m: &Measured) -> Figures {
     Figures {
         throughput: m.throughput(),
+        spread: (m.throughput(), m.throughput()),
         p50: m.ms(0.5),
         p90: m.ms(0.9),
         p99: m.ms(0.99),
@@ -111,23 +112,110 @@ fn conns_for(clients: usize) -> usize {
 
 const FSYNCS: &str = "etcd_disk_wal_fsync_duration_seconds_count";
 
-struct SystemResult {
-    rows: Vec<(String, usize, Figures)>,
-    peak_rss: u64,
-    disk: u64,
-    restart: Option<f64>,
+/// One system under test: its running cluster and a channel pool for loading.
+struct Running {
+    cluster: Cluster,
+    endpoints: Vec<String>,
 }
 
-async fn bench_system(
+impl Running {
+    fn name(&self) -> &'static str {
+        self.cluster.system.name()
+    }
+}
+
+/// What several rounds of one workload measured on one system.
+#[derive(Default)]
+struct Rounds {
+    throughputs: Vec<f64>,
+    hist: Option<hdrhistogram::Histogram<u64>>,
+    ops: u64,
+    errors: u64,
+    fsyncs: f64,
+}
+
+impl Rounds {
+    fn add(&mut self, m: &Measured, fsyncs: Option<f64>) {
+        self.throughputs.push(m.throughput());
+        match &mut self.hist {
+            Some(h) => {
+                let _ = h.add(&m.hist);
+            }
+            None => self.hist = Some(m.hist.clone()),
+        }
+        self.ops += m.ops;
+        self.errors += m.errors;
+        self.fsyncs += fsyncs.unwrap_or(0.0);
+    }
+
+    /// The median round's throughput, its spread, and latency over every round's samples.
+    fn figures(mut self, writes: bool) -> Figures {
+        self.throughputs.sort_by(f64::total_cmp);
+        let n = self.throughputs.len();
+        let median = match n {
+            0 => 0.0,
+            _ if n % 2 == 1 => self.throughputs[n / 2],
+            _ => (self.throughputs[n / 2 - 1] + self.throughputs[n / 2]) / 2.0,
+        };
+        let q = |q: f64| {
+            self.hist
+                .as_ref()
+                .map_or(0.0, |h| h.value_at_quantile(q) as f64 / 1000.0)
+        };
+        Figures {
+            throughput: median,
+            spread: (
+                self.throughputs.first().copied().unwrap_or(0.0),
+                self.throughputs.last().copied().unwrap_or(0.0),
+            ),
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            p999: q(0.999),
+            errors: self.errors,
+            fsyncs_per_write: (writes && self.ops > 0).then(|| self.fsyncs / self.ops as f64),
+        }
+    }
+}
+
+struct Settings {
+    secs: u64,
+    rounds: usize,
+    keyspace: u64,
+    watchers: usize,
+    writes: usize,
+    restart_keys: u64,
+}
+
+impl Settings {
+    fn of(mode: Mode) -> Settings {
+        match mode {
+            Mode::Quick => Settings {
+                secs: 1,
+                rounds: 3,
+                keyspace: 10_000,
+                watchers: 100,
+                writes: 100,
+                restart_keys: 100_000,
+            },
+            Mode::Full => Settings {
+                secs: 5,
+                rounds: 5,
+                keyspace: 100_000,
+                watchers: 1000,
+                writes: 1000,
+                restart_keys: 1_000_000,
+            },
+        }
+    }
+}
+
+async fn start(
     system: System,
     bin: &std::path::Path,
     root: &std::path::Path,
-    mode: Mode,
-) -> Result<SystemResult, String> {
-    let (secs, keyspace, watchers, writes, restart_keys) = match mode {
-        Mode::Quick => (2, 10_000u64, 100, 100, 100_000u64),
-        Mode::Full => (10, 100_000u64, 1000, 1000, 1_000_000u64),
-    };
+    keyspace: u64,
+) -> Result<Running, String> {
     let dir = root.join(system.name());
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -136,94 +224,161 @@ async fn bench_system(
         system.name(),
         dir.display()
     );
-    let mut c = Cluster::start(system, bin, &dir)?;
-    c.wait_ready(Duration::from_secs(60)).await?;
-    let endpoints = c.endpoints();
-    let load_ch = workload::connect(&endpoints, 32).await?;
-    let errors = workload::load(&load_ch, keyspace, 256, 256).await;
+    let cluster = Cluster::start(system, bin, &dir)?;
+    cluster.wait_ready(Duration::from_secs(60)).await?;
+    let endpoints = leader_first(cluster.endpoints()).await;
+    let ch = workload::connect(&endpoints, 32).await?;
+    let errors = workload::load(&ch, keyspace, 256, 256).await;
     eprintln!(
         "[{}] loaded {keyspace} keys ({errors} errors)",
         system.name()
     );
-    let mut rows = Vec::new();
-    for w in Workload::ALL {
-        for clients in [1usize, 16, 256] {
-            let ch = workload::connect(&endpoints, conns_for(clients)).await?;
-            let before = c.metric_sum(FSYNCS);
-            let m = workload::run(
-                &ch,
-                &Spec {
-                    workload: w,
-                    clients,
-                    duration: Duration::from_secs(secs),
-                    keyspace,
-                    value_size: 256,
-                },
-            )
-            .await;
-            let mut f = figures(&m);
-            if w.writes() && m.ops > 0 {
-                let fsyncs = (c.metric_sum(FSYNCS) - before) / 3.0;
-                f.fsyncs_per_write = Some(fsyncs / m.ops as f64);
-            }
-            eprintln!(
-                "[{}] {} ×{clients}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
-                system.name(),
-                w.name(),
-                f.throughput,
-                f.p50,
-                f.p99,
-                f.errors
-            );
-            rows.push((w.name().to_string(), clients, f));
+    Ok(Running { cluster, endpoints })
+}
+
+/// The endpoints with the leader's first: one client (one connection) then
+/// talks to the leader on both systems, rather than to whichever member
+/// happened to be listed first, which made ×1 latency a matter of luck.
+async fn leader_first(mut endpoints: Vec<String>) -> Vec<String> {
+    use nod::api::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
+    use nod::api::etcd::etcdserverpb::StatusRequest;
+    for (i, ep) in endpoints.clone().iter().enumerate() {
+        let Ok(ch) = workload::connect(std::slice::from_ref(ep), 1).await else {
+            continue;
+        };
+        let Ok(st) = MaintenanceClient::new(ch[0].clone())
+            .status(StatusRequest {})
+            .await
+        else {
+            continue;
+        };
+        let st = st.into_inner();
+        let me = st.header.map(|h| h.member_id).unwrap_or(0);
+        if me != 0 && st.leader == me {
+            endpoints.swap(0, i);
+            break;
         }
     }
-    let ch = workload::connect(&endpoints, 16).await?;
-    let m = workload::watch_fanout(&ch, watchers, writes).await;
-    let f = figures(&m);
-    eprintln!(
-        "[{}] watch fan-out {watchers} watchers × {writes} writes: {:.0} events/s, p99 {:.2} ms, {} missing",
-        system.name(),
-        f.throughput,
-        f.p99,
-        f.errors
-    );
-    rows.push((
-        format!("watch fan-out ({writes} writes, events/s)"),
-        watchers,
-        f,
-    ));
-    let peak_rss = c.peak_rss();
-    let disk = c.disk_bytes();
+    endpoints
+}
+
+/// One round of one workload on one system.
+async fn round(r: &Running, spec: &Spec) -> Result<(Measured, Option<f64>), String> {
+    let ch = workload::connect(&r.endpoints, conns_for(spec.clients)).await?;
+    let before = r.cluster.metric_sum(FSYNCS);
+    let m = workload::run(&ch, spec).await;
+    let fsyncs = spec
+        .workload
+        .writes()
+        .then(|| (r.cluster.metric_sum(FSYNCS) - before) / 3.0);
+    Ok((m, fsyncs))
+}
+
+struct Finish {
+    peak_rss: u64,
+    disk: u64,
+    restart: Option<f64>,
+}
+
+/// Loads the restart data set, restarts every member, and stops the cluster.
+async fn finish(mut r: Running, restart_keys: u64) -> Result<Finish, String> {
+    let peak_rss = r.cluster.peak_rss();
+    let disk = r.cluster.disk_bytes();
     eprintln!(
         "[{}] loading {restart_keys} keys for the restart measurement",
-        system.name()
+        r.name()
     );
-    let errors = workload::load(&load_ch, restart_keys, 256, 256).await;
-    drop(load_ch);
+    let ch = workload::connect(&r.endpoints, 32).await?;
+    let errors = workload::load(&ch, restart_keys, 256, 256).await;
     drop(ch);
-    let restart = match c.restart().await {
+    let restart = match r.cluster.restart().await {
         Ok(d) => {
             eprintln!(
                 "[{}] restart to ready with {restart_keys} keys: {:.2} s ({errors} load errors)",
-                system.name(),
+                r.name(),
                 d.as_secs_f64()
             );
             Some(d.as_secs_f64())
         }
         Err(e) => {
-            eprintln!("[{}] restart failed: {e}", system.name());
+            eprintln!("[{}] restart failed: {e}", r.name());
             None
         }
     };
-    let peak_rss = peak_rss.max(c.peak_rss());
-    c.stop();
-    Ok(SystemResult {
-        rows,
+    let peak_rss = peak_rss.max(r.cluster.peak_rss());
+    r.cluster.stop();
+    Ok(Finish {
         peak_rss,
         disk,
         restart,
     })
+}
+
+/// Both clusters run side by side (the idle one only heartbeats); every
+/// workload runs `rounds` times on each, alternating which goes first, so a
+/// drift in the machine (page cache, compaction, a neighbour) lands on both.
+async fn bench_both(
+    systems: [&Running; 2],
+    set: &Settings,
+) -> Result<Vec<(String, usize, [Figures; 2])>, String> {
+    let mut rows = Vec::new();
+    for w in Workload::ALL {
+        for clients in [1usize, 16, 256] {
+            let spec = Spec {
+                workload: w,
+                clients,
+                duration: Duration::from_secs(set.secs),
+                keyspace: set.keyspace,
+                value_size: 256,
+            };
+            let mut acc = [Rounds::default(), Rounds::default()];
+            for i in 0..set.rounds {
+                let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+                for s in order {
+                    let (m, fsyncs) = round(systems[s], &spec).await?;
+                    acc[s].add(&m, fsyncs);
+                }
+            }
+            let [a, b] = acc;
+            let figs = [a.figures(w.writes()), b.figures(w.writes())];
+            for (s, f) in systems.iter().zip(&figs) {
+                eprintln!(
+                    "[{}] {} ×{clients}: {:.0} ops/s (rounds {:.0}–{:.0}), p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                    s.name(),
+                    w.name(),
+                    f.throughput,
+                    f.spread.0,
+                    f.spread.1,
+                    f.p50,
+                    f.p99,
+                    f.errors
+                );
+            }
+            rows.push((w.name().to_string(), clients, figs));
+        }
+    }
+    let mut watch = [Figures::default(); 2];
+    for (s, r) in systems.iter().enumerate() {
+        let ch = workload::connect(&r.endpoints, 16).await?;
+        let m = workload::watch_fanout(&ch, set.watchers, set.writes).await;
+        let f = figures(&m);
+        eprintln!(
+            "[{}] watch fan-out {} watchers × {} writes: {:.0} events/s, p99 {:.2} ms, {} missing",
+            r.name(),
+            set.watchers,
+            set.writes,
+            f.throughput,
+            f.p99,
+            f.errors
+        );
+        watch[s] = f;
+    }
+    rows.push((
+        format!("watch fan-out ({} writes, events/s)", set.writes),
+        set.watchers,
+        watch,
+    ));
+    Ok(rows)
 }
 
 fn machine() -> String {
@@ -285,26 +440,26 @@ async fn run(
         fdatasync.0,
         fdatasync.1
     );
-    let nod = bench_system(System::Nod, &nod_bin, &data_root, mode).await?;
-    let etcd = bench_system(System::Etcd, &etcd_bin, &data_root, mode).await?;
-    let rows: Vec<Row> = nod
-        .rows
-        .iter()
-        .zip(etcd.rows.iter())
-        .map(|((w, c, n), (_, _, e))| Row {
-            workload: w.clone(),
-            clients: *c,
-            nod: *n,
-            etcd: *e,
+    let set = Settings::of(mode);
+    let nod = start(System::Nod, &nod_bin, &data_root, set.keyspace).await?;
+    let etcd = start(System::Etcd, &etcd_bin, &data_root, set.keyspace).await?;
+    let rows: Vec<Row> = bench_both([&nod, &etcd], &set)
+        .await?
+        .into_iter()
+        .map(|(workload, clients, [nod, etcd])| Row {
+            workload,
+            clients,
+            nod,
+            etcd,
         })
         .collect();
-    let restart_keys = if mode == Mode::Quick {
-        100_000
-    } else {
-        1_000_000
-    };
+    let nod = finish(nod, set.restart_keys).await?;
+    let etcd = finish(etcd, set.restart_keys).await?;
+    let restart_keys = set.restart_keys;
     let extras = Extras {
         machine: machine(),
+        rounds: set.rounds,
+        secs: set.secs,
         command: format!(
             "./scripts/bench{}",
             if mode == Mode::Full { " --full" } else { "" }

@@ -14,7 +14,10 @@ pub struct Row {
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Figures {
+    /// The median round's throughput.
     pub throughput: f64,
+    /// The slowest and the fastest round's throughput.
+    pub spread: (f64, f64),
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
@@ -27,6 +30,8 @@ pub struct Figures {
 pub struct Extras {
     pub machine: String,
     pub command: String,
+    pub rounds: usize,
+    pub secs: u64,
     pub fdatasync_us: (f64, f64),
     /// (Nod, etcd)
     pub peak_rss: (u64, u64),
@@ -49,7 +54,8 @@ pub fn markdown(rows: &[Row], x: &Extras) -> String {
     let _ = writeln!(s, "Command: `{}`\n", x.command);
     let _ = writeln!(
         s,
-        "Both systems: 3 members on loopback, fsync on, the same client (`nod-bench`, etcd v3 gRPC). Latencies in ms; ratio = Nod / etcd (throughput: higher is better; latency: lower is better).\n"
+        "Both systems: 3 members on loopback, fsync on, the same client (`nod-bench`, etcd v3 gRPC), both clusters up side by side. Clients spread their connections over the members, the leader's first (so 1 client talks to the leader on both). Each workload ran {} rounds of {} s on each system, alternating which went first; ops/s is the median round (the slowest and fastest round in brackets), latencies (ms) are over every round's requests. Ratio = Nod / etcd (throughput: higher is better; latency: lower is better).\n",
+        x.rounds, x.secs
     );
     let _ = writeln!(
         s,
@@ -63,11 +69,15 @@ pub fn markdown(rows: &[Row], x: &Extras) -> String {
         let (n, e) = (r.nod, r.etcd);
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.0} | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {}/{} |",
+            "| {} | {} | {:.0} ({:.0}–{:.0}) | {:.0} ({:.0}–{:.0}) | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {}/{} |",
             r.workload,
             r.clients,
             n.throughput,
+            n.spread.0,
+            n.spread.1,
             e.throughput,
+            e.spread.0,
+            e.spread.1,
             ratio(n.throughput, e.throughput),
             n.p50,
             e.p50,

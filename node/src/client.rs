@@ -89,7 +89,7 @@ fn normalize(endpoint: &str) -> String {
 
 /// Whether a request surely never reached a server (no connection could be
 /// made), so sending it again cannot apply it twice.
-fn not_sent(s: &tonic::Status) -> bool {
+pub(crate) fn not_sent(s: &tonic::Status) -> bool {
     s.code() == tonic::Code::Unavailable && s.message().contains("tcp connect error")
 }
 

@@ -46,14 +46,20 @@ async fn leader_failover_loses_no_acknowledged_write_and_a_restarted_node_catche
     let mut cluster = Cluster::start(3);
     let endpoints = cluster.endpoints();
     let first = leader(&endpoints).await;
-    // Writes through every member: followers forward to the leader.
+    // Writes through every member: followers hand them to the leader and
+    // answer once they applied them themselves, so a serializable read on
+    // the same member right after the answer sees the write.
     let mut acked = Vec::new();
     for i in 0..30 {
         let m = &cluster.members[i % 3];
         let mut c = m.client();
-        c.put(put(&format!("k{i:02}"), &format!("v{i}")))
-            .await
-            .unwrap();
+        let (k, v) = (format!("k{i:02}"), format!("v{i}"));
+        c.put(put(&k, &v)).await.unwrap();
+        assert_eq!(
+            get(&mut c, &k, true).await.as_deref(),
+            Some(v.as_str()),
+            "member {i} answered before applying"
+        );
         acked.push(i);
     }
     // Kill -9 the leader.
@@ -337,6 +343,67 @@ async fn bad_input_gets_etcd_errors_and_the_node_keeps_serving() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // Forwarded writes (Peer.Propose): only a member, only in its own name.
+    use nod::transport::nodserverpb::{command::Op, Command, ProposeBatch};
+    use prost::Message as _;
+    let command = |origin: u64, key: &str| {
+        Command {
+            id: 7,
+            origin,
+            op: Some(Op::Put(put(key, "fwd"))),
+        }
+        .encode_to_vec()
+    };
+    let stranger = 0x5eed;
+    let err = peer
+        .propose(ProposeBatch {
+            cluster_id: me.cluster_id,
+            from: stranger,
+            commands: vec![command(stranger, "f1")],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    let err = peer
+        .propose(ProposeBatch {
+            cluster_id: me.cluster_id,
+            from: me.member_id,
+            commands: vec![command(me.member_id, "f1"); 4097],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let results = peer
+        .propose(ProposeBatch {
+            cluster_id: me.cluster_id,
+            from: me.member_id,
+            commands: vec![
+                command(stranger, "f1"),
+                vec![0xff, 0xff, 0xff],
+                command(me.member_id, "f2"),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 3);
+    assert!(results[0].error.contains("origin"), "{:?}", results[0]);
+    assert!(results[0].index == 0 && results[1].index == 0);
+    assert!(!results[1].error.is_empty(), "{:?}", results[1]);
+    assert!(
+        results[2].error.is_empty() && results[2].index > 0,
+        "{:?}",
+        results[2]
+    );
+    // Only the well-formed command in its sender's name was appended.
+    let fwd = eventually("the forwarded write", Duration::from_secs(5), || {
+        let mut c = c.clone();
+        async move { get(&mut c, "f2", false).await }
+    })
+    .await;
+    assert_eq!(fwd, "fwd");
+    assert_eq!(get(&mut c, "f1", false).await, None);
     // Still serving, data intact.
     assert_eq!(get(&mut c, "b", false).await.as_deref(), Some("1"));
     // Metrics and health answer.

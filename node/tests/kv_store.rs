@@ -477,3 +477,58 @@ fn a_corrupt_record_is_reported_on_open() {
         .expect("corruption must be reported");
     assert!(err.to_string().contains("corrupt"), "{err}");
 }
+
+#[test]
+fn a_batch_reads_its_own_writes_and_reaches_the_disk_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut f = open(dir.path());
+        f.put("a", "1");
+        f.store.begin_batch();
+        f.put("a", "2");
+        f.put("b", "1");
+        // Inside the batch every read sees the applied state.
+        assert_eq!(
+            f.get("a", 0).unwrap(),
+            Some(("2".into(), 2, 3, 2)),
+            "value, create, mod revision and version come from the batch"
+        );
+        assert_eq!(f.get("a", 2).unwrap().unwrap().0, "1", "history below it");
+        // A compaction inside the batch writes what is pending first.
+        let at = f.next();
+        f.store
+            .apply_compaction(
+                &CompactionRequest {
+                    revision: 3,
+                    physical: false,
+                },
+                at,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.get("a", 2), Err(KvError::Compacted));
+        f.put("c", "1");
+        f.store.end_batch().unwrap();
+        assert_eq!(f.store.applied(), (5, 1));
+    }
+    let mut f = open(dir.path());
+    assert_eq!(
+        f.store.applied(),
+        (5, 1),
+        "the batch's applied index is on disk"
+    );
+    assert_eq!(f.get("a", 0).unwrap().unwrap().0, "2");
+    assert_eq!(f.get("c", 0).unwrap().unwrap().0, "1");
+    assert_eq!(f.store.compacted_revision(), 3);
+    // A batch never ended (a crash) leaves the store as it was before it:
+    // the applied index goes back with the data, so the log is applied again.
+    f.store.begin_batch();
+    f.put("d", "1");
+    f.put("a", "3");
+    assert_eq!(f.get("d", 0).unwrap().unwrap().0, "1");
+    drop(f);
+    let f = open(dir.path());
+    assert_eq!(f.store.applied(), (5, 1));
+    assert_eq!(f.get("d", 0).unwrap(), None);
+    assert_eq!(f.get("a", 0).unwrap().unwrap().0, "2");
+}

@@ -9,7 +9,7 @@ use std::process::Command;
 use nod_operator::crd::NodCluster;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    manifest_dir().join("..")
 }
 
 /// Runs the validator; returns (success, output).
@@ -162,4 +162,13 @@ fn the_chart_lints_renders_and_validates() {
     ]);
     assert!(ok, "{out}");
     assert!(out.contains("Deployment/"), "{out}");
+}
+
+/// This package's folder. Read at run time (cargo test sets it), not baked in
+/// at build time: a test binary reused from a build in another checkout of
+/// the same target directory must still read this checkout.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

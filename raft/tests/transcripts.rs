@@ -247,7 +247,7 @@ fn run_file(path: &std::path::Path) -> (String, String) {
 
 #[test]
 fn golden_transcripts() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata");
+    let dir = manifest_dir().join("tests/testdata");
     let rewrite = std::env::var("NOD_REWRITE").is_ok_and(|v| v == "1");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("testdata folder")
@@ -273,4 +273,13 @@ fn golden_transcripts() {
         failures.is_empty(),
         "{failures}transcripts differ; if the change is intended, run NOD_REWRITE=1 cargo test -p nod-raft --test transcripts and review the diff"
     );
+}
+
+/// This package's folder. Read at run time (cargo test sets it), not baked in
+/// at build time: a test binary reused from a build in another checkout of
+/// the same target directory must still read this checkout.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

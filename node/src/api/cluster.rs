@@ -72,16 +72,6 @@ impl ClusterService {
             .await?;
         Ok(r.ok())
     }
-
-    async fn leader_channel(
-        &self,
-        forwarded: bool,
-    ) -> Result<Option<tonic::transport::Channel>, Status> {
-        if forwarded {
-            return Ok(None);
-        }
-        self.node.leader_route().await
-    }
 }
 
 #[tonic::async_trait]
@@ -93,13 +83,22 @@ impl Cluster for ClusterService {
         let forwarded = Node::is_forwarded(&request);
         let req = request.into_inner();
         check_urls(&req.peer_ur_ls)?;
-        if let Some(ch) = self.leader_channel(forwarded).await? {
-            return Ok(Response::new(
-                ClusterClient::new(ch)
-                    .member_add(Node::forward_request(req))
-                    .await?
-                    .into_inner(),
-            ));
+        if !forwarded {
+            let r = self
+                .node
+                .call_leader(|ch| {
+                    let req = req.clone();
+                    async move {
+                        ClusterClient::new(ch)
+                            .member_add(Node::forward_request(req))
+                            .await
+                            .map(|r| r.into_inner())
+                    }
+                })
+                .await?;
+            if let Some(r) = r {
+                return Ok(Response::new(r));
+            }
         }
         let members = self.members();
         if members
@@ -149,13 +148,19 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let forwarded = Node::is_forwarded(&request);
         let req = request.into_inner();
-        if let Some(ch) = self.leader_channel(forwarded).await? {
-            return Ok(Response::new(
-                ClusterClient::new(ch)
-                    .member_remove(Node::forward_request(req))
-                    .await?
-                    .into_inner(),
-            ));
+        if !forwarded {
+            let r = self
+                .node
+                .call_leader(|ch| async move {
+                    ClusterClient::new(ch)
+                        .member_remove(Node::forward_request(req))
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await?;
+            if let Some(r) = r {
+                return Ok(Response::new(r));
+            }
         }
         self.member(req.id)?;
         if req.id == self.node.shared.member_id {
@@ -253,13 +258,19 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         let forwarded = Node::is_forwarded(&request);
         let req = request.into_inner();
-        if let Some(ch) = self.leader_channel(forwarded).await? {
-            return Ok(Response::new(
-                ClusterClient::new(ch)
-                    .member_promote(Node::forward_request(req))
-                    .await?
-                    .into_inner(),
-            ));
+        if !forwarded {
+            let r = self
+                .node
+                .call_leader(|ch| async move {
+                    ClusterClient::new(ch)
+                        .member_promote(Node::forward_request(req))
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await?;
+            if let Some(r) = r {
+                return Ok(Response::new(r));
+            }
         }
         let m = self.member(req.id)?;
         if !m.is_learner {

@@ -39,6 +39,7 @@ pub fn to_status(e: DriverError) -> Status {
         DriverError::NotLeader { .. } => Status::failed_precondition(msg),
         DriverError::NoLeader
         | DriverError::LeaderChanged
+        | DriverError::LeaderUnreachable
         | DriverError::Stopped
         | DriverError::Timeout => Status::unavailable(msg),
         DriverError::Rejected(_) => Status::failed_precondition(msg),

@@ -29,7 +29,8 @@ pub fn encode(cmd: &Command) -> Vec<u8> {
     cmd.encode_to_vec()
 }
 
-pub fn decode(bytes: &[u8]) -> Result<(u64, Op), CommandError> {
+/// Decodes a command, returning its (id, origin, operation).
+pub fn decode(bytes: &[u8]) -> Result<(u64, u64, Op), CommandError> {
     if bytes.len() > MAX_COMMAND_BYTES {
         return Err(CommandError::TooLarge(bytes.len()));
     }
@@ -38,7 +39,7 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, Op), CommandError> {
     if let Op::MemberAttributes(m) | Op::MemberPeerUrls(m) = &op {
         check_member(m)?;
     }
-    Ok((cmd.id, op))
+    Ok((cmd.id, cmd.origin, op))
 }
 
 pub fn encode_member(m: &MemberAttributes) -> Vec<u8> {
@@ -92,17 +93,25 @@ mod tests {
     fn commands_round_trip_and_bad_bytes_are_errors() {
         let cmd = Command {
             id: 42,
+            origin: 7,
             op: Some(Op::Put(PutRequest {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),
                 ..Default::default()
             })),
         };
-        let (id, op) = decode(&encode(&cmd)).unwrap();
-        assert_eq!(id, 42);
+        let (id, origin, op) = decode(&encode(&cmd)).unwrap();
+        assert_eq!((id, origin), (42, 7));
         assert_eq!(Some(op), cmd.op);
         assert_eq!(
-            decode(&Command { id: 1, op: None }.encode_to_vec()),
+            decode(
+                &Command {
+                    id: 1,
+                    origin: 0,
+                    op: None
+                }
+                .encode_to_vec()
+            ),
             Err(CommandError::Empty)
         );
         assert!(matches!(
@@ -111,6 +120,7 @@ mod tests {
         ));
         let bad_member = Command {
             id: 1,
+            origin: 0,
             op: Some(Op::MemberAttributes(MemberAttributes::default())),
         };
         assert!(matches!(

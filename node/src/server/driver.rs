@@ -27,7 +27,8 @@ use crate::api::etcd::etcdserverpb::{
 };
 use crate::storage::checkpoint::{self, CheckpointInfo};
 use crate::storage::{KvError, KvStore, LogStore};
-use crate::transport::peer::{Transport, TransportEvent};
+use crate::transport::nodserverpb::ProposeResult;
+use crate::transport::peer::{ForwardOutcome, Transport, TransportEvent};
 
 /// Why a request did not get a result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +39,9 @@ pub enum DriverError {
     NoLeader,
     #[error("etcdserver: leader changed")]
     LeaderChanged,
+    /// A forwarded write never reached the leader (no connection): retried.
+    #[error("etcdserver: leader unreachable")]
+    LeaderUnreachable,
     #[error("etcdserver: {0}")]
     Rejected(String),
     #[error(transparent)]
@@ -79,6 +83,12 @@ pub enum Request {
     ConfChange {
         change: ConfChange,
         reply: Reply<Applied>,
+    },
+    /// Commands a follower forwarded: appended if this node leads, answered
+    /// with where each went; the follower waits for them itself.
+    ProposeForwarded {
+        commands: Vec<Vec<u8>>,
+        reply: Reply<Vec<ProposeResult>>,
     },
     /// Answered once this node has applied everything committed before the
     /// request (ReadIndex, §8 / thesis §6.4).
@@ -158,6 +168,13 @@ impl DriverHandle {
     }
     pub async fn propose(&self, op: Op) -> Result<Applied, DriverError> {
         self.call(|reply| Request::Propose { op, reply }).await
+    }
+    pub async fn propose_forwarded(
+        &self,
+        commands: Vec<Vec<u8>>,
+    ) -> Result<Vec<ProposeResult>, DriverError> {
+        self.call(|reply| Request::ProposeForwarded { commands, reply })
+            .await
     }
     pub async fn conf_change(&self, change: ConfChange) -> Result<Applied, DriverError> {
         self.call(|reply| Request::ConfChange { change, reply })
@@ -241,6 +258,54 @@ pub struct Driver {
     /// timestamp, not the core's `recent_active` bit, which is cleared every
     /// election timeout and so reads false for a moment after each clear).
     last_heard: HashMap<u64, Instant>,
+    /// Writes this follower handed to the leader, by command id: answered
+    /// when this node applies the entry with its own origin and that id.
+    forwarded: HashMap<u64, Reply<Applied>>,
+    /// Where the leader put each forwarded write, by index: another term's
+    /// entry at that index means ours is in no log (a retry is safe).
+    forwarded_at: BTreeMap<Index, (Term, u64)>,
+    /// Forwarded writes of this loop turn, sent as one batch.
+    forward_queue: Vec<(u64, Vec<u8>)>,
+    /// Command ids start at a random point each run, so an entry a previous
+    /// run forwarded is never taken for one of this run's.
+    next_forward_id: u64,
+    forward_tx: mpsc::Sender<ForwardOutcome>,
+    forward_rx: mpsc::Receiver<ForwardOutcome>,
+}
+
+/// What a leader answers for a forwarded write it could not append because
+/// it does not lead (`ProposeResult.leader` names who does, 0: nobody).
+const FORWARD_NOT_LEADER: &str = "not leader";
+
+fn forward_error(e: DriverError) -> ProposeResult {
+    match e {
+        DriverError::NotLeader { leader } => ProposeResult {
+            error: FORWARD_NOT_LEADER.into(),
+            leader: leader.0,
+            ..Default::default()
+        },
+        DriverError::NoLeader => ProposeResult {
+            error: FORWARD_NOT_LEADER.into(),
+            ..Default::default()
+        },
+        other => ProposeResult {
+            error: other.to_string(),
+            ..Default::default()
+        },
+    }
+}
+
+/// A random starting point for this run's command ids.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }
 
 pub fn channel(depth: usize) -> (DriverHandle, mpsc::Receiver<Request>) {
@@ -264,7 +329,14 @@ impl Driver {
             .map(|s| s.metadata.index.0)
             .unwrap_or(0);
         let (snapshots_tx, snapshots_rx) = mpsc::channel(1);
+        let (forward_tx, forward_rx) = mpsc::channel(1024);
         Driver {
+            forwarded: HashMap::new(),
+            forwarded_at: BTreeMap::new(),
+            forward_queue: Vec::new(),
+            next_forward_id: random_u64(),
+            forward_tx,
+            forward_rx,
             last_snapshot,
             snapshot_in_flight: false,
             newest_checkpoint: None,
@@ -303,6 +375,7 @@ impl Driver {
                 Some(m) = self.inbox.recv() => self.on_message(m),
                 Some(r) = self.requests.recv() => self.on_request(r),
                 Some(e) = self.transport_events.recv() => self.on_transport_event(e),
+                Some(o) = self.forward_rx.recv() => self.on_forwarded(o),
                 Some(s) = self.snapshots_rx.recv() => {
                     if let Err(e) = self.on_snapshot_taken(s) {
                         break Err(e);
@@ -321,6 +394,7 @@ impl Driver {
                 }
             }
             self.send_reads();
+            self.flush_forwards();
             if let Err(e) = self.process_ready() {
                 break Err(e);
             }
@@ -342,6 +416,7 @@ impl Driver {
     }
 
     fn fail_all(&mut self, e: DriverError) {
+        self.fail_forwarded(e.clone());
         for (_, (_, r)) in std::mem::take(&mut self.waiters) {
             let _ = r.send(Err(e.clone()));
         }
@@ -367,6 +442,10 @@ impl Driver {
         if self.ticks.is_multiple_of(10) {
             // Requests whose callers gave up (timeout, disconnect) free their slots.
             self.waiters.retain(|_, (_, r)| !r.is_closed());
+            self.forwarded.retain(|_, r| !r.is_closed());
+            let forwarded = &self.forwarded;
+            self.forwarded_at
+                .retain(|_, (_, id)| forwarded.contains_key(id));
             self.reads_ready.retain(|(_, r)| !r.is_closed());
             self.reads_in_flight.retain(|_, rs| {
                 rs.retain(|r| !r.is_closed());
@@ -411,21 +490,27 @@ impl Driver {
     fn on_request(&mut self, r: Request) {
         match r {
             Request::Propose { op, reply } => {
+                self.shared.metrics.proposals_pending.inc();
+                let leader = self.node.leader();
+                if self.node.role() != Role::Leader && !leader.is_none() {
+                    // Hand it to the leader with the rest of this turn's writes.
+                    self.next_forward_id = self.next_forward_id.wrapping_add(1).max(1);
+                    let id = self.next_forward_id;
+                    let data = command::encode(&command::Command {
+                        id,
+                        origin: self.shared.member_id,
+                        op: Some(op),
+                    });
+                    self.forward_queue.push((id, data));
+                    self.forwarded.insert(id, reply);
+                    return;
+                }
                 let data = command::encode(&command::Command {
                     id: 0,
+                    origin: 0,
                     op: Some(op),
                 });
-                self.shared.metrics.proposals_pending.inc();
-                match self.node.propose(data) {
-                    Ok(p) => {
-                        self.waiters.insert(p.index, (p.term, reply));
-                    }
-                    Err(e) => {
-                        self.shared.metrics.proposals_pending.dec();
-                        self.shared.metrics.proposals_failed.inc();
-                        let _ = reply.send(Err(self.propose_error(e)));
-                    }
-                }
+                self.propose_here(data, reply);
             }
             Request::ConfChange { change, reply } => match self.node.propose_conf_change(change) {
                 Ok(p) => {
@@ -436,6 +521,20 @@ impl Driver {
                     let _ = reply.send(Err(self.propose_error(e)));
                 }
             },
+            Request::ProposeForwarded { commands, reply } => {
+                let results = commands
+                    .into_iter()
+                    .map(|c| match self.node.propose(c) {
+                        Ok(p) => ProposeResult {
+                            index: p.index.0,
+                            term: p.term.0,
+                            ..Default::default()
+                        },
+                        Err(e) => forward_error(self.propose_error(e)),
+                    })
+                    .collect();
+                let _ = reply.send(Ok(results));
+            }
             Request::ReadIndex { reply } => self.unsent_reads.push(reply),
             Request::KeepAlive { id, reply } => {
                 let result = if self.node.role() != Role::Leader {
@@ -492,6 +591,133 @@ impl Driver {
                 self.last_heard.retain(|id, _| conf.contains(NodeId(*id)));
                 let _ = reply.send(self.last_heard.clone());
             }
+        }
+    }
+
+    /// Appends a command on this node (the leader); `reply` waits for its entry.
+    fn propose_here(&mut self, data: Vec<u8>, reply: Reply<Applied>) {
+        match self.node.propose(data) {
+            Ok(p) => {
+                self.waiters.insert(p.index, (p.term, reply));
+            }
+            Err(e) => {
+                self.shared.metrics.proposals_pending.dec();
+                self.shared.metrics.proposals_failed.inc();
+                let _ = reply.send(Err(self.propose_error(e)));
+            }
+        }
+    }
+
+    /// Sends this turn's forwarded writes to the leader (or, if this node
+    /// has just become the leader, appends them here).
+    fn flush_forwards(&mut self) {
+        if self.forward_queue.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.forward_queue);
+        if self.node.role() == Role::Leader {
+            for (id, data) in batch {
+                let Some(reply) = self.forwarded.remove(&id) else {
+                    continue;
+                };
+                self.propose_here(data, reply);
+            }
+            return;
+        }
+        let leader = self.node.leader();
+        let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
+        let sent = !leader.is_none()
+            && self.transport.forward_proposals(
+                leader,
+                self.shared.member_id,
+                batch,
+                &self.forward_tx,
+            );
+        if !sent {
+            let e = self.not_leader();
+            for id in ids {
+                self.finish_forward(id, Err(e.clone()));
+            }
+        }
+    }
+
+    /// The leader's answer to a batch of forwarded writes.
+    fn on_forwarded(&mut self, o: ForwardOutcome) {
+        let results = match o.result {
+            Ok(r) => r,
+            Err(status) => {
+                let e = match status.code() {
+                    // A leader without the call (an older version): the
+                    // client API path forwards instead; nothing was appended.
+                    tonic::Code::Unimplemented => match self.node.leader() {
+                        NodeId::NONE => DriverError::NoLeader,
+                        l => DriverError::NotLeader { leader: l },
+                    },
+                    tonic::Code::PermissionDenied | tonic::Code::InvalidArgument => {
+                        DriverError::Rejected(status.message().to_string())
+                    }
+                    // No connection to the leader (it died, a new one is not
+                    // elected yet): nothing was sent, so `route` tries again.
+                    _ if crate::client::not_sent(&status) => DriverError::LeaderUnreachable,
+                    // The call may have reached the leader: the outcome is unknown.
+                    _ => DriverError::Timeout,
+                };
+                for id in o.ids {
+                    self.finish_forward(id, Err(e.clone()));
+                }
+                return;
+            }
+        };
+        let applied = self.shared.store().applied().0;
+        let mut results = results.into_iter();
+        for id in o.ids {
+            let Some(r) = results.next() else {
+                self.finish_forward(id, Err(DriverError::Timeout));
+                continue;
+            };
+            if !self.forwarded.contains_key(&id) {
+                continue; // applied already, or its caller gave up
+            }
+            if !r.error.is_empty() {
+                let e = match (r.error.as_str(), r.leader) {
+                    (FORWARD_NOT_LEADER, 0) => DriverError::NoLeader,
+                    (FORWARD_NOT_LEADER, l) => DriverError::NotLeader { leader: NodeId(l) },
+                    (other, _) => DriverError::Rejected(other.to_string()),
+                };
+                self.finish_forward(id, Err(e));
+                continue;
+            }
+            let (index, term) = (Index(r.index), Term(r.term));
+            if index.0 > applied {
+                self.forwarded_at.insert(index, (term, id));
+                continue;
+            }
+            // Applied here before the answer came, and not found by its id:
+            // another entry holds that index, unless a snapshot covered it.
+            let e = match self.node.storage().term(index) {
+                Ok(t) if t != term => DriverError::LeaderChanged,
+                _ => DriverError::Timeout,
+            };
+            self.finish_forward(id, Err(e));
+        }
+    }
+
+    fn finish_forward(&mut self, id: u64, result: Result<Applied, DriverError>) {
+        if let Some(reply) = self.forwarded.remove(&id) {
+            self.shared.metrics.proposals_pending.dec();
+            match &result {
+                Ok(_) => self.shared.metrics.proposals_committed.inc(),
+                Err(_) => self.shared.metrics.proposals_failed.inc(),
+            }
+            let _ = reply.send(result);
+        }
+    }
+
+    fn fail_forwarded(&mut self, e: DriverError) {
+        self.forwarded_at.clear();
+        let ids: Vec<u64> = self.forwarded.keys().copied().collect();
+        for id in ids {
+            self.finish_forward(id, Err(e.clone()));
         }
     }
 
@@ -557,9 +783,7 @@ impl Driver {
             let committed = std::mem::take(&mut rd.committed_entries);
             if !committed.is_empty() {
                 let started = Instant::now();
-                for e in committed {
-                    self.apply(e)?;
-                }
+                self.apply_committed(committed)?;
                 self.shared
                     .metrics
                     .backend_commit_seconds
@@ -671,6 +895,7 @@ impl Driver {
         for id in expired {
             let data = command::encode(&command::Command {
                 id: 0,
+                origin: 0,
                 op: Some(Op::LeaseRevoke(LeaseRevokeRequest { id })),
             });
             if self.node.propose(data).is_ok() {
@@ -700,6 +925,7 @@ impl Driver {
         }
         let data = command::encode(&command::Command {
             id: 0,
+            origin: 0,
             op: Some(Op::MemberAttributes(mine.clone())),
         });
         match self.node.propose(data) {
@@ -805,6 +1031,7 @@ impl Driver {
         let applied = (snap.metadata.index.0, snap.metadata.term.0);
         // Proposals the snapshot covers may or may not be in it: unknown, not retried.
         self.fail_waiters_below(Index(applied.0 + 1), DriverError::Timeout);
+        self.fail_forwarded(DriverError::Timeout);
         if data.checkpoint_index != 0 {
             let dir = checkpoint::dir_for(&self.config.snapshot_root, applied.0, applied.1);
             let hub = self.shared.hub.clone();
@@ -893,12 +1120,81 @@ impl Driver {
         }
     }
 
-    fn apply(&mut self, entry: Entry) -> Result<(), String> {
-        let applied = (entry.index.0, entry.term.0);
+    /// Applies a Ready's committed entries. Runs of ordinary entries are
+    /// applied under one hold of the watch hub and the store and written to
+    /// RocksDB as one batch; their callers are answered after that write.
+    /// A membership change ends a run (it updates the peers, which reads
+    /// the store).
+    fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), String> {
+        let shared = self.shared.clone();
+        let hub = shared.hub.clone();
+        let mut held: Option<(
+            std::sync::MutexGuard<'_, super::watch_hub::HubState>,
+            std::sync::RwLockWriteGuard<'_, KvStore>,
+        )> = None;
+        let mut answers = Vec::new();
+        for entry in entries {
+            if matches!(entry.payload, EntryPayload::ConfChange(_)) {
+                if let Some((h, mut store)) = held.take() {
+                    store.end_batch().map_err(|e| e.to_string())?;
+                    drop(store);
+                    drop(h);
+                }
+                self.answer(std::mem::take(&mut answers));
+                self.apply_conf_entry(entry)?;
+                continue;
+            }
+            let (h, store) = held.get_or_insert_with(|| {
+                let h = hub.lock();
+                let mut store = shared.store_mut();
+                store.begin_batch();
+                (h, store)
+            });
+            if let Some(a) = self.apply_entry(store, h, entry)? {
+                answers.push(a);
+            }
+        }
+        if let Some((h, mut store)) = held.take() {
+            store.end_batch().map_err(|e| e.to_string())?;
+            drop(store);
+            drop(h);
+        }
+        self.answer(answers);
+        Ok(())
+    }
+
+    fn answer(&self, answers: Vec<(Reply<Applied>, Result<Applied, DriverError>)>) {
+        for (reply, result) in answers {
+            self.shared.metrics.proposals_pending.dec();
+            match &result {
+                Ok(_) => self.shared.metrics.proposals_committed.inc(),
+                Err(_) => self.shared.metrics.proposals_failed.inc(),
+            }
+            let _ = reply.send(result);
+        }
+    }
+
+    /// The request waiting for `entry` on this node, if any; fails the ones
+    /// the entry shows were lost or passed over.
+    fn take_waiter(&mut self, entry: &Entry) -> Option<Reply<Applied>> {
         // Waiters below this entry were passed over (a snapshot covered
         // them): their outcome is unknown, so they must not be retried.
         self.fail_waiters_below(entry.index, DriverError::Timeout);
-        let waiter = match self.waiters.first_key_value() {
+        // Forwarded writes the leader put below this entry were skipped.
+        while let Some((i, _)) = self.forwarded_at.first_key_value() {
+            if *i >= entry.index {
+                break;
+            }
+            if let Some((_, (_, id))) = self.forwarded_at.pop_first() {
+                self.finish_forward(id, Err(DriverError::Timeout));
+            }
+        }
+        if let Some((term, id)) = self.forwarded_at.remove(&entry.index) {
+            if term != entry.term {
+                self.finish_forward(id, Err(DriverError::LeaderChanged));
+            }
+        }
+        match self.waiters.first_key_value() {
             Some((i, _)) if *i == entry.index => self.waiters.pop_first(),
             _ => None,
         }
@@ -913,65 +1209,88 @@ impl Driver {
                 let _ = reply.send(Err(DriverError::LeaderChanged));
                 None
             }
-        });
-        let hub = self.shared.hub.clone();
-        let mut hub = hub.lock();
-        let shared = self.shared.clone();
-        let mut store = shared.store_mut();
+        })
+    }
+
+    /// Applies an empty or ordinary entry; returns the answer for whoever waits.
+    #[allow(clippy::type_complexity)]
+    fn apply_entry(
+        &mut self,
+        store: &mut KvStore,
+        hub: &mut super::watch_hub::HubState,
+        entry: Entry,
+    ) -> Result<Option<(Reply<Applied>, Result<Applied, DriverError>)>, String> {
+        let applied = (entry.index.0, entry.term.0);
+        let mut waiter = self.take_waiter(&entry);
         let fatal = |e: KvError| e.to_string();
         let result: Result<Outcome, DriverError> = match entry.payload {
-            EntryPayload::Empty => {
-                store.apply_noop(applied).map_err(fatal)?;
-                Ok(Outcome::Nothing)
-            }
-            EntryPayload::ConfChange(cc) => {
-                let r = self.apply_conf_change(&mut store, &cc, applied)?;
-                drop(store);
-                drop(hub);
-                self.refresh_peers();
-                if cc.kind == ConfChangeKind::Remove && cc.node.0 == self.shared.member_id {
-                    tracing::warn!("this member was removed from the cluster; stopping");
-                    self.shared
-                        .status
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .removed = true;
-                }
-                if let Some(reply) = waiter {
-                    self.shared.metrics.proposals_pending.dec();
-                    self.shared.metrics.proposals_committed.inc();
-                    let revision = self.shared.store().current_revision();
-                    let _ = reply.send(r.map(|outcome| Applied {
-                        outcome,
-                        revision,
-                        term: entry.term.0,
-                    }));
-                }
-                return Ok(());
-            }
             EntryPayload::Normal(data) => match command::decode(&data) {
                 Err(e) => {
                     tracing::warn!(index = entry.index.0, error = %e, "applying an undecodable entry as a no-op");
                     store.apply_noop(applied).map_err(fatal)?;
                     Err(DriverError::Rejected(e.to_string()))
                 }
-                Ok((_, op)) => self.apply_op(&mut store, &mut hub, op, applied)?,
+                Ok((id, origin, op)) => {
+                    if waiter.is_none() && id != 0 && origin == self.shared.member_id {
+                        waiter = self.forwarded.remove(&id);
+                    }
+                    self.apply_op(store, hub, op, applied)?
+                }
             },
+            // Empty, or a membership change handed here by mistake.
+            _ => {
+                store.apply_noop(applied).map_err(fatal)?;
+                Ok(Outcome::Nothing)
+            }
         };
         let revision = store.current_revision();
+        Ok(waiter.map(|reply| {
+            (
+                reply,
+                result.map(|outcome| Applied {
+                    outcome,
+                    revision,
+                    term: entry.term.0,
+                }),
+            )
+        }))
+    }
+
+    fn apply_conf_entry(&mut self, entry: Entry) -> Result<(), String> {
+        let applied = (entry.index.0, entry.term.0);
+        let waiter = self.take_waiter(&entry);
+        let EntryPayload::ConfChange(cc) = &entry.payload else {
+            return Err(format!(
+                "entry {} is not a membership change",
+                entry.index.0
+            ));
+        };
+        let hub = self.shared.hub.clone();
+        let hub = hub.lock();
+        let shared = self.shared.clone();
+        let mut store = shared.store_mut();
+        let r = self.apply_conf_change(&mut store, cc, applied)?;
         drop(store);
         drop(hub);
+        self.refresh_peers();
+        if cc.kind == ConfChangeKind::Remove && cc.node.0 == self.shared.member_id {
+            tracing::warn!("this member was removed from the cluster; stopping");
+            self.shared
+                .status
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .removed = true;
+        }
         if let Some(reply) = waiter {
-            self.shared.metrics.proposals_pending.dec();
-            match &result {
-                Ok(_) => self.shared.metrics.proposals_committed.inc(),
-                Err(_) => self.shared.metrics.proposals_failed.inc(),
-            }
-            let _ = reply.send(result.map(|outcome| Applied {
-                outcome,
-                revision,
-                term: entry.term.0,
-            }));
+            let revision = self.shared.store().current_revision();
+            self.answer(vec![(
+                reply,
+                r.map(|outcome| Applied {
+                    outcome,
+                    revision,
+                    term: entry.term.0,
+                }),
+            )]);
         }
         Ok(())
     }

@@ -202,6 +202,27 @@ impl PeerNode for PeerView {
                 .map_err(crate::api::status::to_status)
         })
     }
+    fn propose_forwarded(
+        &self,
+        commands: Vec<Vec<u8>>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<
+                        Vec<crate::transport::nodserverpb::ProposeResult>,
+                        tonic::Status,
+                    >,
+                > + Send
+                + '_,
+        >,
+    > {
+        Box::pin(async move {
+            self.driver
+                .propose_forwarded(commands)
+                .await
+                .map_err(crate::api::status::to_status)
+        })
+    }
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {

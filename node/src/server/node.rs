@@ -123,6 +123,7 @@ impl Node {
                 }
                 DriverError::NoLeader
                 | DriverError::LeaderChanged
+                | DriverError::LeaderUnreachable
                 | DriverError::NotLeader { .. } => {}
                 _ => return Err(to_status(err)),
             }
@@ -186,6 +187,29 @@ impl Node {
                 return Err(to_status(DriverError::NoLeader));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Calls the leader with `call` (`Ok(None)`: this node leads). While
+    /// the leader cannot be reached (no connection, so nothing was sent: it
+    /// died and the next one is not elected yet) it waits for the next
+    /// leader and tries again, up to the request timeout.
+    pub async fn call_leader<T, F, Fut>(&self, mut call: F) -> Result<Option<T>, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let Some(ch) = self.leader_route().await? else {
+                return Ok(None);
+            };
+            match call(ch).await {
+                Err(s) if crate::client::not_sent(&s) && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                r => return r.map(Some),
+            }
         }
     }
 

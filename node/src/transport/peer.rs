@@ -29,7 +29,8 @@ use super::nodraftpb::{Empty, MessageBatch};
 use super::nodserverpb::peer_client::PeerClient;
 use super::nodserverpb::peer_server::Peer;
 use super::nodserverpb::{
-    MemberAttributes, MembersRequest, MembersResponse, PublishRequest, SnapshotChunk, SnapshotData,
+    MemberAttributes, MembersRequest, MembersResponse, ProposeBatch, ProposeBatchReply,
+    ProposeResult, PublishRequest, SnapshotChunk, SnapshotData,
 };
 use crate::storage::checkpoint;
 use prost::Message as _;
@@ -56,6 +57,23 @@ struct PeerLink {
     url: String,
     tx: mpsc::Sender<Vec<Message>>,
     task: tokio::task::JoinHandle<()>,
+    /// For forwarded proposals (unary calls, connected on first use).
+    calls: Option<tonic::transport::Channel>,
+}
+
+/// Most commands one forwarded batch may carry.
+pub const MAX_FORWARD_COMMANDS: usize = 4096;
+/// How long a follower waits for the leader to take a forwarded batch.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of commands per forwarded batch before another call is started.
+const FORWARD_BATCH_BYTES: usize = 4 << 20;
+
+/// How a batch of forwarded proposals ended: per command, where the leader
+/// put it or why it did not (`Err` for the whole call when it failed).
+#[derive(Debug)]
+pub struct ForwardOutcome {
+    pub ids: Vec<u64>,
+    pub result: Result<Vec<ProposeResult>, Status>,
 }
 
 pub struct Transport {
@@ -131,7 +149,22 @@ impl Transport {
                 rx,
                 self.events.clone(),
             ));
-            self.peers.insert(id, PeerLink { url, tx, task });
+            let calls = tonic::transport::Endpoint::from_shared(url.clone())
+                .ok()
+                .map(|e| {
+                    e.connect_timeout(Duration::from_secs(1))
+                        .tcp_nodelay(true)
+                        .connect_lazy()
+                });
+            self.peers.insert(
+                id,
+                PeerLink {
+                    url,
+                    tx,
+                    task,
+                    calls,
+                },
+            );
         }
     }
 
@@ -191,6 +224,54 @@ impl Transport {
             }
             let _ = events.send(TransportEvent::Snapshot(to, r.is_ok())).await;
         });
+    }
+
+    /// Hands client writes (`(id, encoded command)`, origin `from`) to the
+    /// leader in as few calls as their size allows; each call's outcome comes
+    /// back on `done`. False when there is no link to `leader`.
+    pub fn forward_proposals(
+        &self,
+        leader: NodeId,
+        from: u64,
+        commands: Vec<(u64, Vec<u8>)>,
+        done: &mpsc::Sender<ForwardOutcome>,
+    ) -> bool {
+        let Some(channel) = self.peers.get(&leader).and_then(|l| l.calls.clone()) else {
+            return false;
+        };
+        let mut rest = commands.into_iter().peekable();
+        while rest.peek().is_some() {
+            let (mut ids, mut batch, mut bytes) = (Vec::new(), Vec::new(), 0);
+            while let Some((id, c)) = rest.next_if(|(_, c)| {
+                batch.is_empty()
+                    || (batch.len() < MAX_FORWARD_COMMANDS
+                        && bytes + c.len() <= FORWARD_BATCH_BYTES)
+            }) {
+                bytes += c.len();
+                ids.push(id);
+                batch.push(c);
+            }
+            let request = ProposeBatch {
+                cluster_id: self.cluster_id,
+                from,
+                commands: batch,
+            };
+            let (channel, done) = (channel.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut client = PeerClient::new(channel)
+                    .max_encoding_message_size(MAX_PEER_FRAME)
+                    .max_decoding_message_size(MAX_PEER_FRAME);
+                // A leader cut off by a partition never answers: give up
+                // (outcome unknown) rather than hold the call forever.
+                let result =
+                    match tokio::time::timeout(FORWARD_TIMEOUT, client.propose(request)).await {
+                        Ok(r) => r.map(|r| r.into_inner().results),
+                        Err(_) => Err(Status::deadline_exceeded("the leader did not answer")),
+                    };
+                let _ = done.send(ForwardOutcome { ids, result }).await;
+            });
+        }
+        true
     }
 
     /// Asks the leader to publish our attributes (fire and forget; the
@@ -369,6 +450,12 @@ pub trait PeerNode: Send + Sync + 'static {
         &self,
         attributes: MemberAttributes,
     ) -> Pin<Box<dyn std::future::Future<Output = Result<(), Status>> + Send + '_>>;
+    /// Appends commands a member forwarded (already checked) if this node
+    /// leads; per command, where it went or why not.
+    fn propose_forwarded(
+        &self,
+        commands: Vec<Vec<u8>>,
+    ) -> Pin<Box<dyn std::future::Future<Output = Result<Vec<ProposeResult>, Status>> + Send + '_>>;
 }
 
 pub struct PeerService<N: PeerNode> {
@@ -538,6 +625,64 @@ impl<N: PeerNode> Peer for PeerService<N> {
                 Err(s)
             }
         }
+    }
+
+    async fn propose(
+        &self,
+        request: Request<ProposeBatch>,
+    ) -> Result<Response<ProposeBatchReply>, Status> {
+        let r = request.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        if r.commands.len() > MAX_FORWARD_COMMANDS {
+            return Err(Status::invalid_argument(format!(
+                "{} commands in one batch (at most {MAX_FORWARD_COMMANDS})",
+                r.commands.len()
+            )));
+        }
+        // Only a current member may write through us, and only in its own name.
+        let known = r.from != 0
+            && !self.node.is_removed(r.from)
+            && self.node.members().iter().any(|m| m.id == r.from);
+        if !known {
+            return Err(Status::permission_denied(format!(
+                "{:x} is not a member of this cluster",
+                r.from
+            )));
+        }
+        let mut checked = Vec::with_capacity(r.commands.len());
+        let mut results: Vec<Option<ProposeResult>> = Vec::with_capacity(r.commands.len());
+        for c in r.commands {
+            let refusal = match crate::server::command::decode(&c) {
+                Err(e) => Some(e.to_string()),
+                Ok((_, origin, _)) if origin != r.from => Some(format!(
+                    "a command of origin {origin:x} forwarded by {:x}",
+                    r.from
+                )),
+                Ok(_) => None,
+            };
+            match refusal {
+                Some(error) => results.push(Some(ProposeResult {
+                    error,
+                    ..Default::default()
+                })),
+                None => {
+                    checked.push(c);
+                    results.push(None);
+                }
+            }
+        }
+        let mut proposed = self.node.propose_forwarded(checked).await?.into_iter();
+        let results = results
+            .into_iter()
+            .map(|r| {
+                r.or_else(|| proposed.next())
+                    .unwrap_or_else(|| ProposeResult {
+                        error: "not proposed".into(),
+                        ..Default::default()
+                    })
+            })
+            .collect();
+        Ok(Response::new(ProposeBatchReply { results }))
     }
 
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<Empty>, Status> {
