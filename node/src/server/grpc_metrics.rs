@@ -8,13 +8,34 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use std::sync::Arc;
+
+use prometheus::{HistogramVec, IntCounterVec};
 use tower::{Layer, Service};
 
 use super::metrics::Metrics;
 
+/// The two metric families this layer writes (shared, not a copy of every
+/// metric handle per request).
+struct Families {
+    requests: IntCounterVec,
+    seconds: HistogramVec,
+}
+
 #[derive(Clone)]
 pub struct GrpcMetricsLayer {
-    pub metrics: Metrics,
+    families: Arc<Families>,
+}
+
+impl GrpcMetricsLayer {
+    pub fn new(metrics: &Metrics) -> GrpcMetricsLayer {
+        GrpcMetricsLayer {
+            families: Arc::new(Families {
+                requests: metrics.grpc_requests.clone(),
+                seconds: metrics.grpc_seconds.clone(),
+            }),
+        }
+    }
 }
 
 impl<S> Layer<S> for GrpcMetricsLayer {
@@ -22,7 +43,7 @@ impl<S> Layer<S> for GrpcMetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         GrpcMetrics {
             inner,
-            metrics: self.metrics.clone(),
+            families: self.families.clone(),
         }
     }
 }
@@ -30,12 +51,36 @@ impl<S> Layer<S> for GrpcMetricsLayer {
 #[derive(Clone)]
 pub struct GrpcMetrics<S> {
     inner: S,
-    metrics: Metrics,
+    families: Arc<Families>,
 }
 
 /// The method name of a gRPC path (`/etcdserverpb.KV/Range` → `Range`).
 fn method(path: &str) -> String {
     path.rsplit('/').next().unwrap_or(path).to_string()
+}
+
+/// A status code's label (its variant name, as before: `Ok`, `NotFound`, …).
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "Ok",
+        Cancelled => "Cancelled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
 }
 
 impl<S, B, R> Service<http::Request<B>> for GrpcMetrics<S>
@@ -53,7 +98,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let name = method(req.uri().path());
-        let metrics = self.metrics.clone();
+        let families = self.families.clone();
         let started = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -69,7 +114,14 @@ where
                     .unwrap_or(tonic::Code::Ok),
                 Err(_) => tonic::Code::Internal,
             };
-            metrics.observe_grpc(&name, code, started.elapsed().as_secs_f64());
+            families
+                .requests
+                .with_label_values(&[name.as_str(), code_label(code)])
+                .inc();
+            families
+                .seconds
+                .with_label_values(&[name.as_str()])
+                .observe(started.elapsed().as_secs_f64());
             r
         })
     }
@@ -81,5 +133,13 @@ mod tests {
     fn method_names_come_from_the_path() {
         assert_eq!(super::method("/etcdserverpb.KV/Range"), "Range");
         assert_eq!(super::method("/etcdserverpb.Watch/Watch"), "Watch");
+    }
+
+    #[test]
+    fn code_labels_are_the_variant_names() {
+        for n in 0..=16 {
+            let code = tonic::Code::from(n);
+            assert_eq!(super::code_label(code), format!("{code:?}"));
+        }
     }
 }

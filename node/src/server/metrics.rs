@@ -176,16 +176,6 @@ impl Metrics {
             .expect("text encoding of gathered metrics");
         String::from_utf8(out).unwrap_or_default()
     }
-
-    /// Records one client request's method, result and latency.
-    pub fn observe_grpc(&self, method: &str, code: tonic::Code, seconds: f64) {
-        self.grpc_requests
-            .with_label_values(&[method, &format!("{code:?}")])
-            .inc();
-        self.grpc_seconds
-            .with_label_values(&[method])
-            .observe(seconds);
-    }
 }
 
 impl Default for Metrics {

@@ -821,9 +821,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let metrics_for_grpc = shared.metrics.clone();
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
-            .layer(grpc_metrics::GrpcMetricsLayer {
-                metrics: metrics_for_grpc,
-            })
+            .layer(grpc_metrics::GrpcMetricsLayer::new(&metrics_for_grpc))
             .add_service(
                 KvServer::new(KvService { node: api.clone() }).max_decoding_message_size(limit),
             )
