@@ -8,32 +8,24 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use std::sync::Arc;
-
 use prometheus::{HistogramVec, IntCounterVec};
 use tower::{Layer, Service};
 
 use super::metrics::Metrics;
 
-/// The two metric families this layer writes (shared, not a copy of every
-/// metric handle per request).
-struct Families {
-    requests: IntCounterVec,
-    seconds: HistogramVec,
-}
-
+/// The two metric families the layer writes: a request clones these two
+/// handles, not every metric handle `Metrics` holds.
 #[derive(Clone)]
 pub struct GrpcMetricsLayer {
-    families: Arc<Families>,
+    requests: IntCounterVec,
+    seconds: HistogramVec,
 }
 
 impl GrpcMetricsLayer {
     pub fn new(metrics: &Metrics) -> GrpcMetricsLayer {
         GrpcMetricsLayer {
-            families: Arc::new(Families {
-                requests: metrics.grpc_requests.clone(),
-                seconds: metrics.grpc_seconds.clone(),
-            }),
+            requests: metrics.grpc_requests.clone(),
+            seconds: metrics.grpc_seconds.clone(),
         }
     }
 }
@@ -43,7 +35,7 @@ impl<S> Layer<S> for GrpcMetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         GrpcMetrics {
             inner,
-            families: self.families.clone(),
+            families: self.clone(),
         }
     }
 }
@@ -51,7 +43,7 @@ impl<S> Layer<S> for GrpcMetricsLayer {
 #[derive(Clone)]
 pub struct GrpcMetrics<S> {
     inner: S,
-    families: Arc<Families>,
+    families: GrpcMetricsLayer,
 }
 
 /// The method name of a gRPC path (`/etcdserverpb.KV/Range` → `Range`).

@@ -818,10 +818,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let limit = cfg.max_request_bytes + GRPC_OVERHEAD;
     let mut stop_client = stop_rx.clone();
     let progress_interval = cfg.progress_notify_interval;
-    let metrics_for_grpc = shared.metrics.clone();
+    let metrics_layer = grpc_metrics::GrpcMetricsLayer::new(&shared.metrics);
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
-            .layer(grpc_metrics::GrpcMetricsLayer::new(&metrics_for_grpc))
+            .layer(metrics_layer)
             .add_service(
                 KvServer::new(KvService { node: api.clone() }).max_decoding_message_size(limit),
             )
