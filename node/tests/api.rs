@@ -141,6 +141,25 @@ async fn the_finer_points_of_the_etcd_api() {
     let (tx, mut stream) = c.watch(create).await.unwrap();
     let created = stream.message().await.unwrap().unwrap();
     assert!(created.created);
+    // Puts are applied without reading the value they replace; a watcher
+    // that asks for it still gets it, one that does not gets none.
+    let (_tx_puts, mut puts) = c
+        .watch(WatchCreateRequest {
+            key: b"w1".to_vec(),
+            prev_kv: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(puts.message().await.unwrap().unwrap().created);
+    let (_tx_plain, mut plain) = c
+        .watch(WatchCreateRequest {
+            key: b"w1".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(plain.message().await.unwrap().unwrap().created);
     c.put(put("w1", "old")).await.unwrap();
     c.put(put("w1", "new")).await.unwrap();
     let del = c
@@ -159,6 +178,43 @@ async fn the_finer_points_of_the_etcd_api() {
     assert_eq!(ev.events[0].r#type, EventType::Delete as i32);
     assert_eq!(ev.events[0].prev_kv.as_ref().unwrap().value, b"new");
     assert_eq!(ev.header.unwrap().revision, del.header.unwrap().revision);
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(5), puts.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.extend(
+            m.events
+                .into_iter()
+                .map(|e| (e.r#type, e.kv.unwrap().value, e.prev_kv.map(|p| p.value))),
+        );
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (EventType::Put as i32, b"old".to_vec(), None),
+            (
+                EventType::Put as i32,
+                b"new".to_vec(),
+                Some(b"old".to_vec())
+            ),
+            (EventType::Delete as i32, Vec::new(), Some(b"new".to_vec())),
+        ]
+    );
+    let mut seen = 0;
+    while seen < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(5), plain.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        for e in m.events {
+            assert_eq!(e.prev_kv, None, "not asked for: {e:?}");
+            seen += 1;
+        }
+    }
     tx.send(WatchRequest {
         request_union: Some(watch_request::RequestUnion::ProgressRequest(
             WatchProgressRequest {},

@@ -532,3 +532,156 @@ fn a_batch_reads_its_own_writes_and_reaches_the_disk_whole_or_not_at_all() {
     assert_eq!(f.get("d", 0).unwrap(), None);
     assert_eq!(f.get("a", 0).unwrap().unwrap().0, "2");
 }
+
+#[test]
+fn a_put_takes_version_create_and_lease_from_the_index_and_events_get_their_previous_value_on_demand(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = open(dir.path());
+    let at = f.next();
+    f.store.apply_lease_grant(7, 60, at).unwrap().unwrap();
+    let put = |f: &mut Fixture, req: PutRequest| {
+        let at = f.next();
+        f.store.apply_put(&req, at).unwrap().unwrap()
+    };
+    let created = f.put("k", "1");
+    let a = put(
+        &mut f,
+        PutRequest {
+            key: "k".into(),
+            value: "2".into(),
+            lease: 7,
+            ..Default::default()
+        },
+    );
+    let second = f.store.current_revision();
+    let mut events = a.events;
+    let kv = events[0].kv.clone().unwrap();
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version, kv.lease),
+        (created, second, 2, 7)
+    );
+    assert_eq!(
+        events[0].prev_kv, None,
+        "a plain put does not read the value it replaces"
+    );
+    f.store.fill_prev(&mut events).unwrap();
+    let prev = events[0].prev_kv.clone().unwrap();
+    assert_eq!(
+        (prev.value, prev.mod_revision, prev.version),
+        (b"1".to_vec(), created, 1)
+    );
+
+    // ignore_lease keeps the lease, ignore_value the value; prev_kv reads it.
+    let a = put(
+        &mut f,
+        PutRequest {
+            key: "k".into(),
+            value: "3".into(),
+            ignore_lease: true,
+            prev_kv: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(a.response.prev_kv.unwrap().value, b"2");
+    assert_eq!(a.events[0].prev_kv.as_ref().unwrap().value, b"2");
+    assert_eq!(a.events[0].kv.as_ref().unwrap().lease, 7);
+    assert_eq!(f.store.leases()[&7].keys.len(), 1);
+    put(
+        &mut f,
+        PutRequest {
+            key: "k".into(),
+            ignore_value: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        f.get("k", 0).unwrap().unwrap(),
+        ("3".into(), created, f.store.current_revision(), 4)
+    );
+    assert!(
+        f.store.leases()[&7].keys.is_empty(),
+        "a put without the lease detaches the key"
+    );
+
+    // Two puts of one key in one revision: the second's previous value is the first.
+    let at = f.next();
+    let put_op = |v: &str| RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: "k".into(),
+            value: v.into(),
+            ..Default::default()
+        })),
+    };
+    let mut events = f
+        .store
+        .apply_txn(
+            &TxnRequest {
+                success: vec![put_op("t1"), put_op("t2")],
+                ..Default::default()
+            },
+            at,
+        )
+        .unwrap()
+        .unwrap()
+        .events;
+    f.store.fill_prev(&mut events).unwrap();
+    let prevs: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.kv.as_ref().unwrap().version,
+                e.prev_kv.as_ref().unwrap().value.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(prevs, vec![(5, b"3".to_vec()), (6, b"t1".to_vec())]);
+
+    // After a deletion the key starts over: version 1, a new create
+    // revision, and no previous value to find.
+    f.del("k", "");
+    let again = f.put("k", "new");
+    assert_eq!(
+        f.get("k", 0).unwrap().unwrap(),
+        ("new".into(), again, again, 1)
+    );
+
+    // Compaction keeps the current value's facts; a restart rebuilds them,
+    // and inside a batch they follow the batch's own writes.
+    let at = f.next();
+    f.store
+        .apply_compaction(
+            &CompactionRequest {
+                revision: again,
+                physical: false,
+            },
+            at,
+        )
+        .unwrap()
+        .unwrap();
+    f.put("k", "after compaction");
+    drop(f);
+    let mut f = open(dir.path());
+    f.store.begin_batch();
+    f.put("k", "after restart");
+    let a = put(
+        &mut f,
+        PutRequest {
+            key: "k".into(),
+            value: "in batch".into(),
+            ..Default::default()
+        },
+    );
+    let mut events = a.events;
+    f.store.fill_prev(&mut events).unwrap();
+    assert_eq!(
+        events[0].prev_kv.as_ref().unwrap().value,
+        b"after restart",
+        "the previous value is read from the open batch"
+    );
+    f.store.end_batch().unwrap();
+    assert_eq!(
+        f.get("k", 0).unwrap().unwrap(),
+        ("in batch".into(), again, f.store.current_revision(), 4)
+    );
+}

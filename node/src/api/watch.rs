@@ -236,6 +236,7 @@ impl Session {
                     watcher.internal,
                     range.clone(),
                     live_from,
+                    watcher.prev_kv,
                     hub_tx.clone(),
                 );
             }

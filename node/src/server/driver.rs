@@ -1305,34 +1305,37 @@ impl Driver {
         let f = |e: KvError| e.to_string();
         let publish = |hub: &mut super::watch_hub::HubState,
                        store: &KvStore,
-                       events: &[crate::api::etcd::mvccpb::Event]| {
-            hub.publish(store.current_revision(), events);
+                       mut events: Vec<crate::api::etcd::mvccpb::Event>|
+         -> Result<(), String> {
+            let revision = store.current_revision();
+            if hub.wants_prev(revision, &events) {
+                store.fill_prev(&mut events).map_err(f)?;
+            }
+            hub.publish(revision, &events);
+            Ok(())
         };
         Ok(match op {
-            Op::Put(p) => store
-                .apply_put(&p, applied)
-                .map_err(f)?
-                .map(|a| {
-                    publish(hub, store, &a.events);
-                    Outcome::Put(a.response)
-                })
-                .map_err(DriverError::from),
-            Op::DeleteRange(d) => store
-                .apply_delete(&d, applied)
-                .map_err(f)?
-                .map(|a| {
-                    publish(hub, store, &a.events);
-                    Outcome::Delete(a.response)
-                })
-                .map_err(DriverError::from),
-            Op::Txn(t) => store
-                .apply_txn(&t, applied)
-                .map_err(f)?
-                .map(|a| {
-                    publish(hub, store, &a.events);
-                    Outcome::Txn(a.response)
-                })
-                .map_err(DriverError::from),
+            Op::Put(p) => match store.apply_put(&p, applied).map_err(f)? {
+                Ok(a) => {
+                    publish(hub, store, a.events)?;
+                    Ok(Outcome::Put(a.response))
+                }
+                Err(e) => Err(DriverError::from(e)),
+            },
+            Op::DeleteRange(d) => match store.apply_delete(&d, applied).map_err(f)? {
+                Ok(a) => {
+                    publish(hub, store, a.events)?;
+                    Ok(Outcome::Delete(a.response))
+                }
+                Err(e) => Err(DriverError::from(e)),
+            },
+            Op::Txn(t) => match store.apply_txn(&t, applied).map_err(f)? {
+                Ok(a) => {
+                    publish(hub, store, a.events)?;
+                    Ok(Outcome::Txn(a.response))
+                }
+                Err(e) => Err(DriverError::from(e)),
+            },
             Op::Compaction(c) => store
                 .apply_compaction(&c, applied)
                 .map_err(f)?
@@ -1351,14 +1354,13 @@ impl Driver {
             Op::LeaseRevoke(r) => {
                 self.lease_deadlines.remove(&r.id);
                 self.revoking.remove(&r.id);
-                store
-                    .apply_lease_revoke(r.id, applied)
-                    .map_err(f)?
-                    .map(|events| {
-                        publish(hub, store, &events);
-                        Outcome::LeaseRevoked
-                    })
-                    .map_err(DriverError::from)
+                match store.apply_lease_revoke(r.id, applied).map_err(f)? {
+                    Ok(events) => {
+                        publish(hub, store, events)?;
+                        Ok(Outcome::LeaseRevoked)
+                    }
+                    Err(e) => Err(DriverError::from(e)),
+                }
             }
             Op::MemberAttributes(m) => {
                 match store.member(m.id).cloned() {

@@ -33,6 +33,8 @@ struct Subscription {
     range: KeyRange,
     /// Revisions below this are delivered from history, not live.
     from: i64,
+    /// Wants each event's previous value.
+    prev_kv: bool,
     tx: mpsc::UnboundedSender<HubMessage>,
 }
 
@@ -70,6 +72,7 @@ impl HubState {
         watch_id: i64,
         range: KeyRange,
         from: i64,
+        prev_kv: bool,
         tx: mpsc::UnboundedSender<HubMessage>,
     ) {
         self.subscriptions.insert(
@@ -78,6 +81,7 @@ impl HubState {
                 stream,
                 range,
                 from,
+                prev_kv,
                 tx,
             },
         );
@@ -103,6 +107,18 @@ impl HubState {
                 reason: reason.to_string(),
             });
         }
+    }
+
+    /// Whether a watcher that asked for previous values will get one of
+    /// these events, whose previous values apply may have left out.
+    pub fn wants_prev(&self, revision: i64, events: &[Event]) -> bool {
+        self.subscriptions.values().any(|s| {
+            s.prev_kv
+                && revision >= s.from
+                && events
+                    .iter()
+                    .any(|e| e.kv.as_ref().is_some_and(|kv| s.range.contains(&kv.key)))
+        })
     }
 
     /// Hands one revision's events to every watcher whose range they touch.

@@ -16,8 +16,10 @@
 //! applies one twice. The batch is not fsynced: the Raft log is, and whatever
 //! the state machine loses in a crash is replayed from it.
 //!
-//! The key index (key → its revisions) lives in memory and is rebuilt from
-//! `rev` on open, as etcd does. Does I/O (RocksDB); owned by the driver,
+//! The key index (key → its revisions, and the current value's create
+//! revision, version and lease, so a put need not read the record it
+//! replaces) lives in memory and is rebuilt from `rev` on open, as etcd
+//! does. Does I/O (RocksDB); owned by the driver,
 //! read by the API under a lock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -127,11 +129,57 @@ struct Change {
     tombstone: bool,
 }
 
-/// A new key's change list, sized for one change: most keys have one or
-/// two, and an empty Vec's first push reserves four (96 bytes per key,
-/// 72 of them unused: 72 MB with 1M keys).
-fn new_history() -> Vec<Change> {
-    Vec::with_capacity(1)
+/// A key in the in-memory index: where its changes are, and what a put
+/// needs to know about its current value (create revision, version,
+/// lease), so a plain put writes without reading the previous record.
+#[derive(Clone, Debug)]
+struct Indexed {
+    changes: Vec<Change>,
+    /// The current value's; all zero while the key is deleted.
+    live: Meta,
+}
+
+/// What a put carries over from the value it replaces (version 0: none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Meta {
+    create: i64,
+    version: i64,
+    lease: i64,
+}
+
+impl Meta {
+    fn of(kv: &KeyValue) -> Meta {
+        Meta {
+            create: kv.create_revision,
+            version: kv.version,
+            lease: kv.lease,
+        }
+    }
+
+    fn live(self) -> Option<Meta> {
+        (self.version > 0).then_some(self)
+    }
+}
+
+impl Indexed {
+    /// A new key's entry, its change list sized for one change: most keys
+    /// have one or two, and an empty Vec's first push reserves four (96
+    /// bytes per key, 72 of them unused: 72 MB with 1M keys).
+    fn new() -> Indexed {
+        Indexed {
+            changes: Vec::with_capacity(1),
+            live: Meta::default(),
+        }
+    }
+
+    fn record(&mut self, rev: Revision, kv: &KeyValue, tombstone: bool) {
+        self.changes.push(Change { rev, tombstone });
+        self.live = if tombstone {
+            Meta::default()
+        } else {
+            Meta::of(kv)
+        };
+    }
 }
 
 /// A key range as etcd gives it: `range_end` empty is the single key,
@@ -238,7 +286,7 @@ pub struct KvStore {
     db: Arc<DB>,
     pending: Option<Pending>,
     path: PathBuf,
-    index: BTreeMap<Vec<u8>, Vec<Change>>,
+    index: BTreeMap<Vec<u8>, Indexed>,
     current: i64,
     compacted: i64,
     applied: (u64, u64),
@@ -314,10 +362,11 @@ impl KvStore {
             let (tombstone, kv) = decode_kv(&v).map_err(|e| {
                 KvError::Fatal(format!("corrupt record at revision {}: {e}", rev.main))
             })?;
+            // Revision order: the last record of a key is its current value.
             self.index
                 .entry(kv.key.clone())
-                .or_insert_with(new_history)
-                .push(Change { rev, tombstone });
+                .or_insert_with(Indexed::new)
+                .record(rev, &kv, tombstone);
             self.current = self.current.max(rev.main);
         }
         for item in self
@@ -338,20 +387,13 @@ impl KvStore {
         // Compaction may have removed every record at the latest revisions.
         self.current = self.current.max(self.compacted);
         // Attach live keys to their leases.
-        let live: Vec<(Vec<u8>, i64)> = self
-            .index
-            .keys()
-            .filter_map(|k| {
-                self.latest(k)
-                    .ok()
-                    .flatten()
-                    .map(|kv| (k.clone(), kv.lease))
-            })
-            .filter(|(_, l)| *l != 0)
-            .collect();
-        for (k, l) in live {
-            if let Some(rec) = self.leases.get_mut(&l) {
-                rec.keys.insert(k);
+        for (k, entry) in &self.index {
+            if let Some(rec) = entry
+                .live
+                .live()
+                .and_then(|m| self.leases.get_mut(&m.lease))
+            {
+                rec.keys.insert(k.clone());
             }
         }
         for item in self
@@ -471,8 +513,13 @@ impl KvStore {
 
     /// The key's change visible at `at` (its latest change with main <= at).
     fn visible(&self, key: &[u8], at: i64) -> Option<Change> {
-        let changes = self.index.get(key)?;
-        changes.iter().rev().find(|c| c.rev.main <= at).copied()
+        let entry = self.index.get(key)?;
+        entry
+            .changes
+            .iter()
+            .rev()
+            .find(|c| c.rev.main <= at)
+            .copied()
     }
 
     /// The key's value at the current revision.
@@ -604,12 +651,44 @@ impl KvStore {
         Ok(out)
     }
 
+    /// Fills in the previous value of put events that replaced a value
+    /// but were applied without reading it (see `stage_put`). `events` are
+    /// one revision's, in order, as applying returned them.
+    pub fn fill_prev(&self, events: &mut [Event]) -> Result<(), KvError> {
+        for i in 0..events.len() {
+            let (before, rest) = events.split_at_mut(i);
+            let e = &mut rest[0];
+            let Some(kv) = e.kv.as_ref() else { continue };
+            if e.r#type != EventType::Put as i32 || kv.version <= 1 || e.prev_kv.is_some() {
+                continue;
+            }
+            // An earlier change of the key in the same revision (a txn) is
+            // its previous value; otherwise the value before the revision.
+            e.prev_kv = match before
+                .iter()
+                .rev()
+                .find(|b| b.kv.as_ref().is_some_and(|b| b.key == kv.key))
+            {
+                Some(b) if b.r#type == EventType::Put as i32 => b.kv.clone(),
+                Some(_) => None,
+                None => self.previous(
+                    &kv.key,
+                    Revision {
+                        main: kv.mod_revision,
+                        sub: 0,
+                    },
+                )?,
+            };
+        }
+        Ok(())
+    }
+
     /// The key's value just before `rev`.
     fn previous(&self, key: &[u8], rev: Revision) -> Result<Option<KeyValue>, KvError> {
-        let Some(changes) = self.index.get(key) else {
+        let Some(entry) = self.index.get(key) else {
             return Ok(None);
         };
-        match changes.iter().rev().find(|c| c.rev < rev) {
+        match entry.changes.iter().rev().find(|c| c.rev < rev) {
             Some(c) if !c.tombstone => self.read_record(c.rev).map(Some),
             _ => Ok(None),
         }
@@ -634,6 +713,15 @@ impl KvStore {
         }
     }
 
+    /// What a put needs of the key's current value, from the transaction's
+    /// own changes or the index: no RocksDB read.
+    fn staged_meta(&self, st: &Staged, key: &[u8]) -> Option<Meta> {
+        match st.overlay.get(key) {
+            Some(v) => v.as_ref().map(Meta::of),
+            None => self.index.get(key).and_then(|e| e.live.live()),
+        }
+    }
+
     fn staged_range(&self, st: &Staged, range: &KeyRange) -> Result<Vec<KeyValue>, KvError> {
         let mut map: BTreeMap<Vec<u8>, KeyValue> = self
             .range_at(range, self.current)?
@@ -655,12 +743,24 @@ impl KvStore {
         if req.key.is_empty() {
             return Err(KvError::EmptyKey);
         }
-        let prev = self.staged_get(st, &req.key)?;
-        if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+        // The previous value itself is read only when the request needs
+        // it; its create revision, version and lease are in the index. A
+        // watcher that wants it has it read when the event is published
+        // (`fill_prev`).
+        let prev = if req.prev_kv || req.ignore_value {
+            self.staged_get(st, &req.key)?
+        } else {
+            None
+        };
+        let meta = match &prev {
+            Some(p) => Some(Meta::of(p)),
+            None => self.staged_meta(st, &req.key),
+        };
+        if (req.ignore_value || req.ignore_lease) && meta.is_none() {
             return Err(KvError::KeyNotFound);
         }
         let lease = if req.ignore_lease {
-            prev.as_ref().map_or(0, |p| p.lease)
+            meta.map_or(0, |m| m.lease)
         } else {
             req.lease
         };
@@ -679,9 +779,9 @@ impl KvStore {
         st.sub += 1;
         let kv = KeyValue {
             key: req.key.clone(),
-            create_revision: prev.as_ref().map_or(st.rev, |p| p.create_revision),
+            create_revision: meta.map_or(st.rev, |m| m.create),
             mod_revision: st.rev,
-            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            version: meta.map_or(1, |m| m.version + 1),
             value,
             lease,
         };
@@ -906,24 +1006,34 @@ impl KvStore {
         if !st.records.is_empty() {
             self.current = st.rev;
         }
-        for ev in &st.events {
-            let key = ev.kv.as_ref().map(|kv| kv.key.clone()).unwrap_or_default();
-            if let Some(prev) = ev.prev_kv.as_ref().filter(|p| p.lease != 0) {
-                if let Some(rec) = self.leases.get_mut(&prev.lease) {
-                    rec.keys.remove(&key);
-                }
+        // Each changed key moves from the lease of its value before this
+        // transaction to the lease of its value after it.
+        for (key, after) in &st.overlay {
+            let before = self
+                .index
+                .get(key)
+                .and_then(|e| e.live.live())
+                .map_or(0, |m| m.lease);
+            let after = after.as_ref().map_or(0, |kv| kv.lease);
+            if before == after {
+                continue;
             }
-            if let Some(kv) = ev.kv.as_ref().filter(|kv| kv.lease != 0) {
-                if let Some(rec) = self.leases.get_mut(&kv.lease) {
-                    rec.keys.insert(key);
-                }
+            if let Some(rec) = self.leases.get_mut(&before) {
+                rec.keys.remove(key);
+            }
+            if let Some(rec) = self.leases.get_mut(&after) {
+                rec.keys.insert(key.clone());
             }
         }
-        for (rev, kv, tombstone) in st.records {
-            self.index
-                .entry(kv.key)
-                .or_insert_with(new_history)
-                .push(Change { rev, tombstone });
+        for (rev, kv, tombstone) in &st.records {
+            match self.index.get_mut(&kv.key) {
+                Some(entry) => entry.record(*rev, kv, *tombstone),
+                None => self
+                    .index
+                    .entry(kv.key.clone())
+                    .or_insert_with(Indexed::new)
+                    .record(*rev, kv, *tombstone),
+            }
         }
         Ok(st.events)
     }
@@ -1012,7 +1122,8 @@ impl KvStore {
             self.begin_batch();
         }
         let mut doomed = Vec::new();
-        for changes in self.index.values() {
+        for entry in self.index.values() {
+            let changes = &entry.changes;
             // Keep the latest change at or before `at` unless it is a deletion.
             let keep = changes.iter().rposition(|c| c.rev.main <= at);
             for (i, c) in changes.iter().enumerate() {
@@ -1043,9 +1154,10 @@ impl KvStore {
             .write(batch)
             .map_err(|e| fatal("writing a compaction", e))?;
         let doomed: BTreeSet<Revision> = doomed.into_iter().collect();
-        self.index.retain(|_, changes| {
-            changes.retain(|c| !doomed.contains(&c.rev));
-            !changes.is_empty()
+        // A key's current value is never dropped, so `live` stays true.
+        self.index.retain(|_, entry| {
+            entry.changes.retain(|c| !doomed.contains(&c.rev));
+            !entry.changes.is_empty()
         });
         self.compacted = at;
         self.applied = applied;
