@@ -62,6 +62,56 @@ async fn leader_failover_loses_no_acknowledged_write_and_a_restarted_node_catche
         );
         acked.push(i);
     }
+    // Many writes at once through one follower: at most two Peer.Propose
+    // calls are open to the leader, the rest wait and go in the next call;
+    // every write is answered, once, with its own revision.
+    let follower = {
+        let mut found = None;
+        for m in &cluster.members {
+            let s = m.client().status().await.unwrap();
+            if s.header.unwrap().member_id != first {
+                found = Some(m);
+                break;
+            }
+        }
+        found.expect("two of three members follow")
+    };
+    let writes = (0..200).map(|i| {
+        let mut c = follower.client();
+        async move {
+            c.put(put(&format!("c{i:03}"), &format!("w{i}")))
+                .await
+                .map(|r| r.header.unwrap().revision)
+        }
+    });
+    let mut revisions: Vec<i64> = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(|r| r.expect("a concurrent write through a follower"))
+        .collect();
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(revisions.len(), 200, "each write has its own revision");
+    let mut c = follower.client();
+    let all = c
+        .range(RangeRequest {
+            key: b"c".to_vec(),
+            range_end: prefix_end(b"c"),
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let got: Vec<(Vec<u8>, Vec<u8>)> = all.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect();
+    let want: Vec<(Vec<u8>, Vec<u8>)> = (0..200)
+        .map(|i| {
+            (
+                format!("c{i:03}").into_bytes(),
+                format!("w{i}").into_bytes(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
     // Kill -9 the leader.
     let leader_idx = {
         let mut idx = None;

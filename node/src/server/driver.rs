@@ -266,6 +266,8 @@ pub struct Driver {
     forwarded_at: BTreeMap<Index, (Term, u64)>,
     /// Forwarded writes of this loop turn, sent as one batch.
     forward_queue: Vec<(u64, Vec<u8>)>,
+    /// `Peer.Propose` calls awaiting the leader's answer, and that leader.
+    forwards_in_flight: (NodeId, usize),
     /// Command ids start at a random point each run, so an entry a previous
     /// run forwarded is never taken for one of this run's.
     next_forward_id: u64,
@@ -276,6 +278,9 @@ pub struct Driver {
 /// What a leader answers for a forwarded write it could not append because
 /// it does not lead (`ProposeResult.leader` names who does, 0: nobody).
 const FORWARD_NOT_LEADER: &str = "not leader";
+/// `Peer.Propose` calls a follower keeps open to the leader; writes that
+/// arrive meanwhile wait for an answer and go together in the next call.
+const MAX_FORWARDS_IN_FLIGHT: usize = 2;
 
 fn forward_error(e: DriverError) -> ProposeResult {
     match e {
@@ -334,6 +339,7 @@ impl Driver {
             forwarded: HashMap::new(),
             forwarded_at: BTreeMap::new(),
             forward_queue: Vec::new(),
+            forwards_in_flight: (NodeId::NONE, 0),
             next_forward_id: random_u64(),
             forward_tx,
             forward_rx,
@@ -625,15 +631,25 @@ impl Driver {
             return;
         }
         let leader = self.node.leader();
+        if self.forwards_in_flight.0 != leader {
+            self.forwards_in_flight = (leader, 0);
+        }
+        if self.forwards_in_flight.1 >= MAX_FORWARDS_IN_FLIGHT {
+            // Sent when an answer comes back, with whatever else queued
+            // meanwhile: under load, fewer and larger calls.
+            self.forward_queue = batch;
+            return;
+        }
         let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
-        let sent = !leader.is_none()
-            && self.transport.forward_proposals(
-                leader,
-                self.shared.member_id,
-                batch,
-                &self.forward_tx,
-            );
-        if !sent {
+        let sent = if leader.is_none() {
+            None
+        } else {
+            self.transport
+                .forward_proposals(leader, self.shared.member_id, batch, &self.forward_tx)
+        };
+        if let Some(calls) = sent {
+            self.forwards_in_flight.1 += calls;
+        } else {
             let e = self.not_leader();
             for id in ids {
                 self.finish_forward(id, Err(e.clone()));
@@ -643,6 +659,9 @@ impl Driver {
 
     /// The leader's answer to a batch of forwarded writes.
     fn on_forwarded(&mut self, o: ForwardOutcome) {
+        if self.forwards_in_flight.0 == o.leader {
+            self.forwards_in_flight.1 = self.forwards_in_flight.1.saturating_sub(1);
+        }
         let results = match o.result {
             Ok(r) => r,
             Err(status) => {

@@ -1006,33 +1006,25 @@ impl KvStore {
         if !st.records.is_empty() {
             self.current = st.rev;
         }
-        // Each changed key moves from the lease of its value before this
-        // transaction to the lease of its value after it.
-        for (key, after) in &st.overlay {
-            let before = self
-                .index
-                .get(key)
-                .and_then(|e| e.live.live())
-                .map_or(0, |m| m.lease);
-            let after = after.as_ref().map_or(0, |kv| kv.lease);
-            if before == after {
-                continue;
-            }
-            if let Some(rec) = self.leases.get_mut(&before) {
-                rec.keys.remove(key);
-            }
-            if let Some(rec) = self.leases.get_mut(&after) {
-                rec.keys.insert(key.clone());
-            }
-        }
         for (rev, kv, tombstone) in &st.records {
-            match self.index.get_mut(&kv.key) {
-                Some(entry) => entry.record(*rev, kv, *tombstone),
+            let entry = match self.index.get_mut(&kv.key) {
+                Some(entry) => entry,
                 None => self
                     .index
                     .entry(kv.key.clone())
-                    .or_insert_with(Indexed::new)
-                    .record(*rev, kv, *tombstone),
+                    .or_insert_with(Indexed::new),
+            };
+            let before = entry.live.live().map_or(0, |m| m.lease);
+            entry.record(*rev, kv, *tombstone);
+            let after = entry.live.live().map_or(0, |m| m.lease);
+            // The key moves from the lease of the value it replaced to its own.
+            if before != after {
+                if let Some(rec) = self.leases.get_mut(&before) {
+                    rec.keys.remove(&kv.key);
+                }
+                if let Some(rec) = self.leases.get_mut(&after) {
+                    rec.keys.insert(kv.key.clone());
+                }
             }
         }
         Ok(st.events)

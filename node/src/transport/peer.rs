@@ -72,6 +72,8 @@ const FORWARD_BATCH_BYTES: usize = 4 << 20;
 /// put it or why it did not (`Err` for the whole call when it failed).
 #[derive(Debug)]
 pub struct ForwardOutcome {
+    /// The leader the call went to.
+    pub leader: NodeId,
     pub ids: Vec<u64>,
     pub result: Result<Vec<ProposeResult>, Status>,
 }
@@ -228,17 +230,17 @@ impl Transport {
 
     /// Hands client writes (`(id, encoded command)`, origin `from`) to the
     /// leader in as few calls as their size allows; each call's outcome comes
-    /// back on `done`. False when there is no link to `leader`.
+    /// back on `done`. The number of calls made, or None when there is no
+    /// link to `leader`.
     pub fn forward_proposals(
         &self,
         leader: NodeId,
         from: u64,
         commands: Vec<(u64, Vec<u8>)>,
         done: &mpsc::Sender<ForwardOutcome>,
-    ) -> bool {
-        let Some(channel) = self.peers.get(&leader).and_then(|l| l.calls.clone()) else {
-            return false;
-        };
+    ) -> Option<usize> {
+        let channel = self.peers.get(&leader).and_then(|l| l.calls.clone())?;
+        let mut calls = 0;
         let mut rest = commands.into_iter().peekable();
         while rest.peek().is_some() {
             let (mut ids, mut batch, mut bytes) = (Vec::new(), Vec::new(), 0);
@@ -257,6 +259,7 @@ impl Transport {
                 commands: batch,
             };
             let (channel, done) = (channel.clone(), done.clone());
+            calls += 1;
             tokio::spawn(async move {
                 let mut client = PeerClient::new(channel)
                     .max_encoding_message_size(MAX_PEER_FRAME)
@@ -268,10 +271,16 @@ impl Transport {
                         Ok(r) => r.map(|r| r.into_inner().results),
                         Err(_) => Err(Status::deadline_exceeded("the leader did not answer")),
                     };
-                let _ = done.send(ForwardOutcome { ids, result }).await;
+                let _ = done
+                    .send(ForwardOutcome {
+                        leader,
+                        ids,
+                        result,
+                    })
+                    .await;
             });
         }
-        true
+        Some(calls)
     }
 
     /// Asks the leader to publish our attributes (fire and forget; the
