@@ -129,6 +129,12 @@ struct Change {
     tombstone: bool,
 }
 
+/// A key as the in-memory index holds it: up to 16 bytes inline, so a
+/// lookup compares short keys without following a pointer per comparison.
+type IndexKey = smallvec::SmallVec<[u8; 16]>;
+// No bigger than the Vec it replaces.
+const _: () = assert!(std::mem::size_of::<IndexKey>() == 24);
+
 /// A key in the in-memory index: where its changes are, and what a put
 /// needs to know about its current value (create revision, version,
 /// lease), so a plain put writes without reading the previous record.
@@ -286,7 +292,7 @@ pub struct KvStore {
     db: Arc<DB>,
     pending: Option<Pending>,
     path: PathBuf,
-    index: BTreeMap<Vec<u8>, Indexed>,
+    index: BTreeMap<IndexKey, Indexed>,
     current: i64,
     compacted: i64,
     applied: (u64, u64),
@@ -364,7 +370,7 @@ impl KvStore {
             })?;
             // Revision order: the last record of a key is its current value.
             self.index
-                .entry(kv.key.clone())
+                .entry(IndexKey::from_slice(&kv.key))
                 .or_insert_with(Indexed::new)
                 .record(rev, &kv, tombstone);
             self.current = self.current.max(rev.main);
@@ -393,7 +399,7 @@ impl KvStore {
                 .live()
                 .and_then(|m| self.leases.get_mut(&m.lease))
             {
-                rec.keys.insert(k.clone());
+                rec.keys.insert(k.to_vec());
             }
         }
         for item in self
@@ -1007,11 +1013,11 @@ impl KvStore {
             self.current = st.rev;
         }
         for (rev, kv, tombstone) in &st.records {
-            let entry = match self.index.get_mut(&kv.key) {
+            let entry = match self.index.get_mut(kv.key.as_slice()) {
                 Some(entry) => entry,
                 None => self
                     .index
-                    .entry(kv.key.clone())
+                    .entry(IndexKey::from_slice(&kv.key))
                     .or_insert_with(Indexed::new),
             };
             let before = entry.live.live().map_or(0, |m| m.lease);
