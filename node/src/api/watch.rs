@@ -45,9 +45,9 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn shape(&self, events: Vec<Event>) -> Vec<Event> {
+    fn shape(&self, events: &[Event]) -> Vec<Event> {
         events
-            .into_iter()
+            .iter()
             .filter(|e| {
                 e.kv.as_ref()
                     .is_some_and(|kv| kv.mod_revision >= self.start)
@@ -56,11 +56,14 @@ impl Watcher {
                 let put = e.r#type == EventType::Put as i32;
                 !(put && self.no_put || !put && self.no_delete)
             })
-            .map(|mut e| {
-                if !self.prev_kv {
-                    e.prev_kv = None;
-                }
-                e
+            .map(|e| Event {
+                r#type: e.r#type,
+                kv: e.kv.clone(),
+                prev_kv: if self.prev_kv {
+                    e.prev_kv.clone()
+                } else {
+                    None
+                },
             })
             .collect()
     }
@@ -287,7 +290,7 @@ impl Session {
                     .events_between(&range, c.start_revision - 1, current);
             match history {
                 Ok(events) => {
-                    let events = watcher.shape(events);
+                    let events = watcher.shape(&events);
                     for chunk in events.chunks(HISTORY_BATCH) {
                         if !self
                             .send(WatchResponse {
@@ -341,7 +344,7 @@ impl Session {
                 let Some(w) = self.watchers.get(&watch_id) else {
                     return true;
                 };
-                let events = w.shape(events);
+                let events = w.shape(&events);
                 if events.is_empty() {
                     return true;
                 }

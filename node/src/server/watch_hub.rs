@@ -15,11 +15,13 @@ use crate::storage::kv_store::KeyRange;
 /// What a watch stream's task receives, in order.
 #[derive(Debug)]
 pub enum HubMessage {
-    /// Events of one revision for one watcher.
+    /// Events of one revision for one watcher. Shared: watchers of the
+    /// same keys get the same events, which publishing (under the hub and
+    /// store locks) does not copy for each.
     Events {
         watch_id: i64,
         revision: i64,
-        events: Vec<Event>,
+        events: Arc<[Event]>,
     },
     /// The watcher ends (the store was replaced by a snapshot).
     Canceled { watch_id: i64, reason: String },
@@ -126,18 +128,20 @@ impl HubState {
         if events.is_empty() {
             return;
         }
+        let mut all: Option<Arc<[Event]>> = None;
         self.subscriptions.retain(|(_, watch_id), s| {
             if revision < s.from {
                 return true;
             }
-            let mine: Vec<Event> = events
-                .iter()
-                .filter(|e| e.kv.as_ref().is_some_and(|kv| s.range.contains(&kv.key)))
-                .cloned()
-                .collect();
-            if mine.is_empty() {
+            let touches = |e: &Event| e.kv.as_ref().is_some_and(|kv| s.range.contains(&kv.key));
+            let matching = events.iter().filter(|e| touches(e)).count();
+            let mine: Arc<[Event]> = if matching == 0 {
                 return true;
-            }
+            } else if matching == events.len() {
+                all.get_or_insert_with(|| events.into()).clone()
+            } else {
+                events.iter().filter(|e| touches(e)).cloned().collect()
+            };
             // A closed channel means the stream ended: forget the watcher.
             s.tx.send(HubMessage::Events {
                 watch_id: *watch_id,
@@ -146,5 +150,59 @@ impl HubState {
             })
             .is_ok()
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::etcd::mvccpb::KeyValue;
+
+    fn put(key: &str, rev: i64) -> Event {
+        Event {
+            kv: Some(KeyValue {
+                key: key.into(),
+                mod_revision: rev,
+                version: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn keys(m: HubMessage) -> Vec<Vec<u8>> {
+        match m {
+            HubMessage::Events { events, .. } => {
+                events.iter().map(|e| e.kv.clone().unwrap().key).collect()
+            }
+            other => panic!("expected events, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_watcher_gets_the_events_of_its_keys_and_says_whether_it_wants_previous_values() {
+        let mut hub = HubState::default();
+        let (one_tx, mut one) = mpsc::unbounded_channel();
+        let (all_tx, mut all) = mpsc::unbounded_channel();
+        let (later_tx, mut later) = mpsc::unbounded_channel();
+        hub.subscribe(1, 1, KeyRange::new(b"a", b""), 0, true, one_tx);
+        hub.subscribe(1, 2, KeyRange::new(b"\0", b"\0"), 0, false, all_tx);
+        hub.subscribe(1, 3, KeyRange::new(b"\0", b"\0"), 10, true, later_tx);
+        let events = [put("a", 5), put("b", 5)];
+        assert!(hub.wants_prev(5, &events), "watcher 1 wants them for a");
+        assert!(
+            !hub.wants_prev(5, &[put("b", 5)]),
+            "only watcher 3 wants them for b, and it starts at 10"
+        );
+        hub.publish(5, &events);
+        assert_eq!(keys(one.try_recv().unwrap()), vec![b"a".to_vec()]);
+        assert_eq!(
+            keys(all.try_recv().unwrap()),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        assert!(later.try_recv().is_err(), "revision 5 is before its start");
+        hub.publish(6, &[put("b", 6)]);
+        assert!(one.try_recv().is_err(), "b is not watcher 1's key");
+        assert_eq!(keys(all.try_recv().unwrap()), vec![b"b".to_vec()]);
     }
 }
