@@ -65,17 +65,17 @@ async fn leader_failover_loses_no_acknowledged_write_and_a_restarted_node_catche
     // Many writes at once through one follower: at most two Peer.Propose
     // calls are open to the leader, the rest wait and go in the next call;
     // every write is answered, once, with its own revision.
-    let follower = {
-        let mut found = None;
-        for m in &cluster.members {
+    let leader_idx = {
+        let mut idx = None;
+        for (i, m) in cluster.members.iter().enumerate() {
             let s = m.client().status().await.unwrap();
-            if s.header.unwrap().member_id != first {
-                found = Some(m);
-                break;
+            if s.header.unwrap().member_id == first {
+                idx = Some(i);
             }
         }
-        found.expect("two of three members follow")
+        idx.expect("the leader is one of the members")
     };
+    let follower = &cluster.members[(leader_idx + 1) % 3];
     let writes = (0..200).map(|i| {
         let mut c = follower.client();
         async move {
@@ -113,16 +113,6 @@ async fn leader_failover_loses_no_acknowledged_write_and_a_restarted_node_catche
         .collect();
     assert_eq!(got, want);
     // Kill -9 the leader.
-    let leader_idx = {
-        let mut idx = None;
-        for (i, m) in cluster.members.iter().enumerate() {
-            let s = m.client().status().await.unwrap();
-            if s.header.unwrap().member_id == first {
-                idx = Some(i);
-            }
-        }
-        idx.expect("the leader is one of the members")
-    };
     let killed_at = Instant::now();
     cluster.members[leader_idx].kill();
     let survivors: Vec<String> = cluster.endpoints();

@@ -282,6 +282,27 @@ const FORWARD_NOT_LEADER: &str = "not leader";
 /// arrive meanwhile wait for an answer and go together in the next call.
 const MAX_FORWARDS_IN_FLIGHT: usize = 2;
 
+/// Hands an applied write's watch events to the hub, first reading the
+/// previous values a watcher asked for that apply left out, and gives back
+/// the write's outcome (a request error publishes nothing).
+fn publish<A>(
+    hub: &mut super::watch_hub::HubState,
+    store: &KvStore,
+    applied: Result<A, KvError>,
+    split: impl FnOnce(A) -> (Vec<crate::api::etcd::mvccpb::Event>, Outcome),
+) -> Result<Result<Outcome, DriverError>, String> {
+    let (mut events, outcome) = match applied {
+        Ok(a) => split(a),
+        Err(e) => return Ok(Err(DriverError::from(e))),
+    };
+    let revision = store.current_revision();
+    if hub.wants_prev(revision, &events) {
+        store.fill_prev(&mut events).map_err(|e| e.to_string())?;
+    }
+    hub.publish(revision, &events);
+    Ok(Ok(outcome))
+}
+
 fn forward_error(e: DriverError) -> ProposeResult {
     match e {
         DriverError::NotLeader { leader } => ProposeResult {
@@ -620,9 +641,8 @@ impl Driver {
         if self.forward_queue.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.forward_queue);
         if self.node.role() == Role::Leader {
-            for (id, data) in batch {
+            for (id, data) in std::mem::take(&mut self.forward_queue) {
                 let Some(reply) = self.forwarded.remove(&id) else {
                     continue;
                 };
@@ -637,9 +657,9 @@ impl Driver {
         if self.forwards_in_flight.1 >= MAX_FORWARDS_IN_FLIGHT {
             // Sent when an answer comes back, with whatever else queued
             // meanwhile: under load, fewer and larger calls.
-            self.forward_queue = batch;
             return;
         }
+        let batch = std::mem::take(&mut self.forward_queue);
         let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
         let sent = if leader.is_none() {
             None
@@ -1322,39 +1342,19 @@ impl Driver {
         applied: (u64, u64),
     ) -> Result<Result<Outcome, DriverError>, String> {
         let f = |e: KvError| e.to_string();
-        let publish = |hub: &mut super::watch_hub::HubState,
-                       store: &KvStore,
-                       mut events: Vec<crate::api::etcd::mvccpb::Event>|
-         -> Result<(), String> {
-            let revision = store.current_revision();
-            if hub.wants_prev(revision, &events) {
-                store.fill_prev(&mut events).map_err(f)?;
-            }
-            hub.publish(revision, &events);
-            Ok(())
-        };
         Ok(match op {
-            Op::Put(p) => match store.apply_put(&p, applied).map_err(f)? {
-                Ok(a) => {
-                    publish(hub, store, a.events)?;
-                    Ok(Outcome::Put(a.response))
-                }
-                Err(e) => Err(DriverError::from(e)),
-            },
-            Op::DeleteRange(d) => match store.apply_delete(&d, applied).map_err(f)? {
-                Ok(a) => {
-                    publish(hub, store, a.events)?;
-                    Ok(Outcome::Delete(a.response))
-                }
-                Err(e) => Err(DriverError::from(e)),
-            },
-            Op::Txn(t) => match store.apply_txn(&t, applied).map_err(f)? {
-                Ok(a) => {
-                    publish(hub, store, a.events)?;
-                    Ok(Outcome::Txn(a.response))
-                }
-                Err(e) => Err(DriverError::from(e)),
-            },
+            Op::Put(p) => {
+                let r = store.apply_put(&p, applied).map_err(f)?;
+                publish(hub, store, r, |a| (a.events, Outcome::Put(a.response)))?
+            }
+            Op::DeleteRange(d) => {
+                let r = store.apply_delete(&d, applied).map_err(f)?;
+                publish(hub, store, r, |a| (a.events, Outcome::Delete(a.response)))?
+            }
+            Op::Txn(t) => {
+                let r = store.apply_txn(&t, applied).map_err(f)?;
+                publish(hub, store, r, |a| (a.events, Outcome::Txn(a.response)))?
+            }
             Op::Compaction(c) => store
                 .apply_compaction(&c, applied)
                 .map_err(f)?
@@ -1373,13 +1373,8 @@ impl Driver {
             Op::LeaseRevoke(r) => {
                 self.lease_deadlines.remove(&r.id);
                 self.revoking.remove(&r.id);
-                match store.apply_lease_revoke(r.id, applied).map_err(f)? {
-                    Ok(events) => {
-                        publish(hub, store, events)?;
-                        Ok(Outcome::LeaseRevoked)
-                    }
-                    Err(e) => Err(DriverError::from(e)),
-                }
+                let r = store.apply_lease_revoke(r.id, applied).map_err(f)?;
+                publish(hub, store, r, |events| (events, Outcome::LeaseRevoked))?
             }
             Op::MemberAttributes(m) => {
                 match store.member(m.id).cloned() {

@@ -141,7 +141,7 @@ const _: () = assert!(std::mem::size_of::<IndexKey>() == 24);
 #[derive(Clone, Debug)]
 struct Indexed {
     changes: Vec<Change>,
-    /// The current value's; all zero while the key is deleted.
+    /// The current value's; all zero (lease 0 too) while the key is deleted.
     live: Meta,
 }
 
@@ -394,11 +394,8 @@ impl KvStore {
         self.current = self.current.max(self.compacted);
         // Attach live keys to their leases.
         for (k, entry) in &self.index {
-            if let Some(rec) = entry
-                .live
-                .live()
-                .and_then(|m| self.leases.get_mut(&m.lease))
-            {
+            // A deleted key's lease is 0, which is never a lease id.
+            if let Some(rec) = self.leases.get_mut(&entry.live.lease) {
                 rec.keys.insert(k.to_vec());
             }
         }
@@ -1020,9 +1017,9 @@ impl KvStore {
                     .entry(IndexKey::from_slice(&kv.key))
                     .or_insert_with(Indexed::new),
             };
-            let before = entry.live.live().map_or(0, |m| m.lease);
+            let before = entry.live.lease;
             entry.record(*rev, kv, *tombstone);
-            let after = entry.live.live().map_or(0, |m| m.lease);
+            let after = entry.live.lease;
             // The key moves from the lease of the value it replaced to its own.
             if before != after {
                 if let Some(rec) = self.leases.get_mut(&before) {
