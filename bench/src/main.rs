@@ -78,8 +78,22 @@ enum Cmd {
         duration: u64,
         #[arg(long, default_value_t = 100_000)]
         keyspace: u64,
+        /// Threads generating load, each with its own connections (default:
+        /// one per core).
+        #[arg(long)]
+        threads: Option<usize>,
     },
 }
+
+/// Threads the load generator uses: one per core.
+fn load_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The same allocator as the server: the client shares the machine's cores
+/// with the members under test, and glibc's malloc was a tenth of its CPU.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn url(e: &str) -> String {
     if e.contains("://") {
@@ -264,9 +278,13 @@ async fn leader_first(mut endpoints: Vec<String>) -> Vec<String> {
 
 /// One round of one workload on one system.
 async fn round(r: &Running, spec: &Spec) -> Result<(Measured, Option<f64>), String> {
-    let ch = workload::connect(&r.endpoints, conns_for(spec.clients)).await?;
     let before = r.cluster.metric_sum(FSYNCS);
-    let m = workload::run(&ch, spec).await;
+    let (endpoints, spec2) = (r.endpoints.clone(), spec.clone());
+    let m = tokio::task::spawn_blocking(move || {
+        workload::run_sharded(&endpoints, conns_for(spec2.clients), &spec2, load_threads())
+    })
+    .await
+    .map_err(|e| format!("load threads: {e}"))??;
     let fsyncs = spec
         .workload
         .writes()
@@ -515,23 +533,25 @@ fn main() -> ExitCode {
                 conns,
                 duration,
                 keyspace,
+                threads,
             } => {
                 let w = Workload::parse(&workload).ok_or_else(|| {
                     format!("unknown workload {workload:?}: put, range, range-serializable, txn, mixed")
                 })?;
                 let endpoints: Vec<String> = endpoints.iter().map(|e| url(e)).collect();
-                let ch = workload::connect(&endpoints, conns).await?;
-                let m = workload::run(
-                    &ch,
-                    &Spec {
-                        workload: w,
-                        clients,
-                        duration: Duration::from_secs(duration),
-                        keyspace,
-                        value_size: 256,
-                    },
-                )
-                .await;
+                let spec = Spec {
+                    workload: w,
+                    clients,
+                    duration: Duration::from_secs(duration),
+                    keyspace,
+                    value_size: 256,
+                };
+                let threads = threads.unwrap_or_else(load_threads);
+                let m = tokio::task::spawn_blocking(move || {
+                    workload::run_sharded(&endpoints, conns, &spec, threads)
+                })
+                .await
+                .map_err(|e| format!("load threads: {e}"))??;
                 let f = figures(&m);
                 println!(
                     "{}: {:.0} ops/s, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, {} errors",

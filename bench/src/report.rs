@@ -54,7 +54,7 @@ pub fn markdown(rows: &[Row], x: &Extras) -> String {
     let _ = writeln!(s, "Command: `{}`\n", x.command);
     let _ = writeln!(
         s,
-        "Both systems: 3 members on loopback, fsync on, the same client (`nod-bench`, etcd v3 gRPC), both clusters up side by side. Clients spread their connections over the members, the leader's first (so 1 client talks to the leader on both). Each workload ran {} rounds of {} s on each system, alternating which went first; ops/s is the median round (the slowest and fastest round in brackets), latencies (ms) are over every round's requests. Ratio = Nod / etcd (throughput: higher is better; latency: lower is better).\n",
+        "Both systems: 3 members on loopback, fsync on, the same client (`nod-bench`, etcd v3 gRPC), both clusters up side by side. Clients spread their connections over the members, the leader's first (so 1 client talks to the leader on both); the client runs one single-threaded runtime per core, each owning its share of the connections and the clients on them. Each workload ran {} rounds of {} s on each system, alternating which went first; ops/s is the median round (the slowest and fastest round in brackets), latencies (ms) are over every round's requests. Ratio = Nod / etcd (throughput: higher is better; latency: lower is better).\n",
         x.rounds, x.secs
     );
     let _ = writeln!(

@@ -187,14 +187,110 @@ async fn one(
     }
 }
 
-/// Runs `spec` for its duration with `spec.clients` concurrent clients.
-pub async fn run(channels: &[Channel], spec: &Spec) -> Measured {
-    let value = Arc::new(vec![b'v'; spec.value_size]);
+/// Runs `spec` with `conns` connections spread over `endpoints` (connection
+/// `i` to endpoint `i mod n`, client `c` on connection `c mod conns`), on
+/// `shards` threads with a single-threaded runtime each. Each thread owns
+/// its connections and the clients on them, so a request never wakes
+/// another thread, and the requests its clients issue in one scheduler
+/// turn leave in one write: the client costs the machine less CPU, which
+/// is shared with the servers under test. Returns the merged measurement.
+pub fn run_sharded(
+    endpoints: &[String],
+    conns: usize,
+    spec: &Spec,
+    shards: usize,
+) -> Result<Measured, String> {
+    let conns = conns.max(1);
+    let shards = shards.clamp(1, conns);
+    // Every thread connects first; the clock starts when all have.
+    let connected = Arc::new(std::sync::Barrier::new(shards));
+    let threads: Vec<_> = plan(endpoints, conns, spec.clients, shards)
+        .into_iter()
+        .enumerate()
+        .map(|(s, (mine, clients))| {
+            let spec = spec.clone();
+            let connected = connected.clone();
+            std::thread::Builder::new()
+                .name(format!("load-{s}"))
+                .spawn(move || -> Result<Measured, String> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    rt.block_on(async move {
+                        let ch = connect_each(&mine).await;
+                        connected.wait();
+                        Ok(run_clients(&ch?, &spec, &clients).await)
+                    })
+                })
+                .map_err(|e| format!("cannot start a load thread: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut total = Measured {
+        ops: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        hist: histogram(),
+    };
+    for t in threads {
+        let m = t
+            .join()
+            .map_err(|_| "a load thread panicked".to_string())??;
+        total.ops += m.ops;
+        total.errors += m.errors;
+        total.elapsed = total.elapsed.max(m.elapsed);
+        total
+            .hist
+            .add(&m.hist)
+            .map_err(|e| format!("merging histograms: {e}"))?;
+    }
+    Ok(total)
+}
+
+/// Which connections (endpoint URLs, in order) and clients (client number,
+/// index of its connection among the shard's) each of `shards` threads
+/// runs. Connection `i` goes to endpoint `i mod n` and belongs to shard
+/// `i mod shards`; client `c` rides connection `c mod conns`.
+#[allow(clippy::type_complexity)]
+fn plan(
+    endpoints: &[String],
+    conns: usize,
+    clients: usize,
+    shards: usize,
+) -> Vec<(Vec<String>, Vec<(usize, usize)>)> {
+    (0..shards)
+        .map(|s| {
+            let urls = (0..conns)
+                .filter(|i| i % shards == s)
+                .map(|i| endpoints[i % endpoints.len()].clone())
+                .collect();
+            let mine = (0..clients)
+                .filter(|c| (c % conns) % shards == s)
+                .map(|c| (c, (c % conns) / shards))
+                .collect();
+            (urls, mine)
+        })
+        .collect()
+}
+
+/// One channel to each of `urls`, in order.
+async fn connect_each(urls: &[String]) -> Result<Vec<Channel>, String> {
+    let mut out = Vec::with_capacity(urls.len());
+    for url in urls {
+        out.extend(connect(std::slice::from_ref(url), 1).await?);
+    }
+    Ok(out)
+}
+
+/// Runs `clients` (each a client number, which seeds its keys, and the
+/// index of its channel) for the spec's duration.
+async fn run_clients(channels: &[Channel], spec: &Spec, clients: &[(usize, usize)]) -> Measured {
     let start = Instant::now();
     let deadline = start + spec.duration;
+    let value = Arc::new(vec![b'v'; spec.value_size]);
     let mut tasks = Vec::new();
-    for c in 0..spec.clients {
-        let mut kv = KvClient::new(channels[c % channels.len()].clone());
+    for &(c, ch) in clients {
+        let mut kv = KvClient::new(channels[ch].clone());
         let value = value.clone();
         let spec = spec.clone();
         tasks.push(tokio::spawn(async move {
@@ -383,6 +479,36 @@ mod tests {
         assert_eq!(key(0).len(), 8);
         assert_eq!(key(u64::MAX).len(), 8);
         assert_ne!(key(1), key(2));
+    }
+
+    #[test]
+    fn every_client_runs_once_on_its_connection() {
+        let eps: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        for (conns, clients, shards) in
+            [(32, 256, 2), (1, 1, 2), (4, 16, 2), (5, 7, 3), (32, 256, 1)]
+        {
+            let shards = shards.min(conns);
+            let p = plan(&eps, conns, clients, shards);
+            assert_eq!(p.len(), shards);
+            let mut seen = vec![0; clients];
+            let mut urls = 0;
+            for (s, (mine, cs)) in p.iter().enumerate() {
+                urls += mine.len();
+                for &(c, ch) in cs {
+                    seen[c] += 1;
+                    // The connection it rides is global connection c mod conns,
+                    // to endpoint (c mod conns) mod 3, owned by this shard.
+                    let global = c % conns;
+                    assert_eq!(global % shards, s, "{conns} {clients} {shards}");
+                    assert_eq!(mine[ch], eps[global % eps.len()]);
+                }
+            }
+            assert_eq!(urls, conns);
+            assert!(
+                seen.iter().all(|&n| n == 1),
+                "{conns} {clients} {shards}: {seen:?}"
+            );
+        }
     }
 
     #[test]
