@@ -12,7 +12,9 @@ use nod::api::etcd::etcdserverpb::{
 };
 use nod::api::etcd::mvccpb::event::EventType;
 use nod::client::prefix_end;
+use prost::Message;
 use support::{leader, Cluster};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn put(k: &str, v: &str) -> PutRequest {
     PutRequest {
@@ -279,4 +281,99 @@ async fn the_finer_points_of_the_etcd_api() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("member not found"), "{err}");
+}
+
+/// One HTTP/2 frame: 9-byte header, then the payload.
+fn h2_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// An HPACK literal header field without indexing, new name, no Huffman
+/// (RFC 7541 6.2.2); lengths under 127.
+fn hpack_literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    assert!(name.len() < 127 && value.len() < 127);
+    out.push(0);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// etcd's clientv3 3.5.0 sends `:authority: #initially=[http://host:port]`
+/// on every call (etcd-io/etcd#13192), which is not an authority; etcd
+/// serves it. A request written frame by frame with that authority gets
+/// its answer from Nod, not a stream reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_authority_is_served() {
+    let cluster = Cluster::start(1);
+    leader(&cluster.endpoints()).await;
+    let mut c = cluster.members[0].client();
+    c.put(put("k", "v")).await.unwrap();
+    let ep = cluster.members[0].endpoint();
+
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    h2_frame(&mut out, 0x4, 0, 0, &[]); // SETTINGS
+    let authority = format!("#initially=[http://{ep}]");
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/etcdserverpb.KV/Range"),
+        (":authority", authority.as_str()),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        hpack_literal(&mut block, name, value);
+    }
+    h2_frame(&mut out, 0x1, 0x4, 1, &block); // HEADERS, END_HEADERS
+    let msg = RangeRequest {
+        key: b"k".to_vec(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut data = vec![0u8];
+    data.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    data.extend_from_slice(&msg);
+    h2_frame(&mut out, 0x0, 0x1, 1, &data); // DATA, END_STREAM
+
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(&ep).await.unwrap();
+        s.write_all(&out).await.unwrap();
+        let mut body = Vec::new();
+        loop {
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).await.unwrap();
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).await.unwrap();
+            match (kind, stream) {
+                (0x4, 0) if flags & 0x1 == 0 => {
+                    let mut ack = Vec::new();
+                    h2_frame(&mut ack, 0x4, 0x1, 0, &[]);
+                    s.write_all(&ack).await.unwrap();
+                }
+                (0x3, 1) => panic!("the request was reset: {payload:?}"),
+                (0x7, _) => panic!("the connection was closed: {payload:?}"),
+                (0x0, 1) => body.extend_from_slice(&payload),
+                _ => {}
+            }
+            // The trailers (HEADERS with END_STREAM) end the response.
+            if stream == 1 && kind == 0x1 && flags & 0x1 != 0 {
+                return body;
+            }
+        }
+    };
+    let body = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("an answer within 10 s");
+    assert!(body.len() >= 5, "no response message: {body:?}");
+    let resp = nod::api::etcd::etcdserverpb::RangeResponse::decode(&body[5..]).unwrap();
+    assert_eq!(resp.kvs.len(), 1);
+    assert_eq!(resp.kvs[0].value, b"v");
 }
