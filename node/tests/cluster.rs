@@ -601,10 +601,24 @@ async fn snapshots_compact_the_log_and_a_wiped_member_catches_up_by_snapshot() {
     c = Client::connect(&cluster.endpoints(), Duration::from_secs(5)).unwrap();
     c.member_remove(old_id).await.unwrap();
     std::fs::remove_dir_all(&cluster.members[2].data_dir).unwrap();
-    let added = c
-        .member_add(vec![cluster.members[2].peer_url()], true)
-        .await
-        .unwrap();
+    // If the killed member led, the new leader refuses a membership change
+    // (FailedPrecondition) until it has committed an entry of its own term;
+    // anything else is a failure.
+    let peer_url = cluster.members[2].peer_url();
+    let added = eventually("the member added", Duration::from_secs(10), || {
+        let mut c = c.clone();
+        let peer_url = peer_url.clone();
+        async move {
+            match c.member_add(vec![peer_url], true).await {
+                Ok(a) => Some(a),
+                Err(ClientError::Status(st)) if st.code() == tonic::Code::FailedPrecondition => {
+                    None
+                }
+                Err(e) => panic!("member add: {e}"),
+            }
+        }
+    })
+    .await;
     let new_id = added.member.unwrap().id;
     let initial = cluster.initial_cluster();
     cluster.members[2].start(&initial, "existing", &[]);
