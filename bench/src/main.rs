@@ -279,12 +279,13 @@ async fn leader_first(mut endpoints: Vec<String>) -> Vec<String> {
 /// One round of one workload on one system.
 async fn round(r: &Running, spec: &Spec) -> Result<(Measured, Option<f64>), String> {
     let before = r.cluster.metric_sum(FSYNCS);
-    let (endpoints, spec2) = (r.endpoints.clone(), spec.clone());
-    let m = tokio::task::spawn_blocking(move || {
-        workload::run_sharded(&endpoints, conns_for(spec2.clients), &spec2, load_threads())
-    })
-    .await
-    .map_err(|e| format!("load threads: {e}"))??;
+    let m = workload::run(
+        r.endpoints.clone(),
+        conns_for(spec.clients),
+        spec.clone(),
+        load_threads(),
+    )
+    .await?;
     let fsyncs = spec
         .workload
         .writes()
@@ -547,11 +548,7 @@ fn main() -> ExitCode {
                     value_size: 256,
                 };
                 let threads = threads.unwrap_or_else(load_threads);
-                let m = tokio::task::spawn_blocking(move || {
-                    workload::run_sharded(&endpoints, conns, &spec, threads)
-                })
-                .await
-                .map_err(|e| format!("load threads: {e}"))??;
+                let m = workload::run(endpoints, conns, spec, threads).await?;
                 let f = figures(&m);
                 println!(
                     "{}: {:.0} ops/s, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, {} errors",

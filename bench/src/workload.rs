@@ -83,6 +83,25 @@ pub struct Measured {
 }
 
 impl Measured {
+    fn empty() -> Measured {
+        Measured {
+            ops: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            hist: histogram(),
+        }
+    }
+
+    /// Adds `m`'s requests to these; the elapsed time is the longer one.
+    fn merge(&mut self, m: &Measured) {
+        self.ops += m.ops;
+        self.errors += m.errors;
+        self.elapsed = self.elapsed.max(m.elapsed);
+        // Every histogram comes from `histogram()`, with the same bounds,
+        // so adding one cannot go out of range.
+        let _ = self.hist.add(&m.hist);
+    }
+
     pub fn throughput(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -194,7 +213,18 @@ async fn one(
 /// another thread, and the requests its clients issue in one scheduler
 /// turn leave in one write: the client costs the machine less CPU, which
 /// is shared with the servers under test. Returns the merged measurement.
-pub fn run_sharded(
+pub async fn run(
+    endpoints: Vec<String>,
+    conns: usize,
+    spec: Spec,
+    shards: usize,
+) -> Result<Measured, String> {
+    tokio::task::spawn_blocking(move || run_sharded(&endpoints, conns, &spec, shards))
+        .await
+        .map_err(|e| format!("load threads: {e}"))?
+}
+
+fn run_sharded(
     endpoints: &[String],
     conns: usize,
     spec: &Spec,
@@ -218,7 +248,7 @@ pub fn run_sharded(
                         .build()
                         .map_err(|e| e.to_string())?;
                     rt.block_on(async move {
-                        let ch = connect_each(&mine).await;
+                        let ch = connect(&mine, mine.len()).await;
                         connected.wait();
                         Ok(run_clients(&ch?, &spec, &clients).await)
                     })
@@ -226,23 +256,12 @@ pub fn run_sharded(
                 .map_err(|e| format!("cannot start a load thread: {e}"))
         })
         .collect::<Result<_, _>>()?;
-    let mut total = Measured {
-        ops: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        hist: histogram(),
-    };
+    let mut total = Measured::empty();
     for t in threads {
         let m = t
             .join()
             .map_err(|_| "a load thread panicked".to_string())??;
-        total.ops += m.ops;
-        total.errors += m.errors;
-        total.elapsed = total.elapsed.max(m.elapsed);
-        total
-            .hist
-            .add(&m.hist)
-            .map_err(|e| format!("merging histograms: {e}"))?;
+        total.merge(&m);
     }
     Ok(total)
 }
@@ -273,15 +292,6 @@ fn plan(
         .collect()
 }
 
-/// One channel to each of `urls`, in order.
-async fn connect_each(urls: &[String]) -> Result<Vec<Channel>, String> {
-    let mut out = Vec::with_capacity(urls.len());
-    for url in urls {
-        out.extend(connect(std::slice::from_ref(url), 1).await?);
-    }
-    Ok(out)
-}
-
 /// Runs `clients` (each a client number, which seeds its keys, and the
 /// index of its channel) for the spec's duration.
 async fn run_clients(channels: &[Channel], spec: &Spec, clients: &[(usize, usize)]) -> Measured {
@@ -295,32 +305,24 @@ async fn run_clients(channels: &[Channel], spec: &Spec, clients: &[(usize, usize
         let spec = spec.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (c as u64 + 1).wrapping_mul(0x2545_f491));
-            let mut hist = histogram();
-            let (mut ops, mut errors) = (0u64, 0u64);
+            let mut m = Measured::empty();
             while Instant::now() < deadline {
                 let t = Instant::now();
                 match one(&mut kv, spec.workload, &mut rng, spec.keyspace, &value).await {
                     Ok(()) => {
-                        ops += 1;
-                        let _ = hist.record((t.elapsed().as_micros() as u64).max(1));
+                        m.ops += 1;
+                        let _ = m.hist.record((t.elapsed().as_micros() as u64).max(1));
                     }
-                    Err(_) => errors += 1,
+                    Err(_) => m.errors += 1,
                 }
             }
-            (ops, errors, hist)
+            m
         }));
     }
-    let mut total = Measured {
-        ops: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        hist: histogram(),
-    };
+    let mut total = Measured::empty();
     for t in tasks {
-        if let Ok((ops, errors, hist)) = t.await {
-            total.ops += ops;
-            total.errors += errors;
-            let _ = total.hist.add(&hist);
+        if let Ok(m) = t.await {
+            total.merge(&m);
         }
     }
     total.elapsed = start.elapsed();
@@ -509,6 +511,27 @@ mod tests {
                 "{conns} {clients} {shards}: {seen:?}"
             );
         }
+    }
+
+    #[test]
+    fn merging_adds_requests_and_keeps_the_longer_time() {
+        let part = |ops, errors, secs, us: &[u64]| {
+            let mut m = Measured::empty();
+            m.ops = ops;
+            m.errors = errors;
+            m.elapsed = Duration::from_secs(secs);
+            for &u in us {
+                m.hist.record(u).unwrap();
+            }
+            m
+        };
+        let mut total = Measured::empty();
+        total.merge(&part(3, 1, 5, &[10, 20, 30]));
+        total.merge(&part(2, 0, 6, &[1000, 2000]));
+        assert_eq!((total.ops, total.errors), (5, 1));
+        assert_eq!(total.elapsed, Duration::from_secs(6));
+        assert_eq!(total.hist.len(), 5);
+        assert_eq!(total.hist.max(), total.hist.highest_equivalent(2000));
     }
 
     #[test]

@@ -226,50 +226,47 @@ async fn etcdctl_works_against_nod() {
     );
     assert_eq!(ok(&all, &["member", "list"]).lines().count(), 3);
 
-    // endpoint status: one leader among three, same Raft term
-    let status = ok(&all, &["endpoint", "status"]);
-    assert_eq!(status.lines().count(), 3, "{status}");
-    assert_eq!(
-        status
-            .lines()
-            .filter(|l| l.contains(", true, false,"))
-            .count(),
-        1,
-        "{status}"
-    );
-    let health = etcdctl(&all, &["endpoint", "health"], None);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&health.stdout),
-        String::from_utf8_lossy(&health.stderr)
-    );
-    assert!(health.status.success(), "{text}");
-    assert_eq!(
-        text.matches("is healthy: successfully committed proposal")
-            .count(),
-        3,
-        "{text}"
-    );
-
-    // With a scheme on the endpoints, etcdctl 3.4 sends the whole URL as
-    // the HTTP/2 :authority of these calls; etcd serves them, so does Nod
+    // endpoint status and health, with and without a scheme on the
+    // endpoints. With one, etcdctl 3.4 sends the whole URL as the HTTP/2
+    // :authority of these calls; etcd serves them, so does Nod
     // (third_party/h2/NOD-PATCH.md).
     let with_scheme = eps
         .iter()
         .map(|e| format!("http://{e}"))
         .collect::<Vec<_>>()
         .join(",");
-    let status = ok(&with_scheme, &["endpoint", "status"]);
-    assert_eq!(status.lines().count(), 3, "{status}");
-    assert!(status.lines().all(|l| l.starts_with("http://")), "{status}");
-    let health = etcdctl(&with_scheme, &["endpoint", "health"], None);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&health.stdout),
-        String::from_utf8_lossy(&health.stderr)
-    );
-    assert!(health.status.success(), "{text}");
-    assert_eq!(text.matches("is healthy").count(), 3, "{text}");
+    for endpoints in [&all, &with_scheme] {
+        // One leader among three, same Raft term.
+        let status = ok(endpoints, &["endpoint", "status"]);
+        assert_eq!(status.lines().count(), 3, "{status}");
+        assert!(
+            status.lines().all(|l| endpoints
+                .split(',')
+                .any(|e| l.starts_with(&format!("{e}, ")))),
+            "{status}"
+        );
+        assert_eq!(
+            status
+                .lines()
+                .filter(|l| l.contains(", true, false,"))
+                .count(),
+            1,
+            "{status}"
+        );
+        let health = etcdctl(endpoints, &["endpoint", "health"], None);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&health.stdout),
+            String::from_utf8_lossy(&health.stderr)
+        );
+        assert!(health.status.success(), "{text}");
+        assert_eq!(
+            text.matches("is healthy: successfully committed proposal")
+                .count(),
+            3,
+            "{text}"
+        );
+    }
 
     // snapshot save
     let dir = tempfile::tempdir().unwrap();
