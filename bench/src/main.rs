@@ -260,9 +260,10 @@ async fn leader_first(mut endpoints: Vec<String>) -> Vec<String> {
         let Ok(ch) = workload::connect(std::slice::from_ref(ep), 1).await else {
             continue;
         };
-        let mut client = MaintenanceClient::new(ch[0].clone());
-        let status = client.status(StatusRequest {});
-        let Ok(Ok(st)) = tokio::time::timeout(workload::REQUEST_TIMEOUT, status).await else {
+        let Ok(st) = MaintenanceClient::new(ch[0].clone())
+            .status(StatusRequest {})
+            .await
+        else {
             continue;
         };
         let st = st.into_inner();

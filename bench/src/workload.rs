@@ -118,30 +118,33 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 
-/// How long one request may take before it counts as an error.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may wait for its response before it fails.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One HTTP/2 connection to a server, used directly as the gRPC clients'
 /// transport. tonic's `Channel` queues every request through a buffer task
 /// before hyper's own dispatch; going to hyper's sender directly saves that
 /// hop (a channel send and a task wake per request), which matters because
 /// the client shares the machine's cores with the servers it measures.
+/// Every call fails after `REQUEST_TIMEOUT` without a response (as the
+/// `Endpoint::timeout` of the `Channel` it replaces did).
 #[derive(Clone)]
 pub struct Conn {
     send: hyper::client::conn::http2::SendRequest<tonic::body::Body>,
     scheme: Scheme,
     authority: Authority,
+    timeout: Duration,
 }
 
 impl Service<Request<tonic::body::Body>> for Conn {
     type Response = Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
     >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.send.poll_ready(cx)
+        self.send.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: Request<tonic::body::Body>) -> Self::Future {
@@ -155,7 +158,13 @@ impl Service<Request<tonic::body::Body>> for Conn {
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
-        Box::pin(self.send.send_request(req))
+        let (response, timeout) = (self.send.send_request(req), self.timeout);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, response).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err("no response within the request timeout".into()),
+            }
+        })
     }
 }
 
@@ -189,6 +198,7 @@ pub async fn dial(url: &str) -> Result<Conn, String> {
         send,
         scheme,
         authority,
+        timeout: REQUEST_TIMEOUT,
     })
 }
 
@@ -376,13 +386,12 @@ async fn run_clients(channels: &[Conn], spec: &Spec, clients: &[(usize, usize)])
             let mut m = Measured::empty();
             while Instant::now() < deadline {
                 let t = Instant::now();
-                let req = one(&mut kv, spec.workload, &mut rng, spec.keyspace, &value);
-                match tokio::time::timeout(REQUEST_TIMEOUT, req).await {
-                    Ok(Ok(())) => {
+                match one(&mut kv, spec.workload, &mut rng, spec.keyspace, &value).await {
+                    Ok(()) => {
                         m.ops += 1;
                         let _ = m.hist.record((t.elapsed().as_micros() as u64).max(1));
                     }
-                    Ok(Err(_)) | Err(_) => m.errors += 1,
+                    Err(_) => m.errors += 1,
                 }
             }
             m
@@ -420,10 +429,7 @@ pub async fn load(channels: &[Conn], count: u64, clients: usize, value_size: usi
                     value: value.to_vec(),
                     ..Default::default()
                 };
-                if !matches!(
-                    tokio::time::timeout(REQUEST_TIMEOUT, kv.put(req)).await,
-                    Ok(Ok(_))
-                ) {
+                if kv.put(req).await.is_err() {
                     errors += 1;
                 }
             }
@@ -627,6 +633,35 @@ mod tests {
         l.local_addr().unwrap()
     }
 
+    /// A server that takes the connection but never answers: the request
+    /// fails after the timeout instead of holding its client forever.
+    #[tokio::test]
+    async fn a_request_without_an_answer_fails_after_the_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let silent = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            use tokio::io::AsyncReadExt;
+            while sock.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        let mut conn = dial(&url).await.unwrap();
+        conn.timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        let mut kv = KvClient::new(conn);
+        let r = kv.range(RangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        });
+        let e = tokio::time::timeout(Duration::from_secs(5), r)
+            .await
+            .expect("the request must end by itself")
+            .unwrap_err();
+        assert!(e.message().contains("timeout"), "{e}");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        silent.abort();
+    }
+
     #[tokio::test]
     async fn dialing_reports_what_is_wrong_with_the_endpoint() {
         let e = dial("https://127.0.0.1:1").await.err().unwrap();
@@ -665,8 +700,7 @@ mod tests {
                 .await;
             match r {
                 Ok(r) => break r.into_inner().header.unwrap().revision,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
+                Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => panic!("the member never served: {e}"),
