@@ -66,7 +66,9 @@ enum Cmd {
     Load {
         #[arg(long, value_delimiter = ',', required = true)]
         endpoints: Vec<String>,
-        /// put, range, range-serializable, txn, mixed
+        /// put, range, range-serializable, txn, mixed, or watch (fan-out:
+        /// `--clients` watchers of one key, then `--writes` puts to it;
+        /// reports events delivered per second)
         #[arg(long, default_value = "put")]
         workload: String,
         #[arg(long, default_value_t = 16)]
@@ -78,6 +80,9 @@ enum Cmd {
         duration: u64,
         #[arg(long, default_value_t = 100_000)]
         keyspace: u64,
+        /// Puts for the watch workload.
+        #[arg(long, default_value_t = 1000)]
+        writes: usize,
         /// Threads generating load, each with its own connections (default:
         /// one per core).
         #[arg(long)]
@@ -534,12 +539,23 @@ fn main() -> ExitCode {
                 conns,
                 duration,
                 keyspace,
+                writes,
                 threads,
             } => {
-                let w = Workload::parse(&workload).ok_or_else(|| {
-                    format!("unknown workload {workload:?}: put, range, range-serializable, txn, mixed")
-                })?;
                 let endpoints: Vec<String> = endpoints.iter().map(|e| url(e)).collect();
+                if workload == "watch" {
+                    let ch = workload::connect(&endpoints, conns).await?;
+                    let m = workload::watch_fanout(&ch, clients, writes).await;
+                    let f = figures(&m);
+                    println!(
+                        "watch fan-out {clients} watchers × {writes} writes: {:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, {} missing",
+                        f.throughput, f.p50, f.p99, f.errors
+                    );
+                    return Ok(());
+                }
+                let w = Workload::parse(&workload).ok_or_else(|| {
+                    format!("unknown workload {workload:?}: put, range, range-serializable, txn, mixed, watch")
+                })?;
                 let spec = Spec {
                     workload: w,
                     clients,

@@ -25,6 +25,13 @@ pub struct FramedWrite<T, B> {
     inner: T,
     final_flush_done: bool,
 
+    /// Nod: let other tasks run once before writing what is buffered, so
+    /// frames that several streams queue in one scheduler turn leave in one
+    /// write (server connections; see NOD-PATCH.md).
+    gather: bool,
+    /// The flush of the buffered frames was put off once already.
+    yielded: bool,
+
     encoder: Encoder<B>,
 }
 
@@ -82,6 +89,13 @@ const CHAIN_THRESHOLD: usize = 1024;
 /// fragmented data being sent, and hereby improve the throughput.
 const CHAIN_THRESHOLD_WITHOUT_VECTORED_IO: usize = 1024;
 
+impl<T, B> FramedWrite<T, B> {
+    /// Nod: puts off each flush of buffered frames by one scheduler turn.
+    pub fn set_gather_writes(&mut self, on: bool) {
+        self.gather = on;
+    }
+}
+
 // TODO: Make generic
 impl<T, B> FramedWrite<T, B>
 where
@@ -97,6 +111,8 @@ where
         FramedWrite {
             inner,
             final_flush_done: false,
+            gather: false,
+            yielded: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
                 buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
@@ -145,6 +161,19 @@ where
         let span = tracing::trace_span!("FramedWrite::flush");
         let _e = span.enter();
 
+        // Nod: the first time there is something to write, wake this task
+        // and yield instead. A task woken while it runs goes to the back of
+        // its worker's queue, so the streams that are ready to send run
+        // first and add their frames to this write. Never when the buffer
+        // is full (the caller needs room) and at most once per write, so
+        // the write always happens on the next poll.
+        if self.gather && !self.yielded && !self.encoder.is_empty() && self.encoder.has_capacity()
+        {
+            self.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+
         loop {
             while !self.encoder.is_empty() {
                 let n = match self.encoder.next {
@@ -174,6 +203,7 @@ where
                 ControlFlow::Break => break,
             }
         }
+        self.yielded = false;
 
         tracing::trace!("flushing buffer");
         // Flush the upstream
