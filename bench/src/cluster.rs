@@ -192,19 +192,7 @@ impl Cluster {
 
     /// Bytes on disk in the first member's data folder.
     pub fn disk_bytes(&self) -> u64 {
-        fn walk(p: &Path) -> u64 {
-            let Ok(rd) = std::fs::read_dir(p) else {
-                return 0;
-            };
-            rd.filter_map(|e| e.ok())
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => walk(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        }
-        walk(&self.servers[0].data)
+        dir_bytes(&self.servers[0].data)
     }
 
     /// The sum over members of one metric (a plain sample line).
@@ -302,4 +290,46 @@ pub fn fdatasync_latency(dir: &Path, rounds: usize) -> Result<(f64, f64), String
         hist.value_at_quantile(0.5) as f64,
         hist.value_at_quantile(0.99) as f64,
     ))
+}
+
+/// The bytes of every file under `dir`, a file with several hard links
+/// counted once: a member's snapshots are RocksDB checkpoints, hard links
+/// to the live store's files, which take their space once.
+pub fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(p: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+        let Ok(rd) = std::fs::read_dir(p) else {
+            return 0;
+        };
+        let mut total = 0;
+        for e in rd.filter_map(|e| e.ok()) {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => total += walk(&e.path(), seen),
+                Ok(m) if seen.insert((m.dev(), m.ino())) => total += m.len(),
+                _ => {}
+            }
+        }
+        total
+    }
+    walk(dir, &mut std::collections::HashSet::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hard_linked_file_takes_its_space_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("snap")).unwrap();
+        std::fs::write(dir.path().join("a.sst"), vec![1u8; 1000]).unwrap();
+        std::fs::write(dir.path().join("b.log"), vec![2u8; 300]).unwrap();
+        assert_eq!(dir_bytes(dir.path()), 1300);
+        // A checkpoint links the store's file instead of copying it.
+        std::fs::hard_link(dir.path().join("a.sst"), dir.path().join("snap/a.sst")).unwrap();
+        assert_eq!(dir_bytes(dir.path()), 1300);
+        // A copy is another 1000 bytes.
+        std::fs::copy(dir.path().join("a.sst"), dir.path().join("snap/c.sst")).unwrap();
+        assert_eq!(dir_bytes(dir.path()), 2300);
+    }
 }
