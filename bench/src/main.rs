@@ -121,6 +121,13 @@ fn figures(m: &Measured) -> Figures {
     }
 }
 
+fn watch_summary(watchers: usize, writes: usize, f: &Figures) -> String {
+    format!(
+        "watch fan-out {watchers} watchers × {writes} writes: {:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, {} missing",
+        f.throughput, f.p50, f.p99, f.errors
+    )
+}
+
 fn conns_for(clients: usize) -> usize {
     match clients {
         0..=1 => 1,
@@ -387,13 +394,9 @@ async fn bench_both(
         let m = workload::watch_fanout(&ch, set.watchers, set.writes).await;
         let f = figures(&m);
         eprintln!(
-            "[{}] watch fan-out {} watchers × {} writes: {:.0} events/s, p99 {:.2} ms, {} missing",
+            "[{}] {}",
             r.name(),
-            set.watchers,
-            set.writes,
-            f.throughput,
-            f.p99,
-            f.errors
+            watch_summary(set.watchers, set.writes, &f)
         );
         watch[s] = f;
     }
@@ -546,11 +549,7 @@ fn main() -> ExitCode {
                 if workload == "watch" {
                     let ch = workload::connect(&endpoints, conns).await?;
                     let m = workload::watch_fanout(&ch, clients, writes).await;
-                    let f = figures(&m);
-                    println!(
-                        "watch fan-out {clients} watchers × {writes} writes: {:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, {} missing",
-                        f.throughput, f.p50, f.p99, f.errors
-                    );
+                    println!("{}", watch_summary(clients, writes, &figures(&m)));
                     return Ok(());
                 }
                 let w = Workload::parse(&workload).ok_or_else(|| {

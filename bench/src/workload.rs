@@ -677,8 +677,9 @@ mod tests {
     /// The load runs its requests through `Conn` against a real Nod
     /// member: every put it counts is one revision on the server, and the
     /// keys it wrote hold the value it sent.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_counted_put_is_one_revision_on_a_real_server() {
+    /// One in-process Nod member (its data in the returned folder) and its
+    /// client URL.
+    async fn member() -> (nod::server::RunningServer, String, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let cfg = nod::server::ServerConfig::local(
             "bench-test",
@@ -688,10 +689,13 @@ mod tests {
         );
         let server = nod::server::start(cfg).await.unwrap();
         let ep = format!("http://{}", server.client_addr);
-        let conns = connect(std::slice::from_ref(&ep), 1).await.unwrap();
-        let mut kv = KvClient::new(conns[0].clone());
+        (server, ep, dir)
+    }
+
+    /// Waits until the member serves a range; its revision then.
+    async fn serving_revision(kv: &mut KvClient<Conn>) -> i64 {
         let deadline = Instant::now() + Duration::from_secs(20);
-        let before = loop {
+        loop {
             let r = kv
                 .range(RangeRequest {
                     key: b"x".to_vec(),
@@ -699,13 +703,21 @@ mod tests {
                 })
                 .await;
             match r {
-                Ok(r) => break r.into_inner().header.unwrap().revision,
+                Ok(r) => return r.into_inner().header.unwrap().revision,
                 Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => panic!("the member never served: {e}"),
             }
-        };
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_counted_put_is_one_revision_on_a_real_server() {
+        let (server, ep, _dir) = member().await;
+        let conns = connect(std::slice::from_ref(&ep), 1).await.unwrap();
+        let mut kv = KvClient::new(conns[0].clone());
+        let before = serving_revision(&mut kv).await;
         let spec = Spec {
             workload: Workload::Put,
             clients: 8,
@@ -737,6 +749,21 @@ mod tests {
             assert_eq!(kv.value, vec![b'v'; 100]);
         }
         drop((kv, conns));
+        server.shutdown().await.unwrap();
+    }
+
+    /// The fan-out counts each watcher's copy of each put exactly once: every
+    /// watcher sees every write, and nothing is reported missing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_fan_out_counts_every_event_each_watcher_gets() {
+        let (server, ep, _dir) = member().await;
+        let conns = connect(std::slice::from_ref(&ep), 2).await.unwrap();
+        serving_revision(&mut KvClient::new(conns[0].clone())).await;
+        let m = watch_fanout(&conns, 5, 20).await;
+        assert_eq!(m.ops, 100, "5 watchers × 20 writes");
+        assert_eq!(m.errors, 0);
+        assert_eq!(m.hist.len(), 100, "one latency per event");
+        drop(conns);
         server.shutdown().await.unwrap();
     }
 }
