@@ -134,6 +134,7 @@ fn codec(c: &mut Criterion) {
             prev_term: Term(3),
             entries: entries(100, 64),
             commit: Index(98),
+            quiet: false,
         },
     };
     let mut group = c.benchmark_group("codec_append_64x256B");

@@ -21,6 +21,11 @@ pub enum MessageBody {
         prev_term: Term,
         entries: Vec<Entry>,
         commit: Index,
+        /// Sent only to move the follower's commit index forward (no
+        /// entries): the follower answers it only if it does not match.
+        /// The leader sets it only for a follower in steady replication,
+        /// where an accepted answer would tell it nothing it does not know.
+        quiet: bool,
     },
     /// Follower → leader, sent only once the accepted entries are durable.
     AppendResponse {

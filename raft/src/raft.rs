@@ -71,6 +71,11 @@ pub struct Raft<S: Storage> {
     /// votes, because before it crashed it may have acknowledged a heartbeat
     /// that a leader's lease still counts on.
     restart_quiet: u64,
+    /// Leader: entries were appended (or a follower's window opened) since
+    /// the last Ready; `flush_appends` sends them.
+    append_pending: bool,
+    /// Leader: the commit index moved since the last Ready.
+    commit_pending: bool,
     rng: SeededRng,
     cfg: Config,
 }
@@ -158,6 +163,8 @@ impl<S: Storage> Raft<S> {
             } else {
                 0
             },
+            append_pending: false,
+            commit_pending: false,
             rng: SeededRng::new(cfg.seed),
             cfg,
         };
@@ -219,6 +226,8 @@ impl<S: Storage> Raft<S> {
         self.round_sent_at.clear();
         self.lease_revoked = false;
         self.transfer_elapsed = 0;
+        self.append_pending = false;
+        self.commit_pending = false;
     }
 
     pub fn become_follower(&mut self, term: Term, leader: NodeId) {
@@ -545,6 +554,7 @@ impl<S: Storage> Raft<S> {
                     prev_term,
                     entries,
                     commit,
+                    ..
                 } => {
                     // Checked first, so the sum below cannot overflow.
                     big(prev_index.0)
@@ -583,8 +593,12 @@ impl<S: Storage> Raft<S> {
                 prev_index,
                 prev_term,
                 entries,
+                quiet,
                 ..
             } => {
+                if *quiet && !entries.is_empty() {
+                    return Err(invalid(m, "a quiet append carries entries"));
+                }
                 let mut expect_index = prev_index.next();
                 let mut last_term = *prev_term;
                 for e in entries {
@@ -679,16 +693,19 @@ impl<S: Storage> Raft<S> {
                                 ProgressState::Replicate => pr.free_inflights_to(last_index),
                             }
                             if updated && self.maybe_commit() {
-                                self.broadcast_append();
+                                self.commit_pending = true;
                             } else if was_paused {
                                 self.send_append(from)?;
                             }
-                            // Fill the pipeline.
-                            while self.maybe_send_append(from, false)? {}
+                            // Fill the pipeline, with this Ready's other sends.
+                            self.append_pending = true;
                             if from == self.lead_transferee
                                 && self.progress.get(&from).map(|p| p.matched)
                                     == Some(self.log.last_index())
                             {
+                                // What is owed (the commit index) goes first,
+                                // so the target campaigns knowing it.
+                                self.flush_appends().map_err(StepError::Storage)?;
                                 self.send_timeout_now(from);
                             }
                         }
@@ -771,10 +788,11 @@ impl<S: Storage> Raft<S> {
                 prev_term,
                 entries,
                 commit,
+                quiet,
             } => {
                 self.election_elapsed = 0;
                 self.leader = from;
-                self.handle_append(from, prev_index, prev_term, entries, commit)?;
+                self.handle_append(from, prev_index, prev_term, entries, commit, quiet)?;
             }
             MessageBody::Heartbeat { commit, read_round } => {
                 self.election_elapsed = 0;
@@ -809,6 +827,7 @@ impl<S: Storage> Raft<S> {
         prev_term: Term,
         entries: Vec<Entry>,
         commit: Index,
+        quiet: bool,
     ) -> Result<(), StepError> {
         let committed = self.log.committed;
         if prev_index < committed {
@@ -858,6 +877,10 @@ impl<S: Storage> Raft<S> {
             }
         }
         self.log.commit_to(commit.min(last_new));
+        if quiet {
+            // A commit update for a log that matches: the leader knows the match.
+            return Ok(());
+        }
         self.send(
             from,
             MessageBody::AppendResponse {
@@ -970,26 +993,86 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    pub fn broadcast_append(&mut self) {
-        let peers: Vec<NodeId> = self
-            .progress
+    /// Everyone the leader replicates to: its progress, less itself.
+    fn peer_ids(&self) -> Vec<NodeId> {
+        self.progress
             .keys()
             .copied()
             .filter(|&id| id != self.id)
-            .collect();
-        for id in peers {
+            .collect()
+    }
+
+    pub fn broadcast_append(&mut self) {
+        for id in self.peer_ids() {
             // A storage failure surfaces on the next call that returns a Result.
             let _ = self.send_append(id);
         }
     }
 
     fn send_append(&mut self, to: NodeId) -> Result<bool, StepError> {
-        self.maybe_send_append(to, true)
+        self.maybe_send_append(to, true, false)
+    }
+
+    /// Sends what this Ready's proposals, acknowledgements and commits owe
+    /// the followers, once for all of them: each follower gets its new
+    /// entries (as many appends as its window allows) with the commit index
+    /// on them, and a follower with no new entries gets the moved commit
+    /// alone, as a quiet append if it replicates steadily. Batching here,
+    /// instead of an append per proposal and per acknowledgement, is what
+    /// makes one message per follower per Ready under load.
+    pub(crate) fn flush_appends(&mut self) -> Result<(), StorageError> {
+        let (append, commit) = (self.append_pending, self.commit_pending);
+        self.append_pending = false;
+        self.commit_pending = false;
+        if !(append || commit) || self.role != Role::Leader {
+            return Ok(());
+        }
+        let storage = |e: StepError| match e {
+            StepError::Storage(e) => e,
+            other => StorageError::Fatal(other.to_string()),
+        };
+        let committed = self.log.committed;
+        for id in self.peer_ids() {
+            let mut sent = false;
+            while self.maybe_send_append(id, false, false).map_err(storage)? {
+                sent = true;
+            }
+            if sent {
+                continue;
+            }
+            // Nothing new for it: a follower being probed gets a probe (as for
+            // every proposal before), one in steady replication the moved
+            // commit, unless an Append already on its way carries it.
+            let probing = self
+                .progress
+                .get(&id)
+                .is_some_and(|p| p.state == ProgressState::Probe);
+            let told = self.msgs.iter().any(|m| {
+                m.to == id
+                    && matches!(m.body, MessageBody::Append { commit, .. } if commit >= committed)
+            });
+            if (commit && !told) || (append && probing) {
+                self.maybe_send_append(id, true, true).map_err(storage)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `flush_appends` has something to send.
+    pub(crate) fn appends_pending(&self) -> bool {
+        self.append_pending || self.commit_pending
     }
 
     /// Sends the follower what it needs next, unless its progress is paused.
     /// With `send_if_empty` false, an Append with no entries is not sent.
-    fn maybe_send_append(&mut self, to: NodeId, send_if_empty: bool) -> Result<bool, StepError> {
+    /// With `quiet`, an Append with no entries to a follower in steady
+    /// replication asks for no answer (it only moves the commit index).
+    fn maybe_send_append(
+        &mut self,
+        to: NodeId,
+        send_if_empty: bool,
+        quiet: bool,
+    ) -> Result<bool, StepError> {
         let Some(pr) = self.progress.get(&to) else {
             return Ok(false);
         };
@@ -1007,6 +1090,7 @@ impl<S: Storage> Raft<S> {
                 let commit = self.log.committed;
                 let last = entries.last().map(|e| e.index);
                 let pr = self.progress.get_mut(&to).expect("checked above");
+                let quiet = quiet && last.is_none() && pr.state == ProgressState::Replicate;
                 if let Some(last) = last {
                     pr.sent_entries(last);
                 } else if pr.state == ProgressState::Probe {
@@ -1019,6 +1103,7 @@ impl<S: Storage> Raft<S> {
                         prev_term,
                         entries,
                         commit,
+                        quiet,
                     },
                 );
                 Ok(true)
@@ -1116,7 +1201,7 @@ impl<S: Storage> Raft<S> {
                 pr.maybe_update(stable);
             }
             if self.maybe_commit() {
-                self.broadcast_append();
+                self.commit_pending = true;
             }
         }
     }
@@ -1154,7 +1239,7 @@ impl<S: Storage> Raft<S> {
             });
         }
         let index = self.append_entries(vec![EntryPayload::Normal(data)]);
-        self.broadcast_append();
+        self.append_pending = true;
         Ok(Proposed {
             index,
             term: self.term,
@@ -1174,7 +1259,7 @@ impl<S: Storage> Raft<S> {
             .apply(&change)
             .map_err(ProposeError::InvalidConfChange)?;
         let index = self.append_entries(vec![EntryPayload::ConfChange(change)]);
-        self.broadcast_append();
+        self.append_pending = true;
         Ok(Proposed {
             index,
             term: self.term,

@@ -68,6 +68,17 @@ impl Ready {
             sync: self.must_sync,
         }
     }
+
+    /// Step 4 as one storage write, moving the entries out of the Ready
+    /// instead of copying them (the driver has no other use for them).
+    pub fn take_log_write(&mut self) -> LogWrite {
+        LogWrite {
+            snapshot: self.snapshot.clone(),
+            entries: std::mem::take(&mut self.entries),
+            hard_state: self.hard_state,
+            sync: self.must_sync,
+        }
+    }
 }
 
 /// What `advance` must record about the Ready that was handed out.
@@ -179,6 +190,7 @@ impl<S: Storage> RawNode<S> {
             && (r.soft_state() != self.prev_soft
                 || r.hard_state() != self.prev_hard
                 || !r.msgs.is_empty()
+                || r.appends_pending()
                 || !r.persisted_msgs.is_empty()
                 || !r.read_states.is_empty()
                 || !r.log.unstable_entries().is_empty()
@@ -193,6 +205,7 @@ impl<S: Storage> RawNode<S> {
             "node {}: ready() called twice without advance()",
             self.raft.id
         );
+        self.raft.flush_appends()?;
         let max = self.raft.config().max_committed_size_per_ready;
         let committed_entries = self.raft.log.next_committed_entries(max)?;
         let r = &mut self.raft;

@@ -46,6 +46,7 @@ fn build((from, to, term, kind, index, t, entries, flag): RawMessage) -> Message
             prev_term: Term(t),
             entries,
             commit: Index(t),
+            quiet: flag,
         },
         1 => MessageBody::AppendResponse {
             result: AppendResult::Accepted {

@@ -252,6 +252,7 @@ fn paper_5_3_follower_rejects_append_whose_previous_entry_does_not_match() {
             prev_term: term,
             entries: vec![],
             commit: Index(0),
+            quiet: false,
         },
     };
     c.node(2).step(m).unwrap();
@@ -689,6 +690,7 @@ fn malformed_peer_messages_are_refused_and_change_nothing() {
             prev_term: term,
             entries: vec![entry],
             commit: Index(2),
+            quiet: false,
         },
     };
     let gap = append(Entry {
@@ -912,6 +914,7 @@ fn huge_terms_and_indexes_from_peers_are_refused_without_panic() {
             prev_term: term,
             entries: vec![],
             commit: Index(0),
+            quiet: false,
         },
         MessageBody::Heartbeat {
             commit: Index(u64::MAX),

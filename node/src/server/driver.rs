@@ -800,7 +800,7 @@ impl Driver {
                 self.on_soft_state(ss.leader, ss.role);
             }
             self.transport.send(std::mem::take(&mut rd.messages));
-            let write = rd.log_write();
+            let write = rd.take_log_write();
             if !write.is_empty() {
                 let started = Instant::now();
                 self.node

@@ -100,11 +100,13 @@ pub fn encode_message(m: &Message) -> pb::Message {
             prev_term,
             entries,
             commit,
+            quiet,
         } => Body::Append(pb::Append {
             prev_index: prev_index.0,
             prev_term: prev_term.0,
             entries: entries.iter().map(encode_entry).collect(),
             commit: commit.0,
+            quiet: *quiet,
         }),
         MessageBody::AppendResponse { result } => Body::AppendResponse(match *result {
             AppendResult::Accepted { last_index } => pb::AppendResponse {
@@ -213,6 +215,7 @@ pub fn decode_message(m: pb::Message) -> Result<Message, WireError> {
                     .map(decode_entry)
                     .collect::<Result<_, _>>()?,
                 commit: Index(a.commit),
+                quiet: a.quiet,
             }
         }
         Body::AppendResponse(r) => MessageBody::AppendResponse {
@@ -314,6 +317,14 @@ mod tests {
                 prev_term: Term(2),
                 entries,
                 commit: Index(3),
+                quiet: false,
+            },
+            MessageBody::Append {
+                prev_index: Index(7),
+                prev_term: Term(2),
+                entries: vec![],
+                commit: Index(7),
+                quiet: true,
             },
             MessageBody::AppendResponse {
                 result: AppendResult::Accepted {

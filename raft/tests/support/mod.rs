@@ -34,11 +34,13 @@ pub fn describe_message(m: &Message) -> String {
             prev_term,
             entries,
             commit,
+            quiet,
         } => {
             let es: Vec<String> = entries.iter().map(describe_entry).collect();
             format!(
-                "Append prev=({prev_term},{prev_index}) commit={commit} [{}]",
-                es.join(", ")
+                "Append prev=({prev_term},{prev_index}) commit={commit} [{}]{}",
+                es.join(", "),
+                if *quiet { " quiet" } else { "" }
             )
         }
         MessageBody::AppendResponse {
