@@ -674,9 +674,6 @@ mod tests {
         assert!(e.starts_with("http://:"), "{e}");
     }
 
-    /// The load runs its requests through `Conn` against a real Nod
-    /// member: every put it counts is one revision on the server, and the
-    /// keys it wrote hold the value it sent.
     /// One in-process Nod member (its data in the returned folder) and its
     /// client URL.
     async fn member() -> (nod::server::RunningServer, String, tempfile::TempDir) {
@@ -712,6 +709,9 @@ mod tests {
         }
     }
 
+    /// The load runs its requests through `Conn` against a real Nod
+    /// member: every put it counts is one revision on the server, and the
+    /// keys it wrote hold the value it sent.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_counted_put_is_one_revision_on_a_real_server() {
         let (server, ep, _dir) = member().await;

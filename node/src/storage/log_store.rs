@@ -187,40 +187,43 @@ impl LogStore {
         };
         let end = self.recent_first.0 + self.recent.len() as u64;
         if first.index < self.recent_first || first.index.0 > end {
-            self.recent.clear();
-            self.recent_bytes = 0;
+            self.reset_recent(first.index);
         } else {
             let keep = (first.index.0 - self.recent_first.0) as usize;
             for e in self.recent.drain(keep..) {
                 self.recent_bytes -= e.size();
             }
-        }
-        if self.recent.is_empty() {
-            self.recent_first = first.index;
+            if self.recent.is_empty() {
+                self.recent_first = first.index;
+            }
         }
         for e in entries {
             self.recent_bytes += e.size();
             self.recent.push_back(e.clone());
         }
-        while self.recent_bytes > RECENT_BYTES {
-            let Some(e) = self.recent.pop_front() else {
-                break;
-            };
-            self.recent_bytes -= e.size();
-            self.recent_first = self.recent_first.next();
-        }
+        while self.recent_bytes > RECENT_BYTES && self.drop_oldest_recent() {}
     }
 
-    /// Drops the recent entries up to `index` (compacted, or replaced by a
-    /// snapshot).
+    /// Empties the recent entries; the next one cached will be `first`.
+    fn reset_recent(&mut self, first: Index) {
+        self.recent.clear();
+        self.recent_bytes = 0;
+        self.recent_first = first;
+    }
+
+    /// Drops the oldest recent entry; false if there was none.
+    fn drop_oldest_recent(&mut self) -> bool {
+        let Some(e) = self.recent.pop_front() else {
+            return false;
+        };
+        self.recent_bytes -= e.size();
+        self.recent_first = self.recent_first.next();
+        true
+    }
+
+    /// Drops the recent entries up to `index` (compacted behind a snapshot).
     fn uncache_to(&mut self, index: Index) {
-        while self.recent_first <= index {
-            let Some(e) = self.recent.pop_front() else {
-                break;
-            };
-            self.recent_bytes -= e.size();
-            self.recent_first = self.recent_first.next();
-        }
+        while self.recent_first <= index && self.drop_oldest_recent() {}
         if self.recent.is_empty() {
             self.recent_first = self.last_index.next();
         }
@@ -398,9 +401,7 @@ impl StorageWrite for LogStore {
             self.snapshot = snap.clone();
             self.terms.clear();
             self.terms_first = snap.metadata.index.next();
-            self.recent.clear();
-            self.recent_bytes = 0;
-            self.recent_first = snap.metadata.index.next();
+            self.reset_recent(snap.metadata.index.next());
         }
         for e in &write.entries {
             self.cache_term(e.index, e.term);
