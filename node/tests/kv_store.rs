@@ -508,14 +508,19 @@ fn a_batch_reads_its_own_writes_and_reaches_the_disk_whole_or_not_at_all() {
             .unwrap();
         assert_eq!(f.get("a", 2), Err(KvError::Compacted));
         f.put("c", "1");
+        // The batch's last entry is a request that fails: it changes
+        // nothing but the applied index, which must still reach the disk.
+        let at = f.next();
+        let failed = f.store.apply_put(&PutRequest::default(), at).unwrap().err();
+        assert_eq!(failed, Some(KvError::EmptyKey));
         f.store.end_batch().unwrap();
-        assert_eq!(f.store.applied(), (5, 1));
+        assert_eq!(f.store.applied(), (6, 1));
     }
     let mut f = open(dir.path());
     assert_eq!(
         f.store.applied(),
-        (5, 1),
-        "the batch's applied index is on disk"
+        (6, 1),
+        "the batch's applied index is its last entry's, on disk"
     );
     assert_eq!(f.get("a", 0).unwrap().unwrap().0, "2");
     assert_eq!(f.get("c", 0).unwrap().unwrap().0, "1");
@@ -528,7 +533,7 @@ fn a_batch_reads_its_own_writes_and_reaches_the_disk_whole_or_not_at_all() {
     assert_eq!(f.get("d", 0).unwrap().unwrap().0, "1");
     drop(f);
     let f = open(dir.path());
-    assert_eq!(f.store.applied(), (5, 1));
+    assert_eq!(f.store.applied(), (6, 1));
     assert_eq!(f.get("d", 0).unwrap(), None);
     assert_eq!(f.get("a", 0).unwrap().unwrap().0, "2");
 }
@@ -683,5 +688,63 @@ fn a_put_takes_version_create_and_lease_from_the_index_and_events_get_their_prev
     assert_eq!(
         f.get("k", 0).unwrap().unwrap(),
         ("in batch".into(), again, f.store.current_revision(), 4)
+    );
+}
+
+#[test]
+fn later_operations_of_a_txn_see_its_deletes_and_puts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = open(dir.path());
+    f.put("a", "1");
+    f.put("a", "2");
+    f.put("b", "1");
+    let op = |r: request_op::Request| RequestOp { request: Some(r) };
+    let range = |k: &str, end: &str| {
+        op(request_op::Request::RequestRange(RangeRequest {
+            key: k.into(),
+            range_end: end.into(),
+            ..Default::default()
+        }))
+    };
+    let txn = TxnRequest {
+        success: vec![
+            op(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: "a".into(),
+                    ..Default::default()
+                },
+            )),
+            range("a", "z"),
+            op(request_op::Request::RequestPut(PutRequest {
+                key: "c".into(),
+                value: "1".into(),
+                ..Default::default()
+            })),
+            range("a", "z"),
+        ],
+        ..Default::default()
+    };
+    let at = f.next();
+    let done = f.store.apply_txn(&txn, at).unwrap().unwrap();
+    let rev = f.store.current_revision();
+    let keys = |i: usize| match &done.response.responses[i].response {
+        Some(response_op::Response::ResponseRange(r)) => r
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+            .collect::<Vec<_>>(),
+        other => panic!("expected a range response, got {other:?}"),
+    };
+    assert_eq!(keys(1), ["b"], "the delete hides a from the next read");
+    assert_eq!(keys(3), ["b", "c"], "the later put is seen");
+    assert_eq!(f.get("a", 0).unwrap(), None);
+    assert_eq!(f.get("a", rev - 1).unwrap().unwrap().0, "2");
+    assert_eq!(f.get("c", 0).unwrap(), Some(("1".into(), rev, rev, 1)));
+    assert_eq!(
+        done.events
+            .iter()
+            .map(|e| EventType::try_from(e.r#type).unwrap())
+            .collect::<Vec<_>>(),
+        [EventType::Delete, EventType::Put]
     );
 }

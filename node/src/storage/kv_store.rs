@@ -11,9 +11,10 @@
 //! - `member`: member id (8 bytes BE) → `etcdserverpb::Member`.
 //! - `meta`: applied index and term, compacted revision.
 //!
-//! Every applied entry is one atomic write batch that includes the applied
-//! index, so a restart resumes exactly after the last applied entry and never
-//! applies one twice. The batch is not fsynced: the Raft log is, and whatever
+//! Every applied entry, or every run of entries the driver applies together
+//! (`begin_batch`), is one atomic write batch that includes the applied
+//! index (the run's last), so a restart resumes exactly after the last
+//! applied entry and never applies one twice. The batch is not fsynced: the Raft log is, and whatever
 //! the state machine loses in a crash is replayed from it.
 //!
 //! The key index (key → its revisions, and the current value's create
@@ -272,8 +273,11 @@ pub struct Applied<R> {
 struct Staged {
     rev: i64,
     sub: i64,
-    /// Latest staged value per key (`None`: deleted in this transaction).
-    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    /// Latest staged change per key, as its place in `records` (a
+    /// tombstone there: deleted in this transaction). Kept only when later
+    /// operations of the same request may read it (`track`).
+    overlay: BTreeMap<Vec<u8>, usize>,
+    track: bool,
     records: Vec<(Revision, KeyValue, bool)>,
     events: Vec<Event>,
 }
@@ -286,6 +290,8 @@ struct Pending {
     /// touched through `&mut self`, so the lock is never contended).
     batch: std::sync::Mutex<WriteBatch>,
     records: HashMap<Revision, KeyValue>,
+    /// The last applied entry's index and term, written once at the end.
+    applied: Option<(u64, u64)>,
 }
 
 pub struct KvStore {
@@ -704,14 +710,30 @@ impl KvStore {
             rev: self.current + 1,
             sub: 0,
             overlay: BTreeMap::new(),
+            track: true,
             records: Vec::new(),
             events: Vec::new(),
         }
     }
 
+    /// For a request of one operation: nothing reads its staged changes
+    /// back, so none are tracked (a put copies its key and value less).
+    fn stage_single(&self) -> Staged {
+        Staged {
+            track: false,
+            ..self.stage()
+        }
+    }
+
+    /// What the transaction staged for `key`: `Some(None)` if it deleted it.
+    fn staged_change<'a>(&self, st: &'a Staged, key: &[u8]) -> Option<Option<&'a KeyValue>> {
+        let (_, kv, tombstone) = &st.records[*st.overlay.get(key)?];
+        Some((!tombstone).then_some(kv))
+    }
+
     fn staged_get(&self, st: &Staged, key: &[u8]) -> Result<Option<KeyValue>, KvError> {
-        match st.overlay.get(key) {
-            Some(v) => Ok(v.clone()),
+        match self.staged_change(st, key) {
+            Some(v) => Ok(v.cloned()),
             None => self.latest(key),
         }
     }
@@ -719,8 +741,8 @@ impl KvStore {
     /// What a put needs of the key's current value, from the transaction's
     /// own changes or the index: no RocksDB read.
     fn staged_meta(&self, st: &Staged, key: &[u8]) -> Option<Meta> {
-        match st.overlay.get(key) {
-            Some(v) => v.as_ref().map(Meta::of),
+        match self.staged_change(st, key) {
+            Some(v) => v.map(Meta::of),
             None => self.index.get(key).and_then(|e| e.live.live()),
         }
     }
@@ -732,10 +754,10 @@ impl KvStore {
             .map(|kv| (kv.key.clone(), kv))
             .collect();
         if !range.is_empty() {
-            for (k, v) in st.overlay.range::<[u8], _>(range.bounds()) {
-                match v {
-                    Some(kv) => map.insert(k.clone(), kv.clone()),
-                    None => map.remove(k),
+            for (k, &i) in st.overlay.range::<[u8], _>(range.bounds()) {
+                match &st.records[i] {
+                    (_, kv, false) => map.insert(k.clone(), kv.clone()),
+                    (_, _, true) => map.remove(k),
                 };
             }
         }
@@ -788,13 +810,15 @@ impl KvStore {
             value,
             lease,
         };
-        st.overlay.insert(kv.key.clone(), Some(kv.clone()));
-        st.records.push((rev, kv.clone(), false));
+        if st.track {
+            st.overlay.insert(kv.key.clone(), st.records.len());
+        }
         st.events.push(Event {
             r#type: EventType::Put as i32,
-            kv: Some(kv),
+            kv: Some(kv.clone()),
             prev_kv: prev.clone(),
         });
+        st.records.push((rev, kv, false));
         Ok(PutResponse {
             header: None,
             prev_kv: if req.prev_kv { prev } else { None },
@@ -819,7 +843,9 @@ impl KvStore {
                 mod_revision: st.rev,
                 ..Default::default()
             };
-            st.overlay.insert(prev.key.clone(), None);
+            if st.track {
+                st.overlay.insert(prev.key.clone(), st.records.len());
+            }
             st.records.push((rev, tomb.clone(), true));
             st.events.push(Event {
                 r#type: EventType::Delete as i32,
@@ -964,7 +990,10 @@ impl KvStore {
         let Some(p) = self.pending.take() else {
             return Ok(());
         };
-        let batch = p.batch.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut batch = p.batch.into_inner().unwrap_or_else(|e| e.into_inner());
+        if let Some(applied) = p.applied {
+            put_applied(&self.db, &mut batch, applied);
+        }
         if batch.is_empty() {
             return Ok(());
         }
@@ -990,26 +1019,22 @@ impl KvStore {
         for (rev, kv, tombstone) in &st.records {
             batch.put_cf(cf(&self.db, CF_REV), rev.key(), encode_kv(kv, *tombstone));
         }
-        batch.put_cf(
-            cf(&self.db, CF_META),
-            KEY_APPLIED,
-            encode_pair(applied.0, applied.1),
-        );
         extra(&self.db, batch);
         match self.pending.as_mut() {
-            Some(p) => p
-                .records
-                .extend(st.records.iter().map(|(rev, kv, _)| (*rev, kv.clone()))),
-            None => self
-                .db
-                .write(own)
-                .map_err(|e| fatal("writing applied state", e))?,
+            // The batch's last entry writes the applied index (`end_batch`).
+            Some(p) => p.applied = Some(applied),
+            None => {
+                put_applied(&self.db, &mut own, applied);
+                self.db
+                    .write(own)
+                    .map_err(|e| fatal("writing applied state", e))?
+            }
         }
         self.applied = applied;
         if !st.records.is_empty() {
             self.current = st.rev;
         }
-        for (rev, kv, tombstone) in &st.records {
+        for (rev, kv, tombstone) in st.records {
             let entry = match self.index.get_mut(kv.key.as_slice()) {
                 Some(entry) => entry,
                 None => self
@@ -1018,7 +1043,7 @@ impl KvStore {
                     .or_insert_with(Indexed::new),
             };
             let before = entry.live.lease;
-            entry.record(*rev, kv, *tombstone);
+            entry.record(rev, &kv, tombstone);
             let after = entry.live.lease;
             // The key moves from the lease of the value it replaced to its own.
             if before != after {
@@ -1028,6 +1053,10 @@ impl KvStore {
                 if let Some(rec) = self.leases.get_mut(&after) {
                     rec.keys.insert(kv.key.clone());
                 }
+            }
+            // Reads before `end_batch` find the record here.
+            if let Some(p) = self.pending.as_mut() {
+                p.records.insert(rev, kv);
             }
         }
         Ok(st.events)
@@ -1048,7 +1077,7 @@ impl KvStore {
         req: &PutRequest,
         applied: (u64, u64),
     ) -> Result<Result<Applied<PutResponse>, KvError>, KvError> {
-        let mut st = self.stage();
+        let mut st = self.stage_single();
         match self.stage_put(&mut st, req) {
             Ok(response) => {
                 let events = self.commit(st, applied, |_, _| {})?;
@@ -1063,7 +1092,7 @@ impl KvStore {
         req: &DeleteRangeRequest,
         applied: (u64, u64),
     ) -> Result<Result<Applied<DeleteRangeResponse>, KvError>, KvError> {
-        let mut st = self.stage();
+        let mut st = self.stage_single();
         match self.stage_delete(&mut st, req) {
             Ok(response) => {
                 let events = self.commit(st, applied, |_, _| {})?;
@@ -1140,11 +1169,7 @@ impl KvStore {
             KEY_COMPACTED,
             encode_pair(at as u64, 0),
         );
-        batch.put_cf(
-            cf(&self.db, CF_META),
-            KEY_APPLIED,
-            encode_pair(applied.0, applied.1),
-        );
+        put_applied(&self.db, &mut batch, applied);
         self.db
             .write(batch)
             .map_err(|e| fatal("writing a compaction", e))?;
@@ -1375,6 +1400,11 @@ fn decode_kv(v: &[u8]) -> Result<(bool, KeyValue), String> {
         return Err("record without a key".into());
     }
     Ok((tombstone, kv))
+}
+
+/// Adds the applied index and term to `batch`.
+fn put_applied(db: &DB, batch: &mut WriteBatch, (index, term): (u64, u64)) {
+    batch.put_cf(cf(db, CF_META), KEY_APPLIED, encode_pair(index, term));
 }
 
 fn encode_pair(a: u64, b: u64) -> Vec<u8> {
