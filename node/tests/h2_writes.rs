@@ -71,6 +71,14 @@ async fn read_body(mut body: h2::RecvStream) -> Vec<u8> {
     got
 }
 
+/// Answers a request with `body` and ends the stream.
+fn answer(respond: &mut h2::server::SendResponse<Bytes>, body: Bytes) {
+    let mut stream = respond
+        .send_response(http::Response::new(()), false)
+        .expect("response");
+    stream.send_data(body, true).expect("data");
+}
+
 fn assert_few_writes(used: usize, what: &str) {
     assert!(
         used <= 4,
@@ -133,12 +141,7 @@ async fn responses_finished_in_one_turn_share_a_write() {
         let mut go = go_rx.clone();
         tokio::spawn(async move {
             let _ = go.wait_for(|go| *go).await;
-            let mut stream = respond
-                .send_response(http::Response::new(()), false)
-                .expect("response");
-            stream
-                .send_data(Bytes::from(format!("answer to {path}")), true)
-                .expect("data");
+            answer(&mut respond, Bytes::from(format!("answer to {path}")));
         });
     }
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -173,12 +176,7 @@ async fn requests_sent_in_one_turn_share_a_write() {
         while let Some(r) = conn.accept().await {
             let (req, mut respond) = r.expect("a valid request");
             let path = req.uri().path().to_string();
-            let mut stream = respond
-                .send_response(http::Response::new(()), false)
-                .expect("response");
-            stream
-                .send_data(bytes::Bytes::from(path), true)
-                .expect("data");
+            answer(&mut respond, Bytes::from(path));
         }
     });
 

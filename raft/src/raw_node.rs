@@ -61,20 +61,20 @@ pub struct Ready {
 impl Ready {
     /// Step 4 as one storage write.
     pub fn log_write(&self) -> LogWrite {
-        LogWrite {
-            snapshot: self.snapshot.clone(),
-            entries: self.entries.clone(),
-            hard_state: self.hard_state,
-            sync: self.must_sync,
-        }
+        self.write_of(self.entries.clone())
     }
 
     /// Step 4 as one storage write, moving the entries out of the Ready
     /// instead of copying them (the driver has no other use for them).
     pub fn take_log_write(&mut self) -> LogWrite {
+        let entries = std::mem::take(&mut self.entries);
+        self.write_of(entries)
+    }
+
+    fn write_of(&self, entries: Vec<Entry>) -> LogWrite {
         LogWrite {
             snapshot: self.snapshot.clone(),
-            entries: std::mem::take(&mut self.entries),
+            entries,
             hard_state: self.hard_state,
             sync: self.must_sync,
         }

@@ -7,16 +7,6 @@ mod support;
 use nod_raft::{AppendResult, Index, Message, MessageBody, NodeId, StepError};
 use support::{no_tweak, Cluster};
 
-/// Takes the messages in flight from `from` to `to`.
-fn take(c: &mut Cluster, from: u64, to: u64) -> Vec<Message> {
-    let (mine, rest): (Vec<Message>, Vec<Message>) = c
-        .inflight
-        .drain(..)
-        .partition(|m| m.from == NodeId(from) && m.to == NodeId(to));
-    c.inflight = rest;
-    mine
-}
-
 fn entries_of(m: &Message) -> usize {
     match &m.body {
         MessageBody::Append { entries, .. } => entries.len(),
@@ -30,14 +20,12 @@ fn proposals_of_one_ready_leave_as_one_append_per_follower_and_one_answer_each()
     c.elect(1);
     let before = c.node(1).status().last_index;
     for i in 0..10 {
-        c.node(1)
-            .propose(format!("v{i}").into_bytes())
-            .expect("leader");
+        c.propose(1, &format!("v{i}"));
     }
     assert!(c.process_ready(NodeId(1)));
     let mut out = Vec::new();
     for f in [2, 3] {
-        let to_f = take(&mut c, 1, f);
+        let to_f = c.take_inflight(1, f);
         assert_eq!(to_f.len(), 1, "one message to {f}: {to_f:?}");
         assert_eq!(entries_of(&to_f[0]), 10);
         out.extend(to_f);
@@ -47,7 +35,7 @@ fn proposals_of_one_ready_leave_as_one_append_per_follower_and_one_answer_each()
     c.deliver();
     for f in [2, 3] {
         assert!(c.process_ready(NodeId(f)));
-        let answers = take(&mut c, f, 1);
+        let answers = c.take_inflight(f, 1);
         assert_eq!(answers.len(), 1, "one answer from {f}: {answers:?}");
         assert_eq!(
             answers[0].body,
@@ -70,7 +58,7 @@ fn proposals_of_one_ready_leave_as_one_append_per_follower_and_one_answer_each()
 fn a_commit_update_to_a_follower_in_step_is_quiet_and_not_answered() {
     let mut c = Cluster::new(3, no_tweak);
     c.elect(1);
-    let p = c.node(1).propose(b"x".to_vec()).expect("leader");
+    let p = c.propose(1, "x");
     // The append goes out and both followers acknowledge it.
     c.process_ready(NodeId(1));
     c.deliver();
@@ -79,9 +67,9 @@ fn a_commit_update_to_a_follower_in_step_is_quiet_and_not_answered() {
     c.deliver();
     // The leader commits and tells each follower with one quiet append.
     c.process_ready(NodeId(1));
-    assert_eq!(c.node(1).status().commit, p.index);
+    assert_eq!(c.commit(1), p.index);
     for f in [2, 3] {
-        let to_f = take(&mut c, 1, f);
+        let to_f = c.take_inflight(1, f);
         assert_eq!(to_f.len(), 1, "{to_f:?}");
         match &to_f[0].body {
             MessageBody::Append {
@@ -101,9 +89,9 @@ fn a_commit_update_to_a_follower_in_step_is_quiet_and_not_answered() {
     c.deliver();
     for f in [2, 3] {
         c.process_ready(NodeId(f));
-        assert_eq!(c.node(f).status().commit, p.index, "follower {f} commits");
+        assert_eq!(c.commit(f), p.index, "follower {f} commits");
         assert!(
-            take(&mut c, f, 1).is_empty(),
+            c.take_inflight(f, 1).is_empty(),
             "follower {f} does not answer a quiet append that matches"
         );
         assert_eq!(c.applied_data(f), vec!["x".to_string()]);
@@ -134,7 +122,7 @@ fn a_quiet_append_that_does_not_match_is_answered_with_a_rejection() {
     };
     c.node(2).step(m).expect("a well-formed message");
     assert!(c.process_ready(NodeId(2)));
-    let answers = take(&mut c, 2, 1);
+    let answers = c.take_inflight(2, 1);
     assert!(
         matches!(
             answers.as_slice(),
@@ -147,16 +135,17 @@ fn a_quiet_append_that_does_not_match_is_answered_with_a_rejection() {
         ),
         "{answers:?}"
     );
-    assert_eq!(c.node(2).status().commit, c.node(1).status().commit);
+    let leader_commit = c.commit(1);
+    assert_eq!(c.commit(2), leader_commit);
 }
 
 #[test]
 fn a_quiet_append_with_entries_is_refused() {
     let mut c = Cluster::new(3, no_tweak);
     c.elect(1);
-    let p = c.node(1).propose(b"x".to_vec()).expect("leader");
+    let p = c.propose(1, "x");
     c.process_ready(NodeId(1));
-    let mut to_two = take(&mut c, 1, 2);
+    let mut to_two = c.take_inflight(1, 2);
     assert_eq!(to_two.len(), 1);
     let mut m = to_two.remove(0);
     if let MessageBody::Append { quiet, .. } = &mut m.body {

@@ -66,11 +66,8 @@ fn paper_5_2_a_node_votes_at_most_once_per_term() {
     c.node(3).campaign();
     c.process_ready(NodeId(1));
     c.process_ready(NodeId(3));
-    let (to_two_first, rest): (Vec<Message>, Vec<Message>) = c
-        .inflight
-        .drain(..)
-        .partition(|m| m.to == NodeId(2) && m.from == NodeId(1));
-    c.inflight = to_two_first.into_iter().chain(rest).collect();
+    let to_two_first = c.take_inflight(1, 2);
+    c.inflight.splice(0..0, to_two_first);
     c.stabilize();
     assert_eq!(c.node(2).status().vote, NodeId(1));
     let leaders: Vec<_> = (1..=3)

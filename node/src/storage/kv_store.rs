@@ -282,6 +282,20 @@ struct Staged {
     events: Vec<Event>,
 }
 
+impl Staged {
+    /// The value record `i` leaves its key with (`None`: it deleted it).
+    fn value_at(&self, i: usize) -> Option<&KeyValue> {
+        let (_, kv, tombstone) = &self.records[i];
+        (!tombstone).then_some(kv)
+    }
+
+    /// What this transaction staged for `key`, if anything (`Some(None)`:
+    /// it deleted it).
+    fn change(&self, key: &[u8]) -> Option<Option<&KeyValue>> {
+        self.overlay.get(key).map(|&i| self.value_at(i))
+    }
+}
+
 /// Applied commands not yet written to RocksDB: one write for a whole
 /// Ready's entries instead of one per entry (see `begin_batch`).
 #[derive(Default)]
@@ -725,14 +739,8 @@ impl KvStore {
         }
     }
 
-    /// What the transaction staged for `key`: `Some(None)` if it deleted it.
-    fn staged_change<'a>(&self, st: &'a Staged, key: &[u8]) -> Option<Option<&'a KeyValue>> {
-        let (_, kv, tombstone) = &st.records[*st.overlay.get(key)?];
-        Some((!tombstone).then_some(kv))
-    }
-
     fn staged_get(&self, st: &Staged, key: &[u8]) -> Result<Option<KeyValue>, KvError> {
-        match self.staged_change(st, key) {
+        match st.change(key) {
             Some(v) => Ok(v.cloned()),
             None => self.latest(key),
         }
@@ -741,7 +749,7 @@ impl KvStore {
     /// What a put needs of the key's current value, from the transaction's
     /// own changes or the index: no RocksDB read.
     fn staged_meta(&self, st: &Staged, key: &[u8]) -> Option<Meta> {
-        match self.staged_change(st, key) {
+        match st.change(key) {
             Some(v) => v.map(Meta::of),
             None => self.index.get(key).and_then(|e| e.live.live()),
         }
@@ -755,9 +763,9 @@ impl KvStore {
             .collect();
         if !range.is_empty() {
             for (k, &i) in st.overlay.range::<[u8], _>(range.bounds()) {
-                match &st.records[i] {
-                    (_, kv, false) => map.insert(k.clone(), kv.clone()),
-                    (_, _, true) => map.remove(k),
+                match st.value_at(i) {
+                    Some(kv) => map.insert(k.clone(), kv.clone()),
+                    None => map.remove(k),
                 };
             }
         }

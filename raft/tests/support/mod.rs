@@ -229,6 +229,16 @@ impl Cluster {
         true
     }
 
+    /// Takes the messages in flight from `from` to `to`, leaving the rest.
+    pub fn take_inflight(&mut self, from: u64, to: u64) -> Vec<Message> {
+        let (mine, rest): (Vec<Message>, Vec<Message>) = self
+            .inflight
+            .drain(..)
+            .partition(|m| m.from == NodeId(from) && m.to == NodeId(to));
+        self.inflight = rest;
+        mine
+    }
+
     /// Delivers every message in flight (dropping blocked ones). Returns whether any moved.
     pub fn deliver(&mut self) -> bool {
         let msgs = std::mem::take(&mut self.inflight);
