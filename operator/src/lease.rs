@@ -1,19 +1,45 @@
 //! Leader election on a `coordination.k8s.io` Lease, so two operator
 //! replicas never reconcile at once. Optimistic concurrency (the Lease's
 //! resourceVersion) decides races.
+//!
+//! Two rules keep it sound, both client-go's:
+//! - A replica judges another's lease by its own clock: the lease is
+//!   expired when its record has not changed for a full lease duration
+//!   since this replica first saw it so, never by comparing the holder's
+//!   `renewTime` with the local time (the clocks may disagree by more than
+//!   a lease).
+//! - The holder stops acting before anyone else may start: it renews every
+//!   `retry_period`, bounds each attempt by the time left, and gives up
+//!   once no renewal has succeeded for `renew_deadline` (two thirds of the
+//!   lease), measured from the start of the last successful attempt, which
+//!   is before any other replica can have seen that renewal.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta, PostParams};
+use tokio::time::Instant;
 
 pub struct LeaseLock {
     api: Api<Lease>,
     name: String,
     identity: String,
     duration: Duration,
+    /// Another holder's record (holder, resourceVersion, renewTime) as last
+    /// seen, and when this replica first saw it.
+    observed: Mutex<Option<(String, Instant)>>,
+}
+
+/// Why a holder stopped holding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseLost {
+    #[error("another replica holds the lease now")]
+    TakenOver,
+    #[error("no renewal succeeded within {0:?}; the lease may lapse")]
+    RenewDeadlinePassed(Duration),
 }
 
 impl LeaseLock {
@@ -29,11 +55,63 @@ impl LeaseLock {
             name: name.into(),
             identity: identity.into(),
             duration,
+            observed: Mutex::new(None),
         }
     }
 
     pub fn duration(&self) -> Duration {
         self.duration
+    }
+
+    /// How long the holder keeps acting without a successful renewal: two
+    /// thirds of the lease, leaving a third for clock rates and the last
+    /// in-flight call.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
+    }
+
+    /// How often the holder renews: several tries fit in the deadline.
+    pub fn retry_period(&self) -> Duration {
+        self.duration / 7
+    }
+
+    /// Waits until this replica holds the lease; returns when the winning
+    /// attempt started (the holder's deadlines count from there).
+    pub async fn acquire(&self) -> Instant {
+        loop {
+            let started = Instant::now();
+            match tokio::time::timeout(self.renew_deadline(), self.try_acquire()).await {
+                Ok(Ok(true)) => return started,
+                Ok(Ok(false)) => {
+                    tracing::info!(lease = %self.name, "another replica leads; waiting")
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "lease"),
+                Err(_) => tracing::warn!(lease = %self.name, "taking the lease timed out"),
+            }
+            tokio::time::sleep(self.retry_period()).await;
+        }
+    }
+
+    /// Renews the lease, taken at `acquired`, until it cannot; the caller
+    /// must stop acting the moment this returns.
+    pub async fn keep_renewing(&self, acquired: Instant) -> LeaseLost {
+        let mut last_renewed = acquired;
+        loop {
+            tokio::time::sleep(self.retry_period()).await;
+            let deadline = last_renewed + self.renew_deadline();
+            let started = Instant::now();
+            if started >= deadline {
+                return LeaseLost::RenewDeadlinePassed(self.renew_deadline());
+            }
+            // A hung call must not outlive the deadline: without this
+            // bound a replica could act on past its lease.
+            match tokio::time::timeout_at(deadline, self.try_acquire()).await {
+                Ok(Ok(true)) => last_renewed = started,
+                Ok(Ok(false)) => return LeaseLost::TakenOver,
+                Ok(Err(e)) => tracing::warn!(error = %e, "renewing the lease"),
+                Err(_) => return LeaseLost::RenewDeadlinePassed(self.renew_deadline()),
+            }
+        }
     }
 
     /// Takes or renews the lease. `Ok(true)`: this replica holds it now.
@@ -65,14 +143,7 @@ impl LeaseLock {
             Some(mut lease) => {
                 let spec = lease.spec.clone().unwrap_or_default();
                 let mine = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-                let held_for = SignedDuration::from_secs(i64::from(
-                    spec.lease_duration_seconds.unwrap_or(secs),
-                ));
-                let expired = match &spec.renew_time {
-                    Some(MicroTime(t)) => t.checked_add(held_for).map_or(true, |end| end < now),
-                    None => true,
-                };
-                if !mine && !expired && spec.holder_identity.is_some() {
+                if !mine && spec.holder_identity.is_some() && !self.expired(&lease) {
                     return Ok(false);
                 }
                 let mut next = spec.clone();
@@ -93,6 +164,33 @@ impl LeaseLock {
                     Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
                     Err(e) => Err(e),
                 }
+            }
+        }
+    }
+
+    /// Has another replica's lease gone unrenewed for its whole duration,
+    /// by this replica's clock?
+    fn expired(&self, lease: &Lease) -> bool {
+        let spec = lease.spec.clone().unwrap_or_default();
+        let record = format!(
+            "{:?}/{:?}/{:?}",
+            spec.holder_identity,
+            lease.metadata.resource_version,
+            spec.renew_time.map(|t| t.0)
+        );
+        let held_for = Duration::from_secs(
+            spec.lease_duration_seconds
+                .unwrap_or(self.duration.as_secs() as i32)
+                .max(1) as u64,
+        );
+        let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        match &*observed {
+            Some((seen, since)) if *seen == record => since.elapsed() >= held_for,
+            _ => {
+                // A new record (or the first look): its holder renewed, as
+                // far as this replica can tell, just now.
+                *observed = Some((record, Instant::now()));
+                false
             }
         }
     }
