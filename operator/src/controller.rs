@@ -1,35 +1,48 @@
 //! The reconciler: apply the cluster's objects, observe Kubernetes and the
 //! Nod cluster, take the planner's one next step, write status.
+//!
+//! Status is written at the end of every reconcile, whatever failed on the
+//! way: an object Kubernetes refuses, a ServiceMonitor without its CRD, a
+//! storage size the class cannot expand or a failed step each become a
+//! condition (`SpecApplied`, `Degraded`) or `lastError`, and the rest of the
+//! reconcile goes on, so a bad edit never blinds the operator to a running
+//! cluster. Deletion needs no finalizer: owner references collect the
+//! objects and the StatefulSet's claim retention policy decides the claims.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::crd::{MemberStatus, NodCluster, NodClusterStatus};
+use crate::crd::{MemberStatus, NamelessLearner, NodCluster, NodClusterStatus, MAX_NAME_LEN};
 use crate::metrics::Metrics;
 use crate::nodapi::{ClusterApi, Health};
 use crate::plan::{plan, MemberView, Observed, PodView, Step};
-use crate::render;
+use crate::render::{self, ClaimTemplate, Shape};
 
-pub const FINALIZER: &str = "nod.io/finalizer";
+/// The finalizer operators before this one put on every NodCluster. It is
+/// removed on sight: deletion must never wait for a running operator.
+pub const LEGACY_FINALIZER: &str = "nod.io/finalizer";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
     #[error("Nod cluster: {0}")]
     Nod(String),
+    /// A reconcile that went on past failures (status says which); the
+    /// first of them, so the controller retries.
+    #[error("{0}")]
+    Partial(String),
 }
 
 impl Error {
@@ -37,8 +50,8 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
-            Error::Finalizer(_) => "finalizer",
             Error::Nod(_) => "nod",
+            Error::Partial(_) => "partial",
         }
     }
 }
@@ -83,25 +96,27 @@ impl<A: ClusterApi> Context<A> {
     }
 }
 
+/// What makes a NodCluster's watch event worth a reconcile: its generation,
+/// which changes with the spec and with the deletion mark. Never its
+/// status: every reconcile rewrites status (members' applied indexes move
+/// with every write), and reacting to that would loop. The cluster itself
+/// is observed on the timer `reconcile` returns.
+pub fn reconcile_trigger(nc: &NodCluster) -> Option<u64> {
+    kube::runtime::predicates::generation(nc)
+}
+
 pub async fn reconcile<A: ClusterApi>(
     nc: Arc<NodCluster>,
     ctx: Arc<Context<A>>,
 ) -> Result<Action, Error> {
     let started = Instant::now();
-    let ns = nc.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<NodCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, nc, |event| async {
-        match event {
-            Finalizer::Apply(nc) => apply(&nc, &ctx).await,
-            Finalizer::Cleanup(nc) => cleanup(&nc, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    });
+    let result = match drop_legacy_finalizer(&nc, &ctx).await {
+        Err(e) => Err(e),
+        // Being deleted: owner references collect the objects, the
+        // StatefulSet's retention policy the claims. Nothing to apply.
+        Ok(()) if nc.metadata.deletion_timestamp.is_some() => Ok(Action::await_change()),
+        Ok(()) => apply(&nc, &ctx).await,
+    };
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
@@ -124,23 +139,36 @@ pub fn error_policy<A: ClusterApi>(
     Action::requeue(Duration::from_secs(10))
 }
 
-/// Deleting a NodCluster: owner references collect the objects; the claims
-/// stay (data outlives the resource, as with a StatefulSet).
-async fn cleanup<A: ClusterApi>(nc: &NodCluster, ctx: &Context<A>) -> Result<Action, Error> {
-    ctx.event(
-        nc,
-        EventType::Normal,
-        "Deleted",
-        format!(
-            "deleting the cluster's objects; volume claims {}-* are kept",
-            render::claim_name(&nc.name_any())
-        ),
+/// Removes the finalizer of earlier operators. A merge patch with the
+/// resourceVersion it read, so a concurrent change of the list is not lost.
+async fn drop_legacy_finalizer<A: ClusterApi>(
+    nc: &NodCluster,
+    ctx: &Context<A>,
+) -> Result<(), Error> {
+    let finalizers = nc.finalizers();
+    if !finalizers.iter().any(|f| f == LEGACY_FINALIZER) {
+        return Ok(());
+    }
+    let rest: Vec<&String> = finalizers
+        .iter()
+        .filter(|f| *f != LEGACY_FINALIZER)
+        .collect();
+    let ns = nc.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<NodCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch(
+        &nc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {
+            "resourceVersion": nc.resource_version(),
+            "finalizers": rest,
+        }})),
     )
-    .await;
-    Ok(Action::await_change())
+    .await?;
+    tracing::info!(cluster = %nc.name_any(), "removed the finalizer of an earlier operator");
+    Ok(())
 }
 
-async fn apply_object<K>(client: &kube::Client, ns: &str, obj: &K) -> Result<(), Error>
+async fn apply_object<K>(client: &kube::Client, ns: &str, obj: &K) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -182,21 +210,52 @@ fn condition(
     }
 }
 
+/// What went wrong in a reconcile without ending it.
+#[derive(Default)]
+struct Findings {
+    /// Failed calls (to Kubernetes or the cluster): `lastError`, and the
+    /// reconcile returns an error after writing status, to be retried.
+    errors: Vec<String>,
+    /// Parts of the spec that were not applied, as (reason, why): the
+    /// `SpecApplied` condition. Not errors: retrying does not help.
+    not_applied: Vec<(&'static str, String)>,
+}
+
+impl Findings {
+    fn kube(&mut self, what: &str, e: &kube::Error) {
+        self.errors.push(format!("{what}: {e}"));
+    }
+}
+
+/// Everything a reconcile observed, for status.
+struct Observation {
+    pods: Vec<PodView>,
+    images: Vec<String>,
+    health: Option<Health>,
+    replicas_now: i32,
+    step: Step,
+}
+
 async fn apply<A: ClusterApi>(nc: &NodCluster, ctx: &Context<A>) -> Result<Action, Error> {
-    let ns = nc.namespace().unwrap_or_else(|| "default".into());
-    let name = nc.name_any();
-    let client = &ctx.client;
     let old = nc.status.clone().unwrap_or_default();
     let mut status = NodClusterStatus {
         observed_generation: nc.metadata.generation,
         selector: Some(render::selector_string(nc)),
         bootstrap_expect: old.bootstrap_expect,
+        cluster_id: old.cluster_id.clone(),
+        nameless_learners: old.nameless_learners.clone(),
         removed_members: old.removed_members.clone(),
         current_image: old.current_image.clone(),
         ..Default::default()
     };
 
-    let invalid = nc.spec.validate();
+    let mut invalid = nc.spec.validate();
+    if nc.name_any().len() > MAX_NAME_LEN {
+        invalid.push(format!(
+            "metadata.name is {} characters; at most {MAX_NAME_LEN} fit the pods' labels",
+            nc.name_any().len()
+        ));
+    }
     if !invalid.is_empty() {
         let msg = invalid.join("; ");
         status.phase = Some("Failed".into());
@@ -222,43 +281,155 @@ async fn apply<A: ClusterApi>(nc: &NodCluster, ctx: &Context<A>) -> Result<Actio
         write_status(ctx, nc, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
-    let bootstrap = *status.bootstrap_expect.get_or_insert(nc.spec.replicas);
+    status.bootstrap_expect.get_or_insert(nc.spec.replicas);
+
+    let mut findings = Findings::default();
+    match observe_and_act(nc, ctx, &mut status, &mut findings).await {
+        Ok(seen) => {
+            fill_status(&mut status, nc, &seen, &findings, &old);
+            write_status(ctx, nc, &status).await?;
+            if let Some(first) = findings.errors.first() {
+                return Err(Error::Partial(first.clone()));
+            }
+            Ok(match seen.step {
+                Step::Idle | Step::Refuse(_) => Action::requeue(Duration::from_secs(30)),
+                Step::Wait(_) => Action::requeue(Duration::from_secs(5)),
+                _ => Action::requeue(Duration::from_secs(3)),
+            })
+        }
+        Err(e) => {
+            // Kubernetes could not be observed: keep what status said about
+            // the cluster, and say why it is not newer.
+            let msg = e.to_string();
+            let mut kept = NodClusterStatus {
+                last_error: Some(msg.clone()),
+                observed_generation: status.observed_generation,
+                bootstrap_expect: status.bootstrap_expect,
+                ..old.clone()
+            };
+            kept.conditions.retain(|c| c.type_ != "Degraded");
+            kept.conditions.push(condition(
+                "Degraded",
+                true,
+                "KubernetesError",
+                &msg,
+                status.observed_generation,
+                &old.conditions,
+            ));
+            if let Err(w) = write_status(ctx, nc, &kept).await {
+                tracing::warn!(cluster = %nc.name_any(), error = %w, "could not write status");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Observes, applies the objects, resizes claims, plans and takes the step.
+/// Only a failure to observe Kubernetes ends it early (`Err`); every other
+/// failure goes into `findings`.
+async fn observe_and_act<A: ClusterApi>(
+    nc: &NodCluster,
+    ctx: &Context<A>,
+    status: &mut NodClusterStatus,
+    findings: &mut Findings,
+) -> Result<Observation, Error> {
+    let ns = nc.namespace().unwrap_or_else(|| "default".into());
+    let name = nc.name_any();
+    let client = &ctx.client;
 
     // Observe Kubernetes.
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let sts = sts_api.get_opt(&name).await?;
     let sts_replicas = sts.as_ref().and_then(|s| s.spec.as_ref()?.replicas);
     let lp = ListParams::default().labels(&render::selector_string(nc));
-    let pods: Vec<PodView> = Api::<Pod>::namespaced(client.clone(), &ns)
+    let raw_pods = Api::<Pod>::namespaced(client.clone(), &ns)
         .list(&lp)
-        .await?
-        .into_iter()
-        .filter_map(|p| pod_view(&name, &p))
-        .collect();
-    let claims: Vec<String> = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+        .await?;
+    let pods: Vec<PodView> = raw_pods.iter().filter_map(|p| pod_view(&name, p)).collect();
+    let images: Vec<String> = raw_pods.iter().filter_map(pod_image).collect();
+    let claim_prefix = format!("{}-", render::CLAIM_TEMPLATE);
+    let raw_claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
         .list(&lp)
-        .await?
-        .into_iter()
-        .filter_map(|c| {
-            c.name_any()
-                .strip_prefix(&format!("{}-", render::CLAIM_TEMPLATE))
-                .map(str::to_string)
-        })
+        .await?;
+    let claims: Vec<String> = raw_claims
+        .iter()
+        .filter_map(|c| c.name_any().strip_prefix(&claim_prefix).map(str::to_string))
         .collect();
 
-    // Apply the objects (the StatefulSet at its current size: the planner
-    // changes the size one step at a time).
+    // Apply the objects: the StatefulSet at its current size (the planner
+    // changes the size one step at a time) and with the claim template it
+    // was created with (immutable; claims are resized below instead).
     let replicas_now = sts_replicas.unwrap_or(nc.spec.replicas);
-    apply_object(client, &ns, &render::service_account(nc)).await?;
-    apply_object(client, &ns, &render::peers_service(nc)).await?;
-    apply_object(client, &ns, &render::client_service(nc)).await?;
-    apply_object(client, &ns, &render::pod_disruption_budget(nc)).await?;
-    apply_object(
+    // Observe the Nod cluster, before applying: a cluster seen founded
+    // gets a template without founding flags in this very reconcile.
+    let endpoints = (ctx.endpoints)(nc, replicas_now);
+    let health: Option<Health> = match ctx.api.health(endpoints.clone()).await {
+        Ok(h) => Some(h),
+        Err(e) => {
+            status.last_error = Some(format!("no member answered: {e}"));
+            None
+        }
+    };
+    if let Some(h) = &health {
+        let id = format!("{:x}", h.cluster_id);
+        let has_leader = h.members.iter().any(|m| m.leader);
+        match &status.cluster_id {
+            None if has_leader && h.cluster_id != 0 => {
+                // Founded: from now on new pods only join.
+                status.cluster_id = Some(id.clone());
+                ctx.event(
+                    nc,
+                    EventType::Normal,
+                    "Founded",
+                    format!(
+                        "cluster {id} has a leader and {} members; new pods join it",
+                        h.members.len()
+                    ),
+                )
+                .await;
+            }
+            Some(founded) if h.cluster_id != 0 && *founded != id => {
+                findings.errors.push(format!(
+                    "the leader answers for cluster {id}, but this NodCluster founded {founded}"
+                ));
+            }
+            _ => {}
+        }
+    }
+    let founding = match &status.cluster_id {
+        Some(_) => None,
+        None => status.bootstrap_expect,
+    };
+    let shape = Shape {
+        replicas: replicas_now,
+        founding,
+        claim: sts.as_ref().and_then(ClaimTemplate::of),
+    };
+    if let Err(e) = apply_object(client, &ns, &render::service_account(nc)).await {
+        findings.kube("applying the ServiceAccount", &e);
+    }
+    if let Err(e) = apply_object(client, &ns, &render::peers_service(nc)).await {
+        findings.kube("applying the peers Service", &e);
+    }
+    if let Err(e) = apply_object(client, &ns, &render::client_service(nc)).await {
+        findings.kube("applying the client Service", &e);
+    }
+    if let Err(e) = apply_object(
         client,
         &ns,
-        &render::stateful_set(nc, replicas_now, bootstrap),
+        &render::pod_disruption_budget(nc, replicas_now),
     )
-    .await?;
+    .await
+    {
+        findings.kube("applying the PodDisruptionBudget", &e);
+    }
+    let sts_applied = match apply_object(client, &ns, &render::stateful_set(nc, &shape)).await {
+        Ok(()) => true,
+        Err(e) => {
+            findings.kube("applying the StatefulSet", &e);
+            false
+        }
+    };
     if let Some(sm) = render::service_monitor(nc) {
         let ar = ApiResource {
             group: "monitoring.coreos.com".into(),
@@ -268,14 +439,23 @@ async fn apply<A: ClusterApi>(nc: &NodCluster, ctx: &Context<A>) -> Result<Actio
             plural: "servicemonitors".into(),
         };
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
-        api.patch(
-            &name,
-            &PatchParams::apply(render::MANAGER).force(),
-            &Patch::Apply(&sm),
-        )
-        .await?;
+        match api
+            .patch(
+                &name,
+                &PatchParams::apply(render::MANAGER).force(),
+                &Patch::Apply(&sm),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => findings.not_applied.push((
+                "ServiceMonitorCRDMissing",
+                "metrics.serviceMonitor: the Prometheus Operator's ServiceMonitor CRD (monitoring.coreos.com/v1) is not installed".into(),
+            )),
+            Err(e) => findings.kube("applying the ServiceMonitor", &e),
+        }
     }
-    if sts.is_none() {
+    if sts.is_none() && sts_applied {
         ctx.event(
             nc,
             EventType::Normal,
@@ -284,47 +464,68 @@ async fn apply<A: ClusterApi>(nc: &NodCluster, ctx: &Context<A>) -> Result<Actio
         )
         .await;
     }
+    resize_claims(nc, ctx, &raw_claims.items, findings).await;
 
-    // Observe the Nod cluster.
-    let endpoints = (ctx.endpoints)(nc, replicas_now);
-    let health: Option<Health> = match ctx.api.health(endpoints.clone()).await {
-        Ok(h) => Some(h),
-        Err(e) => {
-            status.last_error = Some(format!("no member answered: {e}"));
-            None
-        }
-    };
+    let nameless_seen = track_nameless_learners(status, health.as_ref());
+
     let observed = Observed {
         name: name.clone(),
         desired_replicas: nc.spec.replicas,
-        desired_image: nc.spec.image(),
-        sts_replicas: Some(replicas_now),
+        desired_template_hash: render::template_hash(nc),
+        sts_replicas: (sts.is_some() || sts_applied).then_some(replicas_now),
         pods: pods.clone(),
         claims,
         members: health.as_ref().map(|h| h.members.clone()),
         removed: status.removed_members.clone(),
+        nameless_seen,
     };
     let step = plan(&observed);
     tracing::debug!(cluster = %name, ?step, "planned");
+    if let Err(e) = take_step(nc, ctx, &step, &shape, &endpoints, status).await {
+        findings.errors.push(format!("{step:?}: {e}"));
+    }
+    Ok(Observation {
+        pods,
+        images,
+        health,
+        replicas_now,
+        step,
+    })
+}
 
-    // Take the step.
-    let mut refused = None;
-    let mut waiting = None;
-    match &step {
-        Step::Idle => {}
+/// Carries out one planned step.
+async fn take_step<A: ClusterApi>(
+    nc: &NodCluster,
+    ctx: &Context<A>,
+    step: &Step,
+    shape: &Shape,
+    endpoints: &[String],
+    status: &mut NodClusterStatus,
+) -> Result<(), Error> {
+    let ns = nc.namespace().unwrap_or_else(|| "default".into());
+    let client = &ctx.client;
+    match step {
+        Step::Idle | Step::Wait(_) => {}
         Step::ScaleTo(n) => {
-            apply_object(client, &ns, &render::stateful_set(nc, *n, bootstrap)).await?;
+            let scaled = Shape {
+                replicas: *n,
+                ..shape.clone()
+            };
+            apply_object(client, &ns, &render::stateful_set(nc, &scaled)).await?;
+            // The budget follows the size at once: a drain must not take a
+            // quorum of the larger (or smaller) cluster in between.
+            apply_object(client, &ns, &render::pod_disruption_budget(nc, *n)).await?;
             ctx.event(
                 nc,
                 EventType::Normal,
                 "Scaled",
-                format!("StatefulSet {replicas_now} -> {n} members"),
+                format!("StatefulSet {} -> {n} members", shape.replicas),
             )
             .await;
         }
         Step::MoveLeader { from, to } => {
             ctx.api
-                .move_leader(endpoints.clone(), *to)
+                .move_leader(endpoints.to_vec(), *to)
                 .await
                 .map_err(Error::Nod)?;
             ctx.event(
@@ -337,7 +538,7 @@ async fn apply<A: ClusterApi>(nc: &NodCluster, ctx: &Context<A>) -> Result<Actio
         }
         Step::RemoveMember { name: member, id } => {
             ctx.api
-                .remove_member(endpoints.clone(), *id)
+                .remove_member(endpoints.to_vec(), *id)
                 .await
                 .map_err(Error::Nod)?;
             if !status.removed_members.contains(member) {
@@ -348,6 +549,24 @@ async fn apply<A: ClusterApi>(nc: &NodCluster, ctx: &Context<A>) -> Result<Actio
                 EventType::Normal,
                 "MemberRemoved",
                 format!("removed member {member} ({id:x}) from Raft"),
+            )
+            .await;
+        }
+        Step::RemoveNamelessLearner { id } => {
+            ctx.api
+                .remove_member(endpoints.to_vec(), *id)
+                .await
+                .map_err(Error::Nod)?;
+            let hex = format!("{id:x}");
+            status.nameless_learners.retain(|l| l.id != hex);
+            ctx.event(
+                nc,
+                EventType::Normal,
+                "MemberRemoved",
+                format!(
+                    "removed learner {hex}: it has had no name for {} s (a join that never finished)",
+                    crate::plan::NAMELESS_LEARNER_GRACE.as_secs()
+                ),
             )
             .await;
         }
@@ -381,111 +600,225 @@ async fn apply<A: ClusterApi>(nc: &NodCluster, ctx: &Context<A>) -> Result<Actio
             ctx.event(
                 nc,
                 EventType::Normal,
-                "Upgrading",
-                format!("restarting {pod} with {}", nc.spec.image()),
+                "PodRolled",
+                format!(
+                    "restarting {pod} with the changed pod template ({} {})",
+                    render::TEMPLATE_HASH,
+                    render::template_hash(nc)
+                ),
             )
             .await;
         }
-        Step::Wait(why) => waiting = Some(why.clone()),
         Step::Refuse(why) => {
-            refused = Some(why.clone());
             ctx.event(nc, EventType::Warning, "Refused", why.clone())
                 .await;
         }
     }
-
-    // Status from what was observed.
-    let members = health
-        .as_ref()
-        .map(|h| h.members.clone())
-        .unwrap_or_default();
-    fill_status(&mut status, nc, &pods, &members, replicas_now, &step);
-    let g = status.observed_generation;
-    let voters: Vec<&MemberView> = members.iter().filter(|m| !m.learner).collect();
-    let healthy_voters = voters.iter().filter(|m| m.healthy).count();
-    let has_leader = members.iter().any(|m| m.leader);
-    let available = has_leader && healthy_voters >= crate::plan::quorum(voters.len().max(1));
-    let degraded_reason = if let Some(r) = &refused {
-        Some(("Refused", r.clone()))
-    } else if health.is_none() {
-        Some(("NoLeader", status.last_error.clone().unwrap_or_default()))
-    } else {
-        members
-            .iter()
-            .find(|m| !m.healthy)
-            .map(|m| ("MemberUnhealthy", format!("{} is unhealthy", m.name)))
-    };
-    let progressing = !matches!(step, Step::Idle | Step::Refuse(_));
-    let progress_msg = match (&step, &waiting) {
-        (_, Some(w)) => w.clone(),
-        (Step::Idle, _) => "the cluster matches the spec".into(),
-        (s, _) => format!("{s:?}"),
-    };
-    let mut conditions = vec![
-        condition(
-            "Available",
-            available,
-            if available {
-                "QuorumHealthy"
-            } else {
-                "NoQuorum"
-            },
-            &if available {
-                format!(
-                    "{healthy_voters} of {} voters healthy, leader elected",
-                    voters.len()
-                )
-            } else {
-                "no leader with a healthy quorum".to_string()
-            },
-            g,
-            &old.conditions,
-        ),
-        condition(
-            "Progressing",
-            progressing,
-            if progressing { "Working" } else { "Done" },
-            &progress_msg,
-            g,
-            &old.conditions,
-        ),
-    ];
-    let (dr, dm) = degraded_reason.unwrap_or(("Healthy", String::new()));
-    conditions.push(condition(
-        "Degraded",
-        dr != "Healthy",
-        dr,
-        &dm,
-        g,
-        &old.conditions,
-    ));
-    for w in nc.spec.warnings() {
-        conditions.push(condition(
-            "EvenMembers",
-            true,
-            "EvenReplicaCount",
-            &w,
-            g,
-            &old.conditions,
-        ));
-    }
-    status.conditions = conditions;
-    write_status(ctx, nc, &status).await?;
-    Ok(match step {
-        Step::Idle => Action::requeue(Duration::from_secs(30)),
-        Step::Refuse(_) => Action::requeue(Duration::from_secs(30)),
-        _ => Action::requeue(Duration::from_secs(3)),
-    })
+    Ok(())
 }
 
+/// Keeps `status.namelessLearners` to the learners without a name now, with
+/// when each was first seen; returns how long each has been seen so.
+fn track_nameless_learners(
+    status: &mut NodClusterStatus,
+    health: Option<&Health>,
+) -> Vec<(u64, Duration)> {
+    let Some(h) = health else {
+        // Nothing seen: keep the record as it is.
+        return Vec::new();
+    };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let mut kept = Vec::new();
+    let mut seen = Vec::new();
+    for m in h.members.iter().filter(|m| m.learner && m.name.is_empty()) {
+        let id = format!("{:x}", m.id);
+        let first = status
+            .nameless_learners
+            .iter()
+            .find(|l| l.id == id)
+            .map_or(now, |l| l.first_seen.0);
+        let for_ = now
+            .duration_since(first)
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        seen.push((m.id, for_));
+        kept.push(NamelessLearner {
+            id,
+            first_seen: Time(first),
+        });
+    }
+    status.nameless_learners = kept;
+    seen
+}
+
+/// Resizes claims to `storage.size` where their StorageClass allows it;
+/// what cannot be applied goes into `findings` (the StatefulSet's claim
+/// template is immutable, so this is the only way a size change reaches
+/// the volumes).
+async fn resize_claims<A: ClusterApi>(
+    nc: &NodCluster,
+    ctx: &Context<A>,
+    claims: &[PersistentVolumeClaim],
+    findings: &mut Findings,
+) {
+    let want = &nc.spec.storage.size;
+    let Some(want_bytes) = quantity_bytes(want) else {
+        return;
+    };
+    // Per class: `Some(allowed)` when the StorageClass could be read,
+    // `None` when reading it is forbidden (the chart grants nothing
+    // cluster-wide with watchNamespaces): then the API server's resize
+    // admission decides, and its refusal is reported the same way.
+    let mut expandable: BTreeMap<String, Option<bool>> = BTreeMap::new();
+    let mut shrink = Vec::new();
+    let mut stuck: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for claim in claims {
+        let spec = claim.spec.clone().unwrap_or_default();
+        let has = spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.clone())
+            .unwrap_or_default();
+        let Some(has_bytes) = quantity_bytes(&has) else {
+            continue;
+        };
+        if want_bytes < has_bytes {
+            shrink.push(format!("{} ({has})", claim.name_any()));
+            continue;
+        }
+        if want_bytes == has_bytes {
+            continue;
+        }
+        let class = spec.storage_class_name.clone().unwrap_or_default();
+        let allowed = match expandable.get(&class) {
+            Some(a) => *a,
+            None => {
+                let a = if class.is_empty() {
+                    Some(false)
+                } else {
+                    match Api::<StorageClass>::all(ctx.client.clone())
+                        .get_opt(&class)
+                        .await
+                    {
+                        Ok(sc) => Some(sc.and_then(|sc| sc.allow_volume_expansion) == Some(true)),
+                        Err(kube::Error::Api(s)) if s.code == 403 => None,
+                        Err(e) => {
+                            findings.kube(&format!("reading StorageClass {class}"), &e);
+                            continue;
+                        }
+                    }
+                };
+                expandable.insert(class.clone(), a);
+                a
+            }
+        };
+        if allowed == Some(false) {
+            stuck.entry(class).or_default().push(claim.name_any());
+            continue;
+        }
+        let ns = claim.namespace().unwrap_or_default();
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+        // A merge patch, not an apply: it must never create a claim that
+        // went away in the meantime.
+        let patch = json!({"spec": {"resources": {"requests": {"storage": want}}}});
+        match api
+            .patch(
+                &claim.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                ctx.event(
+                    nc,
+                    EventType::Normal,
+                    "ClaimExpanding",
+                    format!("asked to expand {} from {has} to {want}", claim.name_any()),
+                )
+                .await
+            }
+            // The resize admission's refusal (the class cannot expand, or
+            // the volume was not provisioned by one): not an error to retry.
+            Err(kube::Error::Api(s)) if s.code == 403 || s.code == 422 => {
+                findings.not_applied.push((
+                    "StorageNotExpandable",
+                    format!(
+                        "storage.size {want} not applied to {}: {}",
+                        claim.name_any(),
+                        s.message
+                    ),
+                ));
+            }
+            Err(e) => findings.kube(&format!("expanding {}", claim.name_any()), &e),
+        }
+    }
+    if !shrink.is_empty() {
+        findings.not_applied.push((
+            "StorageShrinkRefused",
+            format!(
+                "storage.size {want} not applied: volumes cannot shrink ({})",
+                shrink.join(", ")
+            ),
+        ));
+    }
+    for (class, names) in stuck {
+        let class = if class.is_empty() {
+            "(none)".to_string()
+        } else {
+            class
+        };
+        findings.not_applied.push((
+            "StorageNotExpandable",
+            format!(
+                "storage.size {want} not applied: StorageClass {class} does not allow volume expansion ({})",
+                names.join(", ")
+            ),
+        ));
+    }
+}
+
+/// Bytes in a quantity of the form `crd::is_quantity` accepts.
+pub fn quantity_bytes(q: &str) -> Option<u128> {
+    let digits = q.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let n: u128 = digits.parse().ok()?;
+    let unit: u128 = match &q[digits.len()..] {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+/// Status from what the reconcile observed and met.
 fn fill_status(
     status: &mut NodClusterStatus,
     nc: &NodCluster,
-    pods: &[PodView],
-    members: &[MemberView],
-    replicas: i32,
-    step: &Step,
+    seen: &Observation,
+    findings: &Findings,
+    old: &NodClusterStatus,
 ) {
+    let members = seen
+        .health
+        .as_ref()
+        .map(|h| h.members.clone())
+        .unwrap_or_default();
+    let pods = &seen.pods;
+    let step = &seen.step;
+    let replicas = seen.replicas_now;
+    let founded = status.cluster_id.is_some();
+    let quorum_lost = founded && seen.health.is_none();
     status.replicas = replicas;
     status.ready_replicas = pods.iter().filter(|p| p.ready && !p.terminating).count() as i32;
     status.ready = Some(format!("{}/{}", status.ready_replicas, nc.spec.replicas));
@@ -501,14 +834,22 @@ fn fill_status(
         })
         .collect();
     let image = nc.spec.image();
-    if !pods.is_empty() && pods.iter().all(|p| p.image == image) {
+    if !seen.images.is_empty() && seen.images.iter().all(|i| *i == image) {
         status.current_image = Some(image.clone());
     }
+    let hash = render::template_hash(nc);
+    let rolling = pods
+        .iter()
+        .any(|p| p.template_hash.as_deref() != Some(hash.as_str()));
     status.phase = Some(
         match step {
+            // A founded cluster with no leader answering has lost its
+            // quorum (or every member is down): never "Creating" again.
+            _ if quorum_lost => "QuorumLost",
             _ if members.is_empty() && pods.is_empty() => "Creating",
             Step::ScaleTo(_)
             | Step::RemoveMember { .. }
+            | Step::RemoveNamelessLearner { .. }
             | Step::DeleteClaim { .. }
             | Step::ReplaceMember { .. } => "Scaling",
             Step::RollPod { .. } => "Upgrading",
@@ -518,11 +859,115 @@ fn fill_status(
             _ if members.is_empty() => "Creating",
             _ if members.iter().any(|m| !m.healthy) => "Degraded",
             Step::Wait(_) if nc.spec.replicas != replicas => "Scaling",
-            Step::Wait(_) if pods.iter().any(|p| p.image != image) => "Upgrading",
+            Step::Wait(_) if rolling => "Upgrading",
             _ => "Running",
         }
         .into(),
     );
+    if let Some(e) = findings.errors.first() {
+        status.last_error = Some(e.clone());
+    }
+
+    let g = status.observed_generation;
+    let voters: Vec<&MemberView> = members.iter().filter(|m| !m.learner).collect();
+    let healthy_voters = voters.iter().filter(|m| m.healthy).count();
+    let has_leader = members.iter().any(|m| m.leader);
+    let available = has_leader && healthy_voters >= crate::plan::quorum(voters.len().max(1));
+    let no_leader = status.last_error.clone().unwrap_or_default();
+    let degraded = if let Step::Refuse(r) = step {
+        Some(("Refused", r.clone()))
+    } else if quorum_lost {
+        Some((
+            "QuorumLost",
+            format!("no leader answers; the cluster was founded ({no_leader})"),
+        ))
+    } else if seen.health.is_none() {
+        Some(("NoLeader", no_leader))
+    } else if let Some(e) = findings.errors.first() {
+        Some(("ReconcileError", e.clone()))
+    } else {
+        members
+            .iter()
+            .find(|m| !m.healthy)
+            .map(|m| ("MemberUnhealthy", format!("{} is unhealthy", m.name)))
+    };
+    let progressing = !matches!(step, Step::Idle | Step::Refuse(_));
+    let progress_msg = match step {
+        Step::Wait(w) => w.clone(),
+        Step::Idle => "the cluster matches the spec".into(),
+        s => format!("{s:?}"),
+    };
+    let mut conditions = vec![
+        condition(
+            "Available",
+            available,
+            if available {
+                "QuorumHealthy"
+            } else {
+                "NoQuorum"
+            },
+            &if available {
+                format!(
+                    "{healthy_voters} of {} voters healthy, leader elected",
+                    voters.len()
+                )
+            } else if quorum_lost {
+                "quorum lost: no leader with a healthy quorum".to_string()
+            } else {
+                "no leader with a healthy quorum".to_string()
+            },
+            g,
+            &old.conditions,
+        ),
+        condition(
+            "Progressing",
+            progressing,
+            if progressing { "Working" } else { "Done" },
+            &progress_msg,
+            g,
+            &old.conditions,
+        ),
+    ];
+    let (dr, dm) = degraded.unwrap_or(("Healthy", String::new()));
+    conditions.push(condition(
+        "Degraded",
+        dr != "Healthy",
+        dr,
+        &dm,
+        g,
+        &old.conditions,
+    ));
+    let (ar, am) = match findings.not_applied.first() {
+        None => ("Applied", String::new()),
+        Some((reason, _)) => (
+            *reason,
+            findings
+                .not_applied
+                .iter()
+                .map(|(_, why)| why.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    };
+    conditions.push(condition(
+        "SpecApplied",
+        findings.not_applied.is_empty(),
+        ar,
+        &am,
+        g,
+        &old.conditions,
+    ));
+    for w in nc.spec.warnings() {
+        conditions.push(condition(
+            "EvenMembers",
+            true,
+            "EvenReplicaCount",
+            &w,
+            g,
+            &old.conditions,
+        ));
+    }
+    status.conditions = conditions;
 }
 
 async fn write_status<A: ClusterApi>(
@@ -577,17 +1022,63 @@ fn pod_view(cluster: &str, p: &Pod) -> Option<PodView> {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let image = p
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.iter().find(|c| c.name == "nod"))
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default();
     Some(PodView {
         name,
         ordinal,
         ready,
-        image,
+        template_hash: p.annotations().get(render::TEMPLATE_HASH).cloned(),
         terminating: p.metadata.deletion_timestamp.is_some(),
     })
+}
+
+/// The image a pod's Nod container runs.
+fn pod_image(p: &Pod) -> Option<String> {
+    p.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == "nod")?
+        .image
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_compare_by_bytes() {
+        assert_eq!(quantity_bytes("10Gi"), Some(10 << 30));
+        assert_eq!(quantity_bytes("1G"), Some(1_000_000_000));
+        assert!(quantity_bytes("20Gi") > quantity_bytes("10Gi"));
+        assert!(quantity_bytes("10240Mi") == quantity_bytes("10Gi"));
+        assert_eq!(quantity_bytes("1.5Gi"), None);
+        assert_eq!(quantity_bytes("Gi"), None);
+    }
+
+    #[test]
+    fn status_writes_do_not_trigger_a_reconcile() {
+        use kube::runtime::Predicate;
+        let mut a: NodCluster = serde_json::from_value(json!({
+            "apiVersion": "nod.io/v1alpha1", "kind": "NodCluster",
+            "metadata": {"name": "demo", "generation": 3, "resourceVersion": "10"},
+            "spec": {},
+        }))
+        .unwrap();
+        let before = reconcile_trigger.hash_property(&a);
+        assert!(before.is_some());
+        // A status write: new resourceVersion, same generation.
+        a.metadata.resource_version = Some("11".into());
+        a.status = Some(NodClusterStatus {
+            members: vec![MemberStatus {
+                applied_index: 99,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        assert_eq!(reconcile_trigger.hash_property(&a), before);
+        // A spec edit (or the deletion mark) bumps the generation.
+        a.metadata.generation = Some(4);
+        assert_ne!(reconcile_trigger.hash_property(&a), before);
+    }
 }

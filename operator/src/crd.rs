@@ -11,15 +11,25 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The image Nod pods run when the spec names neither `image` nor `version`.
 pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/nod-io/nod";
 
+/// The longest cluster name: the StatefulSet labels its pods
+/// `controller-revision-hash: <name>-<10 characters>`, and a label value
+/// has at most 63.
+pub const MAX_NAME_LEN: usize = 52;
+
 /// A Nod cluster: a StatefulSet of `nod` members that find each other by
 /// gossip, plus the Services and PodDisruptionBudget around them.
+///
+/// The API server refuses, by the CEL rules below and on the nested types,
+/// what the operator could never carry out: a name too long for the pods'
+/// labels, a changed storage class, an election timeout under five
+/// heartbeats.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "nod.io",
@@ -42,6 +52,9 @@ pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/nod-io/nod";
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    validation = Rule::new("size(self.metadata.name) <= 52").message(
+        "metadata.name: at most 52 characters (the StatefulSet adds 11 to it in its pods' controller-revision-hash label, a 63-character value)"
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -90,15 +103,38 @@ fn default_replicas() -> i32 {
     3
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)")
+        .message("storage.storageClassName is immutable: existing claims cannot move to another class")
+)]
 pub struct StorageSpec {
-    /// Size of each member's volume claim, e.g. `10Gi`.
+    /// Size of each member's volume claim, e.g. `10Gi`. A larger size
+    /// expands the existing claims when their StorageClass allows volume
+    /// expansion (status says so when it does not); claims never shrink.
     #[serde(default = "default_storage_size")]
     pub size: String,
     /// Storage class of the claims; the cluster default when unset.
+    /// Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Bounded (a DNS subdomain), so the API server's CEL cost estimate of
+    // the immutability rule stays small.
+    #[schemars(length(max = 253))]
     pub storage_class_name: Option<String>,
+    /// What happens to the claims when the NodCluster is deleted: `Retain`
+    /// (the default: the data outlives the resource) or `Delete`.
+    #[serde(default)]
+    pub claim_policy: ClaimPolicy,
+}
+
+/// The claims' fate when the NodCluster is deleted (the StatefulSet's
+/// `persistentVolumeClaimRetentionPolicy.whenDeleted`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ClaimPolicy {
+    #[default]
+    Retain,
+    Delete,
 }
 
 fn default_storage_size() -> String {
@@ -110,12 +146,17 @@ impl Default for StorageSpec {
         StorageSpec {
             size: default_storage_size(),
             storage_class_name: None,
+            claim_policy: ClaimPolicy::Retain,
         }
     }
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.electionTimeoutMs >= 5 * self.heartbeatIntervalMs")
+        .message("raft.electionTimeoutMs must be at least 5 heartbeats")
+)]
 pub struct RaftSpec {
     /// Heartbeat interval in milliseconds.
     #[serde(default = "default_heartbeat")]
@@ -178,6 +219,10 @@ pub struct MetricsSpec {
     /// Create a Prometheus Operator ServiceMonitor for the members.
     #[serde(default)]
     pub service_monitor: bool,
+    /// Labels of that ServiceMonitor, for a Prometheus that selects
+    /// ServiceMonitors by label (e.g. `release: prometheus`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub service_monitor_labels: BTreeMap<String, String>,
 }
 
 /// What the operator sees, from Kubernetes and from the cluster itself.
@@ -187,7 +232,8 @@ pub struct NodClusterStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Creating, Running, Scaling, Upgrading, Degraded or Failed.
+    /// Creating, Running, Scaling, Upgrading, Degraded, QuorumLost or
+    /// Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// Members the StatefulSet runs.
@@ -217,10 +263,19 @@ pub struct NodClusterStatus {
     /// The image the members run (set once every pod runs it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_image: Option<String>,
-    /// The member count the cluster was founded with (`--bootstrap-expect`),
-    /// fixed at creation so the pod template does not change on scaling.
+    /// The member count the cluster is founded with (`--bootstrap-expect`
+    /// and the founders `<name>-0..`), fixed at creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_expect: Option<i32>,
+    /// The Raft cluster id (hex), recorded when the operator first sees a
+    /// leader with members. From then on the cluster counts as founded:
+    /// new pods get no founding flags and only join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+    /// Learners without a name and when the operator first saw each; one
+    /// nameless for `plan::NAMELESS_LEARNER_GRACE` is removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameless_learners: Vec<NamelessLearner>,
     /// Pods whose members the operator removed from Raft and whose claims
     /// it has not deleted yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -240,6 +295,14 @@ pub struct MemberStatus {
     /// How far the member's log matches the leader's.
     #[serde(default)]
     pub applied_index: u64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamelessLearner {
+    /// The member id, in hex.
+    pub id: String,
+    pub first_seen: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 }
 
 impl NodClusterSpec {
@@ -352,6 +415,43 @@ mod tests {
         assert!(
             is_quantity("512Mi") && is_quantity("1") && !is_quantity("Gi") && !is_quantity("1.5Gi")
         );
+    }
+
+    /// The CEL rules sit where the API server evaluates them against the
+    /// right object (the real evaluation is the end-to-end suite's; no
+    /// offline validator runs CEL).
+    #[test]
+    fn the_crd_carries_the_cel_rules() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(NodCluster::crd()).unwrap();
+        let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let rules = |v: &serde_json::Value| -> Vec<String> {
+            v["x-kubernetes-validations"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|r| r["rule"].as_str().unwrap().to_string())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(rules(root), ["size(self.metadata.name) <= 52"]);
+        let spec = &root["properties"]["spec"]["properties"];
+        let storage = rules(&spec["storage"]);
+        assert_eq!(storage.len(), 1, "{storage:?}");
+        assert!(
+            storage[0].contains("oldSelf.storageClassName"),
+            "a transition rule"
+        );
+        assert_eq!(
+            rules(&spec["raft"]),
+            ["self.electionTimeoutMs >= 5 * self.heartbeatIntervalMs"]
+        );
+        assert_eq!(
+            spec["storage"]["properties"]["claimPolicy"]["enum"],
+            serde_json::json!(["Retain", "Delete"])
+        );
+        assert_eq!("x".repeat(MAX_NAME_LEN).len() + 11, 63);
     }
 
     #[test]

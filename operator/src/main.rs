@@ -13,9 +13,9 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{watcher, Controller};
+use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::Api;
-use nod_operator::controller::{error_policy, reconcile, Context};
+use nod_operator::controller::{error_policy, reconcile, reconcile_trigger, Context};
 use nod_operator::crd::NodCluster;
 use nod_operator::lease::LeaseLock;
 use nod_operator::metrics::Metrics;
@@ -137,9 +137,12 @@ fn render(file: &PathBuf, replicas: Option<i32>) -> Result<String, String> {
     nc.metadata
         .uid
         .get_or_insert_with(|| "00000000-0000-0000-0000-000000000000".into());
-    let n = replicas.unwrap_or(nc.spec.replicas);
+    let shape = nod_operator::render::Shape {
+        replicas: replicas.unwrap_or(nc.spec.replicas),
+        ..nod_operator::render::Shape::new(nc.spec.replicas)
+    };
     let mut out = String::new();
-    for obj in nod_operator::render::all(&nc, n, nc.spec.replicas) {
+    for obj in nod_operator::render::all(&nc, &shape) {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&obj).map_err(|e| e.to_string())?);
     }
@@ -196,8 +199,9 @@ async fn run(
         .map_err(|e| format!("no Kubernetes API: {e}"))?;
     let identity = identity.unwrap_or_else(|| format!("nod-operator-{}", std::process::id()));
 
-    // Leader election: wait for the Lease, then keep renewing it; losing it
-    // ends the process so Kubernetes restarts it as a follower.
+    // Leader election: act only once the Lease is ours, and stop acting
+    // (exit: Kubernetes restarts the process as a follower) the moment it
+    // cannot be renewed in time.
     let lock = LeaseLock::new(
         client.clone(),
         &lease_namespace,
@@ -205,35 +209,12 @@ async fn run(
         &identity,
         Duration::from_secs(15),
     );
-    loop {
-        match lock.try_acquire().await {
-            Ok(true) => break,
-            Ok(false) => tracing::info!(lease = %lease_name, "another replica leads; waiting"),
-            Err(e) => tracing::warn!(error = %e, "lease"),
-        }
-        tokio::time::sleep(Duration::from_secs(3)).await;
-    }
+    let acquired = lock.acquire().await;
     tracing::info!(identity = %identity, "leading");
     tokio::spawn(async move {
-        let mut failures = 0;
-        loop {
-            tokio::time::sleep(lock.duration() / 3).await;
-            match lock.try_acquire().await {
-                Ok(true) => failures = 0,
-                Ok(false) => {
-                    tracing::error!("lost the lease to another replica; exiting");
-                    std::process::exit(1);
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, "renewing the lease");
-                    if failures >= 2 {
-                        tracing::error!("could not renew the lease; exiting");
-                        std::process::exit(1);
-                    }
-                }
-            }
-        }
+        let lost = lock.keep_renewing(acquired).await;
+        tracing::error!("{lost}; exiting so that two replicas never act at once");
+        std::process::exit(1);
     });
 
     let recorder = Recorder::new(
@@ -270,7 +251,17 @@ async fn run(
             }
         }
         let wc = watcher::Config::default();
-        Controller::new(api::<NodCluster>(&c, &ns), wc.clone())
+        // Only spec changes (and the deletion mark) trigger a reconcile from
+        // the NodCluster's own watch; status writes do not. The cluster is
+        // observed on the timer each reconcile sets, and on changes of the
+        // objects it owns.
+        let (reader, writer) = reflector::store();
+        let clusters = watcher(api::<NodCluster>(&c, &ns), wc.clone())
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects()
+            .predicate_filter(reconcile_trigger, Default::default());
+        Controller::for_stream(clusters, reader)
             .owns(api::<StatefulSet>(&c, &ns), wc.clone())
             .owns(api::<Service>(&c, &ns), wc.clone())
             .owns(api::<ServiceAccount>(&c, &ns), wc.clone())

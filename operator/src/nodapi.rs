@@ -13,6 +13,8 @@ use crate::plan::MemberView;
 /// The member table as the leader sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Health {
+    /// The Raft cluster id the answering leader belongs to.
+    pub cluster_id: u64,
     pub members: Vec<MemberView>,
     /// Client URLs of each member, by id (to reach the leader directly).
     pub client_urls: Vec<(u64, Vec<String>)>,
@@ -79,6 +81,7 @@ impl ClusterApi for NodApi {
             .map(|m| (m.id, m.client_urls.clone()))
             .collect();
         Ok(Health {
+            cluster_id: h.header.as_ref().map_or(0, |h| h.cluster_id),
             members,
             client_urls,
         })

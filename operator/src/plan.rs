@@ -6,6 +6,15 @@
 //! and asks for the next. Membership steps happen in Raft before the
 //! StatefulSet follows (remove the member, then shrink, then delete the
 //! claim), so a pod is never gone while its member still counts.
+//!
+//! Rolling changes compare each pod's template hash (the annotation
+//! `render::TEMPLATE_HASH` the pod was created with) with the hash of the
+//! template the spec renders now, so any change that reaches the pods
+//! (image, resources, Raft timings, scheduling, labels) rolls them the same
+//! way: one at a time, followers first, the leader last after handing
+//! leadership over, each ready and caught up before the next.
+
+use std::time::Duration;
 
 /// A member pod as Kubernetes shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,7 +22,9 @@ pub struct PodView {
     pub name: String,
     pub ordinal: i32,
     pub ready: bool,
-    pub image: String,
+    /// The template hash the pod was created with; `None` for a pod made
+    /// from a template without one (an older operator's).
+    pub template_hash: Option<String>,
     /// Being deleted (has a deletion timestamp).
     pub terminating: bool,
 }
@@ -37,7 +48,8 @@ pub struct Observed {
     pub name: String,
     /// What the spec asks for.
     pub desired_replicas: i32,
-    pub desired_image: String,
+    /// The hash of the pod template the spec renders now.
+    pub desired_template_hash: String,
     /// The StatefulSet's replicas; `None` before it exists.
     pub sts_replicas: Option<i32>,
     pub pods: Vec<PodView>,
@@ -48,6 +60,10 @@ pub struct Observed {
     /// Members this operator removed from Raft whose claims it has not
     /// deleted yet (kept in status, so a crash in between is finished).
     pub removed: Vec<String>,
+    /// Learners without a name (added to Raft by a node that never started
+    /// or never published its name), with how long the operator has seen
+    /// each one nameless.
+    pub nameless_seen: Vec<(u64, Duration)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +85,9 @@ pub enum Step {
     ReplaceMember { pod: String },
     /// Delete a pod so the StatefulSet recreates it with the new template.
     RollPod { pod: String },
+    /// Remove a learner that has had no name for `NAMELESS_LEARNER_GRACE`:
+    /// no pod will ever claim it.
+    RemoveNamelessLearner { id: u64 },
     /// Waiting for the cluster to get somewhere by itself (reason for the
     /// Progressing condition).
     Wait(String),
@@ -80,6 +99,11 @@ pub enum Step {
 /// A member further behind the leader than this many entries is still
 /// catching up: no restart waits on it being the next to go.
 pub const CAUGHT_UP_LAG: u64 = 1000;
+
+/// How long a learner may stay nameless before it is taken for the
+/// leftover of a join that never finished. A joining node publishes its
+/// name as soon as it starts, within seconds of being added.
+pub const NAMELESS_LEARNER_GRACE: Duration = Duration::from_secs(300);
 
 pub fn quorum(voters: usize) -> usize {
     voters / 2 + 1
@@ -137,13 +161,36 @@ pub fn plan(o: &Observed) -> Step {
         }
     }
 
-    let Some(members) = &o.members else {
+    let Some(all_members) = &o.members else {
         if desired > sts {
             // Growing needs no leader's consent: new pods join when they can.
             return Step::ScaleTo(desired);
         }
         return Step::Wait("no leader answers: waiting for the cluster to elect one".into());
     };
+    // A nameless learner belongs to no pod: it neither votes nor blocks.
+    // Once it has been nameless long enough it is removed (first, so the
+    // member table is clean before any other change); until then the rest
+    // of the plan looks past it.
+    for m in all_members
+        .iter()
+        .filter(|m| m.learner && m.name.is_empty())
+    {
+        let seen = o
+            .nameless_seen
+            .iter()
+            .find(|(id, _)| *id == m.id)
+            .map_or(Duration::ZERO, |(_, d)| *d);
+        if seen >= NAMELESS_LEARNER_GRACE {
+            return Step::RemoveNamelessLearner { id: m.id };
+        }
+    }
+    let named: Vec<MemberView> = all_members
+        .iter()
+        .filter(|m| !(m.learner && m.name.is_empty()))
+        .cloned()
+        .collect();
+    let members = &named;
 
     // Scale up: stale claims at the new ordinals would bring back members
     // with an old identity, so they go first.
@@ -217,11 +264,13 @@ pub fn plan(o: &Observed) -> Step {
         ));
     }
 
-    // Upgrade: one pod at a time, followers first, the leader last.
+    // Rolling change: one pod at a time, followers first, the leader last.
     let mut outdated: Vec<&PodView> = o
         .pods
         .iter()
-        .filter(|p| p.ordinal < sts && p.image != o.desired_image)
+        .filter(|p| {
+            p.ordinal < sts && p.template_hash.as_deref() != Some(o.desired_template_hash.as_str())
+        })
         .collect();
     if outdated.is_empty() {
         return Step::Idle;
@@ -268,16 +317,29 @@ mod tests {
     const OLD: &str = "nod:1";
     const NEW: &str = "nod:2";
 
-    fn pods(n: i32, image: &str) -> Vec<PodView> {
+    fn pods(n: i32, hash: &str) -> Vec<PodView> {
         (0..n)
             .map(|i| PodView {
                 name: format!("demo-{i}"),
                 ordinal: i,
                 ready: true,
-                image: image.into(),
+                template_hash: Some(hash.into()),
                 terminating: false,
             })
             .collect()
+    }
+
+    /// A learner added to Raft whose node never published its name.
+    fn nameless_learner(id: u64) -> MemberView {
+        MemberView {
+            id,
+            name: String::new(),
+            learner: true,
+            leader: false,
+            healthy: false,
+            lag: 10,
+            matched: 0,
+        }
     }
 
     /// Voters demo-0.. with ids 100+i; `leader` is an ordinal.
@@ -299,12 +361,13 @@ mod tests {
         Observed {
             name: "demo".into(),
             desired_replicas: desired,
-            desired_image: OLD.into(),
+            desired_template_hash: OLD.into(),
             sts_replicas: Some(sts),
             pods: pods(sts, OLD),
             claims: (0..sts).map(|i| format!("demo-{i}")).collect(),
             members: Some(members(sts, leader)),
             removed: vec![],
+            nameless_seen: vec![],
         }
     }
 
@@ -460,7 +523,7 @@ mod tests {
             ),
             (
                 "upgrade rolls the highest follower first",
-                Box::new(|o| o.desired_image = NEW.into()),
+                Box::new(|o| o.desired_template_hash = NEW.into()),
                 3,
                 3,
                 Step::RollPod {
@@ -470,10 +533,10 @@ mod tests {
             (
                 "upgrade rolls the leader last, after moving leadership",
                 Box::new(|o| {
-                    o.desired_image = NEW.into();
+                    o.desired_template_hash = NEW.into();
                     for p in &mut o.pods {
                         if p.name != "demo-0" {
-                            p.image = NEW.into();
+                            p.template_hash = Some(NEW.into());
                         }
                     }
                 }),
@@ -487,7 +550,7 @@ mod tests {
             (
                 "upgrade waits while a member is unhealthy",
                 Box::new(|o| {
-                    o.desired_image = NEW.into();
+                    o.desired_template_hash = NEW.into();
                     o.members.as_mut().unwrap()[1].healthy = false;
                 }),
                 3,
@@ -497,8 +560,8 @@ mod tests {
             (
                 "upgrade waits for the rolled pod to be ready again",
                 Box::new(|o| {
-                    o.desired_image = NEW.into();
-                    o.pods[2].image = NEW.into();
+                    o.desired_template_hash = NEW.into();
+                    o.pods[2].template_hash = Some(NEW.into());
                     o.pods[2].ready = false;
                 }),
                 3,
@@ -508,8 +571,8 @@ mod tests {
             (
                 "upgrade waits for a restarted member to catch up",
                 Box::new(|o| {
-                    o.desired_image = NEW.into();
-                    o.pods[2].image = NEW.into();
+                    o.desired_template_hash = NEW.into();
+                    o.pods[2].template_hash = Some(NEW.into());
                     o.members.as_mut().unwrap()[2].lag = 5000;
                 }),
                 3,
@@ -517,8 +580,53 @@ mod tests {
                 Step::Wait("demo-2 is catching up (5000 entries behind)".into()),
             ),
             (
+                "a pod made from a template without a hash (an older operator's) rolls",
+                Box::new(|o| o.pods[1].template_hash = None),
+                3,
+                3,
+                Step::RollPod {
+                    pod: "demo-1".into(),
+                },
+            ),
+            (
+                "a nameless learner does not hold up a rolling change",
+                Box::new(|o| {
+                    o.desired_template_hash = NEW.into();
+                    o.members.as_mut().unwrap().push(nameless_learner(999));
+                    o.nameless_seen = vec![(999, Duration::from_secs(10))];
+                }),
+                3,
+                3,
+                Step::RollPod {
+                    pod: "demo-2".into(),
+                },
+            ),
+            (
+                "a nameless learner does not hold up a scale-down",
+                Box::new(|o| {
+                    o.members.as_mut().unwrap().push(nameless_learner(999));
+                }),
+                3,
+                5,
+                Step::RemoveMember {
+                    name: "demo-4".into(),
+                    id: 104,
+                },
+            ),
+            (
+                "a learner nameless past the grace is removed first",
+                Box::new(|o| {
+                    o.desired_template_hash = NEW.into();
+                    o.members.as_mut().unwrap().push(nameless_learner(999));
+                    o.nameless_seen = vec![(999, NAMELESS_LEARNER_GRACE)];
+                }),
+                3,
+                3,
+                Step::RemoveNamelessLearner { id: 999 },
+            ),
+            (
                 "a single member upgrades in place (nothing to hand over to)",
-                Box::new(|o| o.desired_image = NEW.into()),
+                Box::new(|o| o.desired_template_hash = NEW.into()),
                 1,
                 1,
                 Step::RollPod {

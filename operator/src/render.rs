@@ -1,18 +1,20 @@
 //! The Kubernetes objects a `NodCluster` turns into. Pure functions of the
-//! resource (and the bootstrap size recorded in its status), so they are
-//! tested and schema-validated without a cluster.
+//! resource and a [`Shape`] (what the controller knows besides the spec:
+//! the StatefulSet's size now, whether the cluster is still being founded,
+//! the claim template it was created with), so they are tested and
+//! schema-validated without a cluster.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::DynamicObject;
 use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
 
-use crate::crd::NodCluster;
+use crate::crd::{ClaimPolicy, NodCluster};
 
 pub const CLIENT_PORT: i32 = 2379;
 pub const PEER_PORT: i32 = 2380;
@@ -25,6 +27,68 @@ pub const CLAIM_TEMPLATE: &str = "data";
 pub const MANAGER: &str = "nod-operator";
 /// The most voters a cluster promotes to (every member, up to 9).
 pub const MAX_VOTERS: i32 = 9;
+/// Pod-template annotation: the hash of the template a pod was made from.
+/// The planner rolls pods whose hash differs from the one rendered now.
+pub const TEMPLATE_HASH: &str = "nod.io/template-hash";
+
+/// What the StatefulSet is rendered with besides the spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// The StatefulSet's replicas now (the planner moves it one step at a
+    /// time on scale-down).
+    pub replicas: i32,
+    /// `Some(n)` while the cluster has not been seen founded: pods get
+    /// `--bootstrap-expect=n` and the founders `<name>-0..n-1`. `None` once
+    /// it has a leader: new pods only join.
+    pub founding: Option<i32>,
+    /// The claim template of the existing StatefulSet (immutable once
+    /// created); `None` renders it from the spec.
+    pub claim: Option<ClaimTemplate>,
+}
+
+impl Shape {
+    /// A cluster not founded yet, with `replicas` founders and its claim
+    /// template from the spec (what `nod-operator render` shows).
+    pub fn new(replicas: i32) -> Self {
+        Shape {
+            replicas,
+            founding: Some(replicas),
+            claim: None,
+        }
+    }
+}
+
+/// The parts of a volume claim template the spec decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimTemplate {
+    pub size: String,
+    pub storage_class_name: Option<String>,
+}
+
+impl ClaimTemplate {
+    /// The claim template of an existing StatefulSet, if it has ours.
+    pub fn of(sts: &StatefulSet) -> Option<ClaimTemplate> {
+        let claim = sts
+            .spec
+            .as_ref()?
+            .volume_claim_templates
+            .as_ref()?
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(CLAIM_TEMPLATE))?;
+        let spec = claim.spec.as_ref()?;
+        Some(ClaimTemplate {
+            size: spec
+                .resources
+                .as_ref()?
+                .requests
+                .as_ref()?
+                .get("storage")?
+                .0
+                .clone(),
+            storage_class_name: spec.storage_class_name.clone(),
+        })
+    }
+}
 
 /// Labels every object of the cluster carries.
 pub fn labels(nc: &NodCluster) -> BTreeMap<String, String> {
@@ -147,24 +211,53 @@ pub fn client_service(nc: &NodCluster) -> Service {
     }))
 }
 
-/// At most one member down by voluntary disruption (drains, upgrades).
-pub fn pod_disruption_budget(nc: &NodCluster) -> PodDisruptionBudget {
+/// Voluntary disruptions (drains) never take the cluster below a quorum of
+/// its `replicas` members: `minAvailable` is that quorum. With 1 or 2
+/// members that is every member, so a drain is blocked until someone
+/// scales up or deletes the pod by hand (as etcd operators do): evicting
+/// the only member, or one of two, is an outage.
+pub fn pod_disruption_budget(nc: &NodCluster, replicas: i32) -> PodDisruptionBudget {
+    let quorum = crate::plan::quorum(replicas.max(1) as usize) as i32;
     typed(json!({
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": meta(nc, &nc.name_any()),
         "spec": {
-            "maxUnavailable": 1,
+            "minAvailable": quorum,
             "selector": {"matchLabels": selector(nc)},
         },
     }))
 }
 
-/// The members. `replicas` is what the StatefulSet should run now (the
-/// planner moves it one step at a time on scale-down); `bootstrap_expect`
-/// is the size the cluster was founded with, fixed for its lifetime so the
-/// pod template does not change on scaling.
-pub fn stateful_set(nc: &NodCluster, replicas: i32, bootstrap_expect: i32) -> StatefulSet {
+/// The founding flags: only the first `n` pods may found the cluster, and
+/// only together. Rendered while the cluster has not been seen founded, so
+/// a pod added later (a scale-up) can only join.
+pub fn founding_args(nc: &NodCluster, n: i32) -> Vec<String> {
+    let n = n.clamp(1, 9);
+    let founders: Vec<String> = (0..n).map(|i| pod_name(nc, i)).collect();
+    vec![
+        format!("--bootstrap-expect={n}"),
+        format!("--bootstrap-founders={}", founders.join(",")),
+    ]
+}
+
+/// The hash of the pod template the spec renders (without the founding
+/// flags, which matter only to a pod's first start). FNV-1a over the typed
+/// template's JSON: stable across builds, unlike std's hasher.
+pub fn template_hash(nc: &NodCluster) -> String {
+    let template: PodTemplateSpec = typed(pod_template(nc));
+    let text = serde_json::to_string(&template).expect("a pod template serializes");
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The members' pod template, without the hash annotation and the
+/// founding flags.
+fn pod_template(nc: &NodCluster) -> Value {
     let spec = &nc.spec;
     let name = nc.name_any();
     let ns = nc.namespace().unwrap_or_else(|| "default".into());
@@ -174,19 +267,22 @@ pub fn stateful_set(nc: &NodCluster, replicas: i32, bootstrap_expect: i32) -> St
         "{ns}/{name}/{}",
         nc.metadata.uid.clone().unwrap_or_default()
     );
+    // Wildcard listeners on `[::]` serve IPv4 and IPv6 (the node falls back
+    // to 0.0.0.0 where IPv6 is off), so IPv6-only clusters work. Gossip
+    // advertises the bare pod IP; the node takes the port from its listen
+    // address (and brackets an IPv6 address itself).
     let mut args = vec![
         "server".to_string(),
         "--name=$(POD_NAME)".into(),
         format!("--data-dir={DATA_DIR}/data"),
-        format!("--listen-client-urls=http://0.0.0.0:{CLIENT_PORT}"),
+        format!("--listen-client-urls=http://[::]:{CLIENT_PORT}"),
         format!("--advertise-client-urls=http://{host}:{CLIENT_PORT}"),
-        format!("--listen-peer-urls=http://0.0.0.0:{PEER_PORT}"),
+        format!("--listen-peer-urls=http://[::]:{PEER_PORT}"),
         format!("--initial-advertise-peer-urls=http://{host}:{PEER_PORT}"),
-        format!("--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}"),
-        format!("--gossip-listen-addr=0.0.0.0:{GOSSIP_PORT}"),
-        format!("--gossip-advertise-addr=$(POD_IP):{GOSSIP_PORT}"),
+        format!("--listen-metrics-urls=http://[::]:{METRICS_PORT}"),
+        format!("--gossip-listen-addr=[::]:{GOSSIP_PORT}"),
+        "--gossip-advertise-addr=$(POD_IP)".into(),
         format!("--gossip-seeds={peers}.{ns}.svc:{GOSSIP_PORT}"),
-        format!("--bootstrap-expect={}", bootstrap_expect.clamp(1, 9)),
         format!("--initial-cluster-token={token}"),
         format!("--voters={MAX_VOTERS}"),
         format!("--heartbeat-interval={}", spec.raft.heartbeat_interval_ms),
@@ -212,13 +308,6 @@ pub fn stateful_set(nc: &NodCluster, replicas: i32, bootstrap_expect: i32) -> St
             },
         }),
     };
-    let mut claim_spec = json!({
-        "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": spec.storage.size}},
-    });
-    if let Some(class) = &spec.storage.storage_class_name {
-        claim_spec["storageClassName"] = json!(class);
-    }
     let mut container = json!({
         "name": "nod",
         "image": spec.image(),
@@ -239,9 +328,15 @@ pub fn stateful_set(nc: &NodCluster, replicas: i32, bootstrap_expect: i32) -> St
             "periodSeconds": 5,
             "failureThreshold": 3,
         },
+        // Discovery (finding the founders or the cluster by gossip) may
+        // take minutes on a slow start; liveness waits for it: up to 10 min.
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 5,
+            "failureThreshold": 120,
+        },
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "metrics"},
-            "initialDelaySeconds": 10,
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
@@ -268,6 +363,9 @@ pub fn stateful_set(nc: &NodCluster, replicas: i32, bootstrap_expect: i32) -> St
             "runAsUser": 65532,
             "runAsGroup": 65532,
             "fsGroup": 65532,
+            // Walk the volume to chown it only when its root is not ours
+            // yet: a large data directory would otherwise delay every start.
+            "fsGroupChangePolicy": "OnRootMismatch",
             "runAsNonRoot": true,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
@@ -287,13 +385,46 @@ pub fn stateful_set(nc: &NodCluster, replicas: i32, bootstrap_expect: i32) -> St
     if !spec.pod.annotations.is_empty() {
         template_meta["annotations"] = json!(spec.pod.annotations);
     }
+    json!({"metadata": template_meta, "spec": pod_spec})
+}
+
+/// The members, as [`Shape`] says.
+pub fn stateful_set(nc: &NodCluster, shape: &Shape) -> StatefulSet {
+    let spec = &nc.spec;
+    let name = nc.name_any();
+    let mut template = pod_template(nc);
+    let annotations = &mut template["metadata"]["annotations"];
+    if annotations.is_null() {
+        *annotations = json!({});
+    }
+    annotations[TEMPLATE_HASH] = json!(template_hash(nc));
+    if let Some(n) = shape.founding {
+        if let Some(args) = template["spec"]["containers"][0]["args"].as_array_mut() {
+            args.extend(founding_args(nc, n).into_iter().map(Value::String));
+        }
+    }
+    let claim = shape.claim.clone().unwrap_or_else(|| ClaimTemplate {
+        size: spec.storage.size.clone(),
+        storage_class_name: spec.storage.storage_class_name.clone(),
+    });
+    let mut claim_spec = json!({
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": claim.size}},
+    });
+    if let Some(class) = &claim.storage_class_name {
+        claim_spec["storageClassName"] = json!(class);
+    }
+    let when_deleted = match spec.storage.claim_policy {
+        ClaimPolicy::Retain => "Retain",
+        ClaimPolicy::Delete => "Delete",
+    };
     typed(json!({
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": meta(nc, &name),
         "spec": {
-            "serviceName": peers,
-            "replicas": replicas,
+            "serviceName": peers_service_name(nc),
+            "replicas": shape.replicas,
             // All at once: the founding members must see each other before
             // any is ready.
             "podManagementPolicy": "Parallel",
@@ -301,10 +432,12 @@ pub fn stateful_set(nc: &NodCluster, replicas: i32, bootstrap_expect: i32) -> St
             // each caught up before the next.
             "updateStrategy": {"type": "OnDelete"},
             // Claims outlive scale-down until the operator has removed the
-            // member from Raft; it deletes them itself.
-            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+            // member from Raft; it deletes them itself. On deletion of the
+            // cluster, storage.claimPolicy decides, carried out by
+            // Kubernetes' StatefulSet controller (no finalizer of ours).
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": when_deleted, "whenScaled": "Retain"},
             "selector": {"matchLabels": selector(nc)},
-            "template": {"metadata": template_meta, "spec": pod_spec},
+            "template": template,
             "volumeClaimTemplates": [{
                 "metadata": {"name": CLAIM_TEMPLATE, "labels": selector(nc)},
                 "spec": claim_spec,
@@ -318,10 +451,16 @@ pub fn service_monitor(nc: &NodCluster) -> Option<DynamicObject> {
     if !nc.spec.metrics.service_monitor {
         return None;
     }
+    let mut metadata = meta(nc, &nc.name_any());
+    // Extra labels, for a Prometheus that selects ServiceMonitors by label;
+    // ours win, so the object stays recognisably the cluster's.
+    let mut labels = nc.spec.metrics.service_monitor_labels.clone();
+    labels.extend(self::labels(nc));
+    metadata["labels"] = json!(labels);
     Some(typed(json!({
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
-        "metadata": meta(nc, &nc.name_any()),
+        "metadata": metadata,
         "spec": {
             "selector": {"matchLabels": selector(nc)},
             "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
@@ -331,31 +470,18 @@ pub fn service_monitor(nc: &NodCluster) -> Option<DynamicObject> {
 
 /// Every object, as JSON, in apply order (for `nod-operator render` and
 /// the schema tests).
-pub fn all(nc: &NodCluster, replicas: i32, bootstrap_expect: i32) -> Vec<Value> {
+pub fn all(nc: &NodCluster, shape: &Shape) -> Vec<Value> {
     let mut out = vec![
         serde_json::to_value(service_account(nc)),
         serde_json::to_value(peers_service(nc)),
         serde_json::to_value(client_service(nc)),
-        serde_json::to_value(pod_disruption_budget(nc)),
-        serde_json::to_value(stateful_set(nc, replicas, bootstrap_expect)),
+        serde_json::to_value(pod_disruption_budget(nc, shape.replicas)),
+        serde_json::to_value(stateful_set(nc, shape)),
     ];
     if let Some(sm) = service_monitor(nc) {
         out.push(serde_json::to_value(sm));
     }
     out.into_iter().filter_map(Result::ok).collect()
-}
-
-/// The pod template's image, to tell which pods an upgrade still has to roll.
-pub fn template_image(sts: &StatefulSet) -> Option<String> {
-    sts.spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .containers
-        .first()?
-        .image
-        .clone()
 }
 
 #[cfg(test)]
@@ -369,6 +495,14 @@ mod tests {
         nc.metadata.namespace = Some("prod".into());
         nc.metadata.uid = Some("u-1".into());
         nc
+    }
+
+    fn founded(replicas: i32) -> Shape {
+        Shape {
+            replicas,
+            founding: None,
+            claim: None,
+        }
     }
 
     fn args(sts: &StatefulSet) -> Vec<String> {
@@ -385,10 +519,24 @@ mod tests {
             .unwrap()
     }
 
+    fn hash_annotation(sts: &StatefulSet) -> String {
+        sts.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[TEMPLATE_HASH]
+            .clone()
+    }
+
     #[test]
     fn statefulset_runs_members_that_find_each_other() {
         let nc = cluster("{replicas: 5, version: 1.2.3, raft: {heartbeatIntervalMs: 50, electionTimeoutMs: 500}, snapshotCount: 5000}");
-        let sts = stateful_set(&nc, 5, 3);
+        let sts = stateful_set(&nc, &Shape::new(5));
         let spec = sts.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(5));
         assert_eq!(spec.service_name.as_deref(), Some("demo-peers"));
@@ -400,8 +548,14 @@ mod tests {
         let a = args(&sts);
         for want in [
             "--name=$(POD_NAME)",
+            "--listen-client-urls=http://[::]:2379",
+            "--listen-peer-urls=http://[::]:2380",
+            "--listen-metrics-urls=http://[::]:2381",
+            "--gossip-listen-addr=[::]:7946",
+            "--gossip-advertise-addr=$(POD_IP)",
             "--gossip-seeds=demo-peers.prod.svc:7946",
-            "--bootstrap-expect=3",
+            "--bootstrap-expect=5",
+            "--bootstrap-founders=demo-0,demo-1,demo-2,demo-3,demo-4",
             "--initial-cluster-token=prod/demo/u-1",
             "--advertise-client-urls=http://$(POD_NAME).demo-peers.prod.svc:2379",
             "--heartbeat-interval=50",
@@ -410,28 +564,30 @@ mod tests {
         ] {
             assert!(a.iter().any(|x| x == want), "missing {want} in {a:?}");
         }
-        let c = &spec.template.spec.as_ref().unwrap().containers[0];
-        assert_eq!(c.image.as_deref(), Some("ghcr.io/nod-io/nod:1.2.3"));
-        let ready = c
-            .readiness_probe
-            .as_ref()
-            .unwrap()
-            .http_get
-            .as_ref()
-            .unwrap();
-        assert_eq!(ready.path.as_deref(), Some("/readyz"));
-        let live = c
-            .liveness_probe
-            .as_ref()
-            .unwrap()
-            .http_get
-            .as_ref()
-            .unwrap();
-        assert_eq!(live.path.as_deref(), Some("/healthz"));
+        let pod = spec.template.spec.as_ref().unwrap();
+        let psc = pod.security_context.as_ref().unwrap();
         assert_eq!(
-            template_image(&sts).as_deref(),
-            Some("ghcr.io/nod-io/nod:1.2.3")
+            psc.fs_group_change_policy.as_deref(),
+            Some("OnRootMismatch")
         );
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("ghcr.io/nod-io/nod:1.2.3"));
+        let path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+            p.as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(path(&c.readiness_probe), "/readyz");
+        assert_eq!(path(&c.liveness_probe), "/healthz");
+        assert_eq!(path(&c.startup_probe), "/healthz");
+        let startup = c.startup_probe.as_ref().unwrap();
+        let budget = startup.period_seconds.unwrap() * startup.failure_threshold.unwrap();
+        assert!(budget >= 300, "discovery gets minutes, not {budget}s");
         // Owned by the NodCluster, so deleting it collects everything.
         let owners = sts.metadata.owner_references.as_ref().unwrap();
         assert_eq!(owners[0].kind, "NodCluster");
@@ -439,11 +595,61 @@ mod tests {
     }
 
     #[test]
+    fn once_founded_new_pods_only_join_and_no_pod_rolls_for_it() {
+        let nc = cluster("{replicas: 1}");
+        let founding = stateful_set(&nc, &Shape::new(1));
+        assert!(args(&founding).contains(&"--bootstrap-founders=demo-0".to_string()));
+        // Scaled 1 -> 3 after founding: no pod may found a cluster again.
+        let grown = stateful_set(&nc, &founded(3));
+        let a = args(&grown);
+        assert!(
+            !a.iter().any(|x| x.starts_with("--bootstrap")),
+            "a founded cluster's pods only join: {a:?}"
+        );
+        // Dropping the flags is not a change running pods must roll for.
+        assert_eq!(hash_annotation(&founding), hash_annotation(&grown));
+        assert_eq!(hash_annotation(&grown), template_hash(&nc));
+    }
+
+    #[test]
     fn the_template_does_not_change_with_replicas() {
         let nc = cluster("{replicas: 3}");
-        let a = stateful_set(&nc, 3, 3);
-        let b = stateful_set(&nc, 7, 3);
+        let a = stateful_set(&nc, &founded(3));
+        let b = stateful_set(&nc, &founded(7));
         assert_eq!(a.spec.unwrap().template, b.spec.unwrap().template);
+    }
+
+    #[test]
+    fn every_change_that_reaches_the_pods_changes_the_hash() {
+        let base = "replicas: 3\nversion: '1'\n";
+        let h = |extra: &str| template_hash(&cluster(&format!("{base}{extra}")));
+        let unchanged = h("");
+        assert_eq!(unchanged, h(""), "the hash is stable");
+        assert_eq!(unchanged.len(), 16);
+        for (what, extra) in [
+            ("image", "image: r.example/nod:2"),
+            ("resources", "resources: {requests: {cpu: '2'}}"),
+            ("raft timings", "raft: {heartbeatIntervalMs: 100, electionTimeoutMs: 2000}"),
+            ("snapshot count", "snapshotCount: 10"),
+            ("tolerations", "pod: {tolerations: [{key: a, operator: Exists}]}"),
+            ("labels", "pod: {labels: {team: kv}}"),
+            ("annotations", "pod: {annotations: {a: b}}"),
+            ("node selector", "pod: {nodeSelector: {disk: ssd}}"),
+            ("affinity", "pod: {affinity: {podAntiAffinity: {requiredDuringSchedulingIgnoredDuringExecution: [{topologyKey: zone}]}}}"),
+            ("priority class", "pod: {priorityClassName: high}"),
+            ("pull policy", "imagePullPolicy: Always"),
+        ] {
+            assert_ne!(h(extra), unchanged, "{what} must roll the pods");
+        }
+        // Not pod changes: size, storage (claims are resized in place),
+        // the ServiceMonitor.
+        for extra in ["storage: {size: 20Gi}", "metrics: {serviceMonitor: true}"] {
+            assert_eq!(h(extra), unchanged, "{extra}");
+        }
+        assert_eq!(
+            template_hash(&cluster("{replicas: 5, version: '1'}")),
+            unchanged
+        );
     }
 
     #[test]
@@ -455,12 +661,16 @@ mod tests {
               storage: {size: 50Gi, storageClassName: fast}, imagePullPolicy: Always,
               resources: {requests: {cpu: '1', memory: 1Gi}}}",
         );
-        let sts = stateful_set(&nc, 3, 3);
+        let sts = stateful_set(&nc, &Shape::new(3));
         let spec = sts.spec.unwrap();
         let t = spec.template;
-        let labels = t.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        let meta = t.metadata.as_ref().unwrap();
+        let labels = meta.labels.as_ref().unwrap();
         assert_eq!(labels["team"], "kv");
         assert_eq!(labels["app.kubernetes.io/instance"], "demo");
+        let annotations = meta.annotations.as_ref().unwrap();
+        assert_eq!(annotations["a"], "b");
+        assert_eq!(annotations[TEMPLATE_HASH], template_hash(&nc));
         let pod = t.spec.unwrap();
         assert_eq!(pod.priority_class_name.as_deref(), Some("high"));
         assert_eq!(pod.node_selector.unwrap()["disk"], "ssd");
@@ -493,8 +703,70 @@ mod tests {
     }
 
     #[test]
-    fn services_pdb_and_monitor() {
-        let nc = cluster("{metrics: {serviceMonitor: true}}");
+    fn an_existing_claim_template_is_kept_whatever_the_spec_says() {
+        // volumeClaimTemplates are immutable: a changed size must not reach
+        // the StatefulSet (the controller resizes the claims instead).
+        let nc = cluster("{storage: {size: 50Gi, storageClassName: fast}}");
+        let created = stateful_set(
+            &cluster("{storage: {size: 10Gi, storageClassName: fast}}"),
+            &Shape::new(3),
+        );
+        let kept = ClaimTemplate::of(&created).unwrap();
+        assert_eq!(
+            kept,
+            ClaimTemplate {
+                size: "10Gi".into(),
+                storage_class_name: Some("fast".into())
+            }
+        );
+        let sts = stateful_set(
+            &nc,
+            &Shape {
+                claim: Some(kept),
+                ..founded(3)
+            },
+        );
+        assert_eq!(
+            sts.spec.unwrap().volume_claim_templates,
+            created.spec.unwrap().volume_claim_templates
+        );
+    }
+
+    #[test]
+    fn the_claim_policy_reaches_the_statefulset() {
+        let policy = |spec: &str| {
+            let sts = stateful_set(&cluster(spec), &founded(3));
+            let p = sts
+                .spec
+                .unwrap()
+                .persistent_volume_claim_retention_policy
+                .unwrap();
+            (p.when_deleted.unwrap(), p.when_scaled.unwrap())
+        };
+        assert_eq!(policy("{}"), ("Retain".into(), "Retain".into()));
+        assert_eq!(
+            policy("{storage: {claimPolicy: Delete}}"),
+            ("Delete".into(), "Retain".into())
+        );
+    }
+
+    #[test]
+    fn the_disruption_budget_keeps_a_quorum() {
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let nc = cluster("{}");
+        for (replicas, min_available) in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (7, 4)] {
+            let pdb = pod_disruption_budget(&nc, replicas).spec.unwrap();
+            assert_eq!(
+                (pdb.min_available, pdb.max_unavailable),
+                (Some(IntOrString::Int(min_available)), None),
+                "{replicas} members"
+            );
+        }
+    }
+
+    #[test]
+    fn services_and_monitor() {
+        let nc = cluster("{metrics: {serviceMonitor: true, serviceMonitorLabels: {release: prom, app.kubernetes.io/name: other}}}");
         let peers = peers_service(&nc).spec.unwrap();
         assert_eq!(peers.cluster_ip.as_deref(), Some("None"));
         assert_eq!(peers.publish_not_ready_addresses, Some(true));
@@ -505,13 +777,11 @@ mod tests {
             .find(|p| p.name.as_deref() == Some("gossip"))
             .unwrap();
         assert_eq!(gossip.protocol.as_deref(), Some("UDP"));
-        let pdb = pod_disruption_budget(&nc).spec.unwrap();
-        assert_eq!(
-            pdb.max_unavailable,
-            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
-        );
-        assert!(service_monitor(&nc).is_some());
-        assert_eq!(all(&nc, 3, 3).len(), 6);
+        let sm = service_monitor(&nc).unwrap();
+        let labels = sm.metadata.labels.unwrap();
+        assert_eq!(labels["release"], "prom");
+        assert_eq!(labels["app.kubernetes.io/name"], "nod", "ours win");
+        assert_eq!(all(&nc, &Shape::new(3)).len(), 6);
         assert!(service_monitor(&cluster("{}")).is_none());
         assert_eq!(
             selector_string(&nc),

@@ -1,6 +1,9 @@
 //! The reconciler against a mock Kubernetes API server that expects the
 //! exact requests, in order (the tower-test pattern of kube-rs's
 //! controller-rs), and a fake Nod cluster API.
+//!
+//! Every reconcile ends with a status write, also when something on the
+//! way failed: most tests end with `expect_status`.
 
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +30,7 @@ impl ClusterApi for FakeNod {
         self.calls.lock().unwrap().push("health".into());
         match &self.members {
             Some(m) => Ok(Health {
+                cluster_id: 0xc1,
                 members: m.clone(),
                 client_urls: vec![],
             }),
@@ -63,7 +67,7 @@ fn cluster(spec: Value) -> NodCluster {
         "kind": "NodCluster",
         "metadata": {
             "name": "demo", "namespace": "default", "uid": "u-1", "generation": 2,
-            "finalizers": ["nod.io/finalizer"],
+            "resourceVersion": "5",
         },
         "spec": spec,
     }))
@@ -142,8 +146,11 @@ fn sts_with(replicas: i32) -> Value {
                     "template": {"metadata": {}, "spec": {"containers": [{"name": "nod", "image": "nod:1"}]}}}})
 }
 
-fn ready_pod(i: i32) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("demo-{i}"), "namespace": "default"},
+/// A ready member pod made from the template with hash `hash`.
+fn ready_pod(i: i32, hash: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": format!("demo-{i}"), "namespace": "default",
+                        "annotations": {"nod.io/template-hash": hash}},
            "spec": {"containers": [{"name": "nod", "image": format!("ghcr.io/nod-io/nod:{}", env!("CARGO_PKG_VERSION"))}]},
            "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
 }
@@ -169,36 +176,82 @@ async fn expect_status(h: &mut Handle, original: &Value) -> Value {
     .await
 }
 
-/// The observation of a running 5-member cluster: its StatefulSet, 5 ready
-/// pods and 5 claims.
-async fn expect_five_running_members(h: &mut Handle) {
+/// The observation of a running cluster of `n` members: its StatefulSet,
+/// `n` ready pods made from the template with `hash`, and `n` claims.
+async fn expect_running_members(h: &mut Handle, n: i32, hash: &str) {
+    expect_observation(
+        h,
+        sts_with(n),
+        (0..n).map(|i| ready_pod(i, hash)).collect(),
+        (0..n).map(claim).collect(),
+    )
+    .await;
+}
+
+/// The observation: the StatefulSet, the pods and the claims, as given.
+async fn expect_observation(h: &mut Handle, sts: Value, pods: Vec<Value>, claims: Vec<Value>) {
     expect(
         h,
         "GET",
         "/apis/apps/v1/namespaces/default/statefulsets/demo",
-        |_| (200, sts_with(5)),
+        |_| (200, sts),
     )
     .await;
     expect(h, "GET", "/api/v1/namespaces/default/pods", |_| {
-        (200, list("PodList", (0..5).map(ready_pod).collect()))
+        (200, list("PodList", pods))
     })
     .await;
     expect(
         h,
         "GET",
         "/api/v1/namespaces/default/persistentvolumeclaims",
-        |_| {
-            (
-                200,
-                list("PersistentVolumeClaimList", (0..5).map(claim).collect()),
-            )
-        },
+        |_| (200, list("PersistentVolumeClaimList", claims)),
     )
     .await;
 }
 
-/// The objects every reconcile applies, in order; returns the StatefulSet applied.
-async fn expect_objects(h: &mut Handle) -> Value {
+/// A merge patch (not an apply) to `path`; answers with `reply`, returns
+/// the patch.
+async fn expect_merge_patch(h: &mut Handle, path: &str, reply: Value) -> Value {
+    let (req, send) = h.next_request().await.expect("a request");
+    assert_eq!(
+        (req.method().as_str(), req.uri().path()),
+        ("PATCH", path),
+        "unexpected request {}",
+        req.uri()
+    );
+    assert_eq!(
+        req.headers()["content-type"],
+        "application/merge-patch+json",
+        "{path}"
+    );
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    send.send_response(respond(200, &reply));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn condition(status: &Value, type_: &str) -> Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+        .clone()
+}
+
+fn args(sts: &Value) -> Vec<String> {
+    sts["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The objects every reconcile applies, in order, for a StatefulSet of
+/// `replicas` now; returns the StatefulSet applied.
+async fn expect_objects(h: &mut Handle, replicas: i32) -> Value {
     expect(
         h,
         "PATCH",
@@ -223,7 +276,9 @@ async fn expect_objects(h: &mut Handle) -> Value {
         echo,
     )
     .await;
-    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    // Never below a quorum of the members by a drain.
+    assert_eq!(pdb["spec"]["minAvailable"], replicas / 2 + 1, "{pdb}");
+    assert!(pdb["spec"].get("maxUnavailable").is_none(), "{pdb}");
     let sts = expect(
         h,
         "PATCH",
@@ -232,6 +287,7 @@ async fn expect_objects(h: &mut Handle) -> Value {
     )
     .await;
     assert_eq!(sts["metadata"]["ownerReferences"][0]["kind"], "NodCluster");
+    assert_eq!(sts["spec"]["replicas"], replicas);
     sts
 }
 
@@ -245,8 +301,13 @@ fn context(client: kube::Client, nod: FakeNod) -> Arc<Context<FakeNod>> {
     })
 }
 
+fn cluster_status(nc: &mut NodCluster, status: Value) {
+    nc.status = Some(serde_json::from_value(status).unwrap());
+}
+
 #[tokio::test]
-async fn a_new_cluster_gets_its_objects_and_a_status_saying_what_it_waits_for() {
+async fn a_new_cluster_gets_its_objects_with_founding_flags_and_a_status_saying_what_it_waits_for()
+{
     let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(svc, "default");
     let nod = FakeNod::default();
@@ -271,8 +332,14 @@ async fn a_new_cluster_gets_its_objects_and_a_status_saying_what_it_waits_for() 
             |_| (200, list("PersistentVolumeClaimList", vec![])),
         )
         .await;
-        let sts = expect_objects(&mut h).await;
-        assert_eq!(sts["spec"]["replicas"], 3);
+        let sts = expect_objects(&mut h, 3).await;
+        let a = args(&sts);
+        // Only the first three pods may found the cluster, and only together.
+        assert!(a.contains(&"--bootstrap-expect=3".to_string()), "{a:?}");
+        assert!(
+            a.contains(&"--bootstrap-founders=demo-0,demo-1,demo-2".to_string()),
+            "{a:?}"
+        );
         let status = expect_status(&mut h, &original).await;
         status
     });
@@ -282,28 +349,95 @@ async fn a_new_cluster_gets_its_objects_and_a_status_saying_what_it_waits_for() 
     let status = server.await.unwrap()["status"].clone();
     assert_eq!(status["phase"], "Creating");
     assert_eq!(status["bootstrapExpect"], 3);
+    assert!(status.get("clusterId").is_none(), "not founded yet");
     assert_eq!(status["observedGeneration"], 2);
     assert_eq!(
         status["selector"],
         "app.kubernetes.io/instance=demo,app.kubernetes.io/name=nod"
     );
-    let cond = |t: &str| {
-        status["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == t)
-            .unwrap()
-            .clone()
-    };
-    assert_eq!(cond("Available")["status"], "False");
-    assert_eq!(cond("Progressing")["status"], "True");
-    assert!(cond("Progressing")["message"]
+    assert_eq!(condition(&status, "Available")["status"], "False");
+    assert_eq!(condition(&status, "Progressing")["status"], "True");
+    assert!(condition(&status, "Progressing")["message"]
         .as_str()
         .unwrap()
         .contains("no leader"));
-    assert_eq!(cond("Degraded")["reason"], "NoLeader");
+    assert_eq!(condition(&status, "Degraded")["reason"], "NoLeader");
+    assert_eq!(condition(&status, "SpecApplied")["status"], "True");
     assert_eq!(*nod.calls.lock().unwrap(), ["health"]);
+}
+
+#[tokio::test]
+async fn the_first_leader_seen_founds_the_cluster_and_later_pods_only_join() {
+    // Created with one member; the operator sees its leader, records the
+    // cluster id; then `kubectl scale --replicas=3`: the template the new
+    // pods get has no founding flags, so they cannot found a second cluster.
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let nod = FakeNod {
+        members: Some(members(1)),
+        ..Default::default()
+    };
+    let mut nc = cluster(json!({"replicas": 1}));
+    cluster_status(&mut nc, json!({"bootstrapExpect": 1}));
+    let hash = nod_operator::render::template_hash(&nc);
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn({
+        let hash = hash.clone();
+        async move {
+            expect_running_members(&mut h, 1, &hash).await;
+            let sts = expect_objects(&mut h, 1).await;
+            // The leader was seen before the apply: already no founding.
+            assert!(
+                !args(&sts).iter().any(|a| a.starts_with("--bootstrap")),
+                "{:?}",
+                args(&sts)
+            );
+            (expect_status(&mut h, &original).await, h)
+        }
+    });
+    reconcile(Arc::new(nc.clone()), context(client.clone(), nod.clone()))
+        .await
+        .unwrap();
+    let (written, mut h) = server.await.unwrap();
+    let status = written["status"].clone();
+    assert_eq!(status["clusterId"], "c1");
+    assert_eq!(status["phase"], "Running");
+
+    // Scaled to 3, with the status the first reconcile wrote.
+    nc.spec.replicas = 3;
+    nc.status = Some(serde_json::from_value(status).unwrap());
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn(async move {
+        expect_running_members(&mut h, 1, &hash).await;
+        let sts = expect_objects(&mut h, 1).await;
+        let no_founding = |sts: &Value| !args(sts).iter().any(|a| a.starts_with("--bootstrap"));
+        assert!(no_founding(&sts), "{:?}", args(&sts));
+        let scaled = expect(
+            &mut h,
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/statefulsets/demo",
+            echo,
+        )
+        .await;
+        assert_eq!(scaled["spec"]["replicas"], 3);
+        assert!(no_founding(&scaled), "{:?}", args(&scaled));
+        // The disruption budget follows the size in the same step.
+        let pdb = expect(
+            &mut h,
+            "PATCH",
+            "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
+            echo,
+        )
+        .await;
+        assert_eq!(pdb["spec"]["minAvailable"], 2);
+        expect_status(&mut h, &original).await
+    });
+    reconcile(Arc::new(nc), context(client, nod.clone()))
+        .await
+        .unwrap();
+    let status = server.await.unwrap()["status"].clone();
+    assert_eq!(status["clusterId"], "c1");
+    assert_eq!(status["phase"], "Scaling");
 }
 
 #[tokio::test]
@@ -315,17 +449,17 @@ async fn scale_down_removes_the_top_member_before_touching_the_statefulset() {
         ..Default::default()
     };
     let mut nc = cluster(json!({"replicas": 3}));
-    nc.status = Some(serde_json::from_value(json!({"bootstrapExpect": 5})).unwrap());
+    cluster_status(&mut nc, json!({"bootstrapExpect": 5, "clusterId": "c1"}));
+    let hash = nod_operator::render::template_hash(&nc);
     let original = serde_json::to_value(&nc).unwrap();
     let server = tokio::spawn(async move {
-        expect_five_running_members(&mut h).await;
-        let sts = expect_objects(&mut h).await;
+        expect_running_members(&mut h, 5, &hash).await;
         // Applied at its current size: the member leaves Raft first.
-        assert_eq!(sts["spec"]["replicas"], 5);
-        assert!(sts["spec"]["template"]["spec"]["containers"][0]["args"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("--bootstrap-expect=5")));
+        let sts = expect_objects(&mut h, 5).await;
+        assert!(
+            !args(&sts).iter().any(|a| a.starts_with("--bootstrap")),
+            "a founded cluster's template only joins"
+        );
         // Every membership step is an Event on the NodCluster.
         let ev = expect(
             &mut h,
@@ -374,7 +508,7 @@ async fn scale_down_removes_the_top_member_before_touching_the_statefulset() {
 }
 
 #[tokio::test]
-async fn after_the_removal_the_statefulset_shrinks_by_one() {
+async fn after_the_removal_the_statefulset_and_its_budget_shrink_by_one() {
     let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(svc, "default");
     let nod = FakeNod {
@@ -382,14 +516,15 @@ async fn after_the_removal_the_statefulset_shrinks_by_one() {
         ..Default::default()
     };
     let mut nc = cluster(json!({"replicas": 3}));
-    nc.status = Some(
-        serde_json::from_value(json!({"bootstrapExpect": 5, "removedMembers": ["demo-4"]}))
-            .unwrap(),
+    cluster_status(
+        &mut nc,
+        json!({"bootstrapExpect": 5, "clusterId": "c1", "removedMembers": ["demo-4"]}),
     );
+    let hash = nod_operator::render::template_hash(&nc);
     let original = serde_json::to_value(&nc).unwrap();
     let server = tokio::spawn(async move {
-        expect_five_running_members(&mut h).await;
-        expect_objects(&mut h).await;
+        expect_running_members(&mut h, 5, &hash).await;
+        expect_objects(&mut h, 5).await;
         let sts = expect(
             &mut h,
             "PATCH",
@@ -398,6 +533,14 @@ async fn after_the_removal_the_statefulset_shrinks_by_one() {
         )
         .await;
         assert_eq!(sts["spec"]["replicas"], 4);
+        let pdb = expect(
+            &mut h,
+            "PATCH",
+            "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
+            echo,
+        )
+        .await;
+        assert_eq!(pdb["spec"]["minAvailable"], 3);
         expect_status(&mut h, &original).await
     });
     reconcile(Arc::new(nc), context(client, nod.clone()))
@@ -432,29 +575,372 @@ async fn an_invalid_spec_is_reported_and_nothing_is_applied() {
 }
 
 #[tokio::test]
-async fn a_new_resource_gets_the_finalizer_first() {
+async fn a_pod_template_change_rolls_the_highest_follower_first() {
+    // Not an image change: the Raft timings. Pods made from the old template
+    // carry its hash; the highest follower goes first.
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let nod = FakeNod {
+        members: Some(members(3)),
+        ..Default::default()
+    };
+    let old = cluster(json!({"replicas": 3}));
+    let old_hash = nod_operator::render::template_hash(&old);
+    let mut nc = cluster(
+        json!({"replicas": 3, "raft": {"heartbeatIntervalMs": 100, "electionTimeoutMs": 3000}}),
+    );
+    assert_ne!(nod_operator::render::template_hash(&nc), old_hash);
+    cluster_status(&mut nc, json!({"bootstrapExpect": 3, "clusterId": "c1"}));
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn(async move {
+        expect_running_members(&mut h, 3, &old_hash).await;
+        expect_objects(&mut h, 3).await;
+        expect(
+            &mut h,
+            "DELETE",
+            "/api/v1/namespaces/default/pods/demo-2",
+            |_| (200, ready_pod(2, "x")),
+        )
+        .await;
+        expect_status(&mut h, &original).await
+    });
+    reconcile(Arc::new(nc), context(client, nod.clone()))
+        .await
+        .unwrap();
+    let status = server.await.unwrap()["status"].clone();
+    assert_eq!(status["phase"], "Upgrading");
+    assert_eq!(*nod.calls.lock().unwrap(), ["health"]);
+}
+
+/// The StatefulSet as created with a 10Gi claim template on class `fast`.
+fn sts_with_claims(replicas: i32) -> Value {
+    let mut sts = sts_with(replicas);
+    sts["spec"]["volumeClaimTemplates"] = json!([{
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
+                 "resources": {"requests": {"storage": "10Gi"}}},
+    }]);
+    sts
+}
+
+fn sized_claim(i: i32, size: &str) -> Value {
+    let mut c = claim(i);
+    c["spec"] = json!({"accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
+                       "resources": {"requests": {"storage": size}}});
+    c
+}
+
+/// A storage size change against a class that does (`expandable`) or does
+/// not allow expansion; returns the status written and the claims patched.
+async fn resize(expandable: bool) -> (Value, Vec<Value>) {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let nod = FakeNod {
+        members: Some(members(3)),
+        ..Default::default()
+    };
+    let mut nc =
+        cluster(json!({"replicas": 3, "storage": {"size": "20Gi", "storageClassName": "fast"}}));
+    cluster_status(&mut nc, json!({"bootstrapExpect": 3, "clusterId": "c1"}));
+    let hash = nod_operator::render::template_hash(&nc);
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn(async move {
+        expect_observation(
+            &mut h,
+            sts_with_claims(3),
+            (0..3).map(|i| ready_pod(i, &hash)).collect(),
+            (0..3).map(|i| sized_claim(i, "10Gi")).collect(),
+        )
+        .await;
+        let sts = expect_objects(&mut h, 3).await;
+        // The claim template is immutable: the StatefulSet keeps the one it
+        // was created with.
+        assert_eq!(
+            sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+            "10Gi"
+        );
+        expect(
+            &mut h,
+            "GET",
+            "/apis/storage.k8s.io/v1/storageclasses/fast",
+            |_| {
+                (
+                    200,
+                    json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                           "metadata": {"name": "fast"}, "provisioner": "x",
+                           "allowVolumeExpansion": expandable}),
+                )
+            },
+        )
+        .await;
+        let mut patched = Vec::new();
+        if expandable {
+            for i in 0..3 {
+                patched.push(
+                    expect_merge_patch(
+                        &mut h,
+                        &format!("/api/v1/namespaces/default/persistentvolumeclaims/data-demo-{i}"),
+                        sized_claim(i, "20Gi"),
+                    )
+                    .await,
+                );
+            }
+        }
+        (expect_status(&mut h, &original).await, patched)
+    });
+    reconcile(Arc::new(nc), context(client, nod))
+        .await
+        .expect("a size the class cannot expand is not an error");
+    let (written, patched) = server.await.unwrap();
+    (written["status"].clone(), patched)
+}
+
+#[tokio::test]
+async fn a_storage_size_change_expands_the_claims_when_the_class_allows() {
+    let (status, patched) = resize(true).await;
+    assert_eq!(patched.len(), 3);
+    assert_eq!(
+        patched[0],
+        json!({"spec": {"resources": {"requests": {"storage": "20Gi"}}}})
+    );
+    assert_eq!(condition(&status, "SpecApplied")["status"], "True");
+}
+
+#[tokio::test]
+async fn a_storage_size_change_the_class_cannot_expand_is_a_condition_and_the_cluster_runs_on() {
+    let (status, patched) = resize(false).await;
+    assert!(patched.is_empty());
+    let c = condition(&status, "SpecApplied");
+    assert_eq!(c["status"], "False");
+    assert_eq!(c["reason"], "StorageNotExpandable");
+    assert!(c["message"].as_str().unwrap().contains("fast"), "{c}");
+    assert_eq!(status["phase"], "Running");
+    assert_eq!(condition(&status, "Available")["status"], "True");
+}
+
+#[tokio::test]
+async fn a_service_monitor_without_its_crd_is_a_condition_not_a_failure() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let nod = FakeNod {
+        members: Some(members(3)),
+        ..Default::default()
+    };
+    let mut nc = cluster(json!({"replicas": 3, "metrics": {"serviceMonitor": true,
+        "serviceMonitorLabels": {"release": "prometheus"}}}));
+    cluster_status(&mut nc, json!({"bootstrapExpect": 3, "clusterId": "c1"}));
+    let hash = nod_operator::render::template_hash(&nc);
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn(async move {
+        expect_running_members(&mut h, 3, &hash).await;
+        expect_objects(&mut h, 3).await;
+        let sm = expect(
+            &mut h,
+            "PATCH",
+            "/apis/monitoring.coreos.com/v1/namespaces/default/servicemonitors/demo",
+            |_| (404, not_found()),
+        )
+        .await;
+        assert_eq!(sm["metadata"]["labels"]["release"], "prometheus");
+        expect_status(&mut h, &original).await
+    });
+    reconcile(Arc::new(nc), context(client, nod.clone()))
+        .await
+        .unwrap();
+    let status = server.await.unwrap()["status"].clone();
+    let c = condition(&status, "SpecApplied");
+    assert_eq!(c["status"], "False");
+    assert_eq!(c["reason"], "ServiceMonitorCRDMissing");
+    assert_eq!(status["phase"], "Running");
+    assert_eq!(condition(&status, "Degraded")["status"], "False");
+}
+
+#[tokio::test]
+async fn an_object_kubernetes_refuses_still_gets_status_written() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let nod = FakeNod {
+        members: Some(members(3)),
+        ..Default::default()
+    };
+    let mut nc = cluster(json!({"replicas": 3}));
+    cluster_status(&mut nc, json!({"bootstrapExpect": 3, "clusterId": "c1"}));
+    let hash = nod_operator::render::template_hash(&nc);
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn(async move {
+        expect_running_members(&mut h, 3, &hash).await;
+        expect(
+            &mut h,
+            "PATCH",
+            "/api/v1/namespaces/default/serviceaccounts/demo",
+            echo,
+        )
+        .await;
+        expect(
+            &mut h,
+            "PATCH",
+            "/api/v1/namespaces/default/services/demo-peers",
+            echo,
+        )
+        .await;
+        expect(
+            &mut h,
+            "PATCH",
+            "/api/v1/namespaces/default/services/demo",
+            echo,
+        )
+        .await;
+        expect(
+            &mut h,
+            "PATCH",
+            "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
+            echo,
+        )
+        .await;
+        expect(
+            &mut h,
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/statefulsets/demo",
+            |_| {
+                (
+                    422,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                           "message": "StatefulSet.apps \"demo\" is invalid: spec: Forbidden",
+                           "reason": "Invalid", "code": 422}),
+                )
+            },
+        )
+        .await;
+        expect_status(&mut h, &original).await
+    });
+    let err = reconcile(Arc::new(nc), context(client, nod.clone()))
+        .await
+        .expect_err("the refusal is retried");
+    assert!(err.to_string().contains("StatefulSet"), "{err}");
+    let status = server.await.unwrap()["status"].clone();
+    assert!(
+        status["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("StatefulSet"),
+        "{status}"
+    );
+    assert_eq!(condition(&status, "Degraded")["reason"], "ReconcileError");
+    // The cluster was still observed.
+    assert_eq!(status["leader"], "demo-0");
+    assert_eq!(*nod.calls.lock().unwrap(), ["health"]);
+}
+
+#[tokio::test]
+async fn a_founded_cluster_without_a_leader_has_lost_its_quorum() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let nod = FakeNod::default();
+    let mut nc = cluster(json!({"replicas": 3}));
+    cluster_status(&mut nc, json!({"bootstrapExpect": 3, "clusterId": "c1"}));
+    let hash = nod_operator::render::template_hash(&nc);
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn(async move {
+        expect_running_members(&mut h, 3, &hash).await;
+        expect_objects(&mut h, 3).await;
+        expect_status(&mut h, &original).await
+    });
+    reconcile(Arc::new(nc), context(client, nod.clone()))
+        .await
+        .unwrap();
+    let status = server.await.unwrap()["status"].clone();
+    assert_eq!(status["phase"], "QuorumLost");
+    let available = condition(&status, "Available");
+    assert_eq!(
+        (available["status"].as_str(), available["reason"].as_str()),
+        (Some("False"), Some("NoQuorum"))
+    );
+    assert_eq!(condition(&status, "Degraded")["reason"], "QuorumLost");
+    assert_eq!(status["clusterId"], "c1", "still founded");
+}
+
+#[tokio::test]
+async fn a_learner_nameless_for_too_long_is_removed() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let mut m = members(3);
+    m.push(MemberView {
+        id: 0x3e7,
+        name: String::new(),
+        learner: true,
+        leader: false,
+        healthy: false,
+        lag: 0,
+        matched: 0,
+    });
+    let nod = FakeNod {
+        members: Some(m),
+        ..Default::default()
+    };
+    let mut nc = cluster(json!({"replicas": 3}));
+    let long_ago = k8s_openapi::jiff::Timestamp::now()
+        .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(600))
+        .unwrap();
+    cluster_status(
+        &mut nc,
+        json!({"bootstrapExpect": 3, "clusterId": "c1",
+               "namelessLearners": [{"id": "3e7", "firstSeen": long_ago.to_string()}]}),
+    );
+    let hash = nod_operator::render::template_hash(&nc);
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn(async move {
+        expect_running_members(&mut h, 3, &hash).await;
+        expect_objects(&mut h, 3).await;
+        expect_status(&mut h, &original).await
+    });
+    reconcile(Arc::new(nc), context(client, nod.clone()))
+        .await
+        .unwrap();
+    let status = server.await.unwrap()["status"].clone();
+    assert_eq!(*nod.calls.lock().unwrap(), ["health", "remove 999"]);
+    assert!(status.get("namelessLearners").is_none(), "{status}");
+}
+
+#[tokio::test]
+async fn an_old_operators_finalizer_is_removed_and_deletion_never_waits() {
+    // Being deleted, with the finalizer an earlier operator added: the only
+    // request is the patch that drops it; nothing is applied.
     let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(svc, "default");
     let mut nc = cluster(json!({}));
-    nc.metadata.finalizers = None;
-    let original = serde_json::to_value(&nc).unwrap();
+    nc.metadata.finalizers = Some(vec!["nod.io/finalizer".into(), "other/keep".into()]);
+    nc.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let reply = serde_json::to_value(&nc).unwrap();
     let server = tokio::spawn(async move {
-        let (req, send) = h.next_request().await.unwrap();
-        assert_eq!(req.method(), "PATCH");
-        assert_eq!(
-            req.uri().path(),
-            "/apis/nod.io/v1alpha1/namespaces/default/nodclusters/demo"
-        );
-        let bytes = req.into_body().collect_bytes().await.unwrap();
-        let patch: Value = serde_json::from_slice(&bytes).unwrap();
-        let mut o = original.clone();
-        o["metadata"]["finalizers"] = json!(["nod.io/finalizer"]);
-        send.send_response(respond(200, &o));
-        patch
+        let patch = expect_merge_patch(
+            &mut h,
+            "/apis/nod.io/v1alpha1/namespaces/default/nodclusters/demo",
+            reply,
+        )
+        .await;
+        (patch, h)
     });
-    reconcile(Arc::new(nc), context(client, FakeNod::default()))
-        .await
-        .unwrap();
-    let patch = server.await.unwrap();
-    assert!(patch.to_string().contains("nod.io/finalizer"), "{patch}");
+    reconcile(
+        Arc::new(nc.clone()),
+        context(client.clone(), FakeNod::default()),
+    )
+    .await
+    .unwrap();
+    let (patch, mut h) = server.await.unwrap();
+    assert_eq!(
+        patch,
+        json!({"metadata": {"resourceVersion": "5", "finalizers": ["other/keep"]}})
+    );
+    // Without our finalizer, a deleted cluster asks nothing of anyone.
+    nc.metadata.finalizers = Some(vec!["other/keep".into()]);
+    let done = tokio::spawn(async move { h.next_request().await.is_none() });
+    let ctx = context(client, FakeNod::default());
+    reconcile(Arc::new(nc), ctx.clone()).await.unwrap();
+    drop(ctx);
+    assert!(
+        done.await.unwrap(),
+        "no request for a cluster being deleted"
+    );
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nod_operator::crd::NodCluster;
+use nod_operator::render::Shape;
 
 fn repo() -> PathBuf {
     manifest_dir().join("..")
@@ -106,16 +107,23 @@ fn every_rendered_object_passes_the_kubernetes_schemas() {
     {
         let nc = example(name);
         let n = nc.spec.replicas;
-        // As created, and halfway through a scale-down.
+        // As created, and halfway through a scale-down of a founded cluster.
         files.push(write_docs(
             dir.path(),
             &format!("{i}-full.yaml"),
-            &nod_operator::render::all(&nc, n, n),
+            &nod_operator::render::all(&nc, &Shape::new(n)),
         ));
         files.push(write_docs(
             dir.path(),
             &format!("{i}-shrinking.yaml"),
-            &nod_operator::render::all(&nc, n + 1, n),
+            &nod_operator::render::all(
+                &nc,
+                &Shape {
+                    replicas: n + 1,
+                    founding: None,
+                    claim: None,
+                },
+            ),
         ));
     }
     let mut args = vec!["k8s", "--k8s-version", "1.25,1.30,latest"];
@@ -139,8 +147,7 @@ fn the_validator_fails_a_broken_object() {
     let dir = tempfile::tempdir().unwrap();
     let mut sts = serde_json::to_value(nod_operator::render::stateful_set(
         &example("nodcluster.yaml"),
-        3,
-        3,
+        &Shape::new(3),
     ))
     .unwrap();
     sts["spec"]["replica"] = serde_json::json!(3);

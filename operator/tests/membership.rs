@@ -250,7 +250,7 @@ async fn observe(sts: &FakeStatefulSet, desired: i32, image: &str, mem: &Memory)
     Observed {
         name: "demo".into(),
         desired_replicas: desired,
-        desired_image: image.into(),
+        desired_template_hash: image.into(),
         sts_replicas: Some(sts.replicas),
         pods: sts
             .pods
@@ -260,7 +260,7 @@ async fn observe(sts: &FakeStatefulSet, desired: i32, image: &str, mem: &Memory)
                 name: p.name.clone(),
                 ordinal: p.ordinal,
                 ready: p.ready(),
-                image: p.image.clone(),
+                template_hash: Some(p.image.clone()),
                 terminating: false,
             })
             .collect(),
@@ -272,6 +272,7 @@ async fn observe(sts: &FakeStatefulSet, desired: i32, image: &str, mem: &Memory)
             .collect(),
         members: health.map(|h| h.members),
         removed: mem.removed.clone(),
+        nameless_seen: vec![],
     }
 }
 
@@ -298,6 +299,9 @@ async fn reconcile(sts: &mut FakeStatefulSet, desired: i32, image: &str, mem: &m
             std::fs::remove_dir_all(&sts.pods[i].data).unwrap();
             sts.start(i);
             mem.removed.retain(|r| r != pod);
+        }
+        Step::RemoveNamelessLearner { id } => {
+            api.remove_member(sts.endpoints(), *id).await.unwrap();
         }
         Step::RollPod { pod } => {
             let i = sts.pod(pod);
