@@ -76,43 +76,44 @@ The operator's image reference.
 {{/*
 Rules of the operator's role on NodClusters and what it makes for them. The
 same rules serve the ClusterRole (all namespaces) and each namespaced Role.
-Nothing more: the operator reads no Secrets or ConfigMaps and changes no
-Nodes.
+Exactly the verbs the operator's code uses (operator/src/controller.rs and
+main.rs): server-side apply needs patch, and create for an object that does
+not exist yet; the watched kinds need list and watch. Nothing more: the
+operator reads no Secrets or ConfigMaps and changes no Nodes.
 */}}
 {{- define "nod-operator.rules" -}}
+# Watched; patched only to remove the finalizer of earlier operators.
 - apiGroups: ["nod.io"]
   resources: ["nodclusters"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["nod.io"]
   resources: ["nodclusters/status"]
-  verbs: ["get", "patch", "update"]
-- apiGroups: ["nod.io"]
-  resources: ["nodclusters/finalizers"]
-  verbs: ["update"]
+  verbs: ["patch"]
+# Read (get) every reconcile; owned, so watched.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+# Owned, so watched; applied every reconcile.
 - apiGroups: [""]
   resources: ["services", "serviceaccounts"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Deletes a member's pod and claim when it replaces a dead member.
+  verbs: ["list", "watch", "create", "patch"]
+# Listed each reconcile; deleted to roll one or to replace a removed member.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "delete"]
+  verbs: ["list", "delete"]
+# Listed each reconcile; patched to expand; deleted after their member left.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "delete"]
-- apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["list", "patch", "delete"]
+# kube-rs's event recorder creates an Event, then patches it on repeats.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-# One per NodCluster that sets spec.metrics.serviceMonitor.
+# One per NodCluster that sets spec.metrics.serviceMonitor (applied only).
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  verbs: ["create", "patch"]
 {{- end }}
