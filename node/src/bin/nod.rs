@@ -433,7 +433,13 @@ fn run_async(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(f),
+        Ok(rt) => {
+            let code = rt.block_on(f);
+            // Tasks of a server stopped while it was still starting (gossip,
+            // a DNS lookup on a blocking thread) must not hold the exit.
+            rt.shutdown_timeout(Duration::from_secs(1));
+            code
+        }
         Err(e) => {
             eprintln!("nod: cannot start the runtime: {e}");
             ExitCode::FAILURE
@@ -547,22 +553,49 @@ fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
     Ok(cfg)
 }
 
-async fn stop_signal() {
+/// SIGTERM or SIGINT (Ctrl-C), caught from the moment `install` returns:
+/// until then the default action (die by the signal) applies.
+struct StopSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignal {
+    fn install() -> StopSignal {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let signals = signal(SignalKind::terminate())
+                .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)))
+                .ok();
+            StopSignal { signals }
+        }
+        #[cfg(not(unix))]
+        StopSignal {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.signals {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
+                _ = int.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn stop_signal() {
+    StopSignal::install().recv().await
 }
 
 async fn run_server(flags: ServerFlags) -> ExitCode {
+    // Caught before anything slow (opening the stores, waiting for peers):
+    // a pod deleted while it waits for its peers stops at once, cleanly,
+    // instead of being killed at the end of its grace period.
+    let mut stop = StopSignal::install();
     let cfg = match server_config(&flags) {
         Ok(c) => c,
         Err(e) => {
@@ -570,7 +603,17 @@ async fn run_server(flags: ServerFlags) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut running = match server::start(cfg).await {
+    // Stopping mid-start drops `start` at an await point: every durable
+    // step (promise, identity, founding) is written whole or not at all,
+    // and the next start resumes from what is on disk.
+    let started = tokio::select! {
+        r = server::start(cfg) => r,
+        _ = stop.recv() => {
+            tracing::info!("stopping before serving (still starting or finding the cluster)");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let mut running = match started {
         Ok(r) => r,
         Err(e) => {
             eprintln!("nod server: {e}");
@@ -578,7 +621,7 @@ async fn run_server(flags: ServerFlags) -> ExitCode {
         }
     };
     tokio::select! {
-        _ = stop_signal() => {
+        _ = stop.recv() => {
             tracing::info!("stopping");
             match running.shutdown().await {
                 Ok(()) => ExitCode::SUCCESS,

@@ -249,6 +249,14 @@ impl Gossip {
     }
 }
 
+impl Drop for Gossip {
+    /// chitchat's task outlives its handle: a node dropped while it was
+    /// still finding its cluster must stop gossiping too.
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,13 @@
 //! The metrics port: `/metrics` (Prometheus text), `/healthz` (the node
 //! runs and its storage works) and `/readyz` (it sees a leader and has
 //! applied what it knows is committed, so it can serve). Does network I/O.
+//!
+//! The port serves from process start, before the node knows its cluster:
+//! an empty node may wait minutes for its peers, and a liveness probe that
+//! fails meanwhile gets it killed. Until the node runs, `/healthz` answers
+//! ok ("starting") and `/readyz` not ready.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -11,6 +16,60 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::driver::Shared;
+use super::metrics::Metrics;
+
+/// What the metrics port answers from: the registry from the start, the
+/// running node once there is one.
+#[derive(Clone)]
+pub struct HttpState {
+    metrics: Metrics,
+    node: Arc<OnceLock<Arc<Shared>>>,
+}
+
+impl HttpState {
+    pub fn new(metrics: Metrics) -> HttpState {
+        HttpState {
+            metrics,
+            node: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The node runs: answer from its state from now on.
+    pub fn serving(&self, shared: Arc<Shared>) {
+        let _ = self.node.set(shared);
+    }
+
+    fn health(&self) -> (StatusCode, String) {
+        match self.node.get() {
+            None => (
+                StatusCode::OK,
+                "ok: starting (finding the cluster)\n".into(),
+            ),
+            Some(shared) => health(shared),
+        }
+    }
+
+    fn ready(&self) -> (StatusCode, String) {
+        match self.node.get() {
+            None => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting: not serving yet (finding the cluster)\n".into(),
+            ),
+            Some(shared) => ready(shared),
+        }
+    }
+
+    fn render_metrics(&self) -> String {
+        if let Some(shared) = self.node.get() {
+            shared.metrics.db_size.set(shared.store().db_size());
+            shared
+                .metrics
+                .leases
+                .set(shared.store().leases().len() as i64);
+        }
+        self.metrics.render()
+    }
+}
 
 fn health(shared: &Shared) -> (StatusCode, String) {
     let st = shared.status();
@@ -42,32 +101,28 @@ fn ready(shared: &Shared) -> (StatusCode, String) {
     (StatusCode::OK, "ok\n".into())
 }
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let (m, h, r) = (shared.clone(), shared.clone(), shared);
+pub async fn serve(listener: TcpListener, state: HttpState, mut stop: watch::Receiver<bool>) {
+    let (m, h, r) = (state.clone(), state.clone(), state);
     let app = Router::new()
         .route(
             "/metrics",
             get(move || {
                 let m = m.clone();
-                async move {
-                    m.metrics.db_size.set(m.store().db_size());
-                    m.metrics.leases.set(m.store().leases().len() as i64);
-                    m.metrics.render()
-                }
+                async move { m.render_metrics() }
             }),
         )
         .route(
             "/healthz",
             get(move || {
                 let h = h.clone();
-                async move { health(&h) }
+                async move { h.health() }
             }),
         )
         .route(
             "/readyz",
             get(move || {
                 let r = r.clone();
-                async move { ready(&r) }
+                async move { r.ready() }
             }),
         );
     let r = axum::serve(listener, app)

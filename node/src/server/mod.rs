@@ -356,6 +356,25 @@ fn incoming(
     })
 }
 
+/// A task that is aborted if it is dropped before `keep`: the servers that
+/// run while the node starts (metrics, bootstrap) must not outlive a start
+/// that failed or was given up (SIGTERM while waiting for peers).
+struct AbortOnDrop<T>(Option<JoinHandle<T>>);
+
+impl<T> AbortOnDrop<T> {
+    fn keep(mut self) -> Option<JoinHandle<T>> {
+        self.0.take()
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
 enum Discovered {
     Found(Vec<(String, String)>),
     Joined(Identity, Vec<Member>),
@@ -374,13 +393,13 @@ async fn run_discovery(
         .as_ref()
         .ok_or_else(|| ServerError::Config("discovery is off".into()))?;
     let (stop, mut stopped) = watch::channel(false);
-    let server = tokio::spawn(
+    let server = AbortOnDrop(Some(tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(BootstrapServer::new(state.clone()))
             .serve_with_incoming_shutdown(incoming(peer_listener.clone()), async move {
                 let _ = stopped.wait_for(|s| *s).await;
             }),
-    );
+    )));
     let dcfg = DiscoverConfig {
         name: cfg.name.clone(),
         token: cfg.initial_cluster_token.clone(),
@@ -407,7 +426,9 @@ async fn run_discovery(
         }
     };
     let _ = stop.send(true);
-    let _ = server.await;
+    if let Some(server) = server.keep() {
+        let _ = server.await;
+    }
     outcome
 }
 
@@ -512,6 +533,20 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
         ServerError::Storage(format!("cannot create {}: {e}", cfg.data_dir.display()))
     })?;
+    // The metrics port first: /healthz answers while the stores open and
+    // while an empty node waits for its peers (see `http`).
+    let metrics = Metrics::new();
+    let http_state = http::HttpState::new(metrics.clone());
+    let (stop, stop_rx) = watch::channel(false);
+    let (metrics_addr, http_task) = match cfg.listen_metrics {
+        Some(a) => {
+            let listener = bind(a).await?;
+            let addr = listener.local_addr().ok();
+            let task = tokio::spawn(http::serve(listener, http_state.clone(), stop_rx.clone()));
+            (addr, Some(AbortOnDrop(Some(task))))
+        }
+        None => (None, None),
+    };
     let snapshot_root = cfg.data_dir.join("snap");
     let mut log = LogStore::open(&cfg.data_dir.join("log"))
         .map_err(|e| ServerError::Storage(e.to_string()))?;
@@ -539,10 +574,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     }
     let client_listener = bind(cfg.listen_client).await?;
     let peer_listener = Arc::new(bind(cfg.listen_peer).await?);
-    let metrics_listener = match cfg.listen_metrics {
-        Some(a) => Some(bind(a).await?),
-        None => None,
-    };
     let client_addr = client_listener
         .local_addr()
         .map_err(|error| ServerError::Listen {
@@ -555,7 +586,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             addr: cfg.listen_peer,
             error,
         })?;
-    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let stored = Identity::load(&cfg.data_dir).map_err(ServerError::Storage)?;
 
     // The bootstrap record and the gossip instance exist before the node
@@ -717,7 +747,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     raft_cfg.seed = identity::random_id();
     let node = RawNode::new(raft_cfg, log).map_err(|e| ServerError::Config(e.to_string()))?;
 
-    let metrics = Metrics::new();
     let shared = Arc::new(Shared {
         member_id: identity.member_id,
         cluster_id: identity.cluster_id,
@@ -728,7 +757,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         metrics,
     });
 
-    let (stop, stop_rx) = watch::channel(false);
     let (inbox_tx, inbox_rx) = mpsc::channel(4096);
     let (events_tx, events_rx) = mpsc::channel(1024);
     let (handle, requests) = driver::channel(4096);
@@ -857,12 +885,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         }
     }));
 
-    if let Some(listener) = metrics_listener {
-        tasks.push(tokio::spawn(http::serve(
-            listener,
-            shared.clone(),
-            stop_rx.clone(),
-        )));
+    http_state.serving(shared.clone());
+    if let Some(task) = http_task.and_then(AbortOnDrop::keep) {
+        tasks.push(task);
     }
 
     tracing::info!(

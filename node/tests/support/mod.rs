@@ -203,20 +203,28 @@ impl Member {
         }
     }
 
+    /// GET `path` on the metrics port: the status code and the whole
+    /// response; `None` when nothing answers.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect((self.host.as_str(), self.metrics_port)).ok()?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        s.read_to_string(&mut response).ok()?;
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        Some((code, response))
+    }
+
     /// One metric's value from `/metrics` (0 when absent).
     pub fn metric(&self, name: &str) -> f64 {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect((self.host.as_str(), self.metrics_port))
-        else {
+        let Some((_, body)) = self.http_get("/metrics") else {
             return 0.0;
         };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        );
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
         body.lines()
             .find_map(|l| {
                 l.strip_prefix(name)
