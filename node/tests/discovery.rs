@@ -1,9 +1,10 @@
 //! A self-managing cluster, end to end with real processes: nodes started
 //! with only gossip seeds find each other, found exactly one cluster
-//! (`--bootstrap-expect`), join as learners and are promoted, replace their
-//! stale selves after losing their volume, leave on SIGTERM, and dead members
-//! are seen (member health, Status errors, metrics) and, when asked,
-//! removed by autopilot. No test here types a member command.
+//! (`--bootstrap-expect`, `--bootstrap-founders`), join as learners and are
+//! promoted, replace their stale selves after losing their volume (a founder
+//! too: it joins, never founds beside its old cluster), leave on SIGTERM,
+//! and dead members are seen (member health, Status errors, metrics) and,
+//! when asked, removed by autopilot. No test here types a member command.
 
 mod support;
 
@@ -380,4 +381,92 @@ async fn leave_on_shutdown_and_autopilot_removes_the_dead() {
         .map(|&i| ms[i].metric("nod_autopilot_actions_total{action=\"remove\"}"))
         .sum();
     assert!(removed >= 1.0, "autopilot counted its removal");
+}
+
+/// The scale-up of a cluster created with one replica, as the operator
+/// renders it: every pod gets `--bootstrap-expect=1
+/// --bootstrap-founders=n1`. A pod that is not n1 never founds, even alone
+/// with no seed answering (the minimum discovery period long over); it
+/// joins once it sees a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_listed_founders_found_and_the_others_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ms: Vec<Member> = (1..=3)
+        .map(|i| Member::new(dir.path(), &format!("n{i}")))
+        .collect();
+    let seeds: Vec<String> = ms[..2].iter().map(|m| m.gossip_addr()).collect();
+    let flags = ["--bootstrap-expect", "1", "--bootstrap-founders", "n1"];
+
+    // n2 first, while n1 does not run: its only other seed never answers,
+    // so the waiting of an unlisted node is all that keeps it from
+    // founding (--bootstrap-expect 1; 1 s minimum period at 100 ms gossip).
+    ms[1].start_gossip(&seeds, &flags);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        cluster_ids_on_disk(&ms).is_empty(),
+        "a node not among --bootstrap-founders founded a cluster"
+    );
+    assert!(ms[1].logs().contains("not among --bootstrap-founders"));
+
+    // The founder comes: it founds alone, and n2 joins it.
+    ms[0].start_gossip(&seeds, &flags);
+    let (cluster, _) = converge(&ms, &["n1", "n2"], Duration::from_secs(40)).await;
+
+    // A pod added later next to the running cluster, with the same flags
+    // and only the cluster's seed, joins it too.
+    ms[2].start_gossip(&seeds[..1], &flags);
+    let (again, _) = converge(&ms, &["n1", "n2", "n3"], Duration::from_secs(40)).await;
+    assert_eq!(again, cluster);
+    assert_eq!(cluster_ids_on_disk(&ms), BTreeSet::from([cluster]));
+}
+
+/// A founder that comes back with an empty volume next to the cluster it
+/// founded, still with `--bootstrap-expect=1 --bootstrap-founders=n1`
+/// (the operator's flags before it has seen the cluster founded): it may
+/// found, but must first hear from its seeds, see the members and join.
+/// Without that wait it founds alone on its first look, before its first
+/// gossip exchange: a second cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_founder_restarted_empty_joins_instead_of_founding() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ms: Vec<Member> = (1..=3)
+        .map(|i| Member::new(dir.path(), &format!("n{i}")))
+        .collect();
+    let seeds: Vec<String> = ms.iter().map(|m| m.gossip_addr()).collect();
+    let flags = [
+        "--bootstrap-expect",
+        "1",
+        "--bootstrap-founders",
+        "n1",
+        "--promote-stabilize",
+        "500",
+    ];
+    ms[0].start_gossip(&seeds, &flags);
+    converge(&ms[..1], &["n1"], Duration::from_secs(30)).await;
+    for m in &mut ms[1..] {
+        m.start_gossip(&seeds, &flags);
+    }
+    let (cluster, members) = converge(&ms, &["n1", "n2", "n3"], Duration::from_secs(60)).await;
+    let old = members.iter().find(|m| m.name == "n1").unwrap().id;
+
+    ms[0].kill();
+    std::fs::remove_dir_all(&ms[0].data_dir).unwrap();
+    ms[0].start_gossip(&seeds, &flags);
+    let id = ms[0].data_dir.join("identity.json");
+    eventually(
+        "n1 has an identity again",
+        Duration::from_secs(30),
+        || async { id.exists().then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        cluster_ids_on_disk(&ms),
+        BTreeSet::from([cluster]),
+        "the restarted founder founded a second cluster"
+    );
+    let (after, members) = converge(&ms, &["n1", "n2", "n3"], Duration::from_secs(60)).await;
+    assert_eq!(after, cluster, "the founder rejoined its cluster");
+    let new = members.iter().find(|m| m.name == "n1").unwrap().id;
+    assert_ne!(new, old, "it came back as a new member");
+    assert!(ms[0].logs().contains("joining an existing cluster"));
 }

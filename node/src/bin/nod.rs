@@ -18,6 +18,7 @@ use nod::api::etcd::etcdserverpb::{
 };
 use nod::api::etcd::mvccpb::{event::EventType, KeyValue};
 use nod::client::{Client, ClientError, KeySpan};
+use nod::gossip::bootstrap::Founders;
 use nod::gossip::GossipConfig;
 use nod::server::autopilot::AutopilotConfig;
 use nod::server::{self, ClusterState, Discovery, ServerConfig};
@@ -346,6 +347,10 @@ struct ServerFlags {
     /// nodes (with the same setting) see each other and no member is visible.
     #[arg(long, env = "NOD_BOOTSTRAP_EXPECT", value_parser = clap::value_parser!(u16).range(1..=9))]
     bootstrap_expect: Option<u16>,
+    /// The only names that may found the cluster: NAME,... (as many as
+    /// --bootstrap-expect). A node not listed never founds; it joins.
+    #[arg(long, env = "NOD_BOOTSTRAP_FOUNDERS", value_delimiter = ',')]
+    bootstrap_founders: Vec<String>,
     /// Promote caught-up learners up to this many voters (default: 5 with
     /// gossip, 0 = never without).
     #[arg(long, env = "NOD_VOTERS")]
@@ -495,6 +500,14 @@ fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
     cfg.max_request_bytes = f.max_request_bytes;
     cfg.snapshot_count = f.snapshot_count;
     cfg.progress_notify_interval = Duration::from_secs(f.progress_notify_interval.max(1));
+    let founders: Vec<String> = f
+        .bootstrap_founders
+        .iter()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let founders =
+        Founders::new(&founders, f.bootstrap_expect.map(usize::from)).map_err(|e| e.to_string())?;
     cfg.discovery = match &f.gossip_listen_addr {
         None => {
             if !f.gossip_seeds.is_empty() || f.bootstrap_expect.is_some() {
@@ -531,6 +544,7 @@ fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
                     interval: Duration::from_millis(f.gossip_interval),
                 },
                 bootstrap_expect: f.bootstrap_expect.map(usize::from),
+                bootstrap_founders: founders,
             })
         }
     };
@@ -1571,5 +1585,34 @@ mod tests {
         assert_eq!(t.failure.len(), 1);
         assert!(parse_txn("value(\"k\") ~ \"v\"\n").is_err());
         assert!(parse_txn("\n\nfrobnicate k\n").is_err());
+    }
+
+    fn server_flags(args: &[&str]) -> Result<ServerConfig, String> {
+        let mut argv = vec!["nod", "server"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Server(f) => server_config(&f),
+            _ => unreachable!("parsed as the server command"),
+        }
+    }
+
+    #[test]
+    fn bootstrap_founders_need_a_matching_expect() {
+        let gossip = ["--gossip-listen-addr", "127.0.0.1:7946"];
+        let with = |extra: &[&str]| {
+            let mut a = gossip.to_vec();
+            a.extend_from_slice(extra);
+            server_flags(&a)
+        };
+        let e = with(&["--bootstrap-founders", "c-0"]).unwrap_err();
+        assert!(e.contains("needs --bootstrap-expect"), "{e}");
+        let e = with(&["--bootstrap-expect", "3", "--bootstrap-founders", "c-0,c-1"]).unwrap_err();
+        assert!(e.contains("must be equal"), "{e}");
+        let cfg = with(&["--bootstrap-expect=2", "--bootstrap-founders=c-0,c-1"]).unwrap();
+        let d = cfg.discovery.unwrap();
+        assert!(d.bootstrap_founders.allows("c-1") && !d.bootstrap_founders.allows("c-2"));
     }
 }

@@ -5,6 +5,16 @@
 //! (by gossip) joins it. Otherwise, with `--bootstrap-expect N`, it waits
 //! until N empty nodes with the same N are visible; the founding set S is the
 //! N lowest names among them and its coordinator is the lowest name of S.
+//! With `--bootstrap-founders`, only the listed names may be in S: a node
+//! not listed never founds, and a prepare naming anyone unlisted is refused
+//! (so a pod added by scaling cannot found a cluster of its own).
+//!
+//! Before it founds, an empty node listens: it founds only once gossip has
+//! heard from every seed address it resolved, or after a minimum discovery
+//! period (`founding_hold`), and never while any member is visible. Without
+//! this, a node allowed to found alone (`--bootstrap-expect 1`) would decide
+//! on its first look, before its first gossip exchange, and found next to a
+//! running cluster it had not heard of yet.
 //! Founding is a two-phase agreement over gRPC (the `Bootstrap` service):
 //!
 //! 1. The coordinator durably promises S to itself, then asks every member of
@@ -27,6 +37,8 @@
 //! disjoint views of each other could still found two clusters; start the N
 //! you expect, and add the rest after, as Consul documents.)
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +59,77 @@ use crate::transport::nodserverpb::{
 /// Largest founding set accepted (from a flag or from the network).
 pub const MAX_FOUNDERS: usize = 9;
 const FILE: &str = "bootstrap.json";
+/// Gossip rounds an empty node listens before it may found without having
+/// heard from every seed. A reachable seed answers the first round trip (the
+/// discovery loop sends it a gossip round of its own every interval), so the
+/// period is paid only when a seed never answers (not started yet, gone, or
+/// an address that is this node under another name). Ten rounds leave room
+/// for lost datagrams and a peer that starts a little later: 5 s at the
+/// default 500 ms interval, 1 s at the tests' 100 ms.
+pub const MIN_DISCOVERY_ROUNDS: u32 = 10;
+/// How often seed host names are resolved again while discovering.
+const RESOLVE_EVERY: Duration = Duration::from_secs(1);
+
+/// A wrong `--bootstrap-founders` (or `--bootstrap-expect`) setting.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FoundersError {
+    #[error("--bootstrap-founders needs --bootstrap-expect (the number of founders)")]
+    NoExpect,
+    #[error(
+        "--bootstrap-expect is {expect} but --bootstrap-founders names {founders}: \
+         they must be equal (expect = the number of founders)"
+    )]
+    CountMismatch { expect: usize, founders: usize },
+    #[error("--bootstrap-founders names {0:?} twice")]
+    Repeated(String),
+    #[error("--bootstrap-founders has an empty name or one longer than 256 bytes")]
+    BadName,
+}
+
+/// Who may be in a founding set: anyone (no `--bootstrap-founders`), or only
+/// the names listed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Founders {
+    only: Option<BTreeSet<String>>,
+}
+
+impl Founders {
+    /// Anyone may found (the default).
+    pub fn anyone() -> Founders {
+        Founders::default()
+    }
+
+    /// Checks `names` (from the flag) against `expect`; an empty list means anyone.
+    pub fn new(names: &[String], expect: Option<usize>) -> Result<Founders, FoundersError> {
+        if names.is_empty() {
+            return Ok(Founders::anyone());
+        }
+        let Some(expect) = expect else {
+            return Err(FoundersError::NoExpect);
+        };
+        let mut only = BTreeSet::new();
+        for n in names {
+            if n.is_empty() || n.len() > 256 {
+                return Err(FoundersError::BadName);
+            }
+            if !only.insert(n.clone()) {
+                return Err(FoundersError::Repeated(n.clone()));
+            }
+        }
+        if only.len() != expect {
+            return Err(FoundersError::CountMismatch {
+                expect,
+                founders: only.len(),
+            });
+        }
+        Ok(Founders { only: Some(only) })
+    }
+
+    /// Whether `name` may be in a founding set.
+    pub fn allows(&self, name: &str) -> bool {
+        self.only.as_ref().is_none_or(|o| o.contains(name))
+    }
+}
 
 /// A durable promise to found the cluster `members` with `coordinator`.
 /// The coordinator's own record turns `committed` before it founds and is
@@ -135,16 +218,23 @@ pub struct BootstrapState {
     data_dir: PathBuf,
     token: String,
     name: String,
+    founders: Founders,
     inner: Mutex<Inner>,
 }
 
 impl BootstrapState {
-    pub fn open(data_dir: &Path, token: &str, name: &str) -> Result<Arc<Self>, String> {
+    pub fn open(
+        data_dir: &Path,
+        token: &str,
+        name: &str,
+        founders: Founders,
+    ) -> Result<Arc<Self>, String> {
         let promise = Promise::load(data_dir)?;
         Ok(Arc::new(BootstrapState {
             data_dir: data_dir.to_path_buf(),
             token: token.to_string(),
             name: name.to_string(),
+            founders,
             inner: Mutex::new(Inner {
                 promise,
                 closed: None,
@@ -245,6 +335,14 @@ impl Bootstrap for Arc<BootstrapState> {
                 self.name
             )));
         }
+        // The set comes from the network: with --bootstrap-founders this
+        // node founds only with the listed names (itself included).
+        if let Some(m) = req.members.iter().find(|m| !self.founders.allows(&m.name)) {
+            return Ok(BootstrapState::reply(
+                State::Refused,
+                format!("{:?} is not among --bootstrap-founders", m.name),
+            ));
+        }
         let wanted = Promise {
             coordinator: req.coordinator.clone(),
             nonce: req.nonce,
@@ -319,20 +417,34 @@ pub struct DiscoverConfig {
     pub token: String,
     pub peer_url: String,
     pub expect: Option<usize>,
+    pub founders: Founders,
     pub interval: Duration,
+    /// `--gossip-seeds` as given (addresses or host:port names).
+    pub seeds: Vec<String>,
+    /// This node's own gossip addresses (a seed list may name it).
+    pub own_addrs: Vec<SocketAddr>,
+    /// Founding waits at most this long for every seed to be heard from.
+    pub min_wait: Duration,
 }
 
 /// The founding set an empty node would propose: the `expect` lowest names
-/// among the visible empty nodes with the same `expect` (itself included).
+/// among the visible empty nodes with the same `expect` (itself included)
+/// that `founders` allows. `None` when there are too few, or when this node
+/// itself may not found.
 pub fn founding_set(
     me: &str,
     my_peer_url: &str,
     expect: usize,
+    founders: &Founders,
     peers: &[PeerInfo],
 ) -> Option<Vec<(String, String)>> {
+    if !founders.allows(me) {
+        return None;
+    }
     let mut set: Vec<(String, String)> = peers
         .iter()
         .filter(|p| p.alive && !p.is_member() && p.expect == Some(expect))
+        .filter(|p| founders.allows(&p.name))
         .map(|p| (p.name.clone(), p.peer_url.clone()))
         .chain(std::iter::once((me.to_string(), my_peer_url.to_string())))
         .collect();
@@ -343,6 +455,52 @@ pub fn founding_set(
     }
     set.truncate(expect);
     Some(set)
+}
+
+/// Why an empty node that may found must not found yet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// A member of the cluster is visible, alive or not (yet): a cluster
+    /// exists, so this node joins it (once alive), never founds beside it.
+    MemberVisible(String),
+    /// Gossip has not heard from these seed addresses yet (empty: seeds were
+    /// given but none resolved) and the minimum discovery period is not over.
+    SeedsUnheard(Vec<SocketAddr>),
+}
+
+/// Whether an empty node must wait before it founds: see `Hold`. `seeds` are
+/// the addresses the seed list resolved to (`seeds_given`: the list was not
+/// empty), `own` this node's gossip addresses, `waited` the time since
+/// discovery began.
+pub fn founding_hold(
+    seeds: &[SocketAddr],
+    seeds_given: bool,
+    own: &[SocketAddr],
+    peers: &[PeerInfo],
+    waited: Duration,
+    min_wait: Duration,
+) -> Option<Hold> {
+    if let Some(m) = peers.iter().find(|p| p.is_member()) {
+        return Some(Hold::MemberVisible(m.name.clone()));
+    }
+    if waited >= min_wait {
+        return None;
+    }
+    let unheard = unheard_seeds(seeds, own, peers);
+    if !unheard.is_empty() || (seeds_given && seeds.is_empty()) {
+        return Some(Hold::SeedsUnheard(unheard));
+    }
+    None
+}
+
+/// The seed addresses, other than this node's own, that no known node
+/// advertises as its gossip address.
+fn unheard_seeds(seeds: &[SocketAddr], own: &[SocketAddr], peers: &[PeerInfo]) -> Vec<SocketAddr> {
+    seeds
+        .iter()
+        .filter(|s| !own.contains(s) && !peers.iter().any(|p| p.gossip_addr == **s))
+        .copied()
+        .collect()
 }
 
 /// Members to join, the leader first, then by how much they applied.
@@ -381,14 +539,35 @@ pub async fn discover(
     state: &BootstrapState,
     cfg: &DiscoverConfig,
 ) -> Result<Decision, String> {
+    let began = Instant::now();
     let mut last_note = Instant::now();
+    if cfg.expect.is_some() && !cfg.founders.allows(&cfg.name) {
+        tracing::info!(
+            name = %cfg.name,
+            "not among --bootstrap-founders: this node joins a cluster, it never founds one"
+        );
+    }
+    let mut resolved: Option<(Instant, Vec<SocketAddr>)> = None;
     let mut first = true;
     loop {
         if !first {
             tokio::time::sleep(cfg.interval).await;
         }
         first = false;
+        if resolved
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= RESOLVE_EVERY)
+        {
+            resolved = Some((Instant::now(), super::resolve_seeds(&cfg.seeds).await));
+        }
+        let seeds = resolved.as_ref().map(|(_, s)| s.as_slice()).unwrap_or(&[]);
         let peers = gossip.peers().await;
+        // chitchat gossips with one random seed a round, and resolves seed
+        // names once a minute: a seed not heard from yet gets a round of
+        // its own now, so the first exchange with every seed is quick.
+        for addr in unheard_seeds(seeds, &cfg.own_addrs, &peers) {
+            gossip.gossip_with(addr);
+        }
         let note = last_note.elapsed() > Duration::from_secs(10);
         if note {
             last_note = Instant::now();
@@ -458,7 +637,31 @@ pub async fn discover(
                     }
                     continue;
                 };
-                match founding_set(&cfg.name, &cfg.peer_url, n, &peers) {
+                if !cfg.founders.allows(&cfg.name) {
+                    if note {
+                        tracing::info!("not among --bootstrap-founders: waiting for a member of the cluster to join");
+                    }
+                    continue;
+                }
+                let hold = founding_hold(
+                    seeds,
+                    !cfg.seeds.is_empty(),
+                    &cfg.own_addrs,
+                    &peers,
+                    began.elapsed(),
+                    cfg.min_wait,
+                );
+                match hold {
+                    Some(Hold::MemberVisible(name)) => {
+                        if note {
+                            tracing::info!(member = %name, "a member of the cluster is visible but not alive yet; waiting to join it");
+                        }
+                        continue;
+                    }
+                    Some(Hold::SeedsUnheard(_)) => continue,
+                    None => {}
+                }
+                match founding_set(&cfg.name, &cfg.peer_url, n, &cfg.founders, &peers) {
                     Some(set) if set[0].0 == cfg.name => {
                         let p = Promise {
                             coordinator: cfg.name.clone(),
@@ -595,12 +798,148 @@ mod tests {
             peer("e", None, 0, true),    // may not found
         ];
         // Only b and d count besides itself: 3 of 4 is not enough.
-        assert_eq!(founding_set("x", "http://x:2380", 4, &peers), None);
-        let set = founding_set("c", "http://c:2380", 3, &peers).unwrap();
+        assert_eq!(
+            founding_set("x", "http://x:2380", 4, &Founders::anyone(), &peers),
+            None
+        );
+        let set = founding_set("c", "http://c:2380", 3, &Founders::anyone(), &peers).unwrap();
         let names: Vec<&str> = set.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["b", "c", "d"]);
-        let set = founding_set("z", "http://z:2380", 2, &[peer("y", Some(2), 0, true)]).unwrap();
+        let set = founding_set(
+            "z",
+            "http://z:2380",
+            2,
+            &Founders::anyone(),
+            &[peer("y", Some(2), 0, true)],
+        )
+        .unwrap();
         assert_eq!(set[0].0, "y", "the coordinator is the lowest name");
+    }
+
+    fn names(set: &[(String, String)]) -> Vec<&str> {
+        set.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    fn list(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn founders_are_checked_against_expect() {
+        assert_eq!(Founders::new(&[], None), Ok(Founders::anyone()));
+        assert_eq!(Founders::new(&[], Some(3)), Ok(Founders::anyone()));
+        assert_eq!(
+            Founders::new(&list(&["a"]), None),
+            Err(FoundersError::NoExpect)
+        );
+        assert_eq!(
+            Founders::new(&list(&["a", "b"]), Some(3)),
+            Err(FoundersError::CountMismatch {
+                expect: 3,
+                founders: 2
+            })
+        );
+        assert_eq!(
+            Founders::new(&list(&["a", "a"]), Some(2)),
+            Err(FoundersError::Repeated("a".into()))
+        );
+        assert_eq!(
+            Founders::new(&list(&["a", ""]), Some(2)),
+            Err(FoundersError::BadName)
+        );
+        let f = Founders::new(&list(&["c-0", "c-1"]), Some(2)).unwrap();
+        assert!(f.allows("c-0") && f.allows("c-1") && !f.allows("c-2"));
+        assert!(Founders::anyone().allows("anything"));
+    }
+
+    #[test]
+    fn with_founders_only_listed_names_are_in_a_set() {
+        let only = Founders::new(&list(&["c-0", "c-1", "c-2"]), Some(3)).unwrap();
+        let peers = vec![
+            peer("a", Some(3), 0, true), // lowest name, but not a founder
+            peer("c-1", Some(3), 0, true),
+            peer("c-2", Some(3), 0, true),
+            peer("c-3", Some(3), 0, true),
+        ];
+        let set = founding_set("c-0", "http://c-0:2380", 3, &only, &peers).unwrap();
+        assert_eq!(names(&set), ["c-0", "c-1", "c-2"]);
+        // Without the list, `a` would coordinate a set with `c-3` in it.
+        let any = founding_set("c-3", "http://c-3:2380", 3, &Founders::anyone(), &peers).unwrap();
+        assert_eq!(names(&any), ["a", "c-1", "c-2"]);
+        // A node not listed never founds, however many it sees.
+        assert_eq!(
+            founding_set("c-3", "http://c-3:2380", 3, &only, &peers),
+            None
+        );
+        // An unlisted peer does not make up for a missing founder.
+        let two = &peers[..2];
+        assert_eq!(founding_set("c-0", "http://c-0:2380", 3, &only, two), None);
+        // Scale-up: a new pod with --bootstrap-expect=1 --bootstrap-founders=c-0
+        // alone (c-0 not visible yet) does not found.
+        let first = Founders::new(&list(&["c-0"]), Some(1)).unwrap();
+        assert_eq!(founding_set("c-1", "http://c-1:2380", 1, &first, &[]), None);
+        let alone = founding_set("c-0", "http://c-0:2380", 1, &first, &[]).unwrap();
+        assert_eq!(names(&alone), ["c-0"]);
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
+    fn at(mut p: PeerInfo, port: u16) -> PeerInfo {
+        p.gossip_addr = addr(port);
+        p
+    }
+
+    #[test]
+    fn founding_waits_for_every_seed_or_the_minimum_period() {
+        let min = Duration::from_secs(5);
+        let early = Duration::from_millis(100);
+        let seeds = [addr(1), addr(2), addr(3)];
+        let me = [addr(1)];
+        // Nothing heard yet (the first look, before any exchange): wait.
+        assert_eq!(
+            founding_hold(&seeds, true, &me, &[], early, min),
+            Some(Hold::SeedsUnheard(vec![addr(2), addr(3)]))
+        );
+        // Heard from one of the two others (alive or not yet): still wait.
+        let two = [at(peer("b", Some(1), 0, false), 2)];
+        assert_eq!(
+            founding_hold(&seeds, true, &me, &two, early, min),
+            Some(Hold::SeedsUnheard(vec![addr(3)]))
+        );
+        // Heard from every seed but itself: no need to wait longer.
+        let all = [
+            at(peer("b", Some(1), 0, false), 2),
+            at(peer("c", None, 0, true), 3),
+        ];
+        assert_eq!(founding_hold(&seeds, true, &me, &all, early, min), None);
+        // A seed that never answers holds it only for the minimum period.
+        assert_eq!(founding_hold(&seeds, true, &me, &two, min, min), None);
+        // Seeds were given but none resolved (DNS not ready): wait.
+        assert_eq!(
+            founding_hold(&[], true, &me, &[], early, min),
+            Some(Hold::SeedsUnheard(vec![]))
+        );
+        // No seeds at all: nobody to hear from.
+        assert_eq!(founding_hold(&[], false, &me, &[], early, min), None);
+        // Only itself as a seed (a one-pod headless Service): nobody else.
+        assert_eq!(founding_hold(&me, true, &me, &[], early, min), None);
+    }
+
+    #[test]
+    fn a_visible_member_holds_founding_for_good() {
+        let min = Duration::from_secs(5);
+        let seeds = [addr(1), addr(2)];
+        // A member heard from but not alive yet (chitchat needs two
+        // heartbeats): a cluster exists, so never found beside it.
+        let member = [at(peer("c-1", None, 7, false), 2)];
+        for waited in [Duration::ZERO, min * 100] {
+            assert_eq!(
+                founding_hold(&seeds, true, &[addr(1)], &member, waited, min),
+                Some(Hold::MemberVisible("c-1".into()))
+            );
+        }
     }
 
     #[test]
@@ -655,7 +994,7 @@ mod tests {
     #[tokio::test]
     async fn a_node_holds_one_promise_durably_until_abandoned() {
         let dir = tempfile::tempdir().unwrap();
-        let st = BootstrapState::open(dir.path(), "t", "b").unwrap();
+        let st = BootstrapState::open(dir.path(), "t", "b", Founders::anyone()).unwrap();
         let r = st
             .prepare(Request::new(prepare("a", 1, &["a", "b", "c"])))
             .await;
@@ -670,7 +1009,7 @@ mod tests {
             .await;
         assert_eq!(state_of(r), State::Refused);
         // The promise survives a restart.
-        let again = BootstrapState::open(dir.path(), "t", "b").unwrap();
+        let again = BootstrapState::open(dir.path(), "t", "b", Founders::anyone()).unwrap();
         assert_eq!(again.promise().await.unwrap().nonce, 1);
         let r = again
             .prepare(Request::new(prepare("a", 9, &["a", "b"])))
@@ -705,9 +1044,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_prepare_naming_an_unlisted_node_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let only = Founders::new(&list(&["a", "b"]), Some(2)).unwrap();
+        let st = BootstrapState::open(dir.path(), "t", "b", only).unwrap();
+        for set in [&["a", "b", "x"][..], &["b", "x"][..]] {
+            let coord = set[0];
+            let r = st.prepare(Request::new(prepare(coord, 1, set))).await;
+            assert_eq!(state_of(r), State::Refused, "{set:?}");
+            assert_eq!(st.promise().await, None, "no promise for {set:?}");
+        }
+        let r = st.prepare(Request::new(prepare("a", 1, &["a", "b"]))).await;
+        assert_eq!(state_of(r), State::Promised);
+        // A node that is not listed itself refuses every set naming it.
+        let other = tempfile::tempdir().unwrap();
+        let only = Founders::new(&list(&["a"]), Some(1)).unwrap();
+        let x = BootstrapState::open(other.path(), "t", "x", only).unwrap();
+        let r = x.prepare(Request::new(prepare("a", 2, &["a", "x"]))).await;
+        assert_eq!(state_of(r), State::Refused);
+        assert_eq!(x.promise().await, None);
+    }
+
+    #[tokio::test]
     async fn a_member_or_joiner_refuses_and_outcomes_follow_the_coordinators_record() {
         let dir = tempfile::tempdir().unwrap();
-        let st = BootstrapState::open(dir.path(), "t", "a").unwrap();
+        let st = BootstrapState::open(dir.path(), "t", "a", Founders::anyone()).unwrap();
         let p = Promise {
             coordinator: "a".into(),
             nonce: 4,
@@ -729,14 +1090,14 @@ mod tests {
             State::Refused
         );
         st.mark_committed(4).await.unwrap();
-        let reopened = BootstrapState::open(dir.path(), "t", "a").unwrap();
+        let reopened = BootstrapState::open(dir.path(), "t", "a", Founders::anyone()).unwrap();
         assert_eq!(
             state_of(reopened.outcome(Request::new(ask(4))).await),
             State::Committed,
             "the commit is durable"
         );
         let empty = tempfile::tempdir().unwrap();
-        let joiner = BootstrapState::open(empty.path(), "t", "b").unwrap();
+        let joiner = BootstrapState::open(empty.path(), "t", "b", Founders::anyone()).unwrap();
         assert!(joiner.close_for_join().await);
         let r = joiner
             .prepare(Request::new(prepare("a", 1, &["a", "b"])))

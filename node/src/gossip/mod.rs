@@ -149,6 +149,26 @@ pub fn parse_peer<'a>(
     })
 }
 
+/// The addresses `seeds` (ip:port, or host:port resolved now) stand for.
+/// A name that does not resolve (yet: a headless Service before its first
+/// pod is published) contributes nothing; each lookup is bounded by 1 s.
+pub async fn resolve_seeds(seeds: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for seed in seeds {
+        if let Ok(addr) = seed.parse::<SocketAddr>() {
+            out.push(addr);
+            continue;
+        }
+        let lookup = tokio::net::lookup_host(seed.as_str());
+        if let Ok(Ok(addrs)) = tokio::time::timeout(Duration::from_secs(1), lookup).await {
+            out.extend(addrs);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// A running gossip instance.
 pub struct Gossip {
     handle: ChitchatHandle,
@@ -241,6 +261,11 @@ impl Gossip {
             }
         }
         newest.into_values().collect()
+    }
+
+    /// Starts one gossip round with `addr` now, besides the periodic ones.
+    pub fn gossip_with(&self, addr: SocketAddr) {
+        let _ = self.handle.gossip(addr);
     }
 
     /// Stops gossiping (other nodes' failure detectors then see this node go).

@@ -36,7 +36,7 @@ use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
-use crate::gossip::bootstrap::{self, BootstrapState, Decision, DiscoverConfig};
+use crate::gossip::bootstrap::{self, BootstrapState, Decision, DiscoverConfig, Founders};
 use crate::gossip::{keys, Gossip, GossipConfig, PeerInfo};
 use crate::storage::{checkpoint, KvStore, LogStore};
 use crate::transport::nodserverpb::admin_server::AdminServer;
@@ -74,6 +74,8 @@ pub struct Discovery {
     pub gossip: GossipConfig,
     /// Found a cluster once this many empty nodes (with the same setting) are visible.
     pub bootstrap_expect: Option<usize>,
+    /// Who may be in the founding set (`--bootstrap-founders`).
+    pub bootstrap_founders: Founders,
 }
 
 #[derive(Clone, Debug)]
@@ -405,7 +407,11 @@ async fn run_discovery(
         token: cfg.initial_cluster_token.clone(),
         peer_url: cfg.advertise_peer.clone(),
         expect: d.bootstrap_expect,
+        founders: d.bootstrap_founders.clone(),
         interval: d.gossip.interval,
+        seeds: d.gossip.seeds.clone(),
+        own_addrs: vec![d.gossip.advertise, d.gossip.listen],
+        min_wait: d.gossip.interval * bootstrap::MIN_DISCOVERY_ROUNDS,
     };
     let outcome = loop {
         match bootstrap::discover(gossip, state, &dcfg).await {
@@ -590,9 +596,18 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
 
     // The bootstrap record and the gossip instance exist before the node
     // knows who it is: an empty node finds its cluster through them.
-    let bootstrap_state =
-        BootstrapState::open(&cfg.data_dir, &cfg.initial_cluster_token, &cfg.name)
-            .map_err(ServerError::Storage)?;
+    let founders = cfg
+        .discovery
+        .as_ref()
+        .map(|d| d.bootstrap_founders.clone())
+        .unwrap_or_default();
+    let bootstrap_state = BootstrapState::open(
+        &cfg.data_dir,
+        &cfg.initial_cluster_token,
+        &cfg.name,
+        founders,
+    )
+    .map_err(ServerError::Storage)?;
     let gossip = match &cfg.discovery {
         None => None,
         Some(d) => {
@@ -608,8 +623,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 }
                 None => {
                     initial.push((keys::ROLE.into(), "empty".into()));
+                    // A node that may not found is no candidate for others' sets.
                     if let Some(n) = d.bootstrap_expect {
-                        initial.push((keys::EXPECT.into(), n.to_string()));
+                        if d.bootstrap_founders.allows(&cfg.name) {
+                            initial.push((keys::EXPECT.into(), n.to_string()));
+                        }
                     }
                 }
             }
