@@ -6,7 +6,7 @@
 //! leader in time.
 
 use std::io::Read;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -334,7 +334,9 @@ struct ServerFlags {
     /// UDP address to gossip on (host:port); turns discovery by gossip on.
     #[arg(long, env = "NOD_GOSSIP_LISTEN_ADDR")]
     gossip_listen_addr: Option<String>,
-    /// Gossip address other nodes use to reach this one (default: the listen address).
+    /// Gossip address other nodes use to reach this one: ip:port, [ipv6]:port,
+    /// or a bare IP (IPv4 or IPv6) that takes the listen address's port
+    /// (default: the listen address).
     #[arg(long, env = "NOD_GOSSIP_ADVERTISE_ADDR")]
     gossip_advertise_addr: Option<String>,
     /// Nodes to gossip with first: host:port,... (DNS names are resolved again every minute).
@@ -412,6 +414,26 @@ fn socket_addr(url: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("{url:?} is not a host:port address: {e}"))?
         .next()
         .ok_or_else(|| format!("{url:?} resolves to no address"))
+}
+
+/// Parses `--gossip-advertise-addr`: ip:port, [ipv6]:port or host:port, or a
+/// bare IP (`10.0.0.1`, `fd00::1`, `[fd00::1]`) that takes `port`, since a
+/// pod template passes `$(POD_IP)`, which may be either family.
+fn advertise_addr(a: &str, port: u16) -> Result<SocketAddr, String> {
+    let a = a.trim();
+    let bare = a
+        .strip_prefix('[')
+        .and_then(|v6| v6.strip_suffix(']'))
+        .unwrap_or(a);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        if ip.is_unspecified() {
+            return Err(format!(
+                "--gossip-advertise-addr {a:?} is a wildcard: other nodes cannot reach it"
+            ));
+        }
+        return Ok(SocketAddr::new(ip, port));
+    }
+    socket_addr(a)
 }
 
 fn main() -> ExitCode {
@@ -521,7 +543,7 @@ fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
             let listen = socket_addr(listen)?;
             let advertise =
                 match &f.gossip_advertise_addr {
-                    Some(a) => socket_addr(a)?,
+                    Some(a) => advertise_addr(a, listen.port())?,
                     None if listen.ip().is_unspecified() => return Err(
                         "--gossip-listen-addr is a wildcard address: set --gossip-advertise-addr"
                             .into(),
@@ -1587,6 +1609,25 @@ mod tests {
         assert!(parse_txn("\n\nfrobnicate k\n").is_err());
     }
 
+    #[test]
+    fn gossip_advertise_takes_a_bare_ip_of_either_family() {
+        let ok = [
+            ("10.0.0.7", "10.0.0.7:7946"),
+            ("fd00::7", "[fd00::7]:7946"),
+            ("[fd00::7]", "[fd00::7]:7946"),
+            ("10.0.0.7:9000", "10.0.0.7:9000"),
+            ("[fd00::7]:9000", "[fd00::7]:9000"),
+            ("::1", "[::1]:7946"),
+        ];
+        for (given, want) in ok {
+            let got = advertise_addr(given, 7946).unwrap();
+            assert_eq!(got, want.parse::<SocketAddr>().unwrap(), "{given}");
+        }
+        for bad in ["::", "0.0.0.0", "[fd00::7", "not an address"] {
+            assert!(advertise_addr(bad, 7946).is_err(), "{bad} must be refused");
+        }
+    }
+
     fn server_flags(args: &[&str]) -> Result<ServerConfig, String> {
         let mut argv = vec!["nod", "server"];
         argv.extend_from_slice(args);
@@ -1614,5 +1655,23 @@ mod tests {
         let cfg = with(&["--bootstrap-expect=2", "--bootstrap-founders=c-0,c-1"]).unwrap();
         let d = cfg.discovery.unwrap();
         assert!(d.bootstrap_founders.allows("c-1") && !d.bootstrap_founders.allows("c-2"));
+    }
+
+    #[test]
+    fn ipv6_listen_urls_and_a_bare_ipv6_advertise_address_parse() {
+        let cfg = server_flags(&[
+            "--listen-client-urls=http://[::]:2379",
+            "--listen-peer-urls=http://[::]:2380",
+            "--listen-metrics-urls=http://[::]:2381",
+            "--gossip-listen-addr=[::]:7946",
+            "--gossip-advertise-addr=fd00::7",
+        ])
+        .unwrap();
+        assert_eq!(cfg.listen_client, "[::]:2379".parse().unwrap());
+        assert_eq!(cfg.listen_peer, "[::]:2380".parse().unwrap());
+        assert_eq!(cfg.listen_metrics, Some("[::]:2381".parse().unwrap()));
+        let g = cfg.discovery.unwrap().gossip;
+        assert_eq!(g.listen, "[::]:7946".parse().unwrap());
+        assert_eq!(g.advertise, "[fd00::7]:7946".parse().unwrap());
     }
 }

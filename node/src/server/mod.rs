@@ -227,10 +227,55 @@ impl PeerNode for PeerView {
     }
 }
 
+/// Binds `addr`. The IPv6 wildcard (`[::]`) on a host with IPv6 turned off
+/// falls back to the IPv4 wildcard on the same port, with a log line, so one
+/// rendered pod template serves IPv4-only, IPv6-only and dual-stack pods.
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
+    let error = match TcpListener::bind(addr).await {
+        Ok(l) => return Ok(l),
+        Err(e) => e,
+    };
+    let Some(v4) = ipv4_fallback(addr, &error) else {
+        return Err(ServerError::Listen { addr, error });
+    };
+    tracing::warn!(%addr, %error, instead = %v4, "cannot listen on the IPv6 wildcard; listening on IPv4 only");
+    TcpListener::bind(v4)
         .await
-        .map_err(|error| ServerError::Listen { addr, error })
+        .map_err(|error| ServerError::Listen { addr: v4, error })
+}
+
+/// The IPv4 wildcard to use instead of `addr` when `addr` is the IPv6
+/// wildcard and binding it failed for want of IPv6 (not because the port is
+/// taken or forbidden: the same would happen on IPv4).
+pub fn ipv4_fallback(addr: SocketAddr, error: &std::io::Error) -> Option<SocketAddr> {
+    use std::io::ErrorKind;
+    let is_v6_wildcard = matches!(addr, SocketAddr::V6(a) if a.ip().is_unspecified());
+    let port_problem = matches!(
+        error.kind(),
+        ErrorKind::AddrInUse | ErrorKind::PermissionDenied
+    );
+    (is_v6_wildcard && !port_problem)
+        .then(|| SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, addr.port())))
+}
+
+/// The gossip listen address to use: the IPv6 wildcard becomes the IPv4 one
+/// when this host cannot open an IPv6 UDP socket (chitchat binds it itself,
+/// so the check is a probe on an ephemeral port).
+fn gossip_listen_addr(listen: SocketAddr) -> SocketAddr {
+    if !matches!(listen, SocketAddr::V6(a) if a.ip().is_unspecified()) {
+        return listen;
+    }
+    let probe = SocketAddr::new(listen.ip(), 0);
+    match std::net::UdpSocket::bind(probe) {
+        Ok(_) => listen,
+        Err(error) => match ipv4_fallback(listen, &error) {
+            Some(v4) => {
+                tracing::warn!(addr = %listen, %error, instead = %v4, "cannot gossip on the IPv6 wildcard; gossiping on IPv4 only");
+                v4
+            }
+            None => listen,
+        },
+    }
 }
 
 /// Asks the members in `initial_cluster` for the member table and finds
@@ -631,7 +676,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                     }
                 }
             }
-            let g = Gossip::start(&d.gossip, &cfg.name, &cfg.initial_cluster_token, initial)
+            let mut gossip_cfg = d.gossip.clone();
+            gossip_cfg.listen = gossip_listen_addr(gossip_cfg.listen);
+            let g = Gossip::start(&gossip_cfg, &cfg.name, &cfg.initial_cluster_token, initial)
                 .await
                 .map_err(ServerError::Config)?;
             Some(Arc::new(g))
@@ -1038,5 +1085,38 @@ impl RunningServer {
             }
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn only_the_ipv6_wildcard_falls_back_and_only_for_want_of_ipv6() {
+        let v6_any: SocketAddr = "[::]:2379".parse().unwrap();
+        let v4_any: SocketAddr = "0.0.0.0:2379".parse().unwrap();
+        // EAFNOSUPPORT (no IPv6 in the kernel) and EADDRNOTAVAIL.
+        for e in [
+            Error::from_raw_os_error(97),
+            Error::from(ErrorKind::AddrNotAvailable),
+        ] {
+            assert_eq!(ipv4_fallback(v6_any, &e), Some(v4_any), "{e}");
+        }
+        // The port is the problem: IPv4 would fail the same way.
+        for kind in [ErrorKind::AddrInUse, ErrorKind::PermissionDenied] {
+            assert_eq!(ipv4_fallback(v6_any, &Error::from(kind)), None);
+        }
+        // A specific address is what the user asked for: no silent change.
+        let unsupported = Error::from_raw_os_error(97);
+        for a in [
+            "[::1]:2379",
+            "[fd00::7]:2379",
+            "0.0.0.0:2379",
+            "127.0.0.1:2379",
+        ] {
+            assert_eq!(ipv4_fallback(a.parse().unwrap(), &unsupported), None, "{a}");
+        }
     }
 }

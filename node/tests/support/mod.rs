@@ -85,15 +85,31 @@ impl Member {
         }
     }
 
+    /// A member on IPv6 loopback (`::1`).
+    pub fn new_v6(root: &Path, name: &str) -> Member {
+        let mut m = Member::new(root, name);
+        m.host = "::1".into();
+        m
+    }
+
+    /// host:port, the host in brackets when it is an IPv6 address.
+    pub fn host_port(&self, port: u16) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{port}", self.host)
+        } else {
+            format!("{}:{port}", self.host)
+        }
+    }
+
     pub fn endpoint(&self) -> String {
-        format!("{}:{}", self.host, self.client_port)
+        self.host_port(self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
         if let Some(url) = &self.advertise_peer {
             return url.clone();
         }
-        format!("http://{}:{}", self.host, self.peer_port)
+        format!("http://{}", self.host_port(self.peer_port))
     }
 
     pub fn client(&self) -> Client {
@@ -101,7 +117,7 @@ impl Member {
     }
 
     pub fn gossip_addr(&self) -> String {
-        format!("{}:{}", self.host, self.gossip_port)
+        self.host_port(self.gossip_port)
     }
 
     /// Starts the process with no member list: it finds its cluster by
@@ -149,16 +165,16 @@ impl Member {
             .arg(&self.data_dir)
             .args([
                 "--listen-client-urls",
-                &format!("http://{}:{}", self.host, self.client_port),
+                &format!("http://{}", self.host_port(self.client_port)),
             ])
             .args([
                 "--listen-peer-urls",
-                &format!("http://{}:{}", self.host, self.peer_port),
+                &format!("http://{}", self.host_port(self.peer_port)),
             ])
             .args(["--initial-advertise-peer-urls", &self.peer_url()])
             .args([
                 "--listen-metrics-urls",
-                &format!("http://{}:{}", self.host, self.metrics_port),
+                &format!("http://{}", self.host_port(self.metrics_port)),
             ])
             .args(match initial {
                 Some((cluster, state)) => vec![
