@@ -66,7 +66,18 @@ pub struct Context<A: ClusterApi> {
     pub metrics: Metrics,
     pub recorder: Option<Recorder>,
     pub endpoints: Endpoints,
+    /// The last status this operator wrote, by the resource's uid. The
+    /// watch cache can lag a status write by a few milliseconds, and a
+    /// reconcile that follows at once (an owned object changed) would build
+    /// on the older status and forget what the last step recorded (a
+    /// member removed from Raft whose claim is still to delete). The
+    /// operator is the only writer of status, so what it wrote last is the
+    /// newest; after a restart the watch's first list is.
+    pub written: WrittenStatus,
 }
+
+/// The last status written, by the NodCluster's uid (see `Context::written`).
+pub type WrittenStatus = std::sync::Mutex<std::collections::HashMap<String, NodClusterStatus>>;
 
 impl<A: ClusterApi> Context<A> {
     pub fn new(client: kube::Client, api: A, metrics: Metrics, recorder: Option<Recorder>) -> Self {
@@ -76,6 +87,37 @@ impl<A: ClusterApi> Context<A> {
             metrics,
             recorder,
             endpoints: Arc::new(render::client_endpoints),
+            written: Default::default(),
+        }
+    }
+
+    /// The status to build on: the last one written, else the resource's.
+    fn last_status(&self, nc: &NodCluster) -> NodClusterStatus {
+        let written = nc.uid().and_then(|uid| {
+            self.written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&uid)
+                .cloned()
+        });
+        written.unwrap_or_else(|| nc.status.clone().unwrap_or_default())
+    }
+
+    fn forget_status(&self, nc: &NodCluster) {
+        if let Some(uid) = nc.uid() {
+            self.written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&uid);
+        }
+    }
+
+    fn remember_status(&self, nc: &NodCluster, status: &NodClusterStatus) {
+        if let Some(uid) = nc.uid() {
+            self.written
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(uid, status.clone());
         }
     }
 
@@ -114,7 +156,10 @@ pub async fn reconcile<A: ClusterApi>(
         Err(e) => Err(e),
         // Being deleted: owner references collect the objects, the
         // StatefulSet's retention policy the claims. Nothing to apply.
-        Ok(()) if nc.metadata.deletion_timestamp.is_some() => Ok(Action::await_change()),
+        Ok(()) if nc.metadata.deletion_timestamp.is_some() => {
+            ctx.forget_status(&nc);
+            Ok(Action::await_change())
+        }
         Ok(()) => apply(&nc, &ctx).await,
     };
     ctx.metrics
@@ -237,7 +282,7 @@ struct Observation {
 }
 
 async fn apply<A: ClusterApi>(nc: &NodCluster, ctx: &Context<A>) -> Result<Action, Error> {
-    let old = nc.status.clone().unwrap_or_default();
+    let old = ctx.last_status(nc);
     let mut status = NodClusterStatus {
         observed_generation: nc.metadata.generation,
         selector: Some(render::selector_string(nc)),
@@ -988,6 +1033,7 @@ async fn write_status<A: ClusterApi>(
         &Patch::Apply(&patch),
     )
     .await?;
+    ctx.remember_status(nc, status);
     Ok(())
 }
 

@@ -298,6 +298,7 @@ fn context(client: kube::Client, nod: FakeNod) -> Arc<Context<FakeNod>> {
         metrics: Metrics::new(),
         recorder: None,
         endpoints: Arc::new(|_, n| (0..n).map(|i| format!("http://demo-{i}:2379")).collect()),
+        written: Default::default(),
     })
 }
 
@@ -550,6 +551,71 @@ async fn after_the_removal_the_statefulset_and_its_budget_shrink_by_one() {
     // The claim waits until the pod is gone (next reconcile).
     assert_eq!(status["removedMembers"], json!(["demo-4"]));
     assert_eq!(*nod.calls.lock().unwrap(), ["health"]);
+}
+
+/// The watch cache can hand the next reconcile the resource as it was
+/// before the last status write (seen on a real API server: the StatefulSet
+/// shrank 87 ms after a member was removed, the reconcile read the old
+/// status, and the removed member's claim was never deleted). What the
+/// operator wrote last must win over the cache.
+#[tokio::test]
+async fn a_step_recorded_in_status_survives_a_reconcile_of_a_stale_copy() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let mut nc = cluster(json!({"replicas": 3}));
+    cluster_status(&mut nc, json!({"bootstrapExpect": 5, "clusterId": "c1"}));
+    let hash = nod_operator::render::template_hash(&nc);
+    let original = serde_json::to_value(&nc).unwrap();
+    let stale = Arc::new(nc);
+    let server = tokio::spawn(async move {
+        // First reconcile: five members, the top one leaves Raft.
+        expect_running_members(&mut h, 5, &hash).await;
+        expect_objects(&mut h, 5).await;
+        let first = expect_status(&mut h, &original).await;
+        // Second reconcile, of the copy from before that status write.
+        expect_running_members(&mut h, 5, &hash).await;
+        expect_objects(&mut h, 5).await;
+        let sts = expect(
+            &mut h,
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/statefulsets/demo",
+            echo,
+        )
+        .await;
+        assert_eq!(sts["spec"]["replicas"], 4);
+        expect(
+            &mut h,
+            "PATCH",
+            "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
+            echo,
+        )
+        .await;
+        (first, expect_status(&mut h, &original).await)
+    });
+    let five = FakeNod {
+        members: Some(members(5)),
+        ..Default::default()
+    };
+    let ctx = context(client, five.clone());
+    reconcile(stale.clone(), ctx.clone()).await.unwrap();
+    assert_eq!(*five.calls.lock().unwrap(), ["health", "remove 104"]);
+    // The member is gone from Raft now; same operator, same memory.
+    let four = FakeNod {
+        members: Some(members(4)),
+        ..Default::default()
+    };
+    let ctx = Arc::new(Context {
+        api: four,
+        ..Arc::into_inner(ctx).unwrap()
+    });
+    reconcile(stale, ctx).await.unwrap();
+    let (first, second) = server.await.unwrap();
+    assert_eq!(first["status"]["removedMembers"], json!(["demo-4"]));
+    assert_eq!(
+        second["status"]["removedMembers"],
+        json!(["demo-4"]),
+        "the second reconcile forgot the removed member"
+    );
 }
 
 #[tokio::test]
