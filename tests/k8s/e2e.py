@@ -578,11 +578,11 @@ allowVolumeExpansion: false
     delete_cluster("fixed")
     kubectl("delete", "pvc", "data-fixed-0", "--ignore-not-found")
     # A size the class can expand: the claims grow.
-    kubectl("patch", "nodcluster/example", "--type", "merge", "-p", '{"spec":{"storage":{"size":"2Gi"}}}')
+    kubectl("patch", "nodcluster/example", "--type", "merge", "-p", '{"spec":{"storage":{"size":"20Gi"}}}')
     wait_until("the claims to be expanded", lambda: all(
-        c["status"].get("capacity", {}).get("storage") == "2Gi"
+        c["status"].get("capacity", {}).get("storage") == "20Gi"
         for c in kjson("get", "pvc", "-l", "app.kubernetes.io/instance=example")["items"]), timeout=120)
-    say("size change on an expandable class: every claim is 2Gi")
+    say("size change on an expandable class: every claim is 20Gi")
     # A ServiceMonitor without the Prometheus Operator's CRDs.
     kubectl("patch", "nodcluster/example", "--type", "merge", "-p", '{"spec":{"metrics":{"serviceMonitor":true}}}')
     c = wait_until("a condition about the ServiceMonitor",
@@ -634,7 +634,7 @@ def scenario_operator_restart():
         kubectl("scale", "nodcluster/example", "--replicas=3")
         wait_until("the scale-down to begin", lambda: status("example").get("removedMembers") or
                    kjson("get", "statefulset", "example")["spec"]["replicas"] < 5, interval=0.2)
-        kubectl("delete", "pod", holder, "--wait=false")
+        kubectl("delete", "pod", holder, "-n", "nod-system", "--wait=false")
         say(f"deleted the leading operator {holder} in the middle of the scale-down")
         running("example", 3)
         wait_until("three voters", lambda: one_cluster("example", 3), timeout=180)
