@@ -400,6 +400,12 @@ async fn observe_and_act<A: ClusterApi>(
         .iter()
         .filter_map(|c| c.name_any().strip_prefix(&claim_prefix).map(str::to_string))
         .collect();
+    // A removed member with neither pod nor claim left has nothing more to
+    // clean up (its claim went with a status write that failed, or by
+    // hand); kept, it would mark a later pod of that name for replacement.
+    status
+        .removed_members
+        .retain(|r| pods.iter().any(|p| &p.name == r) || claims.contains(r));
 
     // Apply the objects: the StatefulSet at its current size (the planner
     // changes the size one step at a time) and with the claim template it
@@ -415,6 +421,10 @@ async fn observe_and_act<A: ClusterApi>(
             None
         }
     };
+    // A leader of another cluster than the one this NodCluster founded
+    // (a split brain, or endpoints that reach someone else's pods) is
+    // never acted on: every membership step would go to the wrong cluster.
+    let mut foreign = None;
     if let Some(h) = &health {
         let id = format!("{:x}", h.cluster_id);
         let has_leader = h.members.iter().any(|m| m.leader);
@@ -434,9 +444,11 @@ async fn observe_and_act<A: ClusterApi>(
                 .await;
             }
             Some(founded) if h.cluster_id != 0 && *founded != id => {
-                findings.errors.push(format!(
+                let why = format!(
                     "the leader answers for cluster {id}, but this NodCluster founded {founded}"
-                ));
+                );
+                findings.errors.push(why.clone());
+                foreign = Some(why);
             }
             _ => {}
         }
@@ -524,7 +536,10 @@ async fn observe_and_act<A: ClusterApi>(
         removed: status.removed_members.clone(),
         nameless_seen,
     };
-    let step = plan(&observed);
+    let step = match foreign {
+        Some(why) => Step::Refuse(format!("{why}: no step is taken")),
+        None => plan(&observed),
+    };
     tracing::debug!(cluster = %name, ?step, "planned");
     if let Err(e) = take_step(nc, ctx, &step, &shape, &endpoints, status).await {
         findings.errors.push(format!("{step:?}: {e}"));
@@ -1027,13 +1042,15 @@ async fn write_status<A: ClusterApi>(
         "kind": "NodCluster",
         "status": status,
     });
+    // Remembered whatever the write returns: the step it records has been
+    // taken, and a write that timed out may have landed.
+    ctx.remember_status(nc, status);
     api.patch_status(
         &nc.name_any(),
         &PatchParams::apply(render::MANAGER).force(),
         &Patch::Apply(&patch),
     )
     .await?;
-    ctx.remember_status(nc, status);
     Ok(())
 }
 

@@ -97,8 +97,10 @@ impl LeaseLock {
     pub async fn keep_renewing(&self, acquired: Instant) -> LeaseLost {
         let mut last_renewed = acquired;
         loop {
-            tokio::time::sleep(self.retry_period()).await;
             let deadline = last_renewed + self.renew_deadline();
+            // Never past the deadline, so a failed renewal is noticed at
+            // the deadline and not a retry period after it.
+            tokio::time::sleep_until((Instant::now() + self.retry_period()).min(deadline)).await;
             let started = Instant::now();
             if started >= deadline {
                 return LeaseLost::RenewDeadlinePassed(self.renew_deadline());

@@ -197,7 +197,15 @@ async fn run(
     let client = kube::Client::try_default()
         .await
         .map_err(|e| format!("no Kubernetes API: {e}"))?;
-    let identity = identity.unwrap_or_else(|| format!("nod-operator-{}", std::process::id()));
+    // Without POD_NAME (the chart sets it), the host name and a random
+    // suffix: a pid alone is 1 in every container, and two replicas with
+    // one identity would both take the Lease for theirs.
+    let identity = identity.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        format!("nod-operator-{host}-{:016x}", rand_suffix())
+    });
 
     // Leader election: act only once the Lease is ours, and stop acting
     // (exit: Kubernetes restarts the process as a follower) the moment it
@@ -277,4 +285,19 @@ async fn run(
     });
     futures::future::join_all(controllers).await;
     Ok(())
+}
+
+/// A random 64-bit number from the standard library's randomly keyed hasher
+/// (no RNG crate for one identity).
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }

@@ -144,12 +144,18 @@ pub fn plan(o: &Observed) -> Step {
 
     // A member removed on the way down whose pod is wanted again (the
     // change was reversed halfway): it cannot rejoin with its old identity.
+    // Only when the leader's table shows it is not a member: a pod of that
+    // name that joined since (a stale record) is a member to keep.
     for r in &o.removed {
         let in_range = o
             .pods
             .iter()
             .any(|p| &p.name == r && p.ordinal < sts.min(desired));
-        if in_range {
+        let not_a_member = o
+            .members
+            .as_ref()
+            .is_some_and(|ms| !ms.iter().any(|m| &m.name == r));
+        if in_range && not_a_member {
             return Step::ReplaceMember { pod: r.clone() };
         }
     }
@@ -504,6 +510,23 @@ mod tests {
                 Step::ReplaceMember {
                     pod: "demo-4".into(),
                 },
+            ),
+            (
+                "a stale removal record never wipes a pod that is a member again",
+                Box::new(|o| o.removed.push("demo-4".into())),
+                5,
+                5,
+                Step::Idle,
+            ),
+            (
+                "a removal record is not acted on while no leader answers",
+                Box::new(|o| {
+                    o.members = None;
+                    o.removed.push("demo-4".into());
+                }),
+                5,
+                5,
+                Step::Wait("no leader answers: waiting for the cluster to elect one".into()),
             ),
             (
                 "a missing pod is waited for, never taken for a scale-down",

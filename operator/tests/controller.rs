@@ -618,6 +618,38 @@ async fn a_step_recorded_in_status_survives_a_reconcile_of_a_stale_copy() {
     );
 }
 
+/// Endpoints that reach another cluster's leader (a split brain, or pods
+/// of someone else) must never get this cluster's membership steps.
+#[tokio::test]
+async fn a_leader_of_another_cluster_gets_no_step() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let nod = FakeNod {
+        members: Some(members(5)),
+        ..Default::default()
+    };
+    let mut nc = cluster(json!({"replicas": 3}));
+    // Founded as c2; the leader that answers belongs to c1.
+    cluster_status(&mut nc, json!({"bootstrapExpect": 5, "clusterId": "c2"}));
+    let hash = nod_operator::render::template_hash(&nc);
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn(async move {
+        expect_running_members(&mut h, 5, &hash).await;
+        expect_objects(&mut h, 5).await;
+        expect_status(&mut h, &original).await
+    });
+    let _ = reconcile(Arc::new(nc), context(client, nod.clone())).await;
+    let status = server.await.unwrap()["status"].clone();
+    assert_eq!(*nod.calls.lock().unwrap(), ["health"], "a step was taken");
+    assert_eq!(status["clusterId"], "c2");
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert!(
+        degraded["message"].as_str().unwrap().contains("cluster c1"),
+        "{degraded}"
+    );
+}
+
 #[tokio::test]
 async fn an_invalid_spec_is_reported_and_nothing_is_applied() {
     let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
