@@ -378,9 +378,10 @@ class Runner:
             except Exception as e:  # keep serving: the API may be restarting
                 log("loop:", e)
             time.sleep(0.5)
+        log("stopping: ending every pod")
+        self.shutdown()
 
     def shutdown(self):
-        self.stopping = True
         with self.lock:
             workers = list(self.pods.values())
         for w in workers:
@@ -506,7 +507,9 @@ class PodWorker:
         deadline = time.monotonic() + 120
         while True:
             pvc = self.api.get_opt(f"/api/v1/namespaces/{self.ns}/persistentvolumeclaims/{claim}")
-            if pvc and pvc["status"].get("phase") == "Bound":
+            # A claim being deleted is not used, as the kubelet refuses it: its
+            # volume is about to go (the pod waits for the claim made anew).
+            if pvc and pvc["status"].get("phase") == "Bound" and not pvc["metadata"].get("deletionTimestamp"):
                 pv = self.api.get(f"/api/v1/persistentvolumes/{pvc['spec']['volumeName']}")
                 path = (pv["spec"].get("hostPath") or pv["spec"].get("local") or {}).get("path")
                 if not path:
@@ -514,7 +517,7 @@ class PodWorker:
                 os.makedirs(path, exist_ok=True)
                 return path
             if time.monotonic() > deadline or self.deleting.is_set():
-                raise RuntimeError(f"claim {claim} is not bound")
+                raise RuntimeError(f"claim {claim} is not bound (or is being deleted)")
             time.sleep(0.5)
 
     def project(self, d, src):
@@ -755,8 +758,9 @@ class PodWorker:
         full = ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--propagation", "private",
                 "--", "/bin/sh", "-c", script, "sh"] + argv
         logf = open(os.path.join(self.dir, "container.log"), "ab")
-        self.proc = subprocess.Popen(full, env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        with logf:
+            self.proc = subprocess.Popen(full, env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
         for i in range(len(mounts)):
             env.pop(f"S{i}"), env.pop(f"T{i}")
         with open(os.path.join(self.r.run_dir, "pids", f"pod-{self.key}.pid"), "w") as f:
@@ -868,9 +872,8 @@ def main():
     runner = Runner(args)
 
     def on_signal(*_):
-        log("stopping: ending every pod")
-        runner.shutdown()
-        sys.exit(0)
+        # Only a flag: the loop may hold the lock the shutdown takes.
+        runner.stopping = True
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
