@@ -692,10 +692,11 @@ fn track_nameless_learners(
     let mut seen = Vec::new();
     for m in h.members.iter().filter(|m| m.learner && m.name.is_empty()) {
         let id = format!("{:x}", m.id);
+        // The clock restarts while it catches up.
         let first = status
             .nameless_learners
             .iter()
-            .find(|l| l.id == id)
+            .find(|l| l.id == id && l.matched == m.matched)
             .map_or(now, |l| l.first_seen.0);
         let for_ = now
             .duration_since(first)
@@ -705,10 +706,59 @@ fn track_nameless_learners(
         kept.push(NamelessLearner {
             id,
             first_seen: Time(first),
+            matched: m.matched,
         });
     }
     status.nameless_learners = kept;
     seen
+}
+
+#[cfg(test)]
+mod nameless_learner_tests {
+    use super::*;
+
+    fn learner(id: u64, matched: u64) -> MemberView {
+        MemberView {
+            id,
+            name: String::new(),
+            learner: true,
+            leader: false,
+            healthy: true,
+            lag: 0,
+            matched,
+        }
+    }
+
+    #[test]
+    fn a_nameless_learner_that_catches_up_is_not_counted_as_stuck() {
+        let ten_minutes_ago =
+            k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(600);
+        let mut status = NodClusterStatus {
+            nameless_learners: vec![
+                NamelessLearner {
+                    id: "a".into(),
+                    first_seen: Time(ten_minutes_ago),
+                    matched: 5,
+                },
+                NamelessLearner {
+                    id: "b".into(),
+                    first_seen: Time(ten_minutes_ago),
+                    matched: 7,
+                },
+            ],
+            ..Default::default()
+        };
+        let health = Health {
+            cluster_id: 1,
+            // a: stuck at 5; b: moved from 7 to 900.
+            members: vec![learner(0xa, 5), learner(0xb, 900)],
+            client_urls: vec![],
+        };
+        let seen = track_nameless_learners(&mut status, Some(&health));
+        assert!(seen[0].1 >= Duration::from_secs(599), "{seen:?}");
+        assert!(seen[1].1 < Duration::from_secs(5), "{seen:?}");
+        assert_eq!(status.nameless_learners[1].matched, 900);
+    }
 }
 
 /// Resizes claims to `storage.size` where their StorageClass allows it;

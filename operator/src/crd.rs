@@ -302,7 +302,13 @@ pub struct MemberStatus {
 pub struct NamelessLearner {
     /// The member id, in hex.
     pub id: String,
+    /// When it was first seen nameless, or last seen catching up (its
+    /// matched index moving): a slow join of a large database is progress,
+    /// not a join that never finished.
     pub first_seen: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// Its matched index then.
+    #[serde(default)]
+    pub matched: u64,
 }
 
 impl NodClusterSpec {
