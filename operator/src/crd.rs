@@ -294,6 +294,9 @@ pub struct MemberStatus {
     pub healthy: bool,
     /// How far the member's log matches the leader's.
     #[serde(default)]
+    // int64 in the schema: the API server warns on schemars' "uint64"
+    // (not an OpenAPI format it knows) at every install of the CRD.
+    #[schemars(extend("format" = "int64"))]
     pub applied_index: u64,
 }
 
@@ -308,6 +311,7 @@ pub struct NamelessLearner {
     pub first_seen: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
     /// Its matched index then.
     #[serde(default)]
+    #[schemars(extend("format" = "int64"))]
     pub matched: u64,
 }
 

@@ -177,8 +177,16 @@ def ensure_example():
 
 def scenario_install():
     """helm install; kubectl apply examples/nodcluster.yaml; 3/3 Running; etcdctl through the client Service."""
-    helm("install", "nod-operator", os.path.join(ROOT, "charts", "nod-operator"), "-n", "nod-system",
-         "--create-namespace", "--wait", "--timeout", "180s", timeout=240)
+    r = subprocess.run([os.path.join(BIN, "helm"), "install", "nod-operator",
+                        os.path.join(ROOT, "charts", "nod-operator"), "-n", "nod-system",
+                        "--create-namespace", "--wait", "--timeout", "180s"],
+                       capture_output=True, text=True, env=ENV, timeout=240)
+    if r.returncode != 0:
+        raise Failed(f"helm install: {r.stderr.strip()}")
+    # The API server warns about what it does not understand in the CRD.
+    warnings = [line for line in r.stderr.splitlines() if "Warning" in line]
+    if warnings:
+        raise Failed(f"helm install printed warnings: {warnings}")
     dep = kjson("get", "deployment", "nod-operator", "-n", "nod-system")
     if dep["status"].get("readyReplicas") != 1:
         raise Failed(f"the operator's Deployment is not ready: {dep['status']}")
