@@ -7,7 +7,7 @@ drives the cluster the way a user does (helm, kubectl, etcdctl) and asserts
 its state through kubectl and through Nod's own API. Ends with the line
 ``k8s-e2e: N scenarios, N passed, 0 failed``.
 
-usage: e2e.py [--only NAME[,NAME...]] [--list]
+usage: e2e.py [--only NAME[,NAME...] | --core] [--list]
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUN = os.environ.get("NOD_K8S_RUN", "/tmp/nod-k8s")
-BIN = open(os.path.join(RUN, "bin")).read().strip()
+# Where scripts/k8s/up found kubectl and helm (absent before it ran: --list works anyway).
+BIN = open(os.path.join(RUN, "bin")).read().strip() if os.path.exists(os.path.join(RUN, "bin")) else ""
 ENV = dict(os.environ, KUBECONFIG=os.path.join(RUN, "admin.kubeconfig"))
 ETCDCTL = os.environ.get("ETCDCTL", "etcdctl")
 
@@ -670,7 +671,7 @@ def scenario_operator_restart():
          "--reuse-values", "--set", "replicaCount=1", "--wait", "--timeout", "180s", timeout=240)
 
 
-# The issue's numbering (scenario 1 to 9). CI runs CORE unless NOD_K8S_E2E=full.
+# The issue's numbering (scenario 1 to 9). CI runs CORE (--core) unless NOD_K8S_E2E=full.
 SCENARIOS = [
     ("install", scenario_install),
     ("scale-up-from-one", scenario_scale_up_from_one),
@@ -699,6 +700,7 @@ def dump_state():
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--only", default="")
+    p.add_argument("--core", action="store_true", help="only " + ", ".join(CORE) + " (what CI runs)")
     p.add_argument("--list", action="store_true")
     args = p.parse_args()
     if args.list:
@@ -706,7 +708,7 @@ def main():
             print(f"{name}: {fn.__doc__}")
         return 0
     only = [s for s in args.only.split(",") if s]
-    if not only and os.environ.get("NOD_K8S_E2E") != "full":
+    if args.core and not only:
         only = CORE
     unknown = [n for n in only if n not in dict(SCENARIOS)]
     if unknown:
