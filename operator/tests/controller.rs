@@ -291,6 +291,28 @@ async fn expect_objects(h: &mut Handle, replicas: i32) -> Value {
     sts
 }
 
+/// A scale step: the StatefulSet to `replicas`, then its disruption budget
+/// to a quorum of that, in one reconcile. Returns both patches.
+async fn expect_scale_step(h: &mut Handle, replicas: i32, min_available: i32) -> (Value, Value) {
+    let sts = expect(
+        h,
+        "PATCH",
+        "/apis/apps/v1/namespaces/default/statefulsets/demo",
+        echo,
+    )
+    .await;
+    assert_eq!(sts["spec"]["replicas"], replicas);
+    let pdb = expect(
+        h,
+        "PATCH",
+        "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
+        echo,
+    )
+    .await;
+    assert_eq!(pdb["spec"]["minAvailable"], min_available);
+    (sts, pdb)
+}
+
 fn context(client: kube::Client, nod: FakeNod) -> Arc<Context<FakeNod>> {
     Arc::new(Context {
         client,
@@ -413,24 +435,9 @@ async fn the_first_leader_seen_founds_the_cluster_and_later_pods_only_join() {
         let sts = expect_objects(&mut h, 1).await;
         let no_founding = |sts: &Value| !args(sts).iter().any(|a| a.starts_with("--bootstrap"));
         assert!(no_founding(&sts), "{:?}", args(&sts));
-        let scaled = expect(
-            &mut h,
-            "PATCH",
-            "/apis/apps/v1/namespaces/default/statefulsets/demo",
-            echo,
-        )
-        .await;
-        assert_eq!(scaled["spec"]["replicas"], 3);
-        assert!(no_founding(&scaled), "{:?}", args(&scaled));
         // The disruption budget follows the size in the same step.
-        let pdb = expect(
-            &mut h,
-            "PATCH",
-            "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
-            echo,
-        )
-        .await;
-        assert_eq!(pdb["spec"]["minAvailable"], 2);
+        let (scaled, _) = expect_scale_step(&mut h, 3, 2).await;
+        assert!(no_founding(&scaled), "{:?}", args(&scaled));
         expect_status(&mut h, &original).await
     });
     reconcile(Arc::new(nc), context(client, nod.clone()))
@@ -526,22 +533,7 @@ async fn after_the_removal_the_statefulset_and_its_budget_shrink_by_one() {
     let server = tokio::spawn(async move {
         expect_running_members(&mut h, 5, &hash).await;
         expect_objects(&mut h, 5).await;
-        let sts = expect(
-            &mut h,
-            "PATCH",
-            "/apis/apps/v1/namespaces/default/statefulsets/demo",
-            echo,
-        )
-        .await;
-        assert_eq!(sts["spec"]["replicas"], 4);
-        let pdb = expect(
-            &mut h,
-            "PATCH",
-            "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
-            echo,
-        )
-        .await;
-        assert_eq!(pdb["spec"]["minAvailable"], 3);
+        expect_scale_step(&mut h, 4, 3).await;
         expect_status(&mut h, &original).await
     });
     reconcile(Arc::new(nc), context(client, nod.clone()))
@@ -575,21 +567,7 @@ async fn a_step_recorded_in_status_survives_a_reconcile_of_a_stale_copy() {
         // Second reconcile, of the copy from before that status write.
         expect_running_members(&mut h, 5, &hash).await;
         expect_objects(&mut h, 5).await;
-        let sts = expect(
-            &mut h,
-            "PATCH",
-            "/apis/apps/v1/namespaces/default/statefulsets/demo",
-            echo,
-        )
-        .await;
-        assert_eq!(sts["spec"]["replicas"], 4);
-        expect(
-            &mut h,
-            "PATCH",
-            "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
-            echo,
-        )
-        .await;
+        expect_scale_step(&mut h, 4, 3).await;
         (first, expect_status(&mut h, &original).await)
     });
     let five = FakeNod {

@@ -280,7 +280,27 @@ def scenario_pod_deletion():
 
 
 
-class Writer:
+class Background:
+    """Runs `run` on a thread for the length of a `with` block; `run` loops
+    until `self.stop` is set."""
+
+    def __init__(self):
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def run(self):
+        raise NotImplementedError
+
+
+class Writer(Background):
     """A steady write load through the client Service: every write the
     cluster acknowledged (etcdctl exit 0) must be readable at the end."""
 
@@ -289,12 +309,7 @@ class Writer:
         self.prefix = prefix
         self.acked = []
         self.failed = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
+        super().__init__()
 
     def run(self):
         n = 0
@@ -308,10 +323,6 @@ class Writer:
                 self.failed += 1
             n += 1
             time.sleep(0.05)
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
 
     def check(self):
         keys = set(etcdctl(self.svc, "get", "--prefix", self.prefix, "--keys-only").split())
@@ -459,7 +470,7 @@ def member_args(pod):
     return pod["spec"]["containers"][0].get("args", [])
 
 
-class Watcher:
+class Watcher(Background):
     """Samples the member pods while a roll runs: how many are unavailable
     at once, and the order in which pods are replaced."""
 
@@ -470,12 +481,7 @@ class Watcher:
         self.leader = None  # the leader status shows, as last sampled
         self.leader_at = {}  # pod name -> the leader when its replacement was seen
         self.uids = {k: v["metadata"]["uid"] for k, v in pods(name).items()}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
+        super().__init__()
 
     def run(self):
         while not self.stop.is_set():
@@ -497,10 +503,6 @@ class Watcher:
             except Exception:
                 pass
             time.sleep(0.3)
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
 
 
 def leader_pod(name):
