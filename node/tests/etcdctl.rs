@@ -4,50 +4,10 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{eventually, leader, Cluster};
-
-fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new("etcdctl");
-    cmd.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .arg("--command-timeout=10s")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| {
-        panic!("etcdctl is not installed ({e}); ./scripts/setup installs Debian's etcd-client")
-    });
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
-/// Runs etcdctl, asserts success, returns stdout.
-fn ok(endpoints: &str, args: &[&str]) -> String {
-    let out = etcdctl(endpoints, args, None);
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use support::{etcdctl, etcdctl_ok as ok, eventually, leader, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcdctl_works_against_nod() {

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{eventually, Member};
+use support::{etcdctl_ok as etcdctl, eventually, Member};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_waiting_for_peers_is_live_not_ready_and_stops_on_sigterm() {
@@ -47,25 +47,6 @@ async fn a_node_waiting_for_peers_is_live_not_ready_and_stops_on_sigterm() {
         "it took {took:?} to stop after SIGTERM"
     );
     assert!(ms[0].http_get("/healthz").is_none(), "the port is closed");
-}
-
-fn etcdctl(endpoints: &str, args: &[&str]) -> String {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .arg("--command-timeout=10s")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("etcdctl is not installed ({e}); ./scripts/setup installs Debian's etcd-client")
-        });
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,9 +7,10 @@
 pub mod network;
 pub mod proxy;
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nod::client::Client;
@@ -351,4 +352,44 @@ pub async fn leader(endpoints: &[String]) -> u64 {
         },
     )
     .await
+}
+
+/// Runs Debian's etcdctl (v3 API) against `endpoints`, with `stdin` piped in.
+pub fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg("--command-timeout=10s")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!("etcdctl is not installed ({e}); ./scripts/setup installs Debian's etcd-client")
+    });
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs etcdctl, asserts success, returns stdout.
+pub fn etcdctl_ok(endpoints: &str, args: &[&str]) -> String {
+    let out = etcdctl(endpoints, args, None);
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
