@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod client;
+pub mod driver;
 pub mod gossip;
 pub mod server;
 pub mod storage;

@@ -1,0 +1,271 @@
+//! Applying committed entries to the MVCC state machine: runs of ordinary
+//! entries under one hold of the watch hub and the store, written as one
+//! batch, their callers answered after that write; a membership change
+//! ends a run (it updates the peers, which reads the store). Watch events
+//! are published under the hub lock, so a new watcher sees each event once.
+//! No I/O of its own: the store is the platform's.
+
+use std::sync::{MutexGuard, RwLockWriteGuard};
+
+use nod_raft::{ConfChange, ConfChangeKind, Entry, EntryPayload, Role};
+
+use super::platform::{Replies, Reply};
+use super::request::{Applied, DriverError, Fatal, Outcome};
+use super::{Core, Platform};
+use crate::api::etcd::etcdserverpb::Member;
+use crate::api::etcd::mvccpb::Event;
+use crate::server::command::{self, MemberAttributes, Op};
+use crate::server::watch_hub::HubState;
+use crate::storage::{KvError, KvStore};
+
+type Answer<P> = (
+    <<P as Platform>::Replies as Replies>::Reply<Applied>,
+    Result<Applied, DriverError>,
+);
+
+/// Hands an applied write's watch events to the hub, first reading the
+/// previous values a watcher asked for that apply left out, and gives back
+/// the write's outcome (a request error publishes nothing).
+fn publish<A>(
+    hub: &mut HubState,
+    store: &KvStore,
+    applied: Result<A, KvError>,
+    split: impl FnOnce(A) -> (Vec<Event>, Outcome),
+) -> Result<Result<Outcome, DriverError>, Fatal> {
+    let (mut events, outcome) = match applied {
+        Ok(a) => split(a),
+        Err(e) => return Ok(Err(DriverError::from(e))),
+    };
+    let revision = store.current_revision();
+    if hub.wants_prev(revision, &events) {
+        store.fill_prev(&mut events)?;
+    }
+    hub.publish(revision, &events);
+    Ok(Ok(outcome))
+}
+
+impl<P: Platform> Core<P> {
+    pub(super) fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), Fatal> {
+        let shared = self.shared.clone();
+        let hub = shared.hub.clone();
+        let mut held: Option<(MutexGuard<'_, HubState>, RwLockWriteGuard<'_, KvStore>)> = None;
+        let mut answers = Vec::new();
+        for entry in entries {
+            if matches!(entry.payload, EntryPayload::ConfChange(_)) {
+                if let Some((h, mut store)) = held.take() {
+                    store.end_batch()?;
+                    drop(store);
+                    drop(h);
+                }
+                self.answer(std::mem::take(&mut answers));
+                self.apply_conf_entry(entry)?;
+                continue;
+            }
+            let (h, store) = held.get_or_insert_with(|| {
+                let h = hub.lock();
+                let mut store = shared.store_mut();
+                store.begin_batch();
+                (h, store)
+            });
+            if let Some(a) = self.apply_entry(store, h, entry)? {
+                answers.push(a);
+            }
+        }
+        if let Some((h, mut store)) = held.take() {
+            store.end_batch()?;
+            drop(store);
+            drop(h);
+        }
+        self.answer(answers);
+        Ok(())
+    }
+
+    fn answer(&self, answers: Vec<Answer<P>>) {
+        let metrics = &self.shared.metrics;
+        for (reply, result) in answers {
+            metrics.proposals_pending.dec();
+            match &result {
+                Ok(_) => metrics.proposals_committed.inc(),
+                Err(_) => metrics.proposals_failed.inc(),
+            }
+            reply.send(result);
+        }
+    }
+
+    /// The request waiting for `entry` on this node, if any; fails the ones
+    /// the entry shows were lost or passed over.
+    fn take_waiter(&mut self, entry: &Entry) -> Option<<P::Replies as Replies>::Reply<Applied>> {
+        let metrics = &self.shared.metrics;
+        let waiter = self.waiters.take(entry, metrics);
+        self.forwarding.settle(entry, metrics);
+        waiter
+    }
+
+    /// Applies an empty or ordinary entry; returns the answer for whoever waits.
+    fn apply_entry(
+        &mut self,
+        store: &mut KvStore,
+        hub: &mut HubState,
+        entry: Entry,
+    ) -> Result<Option<Answer<P>>, Fatal> {
+        let applied = (entry.index.0, entry.term.0);
+        let mut waiter = self.take_waiter(&entry);
+        let result: Result<Outcome, DriverError> = match entry.payload {
+            EntryPayload::Normal(data) => match command::decode(&data) {
+                Err(e) => {
+                    tracing::warn!(index = entry.index.0, error = %e, "applying an undecodable entry as a no-op");
+                    store.apply_noop(applied)?;
+                    Err(DriverError::Rejected(e.to_string()))
+                }
+                Ok((id, origin, op)) => {
+                    if waiter.is_none() && id != 0 && origin == self.shared.member_id {
+                        waiter = self.forwarding.take(id);
+                    }
+                    self.apply_op(store, hub, op, applied)?
+                }
+            },
+            // Empty, or a membership change handed here by mistake.
+            _ => {
+                store.apply_noop(applied)?;
+                Ok(Outcome::Nothing)
+            }
+        };
+        let revision = store.current_revision();
+        Ok(waiter.map(|reply| {
+            (
+                reply,
+                result.map(|outcome| Applied {
+                    outcome,
+                    revision,
+                    term: entry.term.0,
+                }),
+            )
+        }))
+    }
+
+    fn apply_conf_entry(&mut self, entry: Entry) -> Result<(), Fatal> {
+        let applied = (entry.index.0, entry.term.0);
+        let waiter = self.take_waiter(&entry);
+        let EntryPayload::ConfChange(cc) = &entry.payload else {
+            return Err(Fatal::Store(format!(
+                "entry {} is not a membership change",
+                entry.index.0
+            )));
+        };
+        let shared = self.shared.clone();
+        let hub = shared.hub.lock();
+        let mut store = shared.store_mut();
+        let outcome = apply_conf_change(&mut store, cc, applied)?;
+        let revision = store.current_revision();
+        drop(store);
+        drop(hub);
+        self.refresh_peers();
+        if cc.kind == ConfChangeKind::Remove && cc.node.0 == self.shared.member_id {
+            tracing::warn!("this member was removed from the cluster; stopping");
+            self.shared.status_mut().removed = true;
+        }
+        if let Some(reply) = waiter {
+            let applied = Applied {
+                outcome,
+                revision,
+                term: entry.term.0,
+            };
+            self.answer(vec![(reply, Ok(applied))]);
+        }
+        Ok(())
+    }
+
+    fn apply_op(
+        &mut self,
+        store: &mut KvStore,
+        hub: &mut HubState,
+        op: Op,
+        applied: (u64, u64),
+    ) -> Result<Result<Outcome, DriverError>, Fatal> {
+        Ok(match op {
+            Op::Put(p) => {
+                let r = store.apply_put(&p, applied)?;
+                publish(hub, store, r, |a| (a.events, Outcome::Put(a.response)))?
+            }
+            Op::DeleteRange(d) => {
+                let r = store.apply_delete(&d, applied)?;
+                publish(hub, store, r, |a| (a.events, Outcome::Delete(a.response)))?
+            }
+            Op::Txn(t) => {
+                let r = store.apply_txn(&t, applied)?;
+                publish(hub, store, r, |a| (a.events, Outcome::Txn(a.response)))?
+            }
+            Op::Compaction(c) => store
+                .apply_compaction(&c, applied)?
+                .map(|()| Outcome::Compacted)
+                .map_err(DriverError::from),
+            Op::LeaseGrant(g) => {
+                let r = store.apply_lease_grant(g.id, g.ttl, applied)?;
+                if r.is_ok() && self.node.role() == Role::Leader {
+                    self.leases.granted(g.id, g.ttl, self.now);
+                }
+                r.map(|()| Outcome::LeaseGranted).map_err(DriverError::from)
+            }
+            Op::LeaseRevoke(r) => {
+                self.leases.revoked(r.id);
+                let r = store.apply_lease_revoke(r.id, applied)?;
+                publish(hub, store, r, |events| (events, Outcome::LeaseRevoked))?
+            }
+            Op::MemberAttributes(m) => {
+                match store.member(m.id).cloned() {
+                    Some(mut cur) => {
+                        cur.name = m.name;
+                        cur.client_ur_ls = m.client_urls;
+                        store.apply_member(m.id, Some(cur), applied)?;
+                    }
+                    None => store.apply_noop(applied)?,
+                }
+                Ok(Outcome::Nothing)
+            }
+            Op::MemberPeerUrls(m) => match store.member(m.id).cloned() {
+                Some(mut cur) => {
+                    cur.peer_ur_ls = m.peer_urls;
+                    store.apply_member(m.id, Some(cur), applied)?;
+                    Ok(Outcome::Members(store.members()))
+                }
+                None => {
+                    store.apply_noop(applied)?;
+                    Err(DriverError::Rejected("member not found".into()))
+                }
+            },
+        })
+    }
+}
+
+fn apply_conf_change(
+    store: &mut KvStore,
+    cc: &ConfChange,
+    applied: (u64, u64),
+) -> Result<Outcome, Fatal> {
+    let id = cc.node.0;
+    match cc.kind {
+        ConfChangeKind::AddLearner | ConfChangeKind::AddVoter => {
+            let attrs = command::decode_member(&cc.context).unwrap_or(MemberAttributes {
+                id,
+                ..Default::default()
+            });
+            let member = Member {
+                id,
+                name: attrs.name,
+                peer_ur_ls: attrs.peer_urls,
+                client_ur_ls: attrs.client_urls,
+                is_learner: cc.kind == ConfChangeKind::AddLearner,
+            };
+            store.apply_member(id, Some(member), applied)?;
+        }
+        ConfChangeKind::PromoteLearner => match store.member(id).cloned() {
+            Some(mut m) => {
+                m.is_learner = false;
+                store.apply_member(id, Some(m), applied)?;
+            }
+            None => store.apply_noop(applied)?,
+        },
+        ConfChangeKind::Remove => store.apply_member(id, None, applied)?,
+    }
+    Ok(Outcome::Members(store.members()))
+}

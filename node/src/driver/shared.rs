@@ -1,0 +1,38 @@
+//! What the driver shares with the API layer: the state machine (read by
+//! serializable reads and after ReadIndex), the watch hub, the status the
+//! API reports, and the metrics. Written only by the driver. No I/O.
+
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use super::request::NodeStatus;
+use crate::server::metrics::Metrics;
+use crate::server::watch_hub::WatchHub;
+use crate::storage::KvStore;
+
+pub struct Shared {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub name: String,
+    pub store: RwLock<KvStore>,
+    pub hub: WatchHub,
+    pub status: RwLock<NodeStatus>,
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    pub fn status(&self) -> NodeStatus {
+        self.status
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    pub fn store(&self) -> RwLockReadGuard<'_, KvStore> {
+        self.store.read().unwrap_or_else(|p| p.into_inner())
+    }
+    pub(crate) fn store_mut(&self) -> RwLockWriteGuard<'_, KvStore> {
+        self.store.write().unwrap_or_else(|p| p.into_inner())
+    }
+    pub(crate) fn status_mut(&self) -> RwLockWriteGuard<'_, NodeStatus> {
+        self.status.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
