@@ -1,6 +1,8 @@
 //! Durable storage: the Raft log store in RocksDB and its record encoding.
-//! The MVCC state machine (`kv_store`) lives beside the log in its own RocksDB.
+//! The MVCC state machine (`kv_store`) lives beside the log in its own
+//! RocksDB, over a `backend::Backend` (RocksDB, or memory for simulation).
 
+pub mod backend;
 pub mod checkpoint;
 pub mod codec;
 pub mod kv_store;

@@ -1,0 +1,130 @@
+//! The state machine's keyspaces as column families of one RocksDB (the
+//! server's backend, `<data>/kv`). Does I/O.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, WriteBatch, DB};
+
+use super::{Backend, BackendError, Batch, BatchOp, Entry, Keyspace};
+
+pub struct RocksBackend {
+    db: Arc<DB>,
+    path: PathBuf,
+}
+
+fn err(context: &str, e: impl std::fmt::Display) -> BackendError {
+    BackendError(format!("{context}: {e}"))
+}
+
+impl RocksBackend {
+    /// Opens (creating if needed) the database in `dir` with every keyspace.
+    pub fn open(dir: &Path) -> Result<RocksBackend, BackendError> {
+        let opts = crate::storage::tuning::db_options();
+        let cache = crate::storage::tuning::block_cache();
+        let cfs = Keyspace::ALL.map(|k| {
+            ColumnFamilyDescriptor::new(k.name(), crate::storage::tuning::cf_options(&cache))
+        });
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
+            let text = e.to_string();
+            if text.to_ascii_lowercase().contains("lock") {
+                BackendError(format!(
+                    "data directory {} is in use by another process (its RocksDB LOCK is held): {text}",
+                    dir.display()
+                ))
+            } else {
+                err(&format!("cannot open the state machine in {}", dir.display()), text)
+            }
+        })?;
+        Ok(RocksBackend {
+            db: Arc::new(db),
+            path: dir.to_path_buf(),
+        })
+    }
+
+    /// Opens a checkpoint of the store read-only (nothing in it changes).
+    pub fn open_read_only(dir: &Path) -> Result<RocksBackend, BackendError> {
+        let db = DB::open_cf_for_read_only(
+            &rocksdb::Options::default(),
+            dir,
+            Keyspace::ALL.map(Keyspace::name),
+            false,
+        )
+        .map_err(|e| err("opening a checkpoint", e))?;
+        Ok(RocksBackend {
+            db: Arc::new(db),
+            path: dir.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The database, for taking a checkpoint off the driver's thread.
+    pub fn db_handle(&self) -> Arc<DB> {
+        self.db.clone()
+    }
+
+    fn cf(&self, keyspace: Keyspace) -> &ColumnFamily {
+        self.db
+            .cf_handle(keyspace.name())
+            .expect("column family created at open")
+    }
+}
+
+impl Backend for RocksBackend {
+    fn get(&self, keyspace: Keyspace, key: &[u8]) -> Result<Option<Cow<'_, [u8]>>, BackendError> {
+        self.db
+            .get_cf(self.cf(keyspace), key)
+            .map(|v| v.map(Cow::Owned))
+            .map_err(|e| err(&format!("reading {}", keyspace.name()), e))
+    }
+
+    fn scan_from<'a>(
+        &'a self,
+        keyspace: Keyspace,
+        from: &[u8],
+    ) -> impl Iterator<Item = Result<Entry<'a>, BackendError>> + 'a {
+        self.db
+            .iterator_cf(
+                self.cf(keyspace),
+                IteratorMode::From(from, Direction::Forward),
+            )
+            .map(move |item| {
+                item.map(|(k, v)| (Cow::Owned(k.into_vec()), Cow::Owned(v.into_vec())))
+                    .map_err(|e| err(&format!("scanning {}", keyspace.name()), e))
+            })
+    }
+
+    fn write(&mut self, batch: Batch) -> Result<(), BackendError> {
+        let mut b = WriteBatch::default();
+        for op in batch.into_ops() {
+            match op {
+                BatchOp::Put {
+                    keyspace,
+                    key,
+                    value,
+                } => b.put_cf(self.cf(keyspace), key, value),
+                BatchOp::Delete { keyspace, key } => b.delete_cf(self.cf(keyspace), key),
+            }
+        }
+        self.db.write(b).map_err(|e| err("writing a batch", e))
+    }
+
+    fn size(&self) -> u64 {
+        let mut total = 0u64;
+        for keyspace in Keyspace::ALL {
+            for prop in [
+                "rocksdb.total-sst-files-size",
+                "rocksdb.size-all-mem-tables",
+            ] {
+                if let Ok(Some(v)) = self.db.property_int_value_cf(self.cf(keyspace), prop) {
+                    total += v;
+                }
+            }
+        }
+        total
+    }
+}
