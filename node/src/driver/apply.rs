@@ -16,6 +16,7 @@ use crate::api::etcd::etcdserverpb::Member;
 use crate::api::etcd::mvccpb::Event;
 use crate::server::command::{self, MemberAttributes, Op};
 use crate::server::watch_hub::HubState;
+use crate::storage::backend::Backend;
 use crate::storage::{KvError, KvStore};
 
 type Answer<P> = (
@@ -26,9 +27,9 @@ type Answer<P> = (
 /// Hands an applied write's watch events to the hub, first reading the
 /// previous values a watcher asked for that apply left out, and gives back
 /// the write's outcome (a request error publishes nothing).
-fn publish<A>(
+fn publish<A, B: Backend>(
     hub: &mut HubState,
-    store: &KvStore,
+    store: &KvStore<B>,
     applied: Result<A, KvError>,
     split: impl FnOnce(A) -> (Vec<Event>, Outcome),
 ) -> Result<Result<Outcome, DriverError>, Fatal> {
@@ -48,7 +49,10 @@ impl<P: Platform> Core<P> {
     pub(super) fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), Fatal> {
         let shared = self.shared.clone();
         let hub = shared.hub.clone();
-        let mut held: Option<(MutexGuard<'_, HubState>, RwLockWriteGuard<'_, KvStore>)> = None;
+        let mut held: Option<(
+            MutexGuard<'_, HubState>,
+            RwLockWriteGuard<'_, KvStore<P::Backend>>,
+        )> = None;
         let mut answers = Vec::new();
         for entry in entries {
             if matches!(entry.payload, EntryPayload::ConfChange(_)) {
@@ -104,7 +108,7 @@ impl<P: Platform> Core<P> {
     /// Applies an empty or ordinary entry; returns the answer for whoever waits.
     fn apply_entry(
         &mut self,
-        store: &mut KvStore,
+        store: &mut KvStore<P::Backend>,
         hub: &mut HubState,
         entry: Entry,
     ) -> Result<Option<Answer<P>>, Fatal> {
@@ -177,7 +181,7 @@ impl<P: Platform> Core<P> {
 
     fn apply_op(
         &mut self,
-        store: &mut KvStore,
+        store: &mut KvStore<P::Backend>,
         hub: &mut HubState,
         op: Op,
         applied: (u64, u64),
@@ -237,8 +241,8 @@ impl<P: Platform> Core<P> {
     }
 }
 
-fn apply_conf_change(
-    store: &mut KvStore,
+fn apply_conf_change<B: Backend>(
+    store: &mut KvStore<B>,
     cc: &ConfChange,
     applied: (u64, u64),
 ) -> Result<Outcome, Fatal> {

@@ -72,7 +72,7 @@ pub enum Turn {
 
 pub struct Core<P: Platform> {
     node: RawNode<P::Log>,
-    shared: Arc<Shared>,
+    shared: Arc<Shared<P::Backend>>,
     net: P::Net,
     snapshots: P::Snapshots,
     config: CoreConfig,
@@ -95,7 +95,7 @@ pub struct Core<P: Platform> {
 impl<P: Platform> Core<P> {
     pub fn new(
         node: RawNode<P::Log>,
-        shared: Arc<Shared>,
+        shared: Arc<Shared<P::Backend>>,
         net: P::Net,
         snapshots: P::Snapshots,
         config: CoreConfig,
@@ -123,7 +123,7 @@ impl<P: Platform> Core<P> {
         core
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
+    pub fn shared(&self) -> &Arc<Shared<P::Backend>> {
         &self.shared
     }
 

@@ -9,6 +9,7 @@ use nod_raft::{Message, NodeId};
 
 use super::request::{DriverError, Fatal};
 use crate::server::command::MemberAttributes;
+use crate::storage::backend::Backend;
 use crate::storage::checkpoint::CheckpointInfo;
 use crate::storage::KvStore;
 use crate::transport::nodserverpb::ProposeResult;
@@ -67,15 +68,15 @@ pub trait Network {
 }
 
 /// State machine snapshots (checkpoints).
-pub trait Snapshotter {
+pub trait Snapshotter<B: Backend> {
     /// Starts a checkpoint of `store` in the background; the result comes
     /// back through `Core::on_snapshot_taken`.
-    fn take(&mut self, store: &KvStore);
+    fn take(&mut self, store: &KvStore<B>);
     /// Keeps the newest `keep` checkpoints.
     fn prune(&mut self, keep: usize);
     /// Opens the checkpoint of `(index, term)` that the leader sent, as the
     /// store to replace the current one with.
-    fn open_received(&mut self, index: u64, term: u64) -> Result<KvStore, Fatal>;
+    fn open_received(&mut self, index: u64, term: u64) -> Result<KvStore<B>, Fatal>;
     /// Called once the old store is dropped after an install: clear it away.
     fn installed(&mut self) -> Result<(), Fatal>;
 }
@@ -89,9 +90,11 @@ pub trait Stopwatch {
 
 /// The edges, chosen together.
 pub trait Platform: 'static {
+    /// Where the state machine keeps its data.
+    type Backend: Backend;
     type Log: nod_raft::StorageWrite;
     type Net: Network;
-    type Snapshots: Snapshotter;
+    type Snapshots: Snapshotter<Self::Backend>;
     type Replies: Replies;
     type Stopwatch: Stopwatch;
 }

@@ -7,29 +7,30 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use super::request::NodeStatus;
 use crate::server::metrics::Metrics;
 use crate::server::watch_hub::WatchHub;
+use crate::storage::backend::{Backend, RocksBackend};
 use crate::storage::KvStore;
 
-pub struct Shared {
+pub struct Shared<B: Backend = RocksBackend> {
     pub member_id: u64,
     pub cluster_id: u64,
     pub name: String,
-    pub store: RwLock<KvStore>,
+    pub store: RwLock<KvStore<B>>,
     pub hub: WatchHub,
     pub status: RwLock<NodeStatus>,
     pub metrics: Metrics,
 }
 
-impl Shared {
+impl<B: Backend> Shared<B> {
     pub fn status(&self) -> NodeStatus {
         self.status
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
-    pub fn store(&self) -> RwLockReadGuard<'_, KvStore> {
+    pub fn store(&self) -> RwLockReadGuard<'_, KvStore<B>> {
         self.store.read().unwrap_or_else(|p| p.into_inner())
     }
-    pub(crate) fn store_mut(&self) -> RwLockWriteGuard<'_, KvStore> {
+    pub(crate) fn store_mut(&self) -> RwLockWriteGuard<'_, KvStore<B>> {
         self.store.write().unwrap_or_else(|p| p.into_inner())
     }
     pub(crate) fn status_mut(&self) -> RwLockWriteGuard<'_, NodeStatus> {

@@ -19,6 +19,7 @@ use crate::driver::{
     Snapshotter, Stopwatch, Taken, Turn,
 };
 use crate::server::command::{MemberAttributes, Op};
+use crate::storage::backend::RocksBackend;
 use crate::storage::checkpoint;
 use crate::storage::{KvStore, LogStore};
 use crate::transport::nodserverpb::ProposeResult;
@@ -102,7 +103,7 @@ pub struct Checkpoints {
     seconds: prometheus::Histogram,
 }
 
-impl Snapshotter for Checkpoints {
+impl Snapshotter<RocksBackend> for Checkpoints {
     fn take(&mut self, store: &KvStore) {
         let db = store.db_handle();
         let root = self.root.clone();
@@ -132,6 +133,7 @@ impl Snapshotter for Checkpoints {
 pub struct ServerPlatform;
 
 impl Platform for ServerPlatform {
+    type Backend = RocksBackend;
     type Log = LogStore;
     type Net = PeerNetwork;
     type Snapshots = Checkpoints;
