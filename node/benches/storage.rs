@@ -4,13 +4,16 @@
 //! - the Raft log's steady state: append one entry (no fsync) and read its
 //!   term back, as the leader does for every entry (a range tombstone per
 //!   append once made this grow with every write);
-//! - the MVCC store: applying a put, and a one-key and a 100-key range;
+//! - the MVCC store: applying a put, and a one-key and a 100-key range,
+//!   over RocksDB (`mvcc`, the server's) and over memory (`mvcc_memory`,
+//!   the simulator's);
 //! - the peer codec: encoding and decoding an Append of 64 entries.
 //!
 //! `cargo bench -p nod --bench storage`
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use nod::api::etcd::etcdserverpb::{PutRequest, RangeRequest};
+use nod::storage::backend::Backend;
 use nod::storage::{KvStore, LogStore};
 use nod::transport::codec::{decode_message, encode_message};
 use nod_raft::{
@@ -70,7 +73,12 @@ fn log_append_then_term(c: &mut Criterion) {
 
 fn mvcc(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut kv = KvStore::open(&dir.path().join("kv")).expect("open store");
+    let kv = KvStore::open(&dir.path().join("kv")).expect("open store");
+    mvcc_over(c, "mvcc", kv);
+    mvcc_over(c, "mvcc_memory", KvStore::in_memory());
+}
+
+fn mvcc_over<B: Backend>(c: &mut Criterion, group: &str, mut kv: KvStore<B>) {
     let mut index = 1u64;
     for i in 0..10_000u64 {
         let req = PutRequest {
@@ -83,7 +91,7 @@ fn mvcc(c: &mut Criterion) {
             .expect("put")
             .expect("applied");
     }
-    let mut group = c.benchmark_group("mvcc");
+    let mut group = c.benchmark_group(group);
     group.bench_function("put", |b| {
         let mut i = 0u64;
         b.iter(|| {

@@ -1,20 +1,105 @@
-//! The MVCC state machine on a real RocksDB: etcd's revision rules, history,
-//! compaction, leases, transactions, and restart with the applied index.
+//! The MVCC state machine's conformance suite: etcd's revision rules,
+//! history, compaction, leases, transactions, and restart with the applied
+//! index, each check run against both backends (RocksDB on disk, with a
+//! real close and reopen; memory, reopened from what its backend holds),
+//! as `nod_raft::conformance` does for the log. Then what only one backend
+//! has: a corrupt file on disk, the memory image of a simulated snapshot.
 
 use nod::api::etcd::etcdserverpb::{
     compare, request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
     RangeRequest, RequestOp, TxnRequest,
 };
 use nod::api::etcd::mvccpb::event::EventType;
+use nod::storage::backend::{Backend, Batch, Keyspace, MemoryBackend, RocksBackend};
 use nod::storage::kv_store::KeyRange;
 use nod::storage::{KvError, KvStore};
 
-struct Fixture {
-    store: KvStore,
+/// How the suite makes and reopens stores.
+trait Harness {
+    type Backend: Backend;
+    /// A new, empty store.
+    fn create(&mut self) -> KvStore<Self::Backend>;
+    /// Closes the store and opens it again from what its backend holds: a
+    /// batch not ended is lost, as in a crash.
+    fn reopen(&mut self, store: KvStore<Self::Backend>) -> KvStore<Self::Backend>;
+}
+
+struct Rocks {
+    root: tempfile::TempDir,
+    made: usize,
+}
+
+impl Rocks {
+    fn new() -> Rocks {
+        Rocks {
+            root: tempfile::tempdir().unwrap(),
+            made: 0,
+        }
+    }
+}
+
+impl Harness for Rocks {
+    type Backend = RocksBackend;
+    fn create(&mut self) -> KvStore {
+        self.made += 1;
+        KvStore::open(&self.root.path().join(format!("kv-{}", self.made))).unwrap()
+    }
+    fn reopen(&mut self, store: KvStore) -> KvStore {
+        let path = store.path().to_path_buf();
+        drop(store);
+        KvStore::open(&path).unwrap()
+    }
+}
+
+struct Memory;
+
+impl Harness for Memory {
+    type Backend = MemoryBackend;
+    fn create(&mut self) -> KvStore<MemoryBackend> {
+        KvStore::in_memory()
+    }
+    fn reopen(&mut self, store: KvStore<MemoryBackend>) -> KvStore<MemoryBackend> {
+        KvStore::from_backend(store.into_backend()).unwrap()
+    }
+}
+
+/// Each check, once per backend: `rocksdb::<check>` and `memory::<check>`.
+macro_rules! conformance {
+    ($($check:ident),* $(,)?) => {
+        mod rocksdb {
+            $(#[test]
+            fn $check() {
+                super::$check(&mut super::Rocks::new());
+            })*
+        }
+        mod memory {
+            $(#[test]
+            fn $check() {
+                super::$check(&mut super::Memory);
+            })*
+        }
+    };
+}
+
+conformance!(
+    revisions_versions_and_history_follow_etcd,
+    ranges_prefixes_limits_and_sorting,
+    txn_compares_and_branches_atomically_in_one_revision,
+    compaction_keeps_the_visible_values_and_refuses_older_reads,
+    leases_own_keys_and_revoking_deletes_them_in_one_revision,
+    watch_history_is_in_revision_order_with_previous_values,
+    a_corrupt_record_is_reported_on_open,
+    a_batch_reads_its_own_writes_and_reaches_the_backend_whole_or_not_at_all,
+    a_put_takes_version_create_and_lease_from_the_index_and_events_get_their_previous_value_on_demand,
+    later_operations_of_a_txn_see_its_deletes_and_puts,
+);
+
+struct Fixture<B: Backend> {
+    store: KvStore<B>,
     index: u64,
 }
 
-impl Fixture {
+impl<B: Backend> Fixture<B> {
     fn next(&mut self) -> (u64, u64) {
         self.index += 1;
         (self.index, 1)
@@ -67,16 +152,20 @@ impl Fixture {
     }
 }
 
-fn open(dir: &std::path::Path) -> Fixture {
-    let store = KvStore::open(dir).unwrap();
+fn create<H: Harness>(h: &mut H) -> Fixture<H::Backend> {
+    let store = h.create();
     let index = store.applied().0;
     Fixture { store, index }
 }
 
-#[test]
-fn revisions_versions_and_history_follow_etcd() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut f = open(dir.path());
+fn reopen<H: Harness>(h: &mut H, f: Fixture<H::Backend>) -> Fixture<H::Backend> {
+    let store = h.reopen(f.store);
+    let index = store.applied().0;
+    Fixture { store, index }
+}
+
+fn revisions_versions_and_history_follow_etcd<H: Harness>(h: &mut H) {
+    let mut f = create(h);
     assert_eq!(
         f.store.current_revision(),
         1,
@@ -114,10 +203,8 @@ fn revisions_versions_and_history_follow_etcd() {
     assert_eq!(f.get("a", 99), Err(KvError::FutureRevision));
 }
 
-#[test]
-fn ranges_prefixes_limits_and_sorting() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut f = open(dir.path());
+fn ranges_prefixes_limits_and_sorting<H: Harness>(h: &mut H) {
+    let mut f = create(h);
     for (k, v) in [("k1", "c"), ("k2", "a"), ("k3", "b"), ("l1", "z")] {
         f.put(k, v);
     }
@@ -200,10 +287,8 @@ fn ranges_prefixes_limits_and_sorting() {
     assert_eq!(f.del("k", "l"), 3);
 }
 
-#[test]
-fn txn_compares_and_branches_atomically_in_one_revision() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut f = open(dir.path());
+fn txn_compares_and_branches_atomically_in_one_revision<H: Harness>(h: &mut H) {
+    let mut f = create(h);
     f.put("k", "v1");
     let cas = |expect: &str, new: &str| TxnRequest {
         compare: vec![Compare {
@@ -300,10 +385,8 @@ fn txn_compares_and_branches_atomically_in_one_revision() {
     );
 }
 
-#[test]
-fn compaction_keeps_the_visible_values_and_refuses_older_reads() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut f = open(dir.path());
+fn compaction_keeps_the_visible_values_and_refuses_older_reads<H: Harness>(h: &mut H) {
+    let mut f = create(h);
     f.put("a", "1");
     let r = f.put("a", "2");
     f.put("b", "1");
@@ -355,17 +438,14 @@ fn compaction_keeps_the_visible_values_and_refuses_older_reads() {
     );
     // Reopen: the index is rebuilt from disk and agrees.
     let applied = f.store.applied();
-    drop(f);
-    let f = open(dir.path());
+    let f = reopen(h, f);
     assert_eq!(f.store.applied(), applied);
     assert_eq!(f.get("a", 0).unwrap().unwrap().0, "3");
     assert_eq!(f.get("a", r - 1), Err(KvError::Compacted));
 }
 
-#[test]
-fn leases_own_keys_and_revoking_deletes_them_in_one_revision() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut f = open(dir.path());
+fn leases_own_keys_and_revoking_deletes_them_in_one_revision<H: Harness>(h: &mut H) {
+    let mut f = create(h);
     let at = f.next();
     f.store.apply_lease_grant(9, 30, at).unwrap().unwrap();
     let at = f.next();
@@ -392,8 +472,7 @@ fn leases_own_keys_and_revoking_deletes_them_in_one_revision() {
     // Moving a key off the lease detaches it.
     f.put("y", "no lease");
     assert_eq!(f.store.leases()[&9].keys.len(), 1);
-    drop(f);
-    let mut f = open(dir.path());
+    let mut f = reopen(h, f);
     assert_eq!(
         f.store.leases()[&9].keys.len(),
         1,
@@ -414,10 +493,8 @@ fn leases_own_keys_and_revoking_deletes_them_in_one_revision() {
     );
 }
 
-#[test]
-fn watch_history_is_in_revision_order_with_previous_values() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut f = open(dir.path());
+fn watch_history_is_in_revision_order_with_previous_values<H: Harness>(h: &mut H) {
+    let mut f = create(h);
     let r1 = f.put("w/a", "1");
     f.put("other", "1");
     f.put("w/a", "2");
@@ -450,39 +527,34 @@ fn watch_history_is_in_revision_order_with_previous_values() {
     );
 }
 
-#[test]
-fn a_corrupt_record_is_reported_on_open() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let mut f = open(dir.path());
-        f.put("a", "1");
-    }
-    // Overwrite the record through RocksDB with bytes whose checksum is wrong.
-    {
-        let mut opts = rocksdb::Options::default();
-        opts.create_missing_column_families(true);
-        let db =
-            rocksdb::DB::open_cf(&opts, dir.path(), ["rev", "lease", "member", "meta"]).unwrap();
-        let cf = db.cf_handle("rev").unwrap();
-        let key = db
-            .iterator_cf(cf, rocksdb::IteratorMode::Start)
-            .next()
-            .unwrap()
-            .unwrap()
-            .0;
-        db.put_cf(cf, key, b"\x01\x01garbage-with-bad-crc").unwrap();
-    }
-    let err = KvStore::open(dir.path())
+fn a_corrupt_record_is_reported_on_open<H: Harness>(h: &mut H) {
+    let mut f = create(h);
+    f.put("a", "1");
+    // Overwrite the record through the backend with bytes whose checksum is wrong.
+    let mut backend = f.store.into_backend();
+    let key = backend
+        .scan_from(Keyspace::Rev, &[])
+        .next()
+        .unwrap()
+        .unwrap()
+        .0
+        .into_owned();
+    let mut batch = Batch::default();
+    batch.put(
+        Keyspace::Rev,
+        &key,
+        b"\x01\x01garbage-with-bad-crc".to_vec(),
+    );
+    backend.write(batch).unwrap();
+    let err = KvStore::from_backend(backend)
         .err()
         .expect("corruption must be reported");
     assert!(err.to_string().contains("corrupt"), "{err}");
 }
 
-#[test]
-fn a_batch_reads_its_own_writes_and_reaches_the_disk_whole_or_not_at_all() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_batch_reads_its_own_writes_and_reaches_the_backend_whole_or_not_at_all<H: Harness>(h: &mut H) {
+    let mut f = create(h);
     {
-        let mut f = open(dir.path());
         f.put("a", "1");
         f.store.begin_batch();
         f.put("a", "2");
@@ -516,7 +588,7 @@ fn a_batch_reads_its_own_writes_and_reaches_the_disk_whole_or_not_at_all() {
         f.store.end_batch().unwrap();
         assert_eq!(f.store.applied(), (6, 1));
     }
-    let mut f = open(dir.path());
+    let mut f = reopen(h, f);
     assert_eq!(
         f.store.applied(),
         (6, 1),
@@ -531,21 +603,21 @@ fn a_batch_reads_its_own_writes_and_reaches_the_disk_whole_or_not_at_all() {
     f.put("d", "1");
     f.put("a", "3");
     assert_eq!(f.get("d", 0).unwrap().unwrap().0, "1");
-    drop(f);
-    let f = open(dir.path());
+    let f = reopen(h, f);
     assert_eq!(f.store.applied(), (6, 1));
     assert_eq!(f.get("d", 0).unwrap(), None);
     assert_eq!(f.get("a", 0).unwrap().unwrap().0, "2");
 }
 
-#[test]
-fn a_put_takes_version_create_and_lease_from_the_index_and_events_get_their_previous_value_on_demand(
+fn a_put_takes_version_create_and_lease_from_the_index_and_events_get_their_previous_value_on_demand<
+    H: Harness,
+>(
+    h: &mut H,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut f = open(dir.path());
+    let mut f = create(h);
     let at = f.next();
     f.store.apply_lease_grant(7, 60, at).unwrap().unwrap();
-    let put = |f: &mut Fixture, req: PutRequest| {
+    let put = |f: &mut Fixture<H::Backend>, req: PutRequest| {
         let at = f.next();
         f.store.apply_put(&req, at).unwrap().unwrap()
     };
@@ -665,8 +737,7 @@ fn a_put_takes_version_create_and_lease_from_the_index_and_events_get_their_prev
         .unwrap()
         .unwrap();
     f.put("k", "after compaction");
-    drop(f);
-    let mut f = open(dir.path());
+    let mut f = reopen(h, f);
     f.store.begin_batch();
     f.put("k", "after restart");
     let a = put(
@@ -691,10 +762,8 @@ fn a_put_takes_version_create_and_lease_from_the_index_and_events_get_their_prev
     );
 }
 
-#[test]
-fn later_operations_of_a_txn_see_its_deletes_and_puts() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut f = open(dir.path());
+fn later_operations_of_a_txn_see_its_deletes_and_puts<H: Harness>(h: &mut H) {
+    let mut f = create(h);
     f.put("a", "1");
     f.put("a", "2");
     f.put("b", "1");
@@ -747,4 +816,102 @@ fn later_operations_of_a_txn_see_its_deletes_and_puts() {
             .collect::<Vec<_>>(),
         [EventType::Delete, EventType::Put]
     );
+}
+
+// ---- RocksDB only ----
+
+#[test]
+fn a_corrupt_file_on_disk_is_reported_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut f = Fixture {
+            store: KvStore::open(dir.path()).unwrap(),
+            index: 0,
+        };
+        f.put("a", "1");
+    }
+    // Overwrite the record through RocksDB with bytes whose checksum is wrong.
+    {
+        let mut opts = ::rocksdb::Options::default();
+        opts.create_missing_column_families(true);
+        let db =
+            ::rocksdb::DB::open_cf(&opts, dir.path(), ["rev", "lease", "member", "meta"]).unwrap();
+        let cf = db.cf_handle("rev").unwrap();
+        let key = db
+            .iterator_cf(cf, ::rocksdb::IteratorMode::Start)
+            .next()
+            .unwrap()
+            .unwrap()
+            .0;
+        db.put_cf(cf, key, b"\x01\x01garbage-with-bad-crc").unwrap();
+    }
+    let err = KvStore::open(dir.path())
+        .err()
+        .expect("corruption must be reported");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+}
+
+// ---- memory only ----
+
+#[test]
+fn a_memory_image_restores_the_same_state_and_refuses_corruption() {
+    let mut f = create(&mut Memory);
+    let at = f.next();
+    f.store.apply_lease_grant(5, 60, at).unwrap().unwrap();
+    f.put("a", "1");
+    let at = f.next();
+    f.store
+        .apply_put(
+            &PutRequest {
+                key: "b".into(),
+                value: "leased".into(),
+                lease: 5,
+                ..Default::default()
+            },
+            at,
+        )
+        .unwrap()
+        .unwrap();
+    f.put("a", "2");
+    f.del("a", "");
+    let at = f.next();
+    f.store
+        .apply_member(
+            7,
+            Some(nod::api::etcd::etcdserverpb::Member {
+                id: 7,
+                name: "seven".into(),
+                ..Default::default()
+            }),
+            at,
+        )
+        .unwrap();
+    let at = f.next();
+    f.store.apply_member(8, None, at).unwrap();
+    let image = f.store.snapshot_bytes();
+    let copy = KvStore::restore_from(&image).unwrap();
+    assert_eq!(copy.applied(), f.store.applied());
+    assert_eq!(copy.current_revision(), f.store.current_revision());
+    assert_eq!(copy.hash_kv(0).unwrap(), f.store.hash_kv(0).unwrap());
+    assert_eq!(copy.leases(), f.store.leases());
+    assert_eq!(copy.members(), f.store.members());
+    assert!(copy.is_removed(8));
+    assert_eq!(
+        copy.events_between(&KeyRange::new(b"\0", b"\0"), 0, 100)
+            .unwrap(),
+        f.store
+            .events_between(&KeyRange::new(b"\0", b"\0"), 0, 100)
+            .unwrap(),
+        "the whole history travels"
+    );
+    assert_eq!(copy.snapshot_bytes(), image, "the image is deterministic");
+    for i in [0, image.len() / 2, image.len() - 1] {
+        let mut bad = image.clone();
+        bad[i] ^= 0x40;
+        assert!(
+            KvStore::restore_from(&bad).is_err(),
+            "a flipped bit at {i} is caught"
+        );
+    }
+    assert!(KvStore::restore_from(&image[..image.len() - 5]).is_err());
 }

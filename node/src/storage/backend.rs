@@ -13,8 +13,10 @@
 
 use std::borrow::Cow;
 
+pub mod memory;
 pub mod rocks;
 
+pub use memory::MemoryBackend;
 pub use rocks::RocksBackend;
 
 /// The state machine's keyspaces (RocksDB column families), each ordered

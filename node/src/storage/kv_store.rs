@@ -45,7 +45,7 @@ mod key_range;
 mod read;
 mod txn;
 
-use super::backend::{Backend, Keyspace, RocksBackend};
+use super::backend::{Backend, Keyspace, MemoryBackend, RocksBackend};
 use batch::Pending;
 pub use encoding::Revision;
 use encoding::{
@@ -171,6 +171,37 @@ impl KvStore<RocksBackend> {
             }
         }
         Ok((applied.0, applied.1, members))
+    }
+}
+
+/// The in-memory store, for the simulator: the same state machine with
+/// nothing on disk. A simulated snapshot is [`KvStore::snapshot_bytes`]
+/// and [`KvStore::restore_from`], as a RocksDB checkpoint and its install
+/// are for the server.
+impl KvStore<MemoryBackend> {
+    /// An empty store (revision 1, nothing applied).
+    pub fn in_memory() -> KvStore<MemoryBackend> {
+        KvStore::from_backend(MemoryBackend::new()).expect("an empty store loads")
+    }
+
+    /// The whole state as bytes, for a simulated snapshot. Like a RocksDB
+    /// checkpoint it holds what was written: the applied index, key
+    /// history, leases and members; end an open batch first (the driver
+    /// does, at the end of each Ready).
+    pub fn snapshot_bytes(&self) -> Vec<u8> {
+        debug_assert!(
+            self.pending.is_none(),
+            "snapshot taken with a batch open at applied index {:?}",
+            self.applied
+        );
+        self.backend.to_bytes()
+    }
+
+    /// A store holding what `snapshot_bytes` took, checked as it is read
+    /// (checksum, lengths, every record).
+    pub fn restore_from(bytes: &[u8]) -> Result<KvStore<MemoryBackend>, KvError> {
+        let backend = MemoryBackend::from_bytes(bytes).map_err(|e| KvError::Fatal(e.0))?;
+        KvStore::from_backend(backend)
     }
 }
 
