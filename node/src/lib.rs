@@ -9,5 +9,6 @@ pub mod client;
 pub mod driver;
 pub mod gossip;
 pub mod server;
+pub mod simulation;
 pub mod storage;
 pub mod transport;

@@ -1,0 +1,195 @@
+//! The driver's edges in memory, for the simulation: a log store the world
+//! keeps a handle on (so a crash keeps what was written), a network that
+//! only records what the driver sends (the world delivers it, late, twice
+//! or never), snapshots as copies of the in-memory store, answers in slots
+//! the world reads, and a stopwatch that reads zero. No I/O, no clock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nod_raft::{
+    Entry, Index, LogWrite, MemStorage, Message, NodeId, RaftState, Snapshot, Storage,
+    StorageError, StorageWrite, Term,
+};
+
+use crate::driver::{
+    DriverError, Fatal, Network, Platform, Replies, Reply, Snapshotter, Stopwatch, Taken,
+};
+use crate::server::command::MemberAttributes;
+use crate::storage::backend::MemoryBackend;
+use crate::storage::checkpoint::CheckpointInfo;
+use crate::storage::KvStore;
+
+pub type SimStore = KvStore<MemoryBackend>;
+
+/// An answer the world reads after each step; the caller holds the other
+/// handle, and dropping it closes the slot (the caller gave up).
+pub struct Slot<T>(Arc<Mutex<Option<Result<T, DriverError>>>>);
+
+impl<T> Slot<T> {
+    pub fn new() -> (Slot<T>, Slot<T>) {
+        let cell = Arc::new(Mutex::new(None));
+        (Slot(cell.clone()), Slot(cell))
+    }
+    pub fn take(&self) -> Option<Result<T, DriverError>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl<T: Send> Reply<T> for Slot<T> {
+    fn send(self, result: Result<T, DriverError>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+    }
+    fn is_closed(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+    }
+}
+
+pub struct Slots;
+
+impl Replies for Slots {
+    type Reply<T: Send + 'static> = Slot<T>;
+}
+
+/// A log store the world shares with the driver: the node's disk.
+#[derive(Clone, Default)]
+pub struct SharedLog(pub Arc<Mutex<MemStorage>>);
+
+impl SharedLog {
+    pub fn lock(&self) -> MutexGuard<'_, MemStorage> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Storage for SharedLog {
+    fn initial_state(&self) -> Result<RaftState, StorageError> {
+        self.lock().initial_state()
+    }
+    fn entries(&self, low: Index, high: Index, max_size: u64) -> Result<Vec<Entry>, StorageError> {
+        self.lock().entries(low, high, max_size)
+    }
+    fn term(&self, index: Index) -> Result<Term, StorageError> {
+        self.lock().term(index)
+    }
+    fn first_index(&self) -> Result<Index, StorageError> {
+        self.lock().first_index()
+    }
+    fn last_index(&self) -> Result<Index, StorageError> {
+        self.lock().last_index()
+    }
+    fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        self.lock().snapshot()
+    }
+}
+
+impl StorageWrite for SharedLog {
+    fn write(&mut self, write: &LogWrite) -> Result<(), StorageError> {
+        self.lock().write(write)
+    }
+    fn compact(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
+        self.lock().compact(snapshot)
+    }
+}
+
+/// A forwarded call: (leader, origin, commands with their ids).
+pub type ForwardCall = (NodeId, u64, Vec<(u64, Vec<u8>)>);
+
+/// What the driver asked the network to do during one step.
+#[derive(Default)]
+pub struct SimNetwork {
+    pub peers: HashMap<NodeId, String>,
+    pub messages: Vec<Message>,
+    /// (leader, origin, commands) per forwarded call.
+    pub forwards: Vec<ForwardCall>,
+}
+
+impl Network for SimNetwork {
+    fn send(&mut self, messages: Vec<Message>) {
+        self.messages.extend(messages);
+    }
+    fn set_peers(&mut self, peers: HashMap<NodeId, String>) {
+        self.peers = peers;
+    }
+    fn forward_proposals(
+        &mut self,
+        leader: NodeId,
+        from: u64,
+        commands: Vec<(u64, Vec<u8>)>,
+    ) -> Option<usize> {
+        if !self.peers.contains_key(&leader) {
+            return None;
+        }
+        self.forwards.push((leader, from, commands));
+        Some(1)
+    }
+    fn forward_attributes(&mut self, _leader: NodeId, _attributes: MemberAttributes) {
+        // Members in the simulation are founded with their attributes.
+    }
+}
+
+/// A member's checkpoints: copies of its store, kept across crashes (they
+/// are on its disk), and the ones received from leaders.
+#[derive(Default)]
+pub struct SimSnapshots {
+    /// Taken here, by (index, term).
+    pub images: BTreeMap<(u64, u64), Arc<Vec<u8>>>,
+    /// Received from a leader, by (index, term).
+    pub received: BTreeMap<(u64, u64), Arc<Vec<u8>>>,
+    /// A checkpoint taken this step, for the world to hand back later.
+    pub taken: Option<Taken>,
+}
+
+impl Snapshotter<MemoryBackend> for SimSnapshots {
+    fn take(&mut self, store: &SimStore) {
+        let bytes = store.snapshot_bytes();
+        let (index, term) = store.applied();
+        let info = CheckpointInfo {
+            index,
+            term,
+            members: store.members(),
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(&bytes),
+            dir: Default::default(),
+        };
+        self.images.insert((index, term), Arc::new(bytes));
+        self.taken = Some(Ok(info));
+    }
+    fn prune(&mut self, keep: usize) {
+        while self.images.len() > keep {
+            self.images.pop_first();
+        }
+    }
+    fn open_received(&mut self, index: u64, term: u64) -> Result<SimStore, Fatal> {
+        let bytes = self
+            .received
+            .get(&(index, term))
+            .or_else(|| self.images.get(&(index, term)))
+            .ok_or_else(|| Fatal::Snapshot(format!("no checkpoint at ({index}, {term})")))?;
+        KvStore::restore_from(bytes).map_err(Fatal::from)
+    }
+    fn installed(&mut self) -> Result<(), Fatal> {
+        Ok(())
+    }
+}
+
+pub struct ZeroStopwatch;
+
+impl Stopwatch for ZeroStopwatch {
+    fn start() -> Self {
+        ZeroStopwatch
+    }
+    fn seconds(&self) -> f64 {
+        0.0
+    }
+}
+
+pub struct SimPlatform;
+
+impl Platform for SimPlatform {
+    type Backend = MemoryBackend;
+    type Log = SharedLog;
+    type Net = SimNetwork;
+    type Snapshots = SimSnapshots;
+    type Replies = Slots;
+    type Stopwatch = ZeroStopwatch;
+}

@@ -1,0 +1,93 @@
+//! `cargo test --release --test server_sim`: the shipped driver and MVCC
+//! state machine under deterministic simulation (`nod::simulation`), over
+//! many seeds. `NOD_SIM_SEEDS=N` sets how many (default 200), `NOD_SIM_SEED=S`
+//! replays one, `NOD_SIM_THREADS` sets parallelism. The last line is
+//! `server-sim: <seeds> seeds, <ops> ops, <violations> violations`.
+
+use std::time::Instant;
+
+use nod::simulation::{run, Config, Report};
+
+fn env_u64(name: &str) -> Option<u64> {
+    let raw = std::env::var(name).ok()?;
+    match raw.trim().parse() {
+        Ok(v) => Some(v),
+        Err(_) => {
+            eprintln!("{name}={raw:?} is not a whole number");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn main() {
+    let started = Instant::now();
+    let seeds: Vec<u64> = match env_u64("NOD_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => {
+            let n = env_u64("NOD_SIM_SEEDS").unwrap_or(200);
+            let base = env_u64("NOD_SIM_BASE").unwrap_or(1);
+            (base..base + n).collect()
+        }
+    };
+    let threads = env_u64("NOD_SIM_THREADS")
+        .map(|t| t as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let chunks: Vec<Vec<u64>> = (0..threads)
+        .map(|t| seeds.iter().copied().skip(t).step_by(threads).collect())
+        .collect();
+    let mut reports: Vec<Report> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .into_iter()
+                        .map(|seed| run(Config::from_seed(seed)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a simulation thread panicked"))
+            .collect()
+    });
+    reports.sort_by_key(|r| r.seed);
+    let (mut ops, mut completed, mut violations, mut leaders, mut snaps, mut crashes) =
+        (0, 0, 0, 0, 0, 0);
+    for r in &reports {
+        ops += r.operations;
+        completed += r.completed;
+        leaders += r.leader_changes;
+        snaps += r.snapshots_installed;
+        crashes += r.crashes;
+        violations += r.violations.len();
+        if !r.violations.is_empty() {
+            eprintln!(
+                "seed {} failed with {} violation(s):",
+                r.seed,
+                r.violations.len()
+            );
+            for v in &r.violations {
+                eprintln!("  {v}");
+            }
+            eprintln!(
+                "  replay: NOD_SIM_SEED={} cargo test --release --test server_sim",
+                r.seed
+            );
+        }
+    }
+    println!(
+        "{ops} client ops ({completed} answered), {leaders} leaders elected, {crashes} crashes, \
+         {snaps} snapshots sent, {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "server-sim: {} seeds, {ops} ops, {violations} violations",
+        reports.len()
+    );
+    if violations > 0 {
+        std::process::exit(1);
+    }
+}

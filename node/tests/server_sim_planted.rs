@@ -1,0 +1,22 @@
+//! The server simulation's checks can fail: with a planted bug, some seeds
+//! must report a violation (and without it, the same seeds report none).
+
+use nod::simulation::{run, Config, Planted};
+
+fn failing_seeds(planted: Planted, seeds: std::ops::Range<u64>) -> usize {
+    seeds
+        .map(|seed| {
+            let mut cfg = Config::from_seed(seed);
+            cfg.planted = planted;
+            run(cfg)
+        })
+        .filter(|r| !r.violations.is_empty())
+        .count()
+}
+
+#[test]
+fn stale_reads_are_reported() {
+    let failing = failing_seeds(Planted::StaleReads, 1..301);
+    assert!(failing > 0, "no seed of 300 caught reads served without ReadIndex");
+    assert_eq!(failing_seeds(Planted::None, 1..301), 0);
+}
