@@ -9,10 +9,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
-use crate::transport::nodserverpb::admin_client::AdminClient;
-use crate::transport::nodserverpb::{MemberHealthRequest, MemberHealthResponse};
+use nod_proto::nodserverpb::admin_client::AdminClient;
+use nod_proto::nodserverpb::{MemberHealthRequest, MemberHealthResponse};
 
-use crate::api::etcd::etcdserverpb::{
+use nod_proto::etcd::etcdserverpb::{
     cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, watch_client::WatchClient, *,
 };

@@ -11,7 +11,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use nod::api::etcd::etcdserverpb::{Member as EtcdMember, PutRequest, RangeRequest};
+use nod_proto::etcd::etcdserverpb::{Member as EtcdMember, PutRequest, RangeRequest};
 use support::{eventually, Member};
 
 /// The member list and cluster id as `m` sees them (linearizable), if it answers.

@@ -1,13 +1,13 @@
 //! The MVCC state machine on a real RocksDB: etcd's revision rules, history,
 //! compaction, leases, transactions, and restart with the applied index.
 
-use nod::api::etcd::etcdserverpb::{
+use nod::storage::kv_store::KeyRange;
+use nod::storage::{KvError, KvStore};
+use nod_proto::etcd::etcdserverpb::{
     compare, request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
     RangeRequest, RequestOp, TxnRequest,
 };
-use nod::api::etcd::mvccpb::event::EventType;
-use nod::storage::kv_store::KeyRange;
-use nod::storage::{KvError, KvStore};
+use nod_proto::etcd::mvccpb::event::EventType;
 
 struct Fixture {
     store: KvStore,

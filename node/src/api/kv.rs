@@ -251,7 +251,7 @@ impl Kv for KvService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::etcd::etcdserverpb::request_op::Request as R;
+    use nod_proto::etcd::etcdserverpb::request_op::Request as R;
 
     fn put(k: &[u8]) -> RequestOp {
         RequestOp {

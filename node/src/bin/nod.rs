@@ -12,16 +12,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use nod::api::etcd::etcdserverpb::{
-    compare, range_request, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest,
-    RequestOp, ResponseHeader, TxnRequest, WatchCreateRequest,
-};
-use nod::api::etcd::mvccpb::{event::EventType, KeyValue};
 use nod::client::{Client, ClientError, KeySpan};
 use nod::gossip::bootstrap::Founders;
 use nod::gossip::GossipConfig;
 use nod::server::autopilot::AutopilotConfig;
 use nod::server::{self, ClusterState, Discovery, ServerConfig};
+use nod_proto::etcd::etcdserverpb::{
+    compare, range_request, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest,
+    RequestOp, ResponseHeader, TxnRequest, WatchCreateRequest,
+};
+use nod_proto::etcd::mvccpb::{event::EventType, KeyValue};
 use serde_json::{json, Value};
 
 /// mimalloc instead of glibc's malloc: under 256 writers glibc's allocator
@@ -1006,7 +1006,7 @@ async fn client_command(cmd: Command, client: ClientFlags) -> Result<ExitCode, F
                 })),
                 Output::Simple => {
                     println!("{}", if r.succeeded { "SUCCESS" } else { "FAILURE" });
-                    use nod::api::etcd::etcdserverpb::response_op::Response as R;
+                    use nod_proto::etcd::etcdserverpb::response_op::Response as R;
                     for op in r.responses {
                         println!();
                         match op.response {
@@ -1138,7 +1138,7 @@ async fn client_command(cmd: Command, client: ClientFlags) -> Result<ExitCode, F
                             _ = stop_signal() => return Ok(ExitCode::SUCCESS),
                         }
                         if tx
-                            .send(nod::api::etcd::etcdserverpb::LeaseKeepAliveRequest { id })
+                            .send(nod_proto::etcd::etcdserverpb::LeaseKeepAliveRequest { id })
                             .await
                             .is_err()
                         {
@@ -1188,7 +1188,7 @@ async fn client_command(cmd: Command, client: ClientFlags) -> Result<ExitCode, F
         }
         Command::Member { command } => {
             let mut c = connect(&client)?;
-            let member_json = |m: &nod::api::etcd::etcdserverpb::Member| json!({"id": format!("{:x}", m.id), "name": m.name, "peer_urls": m.peer_ur_ls, "client_urls": m.client_ur_ls, "is_learner": m.is_learner});
+            let member_json = |m: &nod_proto::etcd::etcdserverpb::Member| json!({"id": format!("{:x}", m.id), "name": m.name, "peer_urls": m.peer_ur_ls, "client_urls": m.client_ur_ls, "is_learner": m.is_learner});
             match command {
                 MemberCommand::List => {
                     let r = c.member_list().await?;

@@ -28,10 +28,6 @@ use tokio::task::JoinHandle;
 
 use crate::api::admin::AdminService;
 use crate::api::cluster::ClusterService;
-use crate::api::etcd::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer, Member,
-};
 use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
@@ -39,17 +35,21 @@ use crate::api::watch::WatchService;
 use crate::gossip::bootstrap::{self, BootstrapState, Decision, DiscoverConfig, Founders};
 use crate::gossip::{keys, Gossip, GossipConfig, PeerInfo};
 use crate::storage::{checkpoint, KvStore, LogStore};
-use crate::transport::nodserverpb::admin_server::AdminServer;
-use crate::transport::nodserverpb::bootstrap_server::BootstrapServer;
-use crate::transport::nodserverpb::peer_client::PeerClient;
-use crate::transport::nodserverpb::peer_server::PeerServer;
-use crate::transport::nodserverpb::{MembersRequest, SnapshotData};
 use crate::transport::peer::{PeerNode, PeerService, Transport, MAX_PEER_FRAME};
 use autopilot::{Autopilot, AutopilotConfig};
 use command::{MemberAttributes, Op};
 use driver::{Driver, DriverConfig, DriverHandle, NodeStatus, Shared};
 use identity::Identity;
 use metrics::Metrics;
+use nod_proto::etcd::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer, Member,
+};
+use nod_proto::nodserverpb::admin_server::AdminServer;
+use nod_proto::nodserverpb::bootstrap_server::BootstrapServer;
+use nod_proto::nodserverpb::peer_client::PeerClient;
+use nod_proto::nodserverpb::peer_server::PeerServer;
+use nod_proto::nodserverpb::{MembersRequest, SnapshotData};
 use node::Node;
 use watch_hub::WatchHub;
 
@@ -210,10 +210,7 @@ impl PeerNode for PeerView {
     ) -> std::pin::Pin<
         Box<
             dyn std::future::Future<
-                    Output = Result<
-                        Vec<crate::transport::nodserverpb::ProposeResult>,
-                        tonic::Status,
-                    >,
+                    Output = Result<Vec<nod_proto::nodserverpb::ProposeResult>, tonic::Status>,
                 > + Send
                 + '_,
         >,
@@ -442,7 +439,7 @@ async fn run_discovery(
     let (stop, mut stopped) = watch::channel(false);
     let server = AbortOnDrop(Some(tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(BootstrapServer::new(state.clone()))
+            .add_service(BootstrapServer::from_arc(state.clone()))
             .serve_with_incoming_shutdown(incoming(peer_listener.clone()), async move {
                 let _ = stopped.wait_for(|s| *s).await;
             }),
@@ -871,7 +868,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                     .max_decoding_message_size(MAX_PEER_FRAME)
                     .max_encoding_message_size(MAX_PEER_FRAME),
             )
-            .add_service(BootstrapServer::new(bootstrap_state))
+            .add_service(BootstrapServer::from_arc(bootstrap_state))
             .serve_with_incoming_shutdown(incoming(peer_listener), async move {
                 let _ = stop_peer.wait_for(|s| *s).await;
             })

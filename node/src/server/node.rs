@@ -13,8 +13,8 @@ use tonic::{Request, Status};
 
 use super::command::Op;
 use super::driver::{Applied, DriverError, DriverHandle, Shared};
-use crate::api::etcd::etcdserverpb::ResponseHeader;
 use crate::api::status::to_status;
+use nod_proto::etcd::etcdserverpb::ResponseHeader;
 
 /// Metadata key marking a request another member already forwarded.
 pub const FORWARDED: &str = "nod-forwarded";

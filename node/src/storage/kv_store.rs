@@ -32,12 +32,12 @@ use prost::Message as _;
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, DB};
 
 use super::codec;
-use crate::api::etcd::etcdserverpb::{
+use nod_proto::etcd::etcdserverpb::{
     compare, range_request, request_op, response_op, CompactionRequest, Compare,
     DeleteRangeRequest, DeleteRangeResponse, Member, PutRequest, PutResponse, RangeRequest,
     RangeResponse, ResponseOp, TxnRequest, TxnResponse,
 };
-use crate::api::etcd::mvccpb::{event::EventType, Event, KeyValue};
+use nod_proto::etcd::mvccpb::{event::EventType, Event, KeyValue};
 
 const CF_REV: &str = "rev";
 const CF_LEASE: &str = "lease";

@@ -25,14 +25,14 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::{decode_message, encode_message};
-use super::nodraftpb::{Empty, MessageBatch};
-use super::nodserverpb::peer_client::PeerClient;
-use super::nodserverpb::peer_server::Peer;
-use super::nodserverpb::{
+use crate::storage::checkpoint;
+use nod_proto::nodraftpb::{Empty, MessageBatch};
+use nod_proto::nodserverpb::peer_client::PeerClient;
+use nod_proto::nodserverpb::peer_server::Peer;
+use nod_proto::nodserverpb::{
     MemberAttributes, MembersRequest, MembersResponse, ProposeBatch, ProposeBatchReply,
     ProposeResult, PublishRequest, SnapshotChunk, SnapshotData,
 };
-use crate::storage::checkpoint;
 use prost::Message as _;
 
 /// Largest frame a peer may send us (entries are limited per message by the
@@ -452,7 +452,7 @@ pub trait PeerNode: Send + Sync + 'static {
     fn snapshot_received(&self, bytes: u64);
     fn member_id(&self) -> u64;
     fn cluster_id(&self) -> u64;
-    fn members(&self) -> Vec<crate::api::etcd::etcdserverpb::Member>;
+    fn members(&self) -> Vec<nod_proto::etcd::etcdserverpb::Member>;
     fn is_removed(&self, id: u64) -> bool;
     /// Proposes a member's attributes if this node leads.
     fn publish(
