@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use nod::client::prefix_end;
+use nod_client::prefix_end;
 use nod_proto::etcd::etcdserverpb::{
     compare, request_op, watch_create_request::FilterType, watch_request, Compare, PutRequest,
     RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest,

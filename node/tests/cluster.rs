@@ -8,7 +8,7 @@ mod support;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use nod::client::{prefix_end, Client, ClientError};
+use nod_client::{prefix_end, Client, ClientError};
 use nod_proto::etcd::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
 use support::{eventually, leader, Cluster, Member};
 

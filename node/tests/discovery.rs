@@ -131,7 +131,7 @@ async fn from_nothing_three_then_five_then_a_wiped_member_rejoins() {
     ms[1].kill();
     let endpoints: Vec<String> = [0, 2, 3, 4].iter().map(|&i| ms[i].endpoint()).collect();
     let health = eventually("n2 reported unhealthy", Duration::from_secs(20), || async {
-        let mut c = nod::client::Client::connect(&endpoints, Duration::from_secs(3)).ok()?;
+        let mut c = nod_client::Client::connect(&endpoints, Duration::from_secs(3)).ok()?;
         let h = c.member_health().await.ok()?;
         let n2 = h.members.iter().find(|m| m.id == old)?;
         (!n2.healthy && !n2.gossip_alive).then_some(h)

@@ -7,7 +7,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nod::client::Client;
+use nod_client::Client;
 use nod_lincheck::{Op, Operation, Outcome};
 use nod_proto::etcd::etcdserverpb::{
     compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,

@@ -12,14 +12,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use nod::client::{Client, ClientError, KeySpan};
 use nod::gossip::bootstrap::Founders;
 use nod::gossip::GossipConfig;
 use nod::server::autopilot::AutopilotConfig;
 use nod::server::{self, ClusterState, Discovery, ServerConfig};
+use nod_client::txn::parse_txn;
+use nod_client::{Client, ClientError, KeySpan};
 use nod_proto::etcd::etcdserverpb::{
-    compare, range_request, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest,
-    RequestOp, ResponseHeader, TxnRequest, WatchCreateRequest,
+    range_request, DeleteRangeRequest, PutRequest, RangeRequest, ResponseHeader, WatchCreateRequest,
 };
 use nod_proto::etcd::mvccpb::{event::EventType, KeyValue};
 use serde_json::{json, Value};
@@ -995,7 +995,7 @@ async fn client_command(cmd: Command, client: ClientFlags) -> Result<ExitCode, F
             std::io::stdin()
                 .read_to_string(&mut input)
                 .map_err(|e| usage(format!("reading stdin: {e}")))?;
-            let req = parse_txn(&input).map_err(usage)?;
+            let req = parse_txn(&input).map_err(|e| usage(e.to_string()))?;
             let mut c = connect(&client)?;
             let r = c.txn(req).await?;
             match client.output {
@@ -1413,151 +1413,6 @@ async fn client_command(cmd: Command, client: ClientFlags) -> Result<ExitCode, F
     Ok(ExitCode::SUCCESS)
 }
 
-// ---- etcdctl's txn format ----
-
-/// Splits a line into words, honouring double quotes (with \" escapes).
-fn words(line: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    let mut chars = line.chars().peekable();
-    while let Some(&c) = chars.peek() {
-        if c.is_whitespace() {
-            chars.next();
-            continue;
-        }
-        let mut w = String::new();
-        if c == '"' {
-            chars.next();
-            loop {
-                match chars.next() {
-                    Some('\\') => w.push(chars.next().ok_or("unterminated escape")?),
-                    Some('"') => break,
-                    Some(ch) => w.push(ch),
-                    None => return Err(format!("unterminated quote in {line:?}")),
-                }
-            }
-        } else {
-            while let Some(&ch) = chars.peek() {
-                if ch.is_whitespace() {
-                    break;
-                }
-                w.push(ch);
-                chars.next();
-            }
-        }
-        out.push(w);
-    }
-    Ok(out)
-}
-
-/// `value("k") = "v"`, `version("k") > "3"`, `mod(...)`, `create(...)`, `lease(...)`.
-fn parse_compare(line: &str) -> Result<Compare, String> {
-    let open = line
-        .find('(')
-        .ok_or_else(|| format!("bad compare {line:?}"))?;
-    let close = line
-        .rfind(')')
-        .ok_or_else(|| format!("bad compare {line:?}"))?;
-    let target = line[..open].trim();
-    let key = words(&line[open + 1..close])?
-        .into_iter()
-        .next()
-        .ok_or("compare without a key")?;
-    let rest = words(&line[close + 1..])?;
-    let [op, value] = rest.as_slice() else {
-        return Err(format!("bad compare {line:?}: want target(key) op value"));
-    };
-    use compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
-    let result = match op.as_str() {
-        "=" | "==" => R::Equal,
-        "!=" => R::NotEqual,
-        ">" => R::Greater,
-        "<" => R::Less,
-        _ => return Err(format!("unknown compare operator {op:?}")),
-    };
-    let num = || {
-        value
-            .parse::<i64>()
-            .map_err(|_| format!("{value:?} is not a number"))
-    };
-    let (t, u) = match target {
-        "value" | "val" | "v" => (T::Value, U::Value(value.clone().into_bytes())),
-        "version" | "ver" => (T::Version, U::Version(num()?)),
-        "create" | "c" => (T::Create, U::CreateRevision(num()?)),
-        "mod" | "m" => (T::Mod, U::ModRevision(num()?)),
-        "lease" => (
-            T::Lease,
-            U::Lease(
-                i64::from_str_radix(value, 16)
-                    .map_err(|_| format!("{value:?} is not a hex lease id"))?,
-            ),
-        ),
-        _ => return Err(format!("unknown compare target {target:?}")),
-    };
-    Ok(Compare {
-        result: result as i32,
-        target: t as i32,
-        key: key.into_bytes(),
-        range_end: Vec::new(),
-        target_union: Some(u),
-    })
-}
-
-fn parse_op(line: &str) -> Result<RequestOp, String> {
-    let w = words(line)?;
-    let arg = |i: usize| w.get(i).map(|s| s.clone().into_bytes());
-    use request_op::Request as R;
-    let request = match w.first().map(String::as_str) {
-        Some("put") => R::RequestPut(PutRequest {
-            key: arg(1).ok_or("put needs a key")?,
-            value: arg(2).ok_or("put needs a value")?,
-            ..Default::default()
-        }),
-        Some("get") => R::RequestRange(RangeRequest {
-            key: arg(1).ok_or("get needs a key")?,
-            range_end: arg(2).unwrap_or_default(),
-            ..Default::default()
-        }),
-        Some("del") => R::RequestDeleteRange(DeleteRangeRequest {
-            key: arg(1).ok_or("del needs a key")?,
-            range_end: arg(2).unwrap_or_default(),
-            ..Default::default()
-        }),
-        _ => return Err(format!("unknown operation {line:?}: use put, get or del")),
-    };
-    Ok(RequestOp {
-        request: Some(request),
-    })
-}
-
-fn parse_txn(input: &str) -> Result<TxnRequest, String> {
-    let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
-    for line in input.lines() {
-        if line.trim().is_empty() {
-            sections.push(Vec::new());
-        } else {
-            sections.last_mut().expect("non-empty").push(line.trim());
-        }
-    }
-    if sections.len() > 3 {
-        return Err("a txn has three sections: compares, success ops, failure ops".into());
-    }
-    sections.resize(3, Vec::new());
-    Ok(TxnRequest {
-        compare: sections[0]
-            .iter()
-            .map(|l| parse_compare(l))
-            .collect::<Result<_, _>>()?,
-        success: sections[1]
-            .iter()
-            .map(|l| parse_op(l))
-            .collect::<Result<_, _>>()?,
-        failure: sections[2]
-            .iter()
-            .map(|l| parse_op(l))
-            .collect::<Result<_, _>>()?,
-    })
-}
-
 fn sim(seed: u64, seeds: u64, trace: bool) -> ExitCode {
     let Some(last) = seed.checked_add(seeds) else {
         eprintln!("nod sim: --seed {seed} plus --seeds {seeds} overflows");
@@ -1591,23 +1446,6 @@ fn sim(seed: u64, seeds: u64, trace: bool) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn txn_input_in_etcdctl_format_parses() {
-        let t = parse_txn(
-            "value(\"k\") = \"v 1\"\nmod(\"k\") > \"3\"\n\nput k \"new value\"\n\nget k\n",
-        )
-        .unwrap();
-        assert_eq!(t.compare.len(), 2);
-        assert_eq!(
-            t.compare[0].target_union,
-            Some(compare::TargetUnion::Value(b"v 1".to_vec()))
-        );
-        assert_eq!(t.success.len(), 1);
-        assert_eq!(t.failure.len(), 1);
-        assert!(parse_txn("value(\"k\") ~ \"v\"\n").is_err());
-        assert!(parse_txn("\n\nfrobnicate k\n").is_err());
-    }
 
     #[test]
     fn gossip_advertise_takes_a_bare_ip_of_either_family() {

@@ -488,8 +488,8 @@ async fn join_cluster(
     targets: &[PeerInfo],
 ) -> Result<(Identity, Vec<Member>), String> {
     let endpoints: Vec<String> = targets.iter().map(|t| t.client_url.clone()).collect();
-    let mut client = crate::client::Client::connect(&endpoints, cfg.request_timeout)
-        .map_err(|e| e.to_string())?;
+    let mut client =
+        nod_client::Client::connect(&endpoints, cfg.request_timeout).map_err(|e| e.to_string())?;
     let list = client.member_list().await.map_err(|e| e.to_string())?;
     for m in &list.members {
         if m.name == cfg.name || m.peer_ur_ls.contains(&cfg.advertise_peer) {
@@ -1001,8 +1001,7 @@ impl RunningServer {
             return;
         }
         let endpoint = format!("http://{}", self.client_addr);
-        let mut client = match crate::client::Client::connect(&[endpoint], Duration::from_secs(10))
-        {
+        let mut client = match nod_client::Client::connect(&[endpoint], Duration::from_secs(10)) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot leave the cluster");

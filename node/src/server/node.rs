@@ -205,7 +205,7 @@ impl Node {
                 return Ok(None);
             };
             match call(ch).await {
-                Err(s) if crate::client::not_sent(&s) && Instant::now() < deadline => {
+                Err(s) if nod_client::not_sent(&s) && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 r => return r.map(Some),

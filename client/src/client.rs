@@ -1,6 +1,6 @@
-//! Nod's Rust client: the etcd v3 API over one load-balanced channel to
-//! every endpoint given. Written to become the public client library: typed
-//! options, typed errors, no printing. The `nod` CLI is built on it.
+//! `Client`: the etcd v3 API over one load-balanced channel to every
+//! endpoint given, retrying calls that surely never left. Typed options,
+//! typed errors, no printing.
 
 use std::time::Duration;
 
@@ -89,7 +89,7 @@ fn normalize(endpoint: &str) -> String {
 
 /// Whether a request surely never reached a server (no connection could be
 /// made), so sending it again cannot apply it twice.
-pub(crate) fn not_sent(s: &tonic::Status) -> bool {
+pub fn not_sent(s: &tonic::Status) -> bool {
     s.code() == tonic::Code::Unavailable && s.message().contains("tcp connect error")
 }
 
