@@ -2,10 +2,11 @@
 //! MVCC state machine in RocksDB), the peer transport (`transport`), the
 //! etcd v3 API (`api`), the node that joins them (`server`, whose `driver`
 //! is the one loop around the consensus core). The wire types live in
-//! `nod-proto` and the client in `nod-client`; the `nod` binary wires them
-//! together.
+//! `nod-proto` and the client in `nod-client`; the `nod` binary parses its
+//! flags with `cli` and dispatches.
 
 pub mod api;
+pub mod cli;
 pub mod gossip;
 pub mod server;
 pub mod storage;
