@@ -3,11 +3,16 @@
 //! etcd v3 API (`api`), the node that joins them (`server`, whose `driver`
 //! is the one loop around the consensus core). The wire types live in
 //! `nod-proto` and the client in `nod-client`; the `nod` binary parses its
-//! flags with `cli` and dispatches.
+//! flags with `cli` and dispatches. `command` (what a log entry carries)
+//! and `identity` (who a node is) sit below the transport and the server,
+//! which both use them. Imports point down only: storage never imports the
+//! API or the server, the transport never the server (`tests/layers.rs`).
 
 pub mod api;
 pub mod cli;
+pub mod command;
 pub mod gossip;
+pub mod identity;
 pub mod server;
 pub mod storage;
 pub mod transport;

@@ -14,7 +14,7 @@ use super::etcd::etcdserverpb::{
     PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
 };
 use super::status::kv_status;
-use crate::server::command::Op;
+use crate::command::Op;
 use crate::server::driver::Outcome;
 use crate::server::node::{Node, Route};
 use crate::storage::kv_store::KeyRange;

@@ -48,7 +48,7 @@ use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
 use super::{keys, Gossip, PeerInfo};
-use crate::server::identity::{self, write_durably};
+use crate::identity::{self, write_durably};
 use nod_proto::nodserverpb::bootstrap_client::BootstrapClient;
 use nod_proto::nodserverpb::bootstrap_reply::State;
 use nod_proto::nodserverpb::bootstrap_server::Bootstrap;

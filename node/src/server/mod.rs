@@ -4,12 +4,14 @@
 //!
 //! Read `driver` first; `node` is what the API services share.
 
+// `command` and `identity` moved to the crate root, below the transport
+// that uses them too; the old paths stay for code written against them.
+pub use crate::{command, identity};
+
 pub mod autopilot;
-pub mod command;
 pub mod driver;
 pub mod grpc_metrics;
 pub mod http;
-pub mod identity;
 pub mod metrics;
 pub mod node;
 pub mod watch_hub;
@@ -32,14 +34,14 @@ use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
+use crate::command::{MemberAttributes, Op};
 use crate::gossip::bootstrap::{self, BootstrapState, Decision, DiscoverConfig, Founders};
 use crate::gossip::{keys, Gossip, GossipConfig, PeerInfo};
+use crate::identity::Identity;
 use crate::storage::{checkpoint, KvStore, LogStore};
 use crate::transport::peer::{PeerNode, PeerService, Transport, MAX_PEER_FRAME};
 use autopilot::{Autopilot, AutopilotConfig};
-use command::{MemberAttributes, Op};
 use driver::{Driver, DriverConfig, DriverHandle, NodeStatus, Shared};
-use identity::Identity;
 use metrics::Metrics;
 use nod_proto::etcd::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,

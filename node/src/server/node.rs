@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use super::command::Op;
 use super::driver::{Applied, DriverError, DriverHandle, Shared};
 use crate::api::status::to_status;
+use crate::command::Op;
 use nod_proto::etcd::etcdserverpb::ResponseHeader;
 
 /// Metadata key marking a request another member already forwarded.

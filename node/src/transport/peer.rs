@@ -95,7 +95,7 @@ const MAX_SNAPSHOT_CHUNK: usize = 4 * 1024 * 1024;
 fn inline_snapshot_ok(m: &Message) -> bool {
     match &m.body {
         MessageBody::Snapshot { snapshot } => {
-            crate::server::command::decode_snapshot_data(&snapshot.data).is_ok()
+            crate::command::decode_snapshot_data(&snapshot.data).is_ok()
         }
         _ => true,
     }
@@ -595,7 +595,7 @@ impl<N: PeerNode> Peer for PeerService<N> {
         let root = self.node.snapshot_root();
         let recv = root.join(format!(
             "recv-{index:016x}-{}",
-            crate::server::identity::random_id()
+            crate::identity::random_id()
         ));
         std::fs::create_dir_all(&recv)
             .map_err(|e| Status::internal(format!("snapshot folder: {e}")))?;
@@ -661,7 +661,7 @@ impl<N: PeerNode> Peer for PeerService<N> {
         let mut checked = Vec::with_capacity(r.commands.len());
         let mut results: Vec<Option<ProposeResult>> = Vec::with_capacity(r.commands.len());
         for c in r.commands {
-            let refusal = match crate::server::command::decode(&c) {
+            let refusal = match crate::command::decode(&c) {
                 Err(e) => Some(e.to_string()),
                 Ok((_, origin, _)) if origin != r.from => Some(format!(
                     "a command of origin {origin:x} forwarded by {:x}",
