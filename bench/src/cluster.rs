@@ -49,9 +49,20 @@ fn free_port() -> u16 {
 impl Cluster {
     /// Starts 3 members under `root` with the binary `bin`.
     pub fn start(system: System, bin: &Path, root: &Path) -> Result<Cluster, String> {
+        Cluster::start_members(system, bin, root, 3)
+    }
+
+    /// Starts `members` members under `root` with the binary `bin` (the
+    /// tests run one: the load generator against a real server).
+    pub fn start_members(
+        system: System,
+        bin: &Path,
+        root: &Path,
+        members: usize,
+    ) -> Result<Cluster, String> {
         let mut servers = Vec::new();
         let mut used = std::collections::HashSet::new();
-        for i in 1..=3 {
+        for i in 1..=members {
             let mut port = || loop {
                 let p = free_port();
                 if p != 0 && used.insert(p) {
@@ -74,7 +85,7 @@ impl Cluster {
             bin: bin.to_path_buf(),
             servers,
         };
-        for i in 0..3 {
+        for i in 0..members {
             c.spawn(i)?;
         }
         Ok(c)
@@ -156,9 +167,9 @@ impl Cluster {
                 }
                 if let Ok(ch) = crate::workload::connect(std::slice::from_ref(&ep), 1).await {
                     let mut kv =
-                        nod::api::etcd::etcdserverpb::kv_client::KvClient::new(ch[0].clone());
+                        nod_proto::etcd::etcdserverpb::kv_client::KvClient::new(ch[0].clone());
                     let r = kv
-                        .range(nod::api::etcd::etcdserverpb::RangeRequest {
+                        .range(nod_proto::etcd::etcdserverpb::RangeRequest {
                             key: b"ready".to_vec(),
                             ..Default::default()
                         })

@@ -266,8 +266,8 @@ async fn start(
 /// talks to the leader on both systems, rather than to whichever member
 /// happened to be listed first, which made ×1 latency a matter of luck.
 async fn leader_first(mut endpoints: Vec<String>) -> Vec<String> {
-    use nod::api::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
-    use nod::api::etcd::etcdserverpb::StatusRequest;
+    use nod_proto::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
+    use nod_proto::etcd::etcdserverpb::StatusRequest;
     for (i, ep) in endpoints.clone().iter().enumerate() {
         let Ok(ch) = workload::connect(std::slice::from_ref(ep), 1).await else {
             continue;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use nod::api::etcd::etcdserverpb::kv_client::KvClient;
-use nod::api::etcd::etcdserverpb::watch_client::WatchClient;
-use nod::api::etcd::etcdserverpb::{
+use nod_proto::etcd::etcdserverpb::kv_client::KvClient;
+use nod_proto::etcd::etcdserverpb::watch_client::WatchClient;
+use nod_proto::etcd::etcdserverpb::{
     compare, request_op, watch_request, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
     WatchCreateRequest, WatchRequest,
 };
@@ -553,6 +553,7 @@ fn tokio_stream_from<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::{Cluster, System};
 
     #[test]
     fn keys_are_eight_bytes_and_distinct() {
@@ -674,19 +675,31 @@ mod tests {
         assert!(e.starts_with("http://:"), "{e}");
     }
 
-    /// One in-process Nod member (its data in the returned folder) and its
-    /// client URL.
-    async fn member() -> (nod::server::RunningServer, String, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = nod::server::ServerConfig::local(
-            "bench-test",
-            dir.path().join("m"),
-            free_addr(),
-            free_addr(),
+    /// The `nod` binary of this build: `$NOD_BIN`, or `target/<profile>/nod`
+    /// next to this test's `deps/` folder (`cargo build --release --bins`
+    /// puts it there; a crate's tests cannot name another crate's binary).
+    fn nod_bin() -> std::path::PathBuf {
+        if let Ok(p) = std::env::var("NOD_BIN") {
+            return p.into();
+        }
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().unwrap().parent().unwrap().join("nod");
+        assert!(
+            bin.exists(),
+            "{} is missing: build it first (`cargo build --release --bin nod`) or set NOD_BIN",
+            bin.display()
         );
-        let server = nod::server::start(cfg).await.unwrap();
-        let ep = format!("http://{}", server.client_addr);
-        (server, ep, dir)
+        bin
+    }
+
+    /// One Nod member as a real process (its data and log in the returned
+    /// folder) and its client URL; dropping the cluster kills it.
+    async fn member() -> (Cluster, String, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster::start_members(System::Nod, &nod_bin(), dir.path(), 1).unwrap();
+        cluster.wait_ready(Duration::from_secs(30)).await.unwrap();
+        let ep = cluster.endpoints()[0].clone();
+        (cluster, ep, dir)
     }
 
     /// Waits until the member serves a range; its revision then.
@@ -714,7 +727,7 @@ mod tests {
     /// keys it wrote hold the value it sent.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_counted_put_is_one_revision_on_a_real_server() {
-        let (server, ep, _dir) = member().await;
+        let (mut server, ep, _dir) = member().await;
         let conns = connect(std::slice::from_ref(&ep), 1).await.unwrap();
         let mut kv = KvClient::new(conns[0].clone());
         let before = serving_revision(&mut kv).await;
@@ -749,14 +762,14 @@ mod tests {
             assert_eq!(kv.value, vec![b'v'; 100]);
         }
         drop((kv, conns));
-        server.shutdown().await.unwrap();
+        server.stop();
     }
 
     /// The fan-out counts each watcher's copy of each put exactly once: every
     /// watcher sees every write, and nothing is reported missing.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn watch_fan_out_counts_every_event_each_watcher_gets() {
-        let (server, ep, _dir) = member().await;
+        let (mut server, ep, _dir) = member().await;
         let conns = connect(std::slice::from_ref(&ep), 2).await.unwrap();
         serving_revision(&mut KvClient::new(conns[0].clone())).await;
         let m = watch_fanout(&conns, 5, 20).await;
@@ -764,6 +777,6 @@ mod tests {
         assert_eq!(m.errors, 0);
         assert_eq!(m.hist.len(), 100, "one latency per event");
         drop(conns);
-        server.shutdown().await.unwrap();
+        server.stop();
     }
 }

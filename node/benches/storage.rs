@@ -12,10 +12,10 @@
 //! `cargo bench -p nod --bench storage`
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use nod::api::etcd::etcdserverpb::{PutRequest, RangeRequest};
 use nod::storage::backend::Backend;
 use nod::storage::{KvStore, LogStore};
 use nod::transport::codec::{decode_message, encode_message};
+use nod_proto::etcd::etcdserverpb::{PutRequest, RangeRequest};
 use nod_raft::{
     Entry, EntryPayload, Index, LogWrite, Message, MessageBody, NodeId, Storage, StorageWrite, Term,
 };

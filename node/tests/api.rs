@@ -6,12 +6,12 @@ mod support;
 
 use std::time::Duration;
 
-use nod::api::etcd::etcdserverpb::{
+use nod_client::prefix_end;
+use nod_proto::etcd::etcdserverpb::{
     compare, request_op, watch_create_request::FilterType, watch_request, Compare, PutRequest,
     RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest,
 };
-use nod::api::etcd::mvccpb::event::EventType;
-use nod::client::prefix_end;
+use nod_proto::etcd::mvccpb::event::EventType;
 use prost::Message;
 use support::{leader, Cluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -58,7 +58,7 @@ async fn the_finer_points_of_the_etcd_api() {
         max_create_revision: max_create,
         ..Default::default()
     };
-    let keys = |r: nod::api::etcd::etcdserverpb::RangeResponse| {
+    let keys = |r: nod_proto::etcd::etcdserverpb::RangeResponse| {
         r.kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>()
     };
     assert_eq!(
@@ -165,7 +165,7 @@ async fn the_finer_points_of_the_etcd_api() {
     c.put(put("w1", "old")).await.unwrap();
     c.put(put("w1", "new")).await.unwrap();
     let del = c
-        .delete(nod::api::etcd::etcdserverpb::DeleteRangeRequest {
+        .delete(nod_proto::etcd::etcdserverpb::DeleteRangeRequest {
             key: b"w1".to_vec(),
             ..Default::default()
         })
@@ -373,7 +373,7 @@ async fn a_malformed_authority_is_served() {
         .await
         .expect("an answer within 10 s");
     assert!(body.len() >= 5, "no response message: {body:?}");
-    let resp = nod::api::etcd::etcdserverpb::RangeResponse::decode(&body[5..]).unwrap();
+    let resp = nod_proto::etcd::etcdserverpb::RangeResponse::decode(&body[5..]).unwrap();
     assert_eq!(resp.kvs.len(), 1);
     assert_eq!(resp.kvs[0].value, b"v");
 }

@@ -21,11 +21,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nod::api::etcd::etcdserverpb::{
+use nod_client::{prefix_end, Client};
+use nod_lincheck::{Op, Operation, Outcome};
+use nod_proto::etcd::etcdserverpb::{
     compare, request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
 };
-use nod::client::{prefix_end, Client};
-use nod_lincheck::{Op, Operation, Outcome};
 use support::network::Network;
 use support::proxy::DelayProxy;
 use support::{leader, Cluster, Member};

@@ -8,8 +8,8 @@ mod support;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use nod::api::etcd::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
-use nod::client::{prefix_end, Client, ClientError};
+use nod_client::{prefix_end, Client, ClientError};
+use nod_proto::etcd::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
 use support::{eventually, leader, Cluster, Member};
 
 fn put(k: &str, v: &str) -> PutRequest {
@@ -167,7 +167,7 @@ async fn leader_failover_loses_no_acknowledged_write_and_a_restarted_node_catche
         let h = m
             .client()
             .maintenance
-            .hash_kv(nod::api::etcd::etcdserverpb::HashKvRequest { revision: rev })
+            .hash_kv(nod_proto::etcd::etcdserverpb::HashKvRequest { revision: rev })
             .await
             .unwrap()
             .into_inner();
@@ -352,10 +352,10 @@ async fn bad_input_gets_etcd_errors_and_the_node_keeps_serving() {
         drop(s);
     }
     // A well-formed gRPC call with a malformed Raft message on the peer port.
-    let mut peer = nod::transport::nodserverpb::peer_client::PeerClient::connect(m.peer_url())
+    let mut peer = nod_proto::nodserverpb::peer_client::PeerClient::connect(m.peer_url())
         .await
         .unwrap();
-    let batch = nod::transport::nodraftpb::MessageBatch {
+    let batch = nod_proto::nodraftpb::MessageBatch {
         cluster_id: 1,
         messages: vec![],
     };
@@ -369,9 +369,9 @@ async fn bad_input_gets_etcd_errors_and_the_node_keeps_serving() {
         "wrong cluster id: {err}"
     );
     let me = m.client().status().await.unwrap().header.unwrap();
-    let malformed = nod::transport::nodraftpb::MessageBatch {
+    let malformed = nod_proto::nodraftpb::MessageBatch {
         cluster_id: me.cluster_id,
-        messages: vec![nod::transport::nodraftpb::Message {
+        messages: vec![nod_proto::nodraftpb::Message {
             from: 0,
             to: me.member_id,
             term: 1,
@@ -384,7 +384,7 @@ async fn bad_input_gets_etcd_errors_and_the_node_keeps_serving() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     // Forwarded writes (Peer.Propose): only a member, only in its own name.
-    use nod::transport::nodserverpb::{command::Op, Command, ProposeBatch};
+    use nod_proto::nodserverpb::{command::Op, Command, ProposeBatch};
     use prost::Message as _;
     let command = |origin: u64, key: &str| {
         Command {
@@ -529,7 +529,7 @@ async fn sigterm_hands_leadership_over_and_exits_zero_and_data_survives_restart(
 async fn hash_at(m: &Member, revision: i64) -> u32 {
     m.client()
         .maintenance
-        .hash_kv(nod::api::etcd::etcdserverpb::HashKvRequest { revision })
+        .hash_kv(nod_proto::etcd::etcdserverpb::HashKvRequest { revision })
         .await
         .unwrap()
         .into_inner()

@@ -11,7 +11,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use nod::api::etcd::etcdserverpb::{Member as EtcdMember, PutRequest, RangeRequest};
+use nod_proto::etcd::etcdserverpb::{Member as EtcdMember, PutRequest, RangeRequest};
 use support::{eventually, Member};
 
 /// The member list and cluster id as `m` sees them (linearizable), if it answers.
@@ -131,7 +131,7 @@ async fn from_nothing_three_then_five_then_a_wiped_member_rejoins() {
     ms[1].kill();
     let endpoints: Vec<String> = [0, 2, 3, 4].iter().map(|&i| ms[i].endpoint()).collect();
     let health = eventually("n2 reported unhealthy", Duration::from_secs(20), || async {
-        let mut c = nod::client::Client::connect(&endpoints, Duration::from_secs(3)).ok()?;
+        let mut c = nod_client::Client::connect(&endpoints, Duration::from_secs(3)).ok()?;
         let h = c.member_health().await.ok()?;
         let n2 = h.members.iter().find(|m| m.id == old)?;
         (!n2.healthy && !n2.gossip_alive).then_some(h)

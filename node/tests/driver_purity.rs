@@ -21,6 +21,8 @@ const FORBIDDEN: &[&str] = &[
     "std::process",
     "RandomState",
     "transport::peer",
+    "crate::api",
+    "crate::server::",
     "checkpoint::create",
     "checkpoint::install",
     "crate::server::driver",

@@ -7,12 +7,12 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nod::api::etcd::etcdserverpb::{
+use nod_client::Client;
+use nod_lincheck::{Op, Operation, Outcome};
+use nod_proto::etcd::etcdserverpb::{
     compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
     TxnRequest,
 };
-use nod::client::Client;
-use nod_lincheck::{Op, Operation, Outcome};
 use support::{eventually, leader, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,14 +5,14 @@
 //! as `nod_raft::conformance` does for the log. Then what only one backend
 //! has: a corrupt file on disk, the memory image of a simulated snapshot.
 
-use nod::api::etcd::etcdserverpb::{
-    compare, request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
-    RangeRequest, RequestOp, TxnRequest,
-};
-use nod::api::etcd::mvccpb::event::EventType;
 use nod::storage::backend::{Backend, Batch, Keyspace, MemoryBackend, RocksBackend};
 use nod::storage::kv_store::KeyRange;
 use nod::storage::{KvError, KvStore};
+use nod_proto::etcd::etcdserverpb::{
+    compare, request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
+    RangeRequest, RequestOp, TxnRequest,
+};
+use nod_proto::etcd::mvccpb::event::EventType;
 
 /// How the suite makes and reopens stores.
 trait Harness {

@@ -17,6 +17,9 @@ fn failing_seeds(planted: Planted, seeds: std::ops::Range<u64>) -> usize {
 #[test]
 fn stale_reads_are_reported() {
     let failing = failing_seeds(Planted::StaleReads, 1..301);
-    assert!(failing > 0, "no seed of 300 caught reads served without ReadIndex");
+    assert!(
+        failing > 0,
+        "no seed of 300 caught reads served without ReadIndex"
+    );
     assert_eq!(failing_seeds(Planted::None, 1..301), 0);
 }

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use nod::client::Client;
+use nod_client::Client;
 
 use crate::plan::MemberView;
 

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nod::api::etcd::etcdserverpb::{PutRequest, RangeRequest};
-use nod::client::Client;
+use nod_client::Client;
 use nod_operator::nodapi::{ClusterApi, NodApi};
 use nod_operator::plan::{plan, Observed, PodView, Step};
+use nod_proto::etcd::etcdserverpb::{PutRequest, RangeRequest};
 
 /// The `nod` binary of this build (the workspace's tests build it next to
 /// this test's binary), or `$NOD_BIN`.

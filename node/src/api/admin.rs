@@ -8,9 +8,9 @@ use tonic::{Request, Response, Status};
 
 use crate::server::autopilot::Autopilot;
 use crate::server::node::Node;
-use crate::transport::nodserverpb::admin_client::AdminClient;
-use crate::transport::nodserverpb::admin_server::Admin;
-use crate::transport::nodserverpb::{MemberHealthRequest, MemberHealthResponse};
+use nod_proto::nodserverpb::admin_client::AdminClient;
+use nod_proto::nodserverpb::admin_server::Admin;
+use nod_proto::nodserverpb::{MemberHealthRequest, MemberHealthResponse};
 
 pub struct AdminService {
     pub node: Arc<Node>,

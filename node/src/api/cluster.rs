@@ -18,7 +18,7 @@ use super::etcd::etcdserverpb::{
 use super::status::{
     to_status, LEARNER_NOT_READY, MEMBER_NOT_FOUND, MEMBER_NOT_LEARNER, PEER_URL_EXISTS,
 };
-use crate::server::command::{self, MemberAttributes, Op};
+use crate::command::{self, MemberAttributes, Op};
 use crate::server::driver::{Applied, Outcome};
 use crate::server::node::{Node, Route};
 
@@ -107,9 +107,9 @@ impl Cluster for ClusterService {
         {
             return Err(Status::failed_precondition(PEER_URL_EXISTS));
         }
-        let mut id = crate::server::identity::random_id();
+        let mut id = crate::identity::random_id();
         while members.iter().any(|m| m.id == id) {
-            id = crate::server::identity::random_id();
+            id = crate::identity::random_id();
         }
         let attrs = MemberAttributes {
             id,

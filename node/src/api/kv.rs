@@ -14,7 +14,7 @@ use super::etcd::etcdserverpb::{
     PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
 };
 use super::status::kv_status;
-use crate::server::command::Op;
+use crate::command::Op;
 use crate::server::driver::Outcome;
 use crate::server::node::{Node, Route};
 use crate::storage::kv_store::KeyRange;
@@ -251,7 +251,7 @@ impl Kv for KvService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::etcd::etcdserverpb::request_op::Request as R;
+    use nod_proto::etcd::etcdserverpb::request_op::Request as R;
 
     fn put(k: &[u8]) -> RequestOp {
         RequestOp {

@@ -17,7 +17,7 @@ use super::etcd::etcdserverpb::{
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use super::status::{kv_status, to_status};
-use crate::server::command::Op;
+use crate::command::Op;
 use crate::server::driver::DriverError;
 use crate::server::node::{Node, Route};
 use crate::storage::kv_store::MAX_LEASE_TTL;
@@ -33,7 +33,7 @@ pub struct LeaseService {
 
 fn random_lease_id() -> i64 {
     // Positive and non-zero; random so that two clients do not collide.
-    (crate::server::identity::random_id() >> 1).max(1) as i64
+    (crate::identity::random_id() >> 1).max(1) as i64
 }
 
 async fn keep_alive_once(node: &Node, id: i64) -> Result<LeaseKeepAliveResponse, Status> {

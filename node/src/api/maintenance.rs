@@ -255,7 +255,7 @@ impl Maintenance for MaintenanceService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::etcd::mvccpb::KeyValue;
+    use nod_proto::etcd::mvccpb::KeyValue;
 
     #[test]
     fn backups_have_etcdctls_shape_and_detect_corruption() {

@@ -1,6 +1,6 @@
-//! The client-facing API: etcd v3, wire-compatible. `etcd` holds the types,
-//! clients and service traits generated from `proto/etcd`; one module per
-//! service implements them, and `status` turns every error into etcd's
+//! The client-facing API: etcd v3, wire-compatible. The types, clients and
+//! service traits are generated in `nod-proto` (`proto/etcd`); one module
+//! per service implements them, and `status` turns every error into etcd's
 //! gRPC status.
 
 pub mod admin;
@@ -11,103 +11,6 @@ pub mod maintenance;
 pub mod status;
 pub mod watch;
 
-/// Code generated from etcd's v3 API protos (see `proto/etcd/README.md`).
-pub mod etcd {
-    #![allow(clippy::all, clippy::pedantic, missing_docs)]
-
-    pub mod mvccpb {
-        tonic::include_proto!("mvccpb");
-    }
-    pub mod authpb {
-        tonic::include_proto!("authpb");
-    }
-    pub mod etcdserverpb {
-        tonic::include_proto!("etcdserverpb");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::etcd::etcdserverpb::{compare, Compare, PutRequest, RangeRequest, ResponseHeader};
-    use prost::Message;
-
-    /// Field numbers are the wire contract with etcd clients: check a few
-    /// messages against their encoding written out by hand (tag = number << 3 | wire type).
-    #[test]
-    fn encodings_match_etcd_field_numbers() {
-        let range = RangeRequest {
-            key: b"a".to_vec(),
-            range_end: b"b".to_vec(),
-            limit: 5,
-            revision: 7,
-            ..Default::default()
-        };
-        assert_eq!(
-            range.encode_to_vec(),
-            vec![0x0a, 1, b'a', 0x12, 1, b'b', 0x18, 5, 0x20, 7]
-        );
-
-        let put = PutRequest {
-            key: b"k".to_vec(),
-            value: b"v".to_vec(),
-            lease: 3,
-            prev_kv: true,
-            ..Default::default()
-        };
-        assert_eq!(
-            put.encode_to_vec(),
-            vec![0x0a, 1, b'k', 0x12, 1, b'v', 0x18, 3, 0x20, 1]
-        );
-
-        let header = ResponseHeader {
-            cluster_id: 1,
-            member_id: 2,
-            revision: 3,
-            raft_term: 4,
-        };
-        assert_eq!(
-            header.encode_to_vec(),
-            vec![0x08, 1, 0x10, 2, 0x18, 3, 0x20, 4]
-        );
-
-        // Compare: result=1 (GREATER) as field 1, target=1 (CREATE) as 2, key as 3, create_revision as 5.
-        let cmp = Compare {
-            result: compare::CompareResult::Greater as i32,
-            target: compare::CompareTarget::Create as i32,
-            key: b"x".to_vec(),
-            target_union: Some(compare::TargetUnion::CreateRevision(9)),
-            ..Default::default()
-        };
-        assert_eq!(
-            cmp.encode_to_vec(),
-            vec![0x08, 1, 0x10, 1, 0x1a, 1, b'x', 0x28, 9]
-        );
-    }
-
-    #[test]
-    fn service_paths_are_etcds() {
-        use super::etcd::etcdserverpb::{
-            cluster_server, kv_server, lease_server, maintenance_server, watch_server,
-        };
-        assert_eq!(
-            <kv_server::KvServer<()> as tonic::server::NamedService>::NAME,
-            "etcdserverpb.KV"
-        );
-        assert_eq!(
-            <watch_server::WatchServer<()> as tonic::server::NamedService>::NAME,
-            "etcdserverpb.Watch"
-        );
-        assert_eq!(
-            <lease_server::LeaseServer<()> as tonic::server::NamedService>::NAME,
-            "etcdserverpb.Lease"
-        );
-        assert_eq!(
-            <cluster_server::ClusterServer<()> as tonic::server::NamedService>::NAME,
-            "etcdserverpb.Cluster"
-        );
-        assert_eq!(
-            <maintenance_server::MaintenanceServer<()> as tonic::server::NamedService>::NAME,
-            "etcdserverpb.Maintenance"
-        );
-    }
-}
+/// The old path of the generated etcd types, kept so code written against
+/// `crate::api::etcd` still compiles; new code imports `nod_proto::etcd`.
+pub use nod_proto::etcd;

@@ -12,12 +12,15 @@ use nod_raft::{ConfChange, ConfChangeKind, Entry, EntryPayload, Role};
 use super::platform::{Replies, Reply};
 use super::request::{Applied, DriverError, Fatal, Outcome};
 use super::{Core, Platform};
-use crate::api::etcd::etcdserverpb::Member;
-use crate::api::etcd::mvccpb::Event;
-use crate::server::command::{self, MemberAttributes, Op};
-use crate::server::watch_hub::HubState;
+use crate::command::{self, MemberAttributes, Op};
 use crate::storage::backend::Backend;
 use crate::storage::{KvError, KvStore};
+use crate::watch_hub::HubState;
+use nod_proto::etcd::etcdserverpb::Member;
+use nod_proto::etcd::mvccpb::Event;
+
+/// The hub and the store, held while a run of entries is applied.
+type Held<'a, B> = (MutexGuard<'a, HubState>, RwLockWriteGuard<'a, KvStore<B>>);
 
 type Answer<P> = (
     <<P as Platform>::Replies as Replies>::Reply<Applied>,
@@ -49,10 +52,7 @@ impl<P: Platform> Core<P> {
     pub(super) fn apply_committed(&mut self, entries: Vec<Entry>) -> Result<(), Fatal> {
         let shared = self.shared.clone();
         let hub = shared.hub.clone();
-        let mut held: Option<(
-            MutexGuard<'_, HubState>,
-            RwLockWriteGuard<'_, KvStore<P::Backend>>,
-        )> = None;
+        let mut held: Option<Held<'_, P::Backend>> = None;
         let mut answers = Vec::new();
         for entry in entries {
             if matches!(entry.payload, EntryPayload::ConfChange(_)) {

@@ -11,8 +11,8 @@ use nod_raft::{Entry, Index, NodeId, Term};
 
 use super::platform::{ForwardFailure, ForwardOutcome, Replies, Reply};
 use super::request::{Applied, DriverError};
-use crate::server::metrics::Metrics;
-use crate::transport::nodserverpb::ProposeResult;
+use crate::metrics::Metrics;
+use nod_proto::nodserverpb::ProposeResult;
 
 /// What a leader answers for a forwarded write it could not append because
 /// it does not lead (`ProposeResult.leader` names who does, 0: nobody).

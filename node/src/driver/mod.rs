@@ -41,7 +41,7 @@ pub use platform::{
 pub use request::{Applied, DriverError, Fatal, NodeStatus, Outcome, Request};
 pub use shared::Shared;
 
-use crate::server::command::{self, MemberAttributes, Op};
+use crate::command::{self, MemberAttributes, Op};
 
 /// How often a tick's housekeeping (closed callers, attribute publishing) runs.
 const HOUSEKEEPING_TICKS: u64 = 10;
@@ -249,7 +249,7 @@ impl<P: Platform> Core<P> {
                 let results = commands
                     .into_iter()
                     .map(|c| match self.node.propose(c) {
-                        Ok(p) => crate::transport::nodserverpb::ProposeResult {
+                        Ok(p) => nod_proto::nodserverpb::ProposeResult {
                             index: p.index.0,
                             term: p.term.0,
                             ..Default::default()
@@ -379,7 +379,7 @@ impl<P: Platform> Core<P> {
                 id: 0,
                 origin: 0,
                 op: Some(Op::LeaseRevoke(
-                    crate::api::etcd::etcdserverpb::LeaseRevokeRequest { id },
+                    nod_proto::etcd::etcdserverpb::LeaseRevokeRequest { id },
                 )),
             });
             if self.node.propose(data).is_ok() {

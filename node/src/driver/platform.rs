@@ -8,11 +8,11 @@ use std::collections::HashMap;
 use nod_raft::{Message, NodeId};
 
 use super::request::{DriverError, Fatal};
-use crate::server::command::MemberAttributes;
+use crate::command::MemberAttributes;
 use crate::storage::backend::Backend;
 use crate::storage::checkpoint::CheckpointInfo;
 use crate::storage::KvStore;
-use crate::transport::nodserverpb::ProposeResult;
+use nod_proto::nodserverpb::ProposeResult;
 
 /// One answer to one request.
 pub trait Reply<T>: Send {

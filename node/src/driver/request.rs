@@ -7,10 +7,10 @@ use std::time::Duration;
 use nod_raft::{ConfChange, NodeId};
 
 use super::platform::Replies;
-use crate::api::etcd::etcdserverpb::{DeleteRangeResponse, Member, PutResponse, TxnResponse};
-use crate::server::command::Op;
+use crate::command::Op;
 use crate::storage::KvError;
-use crate::transport::nodserverpb::ProposeResult;
+use nod_proto::etcd::etcdserverpb::{DeleteRangeResponse, Member, PutResponse, TxnResponse};
+use nod_proto::nodserverpb::ProposeResult;
 
 /// Why a request did not get a result. Each is the request's own outcome,
 /// sent to its caller; a failure of the node itself is [`Fatal`].

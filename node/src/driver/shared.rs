@@ -5,10 +5,10 @@
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::request::NodeStatus;
-use crate::server::metrics::Metrics;
-use crate::server::watch_hub::WatchHub;
+use crate::metrics::Metrics;
 use crate::storage::backend::{Backend, RocksBackend};
 use crate::storage::KvStore;
+use crate::watch_hub::WatchHub;
 
 pub struct Shared<B: Backend = RocksBackend> {
     pub member_id: u64,

@@ -10,9 +10,9 @@ use nod_raft::{Index, NodeId, RawNode, Storage, StorageWrite, Term};
 use super::platform::{Snapshotter, Taken};
 use super::request::{DriverError, Fatal};
 use super::{Core, Platform};
-use crate::api::etcd::etcdserverpb::Member;
-use crate::server::command;
+use crate::command;
 use crate::storage::checkpoint::CheckpointInfo;
+use nod_proto::etcd::etcdserverpb::Member;
 
 /// Checkpoints kept: the newest and the one the log now starts from.
 const CHECKPOINTS_KEPT: usize = 2;

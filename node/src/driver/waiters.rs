@@ -13,7 +13,7 @@ use nod_raft::{Entry, Index, Term};
 
 use super::platform::{Replies, Reply};
 use super::request::{Applied, DriverError};
-use crate::server::metrics::Metrics;
+use crate::metrics::Metrics;
 
 pub(crate) struct Waiters<R: Replies> {
     by_index: BTreeMap<Index, (Term, R::Reply<Applied>)>,

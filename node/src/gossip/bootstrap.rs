@@ -48,13 +48,11 @@ use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
 use super::{keys, Gossip, PeerInfo};
-use crate::server::identity::{self, write_durably};
-use crate::transport::nodserverpb::bootstrap_client::BootstrapClient;
-use crate::transport::nodserverpb::bootstrap_reply::State;
-use crate::transport::nodserverpb::bootstrap_server::Bootstrap;
-use crate::transport::nodserverpb::{
-    BootstrapMember, BootstrapOutcome, BootstrapPrepare, BootstrapReply,
-};
+use crate::identity::{self, write_durably};
+use nod_proto::nodserverpb::bootstrap_client::BootstrapClient;
+use nod_proto::nodserverpb::bootstrap_reply::State;
+use nod_proto::nodserverpb::bootstrap_server::Bootstrap;
+use nod_proto::nodserverpb::{BootstrapMember, BootstrapOutcome, BootstrapPrepare, BootstrapReply};
 
 /// Largest founding set accepted (from a flag or from the network).
 pub const MAX_FOUNDERS: usize = 9;
@@ -316,7 +314,7 @@ impl BootstrapState {
 }
 
 #[tonic::async_trait]
-impl Bootstrap for Arc<BootstrapState> {
+impl Bootstrap for BootstrapState {
     async fn prepare(
         &self,
         request: Request<BootstrapPrepare>,

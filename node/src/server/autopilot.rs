@@ -23,7 +23,7 @@ use nod_raft::{ConfChange, ConfChangeKind, NodeId, Role};
 
 use super::driver::{DriverHandle, Shared};
 use crate::gossip::Gossip;
-use crate::transport::nodserverpb::MemberHealth;
+use nod_proto::nodserverpb::MemberHealth;
 
 #[derive(Clone, Debug)]
 pub struct AutopilotConfig {

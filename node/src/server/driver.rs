@@ -13,17 +13,17 @@ use std::time::{Duration, Instant};
 use nod_raft::{ConfChange, Message, NodeId, RawNode};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::command::{MemberAttributes, Op};
 pub use crate::driver::{Applied, DriverError, NodeStatus, Outcome, Shared};
 use crate::driver::{
     Core, CoreConfig, Fatal, ForwardFailure, ForwardOutcome, Network, Platform, Replies, Reply,
     Snapshotter, Stopwatch, Taken, Turn,
 };
-use crate::server::command::{MemberAttributes, Op};
 use crate::storage::backend::RocksBackend;
 use crate::storage::checkpoint;
 use crate::storage::{KvStore, LogStore};
-use crate::transport::nodserverpb::ProposeResult;
 use crate::transport::peer::{self, Transport, TransportEvent};
+use nod_proto::nodserverpb::ProposeResult;
 
 /// Answers travel on oneshot channels.
 pub struct Oneshot;

@@ -11,7 +11,7 @@ use std::time::Instant;
 use prometheus::{HistogramVec, IntCounterVec};
 use tower::{Layer, Service};
 
-use super::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// The two metric families the layer writes: a request clones these two
 /// handles, not every metric handle `Metrics` holds.

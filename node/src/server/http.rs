@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::driver::Shared;
-use super::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// What the metrics port answers from: the registry from the start, the
 /// running node once there is one.

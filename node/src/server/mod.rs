@@ -4,15 +4,16 @@
 //!
 //! Read `driver` first; `node` is what the API services share.
 
+// `command`, `identity`, `metrics` and `watch_hub` moved to the crate root,
+// below the transport and the driver that use them too; the old paths stay
+// for code written against them.
+pub use crate::{command, identity, metrics, watch_hub};
+
 pub mod autopilot;
-pub mod command;
 pub mod driver;
 pub mod grpc_metrics;
 pub mod http;
-pub mod identity;
-pub mod metrics;
 pub mod node;
-pub mod watch_hub;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,28 +29,28 @@ use tokio::task::JoinHandle;
 
 use crate::api::admin::AdminService;
 use crate::api::cluster::ClusterService;
-use crate::api::etcd::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer, Member,
-};
 use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
+use crate::command::{MemberAttributes, Op};
 use crate::gossip::bootstrap::{self, BootstrapState, Decision, DiscoverConfig, Founders};
 use crate::gossip::{keys, Gossip, GossipConfig, PeerInfo};
+use crate::identity::Identity;
 use crate::storage::{checkpoint, KvStore, LogStore};
-use crate::transport::nodserverpb::admin_server::AdminServer;
-use crate::transport::nodserverpb::bootstrap_server::BootstrapServer;
-use crate::transport::nodserverpb::peer_client::PeerClient;
-use crate::transport::nodserverpb::peer_server::PeerServer;
-use crate::transport::nodserverpb::{MembersRequest, SnapshotData};
 use crate::transport::peer::{PeerNode, PeerService, Transport, MAX_PEER_FRAME};
 use autopilot::{Autopilot, AutopilotConfig};
-use command::{MemberAttributes, Op};
 use driver::{Driver, DriverConfig, DriverHandle, NodeStatus, Shared};
-use identity::Identity;
 use metrics::Metrics;
+use nod_proto::etcd::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer, Member,
+};
+use nod_proto::nodserverpb::admin_server::AdminServer;
+use nod_proto::nodserverpb::bootstrap_server::BootstrapServer;
+use nod_proto::nodserverpb::peer_client::PeerClient;
+use nod_proto::nodserverpb::peer_server::PeerServer;
+use nod_proto::nodserverpb::{MembersRequest, SnapshotData};
 use node::Node;
 use watch_hub::WatchHub;
 
@@ -210,10 +211,7 @@ impl PeerNode for PeerView {
     ) -> std::pin::Pin<
         Box<
             dyn std::future::Future<
-                    Output = Result<
-                        Vec<crate::transport::nodserverpb::ProposeResult>,
-                        tonic::Status,
-                    >,
+                    Output = Result<Vec<nod_proto::nodserverpb::ProposeResult>, tonic::Status>,
                 > + Send
                 + '_,
         >,
@@ -442,7 +440,7 @@ async fn run_discovery(
     let (stop, mut stopped) = watch::channel(false);
     let server = AbortOnDrop(Some(tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(BootstrapServer::new(state.clone()))
+            .add_service(BootstrapServer::from_arc(state.clone()))
             .serve_with_incoming_shutdown(incoming(peer_listener.clone()), async move {
                 let _ = stopped.wait_for(|s| *s).await;
             }),
@@ -491,8 +489,8 @@ async fn join_cluster(
     targets: &[PeerInfo],
 ) -> Result<(Identity, Vec<Member>), String> {
     let endpoints: Vec<String> = targets.iter().map(|t| t.client_url.clone()).collect();
-    let mut client = crate::client::Client::connect(&endpoints, cfg.request_timeout)
-        .map_err(|e| e.to_string())?;
+    let mut client =
+        nod_client::Client::connect(&endpoints, cfg.request_timeout).map_err(|e| e.to_string())?;
     let list = client.member_list().await.map_err(|e| e.to_string())?;
     for m in &list.members {
         if m.name == cfg.name || m.peer_ur_ls.contains(&cfg.advertise_peer) {
@@ -871,7 +869,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                     .max_decoding_message_size(MAX_PEER_FRAME)
                     .max_encoding_message_size(MAX_PEER_FRAME),
             )
-            .add_service(BootstrapServer::new(bootstrap_state))
+            .add_service(BootstrapServer::from_arc(bootstrap_state))
             .serve_with_incoming_shutdown(incoming(peer_listener), async move {
                 let _ = stop_peer.wait_for(|s| *s).await;
             })
@@ -1004,8 +1002,7 @@ impl RunningServer {
             return;
         }
         let endpoint = format!("http://{}", self.client_addr);
-        let mut client = match crate::client::Client::connect(&[endpoint], Duration::from_secs(10))
-        {
+        let mut client = match nod_client::Client::connect(&[endpoint], Duration::from_secs(10)) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot leave the cluster");

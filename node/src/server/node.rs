@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use super::command::Op;
 use super::driver::{Applied, DriverError, DriverHandle, Shared};
-use crate::api::etcd::etcdserverpb::ResponseHeader;
 use crate::api::status::to_status;
+use crate::command::Op;
+use nod_proto::etcd::etcdserverpb::ResponseHeader;
 
 /// Metadata key marking a request another member already forwarded.
 pub const FORWARDED: &str = "nod-forwarded";
@@ -205,7 +205,7 @@ impl Node {
                 return Ok(None);
             };
             match call(ch).await {
-                Err(s) if crate::client::not_sent(&s) && Instant::now() < deadline => {
+                Err(s) if nod_client::not_sent(&s) && Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 r => return r.map(Some),

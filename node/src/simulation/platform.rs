@@ -12,10 +12,10 @@ use nod_raft::{
     StorageError, StorageWrite, Term,
 };
 
+use crate::command::MemberAttributes;
 use crate::driver::{
     DriverError, Fatal, Network, Platform, Replies, Reply, Snapshotter, Stopwatch, Taken,
 };
-use crate::server::command::MemberAttributes;
 use crate::storage::backend::MemoryBackend;
 use crate::storage::checkpoint::CheckpointInfo;
 use crate::storage::KvStore;

@@ -17,18 +17,18 @@ use nod_raft::{ConfState, Index, MemStorage, Message, MessageBody, NodeId, RawNo
 
 use super::platform::{SharedLog, SimNetwork, SimPlatform, SimSnapshots, SimStore, Slot};
 use super::{Config, Planted, Report};
-use crate::api::etcd::etcdserverpb::{
-    compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest,
-};
+use crate::command::{self, MemberAttributes, Op, SnapshotData};
 use crate::driver::{
     Applied, Core, CoreConfig, DriverError, ForwardFailure, ForwardOutcome, Outcome, Request,
     Shared, Taken, Turn,
 };
-use crate::server::command::{self, MemberAttributes, Op, SnapshotData};
-use crate::server::metrics::Metrics;
-use crate::server::watch_hub::WatchHub;
+use crate::metrics::Metrics;
 use crate::storage::KvStore;
+use crate::watch_hub::WatchHub;
+use nod_proto::etcd::etcdserverpb::{
+    compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest,
+};
 
 /// Milliseconds of simulated time.
 type Time = u64;
@@ -165,7 +165,7 @@ impl World {
             ))));
             let mut store = KvStore::in_memory();
             for m in &founders {
-                let member = crate::api::etcd::etcdserverpb::Member {
+                let member = nod_proto::etcd::etcdserverpb::Member {
                     id: m.id,
                     name: m.name.clone(),
                     peer_ur_ls: m.peer_urls.clone(),
@@ -723,7 +723,10 @@ impl World {
         let value = format!("c{c}-{index}").into_bytes();
         let kind = self.rng.range(0, 10);
         if self.cfg.planted == Planted::StaleReads && (4..=6).contains(&kind) {
-            let core = self.members[node].core.as_ref().expect("picked a live member");
+            let core = self.members[node]
+                .core
+                .as_ref()
+                .expect("picked a live member");
             let range = RangeRequest {
                 key: key.clone(),
                 ..Default::default()

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::DB;
 
-use crate::api::etcd::etcdserverpb::Member;
+use nod_proto::etcd::etcdserverpb::Member;
 
 /// Most files a checkpoint may hold (a peer cannot make us create more).
 pub const MAX_FILES: usize = 100_000;

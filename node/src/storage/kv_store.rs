@@ -55,12 +55,12 @@ use index::{IndexKey, Indexed};
 pub use key_range::KeyRange;
 
 use super::codec;
-use crate::api::etcd::etcdserverpb::{
+use nod_proto::etcd::etcdserverpb::{
     compare, range_request, request_op, response_op, CompactionRequest, Compare,
     DeleteRangeRequest, DeleteRangeResponse, Member, PutRequest, PutResponse, RangeRequest,
     RangeResponse, ResponseOp, TxnRequest, TxnResponse,
 };
-use crate::api::etcd::mvccpb::{event::EventType, Event, KeyValue};
+use nod_proto::etcd::mvccpb::{event::EventType, Event, KeyValue};
 
 /// The largest TTL a lease may ask for (etcd's `MaxLeaseTTL`).
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;

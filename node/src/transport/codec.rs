@@ -9,7 +9,7 @@ use nod_raft::{
     MessageBody, NodeId, Snapshot, SnapshotMetadata, Term,
 };
 
-pub use super::nodraftpb as pb;
+pub use nod_proto::nodraftpb as pb;
 
 /// Most entries one Append may carry.
 pub const MAX_ENTRIES: usize = 100_000;

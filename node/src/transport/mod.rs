@@ -4,14 +4,7 @@
 pub mod codec;
 pub mod peer;
 
-/// Code generated from `proto/nod/raft.proto`.
-pub mod nodraftpb {
-    #![allow(clippy::all, clippy::pedantic, missing_docs)]
-    include!(concat!(env!("OUT_DIR"), "/nod/nodraftpb.rs"));
-}
-
-/// Code generated from `proto/nod/server.proto`.
-pub mod nodserverpb {
-    #![allow(clippy::all, clippy::pedantic, missing_docs)]
-    include!(concat!(env!("OUT_DIR"), "/nod/nodserverpb.rs"));
-}
+// The old paths of the generated peer protocol, kept so code written
+// against `crate::transport::nodraftpb` still compiles; new code imports
+// `nod_proto` directly.
+pub use nod_proto::{nodraftpb, nodserverpb};

@@ -25,14 +25,14 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::{decode_message, encode_message};
-use super::nodraftpb::{Empty, MessageBatch};
-use super::nodserverpb::peer_client::PeerClient;
-use super::nodserverpb::peer_server::Peer;
-use super::nodserverpb::{
+use crate::storage::checkpoint;
+use nod_proto::nodraftpb::{Empty, MessageBatch};
+use nod_proto::nodserverpb::peer_client::PeerClient;
+use nod_proto::nodserverpb::peer_server::Peer;
+use nod_proto::nodserverpb::{
     MemberAttributes, MembersRequest, MembersResponse, ProposeBatch, ProposeBatchReply,
     ProposeResult, PublishRequest, SnapshotChunk, SnapshotData,
 };
-use crate::storage::checkpoint;
 use prost::Message as _;
 
 /// Largest frame a peer may send us (entries are limited per message by the
@@ -95,7 +95,7 @@ const MAX_SNAPSHOT_CHUNK: usize = 4 * 1024 * 1024;
 fn inline_snapshot_ok(m: &Message) -> bool {
     match &m.body {
         MessageBody::Snapshot { snapshot } => {
-            crate::server::command::decode_snapshot_data(&snapshot.data).is_ok()
+            crate::command::decode_snapshot_data(&snapshot.data).is_ok()
         }
         _ => true,
     }
@@ -452,7 +452,7 @@ pub trait PeerNode: Send + Sync + 'static {
     fn snapshot_received(&self, bytes: u64);
     fn member_id(&self) -> u64;
     fn cluster_id(&self) -> u64;
-    fn members(&self) -> Vec<crate::api::etcd::etcdserverpb::Member>;
+    fn members(&self) -> Vec<nod_proto::etcd::etcdserverpb::Member>;
     fn is_removed(&self, id: u64) -> bool;
     /// Proposes a member's attributes if this node leads.
     fn publish(
@@ -595,7 +595,7 @@ impl<N: PeerNode> Peer for PeerService<N> {
         let root = self.node.snapshot_root();
         let recv = root.join(format!(
             "recv-{index:016x}-{}",
-            crate::server::identity::random_id()
+            crate::identity::random_id()
         ));
         std::fs::create_dir_all(&recv)
             .map_err(|e| Status::internal(format!("snapshot folder: {e}")))?;
@@ -661,7 +661,7 @@ impl<N: PeerNode> Peer for PeerService<N> {
         let mut checked = Vec::with_capacity(r.commands.len());
         let mut results: Vec<Option<ProposeResult>> = Vec::with_capacity(r.commands.len());
         for c in r.commands {
-            let refusal = match crate::server::command::decode(&c) {
+            let refusal = match crate::command::decode(&c) {
                 Err(e) => Some(e.to_string()),
                 Ok((_, origin, _)) if origin != r.from => Some(format!(
                     "a command of origin {origin:x} forwarded by {:x}",

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nod::client::Client;
+use nod_client::Client;
 
 /// A port nothing listens on now, never the same twice in one test binary
 /// (the kernel may hand a just-released port out again; tests in one binary

@@ -5,7 +5,7 @@
 
 use prost::Message as _;
 
-pub use crate::transport::nodserverpb::{command::Op, Command, MemberAttributes, SnapshotData};
+pub use nod_proto::nodserverpb::{command::Op, Command, MemberAttributes, SnapshotData};
 
 /// The largest command a proposal may carry. Client requests are limited
 /// before this (`--max-request-bytes`); this bounds what a peer can make us decode.
@@ -87,7 +87,7 @@ pub fn decode_snapshot_data(bytes: &[u8]) -> Result<SnapshotData, CommandError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::etcd::etcdserverpb::PutRequest;
+    use nod_proto::etcd::etcdserverpb::PutRequest;
 
     #[test]
     fn commands_round_trip_and_bad_bytes_are_errors() {

@@ -1,6 +1,6 @@
-//! Nod's Rust client: the etcd v3 API over one load-balanced channel to
-//! every endpoint given. Written to become the public client library: typed
-//! options, typed errors, no printing. The `nod` CLI is built on it.
+//! `Client`: the etcd v3 API over one load-balanced channel to every
+//! endpoint given, retrying calls that surely never left. Typed options,
+//! typed errors, no printing.
 
 use std::time::Duration;
 
@@ -9,10 +9,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Streaming;
 
-use crate::transport::nodserverpb::admin_client::AdminClient;
-use crate::transport::nodserverpb::{MemberHealthRequest, MemberHealthResponse};
+use nod_proto::nodserverpb::admin_client::AdminClient;
+use nod_proto::nodserverpb::{MemberHealthRequest, MemberHealthResponse};
 
-use crate::api::etcd::etcdserverpb::{
+use nod_proto::etcd::etcdserverpb::{
     cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, watch_client::WatchClient, *,
 };
@@ -89,7 +89,7 @@ fn normalize(endpoint: &str) -> String {
 
 /// Whether a request surely never reached a server (no connection could be
 /// made), so sending it again cannot apply it twice.
-pub(crate) fn not_sent(s: &tonic::Status) -> bool {
+pub fn not_sent(s: &tonic::Status) -> bool {
     s.code() == tonic::Code::Unavailable && s.message().contains("tcp connect error")
 }
 

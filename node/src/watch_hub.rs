@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
 
-use crate::api::etcd::mvccpb::Event;
 use crate::storage::kv_store::KeyRange;
+use nod_proto::etcd::mvccpb::Event;
 
 /// What a watch stream's task receives, in order.
 #[derive(Debug)]
@@ -156,7 +156,7 @@ impl HubState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::etcd::mvccpb::KeyValue;
+    use nod_proto::etcd::mvccpb::KeyValue;
 
     fn put(key: &str, rev: i64) -> Event {
         Event {

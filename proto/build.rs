@@ -1,9 +1,10 @@
 //! Generates, with tonic/prost, the etcd v3 API (types, clients, servers)
-//! from `proto/etcd` and Nod's peer protocol from `proto/nod`. Needs
-//! `protoc` (scripts/setup installs it).
+//! from `etcd/` and Nod's peer protocol from `nod/` (paths relative to this
+//! crate, `proto/` in the repository). Needs `protoc` (scripts/setup
+//! installs it).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = "proto/etcd";
+    let root = "etcd";
     let files = [
         "etcdserverpb/rpc.proto",
         "mvccpb/kv.proto",
@@ -17,7 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_protos(&files, &[root.to_string()])?;
-    let peer = ["proto/nod/raft.proto", "proto/nod/server.proto"];
+    let peer = ["nod/raft.proto", "nod/server.proto"];
     for f in &peer {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -29,9 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .out_dir(out)
-        .extern_path(".etcdserverpb", "crate::api::etcd::etcdserverpb")
-        .extern_path(".mvccpb", "crate::api::etcd::mvccpb")
-        .extern_path(".authpb", "crate::api::etcd::authpb")
-        .compile_protos(&peer, &["proto/nod", root])?;
+        .extern_path(".etcdserverpb", "crate::etcd::etcdserverpb")
+        .extern_path(".mvccpb", "crate::etcd::mvccpb")
+        .extern_path(".authpb", "crate::etcd::authpb")
+        .compile_protos(&peer, &["nod", root])?;
     Ok(())
 }

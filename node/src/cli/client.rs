@@ -1,0 +1,114 @@
+//! What every client command shares: the flags (endpoints, output format,
+//! timeout), connecting, printing, and how a failure becomes an exit code.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use nod_client::{Client, ClientError};
+use nod_proto::etcd::etcdserverpb::ResponseHeader;
+use nod_proto::etcd::mvccpb::KeyValue;
+use serde_json::{json, Value};
+
+#[derive(Args, Clone)]
+pub struct ClientFlags {
+    /// Comma-separated client endpoints (host:port or URLs).
+    #[arg(
+        long,
+        env = "NOD_ENDPOINTS",
+        default_value = "127.0.0.1:2379",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub endpoints: Vec<String>,
+    /// Output format.
+    #[arg(long, short = 'w', env = "NOD_OUTPUT", value_enum, default_value_t = Output::Simple, global = true)]
+    pub output: Output,
+    /// Give up on a request after this many seconds.
+    #[arg(long, env = "NOD_COMMAND_TIMEOUT", default_value_t = 10, global = true)]
+    pub command_timeout: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Simple,
+    Json,
+}
+
+/// Why a client command failed: bad usage (exit 2) or the client's error
+/// (exit 1, or 3 when the cluster could not be reached in time).
+pub enum Failure {
+    Usage(String),
+    Client(ClientError),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure::Client(e)
+    }
+}
+
+pub fn usage(s: impl Into<String>) -> Failure {
+    Failure::Usage(s.into())
+}
+
+pub fn exit_for(f: Failure) -> ExitCode {
+    match f {
+        Failure::Usage(m) => {
+            eprintln!("nod: {m}");
+            ExitCode::from(2)
+        }
+        Failure::Client(ClientError::Status(s)) => {
+            eprintln!("Error: {}", s.message());
+            match s.code() {
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => ExitCode::from(3),
+                _ => ExitCode::FAILURE,
+            }
+        }
+        Failure::Client(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn parse_hex(s: &str, what: &str) -> Result<u64, Failure> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|_| usage(format!("{what} {s:?} is not a hexadecimal id")))
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn kv_json(kv: &KeyValue) -> Value {
+    json!({
+        "key": text(&kv.key),
+        "value": text(&kv.value),
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+        "lease": format!("{:x}", kv.lease),
+    })
+}
+
+pub fn header_json(h: &Option<ResponseHeader>) -> Value {
+    let h = h.unwrap_or_default();
+    json!({
+        "cluster_id": format!("{:x}", h.cluster_id),
+        "member_id": format!("{:x}", h.member_id),
+        "revision": h.revision,
+        "raft_term": h.raft_term,
+    })
+}
+
+pub fn print_json(v: Value) {
+    println!("{v}");
+}
+
+pub fn connect(c: &ClientFlags) -> Result<Client, Failure> {
+    Ok(Client::connect(
+        &c.endpoints,
+        Duration::from_secs(c.command_timeout),
+    )?)
+}

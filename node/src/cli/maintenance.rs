@@ -1,0 +1,96 @@
+//! `nod status`, `snapshot save` and `move-leader`: etcd's Maintenance
+//! service.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Subcommand;
+use nod_client::{Client, ClientError};
+use serde_json::json;
+
+use super::client::{connect, parse_hex, print_json, usage, ClientFlags, Failure, Output};
+
+#[derive(Subcommand)]
+pub enum SnapshotCommand {
+    /// Saves a backup of the whole key space to a file.
+    Save { file: PathBuf },
+}
+
+/// Each endpoint's status, asked one by one.
+pub async fn status(client: ClientFlags) -> Result<ExitCode, Failure> {
+    let mut failed = false;
+    for ep in &client.endpoints {
+        let mut c = Client::connect(
+            std::slice::from_ref(ep),
+            Duration::from_secs(client.command_timeout),
+        )?;
+        match c.status().await {
+            Ok(s) => {
+                let h = s.header.unwrap_or_default();
+                match client.output {
+                    Output::Json => print_json(json!({
+                        "endpoint": ep, "id": format!("{:x}", h.member_id), "version": s.version,
+                        "db_size": s.db_size, "leader": format!("{:x}", s.leader), "is_leader": s.leader == h.member_id,
+                        "is_learner": s.is_learner, "raft_term": s.raft_term, "raft_index": s.raft_index,
+                        "raft_applied_index": s.raft_applied_index, "errors": s.errors,
+                    })),
+                    Output::Simple => println!(
+                        "{ep}, {:x}, {}, {} B, {}, {}, {}, {}, {}",
+                        h.member_id,
+                        s.version,
+                        s.db_size,
+                        s.leader == h.member_id,
+                        s.is_learner,
+                        s.raft_term,
+                        s.raft_index,
+                        s.raft_applied_index
+                    ),
+                }
+            }
+            Err(e) => {
+                eprintln!("{ep}: Error: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn snapshot(command: SnapshotCommand, client: ClientFlags) -> Result<ExitCode, Failure> {
+    let SnapshotCommand::Save { file } = command;
+    let mut c = connect(&client)?;
+    let bytes = c.snapshot().await?;
+    crate::api::maintenance::decode_backup(&bytes)
+        .map_err(|e| Failure::Client(ClientError::Protocol(e)))?;
+    let part = file.with_extension("part");
+    std::fs::write(&part, &bytes)
+        .and_then(|_| std::fs::rename(&part, &file))
+        .map_err(|e| usage(format!("cannot write {}: {e}", file.display())))?;
+    println!(
+        "Snapshot saved at {} ({} bytes)",
+        file.display(),
+        bytes.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn move_leader(target: String, client: ClientFlags) -> Result<ExitCode, Failure> {
+    let target = parse_hex(&target, "member")?;
+    // Only the leader can move leadership: find it first.
+    let mut c = connect(&client)?;
+    let leader = c.status().await?.leader;
+    let members = c.member_list().await?.members;
+    let url = members
+        .iter()
+        .find(|m| m.id == leader)
+        .and_then(|m| m.client_ur_ls.first().cloned())
+        .ok_or_else(|| usage("no leader with a known client URL"))?;
+    let mut lc = Client::connect(&[url], Duration::from_secs(client.command_timeout))?;
+    lc.move_leader(target).await?;
+    println!("Leadership transferred from {leader:x} to {target:x}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,385 @@
+//! `nod server`: one member of a cluster. The flags, and the server
+//! configuration they make (every check of a flag's value is here).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::signal::StopSignal;
+use super::LogFormat;
+use crate::gossip::bootstrap::Founders;
+use crate::gossip::GossipConfig;
+use crate::server::autopilot::AutopilotConfig;
+use crate::server::{self, ClusterState, Discovery, ServerConfig};
+
+#[derive(Args)]
+pub struct ServerFlags {
+    /// Human-readable name of this member; unique in the cluster.
+    #[arg(long, env = "NOD_NAME", default_value = "default")]
+    pub name: String,
+    /// Where the Raft log, the state machine and snapshots live.
+    #[arg(long, env = "NOD_DATA_DIR", default_value = "./nod-data/default")]
+    pub data_dir: PathBuf,
+    /// Address to serve clients (the etcd v3 API) on.
+    #[arg(
+        long,
+        env = "NOD_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub listen_client_urls: String,
+    /// Client URL other members and clients use to reach this member (default: the listen URL).
+    #[arg(long, env = "NOD_ADVERTISE_CLIENT_URLS")]
+    pub advertise_client_urls: Option<String>,
+    /// Address to serve peers (Raft messages) on.
+    #[arg(
+        long,
+        env = "NOD_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
+    pub listen_peer_urls: String,
+    /// Peer URL other members use to reach this member (default: the listen URL).
+    #[arg(long, env = "NOD_INITIAL_ADVERTISE_PEER_URLS")]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// Address for /metrics, /healthz and /readyz ("" turns it off).
+    #[arg(
+        long,
+        env = "NOD_LISTEN_METRICS_URLS",
+        default_value = "http://127.0.0.1:2381"
+    )]
+    pub listen_metrics_urls: String,
+    /// Founding members (new) or members to ask (existing): name=peerURL,...
+    #[arg(long, env = "NOD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// `new` founds a cluster; `existing` joins one this member was added to.
+    #[arg(long, env = "NOD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+    /// Distinguishes clusters founded with the same member names.
+    #[arg(long, env = "NOD_INITIAL_CLUSTER_TOKEN", default_value = "nod-cluster")]
+    pub initial_cluster_token: String,
+    /// Heartbeat interval in milliseconds (one Raft tick).
+    #[arg(long, env = "NOD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Election timeout in milliseconds (a multiple of the heartbeat interval).
+    #[arg(long, env = "NOD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Largest client request accepted, in bytes.
+    #[arg(long, env = "NOD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
+    pub max_request_bytes: usize,
+    /// Applied entries between snapshots.
+    #[arg(long, env = "NOD_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    pub snapshot_count: u64,
+    /// Seconds between progress notifications to watchers that asked for them.
+    #[arg(long, env = "NOD_PROGRESS_NOTIFY_INTERVAL", default_value_t = 600)]
+    pub progress_notify_interval: u64,
+    /// Log format.
+    #[arg(long, env = "NOD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// UDP address to gossip on (host:port); turns discovery by gossip on.
+    #[arg(long, env = "NOD_GOSSIP_LISTEN_ADDR")]
+    pub gossip_listen_addr: Option<String>,
+    /// Gossip address other nodes use to reach this one: ip:port, [ipv6]:port,
+    /// or a bare IP (IPv4 or IPv6) that takes the listen address's port
+    /// (default: the listen address).
+    #[arg(long, env = "NOD_GOSSIP_ADVERTISE_ADDR")]
+    pub gossip_advertise_addr: Option<String>,
+    /// Nodes to gossip with first: host:port,... (DNS names are resolved again every minute).
+    #[arg(long, env = "NOD_GOSSIP_SEEDS", value_delimiter = ',')]
+    pub gossip_seeds: Vec<String>,
+    /// Milliseconds between gossip rounds.
+    #[arg(long, env = "NOD_GOSSIP_INTERVAL", default_value_t = 500)]
+    pub gossip_interval: u64,
+    /// With gossip and no data: found a new cluster once this many empty
+    /// nodes (with the same setting) see each other and no member is visible.
+    #[arg(long, env = "NOD_BOOTSTRAP_EXPECT", value_parser = clap::value_parser!(u16).range(1..=9))]
+    pub bootstrap_expect: Option<u16>,
+    /// The only names that may found the cluster: NAME,... (as many as
+    /// --bootstrap-expect). A node not listed never founds; it joins.
+    #[arg(long, env = "NOD_BOOTSTRAP_FOUNDERS", value_delimiter = ',')]
+    pub bootstrap_founders: Vec<String>,
+    /// Promote caught-up learners up to this many voters (default: 5 with
+    /// gossip, 0 = never without).
+    #[arg(long, env = "NOD_VOTERS")]
+    pub voters: Option<usize>,
+    /// A learner is caught up when its log is at most this many entries behind the leader's.
+    #[arg(long, env = "NOD_PROMOTE_LAG", default_value_t = 100)]
+    pub promote_lag: u64,
+    /// Milliseconds a learner must stay caught up before it is promoted.
+    #[arg(long, env = "NOD_PROMOTE_STABILIZE", default_value_t = 3000)]
+    pub promote_stabilize: u64,
+    /// Remove members unreachable (by Raft and gossip) for this many seconds; off by default.
+    #[arg(long, env = "NOD_AUTOPILOT_DEAD_AFTER")]
+    pub autopilot_dead_after: Option<u64>,
+    /// On SIGTERM, remove this member from the cluster (after handing off
+    /// leadership): scale-down outside Kubernetes.
+    #[arg(long, env = "NOD_LEAVE_ON_SHUTDOWN")]
+    pub leave_on_shutdown: bool,
+}
+
+/// Parses `http://host:port` (or `host:port`) into a socket address.
+pub fn socket_addr(url: &str) -> Result<SocketAddr, String> {
+    let hostport = url.split("://").last().unwrap_or(url).trim_end_matches('/');
+    use std::net::ToSocketAddrs;
+    hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("{url:?} is not a host:port address: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{url:?} resolves to no address"))
+}
+
+/// Parses `--gossip-advertise-addr`: ip:port, [ipv6]:port or host:port, or a
+/// bare IP (`10.0.0.1`, `fd00::1`, `[fd00::1]`) that takes `port`, since a
+/// pod template passes `$(POD_IP)`, which may be either family.
+fn advertise_addr(a: &str, port: u16) -> Result<SocketAddr, String> {
+    let a = a.trim();
+    let bare = a
+        .strip_prefix('[')
+        .and_then(|v6| v6.strip_suffix(']'))
+        .unwrap_or(a);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        if ip.is_unspecified() {
+            return Err(format!(
+                "--gossip-advertise-addr {a:?} is a wildcard: other nodes cannot reach it"
+            ));
+        }
+        return Ok(SocketAddr::new(ip, port));
+    }
+    socket_addr(a)
+}
+
+pub fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
+    let listen_client = socket_addr(&f.listen_client_urls)?;
+    let listen_peer = socket_addr(&f.listen_peer_urls)?;
+    let advertise_peer = f
+        .initial_advertise_peer_urls
+        .clone()
+        .unwrap_or_else(|| f.listen_peer_urls.clone());
+    let initial = f
+        .initial_cluster
+        .clone()
+        .unwrap_or_else(|| format!("{}={}", f.name, advertise_peer));
+    let mut initial_cluster = Vec::new();
+    for part in initial.split(',').filter(|p| !p.is_empty()) {
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--initial-cluster entry {part:?} is not name=peerURL"))?;
+        initial_cluster.push((name.trim().to_string(), url.trim().to_string()));
+    }
+    if f.heartbeat_interval == 0 || f.election_timeout < 5 * f.heartbeat_interval {
+        return Err("--election-timeout must be at least 5 heartbeat intervals".into());
+    }
+    let mut cfg = ServerConfig::local(&f.name, f.data_dir.clone(), listen_client, listen_peer);
+    cfg.advertise_client = f
+        .advertise_client_urls
+        .clone()
+        .unwrap_or_else(|| f.listen_client_urls.clone());
+    cfg.advertise_peer = advertise_peer;
+    cfg.listen_metrics = if f.listen_metrics_urls.is_empty() {
+        None
+    } else {
+        Some(socket_addr(&f.listen_metrics_urls)?)
+    };
+    cfg.initial_cluster = initial_cluster;
+    cfg.initial_cluster_state = match f.initial_cluster_state.as_str() {
+        "new" => ClusterState::New,
+        "existing" => ClusterState::Existing,
+        other => {
+            return Err(format!(
+                "--initial-cluster-state is new or existing, not {other:?}"
+            ))
+        }
+    };
+    cfg.initial_cluster_token = f.initial_cluster_token.clone();
+    cfg.heartbeat = Duration::from_millis(f.heartbeat_interval);
+    cfg.election_ticks = f.election_timeout / f.heartbeat_interval;
+    cfg.max_request_bytes = f.max_request_bytes;
+    cfg.snapshot_count = f.snapshot_count;
+    cfg.progress_notify_interval = Duration::from_secs(f.progress_notify_interval.max(1));
+    let founders: Vec<String> = f
+        .bootstrap_founders
+        .iter()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let founders =
+        Founders::new(&founders, f.bootstrap_expect.map(usize::from)).map_err(|e| e.to_string())?;
+    cfg.discovery = match &f.gossip_listen_addr {
+        None => {
+            if !f.gossip_seeds.is_empty() || f.bootstrap_expect.is_some() {
+                return Err(
+                    "--gossip-seeds and --bootstrap-expect need --gossip-listen-addr".into(),
+                );
+            }
+            None
+        }
+        Some(listen) => {
+            let listen = socket_addr(listen)?;
+            let advertise =
+                match &f.gossip_advertise_addr {
+                    Some(a) => advertise_addr(a, listen.port())?,
+                    None if listen.ip().is_unspecified() => return Err(
+                        "--gossip-listen-addr is a wildcard address: set --gossip-advertise-addr"
+                            .into(),
+                    ),
+                    None => listen,
+                };
+            if f.gossip_interval < 10 {
+                return Err("--gossip-interval is at least 10 ms".into());
+            }
+            Some(Discovery {
+                gossip: GossipConfig {
+                    listen,
+                    advertise,
+                    seeds: f
+                        .gossip_seeds
+                        .iter()
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect(),
+                    interval: Duration::from_millis(f.gossip_interval),
+                },
+                bootstrap_expect: f.bootstrap_expect.map(usize::from),
+                bootstrap_founders: founders,
+            })
+        }
+    };
+    if cfg.discovery.is_some() && f.initial_cluster.is_none() {
+        cfg.initial_cluster_state = ClusterState::Discover;
+        cfg.initial_cluster = Vec::new();
+    }
+    cfg.autopilot = AutopilotConfig {
+        voters: f
+            .voters
+            .unwrap_or(if cfg.discovery.is_some() { 5 } else { 0 }),
+        promote_lag: f.promote_lag,
+        stabilize: Duration::from_millis(f.promote_stabilize),
+        dead_after: f
+            .autopilot_dead_after
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
+    };
+    cfg.leave_on_shutdown = f.leave_on_shutdown;
+    Ok(cfg)
+}
+
+pub async fn run(flags: ServerFlags) -> ExitCode {
+    // Caught before anything slow (opening the stores, waiting for peers):
+    // a pod deleted while it waits for its peers stops at once, cleanly,
+    // instead of being killed at the end of its grace period.
+    let mut stop = StopSignal::install();
+    let cfg = match server_config(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nod server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Stopping mid-start drops `start` at an await point: every durable
+    // step (promise, identity, founding) is written whole or not at all,
+    // and the next start resumes from what is on disk.
+    let started = tokio::select! {
+        r = server::start(cfg) => r,
+        _ = stop.recv() => {
+            tracing::info!("stopping before serving (still starting or finding the cluster)");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let mut running = match started {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("nod server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        _ = stop.recv() => {
+            tracing::info!("stopping");
+            match running.shutdown().await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => { eprintln!("nod server: {e}"); ExitCode::FAILURE }
+            }
+        }
+        r = running.stopped() => match r {
+            Ok(()) => {
+                eprintln!("nod server: this member was removed from the cluster");
+                ExitCode::SUCCESS
+            }
+            Err(e) => { eprintln!("nod server: stopped: {e}"); ExitCode::FAILURE }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn gossip_advertise_takes_a_bare_ip_of_either_family() {
+        let ok = [
+            ("10.0.0.7", "10.0.0.7:7946"),
+            ("fd00::7", "[fd00::7]:7946"),
+            ("[fd00::7]", "[fd00::7]:7946"),
+            ("10.0.0.7:9000", "10.0.0.7:9000"),
+            ("[fd00::7]:9000", "[fd00::7]:9000"),
+            ("::1", "[::1]:7946"),
+        ];
+        for (given, want) in ok {
+            let got = advertise_addr(given, 7946).unwrap();
+            assert_eq!(got, want.parse::<SocketAddr>().unwrap(), "{given}");
+        }
+        for bad in ["::", "0.0.0.0", "[fd00::7", "not an address"] {
+            assert!(advertise_addr(bad, 7946).is_err(), "{bad} must be refused");
+        }
+    }
+
+    fn server_flags(args: &[&str]) -> Result<ServerConfig, String> {
+        let mut argv = vec!["nod", "server"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Server(f) => server_config(&f),
+            _ => unreachable!("parsed as the server command"),
+        }
+    }
+
+    #[test]
+    fn bootstrap_founders_need_a_matching_expect() {
+        let gossip = ["--gossip-listen-addr", "127.0.0.1:7946"];
+        let with = |extra: &[&str]| {
+            let mut a = gossip.to_vec();
+            a.extend_from_slice(extra);
+            server_flags(&a)
+        };
+        let e = with(&["--bootstrap-founders", "c-0"]).unwrap_err();
+        assert!(e.contains("needs --bootstrap-expect"), "{e}");
+        let e = with(&["--bootstrap-expect", "3", "--bootstrap-founders", "c-0,c-1"]).unwrap_err();
+        assert!(e.contains("must be equal"), "{e}");
+        let cfg = with(&["--bootstrap-expect=2", "--bootstrap-founders=c-0,c-1"]).unwrap();
+        let d = cfg.discovery.unwrap();
+        assert!(d.bootstrap_founders.allows("c-1") && !d.bootstrap_founders.allows("c-2"));
+    }
+
+    #[test]
+    fn ipv6_listen_urls_and_a_bare_ipv6_advertise_address_parse() {
+        let cfg = server_flags(&[
+            "--listen-client-urls=http://[::]:2379",
+            "--listen-peer-urls=http://[::]:2380",
+            "--listen-metrics-urls=http://[::]:2381",
+            "--gossip-listen-addr=[::]:7946",
+            "--gossip-advertise-addr=fd00::7",
+        ])
+        .unwrap();
+        assert_eq!(cfg.listen_client, "[::]:2379".parse().unwrap());
+        assert_eq!(cfg.listen_peer, "[::]:2380".parse().unwrap());
+        assert_eq!(cfg.listen_metrics, Some("[::]:2381".parse().unwrap()));
+        let g = cfg.discovery.unwrap().gossip;
+        assert_eq!(g.listen, "[::]:7946".parse().unwrap());
+        assert_eq!(g.advertise, "[fd00::7]:7946".parse().unwrap());
+    }
+}
