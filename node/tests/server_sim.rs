@@ -21,6 +21,7 @@ fn env_u64(name: &str) -> Option<u64> {
 
 fn main() {
     let started = Instant::now();
+    let trace = std::env::var_os("NOD_SIM_SEED").is_some();
     let seeds: Vec<u64> = match env_u64("NOD_SIM_SEED") {
         Some(seed) => vec![seed],
         None => {
@@ -43,7 +44,11 @@ fn main() {
                 s.spawn(move || {
                     chunk
                         .into_iter()
-                        .map(|seed| run(Config::from_seed(seed)))
+                        .map(|seed| {
+                            let mut cfg = Config::from_seed(seed);
+                            cfg.trace = trace;
+                            run(cfg)
+                        })
                         .collect::<Vec<_>>()
                 })
             })

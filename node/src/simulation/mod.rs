@@ -41,6 +41,8 @@ pub struct Config {
     /// Applied entries between checkpoints (small, so snapshots are sent).
     pub snapshot_count: u64,
     pub planted: Planted,
+    /// Prints what happens, step by step (for replaying one seed).
+    pub trace: bool,
 }
 
 impl Config {
@@ -56,6 +58,7 @@ impl Config {
             partitions: rng.range(0, 3) != 0,
             snapshot_count: rng.range(8, 40),
             planted: Planted::None,
+            trace: false,
         }
     }
 }

@@ -131,8 +131,19 @@ struct World {
     /// Pairs of members that cannot reach each other.
     cut: BTreeSet<(usize, usize)>,
     faults_on: bool,
+    /// The next leader that appends a new entry crashes before most of
+    /// its followers get it (leader churn at the worst moment).
+    crash_leader_on_append: bool,
     leaders: BTreeMap<u64, NodeId>,
     report: Report,
+}
+
+macro_rules! trace {
+    ($w:expr, $($arg:tt)*) => {
+        if $w.cfg.trace {
+            eprintln!("{:>6} ms  {}", $w.now, format!($($arg)*));
+        }
+    };
 }
 
 fn member_url(i: usize) -> String {
@@ -209,6 +220,7 @@ impl World {
             history: Vec::new(),
             cut: BTreeSet::new(),
             faults_on: true,
+            crash_leader_on_append: false,
             leaders: BTreeMap::new(),
         };
         for i in 0..w.members.len() {
@@ -310,6 +322,7 @@ impl World {
         );
         m.core = Some(core);
         m.incarnation += 1;
+        trace!(self, "start member {}", i + 1);
         self.after_step(i);
     }
 
@@ -318,6 +331,7 @@ impl World {
             return;
         };
         self.report.crashes += 1;
+        trace!(self, "crash member {}", i + 1);
         core.stop(&Ok(()));
         let snapshots = std::mem::take(core.snapshots_mut());
         let shared = core.shared().clone();
@@ -354,12 +368,34 @@ impl World {
                         "two leaders in term {}: {} and {}",
                         status.term, other.0, me.0
                     )),
-                    None => self.report.leader_changes += 1,
+                    None => {
+                        self.report.leader_changes += 1;
+                        trace!(self, "member {} leads term {}", me.0, status.term);
+                    }
                     _ => {}
                 }
             }
         }
         let incarnation = self.members[i].incarnation;
+        let mut messages = messages;
+        let mut crash_now = false;
+        if self.crash_leader_on_append
+            && self.faults_on
+            && status.role == Some(nod_raft::Role::Leader)
+            && messages.iter().any(appends_entries)
+        {
+            // Most followers never see the new entries: each gets them with
+            // probability 1/3, then the leader dies.
+            self.crash_leader_on_append = false;
+            crash_now = true;
+            let mut kept = Vec::new();
+            for m in messages {
+                if !appends_entries(&m) || self.chance(333) {
+                    kept.push(m);
+                }
+            }
+            messages = kept;
+        }
         for message in messages {
             let to = message.to.0 as usize - 1;
             let checkpoint = checkpoint_key(&message)
@@ -460,6 +496,12 @@ impl World {
                     taken,
                 },
             );
+        }
+        if crash_now {
+            self.crash(i);
+            let back = self.rng.range(50, 1_000);
+            self.at(back, Event::Restart(i));
+            return;
         }
         match turn {
             Ok(Turn::Continue) => {}
@@ -653,7 +695,10 @@ impl World {
             }
             Event::Nemesis => self.nemesis(),
             Event::Restart(i) => self.start(i),
-            Event::Heal => self.cut.clear(),
+            Event::Heal => {
+                trace!(self, "heal");
+                self.cut.clear();
+            }
             Event::Settle => {}
         }
     }
@@ -664,23 +709,37 @@ impl World {
         }
         let n = self.members.len();
         let down = self.members.iter().filter(|m| m.core.is_none()).count();
-        let choice = self.rng.range(0, 3);
+        let choice = self.rng.range(0, 5);
+        let leader = (0..n).find(|i| {
+            self.members[*i]
+                .core
+                .as_ref()
+                .is_some_and(|c| c.raw_node().role() == nod_raft::Role::Leader)
+        });
+        let mut next = self.rng.range(200, 900);
         if self.cfg.crashes && choice == 0 && down < (n - 1) / 2 {
             let i = self.rng.range(0, n as u64) as usize;
             self.crash(i);
             let back = self.rng.range(100, 1_200);
             self.at(back, Event::Restart(i));
         } else if self.cfg.crashes && choice == 1 && down < (n - 1) / 2 {
-            // The leader, right after it appended a client's write.
-            if let Some(i) = (0..n).find(|i| {
-                self.members[*i]
-                    .core
-                    .as_ref()
-                    .is_some_and(|c| c.raw_node().role() == nod_raft::Role::Leader)
-            }) {
-                self.crash(i);
-                let back = self.rng.range(100, 1_200);
-                self.at(back, Event::Restart(i));
+            // The leader, right after it appends, before it replicates to all;
+            // sometimes again and again (a burst of leader churn).
+            self.crash_leader_on_append = true;
+            if self.chance(400) {
+                next = self.rng.range(100, 300);
+            }
+        } else if self.cfg.partitions && choice == 2 && self.cut.is_empty() {
+            // The leader alone (with one follower in a five-member
+            // cluster): a minority that still believes it leads.
+            if let Some(l) = leader {
+                let mut side = BTreeSet::from([l]);
+                if n >= 5 {
+                    side.insert((l + 1 + self.rng.range(0, n as u64 - 1) as usize) % n);
+                }
+                self.cut_between(&side);
+                let heal = self.rng.range(200, 1_500);
+                self.at(heal, Event::Heal);
             }
         } else if self.cfg.partitions && self.cut.is_empty() {
             let mut side = BTreeSet::new();
@@ -689,18 +748,28 @@ impl World {
                     side.insert(i);
                 }
             }
-            for a in 0..n {
-                for b in a + 1..n {
-                    if side.contains(&a) != side.contains(&b) {
-                        self.cut.insert((a, b));
-                    }
-                }
-            }
+            self.cut_between(&side);
             let heal = self.rng.range(200, 1_500);
             self.at(heal, Event::Heal);
         }
-        let next = self.rng.range(200, 900);
         self.at(next, Event::Nemesis);
+    }
+
+    /// Cuts every link between `side` and the rest.
+    fn cut_between(&mut self, side: &BTreeSet<usize>) {
+        trace!(
+            self,
+            "partition {:?} from the rest",
+            side.iter().map(|i| i + 1).collect::<Vec<_>>()
+        );
+        let n = self.members.len();
+        for a in 0..n {
+            for b in a + 1..n {
+                if side.contains(&a) != side.contains(&b) {
+                    self.cut.insert((a, b));
+                }
+            }
+        }
     }
 
     fn client_next(&mut self, c: usize) {
@@ -820,6 +889,12 @@ impl World {
             op,
             outcome: lin::Outcome::Unknown,
         });
+        trace!(
+            self,
+            "client {c} op #{index} to member {}: {:?}",
+            node + 1,
+            self.history[index].op
+        );
         self.clients[c].pending = Some((index, waiting));
         self.at(
             CLIENT_TIMEOUT_MS,
@@ -863,6 +938,17 @@ impl World {
                             key: key.clone(),
                             ..Default::default()
                         };
+                        let st = core.raw_node().status();
+                        trace!(
+                            self,
+                            "member {} answers a read: {:?} term {} leader {} commit {} applied {}",
+                            node + 1,
+                            st.role,
+                            st.term.0,
+                            st.leader.0,
+                            st.commit.0,
+                            core.shared().store().applied().0
+                        );
                         match core.shared().store().range(&range) {
                             Ok(r) => lin::Outcome::Read(r.kvs.first().map(|kv| kv.value.clone())),
                             Err(e) => {
@@ -874,6 +960,7 @@ impl World {
                     Some(Err(e)) => classify(&e),
                 },
             };
+            trace!(self, "client {c} op #{op}: {outcome:?}");
             let client = &mut self.clients[c];
             client.pending = None;
             client.done += 1;
@@ -1032,6 +1119,10 @@ fn cas_txn(key: &[u8], expected: Option<&[u8]>, new: &[u8]) -> TxnRequest {
         }],
         failure: Vec::new(),
     }
+}
+
+fn appends_entries(m: &Message) -> bool {
+    matches!(&m.body, MessageBody::Append { entries, .. } if !entries.is_empty())
 }
 
 /// The checkpoint a snapshot message names, by (index, term).
