@@ -6,6 +6,8 @@
 //! what it sent is scheduled with delay and loss. After the clients finish,
 //! the faults stop and the members must converge. No I/O.
 
+mod leases;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -23,7 +25,9 @@ use crate::driver::{
     Shared, Taken, Turn,
 };
 use crate::metrics::Metrics;
+use crate::storage::kv_store::KeyRange;
 use crate::storage::KvStore;
+use crate::watch_hub::HubMessage;
 use crate::watch_hub::WatchHub;
 use nod_proto::etcd::etcdserverpb::{
     compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
@@ -41,6 +45,30 @@ const FORWARD_TIMEOUT_MS: Time = 300;
 /// After the clients finish: faults stop, and the members have this long to agree.
 const SETTLE_MS: Time = 4_000;
 const KEYS: &[&[u8]] = &[b"/sim/a", b"/sim/b", b"/sim/c"];
+
+/// One watch event as the checks compare it: (revision, type, key, value).
+type Seen = (i64, i32, Vec<u8>, Vec<u8>);
+
+/// A watcher on one member's keys under `/sim/`, from revision 1: it catches
+/// up from history and then takes live events, as the Watch API does, and
+/// watches again from where it stopped when the member restarts or ends it
+/// (a snapshot install).
+#[derive(Default)]
+struct Watcher {
+    rx: Option<tokio::sync::mpsc::UnboundedReceiver<HubMessage>>,
+    /// The revision it expects next (events at lower ones are duplicates).
+    next: i64,
+    seen: Vec<Seen>,
+}
+
+fn sim_range() -> KeyRange {
+    KeyRange::new(b"/sim/", b"/sim0")
+}
+
+fn seen(e: &nod_proto::etcd::mvccpb::Event) -> Seen {
+    let kv = e.kv.clone().unwrap_or_default();
+    (kv.mod_revision, e.r#type, kv.key, kv.value)
+}
 
 /// A checkpoint image by (index, term), as a snapshot stream carries it.
 type Image = ((u64, u64), Arc<Vec<u8>>);
@@ -78,6 +106,8 @@ enum Event {
         taken: Taken,
     },
     ClientNext(usize),
+    LeaseNext,
+    LeaseTimeout(u64),
     ClientTimeout {
         client: usize,
         op: usize,
@@ -127,6 +157,8 @@ struct World {
     next_event: usize,
     members: Vec<Member>,
     clients: Vec<Client>,
+    leases: leases::LeaseActor,
+    watchers: Vec<Watcher>,
     history: Vec<lin::Operation>,
     /// Pairs of members that cannot reach each other.
     cut: BTreeSet<(usize, usize)>,
@@ -215,8 +247,15 @@ impl World {
             queue: BinaryHeap::new(),
             events: HashMap::new(),
             next_event: 0,
+            watchers: (0..members.len())
+                .map(|_| Watcher {
+                    next: 1,
+                    ..Default::default()
+                })
+                .collect(),
             members,
             clients,
+            leases: Default::default(),
             history: Vec::new(),
             cut: BTreeSet::new(),
             faults_on: true,
@@ -232,6 +271,8 @@ impl World {
             let t = w.rng.range(50, 300);
             w.at(t, Event::ClientNext(c));
         }
+        let t = w.rng.range(50, 300);
+        w.at(t, Event::LeaseNext);
         if w.cfg.crashes || w.cfg.partitions {
             let t = w.rng.range(200, 800);
             w.at(t, Event::Nemesis);
@@ -323,6 +364,7 @@ impl World {
         m.core = Some(core);
         m.incarnation += 1;
         trace!(self, "start member {}", i + 1);
+        self.watch(i);
         self.after_step(i);
     }
 
@@ -676,6 +718,8 @@ impl World {
                 }
             }
             Event::ClientNext(c) => self.client_next(c),
+            Event::LeaseNext => self.lease_next(),
+            Event::LeaseTimeout(seq) => self.lease_timeout(seq),
             Event::ClientTimeout { client, op } => {
                 if self.clients[client]
                     .pending
@@ -912,8 +956,77 @@ impl World {
         self.after_step(node);
     }
 
+    /// (Re)starts member `i`'s watcher from the revision it expects next.
+    fn watch(&mut self, i: usize) {
+        let Some(core) = self.members[i].core.as_ref() else {
+            return;
+        };
+        let shared = core.shared().clone();
+        let mut hub = shared.hub.lock();
+        let store = shared.store();
+        let current = store.current_revision();
+        let w = &mut self.watchers[i];
+        match store.events_between(&sim_range(), w.next - 1, current) {
+            Ok(events) => {
+                for e in &events {
+                    w.seen.push(seen(e));
+                }
+            }
+            Err(e) => {
+                self.report.violations.push(format!(
+                    "member {} could not replay its history: {e}",
+                    i + 1
+                ));
+                return;
+            }
+        }
+        w.next = w.next.max(current + 1);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let stream = hub.new_stream();
+        hub.subscribe(stream, 1, sim_range(), current + 1, false, tx);
+        w.rx = Some(rx);
+    }
+
+    /// Takes the live events the watchers got; checks order and duplicates.
+    fn poll_watchers(&mut self) {
+        for i in 0..self.watchers.len() {
+            let mut restart = false;
+            let w = &mut self.watchers[i];
+            let Some(rx) = w.rx.as_mut() else { continue };
+            while let Ok(m) = rx.try_recv() {
+                match m {
+                    HubMessage::Events {
+                        revision, events, ..
+                    } => {
+                        if revision < w.next {
+                            self.report.violations.push(format!(
+                                "member {}'s watcher got revision {revision} after {}",
+                                i + 1,
+                                w.next - 1
+                            ));
+                        }
+                        for e in events.iter() {
+                            w.seen.push(seen(e));
+                        }
+                        w.next = w.next.max(revision + 1);
+                    }
+                    HubMessage::Canceled { .. } => restart = true,
+                    HubMessage::Progress { .. } => {}
+                }
+            }
+            if restart || self.members[i].core.is_none() {
+                self.watchers[i].rx = None;
+                if restart {
+                    self.watch(i);
+                }
+            }
+        }
+    }
+
     /// Reads the answers that arrived and moves their clients on.
     fn poll_clients(&mut self) {
+        self.poll_watchers();
+        self.poll_lease();
         for c in 0..self.clients.len() {
             let Some((op, waiting)) = &self.clients[c].pending else {
                 continue;
@@ -996,6 +1109,8 @@ impl World {
         self.clients
             .iter()
             .all(|c| c.done >= self.cfg.ops_per_client && c.pending.is_none())
+            && self.leases.done >= self.cfg.ops_per_client
+            && self.leases.idle()
     }
 
     fn run(mut self) -> Report {
@@ -1058,6 +1173,36 @@ impl World {
             let store = core.shared().store();
             let dump = store.dump().map_err(|e| e.to_string());
             views.push((m.id, store.applied().0, store.current_revision(), dump));
+        }
+        self.check_leases();
+        // Every watcher saw a prefix of the one history, in order, with no
+        // gap and no duplicate.
+        if let Some(core) = self.members.iter().find_map(|m| m.core.as_ref()) {
+            let store = core.shared().store();
+            match store.events_between(&sim_range(), 0, store.current_revision()) {
+                Ok(all) => {
+                    let all: Vec<Seen> = all.iter().map(seen).collect();
+                    for (i, w) in self.watchers.iter().enumerate() {
+                        let n = w.seen.len();
+                        if n > all.len() || w.seen[..] != all[..n] {
+                            let at = (0..n.min(all.len()))
+                                .find(|k| w.seen[*k] != all[*k])
+                                .unwrap_or(n.min(all.len()));
+                            self.report.violations.push(format!(
+                                "member {}'s watcher saw {n} events that are not the history's first {n}: \
+                                 first difference at event {at}: {:?} instead of {:?}",
+                                i + 1,
+                                w.seen.get(at).map(|s| (s.0, s.1)),
+                                all.get(at).map(|s| (s.0, s.1)),
+                            ));
+                        }
+                    }
+                }
+                Err(e) => self
+                    .report
+                    .violations
+                    .push(format!("the history could not be read: {e}")),
+            }
         }
         if let Some((first, rest)) = views.split_first() {
             for v in rest {
