@@ -47,7 +47,19 @@ fn main() {
                         .map(|seed| {
                             let mut cfg = Config::from_seed(seed);
                             cfg.trace = trace;
-                            run(cfg)
+                            // A panic in the shipped code is a finding too.
+                            std::panic::catch_unwind(|| run(cfg)).unwrap_or_else(|p| {
+                                let why = p
+                                    .downcast_ref::<String>()
+                                    .cloned()
+                                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                                    .unwrap_or_default();
+                                Report {
+                                    seed,
+                                    violations: vec![format!("panicked: {why}")],
+                                    ..Default::default()
+                                }
+                            })
                         })
                         .collect::<Vec<_>>()
                 })

@@ -6,7 +6,20 @@
 //! what it sent is scheduled with delay and loss. After the clients finish,
 //! the faults stop and the members must converge. No I/O.
 
+/// Prints a line of the step-by-step trace (`Config::trace`).
+macro_rules! trace {
+    ($w:expr, $($arg:tt)*) => {
+        if $w.cfg.trace {
+            eprintln!("{:>6} ms  {}", $w.now, format!($($arg)*));
+        }
+    };
+}
+
+mod checks;
+mod clients;
 mod leases;
+mod nemesis;
+mod watches;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -18,21 +31,16 @@ use nod_raft::rng::SeededRng;
 use nod_raft::{ConfState, Index, MemStorage, Message, MessageBody, NodeId, RawNode, Storage};
 
 use super::platform::{SharedLog, SimNetwork, SimPlatform, SimSnapshots, SimStore, Slot};
-use super::{Config, Planted, Report};
-use crate::command::{self, MemberAttributes, Op, SnapshotData};
+use super::{Config, Report};
+use crate::command::{self, MemberAttributes, SnapshotData};
 use crate::driver::{
-    Applied, Core, CoreConfig, DriverError, ForwardFailure, ForwardOutcome, Outcome, Request,
-    Shared, Taken, Turn,
+    Core, CoreConfig, ForwardFailure, ForwardOutcome, Request, Shared, Taken, Turn,
 };
 use crate::metrics::Metrics;
-use crate::storage::kv_store::KeyRange;
 use crate::storage::KvStore;
-use crate::watch_hub::HubMessage;
 use crate::watch_hub::WatchHub;
-use nod_proto::etcd::etcdserverpb::{
-    compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest,
-};
+use clients::{op_key, Client};
+use watches::Watcher;
 
 /// Milliseconds of simulated time.
 type Time = u64;
@@ -45,30 +53,6 @@ const FORWARD_TIMEOUT_MS: Time = 300;
 /// After the clients finish: faults stop, and the members have this long to agree.
 const SETTLE_MS: Time = 4_000;
 const KEYS: &[&[u8]] = &[b"/sim/a", b"/sim/b", b"/sim/c"];
-
-/// One watch event as the checks compare it: (revision, type, key, value).
-type Seen = (i64, i32, Vec<u8>, Vec<u8>);
-
-/// A watcher on one member's keys under `/sim/`, from revision 1: it catches
-/// up from history and then takes live events, as the Watch API does, and
-/// watches again from where it stopped when the member restarts or ends it
-/// (a snapshot install).
-#[derive(Default)]
-struct Watcher {
-    rx: Option<tokio::sync::mpsc::UnboundedReceiver<HubMessage>>,
-    /// The revision it expects next (events at lower ones are duplicates).
-    next: i64,
-    seen: Vec<Seen>,
-}
-
-fn sim_range() -> KeyRange {
-    KeyRange::new(b"/sim/", b"/sim0")
-}
-
-fn seen(e: &nod_proto::etcd::mvccpb::Event) -> Seen {
-    let kv = e.kv.clone().unwrap_or_default();
-    (kv.mod_revision, e.r#type, kv.key, kv.value)
-}
 
 /// A checkpoint image by (index, term), as a snapshot stream carries it.
 type Image = ((u64, u64), Arc<Vec<u8>>);
@@ -128,25 +112,6 @@ struct Member {
     disk: Option<(SimStore, SimSnapshots)>,
 }
 
-enum Waiting {
-    Write {
-        slot: Slot<Applied>,
-        cas: bool,
-    },
-    Read {
-        slot: Slot<()>,
-        node: usize,
-        key: Vec<u8>,
-    },
-}
-
-struct Client {
-    done: usize,
-    pending: Option<(usize, Waiting)>,
-    /// The last value this client saw for each key (its Cas expectation).
-    known: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-}
-
 struct World {
     cfg: Config,
     rng: SeededRng,
@@ -166,16 +131,15 @@ struct World {
     /// The next leader that appends a new entry crashes before most of
     /// its followers get it (leader churn at the worst moment).
     crash_leader_on_append: bool,
+    /// The next leader that commits crashes before telling anyone (its
+    /// followers learn the new commit index only from the next leader).
+    crash_leader_on_commit: bool,
     leaders: BTreeMap<u64, NodeId>,
+    /// The term of the entry applied at each index, by whoever applied it
+    /// first; and how far each member's applies were checked against it.
+    ledger: BTreeMap<u64, u64>,
+    checked: Vec<u64>,
     report: Report,
-}
-
-macro_rules! trace {
-    ($w:expr, $($arg:tt)*) => {
-        if $w.cfg.trace {
-            eprintln!("{:>6} ms  {}", $w.now, format!($($arg)*));
-        }
-    };
 }
 
 fn member_url(i: usize) -> String {
@@ -260,7 +224,10 @@ impl World {
             cut: BTreeSet::new(),
             faults_on: true,
             crash_leader_on_append: false,
+            crash_leader_on_commit: false,
             leaders: BTreeMap::new(),
+            ledger: BTreeMap::new(),
+            checked: Vec::new(),
         };
         for i in 0..w.members.len() {
             w.start(i);
@@ -391,7 +358,9 @@ impl World {
             return;
         };
         core.set_time(now);
+        let applied_before = core.shared().store().applied().0;
         let turn = core.run_ready();
+        let applied_after = core.shared().store().applied().0;
         let net = core.network_mut();
         let messages = std::mem::take(&mut net.messages);
         let forwards = std::mem::take(&mut net.forwards);
@@ -418,9 +387,19 @@ impl World {
                 }
             }
         }
+        self.check_applied(i);
         let incarnation = self.members[i].incarnation;
         let mut messages = messages;
         let mut crash_now = false;
+        if self.crash_leader_on_commit
+            && self.faults_on
+            && status.role == Some(nod_raft::Role::Leader)
+            && applied_after > applied_before
+        {
+            self.crash_leader_on_commit = false;
+            crash_now = true;
+            messages.clear();
+        }
         if self.crash_leader_on_append
             && self.faults_on
             && status.role == Some(nod_raft::Role::Leader)
@@ -747,372 +726,6 @@ impl World {
         }
     }
 
-    fn nemesis(&mut self) {
-        if !self.faults_on {
-            return;
-        }
-        let n = self.members.len();
-        let down = self.members.iter().filter(|m| m.core.is_none()).count();
-        let choice = self.rng.range(0, 5);
-        let leader = (0..n).find(|i| {
-            self.members[*i]
-                .core
-                .as_ref()
-                .is_some_and(|c| c.raw_node().role() == nod_raft::Role::Leader)
-        });
-        let mut next = self.rng.range(200, 900);
-        if self.cfg.crashes && choice == 0 && down < (n - 1) / 2 {
-            let i = self.rng.range(0, n as u64) as usize;
-            self.crash(i);
-            let back = self.rng.range(100, 1_200);
-            self.at(back, Event::Restart(i));
-        } else if self.cfg.crashes && choice == 1 && down < (n - 1) / 2 {
-            // The leader, right after it appends, before it replicates to all;
-            // sometimes again and again (a burst of leader churn).
-            self.crash_leader_on_append = true;
-            if self.chance(400) {
-                next = self.rng.range(100, 300);
-            }
-        } else if self.cfg.partitions && choice == 2 && self.cut.is_empty() {
-            // The leader alone (with one follower in a five-member
-            // cluster): a minority that still believes it leads.
-            if let Some(l) = leader {
-                let mut side = BTreeSet::from([l]);
-                if n >= 5 {
-                    side.insert((l + 1 + self.rng.range(0, n as u64 - 1) as usize) % n);
-                }
-                self.cut_between(&side);
-                let heal = self.rng.range(200, 1_500);
-                self.at(heal, Event::Heal);
-            }
-        } else if self.cfg.partitions && self.cut.is_empty() {
-            let mut side = BTreeSet::new();
-            for i in 0..n {
-                if self.rng.range(0, 2) == 0 {
-                    side.insert(i);
-                }
-            }
-            self.cut_between(&side);
-            let heal = self.rng.range(200, 1_500);
-            self.at(heal, Event::Heal);
-        }
-        self.at(next, Event::Nemesis);
-    }
-
-    /// Cuts every link between `side` and the rest.
-    fn cut_between(&mut self, side: &BTreeSet<usize>) {
-        trace!(
-            self,
-            "partition {:?} from the rest",
-            side.iter().map(|i| i + 1).collect::<Vec<_>>()
-        );
-        let n = self.members.len();
-        for a in 0..n {
-            for b in a + 1..n {
-                if side.contains(&a) != side.contains(&b) {
-                    self.cut.insert((a, b));
-                }
-            }
-        }
-    }
-
-    fn client_next(&mut self, c: usize) {
-        if self.clients[c].pending.is_some() {
-            return;
-        }
-        if self.clients[c].done >= self.cfg.ops_per_client {
-            return;
-        }
-        let alive: Vec<usize> = (0..self.members.len())
-            .filter(|i| self.members[*i].core.is_some())
-            .collect();
-        if alive.is_empty() {
-            self.at(50, Event::ClientNext(c));
-            return;
-        }
-        let node = alive[self.rng.range(0, alive.len() as u64) as usize];
-        let key = KEYS[self.rng.range(0, KEYS.len() as u64) as usize].to_vec();
-        let index = self.history.len();
-        let value = format!("c{c}-{index}").into_bytes();
-        let kind = self.rng.range(0, 10);
-        if self.cfg.planted == Planted::StaleReads && (4..=6).contains(&kind) {
-            let core = self.members[node]
-                .core
-                .as_ref()
-                .expect("picked a live member");
-            let range = RangeRequest {
-                key: key.clone(),
-                ..Default::default()
-            };
-            let value = core
-                .shared()
-                .store()
-                .range(&range)
-                .ok()
-                .and_then(|r| r.kvs.first().map(|kv| kv.value.clone()));
-            self.history.push(lin::Operation {
-                client: c as u64,
-                invoke: self.now,
-                complete: self.now,
-                op: lin::Op::Get { key },
-                outcome: lin::Outcome::Read(value),
-            });
-            self.clients[c].done += 1;
-            let think = self.rng.range(1, 30);
-            self.at(think, Event::ClientNext(c));
-            return;
-        }
-        let (op, request, waiting) = match kind {
-            0..=3 => {
-                let (reply, slot) = Slot::new();
-                let put = PutRequest {
-                    key: key.clone(),
-                    value: value.clone(),
-                    ..Default::default()
-                };
-                (
-                    lin::Op::Put {
-                        key: key.clone(),
-                        value,
-                    },
-                    Request::Propose {
-                        op: Op::Put(put),
-                        reply,
-                    },
-                    Waiting::Write { slot, cas: false },
-                )
-            }
-            4..=6 => {
-                let (reply, slot) = Slot::new();
-                (
-                    lin::Op::Get { key: key.clone() },
-                    Request::ReadIndex { reply },
-                    Waiting::Read {
-                        slot,
-                        node,
-                        key: key.clone(),
-                    },
-                )
-            }
-            7..=8 => {
-                let expected = self.clients[c].known.get(&key).cloned().flatten();
-                let (reply, slot) = Slot::new();
-                let txn = cas_txn(&key, expected.as_deref(), &value);
-                (
-                    lin::Op::Cas {
-                        key: key.clone(),
-                        expected,
-                        new: value,
-                    },
-                    Request::Propose {
-                        op: Op::Txn(txn),
-                        reply,
-                    },
-                    Waiting::Write { slot, cas: true },
-                )
-            }
-            _ => {
-                let (reply, slot) = Slot::new();
-                (
-                    lin::Op::Delete { key: key.clone() },
-                    Request::Propose {
-                        op: Op::DeleteRange(DeleteRangeRequest {
-                            key: key.clone(),
-                            ..Default::default()
-                        }),
-                        reply,
-                    },
-                    Waiting::Write { slot, cas: false },
-                )
-            }
-        };
-        self.history.push(lin::Operation {
-            client: c as u64,
-            invoke: self.now,
-            complete: self.now,
-            op,
-            outcome: lin::Outcome::Unknown,
-        });
-        trace!(
-            self,
-            "client {c} op #{index} to member {}: {:?}",
-            node + 1,
-            self.history[index].op
-        );
-        self.clients[c].pending = Some((index, waiting));
-        self.at(
-            CLIENT_TIMEOUT_MS,
-            Event::ClientTimeout {
-                client: c,
-                op: index,
-            },
-        );
-        let core = self.members[node]
-            .core
-            .as_mut()
-            .expect("picked a live member");
-        core.set_time(Duration::from_millis(self.now));
-        core.on_request(request);
-        self.after_step(node);
-    }
-
-    /// (Re)starts member `i`'s watcher from the revision it expects next.
-    fn watch(&mut self, i: usize) {
-        let Some(core) = self.members[i].core.as_ref() else {
-            return;
-        };
-        let shared = core.shared().clone();
-        let mut hub = shared.hub.lock();
-        let store = shared.store();
-        let current = store.current_revision();
-        let w = &mut self.watchers[i];
-        match store.events_between(&sim_range(), w.next - 1, current) {
-            Ok(events) => {
-                for e in &events {
-                    w.seen.push(seen(e));
-                }
-            }
-            Err(e) => {
-                self.report.violations.push(format!(
-                    "member {} could not replay its history: {e}",
-                    i + 1
-                ));
-                return;
-            }
-        }
-        w.next = w.next.max(current + 1);
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let stream = hub.new_stream();
-        hub.subscribe(stream, 1, sim_range(), current + 1, false, tx);
-        w.rx = Some(rx);
-    }
-
-    /// Takes the live events the watchers got; checks order and duplicates.
-    fn poll_watchers(&mut self) {
-        for i in 0..self.watchers.len() {
-            let mut restart = false;
-            let w = &mut self.watchers[i];
-            let Some(rx) = w.rx.as_mut() else { continue };
-            while let Ok(m) = rx.try_recv() {
-                match m {
-                    HubMessage::Events {
-                        revision, events, ..
-                    } => {
-                        if revision < w.next {
-                            self.report.violations.push(format!(
-                                "member {}'s watcher got revision {revision} after {}",
-                                i + 1,
-                                w.next - 1
-                            ));
-                        }
-                        for e in events.iter() {
-                            w.seen.push(seen(e));
-                        }
-                        w.next = w.next.max(revision + 1);
-                    }
-                    HubMessage::Canceled { .. } => restart = true,
-                    HubMessage::Progress { .. } => {}
-                }
-            }
-            if restart || self.members[i].core.is_none() {
-                self.watchers[i].rx = None;
-                if restart {
-                    self.watch(i);
-                }
-            }
-        }
-    }
-
-    /// Reads the answers that arrived and moves their clients on.
-    fn poll_clients(&mut self) {
-        self.poll_watchers();
-        self.poll_lease();
-        for c in 0..self.clients.len() {
-            let Some((op, waiting)) = &self.clients[c].pending else {
-                continue;
-            };
-            let op = *op;
-            let outcome = match waiting {
-                Waiting::Write { slot, cas } => match slot.take() {
-                    None => continue,
-                    Some(Ok(applied)) => match (&applied.outcome, cas) {
-                        (Outcome::Txn(t), true) => lin::Outcome::Swapped(t.succeeded),
-                        _ => lin::Outcome::Done,
-                    },
-                    Some(Err(e)) => classify(&e),
-                },
-                Waiting::Read { slot, node, key } => match slot.take() {
-                    None => continue,
-                    Some(Ok(())) => {
-                        let Some(core) = self.members[*node].core.as_ref() else {
-                            continue;
-                        };
-                        let range = RangeRequest {
-                            key: key.clone(),
-                            ..Default::default()
-                        };
-                        let st = core.raw_node().status();
-                        trace!(
-                            self,
-                            "member {} answers a read: {:?} term {} leader {} commit {} applied {}",
-                            node + 1,
-                            st.role,
-                            st.term.0,
-                            st.leader.0,
-                            st.commit.0,
-                            core.shared().store().applied().0
-                        );
-                        match core.shared().store().range(&range) {
-                            Ok(r) => lin::Outcome::Read(r.kvs.first().map(|kv| kv.value.clone())),
-                            Err(e) => {
-                                self.report.violations.push(format!("a read failed: {e}"));
-                                lin::Outcome::Failed
-                            }
-                        }
-                    }
-                    Some(Err(e)) => classify(&e),
-                },
-            };
-            trace!(self, "client {c} op #{op}: {outcome:?}");
-            let client = &mut self.clients[c];
-            client.pending = None;
-            client.done += 1;
-            let h = &mut self.history[op];
-            h.complete = self.now;
-            h.outcome = outcome.clone();
-            if let Some(key) = op_key(&h.op) {
-                match (&h.op, &outcome) {
-                    (lin::Op::Put { value, .. }, lin::Outcome::Done) => {
-                        client.known.insert(key, Some(value.clone()));
-                    }
-                    (lin::Op::Delete { .. }, lin::Outcome::Done) => {
-                        client.known.insert(key, None);
-                    }
-                    (lin::Op::Get { .. }, lin::Outcome::Read(v)) => {
-                        client.known.insert(key, v.clone());
-                    }
-                    (lin::Op::Cas { new, .. }, lin::Outcome::Swapped(true)) => {
-                        client.known.insert(key, Some(new.clone()));
-                    }
-                    (_, lin::Outcome::Failed) => {}
-                    _ => {
-                        client.known.remove(&key);
-                    }
-                }
-            }
-            let think = self.rng.range(0, 30);
-            self.at(think, Event::ClientNext(c));
-        }
-    }
-
-    fn clients_done(&self) -> bool {
-        self.clients
-            .iter()
-            .all(|c| c.done >= self.cfg.ops_per_client && c.pending.is_none())
-            && self.leases.done >= self.cfg.ops_per_client
-            && self.leases.idle()
-    }
-
     fn run(mut self) -> Report {
         let mut settle_at: Option<Time> = None;
         while let Some(Reverse((time, _, key))) = self.queue.pop() {
@@ -1146,123 +759,6 @@ impl World {
             }
         }
         self.check()
-    }
-
-    fn check(mut self) -> Report {
-        self.report.operations = self.history.len();
-        self.report.completed = self
-            .history
-            .iter()
-            .filter(|o| !matches!(o.outcome, lin::Outcome::Unknown | lin::Outcome::Failed))
-            .count();
-        if let lin::Verdict::Violation { key, message, .. } = lin::check(&self.history) {
-            self.report.violations.push(format!(
-                "not linearizable on {}: {message}",
-                String::from_utf8_lossy(&key)
-            ));
-        }
-        // Once the faults stop, every member holds the same data.
-        let mut views = Vec::new();
-        for m in &self.members {
-            let Some(core) = m.core.as_ref() else {
-                self.report
-                    .violations
-                    .push(format!("member {} is down after settling", m.id.0));
-                continue;
-            };
-            let store = core.shared().store();
-            let dump = store.dump().map_err(|e| e.to_string());
-            views.push((m.id, store.applied().0, store.current_revision(), dump));
-        }
-        self.check_leases();
-        // Every watcher saw a prefix of the one history, in order, with no
-        // gap and no duplicate.
-        if let Some(core) = self.members.iter().find_map(|m| m.core.as_ref()) {
-            let store = core.shared().store();
-            match store.events_between(&sim_range(), 0, store.current_revision()) {
-                Ok(all) => {
-                    let all: Vec<Seen> = all.iter().map(seen).collect();
-                    for (i, w) in self.watchers.iter().enumerate() {
-                        let n = w.seen.len();
-                        if n > all.len() || w.seen[..] != all[..n] {
-                            let at = (0..n.min(all.len()))
-                                .find(|k| w.seen[*k] != all[*k])
-                                .unwrap_or(n.min(all.len()));
-                            self.report.violations.push(format!(
-                                "member {}'s watcher saw {n} events that are not the history's first {n}: \
-                                 first difference at event {at}: {:?} instead of {:?}",
-                                i + 1,
-                                w.seen.get(at).map(|s| (s.0, s.1)),
-                                all.get(at).map(|s| (s.0, s.1)),
-                            ));
-                        }
-                    }
-                }
-                Err(e) => self
-                    .report
-                    .violations
-                    .push(format!("the history could not be read: {e}")),
-            }
-        }
-        if let Some((first, rest)) = views.split_first() {
-            for v in rest {
-                if v.1 != first.1 || v.2 != first.2 || v.3 != first.3 {
-                    self.report.violations.push(format!(
-                        "members {} and {} disagree after settling: applied {} / {}, revision {} / {}",
-                        first.0 .0, v.0 .0, first.1, v.1, first.2, v.2
-                    ));
-                }
-            }
-        }
-        self.report
-    }
-}
-
-fn classify(e: &DriverError) -> lin::Outcome {
-    match e {
-        DriverError::Timeout | DriverError::Stopped => lin::Outcome::Unknown,
-        _ => lin::Outcome::Failed,
-    }
-}
-
-fn op_key(op: &lin::Op) -> Option<Vec<u8>> {
-    match op {
-        lin::Op::Put { key, .. }
-        | lin::Op::Get { key }
-        | lin::Op::Cas { key, .. }
-        | lin::Op::Delete { key } => Some(key.clone()),
-    }
-}
-
-/// etcd's compare-and-swap: put `new` if the value is `expected` (absent:
-/// create revision 0).
-fn cas_txn(key: &[u8], expected: Option<&[u8]>, new: &[u8]) -> TxnRequest {
-    let compare = match expected {
-        Some(v) => Compare {
-            result: compare::CompareResult::Equal as i32,
-            target: compare::CompareTarget::Value as i32,
-            key: key.to_vec(),
-            target_union: Some(compare::TargetUnion::Value(v.to_vec())),
-            ..Default::default()
-        },
-        None => Compare {
-            result: compare::CompareResult::Equal as i32,
-            target: compare::CompareTarget::Create as i32,
-            key: key.to_vec(),
-            target_union: Some(compare::TargetUnion::CreateRevision(0)),
-            ..Default::default()
-        },
-    };
-    TxnRequest {
-        compare: vec![compare],
-        success: vec![RequestOp {
-            request: Some(request_op::Request::RequestPut(PutRequest {
-                key: key.to_vec(),
-                value: new.to_vec(),
-                ..Default::default()
-            })),
-        }],
-        failure: Vec::new(),
     }
 }
 

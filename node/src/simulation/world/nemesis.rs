@@ -1,0 +1,81 @@
+//! The nemesis: crashes (of any member, or of the leader right after it
+//! appends or commits), partitions (random, or the leader alone). No I/O.
+
+use std::collections::BTreeSet;
+
+use super::{Event, World};
+
+impl World {
+    pub(super) fn nemesis(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let n = self.members.len();
+        let down = self.members.iter().filter(|m| m.core.is_none()).count();
+        let choice = self.rng.range(0, 5);
+        let leader = (0..n).find(|i| {
+            self.members[*i]
+                .core
+                .as_ref()
+                .is_some_and(|c| c.raw_node().role() == nod_raft::Role::Leader)
+        });
+        let mut next = self.rng.range(200, 900);
+        if self.cfg.crashes && choice == 0 && down < (n - 1) / 2 {
+            let i = self.rng.range(0, n as u64) as usize;
+            self.crash(i);
+            let back = self.rng.range(100, 1_200);
+            self.at(back, Event::Restart(i));
+        } else if self.cfg.crashes && choice == 1 && down < (n - 1) / 2 {
+            // The leader, right after it appends, before it replicates to all;
+            // sometimes again and again (a burst of leader churn).
+            if self.chance(500) {
+                self.crash_leader_on_append = true;
+            } else {
+                self.crash_leader_on_commit = true;
+            }
+            if self.chance(400) {
+                next = self.rng.range(100, 300);
+            }
+        } else if self.cfg.partitions && choice == 2 && self.cut.is_empty() {
+            // The leader alone (with one follower in a five-member
+            // cluster): a minority that still believes it leads.
+            if let Some(l) = leader {
+                let mut side = BTreeSet::from([l]);
+                if n >= 5 {
+                    side.insert((l + 1 + self.rng.range(0, n as u64 - 1) as usize) % n);
+                }
+                self.cut_between(&side);
+                let heal = self.rng.range(200, 1_500);
+                self.at(heal, Event::Heal);
+            }
+        } else if self.cfg.partitions && self.cut.is_empty() {
+            let mut side = BTreeSet::new();
+            for i in 0..n {
+                if self.rng.range(0, 2) == 0 {
+                    side.insert(i);
+                }
+            }
+            self.cut_between(&side);
+            let heal = self.rng.range(200, 1_500);
+            self.at(heal, Event::Heal);
+        }
+        self.at(next, Event::Nemesis);
+    }
+
+    /// Cuts every link between `side` and the rest.
+    pub(super) fn cut_between(&mut self, side: &BTreeSet<usize>) {
+        trace!(
+            self,
+            "partition {:?} from the rest",
+            side.iter().map(|i| i + 1).collect::<Vec<_>>()
+        );
+        let n = self.members.len();
+        for a in 0..n {
+            for b in a + 1..n {
+                if side.contains(&a) != side.contains(&b) {
+                    self.cut.insert((a, b));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Watchers: one per member on `/sim/`, from revision 1, catching up from
+//! history and then taking live events from the hub, as the Watch API does;
+//! watching again from where they stopped after a restart or a snapshot
+//! install. No I/O.
+
+use crate::storage::kv_store::KeyRange;
+use crate::watch_hub::HubMessage;
+
+use super::World;
+
+/// One watch event as the checks compare it: (revision, type, key, value).
+pub(super) type Seen = (i64, i32, Vec<u8>, Vec<u8>);
+
+/// A watcher on one member's keys under `/sim/`, from revision 1: it catches
+/// up from history and then takes live events, as the Watch API does, and
+/// watches again from where it stopped when the member restarts or ends it
+/// (a snapshot install).
+#[derive(Default)]
+pub(super) struct Watcher {
+    pub(super) rx: Option<tokio::sync::mpsc::UnboundedReceiver<HubMessage>>,
+    /// The revision it expects next (events at lower ones are duplicates).
+    pub(super) next: i64,
+    pub(super) seen: Vec<Seen>,
+}
+
+pub(super) fn sim_range() -> KeyRange {
+    KeyRange::new(b"/sim/", b"/sim0")
+}
+
+pub(super) fn seen(e: &nod_proto::etcd::mvccpb::Event) -> Seen {
+    let kv = e.kv.clone().unwrap_or_default();
+    (kv.mod_revision, e.r#type, kv.key, kv.value)
+}
+
+impl World {
+    /// (Re)starts member `i`'s watcher from the revision it expects next.
+    pub(super) fn watch(&mut self, i: usize) {
+        let Some(core) = self.members[i].core.as_ref() else {
+            return;
+        };
+        let shared = core.shared().clone();
+        let mut hub = shared.hub.lock();
+        let store = shared.store();
+        let current = store.current_revision();
+        let w = &mut self.watchers[i];
+        let r = store.events_between(&sim_range(), w.next - 1, current);
+        if self.cfg.trace {
+            eprintln!(
+                "{:>6} ms  member {} watches from {} (store at {current}): {} events from history",
+                self.now,
+                i + 1,
+                w.next,
+                r.as_ref().map_or(0, |e| e.len())
+            );
+        }
+        match r {
+            Ok(events) => {
+                for e in &events {
+                    w.seen.push(seen(e));
+                }
+            }
+            Err(e) => {
+                self.report.violations.push(format!(
+                    "member {} could not replay its history: {e}",
+                    i + 1
+                ));
+                return;
+            }
+        }
+        w.next = w.next.max(current + 1);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let stream = hub.new_stream();
+        hub.subscribe(stream, 1, sim_range(), current + 1, false, tx);
+        w.rx = Some(rx);
+    }
+
+    /// Takes the live events the watchers got; checks order and duplicates.
+    pub(super) fn poll_watchers(&mut self) {
+        for i in 0..self.watchers.len() {
+            let mut restart = false;
+            let w = &mut self.watchers[i];
+            let Some(rx) = w.rx.as_mut() else { continue };
+            while let Ok(m) = rx.try_recv() {
+                match m {
+                    HubMessage::Events {
+                        revision, events, ..
+                    } => {
+                        if revision < w.next {
+                            self.report.violations.push(format!(
+                                "member {}'s watcher got revision {revision} after {}",
+                                i + 1,
+                                w.next - 1
+                            ));
+                        }
+                        for e in events.iter() {
+                            w.seen.push(seen(e));
+                        }
+                        w.next = w.next.max(revision + 1);
+                    }
+                    HubMessage::Canceled { .. } => {
+                        if self.cfg.trace {
+                            eprintln!(
+                                "{:>6} ms  member {}'s watcher ended at {}",
+                                self.now,
+                                i + 1,
+                                w.next
+                            );
+                        }
+                        restart = true;
+                    }
+                    HubMessage::Progress { .. } => {}
+                }
+            }
+            if restart || self.members[i].core.is_none() {
+                self.watchers[i].rx = None;
+                if restart {
+                    self.watch(i);
+                }
+            }
+        }
+    }
+}
