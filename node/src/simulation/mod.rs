@@ -40,6 +40,10 @@ pub struct Config {
     pub partitions: bool,
     /// Applied entries between checkpoints (small, so snapshots are sent).
     pub snapshot_count: u64,
+    /// Bytes of entries per append message: the core's default (1 MiB), or
+    /// so few that a leader replicates a backlog one entry at a time (the
+    /// condition of the Raft paper's Figure 8).
+    pub max_append_bytes: u64,
     pub planted: Planted,
     /// Prints what happens, step by step (for replaying one seed).
     pub trace: bool,
@@ -57,6 +61,11 @@ impl Config {
             crashes: rng.range(0, 3) != 0,
             partitions: rng.range(0, 3) != 0,
             snapshot_count: rng.range(8, 40),
+            max_append_bytes: if rng.range(0, 2) == 0 {
+                1 << 20
+            } else {
+                rng.range(1, 200)
+            },
             planted: Planted::None,
             trace: false,
         }

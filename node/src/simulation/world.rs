@@ -287,6 +287,7 @@ impl World {
         let mut raft = nod_raft::Config::new(m.id);
         raft.election_tick = ELECTION_TICKS;
         raft.heartbeat_tick = 1;
+        raft.max_size_per_msg = cfg.max_append_bytes;
         raft.applied = Index(store.applied().0);
         raft.seed = seed;
         let node = match RawNode::new(raft, m.log.clone()) {
