@@ -313,6 +313,17 @@ impl Client {
         .await
     }
 
+    /// A txn the caller asserts may be applied twice with the same effect
+    /// (for example "if the key does not exist, create it"): retried like a
+    /// read.
+    pub async fn txn_idempotent(&mut self, req: TxnRequest) -> Result<TxnResponse> {
+        self.unary(Route::Leader, Idempotence::Idempotent, move |ch| {
+            let req = req.clone();
+            async move { kv(ch).txn(req).await }
+        })
+        .await
+    }
+
     pub async fn compact(&mut self, revision: i64) -> Result<CompactionResponse> {
         let req = CompactionRequest {
             revision,

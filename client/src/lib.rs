@@ -19,6 +19,7 @@
 pub mod backoff;
 pub mod breaker;
 mod client;
+pub mod concurrency;
 mod endpoints;
 mod lease_keeper;
 mod options;
