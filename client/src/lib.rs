@@ -13,10 +13,55 @@
 //!   within `CallOptions`: reads always on `Unavailable`, writes only when
 //!   they provably were not applied (`retry.rs` has the table).
 //!
+//! - `Watcher` resumes a watch on another member after a failure, never
+//!   delivering an event twice or skipping one; `LeaseKeeper` renews a
+//!   lease at TTL/3 and reports its loss; `PutBatcher` packs small puts
+//!   into Txns of up to 128 operations; `concurrency` has `Session`,
+//!   `Mutex` and `Election`; `blocking::Client` wraps the main calls.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use nod_client::{Client, KeySpan, WatchOptions};
+//! use nod_proto::etcd::etcdserverpb::PutRequest;
+//!
+//! # async fn demo() -> nod_client::Result<()> {
+//! let endpoints = ["127.0.0.1:2379", "127.0.0.1:22379", "127.0.0.1:32379"].map(String::from);
+//! let mut client = Client::connect(&endpoints, Duration::from_secs(5))?;
+//! client
+//!     .put(PutRequest { key: b"greeting".to_vec(), value: b"hello".to_vec(), ..Default::default() })
+//!     .await?;
+//! let kv = client.get("greeting").await?.expect("just written");
+//! let mut watch = client
+//!     .watcher("greeting", WatchOptions { start_revision: kv.mod_revision, ..Default::default() })
+//!     .await?;
+//! while let Some(batch) = watch.next().await {
+//!     for event in batch?.events {
+//!         println!("{:?}", event.kv);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Whether a failed call is sent again is decided in one place, without a
+//! server:
+//!
+//! ```
+//! use nod_client::retry::{may_retry, Idempotence};
+//! use tonic::Status;
+//!
+//! let no_leader = Status::unavailable("etcdserver: no leader"); // refused before proposing
+//! let timed_out = Status::unavailable("etcdserver: request timed out"); // may have applied
+//! assert!(may_retry(&no_leader, Idempotence::NonIdempotent));
+//! assert!(!may_retry(&timed_out, Idempotence::NonIdempotent));
+//! assert!(may_retry(&timed_out, Idempotence::Idempotent));
+//! ```
+//!
 //! Depends on the wire types (`nod-proto`), tonic, tokio and futures only:
 //! never on the server, RocksDB or gossip (`node/tests/layers.rs` checks it).
 
 pub mod backoff;
+mod batcher;
+pub mod blocking;
 pub mod breaker;
 mod client;
 pub mod concurrency;
@@ -27,6 +72,7 @@ pub mod retry;
 pub mod txn;
 mod watcher;
 
+pub use batcher::{BatchOptions, PutBatcher, MAX_TXN_OPS};
 pub use client::{prefix_end, txn_is_read_only, Client, ClientError, KeySpan, Result};
 pub use endpoints::{EndpointInfo, HealthSettings, Route};
 pub use lease_keeper::{LeaseKeeper, LeaseState};

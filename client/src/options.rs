@@ -61,13 +61,19 @@ impl CallOptions {
 /// use std::time::Duration;
 /// use nod_client::{Client, CallOptions};
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// let client = Client::builder(["127.0.0.1:2379", "127.0.0.1:22379"])
 ///     .call_options(CallOptions::default().attempt_timeout(Duration::from_secs(2)))
 ///     .breaker(5, Duration::from_secs(2))
 ///     .build()
 ///     .unwrap(); // connects lazily: no server needed here
 /// assert_eq!(client.endpoints().len(), 2);
+/// assert!(client.endpoints().iter().all(|e| e.healthy && !e.is_leader));
+/// # }
 /// ```
+///
+/// Build it inside a tokio runtime: each endpoint's connection is a task.
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
     endpoints: Vec<String>,
