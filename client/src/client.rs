@@ -1,14 +1,19 @@
-//! `Client`: the etcd v3 API over one load-balanced channel to every
-//! endpoint given, retrying calls that surely never left. Typed options,
-//! typed errors, no printing.
+//! `Client`: the etcd v3 API over one channel per endpoint, writes and
+//! linearizable reads sent to the leader, failed calls retried when that is
+//! safe (`retry.rs`), within per-attempt timeouts and an overall deadline
+//! (`CallOptions`). Typed errors, no printing. Cheap to clone: clones share
+//! the endpoints and their health.
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
-use tonic::Streaming;
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
 
+use nod_proto::etcd::mvccpb::KeyValue;
 use nod_proto::nodserverpb::admin_client::AdminClient;
 use nod_proto::nodserverpb::{MemberHealthRequest, MemberHealthResponse};
 
@@ -16,6 +21,11 @@ use nod_proto::etcd::etcdserverpb::{
     cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, watch_client::WatchClient, *,
 };
+
+use crate::backoff::Jitter;
+use crate::endpoints::{EndpointInfo, Pool, Route};
+use crate::options::{CallOptions, ClientBuilder};
+use crate::retry::{may_retry, Idempotence, CALL_TIMED_OUT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -28,6 +38,25 @@ pub enum ClientError {
     Status(#[from] tonic::Status),
     #[error("{0}")]
     Protocol(String),
+    /// A watch asked for revisions compaction removed; start again from
+    /// `compact_revision` or later.
+    #[error(
+        "etcdserver: mvcc: required revision has been compacted (compacted at {compact_revision})"
+    )]
+    Compacted { compact_revision: i64 },
+    /// A lease the client kept alive is gone (expired or revoked).
+    #[error("lease {0:x} lost")]
+    LeaseLost(i64),
+}
+
+impl ClientError {
+    /// The gRPC status, when the server (or the transport) answered with one.
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            ClientError::Status(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
@@ -67,194 +96,304 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-#[derive(Clone)]
-pub struct Client {
-    pub kv: KvClient<Channel>,
-    pub watch: WatchClient<Channel>,
-    pub lease: LeaseClient<Channel>,
-    pub cluster: ClusterClient<Channel>,
-    pub maintenance: MaintenanceClient<Channel>,
-    /// Nod's extensions (member health).
-    pub admin: AdminClient<Channel>,
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+fn kv(ch: Channel) -> KvClient<Channel> {
+    KvClient::new(ch).max_decoding_message_size(MAX_MESSAGE)
 }
 
-/// Turns `host:port` or a URL into a URL.
-fn normalize(endpoint: &str) -> String {
-    if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    }
+fn maintenance(ch: Channel) -> MaintenanceClient<Channel> {
+    MaintenanceClient::new(ch).max_decoding_message_size(MAX_MESSAGE)
 }
 
-/// Whether a request surely never reached a server (no connection could be
-/// made), so sending it again cannot apply it twice.
-pub fn not_sent(s: &tonic::Status) -> bool {
-    s.code() == tonic::Code::Unavailable && s.message().contains("tcp connect error")
-}
-
-/// Runs a unary call, retrying (up to 5 times, backing off) while the
-/// endpoint it went to refuses connections: with several endpoints, the
-/// balancer tries another.
-async fn retrying<T, F, Fut>(mut call: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
-{
-    let mut tries = 0u64;
-    loop {
-        match call().await {
-            Ok(r) => return Ok(r.into_inner()),
-            Err(s) if not_sent(&s) && tries < 5 => {
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(50 * tries)).await;
-            }
-            Err(s) => return Err(s.into()),
+/// Whether every operation of a txn only reads (then it may be repeated).
+pub fn txn_is_read_only(t: &TxnRequest) -> bool {
+    fn op_reads(op: &RequestOp) -> bool {
+        match &op.request {
+            Some(request_op::Request::RequestRange(_)) => true,
+            Some(request_op::Request::RequestTxn(t)) => txn_is_read_only(t),
+            _ => false,
         }
     }
+    t.success.iter().chain(&t.failure).all(op_reads)
+}
+
+/// The etcd v3 API over every endpoint given. See the crate docs.
+#[derive(Clone)]
+pub struct Client {
+    pool: Arc<Pool>,
+    options: CallOptions,
 }
 
 impl Client {
-    /// Connects lazily to every endpoint; requests go to whichever is up.
+    /// Connects lazily to every endpoint, each attempt limited to
+    /// `timeout` and each call (retries included) to `timeout` as well.
     pub fn connect(endpoints: &[String], timeout: Duration) -> Result<Client> {
-        if endpoints.is_empty() {
-            return Err(ClientError::NoEndpoints);
-        }
-        let mut list = Vec::new();
-        for e in endpoints {
-            let url = normalize(e.trim());
-            let ep = Endpoint::from_shared(url.clone())
-                .map_err(|err| ClientError::Endpoint(e.clone(), err.to_string()))?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(timeout);
-            list.push(ep);
-        }
-        let channel = Channel::balance_list(list.into_iter());
-        Ok(Client::from_channel(channel))
+        ClientBuilder::new(endpoints.iter().cloned())
+            .call_options(
+                CallOptions::default()
+                    .attempt_timeout(timeout)
+                    .deadline(Some(timeout)),
+            )
+            .build()
     }
 
-    pub fn from_channel(channel: Channel) -> Client {
-        let max = 64 * 1024 * 1024;
+    pub fn builder<I, S>(endpoints: I) -> ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ClientBuilder::new(endpoints)
+    }
+
+    pub(crate) fn from_pool(pool: Pool, options: CallOptions) -> Client {
         Client {
-            kv: KvClient::new(channel.clone()).max_decoding_message_size(max),
-            watch: WatchClient::new(channel.clone()).max_decoding_message_size(max),
-            lease: LeaseClient::new(channel.clone()),
-            cluster: ClusterClient::new(channel.clone()),
-            maintenance: MaintenanceClient::new(channel.clone()).max_decoding_message_size(max),
-            admin: AdminClient::new(channel),
+            pool: Arc::new(pool),
+            options,
+        }
+    }
+
+    /// This client with other call options (sharing endpoints and health).
+    pub fn with_options(&self, options: CallOptions) -> Client {
+        Client {
+            pool: self.pool.clone(),
+            options,
+        }
+    }
+
+    pub fn call_options(&self) -> &CallOptions {
+        &self.options
+    }
+
+    /// What the client knows about each endpoint: member, health, leader.
+    pub fn endpoints(&self) -> Vec<EndpointInfo> {
+        self.pool.infos()
+    }
+
+    /// Asks every endpoint for its status now, learning members and leader.
+    pub async fn refresh_leader(&self) {
+        self.pool.refresh().await;
+    }
+
+    /// Adds every member's client URLs (Cluster.MemberList) to the
+    /// endpoints; returns how many were new.
+    pub async fn sync_endpoints(&self) -> Result<usize> {
+        let picked = self.pick(Route::Any, None).await?;
+        let ch = picked.channel.clone();
+        picked.finish(Ok(()));
+        self.pool.sync_members(ch).await
+    }
+
+    /// An endpoint for a stream (watch, keep-alive), waiting for one to be
+    /// healthy until `deadline`.
+    pub(crate) async fn pick(
+        &self,
+        route: Route,
+        deadline: Option<Instant>,
+    ) -> Result<crate::endpoints::Picked> {
+        loop {
+            if route == Route::Leader && !self.pool.leader_known() {
+                self.pool.refresh().await;
+            }
+            match self.pool.pick(route) {
+                Ok(p) => return Ok(p),
+                Err(wait) => {
+                    let now = Instant::now();
+                    if deadline.is_some_and(|d| now + wait > d) {
+                        return Err(Status::unavailable("nod-client: no healthy endpoint").into());
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// Runs a unary call: picks an endpoint by `route`, limits the attempt,
+    /// reports the outcome to the endpoint's health, and tries again (after
+    /// a jittered back-off) while `retry::may_retry` allows and the
+    /// deadline has not passed.
+    async fn unary<T, F, Fut>(
+        &self,
+        route: Route,
+        idempotence: Idempotence,
+        mut call: F,
+    ) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        let opts = &self.options;
+        let deadline = opts.deadline.and_then(|d| Instant::now().checked_add(d));
+        let mut jitter = Jitter::from_entropy();
+        let mut attempt = 0u32;
+        loop {
+            let picked = match self.pick(route, deadline).await {
+                Ok(p) => p,
+                Err(e) => return Err(e),
+            };
+            attempt += 1;
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let limit = remaining.map_or(opts.attempt_timeout, |r| r.min(opts.attempt_timeout));
+            let result = match tokio::time::timeout(limit, call(picked.channel.clone())).await {
+                Ok(r) => r,
+                Err(_) => Err(Status::deadline_exceeded(CALL_TIMED_OUT)),
+            };
+            let status = match result {
+                Ok(r) => {
+                    picked.finish(Ok(()));
+                    return Ok(r.into_inner());
+                }
+                Err(s) => s,
+            };
+            picked.finish(Err(&status));
+            if !may_retry(&status, idempotence) || attempt >= opts.max_attempts {
+                return Err(status.into());
+            }
+            let delay = opts.backoff.delay(attempt, &mut jitter);
+            if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+                return Err(status.into());
+            }
+            tokio::time::sleep(delay).await;
         }
     }
 
     pub async fn put(&mut self, req: PutRequest) -> Result<PutResponse> {
-        {
-            let client = self.kv.clone();
-            retrying(move || {
-                let mut client = client.clone();
-                let req = req.clone();
-                async move { client.put(req).await }
-            })
-            .await
-        }
+        self.unary(Route::Leader, Idempotence::NonIdempotent, move |ch| {
+            let req = req.clone();
+            async move { kv(ch).put(req).await }
+        })
+        .await
     }
 
+    /// Reads; a serializable read goes to any endpoint, a linearizable one
+    /// to the leader.
     pub async fn range(&mut self, req: RangeRequest) -> Result<RangeResponse> {
-        {
-            let client = self.kv.clone();
-            retrying(move || {
-                let mut client = client.clone();
-                let req = req.clone();
-                async move { client.range(req).await }
+        let route = if req.serializable {
+            Route::Any
+        } else {
+            Route::Leader
+        };
+        self.unary(route, Idempotence::Idempotent, move |ch| {
+            let req = req.clone();
+            async move { kv(ch).range(req).await }
+        })
+        .await
+    }
+
+    /// One key's current value (a linearizable read), if it exists.
+    pub async fn get(&mut self, key: impl Into<Vec<u8>>) -> Result<Option<KeyValue>> {
+        let r = self
+            .range(RangeRequest {
+                key: key.into(),
+                ..Default::default()
             })
-            .await
-        }
+            .await?;
+        Ok(r.kvs.into_iter().next())
     }
 
     pub async fn delete(&mut self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
-        {
-            let client = self.kv.clone();
-            retrying(move || {
-                let mut client = client.clone();
-                let req = req.clone();
-                async move { client.delete_range(req).await }
-            })
-            .await
-        }
+        self.unary(Route::Leader, Idempotence::NonIdempotent, move |ch| {
+            let req = req.clone();
+            async move { kv(ch).delete_range(req).await }
+        })
+        .await
     }
 
+    /// A txn; one that only reads is retried like a read.
     pub async fn txn(&mut self, req: TxnRequest) -> Result<TxnResponse> {
-        {
-            let client = self.kv.clone();
-            retrying(move || {
-                let mut client = client.clone();
-                let req = req.clone();
-                async move { client.txn(req).await }
-            })
-            .await
-        }
+        let idempotence = if txn_is_read_only(&req) {
+            Idempotence::Idempotent
+        } else {
+            Idempotence::NonIdempotent
+        };
+        self.unary(Route::Leader, idempotence, move |ch| {
+            let req = req.clone();
+            async move { kv(ch).txn(req).await }
+        })
+        .await
+    }
+
+    /// A txn the caller asserts may be applied twice with the same effect
+    /// (for example "if the key does not exist, create it"): retried like a
+    /// read.
+    pub async fn txn_idempotent(&mut self, req: TxnRequest) -> Result<TxnResponse> {
+        self.unary(Route::Leader, Idempotence::Idempotent, move |ch| {
+            let req = req.clone();
+            async move { kv(ch).txn(req).await }
+        })
+        .await
     }
 
     pub async fn compact(&mut self, revision: i64) -> Result<CompactionResponse> {
-        {
-            let client = self.kv.clone();
-            let req = CompactionRequest {
-                revision,
-                physical: false,
-            };
-            retrying(move || {
-                let mut client = client.clone();
-                let req = req;
-                async move { client.compact(req).await }
-            })
-            .await
-        }
+        let req = CompactionRequest {
+            revision,
+            physical: false,
+        };
+        self.unary(
+            Route::Leader,
+            Idempotence::NonIdempotent,
+            move |ch| async move { kv(ch).compact(req).await },
+        )
+        .await
     }
 
-    /// Opens a watch stream with one watcher; send more requests through the sender.
+    /// Opens a watch stream with one watcher on any healthy endpoint; send
+    /// more requests through the sender. It does not resume after a
+    /// failure: `Client::watcher` does.
     pub async fn watch(
         &mut self,
         create: WatchCreateRequest,
     ) -> Result<(mpsc::Sender<WatchRequest>, Streaming<WatchResponse>)> {
+        let deadline = self
+            .options
+            .deadline
+            .and_then(|d| Instant::now().checked_add(d));
+        let picked = self.pick(Route::Any, deadline).await?;
         let (tx, rx) = mpsc::channel(16);
         tx.send(WatchRequest {
             request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
         })
         .await
         .map_err(|_| ClientError::Protocol("watch stream closed".into()))?;
-        let stream = self
-            .watch
+        let r = WatchClient::new(picked.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
             .watch(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        Ok((tx, stream))
+            .await;
+        match r {
+            Ok(stream) => {
+                picked.finish(Ok(()));
+                Ok((tx, stream.into_inner()))
+            }
+            Err(s) => {
+                picked.finish(Err(&s));
+                Err(s.into())
+            }
+        }
     }
 
     pub async fn lease_grant(&mut self, ttl: i64, id: i64) -> Result<LeaseGrantResponse> {
-        {
-            let client = self.lease.clone();
-            let req = LeaseGrantRequest { ttl, id };
-            retrying(move || {
-                let mut client = client.clone();
-                let req = req;
-                async move { client.lease_grant(req).await }
-            })
-            .await
-        }
+        let req = LeaseGrantRequest { ttl, id };
+        self.unary(
+            Route::Leader,
+            Idempotence::NonIdempotent,
+            move |ch| async move { LeaseClient::new(ch).lease_grant(req).await },
+        )
+        .await
     }
 
     pub async fn lease_revoke(&mut self, id: i64) -> Result<LeaseRevokeResponse> {
-        {
-            let client = self.lease.clone();
-            let req = LeaseRevokeRequest { id };
-            retrying(move || {
-                let mut client = client.clone();
-                let req = req;
-                async move { client.lease_revoke(req).await }
-            })
-            .await
-        }
+        let req = LeaseRevokeRequest { id };
+        self.unary(
+            Route::Leader,
+            Idempotence::NonIdempotent,
+            move |ch| async move { LeaseClient::new(ch).lease_revoke(req).await },
+        )
+        .await
     }
 
-    /// Keeps a lease alive: one request per `every`, yielding each answer.
+    /// Opens a keep-alive stream for a lease on the leader (or, failing
+    /// that, any endpoint): one request sent, more through the sender.
+    /// `LeaseKeeper` keeps one alive for you.
     pub async fn lease_keep_alive(
         &mut self,
         id: i64,
@@ -262,16 +401,28 @@ impl Client {
         mpsc::Sender<LeaseKeepAliveRequest>,
         Streaming<LeaseKeepAliveResponse>,
     )> {
+        let deadline = self
+            .options
+            .deadline
+            .and_then(|d| Instant::now().checked_add(d));
+        let picked = self.pick(Route::Leader, deadline).await?;
         let (tx, rx) = mpsc::channel(4);
         tx.send(LeaseKeepAliveRequest { id })
             .await
             .map_err(|_| ClientError::Protocol("keep-alive stream closed".into()))?;
-        let stream = self
-            .lease
+        let r = LeaseClient::new(picked.channel.clone())
             .lease_keep_alive(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        Ok((tx, stream))
+            .await;
+        match r {
+            Ok(stream) => {
+                picked.finish(Ok(()));
+                Ok((tx, stream.into_inner()))
+            }
+            Err(s) => {
+                picked.finish(Err(&s));
+                Err(s.into())
+            }
+        }
     }
 
     pub async fn lease_time_to_live(
@@ -279,42 +430,34 @@ impl Client {
         id: i64,
         keys: bool,
     ) -> Result<LeaseTimeToLiveResponse> {
-        {
-            let client = self.lease.clone();
-            let req = LeaseTimeToLiveRequest { id, keys };
-            retrying(move || {
-                let mut client = client.clone();
-                let req = req;
-                async move { client.lease_time_to_live(req).await }
-            })
-            .await
-        }
+        let req = LeaseTimeToLiveRequest { id, keys };
+        self.unary(
+            Route::Leader,
+            Idempotence::Idempotent,
+            move |ch| async move { LeaseClient::new(ch).lease_time_to_live(req).await },
+        )
+        .await
     }
 
     pub async fn lease_list(&mut self) -> Result<LeaseLeasesResponse> {
-        {
-            let client = self.lease.clone();
-            let req = LeaseLeasesRequest {};
-            retrying(move || {
-                let mut client = client.clone();
-                let req = req;
-                async move { client.lease_leases(req).await }
-            })
-            .await
-        }
+        self.unary(
+            Route::Leader,
+            Idempotence::Idempotent,
+            move |ch| async move {
+                LeaseClient::new(ch)
+                    .lease_leases(LeaseLeasesRequest {})
+                    .await
+            },
+        )
+        .await
     }
 
     pub async fn member_list(&mut self) -> Result<MemberListResponse> {
-        {
-            let client = self.cluster.clone();
-            let req = MemberListRequest { linearizable: true };
-            retrying(move || {
-                let mut client = client.clone();
-                let req = req;
-                async move { client.member_list(req).await }
-            })
-            .await
-        }
+        let req = MemberListRequest { linearizable: true };
+        self.unary(Route::Any, Idempotence::Idempotent, move |ch| async move {
+            ClusterClient::new(ch).member_list(req).await
+        })
+        .await
     }
 
     pub async fn member_add(
@@ -322,45 +465,35 @@ impl Client {
         peer_urls: Vec<String>,
         learner: bool,
     ) -> Result<MemberAddResponse> {
-        {
-            let client = self.cluster.clone();
-            let req = MemberAddRequest {
-                peer_ur_ls: peer_urls,
-                is_learner: learner,
-            };
-            retrying(move || {
-                let mut client = client.clone();
-                let req = req.clone();
-                async move { client.member_add(req).await }
-            })
-            .await
-        }
+        let req = MemberAddRequest {
+            peer_ur_ls: peer_urls,
+            is_learner: learner,
+        };
+        self.unary(Route::Leader, Idempotence::NonIdempotent, move |ch| {
+            let req = req.clone();
+            async move { ClusterClient::new(ch).member_add(req).await }
+        })
+        .await
     }
 
     pub async fn member_remove(&mut self, id: u64) -> Result<MemberRemoveResponse> {
-        {
-            let client = self.cluster.clone();
-            let req = MemberRemoveRequest { id };
-            retrying(move || {
-                let mut client = client.clone();
-                let req = req;
-                async move { client.member_remove(req).await }
-            })
-            .await
-        }
+        let req = MemberRemoveRequest { id };
+        self.unary(
+            Route::Leader,
+            Idempotence::NonIdempotent,
+            move |ch| async move { ClusterClient::new(ch).member_remove(req).await },
+        )
+        .await
     }
 
     pub async fn member_promote(&mut self, id: u64) -> Result<MemberPromoteResponse> {
-        {
-            let client = self.cluster.clone();
-            let req = MemberPromoteRequest { id };
-            retrying(move || {
-                let mut client = client.clone();
-                let req = req;
-                async move { client.member_promote(req).await }
-            })
-            .await
-        }
+        let req = MemberPromoteRequest { id };
+        self.unary(
+            Route::Leader,
+            Idempotence::NonIdempotent,
+            move |ch| async move { ClusterClient::new(ch).member_promote(req).await },
+        )
+        .await
     }
 
     pub async fn member_update(
@@ -368,69 +501,73 @@ impl Client {
         id: u64,
         peer_urls: Vec<String>,
     ) -> Result<MemberUpdateResponse> {
-        {
-            let client = self.cluster.clone();
-            let req = MemberUpdateRequest {
-                id,
-                peer_ur_ls: peer_urls,
-            };
-            retrying(move || {
-                let mut client = client.clone();
-                let req = req.clone();
-                async move { client.member_update(req).await }
-            })
-            .await
-        }
-    }
-
-    /// The member table with role, health and lag, as the leader sees it.
-    pub async fn member_health(&mut self) -> Result<MemberHealthResponse> {
-        let client = self.admin.clone();
-        retrying(move || {
-            let mut client = client.clone();
-            async move { client.member_health(MemberHealthRequest {}).await }
+        let req = MemberUpdateRequest {
+            id,
+            peer_ur_ls: peer_urls,
+        };
+        self.unary(Route::Leader, Idempotence::NonIdempotent, move |ch| {
+            let req = req.clone();
+            async move { ClusterClient::new(ch).member_update(req).await }
         })
         .await
     }
 
+    /// The member table with role, health and lag, as the leader sees it.
+    pub async fn member_health(&mut self) -> Result<MemberHealthResponse> {
+        self.unary(Route::Any, Idempotence::Idempotent, move |ch| async move {
+            AdminClient::new(ch)
+                .member_health(MemberHealthRequest {})
+                .await
+        })
+        .await
+    }
+
+    /// The status of whichever endpoint answers.
     pub async fn status(&mut self) -> Result<StatusResponse> {
-        {
-            let client = self.maintenance.clone();
-            let req = StatusRequest {};
-            retrying(move || {
-                let mut client = client.clone();
-                let req = req;
-                async move { client.status(req).await }
-            })
-            .await
-        }
+        self.unary(Route::Any, Idempotence::Idempotent, move |ch| async move {
+            maintenance(ch).status(StatusRequest {}).await
+        })
+        .await
     }
 
     pub async fn move_leader(&mut self, target: u64) -> Result<MoveLeaderResponse> {
-        {
-            let client = self.maintenance.clone();
-            let req = MoveLeaderRequest { target_id: target };
-            retrying(move || {
-                let mut client = client.clone();
-                let req = req;
-                async move { client.move_leader(req).await }
-            })
-            .await
-        }
+        let req = MoveLeaderRequest { target_id: target };
+        let r = self
+            .unary(
+                Route::Leader,
+                Idempotence::NonIdempotent,
+                move |ch| async move { maintenance(ch).move_leader(req).await },
+            )
+            .await;
+        self.pool.forget_leader();
+        r
     }
 
     /// The whole backup stream, concatenated.
     pub async fn snapshot(&mut self) -> Result<Vec<u8>> {
-        let mut stream = self
-            .maintenance
-            .snapshot(SnapshotRequest {})
-            .await?
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            out.extend_from_slice(&chunk.blob);
+        let picked = self.pick(Route::Any, None).await?;
+        let r = async {
+            let mut stream = maintenance(picked.channel.clone())
+                .snapshot(SnapshotRequest {})
+                .await?
+                .into_inner();
+            let mut out = Vec::new();
+            while let Some(chunk) = stream.message().await? {
+                out.extend_from_slice(&chunk.blob);
+            }
+            Ok::<_, Status>(out)
         }
-        Ok(out)
+        .await;
+        match r {
+            Ok(out) => {
+                picked.finish(Ok(()));
+                Ok(out)
+            }
+            Err(s) => {
+                picked.finish(Err(&s));
+                Err(s.into())
+            }
+        }
     }
 }
 

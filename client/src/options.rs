@@ -1,0 +1,127 @@
+//! `CallOptions` (per-attempt timeout, overall deadline, attempts) and
+//! `ClientBuilder`. No I/O.
+
+use std::time::Duration;
+
+use crate::backoff::Backoff;
+use crate::endpoints::{HealthSettings, Pool};
+use crate::{Client, Result};
+
+/// How long one call may take, overall and per attempt.
+#[derive(Clone, Debug)]
+pub struct CallOptions {
+    /// One attempt's limit; when it passes, the attempt counts as a
+    /// transport failure (and, for a write, an unknown outcome).
+    pub attempt_timeout: Duration,
+    /// The limit across every attempt and back-off, as a Go context's
+    /// deadline. `None`: only `max_attempts` bounds the call.
+    pub deadline: Option<Duration>,
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Waits between attempts.
+    pub backoff: Backoff,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        CallOptions {
+            attempt_timeout: Duration::from_secs(5),
+            deadline: Some(Duration::from_secs(10)),
+            max_attempts: 10,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl CallOptions {
+    pub fn attempt_timeout(mut self, d: Duration) -> Self {
+        self.attempt_timeout = d;
+        self
+    }
+
+    pub fn deadline(mut self, d: Option<Duration>) -> Self {
+        self.deadline = d;
+        self
+    }
+
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    pub fn backoff(mut self, b: Backoff) -> Self {
+        self.backoff = b;
+        self
+    }
+}
+
+/// Builds a `Client`:
+///
+/// ```
+/// use std::time::Duration;
+/// use nod_client::{Client, CallOptions};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let client = Client::builder(["127.0.0.1:2379", "127.0.0.1:22379"])
+///     .call_options(CallOptions::default().attempt_timeout(Duration::from_secs(2)))
+///     .breaker(5, Duration::from_secs(2))
+///     .build()
+///     .unwrap(); // connects lazily: no server needed here
+/// assert_eq!(client.endpoints().len(), 2);
+/// assert!(client.endpoints().iter().all(|e| e.healthy && !e.is_leader));
+/// # }
+/// ```
+///
+/// Build it inside a tokio runtime: each endpoint's connection is a task.
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    endpoints: Vec<String>,
+    call: CallOptions,
+    health: HealthSettings,
+}
+
+impl ClientBuilder {
+    pub fn new<I, S>(endpoints: I) -> ClientBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ClientBuilder {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            call: CallOptions::default(),
+            health: HealthSettings::default(),
+        }
+    }
+
+    pub fn call_options(mut self, o: CallOptions) -> Self {
+        self.call = o;
+        self
+    }
+
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.health.connect_timeout = d;
+        self
+    }
+
+    /// `threshold` consecutive failures open an endpoint's breaker for
+    /// `cool_down`.
+    pub fn breaker(mut self, threshold: u32, cool_down: Duration) -> Self {
+        self.health.breaker_threshold = threshold;
+        self.health.breaker_cool_down = cool_down;
+        self
+    }
+
+    /// The back-off before an endpoint that failed at the transport is
+    /// tried again.
+    pub fn unhealthy_backoff(mut self, b: Backoff) -> Self {
+        self.health.unhealthy_backoff = b;
+        self
+    }
+
+    /// Connects lazily: no I/O until the first call.
+    pub fn build(self) -> Result<Client> {
+        let pool = Pool::new(&self.endpoints, self.health)?;
+        Ok(Client::from_pool(pool, self.call))
+    }
+}
