@@ -530,6 +530,15 @@ impl Client {
         .await
     }
 
+    /// The hash of the key-value history up to `revision` (0: all) on
+    /// whichever endpoint answers (a client of one endpoint: that member).
+    pub async fn hash_kv(&mut self, revision: i64) -> Result<HashKvResponse> {
+        self.unary(Route::Any, Idempotence::Idempotent, move |ch| async move {
+            maintenance(ch).hash_kv(HashKvRequest { revision }).await
+        })
+        .await
+    }
+
     pub async fn move_leader(&mut self, target: u64) -> Result<MoveLeaderResponse> {
         let req = MoveLeaderRequest { target_id: target };
         let r = self
