@@ -46,6 +46,9 @@ pub enum Fatal {
     Store(String),
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// The task running the driver ended without an answer (it panicked).
+    #[error("driver task failed: {0}")]
+    Task(String),
 }
 
 impl From<nod_raft::StorageError> for Fatal {

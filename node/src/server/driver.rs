@@ -290,7 +290,7 @@ impl Driver {
 
     /// Runs until `stop` turns true, this member is removed, or storage
     /// fails (then the error is in `NodeStatus::fatal` and returned).
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), Fatal> {
         let started = Instant::now();
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -343,6 +343,6 @@ impl Driver {
             }
         };
         core.stop(&result);
-        result.map_err(|e| e.to_string())
+        result
     }
 }

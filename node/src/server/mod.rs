@@ -34,6 +34,7 @@ use crate::api::lease::LeaseService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::command::{MemberAttributes, Op};
+use crate::driver::Fatal;
 use crate::gossip::bootstrap::{self, BootstrapState, Decision, DiscoverConfig, Founders};
 use crate::gossip::{keys, Gossip, GossipConfig, PeerInfo};
 use crate::identity::Identity;
@@ -163,7 +164,7 @@ pub struct RunningServer {
     pub peer_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
-    driver_task: JoinHandle<Result<(), String>>,
+    driver_task: JoinHandle<Result<(), Fatal>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -1026,17 +1027,17 @@ impl RunningServer {
 
     /// Resolves when the driver stops by itself (removed from the cluster,
     /// or a storage failure), with the reason.
-    pub async fn stopped(&mut self) -> Result<(), String> {
+    pub async fn stopped(&mut self) -> Result<(), Fatal> {
         match (&mut self.driver_task).await {
             Ok(r) => r,
-            Err(e) => Err(format!("driver task failed: {e}")),
+            Err(e) => Err(Fatal::Task(e.to_string())),
         }
     }
 
     /// Stops serving: hands leadership to the most caught-up voter if this
     /// node leads, then stops the driver (every write it acknowledged is
     /// already fsynced) and the servers.
-    pub async fn shutdown(mut self) -> Result<(), String> {
+    pub async fn shutdown(mut self) -> Result<(), Fatal> {
         if let Ok(st) = self.driver.raft_status().await {
             if st.role == Role::Leader {
                 let best = st
@@ -1070,7 +1071,7 @@ impl RunningServer {
         }
         let result = match self.driver_task.await {
             Ok(r) => r,
-            Err(e) => Err(format!("driver task failed: {e}")),
+            Err(e) => Err(Fatal::Task(e.to_string())),
         };
         for mut t in self.tasks {
             // Open client streams (watches) would hold a graceful stop forever.
