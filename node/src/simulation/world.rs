@@ -420,26 +420,15 @@ impl World {
         }
         for message in messages {
             let to = message.to.0 as usize - 1;
-            let checkpoint = checkpoint_key(&message)
-                .and_then(|k| images.iter().find(|(key, _)| *key == k).cloned());
-            let is_checkpoint = checkpoint_key(&message).is_some();
-            if is_checkpoint && checkpoint.is_none() {
-                // The checkpoint is gone (pruned): the stream fails.
-                self.at(
-                    1,
-                    Event::SnapshotReport {
-                        node: i,
-                        incarnation,
-                        peer: message.to,
-                        delivered: false,
-                    },
-                );
-                continue;
-            }
-            if self.lost(i, to) {
-                if is_checkpoint {
+            let key = checkpoint_key(&message);
+            let checkpoint = key.and_then(|k| images.iter().find(|(held, _)| *held == k).cloned());
+            let gone = key.is_some() && checkpoint.is_none();
+            if gone || self.lost(i, to) {
+                if key.is_some() {
+                    // The snapshot stream fails: its checkpoint was pruned,
+                    // or the link dropped it.
                     self.at(
-                        20,
+                        if gone { 1 } else { 20 },
                         Event::SnapshotReport {
                             node: i,
                             incarnation,
