@@ -165,7 +165,7 @@ impl World {
         });
         let conf = ConfState::with_voters(ids.iter().copied());
         let mut members = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
+        for id in &ids {
             let log = SharedLog(Arc::new(std::sync::Mutex::new(MemStorage::new_bootstrap(
                 conf.clone(),
                 data.clone(),
@@ -190,7 +190,6 @@ impl World {
                 incarnation: 0,
                 disk: Some((store, SimSnapshots::default())),
             });
-            let _ = i;
         }
         let clients = (0..cfg.clients)
             .map(|_| Client {
