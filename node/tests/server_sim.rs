@@ -73,12 +73,15 @@ fn main() {
     reports.sort_by_key(|r| r.seed);
     let (mut ops, mut completed, mut violations, mut leaders, mut snaps, mut crashes) =
         (0, 0, 0, 0, 0, 0);
+    let (mut power_losses, mut write_faults) = (0, 0);
     for r in &reports {
         ops += r.operations;
         completed += r.completed;
         leaders += r.leader_changes;
         snaps += r.snapshots_installed;
         crashes += r.crashes;
+        power_losses += r.power_losses;
+        write_faults += r.write_faults;
         violations += r.violations.len();
         if !r.violations.is_empty() {
             eprintln!(
@@ -96,8 +99,9 @@ fn main() {
         }
     }
     println!(
-        "{ops} client ops ({completed} answered), {leaders} leaders elected, {crashes} crashes, \
-         {snaps} snapshots sent, {:.1}s",
+        "{ops} client ops ({completed} answered), {leaders} leaders elected, {crashes} crashes \
+         ({power_losses} power losses, {write_faults} failed log writes), {snaps} snapshots sent, \
+         {:.1}s",
         started.elapsed().as_secs_f64()
     );
     println!(

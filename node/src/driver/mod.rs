@@ -22,6 +22,7 @@ mod leases;
 pub mod platform;
 mod reads;
 mod ready;
+mod recovery;
 pub mod request;
 mod shared;
 mod snapshots;
@@ -38,6 +39,7 @@ pub use platform::{
     ForwardFailure, ForwardOutcome, Network, Platform, Replies, Reply, Snapshotter, Stopwatch,
     Taken,
 };
+pub use recovery::raise_commit_to_applied;
 pub use request::{Applied, DriverError, Fatal, NodeStatus, Outcome, Request};
 pub use shared::Shared;
 

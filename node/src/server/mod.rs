@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use nod_raft::{ConfState, Config, NodeId, RawNode, Role, Storage, StorageWrite};
+use nod_raft::{ConfState, Config, NodeId, RawNode, Role, Storage};
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -771,33 +771,12 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         .await;
     }
 
-    // The commit index is persisted without fsync when it alone changes,
-    // and the state machine is not fsynced either: after a power loss the
-    // store may have applied past the durable commit index. Those entries
-    // were committed (and are durable in the log), so raise the commit.
-    let state = log
-        .initial_state()
-        .map_err(|e| ServerError::Storage(e.to_string()))?;
+    // A power loss may have taken back the durable commit index under
+    // entries the store applied (driver::raise_commit_to_applied says why).
     let applied = nod_raft::Index(kv.applied().0);
-    if applied > state.hard_state.commit {
-        let last = log
-            .last_index()
-            .map_err(|e| ServerError::Storage(e.to_string()))?;
-        if applied > last {
-            return Err(ServerError::Storage(format!(
-                "the state machine applied index {applied} but the log ends at {last}"
-            )));
-        }
-        let write = nod_raft::LogWrite {
-            hard_state: Some(nod_raft::HardState {
-                commit: applied,
-                ..state.hard_state
-            }),
-            sync: true,
-            ..Default::default()
-        };
-        log.write(&write)
-            .map_err(|e| ServerError::Storage(e.to_string()))?;
+    if crate::driver::raise_commit_to_applied(&mut log, applied)
+        .map_err(|e| ServerError::Storage(e.to_string()))?
+    {
         tracing::warn!(
             commit = applied.0,
             "raised the commit index to what the state machine applied"

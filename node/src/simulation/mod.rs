@@ -13,7 +13,9 @@
 mod platform;
 mod world;
 
-pub use platform::{SharedLog, SimNetwork, SimPlatform, SimSnapshots, Slot, Slots};
+pub use platform::{
+    LogDisk, SharedLog, SimNetwork, SimPlatform, SimSnapshots, Slot, Slots, WriteFault,
+};
 pub use world::run;
 
 /// A bug the simulation plants on purpose, to show its checks catch it.
@@ -44,6 +46,15 @@ pub struct Config {
     /// so few that a leader replicates a backlog one entry at a time (the
     /// condition of the Raft paper's Figure 8).
     pub max_append_bytes: u64,
+    /// Milliseconds each log write (its fsync) takes; a member's loop waits.
+    pub fsync_ms: u64,
+    /// One member whose disk is slow: (member, milliseconds per fsync).
+    pub slow_disk: Option<(usize, u64)>,
+    /// Log writes that fail (fsync errors, torn records) and power losses
+    /// (unsynced log writes and unflushed store writes gone).
+    pub disk_faults: bool,
+    /// Reads through each new leader the moment it is elected.
+    pub leader_probes: bool,
     pub planted: Planted,
     /// Prints what happens, step by step (for replaying one seed).
     pub trace: bool,
@@ -66,6 +77,10 @@ impl Config {
             } else {
                 rng.range(1, 200)
             },
+            fsync_ms: rng.range(0, 2),
+            slow_disk: (rng.range(0, 3) == 0).then(|| (rng.range(0, 5) as usize, rng.range(5, 40))),
+            disk_faults: rng.range(0, 2) == 0,
+            leader_probes: rng.range(0, 2) == 0,
             planted: Planted::None,
             trace: false,
         }
@@ -81,5 +96,9 @@ pub struct Report {
     pub leader_changes: u64,
     pub snapshots_installed: u64,
     pub crashes: u64,
+    /// Crashes that lost what the disks had not synced.
+    pub power_losses: u64,
+    /// Log writes that failed as planted (each stops its member).
+    pub write_faults: u64,
     pub violations: Vec<String>,
 }

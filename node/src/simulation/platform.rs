@@ -51,43 +51,124 @@ impl Replies for Slots {
     type Reply<T: Send + 'static> = Slot<T>;
 }
 
+/// A member's disk for its Raft log, as the process and the platter see it.
+/// A write the core did not ask to sync reaches only the page cache: a
+/// power loss takes it back (with every later one), as RocksDB's recovery
+/// to the last synced WAL record would. A synced write (or compaction,
+/// which the log store always syncs) makes everything before it durable.
+#[derive(Default)]
+pub struct LogDisk {
+    /// What the process reads.
+    pub log: MemStorage,
+    /// What survives a power loss, when it differs from `log`.
+    durable: Option<MemStorage>,
+    /// Writes so far; the world charges an fsync's time for each.
+    pub writes: u64,
+    /// The next write fails, as an fsync error does.
+    pub fault: Option<WriteFault>,
+    /// A planted fault failed a write (the member's stop is expected).
+    pub failed: bool,
+}
+
+/// How a failed log write left the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteFault {
+    /// Nothing of it survives (never written, or a torn last record that
+    /// recovery drops).
+    Lost,
+    /// It reached the disk, but the fsync reported an error.
+    Persisted,
+}
+
+impl LogDisk {
+    pub fn new(log: MemStorage) -> LogDisk {
+        LogDisk {
+            log,
+            ..Default::default()
+        }
+    }
+
+    fn apply(&mut self, write: &LogWrite, sync: bool) -> Result<(), StorageError> {
+        if !sync && self.durable.is_none() {
+            self.durable = Some(self.log.clone());
+        }
+        self.log.write(write)?;
+        if sync {
+            self.durable = None;
+        }
+        Ok(())
+    }
+
+    /// The power fails: what was not synced is gone.
+    pub fn lose_unsynced(&mut self) -> bool {
+        match self.durable.take() {
+            Some(durable) => {
+                self.log = durable;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// A log store the world shares with the driver: the node's disk.
 #[derive(Clone, Default)]
-pub struct SharedLog(pub Arc<Mutex<MemStorage>>);
+pub struct SharedLog(pub Arc<Mutex<LogDisk>>);
 
 impl SharedLog {
-    pub fn lock(&self) -> MutexGuard<'_, MemStorage> {
+    pub fn new(log: MemStorage) -> SharedLog {
+        SharedLog(Arc::new(Mutex::new(LogDisk::new(log))))
+    }
+    pub fn lock(&self) -> MutexGuard<'_, LogDisk> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl Storage for SharedLog {
     fn initial_state(&self) -> Result<RaftState, StorageError> {
-        self.lock().initial_state()
+        self.lock().log.initial_state()
     }
     fn entries(&self, low: Index, high: Index, max_size: u64) -> Result<Vec<Entry>, StorageError> {
-        self.lock().entries(low, high, max_size)
+        self.lock().log.entries(low, high, max_size)
     }
     fn term(&self, index: Index) -> Result<Term, StorageError> {
-        self.lock().term(index)
+        self.lock().log.term(index)
     }
     fn first_index(&self) -> Result<Index, StorageError> {
-        self.lock().first_index()
+        self.lock().log.first_index()
     }
     fn last_index(&self) -> Result<Index, StorageError> {
-        self.lock().last_index()
+        self.lock().log.last_index()
     }
     fn snapshot(&self) -> Result<Snapshot, StorageError> {
-        self.lock().snapshot()
+        self.lock().log.snapshot()
     }
 }
 
 impl StorageWrite for SharedLog {
     fn write(&mut self, write: &LogWrite) -> Result<(), StorageError> {
-        self.lock().write(write)
+        let mut disk = self.lock();
+        disk.writes += 1;
+        let fault = disk.fault.take();
+        disk.failed |= fault.is_some();
+        match fault {
+            None => disk.apply(write, write.sync),
+            Some(WriteFault::Lost) => Err(StorageError::Fatal(
+                "simulated fsync failure (the write was lost)".into(),
+            )),
+            Some(WriteFault::Persisted) => {
+                disk.apply(write, true)?;
+                Err(StorageError::Fatal(
+                    "simulated fsync failure (the write reached the disk)".into(),
+                ))
+            }
+        }
     }
     fn compact(&mut self, snapshot: Snapshot) -> Result<(), StorageError> {
-        self.lock().compact(snapshot)
+        let mut disk = self.lock();
+        disk.log.compact(snapshot)?;
+        disk.durable = None;
+        Ok(())
     }
 }
 
@@ -97,15 +178,21 @@ pub type ForwardCall = (NodeId, u64, Vec<(u64, Vec<u8>)>);
 /// What the driver asked the network to do during one step.
 #[derive(Default)]
 pub struct SimNetwork {
+    /// The member's log disk, to tell how many writes (fsyncs) each
+    /// message waited for.
+    pub disk: SharedLog,
     pub peers: HashMap<NodeId, String>,
-    pub messages: Vec<Message>,
+    /// Each message with the log writes done before it was sent.
+    pub messages: Vec<(u64, Message)>,
     /// (leader, origin, commands) per forwarded call.
     pub forwards: Vec<ForwardCall>,
 }
 
 impl Network for SimNetwork {
     fn send(&mut self, messages: Vec<Message>) {
-        self.messages.extend(messages);
+        let writes = self.disk.lock().writes;
+        self.messages
+            .extend(messages.into_iter().map(|m| (writes, m)));
     }
     fn set_peers(&mut self, peers: HashMap<NodeId, String>) {
         self.peers = peers;

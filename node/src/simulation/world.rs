@@ -19,6 +19,7 @@ mod checks;
 mod clients;
 mod leases;
 mod nemesis;
+mod probes;
 mod watches;
 
 use std::cmp::Reverse;
@@ -97,6 +98,8 @@ enum Event {
         op: usize,
     },
     Nemesis,
+    /// Reads through a member that just became leader.
+    Probe(usize),
     Restart(usize),
     Heal,
     Settle,
@@ -110,6 +113,13 @@ struct Member {
     incarnation: u64,
     /// While crashed: its store and checkpoints (its disk).
     disk: Option<(SimStore, SimSnapshots)>,
+    /// The store as a power loss would leave it: an image of an earlier
+    /// moment (its writes are not synced; the OS flushes them when it likes).
+    flushed: Arc<Vec<u8>>,
+    /// Milliseconds one log write (its fsync) takes on this member's disk.
+    fsync_ms: Time,
+    /// Its loop is blocked on its disk until then.
+    busy_until: Time,
 }
 
 struct World {
@@ -123,6 +133,7 @@ struct World {
     members: Vec<Member>,
     clients: Vec<Client>,
     leases: leases::LeaseActor,
+    probes: Vec<probes::Probe>,
     watchers: Vec<Watcher>,
     history: Vec<lin::Operation>,
     /// Pairs of members that cannot reach each other.
@@ -166,10 +177,7 @@ impl World {
         let conf = ConfState::with_voters(ids.iter().copied());
         let mut members = Vec::new();
         for id in &ids {
-            let log = SharedLog(Arc::new(std::sync::Mutex::new(MemStorage::new_bootstrap(
-                conf.clone(),
-                data.clone(),
-            ))));
+            let log = SharedLog::new(MemStorage::new_bootstrap(conf.clone(), data.clone()));
             let mut store = KvStore::in_memory();
             for m in &founders {
                 let member = nod_proto::etcd::etcdserverpb::Member {
@@ -188,8 +196,14 @@ impl World {
                 log,
                 core: None,
                 incarnation: 0,
+                flushed: Arc::new(store.snapshot_bytes()),
                 disk: Some((store, SimSnapshots::default())),
+                fsync_ms: cfg.fsync_ms,
+                busy_until: 0,
             });
+        }
+        if let Some((slow, ms)) = cfg.slow_disk {
+            members[slow % cfg.nodes].fsync_ms = ms;
         }
         let clients = (0..cfg.clients)
             .map(|_| Client {
@@ -219,6 +233,7 @@ impl World {
             members,
             clients,
             leases: Default::default(),
+            probes: Vec::new(),
             history: Vec::new(),
             cut: BTreeSet::new(),
             faults_on: true,
@@ -283,6 +298,15 @@ impl World {
                 }
             }
         }
+        // As the server does at startup: a power loss may have taken back
+        // the durable commit index under entries the store applied.
+        let applied = Index(store.applied().0);
+        if let Err(e) = crate::driver::raise_commit_to_applied(&mut m.log, applied) {
+            self.report
+                .violations
+                .push(format!("member {} could not restart: {e}", m.id.0));
+            return;
+        }
         let mut raft = nod_raft::Config::new(m.id);
         raft.election_tick = ELECTION_TICKS;
         raft.heartbeat_tick = 1;
@@ -314,7 +338,10 @@ impl World {
         let core = Core::new(
             node,
             shared,
-            SimNetwork::default(),
+            SimNetwork {
+                disk: m.log.clone(),
+                ..Default::default()
+            },
             snapshots,
             CoreConfig {
                 attributes: MemberAttributes {
@@ -336,16 +363,40 @@ impl World {
     }
 
     fn crash(&mut self, i: usize) {
+        self.crash_as(i, false);
+    }
+
+    /// Crashes member `i`; with `power_loss`, what its disks had not synced
+    /// is gone too: the log's unsynced writes, and the store's writes since
+    /// the OS last flushed them (the store never syncs: the log replays).
+    fn crash_as(&mut self, i: usize, power_loss: bool) {
         let Some(mut core) = self.members[i].core.take() else {
             return;
         };
         self.report.crashes += 1;
-        trace!(self, "crash member {}", i + 1);
+        trace!(
+            self,
+            "{} member {}",
+            if power_loss { "power loss on" } else { "crash" },
+            i + 1
+        );
         core.stop(&Ok(()));
         let snapshots = std::mem::take(core.snapshots_mut());
         let shared = core.shared().clone();
         drop(core);
-        let store = std::mem::replace(&mut *shared.store_mut(), KvStore::in_memory());
+        let mut store = std::mem::replace(&mut *shared.store_mut(), KvStore::in_memory());
+        if power_loss {
+            self.report.power_losses += 1;
+            self.members[i].log.lock().lose_unsynced();
+            match KvStore::restore_from(&self.members[i].flushed) {
+                Ok(flushed) => store = flushed,
+                Err(e) => self.report.violations.push(format!(
+                    "member {}'s flushed store does not open: {e}",
+                    i + 1
+                )),
+            }
+        }
+        self.members[i].busy_until = 0;
         self.members[i].disk = Some((store, snapshots));
         // Its callers lost the connection: outcome unknown.
         self.poll_clients();
@@ -354,6 +405,7 @@ impl World {
     /// After member `i` took inputs: run its Readies and schedule what it sent.
     fn after_step(&mut self, i: usize) {
         let now = Duration::from_millis(self.now);
+        let writes_before = self.members[i].log.lock().writes;
         let Some(core) = self.members[i].core.as_mut() else {
             return;
         };
@@ -361,6 +413,13 @@ impl World {
         let applied_before = core.shared().store().applied().0;
         let turn = core.run_ready();
         let applied_after = core.shared().store().applied().0;
+        let writes = self.members[i].log.lock().writes - writes_before;
+        let fsync_ms = self.members[i].fsync_ms;
+        if writes > 0 && fsync_ms > 0 {
+            let until = self.now + writes * fsync_ms;
+            self.members[i].busy_until = self.members[i].busy_until.max(until);
+        }
+        let core = self.members[i].core.as_mut().expect("stepped above");
         let net = core.network_mut();
         let messages = std::mem::take(&mut net.messages);
         let forwards = std::mem::take(&mut net.forwards);
@@ -368,7 +427,7 @@ impl World {
         let status = core.shared().status();
         let images: Vec<Image> = messages
             .iter()
-            .filter_map(checkpoint_key)
+            .filter_map(|(_, m)| checkpoint_key(m))
             .filter_map(|k| core.snapshots_mut().images.get(&k).map(|b| (k, b.clone())))
             .collect();
         if let Some(role) = status.role {
@@ -382,12 +441,23 @@ impl World {
                     None => {
                         self.report.leader_changes += 1;
                         trace!(self, "member {} leads term {}", me.0, status.term);
+                        self.new_leader(i);
                     }
                     _ => {}
                 }
             }
         }
         self.check_applied(i);
+        if applied_after != applied_before && self.chance(150) {
+            // The OS flushed the store's writes so far.
+            let image = self.members[i]
+                .core
+                .as_ref()
+                .map(|core| core.shared().store().snapshot_bytes());
+            if let Some(image) = image {
+                self.members[i].flushed = Arc::new(image);
+            }
+        }
         let incarnation = self.members[i].incarnation;
         let mut messages = messages;
         let mut crash_now = false;
@@ -403,21 +473,21 @@ impl World {
         if self.crash_leader_on_append
             && self.faults_on
             && status.role == Some(nod_raft::Role::Leader)
-            && messages.iter().any(appends_entries)
+            && messages.iter().any(|(_, m)| appends_entries(m))
         {
             // Most followers never see the new entries: each gets them with
             // probability 1/3, then the leader dies.
             self.crash_leader_on_append = false;
             crash_now = true;
             let mut kept = Vec::new();
-            for m in messages {
+            for (w, m) in messages {
                 if !appends_entries(&m) || self.chance(333) {
-                    kept.push(m);
+                    kept.push((w, m));
                 }
             }
             messages = kept;
         }
-        for message in messages {
+        for (written, message) in messages {
             let to = message.to.0 as usize - 1;
             let key = checkpoint_key(&message);
             let checkpoint = key.and_then(|k| images.iter().find(|(held, _)| *held == k).cloned());
@@ -438,7 +508,8 @@ impl World {
                 }
                 continue;
             }
-            let delay = self.rng.range(1, 5);
+            // A message waits for the log writes (fsyncs) before it.
+            let delay = self.rng.range(1, 5) + (written - writes_before) * fsync_ms;
             self.at(
                 delay,
                 Event::Deliver {
@@ -522,6 +593,16 @@ impl World {
                 self.crash(i);
             }
             Err(fatal) => {
+                if std::mem::take(&mut self.members[i].log.lock().failed) {
+                    self.report.write_faults += 1;
+                    // The fsync error the nemesis planted: the member stops,
+                    // as it must, and comes back from what its disk holds.
+                    trace!(self, "member {} stopped on a disk fault: {fatal}", i + 1);
+                    self.crash(i);
+                    let back = self.rng.range(50, 800);
+                    self.at(back, Event::Restart(i));
+                    return;
+                }
                 self.report
                     .violations
                     .push(format!("member {} stopped: {fatal}", i + 1));
@@ -544,7 +625,27 @@ impl World {
         self.chance(p)
     }
 
+    /// The member an event is for, when it needs that member's loop.
+    fn target(event: &Event) -> Option<usize> {
+        match event {
+            Event::Tick(i) | Event::Restart(i) | Event::Probe(i) => Some(*i),
+            Event::Deliver { to, .. } => Some(*to),
+            Event::SnapshotReport { node, .. } | Event::SnapshotTaken { node, .. } => Some(*node),
+            Event::ForwardCall { leader, .. } => Some(*leader),
+            Event::ForwardAnswer { to, .. } => Some(*to),
+            _ => None,
+        }
+    }
+
     fn handle(&mut self, event: Event) {
+        if let Some(i) = Self::target(&event) {
+            let busy = self.members[i].busy_until;
+            if busy > self.now && self.members[i].core.is_some() {
+                // Its loop is still waiting on its disk.
+                self.at(busy - self.now, event);
+                return;
+            }
+        }
         match event {
             Event::Tick(i) => {
                 self.at(TICK_MS, Event::Tick(i));
@@ -706,6 +807,7 @@ impl World {
                 }
             }
             Event::Nemesis => self.nemesis(),
+            Event::Probe(i) => self.probe(i),
             Event::Restart(i) => self.start(i),
             Event::Heal => {
                 trace!(self, "heal");

@@ -45,6 +45,10 @@ impl World {
             .iter()
             .filter(|o| !matches!(o.outcome, lin::Outcome::Unknown | lin::Outcome::Failed))
             .count();
+        // Probe reads still unanswered tell nothing.
+        for p in std::mem::take(&mut self.probes) {
+            self.history[p.op].complete = self.now;
+        }
         if let lin::Verdict::Violation { key, message, .. } = lin::check(&self.history) {
             self.report.violations.push(format!(
                 "not linearizable on {}: {message}",

@@ -230,6 +230,7 @@ impl World {
     pub(super) fn poll_clients(&mut self) {
         self.poll_watchers();
         self.poll_lease();
+        self.poll_probes();
         for c in 0..self.clients.len() {
             let Some((op, waiting)) = &self.clients[c].pending else {
                 continue;

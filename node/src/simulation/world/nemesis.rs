@@ -1,9 +1,12 @@
 //! The nemesis: crashes (of any member, or of the leader right after it
-//! appends or commits), partitions (random, or the leader alone). No I/O.
+//! appends or commits), power losses (unsynced writes gone), failing log
+//! writes (fsync errors, torn records), partitions (random, or the leader
+//! alone). No I/O.
 
 use std::collections::BTreeSet;
 
 use super::{Event, World};
+use crate::simulation::WriteFault;
 
 impl World {
     pub(super) fn nemesis(&mut self) {
@@ -12,7 +15,7 @@ impl World {
         }
         let n = self.members.len();
         let down = self.members.iter().filter(|m| m.core.is_none()).count();
-        let choice = self.rng.range(0, 5);
+        let choice = self.rng.range(0, 7);
         let leader = (0..n).find(|i| {
             self.members[*i]
                 .core
@@ -36,6 +39,27 @@ impl World {
             if self.chance(400) {
                 next = self.rng.range(100, 300);
             }
+        } else if self.cfg.disk_faults && choice == 5 && down < (n - 1) / 2 {
+            // An fsync error on the next log write: the write is lost (or
+            // torn, which recovery drops) or it reached the disk anyway.
+            let i = leader
+                .filter(|_| self.chance(500))
+                .unwrap_or_else(|| self.rng.range(0, n as u64) as usize);
+            let fault = if self.chance(500) {
+                WriteFault::Lost
+            } else {
+                WriteFault::Persisted
+            };
+            trace!(self, "member {}'s next log write fails: {fault:?}", i + 1);
+            self.members[i].log.lock().fault = Some(fault);
+        } else if self.cfg.disk_faults && choice == 6 && down < (n - 1) / 2 {
+            // A power loss, often of the leader.
+            let i = leader
+                .filter(|_| self.chance(500))
+                .unwrap_or_else(|| self.rng.range(0, n as u64) as usize);
+            self.crash_as(i, true);
+            let back = self.rng.range(100, 1_200);
+            self.at(back, Event::Restart(i));
         } else if self.cfg.partitions && choice == 2 && self.cut.is_empty() {
             // The leader alone (with one follower in a five-member
             // cluster): a minority that still believes it leads.

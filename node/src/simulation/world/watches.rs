@@ -67,10 +67,12 @@ impl World {
                 return;
             }
         }
+        // A store a power loss set back replays revisions the watcher has
+        // seen: it watches from the one it expects next, as a client does.
         w.next = w.next.max(current + 1);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let stream = hub.new_stream();
-        hub.subscribe(stream, 1, sim_range(), current + 1, false, tx);
+        hub.subscribe(stream, 1, sim_range(), w.next, false, tx);
         w.rx = Some(rx);
     }
 
