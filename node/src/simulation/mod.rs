@@ -53,6 +53,8 @@ pub struct Config {
     /// Log writes that fail (fsync errors, torn records) and power losses
     /// (unsynced log writes and unflushed store writes gone).
     pub disk_faults: bool,
+    /// Bursts of leader churn are the nemesis's favourite.
+    pub churny: bool,
     /// Reads through each new leader the moment it is elected.
     pub leader_probes: bool,
     pub planted: Planted,
@@ -75,12 +77,13 @@ impl Config {
             max_append_bytes: if rng.range(0, 2) == 0 {
                 1 << 20
             } else {
-                rng.range(1, 200)
+                rng.range(1, 64)
             },
             fsync_ms: rng.range(0, 2),
             slow_disk: (rng.range(0, 3) == 0).then(|| (rng.range(0, 5) as usize, rng.range(5, 40))),
             disk_faults: rng.range(0, 2) == 0,
             leader_probes: rng.range(0, 2) == 0,
+            churny: rng.range(0, 3) == 0,
             planted: Planted::None,
             trace: false,
         }

@@ -145,6 +145,14 @@ struct World {
     /// The next leader that commits crashes before telling anyone (its
     /// followers learn the new commit index only from the next leader).
     crash_leader_on_commit: bool,
+    /// Leaders still to crash in a burst of churn: each dies when it
+    /// appends or commits, and comes back soon, so one leader's entries
+    /// outlive it in a minority and a later leader meets them (the
+    /// schedules of the Raft paper's Figure 8).
+    churn: u32,
+    /// In a burst, how the leader of a term dies: on its first commit
+    /// (true) or its first append (false).
+    fate: Option<(u64, bool)>,
     leaders: BTreeMap<u64, NodeId>,
     /// The term of the entry applied at each index, by whoever applied it
     /// first; and how far each member's applies were checked against it.
@@ -239,6 +247,8 @@ impl World {
             faults_on: true,
             crash_leader_on_append: false,
             crash_leader_on_commit: false,
+            churn: 0,
+            fate: None,
             leaders: BTreeMap::new(),
             ledger: BTreeMap::new(),
             checked: Vec::new(),
@@ -302,9 +312,18 @@ impl World {
         // the durable commit index under entries the store applied.
         let applied = Index(store.applied().0);
         if let Err(e) = crate::driver::raise_commit_to_applied(&mut m.log, applied) {
-            self.report
-                .violations
-                .push(format!("member {} could not restart: {e}", m.id.0));
+            let planted = std::mem::take(&mut m.log.lock().failed);
+            m.disk = Some((store, snapshots));
+            if planted {
+                // The planted fsync error hit this write: try again later.
+                self.report.write_faults += 1;
+                let back = self.rng.range(50, 500);
+                self.at(back, Event::Restart(i));
+            } else {
+                self.report
+                    .violations
+                    .push(format!("member {} could not restart: {e}", i + 1));
+            }
             return;
         }
         let mut raft = nod_raft::Config::new(m.id);
@@ -441,6 +460,9 @@ impl World {
                     None => {
                         self.report.leader_changes += 1;
                         trace!(self, "member {} leads term {}", me.0, status.term);
+                        if self.churn > 0 {
+                            self.fate = Some((status.term, self.chance(500)));
+                        }
                         self.new_leader(i);
                     }
                     _ => {}
@@ -461,27 +483,36 @@ impl World {
         let incarnation = self.members[i].incarnation;
         let mut messages = messages;
         let mut crash_now = false;
-        if self.crash_leader_on_commit
-            && self.faults_on
-            && status.role == Some(nod_raft::Role::Leader)
+        let leading = self.faults_on && status.role == Some(nod_raft::Role::Leader);
+        let churn = leading && self.churn > 0;
+        let fate = match self.fate {
+            Some((term, on_commit)) if churn && term == status.term => Some(on_commit),
+            _ => None,
+        };
+        if leading
             && applied_after > applied_before
+            && (self.crash_leader_on_commit || fate == Some(true))
         {
+            // It dies before anyone learns the new commit index.
             self.crash_leader_on_commit = false;
             crash_now = true;
             messages.clear();
         }
-        if self.crash_leader_on_append
-            && self.faults_on
-            && status.role == Some(nod_raft::Role::Leader)
+        if leading
+            && !crash_now
             && messages.iter().any(|(_, m)| appends_entries(m))
+            && (self.crash_leader_on_append || fate == Some(false))
         {
             // Most followers never see the new entries: each gets them with
             // probability 1/3, then the leader dies.
             self.crash_leader_on_append = false;
             crash_now = true;
+            // In a burst, often none does: its entries then live only in
+            // its own log, to meet a later leader's at the same index.
+            let share = if churn && self.chance(500) { 0 } else { 333 };
             let mut kept = Vec::new();
             for (w, m) in messages {
-                if !appends_entries(&m) || self.chance(333) {
+                if !appends_entries(&m) || self.chance(share) {
                     kept.push((w, m));
                 }
             }
@@ -580,7 +611,12 @@ impl World {
         }
         if crash_now {
             self.crash(i);
-            let back = self.rng.range(50, 1_000);
+            let back = if churn {
+                self.churn -= 1;
+                self.rng.range(20, 300)
+            } else {
+                self.rng.range(50, 1_000)
+            };
             self.at(back, Event::Restart(i));
             return;
         }

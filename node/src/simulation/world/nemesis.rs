@@ -15,7 +15,10 @@ impl World {
         }
         let n = self.members.len();
         let down = self.members.iter().filter(|m| m.core.is_none()).count();
-        let choice = self.rng.range(0, 7);
+        let mut choice = self.rng.range(0, 7);
+        if self.cfg.churny && self.chance(500) {
+            choice = 7;
+        }
         let leader = (0..n).find(|i| {
             self.members[*i]
                 .core
@@ -31,14 +34,16 @@ impl World {
         } else if self.cfg.crashes && choice == 1 && down < (n - 1) / 2 {
             // The leader, right after it appends, before it replicates to all;
             // sometimes again and again (a burst of leader churn).
-            if self.chance(500) {
-                self.crash_leader_on_append = true;
-            } else {
-                self.crash_leader_on_commit = true;
+            match self.rng.range(0, 3) {
+                0 => self.crash_leader_on_append = true,
+                1 => self.crash_leader_on_commit = true,
+                _ => self.start_churn(leader, 2, 8),
             }
             if self.chance(400) {
                 next = self.rng.range(100, 300);
             }
+        } else if self.cfg.crashes && choice == 7 && down < (n - 1) / 2 && self.churn == 0 {
+            self.start_churn(leader, 3, 10);
         } else if self.cfg.disk_faults && choice == 5 && down < (n - 1) / 2 {
             // An fsync error on the next log write: the write is lost (or
             // torn, which recovery drops) or it reached the disk anyway.
@@ -84,6 +89,16 @@ impl World {
             self.at(heal, Event::Heal);
         }
         self.at(next, Event::Nemesis);
+    }
+
+    /// A burst of leader churn, from the current leader on.
+    fn start_churn(&mut self, leader: Option<usize>, min: u64, max: u64) {
+        self.churn = self.rng.range(min, max) as u32;
+        trace!(self, "a burst of {} leader crashes", self.churn);
+        if let Some(core) = leader.and_then(|l| self.members[l].core.as_ref()) {
+            let term = core.raw_node().term().0;
+            self.fate = Some((term, self.chance(500)));
+        }
     }
 
     /// Cuts every link between `side` and the rest.
