@@ -89,6 +89,7 @@ fn mvcc_over<B: Backend>(c: &mut Criterion, group: &str, mut kv: KvStore<B>) {
         index += 1;
         kv.apply_put(&req, (index, 1))
             .expect("put")
+            .into_result()
             .expect("applied");
     }
     let mut group = c.benchmark_group(group);
@@ -104,6 +105,7 @@ fn mvcc_over<B: Backend>(c: &mut Criterion, group: &str, mut kv: KvStore<B>) {
             };
             kv.apply_put(&req, (index, 1))
                 .expect("put")
+                .into_result()
                 .expect("applied");
         })
     });

@@ -2,7 +2,7 @@
 //! founding members and stored in `<data>/identity.json` so a restart is the
 //! same member of the same cluster. Does file I/O.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +14,37 @@ pub struct Identity {
 }
 
 const FILE: &str = "identity.json";
+
+/// A node state file (`identity.json`, `bootstrap.json`) that cannot be
+/// read, parsed, written or removed; `path` names it.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    #[error("cannot read {}: {cause}", path.display())]
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{} is corrupt: {cause}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        cause: serde_json::Error,
+    },
+    #[error("cannot encode {}: {cause}", path.display())]
+    Encode {
+        path: PathBuf,
+        cause: serde_json::Error,
+    },
+    #[error("cannot write {}: {cause}", path.display())]
+    Write {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("cannot remove {}: {cause}", path.display())]
+    Remove {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+}
 
 /// 64-bit FNV-1a: stable across versions and platforms, which is all a
 /// derived id needs (it is not a security boundary; the cluster id check is
@@ -57,14 +88,13 @@ pub fn random_id() -> u64 {
 }
 
 impl Identity {
-    pub fn load(dir: &Path) -> Result<Option<Identity>, String> {
+    pub fn load(dir: &Path) -> Result<Option<Identity>, StateFileError> {
         read_json(dir, FILE)
     }
 
     /// Writes the identity durably (temp file, fsync, rename, fsync dir).
-    pub fn store(&self, dir: &Path) -> Result<(), String> {
-        let body = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        write_durably(dir, FILE, &body)
+    pub fn store(&self, dir: &Path) -> Result<(), StateFileError> {
+        write_json(dir, FILE, self)
     }
 }
 
@@ -73,20 +103,30 @@ impl Identity {
 pub fn read_json<T: serde::de::DeserializeOwned>(
     dir: &Path,
     file: &str,
-) -> Result<Option<T>, String> {
+) -> Result<Option<T>, StateFileError> {
     let path = dir.join(file);
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| format!("{} is corrupt: {e}", path.display())),
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(v) => Ok(Some(v)),
+            Err(cause) => Err(StateFileError::Corrupt { path, cause }),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(cause) => Err(StateFileError::Read { path, cause }),
     }
+}
+
+/// Writes `value` as JSON to `dir/file`, durably (see [`write_durably`]).
+pub fn write_json<T: Serialize>(dir: &Path, file: &str, value: &T) -> Result<(), StateFileError> {
+    let body = serde_json::to_vec_pretty(value).map_err(|cause| StateFileError::Encode {
+        path: dir.join(file),
+        cause,
+    })?;
+    write_durably(dir, file, &body)
 }
 
 /// Replaces `dir/file` with `body` so that a crash leaves the old or the new
 /// content, never a mix (temp file, fsync, rename, fsync the folder).
-pub fn write_durably(dir: &Path, file: &str, body: &[u8]) -> Result<(), String> {
+pub fn write_durably(dir: &Path, file: &str, body: &[u8]) -> Result<(), StateFileError> {
     let path = dir.join(file);
     let tmp = dir.join(format!("{file}.tmp"));
     let write = || -> std::io::Result<()> {
@@ -97,7 +137,7 @@ pub fn write_durably(dir: &Path, file: &str, body: &[u8]) -> Result<(), String> 
         std::fs::rename(&tmp, &path)?;
         std::fs::File::open(dir)?.sync_all()
     };
-    write().map_err(|e| format!("cannot write {}: {e}", path.display()))
+    write().map_err(|cause| StateFileError::Write { path, cause })
 }
 
 #[cfg(test)]
@@ -131,6 +171,10 @@ mod tests {
         assert_eq!(Identity::load(dir.path()).unwrap(), Some(id));
         std::fs::write(dir.path().join(FILE), b"{garbage").unwrap();
         let err = Identity::load(dir.path()).unwrap_err();
-        assert!(err.contains("corrupt"), "{err}");
+        assert!(matches!(err, StateFileError::Corrupt { .. }), "{err}");
+        assert!(
+            err.to_string().contains("identity.json is corrupt"),
+            "{err}"
+        );
     }
 }

@@ -7,7 +7,7 @@
 
 use nod::storage::backend::{Backend, Batch, Keyspace, MemoryBackend, RocksBackend};
 use nod::storage::kv_store::KeyRange;
-use nod::storage::{KvError, KvStore};
+use nod::storage::{KvError, KvStore, ReadError};
 use nod_proto::etcd::etcdserverpb::{
     compare, request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
     RangeRequest, RequestOp, TxnRequest,
@@ -116,6 +116,7 @@ impl<B: Backend> Fixture<B> {
                 at,
             )
             .unwrap()
+            .into_result()
             .unwrap();
         self.store.current_revision()
     }
@@ -124,6 +125,10 @@ impl<B: Backend> Fixture<B> {
             key: k.into(),
             revision: rev,
             ..Default::default()
+        });
+        let r = r.map_err(|e| match e {
+            ReadError::Request(e) => e,
+            ReadError::Store(e) => panic!("{e}"),
         })?;
         Ok(r.kvs.first().map(|kv| {
             (
@@ -146,6 +151,7 @@ impl<B: Backend> Fixture<B> {
                 at,
             )
             .unwrap()
+            .into_result()
             .unwrap()
             .response
             .deleted
@@ -329,7 +335,12 @@ fn txn_compares_and_branches_atomically_in_one_revision<H: Harness>(h: &mut H) {
     };
     let before = f.store.current_revision();
     let at = f.next();
-    let ok = f.store.apply_txn(&cas("v1", "v2"), at).unwrap().unwrap();
+    let ok = f
+        .store
+        .apply_txn(&cas("v1", "v2"), at)
+        .unwrap()
+        .into_result()
+        .unwrap();
     assert!(ok.response.succeeded);
     assert_eq!(
         f.store.current_revision(),
@@ -344,7 +355,12 @@ fn txn_compares_and_branches_atomically_in_one_revision<H: Harness>(h: &mut H) {
         other => panic!("expected a range response, got {other:?}"),
     }
     let at = f.next();
-    let failed = f.store.apply_txn(&cas("v1", "v3"), at).unwrap().unwrap();
+    let failed = f
+        .store
+        .apply_txn(&cas("v1", "v3"), at)
+        .unwrap()
+        .into_result()
+        .unwrap();
     assert!(!failed.response.succeeded);
     assert_eq!(
         f.store.current_revision(),
@@ -374,7 +390,11 @@ fn txn_compares_and_branches_atomically_in_one_revision<H: Harness>(h: &mut H) {
     };
     let at = f.next();
     assert_eq!(
-        f.store.apply_txn(&bad, at).unwrap().unwrap_err(),
+        f.store
+            .apply_txn(&bad, at)
+            .unwrap()
+            .into_result()
+            .unwrap_err(),
         KvError::LeaseNotFound
     );
     assert_eq!(f.get("x", 0).unwrap(), None);
@@ -402,6 +422,7 @@ fn compaction_keeps_the_visible_values_and_refuses_older_reads<H: Harness>(h: &m
             at,
         )
         .unwrap()
+        .into_result()
         .unwrap();
     assert_eq!(f.get("a", r - 1), Err(KvError::Compacted));
     assert_eq!(
@@ -420,8 +441,10 @@ fn compaction_keeps_the_visible_values_and_refuses_older_reads<H: Harness>(h: &m
                 },
                 at
             )
-            .unwrap(),
-        Err(KvError::Compacted)
+            .unwrap()
+            .into_result()
+            .err(),
+        Some(KvError::Compacted)
     );
     let events = f
         .store
@@ -447,11 +470,19 @@ fn compaction_keeps_the_visible_values_and_refuses_older_reads<H: Harness>(h: &m
 fn leases_own_keys_and_revoking_deletes_them_in_one_revision<H: Harness>(h: &mut H) {
     let mut f = create(h);
     let at = f.next();
-    f.store.apply_lease_grant(9, 30, at).unwrap().unwrap();
+    f.store
+        .apply_lease_grant(9, 30, at)
+        .unwrap()
+        .into_result()
+        .unwrap();
     let at = f.next();
     assert_eq!(
-        f.store.apply_lease_grant(9, 30, at).unwrap(),
-        Err(KvError::LeaseExists)
+        f.store
+            .apply_lease_grant(9, 30, at)
+            .unwrap()
+            .into_result()
+            .err(),
+        Some(KvError::LeaseExists)
     );
     for k in ["x", "y"] {
         let at = f.next();
@@ -466,6 +497,7 @@ fn leases_own_keys_and_revoking_deletes_them_in_one_revision<H: Harness>(h: &mut
                 at,
             )
             .unwrap()
+            .into_result()
             .unwrap();
     }
     assert_eq!(f.store.leases()[&9].keys.len(), 2);
@@ -480,7 +512,13 @@ fn leases_own_keys_and_revoking_deletes_them_in_one_revision<H: Harness>(h: &mut
     );
     let before = f.store.current_revision();
     let at = f.next();
-    let events = f.store.apply_lease_revoke(9, at).unwrap().unwrap();
+    let events = f
+        .store
+        .apply_lease_revoke(9, at)
+        .unwrap()
+        .into_result()
+        .unwrap()
+        .events;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].r#type, EventType::Delete as i32);
     assert_eq!(f.store.current_revision(), before + 1);
@@ -488,7 +526,11 @@ fn leases_own_keys_and_revoking_deletes_them_in_one_revision<H: Harness>(h: &mut
     assert_eq!(f.get("y", 0).unwrap().unwrap().0, "no lease");
     let at = f.next();
     assert_eq!(
-        f.store.apply_lease_revoke(9, at).unwrap().unwrap_err(),
+        f.store
+            .apply_lease_revoke(9, at)
+            .unwrap()
+            .into_result()
+            .unwrap_err(),
         KvError::LeaseNotFound
     );
 }
@@ -577,13 +619,19 @@ fn a_batch_reads_its_own_writes_and_reaches_the_backend_whole_or_not_at_all<H: H
                 at,
             )
             .unwrap()
+            .into_result()
             .unwrap();
         assert_eq!(f.get("a", 2), Err(KvError::Compacted));
         f.put("c", "1");
         // The batch's last entry is a request that fails: it changes
         // nothing but the applied index, which must still reach the disk.
         let at = f.next();
-        let failed = f.store.apply_put(&PutRequest::default(), at).unwrap().err();
+        let failed = f
+            .store
+            .apply_put(&PutRequest::default(), at)
+            .unwrap()
+            .into_result()
+            .err();
         assert_eq!(failed, Some(KvError::EmptyKey));
         f.store.end_batch().unwrap();
         assert_eq!(f.store.applied(), (6, 1));
@@ -616,10 +664,14 @@ fn a_put_takes_version_create_and_lease_from_the_index_and_events_get_their_prev
 ) {
     let mut f = create(h);
     let at = f.next();
-    f.store.apply_lease_grant(7, 60, at).unwrap().unwrap();
+    f.store
+        .apply_lease_grant(7, 60, at)
+        .unwrap()
+        .into_result()
+        .unwrap();
     let put = |f: &mut Fixture<H::Backend>, req: PutRequest| {
         let at = f.next();
-        f.store.apply_put(&req, at).unwrap().unwrap()
+        f.store.apply_put(&req, at).unwrap().into_result().unwrap()
     };
     let created = f.put("k", "1");
     let a = put(
@@ -700,6 +752,7 @@ fn a_put_takes_version_create_and_lease_from_the_index_and_events_get_their_prev
             at,
         )
         .unwrap()
+        .into_result()
         .unwrap()
         .events;
     f.store.fill_prev(&mut events).unwrap();
@@ -735,6 +788,7 @@ fn a_put_takes_version_create_and_lease_from_the_index_and_events_get_their_prev
             at,
         )
         .unwrap()
+        .into_result()
         .unwrap();
     f.put("k", "after compaction");
     let mut f = reopen(h, f);
@@ -794,7 +848,7 @@ fn later_operations_of_a_txn_see_its_deletes_and_puts<H: Harness>(h: &mut H) {
         ..Default::default()
     };
     let at = f.next();
-    let done = f.store.apply_txn(&txn, at).unwrap().unwrap();
+    let done = f.store.apply_txn(&txn, at).unwrap().into_result().unwrap();
     let rev = f.store.current_revision();
     let keys = |i: usize| match &done.response.responses[i].response {
         Some(response_op::Response::ResponseRange(r)) => r
@@ -857,7 +911,11 @@ fn a_corrupt_file_on_disk_is_reported_on_open() {
 fn a_memory_image_restores_the_same_state_and_refuses_corruption() {
     let mut f = create(&mut Memory);
     let at = f.next();
-    f.store.apply_lease_grant(5, 60, at).unwrap().unwrap();
+    f.store
+        .apply_lease_grant(5, 60, at)
+        .unwrap()
+        .into_result()
+        .unwrap();
     f.put("a", "1");
     let at = f.next();
     f.store
@@ -871,6 +929,7 @@ fn a_memory_image_restores_the_same_state_and_refuses_corruption() {
             at,
         )
         .unwrap()
+        .into_result()
         .unwrap();
     f.put("a", "2");
     f.del("a", "");

@@ -12,8 +12,8 @@ use nod::api::etcd::etcdserverpb::{
 };
 use nod::api::etcd::mvccpb::Event;
 use nod::storage::backend::{Backend, MemoryBackend, RocksBackend};
-use nod::storage::kv_store::{Applied, KeyRange};
-use nod::storage::{KvError, KvStore};
+use nod::storage::kv_store::{self, KeyRange};
+use nod::storage::{KvStore, ReadError, StoreError};
 use proptest::prelude::*;
 
 const KEYS: [&str; 5] = ["a", "ab", "b", "c", "d"];
@@ -155,18 +155,20 @@ fn request_op(op: &Op) -> RequestOp {
     }
 }
 
-/// What one step returned, in a form both stores' answers compare in.
-type Outcome = Result<Result<String, KvError>, KvError>;
+/// What one step returned, in a form both stores' answers compare in: the
+/// response and events, or the request's refusal; or the store's failure.
+type Outcome = Result<String, StoreError>;
 
 fn applied<R: std::fmt::Debug, B: Backend>(
     store: &KvStore<B>,
-    r: Result<Result<Applied<R>, KvError>, KvError>,
+    r: Result<kv_store::Outcome<R>, StoreError>,
 ) -> Outcome {
-    r.map(|r| {
-        r.map(|mut a| {
+    Ok(match r? {
+        kv_store::Outcome::Applied(mut a) => {
             store.fill_prev(&mut a.events).expect("fill_prev");
             format!("{:?} {:?}", a.response, a.events)
-        })
+        }
+        kv_store::Outcome::Refused(e) => format!("refused: {e:?}"),
     })
 }
 
@@ -212,24 +214,22 @@ fn step<B: Backend>(store: &mut KvStore<B>, op: &Op, at: (u64, u64)) -> Outcome 
                 revision: store.current_revision() - back,
                 physical: true,
             };
-            store
-                .apply_compaction(&req, at)
-                .map(|r| r.map(|()| String::new()))
+            let r = store.apply_compaction(&req, at);
+            applied(store, r)
         }
-        Op::LeaseGrant { id } => store
-            .apply_lease_grant(*id, 60, at)
-            .map(|r| r.map(|()| String::new())),
-        Op::LeaseRevoke { id } => store.apply_lease_revoke(*id, at).map(|r| {
-            r.map(|mut events| {
-                store.fill_prev(&mut events).expect("fill_prev");
-                format!("{events:?}")
-            })
-        }),
+        Op::LeaseGrant { id } => {
+            let r = store.apply_lease_grant(*id, 60, at);
+            applied(store, r)
+        }
+        Op::LeaseRevoke { id } => {
+            let r = store.apply_lease_revoke(*id, at);
+            applied(store, r)
+        }
         Op::BeginBatch => {
             store.begin_batch();
-            Ok(Ok(String::new()))
+            Ok(String::new())
         }
-        Op::EndBatch => store.end_batch().map(|()| Ok(String::new())),
+        Op::EndBatch => store.end_batch().map(|()| String::new()),
         Op::Crash => unreachable!("the pair reopens both stores"),
     }
 }
@@ -254,7 +254,7 @@ fn observe<B: Backend>(store: &KvStore<B>) -> String {
         });
         seen += &format!("range at {rev}: {range:?}\n");
     }
-    let events: Result<Vec<Event>, KvError> =
+    let events: Result<Vec<Event>, ReadError> =
         store.events_between(&all, store.compacted_revision(), store.current_revision());
     seen += &format!("events {events:?}\n");
     seen += &format!("hash {:?}\n", store.hash_kv(0));

@@ -7,7 +7,11 @@
 //! - `nod-proto` and `nod-client` never depend, even indirectly, on the
 //!   server (`nod`), RocksDB or chitchat;
 //! - `nod-operator` and `nod-bench` never depend on `nod` (nor so on
-//!   RocksDB or chitchat).
+//!   RocksDB or chitchat);
+//! - the server (`node/src/`, but for the CLI in `node/src/cli/`) has no
+//!   `Result` whose error is a bare `String` and no `Result` of a `Result`:
+//!   each module's errors are a typed enum, and a request's own error is a
+//!   different type from a failure that stops the node (STYLE.md, "Errors").
 //!
 //! Dependencies are read from `Cargo.lock`, which lists every package's
 //! direct dependencies (a workspace member's dev-dependencies included, so
@@ -171,6 +175,68 @@ fn layer_violations(dir: &Path, banned: &[&str]) -> Vec<String> {
     out
 }
 
+/// The top-level type arguments of a generic whose `<` was just passed:
+/// `u8, Vec<(u8, u8)>> rest` gives `["u8", "Vec<(u8,u8)>"]`, blanks removed.
+fn type_args(after_open: &str) -> Vec<String> {
+    let mut args = vec![String::new()];
+    let mut depth = 0;
+    let mut last = ' ';
+    for c in after_open.chars() {
+        match c {
+            '<' | '(' | '[' => depth += 1,
+            // `->` in a function type closes nothing.
+            '>' if last == '-' => {}
+            '>' | ')' | ']' if depth == 0 => break,
+            '>' | ')' | ']' => depth -= 1,
+            ',' if depth == 0 => {
+                args.push(String::new());
+                last = c;
+                continue;
+            }
+            _ => {}
+        }
+        if !c.is_whitespace() {
+            args.last_mut().expect("one at least").push(c);
+        }
+        last = c;
+    }
+    args
+}
+
+/// The last path segment of a type, without its arguments:
+/// `std::result::Result<u8,E>` gives `Result`.
+fn type_name(ty: &str) -> &str {
+    let path = ty.split('<').next().unwrap_or(ty);
+    path.rsplit("::").next().unwrap_or(path)
+}
+
+/// Where `source` (comments and strings left out) has a `Result` whose
+/// error is a bare `String`, or a `Result` of a `Result`. Returns (line
+/// number, what was found).
+fn untyped_errors(source: &str) -> Vec<(usize, String)> {
+    let code = code_only(source);
+    let mut found = Vec::new();
+    for (at, _) in code.match_indices("Result") {
+        if code[..at].chars().next_back().is_some_and(is_ident) {
+            continue;
+        }
+        let rest = code[at + "Result".len()..].trim_start();
+        let rest = rest.strip_prefix("::").unwrap_or(rest).trim_start();
+        let Some(after_open) = rest.strip_prefix('<') else {
+            continue;
+        };
+        let args = type_args(after_open);
+        let line = code[..at].matches('\n').count() + 1;
+        if args.first().is_some_and(|a| type_name(a) == "Result") {
+            found.push((line, format!("Result<{}, ..>", args[0])));
+        }
+        if args.get(1).is_some_and(|e| type_name(e) == "String") {
+            found.push((line, format!("Result<{}, String>", args[0])));
+        }
+    }
+    found
+}
+
 /// Each package's direct dependencies, by name, from a `Cargo.lock`.
 fn lock_graph(lock: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -289,7 +355,66 @@ fn operator_and_bench_never_depend_on_the_server() {
     }
 }
 
+#[test]
+fn server_errors_are_typed() {
+    let src = workspace().join("node/src");
+    let cli = src.join("cli");
+    let mut v = Vec::new();
+    for file in rust_files(&src) {
+        if file.starts_with(&cli) {
+            continue;
+        }
+        let source = std::fs::read_to_string(&file).unwrap();
+        for (line, what) in untyped_errors(&source) {
+            v.push(format!(
+                "{}:{line} has {what}",
+                file.strip_prefix(workspace()).unwrap_or(&file).display()
+            ));
+        }
+    }
+    assert!(
+        v.is_empty(),
+        "the server's errors are typed: a thiserror enum per module with useful data in \
+         its variants, and a request's own error apart from a failure that stops the node \
+         (one enum with named variants, not a Result in a Result):\n  {}",
+        v.join("\n  ")
+    );
+}
+
 // ---- the checkers fail on planted violations ----
+
+#[test]
+fn the_error_checker_catches_untyped_and_nested_errors() {
+    let planted = [
+        "fn f() -> Result<u8, String> {}",
+        "pub type Taken = Result<CheckpointInfo, String>;",
+        "fn f() -> Result<\n    Vec<(u8, u8)>,\n    std::string::String,\n> {}",
+        "let r = Result::<u8, String>::Ok(1);",
+        "let r = spawn_blocking(move || -> Result<(), String> { Ok(()) });",
+        "fn f() -> Result<Result<u8, E>, Fatal> {}",
+        "fn f() -> io::Result<std::result::Result<u8, E>> {}",
+        "fn f(g: Box<dyn Fn() -> u8>) -> Result<Result<u8, E>, F> {}",
+    ];
+    for source in planted {
+        let found = untyped_errors(source);
+        assert_eq!(found.len(), 1, "{source:?}: {found:?}");
+        assert_eq!(found[0].0, 1, "{source:?}: the line of `Result`");
+    }
+    assert_eq!(untyped_errors("\n\nfn f() -> Result<u8, String>;")[0].0, 3);
+    let innocent = [
+        "fn f() -> Result<String, E> {}",
+        "fn f() -> Result<HashMap<NodeId, String>, StoreError> {}",
+        "fn f(peers: HashMap<NodeId, String>) -> Result<(), E> {}",
+        "fn f(g: Box<dyn Fn(u8) -> String>) -> Result<u8, E> {}",
+        "// Result<u8, String> and Result<Result<u8, E>, F> in a comment",
+        r#"let s = "Result<Result<u8, E>, String>";"#,
+        "fn f() -> ProposeResult<u8, String> {}",
+        "fn f() -> Result<Vec<Result<u8, E>>, E> {}",
+    ];
+    for source in innocent {
+        assert_eq!(untyped_errors(source), vec![], "{source:?}");
+    }
+}
 
 #[test]
 fn the_import_checker_catches_each_form_of_import() {

@@ -69,8 +69,11 @@ impl ClusterService {
         let r = self
             .node
             .route(true, || self.node.driver.conf_change(change.clone()))
-            .await?;
-        Ok(r.ok())
+            .await;
+        match r {
+            Route::Done(r) => r.map(Some),
+            Route::Forward(_) => Ok(None),
+        }
     }
 }
 

@@ -53,25 +53,40 @@ pub fn encode_backup(resp: &RangeResponse) -> Vec<u8> {
     out
 }
 
+/// Why a backup does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackupError {
+    #[error("snapshot of {0} bytes is truncated")]
+    Truncated(usize),
+    #[error("snapshot checksum mismatch: the file is corrupt")]
+    Checksum,
+    #[error("not a Nod snapshot (bad magic)")]
+    Magic,
+    #[error("snapshot body length {0} exceeds the file")]
+    Length(u64),
+    #[error("snapshot does not decode: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
+
 /// Decodes and verifies a backup written by `encode_backup`.
-pub fn decode_backup(bytes: &[u8]) -> Result<RangeResponse, String> {
+pub fn decode_backup(bytes: &[u8]) -> Result<RangeResponse, BackupError> {
     use sha2::Digest;
     if bytes.len() < PAGE + 32 || !(bytes.len() - 32).is_multiple_of(PAGE) {
-        return Err(format!("snapshot of {} bytes is truncated", bytes.len()));
+        return Err(BackupError::Truncated(bytes.len()));
     }
     let (data, hash) = bytes.split_at(bytes.len() - 32);
     if sha2::Sha256::digest(data).as_slice() != hash {
-        return Err("snapshot checksum mismatch: the file is corrupt".into());
+        return Err(BackupError::Checksum);
     }
     if &data[..8] != BACKUP_MAGIC {
-        return Err("not a Nod snapshot (bad magic)".into());
+        return Err(BackupError::Magic);
     }
     let len = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
     let body = usize::try_from(len)
         .ok()
         .and_then(|l| data.get(16..16 + l))
-        .ok_or_else(|| format!("snapshot body length {len} exceeds the file"))?;
-    RangeResponse::decode(body).map_err(|e| format!("snapshot does not decode: {e}"))
+        .ok_or(BackupError::Length(len))?;
+    Ok(RangeResponse::decode(body)?)
 }
 
 impl MaintenanceService {
@@ -273,7 +288,7 @@ mod tests {
         assert_eq!(decode_backup(&bytes).unwrap(), resp);
         let mut bad = bytes.clone();
         bad[20] ^= 1;
-        assert!(decode_backup(&bad).unwrap_err().contains("checksum"));
+        assert_eq!(decode_backup(&bad).unwrap_err(), BackupError::Checksum);
         assert!(decode_backup(&bytes[..100]).is_err());
     }
 }

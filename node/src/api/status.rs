@@ -5,7 +5,7 @@
 use tonic::Status;
 
 use crate::server::driver::DriverError;
-use crate::storage::KvError;
+use crate::storage::{KvError, ReadError};
 
 pub const MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
 pub const MEMBER_NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
@@ -14,7 +14,13 @@ pub const LEARNER_NOT_READY: &str =
 pub const PEER_URL_EXISTS: &str = "etcdserver: Peer URLs already exists";
 pub const BAD_TRANSFEREE: &str = "etcdserver: bad leader transferee";
 
-pub fn kv_status(e: KvError) -> Status {
+/// A store error as a status: the request's own error with etcd's code and
+/// message; a failed store as `Internal` (the node is stopping).
+pub fn kv_status(e: impl Into<ReadError>) -> Status {
+    let e = match e.into() {
+        ReadError::Request(e) => e,
+        ReadError::Store(e) => return Status::internal(e.to_string()),
+    };
     let msg = e.to_string();
     match e {
         KvError::EmptyKey
@@ -29,7 +35,6 @@ pub fn kv_status(e: KvError) -> Status {
         KvError::LeaseTtlTooLarge | KvError::Compacted | KvError::FutureRevision => {
             Status::out_of_range(msg)
         }
-        KvError::Fatal(_) => Status::internal(msg),
     }
 }
 

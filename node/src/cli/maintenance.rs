@@ -65,7 +65,7 @@ pub async fn snapshot(command: SnapshotCommand, client: ClientFlags) -> Result<E
     let mut c = connect(&client)?;
     let bytes = c.snapshot().await?;
     crate::api::maintenance::decode_backup(&bytes)
-        .map_err(|e| Failure::Client(ClientError::Protocol(e)))?;
+        .map_err(|e| Failure::Client(ClientError::Protocol(e.to_string())))?;
     let part = file.with_extension("part");
     std::fs::write(&part, &bytes)
         .and_then(|_| std::fs::rename(&part, &file))

@@ -14,10 +14,9 @@ use super::request::{Applied, DriverError, Fatal, Outcome};
 use super::{Core, Platform};
 use crate::command::{self, MemberAttributes, Op};
 use crate::storage::backend::Backend;
-use crate::storage::{KvError, KvStore};
+use crate::storage::{kv_store, KvStore};
 use crate::watch_hub::HubState;
 use nod_proto::etcd::etcdserverpb::Member;
-use nod_proto::etcd::mvccpb::Event;
 
 /// The hub and the store, held while a run of entries is applied.
 type Held<'a, B> = (MutexGuard<'a, HubState>, RwLockWriteGuard<'a, KvStore<B>>);
@@ -27,25 +26,51 @@ type Answer<P> = (
     Result<Applied, DriverError>,
 );
 
+/// What an applied entry answers the request waiting for it. The entry is
+/// applied either way; a refused request changed nothing but the applied
+/// index. A failure of the node is the [`Fatal`] beside it, not one of these.
+enum Verdict {
+    Done(Outcome),
+    /// The request's own error, for its caller.
+    Refused(DriverError),
+}
+
+impl Verdict {
+    fn into_result(self) -> Result<Outcome, DriverError> {
+        match self {
+            Verdict::Done(o) => Ok(o),
+            Verdict::Refused(e) => Err(e),
+        }
+    }
+}
+
 /// Hands an applied write's watch events to the hub, first reading the
 /// previous values a watcher asked for that apply left out, and gives back
-/// the write's outcome (a request error publishes nothing).
-fn publish<A, B: Backend>(
+/// the write's outcome (a refused request publishes nothing).
+fn publish<R, B: Backend>(
     hub: &mut HubState,
     store: &KvStore<B>,
-    applied: Result<A, KvError>,
-    split: impl FnOnce(A) -> (Vec<Event>, Outcome),
-) -> Result<Result<Outcome, DriverError>, Fatal> {
-    let (mut events, outcome) = match applied {
-        Ok(a) => split(a),
-        Err(e) => return Ok(Err(DriverError::from(e))),
+    applied: kv_store::Outcome<R>,
+    outcome: impl FnOnce(R) -> Outcome,
+) -> Result<Verdict, Fatal> {
+    let mut a = match applied {
+        kv_store::Outcome::Applied(a) => a,
+        kv_store::Outcome::Refused(e) => return Ok(Verdict::Refused(DriverError::from(e))),
     };
     let revision = store.current_revision();
-    if hub.wants_prev(revision, &events) {
-        store.fill_prev(&mut events)?;
+    if hub.wants_prev(revision, &a.events) {
+        store.fill_prev(&mut a.events)?;
     }
-    hub.publish(revision, &events);
-    Ok(Ok(outcome))
+    hub.publish(revision, &a.events);
+    Ok(Verdict::Done(outcome(a.response)))
+}
+
+/// The outcome of a write that has no watch events to publish.
+fn settled<R>(applied: kv_store::Outcome<R>, outcome: impl FnOnce(R) -> Outcome) -> Verdict {
+    match applied {
+        kv_store::Outcome::Applied(a) => Verdict::Done(outcome(a.response)),
+        kv_store::Outcome::Refused(e) => Verdict::Refused(DriverError::from(e)),
+    }
 }
 
 impl<P: Platform> Core<P> {
@@ -125,7 +150,7 @@ impl<P: Platform> Core<P> {
                     if waiter.is_none() && id != 0 && origin == self.shared.member_id {
                         waiter = self.forwarding.take(id);
                     }
-                    self.apply_op(store, hub, op, applied)?
+                    self.apply_op(store, hub, op, applied)?.into_result()
                 }
             },
             // Empty, or a membership change handed here by mistake.
@@ -185,35 +210,36 @@ impl<P: Platform> Core<P> {
         hub: &mut HubState,
         op: Op,
         applied: (u64, u64),
-    ) -> Result<Result<Outcome, DriverError>, Fatal> {
+    ) -> Result<Verdict, Fatal> {
         Ok(match op {
             Op::Put(p) => {
                 let r = store.apply_put(&p, applied)?;
-                publish(hub, store, r, |a| (a.events, Outcome::Put(a.response)))?
+                publish(hub, store, r, Outcome::Put)?
             }
             Op::DeleteRange(d) => {
                 let r = store.apply_delete(&d, applied)?;
-                publish(hub, store, r, |a| (a.events, Outcome::Delete(a.response)))?
+                publish(hub, store, r, Outcome::Delete)?
             }
             Op::Txn(t) => {
                 let r = store.apply_txn(&t, applied)?;
-                publish(hub, store, r, |a| (a.events, Outcome::Txn(a.response)))?
+                publish(hub, store, r, Outcome::Txn)?
             }
-            Op::Compaction(c) => store
-                .apply_compaction(&c, applied)?
-                .map(|()| Outcome::Compacted)
-                .map_err(DriverError::from),
+            Op::Compaction(c) => {
+                let r = store.apply_compaction(&c, applied)?;
+                settled(r, |()| Outcome::Compacted)
+            }
             Op::LeaseGrant(g) => {
                 let r = store.apply_lease_grant(g.id, g.ttl, applied)?;
-                if r.is_ok() && self.node.role() == Role::Leader {
+                let granted = matches!(r, kv_store::Outcome::Applied(_));
+                if granted && self.node.role() == Role::Leader {
                     self.leases.granted(g.id, g.ttl, self.now);
                 }
-                r.map(|()| Outcome::LeaseGranted).map_err(DriverError::from)
+                settled(r, |()| Outcome::LeaseGranted)
             }
             Op::LeaseRevoke(r) => {
                 self.leases.revoked(r.id);
                 let r = store.apply_lease_revoke(r.id, applied)?;
-                publish(hub, store, r, |events| (events, Outcome::LeaseRevoked))?
+                publish(hub, store, r, |()| Outcome::LeaseRevoked)?
             }
             Op::MemberAttributes(m) => {
                 match store.member(m.id).cloned() {
@@ -224,17 +250,17 @@ impl<P: Platform> Core<P> {
                     }
                     None => store.apply_noop(applied)?,
                 }
-                Ok(Outcome::Nothing)
+                Verdict::Done(Outcome::Nothing)
             }
             Op::MemberPeerUrls(m) => match store.member(m.id).cloned() {
                 Some(mut cur) => {
                     cur.peer_ur_ls = m.peer_urls;
                     store.apply_member(m.id, Some(cur), applied)?;
-                    Ok(Outcome::Members(store.members()))
+                    Verdict::Done(Outcome::Members(store.members()))
                 }
                 None => {
                     store.apply_noop(applied)?;
-                    Err(DriverError::Rejected("member not found".into()))
+                    Verdict::Refused(DriverError::Rejected("member not found".into()))
                 }
             },
         })

@@ -10,7 +10,7 @@ use nod_raft::{Message, NodeId};
 use super::request::{DriverError, Fatal};
 use crate::command::MemberAttributes;
 use crate::storage::backend::Backend;
-use crate::storage::checkpoint::CheckpointInfo;
+use crate::storage::checkpoint::{CheckpointError, CheckpointInfo};
 use crate::storage::KvStore;
 use nod_proto::nodserverpb::ProposeResult;
 
@@ -100,4 +100,4 @@ pub trait Platform: 'static {
 }
 
 /// A finished checkpoint, or why it failed.
-pub type Taken = Result<CheckpointInfo, String>;
+pub type Taken = Result<CheckpointInfo, CheckpointError>;

@@ -8,7 +8,7 @@ use nod_raft::{ConfChange, NodeId};
 
 use super::platform::Replies;
 use crate::command::Op;
-use crate::storage::KvError;
+use crate::storage::{KvError, StoreError};
 use nod_proto::etcd::etcdserverpb::{DeleteRangeResponse, Member, PutResponse, TxnResponse};
 use nod_proto::nodserverpb::ProposeResult;
 
@@ -57,8 +57,8 @@ impl From<nod_raft::StorageError> for Fatal {
     }
 }
 
-impl From<KvError> for Fatal {
-    fn from(e: KvError) -> Fatal {
+impl From<StoreError> for Fatal {
+    fn from(e: StoreError) -> Fatal {
         Fatal::Store(e.to_string())
     }
 }

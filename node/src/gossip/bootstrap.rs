@@ -48,7 +48,7 @@ use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
 use super::{keys, Gossip, PeerInfo};
-use crate::identity::{self, write_durably};
+use crate::identity::{self, StateFileError};
 use nod_proto::nodserverpb::bootstrap_client::BootstrapClient;
 use nod_proto::nodserverpb::bootstrap_reply::State;
 use nod_proto::nodserverpb::bootstrap_server::Bootstrap;
@@ -129,6 +129,44 @@ impl Founders {
     }
 }
 
+/// Why a founding set from the network is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidSet {
+    #[error("a founding set has 1 to {MAX_FOUNDERS} members, not {0}")]
+    Size(usize),
+    #[error("founding members must be sorted by name, without repeats")]
+    Unsorted,
+    #[error("a founding member name must be 1 to 256 bytes")]
+    Name,
+    #[error("invalid peer URL {0:?}")]
+    PeerUrl(String),
+    #[error("the coordinator must be the lowest name of the set")]
+    Coordinator,
+}
+
+/// Why a call to another node's `Bootstrap` service got no answer.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    /// No connection to `url`.
+    #[error("{url}: {cause}")]
+    Connect {
+        url: String,
+        cause: tonic::transport::Error,
+    },
+    /// It answered with an error status.
+    #[error("{url}: {message}")]
+    Failed { url: String, message: String },
+}
+
+impl CallError {
+    fn failed(url: &str, status: Status) -> CallError {
+        CallError::Failed {
+            url: url.to_string(),
+            message: status.message().to_string(),
+        }
+    }
+}
+
 /// A durable promise to found the cluster `members` with `coordinator`.
 /// The coordinator's own record turns `committed` before it founds and is
 /// kept afterwards, so it can answer `Outcome` after restarts.
@@ -142,22 +180,22 @@ pub struct Promise {
 }
 
 impl Promise {
-    pub fn load(dir: &Path) -> Result<Option<Promise>, String> {
+    pub fn load(dir: &Path) -> Result<Option<Promise>, StateFileError> {
         identity::read_json(dir, FILE)
     }
 
-    fn store(&self, dir: &Path) -> Result<(), String> {
-        let body = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        write_durably(dir, FILE, &body)
+    fn store(&self, dir: &Path) -> Result<(), StateFileError> {
+        identity::write_json(dir, FILE, self)
     }
 
-    fn remove(dir: &Path) -> Result<(), String> {
-        match std::fs::remove_file(dir.join(FILE)) {
+    fn remove(dir: &Path) -> Result<(), StateFileError> {
+        let path = dir.join(FILE);
+        match std::fs::remove_file(&path) {
             Ok(()) => std::fs::File::open(dir)
                 .and_then(|d| d.sync_all())
-                .map_err(|e| e.to_string()),
+                .map_err(|cause| StateFileError::Remove { path, cause }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("cannot remove {FILE}: {e}")),
+            Err(cause) => Err(StateFileError::Remove { path, cause }),
         }
     }
 
@@ -175,30 +213,27 @@ impl Promise {
 
 /// Checks a founding set from the network: size, names, URLs, order, and
 /// that the coordinator is its lowest name.
-pub fn check_set(coordinator: &str, members: &[BootstrapMember]) -> Result<(), String> {
+pub fn check_set(coordinator: &str, members: &[BootstrapMember]) -> Result<(), InvalidSet> {
     if members.is_empty() || members.len() > MAX_FOUNDERS {
-        return Err(format!(
-            "a founding set has 1 to {MAX_FOUNDERS} members, not {}",
-            members.len()
-        ));
+        return Err(InvalidSet::Size(members.len()));
     }
     for w in members.windows(2) {
         if w[0].name >= w[1].name {
-            return Err("founding members must be sorted by name, without repeats".into());
+            return Err(InvalidSet::Unsorted);
         }
     }
     for m in members {
         if m.name.is_empty() || m.name.len() > 256 {
-            return Err("a founding member name must be 1 to 256 bytes".into());
+            return Err(InvalidSet::Name);
         }
         let ok = (m.peer_url.starts_with("http://") || m.peer_url.starts_with("https://"))
             && m.peer_url.len() <= 1024;
         if !ok {
-            return Err(format!("invalid peer URL {:?}", m.peer_url));
+            return Err(InvalidSet::PeerUrl(m.peer_url.clone()));
         }
     }
     if members[0].name != coordinator {
-        return Err("the coordinator must be the lowest name of the set".into());
+        return Err(InvalidSet::Coordinator);
     }
     Ok(())
 }
@@ -226,7 +261,7 @@ impl BootstrapState {
         token: &str,
         name: &str,
         founders: Founders,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, StateFileError> {
         let promise = Promise::load(data_dir)?;
         Ok(Arc::new(BootstrapState {
             data_dir: data_dir.to_path_buf(),
@@ -250,7 +285,7 @@ impl BootstrapState {
     }
 
     /// Takes `p` as this node's promise if it holds none.
-    async fn try_promise(&self, p: Promise) -> Result<bool, String> {
+    async fn try_promise(&self, p: Promise) -> Result<bool, StateFileError> {
         let mut inner = self.inner.lock().await;
         if inner.promise.is_some() || inner.closed.is_some() {
             return Ok(false);
@@ -261,7 +296,7 @@ impl BootstrapState {
     }
 
     /// Drops the promise `nonce` (an abandoned attempt).
-    async fn drop_promise(&self, nonce: u64) -> Result<(), String> {
+    async fn drop_promise(&self, nonce: u64) -> Result<(), StateFileError> {
         let mut inner = self.inner.lock().await;
         if inner.promise.as_ref().is_some_and(|p| p.nonce == nonce) {
             Promise::remove(&self.data_dir)?;
@@ -270,7 +305,7 @@ impl BootstrapState {
         Ok(())
     }
 
-    async fn mark_committed(&self, nonce: u64) -> Result<Option<Promise>, String> {
+    async fn mark_committed(&self, nonce: u64) -> Result<Option<Promise>, StateFileError> {
         let mut inner = self.inner.lock().await;
         match inner.promise.as_mut() {
             Some(p) if p.nonce == nonce => {
@@ -323,7 +358,8 @@ impl Bootstrap for BootstrapState {
         if let Some(refused) = self.foreign(&req.token) {
             return Ok(refused);
         }
-        check_set(&req.coordinator, &req.members).map_err(Status::invalid_argument)?;
+        check_set(&req.coordinator, &req.members)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if req.nonce == 0 {
             return Err(Status::invalid_argument("the nonce must not be 0"));
         }
@@ -364,7 +400,9 @@ impl Bootstrap for BootstrapState {
                 format!("promised to {}", p.coordinator),
             )),
             None => {
-                wanted.store(&self.data_dir).map_err(Status::internal)?;
+                wanted
+                    .store(&self.data_dir)
+                    .map_err(|e| Status::internal(e.to_string()))?;
                 tracing::info!(
                     coordinator = %wanted.coordinator,
                     members = wanted.members.len(),
@@ -520,13 +558,17 @@ pub fn join_targets(peers: &[PeerInfo]) -> Vec<PeerInfo> {
     members
 }
 
-async fn connect(url: &str) -> Result<BootstrapClient<tonic::transport::Channel>, String> {
+async fn connect(url: &str) -> Result<BootstrapClient<tonic::transport::Channel>, CallError> {
+    let unreachable = |cause| CallError::Connect {
+        url: url.to_string(),
+        cause,
+    };
     let ep = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| e.to_string())?
+        .map_err(unreachable)?
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(3));
     Ok(BootstrapClient::new(
-        ep.connect().await.map_err(|e| format!("{url}: {e}"))?,
+        ep.connect().await.map_err(unreachable)?,
     ))
 }
 
@@ -536,7 +578,7 @@ pub async fn discover(
     gossip: &Gossip,
     state: &BootstrapState,
     cfg: &DiscoverConfig,
-) -> Result<Decision, String> {
+) -> Result<Decision, StateFileError> {
     let began = Instant::now();
     let mut last_note = Instant::now();
     if cfg.expect.is_some() && !cfg.founders.allows(&cfg.name) {
@@ -600,7 +642,7 @@ pub async fn discover(
                         })
                         .await
                         .map(|r| r.into_inner())
-                        .map_err(|s| s.message().to_string()),
+                        .map_err(|s| CallError::failed(&url, s)),
                     Err(e) => Err(e),
                 };
                 match asked.map(|r| State::try_from(r.state).unwrap_or(State::Unknown)) {
@@ -692,7 +734,7 @@ async fn coordinate(
     state: &BootstrapState,
     cfg: &DiscoverConfig,
     p: Promise,
-) -> Result<Option<Vec<(String, String)>>, String> {
+) -> Result<Option<Vec<(String, String)>>, StateFileError> {
     gossip.set(&[(keys::PROMISED, cfg.name.clone())]).await;
     let req = BootstrapPrepare {
         token: cfg.token.clone(),
@@ -723,7 +765,7 @@ async fn coordinate(
                     .prepare(req.clone())
                     .await
                     .map(|r| r.into_inner())
-                    .map_err(|s| s.message().to_string()),
+                    .map_err(|s| CallError::failed(&url, s)),
                 Err(e) => Err(e),
             };
             match r {

@@ -169,6 +169,15 @@ pub async fn resolve_seeds(seeds: &[String]) -> Vec<SocketAddr> {
     out
 }
 
+/// Why gossip could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GossipError {
+    /// chitchat could not listen on `addr` (its own error, as text: it
+    /// reports with `anyhow`, which this crate does not use).
+    #[error("cannot start gossip on {addr}: {cause}")]
+    Start { addr: SocketAddr, cause: String },
+}
+
 /// A running gossip instance.
 pub struct Gossip {
     handle: ChitchatHandle,
@@ -180,7 +189,7 @@ impl Gossip {
         name: &str,
         token: &str,
         initial: Vec<(String, String)>,
-    ) -> Result<Gossip, String> {
+    ) -> Result<Gossip, GossipError> {
         let generation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -208,7 +217,10 @@ impl Gossip {
         };
         let handle = spawn_chitchat(config, initial, &UdpTransport)
             .await
-            .map_err(|e| format!("cannot start gossip on {}: {e}", cfg.listen))?;
+            .map_err(|e| GossipError::Start {
+                addr: cfg.listen,
+                cause: e.to_string(),
+            })?;
         Ok(Gossip { handle })
     }
 

@@ -111,7 +111,7 @@ impl Snapshotter<RocksBackend> for Checkpoints {
         let seconds = self.seconds.clone();
         let started = Instant::now();
         tokio::task::spawn_blocking(move || {
-            let r = checkpoint::create(&db, &root).map_err(|e| e.to_string());
+            let r = checkpoint::create(&db, &root);
             seconds.observe(started.elapsed().as_secs_f64());
             let _ = tx.blocking_send(r);
         });

@@ -36,8 +36,8 @@ use crate::api::watch::WatchService;
 use crate::command::{MemberAttributes, Op};
 use crate::driver::Fatal;
 use crate::gossip::bootstrap::{self, BootstrapState, Decision, DiscoverConfig, Founders};
-use crate::gossip::{keys, Gossip, GossipConfig, PeerInfo};
-use crate::identity::Identity;
+use crate::gossip::{keys, Gossip, GossipConfig, GossipError, PeerInfo};
+use crate::identity::{Identity, StateFileError};
 use crate::storage::{checkpoint, KvStore, LogStore};
 use crate::transport::peer::{PeerNode, PeerService, Transport, MAX_PEER_FRAME};
 use autopilot::{Autopilot, AutopilotConfig};
@@ -145,6 +145,10 @@ pub enum ServerError {
     Config(String),
     #[error("storage: {0}")]
     Storage(String),
+    #[error("storage: {0}")]
+    StateFile(#[from] StateFileError),
+    #[error(transparent)]
+    Gossip(#[from] GossipError),
     #[error("cannot listen on {addr}: {error}")]
     Listen {
         addr: SocketAddr,
@@ -377,7 +381,7 @@ fn found(
         kv.apply_member(member.id, Some(member), (1, 1))
             .map_err(|e| ServerError::Storage(e.to_string()))?;
     }
-    id.store(&cfg.data_dir).map_err(ServerError::Storage)?;
+    id.store(&cfg.data_dir)?;
     tracing::info!(
         member = format!("{:x}", id.member_id),
         cluster = format!("{:x}", id.cluster_id),
@@ -459,7 +463,7 @@ async fn run_discovery(
     };
     let outcome = loop {
         match bootstrap::discover(gossip, state, &dcfg).await {
-            Err(e) => break Err(ServerError::Storage(e)),
+            Err(e) => break Err(ServerError::StateFile(e)),
             Ok(Decision::Found(set)) => break Ok(Discovered::Found(set)),
             Ok(Decision::Join(targets)) => {
                 gossip.set(&[(keys::ROLE, "joining".into())]).await;
@@ -482,17 +486,34 @@ async fn run_discovery(
     outcome
 }
 
+/// Why joining the cluster an empty node found failed (it looks again).
+#[derive(Debug, thiserror::Error)]
+enum JoinError {
+    #[error(transparent)]
+    Client(#[from] nod_client::ClientError),
+    #[error("cannot remove the stale member {id:x}: {cause}")]
+    RemoveStale {
+        id: u64,
+        cause: nod_client::ClientError,
+    },
+    #[error("the cluster added no member")]
+    NoMember,
+    #[error("the cluster answered without a cluster or member id")]
+    NoIds,
+    #[error("the cluster id {found:x} differs from the one gossip advertised ({advertised:x})")]
+    OtherCluster { found: u64, advertised: u64 },
+}
+
 /// Adds this empty node to the cluster of `targets` as a learner. A member
 /// of the same name or peer URL is this node's stale past (its volume is
 /// gone: this node is empty), so it is removed first.
 async fn join_cluster(
     cfg: &ServerConfig,
     targets: &[PeerInfo],
-) -> Result<(Identity, Vec<Member>), String> {
+) -> Result<(Identity, Vec<Member>), JoinError> {
     let endpoints: Vec<String> = targets.iter().map(|t| t.client_url.clone()).collect();
-    let mut client =
-        nod_client::Client::connect(&endpoints, cfg.request_timeout).map_err(|e| e.to_string())?;
-    let list = client.member_list().await.map_err(|e| e.to_string())?;
+    let mut client = nod_client::Client::connect(&endpoints, cfg.request_timeout)?;
+    let list = client.member_list().await?;
     for m in &list.members {
         if m.name == cfg.name || m.peer_ur_ls.contains(&cfg.advertise_peer) {
             tracing::warn!(
@@ -503,23 +524,23 @@ async fn join_cluster(
             client
                 .member_remove(m.id)
                 .await
-                .map_err(|e| format!("cannot remove the stale member {:x}: {e}", m.id))?;
+                .map_err(|cause| JoinError::RemoveStale { id: m.id, cause })?;
         }
     }
     let added = client
         .member_add(vec![cfg.advertise_peer.clone()], true)
-        .await
-        .map_err(|e| e.to_string())?;
-    let member = added.member.ok_or("the cluster added no member")?;
+        .await?;
+    let member = added.member.ok_or(JoinError::NoMember)?;
     let cluster_id = added.header.map(|h| h.cluster_id).unwrap_or(0);
     if cluster_id == 0 || member.id == 0 {
-        return Err("the cluster answered without a cluster or member id".into());
+        return Err(JoinError::NoIds);
     }
-    let expected = targets[0].cluster_id;
-    if cluster_id != expected {
-        return Err(format!(
-            "the cluster id {cluster_id:x} differs from the one gossip advertised ({expected:x})"
-        ));
+    let advertised = targets[0].cluster_id;
+    if cluster_id != advertised {
+        return Err(JoinError::OtherCluster {
+            found: cluster_id,
+            advertised,
+        });
     }
     tracing::info!(member = format!("{:x}", member.id), "added as a learner");
     Ok((
@@ -636,7 +657,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             addr: cfg.listen_peer,
             error,
         })?;
-    let stored = Identity::load(&cfg.data_dir).map_err(ServerError::Storage)?;
+    let stored = Identity::load(&cfg.data_dir)?;
 
     // The bootstrap record and the gossip instance exist before the node
     // knows who it is: an empty node finds its cluster through them.
@@ -650,8 +671,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         &cfg.initial_cluster_token,
         &cfg.name,
         founders,
-    )
-    .map_err(ServerError::Storage)?;
+    )?;
     let gossip = match &cfg.discovery {
         None => None,
         Some(d) => {
@@ -677,9 +697,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             }
             let mut gossip_cfg = d.gossip.clone();
             gossip_cfg.listen = gossip_listen_addr(gossip_cfg.listen);
-            let g = Gossip::start(&gossip_cfg, &cfg.name, &cfg.initial_cluster_token, initial)
-                .await
-                .map_err(ServerError::Config)?;
+            let g =
+                Gossip::start(&gossip_cfg, &cfg.name, &cfg.initial_cluster_token, initial).await?;
             Some(Arc::new(g))
         }
     };
@@ -744,7 +763,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                     .filter(|m| m.id != id.member_id)
                     .filter_map(|m| m.peer_ur_ls.first().map(|u| (NodeId(m.id), u.clone())))
                     .collect();
-                id.store(&cfg.data_dir).map_err(ServerError::Storage)?;
+                id.store(&cfg.data_dir)?;
                 tracing::info!(
                     member = format!("{:x}", id.member_id),
                     cluster = format!("{:x}", id.cluster_id),

@@ -27,9 +27,10 @@ pub struct Node {
     leaders: Mutex<HashMap<u64, (String, Channel)>>,
 }
 
-/// Where a write goes when this node cannot take it.
-pub enum Route {
-    Done(Result<Applied, Status>),
+/// Where a request ended: answered here (with its result or error), or
+/// the channel to the leader it must go to instead.
+pub enum Route<T = Applied> {
+    Done(Result<T, Status>),
     Forward(Channel),
 }
 
@@ -100,11 +101,7 @@ impl Node {
 
     /// Runs `attempt` until it has a leader to talk to or the request timeout
     /// passes; `NotLeader` becomes a route to the leader unless `forwarded`.
-    pub async fn route<T, F, Fut>(
-        &self,
-        forwarded: bool,
-        mut attempt: F,
-    ) -> Result<Result<T, Channel>, Status>
+    pub async fn route<T, F, Fut>(&self, forwarded: bool, mut attempt: F) -> Route<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, DriverError>>,
@@ -112,27 +109,27 @@ impl Node {
         let deadline = Instant::now() + self.request_timeout;
         loop {
             let err = match attempt().await {
-                Ok(v) => return Ok(Ok(v)),
+                Ok(v) => return Route::Done(Ok(v)),
                 Err(e) => e,
             };
             match &err {
                 DriverError::NotLeader { leader } if !forwarded => {
                     if let Some(ch) = self.leader_channel(leader.0) {
-                        return Ok(Err(ch));
+                        return Route::Forward(ch);
                     }
                 }
                 DriverError::NoLeader
                 | DriverError::LeaderChanged
                 | DriverError::LeaderUnreachable
                 | DriverError::NotLeader { .. } => {}
-                _ => return Err(to_status(err)),
+                _ => return Route::Done(Err(to_status(err))),
             }
             if Instant::now() >= deadline {
-                return Err(match err {
+                return Route::Done(Err(match err {
                     DriverError::LeaderChanged => to_status(err),
                     DriverError::NoLeader => to_status(err),
                     _ => Status::unavailable("etcdserver: request timed out"),
-                });
+                }));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -149,9 +146,7 @@ impl Node {
         let _ = started;
         match r {
             Err(_) => Route::Done(Err(Status::unavailable("etcdserver: request timed out"))),
-            Ok(Err(s)) => Route::Done(Err(s)),
-            Ok(Ok(Ok(a))) => Route::Done(Ok(a)),
-            Ok(Ok(Err(ch))) => Route::Forward(ch),
+            Ok(route) => route,
         }
     }
 
@@ -164,8 +159,9 @@ impl Node {
         .await;
         match r {
             Err(_) => Err(Status::unavailable("etcdserver: request timed out")),
-            Ok(Err(s)) => Err(s),
-            Ok(Ok(_)) => Ok(()),
+            Ok(Route::Done(r)) => r,
+            // Never: routed as forwarded, a read index is answered here.
+            Ok(Route::Forward(_)) => Ok(()),
         }
     }
 

@@ -45,7 +45,7 @@ mod key_range;
 mod read;
 mod txn;
 
-use super::backend::{Backend, Keyspace, MemoryBackend, RocksBackend};
+use super::backend::{Backend, BackendError, Keyspace, MemoryBackend, RocksBackend};
 use batch::Pending;
 pub use encoding::Revision;
 use encoding::{
@@ -70,8 +70,10 @@ pub const MAX_TXN_OPS: usize = 128;
 /// Deepest nesting of transactions inside transactions.
 pub const MAX_TXN_DEPTH: usize = 16;
 
-/// What a client did wrong or asked for that cannot be, as etcd words it.
-/// Each becomes the matching etcd gRPC status in `api::status`.
+/// What a client did wrong or asked for that cannot be, as etcd words it:
+/// the request's own error, sent to its client. Each becomes the matching
+/// etcd gRPC status in `api::status`. A failure of the store itself is a
+/// [`StoreError`], never one of these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
     #[error("etcdserver: key is not provided")]
@@ -98,13 +100,80 @@ pub enum KvError {
     LeaseProvided,
     #[error("etcdserver: {0}")]
     Invalid(String),
-    /// The store itself failed: the node must stop.
-    #[error("state machine storage failed: {0}")]
-    Fatal(String),
 }
 
-fn fatal(context: &str, e: impl std::fmt::Display) -> KvError {
-    KvError::Fatal(format!("{context}: {e}"))
+/// The store itself failed: its backend, or data it holds that does not
+/// decode. The node must stop; no request caused it and none retries it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed while doing `context`.
+    #[error("state machine storage failed: {context}: {cause}")]
+    Backend {
+        context: &'static str,
+        cause: BackendError,
+    },
+    /// The key-value record at `revision` does not decode.
+    #[error("state machine storage failed: corrupt record at revision {revision}: {cause}")]
+    CorruptRecord { revision: i64, cause: RecordError },
+    /// A meta or member record does not decode.
+    #[error("state machine storage failed: corrupt {what}: {cause}")]
+    Corrupt {
+        what: &'static str,
+        cause: RecordError,
+    },
+    /// A key of `keyspace` that is not of its keyspace's shape.
+    #[error("state machine storage failed: corrupt {keyspace} key {key:?}")]
+    CorruptKey {
+        keyspace: &'static str,
+        key: Vec<u8>,
+    },
+    /// The index names a revision whose record is gone.
+    #[error(
+        "state machine storage failed: revision {}.{} is indexed but missing",
+        .0.main,
+        .0.sub
+    )]
+    Missing(Revision),
+    #[error("state machine storage failed: checkpoint without an applied index")]
+    NoApplied,
+}
+
+/// Why a stored record does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Codec(#[from] codec::DecodeError),
+    #[error(transparent)]
+    Proto(#[from] prost::DecodeError),
+    #[error("unknown record tag {0}")]
+    Tag(u8),
+    #[error("a body of {0} bytes")]
+    Length(usize),
+    #[error("record without a key")]
+    NoKey,
+}
+
+/// Why a read gave no result: the request's own error (etcd's, for its
+/// client) or a failed store (the node must stop). Reads change nothing,
+/// so either way the store is as it was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Request(#[from] KvError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Tags a backend failure with what the store was doing.
+fn backend(context: &'static str) -> impl FnOnce(BackendError) -> StoreError {
+    move |cause| StoreError::Backend { context, cause }
+}
+
+fn corrupt_member(cause: impl Into<RecordError>) -> StoreError {
+    StoreError::Corrupt {
+        what: "member record",
+        cause: cause.into(),
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -113,11 +182,31 @@ pub struct LeaseRecord {
     pub keys: BTreeSet<Vec<u8>>,
 }
 
-/// What applying one command produced: the response and the watch events.
+/// What a command that took effect produced: the response and the watch events.
 #[derive(Debug, Default)]
 pub struct Applied<R> {
     pub response: R,
     pub events: Vec<Event>,
+}
+
+/// How applying one committed command ended. Either way the entry is
+/// applied (the applied index moved); a refused command changed nothing
+/// else. A failure of the store is the `Err` beside it, not one of these.
+#[derive(Debug)]
+pub enum Outcome<R> {
+    Applied(Applied<R>),
+    /// The request's own error, for its client.
+    Refused(KvError),
+}
+
+impl<R> Outcome<R> {
+    /// The response and events, or the request's error.
+    pub fn into_result(self) -> Result<Applied<R>, KvError> {
+        match self {
+            Outcome::Applied(a) => Ok(a),
+            Outcome::Refused(e) => Err(e),
+        }
+    }
 }
 
 /// The MVCC store over backend `B` (RocksDB unless said otherwise).
@@ -137,8 +226,8 @@ pub struct KvStore<B: Backend = RocksBackend> {
 impl KvStore<RocksBackend> {
     /// Opens (creating if needed) the store in `dir` and rebuilds the key
     /// index, verifying every record's checksum.
-    pub fn open(dir: &Path) -> Result<KvStore, KvError> {
-        let backend = RocksBackend::open(dir).map_err(|e| KvError::Fatal(e.0))?;
+    pub fn open(dir: &Path) -> Result<KvStore, StoreError> {
+        let backend = RocksBackend::open(dir).map_err(backend("opening the store"))?;
         KvStore::from_backend(backend)
     }
 
@@ -153,21 +242,21 @@ impl KvStore<RocksBackend> {
 
     /// The applied index and term and the member table of a checkpoint,
     /// opened read-only (the checkpoint is not changed).
-    pub fn read_checkpoint(dir: &Path) -> Result<(u64, u64, Vec<Member>), KvError> {
-        let backend = RocksBackend::open_read_only(dir).map_err(|e| KvError::Fatal(e.0))?;
-        let applied = match backend
+    pub fn read_checkpoint(dir: &Path) -> Result<(u64, u64, Vec<Member>), StoreError> {
+        let db = RocksBackend::open_read_only(dir).map_err(backend("opening a checkpoint"))?;
+        let applied = match db
             .get(Keyspace::Meta, KEY_APPLIED)
-            .map_err(|e| fatal("reading applied", e))?
+            .map_err(backend("reading applied"))?
         {
             Some(v) => decode_pair(&v)?,
-            None => return Err(KvError::Fatal("checkpoint without an applied index".into())),
+            None => return Err(StoreError::NoApplied),
         };
         let mut members = Vec::new();
-        for item in backend.scan_from(Keyspace::Member, &[]) {
-            let (k, v) = item.map_err(|e| fatal("scanning members", e))?;
-            let (tag, body) = codec::decode_tagged(&v).map_err(|e| fatal("corrupt member", e))?;
+        for item in db.scan_from(Keyspace::Member, &[]) {
+            let (k, v) = item.map_err(backend("scanning members"))?;
+            let (tag, body) = codec::decode_tagged(&v).map_err(corrupt_member)?;
             if tag == TAG_MEMBER && k.len() == 8 {
-                members.push(Member::decode(body).map_err(|e| fatal("corrupt member", e))?);
+                members.push(Member::decode(body).map_err(corrupt_member)?);
             }
         }
         Ok((applied.0, applied.1, members))
@@ -199,16 +288,16 @@ impl KvStore<MemoryBackend> {
 
     /// A store holding what `snapshot_bytes` took, checked as it is read
     /// (checksum, lengths, every record).
-    pub fn restore_from(bytes: &[u8]) -> Result<KvStore<MemoryBackend>, KvError> {
-        let backend = MemoryBackend::from_bytes(bytes).map_err(|e| KvError::Fatal(e.0))?;
-        KvStore::from_backend(backend)
+    pub fn restore_from(bytes: &[u8]) -> Result<KvStore<MemoryBackend>, StoreError> {
+        let restored = MemoryBackend::from_bytes(bytes).map_err(backend("reading a snapshot"))?;
+        KvStore::from_backend(restored)
     }
 }
 
 impl<B: Backend> KvStore<B> {
     /// The store over what `backend` holds (empty or not): rebuilds the
     /// key index, verifying every record's checksum and shape.
-    pub fn from_backend(backend: B) -> Result<KvStore<B>, KvError> {
+    pub fn from_backend(backend: B) -> Result<KvStore<B>, StoreError> {
         let mut store = KvStore {
             backend,
             pending: None,
@@ -230,11 +319,11 @@ impl<B: Backend> KvStore<B> {
         self.backend
     }
 
-    fn load(&mut self) -> Result<(), KvError> {
+    fn load(&mut self) -> Result<(), StoreError> {
         if let Some(v) = self
             .backend
             .get(Keyspace::Meta, KEY_APPLIED)
-            .map_err(|e| fatal("reading applied", e))?
+            .map_err(backend("reading applied"))?
         {
             let (a, b) = decode_pair(&v)?;
             self.applied = (a, b);
@@ -242,16 +331,19 @@ impl<B: Backend> KvStore<B> {
         if let Some(v) = self
             .backend
             .get(Keyspace::Meta, KEY_COMPACTED)
-            .map_err(|e| fatal("reading compacted", e))?
+            .map_err(backend("reading compacted"))?
         {
             self.compacted = decode_pair(&v)?.0 as i64;
         }
         for item in self.backend.scan_from(Keyspace::Rev, &[]) {
-            let (k, v) = item.map_err(|e| fatal("scanning revisions", e))?;
-            let rev = Revision::from_key(&k)
-                .ok_or_else(|| KvError::Fatal(format!("corrupt revision key {k:?}")))?;
-            let (tombstone, kv) = decode_kv(&v).map_err(|e| {
-                KvError::Fatal(format!("corrupt record at revision {}: {e}", rev.main))
+            let (k, v) = item.map_err(backend("scanning revisions"))?;
+            let rev = Revision::from_key(&k).ok_or_else(|| StoreError::CorruptKey {
+                keyspace: Keyspace::Rev.name(),
+                key: k.to_vec(),
+            })?;
+            let (tombstone, kv) = decode_kv(&v).map_err(|cause| StoreError::CorruptRecord {
+                revision: rev.main,
+                cause,
             })?;
             // Revision order: the last record of a key is its current value.
             self.index
@@ -261,8 +353,11 @@ impl<B: Backend> KvStore<B> {
             self.current = self.current.max(rev.main);
         }
         for item in self.backend.scan_from(Keyspace::Lease, &[]) {
-            let (k, v) = item.map_err(|e| fatal("scanning leases", e))?;
-            let id = be_i64(&k).ok_or_else(|| KvError::Fatal("corrupt lease key".into()))?;
+            let (k, v) = item.map_err(backend("scanning leases"))?;
+            let id = be_i64(&k).ok_or_else(|| StoreError::CorruptKey {
+                keyspace: Keyspace::Lease.name(),
+                key: k.to_vec(),
+            })?;
             let ttl = decode_pair(&v)?.0 as i64;
             self.leases.insert(
                 id,
@@ -282,17 +377,17 @@ impl<B: Backend> KvStore<B> {
             }
         }
         for item in self.backend.scan_from(Keyspace::Member, &[]) {
-            let (k, v) = item.map_err(|e| fatal("scanning members", e))?;
-            let (tag, body) = codec::decode_tagged(&v).map_err(|e| fatal("corrupt member", e))?;
+            let (k, v) = item.map_err(backend("scanning members"))?;
+            let (tag, body) = codec::decode_tagged(&v).map_err(corrupt_member)?;
             if tag == TAG_REMOVED && k.len() == 9 && k[0] == b'r' {
                 self.removed
                     .insert(u64::from_be_bytes(k[1..].try_into().expect("8 bytes")));
                 continue;
             }
             if tag != TAG_MEMBER {
-                return Err(KvError::Fatal(format!("member record has tag {tag}")));
+                return Err(corrupt_member(RecordError::Tag(tag)));
             }
-            let m = Member::decode(body).map_err(|e| fatal("corrupt member", e))?;
+            let m = Member::decode(body).map_err(corrupt_member)?;
             self.members.insert(m.id, m);
         }
         Ok(())

@@ -9,5 +9,5 @@ pub mod kv_store;
 pub mod log_store;
 pub mod tuning;
 
-pub use kv_store::{KvError, KvStore};
+pub use kv_store::{KvError, KvStore, ReadError, StoreError};
 pub use log_store::LogStore;

@@ -312,21 +312,42 @@ impl Drop for Transport {
     }
 }
 
+/// Why streaming a checkpoint to a peer failed (Raft sends the snapshot again).
+#[derive(Debug, thiserror::Error)]
+enum SnapshotSendError {
+    #[error("not a snapshot message")]
+    NotSnapshot,
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("{0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("{file}: {cause}")]
+    Read { file: String, cause: std::io::Error },
+    /// The call ended before the reader was done.
+    #[error("stream closed")]
+    Closed,
+    /// The reader task panicked or was cancelled.
+    #[error("{0}")]
+    Reader(#[from] tokio::task::JoinError),
+    /// The peer answered with an error status.
+    #[error("{code}: {message}")]
+    Refused { code: tonic::Code, message: String },
+}
+
 async fn stream_snapshot(
     url: String,
     cluster_id: u64,
     m: Message,
     root: PathBuf,
     counter: prometheus::IntCounter,
-) -> Result<(), String> {
+) -> Result<(), SnapshotSendError> {
     let MessageBody::Snapshot { snapshot } = &m.body else {
-        return Err("not a snapshot message".into());
+        return Err(SnapshotSendError::NotSnapshot);
     };
     let dir = checkpoint::dir_for(&root, snapshot.metadata.index.0, snapshot.metadata.term.0);
-    let files = checkpoint::files(&dir).map_err(|e| e.to_string())?;
+    let files = checkpoint::files(&dir)?;
     let mut client = PeerClient::connect(url)
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .max_encoding_message_size(MAX_PEER_FRAME);
     // A small queue: the reader waits while the network is slow (flow control).
     let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
@@ -335,16 +356,20 @@ async fn stream_snapshot(
         message: Some(encode_message(&m)),
         ..Default::default()
     };
-    let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
+    let reader = tokio::task::spawn_blocking(move || -> Result<(), SnapshotSendError> {
         use std::io::Read;
         tx.blocking_send(first)
-            .map_err(|_| "stream closed".to_string())?;
+            .map_err(|_| SnapshotSendError::Closed)?;
         for (name, _) in files {
-            let mut f = std::fs::File::open(dir.join(&name)).map_err(|e| format!("{name}: {e}"))?;
+            let unreadable = |cause| SnapshotSendError::Read {
+                file: name.clone(),
+                cause,
+            };
+            let mut f = std::fs::File::open(dir.join(&name)).map_err(unreadable)?;
             let mut offset = 0u64;
             loop {
                 let mut buf = vec![0u8; SNAPSHOT_CHUNK];
-                let n = f.read(&mut buf).map_err(|e| format!("{name}: {e}"))?;
+                let n = f.read(&mut buf).map_err(unreadable)?;
                 if n == 0 && offset > 0 {
                     break;
                 }
@@ -357,7 +382,7 @@ async fn stream_snapshot(
                     offset,
                     data: buf,
                 })
-                .map_err(|_| "stream closed".to_string())?;
+                .map_err(|_| SnapshotSendError::Closed)?;
                 offset += n as u64;
                 if n == 0 {
                     break;
@@ -369,8 +394,11 @@ async fn stream_snapshot(
     let sent = client
         .snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
-    let read = reader.await.map_err(|e| e.to_string())?;
-    sent.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+    let read = reader.await?;
+    sent.map_err(|s| SnapshotSendError::Refused {
+        code: s.code(),
+        message: s.message().to_string(),
+    })?;
     read
 }
 

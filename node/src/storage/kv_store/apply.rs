@@ -10,16 +10,17 @@ use prost::Message as _;
 use super::super::backend::Batch;
 use super::super::codec;
 use super::encoding::{encode_pair, put_applied, Revision, KEY_COMPACTED, TAG_MEMBER, TAG_REMOVED};
+use super::txn::Staged;
 use super::{
-    fatal, Applied, Backend, CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, Event,
-    Keyspace, KvError, KvStore, LeaseRecord, Member, PutRequest, PutResponse, TxnRequest,
-    TxnResponse, MAX_LEASE_TTL,
+    backend, Applied, Backend, CompactionRequest, DeleteRangeRequest, DeleteRangeResponse,
+    Keyspace, KvError, KvStore, LeaseRecord, Member, Outcome, PutRequest, PutResponse, ReadError,
+    StoreError, TxnRequest, TxnResponse, MAX_LEASE_TTL,
 };
 
 impl<B: Backend> KvStore<B> {
     /// Records that entry `applied` changed nothing in the key space (an
     /// empty entry, a membership change, a failed request).
-    pub fn apply_noop(&mut self, applied: (u64, u64)) -> Result<(), KvError> {
+    pub fn apply_noop(&mut self, applied: (u64, u64)) -> Result<(), StoreError> {
         let st = self.stage();
         self.commit(st, applied, |_| {})?;
         Ok(())
@@ -31,53 +32,54 @@ impl<B: Backend> KvStore<B> {
         &mut self,
         req: &PutRequest,
         applied: (u64, u64),
-    ) -> Result<Result<Applied<PutResponse>, KvError>, KvError> {
+    ) -> Result<Outcome<PutResponse>, StoreError> {
         let mut st = self.stage_single();
-        match self.stage_put(&mut st, req) {
-            Ok(response) => {
-                let events = self.commit(st, applied, |_| {})?;
-                Ok(Ok(Applied { response, events }))
-            }
-            Err(e) => self.fail(e, applied),
-        }
+        let staged = self.stage_put(&mut st, req);
+        self.finish(st, staged, applied)
     }
 
     pub fn apply_delete(
         &mut self,
         req: &DeleteRangeRequest,
         applied: (u64, u64),
-    ) -> Result<Result<Applied<DeleteRangeResponse>, KvError>, KvError> {
+    ) -> Result<Outcome<DeleteRangeResponse>, StoreError> {
         let mut st = self.stage_single();
-        match self.stage_delete(&mut st, req) {
-            Ok(response) => {
-                let events = self.commit(st, applied, |_| {})?;
-                Ok(Ok(Applied { response, events }))
-            }
-            Err(e) => self.fail(e, applied),
-        }
+        let staged = self.stage_delete(&mut st, req);
+        self.finish(st, staged, applied)
     }
 
     pub fn apply_txn(
         &mut self,
         req: &TxnRequest,
         applied: (u64, u64),
-    ) -> Result<Result<Applied<TxnResponse>, KvError>, KvError> {
+    ) -> Result<Outcome<TxnResponse>, StoreError> {
         let mut st = self.stage();
-        match self.stage_txn(&mut st, req, 0) {
+        let staged = self.stage_txn(&mut st, req, 0);
+        self.finish(st, staged, applied)
+    }
+
+    /// Commits what was staged in `st`, or, when staging met the
+    /// request's own error, records only the applied index.
+    fn finish<R>(
+        &mut self,
+        st: Staged,
+        staged: Result<R, ReadError>,
+        applied: (u64, u64),
+    ) -> Result<Outcome<R>, StoreError> {
+        match staged {
             Ok(response) => {
                 let events = self.commit(st, applied, |_| {})?;
-                Ok(Ok(Applied { response, events }))
+                Ok(Outcome::Applied(Applied { response, events }))
             }
-            Err(e) => self.fail(e, applied),
+            Err(ReadError::Request(e)) => self.refuse(e, applied),
+            Err(ReadError::Store(e)) => Err(e),
         }
     }
 
-    fn fail<T>(&mut self, e: KvError, applied: (u64, u64)) -> Result<Result<T, KvError>, KvError> {
-        if let KvError::Fatal(_) = e {
-            return Err(e);
-        }
+    /// Records the applied index of a request refused with `e`.
+    fn refuse<R>(&mut self, e: KvError, applied: (u64, u64)) -> Result<Outcome<R>, StoreError> {
         self.apply_noop(applied)?;
-        Ok(Err(e))
+        Ok(Outcome::Refused(e))
     }
 
     /// Compacts history at `revision`: every change older than it is
@@ -86,13 +88,13 @@ impl<B: Backend> KvStore<B> {
         &mut self,
         req: &CompactionRequest,
         applied: (u64, u64),
-    ) -> Result<Result<(), KvError>, KvError> {
+    ) -> Result<Outcome<()>, StoreError> {
         let at = req.revision;
         if at > self.current {
-            return self.fail(KvError::FutureRevision, applied);
+            return self.refuse(KvError::FutureRevision, applied);
         }
         if at <= self.compacted {
-            return self.fail(KvError::Compacted, applied);
+            return self.refuse(KvError::Compacted, applied);
         }
         // The deletions below go to the backend directly: write what is pending first.
         let batching = self.pending.is_some();
@@ -123,7 +125,7 @@ impl<B: Backend> KvStore<B> {
         put_applied(&mut batch, applied);
         self.backend
             .write(batch)
-            .map_err(|e| fatal("writing a compaction", e))?;
+            .map_err(backend("writing a compaction"))?;
         let doomed: BTreeSet<Revision> = doomed.into_iter().collect();
         // A key's current value is never dropped, so `live` stays true.
         self.index.retain(|_, entry| {
@@ -132,7 +134,7 @@ impl<B: Backend> KvStore<B> {
         });
         self.compacted = at;
         self.applied = applied;
-        Ok(Ok(()))
+        Ok(Outcome::Applied(Applied::default()))
     }
 
     pub fn apply_lease_grant(
@@ -140,18 +142,18 @@ impl<B: Backend> KvStore<B> {
         id: i64,
         ttl: i64,
         applied: (u64, u64),
-    ) -> Result<Result<(), KvError>, KvError> {
+    ) -> Result<Outcome<()>, StoreError> {
         if id <= 0 {
-            return self.fail(
+            return self.refuse(
                 KvError::Invalid("lease id must be positive".into()),
                 applied,
             );
         }
         if ttl > MAX_LEASE_TTL {
-            return self.fail(KvError::LeaseTtlTooLarge, applied);
+            return self.refuse(KvError::LeaseTtlTooLarge, applied);
         }
         if self.leases.contains_key(&id) {
-            return self.fail(KvError::LeaseExists, applied);
+            return self.refuse(KvError::LeaseExists, applied);
         }
         let st = self.stage();
         self.commit(st, applied, |b| {
@@ -168,7 +170,7 @@ impl<B: Backend> KvStore<B> {
                 keys: BTreeSet::new(),
             },
         );
-        Ok(Ok(()))
+        Ok(Outcome::Applied(Applied::default()))
     }
 
     /// Revokes a lease and deletes its keys in one revision.
@@ -176,25 +178,28 @@ impl<B: Backend> KvStore<B> {
         &mut self,
         id: i64,
         applied: (u64, u64),
-    ) -> Result<Result<Vec<Event>, KvError>, KvError> {
+    ) -> Result<Outcome<()>, StoreError> {
         let Some(rec) = self.leases.get(&id).cloned() else {
-            return self.fail(KvError::LeaseNotFound, applied);
+            return self.refuse(KvError::LeaseNotFound, applied);
         };
         let mut st = self.stage();
         for key in &rec.keys {
-            self.stage_delete(
-                &mut st,
-                &DeleteRangeRequest {
-                    key: key.clone(),
-                    ..Default::default()
-                },
-            )?;
+            let delete = DeleteRangeRequest {
+                key: key.clone(),
+                ..Default::default()
+            };
+            if let Err(e) = self.stage_delete(&mut st, &delete) {
+                return self.finish(st, Err(e), applied);
+            }
         }
         let events = self.commit(st, applied, |b| {
             b.delete(Keyspace::Lease, &(id as u64).to_be_bytes())
         })?;
         self.leases.remove(&id);
-        Ok(Ok(events))
+        Ok(Outcome::Applied(Applied {
+            response: (),
+            events,
+        }))
     }
 
     /// Adds, updates or removes a member (`None` removes `id`).
@@ -203,7 +208,7 @@ impl<B: Backend> KvStore<B> {
         id: u64,
         member: Option<Member>,
         applied: (u64, u64),
-    ) -> Result<(), KvError> {
+    ) -> Result<(), StoreError> {
         let st = self.stage();
         let record = member
             .as_ref()

@@ -9,7 +9,7 @@ use super::super::backend::Batch;
 use super::encoding::{encode_kv, put_applied, Revision};
 use super::index::{IndexKey, Indexed};
 use super::txn::Staged;
-use super::{fatal, Backend, Event, KeyValue, Keyspace, KvError, KvStore};
+use super::{backend, Backend, Event, KeyValue, Keyspace, KvStore, StoreError};
 
 /// Applied commands not yet written to the backend: one write for a whole
 /// Ready's entries instead of one per entry (see `begin_batch`).
@@ -35,7 +35,7 @@ impl<B: Backend> KvStore<B> {
     }
 
     /// Writes what was applied since `begin_batch`, in one backend write.
-    pub fn end_batch(&mut self) -> Result<(), KvError> {
+    pub fn end_batch(&mut self) -> Result<(), StoreError> {
         let Some(p) = self.pending.take() else {
             return Ok(());
         };
@@ -48,7 +48,7 @@ impl<B: Backend> KvStore<B> {
         }
         self.backend
             .write(batch)
-            .map_err(|e| fatal("writing applied state", e))
+            .map_err(backend("writing applied state"))
     }
 
     /// Writes the staged changes, the applied index and any extra writes as
@@ -59,7 +59,7 @@ impl<B: Backend> KvStore<B> {
         st: Staged,
         applied: (u64, u64),
         extra: impl FnOnce(&mut Batch),
-    ) -> Result<Vec<Event>, KvError> {
+    ) -> Result<Vec<Event>, StoreError> {
         let mut own = Batch::default();
         let batch = match self.pending.as_mut() {
             Some(p) => &mut p.batch,
@@ -76,7 +76,7 @@ impl<B: Backend> KvStore<B> {
                 put_applied(&mut own, applied);
                 self.backend
                     .write(own)
-                    .map_err(|e| fatal("writing applied state", e))?
+                    .map_err(backend("writing applied state"))?
             }
         }
         self.applied = applied;

@@ -6,7 +6,7 @@ use prost::Message as _;
 
 use super::super::backend::{Batch, Keyspace};
 use super::super::codec;
-use super::{fatal, KeyValue, KvError};
+use super::{KeyValue, RecordError, StoreError};
 
 pub(super) const KEY_APPLIED: &[u8] = b"applied";
 pub(super) const KEY_COMPACTED: &[u8] = b"compacted";
@@ -50,16 +50,16 @@ pub(super) fn encode_kv(kv: &KeyValue, tombstone: bool) -> Vec<u8> {
     )
 }
 
-pub(super) fn decode_kv(v: &[u8]) -> Result<(bool, KeyValue), String> {
-    let (tag, body) = codec::decode_tagged(v).map_err(|e| e.to_string())?;
+pub(super) fn decode_kv(v: &[u8]) -> Result<(bool, KeyValue), RecordError> {
+    let (tag, body) = codec::decode_tagged(v)?;
     let tombstone = match tag {
         TAG_PUT => false,
         TAG_TOMBSTONE => true,
-        t => return Err(format!("unknown record tag {t}")),
+        t => return Err(RecordError::Tag(t)),
     };
-    let kv = KeyValue::decode(body).map_err(|e| e.to_string())?;
+    let kv = KeyValue::decode(body)?;
     if kv.key.is_empty() {
-        return Err("record without a key".into());
+        return Err(RecordError::NoKey);
     }
     Ok((tombstone, kv))
 }
@@ -75,10 +75,17 @@ pub(super) fn encode_pair(a: u64, b: u64) -> Vec<u8> {
     codec::encode_tagged(TAG_META, &body)
 }
 
-pub(super) fn decode_pair(v: &[u8]) -> Result<(u64, u64), KvError> {
-    let (tag, body) = codec::decode_tagged(v).map_err(|e| fatal("corrupt meta record", e))?;
-    if tag != TAG_META || body.len() != 16 {
-        return Err(KvError::Fatal("corrupt meta record".into()));
+pub(super) fn decode_pair(v: &[u8]) -> Result<(u64, u64), StoreError> {
+    let corrupt = |cause| StoreError::Corrupt {
+        what: "meta record",
+        cause,
+    };
+    let (tag, body) = codec::decode_tagged(v).map_err(|e| corrupt(e.into()))?;
+    if tag != TAG_META {
+        return Err(corrupt(RecordError::Tag(tag)));
+    }
+    if body.len() != 16 {
+        return Err(corrupt(RecordError::Length(body.len())));
     }
     Ok((
         u64::from_le_bytes(body[..8].try_into().expect("8 bytes")),

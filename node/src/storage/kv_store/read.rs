@@ -6,28 +6,26 @@
 use super::encoding::{decode_kv, Revision};
 use super::index::Change;
 use super::{
-    fatal, range_request, Backend, Event, EventType, KeyRange, KeyValue, Keyspace, KvError,
-    KvStore, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    backend, range_request, Backend, Event, EventType, KeyRange, KeyValue, Keyspace, KvError,
+    KvStore, RangeRequest, RangeResponse, ReadError, StoreError, TxnRequest, TxnResponse,
 };
 
 impl<B: Backend> KvStore<B> {
-    pub(super) fn read_record(&self, rev: Revision) -> Result<KeyValue, KvError> {
+    pub(super) fn read_record(&self, rev: Revision) -> Result<KeyValue, StoreError> {
         if let Some(kv) = self.pending.as_ref().and_then(|p| p.records.get(&rev)) {
             return Ok(kv.clone());
         }
         let v = self
             .backend
             .get(Keyspace::Rev, &rev.key())
-            .map_err(|e| fatal("reading a revision", e))?
-            .ok_or_else(|| {
-                KvError::Fatal(format!(
-                    "revision {}.{} is indexed but missing",
-                    rev.main, rev.sub
-                ))
-            })?;
+            .map_err(backend("reading a revision"))?
+            .ok_or(StoreError::Missing(rev))?;
         decode_kv(&v)
             .map(|(_, kv)| kv)
-            .map_err(|e| KvError::Fatal(format!("corrupt record at revision {}: {e}", rev.main)))
+            .map_err(|cause| StoreError::CorruptRecord {
+                revision: rev.main,
+                cause,
+            })
     }
 
     /// The key's change visible at `at` (its latest change with main <= at).
@@ -42,11 +40,11 @@ impl<B: Backend> KvStore<B> {
     }
 
     /// The key's value at the current revision.
-    pub fn latest(&self, key: &[u8]) -> Result<Option<KeyValue>, KvError> {
+    pub fn latest(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
         self.get_at(key, self.current)
     }
 
-    pub(super) fn get_at(&self, key: &[u8], at: i64) -> Result<Option<KeyValue>, KvError> {
+    pub(super) fn get_at(&self, key: &[u8], at: i64) -> Result<Option<KeyValue>, StoreError> {
         match self.visible(key, at) {
             Some(c) if !c.tombstone => self.read_record(c.rev).map(Some),
             _ => Ok(None),
@@ -54,7 +52,7 @@ impl<B: Backend> KvStore<B> {
     }
 
     /// Live keys in `range` at revision `at`, in key order.
-    pub(super) fn range_at(&self, range: &KeyRange, at: i64) -> Result<Vec<KeyValue>, KvError> {
+    pub(super) fn range_at(&self, range: &KeyRange, at: i64) -> Result<Vec<KeyValue>, StoreError> {
         if range.is_empty() {
             return Ok(Vec::new());
         }
@@ -69,17 +67,17 @@ impl<B: Backend> KvStore<B> {
 
     /// Serves a Range request against the local state (the caller has made
     /// it linearizable if it had to be). Checks revisions against compaction.
-    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, KvError> {
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ReadError> {
         let at = if req.revision <= 0 {
             self.current
         } else {
             req.revision
         };
         if at > self.current {
-            return Err(KvError::FutureRevision);
+            return Err(KvError::FutureRevision.into());
         }
         if at < self.compacted {
-            return Err(KvError::Compacted);
+            return Err(KvError::Compacted.into());
         }
         let range = KeyRange::new(&req.key, &req.range_end);
         let key_order = req.sort_target == range_request::SortTarget::Key as i32
@@ -131,9 +129,9 @@ impl<B: Backend> KvStore<B> {
         range: &KeyRange,
         after: i64,
         upto: i64,
-    ) -> Result<Vec<Event>, KvError> {
+    ) -> Result<Vec<Event>, ReadError> {
         if after + 1 < self.compacted {
-            return Err(KvError::Compacted);
+            return Err(KvError::Compacted.into());
         }
         let mut out = Vec::new();
         let from = Revision {
@@ -142,13 +140,15 @@ impl<B: Backend> KvStore<B> {
         }
         .key();
         for item in self.backend.scan_from(Keyspace::Rev, &from) {
-            let (k, v) = item.map_err(|e| fatal("scanning revisions", e))?;
-            let rev = Revision::from_key(&k)
-                .ok_or_else(|| KvError::Fatal("corrupt revision key".into()))?;
+            let (k, v) = item.map_err(backend("scanning revisions"))?;
+            let rev = revision_of(&k)?;
             if rev.main > upto {
                 break;
             }
-            let (tombstone, kv) = decode_kv(&v).map_err(|e| fatal("corrupt revision record", e))?;
+            let (tombstone, kv) = decode_kv(&v).map_err(|cause| StoreError::CorruptRecord {
+                revision: rev.main,
+                cause,
+            })?;
             if !range.contains(&kv.key) {
                 continue;
             }
@@ -169,7 +169,7 @@ impl<B: Backend> KvStore<B> {
     /// Fills in the previous value of put events that replaced a value
     /// but were applied without reading it (see `stage_put`). `events` are
     /// one revision's, in order, as applying returned them.
-    pub fn fill_prev(&self, events: &mut [Event]) -> Result<(), KvError> {
+    pub fn fill_prev(&self, events: &mut [Event]) -> Result<(), StoreError> {
         for i in 0..events.len() {
             let (before, rest) = events.split_at_mut(i);
             let e = &mut rest[0];
@@ -199,7 +199,11 @@ impl<B: Backend> KvStore<B> {
     }
 
     /// The key's value just before `rev`.
-    pub(super) fn previous(&self, key: &[u8], rev: Revision) -> Result<Option<KeyValue>, KvError> {
+    pub(super) fn previous(
+        &self,
+        key: &[u8],
+        rev: Revision,
+    ) -> Result<Option<KeyValue>, StoreError> {
         let Some(entry) = self.index.get(key) else {
             return Ok(None);
         };
@@ -214,23 +218,22 @@ impl<B: Backend> KvStore<B> {
     /// A digest of the key space up to `revision` (0: current), for checking
     /// that replicas agree (Maintenance.HashKV). CRC32 over every kept
     /// revision's key and record, in revision order.
-    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError> {
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64), ReadError> {
         let upto = if revision <= 0 {
             self.current
         } else {
             revision
         };
         if upto > self.current {
-            return Err(KvError::FutureRevision);
+            return Err(KvError::FutureRevision.into());
         }
         if upto < self.compacted {
-            return Err(KvError::Compacted);
+            return Err(KvError::Compacted.into());
         }
         let mut h = crc32fast::Hasher::new();
         for item in self.backend.scan_from(Keyspace::Rev, &[]) {
-            let (k, v) = item.map_err(|e| fatal("scanning revisions", e))?;
-            let rev = Revision::from_key(&k)
-                .ok_or_else(|| KvError::Fatal("corrupt revision key".into()))?;
+            let (k, v) = item.map_err(backend("scanning revisions"))?;
+            let rev = revision_of(&k)?;
             if rev.main > upto {
                 break;
             }
@@ -241,7 +244,7 @@ impl<B: Backend> KvStore<B> {
     }
 
     /// Serves a transaction that only reads (the caller checked), without the log.
-    pub fn read_txn(&self, req: &TxnRequest) -> Result<TxnResponse, KvError> {
+    pub fn read_txn(&self, req: &TxnRequest) -> Result<TxnResponse, ReadError> {
         let mut st = self.stage();
         let resp = self.stage_txn(&mut st, req, 0)?;
         debug_assert!(st.records.is_empty(), "read_txn given a writing txn");
@@ -249,9 +252,17 @@ impl<B: Backend> KvStore<B> {
     }
 
     /// Every live key at the current revision, for a backup snapshot.
-    pub fn dump(&self) -> Result<Vec<KeyValue>, KvError> {
+    pub fn dump(&self) -> Result<Vec<KeyValue>, StoreError> {
         self.range_at(&KeyRange::new(b"\0", b"\0"), self.current)
     }
+}
+
+/// The revision a `rev` key names.
+fn revision_of(k: &[u8]) -> Result<Revision, StoreError> {
+    Revision::from_key(k).ok_or_else(|| StoreError::CorruptKey {
+        keyspace: Keyspace::Rev.name(),
+        key: k.to_vec(),
+    })
 }
 
 /// Applies a Range request's filters, sort, limit and projections to the

@@ -10,8 +10,8 @@ use super::index::Meta;
 use super::read::shape_range;
 use super::{
     compare, request_op, response_op, Backend, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    Event, EventType, KeyRange, KeyValue, KvError, KvStore, PutRequest, PutResponse, ResponseOp,
-    TxnRequest, TxnResponse, MAX_TXN_DEPTH,
+    Event, EventType, KeyRange, KeyValue, KvError, KvStore, PutRequest, PutResponse, ReadError,
+    ResponseOp, StoreError, TxnRequest, TxnResponse, MAX_TXN_DEPTH,
 };
 
 /// A write transaction being built: changes are staged here and committed to
@@ -63,7 +63,7 @@ impl<B: Backend> KvStore<B> {
         }
     }
 
-    fn staged_get(&self, st: &Staged, key: &[u8]) -> Result<Option<KeyValue>, KvError> {
+    fn staged_get(&self, st: &Staged, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
         match st.change(key) {
             Some(v) => Ok(v.cloned()),
             None => self.latest(key),
@@ -79,7 +79,7 @@ impl<B: Backend> KvStore<B> {
         }
     }
 
-    fn staged_range(&self, st: &Staged, range: &KeyRange) -> Result<Vec<KeyValue>, KvError> {
+    fn staged_range(&self, st: &Staged, range: &KeyRange) -> Result<Vec<KeyValue>, StoreError> {
         let mut map: BTreeMap<Vec<u8>, KeyValue> = self
             .range_at(range, self.current)?
             .into_iter()
@@ -100,9 +100,9 @@ impl<B: Backend> KvStore<B> {
         &self,
         st: &mut Staged,
         req: &PutRequest,
-    ) -> Result<PutResponse, KvError> {
+    ) -> Result<PutResponse, ReadError> {
         if req.key.is_empty() {
-            return Err(KvError::EmptyKey);
+            return Err(KvError::EmptyKey.into());
         }
         // The previous value itself is read only when the request needs
         // it; its create revision, version and lease are in the index. A
@@ -118,7 +118,7 @@ impl<B: Backend> KvStore<B> {
             None => self.staged_meta(st, &req.key),
         };
         if (req.ignore_value || req.ignore_lease) && meta.is_none() {
-            return Err(KvError::KeyNotFound);
+            return Err(KvError::KeyNotFound.into());
         }
         let lease = if req.ignore_lease {
             meta.map_or(0, |m| m.lease)
@@ -126,7 +126,7 @@ impl<B: Backend> KvStore<B> {
             req.lease
         };
         if lease != 0 && !self.leases.contains_key(&lease) {
-            return Err(KvError::LeaseNotFound);
+            return Err(KvError::LeaseNotFound.into());
         }
         let value = if req.ignore_value {
             prev.as_ref().map(|p| p.value.clone()).unwrap_or_default()
@@ -165,7 +165,7 @@ impl<B: Backend> KvStore<B> {
         &self,
         st: &mut Staged,
         req: &DeleteRangeRequest,
-    ) -> Result<DeleteRangeResponse, KvError> {
+    ) -> Result<DeleteRangeResponse, ReadError> {
         let range = KeyRange::new(&req.key, &req.range_end);
         let live = self.staged_range(st, &range)?;
         for prev in &live {
@@ -196,7 +196,7 @@ impl<B: Backend> KvStore<B> {
         })
     }
 
-    fn compare_holds(&self, st: &Staged, c: &Compare) -> Result<bool, KvError> {
+    fn compare_holds(&self, st: &Staged, c: &Compare) -> Result<bool, ReadError> {
         let range = KeyRange::new(&c.key, &c.range_end);
         let mut kvs = if range.single {
             self.staged_get(st, &c.key)?.into_iter().collect()
@@ -229,7 +229,7 @@ impl<B: Backend> KvStore<B> {
                 (T::Mod, None) => kv.mod_revision.cmp(&0),
                 (T::Value, None) => kv.value.as_slice().cmp(&[][..]),
                 (T::Lease, None) => kv.lease.cmp(&0),
-                _ => return Err(KvError::Invalid("compare target and value differ".into())),
+                _ => return Err(KvError::Invalid("compare target and value differ".into()).into()),
             };
             let ok = match result {
                 R::Equal => ord.is_eq(),
@@ -249,9 +249,9 @@ impl<B: Backend> KvStore<B> {
         st: &mut Staged,
         req: &TxnRequest,
         depth: usize,
-    ) -> Result<TxnResponse, KvError> {
+    ) -> Result<TxnResponse, ReadError> {
         if depth > MAX_TXN_DEPTH {
-            return Err(KvError::Invalid("txn nested too deeply".into()));
+            return Err(KvError::Invalid("txn nested too deeply".into()).into());
         }
         let mut succeeded = true;
         for c in &req.compare {
@@ -274,10 +274,10 @@ impl<B: Backend> KvStore<B> {
                         // Reads of the past inside a txn go to history.
                         let at = r.revision;
                         if at > self.current {
-                            return Err(KvError::FutureRevision);
+                            return Err(KvError::FutureRevision.into());
                         }
                         if at < self.compacted {
-                            return Err(KvError::Compacted);
+                            return Err(KvError::Compacted.into());
                         }
                         response_op::Response::ResponseRange(shape_range(
                             r,
@@ -299,7 +299,7 @@ impl<B: Backend> KvStore<B> {
                 Some(request_op::Request::RequestTxn(t)) => {
                     response_op::Response::ResponseTxn(self.stage_txn(st, t, depth + 1)?)
                 }
-                None => return Err(KvError::Invalid("txn operation has no request".into())),
+                None => return Err(KvError::Invalid("txn operation has no request".into()).into()),
             };
             responses.push(ResponseOp { response: Some(r) });
         }
