@@ -17,9 +17,20 @@ fn failing_seeds(planted: Planted, seeds: std::ops::Range<u64>) -> usize {
 #[test]
 fn stale_reads_are_reported() {
     let failing = failing_seeds(Planted::StaleReads, 1..301);
+    println!("stale reads: reported by {failing} of 300 seeds");
     assert!(
         failing > 0,
         "no seed of 300 caught reads served without ReadIndex"
     );
     assert_eq!(failing_seeds(Planted::None, 1..301), 0);
+}
+
+#[test]
+fn lease_reads_on_clocks_past_their_bound_are_reported() {
+    let failing = failing_seeds(Planted::ClockBeyondBound, 1..301);
+    println!("clock beyond bound: reported by {failing} of 300 seeds");
+    assert!(
+        failing > 0,
+        "no seed of 300 caught a lease read on a leader whose clock ran too slow"
+    );
 }

@@ -27,6 +27,10 @@ pub enum Planted {
     None,
     /// Clients read a member's store directly, without ReadIndex.
     StaleReads,
+    /// Lease reads with clocks that drift past the bound leases assume:
+    /// each member's clock runs at a quarter of true time or at true time,
+    /// so a slow leader's lease outlives its followers' patience.
+    ClockBeyondBound,
 }
 
 /// One simulated run's shape, all of it derived from `seed`.
@@ -53,6 +57,13 @@ pub struct Config {
     /// Log writes that fail (fsync errors, torn records) and power losses
     /// (unsynced log writes and unflushed store writes gone).
     pub disk_faults: bool,
+    /// Reads served on the leader's lease (no heartbeat round), as
+    /// `ReadOnlyOption::LeaseBased` does.
+    pub lease_reads: bool,
+    /// Each member's clock rate in thousandths of true time. Lease reads
+    /// assume rates within election_tick / (election_tick - 2) of each other
+    /// (1.25 with ten ticks); the seeds stay within 5%.
+    pub clock_rates: Vec<u64>,
     /// Bursts of leader churn are the nemesis's favourite.
     pub churny: bool,
     /// Reads through each new leader the moment it is elected.
@@ -84,6 +95,8 @@ impl Config {
             disk_faults: rng.range(0, 2) == 0,
             leader_probes: rng.range(0, 2) == 0,
             churny: rng.range(0, 3) == 0,
+            lease_reads: rng.range(0, 2) == 0,
+            clock_rates: (0..5).map(|_| rng.range(950, 1_051)).collect(),
             planted: Planted::None,
             trace: false,
         }

@@ -32,7 +32,7 @@ use nod_raft::rng::SeededRng;
 use nod_raft::{ConfState, Index, MemStorage, Message, MessageBody, NodeId, RawNode, Storage};
 
 use super::platform::{SharedLog, SimNetwork, SimPlatform, SimSnapshots, SimStore, Slot};
-use super::{Config, Report};
+use super::{Config, Planted, Report};
 use crate::command::{self, MemberAttributes, SnapshotData};
 use crate::driver::{
     Core, CoreConfig, ForwardFailure, ForwardOutcome, Request, Shared, Taken, Turn,
@@ -120,6 +120,10 @@ struct Member {
     fsync_ms: Time,
     /// Its loop is blocked on its disk until then.
     busy_until: Time,
+    /// How fast its clock runs, in thousandths of true time.
+    rate: u64,
+    /// When its next tick fires, in microseconds of true time.
+    next_tick_us: u64,
 }
 
 struct World {
@@ -166,8 +170,15 @@ fn member_url(i: usize) -> String {
 }
 
 impl World {
-    fn new(cfg: Config) -> World {
-        let rng = SeededRng::new(cfg.seed);
+    fn new(mut cfg: Config) -> World {
+        let mut rng = SeededRng::new(cfg.seed);
+        if cfg.planted == Planted::ClockBeyondBound {
+            cfg.lease_reads = true;
+            cfg.partitions = true;
+            cfg.clock_rates = (0..cfg.nodes)
+                .map(|_| if rng.range(0, 2) == 0 { 250 } else { 1_000 })
+                .collect();
+        }
         let ids: Vec<NodeId> = (1..=cfg.nodes as u64).map(NodeId).collect();
         let founders: Vec<MemberAttributes> = ids
             .iter()
@@ -208,7 +219,12 @@ impl World {
                 disk: Some((store, SimSnapshots::default())),
                 fsync_ms: cfg.fsync_ms,
                 busy_until: 0,
+                rate: 1000,
+                next_tick_us: 0,
             });
+        }
+        for (m, rate) in members.iter_mut().zip(&cfg.clock_rates) {
+            m.rate = (*rate).max(1);
         }
         if let Some((slow, ms)) = cfg.slow_disk {
             members[slow % cfg.nodes].fsync_ms = ms;
@@ -256,6 +272,7 @@ impl World {
         for i in 0..w.members.len() {
             w.start(i);
             let offset = w.rng.range(0, TICK_MS);
+            w.members[i].next_tick_us = (offset + 1) * 1_000;
             w.at(offset + 1, Event::Tick(i));
         }
         for c in 0..w.clients.len() {
@@ -329,6 +346,9 @@ impl World {
         let mut raft = nod_raft::Config::new(m.id);
         raft.election_tick = ELECTION_TICKS;
         raft.heartbeat_tick = 1;
+        if cfg.lease_reads {
+            raft.read_only = nod_raft::ReadOnlyOption::LeaseBased;
+        }
         raft.max_size_per_msg = cfg.max_append_bytes;
         raft.applied = Index(store.applied().0);
         raft.seed = seed;
@@ -423,7 +443,7 @@ impl World {
 
     /// After member `i` took inputs: run its Readies and schedule what it sent.
     fn after_step(&mut self, i: usize) {
-        let now = Duration::from_millis(self.now);
+        let now = self.clock(i);
         let writes_before = self.members[i].log.lock().writes;
         let Some(core) = self.members[i].core.as_mut() else {
             return;
@@ -661,6 +681,19 @@ impl World {
         self.chance(p)
     }
 
+    /// Member `i`'s clock: true time at its rate (clocks drift).
+    fn clock(&self, i: usize) -> Duration {
+        Duration::from_micros(self.now * self.members[i].rate)
+    }
+
+    /// Milliseconds to member `i`'s next tick: a tick is `TICK_MS` of its
+    /// own clock, so a fast clock ticks more often in true time.
+    fn next_tick(&mut self, i: usize) -> Time {
+        let m = &mut self.members[i];
+        m.next_tick_us = m.next_tick_us.max(self.now * 1_000) + TICK_MS * 1_000_000 / m.rate;
+        (m.next_tick_us / 1_000).saturating_sub(self.now).max(1)
+    }
+
     /// The member an event is for, when it needs that member's loop.
     fn target(event: &Event) -> Option<usize> {
         match event {
@@ -684,9 +717,11 @@ impl World {
         }
         match event {
             Event::Tick(i) => {
-                self.at(TICK_MS, Event::Tick(i));
+                let next = self.next_tick(i);
+                self.at(next, Event::Tick(i));
+                let clock = self.clock(i);
                 if let Some(core) = self.members[i].core.as_mut() {
-                    core.set_time(Duration::from_millis(self.now));
+                    core.set_time(clock);
                     core.on_tick();
                     self.after_step(i);
                 }
@@ -701,10 +736,11 @@ impl World {
                     return;
                 }
                 let incarnation = self.members[from].incarnation;
+                let clock = self.clock(to);
                 let Some(core) = self.members[to].core.as_mut() else {
                     return;
                 };
-                core.set_time(Duration::from_millis(self.now));
+                core.set_time(clock);
                 let peer = message.to;
                 if let Some((key, bytes)) = checkpoint {
                     core.snapshots_mut().received.insert(key, bytes);
@@ -745,6 +781,7 @@ impl World {
                 commands,
             } => {
                 let leader_id = self.members[leader].id;
+                let clock = self.clock(leader);
                 let Some(core) = self.members[leader].core.as_mut() else {
                     let outcome = ForwardOutcome {
                         leader: leader_id,
@@ -761,7 +798,7 @@ impl World {
                     );
                     return;
                 };
-                core.set_time(Duration::from_millis(self.now));
+                core.set_time(clock);
                 let (reply, answer) = Slot::new();
                 core.on_request(Request::ProposeForwarded { commands, reply });
                 self.after_step(leader);
@@ -797,8 +834,9 @@ impl World {
                 if self.members[to].incarnation != incarnation {
                     return;
                 }
+                let clock = self.clock(to);
                 if let Some(core) = self.members[to].core.as_mut() {
-                    core.set_time(Duration::from_millis(self.now));
+                    core.set_time(clock);
                     core.on_forwarded(outcome);
                     self.after_step(to);
                 }

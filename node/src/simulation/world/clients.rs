@@ -4,7 +4,6 @@
 //! check. No I/O.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use nod_lincheck as lin;
 use nod_proto::etcd::etcdserverpb::{
@@ -217,11 +216,12 @@ impl World {
                 op: index,
             },
         );
+        let clock = self.clock(node);
         let core = self.members[node]
             .core
             .as_mut()
             .expect("picked a live member");
-        core.set_time(Duration::from_millis(self.now));
+        core.set_time(clock);
         core.on_request(request);
         self.after_step(node);
     }

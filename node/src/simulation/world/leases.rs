@@ -121,11 +121,12 @@ impl World {
         };
         self.leases.pending = Some((seq, waiting));
         self.at(CLIENT_TIMEOUT_MS, Event::LeaseTimeout(seq));
+        let clock = self.clock(node);
         let core = self.members[node]
             .core
             .as_mut()
             .expect("picked a live member");
-        core.set_time(std::time::Duration::from_millis(self.now));
+        core.set_time(clock);
         core.on_request(request);
         self.after_step(node);
     }

@@ -18,6 +18,9 @@ impl World {
         let mut choice = self.rng.range(0, 7);
         if self.cfg.churny && self.chance(500) {
             choice = 7;
+        } else if self.cfg.lease_reads && self.chance(333) {
+            // A leader cut off while its lease may still look valid to it.
+            choice = 2;
         }
         let leader = (0..n).find(|i| {
             self.members[*i]

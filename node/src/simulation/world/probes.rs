@@ -5,8 +5,6 @@
 //! from there would miss an acknowledged write: the linearizability check
 //! sees it. No I/O.
 
-use std::time::Duration;
-
 use nod_lincheck as lin;
 use nod_proto::etcd::etcdserverpb::RangeRequest;
 
@@ -36,10 +34,11 @@ impl World {
     }
 
     pub(super) fn probe(&mut self, i: usize) {
+        let clock = self.clock(i);
         let Some(core) = self.members[i].core.as_mut() else {
             return;
         };
-        core.set_time(Duration::from_millis(self.now));
+        core.set_time(clock);
         for key in KEYS {
             let op = self.history.len();
             self.history.push(lin::Operation {
