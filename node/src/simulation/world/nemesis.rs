@@ -79,6 +79,15 @@ impl World {
                 self.cut_between(&side);
                 let heal = self.rng.range(200, 1_500);
                 self.at(heal, Event::Heal);
+                if self.cfg.leader_probes {
+                    // Reads through the cut-off leader while the majority
+                    // elects another and writes: it must not answer them
+                    // from its own state.
+                    for _ in 0..3 {
+                        let at = self.rng.range(100, heal.max(101));
+                        self.at(at, Event::Probe(l));
+                    }
+                }
             }
         } else if self.cfg.partitions && self.cut.is_empty() {
             let mut side = BTreeSet::new();

@@ -1,6 +1,7 @@
 //! Reads aimed at leader changes: the moment a member becomes leader, a
 //! prober reads every key through it (ReadIndex), before it has committed
-//! anything in its term. A new leader's commit index may lag what its
+//! anything in its term; and through a leader the nemesis cut off, while
+//! the majority elects another. A new leader's commit index may lag what its
 //! predecessor committed and acknowledged (Raft §8), so a read it answered
 //! from there would miss an acknowledged write: the linearizability check
 //! sees it. No I/O.
