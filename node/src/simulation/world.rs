@@ -724,6 +724,9 @@ impl World {
                     core.set_time(clock);
                     core.on_tick();
                     self.after_step(i);
+                    if self.chance(100) {
+                        self.request_progress(i);
+                    }
                 }
             }
             Event::Deliver {

@@ -18,6 +18,11 @@ pub(super) type Seen = (i64, i32, Vec<u8>, Vec<u8>);
 #[derive(Default)]
 pub(super) struct Watcher {
     pub(super) rx: Option<tokio::sync::mpsc::UnboundedReceiver<HubMessage>>,
+    /// The stream's sender, for progress requests on it.
+    pub(super) tx: Option<tokio::sync::mpsc::UnboundedSender<HubMessage>>,
+    /// The last progress revision this stream reported: no event at or
+    /// below it may follow.
+    pub(super) progress: i64,
     /// The revision it expects next (events at lower ones are duplicates).
     pub(super) next: i64,
     pub(super) seen: Vec<Seen>,
@@ -72,8 +77,23 @@ impl World {
         w.next = w.next.max(current + 1);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let stream = hub.new_stream();
-        hub.subscribe(stream, 1, sim_range(), w.next, false, tx);
+        hub.subscribe(stream, 1, sim_range(), w.next, false, tx.clone());
         w.rx = Some(rx);
+        w.tx = Some(tx);
+        w.progress = 0;
+    }
+
+    /// Asks member `i`'s watch stream for a progress notification, as
+    /// etcd's `RequestProgress` (and `--watch-progress-notify-interval`) do.
+    pub(super) fn request_progress(&mut self, i: usize) {
+        let (Some(core), Some(tx)) = (self.members[i].core.as_ref(), self.watchers[i].tx.as_ref())
+        else {
+            return;
+        };
+        let shared = core.shared();
+        shared
+            .hub
+            .send_progress(|| shared.store().current_revision(), tx, [1]);
     }
 
     /// Takes the live events the watchers got; checks order and duplicates.
@@ -87,6 +107,14 @@ impl World {
                     HubMessage::Events {
                         revision, events, ..
                     } => {
+                        if revision <= w.progress {
+                            self.report.violations.push(format!(
+                                "member {}'s watcher got revision {revision} after a progress \
+                                 notification at {}",
+                                i + 1,
+                                w.progress
+                            ));
+                        }
                         if revision < w.next {
                             self.report.violations.push(format!(
                                 "member {}'s watcher got revision {revision} after {}",
@@ -110,11 +138,21 @@ impl World {
                         }
                         restart = true;
                     }
-                    HubMessage::Progress { .. } => {}
+                    HubMessage::Progress { revision, .. } => {
+                        if revision < w.progress {
+                            self.report.violations.push(format!(
+                                "member {}'s watcher got progress {revision} after progress {}",
+                                i + 1,
+                                w.progress
+                            ));
+                        }
+                        w.progress = w.progress.max(revision);
+                    }
                 }
             }
             if restart || self.members[i].core.is_none() {
                 self.watchers[i].rx = None;
+                self.watchers[i].tx = None;
                 if restart {
                     self.watch(i);
                 }
