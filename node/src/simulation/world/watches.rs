@@ -4,6 +4,7 @@
 //! install. No I/O.
 
 use crate::storage::kv_store::KeyRange;
+use crate::storage::{KvError, ReadError};
 use crate::watch_hub::HubMessage;
 
 use super::World;
@@ -26,6 +27,10 @@ pub(super) struct Watcher {
     /// The revision it expects next (events at lower ones are duplicates).
     pub(super) next: i64,
     pub(super) seen: Vec<Seen>,
+    /// Where it was told "compacted" and moved on: (the revision it asked
+    /// for, the compacted revision it resumed at). Events in between are
+    /// legitimately missing.
+    pub(super) gaps: Vec<(i64, i64)>,
 }
 
 pub(super) fn sim_range() -> KeyRange {
@@ -48,7 +53,29 @@ impl World {
         let store = shared.store();
         let current = store.current_revision();
         let w = &mut self.watchers[i];
-        let r = store.events_between(&sim_range(), w.next - 1, current);
+        let mut r = store.events_between(&sim_range(), w.next - 1, current);
+        if let Err(ReadError::Request(KvError::Compacted)) = &r {
+            // As a client does: note the gap and watch from the compacted
+            // revision. Compacted is only right if a compaction past the
+            // revision asked for was requested.
+            let compacted = store.compacted_revision();
+            if w.next >= self.compacted_asked {
+                self.report.violations.push(format!(
+                    "member {}'s watcher from revision {} was told it is compacted (store at {compacted}), \
+                     but no compaction past {} was asked",
+                    i + 1,
+                    w.next,
+                    self.compacted_asked
+                ));
+            }
+            w.gaps.push((w.next, compacted));
+            w.next = compacted;
+            r = store.events_between(&sim_range(), w.next - 1, current);
+        } else if store.compacted_revision() == w.next {
+            // Watching from the compacted revision itself: a delete there
+            // went with the compaction (etcd's store drops it too).
+            w.gaps.push((w.next, w.next));
+        }
         if self.cfg.trace {
             eprintln!(
                 "{:>6} ms  member {} watches from {} (store at {current}): {} events from history",
