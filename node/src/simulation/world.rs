@@ -772,7 +772,7 @@ impl World {
                 core.set_time(clock);
                 let peer = message.to;
                 if let Some((key, bytes)) = checkpoint {
-                    core.snapshots_mut().received.insert(key, bytes);
+                    core.snapshots_mut().receive(key, bytes);
                     self.at(
                         1,
                         Event::SnapshotReport {
