@@ -60,6 +60,24 @@ impl WatchHub {
     pub fn watchers(&self) -> usize {
         self.lock().subscriptions.len()
     }
+
+    /// Queues a progress notification for each of `watch_ids` at the
+    /// revision `current` reads, under the hub lock. The driver applies and
+    /// publishes under the same lock, so every event at or below that
+    /// revision is queued ahead of it: no event at or below a progress
+    /// revision arrives after it (etcd's promise to progress requests).
+    pub fn send_progress(
+        &self,
+        current: impl FnOnce() -> i64,
+        tx: &mpsc::UnboundedSender<HubMessage>,
+        watch_ids: impl IntoIterator<Item = i64>,
+    ) {
+        let _hub = self.lock();
+        let revision = current();
+        for watch_id in watch_ids {
+            let _ = tx.send(HubMessage::Progress { revision, watch_id });
+        }
+    }
 }
 
 impl HubState {

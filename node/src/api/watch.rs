@@ -176,14 +176,10 @@ impl Session {
                 .await
             }
             Some(watch_request::RequestUnion::ProgressRequest(_)) => {
-                // Queued under the hub lock, so it follows every event it covers.
-                let hub = self.node.shared.hub.lock();
-                let revision = self.node.shared.store().current_revision();
-                let _ = hub_tx.send(HubMessage::Progress {
-                    revision,
-                    watch_id: -1,
-                });
-                drop(hub);
+                let shared = &self.node.shared;
+                shared
+                    .hub
+                    .send_progress(|| shared.store().current_revision(), hub_tx, [-1]);
                 true
             }
             None => true,
@@ -383,17 +379,15 @@ impl Session {
     }
 
     fn progress_notify(&self, hub_tx: &mpsc::UnboundedSender<HubMessage>) -> bool {
-        let hub = self.node.shared.hub.lock();
-        let revision = self.node.shared.store().current_revision();
-        for (id, w) in &self.watchers {
-            if w.progress_notify {
-                let _ = hub_tx.send(HubMessage::Progress {
-                    revision,
-                    watch_id: *id,
-                });
-            }
-        }
-        drop(hub);
+        let shared = &self.node.shared;
+        let ids = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.progress_notify)
+            .map(|(id, _)| *id);
+        shared
+            .hub
+            .send_progress(|| shared.store().current_revision(), hub_tx, ids);
         true
     }
 }

@@ -64,6 +64,8 @@ pub struct Config {
     /// assume rates within election_tick / (election_tick - 2) of each other
     /// (1.25 with ten ticks); the seeds stay within 5%.
     pub clock_rates: Vec<u64>,
+    /// Compactions to recent revisions now and then.
+    pub compactions: bool,
     /// Bursts of leader churn are the nemesis's favourite.
     pub churny: bool,
     /// Reads through each new leader the moment it is elected.
@@ -95,6 +97,7 @@ impl Config {
             disk_faults: rng.range(0, 2) == 0,
             leader_probes: rng.range(0, 2) == 0,
             churny: rng.range(0, 3) == 0,
+            compactions: rng.range(0, 2) == 0,
             lease_reads: rng.range(0, 2) == 0,
             clock_rates: (0..5).map(|_| rng.range(950, 1_051)).collect(),
             planted: Planted::None,

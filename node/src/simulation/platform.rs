@@ -215,15 +215,22 @@ impl Network for SimNetwork {
 }
 
 /// A member's checkpoints: copies of its store, kept across crashes (they
-/// are on its disk), and the ones received from leaders.
+/// are on its disk), taken here or received from leaders.
 #[derive(Default)]
 pub struct SimSnapshots {
-    /// Taken here, by (index, term).
+    /// Taken here or received, by (index, term): one folder, as on a server
+    /// (the transport renames a received stream into the checkpoint root),
+    /// so a member can stream on a snapshot it was sent once it leads.
     pub images: BTreeMap<(u64, u64), Arc<Vec<u8>>>,
-    /// Received from a leader, by (index, term).
-    pub received: BTreeMap<(u64, u64), Arc<Vec<u8>>>,
     /// A checkpoint taken this step, for the world to hand back later.
     pub taken: Option<Taken>,
+}
+
+impl SimSnapshots {
+    /// A checkpoint a leader streamed here, kept beside the ones taken here.
+    pub fn receive(&mut self, key: (u64, u64), bytes: Arc<Vec<u8>>) {
+        self.images.insert(key, bytes);
+    }
 }
 
 impl Snapshotter<MemoryBackend> for SimSnapshots {
@@ -248,9 +255,8 @@ impl Snapshotter<MemoryBackend> for SimSnapshots {
     }
     fn open_received(&mut self, index: u64, term: u64) -> Result<SimStore, Fatal> {
         let bytes = self
-            .received
+            .images
             .get(&(index, term))
-            .or_else(|| self.images.get(&(index, term)))
             .ok_or_else(|| Fatal::Snapshot(format!("no checkpoint at ({index}, {term})")))?;
         KvStore::restore_from(bytes).map_err(Fatal::from)
     }
@@ -279,4 +285,24 @@ impl Platform for SimPlatform {
     type Snapshots = SimSnapshots;
     type Replies = Slots;
     type Stopwatch = ZeroStopwatch;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Seed 764: a member sent a snapshot became leader with that snapshot
+    /// as its log's start; kept apart from the taken checkpoints, it could
+    /// never be streamed on, and a lagging follower was refused for good.
+    #[test]
+    fn received_checkpoints_can_be_streamed_on_and_are_pruned() {
+        let mut snaps = SimSnapshots::default();
+        snaps.images.insert((30, 2), Arc::new(vec![1]));
+        snaps.receive((46, 4), Arc::new(vec![2]));
+        assert_eq!(snaps.images.get(&(46, 4)).map(|b| b[0]), Some(2));
+        snaps.images.insert((60, 4), Arc::new(vec![3]));
+        snaps.prune(2);
+        let kept: Vec<_> = snaps.images.keys().copied().collect();
+        assert_eq!(kept, vec![(46, 4), (60, 4)]);
+    }
 }

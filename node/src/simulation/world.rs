@@ -17,6 +17,7 @@ macro_rules! trace {
 
 mod checks;
 mod clients;
+mod compactions;
 mod leases;
 mod nemesis;
 mod probes;
@@ -100,6 +101,8 @@ enum Event {
     Nemesis,
     /// Reads through a member that just became leader.
     Probe(usize),
+    /// A compaction through a random live member.
+    Compact,
     Restart(usize),
     Heal,
     Settle,
@@ -138,6 +141,10 @@ struct World {
     clients: Vec<Client>,
     leases: leases::LeaseActor,
     probes: Vec<probes::Probe>,
+    /// The highest revision a compaction was asked for.
+    compacted_asked: i64,
+    /// Answers to compactions (kept open: their callers wait).
+    compactions: Vec<Slot<crate::driver::Applied>>,
     watchers: Vec<Watcher>,
     history: Vec<lin::Operation>,
     /// Pairs of members that cannot reach each other.
@@ -258,6 +265,8 @@ impl World {
             clients,
             leases: Default::default(),
             probes: Vec::new(),
+            compacted_asked: 0,
+            compactions: Vec::new(),
             history: Vec::new(),
             cut: BTreeSet::new(),
             faults_on: true,
@@ -281,6 +290,8 @@ impl World {
         }
         let t = w.rng.range(50, 300);
         w.at(t, Event::LeaseNext);
+        let t = w.rng.range(300, 1_500);
+        w.at(t, Event::Compact);
         if w.cfg.crashes || w.cfg.partitions {
             let t = w.rng.range(200, 800);
             w.at(t, Event::Nemesis);
@@ -688,10 +699,17 @@ impl World {
 
     /// Milliseconds to member `i`'s next tick: a tick is `TICK_MS` of its
     /// own clock, so a fast clock ticks more often in true time.
-    fn next_tick(&mut self, i: usize) -> Time {
+    /// Also says how many ticks a stall made it miss.
+    fn next_tick(&mut self, i: usize) -> (Time, u64) {
         let m = &mut self.members[i];
-        m.next_tick_us = m.next_tick_us.max(self.now * 1_000) + TICK_MS * 1_000_000 / m.rate;
-        (m.next_tick_us / 1_000).saturating_sub(self.now).max(1)
+        let interval = TICK_MS * 1_000_000 / m.rate;
+        let late = (self.now * 1_000).saturating_sub(m.next_tick_us);
+        let missed = late / interval;
+        m.next_tick_us = m.next_tick_us.max(self.now * 1_000) + interval;
+        (
+            (m.next_tick_us / 1_000).saturating_sub(self.now).max(1),
+            missed,
+        )
     }
 
     /// The member an event is for, when it needs that member's loop.
@@ -717,13 +735,24 @@ impl World {
         }
         match event {
             Event::Tick(i) => {
-                let next = self.next_tick(i);
+                let (next, missed) = self.next_tick(i);
                 self.at(next, Event::Tick(i));
                 let clock = self.clock(i);
+                // A stalled loop (a slow fsync) loses the ticks it missed, as
+                // the server's ticker does (MissedTickBehavior::Delay). Lease
+                // reads count their lease in ticks, so a driver serving them
+                // must not lose any: with lease reads, the missed ticks fire
+                // now, before anything that waited behind the stall.
+                let ticks = if self.cfg.lease_reads { missed + 1 } else { 1 };
                 if let Some(core) = self.members[i].core.as_mut() {
                     core.set_time(clock);
-                    core.on_tick();
+                    for _ in 0..ticks {
+                        core.on_tick();
+                    }
                     self.after_step(i);
+                    if self.chance(100) {
+                        self.request_progress(i);
+                    }
                 }
             }
             Event::Deliver {
@@ -743,7 +772,7 @@ impl World {
                 core.set_time(clock);
                 let peer = message.to;
                 if let Some((key, bytes)) = checkpoint {
-                    core.snapshots_mut().received.insert(key, bytes);
+                    core.snapshots_mut().receive(key, bytes);
                     self.at(
                         1,
                         Event::SnapshotReport {
@@ -882,6 +911,7 @@ impl World {
             }
             Event::Nemesis => self.nemesis(),
             Event::Probe(i) => self.probe(i),
+            Event::Compact => self.compact(),
             Event::Restart(i) => self.start(i),
             Event::Heal => {
                 trace!(self, "heal");

@@ -4,6 +4,7 @@
 //! install. No I/O.
 
 use crate::storage::kv_store::KeyRange;
+use crate::storage::{KvError, ReadError};
 use crate::watch_hub::HubMessage;
 
 use super::World;
@@ -18,9 +19,18 @@ pub(super) type Seen = (i64, i32, Vec<u8>, Vec<u8>);
 #[derive(Default)]
 pub(super) struct Watcher {
     pub(super) rx: Option<tokio::sync::mpsc::UnboundedReceiver<HubMessage>>,
+    /// The stream's sender, for progress requests on it.
+    pub(super) tx: Option<tokio::sync::mpsc::UnboundedSender<HubMessage>>,
+    /// The last progress revision this stream reported: no event at or
+    /// below it may follow.
+    pub(super) progress: i64,
     /// The revision it expects next (events at lower ones are duplicates).
     pub(super) next: i64,
     pub(super) seen: Vec<Seen>,
+    /// Where it was told "compacted" and moved on: (the revision it asked
+    /// for, the compacted revision it resumed at). Events in between are
+    /// legitimately missing.
+    pub(super) gaps: Vec<(i64, i64)>,
 }
 
 pub(super) fn sim_range() -> KeyRange {
@@ -43,7 +53,29 @@ impl World {
         let store = shared.store();
         let current = store.current_revision();
         let w = &mut self.watchers[i];
-        let r = store.events_between(&sim_range(), w.next - 1, current);
+        let mut r = store.events_between(&sim_range(), w.next - 1, current);
+        if let Err(ReadError::Request(KvError::Compacted)) = &r {
+            // As a client does: note the gap and watch from the compacted
+            // revision. Compacted is only right if a compaction past the
+            // revision asked for was requested.
+            let compacted = store.compacted_revision();
+            if w.next >= self.compacted_asked {
+                self.report.violations.push(format!(
+                    "member {}'s watcher from revision {} was told it is compacted (store at {compacted}), \
+                     but no compaction past {} was asked",
+                    i + 1,
+                    w.next,
+                    self.compacted_asked
+                ));
+            }
+            w.gaps.push((w.next, compacted));
+            w.next = compacted;
+            r = store.events_between(&sim_range(), w.next - 1, current);
+        } else if store.compacted_revision() == w.next {
+            // Watching from the compacted revision itself: a delete there
+            // went with the compaction (etcd's store drops it too).
+            w.gaps.push((w.next, w.next));
+        }
         if self.cfg.trace {
             eprintln!(
                 "{:>6} ms  member {} watches from {} (store at {current}): {} events from history",
@@ -72,8 +104,23 @@ impl World {
         w.next = w.next.max(current + 1);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let stream = hub.new_stream();
-        hub.subscribe(stream, 1, sim_range(), w.next, false, tx);
+        hub.subscribe(stream, 1, sim_range(), w.next, false, tx.clone());
         w.rx = Some(rx);
+        w.tx = Some(tx);
+        w.progress = 0;
+    }
+
+    /// Asks member `i`'s watch stream for a progress notification, as
+    /// etcd's `RequestProgress` (and `--watch-progress-notify-interval`) do.
+    pub(super) fn request_progress(&mut self, i: usize) {
+        let (Some(core), Some(tx)) = (self.members[i].core.as_ref(), self.watchers[i].tx.as_ref())
+        else {
+            return;
+        };
+        let shared = core.shared();
+        shared
+            .hub
+            .send_progress(|| shared.store().current_revision(), tx, [1]);
     }
 
     /// Takes the live events the watchers got; checks order and duplicates.
@@ -87,6 +134,14 @@ impl World {
                     HubMessage::Events {
                         revision, events, ..
                     } => {
+                        if revision <= w.progress {
+                            self.report.violations.push(format!(
+                                "member {}'s watcher got revision {revision} after a progress \
+                                 notification at {}",
+                                i + 1,
+                                w.progress
+                            ));
+                        }
                         if revision < w.next {
                             self.report.violations.push(format!(
                                 "member {}'s watcher got revision {revision} after {}",
@@ -110,11 +165,21 @@ impl World {
                         }
                         restart = true;
                     }
-                    HubMessage::Progress { .. } => {}
+                    HubMessage::Progress { revision, .. } => {
+                        if revision < w.progress {
+                            self.report.violations.push(format!(
+                                "member {}'s watcher got progress {revision} after progress {}",
+                                i + 1,
+                                w.progress
+                            ));
+                        }
+                        w.progress = w.progress.max(revision);
+                    }
                 }
             }
             if restart || self.members[i].core.is_none() {
                 self.watchers[i].rx = None;
+                self.watchers[i].tx = None;
                 if restart {
                     self.watch(i);
                 }
