@@ -1,12 +1,13 @@
 //! `cargo test --release --test server_sim`: the shipped driver and MVCC
 //! state machine under deterministic simulation (`nod::simulation`), over
 //! many seeds. `NOD_SIM_SEEDS=N` sets how many (default 200), `NOD_SIM_SEED=S`
-//! replays one, `NOD_SIM_THREADS` sets parallelism. The last line is
+//! replays one, `NOD_SIM_THREADS` sets parallelism, `NOD_SIM_PLANTED` plants
+//! one of the simulation's own bugs (`server_sim_planted.rs`). The last line is
 //! `server-sim: <seeds> seeds, <ops> ops, <violations> violations`.
 
 use std::time::Instant;
 
-use nod::simulation::{run, Config, Report};
+use nod::simulation::{run, Config, Planted, Report};
 
 fn env_u64(name: &str) -> Option<u64> {
     let raw = std::env::var(name).ok()?;
@@ -30,6 +31,16 @@ fn main() {
             (base..base + n).collect()
         }
     };
+    // NOD_SIM_PLANTED=stale-reads|clock-beyond-bound replays a planted run.
+    let planted = match std::env::var("NOD_SIM_PLANTED").as_deref() {
+        Err(_) => Planted::None,
+        Ok("stale-reads") => Planted::StaleReads,
+        Ok("clock-beyond-bound") => Planted::ClockBeyondBound,
+        Ok(other) => {
+            eprintln!("NOD_SIM_PLANTED={other:?}: expected stale-reads or clock-beyond-bound");
+            std::process::exit(2);
+        }
+    };
     let threads = env_u64("NOD_SIM_THREADS")
         .map(|t| t as usize)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -47,6 +58,7 @@ fn main() {
                         .map(|seed| {
                             let mut cfg = Config::from_seed(seed);
                             cfg.trace = trace;
+                            cfg.planted = planted;
                             // A panic in the shipped code is a finding too.
                             std::panic::catch_unwind(|| run(cfg)).unwrap_or_else(|p| {
                                 let why = p

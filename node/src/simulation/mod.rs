@@ -29,7 +29,8 @@ pub enum Planted {
     StaleReads,
     /// Lease reads with clocks that drift past the bound leases assume:
     /// each member's clock runs at a quarter of true time or at true time,
-    /// so a slow leader's lease outlives its followers' patience.
+    /// and a leader the nemesis cuts off drops to a fifth, so its lease
+    /// outlives its followers' patience.
     ClockBeyondBound,
 }
 

@@ -182,6 +182,7 @@ impl World {
         if cfg.planted == Planted::ClockBeyondBound {
             cfg.lease_reads = true;
             cfg.partitions = true;
+            cfg.leader_probes = true;
             cfg.clock_rates = (0..cfg.nodes)
                 .map(|_| if rng.range(0, 2) == 0 { 250 } else { 1_000 })
                 .collect();

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use super::{Event, World};
-use crate::simulation::WriteFault;
+use crate::simulation::{Planted, WriteFault};
 
 impl World {
     pub(super) fn nemesis(&mut self) {
@@ -79,12 +79,19 @@ impl World {
                 self.cut_between(&side);
                 let heal = self.rng.range(200, 1_500);
                 self.at(heal, Event::Heal);
+                let mut window = heal.max(101);
+                if self.cfg.planted == Planted::ClockBeyondBound {
+                    // Its clock falls to a fifth of true time: its lease
+                    // (counted in its ticks) outlives the majority's patience.
+                    self.members[l].rate = 200;
+                    window = window.min(500);
+                }
                 if self.cfg.leader_probes {
                     // Reads through the cut-off leader while the majority
                     // elects another and writes: it must not answer them
                     // from its own state.
                     for _ in 0..3 {
-                        let at = self.rng.range(100, heal.max(101));
+                        let at = self.rng.range(100, window);
                         self.at(at, Event::Probe(l));
                     }
                 }
