@@ -33,6 +33,9 @@ pub enum ClientError {
     Endpoint(String, String),
     #[error("no endpoints given")]
     NoEndpoints,
+    /// The TLS files given do not load.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The server answered with an error (etcd's code and message).
     #[error("{}", .0.message())]
     Status(#[from] tonic::Status),

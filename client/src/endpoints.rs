@@ -18,6 +18,7 @@ use nod_proto::etcd::etcdserverpb::{
 use crate::backoff::{Backoff, Jitter};
 use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::retry::{is_leader_failure, is_transport_failure};
+use crate::tls::{ClientTls, Connector, TlsOptions};
 use crate::{ClientError, Result};
 
 /// Where a call should go.
@@ -107,13 +108,18 @@ pub(crate) struct Pool {
     state: Mutex<State>,
     refreshing: tokio::sync::Mutex<()>,
     settings: HealthSettings,
+    connector: Connector,
+    tls: bool,
 }
 
-/// Turns `host:port` or a URL into a URL.
-pub(crate) fn normalize(endpoint: &str) -> String {
+/// Turns `host:port` or a URL into a URL: a bare address is `https://`
+/// when the client has TLS options, `http://` otherwise.
+pub(crate) fn normalize(endpoint: &str, tls: bool) -> String {
     let e = endpoint.trim();
     if e.contains("://") {
         e.to_string()
+    } else if tls {
+        format!("https://{e}")
     } else {
         format!("http://{e}")
     }
@@ -148,18 +154,29 @@ impl Drop for Picked {
 }
 
 impl Pool {
-    pub fn new(urls: &[String], settings: HealthSettings) -> Result<Pool> {
+    pub fn new(
+        urls: &[String],
+        settings: HealthSettings,
+        tls: Option<&TlsOptions>,
+    ) -> Result<Pool> {
         if urls.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
+        let client_tls = match tls {
+            Some(t) => Some(Arc::new(ClientTls::new(t).map_err(ClientError::Tls)?)),
+            None => None,
+        };
+        let connector = Connector::new(client_tls);
+        let tls = tls.is_some_and(TlsOptions::is_set);
         let mut endpoints = Vec::new();
         for u in urls {
-            let url = normalize(u);
+            let url = normalize(u, tls);
             if endpoints.iter().any(|e: &Endpoint| e.url == url) {
                 continue;
             }
             endpoints.push(
-                Self::endpoint(&url, &settings).map_err(|e| ClientError::Endpoint(u.clone(), e))?,
+                Self::endpoint(&url, &settings, &connector)
+                    .map_err(|e| ClientError::Endpoint(u.clone(), e))?,
             );
         }
         Ok(Pool {
@@ -172,17 +189,22 @@ impl Pool {
             }),
             refreshing: tokio::sync::Mutex::new(()),
             settings,
+            connector,
+            tls,
         })
     }
 
-    fn endpoint(url: &str, s: &HealthSettings) -> std::result::Result<Endpoint, String> {
-        let channel = TonicEndpoint::from_shared(url.to_string())
+    fn endpoint(
+        url: &str,
+        s: &HealthSettings,
+        connector: &Connector,
+    ) -> std::result::Result<Endpoint, String> {
+        let endpoint = TonicEndpoint::from_shared(url.to_string())
             .map_err(|e| e.to_string())?
             .connect_timeout(s.connect_timeout)
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = connector.channel(endpoint);
         Ok(Endpoint {
             url: url.to_string(),
             channel,
@@ -346,11 +368,11 @@ impl Pool {
         let mut added = 0;
         for m in list.members {
             for u in m.client_ur_ls {
-                let url = normalize(&u);
+                let url = normalize(&u, self.tls);
                 if st.endpoints.iter().any(|e| e.url == url) {
                     continue;
                 }
-                if let Ok(mut e) = Self::endpoint(&url, &self.settings) {
+                if let Ok(mut e) = Self::endpoint(&url, &self.settings, &self.connector) {
                     e.member_id = Some(m.id);
                     st.endpoints.push(e);
                     added += 1;

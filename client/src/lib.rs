@@ -69,6 +69,7 @@ mod endpoints;
 mod lease_keeper;
 mod options;
 pub mod retry;
+pub mod tls;
 pub mod txn;
 mod watcher;
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::backoff::Backoff;
 use crate::endpoints::{HealthSettings, Pool};
+use crate::tls::TlsOptions;
 use crate::{Client, Result};
 
 /// How long one call may take, overall and per attempt.
@@ -79,6 +80,7 @@ pub struct ClientBuilder {
     endpoints: Vec<String>,
     call: CallOptions,
     health: HealthSettings,
+    tls: Option<TlsOptions>,
 }
 
 impl ClientBuilder {
@@ -91,6 +93,7 @@ impl ClientBuilder {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             call: CallOptions::default(),
             health: HealthSettings::default(),
+            tls: None,
         }
     }
 
@@ -119,9 +122,18 @@ impl ClientBuilder {
         self
     }
 
+    /// TLS for `https://` endpoints (and bare `host:port` ones, which then
+    /// mean `https://`): the CA to trust, a client certificate, or
+    /// `insecure_skip_verify`. The files are read when `build` runs (an
+    /// error there names the file) and again for each new connection.
+    pub fn tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Connects lazily: no I/O until the first call.
     pub fn build(self) -> Result<Client> {
-        let pool = Pool::new(&self.endpoints, self.health)?;
+        let pool = Pool::new(&self.endpoints, self.health, self.tls.as_ref())?;
         Ok(Client::from_pool(pool, self.call))
     }
 }

@@ -5,7 +5,8 @@
 //! `nod-proto` and the client in `nod-client`; the `nod` binary parses its
 //! flags with `cli` and dispatches. `command` (what a log entry carries)
 //! and `identity` (who a node is) sit below the transport and the server,
-//! which both use them. Imports point down only: storage never imports the
+//! which both use them, as does `tls` (TLS on the ports a member serves
+//! and dials). Imports point down only: storage never imports the
 //! API or the server, the transport never the server (`tests/layers.rs`).
 
 pub mod api;
@@ -18,6 +19,7 @@ pub mod metrics;
 pub mod server;
 pub mod simulation;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 pub mod watch_hub;
 

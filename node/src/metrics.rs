@@ -34,6 +34,7 @@ pub struct Metrics {
     pub members_unhealthy: IntGauge,
     pub autopilot_actions: IntCounterVec,
     pub gossip_nodes: IntGaugeVec,
+    pub gossip_packets_dropped: IntCounterVec,
 }
 
 fn buckets() -> Vec<f64> {
@@ -164,6 +165,13 @@ impl Metrics {
                     "Other nodes known by gossip, by state (alive, dead)."
                 ),
                 &["state"]
+            )),
+            gossip_packets_dropped: reg!(IntCounterVec::new(
+                Opts::new(
+                    "nod_gossip_packets_dropped_total",
+                    "Gossip datagrams dropped unopened (--gossip-key-file), by reason (unknown_key, unauthenticated)."
+                ),
+                &["reason"]
             )),
             registry,
         }

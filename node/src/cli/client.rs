@@ -1,11 +1,13 @@
 //! What every client command shares: the flags (endpoints, output format,
 //! timeout), connecting, printing, and how a failure becomes an exit code.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use nod_client::{Client, ClientError};
+use nod_client::tls::TlsOptions;
+use nod_client::{CallOptions, Client, ClientError};
 use nod_proto::etcd::etcdserverpb::ResponseHeader;
 use nod_proto::etcd::mvccpb::KeyValue;
 use serde_json::{json, Value};
@@ -27,6 +29,46 @@ pub struct ClientFlags {
     /// Give up on a request after this many seconds.
     #[arg(long, env = "NOD_COMMAND_TIMEOUT", default_value_t = 10, global = true)]
     pub command_timeout: u64,
+    /// CA bundle (PEM) that the members' certificates must chain to
+    /// (default: the system's roots). Bare host:port endpoints then mean https://.
+    #[arg(long, env = "NOD_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM), for members that require one.
+    #[arg(long = "cert", id = "tls_cert", env = "NOD_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    // Its own id: `key` is also the name of commands' key argument.
+    #[arg(long = "key", id = "tls_key", env = "NOD_KEY", global = true)]
+    pub key: Option<PathBuf>,
+    /// Accept any server certificate: encrypted but not authenticated.
+    #[arg(long, env = "NOD_INSECURE_SKIP_TLS_VERIFY", global = true)]
+    pub insecure_skip_tls_verify: bool,
+}
+
+impl ClientFlags {
+    /// The TLS options the flags give.
+    pub fn tls(&self) -> TlsOptions {
+        TlsOptions {
+            ca_file: self.cacert.clone(),
+            cert_file: self.cert.clone(),
+            key_file: self.key.clone(),
+            insecure_skip_verify: self.insecure_skip_tls_verify,
+        }
+    }
+
+    /// A client of `endpoints` with these flags' TLS and `timeout` per call.
+    pub fn client_for(&self, endpoints: &[String], timeout: Duration) -> Result<Client, Failure> {
+        let mut b = Client::builder(endpoints.iter().cloned()).call_options(
+            CallOptions::default()
+                .attempt_timeout(timeout)
+                .deadline(Some(timeout)),
+        );
+        let tls = self.tls();
+        if tls.is_set() {
+            b = b.tls(tls);
+        }
+        Ok(b.build()?)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,8 +149,5 @@ pub fn print_json(v: Value) {
 }
 
 pub fn connect(c: &ClientFlags) -> Result<Client, Failure> {
-    Ok(Client::connect(
-        &c.endpoints,
-        Duration::from_secs(c.command_timeout),
-    )?)
+    c.client_for(&c.endpoints, Duration::from_secs(c.command_timeout))
 }

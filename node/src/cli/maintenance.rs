@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
-use nod_client::{Client, ClientError};
+use nod_client::ClientError;
 use serde_json::json;
 
 use super::client::{connect, parse_hex, print_json, usage, ClientFlags, Failure, Output};
@@ -21,7 +21,7 @@ pub enum SnapshotCommand {
 pub async fn status(client: ClientFlags) -> Result<ExitCode, Failure> {
     let mut failed = false;
     for ep in &client.endpoints {
-        let mut c = Client::connect(
+        let mut c = client.client_for(
             std::slice::from_ref(ep),
             Duration::from_secs(client.command_timeout),
         )?;
@@ -89,7 +89,7 @@ pub async fn move_leader(target: String, client: ClientFlags) -> Result<ExitCode
         .find(|m| m.id == leader)
         .and_then(|m| m.client_ur_ls.first().cloned())
         .ok_or_else(|| usage("no leader with a known client URL"))?;
-    let mut lc = Client::connect(&[url], Duration::from_secs(client.command_timeout))?;
+    let mut lc = client.client_for(&[url], Duration::from_secs(client.command_timeout))?;
     lc.move_leader(target).await?;
     println!("Leadership transferred from {leader:x} to {target:x}");
     Ok(ExitCode::SUCCESS)

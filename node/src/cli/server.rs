@@ -14,6 +14,7 @@ use crate::gossip::bootstrap::Founders;
 use crate::gossip::GossipConfig;
 use crate::server::autopilot::AutopilotConfig;
 use crate::server::{self, ClusterState, Discovery, ServerConfig};
+use crate::tls::{self, ServerTlsOptions, TlsVersion};
 
 #[derive(Args)]
 pub struct ServerFlags {
@@ -91,6 +92,11 @@ pub struct ServerFlags {
     /// Milliseconds between gossip rounds.
     #[arg(long, env = "NOD_GOSSIP_INTERVAL", default_value_t = 500)]
     pub gossip_interval: u64,
+    /// Seal every gossip datagram with the cluster's key (ChaCha20-Poly1305):
+    /// a file of one base64 32-byte key per line (`head -c 32 /dev/urandom | base64`);
+    /// the first seals, a second one also opens (rotation).
+    #[arg(long, env = "NOD_GOSSIP_KEY_FILE")]
+    pub gossip_key_file: Option<PathBuf>,
     /// With gossip and no data: found a new cluster once this many empty
     /// nodes (with the same setting) see each other and no member is visible.
     #[arg(long, env = "NOD_BOOTSTRAP_EXPECT", value_parser = clap::value_parser!(u16).range(1..=9))]
@@ -116,6 +122,196 @@ pub struct ServerFlags {
     /// leadership): scale-down outside Kubernetes.
     #[arg(long, env = "NOD_LEAVE_ON_SHUTDOWN")]
     pub leave_on_shutdown: bool,
+    #[command(flatten)]
+    pub tls: TlsFlags,
+}
+
+/// TLS, with etcd's flags. A port serves TLS when its listen URL is
+/// `https://`; the files are re-read when they change.
+#[derive(Args, Clone, Default)]
+pub struct TlsFlags {
+    /// Client port certificate (PEM); also the metrics port's with an `https://` metrics URL.
+    #[arg(long, env = "NOD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Client port private key (PEM).
+    #[arg(long, env = "NOD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA bundle client certificates must chain to.
+    #[arg(long, env = "NOD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by --trusted-ca-file.
+    #[arg(long, env = "NOD_CLIENT_CERT_AUTH")]
+    pub client_cert_auth: bool,
+    /// Peer port certificate (PEM), also presented when dialing peers: it
+    /// needs both the server and the client extended key usage.
+    #[arg(long, env = "NOD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer port private key (PEM).
+    #[arg(long, env = "NOD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA bundle peer certificates must chain to.
+    #[arg(long, env = "NOD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Require peers to present a certificate signed by --peer-trusted-ca-file.
+    #[arg(long, env = "NOD_PEER_CLIENT_CERT_AUTH")]
+    pub peer_client_cert_auth: bool,
+    /// Only peers whose certificate has this common name may connect.
+    #[arg(long, env = "NOD_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+    /// Lowest TLS version served: TLS1.2 or TLS1.3.
+    #[arg(long, env = "NOD_TLS_MIN_VERSION", default_value = "TLS1.2")]
+    pub tls_min_version: String,
+    /// Highest TLS version served: TLS1.2 or TLS1.3.
+    #[arg(long, env = "NOD_TLS_MAX_VERSION", default_value = "TLS1.3")]
+    pub tls_max_version: String,
+    /// TLS 1.2 cipher suites allowed (comma-separated IANA names); TLS 1.3's are always on.
+    #[arg(long, env = "NOD_CIPHER_SUITES", value_delimiter = ',')]
+    pub cipher_suites: Vec<String>,
+}
+
+fn tls_version(flag: &str, v: &str) -> Result<TlsVersion, String> {
+    match v {
+        "TLS1.2" => Ok(TlsVersion::Tls12),
+        "TLS1.3" => Ok(TlsVersion::Tls13),
+        "TLS1.0" | "TLS1.1" => Err(format!(
+            "{flag} {v}: TLS 1.0 and 1.1 are not supported (deprecated); use TLS1.2 or TLS1.3"
+        )),
+        _ => Err(format!("{flag} is TLS1.2 or TLS1.3, not {v:?}")),
+    }
+}
+
+fn is_https(url: &str) -> bool {
+    url.trim().starts_with("https://")
+}
+
+/// One port's TLS from the flags: `None` for an `http://` URL, the
+/// options for an `https://` one (which then needs a certificate and key).
+#[allow(clippy::too_many_arguments)]
+fn port_tls(
+    t: &TlsFlags,
+    what: &str,
+    url_flag: &str,
+    url: &str,
+    (cert_flag, cert): (&str, &Option<PathBuf>),
+    (key_flag, key): (&str, &Option<PathBuf>),
+    ca: &Option<PathBuf>,
+    client_cert_auth: bool,
+    allowed_cn: Option<String>,
+) -> Result<Option<ServerTlsOptions>, String> {
+    if !is_https(url) {
+        if cert.is_some() || key.is_some() {
+            return Err(format!(
+                "{cert_flag}/{key_flag} are set but {url_flag} {url:?} is not https://; use an https:// URL to serve {what} over TLS"
+            ));
+        }
+        if client_cert_auth {
+            return Err(format!(
+                "client certificate authentication on the {what} port needs an https:// {url_flag}"
+            ));
+        }
+        return Ok(None);
+    }
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Err(format!(
+            "{url_flag} {url:?} is https://: give {cert_flag} and {key_flag}"
+        ));
+    };
+    let mut o = ServerTlsOptions::new(cert.clone(), key.clone());
+    o.trusted_ca_file = ca.clone();
+    o.client_cert_auth = client_cert_auth;
+    o.allowed_cn = allowed_cn;
+    o.min_version = tls_version("--tls-min-version", &t.tls_min_version)?;
+    o.max_version = tls_version("--tls-max-version", &t.tls_max_version)?;
+    o.cipher_suites = t
+        .cipher_suites
+        .iter()
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .collect();
+    if o.min_version > o.max_version {
+        return Err("--tls-min-version is above --tls-max-version".into());
+    }
+    if o.client_cert_auth && o.trusted_ca_file.is_none() {
+        return Err(format!(
+            "client certificate authentication on the {what} port needs its trusted CA file"
+        ));
+    }
+    if o.allowed_cn.is_some() && !o.client_cert_auth {
+        return Err("--peer-cert-allowed-cn needs --peer-client-cert-auth".into());
+    }
+    if !o.cipher_suites.is_empty() && o.min_version == TlsVersion::Tls13 {
+        return Err(
+            "--cipher-suites cannot be set when only TLS 1.3 is allowed (its suites are fixed)"
+                .into(),
+        );
+    }
+    tls::cipher_suites(&o.cipher_suites).map_err(|e| format!("--cipher-suites: {e}"))?;
+    Ok(Some(o))
+}
+
+fn tls_config(f: &ServerFlags, cfg: &mut ServerConfig) -> Result<(), String> {
+    let t = &f.tls;
+    cfg.client_tls = port_tls(
+        t,
+        "client",
+        "--listen-client-urls",
+        &f.listen_client_urls,
+        ("--cert-file", &t.cert_file),
+        ("--key-file", &t.key_file),
+        &t.trusted_ca_file,
+        t.client_cert_auth,
+        None,
+    )?;
+    cfg.peer_tls = port_tls(
+        t,
+        "peer",
+        "--listen-peer-urls",
+        &f.listen_peer_urls,
+        ("--peer-cert-file", &t.peer_cert_file),
+        ("--peer-key-file", &t.peer_key_file),
+        &t.peer_trusted_ca_file,
+        t.peer_client_cert_auth,
+        t.peer_cert_allowed_cn.clone().filter(|c| !c.is_empty()),
+    )?;
+    if t.peer_cert_allowed_cn.is_some() && cfg.peer_tls.is_none() {
+        return Err(
+            "--peer-cert-allowed-cn needs peer TLS (an https:// --listen-peer-urls)".into(),
+        );
+    }
+    // The metrics port borrows the client port's certificate, as etcd's does.
+    if is_https(&f.listen_metrics_urls) {
+        let Some(client) = &cfg.client_tls else {
+            return Err(
+                "an https:// --listen-metrics-urls uses the client port's --cert-file and --key-file: serve clients over https:// too".into(),
+            );
+        };
+        let mut m = client.clone();
+        m.client_cert_auth = false;
+        m.alpn = vec![b"http/1.1".to_vec()];
+        cfg.metrics_tls = Some(m);
+    }
+    // Other members and clients dial the advertised URLs: a scheme that
+    // differs from the listen URL's could never connect.
+    for (flag, urls, tls_on) in [
+        (
+            "--advertise-client-urls",
+            &cfg.advertise_client,
+            cfg.client_tls.is_some(),
+        ),
+        (
+            "--initial-advertise-peer-urls",
+            &cfg.advertise_peer,
+            cfg.peer_tls.is_some(),
+        ),
+    ] {
+        if is_https(urls) != tls_on {
+            return Err(format!(
+                "{flag} {urls:?} must be {} like the URL this member listens on",
+                if tls_on { "https://" } else { "http://" }
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Parses `http://host:port` (or `host:port`) into a socket address.
@@ -207,9 +403,13 @@ pub fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
         Founders::new(&founders, f.bootstrap_expect.map(usize::from)).map_err(|e| e.to_string())?;
     cfg.discovery = match &f.gossip_listen_addr {
         None => {
-            if !f.gossip_seeds.is_empty() || f.bootstrap_expect.is_some() {
+            if !f.gossip_seeds.is_empty()
+                || f.bootstrap_expect.is_some()
+                || f.gossip_key_file.is_some()
+            {
                 return Err(
-                    "--gossip-seeds and --bootstrap-expect need --gossip-listen-addr".into(),
+                    "--gossip-seeds, --bootstrap-expect and --gossip-key-file need --gossip-listen-addr"
+                        .into(),
                 );
             }
             None
@@ -239,6 +439,7 @@ pub fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
                         .filter(|s| !s.is_empty())
                         .collect(),
                     interval: Duration::from_millis(f.gossip_interval),
+                    key_file: f.gossip_key_file.clone(),
                 },
                 bootstrap_expect: f.bootstrap_expect.map(usize::from),
                 bootstrap_founders: founders,
@@ -261,6 +462,7 @@ pub fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
             .map(Duration::from_secs),
     };
     cfg.leave_on_shutdown = f.leave_on_shutdown;
+    tls_config(f, &mut cfg)?;
     Ok(cfg)
 }
 
@@ -363,6 +565,71 @@ mod tests {
         let cfg = with(&["--bootstrap-expect=2", "--bootstrap-founders=c-0,c-1"]).unwrap();
         let d = cfg.discovery.unwrap();
         assert!(d.bootstrap_founders.allows("c-1") && !d.bootstrap_founders.allows("c-2"));
+    }
+
+    #[test]
+    fn tls_flags_follow_the_url_scheme_and_refuse_contradictions() {
+        let e = server_flags(&["--listen-client-urls=https://127.0.0.1:2379"]).unwrap_err();
+        assert!(e.contains("give --cert-file and --key-file"), "{e}");
+        let e = server_flags(&["--cert-file=c.pem", "--key-file=k.pem"]).unwrap_err();
+        assert!(e.contains("not https://"), "{e}");
+        let https = [
+            "--listen-client-urls=https://127.0.0.1:2379",
+            "--cert-file=c.pem",
+            "--key-file=k.pem",
+        ];
+        let with = |extra: &[&str]| {
+            let mut a = https.to_vec();
+            a.extend_from_slice(extra);
+            server_flags(&a)
+        };
+        let cfg = with(&[]).unwrap();
+        let c = cfg.client_tls.unwrap();
+        assert_eq!(c.cert_file, PathBuf::from("c.pem"));
+        assert!(!c.client_cert_auth && cfg.peer_tls.is_none() && cfg.metrics_tls.is_none());
+        assert!(cfg.advertise_client.starts_with("https://"));
+        let e = with(&["--client-cert-auth"]).unwrap_err();
+        assert!(e.contains("trusted CA"), "{e}");
+        let cfg = with(&["--client-cert-auth", "--trusted-ca-file=ca.pem"]).unwrap();
+        assert!(cfg.client_tls.unwrap().client_cert_auth);
+        let e = with(&["--tls-min-version=TLS1.0"]).unwrap_err();
+        assert!(e.contains("not supported"), "{e}");
+        let e = with(&["--tls-min-version=TLS1.3", "--tls-max-version=TLS1.2"]).unwrap_err();
+        assert!(e.contains("above"), "{e}");
+        let e = with(&[
+            "--tls-min-version=TLS1.3",
+            "--cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        ])
+        .unwrap_err();
+        assert!(e.contains("only TLS 1.3"), "{e}");
+        let e = with(&["--cipher-suites=TLS_RSA_WITH_RC4_128_SHA"]).unwrap_err();
+        assert!(e.contains("unsupported cipher suite"), "{e}");
+        let e = with(&["--advertise-client-urls=http://10.0.0.1:2379"]).unwrap_err();
+        assert!(e.contains("must be https://"), "{e}");
+        let cfg = with(&["--listen-metrics-urls=https://127.0.0.1:2381"]).unwrap();
+        assert_eq!(cfg.metrics_tls.unwrap().alpn, vec![b"http/1.1".to_vec()]);
+        let e = server_flags(&["--listen-metrics-urls=https://127.0.0.1:2381"]).unwrap_err();
+        assert!(e.contains("client port"), "{e}");
+        let e = server_flags(&[
+            "--listen-peer-urls=https://127.0.0.1:2380",
+            "--peer-cert-file=p.pem",
+            "--peer-key-file=pk.pem",
+            "--peer-cert-allowed-cn=member",
+        ])
+        .unwrap_err();
+        assert!(e.contains("--peer-client-cert-auth"), "{e}");
+        let cfg = server_flags(&[
+            "--listen-peer-urls=https://127.0.0.1:2380",
+            "--peer-cert-file=p.pem",
+            "--peer-key-file=pk.pem",
+            "--peer-trusted-ca-file=ca.pem",
+            "--peer-client-cert-auth",
+            "--peer-cert-allowed-cn=member",
+        ])
+        .unwrap();
+        let p = cfg.peer_tls.unwrap();
+        assert_eq!(p.allowed_cn.as_deref(), Some("member"));
+        assert!(cfg.initial_cluster[0].1.starts_with("https://"));
     }
 
     #[test]

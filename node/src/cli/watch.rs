@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use nod_client::{Client, ClientError};
+use nod_client::ClientError;
 use nod_proto::etcd::etcdserverpb::WatchCreateRequest;
 use nod_proto::etcd::mvccpb::event::EventType;
 use serde_json::json;
@@ -40,7 +40,7 @@ pub async fn watch(args: WatchArgs, client: ClientFlags) -> Result<ExitCode, Fai
         max_events,
     } = args;
     let span = span.span(&range_end).map_err(usage)?;
-    let mut c = Client::connect(&client.endpoints, Duration::from_secs(u64::MAX / 4))?;
+    let mut c = client.client_for(&client.endpoints, Duration::from_secs(u64::MAX / 4))?;
     let create = WatchCreateRequest {
         range_end: span.range_end(key.as_bytes()),
         key: key.into_bytes(),

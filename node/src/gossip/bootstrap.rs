@@ -449,6 +449,8 @@ pub enum Decision {
 }
 
 pub struct DiscoverConfig {
+    /// Dials the other nodes' peer ports (peer TLS when it is on).
+    pub dialer: crate::tls::Dialer,
     pub name: String,
     pub token: String,
     pub peer_url: String,
@@ -558,7 +560,10 @@ pub fn join_targets(peers: &[PeerInfo]) -> Vec<PeerInfo> {
     members
 }
 
-async fn connect(url: &str) -> Result<BootstrapClient<tonic::transport::Channel>, CallError> {
+async fn connect(
+    dialer: &crate::tls::Dialer,
+    url: &str,
+) -> Result<BootstrapClient<tonic::transport::Channel>, CallError> {
     let unreachable = |cause| CallError::Connect {
         url: url.to_string(),
         cause,
@@ -568,7 +573,7 @@ async fn connect(url: &str) -> Result<BootstrapClient<tonic::transport::Channel>
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(3));
     Ok(BootstrapClient::new(
-        ep.connect().await.map_err(unreachable)?,
+        dialer.connect(ep).await.map_err(unreachable)?,
     ))
 }
 
@@ -633,7 +638,7 @@ pub async fn discover(
                     .find(|(n, _)| *n == p.coordinator)
                     .map(|(_, u)| u.clone())
                     .unwrap_or_default();
-                let asked = match connect(&url).await {
+                let asked = match connect(&cfg.dialer, &url).await {
                     Ok(mut c) => c
                         .outcome(BootstrapOutcome {
                             token: cfg.token.clone(),
@@ -760,7 +765,7 @@ async fn coordinate(
     while !pending.is_empty() && refused.is_none() && Instant::now() < deadline {
         let mut still = Vec::new();
         for (name, url) in pending {
-            let r = match connect(&url).await {
+            let r = match connect(&cfg.dialer, &url).await {
                 Ok(mut c) => c
                     .prepare(req.clone())
                     .await

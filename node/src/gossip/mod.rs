@@ -9,9 +9,11 @@
 //! is a member it also ignores nodes that advertise another Raft cluster id.
 
 pub mod bootstrap;
+pub mod sealed;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chitchat::transport::UdpTransport;
@@ -19,6 +21,7 @@ use chitchat::{
     spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
     ProtocolVersion,
 };
+use sealed::{GossipKeys, SealedTransport};
 
 /// Keys a node publishes about itself.
 pub mod keys {
@@ -49,6 +52,9 @@ pub struct GossipConfig {
     /// so a Kubernetes headless Service name works as a seed.
     pub seeds: Vec<String>,
     pub interval: Duration,
+    /// `--gossip-key-file`: seal every datagram with the cluster's key
+    /// (`sealed`); `None`: plain chitchat.
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// What one node says about itself, parsed and checked.
@@ -176,6 +182,8 @@ pub enum GossipError {
     /// reports with `anyhow`, which this crate does not use).
     #[error("cannot start gossip on {addr}: {cause}")]
     Start { addr: SocketAddr, cause: String },
+    #[error(transparent)]
+    Key(#[from] sealed::GossipKeyError),
 }
 
 /// A running gossip instance.
@@ -189,6 +197,7 @@ impl Gossip {
         name: &str,
         token: &str,
         initial: Vec<(String, String)>,
+        dropped: prometheus::IntCounterVec,
     ) -> Result<Gossip, GossipError> {
         let generation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -215,7 +224,18 @@ impl Gossip {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V0,
         };
-        let handle = spawn_chitchat(config, initial, &UdpTransport)
+        let sealed = match &cfg.key_file {
+            Some(path) => Some(SealedTransport {
+                keys: Arc::new(GossipKeys::load(path)?),
+                dropped,
+            }),
+            None => None,
+        };
+        let transport: &dyn chitchat::transport::Transport = match &sealed {
+            Some(t) => t,
+            None => &UdpTransport,
+        };
+        let handle = spawn_chitchat(config, initial, transport)
             .await
             .map_err(|e| GossipError::Start {
                 addr: cfg.listen,

@@ -7,6 +7,7 @@
 //! fails meanwhile gets it killed. Until the node runs, `/healthz` answers
 //! ok ("starting") and `/readyz` not ready.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use axum::http::StatusCode;
@@ -17,6 +18,8 @@ use tokio::sync::watch;
 
 use super::driver::Shared;
 use crate::metrics::Metrics;
+use crate::tls::{incoming, Conn, ServerTls};
+use tonic::transport::server::Connected;
 
 /// What the metrics port answers from: the registry from the start, the
 /// running node once there is one.
@@ -101,7 +104,43 @@ fn ready(shared: &Shared) -> (StatusCode, String) {
     (StatusCode::OK, "ok\n".into())
 }
 
-pub async fn serve(listener: TcpListener, state: HttpState, mut stop: watch::Receiver<bool>) {
+/// The metrics port's connections when it serves `https://`.
+struct TlsListener {
+    conns: std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<Conn>> + Send>>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = Conn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Conn, SocketAddr) {
+        use futures::StreamExt;
+        loop {
+            match self.conns.next().await {
+                Some(Ok(c)) => {
+                    let addr = c.connect_info().remote.unwrap_or(self.addr);
+                    return (c, addr);
+                }
+                // As axum's own listener: wait out a failed accept (no
+                // file descriptors) and go on.
+                Some(Err(_)) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    state: HttpState,
+    mut stop: watch::Receiver<bool>,
+) {
     let (m, h, r) = (state.clone(), state.clone(), state);
     let app = Router::new()
         .route(
@@ -125,11 +164,29 @@ pub async fn serve(listener: TcpListener, state: HttpState, mut stop: watch::Rec
                 async move { r.ready() }
             }),
         );
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let r = match tls {
+        Some(tls) => {
+            let addr = match listener.local_addr() {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %e, "metrics server failed");
+                    return;
+                }
+            };
+            let conns = Box::pin(incoming(Arc::new(listener), Some(tls), "metrics"));
+            axum::serve(TlsListener { conns, addr }, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
     if let Err(e) = r {
         tracing::error!(error = %e, "metrics server failed");
     }

@@ -39,10 +39,12 @@ use crate::gossip::bootstrap::{self, BootstrapState, Decision, DiscoverConfig, F
 use crate::gossip::{keys, Gossip, GossipConfig, GossipError, PeerInfo};
 use crate::identity::{Identity, StateFileError};
 use crate::storage::{checkpoint, KvStore, LogStore};
+use crate::tls::{self, Dialer, ServerTls, ServerTlsOptions};
 use crate::transport::peer::{PeerNode, PeerService, Transport, MAX_PEER_FRAME};
 use autopilot::{Autopilot, AutopilotConfig};
 use driver::{Driver, DriverConfig, DriverHandle, NodeStatus, Shared};
 use metrics::Metrics;
+use nod_client::tls::{TlsError, TlsOptions};
 use nod_proto::etcd::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer, Member,
@@ -105,6 +107,12 @@ pub struct ServerConfig {
     pub autopilot: AutopilotConfig,
     /// On a clean stop, remove this member from the cluster first.
     pub leave_on_shutdown: bool,
+    /// TLS on the client port (`https://` client URLs); `None`: plain TCP.
+    pub client_tls: Option<ServerTlsOptions>,
+    /// TLS on the peer port; the same files dial the other members.
+    pub peer_tls: Option<ServerTlsOptions>,
+    /// TLS on the metrics port (an `https://` metrics URL).
+    pub metrics_tls: Option<ServerTlsOptions>,
 }
 
 impl ServerConfig {
@@ -135,6 +143,9 @@ impl ServerConfig {
             discovery: None,
             autopilot: AutopilotConfig::default(),
             leave_on_shutdown: false,
+            client_tls: None,
+            peer_tls: None,
+            metrics_tls: None,
         }
     }
 }
@@ -156,6 +167,8 @@ pub enum ServerError {
     },
     #[error("cannot join the cluster: {0}")]
     Join(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 pub struct RunningServer {
@@ -163,6 +176,8 @@ pub struct RunningServer {
     pub autopilot: Arc<Autopilot>,
     gossip: Option<Arc<Gossip>>,
     leave_on_shutdown: bool,
+    /// How this member reaches its own peer port to leave the cluster.
+    leave_via: (String, Option<TlsOptions>),
     pub driver: DriverHandle,
     pub client_addr: SocketAddr,
     pub peer_addr: SocketAddr,
@@ -283,14 +298,17 @@ fn gossip_listen_addr(listen: SocketAddr) -> SocketAddr {
 
 /// Asks the members in `initial_cluster` for the member table and finds
 /// this node in it by its advertised peer URL.
-async fn discover_identity(cfg: &ServerConfig) -> Result<(Identity, Vec<Member>), ServerError> {
+async fn discover_identity(
+    cfg: &ServerConfig,
+    dialer: &Dialer,
+) -> Result<(Identity, Vec<Member>), ServerError> {
     let mut last = String::from("no member to ask in --initial-cluster");
     for (_, url) in &cfg.initial_cluster {
         if *url == cfg.advertise_peer {
             continue;
         }
-        let mut client = match PeerClient::connect(url.clone()).await {
-            Ok(c) => c,
+        let mut client = match dialer.connect_url(url).await {
+            Ok(c) => PeerClient::new(c),
             Err(e) => {
                 last = format!("{url}: {e}");
                 continue;
@@ -392,20 +410,6 @@ fn found(
 
 /// Accepts connections from a listener shared between the servers that use
 /// it one after the other (the bootstrap-only server, then the full one).
-fn incoming(
-    listener: Arc<TcpListener>,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |l| async move {
-        // Small request/response frames: without TCP_NODELAY, Nagle and
-        // delayed ACKs add ~40 ms to a lone request.
-        let r = l.accept().await.map(|(s, _)| {
-            let _ = s.set_nodelay(true);
-            s
-        });
-        Some((r, l))
-    })
-}
-
 /// A task that is aborted if it is dropped before `keep`: the servers that
 /// run while the node starts (metrics, bootstrap) must not outlive a start
 /// that failed or was given up (SIGTERM while waiting for peers).
@@ -437,6 +441,8 @@ async fn run_discovery(
     gossip: &Gossip,
     state: &Arc<BootstrapState>,
     peer_listener: &Arc<TcpListener>,
+    peer_tls: Option<Arc<ServerTls>>,
+    dialer: &Dialer,
 ) -> Result<Discovered, ServerError> {
     let d = cfg
         .discovery
@@ -446,11 +452,15 @@ async fn run_discovery(
     let server = AbortOnDrop(Some(tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(BootstrapServer::from_arc(state.clone()))
-            .serve_with_incoming_shutdown(incoming(peer_listener.clone()), async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            }),
+            .serve_with_incoming_shutdown(
+                tls::incoming(peer_listener.clone(), peer_tls, "peer"),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ),
     )));
     let dcfg = DiscoverConfig {
+        dialer: dialer.clone(),
         name: cfg.name.clone(),
         token: cfg.initial_cluster_token.clone(),
         peer_url: cfg.advertise_peer.clone(),
@@ -504,6 +514,24 @@ enum JoinError {
     OtherCluster { found: u64, advertised: u64 },
 }
 
+/// A client of the Cluster service on members' peer ports (which serve it
+/// behind peer TLS), for joining and leaving.
+fn peer_client(
+    endpoints: &[String],
+    peer_tls: Option<&ServerTlsOptions>,
+    timeout: Duration,
+) -> Result<nod_client::Client, nod_client::ClientError> {
+    let mut b = nod_client::ClientBuilder::new(endpoints.iter().cloned()).call_options(
+        nod_client::CallOptions::default()
+            .attempt_timeout(timeout)
+            .deadline(Some(timeout)),
+    );
+    if let Some(t) = peer_tls {
+        b = b.tls(Dialer::peer_options(t));
+    }
+    b.build()
+}
+
 /// Adds this empty node to the cluster of `targets` as a learner. A member
 /// of the same name or peer URL is this node's stale past (its volume is
 /// gone: this node is empty), so it is removed first.
@@ -511,8 +539,9 @@ async fn join_cluster(
     cfg: &ServerConfig,
     targets: &[PeerInfo],
 ) -> Result<(Identity, Vec<Member>), JoinError> {
-    let endpoints: Vec<String> = targets.iter().map(|t| t.client_url.clone()).collect();
-    let mut client = nod_client::Client::connect(&endpoints, cfg.request_timeout)?;
+    // The peer ports serve the Cluster service too, behind peer TLS.
+    let endpoints: Vec<String> = targets.iter().map(|t| t.peer_url.clone()).collect();
+    let mut client = peer_client(&endpoints, cfg.peer_tls.as_ref(), cfg.request_timeout)?;
     let list = client.member_list().await?;
     for m in &list.members {
         if m.name == cfg.name || m.peer_ur_ls.contains(&cfg.advertise_peer) {
@@ -604,6 +633,17 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
         ServerError::Storage(format!("cannot create {}: {e}", cfg.data_dir.display()))
     })?;
+    // TLS files first: a member with bad certificates does not start.
+    let load = |o: &Option<ServerTlsOptions>| -> Result<Option<Arc<ServerTls>>, ServerError> {
+        Ok(match o {
+            Some(o) => Some(Arc::new(ServerTls::new(o)?)),
+            None => None,
+        })
+    };
+    let client_tls = load(&cfg.client_tls)?;
+    let peer_tls = load(&cfg.peer_tls)?;
+    let metrics_tls = load(&cfg.metrics_tls)?;
+    let dialer = Dialer::new(cfg.peer_tls.as_ref().map(Dialer::peer_options).as_ref())?;
     // The metrics port first: /healthz answers while the stores open and
     // while an empty node waits for its peers (see `http`).
     let metrics = Metrics::new();
@@ -613,7 +653,12 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         Some(a) => {
             let listener = bind(a).await?;
             let addr = listener.local_addr().ok();
-            let task = tokio::spawn(http::serve(listener, http_state.clone(), stop_rx.clone()));
+            let task = tokio::spawn(http::serve(
+                listener,
+                metrics_tls,
+                http_state.clone(),
+                stop_rx.clone(),
+            ));
             (addr, Some(AbortOnDrop(Some(task))))
         }
         None => (None, None),
@@ -697,8 +742,14 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             }
             let mut gossip_cfg = d.gossip.clone();
             gossip_cfg.listen = gossip_listen_addr(gossip_cfg.listen);
-            let g =
-                Gossip::start(&gossip_cfg, &cfg.name, &cfg.initial_cluster_token, initial).await?;
+            let g = Gossip::start(
+                &gossip_cfg,
+                &cfg.name,
+                &cfg.initial_cluster_token,
+                initial,
+                metrics.gossip_packets_dropped.clone(),
+            )
+            .await?;
             Some(Arc::new(g))
         }
     };
@@ -743,12 +794,21 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 )));
             }
             let joined = if state == ClusterState::Existing {
-                discover_identity(&cfg).await?
+                discover_identity(&cfg, &dialer).await?
             } else {
                 let gossip = gossip.as_ref().ok_or_else(|| {
                     ServerError::Config("finding the cluster by gossip needs gossip seeds".into())
                 })?;
-                match run_discovery(&cfg, gossip, &bootstrap_state, &peer_listener).await? {
+                let discovered = run_discovery(
+                    &cfg,
+                    gossip,
+                    &bootstrap_state,
+                    &peer_listener,
+                    peer_tls.clone(),
+                    &dialer,
+                )
+                .await?;
+                match discovered {
                     Discovered::Found(set) => {
                         let id = found(&cfg, &set, &mut log, &mut kv)?;
                         (id, Vec::new())
@@ -827,6 +887,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         events_tx,
         snapshot_root.clone(),
         shared.metrics.snapshot_sent_bytes.clone(),
+        dialer.clone(),
     );
     let driver = Driver::new(
         node,
@@ -852,6 +913,14 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let driver_task = tokio::spawn(driver.run(stop_rx.clone()));
 
     let mut tasks = Vec::new();
+    let api = Arc::new(Node::new(
+        shared.clone(),
+        handle.clone(),
+        cfg.max_request_bytes,
+        cfg.request_timeout,
+        dialer,
+    ));
+    let limit = cfg.max_request_bytes + GRPC_OVERHEAD;
     let peer_service = PeerService::new(
         Arc::new(PeerView {
             shared: shared.clone(),
@@ -861,7 +930,12 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         inbox_tx,
     );
     let mut stop_peer = stop_rx.clone();
+    let peer_api = api.clone();
     tasks.push(tokio::spawn(async move {
+        // Besides Raft and the bootstrap agreement, the peer port serves
+        // what members forward to the leader (writes, lease calls,
+        // membership changes) and what a joining or leaving member calls,
+        // behind peer TLS; clients use the client port.
         let r = tonic::transport::Server::builder()
             .add_service(
                 PeerServer::new(peer_service)
@@ -869,21 +943,36 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                     .max_encoding_message_size(MAX_PEER_FRAME),
             )
             .add_service(BootstrapServer::from_arc(bootstrap_state))
-            .serve_with_incoming_shutdown(incoming(peer_listener), async move {
-                let _ = stop_peer.wait_for(|s| *s).await;
-            })
+            .add_service(
+                KvServer::new(KvService {
+                    node: peer_api.clone(),
+                })
+                .max_decoding_message_size(limit),
+            )
+            .add_service(
+                LeaseServer::new(LeaseService {
+                    node: peer_api.clone(),
+                })
+                .max_decoding_message_size(limit),
+            )
+            .add_service(
+                ClusterServer::new(ClusterService {
+                    node: peer_api.clone(),
+                })
+                .max_decoding_message_size(limit),
+            )
+            .serve_with_incoming_shutdown(
+                tls::incoming(peer_listener, peer_tls, "peer"),
+                async move {
+                    let _ = stop_peer.wait_for(|s| *s).await;
+                },
+            )
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "peer server failed");
         }
     }));
 
-    let api = Arc::new(Node::new(
-        shared.clone(),
-        handle.clone(),
-        cfg.max_request_bytes,
-        cfg.request_timeout,
-    ));
     let autopilot = Autopilot::new(
         cfg.autopilot.clone(),
         shared.clone(),
@@ -905,7 +994,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         node: api.clone(),
         autopilot: autopilot.clone(),
     };
-    let limit = cfg.max_request_bytes + GRPC_OVERHEAD;
     let mut stop_client = stop_rx.clone();
     let progress_interval = cfg.progress_notify_interval;
     let metrics_layer = grpc_metrics::GrpcMetricsLayer::new(&shared.metrics);
@@ -938,9 +1026,12 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 .max_decoding_message_size(limit),
             )
             .add_service(AdminServer::new(admin))
-            .serve_with_incoming_shutdown(incoming(Arc::new(client_listener)), async move {
-                let _ = stop_client.wait_for(|s| *s).await;
-            })
+            .serve_with_incoming_shutdown(
+                tls::incoming(Arc::new(client_listener), client_tls, "client"),
+                async move {
+                    let _ = stop_client.wait_for(|s| *s).await;
+                },
+            )
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "client server failed");
@@ -964,6 +1055,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         autopilot,
         gossip,
         leave_on_shutdown: cfg.leave_on_shutdown,
+        leave_via: (
+            cfg.advertise_peer.clone(),
+            cfg.peer_tls.as_ref().map(Dialer::peer_options),
+        ),
         driver: handle,
         client_addr,
         peer_addr,
@@ -1000,8 +1095,16 @@ impl RunningServer {
             tracing::warn!("not leaving: this is the cluster's only voter");
             return;
         }
-        let endpoint = format!("http://{}", self.client_addr);
-        let mut client = match nod_client::Client::connect(&[endpoint], Duration::from_secs(10)) {
+        let (url, tls) = &self.leave_via;
+        let mut builder = nod_client::ClientBuilder::new([url.clone()]).call_options(
+            nod_client::CallOptions::default()
+                .attempt_timeout(Duration::from_secs(10))
+                .deadline(Some(Duration::from_secs(10))),
+        );
+        if let Some(t) = tls {
+            builder = builder.tls(t.clone());
+        }
+        let mut client = match builder.build() {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot leave the cluster");

@@ -14,6 +14,7 @@ use tonic::{Request, Status};
 use super::driver::{Applied, DriverError, DriverHandle, Shared};
 use crate::api::status::to_status;
 use crate::command::Op;
+use crate::tls::Dialer;
 use nod_proto::etcd::etcdserverpb::ResponseHeader;
 
 /// Metadata key marking a request another member already forwarded.
@@ -25,6 +26,8 @@ pub struct Node {
     pub max_request_bytes: usize,
     pub request_timeout: Duration,
     leaders: Mutex<HashMap<u64, (String, Channel)>>,
+    /// Dials the leader's peer port (peer TLS when it is on).
+    dialer: Dialer,
 }
 
 /// Where a request ended: answered here (with its result or error), or
@@ -40,6 +43,7 @@ impl Node {
         driver: DriverHandle,
         max_request_bytes: usize,
         request_timeout: Duration,
+        dialer: Dialer,
     ) -> Node {
         Node {
             shared,
@@ -47,6 +51,7 @@ impl Node {
             max_request_bytes,
             request_timeout,
             leaders: Mutex::new(HashMap::new()),
+            dialer,
         }
     }
 
@@ -78,13 +83,14 @@ impl Node {
         request.metadata().get(FORWARDED).is_some()
     }
 
-    /// A channel to the leader's client API, from the member table.
+    /// A channel to the leader's peer port (which serves the calls members
+    /// forward, behind peer TLS), from the member table.
     fn leader_channel(&self, leader: u64) -> Option<Channel> {
         let url = self
             .shared
             .store()
             .member(leader)
-            .and_then(|m| m.client_ur_ls.first().cloned())?;
+            .and_then(|m| m.peer_ur_ls.first().cloned())?;
         let mut cache = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((u, ch)) = cache.get(&leader) {
             if *u == url {
@@ -92,9 +98,9 @@ impl Node {
             }
         }
         let endpoint = tonic::transport::Endpoint::from_shared(url.clone()).ok()?;
-        let ch = endpoint
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy();
+        let ch = self
+            .dialer
+            .lazy(endpoint.connect_timeout(Duration::from_secs(1)));
         cache.insert(leader, (url, ch.clone()));
         Some(ch)
     }

@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::{decode_message, encode_message};
 use crate::storage::checkpoint;
+use crate::tls::Dialer;
 use nod_proto::nodraftpb::{Empty, MessageBatch};
 use nod_proto::nodserverpb::peer_client::PeerClient;
 use nod_proto::nodserverpb::peer_server::Peer;
@@ -84,6 +85,7 @@ pub struct Transport {
     events: mpsc::Sender<TransportEvent>,
     snapshot_root: PathBuf,
     snapshot_sent_bytes: prometheus::IntCounter,
+    dialer: Dialer,
 }
 
 /// Bytes per snapshot chunk.
@@ -119,6 +121,7 @@ impl Transport {
         events: mpsc::Sender<TransportEvent>,
         snapshot_root: PathBuf,
         snapshot_sent_bytes: prometheus::IntCounter,
+        dialer: Dialer,
     ) -> Transport {
         Transport {
             cluster_id,
@@ -126,6 +129,7 @@ impl Transport {
             events,
             snapshot_root,
             snapshot_sent_bytes,
+            dialer,
         }
     }
 
@@ -150,14 +154,11 @@ impl Transport {
                 self.cluster_id,
                 rx,
                 self.events.clone(),
+                self.dialer.clone(),
             ));
             let calls = tonic::transport::Endpoint::from_shared(url.clone())
                 .ok()
-                .map(|e| {
-                    e.connect_timeout(Duration::from_secs(1))
-                        .tcp_nodelay(true)
-                        .connect_lazy()
-                });
+                .map(|e| self.dialer.lazy(e.connect_timeout(Duration::from_secs(1))));
             self.peers.insert(
                 id,
                 PeerLink {
@@ -217,8 +218,9 @@ impl Transport {
         let (url, cluster_id, events) = (link.url.clone(), self.cluster_id, self.events.clone());
         let root = self.snapshot_root.clone();
         let counter = self.snapshot_sent_bytes.clone();
+        let dialer = self.dialer.clone();
         tokio::spawn(async move {
-            let r = stream_snapshot(url, cluster_id, m, root, counter).await;
+            let r = stream_snapshot(url, cluster_id, m, root, counter, dialer).await;
             if let Err(e) = &r {
                 tracing::warn!(peer = format!("{:x}", to.0), error = %e, "sending a snapshot failed");
             } else {
@@ -291,8 +293,9 @@ impl Transport {
         };
         let url = link.url.clone();
         let cluster_id = self.cluster_id;
+        let dialer = self.dialer.clone();
         tokio::spawn(async move {
-            if let Ok(mut c) = PeerClient::connect(url).await {
+            if let Ok(mut c) = dialer.connect_url(&url).await.map(PeerClient::new) {
                 let _ = c
                     .publish(PublishRequest {
                         cluster_id,
@@ -340,15 +343,15 @@ async fn stream_snapshot(
     m: Message,
     root: PathBuf,
     counter: prometheus::IntCounter,
+    dialer: Dialer,
 ) -> Result<(), SnapshotSendError> {
     let MessageBody::Snapshot { snapshot } = &m.body else {
         return Err(SnapshotSendError::NotSnapshot);
     };
     let dir = checkpoint::dir_for(&root, snapshot.metadata.index.0, snapshot.metadata.term.0);
     let files = checkpoint::files(&dir)?;
-    let mut client = PeerClient::connect(url)
-        .await?
-        .max_encoding_message_size(MAX_PEER_FRAME);
+    let mut client =
+        PeerClient::new(dialer.connect_url(&url).await?).max_encoding_message_size(MAX_PEER_FRAME);
     // A small queue: the reader waits while the network is slow (flow control).
     let (tx, rx) = mpsc::channel::<SnapshotChunk>(4);
     let first = SnapshotChunk {
@@ -408,17 +411,18 @@ async fn run_link(
     cluster_id: u64,
     mut rx: mpsc::Receiver<Vec<Message>>,
     events: mpsc::Sender<TransportEvent>,
+    dialer: Dialer,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let channel = match tonic::transport::Endpoint::from_shared(url.clone()) {
-            Ok(e) => e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true),
+            Ok(e) => e.connect_timeout(Duration::from_secs(1)),
             Err(e) => {
                 tracing::error!(peer = to.0, %url, error = %e, "invalid peer URL");
                 return;
             }
         };
-        match channel.connect().await {
+        match dialer.connect(channel).await {
             Ok(ch) => {
                 backoff = Duration::from_millis(50);
                 let mut client = PeerClient::new(ch)

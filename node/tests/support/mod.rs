@@ -50,6 +50,11 @@ pub struct Member {
     /// The peer URL it advertises when others must reach it another way
     /// (through a delay proxy).
     pub advertise_peer: Option<String>,
+    /// `https` when the member serves clients over TLS (give the
+    /// certificate flags in `extra`).
+    pub client_scheme: &'static str,
+    /// `https` when the member serves peers over TLS.
+    pub peer_scheme: &'static str,
 }
 
 impl Member {
@@ -66,6 +71,8 @@ impl Member {
             host: "127.0.0.1".into(),
             netns: None,
             advertise_peer: None,
+            client_scheme: "http",
+            peer_scheme: "http",
         }
     }
 
@@ -83,6 +90,8 @@ impl Member {
             host: host.to_string(),
             netns: Some(netns.to_string()),
             advertise_peer: None,
+            client_scheme: "http",
+            peer_scheme: "http",
         }
     }
 
@@ -106,11 +115,16 @@ impl Member {
         self.host_port(self.client_port)
     }
 
+    /// The client URL, with the member's scheme.
+    pub fn client_url(&self) -> String {
+        format!("{}://{}", self.client_scheme, self.endpoint())
+    }
+
     pub fn peer_url(&self) -> String {
         if let Some(url) = &self.advertise_peer {
             return url.clone();
         }
-        format!("http://{}", self.host_port(self.peer_port))
+        format!("{}://{}", self.peer_scheme, self.host_port(self.peer_port))
     }
 
     pub fn client(&self) -> Client {
@@ -164,13 +178,10 @@ impl Member {
             .args(["--name", &self.name])
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args([
-                "--listen-client-urls",
-                &format!("http://{}", self.host_port(self.client_port)),
-            ])
+            .args(["--listen-client-urls", &self.client_url()])
             .args([
                 "--listen-peer-urls",
-                &format!("http://{}", self.host_port(self.peer_port)),
+                &format!("{}://{}", self.peer_scheme, self.host_port(self.peer_port)),
             ])
             .args(["--initial-advertise-peer-urls", &self.peer_url()])
             .args([

@@ -1,0 +1,213 @@
+//! A small certificate authority, for `nod dev --tls` and the tests: a CA
+//! and the certificates it signs (ECDSA P-256), written as PEM files with
+//! the keys readable by their owner only. Production clusters bring their
+//! own certificates (or the operator's, or cert-manager's).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use time::OffsetDateTime;
+
+/// What a certificate is for (its extended key usage).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usage {
+    /// A client port's certificate.
+    Server,
+    /// A client's certificate (its common name is the user).
+    Client,
+    /// A member's peer certificate: served on the peer port and shown when
+    /// dialing other members, so both.
+    Peer,
+}
+
+/// A certificate and its private key, in PEM.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Where `Issued::write` put the files.
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Issued {
+    /// Writes `<name>.pem` and `<name>-key.pem` (mode 0600) into `dir`.
+    pub fn write(&self, dir: &Path, name: &str) -> std::io::Result<Written> {
+        std::fs::create_dir_all(dir)?;
+        let cert = dir.join(format!("{name}.pem"));
+        let key = dir.join(format!("{name}-key.pem"));
+        write_file(&cert, self.cert_pem.as_bytes(), 0o644)?;
+        write_file(&key, self.key_pem.as_bytes(), 0o600)?;
+        Ok(Written { cert, key })
+    }
+}
+
+/// Writes `data` to `path` through a temporary file and a rename, so a
+/// server re-reading it never sees half a file.
+pub fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// A certificate authority.
+pub struct Ca {
+    params: CertificateParams,
+    key: KeyPair,
+    pub cert_pem: String,
+}
+
+/// How long certificates from `Ca::issue` are valid by default.
+pub const VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn name(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn.push(DnType::OrganizationName, "nod");
+    dn
+}
+
+impl Ca {
+    /// A new self-signed CA named `cn`, valid for ten years.
+    pub fn new(cn: &str) -> Result<Ca, rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = name(cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + time::Duration::days(3650);
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            params,
+            key,
+        })
+    }
+
+    /// A certificate for `cn` with the subject alternative names `sans`
+    /// (IP addresses or DNS names), valid from an hour ago for `VALIDITY`.
+    pub fn issue(&self, cn: &str, sans: &[String], usage: Usage) -> Result<Issued, rcgen::Error> {
+        let now = OffsetDateTime::now_utc();
+        self.issue_between(
+            cn,
+            sans,
+            usage,
+            now - time::Duration::hours(1),
+            now + time::Duration::seconds(VALIDITY.as_secs() as i64),
+        )
+    }
+
+    /// As `issue`, valid between the two times (an expired certificate for
+    /// a test, a short-lived one for rotation).
+    pub fn issue_between(
+        &self,
+        cn: &str,
+        sans: &[String],
+        usage: Usage,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<Issued, rcgen::Error> {
+        let mut params = CertificateParams::new(sans.to_vec())?;
+        params.distinguished_name = name(cn);
+        params.is_ca = IsCa::NoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = match usage {
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Usage::Peer => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate()?;
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Writes the CA certificate as `<name>.pem` into `dir`.
+    pub fn write(&self, dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{name}.pem"));
+        write_file(&path, self.cert_pem.as_bytes(), 0o644)?;
+        Ok(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::common_name;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    #[test]
+    fn an_issued_certificate_carries_its_name_and_chains_to_its_ca() {
+        let ca = Ca::new("test-ca").unwrap();
+        let issued = ca.issue("alice", &[], Usage::Client).unwrap();
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        assert_eq!(common_name(&der).as_deref(), Some("alice"));
+        let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        let ca_der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap();
+        let (_, ca_parsed) = x509_parser::parse_x509_certificate(ca_der.as_ref()).unwrap();
+        assert_eq!(parsed.issuer(), ca_parsed.subject());
+        assert!(parsed
+            .verify_signature(Some(ca_parsed.public_key()))
+            .is_ok());
+        let other = Ca::new("other-ca").unwrap();
+        let other_der = CertificateDer::from_pem_slice(other.cert_pem.as_bytes()).unwrap();
+        let (_, other_parsed) = x509_parser::parse_x509_certificate(other_der.as_ref()).unwrap();
+        assert!(parsed
+            .verify_signature(Some(other_parsed.public_key()))
+            .is_err());
+    }
+
+    #[test]
+    fn keys_are_written_for_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("ca").unwrap();
+        let w = ca
+            .issue("m", &["127.0.0.1".into()], Usage::Peer)
+            .unwrap()
+            .write(dir.path(), "m")
+            .unwrap();
+        let mode = std::fs::metadata(&w.key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(std::fs::read_to_string(&w.cert)
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+}

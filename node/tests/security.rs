@@ -1,0 +1,532 @@
+//! TLS end to end, with real processes and Debian's etcdctl 3.4: client
+//! certificates required and checked (no certificate, another CA's, an
+//! expired one and plain TCP are all refused), a certificate rotated on
+//! disk served without a restart (and a broken one ignored), peers over
+//! mutual TLS with a required common name (Raft, forwarding to the leader,
+//! joining and snapshot streams all on it; a member with the wrong
+//! certificate never joins), and `nod dev --tls` working as it prints.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use nod::tls::pki::{Ca, Usage, Written};
+use support::{eventually, Member};
+
+fn loopback() -> Vec<String> {
+    vec!["127.0.0.1".into(), "localhost".into()]
+}
+
+/// etcdctl over TLS with short timeouts (a refused handshake must fail fast).
+fn etcdctl_tls(endpoint: &str, tls: &[String], args: &[&str]) -> Output {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(["--dial-timeout=2s", "--command-timeout=4s"])
+        .args(tls)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("etcdctl (./scripts/setup installs Debian's etcd-client)")
+}
+
+fn flags(ca: &Path, id: Option<&Written>) -> Vec<String> {
+    let mut f = vec![format!("--cacert={}", ca.display())];
+    if let Some(w) = id {
+        f.push(format!("--cert={}", w.cert.display()));
+        f.push(format!("--key={}", w.key.display()));
+    }
+    f
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_required_checked_and_rotated() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let ca = Ca::new("ca one").unwrap();
+    let ca_file = ca.write(&pki, "ca").unwrap();
+    let other = Ca::new("ca two").unwrap();
+    let other_file = other.write(&pki, "other-ca").unwrap();
+    let server = ca
+        .issue("server", &loopback(), Usage::Server)
+        .unwrap()
+        .write(&pki, "server")
+        .unwrap();
+    let client = ca
+        .issue("root", &[], Usage::Client)
+        .unwrap()
+        .write(&pki, "client")
+        .unwrap();
+    let foreign = other
+        .issue("root", &[], Usage::Client)
+        .unwrap()
+        .write(&pki, "foreign")
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let expired = ca
+        .issue_between(
+            "root",
+            &[],
+            Usage::Client,
+            now - time::Duration::days(30),
+            now - time::Duration::days(1),
+        )
+        .unwrap()
+        .write(&pki, "expired")
+        .unwrap();
+
+    let mut m = Member::new(dir.path(), "n1");
+    m.client_scheme = "https";
+    let cert_flags = [
+        format!("--cert-file={}", server.cert.display()),
+        format!("--key-file={}", server.key.display()),
+        format!("--trusted-ca-file={}", ca_file.display()),
+        "--client-cert-auth".to_string(),
+    ];
+    let extra: Vec<&str> = cert_flags.iter().map(String::as_str).collect();
+    m.start(&format!("n1={}", m.peer_url()), "new", &extra);
+    let url = m.client_url();
+
+    let good = flags(&ca_file, Some(&client));
+    eventually("a write over TLS", Duration::from_secs(20), || async {
+        etcdctl_tls(&url, &good, &["put", "k", "v1"])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    let got = etcdctl_tls(&url, &good, &["get", "k", "--print-value-only"]);
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout),
+        "v1\n",
+        "{}",
+        text(&got)
+    );
+
+    // Refused: no client certificate, another CA's, an expired one, plain
+    // TCP, and a server certificate checked against the wrong CA. Each
+    // tries a write; none may land.
+    let plain = format!("http://{}", m.endpoint());
+    let refused: [(&str, &str, Vec<String>); 5] = [
+        ("no client certificate", &url, flags(&ca_file, None)),
+        (
+            "another CA's certificate",
+            &url,
+            flags(&ca_file, Some(&foreign)),
+        ),
+        (
+            "an expired certificate",
+            &url,
+            flags(&ca_file, Some(&expired)),
+        ),
+        ("plain TCP", &plain, Vec::new()),
+        (
+            "the wrong CA for the server",
+            &url,
+            flags(&other_file, Some(&client)),
+        ),
+    ];
+    for (what, endpoint, tls) in &refused {
+        let out = etcdctl_tls(endpoint, tls, &["put", "k", "intruder"]);
+        assert!(!out.status.success(), "{what}: accepted: {}", text(&out));
+    }
+    let got = etcdctl_tls(&url, &good, &["get", "k", "--print-value-only"]);
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout),
+        "v1\n",
+        "{}",
+        text(&got)
+    );
+    assert!(
+        m.logs().contains("refused a connection"),
+        "refusals are logged"
+    );
+
+    // Nod's own CLI, with the same flags.
+    let nod = |tls: &[String], args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_nod"))
+            .arg(format!("--endpoints={url}"))
+            .arg("--command-timeout=4")
+            .args(tls)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = nod(&good, &["get", "k"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "k\nv1\n");
+    let out = nod(&flags(&ca_file, None), &["put", "k", "intruder"]);
+    assert!(
+        !out.status.success(),
+        "nod without a certificate: {}",
+        text(&out)
+    );
+    let out = nod(
+        &[format!("--cacert={}", pki.join("missing.pem").display())],
+        &["get", "k"],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("missing.pem"), "{}", text(&out));
+
+    // Rotation without a restart: the server certificate, now from the
+    // other CA, is written over the old files; new connections get it.
+    let rotated = other.issue("server", &loopback(), Usage::Server).unwrap();
+    rotated.write(&pki, "server").unwrap();
+    let after = flags(&other_file, Some(&client));
+    eventually(
+        "the rotated certificate served",
+        Duration::from_secs(10),
+        || async {
+            etcdctl_tls(&url, &after, &["put", "k", "v2"])
+                .status
+                .success()
+                .then_some(())
+        },
+    )
+    .await;
+    let out = etcdctl_tls(&url, &good, &["get", "k"]);
+    assert!(
+        !out.status.success(),
+        "the old server certificate is gone: {}",
+        text(&out)
+    );
+    assert!(
+        m.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "no restart"
+    );
+
+    // A broken file keeps the certificate that works, and says why.
+    nod::tls::pki::write_file(&server.cert, b"not a certificate", 0o644).unwrap();
+    let out = etcdctl_tls(&url, &after, &["get", "k", "--print-value-only"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "v2\n",
+        "{}",
+        text(&out)
+    );
+    assert!(m.logs().contains("do not load"), "the bad file is logged");
+}
+
+/// A member of a cluster whose peers use mutual TLS.
+fn tls_member(root: &Path, name: &str) -> Member {
+    let mut m = Member::new(root, name);
+    m.peer_scheme = "https";
+    m
+}
+
+fn peer_flags(ca: &Path, id: &Written) -> Vec<String> {
+    vec![
+        format!("--peer-cert-file={}", id.cert.display()),
+        format!("--peer-key-file={}", id.key.display()),
+        format!("--peer-trusted-ca-file={}", ca.display()),
+        "--peer-client-cert-auth".into(),
+        "--peer-cert-allowed-cn=member".into(),
+        "--snapshot-count=50".into(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_talk_over_mutual_tls_and_a_wrong_certificate_never_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let ca = Ca::new("peer ca").unwrap();
+    let ca_file = ca.write(&pki, "ca").unwrap();
+    let member_cert = ca
+        .issue("member", &loopback(), Usage::Peer)
+        .unwrap()
+        .write(&pki, "member")
+        .unwrap();
+    let mut members: Vec<Member> = (1..=3)
+        .map(|i| tls_member(dir.path(), &format!("n{i}")))
+        .collect();
+    let initial = members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pf = peer_flags(&ca_file, &member_cert);
+    let extra: Vec<&str> = pf.iter().map(String::as_str).collect();
+    for m in &mut members {
+        m.start(&initial, "new", &extra);
+    }
+    let eps: Vec<String> = members.iter().map(|m| m.endpoint()).collect();
+    let leader = support::leader(&eps).await;
+
+    // Writes through a follower reach the leader over the peer port.
+    let follower = {
+        let mut found = None;
+        for ep in &eps {
+            let mut c =
+                nod_client::Client::connect(std::slice::from_ref(ep), Duration::from_secs(2))
+                    .unwrap();
+            if c.status().await.unwrap().header.unwrap().member_id != leader {
+                found = Some(ep.clone());
+                break;
+            }
+        }
+        found.unwrap()
+    };
+    for i in 0..120 {
+        support::etcdctl_ok(&follower, &["put", &format!("key{i:03}"), "x"]);
+    }
+    for ep in &eps {
+        let n = support::etcdctl_ok(
+            ep,
+            &["get", "key", "--prefix", "--consistency=s", "-w", "json"],
+        );
+        let v: serde_json::Value = serde_json::from_str(&n).unwrap();
+        assert_eq!(v["count"], 120, "{ep}: {n}");
+    }
+
+    // A member with the right certificate joins and catches up from a
+    // snapshot streamed over peer TLS (the log was compacted at 50).
+    let mut n4 = tls_member(dir.path(), "n4");
+    support::etcdctl_ok(
+        &eps[0],
+        &[
+            "member",
+            "add",
+            "n4",
+            &format!("--peer-urls={}", n4.peer_url()),
+        ],
+    );
+    let mut initial4 = initial.clone();
+    initial4.push_str(&format!(",n4={}", n4.peer_url()));
+    n4.start(&initial4, "existing", &extra);
+    let n4_ep = n4.endpoint();
+    eventually(
+        "n4 caught up over peer TLS",
+        Duration::from_secs(30),
+        || async {
+            let out = support::etcdctl(
+                &n4_ep,
+                &["get", "key", "--prefix", "--consistency=s", "-w", "json"],
+                None,
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["count"] == 120).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        n4.logs().contains("installed a snapshot"),
+        "n4 caught up from a snapshot"
+    );
+
+    // Intruders: a certificate from another CA, and one from the right CA
+    // with another common name. They are added (an operator's mistake)
+    // but never join, and the members say why.
+    let other = Ca::new("other ca").unwrap();
+    let other_ca = other.write(&pki, "other-ca").unwrap();
+    let cases = [
+        (
+            "n5",
+            other
+                .issue("member", &loopback(), Usage::Peer)
+                .unwrap()
+                .write(&pki, "n5")
+                .unwrap(),
+            other_ca.clone(),
+        ),
+        (
+            "n6",
+            ca.issue("intruder", &loopback(), Usage::Peer)
+                .unwrap()
+                .write(&pki, "n6")
+                .unwrap(),
+            ca_file.clone(),
+        ),
+    ];
+    for (name, cert, trust) in cases {
+        let mut m = tls_member(dir.path(), name);
+        let peer_url = m.peer_url();
+        support::etcdctl_ok(
+            &eps[0],
+            &[
+                "member",
+                "add",
+                name,
+                "--learner",
+                &format!("--peer-urls={peer_url}"),
+            ],
+        );
+        let f = peer_flags(&trust, &cert);
+        let extra: Vec<&str> = f.iter().map(String::as_str).collect();
+        m.start(
+            &format!("{initial},{name}={}", m.peer_url()),
+            "existing",
+            &extra,
+        );
+        let status = eventually("the intruder gives up", Duration::from_secs(30), || {
+            let s = m.child.as_mut().unwrap().try_wait().unwrap();
+            async move { s }
+        })
+        .await;
+        m.child = None;
+        assert!(!status.success(), "{name} must fail to join");
+        assert!(m.logs().contains("cannot join"), "{name}: {}", m.logs());
+        let out = support::etcdctl_ok(&eps[0], &["member", "list"]);
+        let line = out
+            .lines()
+            .find(|l| l.contains(&peer_url))
+            .unwrap()
+            .to_string();
+        assert!(line.contains("unstarted"), "{name} never started: {line}");
+    }
+    let logs: String = members.iter().map(Member::logs).collect();
+    assert!(
+        logs.contains("common name"),
+        "a wrong common name is logged"
+    );
+    assert!(logs.contains("refused a connection"));
+}
+
+#[test]
+fn nod_dev_tls_prints_what_etcdctl_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = loop {
+        let base = 20000 + (support::free_port() % 20000);
+        let free = (0..3u16)
+            .flat_map(|i| (0..3u16).map(move |k| base + 100 * i + k))
+            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            break base;
+        }
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nod"))
+        .args([
+            "dev",
+            "--tls",
+            "--base-port",
+            &base.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let _guard = Kill(child);
+    let mut printed = std::collections::HashMap::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some((k, v)) = line.split_once(": ") {
+            printed.insert(k.to_string(), v.to_string());
+        }
+        if line.starts_with("key: ") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let endpoints = &printed["endpoints"];
+    assert!(
+        endpoints
+            .split(',')
+            .all(|e| e.starts_with("https://127.0.0.1:")),
+        "{endpoints}"
+    );
+    let paths: Vec<PathBuf> = ["cacert", "cert", "key"]
+        .iter()
+        .map(|k| PathBuf::from(&printed[*k]))
+        .collect();
+    assert!(paths.iter().all(|p| p.exists()), "{paths:?}");
+    let tls = vec![
+        format!("--cacert={}", paths[0].display()),
+        format!("--cert={}", paths[1].display()),
+        format!("--key={}", paths[2].display()),
+    ];
+    let out = etcdctl_tls(endpoints, &tls, &["put", "a", "b"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n");
+    let out = etcdctl_tls(endpoints, &tls, &["get", "a", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "b\n");
+    let out = etcdctl_tls(endpoints, &tls[..1], &["get", "a"]);
+    assert!(!out.status.success(), "a client certificate is required");
+}
+
+fn write_key(dir: &Path, name: &str, byte: u8) -> PathBuf {
+    use base64::Engine as _;
+    let p = dir.join(name);
+    let key = base64::engine::general_purpose::STANDARD.encode([byte; 32]);
+    std::fs::write(&p, format!("{key}\n")).unwrap();
+    p
+}
+
+async fn voters(m: &Member) -> Option<usize> {
+    let mut c = m.client();
+    let r = tokio::time::timeout(Duration::from_secs(3), c.member_list())
+        .await
+        .ok()?
+        .ok()?;
+    Some(r.members.iter().filter(|m| !m.is_learner).count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_gossip_forms_a_cluster_and_a_node_with_another_key_is_invisible() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = write_key(dir.path(), "gossip.key", 7);
+    let wrong = write_key(dir.path(), "wrong.key", 9);
+    let mut ms: Vec<Member> = (1..=4)
+        .map(|i| Member::new(dir.path(), &format!("n{i}")))
+        .collect();
+    let seeds: Vec<String> = ms[..3].iter().map(|m| m.gossip_addr()).collect();
+    let key_flag = format!("--gossip-key-file={}", key.display());
+    for m in &mut ms[..3] {
+        m.start_gossip(&seeds, &["--bootstrap-expect", "3", &key_flag]);
+    }
+    eventually(
+        "three voters over sealed gossip",
+        Duration::from_secs(40),
+        || async { (voters(&ms[0]).await? == 3).then_some(()) },
+    )
+    .await;
+    // The fourth has another key: its datagrams never open, so no member
+    // sees it and it sees no one (it would otherwise join as a learner).
+    let wrong_flag = format!("--gossip-key-file={}", wrong.display());
+    ms[3].start_gossip(&seeds, &[&wrong_flag]);
+    let first = &ms[0];
+    eventually(
+        "the wrong key's datagrams counted",
+        Duration::from_secs(20),
+        || async {
+            let dropped: f64 = ms[..3]
+                .iter()
+                .map(|m| m.metric("nod_gossip_packets_dropped_total{reason=\"unknown_key\"}"))
+                .sum();
+            (dropped > 0.0).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut c = first.client();
+    let members = c.member_list().await.unwrap().members;
+    assert_eq!(
+        members.len(),
+        3,
+        "the node with the wrong key joined: {members:?}"
+    );
+    assert!(ms[3]
+        .http_get("/readyz")
+        .is_none_or(|(code, _)| code != 200));
+}
