@@ -920,6 +920,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         cfg.request_timeout,
         dialer,
     ));
+    let autopilot = Autopilot::new(
+        cfg.autopilot.clone(),
+        shared.clone(),
+        handle.clone(),
+        gossip.clone(),
+        cfg.heartbeat * cfg.election_ticks as u32,
+    );
     let limit = cfg.max_request_bytes + GRPC_OVERHEAD;
     let peer_service = PeerService::new(
         Arc::new(PeerView {
@@ -931,10 +938,15 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     );
     let mut stop_peer = stop_rx.clone();
     let peer_api = api.clone();
+    let peer_admin = AdminService {
+        node: api.clone(),
+        autopilot: autopilot.clone(),
+    };
     tasks.push(tokio::spawn(async move {
         // Besides Raft and the bootstrap agreement, the peer port serves
         // what members forward to the leader (writes, lease calls,
-        // membership changes) and what a joining or leaving member calls,
+        // membership changes, member health) and what a joining or leaving
+        // member calls,
         // behind peer TLS; clients use the client port.
         let r = tonic::transport::Server::builder()
             .add_service(
@@ -961,6 +973,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 })
                 .max_decoding_message_size(limit),
             )
+            .add_service(AdminServer::new(peer_admin))
             .serve_with_incoming_shutdown(
                 tls::incoming(peer_listener, peer_tls, "peer"),
                 async move {
@@ -973,13 +986,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         }
     }));
 
-    let autopilot = Autopilot::new(
-        cfg.autopilot.clone(),
-        shared.clone(),
-        handle.clone(),
-        gossip.clone(),
-        cfg.heartbeat * cfg.election_ticks as u32,
-    );
     tasks.push(tokio::spawn(autopilot.clone().run(stop_rx.clone())));
     if let (Some(g), Some(d)) = (&gossip, &cfg.discovery) {
         tasks.push(tokio::spawn(publish_gossip(
