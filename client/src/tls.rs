@@ -302,6 +302,17 @@ pub type Stream = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStrea
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The configuration for `https://` endpoints dialed without TLS options:
+/// the system's roots, no client certificate; loaded once per process.
+fn system_roots() -> Result<Arc<ClientTls>, TlsError> {
+    static ROOTS: std::sync::OnceLock<Arc<ClientTls>> = std::sync::OnceLock::new();
+    if let Some(t) = ROOTS.get() {
+        return Ok(t.clone());
+    }
+    let t = Arc::new(ClientTls::new(&TlsOptions::default())?);
+    Ok(ROOTS.get_or_init(|| t).clone())
+}
+
 /// Dials an endpoint's URI: TCP (no Nagle), then TLS when the scheme is
 /// `https`, verifying the server's certificate against the URI's host.
 #[derive(Clone)]
@@ -347,7 +358,7 @@ impl tower_service::Service<http::Uri> for Connector {
             }
             let config = match tls {
                 Some(t) => t.config(),
-                None => ClientTls::new(&TlsOptions::default())?.config(),
+                None => system_roots()?.config(),
             };
             // `[::1]` in a URI is the address ::1.
             let name = host.trim_start_matches('[').trim_end_matches(']');

@@ -7,19 +7,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn base_port() -> u16 {
-    // Member i uses base+100*i .. base+100*i+2: find a base whose ports are all free.
-    loop {
-        let base = 20000 + (support::free_port() % 20000);
-        let free = (0..3u16)
-            .flat_map(|i| (0..3u16).map(move |k| base + 100 * i + k))
-            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if free {
-            return base;
-        }
-    }
-}
-
 fn start_dev(dir: &std::path::Path, base: u16) -> (Child, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_nod"))
         .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
@@ -77,7 +64,7 @@ fn etcdctl(endpoints: &[String], args: &[&str]) -> String {
 fn nod_dev_starts_a_cluster_stops_on_ctrl_c_and_finds_its_data_again() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("nod-data");
-    let base = base_port();
+    let base = support::dev_base_port();
     let (child, endpoints) = start_dev(&data, base);
     assert_eq!(endpoints.len(), 3);
     assert_eq!(endpoints[0], format!("127.0.0.1:{base}"));

@@ -44,6 +44,11 @@ fn flags(ca: &Path, id: Option<&Written>) -> Vec<String> {
     f
 }
 
+/// A certificate from `ca`, written as `<name>.pem` and `<name>-key.pem` in `dir`.
+fn issue(ca: &Ca, cn: &str, sans: &[String], usage: Usage, dir: &Path, name: &str) -> Written {
+    ca.issue(cn, sans, usage).unwrap().write(dir, name).unwrap()
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -60,21 +65,9 @@ async fn client_certificates_are_required_checked_and_rotated() {
     let ca_file = ca.write(&pki, "ca").unwrap();
     let other = Ca::new("ca two").unwrap();
     let other_file = other.write(&pki, "other-ca").unwrap();
-    let server = ca
-        .issue("server", &loopback(), Usage::Server)
-        .unwrap()
-        .write(&pki, "server")
-        .unwrap();
-    let client = ca
-        .issue("root", &[], Usage::Client)
-        .unwrap()
-        .write(&pki, "client")
-        .unwrap();
-    let foreign = other
-        .issue("root", &[], Usage::Client)
-        .unwrap()
-        .write(&pki, "foreign")
-        .unwrap();
+    let server = issue(&ca, "server", &loopback(), Usage::Server, &pki, "server");
+    let client = issue(&ca, "root", &[], Usage::Client, &pki, "client");
+    let foreign = issue(&other, "root", &[], Usage::Client, &pki, "foreign");
     let now = time::OffsetDateTime::now_utc();
     let expired = ca
         .issue_between(
@@ -244,11 +237,7 @@ async fn peers_talk_over_mutual_tls_and_a_wrong_certificate_never_joins() {
     let pki = dir.path().join("pki");
     let ca = Ca::new("peer ca").unwrap();
     let ca_file = ca.write(&pki, "ca").unwrap();
-    let member_cert = ca
-        .issue("member", &loopback(), Usage::Peer)
-        .unwrap()
-        .write(&pki, "member")
-        .unwrap();
+    let member_cert = issue(&ca, "member", &loopback(), Usage::Peer, &pki, "member");
     let mut members: Vec<Member> = (1..=3)
         .map(|i| tls_member(dir.path(), &format!("n{i}")))
         .collect();
@@ -334,19 +323,12 @@ async fn peers_talk_over_mutual_tls_and_a_wrong_certificate_never_joins() {
     let cases = [
         (
             "n5",
-            other
-                .issue("member", &loopback(), Usage::Peer)
-                .unwrap()
-                .write(&pki, "n5")
-                .unwrap(),
+            issue(&other, "member", &loopback(), Usage::Peer, &pki, "n5"),
             other_ca.clone(),
         ),
         (
             "n6",
-            ca.issue("intruder", &loopback(), Usage::Peer)
-                .unwrap()
-                .write(&pki, "n6")
-                .unwrap(),
+            issue(&ca, "intruder", &loopback(), Usage::Peer, &pki, "n6"),
             ca_file.clone(),
         ),
     ];
@@ -397,15 +379,7 @@ async fn peers_talk_over_mutual_tls_and_a_wrong_certificate_never_joins() {
 #[test]
 fn nod_dev_tls_prints_what_etcdctl_needs() {
     let dir = tempfile::tempdir().unwrap();
-    let base = loop {
-        let base = 20000 + (support::free_port() % 20000);
-        let free = (0..3u16)
-            .flat_map(|i| (0..3u16).map(move |k| base + 100 * i + k))
-            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if free {
-            break base;
-        }
-    };
+    let base = support::dev_base_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_nod"))
         .args([
             "dev",

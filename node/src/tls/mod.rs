@@ -411,12 +411,6 @@ impl std::fmt::Debug for Dialer {
 }
 
 impl Dialer {
-    pub fn plain() -> Dialer {
-        Dialer {
-            connector: Connector::new(None),
-        }
-    }
-
     /// With `tls`, dials `https://` peer URLs with it.
     pub fn new(tls: Option<&TlsOptions>) -> Result<Dialer, TlsError> {
         let tls = match tls {

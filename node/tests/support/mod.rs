@@ -34,6 +34,20 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// A base port for `nod dev` whose ports are all free: member i uses
+/// base+100*i .. base+100*i+2, for three members.
+pub fn dev_base_port() -> u16 {
+    loop {
+        let base = 20000 + (free_port() % 20000);
+        let free = (0..3u16)
+            .flat_map(|i| (0..3u16).map(move |k| base + 100 * i + k))
+            .all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return base;
+        }
+    }
+}
+
 pub struct Member {
     pub name: String,
     pub client_port: u16,
