@@ -339,6 +339,95 @@ impl Cluster {
     }
 }
 
+/// One etcd 3.4 server (`/usr/bin/etcd`) on free loopback ports with its
+/// data in a temp dir, for tests that compare Nod with etcd: bcrypt cost 4
+/// (fast logins) and whatever `extra` flags the test gives. Killed on drop;
+/// its log is printed when a test fails.
+pub struct Etcd {
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub log: PathBuf,
+    child: Option<Child>,
+    // Dropped after the process is killed (fields drop after `drop`).
+    pub dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub fn start(extra: &[&str]) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let client_port = free_port();
+        let peer_port = free_port();
+        let log = dir.path().join("etcd.log");
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let child = Command::new("/usr/bin/etcd")
+            .args(["--name", "e1"])
+            .arg("--data-dir")
+            .arg(dir.path().join("e1"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("e1={peer}")])
+            .args(["--initial-cluster-state", "new"])
+            .args(["--bcrypt-cost", "4"])
+            .args(["--logger", "zap", "--log-level", "warn"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start /usr/bin/etcd ({e}); ./scripts/setup installs it")
+            });
+        Etcd {
+            client_port,
+            peer_port,
+            log,
+            child: Some(child),
+            dir,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// Waits until a read succeeds (call it before enabling auth).
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ep = self.endpoint();
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.client_port)).is_ok()
+                && etcdctl(&ep, &["get", "ready"], None).status.success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd not ready after 20 s:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- log of etcd ----\n{}", self.logs());
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Polls `f` every 100 ms until it returns Some, or panics after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
