@@ -5,7 +5,7 @@
 
 use prost::Message as _;
 
-pub use nod_proto::nodserverpb::{command::Op, Command, MemberAttributes, SnapshotData};
+pub use nod_proto::nodserverpb::{command::Op, Caller, Command, MemberAttributes, SnapshotData};
 
 /// The largest command a proposal may carry. Client requests are limited
 /// before this (`--max-request-bytes`); this bounds what a peer can make us decode.
@@ -23,14 +23,28 @@ pub enum CommandError {
     Empty,
     #[error("member attributes: {0}")]
     Member(String),
+    #[error("caller name of {0} bytes")]
+    Caller(usize),
+}
+
+/// A decoded command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// The proposer's id for it (0: nobody waits).
+    pub id: u64,
+    /// The member that proposed it (0: the leader).
+    pub origin: u64,
+    pub op: Op,
+    /// Who asked (checked at apply); `None` for a member's own proposal.
+    pub caller: Option<Caller>,
 }
 
 pub fn encode(cmd: &Command) -> Vec<u8> {
     cmd.encode_to_vec()
 }
 
-/// Decodes a command, returning its (id, origin, operation).
-pub fn decode(bytes: &[u8]) -> Result<(u64, u64, Op), CommandError> {
+/// Decodes a command and checks its shape.
+pub fn decode(bytes: &[u8]) -> Result<Decoded, CommandError> {
     if bytes.len() > MAX_COMMAND_BYTES {
         return Err(CommandError::TooLarge(bytes.len()));
     }
@@ -39,7 +53,17 @@ pub fn decode(bytes: &[u8]) -> Result<(u64, u64, Op), CommandError> {
     if let Op::MemberAttributes(m) | Op::MemberPeerUrls(m) = &op {
         check_member(m)?;
     }
-    Ok((cmd.id, cmd.origin, op))
+    if let Some(c) = &cmd.caller {
+        if c.user.len() > crate::auth::MAX_NAME_BYTES {
+            return Err(CommandError::Caller(c.user.len()));
+        }
+    }
+    Ok(Decoded {
+        id: cmd.id,
+        origin: cmd.origin,
+        op,
+        caller: cmd.caller,
+    })
 }
 
 pub fn encode_member(m: &MemberAttributes) -> Vec<u8> {
@@ -92,6 +116,7 @@ mod tests {
     #[test]
     fn commands_round_trip_and_bad_bytes_are_errors() {
         let cmd = Command {
+            caller: None,
             id: 42,
             origin: 7,
             op: Some(Op::Put(PutRequest {
@@ -100,15 +125,16 @@ mod tests {
                 ..Default::default()
             })),
         };
-        let (id, origin, op) = decode(&encode(&cmd)).unwrap();
-        assert_eq!((id, origin), (42, 7));
-        assert_eq!(Some(op), cmd.op);
+        let d = decode(&encode(&cmd)).unwrap();
+        assert_eq!((d.id, d.origin, d.caller), (42, 7, None));
+        assert_eq!(Some(d.op), cmd.op);
         assert_eq!(
             decode(
                 &Command {
                     id: 1,
                     origin: 0,
-                    op: None
+                    op: None,
+                    caller: None,
                 }
                 .encode_to_vec()
             ),
@@ -122,6 +148,7 @@ mod tests {
             id: 1,
             origin: 0,
             op: Some(Op::MemberAttributes(MemberAttributes::default())),
+            caller: None,
         };
         assert!(matches!(
             decode(&encode(&bad_member)),

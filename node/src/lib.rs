@@ -10,6 +10,7 @@
 //! API or the server, the transport never the server (`tests/layers.rs`).
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod command;
 pub mod driver;

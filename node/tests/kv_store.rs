@@ -92,6 +92,7 @@ conformance!(
     a_batch_reads_its_own_writes_and_reaches_the_backend_whole_or_not_at_all,
     a_put_takes_version_create_and_lease_from_the_index_and_events_get_their_previous_value_on_demand,
     later_operations_of_a_txn_see_its_deletes_and_puts,
+    the_auth_store_is_kept_with_the_data_and_never_moves_the_revision,
 );
 
 struct Fixture<B: Backend> {
@@ -872,6 +873,68 @@ fn later_operations_of_a_txn_see_its_deletes_and_puts<H: Harness>(h: &mut H) {
     );
 }
 
+fn the_auth_store_is_kept_with_the_data_and_never_moves_the_revision<H: Harness>(h: &mut H) {
+    use nod::auth::{auth_command::Op as A, AuthError};
+    use nod::storage::kv_store::AuthOutcome;
+    use nod_proto::etcd::etcdserverpb::{
+        AuthEnableRequest, AuthRoleAddRequest, AuthUserAddRequest, AuthUserGrantRoleRequest,
+    };
+    let mut f = create(h);
+    f.put("k", "v");
+    let rev = f.store.current_revision();
+    let apply = |f: &mut Fixture<H::Backend>, op: A| {
+        let at = f.next();
+        let out = f.store.apply_auth(&op, None, at).unwrap();
+        assert_eq!(f.store.applied(), at, "the entry is applied either way");
+        out
+    };
+    let add = |name: &str| {
+        A::UserAdd(AuthUserAddRequest {
+            name: name.into(),
+            hashed_password: "$2b$04$hash".into(),
+            ..Default::default()
+        })
+    };
+    assert!(matches!(
+        apply(&mut f, A::Enable(AuthEnableRequest {})),
+        AuthOutcome::Refused(AuthError::RootUserNotExist)
+    ));
+    apply(&mut f, add("root"));
+    apply(
+        &mut f,
+        A::UserGrantRole(AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        }),
+    );
+    apply(&mut f, A::RoleAdd(AuthRoleAddRequest { name: "r".into() }));
+    assert!(matches!(
+        apply(&mut f, A::RoleAdd(AuthRoleAddRequest { name: "r".into() })),
+        AuthOutcome::Refused(AuthError::RoleAlreadyExist)
+    ));
+    apply(&mut f, A::Enable(AuthEnableRequest {}));
+    let before = f.store.auth().clone();
+    assert!(before.enabled());
+    assert_eq!(
+        before.revision(),
+        4,
+        "three changes after a fresh store's 1"
+    );
+    assert_eq!(
+        f.store.current_revision(),
+        rev,
+        "auth never moves the key revision"
+    );
+    let f = reopen(h, f);
+    assert_eq!(
+        f.store.auth(),
+        &before,
+        "users, roles, flag and revision reload"
+    );
+    assert_eq!(f.store.auth().user("root").unwrap().roles, ["root"]);
+    assert_eq!(f.store.auth().role_names(), ["r"]);
+}
+
 // ---- RocksDB only ----
 
 #[test]
@@ -888,8 +951,12 @@ fn a_corrupt_file_on_disk_is_reported_on_open() {
     {
         let mut opts = ::rocksdb::Options::default();
         opts.create_missing_column_families(true);
-        let db =
-            ::rocksdb::DB::open_cf(&opts, dir.path(), ["rev", "lease", "member", "meta"]).unwrap();
+        let db = ::rocksdb::DB::open_cf(
+            &opts,
+            dir.path(),
+            ["rev", "lease", "member", "meta", "auth"],
+        )
+        .unwrap();
         let cf = db.cf_handle("rev").unwrap();
         let key = db
             .iterator_cf(cf, ::rocksdb::IteratorMode::Start)

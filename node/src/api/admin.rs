@@ -23,12 +23,12 @@ impl Admin for AdminService {
         &self,
         request: Request<MemberHealthRequest>,
     ) -> Result<Response<MemberHealthResponse>, Status> {
-        let forwarded = Node::is_forwarded(&request);
+        let ctx = self.node.ctx(&request).await?;
         let req = request.into_inner();
-        if !forwarded {
+        if !ctx.forwarded {
             if let Some(ch) = self.node.leader_route().await? {
                 return AdminClient::new(ch)
-                    .member_health(Node::forward_request(req))
+                    .member_health(Node::forward_request(req, &ctx))
                     .await;
             }
         }

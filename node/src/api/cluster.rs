@@ -83,17 +83,18 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        let forwarded = Node::is_forwarded(&request);
+        let ctx = self.node.ctx(&request).await?;
+        self.node.authorize(|a| a.check_admin(&ctx.caller))?;
         let req = request.into_inner();
         check_urls(&req.peer_ur_ls)?;
-        if !forwarded {
+        if !ctx.forwarded {
             let r = self
                 .node
                 .call_leader(|ch| {
-                    let req = req.clone();
+                    let (req, ctx) = (req.clone(), ctx.clone());
                     async move {
                         ClusterClient::new(ch)
-                            .member_add(Node::forward_request(req))
+                            .member_add(Node::forward_request(req, &ctx))
                             .await
                             .map(|r| r.into_inner())
                     }
@@ -149,14 +150,16 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        let forwarded = Node::is_forwarded(&request);
+        let ctx = self.node.ctx(&request).await?;
+        self.node.authorize(|a| a.check_admin(&ctx.caller))?;
         let req = request.into_inner();
-        if !forwarded {
+        if !ctx.forwarded {
+            let ctx_ref = &ctx;
             let r = self
                 .node
                 .call_leader(|ch| async move {
                     ClusterClient::new(ch)
-                        .member_remove(Node::forward_request(req))
+                        .member_remove(Node::forward_request(req, ctx_ref))
                         .await
                         .map(|r| r.into_inner())
                 })
@@ -182,7 +185,7 @@ impl Cluster for ClusterService {
                         if let Some(ch) = self.node.leader_route().await? {
                             return Ok(Response::new(
                                 ClusterClient::new(ch)
-                                    .member_remove(Node::forward_request(req))
+                                    .member_remove(Node::forward_request(req, &ctx))
                                     .await?
                                     .into_inner(),
                             ));
@@ -213,7 +216,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        let forwarded = Node::is_forwarded(&request);
+        let ctx = self.node.ctx(&request).await?;
+        self.node.authorize(|a| a.check_admin(&ctx.caller))?;
         let req = request.into_inner();
         check_urls(&req.peer_ur_ls)?;
         let cur = self.member(req.id)?;
@@ -223,14 +227,10 @@ impl Cluster for ClusterService {
             peer_urls: req.peer_ur_ls.clone(),
             client_urls: cur.client_ur_ls,
         };
-        match self
-            .node
-            .propose(Op::MemberPeerUrls(attrs), forwarded)
-            .await
-        {
+        match self.node.propose(Op::MemberPeerUrls(attrs), &ctx).await {
             Route::Forward(ch) => Ok(Response::new(
                 ClusterClient::new(ch)
-                    .member_update(Node::forward_request(req))
+                    .member_update(Node::forward_request(req, &ctx))
                     .await?
                     .into_inner(),
             )),
@@ -259,14 +259,16 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        let forwarded = Node::is_forwarded(&request);
+        let ctx = self.node.ctx(&request).await?;
+        self.node.authorize(|a| a.check_admin(&ctx.caller))?;
         let req = request.into_inner();
-        if !forwarded {
+        if !ctx.forwarded {
+            let ctx_ref = &ctx;
             let r = self
                 .node
                 .call_leader(|ch| async move {
                     ClusterClient::new(ch)
-                        .member_promote(Node::forward_request(req))
+                        .member_promote(Node::forward_request(req, ctx_ref))
                         .await
                         .map(|r| r.into_inner())
                 })

@@ -13,10 +13,11 @@ use super::etcd::etcdserverpb::{
     request_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
     PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
 };
-use super::status::kv_status;
+use super::status::{auth_status, kv_status};
+use crate::auth::perms::Access;
 use crate::command::Op;
 use crate::server::driver::Outcome;
-use crate::server::node::{Node, Route};
+use crate::server::node::{Ctx, Node, Route};
 use crate::storage::kv_store::KeyRange;
 use crate::storage::kv_store::{MAX_TXN_DEPTH, MAX_TXN_OPS};
 use crate::storage::KvError;
@@ -104,7 +105,7 @@ fn txn_is_read_only(t: &TxnRequest) -> bool {
 }
 
 impl KvService {
-    async fn range_inner(&self, req: RangeRequest) -> Result<RangeResponse, Status> {
+    async fn range_inner(&self, req: RangeRequest, ctx: &Ctx) -> Result<RangeResponse, Status> {
         if req.key.is_empty() {
             return Err(kv_status(KvError::EmptyKey));
         }
@@ -112,6 +113,10 @@ impl KvService {
             self.node.linearize().await?;
         }
         let store = self.node.shared.store();
+        store
+            .auth()
+            .check_range(&ctx.caller, Access::Read, &req.key, &req.range_end)
+            .map_err(auth_status)?;
         let mut resp = store.range(&req).map_err(kv_status)?;
         resp.header = Some(self.node.header(store.current_revision()));
         Ok(resp)
@@ -124,20 +129,21 @@ impl Kv for KvService {
         &self,
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
+        let ctx = self.node.ctx(&request).await?;
         let req = request.into_inner();
-        let r = self.range_inner(req).await;
+        let r = self.range_inner(req, &ctx).await;
         r.map(Response::new)
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let forwarded = Node::is_forwarded(&request);
+        let ctx = self.node.ctx(&request).await?;
         let req = request.into_inner();
         let r = async {
             self.node.check_size(req.encoded_len())?;
             check_put(&req).map_err(kv_status)?;
-            match self.node.propose(Op::Put(req.clone()), forwarded).await {
+            match self.node.propose(Op::Put(req.clone()), &ctx).await {
                 Route::Forward(ch) => Ok(KvClient::new(ch)
-                    .put(Node::forward_request(req))
+                    .put(Node::forward_request(req, &ctx))
                     .await?
                     .into_inner()),
                 Route::Done(Err(s)) => Err(s),
@@ -158,20 +164,16 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let forwarded = Node::is_forwarded(&request);
+        let ctx = self.node.ctx(&request).await?;
         let req = request.into_inner();
         let r = async {
             self.node.check_size(req.encoded_len())?;
             if req.key.is_empty() {
                 return Err(kv_status(KvError::EmptyKey));
             }
-            match self
-                .node
-                .propose(Op::DeleteRange(req.clone()), forwarded)
-                .await
-            {
+            match self.node.propose(Op::DeleteRange(req.clone()), &ctx).await {
                 Route::Forward(ch) => Ok(KvClient::new(ch)
-                    .delete_range(Node::forward_request(req))
+                    .delete_range(Node::forward_request(req, &ctx))
                     .await?
                     .into_inner()),
                 Route::Done(Err(s)) => Err(s),
@@ -189,7 +191,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let forwarded = Node::is_forwarded(&request);
+        let ctx = self.node.ctx(&request).await?;
         let req = request.into_inner();
         let r = async {
             self.node.check_size(req.encoded_len())?;
@@ -198,6 +200,11 @@ impl Kv for KvService {
                 // A read-only txn is served like a linearizable read, without the log.
                 self.node.linearize().await?;
                 let store = self.node.shared.store();
+                let no_leases = |_: i64| Vec::new();
+                store
+                    .auth()
+                    .check_txn(&ctx.caller, &req, &no_leases)
+                    .map_err(auth_status)?;
                 let resp = store.read_txn(&req).map_err(kv_status)?;
                 let rev = store.current_revision();
                 drop(store);
@@ -206,9 +213,9 @@ impl Kv for KvService {
                     ..resp
                 });
             }
-            match self.node.propose(Op::Txn(req.clone()), forwarded).await {
+            match self.node.propose(Op::Txn(req.clone()), &ctx).await {
                 Route::Forward(ch) => Ok(KvClient::new(ch)
-                    .txn(Node::forward_request(req))
+                    .txn(Node::forward_request(req, &ctx))
                     .await?
                     .into_inner()),
                 Route::Done(Err(s)) => Err(s),
@@ -229,12 +236,12 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        let forwarded = Node::is_forwarded(&request);
+        let ctx = self.node.ctx(&request).await?;
         let req = request.into_inner();
         let r = async {
-            match self.node.propose(Op::Compaction(req), forwarded).await {
+            match self.node.propose(Op::Compaction(req), &ctx).await {
                 Route::Forward(ch) => Ok(KvClient::new(ch)
-                    .compact(Node::forward_request(req))
+                    .compact(Node::forward_request(req, &ctx))
                     .await?
                     .into_inner()),
                 Route::Done(Err(s)) => Err(s),

@@ -17,9 +17,10 @@ use super::etcd::etcdserverpb::{
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 use super::status::{kv_status, to_status};
+use crate::auth::perms::Access;
 use crate::command::Op;
 use crate::server::driver::DriverError;
-use crate::server::node::{Node, Route};
+use crate::server::node::{Ctx, Node, Route};
 use crate::storage::kv_store::MAX_LEASE_TTL;
 use crate::storage::KvError;
 
@@ -36,7 +37,11 @@ fn random_lease_id() -> i64 {
     (crate::identity::random_id() >> 1).max(1) as i64
 }
 
-async fn keep_alive_once(node: &Node, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+async fn keep_alive_once(
+    node: &Node,
+    id: i64,
+    ctx: &Ctx,
+) -> Result<LeaseKeepAliveResponse, Status> {
     match node.leader_route().await? {
         None => {
             let ttl = match node.driver.keep_alive(id).await {
@@ -56,7 +61,7 @@ async fn keep_alive_once(node: &Node, id: i64) -> Result<LeaseKeepAliveResponse,
             let _ = tx.send(LeaseKeepAliveRequest { id }).await;
             drop(tx);
             let mut responses = LeaseClient::new(ch)
-                .lease_keep_alive(Node::forward_request(ReceiverStream::new(rx)))
+                .lease_keep_alive(Node::forward_request(ReceiverStream::new(rx), ctx))
                 .await?
                 .into_inner();
             responses
@@ -73,7 +78,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        let forwarded = Node::is_forwarded(&request);
+        let ctx = self.node.ctx(&request).await?;
         let mut req = request.into_inner();
         if req.ttl > MAX_LEASE_TTL {
             return Err(kv_status(KvError::LeaseTtlTooLarge));
@@ -87,10 +92,10 @@ impl Lease for LeaseService {
         if req.id == 0 {
             req.id = random_lease_id();
         }
-        match self.node.propose(Op::LeaseGrant(req), forwarded).await {
+        match self.node.propose(Op::LeaseGrant(req), &ctx).await {
             Route::Forward(ch) => Ok(Response::new(
                 LeaseClient::new(ch)
-                    .lease_grant(Node::forward_request(req))
+                    .lease_grant(Node::forward_request(req, &ctx))
                     .await?
                     .into_inner(),
             )),
@@ -108,12 +113,12 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let forwarded = Node::is_forwarded(&request);
+        let ctx = self.node.ctx(&request).await?;
         let req = request.into_inner();
-        match self.node.propose(Op::LeaseRevoke(req), forwarded).await {
+        match self.node.propose(Op::LeaseRevoke(req), &ctx).await {
             Route::Forward(ch) => Ok(Response::new(
                 LeaseClient::new(ch)
-                    .lease_revoke(Node::forward_request(req))
+                    .lease_revoke(Node::forward_request(req, &ctx))
                     .await?
                     .into_inner(),
             )),
@@ -130,12 +135,16 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        // Authorised once, when the stream opens (a keep-alive changes no key).
+        let ctx = self.node.ctx(&request).await?;
+        self.node
+            .authorize(|a| a.check_authenticated(&ctx.caller))?;
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let node = self.node.clone();
         tokio::spawn(async move {
             while let Some(Ok(req)) = input.next().await {
-                let r = keep_alive_once(&node, req.id).await;
+                let r = keep_alive_once(&node, req.id, &ctx).await;
                 let end = r.is_err();
                 if tx.send(r).await.is_err() || end {
                     break;
@@ -149,11 +158,14 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let ctx = self.node.ctx(&request).await?;
+        self.node
+            .authorize(|a| a.check_authenticated(&ctx.caller))?;
         let req = request.into_inner();
         match self.node.leader_route().await? {
             Some(ch) => Ok(Response::new(
                 LeaseClient::new(ch)
-                    .lease_time_to_live(Node::forward_request(req))
+                    .lease_time_to_live(Node::forward_request(req, &ctx))
                     .await?
                     .into_inner(),
             )),
@@ -175,6 +187,11 @@ impl Lease for LeaseService {
                 } else {
                     Vec::new()
                 };
+                // Listing the keys reads them.
+                for k in &keys {
+                    self.node
+                        .authorize(|a| a.check_range(&ctx.caller, Access::Read, k, &[]))?;
+                }
                 Ok(Response::new(LeaseTimeToLiveResponse {
                     header: Some(self.node.current_header()),
                     id: req.id,
@@ -188,9 +205,12 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<LeaseLeasesRequest>,
+        request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let ctx = self.node.ctx(&request).await?;
         self.node.linearize().await?;
+        self.node
+            .authorize(|a| a.check_authenticated(&ctx.caller))?;
         let leases = self
             .node
             .shared

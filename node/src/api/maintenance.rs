@@ -92,6 +92,13 @@ pub fn decode_backup(bytes: &[u8]) -> Result<RangeResponse, BackupError> {
 impl MaintenanceService {
     /// On the leader: one line per member it has not heard from lately
     /// (etcdctl endpoint status shows them in its ERRORS column).
+    /// Refuses a caller without the root role once auth is on (etcd's
+    /// rule for defragment, snapshot, hash and move-leader).
+    async fn admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let ctx = self.node.ctx(request).await?;
+        self.node.authorize(|a| a.check_admin(&ctx.caller))
+    }
+
     fn unhealthy_members(&self, leader: u64) -> Vec<String> {
         let Some(a) = &self.autopilot else {
             return Vec::new();
@@ -160,14 +167,16 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _request: Request<DefragmentRequest>,
+        request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.admin(&request).await?;
         Ok(Response::new(DefragmentResponse {
             header: Some(self.node.current_header()),
         }))
     }
 
-    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.admin(&request).await?;
         let store = self.node.shared.store();
         let (hash, rev) = store.hash_kv(0).map_err(kv_status)?;
         Ok(Response::new(HashResponse {
@@ -180,6 +189,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.admin(&request).await?;
         let store = self.node.shared.store();
         let (hash, rev) = store
             .hash_kv(request.get_ref().revision)
@@ -195,8 +205,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _request: Request<SnapshotRequest>,
+        request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.admin(&request).await?;
         let (kvs, revision) = {
             let store = self.node.shared.store();
             (store.dump().map_err(kv_status)?, store.current_revision())
@@ -231,6 +242,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.admin(&request).await?;
         let target = request.into_inner().target_id;
         let st = self.node.driver.raft_status().await.map_err(to_status)?;
         if st.role != Role::Leader {

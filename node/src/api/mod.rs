@@ -4,6 +4,7 @@
 //! gRPC status.
 
 pub mod admin;
+pub mod auth;
 pub mod cluster;
 pub mod kv;
 pub mod lease;

@@ -4,6 +4,7 @@
 
 use tonic::Status;
 
+use crate::auth::AuthError;
 use crate::server::driver::DriverError;
 use crate::storage::{KvError, ReadError};
 
@@ -49,6 +50,34 @@ pub fn to_status(e: DriverError) -> Status {
         | DriverError::Timeout => Status::unavailable(msg),
         DriverError::Rejected(_) => Status::failed_precondition(msg),
         DriverError::Kv(k) => kv_status(k),
+        DriverError::Auth(a) => auth_status(a),
+    }
+}
+
+/// etcd's gRPC code for each auth error (`api/v3rpc/rpctypes/error.go`).
+pub fn auth_status(e: AuthError) -> Status {
+    let msg = e.to_string();
+    match e {
+        AuthError::RootUserNotExist
+        | AuthError::RootRoleNotExist
+        | AuthError::UserAlreadyExist
+        | AuthError::UserNotFound
+        | AuthError::RoleAlreadyExist
+        | AuthError::RoleNotFound
+        | AuthError::RoleNotGranted
+        | AuthError::PermissionNotGranted
+        | AuthError::AuthNotEnabled => Status::failed_precondition(msg),
+        AuthError::UserEmpty
+        | AuthError::RoleEmpty
+        | AuthError::AuthFailed
+        | AuthError::InvalidAuthMgmt
+        | AuthError::AuthOldRevision
+        | AuthError::PasswordTooLong
+        | AuthError::NameTooLong(_) => Status::invalid_argument(msg),
+        AuthError::PermissionDenied => Status::permission_denied(msg),
+        AuthError::InvalidAuthToken => Status::unauthenticated(msg),
+        AuthError::NoPasswordUser => Status::unknown(msg),
+        AuthError::TooManyRequests => Status::resource_exhausted(msg),
     }
 }
 
@@ -60,6 +89,31 @@ mod tests {
     #[test]
     fn errors_carry_etcd_codes_and_messages() {
         let cases = [
+            (
+                auth_status(AuthError::PermissionDenied),
+                Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            (
+                auth_status(AuthError::InvalidAuthToken),
+                Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
+            (
+                auth_status(AuthError::UserEmpty),
+                Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+            (
+                auth_status(AuthError::AuthFailed),
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            (
+                auth_status(AuthError::AuthNotEnabled),
+                Code::FailedPrecondition,
+                "etcdserver: authentication is not enabled",
+            ),
             (
                 kv_status(KvError::Compacted),
                 Code::OutOfRange,

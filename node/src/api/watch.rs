@@ -18,6 +18,9 @@ use super::etcd::etcdserverpb::watch_create_request::FilterType;
 use super::etcd::etcdserverpb::watch_server::Watch;
 use super::etcd::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest, WatchResponse};
 use super::etcd::mvccpb::{event::EventType, Event};
+use super::status::auth_status;
+use crate::auth::perms::Access;
+use crate::command::Caller;
 use crate::server::node::Node;
 use crate::server::watch_hub::HubMessage;
 use crate::storage::kv_store::KeyRange;
@@ -77,9 +80,13 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // Who watches: each create is authorised for them (etcd does so
+        // with the stream's credentials, once, when the watch is created).
+        let caller = self.node.ctx(&request).await?.caller;
         let input = request.into_inner();
         let (out, rx) = mpsc::channel(256);
         let session = Session {
+            caller,
             node: self.node.clone(),
             out,
             watchers: HashMap::new(),
@@ -95,6 +102,7 @@ impl Watch for WatchService {
 }
 
 struct Session {
+    caller: Caller,
     node: Arc<Node>,
     out: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: HashMap<i64, Watcher>,
@@ -208,6 +216,32 @@ impl Session {
                     created: true,
                     canceled: true,
                     cancel_reason: "etcdserver: duplicate watch ID".into(),
+                    ..Default::default()
+                })
+                .await;
+        }
+        let permitted = self.node.shared.store().auth().check_range(
+            &self.caller,
+            Access::Read,
+            &c.key,
+            &c.range_end,
+        );
+        if let Err(e) = permitted {
+            // etcd gives the text of the gRPC status the check failed with.
+            let status = auth_status(e);
+            let reason = format!(
+                "rpc error: code = {:?} desc = {}",
+                status.code(),
+                status.message()
+            );
+            let rev = self.node.shared.store().current_revision();
+            return self
+                .send(WatchResponse {
+                    header: self.header(rev),
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: reason,
                     ..Default::default()
                 })
                 .await;

@@ -69,6 +69,16 @@ pub struct ServerFlags {
     /// Largest client request accepted, in bytes.
     #[arg(long, env = "NOD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
     pub max_request_bytes: usize,
+    /// Auth token type, as etcd spells it: `simple` (random tokens every
+    /// member knows, with a sliding TTL).
+    #[arg(long, env = "NOD_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// Seconds an unused simple token stays valid.
+    #[arg(long, env = "NOD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost of password hashes (4 to 31; etcd's default 10).
+    #[arg(long, env = "NOD_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
     /// Applied entries between snapshots.
     #[arg(long, env = "NOD_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
@@ -391,6 +401,23 @@ pub fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
     cfg.heartbeat = Duration::from_millis(f.heartbeat_interval);
     cfg.election_ticks = f.election_timeout / f.heartbeat_interval;
     cfg.max_request_bytes = f.max_request_bytes;
+    if f.auth_token.split(',').next() != Some("simple") {
+        return Err(format!(
+            "--auth-token {:?}: this version of nod supports `simple` tokens only",
+            f.auth_token
+        ));
+    }
+    if f.auth_token_ttl == 0 {
+        return Err("--auth-token-ttl must be at least 1 second".into());
+    }
+    cfg.auth_token_ttl = Duration::from_secs(f.auth_token_ttl);
+    if !(4..=31).contains(&f.bcrypt_cost) {
+        tracing::warn!(
+            cost = f.bcrypt_cost,
+            "--bcrypt-cost outside 4..=31; using the default 10 (as etcd does)"
+        );
+    }
+    cfg.bcrypt_cost = f.bcrypt_cost;
     cfg.snapshot_count = f.snapshot_count;
     cfg.progress_notify_interval = Duration::from_secs(f.progress_notify_interval.max(1));
     let founders: Vec<String> = f

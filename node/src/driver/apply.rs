@@ -12,8 +12,10 @@ use nod_raft::{ConfChange, ConfChangeKind, Entry, EntryPayload, Role};
 use super::platform::{Replies, Reply};
 use super::request::{Applied, DriverError, Fatal, Outcome};
 use super::{Core, Platform};
-use crate::command::{self, MemberAttributes, Op};
+use crate::auth::{auth_command::Op as AuthOp, AuthApplied};
+use crate::command::{self, Caller, MemberAttributes, Op};
 use crate::storage::backend::Backend;
+use crate::storage::kv_store::AuthOutcome;
 use crate::storage::{kv_store, KvStore};
 use crate::watch_hub::HubState;
 use nod_proto::etcd::etcdserverpb::Member;
@@ -146,11 +148,12 @@ impl<P: Platform> Core<P> {
                     store.apply_noop(applied)?;
                     Err(DriverError::Rejected(e.to_string()))
                 }
-                Ok((id, origin, op)) => {
-                    if waiter.is_none() && id != 0 && origin == self.shared.member_id {
-                        waiter = self.forwarding.take(id);
+                Ok(d) => {
+                    if waiter.is_none() && d.id != 0 && d.origin == self.shared.member_id {
+                        waiter = self.forwarding.take(d.id);
                     }
-                    self.apply_op(store, hub, op, applied)?.into_result()
+                    self.authorize_and_apply(store, hub, d.op, d.caller, applied)?
+                        .into_result()
                 }
             },
             // Empty, or a membership change handed here by mistake.
@@ -204,6 +207,70 @@ impl<P: Platform> Core<P> {
         Ok(())
     }
 
+    /// Checks the caller's permissions against the auth store as it is at
+    /// this entry (every member decides alike), then applies the command.
+    fn authorize_and_apply(
+        &mut self,
+        store: &mut KvStore<P::Backend>,
+        hub: &mut HubState,
+        op: Op,
+        caller: Option<Caller>,
+        applied: (u64, u64),
+    ) -> Result<Verdict, Fatal> {
+        if let Some(c) = &caller {
+            let leases = store.leases();
+            let lease_keys = |id: i64| -> Vec<Vec<u8>> {
+                leases
+                    .get(&id)
+                    .map(|l| l.keys.iter().cloned().collect())
+                    .unwrap_or_default()
+            };
+            if let Err(e) = store.auth().check_op(c, &op, &lease_keys) {
+                store.apply_noop(applied)?;
+                return Ok(Verdict::Refused(DriverError::Auth(e)));
+            }
+        }
+        if let Op::Auth(cmd) = op {
+            return self.apply_auth(store, cmd, caller, applied);
+        }
+        self.apply_op(store, hub, op, applied)
+    }
+
+    fn apply_auth(
+        &mut self,
+        store: &mut KvStore<P::Backend>,
+        cmd: crate::auth::AuthCommand,
+        caller: Option<Caller>,
+        applied: (u64, u64),
+    ) -> Result<Verdict, Fatal> {
+        let Some(op) = cmd.op else {
+            store.apply_noop(applied)?;
+            return Ok(Verdict::Refused(DriverError::Rejected(
+                "auth command has no operation".into(),
+            )));
+        };
+        Ok(match store.apply_auth(&op, caller.as_ref(), applied)? {
+            AuthOutcome::Refused(e) => Verdict::Refused(DriverError::Auth(e)),
+            AuthOutcome::Applied(done) => {
+                let tokens = &self.shared.tokens;
+                let token = match (&done, &op) {
+                    (AuthApplied::LoggedIn { name }, AuthOp::Login(l)) => {
+                        Some(tokens.assign(&l.token_prefix, applied.0, name))
+                    }
+                    (AuthApplied::Revoke(user), _) => {
+                        tokens.revoke(user.as_deref());
+                        None
+                    }
+                    _ => None,
+                };
+                Verdict::Done(Outcome::Auth {
+                    applied: done,
+                    token,
+                })
+            }
+        })
+    }
+
     fn apply_op(
         &mut self,
         store: &mut KvStore<P::Backend>,
@@ -212,6 +279,11 @@ impl<P: Platform> Core<P> {
         applied: (u64, u64),
     ) -> Result<Verdict, Fatal> {
         Ok(match op {
+            // Handled by `authorize_and_apply`.
+            Op::Auth(_) => {
+                store.apply_noop(applied)?;
+                Verdict::Done(Outcome::Nothing)
+            }
             Op::Put(p) => {
                 let r = store.apply_put(&p, applied)?;
                 publish(hub, store, r, Outcome::Put)?

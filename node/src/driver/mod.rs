@@ -218,7 +218,7 @@ impl<P: Platform> Core<P> {
 
     pub fn on_request(&mut self, r: Request<P::Replies>) {
         match r {
-            Request::Propose { op, reply } => {
+            Request::Propose { op, caller, reply } => {
                 self.shared.metrics.proposals_pending.inc();
                 let leader = self.node.leader();
                 if self.node.role() != Role::Leader && !leader.is_none() {
@@ -229,6 +229,7 @@ impl<P: Platform> Core<P> {
                             id,
                             origin,
                             op: Some(op),
+                            caller,
                         })
                     });
                     return;
@@ -237,6 +238,7 @@ impl<P: Platform> Core<P> {
                     id: 0,
                     origin: 0,
                     op: Some(op),
+                    caller,
                 });
                 self.propose_here(data, reply);
             }
@@ -383,6 +385,7 @@ impl<P: Platform> Core<P> {
                 op: Some(Op::LeaseRevoke(
                     nod_proto::etcd::etcdserverpb::LeaseRevokeRequest { id },
                 )),
+                caller: None,
             });
             if self.node.propose(data).is_ok() {
                 tracing::debug!(lease = id, "lease expired; revoking");
@@ -413,6 +416,7 @@ impl<P: Platform> Core<P> {
             id: 0,
             origin: 0,
             op: Some(Op::MemberAttributes(mine.clone())),
+            caller: None,
         });
         match self.node.propose(data) {
             Ok(_) => self.last_published = Some(self.now),

@@ -7,7 +7,8 @@ use std::time::Duration;
 use nod_raft::{ConfChange, NodeId};
 
 use super::platform::Replies;
-use crate::command::Op;
+use crate::auth::{AuthApplied, AuthError};
+use crate::command::{Caller, Op};
 use crate::storage::{KvError, StoreError};
 use nod_proto::etcd::etcdserverpb::{DeleteRangeResponse, Member, PutResponse, TxnResponse};
 use nod_proto::nodserverpb::ProposeResult;
@@ -29,6 +30,8 @@ pub enum DriverError {
     Rejected(String),
     #[error(transparent)]
     Kv(#[from] KvError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("etcdserver: server stopped")]
     Stopped,
     /// The outcome is unknown (the proposal may have been applied): never retried.
@@ -73,6 +76,11 @@ pub enum Outcome {
     LeaseGranted,
     LeaseRevoked,
     Members(Vec<Member>),
+    /// An auth store change; for a login, the token every member knows.
+    Auth {
+        applied: AuthApplied,
+        token: Option<String>,
+    },
     Nothing,
 }
 
@@ -89,6 +97,8 @@ pub struct Applied {
 pub enum Request<R: Replies> {
     Propose {
         op: Op,
+        /// Who asked, checked when the entry applies (`None`: this member).
+        caller: Option<Caller>,
         reply: R::Reply<Applied>,
     },
     ConfChange {

@@ -5,6 +5,7 @@
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::request::NodeStatus;
+use crate::auth::SimpleTokens;
 use crate::metrics::Metrics;
 use crate::storage::backend::{Backend, RocksBackend};
 use crate::storage::KvStore;
@@ -18,6 +19,8 @@ pub struct Shared<B: Backend = RocksBackend> {
     pub hub: WatchHub,
     pub status: RwLock<NodeStatus>,
     pub metrics: Metrics,
+    /// Simple auth tokens: assigned when a login applies, on every member.
+    pub tokens: SimpleTokens,
 }
 
 impl<B: Backend> Shared<B> {

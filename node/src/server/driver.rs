@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nod_raft::{ConfChange, Message, NodeId, RawNode};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::command::{MemberAttributes, Op};
+use crate::command::{Caller, MemberAttributes, Op};
 pub use crate::driver::{Applied, DriverError, NodeStatus, Outcome, Shared};
 use crate::driver::{
     Core, CoreConfig, Fatal, ForwardFailure, ForwardOutcome, Network, Platform, Replies, Reply,
@@ -160,8 +160,11 @@ impl DriverHandle {
             .map_err(|_| DriverError::Stopped)?;
         rx.await.map_err(|_| DriverError::Stopped)?
     }
-    pub async fn propose(&self, op: Op) -> Result<Applied, DriverError> {
-        self.call(|reply| Request::Propose { op, reply }).await
+    /// Proposes `op` on behalf of `caller` (`None`: this member itself,
+    /// not subject to the auth checks).
+    pub async fn propose(&self, op: Op, caller: Option<Caller>) -> Result<Applied, DriverError> {
+        self.call(|reply| Request::Propose { op, caller, reply })
+            .await
     }
     pub async fn propose_forwarded(
         &self,

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::admin::AdminService;
+use crate::api::auth::AuthService;
 use crate::api::cluster::ClusterService;
 use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
@@ -46,15 +47,16 @@ use driver::{Driver, DriverConfig, DriverHandle, NodeStatus, Shared};
 use metrics::Metrics;
 use nod_client::tls::{TlsError, TlsOptions};
 use nod_proto::etcd::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer, Member,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    Member,
 };
 use nod_proto::nodserverpb::admin_server::AdminServer;
 use nod_proto::nodserverpb::bootstrap_server::BootstrapServer;
 use nod_proto::nodserverpb::peer_client::PeerClient;
 use nod_proto::nodserverpb::peer_server::PeerServer;
 use nod_proto::nodserverpb::{MembersRequest, SnapshotData};
-use node::Node;
+use node::{AuthSettings, Node};
 use watch_hub::WatchHub;
 
 /// gRPC's allowance over `max_request_bytes`, so a request a little too
@@ -113,6 +115,10 @@ pub struct ServerConfig {
     pub peer_tls: Option<ServerTlsOptions>,
     /// TLS on the metrics port (an `https://` metrics URL).
     pub metrics_tls: Option<ServerTlsOptions>,
+    /// How long an unused simple auth token lives (`--auth-token-ttl`).
+    pub auth_token_ttl: Duration,
+    /// bcrypt cost of new password hashes (`--bcrypt-cost`).
+    pub bcrypt_cost: u32,
 }
 
 impl ServerConfig {
@@ -146,6 +152,8 @@ impl ServerConfig {
             client_tls: None,
             peer_tls: None,
             metrics_tls: None,
+            auth_token_ttl: Duration::from_secs(300),
+            bcrypt_cost: crate::auth::password::DEFAULT_COST,
         }
     }
 }
@@ -219,7 +227,7 @@ impl PeerNode for PeerView {
     {
         Box::pin(async move {
             self.driver
-                .propose(Op::MemberAttributes(attributes))
+                .propose(Op::MemberAttributes(attributes), None)
                 .await
                 .map(|_| ())
                 .map_err(crate::api::status::to_status)
@@ -583,6 +591,18 @@ async fn join_cluster(
 }
 
 /// Keeps this node's gossip values current (role, applied index, readiness).
+/// Forgets simple auth tokens unused for longer than `ttl`, every second
+/// (etcd's sweep), until the member stops.
+async fn sweep_tokens(shared: Arc<Shared>, ttl: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => shared.tokens.sweep(std::time::Instant::now(), ttl),
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 async fn publish_gossip(
     gossip: Arc<Gossip>,
     shared: Arc<Shared>,
@@ -877,6 +897,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         hub: WatchHub::default(),
         status: RwLock::new(NodeStatus::default()),
         metrics,
+        tokens: Default::default(),
     });
 
     let (inbox_tx, inbox_rx) = mpsc::channel(4096);
@@ -913,13 +934,25 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let driver_task = tokio::spawn(driver.run(stop_rx.clone()));
 
     let mut tasks = Vec::new();
-    let api = Arc::new(Node::new(
+    let api = Arc::new(
+        Node::new(
+            shared.clone(),
+            handle.clone(),
+            cfg.max_request_bytes,
+            cfg.request_timeout,
+            dialer,
+        )
+        .with_auth(AuthSettings {
+            token_ttl: cfg.auth_token_ttl,
+            bcrypt_cost: crate::auth::password::effective_cost(cfg.bcrypt_cost),
+            ..AuthSettings::default()
+        }),
+    );
+    tasks.push(tokio::spawn(sweep_tokens(
         shared.clone(),
-        handle.clone(),
-        cfg.max_request_bytes,
-        cfg.request_timeout,
-        dialer,
-    ));
+        cfg.auth_token_ttl,
+        stop_rx.clone(),
+    )));
     let autopilot = Autopilot::new(
         cfg.autopilot.clone(),
         shared.clone(),
@@ -974,6 +1007,12 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 .max_decoding_message_size(limit),
             )
             .add_service(AdminServer::new(peer_admin))
+            .add_service(
+                AuthServer::new(AuthService {
+                    node: peer_api.clone(),
+                })
+                .max_decoding_message_size(limit),
+            )
             .serve_with_incoming_shutdown(
                 tls::incoming(peer_listener, peer_tls, "peer"),
                 async move {
@@ -1032,6 +1071,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 .max_decoding_message_size(limit),
             )
             .add_service(AdminServer::new(admin))
+            .add_service(
+                AuthServer::new(AuthService { node: api.clone() }).max_decoding_message_size(limit),
+            )
             .serve_with_incoming_shutdown(
                 tls::incoming(Arc::new(client_listener), client_tls, "client"),
                 async move {

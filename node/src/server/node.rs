@@ -13,12 +13,48 @@ use tonic::{Request, Status};
 
 use super::driver::{Applied, DriverError, DriverHandle, Shared};
 use crate::api::status::to_status;
-use crate::command::Op;
+use crate::auth::password::LoginLimiter;
+use crate::auth::tokens::login_index;
+use crate::auth::{AuthError, AuthState};
+use crate::command::{Caller, Op};
+use crate::tls::ConnInfo;
 use crate::tls::Dialer;
 use nod_proto::etcd::etcdserverpb::ResponseHeader;
 
 /// Metadata key marking a request another member already forwarded.
 pub const FORWARDED: &str = "nod-forwarded";
+/// The user a forwarded request was made by, and the auth revision it was
+/// authenticated at: trusted only on the peer port (members' own port,
+/// behind peer TLS), ignored on the client port.
+pub const FORWARDED_USER: &str = "nod-auth-user";
+pub const FORWARDED_AUTH_REVISION: &str = "nod-auth-revision";
+
+/// Who made a request and whether a member already forwarded it.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub caller: Caller,
+    pub forwarded: bool,
+}
+
+/// The auth settings of this member (`--auth-token-ttl`, `--bcrypt-cost`).
+pub struct AuthSettings {
+    pub token_ttl: Duration,
+    pub bcrypt_cost: u32,
+    pub limiter: LoginLimiter,
+    /// bcrypt runs at most this many at once, so logins cannot take every core.
+    pub bcrypt_slots: tokio::sync::Semaphore,
+}
+
+impl Default for AuthSettings {
+    fn default() -> AuthSettings {
+        AuthSettings {
+            token_ttl: Duration::from_secs(300),
+            bcrypt_cost: crate::auth::password::DEFAULT_COST,
+            limiter: LoginLimiter::default(),
+            bcrypt_slots: tokio::sync::Semaphore::new(2),
+        }
+    }
+}
 
 pub struct Node {
     pub shared: Arc<Shared>,
@@ -28,6 +64,7 @@ pub struct Node {
     leaders: Mutex<HashMap<u64, (String, Channel)>>,
     /// Dials the leader's peer port (peer TLS when it is on).
     dialer: Dialer,
+    pub auth: AuthSettings,
 }
 
 /// Where a request ended: answered here (with its result or error), or
@@ -52,6 +89,84 @@ impl Node {
             request_timeout,
             leaders: Mutex::new(HashMap::new()),
             dialer,
+            auth: AuthSettings::default(),
+        }
+    }
+
+    pub fn with_auth(mut self, auth: AuthSettings) -> Node {
+        self.auth = auth;
+        self
+    }
+
+    /// Who made `request` (etcd's rules): the identity a member forwarded,
+    /// on the peer port; else, with auth on, the user of its token (a
+    /// token that is unknown or expired is refused), or of its client
+    /// certificate's common name; else nobody, whom the checks refuse
+    /// once auth is on. Tokens are ignored while auth is off.
+    pub async fn ctx<T>(&self, request: &Request<T>) -> Result<Ctx, Status> {
+        let forwarded = Node::is_forwarded(request);
+        let conn = request.extensions().get::<ConnInfo>();
+        let md = request.metadata();
+        if conn.is_some_and(|c| c.port == "peer") {
+            let user = md.get(FORWARDED_USER).and_then(|v| v.to_str().ok());
+            let revision = md
+                .get(FORWARDED_AUTH_REVISION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            let caller = match (user, revision) {
+                (Some(user), Some(auth_revision)) => Caller {
+                    user: user.to_string(),
+                    auth_revision,
+                },
+                _ => crate::auth::anonymous(),
+            };
+            return Ok(Ctx { caller, forwarded });
+        }
+        let (enabled, revision) = {
+            let store = self.shared.store();
+            (store.auth().enabled(), store.auth().revision())
+        };
+        if !enabled {
+            return Ok(Ctx {
+                caller: crate::auth::anonymous(),
+                forwarded,
+            });
+        }
+        let token = md
+            .get("token")
+            .or_else(|| md.get("authorization"))
+            .and_then(|v| v.to_str().ok())
+            .map(|t| t.strip_prefix("Bearer ").unwrap_or(t).to_string());
+        let caller = if let Some(token) = token {
+            let user = self.token_user(&token).await?;
+            Caller {
+                user,
+                auth_revision: self.shared.store().auth().revision(),
+            }
+        } else if let Some(cn) = conn.and_then(|c| c.common_name()) {
+            Caller {
+                user: cn,
+                auth_revision: revision,
+            }
+        } else {
+            crate::auth::anonymous()
+        };
+        Ok(Ctx { caller, forwarded })
+    }
+
+    /// The user of a simple token. A token from a login this member has
+    /// not applied yet is waited for (up to the request timeout).
+    async fn token_user(&self, token: &str) -> Result<String, Status> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            if let Some(user) = self.shared.tokens.user(token, Instant::now()) {
+                return Ok(user);
+            }
+            let pending = login_index(token).is_some_and(|i| i > self.shared.status().applied);
+            if !pending || Instant::now() >= deadline {
+                return Err(to_status(DriverError::Auth(AuthError::InvalidAuthToken)));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -141,15 +256,22 @@ impl Node {
         }
     }
 
-    /// Proposes `op`; see `route`.
-    pub async fn propose(&self, op: Op, forwarded: bool) -> Route {
-        let started = Instant::now();
+    /// Proposes `op` for the caller of `ctx`; see `route`.
+    pub async fn propose(&self, op: Op, ctx: &Ctx) -> Route {
+        self.propose_as(op, Some(ctx.caller.clone()), ctx.forwarded)
+            .await
+    }
+
+    /// Proposes `op` for `caller` (`None`: this member itself, as a login
+    /// whose password it checked); see `route`.
+    pub async fn propose_as(&self, op: Op, caller: Option<Caller>, forwarded: bool) -> Route {
         let r = tokio::time::timeout(
             self.request_timeout + Duration::from_secs(1),
-            self.route(forwarded, || self.driver.propose(op.clone())),
+            self.route(forwarded, || {
+                self.driver.propose(op.clone(), caller.clone())
+            }),
         )
         .await;
-        let _ = started;
         match r {
             Err(_) => Route::Done(Err(Status::unavailable("etcdserver: request timed out"))),
             Ok(route) => route,
@@ -215,11 +337,26 @@ impl Node {
         }
     }
 
-    /// Tags a request as forwarded, keeping its body.
-    pub fn forward_request<T>(body: T) -> Request<T> {
+    /// Tags a request as forwarded, keeping its body and its caller.
+    pub fn forward_request<T>(body: T, ctx: &Ctx) -> Request<T> {
         let mut r = Request::new(body);
-        r.metadata_mut()
-            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        let md = r.metadata_mut();
+        md.insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        if let Ok(user) = ctx.caller.user.parse() {
+            md.insert(FORWARDED_USER, user);
+        }
+        md.insert(
+            FORWARDED_AUTH_REVISION,
+            tonic::metadata::MetadataValue::from(ctx.caller.auth_revision),
+        );
         r
+    }
+
+    /// Refuses a caller the auth store does not allow `check`.
+    pub fn authorize(
+        &self,
+        check: impl FnOnce(&AuthState) -> Result<(), AuthError>,
+    ) -> Result<(), Status> {
+        check(self.shared.store().auth()).map_err(|e| to_status(DriverError::Auth(e)))
     }
 }

@@ -381,6 +381,7 @@ impl World {
             hub: WatchHub::default(),
             status: RwLock::new(Default::default()),
             metrics: Metrics::new(),
+            tokens: Default::default(),
         });
         let seed_peers = (0..cfg.nodes)
             .filter(|j| *j != i)

@@ -31,14 +31,18 @@ pub enum Keyspace {
     Member,
     /// Applied index and term, compacted revision.
     Meta,
+    /// The auth store: `meta` → enabled flag and auth revision; `u` ++
+    /// name → user; `r` ++ name → role.
+    Auth,
 }
 
 impl Keyspace {
-    pub const ALL: [Keyspace; 4] = [
+    pub const ALL: [Keyspace; 5] = [
         Keyspace::Rev,
         Keyspace::Lease,
         Keyspace::Member,
         Keyspace::Meta,
+        Keyspace::Auth,
     ];
 
     /// Its column family's name on disk.
@@ -48,6 +52,7 @@ impl Keyspace {
             Keyspace::Lease => "lease",
             Keyspace::Member => "member",
             Keyspace::Meta => "meta",
+            Keyspace::Auth => "auth",
         }
     }
 }

@@ -12,6 +12,8 @@
 //! - `lease`: lease id (8 bytes BE) → granted TTL.
 //! - `member`: member id (8 bytes BE) → `etcdserverpb::Member`.
 //! - `meta`: applied index and term, compacted revision.
+//! - `auth`: the auth store (`auth.rs`): enabled flag and auth revision,
+//!   users, roles; changed in the batch of the entry that changed it.
 //!
 //! Every applied entry, or every run of entries the driver applies together
 //! (`begin_batch`), is one atomic write batch that includes the applied
@@ -38,6 +40,7 @@ use prost::Message as _;
 use rocksdb::DB;
 
 mod apply;
+mod auth;
 mod batch;
 mod encoding;
 mod index;
@@ -46,6 +49,7 @@ mod read;
 mod txn;
 
 use super::backend::{Backend, BackendError, Keyspace, MemoryBackend, RocksBackend};
+pub use auth::AuthOutcome;
 use batch::Pending;
 pub use encoding::Revision;
 use encoding::{
@@ -221,6 +225,7 @@ pub struct KvStore<B: Backend = RocksBackend> {
     members: BTreeMap<u64, Member>,
     /// Members removed from the cluster: they are told so if they call.
     removed: BTreeSet<u64>,
+    auth: crate::auth::AuthState,
 }
 
 impl KvStore<RocksBackend> {
@@ -308,8 +313,10 @@ impl<B: Backend> KvStore<B> {
             leases: BTreeMap::new(),
             members: BTreeMap::new(),
             removed: BTreeSet::new(),
+            auth: crate::auth::AuthState::new(),
         };
         store.load()?;
+        store.auth = store.load_auth()?;
         Ok(store)
     }
 

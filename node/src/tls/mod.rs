@@ -207,7 +207,7 @@ impl ServerTls {
         })
     }
 
-    async fn handshake(&self, tcp: TcpStream) -> Result<Conn, Refused> {
+    async fn handshake(&self, tcp: TcpStream) -> Result<Stream, Refused> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.config.current());
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
             .await
@@ -227,7 +227,7 @@ impl ServerTls {
                 });
             }
         }
-        Ok(Conn::Tls(Box::new(tls)))
+        Ok(Stream::Tls(Box::new(tls)))
     }
 }
 
@@ -245,6 +245,8 @@ pub struct ConnInfo {
     /// The client's certificate chain, end entity first (TLS with client
     /// certificates only).
     pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The port it came in on: `"client"`, `"peer"` or `"metrics"`.
+    pub port: &'static str,
 }
 
 impl ConnInfo {
@@ -255,24 +257,34 @@ impl ConnInfo {
     }
 }
 
-/// An accepted connection: plain TCP, or TLS over it.
-pub enum Conn {
+/// An accepted connection's bytes: plain TCP, or TLS over it.
+pub enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// An accepted connection and the port (`"client"`, `"peer"`,
+/// `"metrics"`) it came in on.
+pub struct Conn {
+    stream: Stream,
+    port: &'static str,
 }
 
 impl Connected for Conn {
     type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> ConnInfo {
-        match self {
-            Conn::Plain(s) => ConnInfo {
+        let port = self.port;
+        match &self.stream {
+            Stream::Plain(s) => ConnInfo {
                 remote: s.peer_addr().ok(),
                 certs: None,
+                port,
             },
-            Conn::Tls(s) => {
+            Stream::Tls(s) => {
                 let (tcp, session) = s.get_ref();
                 ConnInfo {
+                    port,
                     remote: tcp.peer_addr().ok(),
                     certs: session
                         .peer_certificates()
@@ -283,28 +295,28 @@ impl Connected for Conn {
     }
 }
 
-impl AsyncRead for Conn {
+impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for Conn {
+impl AsyncWrite for Stream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -314,30 +326,70 @@ impl AsyncWrite for Conn {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Conn::Plain(s) => s.is_write_vectored(),
-            Conn::Tls(s) => s.is_write_vectored(),
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -372,7 +424,14 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             match &tls {
                 None => {
-                    if tx.send(Ok(Conn::Plain(tcp))).await.is_err() {
+                    if tx
+                        .send(Ok(Conn {
+                            stream: Stream::Plain(tcp),
+                            port,
+                        }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -380,8 +439,8 @@ pub fn incoming(
                     let (tls, tx) = (tls.clone(), tx.clone());
                     tokio::spawn(async move {
                         match tls.handshake(tcp).await {
-                            Ok(conn) => {
-                                let _ = tx.send(Ok(conn)).await;
+                            Ok(stream) => {
+                                let _ = tx.send(Ok(Conn { stream, port })).await;
                             }
                             Err(e) => {
                                 tracing::warn!(port, %remote, "refused a connection: {e}");

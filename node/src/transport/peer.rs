@@ -695,9 +695,9 @@ impl<N: PeerNode> Peer for PeerService<N> {
         for c in r.commands {
             let refusal = match crate::command::decode(&c) {
                 Err(e) => Some(e.to_string()),
-                Ok((_, origin, _)) if origin != r.from => Some(format!(
-                    "a command of origin {origin:x} forwarded by {:x}",
-                    r.from
+                Ok(d) if d.origin != r.from => Some(format!(
+                    "a command of origin {:x} forwarded by {:x}",
+                    d.origin, r.from
                 )),
                 Ok(_) => None,
             };

@@ -145,6 +145,7 @@ impl World {
                         value,
                     },
                     Request::Propose {
+                        caller: None,
                         op: Op::Put(put),
                         reply,
                     },
@@ -174,6 +175,7 @@ impl World {
                         new: value,
                     },
                     Request::Propose {
+                        caller: None,
                         op: Op::Txn(txn),
                         reply,
                     },
@@ -185,6 +187,7 @@ impl World {
                 (
                     lin::Op::Delete { key: key.clone() },
                     Request::Propose {
+                        caller: None,
                         op: Op::DeleteRange(DeleteRangeRequest {
                             key: key.clone(),
                             ..Default::default()

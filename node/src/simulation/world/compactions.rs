@@ -40,6 +40,7 @@ impl World {
         let (reply, slot) = Slot::new();
         core.set_time(clock);
         core.on_request(Request::Propose {
+            caller: None,
             op: Op::Compaction(CompactionRequest {
                 revision,
                 physical: false,

@@ -74,6 +74,7 @@ impl World {
                 let (reply, slot) = Slot::new();
                 (
                     Request::Propose {
+                        caller: None,
                         op: Op::LeaseGrant(LeaseGrantRequest { id, ttl }),
                         reply,
                     },
@@ -85,6 +86,7 @@ impl World {
                 let (reply, slot) = Slot::new();
                 (
                     Request::Propose {
+                        caller: None,
                         op: Op::Put(PutRequest {
                             key,
                             value: value.clone(),
@@ -100,6 +102,7 @@ impl World {
                 let (reply, slot) = Slot::new();
                 (
                     Request::Propose {
+                        caller: None,
                         op: Op::LeaseRevoke(LeaseRevokeRequest { id }),
                         reply,
                     },

@@ -18,7 +18,7 @@ const TAG_IMAGE: u8 = 1;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemoryBackend {
     /// Indexed by `slot(keyspace)`.
-    keyspaces: [BTreeMap<Vec<u8>, Vec<u8>>; 4],
+    keyspaces: [BTreeMap<Vec<u8>, Vec<u8>>; 5],
     /// Key and value bytes held, kept as batches are written.
     bytes: u64,
 }
@@ -29,6 +29,7 @@ fn slot(keyspace: Keyspace) -> usize {
         Keyspace::Lease => 1,
         Keyspace::Member => 2,
         Keyspace::Meta => 3,
+        Keyspace::Auth => 4,
     }
 }
 

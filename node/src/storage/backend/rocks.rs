@@ -43,15 +43,19 @@ impl RocksBackend {
         })
     }
 
-    /// Opens a checkpoint of the store read-only (nothing in it changes).
+    /// Opens a checkpoint of the store read-only (nothing in it changes),
+    /// to read its meta and member keyspaces. A checkpoint from a version
+    /// before the auth keyspace has none; opening it read-write adds it.
     pub fn open_read_only(dir: &Path) -> Result<RocksBackend, BackendError> {
-        let db = DB::open_cf_for_read_only(
-            &rocksdb::Options::default(),
-            dir,
-            Keyspace::ALL.map(Keyspace::name),
-            false,
-        )
-        .map_err(|e| err("opening a checkpoint", e))?;
+        let present = DB::list_cf(&rocksdb::Options::default(), dir)
+            .map_err(|e| err("listing a checkpoint's keyspaces", e))?;
+        let names: Vec<&str> = Keyspace::ALL
+            .iter()
+            .map(|k| k.name())
+            .filter(|n| *n != Keyspace::Auth.name() || present.iter().any(|p| p == n))
+            .collect();
+        let db = DB::open_cf_for_read_only(&rocksdb::Options::default(), dir, names, false)
+            .map_err(|e| err("opening a checkpoint", e))?;
         Ok(RocksBackend {
             db: Arc::new(db),
             path: dir.to_path_buf(),
