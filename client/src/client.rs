@@ -1,8 +1,9 @@
 //! `Client`: the etcd v3 API over one channel per endpoint, writes and
 //! linearizable reads sent to the leader, failed calls retried when that is
 //! safe (`retry.rs`), within per-attempt timeouts and an overall deadline
-//! (`CallOptions`). Typed errors, no printing. Cheap to clone: clones share
-//! the endpoints and their health.
+//! (`CallOptions`), with the login token of `auth.rs` when the client has
+//! credentials. Typed errors, no printing. Cheap to clone: clones share the
+//! endpoints, their health and the token.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
 use nod_proto::etcd::mvccpb::KeyValue;
@@ -18,14 +18,18 @@ use nod_proto::nodserverpb::admin_client::AdminClient;
 use nod_proto::nodserverpb::{MemberHealthRequest, MemberHealthResponse};
 
 use nod_proto::etcd::etcdserverpb::{
-    cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient, watch_client::WatchClient, *,
+    auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient,
+    lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient, *,
 };
 
+use crate::auth::{with_token, AuthChannel, Credentials, Next, Session, Token};
 use crate::backoff::Jitter;
 use crate::endpoints::{EndpointInfo, Pool, Route};
 use crate::options::{CallOptions, ClientBuilder};
-use crate::retry::{may_retry, Idempotence, CALL_TIMED_OUT};
+use crate::retry::{
+    auth_not_enabled, cancel_needs_new_token, may_retry, needs_new_token, Idempotence,
+    CALL_TIMED_OUT,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -36,6 +40,9 @@ pub enum ClientError {
     /// The TLS files given do not load.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// A login succeeded but its token cannot be sent back.
+    #[error(transparent)]
+    InvalidToken(#[from] crate::auth::InvalidToken),
     /// The server answered with an error (etcd's code and message).
     #[error("{}", .0.message())]
     Status(#[from] tonic::Status),
@@ -101,11 +108,11 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-fn kv(ch: Channel) -> KvClient<Channel> {
+fn kv(ch: AuthChannel) -> KvClient<AuthChannel> {
     KvClient::new(ch).max_decoding_message_size(MAX_MESSAGE)
 }
 
-fn maintenance(ch: Channel) -> MaintenanceClient<Channel> {
+fn maintenance(ch: AuthChannel) -> MaintenanceClient<AuthChannel> {
     MaintenanceClient::new(ch).max_decoding_message_size(MAX_MESSAGE)
 }
 
@@ -126,6 +133,7 @@ pub fn txn_is_read_only(t: &TxnRequest) -> bool {
 pub struct Client {
     pool: Arc<Pool>,
     options: CallOptions,
+    session: Arc<Session>,
 }
 
 impl Client {
@@ -149,18 +157,25 @@ impl Client {
         ClientBuilder::new(endpoints)
     }
 
-    pub(crate) fn from_pool(pool: Pool, options: CallOptions) -> Client {
+    pub(crate) fn from_pool(
+        pool: Pool,
+        options: CallOptions,
+        credentials: Option<Credentials>,
+    ) -> Client {
         Client {
             pool: Arc::new(pool),
             options,
+            session: Arc::new(Session::new(credentials)),
         }
     }
 
-    /// This client with other call options (sharing endpoints and health).
+    /// This client with other call options (sharing endpoints, health and
+    /// the login token).
     pub fn with_options(&self, options: CallOptions) -> Client {
         Client {
             pool: self.pool.clone(),
             options,
+            session: self.session.clone(),
         }
     }
 
@@ -175,16 +190,104 @@ impl Client {
 
     /// Asks every endpoint for its status now, learning members and leader.
     pub async fn refresh_leader(&self) {
-        self.pool.refresh().await;
+        self.pool.refresh(self.session.current().as_ref()).await;
     }
 
     /// Adds every member's client URLs (Cluster.MemberList) to the
     /// endpoints; returns how many were new.
     pub async fn sync_endpoints(&self) -> Result<usize> {
-        let picked = self.pick(Route::Any, None).await?;
-        let ch = picked.channel.clone();
-        picked.finish(Ok(()));
-        self.pool.sync_members(ch).await
+        let req = MemberListRequest {
+            linearizable: false,
+        };
+        let list = self
+            .unary(Route::Any, Idempotence::Idempotent, move |ch| async move {
+                ClusterClient::new(ch).member_list(req).await
+            })
+            .await?;
+        Ok(self.pool.add_members(list))
+    }
+
+    /// Logs in now, if the client has credentials and holds no token,
+    /// instead of before the first call: a wrong password is an error here.
+    /// A cluster without authentication is no error (calls then go without
+    /// a token).
+    pub async fn authenticate(&self) -> Result<()> {
+        self.token(self.call_deadline()).await.map(drop)
+    }
+
+    fn call_deadline(&self) -> Option<Instant> {
+        self.options
+            .deadline
+            .and_then(|d| Instant::now().checked_add(d))
+    }
+
+    /// The token for the next call, logging in first when there is none
+    /// (once for every caller waiting: the others find the new token).
+    pub(crate) async fn token(&self, deadline: Option<Instant>) -> Result<Option<Token>> {
+        if let Next::Send(t) = self.session.next() {
+            return Ok(t);
+        }
+        let _gate = self.session.login_gate.lock().await;
+        let credentials = match self.session.next() {
+            Next::Send(t) => return Ok(t),
+            Next::LogIn(c) => c.clone(),
+        };
+        let req = AuthenticateRequest {
+            name: credentials.user().to_string(),
+            password: credentials.password().to_string(),
+        };
+        // Boxed: a login is a call, and calls log in.
+        let login = Box::pin(self.send(
+            Route::Any,
+            Idempotence::Idempotent,
+            false,
+            deadline,
+            move |ch| {
+                let req = req.clone();
+                async move { AuthClient::new(ch).authenticate(req).await }
+            },
+        ))
+        .await;
+        match login {
+            Ok(r) => {
+                let token = self.session.logged_in(&r.token)?;
+                tracing::debug!(user = credentials.user(), "nod-client: logged in");
+                Ok(Some(token))
+            }
+            Err(ClientError::Status(s)) if auth_not_enabled(&s) => {
+                tracing::debug!("nod-client: authentication is not enabled: no token");
+                self.session.not_enabled();
+                Ok(None)
+            }
+            // tonic's answer for a missing service says nothing by itself.
+            Err(ClientError::Status(s)) if s.code() == tonic::Code::Unimplemented => {
+                Err(Status::unimplemented(format!(
+                    "nod-client: cannot log in as {:?}: the server has no Auth service",
+                    credentials.user()
+                ))
+                .into())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a call that carried `sent` and failed with `s` should be
+    /// sent again after a new login (the token is forgotten then).
+    pub(crate) fn token_rejected(&self, s: &Status, sent: Option<&Token>) -> bool {
+        needs_new_token(s) && self.forget_token(s.message(), sent)
+    }
+
+    /// Same, for a watch the server cancelled with `reason`.
+    pub(crate) fn watch_token_rejected(&self, reason: &str, sent: Option<&Token>) -> bool {
+        cancel_needs_new_token(reason) && self.forget_token(reason, sent)
+    }
+
+    fn forget_token(&self, why: &str, sent: Option<&Token>) -> bool {
+        let again = self.session.rejected(sent);
+        if again {
+            tracing::debug!("nod-client: {why}: logging in again");
+        }
+        again
     }
 
     /// An endpoint for a stream (watch, keep-alive), waiting for one to be
@@ -196,7 +299,7 @@ impl Client {
     ) -> Result<crate::endpoints::Picked> {
         loop {
             if route == Route::Leader && !self.pool.leader_known() {
-                self.pool.refresh().await;
+                self.pool.refresh(self.session.current().as_ref()).await;
             }
             match self.pool.pick(route) {
                 Ok(p) => return Ok(p),
@@ -211,33 +314,52 @@ impl Client {
         }
     }
 
-    /// Runs a unary call: picks an endpoint by `route`, limits the attempt,
-    /// reports the outcome to the endpoint's health, and tries again (after
-    /// a jittered back-off) while `retry::may_retry` allows and the
-    /// deadline has not passed.
-    async fn unary<T, F, Fut>(
+    /// Runs a unary call with the session's token (see `send`), within
+    /// the call options' deadline.
+    async fn unary<T, F, Fut>(&self, route: Route, idempotence: Idempotence, call: F) -> Result<T>
+    where
+        F: FnMut(AuthChannel) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+    {
+        self.send(route, idempotence, true, self.call_deadline(), call)
+            .await
+    }
+
+    /// Sends a unary call: picks an endpoint by `route`, limits the
+    /// attempt, reports the outcome to the endpoint's health, and tries
+    /// again (after a jittered back-off) while `retry::may_retry` allows
+    /// and the deadline has not passed. With `authenticated`, each attempt
+    /// carries the session's token (logging in first if there is none),
+    /// and a token the server refuses is replaced once, the call sent
+    /// again at once whatever its idempotence (`retry.rs` says why).
+    async fn send<T, F, Fut>(
         &self,
         route: Route,
         idempotence: Idempotence,
+        authenticated: bool,
+        deadline: Option<Instant>,
         mut call: F,
     ) -> Result<T>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(AuthChannel) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         let opts = &self.options;
-        let deadline = opts.deadline.and_then(|d| Instant::now().checked_add(d));
         let mut jitter = Jitter::from_entropy();
         let mut attempt = 0u32;
+        let mut logged_in_again = false;
         loop {
-            let picked = match self.pick(route, deadline).await {
-                Ok(p) => p,
-                Err(e) => return Err(e),
+            let token = if authenticated {
+                self.token(deadline).await?
+            } else {
+                None
             };
+            let picked = self.pick(route, deadline).await?;
             attempt += 1;
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let limit = remaining.map_or(opts.attempt_timeout, |r| r.min(opts.attempt_timeout));
-            let result = match tokio::time::timeout(limit, call(picked.channel.clone())).await {
+            let channel = with_token(picked.channel.clone(), token.as_ref());
+            let result = match tokio::time::timeout(limit, call(channel)).await {
                 Ok(r) => r,
                 Err(_) => Err(Status::deadline_exceeded(CALL_TIMED_OUT)),
             };
@@ -249,6 +371,10 @@ impl Client {
                 Err(s) => s,
             };
             picked.finish(Err(&status));
+            if authenticated && !logged_in_again && self.token_rejected(&status, token.as_ref()) {
+                logged_in_again = true;
+                continue;
+            }
             if !may_retry(&status, idempotence) || attempt >= opts.max_attempts {
                 return Err(status.into());
             }
@@ -257,6 +383,42 @@ impl Client {
                 return Err(status.into());
             }
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Opens a stream (or runs a call that reads one to its end) on an
+    /// endpoint picked by `route`, with the session's token, replacing a
+    /// token the server refuses once. Other failures are not retried here:
+    /// the callers (`Watcher`, `LeaseKeeper`) decide. Returns the token the
+    /// stream carries, for a refusal that comes later on it.
+    pub(crate) async fn open<T, F, Fut>(
+        &self,
+        route: Route,
+        deadline: Option<Instant>,
+        mut open: F,
+    ) -> Result<(T, Option<Token>)>
+    where
+        F: FnMut(AuthChannel) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Status>>,
+    {
+        let mut logged_in_again = false;
+        loop {
+            let token = self.token(deadline).await?;
+            let picked = self.pick(route, deadline).await?;
+            match open(with_token(picked.channel.clone(), token.as_ref())).await {
+                Ok(opened) => {
+                    picked.finish(Ok(()));
+                    return Ok((opened, token));
+                }
+                Err(s) => {
+                    picked.finish(Err(&s));
+                    if !logged_in_again && self.token_rejected(&s, token.as_ref()) {
+                        logged_in_again = true;
+                        continue;
+                    }
+                    return Err(s.into());
+                }
+            }
         }
     }
 
@@ -347,31 +509,12 @@ impl Client {
         &mut self,
         create: WatchCreateRequest,
     ) -> Result<(mpsc::Sender<WatchRequest>, Streaming<WatchResponse>)> {
-        let deadline = self
-            .options
-            .deadline
-            .and_then(|d| Instant::now().checked_add(d));
-        let picked = self.pick(Route::Any, deadline).await?;
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(WatchRequest {
-            request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
-        })
-        .await
-        .map_err(|_| ClientError::Protocol("watch stream closed".into()))?;
-        let r = WatchClient::new(picked.channel.clone())
-            .max_decoding_message_size(MAX_MESSAGE)
-            .watch(ReceiverStream::new(rx))
-            .await;
-        match r {
-            Ok(stream) => {
-                picked.finish(Ok(()));
-                Ok((tx, stream.into_inner()))
-            }
-            Err(s) => {
-                picked.finish(Err(&s));
-                Err(s.into())
-            }
-        }
+        let (opened, _) = self
+            .open(Route::Any, self.call_deadline(), move |ch| {
+                open_watch(ch, create.clone())
+            })
+            .await?;
+        Ok(opened)
     }
 
     pub async fn lease_grant(&mut self, ttl: i64, id: i64) -> Result<LeaseGrantResponse> {
@@ -404,28 +547,32 @@ impl Client {
         mpsc::Sender<LeaseKeepAliveRequest>,
         Streaming<LeaseKeepAliveResponse>,
     )> {
-        let deadline = self
-            .options
-            .deadline
-            .and_then(|d| Instant::now().checked_add(d));
-        let picked = self.pick(Route::Leader, deadline).await?;
-        let (tx, rx) = mpsc::channel(4);
-        tx.send(LeaseKeepAliveRequest { id })
-            .await
-            .map_err(|_| ClientError::Protocol("keep-alive stream closed".into()))?;
-        let r = LeaseClient::new(picked.channel.clone())
-            .lease_keep_alive(ReceiverStream::new(rx))
-            .await;
-        match r {
-            Ok(stream) => {
-                picked.finish(Ok(()));
-                Ok((tx, stream.into_inner()))
-            }
-            Err(s) => {
-                picked.finish(Err(&s));
-                Err(s.into())
-            }
-        }
+        let (opened, _) = self.open_keep_alive(id).await?;
+        Ok(opened)
+    }
+
+    /// `lease_keep_alive`, with the token the stream carries.
+    #[allow(clippy::type_complexity)]
+    pub(crate) async fn open_keep_alive(
+        &self,
+        id: i64,
+    ) -> Result<(
+        (
+            mpsc::Sender<LeaseKeepAliveRequest>,
+            Streaming<LeaseKeepAliveResponse>,
+        ),
+        Option<Token>,
+    )> {
+        self.open(Route::Leader, self.call_deadline(), move |ch| async move {
+            let (tx, rx) = mpsc::channel(4);
+            tx.try_send(LeaseKeepAliveRequest { id })
+                .map_err(|_| Status::internal("nod-client: keep-alive request not queued"))?;
+            let stream = LeaseClient::new(ch)
+                .lease_keep_alive(ReceiverStream::new(rx))
+                .await?;
+            Ok((tx, stream.into_inner()))
+        })
+        .await
     }
 
     pub async fn lease_time_to_live(
@@ -557,30 +704,38 @@ impl Client {
 
     /// The whole backup stream, concatenated.
     pub async fn snapshot(&mut self) -> Result<Vec<u8>> {
-        let picked = self.pick(Route::Any, None).await?;
-        let r = async {
-            let mut stream = maintenance(picked.channel.clone())
-                .snapshot(SnapshotRequest {})
-                .await?
-                .into_inner();
-            let mut out = Vec::new();
-            while let Some(chunk) = stream.message().await? {
-                out.extend_from_slice(&chunk.blob);
-            }
-            Ok::<_, Status>(out)
-        }
-        .await;
-        match r {
-            Ok(out) => {
-                picked.finish(Ok(()));
+        let (out, _) = self
+            .open(Route::Any, None, |ch| async move {
+                let mut stream = maintenance(ch)
+                    .snapshot(SnapshotRequest {})
+                    .await?
+                    .into_inner();
+                let mut out = Vec::new();
+                while let Some(chunk) = stream.message().await? {
+                    out.extend_from_slice(&chunk.blob);
+                }
                 Ok(out)
-            }
-            Err(s) => {
-                picked.finish(Err(&s));
-                Err(s.into())
-            }
-        }
+            })
+            .await?;
+        Ok(out)
     }
+}
+
+/// Opens a watch stream whose first request is `create`.
+pub(crate) async fn open_watch(
+    ch: AuthChannel,
+    create: WatchCreateRequest,
+) -> std::result::Result<(mpsc::Sender<WatchRequest>, Streaming<WatchResponse>), Status> {
+    let (tx, rx) = mpsc::channel(16);
+    tx.try_send(WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+    })
+    .map_err(|_| Status::internal("nod-client: watch request not queued"))?;
+    let stream = WatchClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .watch(ReceiverStream::new(rx))
+        .await?;
+    Ok((tx, stream.into_inner()))
 }
 
 #[cfg(test)]

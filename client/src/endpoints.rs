@@ -3,7 +3,8 @@
 //! answers for, plus the leader as last learned (Maintenance.Status). Picks
 //! the endpoint for each call: the leader for writes and linearizable
 //! reads when it is healthy, otherwise any healthy endpoint, round-robin.
-//! Does I/O only in `refresh` (Status calls); the rest is bookkeeping.
+//! Does I/O only in `refresh` (Status calls, with the caller's login token);
+//! the rest is bookkeeping.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -12,9 +13,10 @@ use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 use tonic::Status;
 
 use nod_proto::etcd::etcdserverpb::{
-    maintenance_client::MaintenanceClient, MemberListRequest, StatusRequest,
+    maintenance_client::MaintenanceClient, MemberListResponse, StatusRequest,
 };
 
+use crate::auth::{with_token, AuthChannel, Token};
 use crate::backoff::{Backoff, Jitter};
 use crate::breaker::{BreakerState, CircuitBreaker};
 use crate::retry::{is_leader_failure, is_transport_failure};
@@ -308,11 +310,12 @@ impl Pool {
     }
 
     /// Asks every endpoint for its Status (at most once per 100 ms across
-    /// callers): learns which member answers where and who leads (the
-    /// leader named at the highest term wins).
-    pub async fn refresh(self: &Arc<Self>) {
+    /// callers), with `token` if the client holds one: learns which member
+    /// answers where and who leads (the leader named at the highest term
+    /// wins).
+    pub async fn refresh(self: &Arc<Self>, token: Option<&Token>) {
         let _gate = self.refreshing.lock().await;
-        let targets: Vec<(usize, Channel)> = {
+        let targets: Vec<(usize, AuthChannel)> = {
             let st = self.lock();
             if st
                 .last_refresh
@@ -323,7 +326,7 @@ impl Pool {
             st.endpoints
                 .iter()
                 .enumerate()
-                .map(|(i, e)| (i, e.channel.clone()))
+                .map(|(i, e)| (i, with_token(e.channel.clone(), token)))
                 .collect()
         };
         let asks = targets.into_iter().map(|(i, ch)| async move {
@@ -354,16 +357,11 @@ impl Pool {
         st.last_refresh = Some(Instant::now());
     }
 
-    /// Adds the client URLs of every member (Cluster.MemberList) not yet in
-    /// the pool, as etcd's client does with `AutoSyncInterval`. Endpoints
-    /// are never removed here: one the caller gave stays.
-    pub async fn sync_members(self: &Arc<Self>, channel: Channel) -> Result<usize> {
-        let list = nod_proto::etcd::etcdserverpb::cluster_client::ClusterClient::new(channel)
-            .member_list(MemberListRequest {
-                linearizable: false,
-            })
-            .await?
-            .into_inner();
+    /// Adds the client URLs of every member in `list` (Cluster.MemberList)
+    /// not yet in the pool, as etcd's client does with `AutoSyncInterval`;
+    /// returns how many were new. Endpoints are never removed here: one the
+    /// caller gave stays.
+    pub fn add_members(&self, list: MemberListResponse) -> usize {
         let mut st = self.lock();
         let mut added = 0;
         for m in list.members {
@@ -379,7 +377,7 @@ impl Pool {
                 }
             }
         }
-        Ok(added)
+        added
     }
 
     pub fn infos(&self) -> Vec<EndpointInfo> {

@@ -3,7 +3,9 @@
 //! reopening the stream elsewhere when it breaks. What it knows is on a
 //! `watch` channel: `Alive` with the TTL the server last granted, or
 //! `Lost` (the server said the lease is gone, or no renewal came within
-//! the TTL, so it may have expired). `Lost` is final.
+//! the TTL, so it may have expired). `Lost` is final. The stream carries
+//! the client's login token; one the server refuses is replaced before the
+//! stream is reopened.
 
 use std::time::{Duration, Instant};
 
@@ -80,12 +82,12 @@ async fn keep(client: Client, id: i64, granted_ttl: i64, tx: watch::Sender<Lease
             return;
         }
         let limit = expires - now;
-        let mut c = client.with_options(
+        let c = client.with_options(
             CallOptions::default()
                 .attempt_timeout(limit.min(Duration::from_secs(2)))
                 .deadline(Some(limit)),
         );
-        let (req_tx, mut stream) = match c.lease_keep_alive(id).await {
+        let ((req_tx, mut stream), token) = match c.open_keep_alive(id).await {
             Ok(s) => s,
             Err(_) => {
                 failures += 1;
@@ -98,7 +100,12 @@ async fn keep(client: Client, id: i64, granted_ttl: i64, tx: watch::Sender<Lease
             let wait = expires.saturating_duration_since(Instant::now());
             let answer = match tokio::time::timeout(wait, stream.message()).await {
                 Ok(Ok(Some(r))) => r,
-                _ => break, // broken stream or no answer in time
+                Ok(Err(s)) => {
+                    // Reopened below with a new token if this one was refused.
+                    client.token_rejected(&s, token.as_ref());
+                    break;
+                }
+                _ => break, // ended, or no answer in time
             };
             if answer.ttl <= 0 {
                 let _ = tx.send(LeaseState::Lost);

@@ -12,6 +12,14 @@
 //! - Calls are retried with exponential back-off and jitter (`backoff.rs`)
 //!   within `CallOptions`: reads always on `Unavailable`, writes only when
 //!   they provably were not applied (`retry.rs` has the table).
+//! - `ClientBuilder::user(name, password)` logs in as etcd's clients do
+//!   (`auth.rs`): Auth.Authenticate on any healthy endpoint before the
+//!   first call, the token sent as `token` metadata on every call and
+//!   stream of the client and its clones, a token refused as stale ("invalid
+//!   auth token", "revision of auth store is old") replaced once and the
+//!   call sent again, and no token at all when the cluster answers
+//!   "authentication is not enabled". A wrong password is the first call's
+//!   error (or `Client::authenticate`'s, to check it at once).
 //!
 //! - `Watcher` resumes a watch on another member after a failure, never
 //!   delivering an event twice or skipping one; `LeaseKeeper` renews a
@@ -27,6 +35,8 @@
 //! # async fn demo() -> nod_client::Result<()> {
 //! let endpoints = ["127.0.0.1:2379", "127.0.0.1:22379", "127.0.0.1:32379"].map(String::from);
 //! let mut client = Client::connect(&endpoints, Duration::from_secs(5))?;
+//! // On a cluster with authentication on (`ClientBuilder::user` has more):
+//! // Client::builder(endpoints).user("root", "s3cret").build()?
 //! client
 //!     .put(PutRequest { key: b"greeting".to_vec(), value: b"hello".to_vec(), ..Default::default() })
 //!     .await?;
@@ -59,6 +69,7 @@
 //! Depends on the wire types (`nod-proto`), tonic, tokio and futures only:
 //! never on the server, RocksDB or gossip (`node/tests/layers.rs` checks it).
 
+pub mod auth;
 pub mod backoff;
 mod batcher;
 pub mod blocking;
@@ -73,6 +84,7 @@ pub mod tls;
 pub mod txn;
 mod watcher;
 
+pub use auth::Credentials;
 pub use batcher::{BatchOptions, PutBatcher, MAX_TXN_OPS};
 pub use client::{prefix_end, txn_is_read_only, Client, ClientError, KeySpan, Result};
 pub use endpoints::{EndpointInfo, HealthSettings, Route};

@@ -18,6 +18,16 @@
 //! | `Unavailable` "etcdserver: request timed out" | outcome unknown | never retried for writes |
 //! | `Unavailable` "etcdserver: server stopped" | outcome unknown | never retried for writes |
 //! | other transport errors (reset, h2) | the request may have left | never retried for writes |
+//!
+//! Apart from that table, and whatever the call: when the server refuses
+//! the token a call carried (`needs_new_token`), the client logs in again
+//! and sends the call once more, a write included: etcd checks the token,
+//! and the auth store revision it was issued at, before the request takes
+//! effect (`auth/store.go`, `isOpPermitted`), so nothing was applied.
+//! etcd's Go client does the same (`retry_interceptor.go`,
+//! `shouldRefreshToken`). A login refused ("authentication failed", "too
+//! many requests") is the call's error: a wrong password is never retried,
+//! and only a resuming watch tries a rate-limited login again, later.
 
 use tonic::{Code, Status};
 
@@ -76,6 +86,47 @@ pub fn is_leader_failure(s: &Status) -> bool {
             | "etcdserver: leader changed"
             | "etcdserver: leader unreachable"
     )
+}
+
+/// etcd's answers that ask for a new token, with their codes
+/// (`rpctypes`): the token expired or is unknown to the member; users or
+/// roles changed since it was issued; no token reached the server (sent
+/// before authentication was turned on).
+const STALE_TOKEN: [(Code, &str); 3] = [
+    (Code::Unauthenticated, "etcdserver: invalid auth token"),
+    (
+        Code::InvalidArgument,
+        "etcdserver: revision of auth store is old",
+    ),
+    (Code::InvalidArgument, "etcdserver: user name is empty"),
+];
+
+/// Whether the server refused the call's token as stale or missing: log in
+/// again and send the call once more (if the client has credentials).
+pub fn needs_new_token(s: &Status) -> bool {
+    STALE_TOKEN
+        .iter()
+        .any(|&(code, message)| s.code() == code && s.message() == message)
+}
+
+/// Whether a watch the server cancelled with this reason asks for a new
+/// token (etcd cancels rather than failing the stream; its Go client:
+/// `shouldRetryWatch`).
+pub fn cancel_needs_new_token(reason: &str) -> bool {
+    STALE_TOKEN.iter().any(|&(_, message)| reason == message)
+}
+
+/// Whether a login was answered "authentication is not enabled": go on
+/// without a token, as etcdctl does.
+pub fn auth_not_enabled(s: &Status) -> bool {
+    s.code() == Code::FailedPrecondition
+        && s.message() == "etcdserver: authentication is not enabled"
+}
+
+/// Whether the server refused a login because too many came at once:
+/// worth trying again later (a resuming watch does), not at once.
+pub fn is_rate_limited(s: &Status) -> bool {
+    s.code() == Code::ResourceExhausted && s.message() == "etcdserver: too many requests"
 }
 
 pub fn outcome(s: &Status) -> Outcome {
@@ -229,6 +280,76 @@ mod tests {
                 "non-idempotent {s:?}"
             );
         }
+    }
+
+    #[test]
+    fn stale_token_answers_ask_for_a_login_and_nothing_else_does() {
+        // (status, a new token helps)
+        let table = [
+            (
+                Status::unauthenticated("etcdserver: invalid auth token"),
+                true,
+            ),
+            (
+                Status::invalid_argument("etcdserver: revision of auth store is old"),
+                true,
+            ),
+            (
+                Status::invalid_argument("etcdserver: user name is empty"),
+                true,
+            ),
+            // A wrong password is final: logging in again gets it again.
+            (
+                Status::invalid_argument(
+                    "etcdserver: authentication failed, invalid user ID or password",
+                ),
+                false,
+            ),
+            (
+                Status::permission_denied("etcdserver: permission denied"),
+                false,
+            ),
+            (
+                Status::resource_exhausted("etcdserver: too many requests"),
+                false,
+            ),
+            (
+                Status::failed_precondition("etcdserver: authentication is not enabled"),
+                false,
+            ),
+            // The right message with another code is someone else's answer.
+            (Status::unavailable("etcdserver: invalid auth token"), false),
+        ];
+        for (s, want) in table {
+            assert_eq!(needs_new_token(&s), want, "{s:?}");
+            // Apart from the login path, these are final answers.
+            assert!(!may_retry(&s, NonIdempotent), "{s:?}");
+        }
+        assert!(cancel_needs_new_token("etcdserver: invalid auth token"));
+        assert!(cancel_needs_new_token(
+            "etcdserver: revision of auth store is old"
+        ));
+        assert!(!cancel_needs_new_token("etcdserver: permission denied"));
+        assert!(!cancel_needs_new_token(""));
+    }
+
+    #[test]
+    fn only_auth_not_enabled_lets_a_login_go_on_without_a_token() {
+        assert!(auth_not_enabled(&Status::failed_precondition(
+            "etcdserver: authentication is not enabled"
+        )));
+        assert!(!auth_not_enabled(&Status::invalid_argument(
+            "etcdserver: authentication failed, invalid user ID or password"
+        )));
+        assert!(!auth_not_enabled(&Status::resource_exhausted(
+            "etcdserver: too many requests"
+        )));
+        assert!(is_rate_limited(&Status::resource_exhausted(
+            "etcdserver: too many requests"
+        )));
+        assert!(!is_rate_limited(&Status::resource_exhausted(
+            "grpc: received message larger than max"
+        )));
     }
 
     #[test]

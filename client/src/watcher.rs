@@ -3,7 +3,10 @@
 //! opens it again on another healthy endpoint, from where it left off, and
 //! the caller sees one unbroken sequence of events: none twice, none
 //! skipped. Compaction of a revision still needed ends it with
-//! `ClientError::Compacted`.
+//! `ClientError::Compacted`. A token the server refuses (a failed stream
+//! or, as etcd does it, a watch cancelled with "invalid auth token") is
+//! replaced by a new login and the stream reopened; a login that fails for
+//! good (wrong password) ends the watch with its error.
 //!
 //! Departure from "resume at last seen revision + 1": the server may split
 //! one revision's events over several responses (history is sent in
@@ -22,7 +25,9 @@ use nod_proto::etcd::etcdserverpb::{watch_create_request::FilterType, WatchCreat
 use nod_proto::etcd::mvccpb::Event;
 
 use crate::backoff::Jitter;
+use crate::client::open_watch;
 use crate::endpoints::Route;
+use crate::retry::{is_rate_limited, may_retry, Idempotence};
 use crate::{Client, ClientError, KeySpan, Result};
 
 /// What to watch, as etcd's `WithPrefix`, `WithRev`, `WithPrevKV`, ….
@@ -184,11 +189,29 @@ async fn run(
     if options.no_delete {
         filters.push(FilterType::Nodelete as i32);
     }
+    // A token was refused and replaced, and no stream opened since: a
+    // second refusal ends the watch (etcd's Go client retries once too).
+    let mut logged_in_again = false;
     loop {
         if failures > 0 {
             let delay = client.call_options().backoff.delay(failures, &mut jitter);
             tokio::time::sleep(delay).await;
         }
+        let token = match client.token(None).await {
+            Ok(t) => t,
+            // No endpoint answered the login, or logins are rate limited:
+            // try again later, as for a broken stream.
+            Err(ClientError::Status(s))
+                if may_retry(&s, Idempotence::Idempotent) || is_rate_limited(&s) =>
+            {
+                failures += 1;
+                continue;
+            }
+            Err(e) => {
+                let _ = out.send(Err(e)).await;
+                return;
+            }
+        };
         let picked = match client.pick(Route::Any, None).await {
             Ok(p) => p,
             Err(_) => {
@@ -204,25 +227,21 @@ async fn run(
             filters: filters.clone(),
             ..Default::default()
         };
-        let (req_tx, req_rx) = mpsc::channel(1);
-        let _ = req_tx
-            .send(nod_proto::etcd::etcdserverpb::WatchRequest {
-                request_union: Some(
-                    nod_proto::etcd::etcdserverpb::watch_request::RequestUnion::CreateRequest(
-                        create,
-                    ),
-                ),
-            })
-            .await;
-        let opened =
-            nod_proto::etcd::etcdserverpb::watch_client::WatchClient::new(picked.channel.clone())
-                .max_decoding_message_size(64 * 1024 * 1024)
-                .watch(tokio_stream::wrappers::ReceiverStream::new(req_rx))
-                .await;
-        let mut stream = match opened {
-            Ok(s) => s.into_inner(),
+        let channel = crate::auth::with_token(picked.channel.clone(), token.as_ref());
+        // The sender is kept while the stream lives: dropping it would end
+        // the request side.
+        let (_req_tx, mut stream) = match open_watch(channel, create).await {
+            Ok(opened) => opened,
             Err(s) => {
                 picked.finish(Err(&s));
+                if client.token_rejected(&s, token.as_ref()) {
+                    if logged_in_again {
+                        let _ = out.send(Err(s.into())).await;
+                        return;
+                    }
+                    logged_in_again = true;
+                    continue;
+                }
                 failures += 1;
                 continue;
             }
@@ -243,6 +262,13 @@ async fn run(
                 picked.finish(Ok(()));
                 return;
             }
+            if resp.canceled
+                && !logged_in_again
+                && client.watch_token_rejected(&resp.cancel_reason, token.as_ref())
+            {
+                logged_in_again = true;
+                break Ok(());
+            }
             if resp.canceled {
                 let _ = out
                     .send(Err(ClientError::Protocol(format!(
@@ -256,6 +282,7 @@ async fn run(
             let header_revision = resp.header.as_ref().map_or(0, |h| h.revision);
             if resp.created {
                 failures = 0;
+                logged_in_again = false;
                 if options.start_revision == 0 {
                     resume.starts_after(header_revision);
                 }
@@ -277,8 +304,23 @@ async fn run(
                 return; // the Watcher is gone
             }
         };
-        if let Err(s) = &ended {
-            picked.finish(Err(s));
+        match &ended {
+            // Cancelled for its token: reopen at once with a new one.
+            Ok(()) => {
+                picked.finish(Ok(()));
+                continue;
+            }
+            Err(s) => {
+                picked.finish(Err(s));
+                if client.token_rejected(s, token.as_ref()) {
+                    if logged_in_again {
+                        let _ = out.send(Err(s.clone().into())).await;
+                        return;
+                    }
+                    logged_in_again = true;
+                    continue;
+                }
+            }
         }
         failures += 1;
         reconnects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

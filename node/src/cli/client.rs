@@ -1,11 +1,15 @@
 //! What every client command shares: the flags (endpoints, output format,
-//! timeout), connecting, printing, and how a failure becomes an exit code.
+//! timeout, TLS, user), connecting, printing, and how a failure becomes an
+//! exit code.
 
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use nod_client::auth::Credentials;
 use nod_client::tls::TlsOptions;
 use nod_client::{CallOptions, Client, ClientError};
 use nod_proto::etcd::etcdserverpb::ResponseHeader;
@@ -43,6 +47,14 @@ pub struct ClientFlags {
     /// Accept any server certificate: encrypted but not authenticated.
     #[arg(long, env = "NOD_INSECURE_SKIP_TLS_VERIFY", global = true)]
     pub insecure_skip_tls_verify: bool,
+    /// Log in as this user (etcd's authentication): NAME:PASSWORD, or NAME
+    /// with the password from --password, else from the first line of
+    /// standard input (not read from a terminal).
+    #[arg(long, value_name = "NAME[:PASSWORD]", env = "NOD_USER", global = true)]
+    pub user: Option<String>,
+    /// The password of --user (then --user is the whole name, colons included).
+    #[arg(long, env = "NOD_PASSWORD", hide_env_values = true, global = true)]
+    pub password: Option<String>,
 }
 
 impl ClientFlags {
@@ -56,7 +68,30 @@ impl ClientFlags {
         }
     }
 
-    /// A client of `endpoints` with these flags' TLS and `timeout` per call.
+    /// The user to log in as, as etcdctl reads `--user` and `--password`.
+    /// A password from standard input is read once per process.
+    pub fn credentials(&self) -> Result<Option<Credentials>, Failure> {
+        let Some(user) = &self.user else {
+            return match self.password {
+                Some(_) => Err(usage("--password needs --user")),
+                None => Ok(None),
+            };
+        };
+        let credentials = match &self.password {
+            Some(password) => Credentials::new(user, password),
+            None => match Credentials::parse(user) {
+                Some(c) => c,
+                None => Credentials::new(user, password_from_stdin(user)?),
+            },
+        };
+        if credentials.user().is_empty() {
+            return Err(usage("--user needs a name"));
+        }
+        Ok(Some(credentials))
+    }
+
+    /// A client of `endpoints` with these flags' TLS and user, and
+    /// `timeout` per call. No I/O yet: the login comes with the first call.
     pub fn client_for(&self, endpoints: &[String], timeout: Duration) -> Result<Client, Failure> {
         let mut b = Client::builder(endpoints.iter().cloned()).call_options(
             CallOptions::default()
@@ -67,8 +102,41 @@ impl ClientFlags {
         if tls.is_set() {
             b = b.tls(tls);
         }
+        if let Some(credentials) = self.credentials()? {
+            b = b.credentials(credentials);
+        }
         Ok(b.build()?)
     }
+}
+
+/// The first line of standard input, without its line ending: the
+/// password of `user` when neither `--user NAME:PASSWORD` nor `--password`
+/// gives it. Refused from a terminal, where it would be echoed. Read once:
+/// `nod status` makes a client per endpoint, and `nod txn` / `nod put`
+/// read the rest of standard input.
+fn password_from_stdin(user: &str) -> Result<String, Failure> {
+    static PASSWORD: OnceLock<Result<String, String>> = OnceLock::new();
+    let read = PASSWORD.get_or_init(|| {
+        let stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            return Err(format!(
+                "no password for user {user:?}: give --user {user}:PASSWORD, --password \
+                 or NOD_PASSWORD, or pipe it on standard input"
+            ));
+        }
+        let mut line = String::new();
+        match stdin.lock().read_line(&mut line) {
+            Ok(0) => Err(format!(
+                "no password for user {user:?}: standard input is empty"
+            )),
+            Ok(_) => {
+                let password = line.strip_suffix('\n').unwrap_or(&line);
+                Ok(password.strip_suffix('\r').unwrap_or(password).to_string())
+            }
+            Err(e) => Err(format!("reading the password from standard input: {e}")),
+        }
+    });
+    read.clone().map_err(usage)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -101,7 +169,11 @@ pub fn exit_for(f: Failure) -> ExitCode {
             ExitCode::from(2)
         }
         Failure::Client(ClientError::Status(s)) => {
-            eprintln!("Error: {}", s.message());
+            let message = match s.message() {
+                "" => s.code().description(),
+                m => m,
+            };
+            eprintln!("Error: {message}");
             match s.code() {
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => ExitCode::from(3),
                 _ => ExitCode::FAILURE,

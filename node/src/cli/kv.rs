@@ -111,6 +111,9 @@ pub async fn put(args: PutArgs, client: ClientFlags) -> Result<ExitCode, Failure
         ignore_value,
         ignore_lease,
     } = args;
+    // Before reading a value from standard input: a password given there
+    // is its first line.
+    let mut c = connect(&client)?;
     let value = match value {
         Some(v) => v.into_bytes(),
         None if ignore_value => Vec::new(),
@@ -126,7 +129,6 @@ pub async fn put(args: PutArgs, client: ClientFlags) -> Result<ExitCode, Failure
         Some(l) => parse_hex(&l, "lease")? as i64,
         None => 0,
     };
-    let mut c = connect(&client)?;
     let r = c
         .put(PutRequest {
             key: key.into_bytes(),
@@ -248,12 +250,14 @@ pub async fn del(args: DelArgs, client: ClientFlags) -> Result<ExitCode, Failure
 
 /// Reads a txn in etcdctl's format (`nod_client::txn`) from standard input.
 pub async fn txn(client: ClientFlags) -> Result<ExitCode, Failure> {
+    // Before reading the txn: a password given on standard input is its
+    // first line.
+    let mut c = connect(&client)?;
     let mut input = String::new();
     std::io::stdin()
         .read_to_string(&mut input)
         .map_err(|e| usage(format!("reading stdin: {e}")))?;
     let req = parse_txn(&input).map_err(|e| usage(e.to_string()))?;
-    let mut c = connect(&client)?;
     let r = c.txn(req).await?;
     match client.output {
         Output::Json => print_json(json!({
