@@ -14,6 +14,10 @@
 //! tokens are refused, oversized logins fail cleanly, and tokens issued
 //! by one Nod member work at another.
 //!
+//! A third covers what is Nod's own: the `nod` CLI's `--user`, the Rust
+//! client logging in again when its token expired, the login rate limit,
+//! and no password in a member's log or on its disk.
+//!
 //! Read `scenario` first; `Session` records, `normalize` says what is
 //! ignored. Transcripts are printed (shown by cargo when a test fails).
 
@@ -1121,4 +1125,146 @@ async fn auth_tokens_match_etcd() {
         ) && !nod_oversized.message().is_empty(),
         "unclear refusal of a 2 MiB login: {nod_oversized:?}"
     );
+}
+
+/// The `nod` CLI with etcd's flags.
+fn nod_cli(endpoint: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_nod"))
+        .args(["--endpoints", endpoint, "--command-timeout", "5"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nod")
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Nod's own clients log in as etcd's do, a token that expired is
+/// replaced without the caller noticing, and guessing passwords is slowed
+/// down (etcd has no limit: this is Nod's own rule, so etcd is not asked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nod_clients_log_in_and_password_guessing_is_limited() {
+    let cluster = Cluster::start_with(1, &["--bcrypt-cost", "4", "--auth-token-ttl", "1"]);
+    let ep = cluster.endpoints()[0].clone();
+    eventually("a leader", Duration::from_secs(20), || async {
+        (leader(std::slice::from_ref(&ep)).await != 0).then_some(())
+    })
+    .await;
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "add", "alice:alicepw"],
+        &["role", "add", "app"],
+        &[
+            "role",
+            "grant-permission",
+            "--prefix",
+            "app",
+            "readwrite",
+            "/a/",
+        ],
+        &["user", "grant-role", "alice", "app"],
+        &["auth", "enable"],
+    ] {
+        etcdctl_ok(&ep, args);
+    }
+
+    // The CLI: --user name:password, etcd's errors, exit 1.
+    let ok = nod_cli(&ep, &["--user", "alice:alicepw", "put", "/a/x", "1"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let got = nod_cli(
+        &ep,
+        &["--user", "alice", "--password", "alicepw", "get", "/a/x"],
+    );
+    assert!(got.status.success(), "{}", stderr(&got));
+    assert!(String::from_utf8_lossy(&got.stdout).contains('1'));
+    for (args, error) in [
+        (
+            &["--user", "alice:alicepw", "put", "/b/x", "1"][..],
+            "Error: etcdserver: permission denied",
+        ),
+        (
+            &["--user", "alice:wrong", "get", "/a/x"],
+            "Error: etcdserver: authentication failed, invalid user ID or password",
+        ),
+        (&["get", "/a/x"], "Error: etcdserver: user name is empty"),
+    ] {
+        let out = nod_cli(&ep, args);
+        assert_eq!(out.status.code(), Some(1), "nod {args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(error),
+            "nod {args:?} printed {:?}, not {error:?}",
+            stderr(&out)
+        );
+    }
+
+    // The Rust client: its token expires (TTL 1 s) while it idles, and the
+    // next call logs in again by itself.
+    let mut client = nod_client::Client::builder([ep.clone()])
+        .user("alice", "alicepw")
+        .build()
+        .unwrap();
+    let put = |k: &str| PutRequest {
+        key: k.as_bytes().to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
+    client.put(put("/a/one")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client
+        .put(put("/a/two"))
+        .await
+        .expect("a write after the token expired logs in again");
+    let denied = client.put(put("/b/no")).await.unwrap_err().to_string();
+    assert!(denied.contains("permission denied"), "{denied}");
+
+    // Guessing: five wrong passwords are checked, then the user must wait,
+    // even with the right password; after the wait it works again.
+    let ch = channel(&ep).await;
+    for i in 0..5 {
+        let e = authenticate(&ch, "alice", &format!("guess{i}"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "guess {i}: {e}");
+    }
+    let limited = authenticate(&ch, "alice", "alicepw").await.unwrap_err();
+    assert_eq!(
+        (limited.code(), limited.message()),
+        (
+            tonic::Code::ResourceExhausted,
+            "etcdserver: too many requests"
+        )
+    );
+    let other = authenticate(&ch, "root", "rootpw").await;
+    assert!(other.is_ok(), "other users are not limited: {other:?}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    authenticate(&ch, "alice", "alicepw")
+        .await
+        .expect("the right password after the wait");
+    // Passwords never reach the member's log, nor its disk (the Raft log's
+    // RocksDB write-ahead log holds entries uncompressed, so a password in
+    // an entry would show there).
+    let logs = cluster.members[0].logs();
+    for pw in ["alicepw", "rootpw", "guess0"] {
+        assert!(!logs.contains(pw), "the member's log shows a password");
+    }
+    let mut files = vec![cluster.members[0].data_dir.clone()];
+    let mut seen = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        seen += bytes.len();
+        assert!(
+            !bytes.windows(7).any(|w| w == b"alicepw"),
+            "{} holds a password",
+            path.display()
+        );
+    }
+    assert!(seen > 0, "the data directory was read");
 }

@@ -4,7 +4,8 @@
 //! disk served without a restart (and a broken one ignored), peers over
 //! mutual TLS with a required common name (Raft, forwarding to the leader,
 //! joining and snapshot streams all on it; a member with the wrong
-//! certificate never joins), and `nod dev --tls` working as it prints.
+//! certificate never joins), `nod dev --tls` working as it prints, and a
+//! client certificate's common name as its user once auth is on.
 
 mod support;
 
@@ -503,4 +504,83 @@ async fn sealed_gossip_forms_a_cluster_and_a_node_with_another_key_is_invisible(
     assert!(ms[3]
         .http_get("/readyz")
         .is_none_or(|(code, _)| code != 200));
+}
+
+/// With `--client-cert-auth` and auth on, a client certificate's common
+/// name is its user (etcd's rule): no password, no token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificates_common_name_is_its_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let ca = Ca::new("ca").unwrap();
+    let ca_file = ca.write(&pki, "ca").unwrap();
+    let server = issue(&ca, "server", &loopback(), Usage::Server, &pki, "server");
+    let root = issue(&ca, "root", &[], Usage::Client, &pki, "root");
+    let alice = issue(&ca, "alice", &[], Usage::Client, &pki, "alice");
+    let mallory = issue(&ca, "mallory", &[], Usage::Client, &pki, "mallory");
+    let mut m = Member::new(dir.path(), "n1");
+    m.client_scheme = "https";
+    let cert_flags = [
+        format!("--cert-file={}", server.cert.display()),
+        format!("--key-file={}", server.key.display()),
+        format!("--trusted-ca-file={}", ca_file.display()),
+        "--client-cert-auth".to_string(),
+        "--bcrypt-cost=4".to_string(),
+    ];
+    let extra: Vec<&str> = cert_flags.iter().map(String::as_str).collect();
+    m.start(&format!("n1={}", m.peer_url()), "new", &extra);
+    let url = m.client_url();
+    let as_root = flags(&ca_file, Some(&root));
+    eventually("a write over TLS", Duration::from_secs(20), || async {
+        etcdctl_tls(&url, &as_root, &["put", "k", "v"])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "add", "alice:alicepw"],
+        &["role", "add", "app"],
+        &[
+            "role",
+            "grant-permission",
+            "--prefix",
+            "app",
+            "readwrite",
+            "/a/",
+        ],
+        &["user", "grant-role", "alice", "app"],
+        &["auth", "enable"],
+    ] {
+        let out = etcdctl_tls(&url, &as_root, args);
+        assert!(out.status.success(), "etcdctl {args:?}: {}", text(&out));
+    }
+    let as_alice = flags(&ca_file, Some(&alice));
+    let out = etcdctl_tls(&url, &as_alice, &["put", "/a/x", "1"]);
+    assert!(out.status.success(), "alice by certificate: {}", text(&out));
+    for (who, tls, key) in [
+        ("alice", &as_alice, "/b/x"),
+        (
+            "mallory (no such user)",
+            &flags(&ca_file, Some(&mallory)),
+            "/a/x",
+        ),
+    ] {
+        let out = etcdctl_tls(&url, tls, &["put", key, "1"]);
+        assert!(
+            !out.status.success() && text(&out).contains("etcdserver: permission denied"),
+            "{who} writing {key}: {}",
+            text(&out)
+        );
+    }
+    let out = etcdctl_tls(&url, &as_root, &["put", "/b/x", "1"]);
+    assert!(out.status.success(), "root by certificate: {}", text(&out));
+    // A token wins over the certificate: alice's certificate with root's login.
+    let out = etcdctl_tls(
+        &url,
+        &as_alice,
+        &["--user", "root:rootpw", "put", "/c", "1"],
+    );
+    assert!(out.status.success(), "root's token: {}", text(&out));
 }
