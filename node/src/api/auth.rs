@@ -19,7 +19,7 @@ use crate::auth::tokens::MAX_TOKENS;
 use crate::auth::{auth_command::Op as AuthOp, AuthCommand, AuthError, Login};
 use crate::command::Op;
 use crate::server::driver::{Applied, Outcome};
-use crate::server::node::{Ctx, Node, Route};
+use crate::server::node::{unix_now, Ctx, Node, Route};
 
 pub struct AuthService {
     pub node: Arc<Node>,
@@ -198,9 +198,16 @@ impl Auth for AuthService {
             if self.node.shared.tokens.len() >= MAX_TOKENS {
                 return Err(deny(AuthError::TooManyRequests));
             }
+            let jwt = self.node.auth.jwt.clone();
             let login = Login {
                 name: req.name.clone(),
-                token_prefix: token_prefix()?,
+                // A JWT is signed here once the login applied; a simple
+                // token is named by every member as it applies the login.
+                token_prefix: if jwt.is_some() {
+                    String::new()
+                } else {
+                    token_prefix()?
+                },
                 auth_revision: revision,
             };
             let cmd = Op::Auth(AuthCommand {
@@ -217,13 +224,21 @@ impl Auth for AuthService {
                 }
                 Route::Done(Err(s)) => return Err(s),
                 Route::Done(Ok(a)) => {
-                    let Outcome::Auth {
-                        token: Some(token), ..
-                    } = a.outcome
-                    else {
-                        return Err(Status::internal(
-                            "etcdserver: login applied without a token",
-                        ));
+                    let token = match (a.outcome, jwt) {
+                        (_, Some(jwt)) => {
+                            jwt.sign(&req.name, revision, unix_now()).map_err(deny)?
+                        }
+                        (
+                            Outcome::Auth {
+                                token: Some(token), ..
+                            },
+                            None,
+                        ) => token,
+                        _ => {
+                            return Err(Status::internal(
+                                "etcdserver: login applied without a token",
+                            ))
+                        }
                     };
                     return Ok(Response::new(AuthenticateResponse {
                         header: Some(self.node.header(a.revision)),

@@ -77,6 +77,7 @@ pub fn auth_status(e: AuthError) -> Status {
         AuthError::PermissionDenied => Status::permission_denied(msg),
         AuthError::InvalidAuthToken => Status::unauthenticated(msg),
         AuthError::NoPasswordUser => Status::unknown(msg),
+        AuthError::NoSigningKey => Status::failed_precondition(msg),
         AuthError::TooManyRequests => Status::resource_exhausted(msg),
     }
 }

@@ -8,6 +8,8 @@
 //! - `perms.rs`: whether a user's key permissions cover a key or a range.
 //! - `tokens.rs`: simple tokens, `<16 letters>.<index of the login entry>`,
 //!   known to every member (each applies the login), with a sliding TTL.
+//! - `jwt.rs`: JWT tokens (`--auth-token jwt,...`), signed by the member
+//!   that checked the password, verified by any member with the key.
 //! - `password.rs`: bcrypt hashing and login rate limiting.
 //!
 //! Who asks is a [`Caller`]: the API layer finds it (a token, the client
@@ -16,6 +18,7 @@
 //! applied, against the store as it is then, so every member decides alike.
 //! No I/O and no clock here: time comes in as arguments.
 
+pub mod jwt;
 pub mod password;
 pub mod perms;
 pub mod state;
@@ -72,6 +75,9 @@ pub enum AuthError {
     /// A password bcrypt cannot hash (it reads at most 72 bytes).
     #[error("etcdserver: password is longer than 72 bytes")]
     PasswordTooLong,
+    /// JWT tokens are verified here but this member has no private key.
+    #[error("etcdserver: this member cannot issue tokens (no JWT private key)")]
+    NoSigningKey,
     /// A name longer than the store accepts.
     #[error("etcdserver: {0} is longer than {max} bytes", max = MAX_NAME_BYTES)]
     NameTooLong(&'static str),

@@ -70,7 +70,8 @@ pub struct ServerFlags {
     #[arg(long, env = "NOD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
     pub max_request_bytes: usize,
     /// Auth token type, as etcd spells it: `simple` (random tokens every
-    /// member knows, with a sliding TTL).
+    /// member knows, with a sliding TTL, --auth-token-ttl) or
+    /// `jwt,pub-key=PEM,priv-key=PEM,sign-method=RS256|PS256|ES256|EdDSA|HS256|...,ttl=5m`.
     #[arg(long, env = "NOD_AUTH_TOKEN", default_value = "simple")]
     pub auth_token: String,
     /// Seconds an unused simple token stays valid.
@@ -401,12 +402,7 @@ pub fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
     cfg.heartbeat = Duration::from_millis(f.heartbeat_interval);
     cfg.election_ticks = f.election_timeout / f.heartbeat_interval;
     cfg.max_request_bytes = f.max_request_bytes;
-    if f.auth_token.split(',').next() != Some("simple") {
-        return Err(format!(
-            "--auth-token {:?}: this version of nod supports `simple` tokens only",
-            f.auth_token
-        ));
-    }
+    cfg.auth_jwt = crate::auth::jwt::parse_flag(&f.auth_token).map_err(|e| e.to_string())?;
     if f.auth_token_ttl == 0 {
         return Err("--auth-token-ttl must be at least 1 second".into());
     }

@@ -249,12 +249,19 @@ impl<P: Platform> Core<P> {
                 "auth command has no operation".into(),
             )));
         };
-        Ok(match store.apply_auth(&op, caller.as_ref(), applied)? {
+        let outcome = store.apply_auth(&op, caller.as_ref(), applied)?;
+        self.shared
+            .auth_enabled
+            .store(store.auth().enabled(), std::sync::atomic::Ordering::Relaxed);
+        Ok(match outcome {
             AuthOutcome::Refused(e) => Verdict::Refused(DriverError::Auth(e)),
             AuthOutcome::Applied(done) => {
                 let tokens = &self.shared.tokens;
                 let token = match (&done, &op) {
-                    (AuthApplied::LoggedIn { name }, AuthOp::Login(l)) => {
+                    // Without a prefix the proposer signs a JWT itself.
+                    (AuthApplied::LoggedIn { name }, AuthOp::Login(l))
+                        if !l.token_prefix.is_empty() =>
+                    {
                         Some(tokens.assign(&l.token_prefix, applied.0, name))
                     }
                     (AuthApplied::Revoke(user), _) => {

@@ -2,6 +2,7 @@
 //! serializable reads and after ReadIndex), the watch hub, the status the
 //! API reports, and the metrics. Written only by the driver. No I/O.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::request::NodeStatus;
@@ -21,6 +22,9 @@ pub struct Shared<B: Backend = RocksBackend> {
     pub metrics: Metrics,
     /// Simple auth tokens: assigned when a login applies, on every member.
     pub tokens: SimpleTokens,
+    /// Whether auth is on, as of the last applied entry (a copy of the
+    /// store's flag, so a request with auth off takes no lock to learn it).
+    pub auth_enabled: AtomicBool,
 }
 
 impl<B: Backend> Shared<B> {

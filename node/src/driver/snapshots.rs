@@ -4,6 +4,7 @@
 //! install one a leader sent. No I/O of its own.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering::Relaxed;
 
 use nod_raft::{Index, NodeId, RawNode, Storage, StorageWrite, Term};
 
@@ -136,6 +137,9 @@ impl<P: Platform> Core<P> {
                 )));
             }
             drop(std::mem::replace(&mut *store, fresh));
+            shared.auth_enabled.store(store.auth().enabled(), Relaxed);
+            // Simple tokens name logins of the log the snapshot replaced.
+            shared.tokens.revoke(None);
             self.snapshots.installed()?;
             // Watchers cannot be caught up across a snapshot: end them, as
             // etcd ends watchers whose revisions were compacted.

@@ -119,6 +119,8 @@ pub struct ServerConfig {
     pub auth_token_ttl: Duration,
     /// bcrypt cost of new password hashes (`--bcrypt-cost`).
     pub bcrypt_cost: u32,
+    /// JWT tokens instead of simple ones (`--auth-token jwt,...`).
+    pub auth_jwt: Option<crate::auth::jwt::JwtOptions>,
 }
 
 impl ServerConfig {
@@ -154,6 +156,7 @@ impl ServerConfig {
             metrics_tls: None,
             auth_token_ttl: Duration::from_secs(300),
             bcrypt_cost: crate::auth::password::DEFAULT_COST,
+            auth_jwt: None,
         }
     }
 }
@@ -889,7 +892,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     raft_cfg.seed = identity::random_id();
     let node = RawNode::new(raft_cfg, log).map_err(|e| ServerError::Config(e.to_string()))?;
 
+    let auth_enabled = kv.auth().enabled();
     let shared = Arc::new(Shared {
+        auth_enabled: auth_enabled.into(),
         member_id: identity.member_id,
         cluster_id: identity.cluster_id,
         name: cfg.name.clone(),
@@ -934,6 +939,12 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let driver_task = tokio::spawn(driver.run(stop_rx.clone()));
 
     let mut tasks = Vec::new();
+    let jwt = match &cfg.auth_jwt {
+        Some(o) => Some(Arc::new(
+            crate::auth::jwt::JwtTokens::load(o).map_err(|e| ServerError::Config(e.to_string()))?,
+        )),
+        None => None,
+    };
     let api = Arc::new(
         Node::new(
             shared.clone(),
@@ -943,6 +954,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             dialer,
         )
         .with_auth(AuthSettings {
+            jwt,
             token_ttl: cfg.auth_token_ttl,
             bcrypt_cost: crate::auth::password::effective_cost(cfg.bcrypt_cost),
             ..AuthSettings::default()

@@ -13,6 +13,7 @@ use tonic::{Request, Status};
 
 use super::driver::{Applied, DriverError, DriverHandle, Shared};
 use crate::api::status::to_status;
+use crate::auth::jwt::JwtTokens;
 use crate::auth::password::LoginLimiter;
 use crate::auth::tokens::login_index;
 use crate::auth::{AuthError, AuthState};
@@ -29,6 +30,14 @@ pub const FORWARDED: &str = "nod-forwarded";
 pub const FORWARDED_USER: &str = "nod-auth-user";
 pub const FORWARDED_AUTH_REVISION: &str = "nod-auth-revision";
 
+/// Seconds since the Unix epoch (JWT expiry).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Who made a request and whether a member already forwarded it.
 #[derive(Clone, Debug)]
 pub struct Ctx {
@@ -43,6 +52,8 @@ pub struct AuthSettings {
     pub limiter: LoginLimiter,
     /// bcrypt runs at most this many at once, so logins cannot take every core.
     pub bcrypt_slots: tokio::sync::Semaphore,
+    /// JWT tokens (`--auth-token jwt,...`); `None`: simple tokens.
+    pub jwt: Option<Arc<JwtTokens>>,
 }
 
 impl Default for AuthSettings {
@@ -52,6 +63,7 @@ impl Default for AuthSettings {
             bcrypt_cost: crate::auth::password::DEFAULT_COST,
             limiter: LoginLimiter::default(),
             bcrypt_slots: tokio::sync::Semaphore::new(2),
+            jwt: None,
         }
     }
 }
@@ -122,11 +134,11 @@ impl Node {
             };
             return Ok(Ctx { caller, forwarded });
         }
-        let (enabled, revision) = {
-            let store = self.shared.store();
-            (store.auth().enabled(), store.auth().revision())
-        };
-        if !enabled {
+        if !self
+            .shared
+            .auth_enabled
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return Ok(Ctx {
                 caller: crate::auth::anonymous(),
                 forwarded,
@@ -138,15 +150,28 @@ impl Node {
             .and_then(|v| v.to_str().ok())
             .map(|t| t.strip_prefix("Bearer ").unwrap_or(t).to_string());
         let caller = if let Some(token) = token {
-            let user = self.token_user(&token).await?;
-            Caller {
-                user,
-                auth_revision: self.shared.store().auth().revision(),
+            match &self.auth.jwt {
+                Some(jwt) => {
+                    let (user, auth_revision) = jwt
+                        .verify(&token, unix_now())
+                        .map_err(|e| to_status(DriverError::Auth(e)))?;
+                    Caller {
+                        user,
+                        auth_revision,
+                    }
+                }
+                None => {
+                    let user = self.token_user(&token).await?;
+                    Caller {
+                        user,
+                        auth_revision: self.shared.store().auth().revision(),
+                    }
+                }
             }
         } else if let Some(cn) = conn.and_then(|c| c.common_name()) {
             Caller {
                 user: cn,
-                auth_revision: revision,
+                auth_revision: self.shared.store().auth().revision(),
             }
         } else {
             crate::auth::anonymous()

@@ -374,6 +374,7 @@ impl World {
             }
         };
         let shared = Arc::new(Shared {
+            auth_enabled: store.auth().enabled().into(),
             member_id: m.id.0,
             cluster_id: 1,
             name: format!("m{}", m.id.0),
