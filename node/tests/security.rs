@@ -5,7 +5,9 @@
 //! mutual TLS with a required common name (Raft, forwarding to the leader,
 //! joining and snapshot streams all on it; a member with the wrong
 //! certificate never joins), `nod dev --tls` working as it prints, and a
-//! client certificate's common name as its user once auth is on.
+//! client certificate's common name as its user once auth is on, and
+//! `--tls-min-version`/`--tls-max-version`/`--cipher-suites` enforced in
+//! the handshake (checked with OpenSSL's client).
 
 mod support;
 
@@ -583,4 +585,87 @@ async fn a_client_certificates_common_name_is_its_user() {
         &["--user", "root:rootpw", "put", "/c", "1"],
     );
     assert!(out.status.success(), "root's token: {}", text(&out));
+}
+
+/// Whether OpenSSL's client completes a handshake with `addr` when held
+/// to `args` (a protocol version or TLS 1.2 cipher list).
+fn openssl_handshake(addr: &str, ca: &Path, args: &[&str]) -> bool {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", addr, "-CAfile"])
+        .arg(ca)
+        .args(["-verify_return_error", "-brief"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("openssl (Debian's openssl package)");
+    let text = text(&out);
+    out.status.success() && text.contains("CONNECTION ESTABLISHED")
+}
+
+/// `--tls-min-version`, `--tls-max-version` and `--cipher-suites` are what
+/// the handshake allows, checked with OpenSSL's client (not Nod's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_versions_and_cipher_suites_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let ca = Ca::new("ca").unwrap();
+    let ca_file = ca.write(&pki, "ca").unwrap();
+    let server = issue(&ca, "server", &loopback(), Usage::Server, &pki, "server");
+    let start = |name: &str, tls: &[&str]| {
+        let mut m = Member::new(dir.path(), name);
+        m.client_scheme = "https";
+        let mut extra = vec![
+            format!("--cert-file={}", server.cert.display()),
+            format!("--key-file={}", server.key.display()),
+        ];
+        extra.extend(tls.iter().map(|s| s.to_string()));
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        m.start(&format!("{name}={}", m.peer_url()), "new", &extra);
+        m
+    };
+    let only13 = start("v13", &["--tls-min-version=TLS1.3"]);
+    let only12 = start(
+        "v12",
+        &[
+            "--tls-max-version=TLS1.2",
+            "--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        ],
+    );
+    let (a13, a12) = (only13.endpoint(), only12.endpoint());
+    eventually(
+        "both members serve TLS",
+        Duration::from_secs(20),
+        || async {
+            (openssl_handshake(&a13, &ca_file, &["-tls1_3"])
+                && openssl_handshake(&a12, &ca_file, &["-tls1_2"]))
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !openssl_handshake(&a13, &ca_file, &["-tls1_2"]),
+        "TLS 1.2 refused under --tls-min-version=TLS1.3"
+    );
+    assert!(
+        !openssl_handshake(&a12, &ca_file, &["-tls1_3"]),
+        "TLS 1.3 refused under --tls-max-version=TLS1.2"
+    );
+    assert!(
+        openssl_handshake(
+            &a12,
+            &ca_file,
+            &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"]
+        ),
+        "the allowed suite"
+    );
+    assert!(
+        !openssl_handshake(
+            &a12,
+            &ca_file,
+            &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"]
+        ),
+        "a suite not in --cipher-suites is refused"
+    );
 }
