@@ -1203,6 +1203,26 @@ async fn nod_clients_log_in_and_password_guessing_is_limited() {
         );
     }
 
+    // The identity members forward to each other is trusted on the peer
+    // port only: a client claiming it on the client port is nobody.
+    let forged = {
+        let mut r = tonic::Request::new(PutRequest {
+            key: b"/b/forged".to_vec(),
+            value: b"x".to_vec(),
+            ..Default::default()
+        });
+        let md = r.metadata_mut();
+        md.insert("nod-forwarded", "1".parse().unwrap());
+        md.insert("nod-auth-user", "root".parse().unwrap());
+        md.insert("nod-auth-revision", "1000".parse().unwrap());
+        KvClient::new(channel(&ep).await).put(r).await
+    };
+    assert_eq!(
+        outcome(&forged),
+        "InvalidArgument: etcdserver: user name is empty",
+        "a forwarded identity claimed on the client port"
+    );
+
     // The Rust client: its token expires (TTL 1 s) while it idles, and the
     // next call logs in again by itself.
     let mut client = nod_client::Client::builder([ep.clone()])

@@ -18,7 +18,7 @@ use crate::auth::password;
 use crate::auth::tokens::MAX_TOKENS;
 use crate::auth::{auth_command::Op as AuthOp, AuthCommand, AuthError, Login};
 use crate::command::Op;
-use crate::server::driver::{Applied, Outcome};
+use crate::server::driver::Outcome;
 use crate::server::node::{unix_now, Ctx, Node, Route};
 
 pub struct AuthService {
@@ -50,33 +50,27 @@ fn token_prefix() -> Result<String, Status> {
 }
 
 impl AuthService {
-    /// Proposes an auth change for the caller of `ctx`; `Ok(None)`: the
-    /// request must go to the leader instead (`forward` sends it).
+    /// Proposes an auth change for the caller of `ctx` and answers with
+    /// `make`'s response; a request that must go to the leader instead is
+    /// sent there by `forward`, and the leader's answer returned.
     async fn change<Req, Resp, F, Fut>(
         &self,
         ctx: &Ctx,
         op: AuthOp,
         req: Req,
         forward: F,
-    ) -> Result<(Applied, Option<Response<Resp>>), Status>
+        make: impl FnOnce(ResponseHeader) -> Resp,
+    ) -> Result<Response<Resp>, Status>
     where
         F: FnOnce(AuthClient<Channel>, Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Resp>, Status>>,
     {
         let cmd = Op::Auth(AuthCommand { op: Some(op) });
         match self.node.propose(cmd, ctx).await {
-            Route::Done(Ok(a)) => Ok((a, None)),
+            Route::Done(Ok(a)) => Ok(Response::new(make(self.node.header(a.revision)))),
             Route::Done(Err(s)) => Err(s),
             Route::Forward(ch) => {
-                let r = forward(AuthClient::new(ch), Node::forward_request(req, ctx)).await?;
-                Ok((
-                    Applied {
-                        outcome: Outcome::Nothing,
-                        revision: 0,
-                        term: 0,
-                    },
-                    Some(r),
-                ))
+                forward(AuthClient::new(ch), Node::forward_request(req, ctx)).await
             }
         }
     }
@@ -110,20 +104,17 @@ macro_rules! change {
         let ctx = $self.node.ctx(&$request).await?;
         let req = $request.into_inner();
         $self.node.check_size(prost::Message::encoded_len(&req))?;
-        let (a, fwd) = $self
+        $self
             .change(
                 &ctx,
                 AuthOp::$variant(req.clone()),
                 req,
                 |mut c, r| async move { c.$method(r).await },
+                |header| $resp {
+                    header: Some(header),
+                },
             )
-            .await?;
-        match fwd {
-            Some(r) => Ok(r),
-            None => Ok(Response::new($resp {
-                header: Some($self.node.header(a.revision)),
-            })),
-        }
+            .await
     }};
 }
 
@@ -265,19 +256,16 @@ impl Auth for AuthService {
             self.hash(std::mem::take(&mut req.password)).await?
         };
         req.password.clear();
-        let (a, fwd) = self
-            .change(
-                &ctx,
-                AuthOp::UserAdd(req),
-                original,
-                |mut c, r| async move { c.user_add(r).await },
-            )
-            .await?;
-        Ok(fwd.unwrap_or_else(|| {
-            Response::new(AuthUserAddResponse {
-                header: Some(self.node.header(a.revision)),
-            })
-        }))
+        self.change(
+            &ctx,
+            AuthOp::UserAdd(req),
+            original,
+            |mut c, r| async move { c.user_add(r).await },
+            |header| AuthUserAddResponse {
+                header: Some(header),
+            },
+        )
+        .await
     }
 
     async fn user_get(
@@ -339,19 +327,16 @@ impl Auth for AuthService {
         self.node.check_size(prost::Message::encoded_len(&req))?;
         let original = req.clone();
         req.hashed_password = self.hash(std::mem::take(&mut req.password)).await?;
-        let (a, fwd) = self
-            .change(
-                &ctx,
-                AuthOp::UserChangePassword(req),
-                original,
-                |mut c, r| async move { c.user_change_password(r).await },
-            )
-            .await?;
-        Ok(fwd.unwrap_or_else(|| {
-            Response::new(AuthUserChangePasswordResponse {
-                header: Some(self.node.header(a.revision)),
-            })
-        }))
+        self.change(
+            &ctx,
+            AuthOp::UserChangePassword(req),
+            original,
+            |mut c, r| async move { c.user_change_password(r).await },
+            |header| AuthUserChangePasswordResponse {
+                header: Some(header),
+            },
+        )
+        .await
     }
 
     async fn user_grant_role(

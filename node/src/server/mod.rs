@@ -955,7 +955,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         )
         .with_auth(AuthSettings {
             jwt,
-            token_ttl: cfg.auth_token_ttl,
             bcrypt_cost: crate::auth::password::effective_cost(cfg.bcrypt_cost),
             ..AuthSettings::default()
         }),

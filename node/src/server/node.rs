@@ -45,9 +45,8 @@ pub struct Ctx {
     pub forwarded: bool,
 }
 
-/// The auth settings of this member (`--auth-token-ttl`, `--bcrypt-cost`).
+/// The auth settings of this member (`--bcrypt-cost`, `--auth-token`).
 pub struct AuthSettings {
-    pub token_ttl: Duration,
     pub bcrypt_cost: u32,
     pub limiter: LoginLimiter,
     /// bcrypt runs at most this many at once, so logins cannot take every core.
@@ -59,7 +58,6 @@ pub struct AuthSettings {
 impl Default for AuthSettings {
     fn default() -> AuthSettings {
         AuthSettings {
-            token_ttl: Duration::from_secs(300),
             bcrypt_cost: crate::auth::password::DEFAULT_COST,
             limiter: LoginLimiter::default(),
             bcrypt_slots: tokio::sync::Semaphore::new(2),
