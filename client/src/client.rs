@@ -662,6 +662,100 @@ impl Client {
         .await
     }
 
+    /// Whether authentication is on, and the auth store's revision.
+    pub async fn auth_status(&mut self) -> Result<AuthStatusResponse> {
+        self.unary(Route::Any, Idempotence::Idempotent, move |ch| async move {
+            AuthClient::new(ch).auth_status(AuthStatusRequest {}).await
+        })
+        .await
+    }
+
+    /// Turns authentication on (needs the `root` user with the `root` role).
+    pub async fn auth_enable(&mut self) -> Result<AuthEnableResponse> {
+        // Enabling twice is no error (etcd's rule), so sending it again is safe.
+        self.unary(
+            Route::Leader,
+            Idempotence::Idempotent,
+            move |ch| async move { AuthClient::new(ch).auth_enable(AuthEnableRequest {}).await },
+        )
+        .await
+    }
+
+    /// Turns authentication off (as `root`).
+    pub async fn auth_disable(&mut self) -> Result<AuthDisableResponse> {
+        self.unary(
+            Route::Leader,
+            Idempotence::Idempotent,
+            move |ch| async move {
+                AuthClient::new(ch)
+                    .auth_disable(AuthDisableRequest {})
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// Adds a user with a password.
+    pub async fn user_add(&mut self, name: &str, password: &str) -> Result<AuthUserAddResponse> {
+        let req = AuthUserAddRequest {
+            name: name.to_string(),
+            password: password.to_string(),
+            ..Default::default()
+        };
+        self.unary(Route::Leader, Idempotence::NonIdempotent, move |ch| {
+            let req = req.clone();
+            async move { AuthClient::new(ch).user_add(req).await }
+        })
+        .await
+    }
+
+    /// A user's roles.
+    pub async fn user_get(&mut self, name: &str) -> Result<AuthUserGetResponse> {
+        let req = AuthUserGetRequest {
+            name: name.to_string(),
+        };
+        self.unary(Route::Any, Idempotence::Idempotent, move |ch| {
+            let req = req.clone();
+            async move { AuthClient::new(ch).user_get(req).await }
+        })
+        .await
+    }
+
+    /// Changes a user's password.
+    pub async fn user_change_password(
+        &mut self,
+        name: &str,
+        password: &str,
+    ) -> Result<AuthUserChangePasswordResponse> {
+        let req = AuthUserChangePasswordRequest {
+            name: name.to_string(),
+            password: password.to_string(),
+            ..Default::default()
+        };
+        self.unary(Route::Leader, Idempotence::Idempotent, move |ch| {
+            let req = req.clone();
+            async move { AuthClient::new(ch).user_change_password(req).await }
+        })
+        .await
+    }
+
+    /// Grants `role` to `user` (granting a role held already is no error).
+    pub async fn user_grant_role(
+        &mut self,
+        user: &str,
+        role: &str,
+    ) -> Result<AuthUserGrantRoleResponse> {
+        let req = AuthUserGrantRoleRequest {
+            user: user.to_string(),
+            role: role.to_string(),
+        };
+        self.unary(Route::Leader, Idempotence::Idempotent, move |ch| {
+            let req = req.clone();
+            async move { AuthClient::new(ch).user_grant_role(req).await }
+        })
+        .await
+    }
+
     /// The member table with role, health and lag, as the leader sees it.
     pub async fn member_health(&mut self) -> Result<MemberHealthResponse> {
         self.unary(Route::Any, Idempotence::Idempotent, move |ch| async move {

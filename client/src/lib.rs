@@ -79,6 +79,8 @@ pub mod concurrency;
 mod endpoints;
 mod lease_keeper;
 mod options;
+#[cfg(feature = "pki")]
+pub mod pki;
 pub mod retry;
 pub mod tls;
 pub mod txn;

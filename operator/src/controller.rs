@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -25,9 +26,10 @@ use serde_json::json;
 
 use crate::crd::{MemberStatus, NamelessLearner, NodCluster, NodClusterStatus, MAX_NAME_LEN};
 use crate::metrics::Metrics;
-use crate::nodapi::{ClusterApi, Health};
+use crate::nodapi::{ClusterApi, Health, Target};
 use crate::plan::{plan, MemberView, Observed, PodView, Step};
 use crate::render::{self, ClaimTemplate, Shape};
+use crate::security;
 
 /// The finalizer operators before this one put on every NodCluster. It is
 /// removed on sight: deletion must never wait for a running operator.
@@ -66,6 +68,12 @@ pub struct Context<A: ClusterApi> {
     pub metrics: Metrics,
     pub recorder: Option<Recorder>,
     pub endpoints: Endpoints,
+    /// Where the operator keeps each cluster's client certificate files
+    /// (`<dir>/<namespace>/<name>/`), for its TLS client to load.
+    pub state_dir: std::path::PathBuf,
+    /// The operator's own namespace: the NetworkPolicies let it reach the
+    /// client port. `None` outside Kubernetes.
+    pub operator_namespace: Option<String>,
     /// The last status this operator wrote, by the resource's uid. The
     /// watch cache can lag a status write by a few milliseconds, and a
     /// reconcile that follows at once (an owned object changed) would build
@@ -87,6 +95,8 @@ impl<A: ClusterApi> Context<A> {
             metrics,
             recorder,
             endpoints: Arc::new(render::client_endpoints),
+            state_dir: std::env::temp_dir().join("nod-operator"),
+            operator_namespace: None,
             written: Default::default(),
         }
     }
@@ -121,15 +131,42 @@ impl<A: ClusterApi> Context<A> {
         }
     }
 
-    async fn event(&self, nc: &NodCluster, type_: EventType, reason: &str, note: String) {
+    pub(crate) async fn event(
+        &self,
+        nc: &NodCluster,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        self.event_about(nc, type_, reason, note, None).await
+    }
+
+    /// An Event on the NodCluster about one of its pods (the Event's
+    /// `related` object): events with the same reason about different pods
+    /// stay apart instead of folding into one series.
+    pub(crate) async fn event_about(
+        &self,
+        nc: &NodCluster,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        pod: Option<&str>,
+    ) {
         tracing::info!(cluster = %nc.name_any(), reason, "{note}");
         if let Some(r) = &self.recorder {
+            let secondary = pod.map(|p| k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(p.into()),
+                namespace: nc.namespace(),
+                ..Default::default()
+            });
             let ev = Event {
                 type_,
                 reason: reason.into(),
                 note: Some(note),
                 action: reason.into(),
-                secondary: None,
+                secondary,
             };
             if let Err(e) = r.publish(&ev, &nc.object_ref(&())).await {
                 tracing::warn!(error = %e, "could not record an event");
@@ -144,7 +181,18 @@ impl<A: ClusterApi> Context<A> {
 /// with every write), and reacting to that would loop. The cluster itself
 /// is observed on the timer `reconcile` returns.
 pub fn reconcile_trigger(nc: &NodCluster) -> Option<u64> {
-    kube::runtime::predicates::generation(nc)
+    let generation = kube::runtime::predicates::generation(nc)?;
+    // ... and the certificate renewal annotation, which asks for action
+    // without changing the spec.
+    let renew = nc.annotations().get(crate::certs::RENEW_ANNOTATION);
+    Some(renew.map_or(generation, |r| {
+        // FNV-1a: stable, unlike std's hasher (a predicate's value is
+        // compared with the one seen before).
+        let h = r.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        generation ^ h
+    }))
 }
 
 pub async fn reconcile<A: ClusterApi>(
@@ -257,17 +305,17 @@ fn condition(
 
 /// What went wrong in a reconcile without ending it.
 #[derive(Default)]
-struct Findings {
+pub(crate) struct Findings {
     /// Failed calls (to Kubernetes or the cluster): `lastError`, and the
     /// reconcile returns an error after writing status, to be retried.
-    errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
     /// Parts of the spec that were not applied, as (reason, why): the
     /// `SpecApplied` condition. Not errors: retrying does not help.
-    not_applied: Vec<(&'static str, String)>,
+    pub(crate) not_applied: Vec<(&'static str, String)>,
 }
 
 impl Findings {
-    fn kube(&mut self, what: &str, e: &kube::Error) {
+    pub(crate) fn kube(&mut self, what: &str, e: &kube::Error) {
         self.errors.push(format!("{what}: {e}"));
     }
 }
@@ -291,10 +339,23 @@ async fn apply<A: ClusterApi>(nc: &NodCluster, ctx: &Context<A>) -> Result<Actio
         nameless_learners: old.nameless_learners.clone(),
         removed_members: old.removed_members.clone(),
         current_image: old.current_image.clone(),
+        tls: old.tls.clone(),
+        auth_enabled: old.auth_enabled,
         ..Default::default()
     };
 
     let mut invalid = nc.spec.validate();
+    // Members of a founded cluster speak what they were created with: a
+    // plaintext member and a TLS member cannot hear each other, so a roll
+    // from one to the other would split the cluster.
+    let was = old.tls.as_ref().map(|t| t.mode.as_str());
+    let wants = nc.spec.tls.as_ref().map(|t| t.mode.name());
+    if old.cluster_id.is_some() && was != wants {
+        invalid.push(format!(
+            "tls: the cluster was created with {}; TLS cannot be turned on, off or changed on a running cluster",
+            was.map_or("no TLS".to_string(), |m| format!("tls.mode {m}"))
+        ));
+    }
     if nc.name_any().len() > MAX_NAME_LEN {
         invalid.push(format!(
             "metadata.name is {} characters; at most {MAX_NAME_LEN} fit the pods' labels",
@@ -336,7 +397,10 @@ async fn apply<A: ClusterApi>(nc: &NodCluster, ctx: &Context<A>) -> Result<Actio
             if let Some(first) = findings.errors.first() {
                 return Err(Error::Partial(first.clone()));
             }
+            // A certificate renewal in flight is checked every 5 s.
+            let renewing = status.tls.as_ref().is_some_and(|t| t.renewing.is_some());
             Ok(match seen.step {
+                Step::Idle | Step::Refuse(_) if renewing => Action::requeue(Duration::from_secs(5)),
                 Step::Idle | Step::Refuse(_) => Action::requeue(Duration::from_secs(30)),
                 Step::Wait(_) => Action::requeue(Duration::from_secs(5)),
                 _ => Action::requeue(Duration::from_secs(3)),
@@ -413,8 +477,12 @@ async fn observe_and_act<A: ClusterApi>(
     let replicas_now = sts_replicas.unwrap_or(nc.spec.replicas);
     // Observe the Nod cluster, before applying: a cluster seen founded
     // gets a template without founding flags in this very reconcile.
-    let endpoints = (ctx.endpoints)(nc, replicas_now);
-    let health: Option<Health> = match ctx.api.health(endpoints.clone()).await {
+    // Secrets first: the members mount them, and the operator needs its
+    // client certificate to ask the cluster anything.
+    security::ensure_gossip_key(nc, ctx, findings).await;
+    let prepared = security::prepare(nc, ctx, replicas_now, status, findings).await;
+    let target = &prepared.target;
+    let health: Option<Health> = match ctx.api.health(target).await {
         Ok(h) => Some(h),
         Err(e) => {
             status.last_error = Some(format!("no member answered: {e}"));
@@ -453,6 +521,16 @@ async fn observe_and_act<A: ClusterApi>(
             _ => {}
         }
     }
+    security::members_certificates(
+        nc,
+        ctx,
+        &prepared,
+        replicas_now.max(nc.spec.replicas),
+        health.as_ref(),
+        status,
+        findings,
+    )
+    .await;
     let founding = match &status.cluster_id {
         Some(_) => None,
         None => status.bootstrap_expect,
@@ -487,6 +565,25 @@ async fn observe_and_act<A: ClusterApi>(
             false
         }
     };
+    let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    match render::network_policy(nc, ctx.operator_namespace.as_deref()) {
+        Some(np) => {
+            let applied = match serde_json::from_value::<NetworkPolicy>(np) {
+                Ok(np) => apply_object(client, &ns, &np).await,
+                Err(e) => Err(kube::Error::SerdeError(e)),
+            };
+            if let Err(e) = applied {
+                findings.kube("applying the NetworkPolicy", &e);
+            }
+        }
+        None => {
+            if let Err(e) = delete_if_present(&np_api, &name).await {
+                findings
+                    .errors
+                    .push(format!("deleting the NetworkPolicy: {e}"));
+            }
+        }
+    }
     if let Some(sm) = render::service_monitor(nc) {
         let ar = ApiResource {
             group: "monitoring.coreos.com".into(),
@@ -541,8 +638,11 @@ async fn observe_and_act<A: ClusterApi>(
         None => plan(&observed),
     };
     tracing::debug!(cluster = %name, ?step, "planned");
-    if let Err(e) = take_step(nc, ctx, &step, &shape, &endpoints, status).await {
+    if let Err(e) = take_step(nc, ctx, &step, &shape, target, status).await {
         findings.errors.push(format!("{step:?}: {e}"));
+    }
+    if !matches!(step, Step::Refuse(_)) {
+        security::reconcile_auth(nc, ctx, target, health.as_ref(), status, findings).await;
     }
     Ok(Observation {
         pods,
@@ -559,7 +659,7 @@ async fn take_step<A: ClusterApi>(
     ctx: &Context<A>,
     step: &Step,
     shape: &Shape,
-    endpoints: &[String],
+    target: &Target,
     status: &mut NodClusterStatus,
 ) -> Result<(), Error> {
     let ns = nc.namespace().unwrap_or_else(|| "default".into());
@@ -584,10 +684,7 @@ async fn take_step<A: ClusterApi>(
             .await;
         }
         Step::MoveLeader { from, to } => {
-            ctx.api
-                .move_leader(endpoints.to_vec(), *to)
-                .await
-                .map_err(Error::Nod)?;
+            ctx.api.move_leader(target, *to).await.map_err(Error::Nod)?;
             ctx.event(
                 nc,
                 EventType::Normal,
@@ -598,7 +695,7 @@ async fn take_step<A: ClusterApi>(
         }
         Step::RemoveMember { name: member, id } => {
             ctx.api
-                .remove_member(endpoints.to_vec(), *id)
+                .remove_member(target, *id)
                 .await
                 .map_err(Error::Nod)?;
             if !status.removed_members.contains(member) {
@@ -614,7 +711,7 @@ async fn take_step<A: ClusterApi>(
         }
         Step::RemoveNamelessLearner { id } => {
             ctx.api
-                .remove_member(endpoints.to_vec(), *id)
+                .remove_member(target, *id)
                 .await
                 .map_err(Error::Nod)?;
             let hex = format!("{id:x}");
@@ -1192,6 +1289,20 @@ mod tests {
         assert_eq!(reconcile_trigger.hash_property(&a), before);
         // A spec edit (or the deletion mark) bumps the generation.
         a.metadata.generation = Some(4);
-        assert_ne!(reconcile_trigger.hash_property(&a), before);
+        let bumped = reconcile_trigger.hash_property(&a);
+        assert_ne!(bumped, before);
+        // A certificate renewal asked for, and asked for again.
+        a.annotations_mut()
+            .insert(crate::certs::RENEW_ANNOTATION.into(), "r1".into());
+        let r1 = reconcile_trigger.hash_property(&a);
+        assert_ne!(r1, bumped);
+        a.annotations_mut()
+            .insert(crate::certs::RENEW_ANNOTATION.into(), "r2".into());
+        assert_ne!(reconcile_trigger.hash_property(&a), r1);
+        // Other annotations do not count.
+        a.annotations_mut().insert("team".into(), "x".into());
+        let r2 = reconcile_trigger.hash_property(&a);
+        a.annotations_mut().insert("team".into(), "y".into());
+        assert_eq!(reconcile_trigger.hash_property(&a), r2);
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -90,10 +90,23 @@ pub struct NodClusterSpec {
     /// Additions to the member pods.
     #[serde(default)]
     pub pod: PodSpecOverrides,
-    /// TLS secrets. Reserved: Nod does not serve TLS yet, and the operator
-    /// refuses a spec that sets them (status says so).
+    /// TLS on the client and peer ports, with certificates the operator
+    /// makes (`auto`), cert-manager issues (`certManager`) or the user
+    /// brings (`secrets`). Chosen at creation: a running cluster cannot
+    /// move between plaintext and TLS (its members would stop hearing
+    /// each other), so the mode is immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// etcd's authentication: users, roles and permissions, with `root`'s
+    /// password from a Secret. The operator itself acts as `root` (by its
+    /// client certificate with TLS, by the password without).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+    /// A NetworkPolicy for the members: peer and gossip ports from members
+    /// only, the client port from the namespaces (and pods) chosen here
+    /// and from the operator, metrics from anywhere. On by default.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
     /// Monitoring.
     #[serde(default)]
     pub metrics: MetricsSpec,
@@ -202,15 +215,156 @@ pub struct PodSpecOverrides {
     pub priority_class_name: Option<String>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.mode == oldSelf.mode")
+        .message("tls.mode is immutable: members cannot move between certificate sources while running")
+)]
 pub struct TlsSpec {
-    /// Secret with the client-facing certificate (reserved).
+    /// Where the certificates come from: `auto` (the operator's own CA,
+    /// one server and one peer certificate per member, renewed before
+    /// they expire, one member at a time), `certManager` (cert-manager
+    /// `Certificate` objects from `certManager.issuerRef`) or `secrets`
+    /// (Secrets of type kubernetes.io/tls the user made).
+    pub mode: TlsMode,
+    /// Clients must present a certificate from the cluster's CA
+    /// (`--client-cert-auth`); with auth on, its common name is the user.
+    #[serde(default = "default_true")]
+    pub client_cert_auth: bool,
+    /// `auto`: how long certificates are valid, in hours (90 days by default).
+    #[serde(default = "default_validity_hours")]
+    #[schemars(range(min = 2))]
+    pub validity_hours: i32,
+    /// `auto`: how long before expiry a certificate is renewed, in hours
+    /// (30 days by default; less than `validityHours`).
+    #[serde(default = "default_renew_before_hours")]
+    #[schemars(range(min = 1))]
+    pub renew_before_hours: i32,
+    /// `auto`: users to issue client certificates for, each in a Secret
+    /// `<cluster>-client-<user>` (kubernetes.io/tls, with `ca.crt`), for
+    /// applications and etcdctl.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_users: Vec<String>,
+    /// `certManager`: the issuer of the certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager: Option<CertManagerSpec>,
+    /// `secrets`: the client port's certificate (kubernetes.io/tls with
+    /// `ca.crt`); its SANs must cover `<pod>.<cluster>-peers.<ns>.svc`
+    /// of every member and the client Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_secret_name: Option<String>,
-    /// Secret with the peer certificate (reserved).
+    /// `secrets`: the peer port's certificate, used for serving and
+    /// dialing (server and client auth), with the same SANs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_secret_name: Option<String>,
+    /// `secrets`: the operator's client certificate (common name `root`
+    /// when auth is on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_secret_name: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TlsMode {
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "certManager")]
+    CertManager,
+    #[serde(rename = "secrets")]
+    Secrets,
+}
+
+impl TlsMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsMode::Auto => "auto",
+            TlsMode::CertManager => "certManager",
+            TlsMode::Secrets => "secrets",
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertManagerSpec {
+    pub issuer_ref: IssuerRef,
+}
+
+/// A cert-manager issuer.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    pub name: String,
+    /// `Issuer` (in the cluster's namespace) or `ClusterIssuer`.
+    #[serde(default = "default_issuer_kind")]
+    pub kind: String,
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_validity_hours() -> i32 {
+    90 * 24
+}
+fn default_renew_before_hours() -> i32 {
+    30 * 24
+}
+fn default_issuer_kind() -> String {
+    "Issuer".into()
+}
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Authentication on (the operator creates `root` and enables it) or
+    /// off (the operator disables it).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The Secret key holding `root`'s password, read when the operator
+    /// enables authentication (change it later with `etcdctl user passwd`).
+    pub root_password_secret: SecretKeyRef,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    #[serde(default = "default_password_key")]
+    pub key: String,
+}
+
+fn default_password_key() -> String {
+    "password".into()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Namespaces whose pods may reach the client port; absent: every
+    /// namespace. The operator's own namespace is always allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_namespace_selector: Option<LabelSelector>,
+    /// Pods (in those namespaces) that may reach the client port;
+    /// absent: every pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_pod_selector: Option<LabelSelector>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        NetworkPolicySpec {
+            enabled: true,
+            client_namespace_selector: None,
+            client_pod_selector: None,
+        }
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -280,6 +434,33 @@ pub struct NodClusterStatus {
     /// it has not deleted yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed_members: Vec<String>,
+    /// The certificates, when TLS is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
+    /// Whether the operator turned authentication on (and has not turned
+    /// it off since).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auth_enabled: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStatus {
+    /// The mode the cluster was created with (the members' URLs are
+    /// https from then on).
+    pub mode: String,
+    /// The earliest expiry among the certificates the operator manages
+    /// (`auto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// The member whose new certificates were just written: the next
+    /// member is renewed once it serves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewing: Option<String>,
+    /// The value of the `nod.io/renew-certificates` annotation every
+    /// member was renewed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_for: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -343,8 +524,17 @@ impl NodClusterSpec {
             ));
         }
         if let Some(tls) = &self.tls {
-            if tls.server_secret_name.is_some() || tls.peer_secret_name.is_some() {
-                errors.push("tls is reserved: Nod does not serve TLS yet".into());
+            errors.extend(tls.validate());
+        }
+        if let Some(auth) = &self.auth {
+            if auth.root_password_secret.name.is_empty() || auth.root_password_secret.key.is_empty()
+            {
+                errors.push("auth.rootPasswordSecret needs a name and a key".into());
+            }
+            if let Some(tls) = &self.tls {
+                if !tls.client_cert_auth {
+                    errors.push("auth with tls needs tls.clientCertAuth: the operator acts as root by its client certificate".into());
+                }
             }
         }
         if !is_quantity(&self.storage.size) {
@@ -368,6 +558,72 @@ impl NodClusterSpec {
         }
         w
     }
+}
+
+impl TlsSpec {
+    fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.renew_before_hours >= self.validity_hours {
+            errors.push(format!(
+                "tls.renewBeforeHours ({}) must be less than tls.validityHours ({})",
+                self.renew_before_hours, self.validity_hours
+            ));
+        }
+        let secrets = [
+            ("serverSecretName", &self.server_secret_name),
+            ("peerSecretName", &self.peer_secret_name),
+            ("operatorSecretName", &self.operator_secret_name),
+        ];
+        match self.mode {
+            TlsMode::Secrets => {
+                for (field, v) in secrets {
+                    if v.as_deref().is_none_or(str::is_empty) {
+                        errors.push(format!("tls.mode secrets needs tls.{field}"));
+                    }
+                }
+            }
+            mode => {
+                for (field, v) in secrets {
+                    if v.is_some() {
+                        errors.push(format!(
+                            "tls.{field} is for tls.mode secrets, not {}",
+                            mode.name()
+                        ));
+                    }
+                }
+            }
+        }
+        if self.mode == TlsMode::CertManager
+            && self
+                .cert_manager
+                .as_ref()
+                .is_none_or(|c| c.issuer_ref.name.is_empty())
+        {
+            errors.push("tls.mode certManager needs tls.certManager.issuerRef.name".into());
+        }
+        if self.mode != TlsMode::Auto && !self.client_users.is_empty() {
+            errors.push("tls.clientUsers is for tls.mode auto".into());
+        }
+        for u in &self.client_users {
+            if !is_dns_label(u) {
+                errors.push(format!(
+                    "tls.clientUsers: {u:?} must be a DNS label (it names a Secret)"
+                ));
+            }
+        }
+        errors
+    }
+}
+
+/// Lower-case letters, digits and '-', at most 63, not starting or ending
+/// with '-'.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// A Kubernetes quantity with a binary or decimal suffix (the subset that
@@ -414,17 +670,47 @@ mod tests {
 
     #[test]
     fn validation_names_each_problem() {
-        let s = spec("{replicas: 0, raft: {heartbeatIntervalMs: 100, electionTimeoutMs: 300}, storage: {size: lots}, tls: {serverSecretName: x}}");
+        let s = spec("{replicas: 0, raft: {heartbeatIntervalMs: 100, electionTimeoutMs: 300}, storage: {size: lots}, tls: {mode: auto, serverSecretName: x}}");
         let e = s.validate();
         assert_eq!(e.len(), 4, "{e:?}");
         assert!(e[0].contains("replicas"));
         assert!(e[1].contains("electionTimeoutMs"));
-        assert!(e[2].contains("tls"));
+        assert!(e[2].contains("tls.serverSecretName is for tls.mode secrets"));
         assert!(e[3].contains("storage.size"));
         assert!(spec("replicas: 4").warnings()[0].contains("odd"));
         assert!(
             is_quantity("512Mi") && is_quantity("1") && !is_quantity("Gi") && !is_quantity("1.5Gi")
         );
+    }
+
+    #[test]
+    fn tls_and_auth_specs_are_checked() {
+        let bad = |y: &str| spec(y).validate();
+        assert!(bad("{tls: {mode: auto}}").is_empty());
+        assert!(
+            bad("{tls: {mode: auto, renewBeforeHours: 100, validityHours: 100}}")[0]
+                .contains("renewBeforeHours")
+        );
+        let e = bad("{tls: {mode: secrets, serverSecretName: s}}");
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].contains("peerSecretName") && e[1].contains("operatorSecretName"));
+        assert!(bad("{tls: {mode: certManager}}")[0].contains("issuerRef"));
+        assert!(bad(
+            "{tls: {mode: certManager, clientUsers: [a], certManager: {issuerRef: {name: x}}}}"
+        )[0]
+        .contains("clientUsers"));
+        assert!(bad("{tls: {mode: auto, clientUsers: [Bad_Name]}}")[0].contains("DNS label"));
+        assert!(bad("{auth: {rootPasswordSecret: {name: r}}}").is_empty());
+        assert!(bad(
+            "{auth: {rootPasswordSecret: {name: r}}, tls: {mode: auto, clientCertAuth: false}}"
+        )[0]
+        .contains("clientCertAuth"));
+        let s = spec("{auth: {rootPasswordSecret: {name: r}}}");
+        let auth = s.auth.unwrap();
+        assert!(auth.enabled);
+        assert_eq!(auth.root_password_secret.key, "password");
+        assert!(spec("{}").network_policy.enabled, "on by default");
+        assert!(serde_yaml::from_str::<NodClusterSpec>("{tls: {mode: magic}}").is_err());
     }
 
     /// The CEL rules sit where the API server evaluates them against the
@@ -457,6 +743,7 @@ mod tests {
             rules(&spec["raft"]),
             ["self.electionTimeoutMs >= 5 * self.heartbeatIntervalMs"]
         );
+        assert_eq!(rules(&spec["tls"]), ["self.mode == oldSelf.mode"]);
         assert_eq!(
             spec["storage"]["properties"]["claimPolicy"]["enum"],
             serde_json::json!(["Retain", "Delete"])

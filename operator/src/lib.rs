@@ -1,7 +1,9 @@
 //! The Nod operator: the `NodCluster` resource, the objects it renders, the
 //! planner that decides the next membership step, and the controller that
-//! carries it out.
+//! carries it out; `security` and `certs` make the keys and certificates
+//! of `spec.tls` and turn `spec.auth` on.
 
+pub mod certs;
 pub mod controller;
 pub mod crd;
 pub mod lease;
@@ -9,6 +11,7 @@ pub mod metrics;
 pub mod nodapi;
 pub mod plan;
 pub mod render;
+pub mod security;
 
 /// The CRD as YAML, exactly as committed in `crds/`.
 pub fn crd_yaml() -> String {

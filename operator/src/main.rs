@@ -43,6 +43,10 @@ enum Command {
         /// The StatefulSet's replicas (default: the spec's).
         #[arg(long)]
         replicas: Option<i32>,
+        /// The operator's namespace, which the NetworkPolicy lets reach
+        /// the client port.
+        #[arg(long, default_value = "nod-system")]
+        operator_namespace: String,
     },
     /// Runs the controller.
     Run {
@@ -70,6 +74,10 @@ enum Command {
         /// This replica's identity in the Lease.
         #[arg(long, env = "POD_NAME")]
         identity: Option<String>,
+        /// Where the operator writes its client certificates for clusters
+        /// with TLS (a writable directory: an emptyDir in the chart).
+        #[arg(long, env = "NOD_OPERATOR_STATE_DIR", default_value_os_t = std::env::temp_dir().join("nod-operator"))]
+        state_dir: PathBuf,
     },
 }
 
@@ -80,7 +88,11 @@ fn main() -> ExitCode {
             print!("{}", nod_operator::crd_yaml());
             ExitCode::SUCCESS
         }
-        Command::Render { file, replicas } => match render(&file, replicas) {
+        Command::Render {
+            file,
+            replicas,
+            operator_namespace,
+        } => match render(&file, replicas, &operator_namespace) {
             Ok(s) => {
                 print!("{s}");
                 ExitCode::SUCCESS
@@ -97,6 +109,7 @@ fn main() -> ExitCode {
             lease_name,
             lease_namespace,
             identity,
+            state_dir,
         } => {
             init_logging(&log_format);
             let rt = match tokio::runtime::Runtime::new() {
@@ -112,6 +125,7 @@ fn main() -> ExitCode {
                 lease_name,
                 lease_namespace,
                 identity,
+                state_dir,
             )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -123,7 +137,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn render(file: &PathBuf, replicas: Option<i32>) -> Result<String, String> {
+fn render(
+    file: &PathBuf,
+    replicas: Option<i32>,
+    operator_namespace: &str,
+) -> Result<String, String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let mut nc: NodCluster = serde_yaml::from_str(&text)
         .map_err(|e| format!("{}: not a NodCluster: {e}", file.display()))?;
@@ -142,7 +160,7 @@ fn render(file: &PathBuf, replicas: Option<i32>) -> Result<String, String> {
         ..nod_operator::render::Shape::new(nc.spec.replicas)
     };
     let mut out = String::new();
-    for obj in nod_operator::render::all(&nc, &shape) {
+    for obj in nod_operator::render::all(&nc, &shape, Some(operator_namespace)) {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&obj).map_err(|e| e.to_string())?);
     }
@@ -183,6 +201,7 @@ async fn run(
     lease_name: String,
     lease_namespace: String,
     identity: Option<String>,
+    state_dir: PathBuf,
 ) -> Result<(), String> {
     let metrics = Metrics::new();
     tokio::spawn({
@@ -232,12 +251,11 @@ async fn run(
             instance: Some(identity.clone()),
         },
     );
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        NodApi::default(),
-        metrics,
-        Some(recorder),
-    ));
+    let mut ctx = Context::new(client.clone(), NodApi::default(), metrics, Some(recorder));
+    ctx.state_dir = state_dir;
+    // The operator runs in the Lease's namespace (the chart's POD_NAMESPACE).
+    ctx.operator_namespace = Some(lease_namespace.clone());
+    let ctx = Arc::new(ctx);
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
     } else {

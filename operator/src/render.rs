@@ -14,7 +14,7 @@ use kube::api::DynamicObject;
 use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
 
-use crate::crd::{ClaimPolicy, NodCluster};
+use crate::crd::{ClaimPolicy, NodCluster, TlsMode};
 
 pub const CLIENT_PORT: i32 = 2379;
 pub const PEER_PORT: i32 = 2380;
@@ -30,6 +30,12 @@ pub const MAX_VOTERS: i32 = 9;
 /// Pod-template annotation: the hash of the template a pod was made from.
 /// The planner rolls pods whose hash differs from the one rendered now.
 pub const TEMPLATE_HASH: &str = "nod.io/template-hash";
+/// Where a member pod finds its certificates.
+pub const TLS_DIR: &str = "/etc/nod/tls";
+/// Where a member pod finds the gossip key (file `key`).
+pub const GOSSIP_DIR: &str = "/etc/nod/gossip";
+/// Secret volumes: readable by the owner and the pod's fsGroup only.
+const SECRET_MODE: i32 = 0o440;
 
 /// What the StatefulSet is rendered with besides the spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,11 +142,138 @@ pub fn pod_host(nc: &NodCluster, pod: &str) -> String {
     )
 }
 
+/// `https` when the spec turns TLS on.
+pub fn scheme(nc: &NodCluster) -> &'static str {
+    if nc.spec.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// The client endpoints of the members `0..replicas`.
 pub fn client_endpoints(nc: &NodCluster, replicas: i32) -> Vec<String> {
     (0..replicas.max(1))
-        .map(|i| format!("http://{}:{CLIENT_PORT}", pod_host(nc, &pod_name(nc, i))))
+        .map(|i| {
+            format!(
+                "{}://{}:{CLIENT_PORT}",
+                scheme(nc),
+                pod_host(nc, &pod_name(nc, i))
+            )
+        })
         .collect()
+}
+
+/// The Secret with the cluster's gossip key (made once, by the operator).
+pub fn gossip_secret_name(nc: &NodCluster) -> String {
+    format!("{}-gossip", nc.name_any())
+}
+
+/// `auto`: the Secret with the cluster's CA certificate and key (read by
+/// the operator only; no pod mounts it).
+pub fn ca_secret_name(nc: &NodCluster) -> String {
+    format!("{}-ca", nc.name_any())
+}
+
+/// `auto`: the Secret every member mounts: `ca.crt` and each member's
+/// `<pod>-server.crt|key` and `<pod>-peer.crt|key`.
+pub fn member_tls_secret_name(nc: &NodCluster) -> String {
+    format!("{}-member-tls", nc.name_any())
+}
+
+/// `certManager` and `secrets`: the client port's and the peer port's
+/// certificates (kubernetes.io/tls with `ca.crt`).
+pub fn server_tls_secret_name(nc: &NodCluster) -> String {
+    match nc
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.server_secret_name.clone())
+    {
+        Some(n) => n,
+        None => format!("{}-server-tls", nc.name_any()),
+    }
+}
+
+pub fn peer_tls_secret_name(nc: &NodCluster) -> String {
+    match nc
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.peer_secret_name.clone())
+    {
+        Some(n) => n,
+        None => format!("{}-peer-tls", nc.name_any()),
+    }
+}
+
+/// The operator's client certificate for this cluster.
+pub fn operator_tls_secret_name(nc: &NodCluster) -> String {
+    match nc
+        .spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.operator_secret_name.clone())
+    {
+        Some(n) => n,
+        None => format!("{}-operator-tls", nc.name_any()),
+    }
+}
+
+/// `auto`: a client certificate for `user`.
+pub fn client_tls_secret_name(nc: &NodCluster, user: &str) -> String {
+    format!("{}-client-{user}", nc.name_any())
+}
+
+/// The DNS names a member's certificate covers: its own stable name
+/// (with and without the cluster domain) and, for the client port, the
+/// client Service's names and loopback.
+pub fn member_sans(nc: &NodCluster, pod: &str, client_port: bool) -> Vec<String> {
+    let ns = nc.namespace().unwrap_or_else(|| "default".into());
+    let peers = peers_service_name(nc);
+    let mut sans = vec![
+        format!("{pod}.{peers}.{ns}.svc"),
+        format!("{pod}.{peers}.{ns}.svc.cluster.local"),
+        format!("{pod}.{peers}"),
+    ];
+    if client_port {
+        sans.extend(client_service_sans(nc));
+    }
+    sans
+}
+
+/// The client Service's names, and loopback (a port-forward or a sidecar).
+fn client_service_sans(nc: &NodCluster) -> Vec<String> {
+    let ns = nc.namespace().unwrap_or_else(|| "default".into());
+    let name = nc.name_any();
+    vec![
+        name.clone(),
+        format!("{name}.{ns}"),
+        format!("{name}.{ns}.svc"),
+        format!("{name}.{ns}.svc.cluster.local"),
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+    ]
+}
+
+/// Every member's names at once (for one certificate shared by all
+/// members, as cert-manager issues it).
+fn wildcard_sans(nc: &NodCluster, client_port: bool) -> Vec<String> {
+    let ns = nc.namespace().unwrap_or_else(|| "default".into());
+    let peers = peers_service_name(nc);
+    let mut sans = vec![
+        format!("*.{peers}.{ns}.svc"),
+        format!("*.{peers}.{ns}.svc.cluster.local"),
+    ];
+    if client_port {
+        sans.extend(
+            client_service_sans(nc)
+                .into_iter()
+                .filter(|s| s.parse::<std::net::IpAddr>().is_err()),
+        );
+    }
+    sans
 }
 
 fn owner(nc: &NodCluster) -> Value {
@@ -271,18 +404,22 @@ fn pod_template(nc: &NodCluster) -> Value {
     // to 0.0.0.0 where IPv6 is off), so IPv6-only clusters work. Gossip
     // advertises the bare pod IP; the node takes the port from its listen
     // address (and brackets an IPv6 address itself).
+    let s = scheme(nc);
     let mut args = vec![
         "server".to_string(),
         "--name=$(POD_NAME)".into(),
         format!("--data-dir={DATA_DIR}/data"),
-        format!("--listen-client-urls=http://[::]:{CLIENT_PORT}"),
-        format!("--advertise-client-urls=http://{host}:{CLIENT_PORT}"),
-        format!("--listen-peer-urls=http://[::]:{PEER_PORT}"),
-        format!("--initial-advertise-peer-urls=http://{host}:{PEER_PORT}"),
+        format!("--listen-client-urls={s}://[::]:{CLIENT_PORT}"),
+        format!("--advertise-client-urls={s}://{host}:{CLIENT_PORT}"),
+        format!("--listen-peer-urls={s}://[::]:{PEER_PORT}"),
+        format!("--initial-advertise-peer-urls={s}://{host}:{PEER_PORT}"),
         format!("--listen-metrics-urls=http://[::]:{METRICS_PORT}"),
         format!("--gossip-listen-addr=[::]:{GOSSIP_PORT}"),
         "--gossip-advertise-addr=$(POD_IP)".into(),
         format!("--gossip-seeds={peers}.{ns}.svc:{GOSSIP_PORT}"),
+        // Gossip is sealed with the cluster's own key: a pod that can
+        // read the NodCluster (and so the token) still cannot gossip.
+        format!("--gossip-key-file={GOSSIP_DIR}/key"),
         format!("--initial-cluster-token={token}"),
         format!("--voters={MAX_VOTERS}"),
         format!("--heartbeat-interval={}", spec.raft.heartbeat_interval_ms),
@@ -291,6 +428,72 @@ fn pod_template(nc: &NodCluster) -> Value {
     ];
     if let Some(n) = spec.snapshot_count {
         args.push(format!("--snapshot-count={n}"));
+    }
+    let mut volumes = vec![json!({
+        "name": "gossip",
+        "secret": {"secretName": gossip_secret_name(nc), "defaultMode": SECRET_MODE},
+    })];
+    let mut mounts = vec![
+        json!({"name": CLAIM_TEMPLATE, "mountPath": DATA_DIR}),
+        json!({"name": "gossip", "mountPath": GOSSIP_DIR, "readOnly": true}),
+    ];
+    if let Some(tls) = &spec.tls {
+        let files = match tls.mode {
+            // One Secret for all members, a certificate pair per member
+            // named by the pod (the template is the same for every pod).
+            TlsMode::Auto => {
+                volumes.push(json!({
+                    "name": "tls",
+                    "secret": {"secretName": member_tls_secret_name(nc), "defaultMode": SECRET_MODE},
+                }));
+                mounts.push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
+                let d = TLS_DIR;
+                [
+                    format!("{d}/$(POD_NAME)-server.crt"),
+                    format!("{d}/$(POD_NAME)-server.key"),
+                    format!("{d}/ca.crt"),
+                    format!("{d}/$(POD_NAME)-peer.crt"),
+                    format!("{d}/$(POD_NAME)-peer.key"),
+                    format!("{d}/ca.crt"),
+                ]
+            }
+            TlsMode::CertManager | TlsMode::Secrets => {
+                for (v, secret) in [
+                    ("tls-server", server_tls_secret_name(nc)),
+                    ("tls-peer", peer_tls_secret_name(nc)),
+                ] {
+                    volumes.push(json!({
+                        "name": v,
+                        "secret": {"secretName": secret, "defaultMode": SECRET_MODE},
+                    }));
+                    let dir = v.trim_start_matches("tls-");
+                    mounts.push(json!({"name": v, "mountPath": format!("{TLS_DIR}/{dir}"), "readOnly": true}));
+                }
+                let d = TLS_DIR;
+                [
+                    format!("{d}/server/tls.crt"),
+                    format!("{d}/server/tls.key"),
+                    format!("{d}/server/ca.crt"),
+                    format!("{d}/peer/tls.crt"),
+                    format!("{d}/peer/tls.key"),
+                    format!("{d}/peer/ca.crt"),
+                ]
+            }
+        };
+        let [cert, key, ca, peer_cert, peer_key, peer_ca] = files;
+        args.extend([
+            format!("--cert-file={cert}"),
+            format!("--key-file={key}"),
+            format!("--trusted-ca-file={ca}"),
+            format!("--peer-cert-file={peer_cert}"),
+            format!("--peer-key-file={peer_key}"),
+            format!("--peer-trusted-ca-file={peer_ca}"),
+            // Members accept only members on the peer port.
+            "--peer-client-cert-auth".into(),
+        ]);
+        if tls.client_cert_auth {
+            args.push("--client-cert-auth".into());
+        }
     }
     let mut pod_labels = spec.pod.labels.clone();
     pod_labels.extend(labels(nc));
@@ -340,7 +543,7 @@ fn pod_template(nc: &NodCluster) -> Value {
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
-        "volumeMounts": [{"name": CLAIM_TEMPLATE, "mountPath": DATA_DIR}],
+        "volumeMounts": mounts,
         "securityContext": {
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,
@@ -371,6 +574,7 @@ fn pod_template(nc: &NodCluster) -> Value {
         },
         "affinity": affinity,
         "containers": [container],
+        "volumes": volumes,
     });
     if !spec.pod.tolerations.is_empty() {
         pod_spec["tolerations"] = serde_json::to_value(&spec.pod.tolerations).unwrap_or_default();
@@ -468,9 +672,123 @@ pub fn service_monitor(nc: &NodCluster) -> Option<DynamicObject> {
     })))
 }
 
+/// The cluster's NetworkPolicy (ingress only): members reach each other
+/// on every port; the client port is open to the namespaces and pods the
+/// spec selects (every namespace by default) and to the operator's
+/// namespace; metrics to anyone (Prometheus, and the kubelet's probes,
+/// which most network plugins let through anyway). `None` when the spec
+/// turns it off.
+pub fn network_policy(nc: &NodCluster, operator_namespace: Option<&str>) -> Option<Value> {
+    let np = &nc.spec.network_policy;
+    if !np.enabled {
+        return None;
+    }
+    let tcp = |port: i32| json!({"protocol": "TCP", "port": port});
+    let mut client_from = json!({
+        "namespaceSelector": np.client_namespace_selector.clone().map(|s| serde_json::to_value(s).unwrap_or_default()).unwrap_or_else(|| json!({})),
+    });
+    if let Some(p) = &np.client_pod_selector {
+        client_from["podSelector"] = serde_json::to_value(p).unwrap_or_default();
+    }
+    let mut ingress = vec![
+        json!({
+            "from": [{"podSelector": {"matchLabels": selector(nc)}}],
+            "ports": [tcp(CLIENT_PORT), tcp(PEER_PORT), {"protocol": "UDP", "port": GOSSIP_PORT}],
+        }),
+        json!({"from": [client_from], "ports": [tcp(CLIENT_PORT)]}),
+    ];
+    if let Some(op) = operator_namespace {
+        ingress.push(json!({
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": op}}}],
+            "ports": [tcp(CLIENT_PORT)],
+        }));
+    }
+    ingress.push(json!({"ports": [tcp(METRICS_PORT)]}));
+    Some(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta(nc, &nc.name_any()),
+        "spec": {
+            "podSelector": {"matchLabels": selector(nc)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }))
+}
+
+/// `certManager`: the Certificates to ask cert-manager for: the client
+/// port's, the peer port's (both for every member, by wildcard) and the
+/// operator's client certificate (common name `root`).
+pub fn certificates(nc: &NodCluster) -> Vec<Value> {
+    let Some(tls) = &nc.spec.tls else {
+        return Vec::new();
+    };
+    let Some(cm) = tls
+        .cert_manager
+        .as_ref()
+        .filter(|_| tls.mode == TlsMode::CertManager)
+    else {
+        return Vec::new();
+    };
+    let name = nc.name_any();
+    let certificate = |suffix: &str,
+                       secret: String,
+                       cn: &str,
+                       dns: Vec<String>,
+                       usages: &[&str]| {
+        let mut spec = json!({
+            "secretName": secret,
+            "commonName": cn,
+            "duration": format!("{}h", tls.validity_hours),
+            "renewBefore": format!("{}h", tls.renew_before_hours),
+            "issuerRef": {"name": cm.issuer_ref.name, "kind": cm.issuer_ref.kind, "group": cm.issuer_ref.group},
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+            "usages": usages,
+        });
+        if !dns.is_empty() {
+            spec["dnsNames"] = json!(dns);
+        }
+        json!({
+            "apiVersion": "cert-manager.io/v1",
+            "kind": "Certificate",
+            "metadata": meta(nc, &format!("{name}-{suffix}")),
+            "spec": spec,
+        })
+    };
+    vec![
+        certificate(
+            "server",
+            server_tls_secret_name(nc),
+            &name,
+            wildcard_sans(nc, true),
+            &["server auth", "digital signature", "key encipherment"],
+        ),
+        certificate(
+            "peer",
+            peer_tls_secret_name(nc),
+            &name,
+            wildcard_sans(nc, false),
+            &[
+                "server auth",
+                "client auth",
+                "digital signature",
+                "key encipherment",
+            ],
+        ),
+        certificate(
+            "operator",
+            operator_tls_secret_name(nc),
+            "root",
+            Vec::new(),
+            &["client auth", "digital signature", "key encipherment"],
+        ),
+    ]
+}
+
 /// Every object, as JSON, in apply order (for `nod-operator render` and
-/// the schema tests).
-pub fn all(nc: &NodCluster, shape: &Shape) -> Vec<Value> {
+/// the schema tests). The Secrets the operator fills itself (keys,
+/// certificates) are not among them.
+pub fn all(nc: &NodCluster, shape: &Shape, operator_namespace: Option<&str>) -> Vec<Value> {
     let mut out = vec![
         serde_json::to_value(service_account(nc)),
         serde_json::to_value(peers_service(nc)),
@@ -481,7 +799,10 @@ pub fn all(nc: &NodCluster, shape: &Shape) -> Vec<Value> {
     if let Some(sm) = service_monitor(nc) {
         out.push(serde_json::to_value(sm));
     }
-    out.into_iter().filter_map(Result::ok).collect()
+    let mut out: Vec<Value> = out.into_iter().filter_map(Result::ok).collect();
+    out.extend(network_policy(nc, operator_namespace));
+    out.extend(certificates(nc));
+    out
 }
 
 #[cfg(test)]
@@ -781,11 +1102,163 @@ mod tests {
         let labels = sm.metadata.labels.unwrap();
         assert_eq!(labels["release"], "prom");
         assert_eq!(labels["app.kubernetes.io/name"], "nod", "ours win");
-        assert_eq!(all(&nc, &Shape::new(3)).len(), 6);
+        assert_eq!(
+            all(&nc, &Shape::new(3), None).len(),
+            7,
+            "with the NetworkPolicy"
+        );
         assert!(service_monitor(&cluster("{}")).is_none());
         assert_eq!(
             selector_string(&nc),
             "app.kubernetes.io/instance=demo,app.kubernetes.io/name=nod"
         );
+    }
+
+    #[test]
+    fn the_network_policy_lets_members_talk_and_chosen_clients_in() {
+        let nc = cluster("{networkPolicy: {clientNamespaceSelector: {matchLabels: {team: a}}, clientPodSelector: {matchLabels: {role: app}}}}");
+        let np = network_policy(&nc, Some("nod-system")).unwrap();
+        assert_eq!(
+            np["spec"]["podSelector"]["matchLabels"],
+            json!(selector(&nc))
+        );
+        let ingress = np["spec"]["ingress"].as_array().unwrap();
+        // Members from members, on every port (gossip is UDP).
+        assert_eq!(
+            ingress[0]["from"][0]["podSelector"]["matchLabels"],
+            json!(selector(&nc))
+        );
+        let ports: Vec<(String, i64)> = ingress[0]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["protocol"].as_str().unwrap().into(),
+                    p["port"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("TCP".into(), 2379),
+                ("TCP".into(), 2380),
+                ("UDP".into(), 7946)
+            ]
+        );
+        // Clients from the chosen namespaces and pods, on the client port only.
+        assert_eq!(
+            ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["team"],
+            "a"
+        );
+        assert_eq!(
+            ingress[1]["from"][0]["podSelector"]["matchLabels"]["role"],
+            "app"
+        );
+        assert_eq!(
+            ingress[1]["ports"],
+            json!([{"protocol": "TCP", "port": 2379}])
+        );
+        // The operator, from its namespace.
+        assert_eq!(
+            ingress[2]["from"][0]["namespaceSelector"]["matchLabels"]
+                ["kubernetes.io/metadata.name"],
+            "nod-system"
+        );
+        // Metrics from anywhere.
+        assert!(ingress[3].get("from").is_none());
+        assert_eq!(
+            ingress[3]["ports"],
+            json!([{"protocol": "TCP", "port": 2381}])
+        );
+        // Every namespace by default; none when turned off.
+        let open = network_policy(&cluster("{}"), None).unwrap();
+        assert_eq!(
+            open["spec"]["ingress"][1]["from"][0],
+            json!({"namespaceSelector": {}})
+        );
+        assert_eq!(open["spec"]["ingress"].as_array().unwrap().len(), 3);
+        assert!(network_policy(&cluster("{networkPolicy: {enabled: false}}"), None).is_none());
+    }
+
+    #[test]
+    fn tls_modes_reach_the_members_flags_and_volumes() {
+        let plain = args(&stateful_set(&cluster("{}"), &founded(3)));
+        assert!(plain.contains(&"--listen-client-urls=http://[::]:2379".to_string()));
+        assert!(!plain.iter().any(|a| a.starts_with("--cert-file")));
+        assert!(plain.contains(&"--gossip-key-file=/etc/nod/gossip/key".to_string()));
+        let nc = cluster("{tls: {mode: secrets, serverSecretName: s, peerSecretName: p, operatorSecretName: o, clientCertAuth: false}}");
+        let sts = stateful_set(&nc, &founded(3));
+        let a = args(&sts);
+        for flag in [
+            "--advertise-client-urls=https://$(POD_NAME).demo-peers.prod.svc:2379",
+            "--cert-file=/etc/nod/tls/server/tls.crt",
+            "--trusted-ca-file=/etc/nod/tls/server/ca.crt",
+            "--peer-cert-file=/etc/nod/tls/peer/tls.crt",
+            "--peer-client-cert-auth",
+        ] {
+            assert!(a.contains(&flag.to_string()), "{flag}: {a:?}");
+        }
+        assert!(!a.contains(&"--client-cert-auth".to_string()), "turned off");
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let secrets: Vec<String> = pod
+            .volumes
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+            .collect();
+        assert_eq!(secrets, ["demo-gossip", "s", "p"]);
+        assert_eq!(
+            client_endpoints(&nc, 1),
+            ["https://demo-0.demo-peers.prod.svc:2379"]
+        );
+        // The operator's certificate is read, never mounted by the members.
+        assert_eq!(operator_tls_secret_name(&nc), "o");
+        // Turning TLS on changes the pods.
+        assert_ne!(template_hash(&nc), template_hash(&cluster("{}")));
+    }
+
+    #[test]
+    fn cert_manager_is_asked_for_three_certificates() {
+        let nc = cluster("{tls: {mode: certManager, certManager: {issuerRef: {name: ca, kind: ClusterIssuer}}, validityHours: 48, renewBeforeHours: 12}}");
+        let certs = certificates(&nc);
+        let names: Vec<&str> = certs
+            .iter()
+            .map(|c| c["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["demo-server", "demo-peer", "demo-operator"]);
+        assert_eq!(
+            certs[0]["spec"]["issuerRef"],
+            json!({"name": "ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+        );
+        assert_eq!(certs[0]["spec"]["duration"], "48h");
+        assert_eq!(certs[0]["spec"]["renewBefore"], "12h");
+        assert!(certs[0]["spec"]["dnsNames"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("*.demo-peers.prod.svc")));
+        assert!(certs[0]["spec"]["dnsNames"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("demo.prod.svc")));
+        assert!(certs[1]["spec"]["usages"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("client auth")));
+        assert_eq!(certs[2]["spec"]["commonName"], "root");
+        assert!(certs[2]["spec"].get("dnsNames").is_none());
+        assert!(certificates(&cluster("{tls: {mode: auto}}")).is_empty());
+    }
+
+    #[test]
+    fn member_certificates_name_the_member_and_the_client_service() {
+        let nc = cluster("{}");
+        let server = member_sans(&nc, "demo-1", true);
+        assert!(server.contains(&"demo-1.demo-peers.prod.svc".to_string()));
+        assert!(server.contains(&"demo.prod.svc".to_string()));
+        assert!(server.contains(&"127.0.0.1".to_string()));
+        let peer = member_sans(&nc, "demo-1", false);
+        assert!(peer.iter().all(|s| s.starts_with("demo-1.")), "{peer:?}");
     }
 }

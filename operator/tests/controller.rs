@@ -12,7 +12,7 @@ use kube::client::Body;
 use nod_operator::controller::{reconcile, Context};
 use nod_operator::crd::NodCluster;
 use nod_operator::metrics::Metrics;
-use nod_operator::nodapi::{ClusterApi, Health};
+use nod_operator::nodapi::{ClusterApi, Health, Target};
 use nod_operator::plan::MemberView;
 use serde_json::{json, Value};
 
@@ -23,10 +23,12 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 struct FakeNod {
     members: Option<Vec<MemberView>>,
     calls: Arc<Mutex<Vec<String>>>,
+    /// Whether authentication is on.
+    auth: Arc<Mutex<bool>>,
 }
 
 impl ClusterApi for FakeNod {
-    async fn health(&self, _: Vec<String>) -> Result<Health, String> {
+    async fn health(&self, _: &Target) -> Result<Health, String> {
         self.calls.lock().unwrap().push("health".into());
         match &self.members {
             Some(m) => Ok(Health {
@@ -37,13 +39,34 @@ impl ClusterApi for FakeNod {
             None => Err("connection refused".into()),
         }
     }
-    async fn move_leader(&self, _: Vec<String>, to: u64) -> Result<(), String> {
+    async fn move_leader(&self, _: &Target, to: u64) -> Result<(), String> {
         self.calls.lock().unwrap().push(format!("move-leader {to}"));
         Ok(())
     }
-    async fn remove_member(&self, _: Vec<String>, id: u64) -> Result<(), String> {
+    async fn remove_member(&self, _: &Target, id: u64) -> Result<(), String> {
         self.calls.lock().unwrap().push(format!("remove {id}"));
         Ok(())
+    }
+    async fn auth_enabled(&self, _: &Target) -> Result<bool, String> {
+        self.calls.lock().unwrap().push("auth-status".into());
+        Ok(*self.auth.lock().unwrap())
+    }
+    async fn enable_auth(&self, t: &Target, password: &str) -> Result<(), String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("enable-auth {password} tls={}", t.tls.is_some()));
+        *self.auth.lock().unwrap() = true;
+        Ok(())
+    }
+    async fn disable_auth(&self, _: &Target) -> Result<(), String> {
+        self.calls.lock().unwrap().push("disable-auth".into());
+        *self.auth.lock().unwrap() = false;
+        Ok(())
+    }
+    async fn served_certificate(&self, _: &Target, url: &str) -> Result<Vec<u8>, String> {
+        self.calls.lock().unwrap().push(format!("served {url}"));
+        Err("not served".into())
     }
 }
 
@@ -250,8 +273,16 @@ fn args(sts: &Value) -> Vec<String> {
 }
 
 /// The objects every reconcile applies, in order, for a StatefulSet of
-/// `replicas` now; returns the StatefulSet applied.
+/// `replicas` now (after the gossip key, which exists); returns the
+/// StatefulSet applied.
 async fn expect_objects(h: &mut Handle, replicas: i32) -> Value {
+    expect_gossip_key(h).await;
+    expect_applied(h, replicas).await
+}
+
+/// The objects applied after the Secrets, in order; returns the
+/// StatefulSet.
+async fn expect_applied(h: &mut Handle, replicas: i32) -> Value {
     expect(
         h,
         "PATCH",
@@ -288,7 +319,33 @@ async fn expect_objects(h: &mut Handle, replicas: i32) -> Value {
     .await;
     assert_eq!(sts["metadata"]["ownerReferences"][0]["kind"], "NodCluster");
     assert_eq!(sts["spec"]["replicas"], replicas);
+    let np = expect(
+        h,
+        "PATCH",
+        "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo",
+        echo,
+    )
+    .await;
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]), "{np}");
     sts
+}
+
+/// The gossip key Secret, read and found.
+async fn expect_gossip_key(h: &mut Handle) {
+    expect(
+        h,
+        "GET",
+        "/api/v1/namespaces/default/secrets/demo-gossip",
+        |_| {
+            (
+                200,
+                json!({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": "demo-gossip", "namespace": "default"},
+                       "data": {"key": "a2V5Cg=="}}),
+            )
+        },
+    )
+    .await;
 }
 
 /// A scale step: the StatefulSet to `replicas`, then its disruption budget
@@ -320,6 +377,8 @@ fn context(client: kube::Client, nod: FakeNod) -> Arc<Context<FakeNod>> {
         metrics: Metrics::new(),
         recorder: None,
         endpoints: Arc::new(|_, n| (0..n).map(|i| format!("http://demo-{i}:2379")).collect()),
+        state_dir: tempfile::tempdir().unwrap().keep(),
+        operator_namespace: Some("nod-system".into()),
         written: Default::default(),
     })
 }
@@ -845,6 +904,7 @@ async fn an_object_kubernetes_refuses_still_gets_status_written() {
     let original = serde_json::to_value(&nc).unwrap();
     let server = tokio::spawn(async move {
         expect_running_members(&mut h, 3, &hash).await;
+        expect_gossip_key(&mut h).await;
         expect(
             &mut h,
             "PATCH",
@@ -885,6 +945,14 @@ async fn an_object_kubernetes_refuses_still_gets_status_written() {
                            "reason": "Invalid", "code": 422}),
                 )
             },
+        )
+        .await;
+        // The objects after the refused one are still applied.
+        expect(
+            &mut h,
+            "PATCH",
+            "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo",
+            echo,
         )
         .await;
         expect_status(&mut h, &original).await
@@ -1018,5 +1086,247 @@ async fn an_old_operators_finalizer_is_removed_and_deletion_never_waits() {
     assert!(
         done.await.unwrap(),
         "no request for a cluster being deleted"
+    );
+}
+
+/// A Secret read that finds nothing, then its creation (POST) or its
+/// server-side apply (PATCH); returns what was written.
+async fn expect_secret_made(h: &mut Handle, name: &str, method: &str) -> Value {
+    let path = format!("/api/v1/namespaces/default/secrets/{name}");
+    expect(h, "GET", &path, |_| (404, not_found())).await;
+    let written = match method {
+        "POST" => {
+            expect(h, "POST", "/api/v1/namespaces/default/secrets", |b| {
+                (201, b)
+            })
+            .await
+        }
+        _ => expect(h, "PATCH", &path, echo).await,
+    };
+    assert_eq!(written["metadata"]["name"], name);
+    assert_eq!(
+        written["metadata"]["ownerReferences"][0]["kind"], "NodCluster",
+        "{name} goes with its cluster"
+    );
+    written
+}
+
+/// A Secret's data, decoded.
+fn secret_data(s: &Value) -> std::collections::BTreeMap<String, String> {
+    use base64::Engine as _;
+    s["data"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap();
+            (k.clone(), String::from_utf8(bytes).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn tls_auto_makes_a_ca_and_certificates_and_auth_is_turned_on_as_root() {
+    use nod_client::pki::inspect;
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let nod = FakeNod {
+        members: Some(members(3)),
+        ..Default::default()
+    };
+    let mut nc = cluster(json!({"replicas": 3,
+        "tls": {"mode": "auto", "clientUsers": ["app"]},
+        "auth": {"rootPasswordSecret": {"name": "demo-root"}}}));
+    cluster_status(
+        &mut nc,
+        json!({"bootstrapExpect": 3, "clusterId": "c1", "tls": {"mode": "auto"}}),
+    );
+    let hash = nod_operator::render::template_hash(&nc);
+    let original = serde_json::to_value(&nc).unwrap();
+    let ctx = context(client, nod.clone());
+    let state_dir = ctx.state_dir.clone();
+    let server = tokio::spawn(async move {
+        expect_running_members(&mut h, 3, &hash).await;
+        let gossip = expect_secret_made(&mut h, "demo-gossip", "POST").await;
+        let ca = expect_secret_made(&mut h, "demo-ca", "POST").await;
+        let operator = expect_secret_made(&mut h, "demo-operator-tls", "PATCH").await;
+        let app = expect_secret_made(&mut h, "demo-client-app", "PATCH").await;
+        let member = expect_secret_made(&mut h, "demo-member-tls", "PATCH").await;
+        let sts = expect_applied(&mut h, 3).await;
+        let password = expect(
+            &mut h,
+            "GET",
+            "/api/v1/namespaces/default/secrets/demo-root",
+            |_| {
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": "demo-root", "namespace": "default"},
+                    "data": {"password": "czNjcmV0Cg=="}}),
+                )
+            },
+        );
+        password.await;
+        let status = expect_status(&mut h, &original).await["status"].clone();
+        (gossip, ca, operator, app, member, sts, status)
+    });
+    reconcile(Arc::new(nc), ctx).await.unwrap();
+    let (gossip, ca, operator, app, member, sts, status) = server.await.unwrap();
+
+    // The gossip key: base64 of 32 random bytes, as --gossip-key-file reads it.
+    use base64::Engine as _;
+    let key = secret_data(&gossip)["key"].clone();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(key.trim_end())
+        .unwrap();
+    assert_eq!(raw.len(), 32);
+
+    // One CA; every certificate comes from it.
+    let ca = secret_data(&ca);
+    assert!(ca["ca.key"].contains("PRIVATE KEY"));
+    let operator = secret_data(&operator);
+    assert_eq!(operator["ca.crt"], ca["ca.crt"]);
+    assert_eq!(
+        inspect(&operator["tls.crt"])
+            .unwrap()
+            .common_name
+            .as_deref(),
+        Some("root"),
+        "the operator acts as root by its certificate"
+    );
+    let app = secret_data(&app);
+    assert_eq!(
+        inspect(&app["tls.crt"]).unwrap().common_name.as_deref(),
+        Some("app")
+    );
+    let member = secret_data(&member);
+    let mut keys: Vec<&str> = member.keys().map(String::as_str).collect();
+    keys.sort();
+    let mut want = vec!["ca.crt".to_string()];
+    for i in 0..3 {
+        for f in ["server.crt", "server.key", "peer.crt", "peer.key"] {
+            want.push(format!("demo-{i}-{f}"));
+        }
+    }
+    want.sort();
+    assert_eq!(keys, want);
+    assert_eq!(
+        inspect(&member["demo-2-peer.crt"])
+            .unwrap()
+            .common_name
+            .as_deref(),
+        Some("demo-2")
+    );
+
+    // The members serve TLS with their own files, and check each other.
+    let a = args(&sts);
+    for flag in [
+        "--listen-client-urls=https://[::]:2379",
+        "--initial-advertise-peer-urls=https://$(POD_NAME).demo-peers.default.svc:2380",
+        "--cert-file=/etc/nod/tls/$(POD_NAME)-server.crt",
+        "--peer-key-file=/etc/nod/tls/$(POD_NAME)-peer.key",
+        "--trusted-ca-file=/etc/nod/tls/ca.crt",
+        "--client-cert-auth",
+        "--peer-client-cert-auth",
+        "--gossip-key-file=/etc/nod/gossip/key",
+    ] {
+        assert!(a.contains(&flag.to_string()), "{flag} missing from {a:?}");
+    }
+    let volumes = &sts["spec"]["template"]["spec"]["volumes"];
+    assert!(
+        volumes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "demo-member-tls"),
+        "{volumes}"
+    );
+
+    // The operator's files for its client: key readable by it only.
+    use std::os::unix::fs::PermissionsExt;
+    let key_file = state_dir.join("default/demo/tls.key");
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    assert_eq!(status["tls"]["mode"], "auto");
+    assert!(status["tls"]["notAfter"].is_string(), "{status}");
+    assert_eq!(status["authEnabled"], true);
+    assert_eq!(condition(&status, "SpecApplied")["status"], "True");
+    assert_eq!(
+        *nod.calls.lock().unwrap(),
+        ["health", "auth-status", "enable-auth s3cret tls=true"]
+    );
+}
+
+#[tokio::test]
+async fn cert_manager_without_its_crd_is_a_condition() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let nod = FakeNod {
+        members: Some(members(3)),
+        ..Default::default()
+    };
+    let mut nc = cluster(json!({"replicas": 3,
+        "tls": {"mode": "certManager", "certManager": {"issuerRef": {"name": "ca"}}}}));
+    cluster_status(
+        &mut nc,
+        json!({"bootstrapExpect": 3, "clusterId": "c1", "tls": {"mode": "certManager"}}),
+    );
+    let hash = nod_operator::render::template_hash(&nc);
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn(async move {
+        expect_running_members(&mut h, 3, &hash).await;
+        expect_gossip_key(&mut h).await;
+        let cert = expect(
+            &mut h,
+            "PATCH",
+            "/apis/cert-manager.io/v1/namespaces/default/certificates/demo-server",
+            |_| (404, not_found()),
+        )
+        .await;
+        assert_eq!(cert["spec"]["issuerRef"]["name"], "ca");
+        assert_eq!(cert["spec"]["secretName"], "demo-server-tls");
+        expect(
+            &mut h,
+            "GET",
+            "/api/v1/namespaces/default/secrets/demo-operator-tls",
+            |_| (404, not_found()),
+        )
+        .await;
+        let sts = expect_applied(&mut h, 3).await;
+        let status = expect_status(&mut h, &original).await["status"].clone();
+        (sts, status)
+    });
+    reconcile(Arc::new(nc), context(client, nod.clone()))
+        .await
+        .unwrap();
+    let (sts, status) = server.await.unwrap();
+    let c = condition(&status, "SpecApplied");
+    assert_eq!(c["status"], "False");
+    assert_eq!(c["reason"], "CertManagerMissing", "{c}");
+    assert!(args(&sts).contains(&"--cert-file=/etc/nod/tls/server/tls.crt".to_string()));
+}
+
+#[tokio::test]
+async fn tls_cannot_be_turned_on_under_a_running_cluster() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let mut nc = cluster(json!({"replicas": 3, "tls": {"mode": "auto"}}));
+    cluster_status(&mut nc, json!({"bootstrapExpect": 3, "clusterId": "c1"}));
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn(async move { expect_status(&mut h, &original).await });
+    reconcile(Arc::new(nc), context(client, FakeNod::default()))
+        .await
+        .unwrap();
+    let status = server.await.unwrap()["status"].clone();
+    assert_eq!(status["phase"], "Failed");
+    assert!(
+        status["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("created with no TLS"),
+        "{status}"
     );
 }

@@ -101,9 +101,13 @@ fn the_examples_match_the_crd() {
 fn every_rendered_object_passes_the_kubernetes_schemas() {
     let dir = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
-    for (i, name) in ["nodcluster.yaml", "nodcluster-production.yaml"]
-        .iter()
-        .enumerate()
+    for (i, name) in [
+        "nodcluster.yaml",
+        "nodcluster-production.yaml",
+        "nodcluster-cert-manager.yaml",
+    ]
+    .iter()
+    .enumerate()
     {
         let nc = example(name);
         let n = nc.spec.replicas;
@@ -111,7 +115,7 @@ fn every_rendered_object_passes_the_kubernetes_schemas() {
         files.push(write_docs(
             dir.path(),
             &format!("{i}-full.yaml"),
-            &nod_operator::render::all(&nc, &Shape::new(n)),
+            &nod_operator::render::all(&nc, &Shape::new(n), Some("nod-system")),
         ));
         files.push(write_docs(
             dir.path(),
@@ -123,6 +127,7 @@ fn every_rendered_object_passes_the_kubernetes_schemas() {
                     founding: None,
                     claim: None,
                 },
+                None,
             ),
         ));
     }
@@ -135,6 +140,7 @@ fn every_rendered_object_passes_the_kubernetes_schemas() {
         "Service/",
         "PodDisruptionBudget/",
         "ServiceAccount/",
+        "NetworkPolicy/",
     ] {
         assert!(out.contains(kind), "{kind} was not checked: {out}");
     }

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nod_client::Client;
-use nod_operator::nodapi::{ClusterApi, NodApi};
+use nod_operator::nodapi::{ClusterApi, NodApi, Target};
 use nod_operator::plan::{plan, Observed, PodView, Step};
 use nod_proto::etcd::etcdserverpb::{PutRequest, RangeRequest};
 
@@ -246,7 +246,10 @@ struct Memory {
 }
 
 async fn observe(sts: &FakeStatefulSet, desired: i32, image: &str, mem: &Memory) -> Observed {
-    let health = NodApi::default().health(sts.endpoints()).await.ok();
+    let health = NodApi::default()
+        .health(&Target::plain(sts.endpoints()))
+        .await
+        .ok();
     Observed {
         name: "demo".into(),
         desired_replicas: desired,
@@ -283,9 +286,14 @@ async fn reconcile(sts: &mut FakeStatefulSet, desired: i32, image: &str, mem: &m
     let api = NodApi::default();
     match &step {
         Step::ScaleTo(n) => sts.scale(*n),
-        Step::MoveLeader { to, .. } => api.move_leader(sts.endpoints(), *to).await.unwrap(),
+        Step::MoveLeader { to, .. } => api
+            .move_leader(&Target::plain(sts.endpoints()), *to)
+            .await
+            .unwrap(),
         Step::RemoveMember { name, id } => {
-            api.remove_member(sts.endpoints(), *id).await.unwrap();
+            api.remove_member(&Target::plain(sts.endpoints()), *id)
+                .await
+                .unwrap();
             mem.removed.push(name.clone());
         }
         Step::DeleteClaim { pod } => {
@@ -301,7 +309,9 @@ async fn reconcile(sts: &mut FakeStatefulSet, desired: i32, image: &str, mem: &m
             mem.removed.retain(|r| r != pod);
         }
         Step::RemoveNamelessLearner { id } => {
-            api.remove_member(sts.endpoints(), *id).await.unwrap();
+            api.remove_member(&Target::plain(sts.endpoints()), *id)
+                .await
+                .unwrap();
         }
         Step::RollPod { pod } => {
             let i = sts.pod(pod);
@@ -348,7 +358,10 @@ async fn converge(
 }
 
 async fn members(sts: &FakeStatefulSet) -> Vec<(String, bool)> {
-    let h = NodApi::default().health(sts.endpoints()).await.unwrap();
+    let h = NodApi::default()
+        .health(&Target::plain(sts.endpoints()))
+        .await
+        .unwrap();
     let mut m: Vec<(String, bool)> = h.members.into_iter().map(|m| (m.name, m.learner)).collect();
     m.sort();
     m
@@ -390,10 +403,13 @@ async fn scale_down_reverse_and_rolling_upgrade_on_real_members() {
 
     // Make the member that goes first the leader, so the planner has to
     // move leadership away before removing it.
-    let h = NodApi::default().health(sts.endpoints()).await.unwrap();
+    let h = NodApi::default()
+        .health(&Target::plain(sts.endpoints()))
+        .await
+        .unwrap();
     let top = h.members.iter().find(|m| m.name == "demo-4").unwrap().id;
     NodApi::default()
-        .move_leader(sts.endpoints(), top)
+        .move_leader(&Target::plain(sts.endpoints()), top)
         .await
         .unwrap();
 
@@ -432,7 +448,7 @@ async fn scale_down_reverse_and_rolling_upgrade_on_real_members() {
     // running) the spec goes back to 3. The pod cannot rejoin with its old
     // identity: it is replaced (claim wiped) and joins as a new member.
     let old_id = NodApi::default()
-        .health(sts.endpoints())
+        .health(&Target::plain(sts.endpoints()))
         .await
         .unwrap()
         .members
@@ -460,7 +476,10 @@ async fn scale_down_reverse_and_rolling_upgrade_on_real_members() {
         "{steps:?}"
     );
     assert_eq!(members(&sts).await, three);
-    let h = NodApi::default().health(sts.endpoints()).await.unwrap();
+    let h = NodApi::default()
+        .health(&Target::plain(sts.endpoints()))
+        .await
+        .unwrap();
     let new_id = h.members.iter().find(|m| m.name == "demo-2").unwrap().id;
     assert_ne!(new_id, old_id, "demo-2 came back as a new member");
     assert_eq!(all_keys(&sts).await, 20);

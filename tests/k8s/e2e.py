@@ -323,8 +323,10 @@ class Writer(Background):
     """A steady write load through the client Service: every write the
     cluster acknowledged (etcdctl exit 0) must be readable at the end."""
 
-    def __init__(self, name, ns="default", prefix="load/"):
-        self.svc = f"{client_ip(name, ns)}:2379"
+    def __init__(self, name, ns="default", prefix="load/", via=None):
+        # via: (command prefix, endpoint, extra etcdctl flags) for a cluster
+        # reached from inside a pod's network namespace, with TLS.
+        self.prefix_cmd, self.svc, self.flags = via or ([], f"{client_ip(name, ns)}:2379", [])
         self.prefix = prefix
         self.acked = []
         self.failed = 0
@@ -334,8 +336,9 @@ class Writer(Background):
         n = 0
         while not self.stop.is_set():
             key = f"{self.prefix}{n:06d}"
-            r = subprocess.run([ETCDCTL, f"--endpoints={self.svc}", "--command-timeout=5s",
-                                "--dial-timeout=2s", "put", key, str(n)], capture_output=True, env=ENV)
+            r = subprocess.run([*self.prefix_cmd, ETCDCTL, f"--endpoints={self.svc}", *self.flags,
+                                "--command-timeout=5s", "--dial-timeout=2s", "put", key, str(n)],
+                               capture_output=True, env=ENV)
             if r.returncode == 0:
                 self.acked.append(key)
             else:
@@ -344,7 +347,8 @@ class Writer(Background):
             time.sleep(0.05)
 
     def check(self):
-        keys = set(etcdctl(self.svc, "get", "--prefix", self.prefix, "--keys-only").split())
+        keys = set(sh(*self.prefix_cmd, ETCDCTL, f"--endpoints={self.svc}", *self.flags, "--command-timeout=10s",
+                      "get", "--prefix", self.prefix, "--keys-only").split())
         lost = [k for k in self.acked if k not in keys]
         if not self.acked:
             raise Failed("the writer got no write acknowledged")
@@ -692,6 +696,170 @@ def scenario_operator_restart():
          "--reuse-values", "--set", "replicaCount=1", "--wait", "--timeout", "180s", timeout=240)
 
 
+def netns_of(ip):
+    """The network namespace the pod runner gave the pod with this IP."""
+    for line in sh("ip", "netns", "list").splitlines():
+        name = line.split()[0]
+        if name.startswith("nodk8s-") and f"inet {ip}/" in sh("ip", "-n", name, "-4", "addr", check=False):
+            return name
+    raise Failed(f"no network namespace holds {ip}")
+
+
+def reaches(netns, ip, port):
+    """Whether a TCP connection from inside netns to ip:port opens (3 s)."""
+    r = subprocess.run(["ip", "netns", "exec", netns, "timeout", "3", "bash", "-c",
+                        f"exec 3<>/dev/tcp/{ip}/{port}"], capture_output=True)
+    return r.returncode == 0
+
+
+def secret_files(name, d, ns="default"):
+    """Writes a Secret's keys as files in d; returns {key: path}."""
+    import base64
+    data = kjson("get", "secret", name, "-n", ns)["data"]
+    out = {}
+    for k, v in data.items():
+        path = os.path.join(d, f"{name}-{k}")
+        with open(path, "wb") as f:
+            f.write(base64.b64decode(v))
+        os.chmod(path, 0o600)
+        out[k] = path
+    return out
+
+
+def served_cert(netns, host, port=2379):
+    """The certificate a member serves (PEM), fetched from inside netns."""
+    r = subprocess.run(["ip", "netns", "exec", netns, "openssl", "s_client", "-connect", f"{host}:{port}",
+                        "-servername", host], input="", capture_output=True, text=True, timeout=20)
+    text = r.stdout
+    begin = text.find("-----BEGIN CERTIFICATE-----")
+    end = text.find("-----END CERTIFICATE-----")
+    if begin < 0 or end < 0:
+        raise Failed(f"{host}:{port} presented no certificate: {r.stderr[-300:]}")
+    return text[begin:end + len("-----END CERTIFICATE-----")]
+
+
+def scenario_security():
+    """TLS auto + auth + NetworkPolicy: mTLS only, users by certificate, members only on peer ports, renewal one member at a time."""
+    import tempfile
+    ensure_example()
+    d = tempfile.mkdtemp(prefix="nod-e2e-tls-")
+    apply(kubectl("create", "secret", "generic", "secure-root", "--from-literal=password=s3cret-root",
+                  "--dry-run=client", "-o", "yaml"))
+    apply(cluster_yaml("secure", 3, extra="""  tls:
+    mode: auto
+    clientUsers: [app]
+  auth:
+    rootPasswordSecret: {name: secure-root}
+  networkPolicy:
+    clientNamespaceSelector: {matchLabels: {nod-client: "yes"}}
+"""))
+    running("secure", 3)
+    st = wait_until("auth to be turned on", lambda: (lambda s: s if s.get("authEnabled") else None)(status("secure")))
+    if st.get("tls", {}).get("mode") != "auto" or not st["tls"].get("notAfter"):
+        raise Failed(f"status.tls: {st.get('tls')}")
+    say(f"secure: 3/3 Running with TLS (certificates until {st['tls']['notAfter']}) and auth on")
+    app = secret_files("secure-client-app", d)
+    root = secret_files("secure-operator-tls", d)
+    ps = pods("secure")
+    member_ns = {n: netns_of(pod_ip(p)) for n, p in ps.items()}
+    (op_pod,) = operator_pods().values()
+    op_ns = netns_of(pod_ip(op_pod))
+    ex_ns = netns_of(pod_ip(next(iter(pods("example").values()))))
+    hosts = {n: f"{n}.secure-peers.default.svc" for n in ps}
+    eps = ",".join(f"https://{h}:2379" for h in hosts.values())
+
+    def ctl(*args, certs=app, ns=op_ns, user=None, check=True, endpoints=eps):
+        flags = [f"--cacert={certs['ca.crt']}", f"--cert={certs['tls.crt']}", f"--key={certs['tls.key']}"] \
+            if certs else [f"--cacert={app['ca.crt']}"]
+        if user:
+            flags.append(f"--user={user}")
+        return sh("ip", "netns", "exec", ns, ETCDCTL, f"--endpoints={endpoints}", *flags,
+                  "--command-timeout=10s", "--dial-timeout=5s", *args, check=check)
+
+    def denied(*args, **kw):
+        try:
+            out = ctl(*args, **kw)
+        except Failed as e:
+            return str(e)
+        raise Failed(f"etcdctl {' '.join(args)} was allowed: {out!r}")
+
+    # Root by password; the operator's certificate is root's too.
+    ctl("put", "greeting", "hello", certs=app, user="root:s3cret-root")
+    if ctl("get", "greeting", "--print-value-only", certs=root).strip() != "hello":
+        raise Failed("root's certificate does not read what root wrote")
+    # "app" by its certificate: nothing until root grants it a role.
+    msg = denied("put", "app/1", "x")
+    if "permission denied" not in msg and "user name not found" not in msg:
+        raise Failed(f"app without a role: {msg}")
+    for args in (("user", "add", "app:unused-pw"), ("role", "add", "app-rw"),
+                 ("role", "grant-permission", "app-rw", "--prefix=true", "readwrite", "app/"),
+                 ("user", "grant-role", "app", "app-rw")):
+        ctl(*args, certs=root)
+    ctl("put", "app/1", "x")
+    msg = denied("put", "other", "x")
+    if "permission denied" not in msg:
+        raise Failed(f"app outside its prefix: {msg}")
+    say("auth: root by password and by certificate; app by its certificate, inside app/ only")
+    # No certificate, or plain TCP: refused.
+    denied("get", "greeting", certs=None, user="root:s3cret-root")
+    denied("get", "greeting", certs=app, user="root:s3cret-root",
+           endpoints=",".join(f"http://{h}:2379" for h in hosts.values()))
+    say("refused without a client certificate and over plain TCP")
+
+    # NetworkPolicy: members from members; the client port from selected
+    # namespaces and the operator's; others not at all.
+    ip0 = pod_ip(ps["secure-0"])
+    other = member_ns["secure-1"]
+    checks = [(other, 2380, True), (other, 2379, True), (op_ns, 2379, True), (op_ns, 2380, False),
+              (ex_ns, 2379, False), (ex_ns, 2380, False)]
+    wrong = [(ns, port, want) for ns, port, want in checks if reaches(ns, ip0, port) != want]
+    if wrong:
+        raise Failed(f"NetworkPolicy: these reached secure-0 otherwise than expected: {wrong}")
+    say("NetworkPolicy: peer port from members only; client port from members and the operator, not from 'default'")
+
+    # Renewal on request: one member at a time, the next once the last
+    # serves its new certificate; writes go on.
+    before = {n: served_cert(op_ns, h) for n, h in hosts.items()}
+    via = (["ip", "netns", "exec", op_ns], "https://secure.default.svc:2379",
+           [f"--cacert={root['ca.crt']}", f"--cert={root['tls.crt']}", f"--key={root['tls.key']}"])
+    with Writer("secure", prefix="renew/", via=via) as w:
+        kubectl("annotate", "nodcluster/secure", "nod.io/renew-certificates=r1")
+        wait_until("every member renewed", lambda: status("secure").get("tls", {}).get("renewedFor") == "r1",
+                   timeout=420)
+    w.check()
+    after = {n: served_cert(op_ns, h) for n, h in hosts.items()}
+    same = [n for n in hosts if before[n] == after[n]]
+    if same:
+        raise Failed(f"still serving the old certificate after renewal: {same}")
+    # The operator logs every step it records as an Event (the Events
+    # themselves are folded into one series per reason).
+    import re
+    steps = []
+    for line in operator_log(op_pod).splitlines():
+        try:
+            f = json.loads(line).get("fields", {})
+        except ValueError:
+            continue
+        if f.get("cluster") == "secure" and f.get("reason") in ("RenewingCertificate", "CertificateRenewed"):
+            steps.append((f["reason"], re.search(r"secure-\d+", f["message"]).group(0)))
+    # Each member renewed, then served, before the next one starts.
+    pairs = [steps[i:i + 2] for i in range(0, len(steps), 2)]
+    if len(steps) != 6 or sorted(p[0][1] for p in pairs) != sorted(hosts) or any(
+            [r for r, _ in p] != ["RenewingCertificate", "CertificateRenewed"] or p[0][1] != p[1][1]
+            for p in pairs):
+        raise Failed(f"renewal was not one member at a time: {steps}")
+    say(f"renewed one member at a time ({len(w.acked)} writes acknowledged meanwhile, none lost)")
+    one = ctl("member", "list", "-w", "json", certs=root)
+    if len([m for m in json.loads(one)["members"] if not m.get("isLearner")]) != 3:
+        raise Failed(f"after renewal: {one}")
+    delete_cluster("secure")
+    kubectl("delete", "secret", "secure-root", "--ignore-not-found")
+    kubectl("delete", "pvc", "-l", "app.kubernetes.io/instance=secure", "--ignore-not-found")
+    wait_until("the cluster's Secrets to go with it", lambda: not [
+        s for s in kjson("get", "secrets")["items"] if s["metadata"]["name"].startswith("secure-")], timeout=120)
+    say("deleted: its CA, certificates and gossip key went with it")
+
+
 # The issue's numbering (scenario 1 to 9). CI runs CORE (--core) unless NOD_K8S_E2E=full.
 SCENARIOS = [
     ("install", scenario_install),
@@ -703,8 +871,9 @@ SCENARIOS = [
     ("quorum-loss", scenario_quorum_loss),
     ("operator-restart", scenario_operator_restart),
     ("deletion", scenario_deletion),
+    ("security", scenario_security),
 ]
-CORE = ["install", "scale-up-from-one", "pod-deletion"]
+CORE = ["install", "scale-up-from-one", "pod-deletion", "security"]
 
 
 def dump_state():

@@ -28,11 +28,44 @@ containers run as real processes on this machine:
 * on delete: SIGTERM, then SIGKILL after the grace period, then the pod
   object is removed, as the kubelet does;
 * a test can hold a pod's process down (a file ``<run-dir>/hold/<ns>_<pod>``):
-  it is killed and not restarted until the file is gone.
+  it is killed and not restarted until the file is gone;
+* secret and configMap volumes, and the secret, configMap and downwardAPI
+  sources of projected volumes, are synced again every 5 s, as the kubelet
+  does (certificate rotation): a file whose content changed is replaced
+  atomically (written to a temporary file in its directory, then renamed
+  over it; the changed files of a volume are renamed one right after the
+  other), an unchanged file is not touched (its mtime stays), a key removed
+  from the object is removed from the volume; a missing object leaves the
+  files as they are (unless the volume is ``optional``: then they go).
+  Files are 0644. Service account tokens are written once and not renewed;
+* ingress NetworkPolicies (networking.k8s.io/v1) are enforced, as a
+  policy-enforcing network plugin would: a pod selected by no policy accepts
+  everything; a pod selected by some accepts the union of their ingress
+  rules (pod, namespace and ipBlock peers, numbered, ranged and named ports,
+  TCP/UDP/SCTP). The rules are an iptables chain (NOD-INGRESS, jumped to from
+  INPUT) in the pod's network namespace, whose filter table belongs to the
+  runner and is replaced whole (iptables-restore) when the pod's allowed set
+  changes (the chain is installed when the pod starts, accepting everything
+  until a policy selects the pod). Always accepted, as Kubernetes
+  specifies: loopback (the pod itself, and the runner's probes, which run
+  inside the pod's namespace) and the node (10.214.0.1: this machine).
+  Replies to accepted connections pass (conntrack, on from the pod's start),
+  and connections open before a rule change stay open, as with a real
+  plugin. IPv4 only: ip6tables is not touched (pods have no IPv6 address
+  but link-local).
 
 What it does not do: images, resource limits, users and capabilities
 (processes run as root; securityContext is not applied), exec/logs through
-the API. Container output goes to ``<run-dir>/pods/<ns>_<pod>/<container>.log``.
+the API, egress NetworkPolicies, volume file modes (defaultMode, items'
+mode), the kubelet's ``..data`` symlink swap that changes all the files of
+a volume at once (here they change one by one, within a moment), subPath
+mounts of a synced volume staying current. Container output goes to
+``<run-dir>/pods/<ns>_<pod>/<container>.log``.
+
+NetworkPolicies bind traffic sent to a pod's IP (headless names resolve to
+those). Traffic through a ClusterIP reaches the pod from the node's address,
+because kube-proxy masquerades everything here (masqueradeAll: the pods
+share a bridge without br_netfilter), so policies do not restrict it.
 
 It is also the Nodes' heartbeat (Lease and Ready condition) and the
 provisioner of the StorageClass ``local`` (provisioner nod.io/local-directory).
@@ -42,16 +75,19 @@ from __future__ import annotations
 
 import argparse
 import base64
+import ipaddress
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 import requests
 import yaml
@@ -61,6 +97,8 @@ BRIDGE = "nodk8s0"
 GATEWAY = "10.214.0.1"
 API_SERVICE_IP = "10.215.0.1"
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+VOLUME_RESYNC_SECONDS = 5
+INGRESS_CHAIN = "NOD-INGRESS"
 
 
 def now() -> str:
@@ -170,6 +208,7 @@ class Runner:
         self.lock = threading.Lock()
         self.hosts = ""
         self.stopping = False
+        self.last_pods = []  # every pod of the cluster, as the last sync_pods saw them
 
     # ---- nodes
     def register_nodes(self):
@@ -334,6 +373,7 @@ class Runner:
     # ---- pods
     def sync_pods(self):
         items = self.api.get("/api/v1/pods")["items"]
+        self.last_pods = items
         mine = {p["metadata"]["uid"]: p for p in items if p["spec"].get("nodeName") in self.nodes}
         with self.lock:
             for uid, pod in mine.items():
@@ -364,9 +404,55 @@ class Runner:
         except ApiError:
             pass
 
+    # ---- NetworkPolicies: what a policy-enforcing network plugin does
+    def enforce_policies(self):
+        with self.lock:
+            workers = list(self.pods.values())
+        # A pod being deleted keeps the rules it has until its namespace goes.
+        live = [w for w in workers if w.net_ready and not w.deleting.is_set()]
+        if not live:
+            return
+        policies = self.api.get("/apis/networking.k8s.io/v1/networkpolicies")["items"]
+        if not policies and all(w.ingress is None for w in live):
+            return
+        namespaces = namespace_labels(self.api.get("/api/v1/namespaces")["items"]) if policies else {}
+        # Our pods' IPs as soon as they have one, even before their status says so.
+        ips = {w.uid: w.ip for w in workers if w.ip}
+        pods = []
+        for p in self.last_pods:
+            ip = ips.get(p["metadata"]["uid"])
+            status = p.get("status") or {}
+            if ip and not status.get("podIP"):
+                p = {**p, "status": {**status, "podIP": ip}}
+            pods.append(p)
+        for w in live:
+            try:
+                w.enforce_ingress(policies, pods, namespaces)
+            except Exception as e:
+                log(f"{w.key}: network policy: {e}")
+
+    # ---- secret, configMap and projected volumes: synced again, as the kubelet does
+    def refresh_volumes(self):
+        with self.lock:
+            workers = [w for w in self.pods.values() if w.volumes_ready and not w.deleting.is_set()]
+        cache = {}
+
+        def get(ns, kind, name):
+            k = (ns, kind, name)
+            if k not in cache:
+                cache[k] = self.api.get_opt(f"/api/v1/namespaces/{ns}/{kind}/{name}")
+            return cache[k]
+
+        for w in workers:
+            try:
+                w.refresh_volumes(get)
+            except Exception as e:
+                log(f"{w.key}: volumes: {e}")
+
     def loop(self):
         self.register_nodes()
         last_beat = time.monotonic()
+        last_volumes = time.monotonic()
         while not self.stopping:
             try:
                 self.provision()
@@ -377,6 +463,16 @@ class Runner:
                     last_beat = time.monotonic()
             except Exception as e:  # keep serving: the API may be restarting
                 log("loop:", e)
+            try:
+                self.enforce_policies()
+            except Exception as e:
+                log("network policies:", e)
+            if time.monotonic() - last_volumes >= VOLUME_RESYNC_SECONDS:
+                last_volumes = time.monotonic()
+                try:
+                    self.refresh_volumes()
+                except Exception as e:
+                    log("volumes:", e)
             time.sleep(0.5)
         log("stopping: ending every pod")
         self.shutdown()
@@ -397,6 +493,282 @@ def resolve_port(container, port):
         if p.get("name") == port:
             return p["containerPort"]
     raise ValueError(f"no container port named {port!r}")
+
+
+# ---- NetworkPolicy evaluation: pure functions, no I/O (tests/k8s/test_pod_runner.py)
+
+ALL_PORTS = (1, 65535)
+ANYWHERE = "0.0.0.0/0"
+
+
+class Allow(NamedTuple):
+    """One kind of ingress a pod accepts: from ``src`` (an IPv4 CIDR),
+    protocol ``proto`` ("all", "tcp", "udp" or "sctp"), to the destination
+    ports port_min..port_max (ALL_PORTS: any; always so for "all")."""
+    src: str
+    proto: str
+    port_min: int
+    port_max: int
+
+
+def selector_matches(selector, labels) -> bool:
+    """A metav1.LabelSelector against labels: matchLabels and matchExpressions
+    (In, NotIn, Exists, DoesNotExist) must all hold; an empty (or absent)
+    selector matches everything. An unknown operator matches nothing."""
+    if not selector:
+        return True
+    labels = labels or {}
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
+        if op == "In":
+            ok = key in labels and labels[key] in values
+        elif op == "NotIn":
+            ok = key not in labels or labels[key] not in values
+        elif op == "Exists":
+            ok = key in labels
+        elif op == "DoesNotExist":
+            ok = key not in labels
+        else:
+            return False
+        if not ok:
+            return False
+    return True
+
+
+def policy_selects(policy, pod) -> bool:
+    """Whether an ingress policy applies to the pod: same namespace, its
+    podSelector matches the pod's labels, and it is about ingress (policyTypes
+    names Ingress; without policyTypes every policy is, as Kubernetes
+    defaults it, with or without an ``ingress`` section)."""
+    spec = policy.get("spec") or {}
+    if policy["metadata"].get("namespace") != pod["metadata"].get("namespace"):
+        return False
+    types = spec.get("policyTypes")
+    if types is not None and "Ingress" not in types:
+        return False
+    return selector_matches(spec.get("podSelector") or {}, pod["metadata"].get("labels"))
+
+
+def namespace_labels(namespaces) -> dict:
+    """Namespace objects -> {name: labels}, with the label every namespace
+    carries (kubernetes.io/metadata.name) even where the object lacks it."""
+    out = {}
+    for n in namespaces:
+        name = n["metadata"]["name"]
+        labels = dict(n["metadata"].get("labels") or {})
+        labels.setdefault("kubernetes.io/metadata.name", name)
+        out[name] = labels
+    return out
+
+
+def pod_ipv4(pod):
+    """The pod's IPv4 address, or None (none yet, not IPv4, or the pod is done)."""
+    status = pod.get("status") or {}
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    ip = status.get("podIP")
+    try:
+        return ip if ip and ipaddress.ip_address(ip).version == 4 else None
+    except ValueError:
+        return None
+
+
+def block_cidrs(block) -> list:
+    """An ipBlock (cidr less its except list) as IPv4 CIDRs; [] for IPv6."""
+    try:
+        net = ipaddress.ip_network(block["cidr"], strict=False)
+    except (KeyError, ValueError):
+        return []
+    if net.version != 4:
+        return []
+    nets = [net]
+    for e in block.get("except") or []:
+        try:
+            ex = ipaddress.ip_network(e, strict=False)
+        except ValueError:
+            continue
+        if ex.version != 4:
+            continue
+        out = []
+        for n in nets:
+            if ex.subnet_of(n):
+                out.extend(n.address_exclude(ex))
+            elif not n.subnet_of(ex):
+                out.append(n)
+        nets = out
+    return [str(n) for n in sorted(nets)]
+
+
+def peer_sources(peer, policy_ns, pods, namespaces) -> set:
+    """The source CIDRs one ``from`` peer allows. podSelector alone: pods of
+    the policy's namespace; namespaceSelector alone: every pod of the matching
+    namespaces; both: the matching pods of the matching namespaces; ipBlock:
+    its CIDRs. ``namespaces`` is {name: labels} (namespace_labels)."""
+    if "ipBlock" in peer:
+        return set(block_cidrs(peer["ipBlock"]))
+    pod_sel, ns_sel = peer.get("podSelector"), peer.get("namespaceSelector")
+    if pod_sel is None and ns_sel is None:
+        return set()
+    out = set()
+    for p in pods:
+        ip = pod_ipv4(p)
+        if ip is None:
+            continue
+        ns = p["metadata"].get("namespace")
+        if ns_sel is None:
+            if ns != policy_ns:
+                continue
+        elif not selector_matches(ns_sel, namespaces.get(ns, {"kubernetes.io/metadata.name": ns})):
+            continue
+        if pod_sel is not None and not selector_matches(pod_sel, p["metadata"].get("labels")):
+            continue
+        out.add(f"{ip}/32")
+    return out
+
+
+def named_port(pod, name, proto):
+    """The number of the pod's container port of that name and protocol, or None."""
+    for c in pod.get("spec", {}).get("containers", []):
+        for cp in c.get("ports") or []:
+            if cp.get("name") == name and (cp.get("protocol") or "TCP").lower() == proto:
+                return cp["containerPort"]
+    return None
+
+
+def rule_ports(ports, pod):
+    """A rule's ``ports`` as [(proto, port_min, port_max)] on the destination
+    pod; None when the rule names none (all ports, all protocols). A named
+    port the pod does not have allows nothing."""
+    if not ports:
+        return None
+    out = []
+    for p in ports:
+        proto = (p.get("protocol") or "TCP").lower()
+        port = p.get("port")
+        if port is None:
+            out.append((proto, *ALL_PORTS))
+        elif isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
+            lo = int(port)
+            out.append((proto, lo, max(lo, int(p.get("endPort") or lo))))
+        else:
+            n = named_port(pod, port, proto)
+            if n is not None:
+                out.append((proto, n, n))
+    return out
+
+
+def ingress_allowed(pod, policies, pods, namespaces):
+    """What ingress the pod accepts under the policies (all the cluster's
+    NetworkPolicies; those of other namespaces are passed over): None when
+    no policy selects it (everything), else the sorted tuple of Allow that
+    the selecting policies' rules allow together (empty: nothing). ``pods``
+    are the cluster's pods (the peers), ``namespaces`` {name: labels}."""
+    selecting = [p for p in policies if policy_selects(p, pod)]
+    if not selecting:
+        return None
+    out = set()
+    for pol in selecting:
+        pol_ns = pol["metadata"]["namespace"]
+        for rule in (pol.get("spec") or {}).get("ingress") or []:
+            peers = rule.get("from") or []
+            if peers:
+                sources = set()
+                for peer in peers:
+                    sources |= peer_sources(peer, pol_ns, pods, namespaces)
+            else:
+                sources = {ANYWHERE}
+            ports = rule_ports(rule.get("ports"), pod)
+            if ports is None:
+                ports = [("all", *ALL_PORTS)]
+            out.update(Allow(s, proto, lo, hi) for s in sources for proto, lo, hi in ports)
+    return tuple(sorted(out, key=lambda a: (ipaddress.ip_network(a.src), a.proto, a.port_min, a.port_max)))
+
+
+def ingress_table(allowed, node_ip=GATEWAY) -> str:
+    """The whole filter table of a pod's network namespace, as input for
+    iptables-restore (which replaces the table in one commit). INPUT jumps to
+    NOD-INGRESS, which accepts replies (conntrack) and, when ``allowed`` is
+    None (no policy selects the pod), nothing else: everything passes. Else
+    it accepts loopback (the pod itself, the probes), the node, each Allow,
+    and drops the rest.
+
+    The conntrack rule is there even without a policy: the kernel tracks
+    connections in a namespace only while a rule needs it, and a connection
+    first seen mid-stream counts as NEW, so without it a policy arriving
+    would cut the connections the pod already had (its own outgoing ones
+    too), which a real plugin does not."""
+    chain = f"-A {INGRESS_CHAIN}"
+    lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
+             f":{INGRESS_CHAIN} - [0:0]", f"-A INPUT -j {INGRESS_CHAIN}",
+             f"{chain} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"]
+    if allowed is not None:
+        lines.append(f"{chain} -i lo -j ACCEPT")
+        if node_ip:
+            lines.append(f"{chain} -s {node_ip}/32 -j ACCEPT")
+        for a in allowed:
+            rule = chain
+            if a.src != ANYWHERE:
+                rule += f" -s {a.src}"
+            if a.proto != "all":
+                rule += f" -p {a.proto}"
+                if (a.port_min, a.port_max) != ALL_PORTS:
+                    port = str(a.port_min) if a.port_min == a.port_max else f"{a.port_min}:{a.port_max}"
+                    rule += f" -m {a.proto} --dport {port}"
+            lines.append(rule + " -j ACCEPT")
+        lines.append(f"{chain} -j DROP")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+# ---- volume contents
+
+def select_items(data: dict, items) -> dict:
+    """The files of a secret or configMap source: every key under its own
+    name, or only the listed items at their paths (a missing key is skipped)."""
+    if items:
+        return {it["path"]: data[it["key"]] for it in items if it["key"] in data}
+    return dict(data)
+
+
+def write_files_atomic(d, files: dict, mode=0o644) -> list:
+    """Writes {relative path: bytes} under d: each file whose content differs
+    is written to a temporary file in its own directory, and once they all
+    are, each is renamed over its target (a reader sees the old file or the
+    new one, never part of one). Unchanged files are not touched. Returns
+    the paths written."""
+    staged = []
+    done = 0
+    try:
+        for rel, content in sorted(files.items()):
+            if isinstance(content, str):
+                content = content.encode()
+            path = os.path.join(d, rel)
+            try:
+                with open(path, "rb") as f:
+                    if f.read() == content:
+                        continue
+            except FileNotFoundError:
+                pass
+            parent = os.path.dirname(path)
+            os.makedirs(parent, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+            staged.append((tmp, path, rel))
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+                os.fchmod(f.fileno(), mode)
+        for tmp, path, _ in staged:
+            os.rename(tmp, path)
+            done += 1
+    finally:
+        for tmp, _, _ in staged[done:]:
+            try:
+                os.remove(tmp)
+            except FileNotFoundError:
+                pass
+    return [rel for _, _, rel in staged]
 
 
 class PodWorker:
@@ -423,6 +795,12 @@ class PodWorker:
         self.hosts_written = None
         self.hosts_ready = False
         self.hosts_lock = threading.Lock()
+        self.net_ready = False  # its network namespace is up (rules can go in)
+        self.ingress = None  # the ingress_allowed() installed; None: no rules, all allowed
+        self.ingress_error = None
+        self.volumes_ready = False  # its volumes are set up (refresh_volumes may run)
+        self.projections = []  # (volume dir, key, source) that refresh_volumes syncs
+        self.volume_files = {}  # key -> the relative paths that source wrote
         self.thread = threading.Thread(target=self.main, name=self.key, daemon=True)
 
     def start(self):
@@ -449,6 +827,13 @@ class PodWorker:
         run(*ex, "ip", "link", "set", "eth0", "up")
         run(*ex, "ip", "link", "set", "lo", "up")
         run(*ex, "ip", "route", "add", "default", "via", GATEWAY)
+        # The chain (accepting everything) from the start, so that conntrack
+        # follows the pod's connections before a policy comes (ingress_table).
+        try:
+            self.install_ingress(None)
+        except Exception as e:
+            log(f"{self.key}: ingress chain not installed: {e}")
+        self.net_ready = True
         os.makedirs(f"/etc/netns/{self.netns}", exist_ok=True)
         hostname = self.pod["spec"].get("hostname") or self.name
         with open(f"/etc/netns/{self.netns}/hostname", "w") as f:
@@ -491,12 +876,12 @@ class PodWorker:
                 out[name] = d
             elif "projected" in v:
                 os.makedirs(d, exist_ok=True)
-                for src in v["projected"].get("sources", []):
-                    self.project(d, src)
+                for i, src in enumerate(v["projected"].get("sources", [])):
+                    self.project(d, src, (name, i))
                 out[name] = d
             elif "configMap" in v or "secret" in v:
                 os.makedirs(d, exist_ok=True)
-                self.project(d, v)
+                self.project(d, v, (name, 0))
                 out[name] = d
             else:
                 raise RuntimeError(f"volume {name}: this fixture supports persistentVolumeClaim, "
@@ -520,7 +905,10 @@ class PodWorker:
                 raise RuntimeError(f"claim {claim} is not bound (or is being deleted)")
             time.sleep(0.5)
 
-    def project(self, d, src):
+    def project(self, d, src, key=None):
+        """Writes one source of a volume into d. The secret, configMap and
+        downwardAPI parts are remembered under key, and refresh_volumes keeps
+        them current; the token is written once."""
         if "serviceAccountToken" in src:
             sat = src["serviceAccountToken"]
             sa = self.pod["spec"].get("serviceAccountName", "default")
@@ -532,36 +920,109 @@ class PodWorker:
                 del req["spec"]["audiences"]
             tr = self.api.request("POST", f"/api/v1/namespaces/{self.ns}/serviceaccounts/{sa}/token", req)
             self.write_file(d, sat.get("path", "token"), tr["status"]["token"])
+        if any(k in src for k in ("configMap", "secret", "downwardAPI")):
+            key = key or (os.path.basename(d), 0)
+            # A missing object: nothing for now (refresh_volumes writes it once it exists).
+            self.sync_files(d, key, self.source_files(src, self.get_object) or {})
+            self.projections.append((d, key, src))
+
+    def get_object(self, ns, kind, name):
+        return self.api.get_opt(f"/api/v1/namespaces/{ns}/{kind}/{name}")
+
+    def source_files(self, src, get):
+        """{relative path: bytes} of a source's secret, configMap and
+        downwardAPI parts; None when an object it needs is missing (and the
+        source is not optional). get(ns, kind, name) reads an object."""
+        files = {}
+        missing = False
         if "configMap" in src:
-            cm_ref = src["configMap"]
-            cm = self.api.get_opt(f"/api/v1/namespaces/{self.ns}/configmaps/{cm_ref['name']}") or {}
-            data = cm.get("data", {})
-            self.write_items(d, data, cm_ref.get("items"))
+            ref = src["configMap"]
+            cm = get(self.ns, "configmaps", ref["name"])
+            if cm is None:
+                missing = missing or not ref.get("optional")
+            else:
+                data = {k: v.encode() for k, v in (cm.get("data") or {}).items()}
+                data.update({k: base64.b64decode(v) for k, v in (cm.get("binaryData") or {}).items()})
+                files.update(select_items(data, ref.get("items")))
         if "secret" in src:
             ref = src["secret"]
-            sname = ref.get("name") or ref.get("secretName")
-            s = self.api.get_opt(f"/api/v1/namespaces/{self.ns}/secrets/{sname}") or {}
-            data = {k: base64.b64decode(v).decode() for k, v in s.get("data", {}).items()}
-            self.write_items(d, data, ref.get("items"))
+            s = get(self.ns, "secrets", ref.get("name") or ref.get("secretName"))
+            if s is None:
+                missing = missing or not ref.get("optional")
+            else:
+                data = {k: base64.b64decode(v) for k, v in (s.get("data") or {}).items()}
+                files.update(select_items(data, ref.get("items")))
         if "downwardAPI" in src:
             for item in src["downwardAPI"].get("items", []):
-                self.write_file(d, item["path"], self.field(item["fieldRef"]["fieldPath"]))
+                if "fieldRef" not in item:
+                    raise RuntimeError(f"downwardAPI {item.get('path')}: this fixture supports fieldRef only")
+                files[item["path"]] = self.field(item["fieldRef"]["fieldPath"]).encode()
+        return None if missing else files
 
-    def write_items(self, d, data, items):
-        if items:
-            for it in items:
-                if it["key"] in data:
-                    self.write_file(d, it["path"], data[it["key"]])
-        else:
-            for k, v in data.items():
-                self.write_file(d, k, v)
+    def sync_files(self, d, key, files):
+        """Makes the files of one source (key) in d what ``files`` says:
+        changed ones replaced atomically, the ones it no longer has removed
+        (unless another source of the volume writes them). Returns (written,
+        removed) relative paths."""
+        others = set()
+        for k, paths in self.volume_files.items():
+            if k != key and k[0] == key[0]:
+                others |= paths
+        written = write_files_atomic(d, files)
+        removed = sorted(self.volume_files.get(key, set()) - set(files) - others)
+        for rel in removed:
+            try:
+                os.remove(os.path.join(d, rel))
+            except FileNotFoundError:
+                pass
+        self.volume_files[key] = set(files)
+        return written, removed
+
+    def refresh_volumes(self, get):
+        """The kubelet's periodic sync of secret, configMap and projected
+        volumes (not of tokens). An object that is missing leaves its files."""
+        for d, key, src in self.projections:
+            files = self.source_files(src, get)
+            if files is None:
+                continue
+            written, removed = self.sync_files(d, key, files)
+            if written or removed:
+                log(f"{self.key}: volume {key[0]}: "
+                    + "; ".join(x for x in (written and "updated " + ", ".join(written),
+                                            removed and "removed " + ", ".join(removed)) if x))
 
     @staticmethod
     def write_file(d, rel, content):
-        path = os.path.join(d, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(content)
+        write_files_atomic(d, {rel: content})
+
+    # ---- NetworkPolicy
+    def install_ingress(self, allowed) -> bool:
+        """Replaces the filter table of the pod's namespace (ingress_table)."""
+        r = subprocess.run(["ip", "netns", "exec", self.netns, "iptables-restore", "--wait=5"],
+                           input=ingress_table(allowed), capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            err = r.stderr.strip() or f"iptables-restore exited with {r.returncode}"
+            if err != self.ingress_error:  # once, not every loop
+                log(f"{self.key}: ingress rules not installed: {err}")
+            self.ingress_error = err
+            return False
+        self.ingress_error = None
+        self.ingress = allowed
+        return True
+
+    def enforce_ingress(self, policies, pods, namespaces):
+        """Installs the pod's ingress rules when what it may accept changed."""
+        allowed = ingress_allowed(self.pod, policies, pods, namespaces)
+        if allowed == self.ingress or not self.install_ingress(allowed):
+            return
+        if allowed is None:
+            log(f"{self.key}: no NetworkPolicy selects it: all ingress allowed")
+        else:
+            names = sorted(p["metadata"]["name"] for p in policies if policy_selects(p, self.pod))
+            sources = {a.src for a in allowed}
+            ports = {(a.proto, a.port_min, a.port_max) for a in allowed}
+            log(f"{self.key}: ingress by NetworkPolicy {', '.join(names)}: {len(allowed)} rules, "
+                f"{len(sources)} sources, {len(ports)} protocol/port ranges")
 
     def field(self, path):
         m, spec = self.pod["metadata"], self.pod["spec"]
@@ -661,6 +1122,7 @@ class PodWorker:
             self.write_file(d, "ca.crt", open(self.r.api.ca).read())
             self.write_file(d, "namespace", self.ns)
             mounts.append((d, SA_DIR))
+        self.volumes_ready = True
         env = self.environment(c)
         argv = self.command(c, env)
         start_time = now()

@@ -116,4 +116,19 @@ operator reads no Secrets or ConfigMaps and changes no Nodes.
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
   verbs: ["create", "patch"]
+# One per NodCluster (spec.networkPolicy): applied, deleted when turned off.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "patch", "delete"]
+# The Secrets the operator names itself, by name only (no list, no watch):
+# each cluster's gossip key and, with spec.tls, its CA and certificates
+# (created once or applied), the root password of spec.auth and the
+# certificates of tls.mode certManager or secrets (read).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
+# tls.mode certManager: three Certificates per NodCluster (applied only).
+- apiGroups: ["cert-manager.io"]
+  resources: ["certificates"]
+  verbs: ["create", "patch"]
 {{- end }}

@@ -15,7 +15,8 @@
 //! The client side (the peer connections this member dials) is
 //! `nod_client::tls`, which shares the file loading.
 
-pub mod pki;
+/// The small certificate authority of `nod dev --tls` and the tests.
+pub use nod_client::pki;
 
 use std::io;
 use std::net::SocketAddr;

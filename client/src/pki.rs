@@ -1,7 +1,8 @@
-//! A small certificate authority, for `nod dev --tls` and the tests: a CA
-//! and the certificates it signs (ECDSA P-256), written as PEM files with
-//! the keys readable by their owner only. Production clusters bring their
-//! own certificates (or the operator's, or cert-manager's).
+//! A small certificate authority (feature `pki`): a CA and the certificates
+//! it signs (ECDSA P-256), as PEM, written as files with the keys readable
+//! by their owner only. `nod dev --tls`, the tests and the operator's
+//! `spec.tls.mode: auto` use it; the operator keeps its CA in a Secret and
+//! loads it back with `Ca::from_pem`. No I/O but `write`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -69,9 +70,54 @@ pub fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
 
 /// A certificate authority.
 pub struct Ca {
-    params: CertificateParams,
-    key: KeyPair,
+    issuer: Issuer<'static, KeyPair>,
     pub cert_pem: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("certificate: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("not a PEM certificate")]
+    NotPem,
+    #[error("certificate does not parse: {0}")]
+    Parse(String),
+}
+
+/// What `inspect` reads from a certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inspected {
+    pub common_name: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// The DER encoding (to compare with what a server presents).
+    pub der: Vec<u8>,
+}
+
+/// Reads the first certificate of `pem` (validated by the parser: a
+/// malformed one is an error, never a panic).
+pub fn inspect(pem: &str) -> Result<Inspected, PkiError> {
+    let (_, block) =
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|_| PkiError::NotPem)?;
+    if block.label != "CERTIFICATE" {
+        return Err(PkiError::NotPem);
+    }
+    let cert = block
+        .parse_x509()
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string);
+    Ok(Inspected {
+        common_name,
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        der: block.contents.clone(),
+    })
 }
 
 /// How long certificates from `Ca::issue` are valid by default.
@@ -102,9 +148,24 @@ impl Ca {
         let cert = params.self_signed(&key)?;
         Ok(Ca {
             cert_pem: cert.pem(),
-            params,
-            key,
+            issuer: Issuer::new(params, key),
         })
+    }
+
+    /// A CA made earlier, from its certificate and key (PEM, as
+    /// `cert_pem` and `key_pem` gave them).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, PkiError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        Ok(Ca {
+            cert_pem: cert_pem.to_string(),
+            issuer,
+        })
+    }
+
+    /// The CA's private key, PEM (PKCS#8).
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     /// A certificate for `cn` with the subject alternative names `sans`
@@ -149,8 +210,7 @@ impl Ca {
         params.not_after = not_after;
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate()?;
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &issuer)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
@@ -169,7 +229,6 @@ impl Ca {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tls::common_name;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
 
@@ -178,7 +237,10 @@ mod tests {
         let ca = Ca::new("test-ca").unwrap();
         let issued = ca.issue("alice", &[], Usage::Client).unwrap();
         let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
-        assert_eq!(common_name(&der).as_deref(), Some("alice"));
+        assert_eq!(
+            inspect(&issued.cert_pem).unwrap().common_name.as_deref(),
+            Some("alice")
+        );
         let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
         let ca_der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap();
         let (_, ca_parsed) = x509_parser::parse_x509_certificate(ca_der.as_ref()).unwrap();
@@ -192,6 +254,36 @@ mod tests {
         assert!(parsed
             .verify_signature(Some(other_parsed.public_key()))
             .is_err());
+    }
+
+    #[test]
+    fn a_ca_loaded_from_its_pem_signs_for_the_same_name() {
+        let ca = Ca::new("cluster-ca").unwrap();
+        let loaded = Ca::from_pem(&ca.cert_pem, &ca.key_pem()).unwrap();
+        let issued = loaded.issue("m-0", &["m-0.x".into()], Usage::Peer).unwrap();
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        let ca_der = CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap();
+        let (_, ca_parsed) = x509_parser::parse_x509_certificate(ca_der.as_ref()).unwrap();
+        assert_eq!(parsed.issuer(), ca_parsed.subject());
+        assert!(parsed
+            .verify_signature(Some(ca_parsed.public_key()))
+            .is_ok());
+        let seen = inspect(&issued.cert_pem).unwrap();
+        assert_eq!(seen.common_name.as_deref(), Some("m-0"));
+        assert_eq!(seen.der, der.as_ref());
+        let year = VALIDITY.as_secs() as i64;
+        assert!((seen.not_after - seen.not_before - year - 3600).abs() < 5);
+    }
+
+    #[test]
+    fn bad_pem_is_an_error() {
+        assert!(inspect("").is_err());
+        assert!(inspect("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err());
+        let key = Ca::new("x").unwrap().key_pem();
+        assert!(inspect(&key).is_err());
+        assert!(Ca::from_pem("garbage", &key).is_err());
+        assert!(Ca::from_pem(&Ca::new("y").unwrap().cert_pem, "garbage").is_err());
     }
 
     #[test]
