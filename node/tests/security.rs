@@ -7,7 +7,9 @@
 //! certificate never joins), `nod dev --tls` working as it prints, and a
 //! client certificate's common name as its user once auth is on, and
 //! `--tls-min-version`/`--tls-max-version`/`--cipher-suites` enforced in
-//! the handshake (checked with OpenSSL's client).
+//! the handshake (checked with OpenSSL's client), the metrics port over
+//! TLS when asked, `nod --insecure-skip-tls-verify`, and the gossip key
+//! rotated under a running cluster.
 
 mod support;
 
@@ -508,6 +510,75 @@ async fn sealed_gossip_forms_a_cluster_and_a_node_with_another_key_is_invisible(
         .is_none_or(|(code, _)| code != 200));
 }
 
+/// The gossip key rotated without downtime, as the flag's help says: every
+/// member restarted in turn with the new key second (the old one still
+/// seals), then first, then alone. The cluster keeps three voters and
+/// answers throughout, and a new node that knows only the new key is seen
+/// and joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gossip_key_rotates_under_a_running_cluster() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let b64 = |byte: u8| base64::engine::general_purpose::STANDARD.encode([byte; 32]);
+    let (old, new) = (b64(3), b64(4));
+    let key_file = |name: &str, lines: &[&str]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        format!("--gossip-key-file={}", p.display())
+    };
+    let stages = [
+        key_file("k0", &[&old]),
+        key_file("k1", &[&old, &new]),
+        key_file("k2", &[&new, &old]),
+        key_file("k3", &[&new]),
+    ];
+    let mut ms: Vec<Member> = (1..=4)
+        .map(|i| Member::new(dir.path(), &format!("n{i}")))
+        .collect();
+    let seeds: Vec<String> = ms[..3].iter().map(|m| m.gossip_addr()).collect();
+    for m in &mut ms[..3] {
+        m.start_gossip(&seeds, &["--bootstrap-expect", "3", &stages[0]]);
+    }
+    eventually("three voters", Duration::from_secs(40), || async {
+        (voters(&ms[0]).await? == 3).then_some(())
+    })
+    .await;
+    for stage in &stages[1..] {
+        for i in 0..3 {
+            ms[i].terminate();
+            ms[i].start_gossip(&seeds, &[stage]);
+            let (a, b) = (&ms[(i + 1) % 3], &ms[i]);
+            eventually(
+                &format!("{} back, three voters, under {stage}", b.name),
+                Duration::from_secs(30),
+                || async {
+                    // The restarted member hears both others by gossip.
+                    let heard = b.metric("nod_gossip_nodes{state=\"alive\"}") >= 2.0;
+                    (heard && voters(a).await? == 3 && voters(b).await? == 3).then_some(())
+                },
+            )
+            .await;
+        }
+    }
+    // Only the new key now: a node with it alone is heard and joins.
+    ms[3].start_gossip(&seeds, &[&stages[3]]);
+    eventually("the new node joins", Duration::from_secs(60), || async {
+        let mut c = ms[0].client();
+        let members = tokio::time::timeout(Duration::from_secs(3), c.member_list())
+            .await
+            .ok()?
+            .ok()?
+            .members;
+        members.iter().any(|m| m.name == "n4").then_some(())
+    })
+    .await;
+    let dropped: f64 = ms[..3]
+        .iter()
+        .map(|m| m.metric("nod_gossip_packets_dropped_total{reason=\"unknown_key\"}"))
+        .sum();
+    assert_eq!(dropped, 0.0, "a rotation step dropped datagrams");
+}
+
 /// With `--client-cert-auth` and auth on, a client certificate's common
 /// name is its user (etcd's rule): no password, no token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -668,4 +739,72 @@ async fn tls_versions_and_cipher_suites_are_enforced() {
         ),
         "a suite not in --cipher-suites is refused"
     );
+}
+
+/// `--listen-metrics-urls https://` serves metrics and health with the
+/// client port's certificate (no client certificate asked) and nothing in
+/// clear; `nod --insecure-skip-tls-verify` reaches a server whose CA it
+/// was not given, which it refuses without the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_over_tls_and_skipping_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let ca = Ca::new("metrics ca").unwrap();
+    let ca_file = ca.write(&pki, "ca").unwrap();
+    let server = issue(&ca, "server", &loopback(), Usage::Server, &pki, "server");
+    let mut m = Member::new(dir.path(), "n1");
+    m.client_scheme = "https";
+    m.metrics_scheme = "https";
+    let cert_flags = [
+        format!("--cert-file={}", server.cert.display()),
+        format!("--key-file={}", server.key.display()),
+    ];
+    let extra: Vec<&str> = cert_flags.iter().map(String::as_str).collect();
+    m.start(&format!("n1={}", m.peer_url()), "new", &extra);
+    let metrics = format!("https://127.0.0.1:{}", m.metrics_port);
+    let curl = |url: &str, ca: Option<&Path>| {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "3"]);
+        if let Some(ca) = ca {
+            c.arg("--cacert").arg(ca);
+        }
+        let out = c
+            .arg(url)
+            .output()
+            .expect("curl (scripts/setup installs it)");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let body = eventually("metrics over TLS", Duration::from_secs(20), || async {
+        let (ok, body) = curl(&format!("{metrics}/metrics"), Some(&ca_file));
+        (ok && body.ends_with("\n200")).then_some(body)
+    })
+    .await;
+    assert!(body.contains("nod_"), "{body}");
+    let (ok, health) = curl(&format!("{metrics}/healthz"), Some(&ca_file));
+    assert!(ok && health.ends_with("\n200"), "{health}");
+    // Plain HTTP on that port gets no metrics.
+    let (_, plain) = curl(
+        &format!("http://127.0.0.1:{}/metrics", m.metrics_port),
+        None,
+    );
+    assert!(!plain.contains("nod_"), "metrics in clear: {plain}");
+
+    let nod = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_nod"))
+            .args(["--endpoints", &m.client_url(), "--command-timeout", "3"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // The server's CA is not the system's: refused without the flag.
+    let refused = nod(&["put", "k", "v"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    let put = nod(&["--insecure-skip-tls-verify", "put", "k", "v"]);
+    assert!(put.status.success(), "{}", text(&put));
+    let got = nod(&["--cacert", &ca_file.display().to_string(), "get", "k"]);
+    assert!(text(&got).contains('v'), "{}", text(&got));
 }

@@ -69,6 +69,8 @@ pub struct Member {
     pub client_scheme: &'static str,
     /// `https` when the member serves peers over TLS.
     pub peer_scheme: &'static str,
+    /// `https` when the member serves metrics over TLS.
+    pub metrics_scheme: &'static str,
 }
 
 impl Member {
@@ -87,6 +89,7 @@ impl Member {
             advertise_peer: None,
             client_scheme: "http",
             peer_scheme: "http",
+            metrics_scheme: "http",
         }
     }
 
@@ -106,6 +109,7 @@ impl Member {
             advertise_peer: None,
             client_scheme: "http",
             peer_scheme: "http",
+            metrics_scheme: "http",
         }
     }
 
@@ -200,7 +204,11 @@ impl Member {
             .args(["--initial-advertise-peer-urls", &self.peer_url()])
             .args([
                 "--listen-metrics-urls",
-                &format!("http://{}", self.host_port(self.metrics_port)),
+                &format!(
+                    "{}://{}",
+                    self.metrics_scheme,
+                    self.host_port(self.metrics_port)
+                ),
             ])
             .args(match initial {
                 Some((cluster, state)) => vec![
