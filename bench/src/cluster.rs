@@ -1,12 +1,16 @@
 //! 3-member clusters of Nod or etcd as real processes on loopback, with
 //! comparable settings (fsync on for both, 100 ms heartbeat, 1 s election,
-//! 100k entries between snapshots), and what the report needs from them:
-//! peak RSS, bytes on disk, metrics, restart time.
+//! 100k entries between snapshots), plain or with client and peer TLS
+//! (`security.rs`), and what the report needs from them: peak RSS, bytes
+//! on disk, metrics (always plain HTTP), restart time.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::security::Security;
+use crate::workload::Access;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum System {
@@ -37,6 +41,11 @@ pub struct Cluster {
     pub system: System,
     bin: PathBuf,
     servers: Vec<Server>,
+    /// Client and peer TLS (`https://` URLs and the certificate flags).
+    security: Option<Security>,
+    /// How `wait_ready` reaches the members: TLS when `security` is set,
+    /// never a token (it runs before authentication is enabled).
+    access: Access,
 }
 
 fn free_port() -> u16 {
@@ -47,9 +56,15 @@ fn free_port() -> u16 {
 }
 
 impl Cluster {
-    /// Starts 3 members under `root` with the binary `bin`.
-    pub fn start(system: System, bin: &Path, root: &Path) -> Result<Cluster, String> {
-        Cluster::start_members(system, bin, root, 3)
+    /// Starts 3 members under `root` with the binary `bin`, with client and
+    /// peer TLS when `security` is given.
+    pub fn start(
+        system: System,
+        bin: &Path,
+        root: &Path,
+        security: Option<&Security>,
+    ) -> Result<Cluster, String> {
+        Cluster::start_members(system, bin, root, 3, security)
     }
 
     /// Starts `members` members under `root` with the binary `bin` (the
@@ -59,7 +74,12 @@ impl Cluster {
         bin: &Path,
         root: &Path,
         members: usize,
+        security: Option<&Security>,
     ) -> Result<Cluster, String> {
+        let access = Access {
+            tls: security.map(Security::client_tls).transpose()?,
+            token: None,
+        };
         let mut servers = Vec::new();
         let mut used = std::collections::HashSet::new();
         for i in 1..=members {
@@ -84,6 +104,8 @@ impl Cluster {
             system,
             bin: bin.to_path_buf(),
             servers,
+            security: security.cloned(),
+            access,
         };
         for i in 0..members {
             c.spawn(i)?;
@@ -91,15 +113,25 @@ impl Cluster {
         Ok(c)
     }
 
+    /// `https` with TLS, else `http` (client and peer URLs alike).
+    fn scheme(&self) -> &'static str {
+        if self.security.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     fn spawn(&mut self, i: usize) -> Result<(), String> {
+        let scheme = self.scheme();
         let initial = self
             .servers
             .iter()
-            .map(|s| format!("{}=http://127.0.0.1:{}", s.name, s.peer))
+            .map(|s| format!("{}={scheme}://127.0.0.1:{}", s.name, s.peer))
             .collect::<Vec<_>>()
             .join(",");
         let s = &mut self.servers[i];
-        let url = |p: u16| format!("http://127.0.0.1:{p}");
+        let url = |p: u16| format!("{scheme}://127.0.0.1:{p}");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -116,12 +148,18 @@ impl Cluster {
             .args(["--advertise-client-urls", &url(s.client)])
             .args(["--listen-peer-urls", &url(s.peer)])
             .args(["--initial-advertise-peer-urls", &url(s.peer)])
-            .args(["--listen-metrics-urls", &url(s.metrics)])
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", s.metrics),
+            ])
             .args(["--initial-cluster", &initial])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "bench"])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .args(["--snapshot-count", "100000"]);
+        if let Some(sec) = &self.security {
+            cmd.args(sec.server_flags());
+        }
         if self.system == System::Etcd {
             cmd.args([
                 "--quota-backend-bytes",
@@ -143,13 +181,21 @@ impl Cluster {
     }
 
     pub fn endpoints(&self) -> Vec<String> {
+        let scheme = self.scheme();
         self.servers
             .iter()
-            .map(|s| format!("http://127.0.0.1:{}", s.client))
+            .map(|s| format!("{scheme}://127.0.0.1:{}", s.client))
             .collect()
     }
 
-    /// Waits until a linearizable read succeeds on every member.
+    /// How a client reaches the members before authentication is on: TLS
+    /// when the cluster has it, no token.
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    /// Waits until a linearizable read succeeds on every member (with no
+    /// token: before authentication is enabled, or on a plain cluster).
     pub async fn wait_ready(&self, timeout: Duration) -> Result<Duration, String> {
         let start = Instant::now();
         for ep in self.endpoints() {
@@ -165,7 +211,9 @@ impl Cluster {
                             .unwrap_or_default()
                     ));
                 }
-                if let Ok(ch) = crate::workload::connect(std::slice::from_ref(&ep), 1).await {
+                if let Ok(ch) =
+                    crate::workload::connect(std::slice::from_ref(&ep), 1, &self.access).await
+                {
                     let mut kv =
                         nod_proto::etcd::etcdserverpb::kv_client::KvClient::new(ch[0].clone());
                     let r = kv
@@ -259,7 +307,8 @@ impl Cluster {
     }
 
     /// Stops every member, starts them again, and returns the time from the
-    /// start until every member serves a linearizable read.
+    /// start until every member serves a linearizable read. Measured on
+    /// clusters without authentication (the read carries no token).
     pub async fn restart(&mut self) -> Result<Duration, String> {
         self.stop();
         let start = Instant::now();

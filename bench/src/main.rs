@@ -2,13 +2,16 @@
 //! client. See BENCHMARKS.md for the command and the latest results.
 //!
 //! - `nod-bench run --mode quick|full` starts a 3-member Nod cluster and a
-//!   3-member etcd cluster in turn, runs every workload against each, and
-//!   writes `results.md` and `throughput.png` into `--out`.
+//!   3-member etcd cluster, and both again in the TLS + auth configuration
+//!   (`security.rs`; not with `--plain-only`), runs every workload against
+//!   each in turn, and writes `results.md` and `throughput.png` into `--out`.
 //! - `nod-bench load --endpoints … --workload put --clients 16` drives any
-//!   etcd v3 endpoint with one workload and prints its figures.
+//!   etcd v3 endpoint with one workload and prints its figures
+//!   (`--cacert/--cert/--key` and `--user` for a secured one).
 
 mod cluster;
 mod report;
+mod security;
 mod workload;
 
 use std::path::PathBuf;
@@ -18,7 +21,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use cluster::{Cluster, System};
 use report::{Extras, Figures, Row};
-use workload::{Measured, Spec, Workload};
+use security::Security;
+use workload::{Access, Measured, Spec, Workload};
 
 #[derive(Parser)]
 #[command(
@@ -32,36 +36,43 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Mode {
-    /// About 2 minutes: short runs, a small data set.
+    /// About 4 minutes (2 with `--plain-only`): short runs, a small data set.
     Quick,
     /// Longer runs, 1M keys for the restart measurement.
     Full,
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long, value_enum, default_value_t = Mode::Quick)]
+    mode: Mode,
+    /// Where results.md and throughput.png go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Where the clusters keep their data (a real disk, not tmpfs, so fsync costs what it costs).
+    #[arg(long)]
+    data_root: Option<PathBuf>,
+    /// The nod binary (default: next to this one).
+    #[arg(long)]
+    nod_bin: Option<PathBuf>,
+    #[arg(long, default_value = "etcd")]
+    etcd_bin: PathBuf,
+    /// A TrueType font for the chart's labels.
+    #[arg(
+        long,
+        default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+    )]
+    font: PathBuf,
+    /// Only the plain clusters: no TLS + auth rows (half the time).
+    #[arg(long)]
+    plain_only: bool,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Runs every workload against a Nod and an etcd cluster and writes the report.
-    Run {
-        #[arg(long, value_enum, default_value_t = Mode::Quick)]
-        mode: Mode,
-        /// Where results.md and throughput.png go.
-        #[arg(long, default_value = "bench/results")]
-        out: PathBuf,
-        /// Where the clusters keep their data (a real disk, not tmpfs, so fsync costs what it costs).
-        #[arg(long)]
-        data_root: Option<PathBuf>,
-        /// The nod binary (default: next to this one).
-        #[arg(long)]
-        nod_bin: Option<PathBuf>,
-        #[arg(long, default_value = "etcd")]
-        etcd_bin: PathBuf,
-        /// A TrueType font for the chart's labels.
-        #[arg(
-            long,
-            default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
-        )]
-        font: PathBuf,
-    },
+    /// Runs every workload against a Nod and an etcd cluster, plain and
+    /// with TLS + auth, and writes the report.
+    Run(RunArgs),
     /// Drives running endpoints with one workload.
     Load {
         #[arg(long, value_delimiter = ',', required = true)]
@@ -87,6 +98,18 @@ enum Cmd {
         /// one per core).
         #[arg(long)]
         threads: Option<usize>,
+        /// CA bundle for `https://` endpoints (bare `host:port` endpoints
+        /// are then `https://`).
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// Client certificate (with `--key`).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// `NAME:PASSWORD`: log in once and send the token with every call.
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 
@@ -100,9 +123,11 @@ fn load_threads() -> usize {
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn url(e: &str) -> String {
+fn url(e: &str, tls: bool) -> String {
     if e.contains("://") {
         e.to_string()
+    } else if tls {
+        format!("https://{e}")
     } else {
         format!("http://{e}")
     }
@@ -138,15 +163,20 @@ fn conns_for(clients: usize) -> usize {
 
 const FSYNCS: &str = "etcd_disk_wal_fsync_duration_seconds_count";
 
-/// One system under test: its running cluster and a channel pool for loading.
+/// One system under test in one configuration: its running cluster, its
+/// endpoints (the leader's first) and how the client reaches them.
 struct Running {
     cluster: Cluster,
     endpoints: Vec<String>,
+    /// TLS and the bench user's token in the TLS + auth configuration.
+    access: Access,
+    /// The system's name, and the configuration unless plain.
+    label: String,
 }
 
 impl Running {
-    fn name(&self) -> &'static str {
-        self.cluster.system.name()
+    fn name(&self) -> &str {
+        &self.label
     }
 }
 
@@ -236,40 +266,60 @@ impl Settings {
     }
 }
 
+/// Starts `system`'s cluster, plain or (with `security`) with client and
+/// peer TLS and authentication on, and loads the workloads' keys.
 async fn start(
     system: System,
     bin: &std::path::Path,
     root: &std::path::Path,
     keyspace: u64,
+    security: Option<&Security>,
 ) -> Result<Running, String> {
-    let dir = root.join(system.name());
+    let label = match security {
+        None => system.name().to_string(),
+        Some(_) => format!("{} TLS + auth", system.name()),
+    };
+    let dir = root.join(match security {
+        None => system.name().to_string(),
+        Some(_) => format!("{}-tls", system.name()),
+    });
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    eprintln!(
-        "[{}] starting 3 members in {}",
-        system.name(),
-        dir.display()
-    );
-    let cluster = Cluster::start(system, bin, &dir)?;
+    eprintln!("[{label}] starting 3 members in {}", dir.display());
+    let cluster = Cluster::start(system, bin, &dir, security)?;
     cluster.wait_ready(Duration::from_secs(60)).await?;
-    let endpoints = leader_first(cluster.endpoints()).await;
-    let ch = workload::connect(&endpoints, 32).await?;
+    let mut access = cluster.access().clone();
+    if security.is_some() {
+        let first = &cluster.endpoints()[0];
+        security::enable_auth(first, &access).await?;
+        access = access
+            .login(first, security::USER, security::PASSWORD)
+            .await?;
+        eprintln!(
+            "[{label}] authentication on; logged in as {}",
+            security::USER
+        );
+    }
+    let endpoints = leader_first(cluster.endpoints(), &access).await;
+    let ch = workload::connect(&endpoints, 32, &access).await?;
     let errors = workload::load(&ch, keyspace, 256, 256).await;
-    eprintln!(
-        "[{}] loaded {keyspace} keys ({errors} errors)",
-        system.name()
-    );
-    Ok(Running { cluster, endpoints })
+    eprintln!("[{label}] loaded {keyspace} keys ({errors} errors)");
+    Ok(Running {
+        cluster,
+        endpoints,
+        access,
+        label,
+    })
 }
 
 /// The endpoints with the leader's first: one client (one connection) then
 /// talks to the leader on both systems, rather than to whichever member
 /// happened to be listed first, which made ×1 latency a matter of luck.
-async fn leader_first(mut endpoints: Vec<String>) -> Vec<String> {
+async fn leader_first(mut endpoints: Vec<String>, access: &Access) -> Vec<String> {
     use nod_proto::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
     use nod_proto::etcd::etcdserverpb::StatusRequest;
     for (i, ep) in endpoints.clone().iter().enumerate() {
-        let Ok(ch) = workload::connect(std::slice::from_ref(ep), 1).await else {
+        let Ok(ch) = workload::connect(std::slice::from_ref(ep), 1, access).await else {
             continue;
         };
         let Ok(st) = MaintenanceClient::new(ch[0].clone())
@@ -282,9 +332,10 @@ async fn leader_first(mut endpoints: Vec<String>) -> Vec<String> {
         let me = st.header.map(|h| h.member_id).unwrap_or(0);
         if me != 0 && st.leader == me {
             endpoints.swap(0, i);
-            break;
+            return endpoints;
         }
     }
+    eprintln!("no member said it leads; the endpoints stay in their order");
     endpoints
 }
 
@@ -293,6 +344,7 @@ async fn round(r: &Running, spec: &Spec) -> Result<(Measured, Option<f64>), Stri
     let before = r.cluster.metric_sum(FSYNCS);
     let m = workload::run(
         r.endpoints.clone(),
+        r.access.clone(),
         conns_for(spec.clients),
         spec.clone(),
         load_threads(),
@@ -319,7 +371,7 @@ async fn finish(mut r: Running, restart_keys: u64) -> Result<Finish, String> {
         "[{}] loading {restart_keys} keys for the restart measurement",
         r.name()
     );
-    let ch = workload::connect(&r.endpoints, 32).await?;
+    let ch = workload::connect(&r.endpoints, 32, &r.access).await?;
     let errors = workload::load(&ch, restart_keys, 256, 256).await;
     drop(ch);
     let restart = match r.cluster.restart().await {
@@ -345,13 +397,15 @@ async fn finish(mut r: Running, restart_keys: u64) -> Result<Finish, String> {
     })
 }
 
-/// Both clusters run side by side (the idle one only heartbeats); every
-/// workload runs `rounds` times on each, alternating which goes first, so a
-/// drift in the machine (page cache, compaction, a neighbour) lands on both.
-async fn bench_both(
-    systems: [&Running; 2],
+/// The clusters run side by side (the idle ones only heartbeat); every
+/// workload runs `rounds` times on each, in turn, the order reversed every
+/// other round, so a drift in the machine (page cache, compaction, a
+/// neighbour, the disk's speed) lands on all of them. Returns each row's
+/// figures in the order of `systems`.
+async fn bench_all(
+    systems: &[&Running],
     set: &Settings,
-) -> Result<Vec<(String, usize, [Figures; 2])>, String> {
+) -> Result<Vec<(String, usize, Vec<Figures>)>, String> {
     let mut rows = Vec::new();
     for w in Workload::ALL {
         for clients in [1usize, 16, 256] {
@@ -362,16 +416,18 @@ async fn bench_both(
                 keyspace: set.keyspace,
                 value_size: 256,
             };
-            let mut acc = [Rounds::default(), Rounds::default()];
+            let mut acc: Vec<Rounds> = systems.iter().map(|_| Rounds::default()).collect();
             for i in 0..set.rounds {
-                let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+                let mut order: Vec<usize> = (0..systems.len()).collect();
+                if i % 2 == 1 {
+                    order.reverse();
+                }
                 for s in order {
                     let (m, fsyncs) = round(systems[s], &spec).await?;
                     acc[s].add(&m, fsyncs);
                 }
             }
-            let [a, b] = acc;
-            let figs = [a.figures(w.writes()), b.figures(w.writes())];
+            let figs: Vec<Figures> = acc.into_iter().map(|a| a.figures(w.writes())).collect();
             for (s, f) in systems.iter().zip(&figs) {
                 eprintln!(
                     "[{}] {} ×{clients}: {:.0} ops/s (rounds {:.0}–{:.0}), p50 {:.2} ms, p99 {:.2} ms, {} errors",
@@ -388,9 +444,9 @@ async fn bench_both(
             rows.push((w.name().to_string(), clients, figs));
         }
     }
-    let mut watch = [Figures::default(); 2];
+    let mut watch = vec![Figures::default(); systems.len()];
     for (s, r) in systems.iter().enumerate() {
-        let ch = workload::connect(&r.endpoints, 16).await?;
+        let ch = workload::connect(&r.endpoints, 16, &r.access).await?;
         let m = workload::watch_fanout(&ch, set.watchers, set.writes).await;
         let f = figures(&m);
         eprintln!(
@@ -434,14 +490,16 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem} RAM")
 }
 
-async fn run(
-    mode: Mode,
-    out: PathBuf,
-    data_root: Option<PathBuf>,
-    nod_bin: Option<PathBuf>,
-    etcd_bin: PathBuf,
-    font: PathBuf,
-) -> Result<(), String> {
+async fn run(args: RunArgs) -> Result<(), String> {
+    let RunArgs {
+        mode,
+        out,
+        data_root,
+        nod_bin,
+        etcd_bin,
+        font,
+        plain_only,
+    } = args;
     let nod_bin = match nod_bin {
         Some(p) => p,
         None => std::env::current_exe()
@@ -468,18 +526,40 @@ async fn run(
         fdatasync.1
     );
     let set = Settings::of(mode);
-    let nod = start(System::Nod, &nod_bin, &data_root, set.keyspace).await?;
-    let etcd = start(System::Etcd, &etcd_bin, &data_root, set.keyspace).await?;
-    let rows: Vec<Row> = bench_both([&nod, &etcd], &set)
-        .await?
-        .into_iter()
-        .map(|(workload, clients, [nod, etcd])| Row {
-            workload,
+    let nod = start(System::Nod, &nod_bin, &data_root, set.keyspace, None).await?;
+    let etcd = start(System::Etcd, &etcd_bin, &data_root, set.keyspace, None).await?;
+    // With TLS + auth, both systems a second time, secured, side by side
+    // with the plain ones: each workload's rounds alternate over all four,
+    // so the plain and secured figures of one system share the machine's
+    // state and their ratio is what TLS + auth costs, not a drift between
+    // two runs minutes apart.
+    let mut secured = Vec::new();
+    if !plain_only {
+        let security = Security::create(&data_root.join("tls"))?;
+        for (system, bin) in [(System::Nod, &nod_bin), (System::Etcd, &etcd_bin)] {
+            secured.push(start(system, bin, &data_root, set.keyspace, Some(&security)).await?);
+        }
+    }
+    let mut running = vec![&nod, &etcd];
+    running.extend(secured.iter());
+    let mut rows = Vec::new();
+    let mut secure_rows = Vec::new();
+    for (workload, clients, figs) in bench_all(&running, &set).await? {
+        let row = |n: usize| Row {
+            workload: workload.clone(),
             clients,
-            nod,
-            etcd,
-        })
-        .collect();
+            nod: figs[n],
+            etcd: figs[n + 1],
+        };
+        rows.push(row(0));
+        if figs.len() == 4 {
+            secure_rows.push(row(2));
+        }
+    }
+    // The restart measurement on the plain clusters alone, as before.
+    for mut r in secured {
+        r.cluster.stop();
+    }
     let nod = finish(nod, set.restart_keys).await?;
     let etcd = finish(etcd, set.restart_keys).await?;
     let restart_keys = set.restart_keys;
@@ -488,8 +568,9 @@ async fn run(
         rounds: set.rounds,
         secs: set.secs,
         command: format!(
-            "./scripts/bench{}",
-            if mode == Mode::Full { " --full" } else { "" }
+            "./scripts/bench{}{}",
+            if mode == Mode::Full { " --full" } else { "" },
+            if plain_only { " --plain" } else { "" }
         ),
         fdatasync_us: fdatasync,
         peak_rss: (nod.peak_rss, etcd.peak_rss),
@@ -499,7 +580,7 @@ async fn run(
             _ => None,
         },
     };
-    let md = report::markdown(&rows, &extras);
+    let md = report::markdown(&rows, &secure_rows, &extras);
     let md_path = out.join("results.md");
     std::fs::write(&md_path, &md).map_err(|e| format!("{}: {e}", md_path.display()))?;
     let png = out.join("throughput.png");
@@ -530,14 +611,7 @@ fn main() -> ExitCode {
     };
     let r = rt.block_on(async move {
         match cli.command {
-            Cmd::Run {
-                mode,
-                out,
-                data_root,
-                nod_bin,
-                etcd_bin,
-                font,
-            } => run(mode, out, data_root, nod_bin, etcd_bin, font).await,
+            Cmd::Run(args) => run(args).await,
             Cmd::Load {
                 endpoints,
                 workload,
@@ -547,10 +621,36 @@ fn main() -> ExitCode {
                 keyspace,
                 writes,
                 threads,
+                cacert,
+                cert,
+                key,
+                user,
             } => {
-                let endpoints: Vec<String> = endpoints.iter().map(|e| url(e)).collect();
+                let tls = nod_client::tls::TlsOptions {
+                    ca_file: cacert,
+                    cert_file: cert,
+                    key_file: key,
+                    insecure_skip_verify: false,
+                };
+                let endpoints: Vec<String> =
+                    endpoints.iter().map(|e| url(e, tls.is_set())).collect();
+                let mut access = Access {
+                    tls: tls
+                        .is_set()
+                        .then(|| nod_client::tls::ClientTls::new(&tls))
+                        .transpose()
+                        .map_err(|e| e.to_string())?
+                        .map(std::sync::Arc::new),
+                    token: None,
+                };
+                if let Some(user) = user {
+                    let (name, password) = user
+                        .split_once(':')
+                        .ok_or("--user takes NAME:PASSWORD")?;
+                    access = access.login(&endpoints[0], name, password).await?;
+                }
                 if workload == "watch" {
-                    let ch = workload::connect(&endpoints, conns).await?;
+                    let ch = workload::connect(&endpoints, conns, &access).await?;
                     let m = workload::watch_fanout(&ch, clients, writes).await;
                     println!("{}", watch_summary(clients, writes, &figures(&m)));
                     return Ok(());
@@ -566,7 +666,7 @@ fn main() -> ExitCode {
                     value_size: 256,
                 };
                 let threads = threads.unwrap_or_else(load_threads);
-                let m = workload::run(endpoints, conns, spec, threads).await?;
+                let m = workload::run(endpoints, access, conns, spec, threads).await?;
                 let f = figures(&m);
                 println!(
                     "{}: {:.0} ops/s, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, {} errors",

@@ -1,5 +1,6 @@
-//! The results: a markdown table with the Nod/etcd ratio of every figure, and
-//! a PNG chart of throughput.
+//! The results: a markdown table with the Nod/etcd ratio of every figure
+//! (plain, then TLS + auth when it ran, and what TLS + auth costs each
+//! system), and a PNG chart of the plain throughput.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -47,16 +48,8 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-pub fn markdown(rows: &[Row], x: &Extras) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "# Nod vs etcd: benchmark results\n");
-    let _ = writeln!(s, "Machine: {}\n", x.machine);
-    let _ = writeln!(s, "Command: `{}`\n", x.command);
-    let _ = writeln!(
-        s,
-        "Both systems: 3 members on loopback, fsync on, the same client (`nod-bench`, etcd v3 gRPC), both clusters up side by side. Clients spread their connections over the members, the leader's first (so 1 client talks to the leader on both); the client runs one single-threaded runtime per core, each owning its share of the connections and the clients on them. Each workload ran {} rounds of {} s on each system, alternating which went first; ops/s is the median round (the slowest and fastest round in brackets), latencies (ms) are over every round's requests. Ratio = Nod / etcd (throughput: higher is better; latency: lower is better).\n",
-        x.rounds, x.secs
-    );
+/// The table of rows: each figure for Nod and etcd, with their ratios.
+fn table(s: &mut String, rows: &[Row]) {
     let _ = writeln!(
         s,
         "| workload | clients | Nod ops/s | etcd ops/s | ratio | Nod p50 | etcd p50 | ratio | Nod p90 | etcd p90 | Nod p99 | etcd p99 | ratio | Nod p99.9 | etcd p99.9 | errors (Nod/etcd) |"
@@ -92,6 +85,66 @@ pub fn markdown(rows: &[Row], x: &Extras) -> String {
             n.errors,
             e.errors
         );
+    }
+}
+
+/// What TLS + auth costs each system: its secure figures over its plain
+/// ones, row by row (rows of the same workload and clients).
+fn cost_table(s: &mut String, plain: &[Row], secure: &[Row]) {
+    let _ = writeln!(
+        s,
+        "| workload | clients | Nod ops/s | etcd ops/s | Nod p50 | etcd p50 | Nod p99 | etcd p99 |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for t in secure {
+        let Some(p) = plain
+            .iter()
+            .find(|p| p.workload == t.workload && p.clients == t.clients)
+        else {
+            continue;
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            t.workload,
+            t.clients,
+            ratio(t.nod.throughput, p.nod.throughput),
+            ratio(t.etcd.throughput, p.etcd.throughput),
+            ratio(t.nod.p50, p.nod.p50),
+            ratio(t.etcd.p50, p.etcd.p50),
+            ratio(t.nod.p99, p.nod.p99),
+            ratio(t.etcd.p99, p.etcd.p99),
+        );
+    }
+}
+
+/// The report: `rows` from the plain clusters, `secure` (empty when not
+/// run) from the TLS + auth ones.
+pub fn markdown(rows: &[Row], secure: &[Row], x: &Extras) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Nod vs etcd: benchmark results\n");
+    let _ = writeln!(s, "Machine: {}\n", x.machine);
+    let _ = writeln!(s, "Command: `{}`\n", x.command);
+    let side_by_side = if secure.is_empty() {
+        "both clusters up side by side"
+    } else {
+        "both clusters up side by side, and both again with TLS + auth (below): four clusters, the idle ones only heartbeating"
+    };
+    let _ = writeln!(
+        s,
+        "Both systems: 3 members on loopback, fsync on, the same client (`nod-bench`, etcd v3 gRPC), {side_by_side}. Clients spread their connections over the members, the leader's first (so 1 client talks to the leader on both); the client runs one single-threaded runtime per core, each owning its share of the connections and the clients on them. Each workload ran {} rounds of {} s on each cluster in turn, the order reversed every other round; ops/s is the median round (the slowest and fastest round in brackets), latencies (ms) are over every round's requests. Ratio = Nod / etcd (throughput: higher is better; latency: lower is better).\n",
+        x.rounds, x.secs
+    );
+    table(&mut s, rows);
+    if !secure.is_empty() {
+        let _ = writeln!(s, "\n## TLS + auth\n");
+        let _ = writeln!(
+            s,
+            "The same workloads on both systems again, in the same rounds as the plain clusters (a workload's rounds go over all four clusters in turn), each member with client TLS requiring client certificates (`--cert-file --key-file --trusted-ca-file --client-cert-auth`), peer mutual TLS (`--peer-cert-file --peer-key-file --peer-trusted-ca-file --peer-client-cert-auth`) and authentication on (a `root` user; the load runs as a user whose role grants readwrite on the benchmark's keys). The client logs in once (Auth.Authenticate, etcd's simple tokens) and sends the token as `token` metadata with every call; its certificate's common name is no user, so no call passes without it. TLS 1.3 (rustls with ring on the client and on Nod; Go's crypto/tls on etcd), ECDSA P-256 certificates. Ratios as above.\n"
+        );
+        table(&mut s, secure);
+        let _ = writeln!(s, "\nWhat TLS + auth costs each system: its TLS + auth figure over its plain one above, measured in the same rounds (ops/s: below 1× is slower; latency: above 1× is slower).\n");
+        cost_table(&mut s, rows, secure);
     }
     let _ = writeln!(s, "\n## The physical limit and the cost per write\n");
     let _ = writeln!(

@@ -6,13 +6,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use nod_client::tls::{ClientTls, Connector};
+use nod_proto::etcd::etcdserverpb::auth_client::AuthClient;
 use nod_proto::etcd::etcdserverpb::kv_client::KvClient;
 use nod_proto::etcd::etcdserverpb::watch_client::WatchClient;
+use nod_proto::etcd::etcdserverpb::AuthenticateRequest;
 use nod_proto::etcd::etcdserverpb::{
     compare, request_op, watch_request, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
     WatchCreateRequest, WatchRequest,
 };
 use tokio::sync::Mutex;
+use tonic::codegen::http::header::{HeaderName, HeaderValue};
 use tonic::codegen::http::uri::{Authority, PathAndQuery, Scheme};
 use tonic::codegen::http::{Request, Response, Uri};
 use tonic::codegen::{Context, Poll, Service};
@@ -121,19 +125,79 @@ pub fn histogram() -> Histogram<u64> {
 /// How long a request may wait for its response before it fails.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a connection (TCP, and TLS when `https://`) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The gRPC metadata an etcd client sends its auth token in.
+const TOKEN: HeaderName = HeaderName::from_static("token");
+
+/// The key the watch fan-out watches and writes.
+pub const WATCH_KEY: &[u8] = b"watch-fanout";
+
+/// How the client reaches the servers: the TLS configuration for
+/// `https://` endpoints (the CA to trust and the client certificate to
+/// show), and the auth token every request carries once logged in.
+#[derive(Clone, Default)]
+pub struct Access {
+    /// `None`: `https://` endpoints are refused (the benchmark always
+    /// brings its own CA).
+    pub tls: Option<Arc<ClientTls>>,
+    /// Sent as the `token` metadata of every call, as etcd's clients send
+    /// it (clientv3 adds it per call, as a gRPC per-RPC credential).
+    pub token: Option<HeaderValue>,
+}
+
+impl Access {
+    /// Logs in as `user` through `endpoint` (Auth.Authenticate) and returns
+    /// this access with the token. A simple token is known to every member
+    /// (each applies the login), so one login serves every endpoint.
+    pub async fn login(
+        &self,
+        endpoint: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<Access, String> {
+        let conn = dial(
+            endpoint,
+            &Access {
+                tls: self.tls.clone(),
+                token: None,
+            },
+        )
+        .await?;
+        let r = AuthClient::new(conn)
+            .authenticate(AuthenticateRequest {
+                name: user.to_string(),
+                password: password.to_string(),
+            })
+            .await
+            .map_err(|e| format!("{endpoint}: login as {user}: {}", e.message()))?;
+        let token = HeaderValue::from_str(&r.into_inner().token)
+            .map_err(|e| format!("{endpoint}: the token does not fit in metadata: {e}"))?;
+        Ok(Access {
+            tls: self.tls.clone(),
+            token: Some(token),
+        })
+    }
+}
+
 /// One HTTP/2 connection to a server, used directly as the gRPC clients'
 /// transport. tonic's `Channel` queues every request through a buffer task
 /// before hyper's own dispatch; going to hyper's sender directly saves that
 /// hop (a channel send and a task wake per request), which matters because
 /// the client shares the machine's cores with the servers it measures.
 /// Every call fails after `REQUEST_TIMEOUT` without a response (as the
-/// `Endpoint::timeout` of the `Channel` it replaces did).
+/// `Endpoint::timeout` of the `Channel` it replaces did). With a token,
+/// every request carries it: the same header a tonic interceptor would
+/// add, put in here where the request passes anyway, without the
+/// interceptor's conversion of the request to tonic's and back.
 #[derive(Clone)]
 pub struct Conn {
     send: hyper::client::conn::http2::SendRequest<tonic::body::Body>,
     scheme: Scheme,
     authority: Authority,
     timeout: Duration,
+    token: Option<HeaderValue>,
 }
 
 impl Service<Request<tonic::body::Body>> for Conn {
@@ -158,6 +222,9 @@ impl Service<Request<tonic::body::Body>> for Conn {
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
+        if let Some(token) = &self.token {
+            req.headers_mut().insert(TOKEN, token.clone());
+        }
         let (response, timeout) = (self.send.send_request(req), self.timeout);
         Box::pin(async move {
             match tokio::time::timeout(timeout, response).await {
@@ -168,45 +235,84 @@ impl Service<Request<tonic::body::Body>> for Conn {
     }
 }
 
-/// Opens one HTTP/2 connection to `url` (`host:port` or `http://host:port`).
-pub async fn dial(url: &str) -> Result<Conn, String> {
+/// Opens one HTTP/2 connection to `url` (`host:port`, `http://host:port`,
+/// or `https://host:port` with `access.tls`), its requests carrying
+/// `access.token`.
+pub async fn dial(url: &str, access: &Access) -> Result<Conn, String> {
     let uri: Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
     let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
-    if scheme != Scheme::HTTP {
-        return Err(format!("{url}: only http:// endpoints are supported"));
-    }
     let authority = uri
         .authority()
         .cloned()
         .ok_or_else(|| format!("{url}: no host:port"))?;
-    let port = authority.port_u16().unwrap_or(80);
-    let tcp = tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio::net::TcpStream::connect((authority.host(), port)),
-    )
-    .await
-    .map_err(|_| format!("{url}: connect timed out"))?
-    .map_err(|e| format!("{url}: {e}"))?;
-    tcp.set_nodelay(true).map_err(|e| format!("{url}: {e}"))?;
-    let (send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake(hyper_util::rt::TokioIo::new(tcp))
+    let send = if scheme == Scheme::HTTP {
+        let port = authority.port_u16().unwrap_or(80);
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((authority.host(), port)),
+        )
+        .await
+        .map_err(|_| format!("{url}: connect timed out"))?
+        .map_err(|e| format!("{url}: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| format!("{url}: {e}"))?;
+        handshake(hyper_util::rt::TokioIo::new(tcp), url).await?
+    } else if scheme == Scheme::HTTPS {
+        // nod-client's connector: TCP without Nagle, then rustls (ring)
+        // with the client certificate, the server checked against the CA
+        // and the URL's host, ALPN h2.
+        let tls = access
+            .tls
+            .clone()
+            .ok_or_else(|| format!("{url}: https:// needs a CA and a client certificate"))?;
+        let mut connector = Connector::new(Some(tls));
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
             .map_err(|e| format!("{url}: {e}"))?;
-    tokio::spawn(conn);
+        let io = tokio::time::timeout(CONNECT_TIMEOUT, connector.call(uri.clone()))
+            .await
+            .map_err(|_| format!("{url}: connect timed out"))?
+            .map_err(|e| format!("{url}: {e}"))?;
+        handshake(io, url).await?
+    } else {
+        return Err(format!(
+            "{url}: only http:// and https:// endpoints are supported"
+        ));
+    };
     Ok(Conn {
         send,
         scheme,
         authority,
         timeout: REQUEST_TIMEOUT,
+        token: access.token.clone(),
     })
 }
 
+/// The HTTP/2 handshake over an open connection; the connection's task is spawned.
+async fn handshake<T>(
+    io: T,
+    url: &str,
+) -> Result<hyper::client::conn::http2::SendRequest<tonic::body::Body>, String>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(io)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
 /// `conns` connections, spread over `endpoints` round robin.
-pub async fn connect(endpoints: &[String], conns: usize) -> Result<Vec<Conn>, String> {
+pub async fn connect(
+    endpoints: &[String],
+    conns: usize,
+    access: &Access,
+) -> Result<Vec<Conn>, String> {
     let mut out = Vec::new();
     for i in 0..conns.max(1) {
-        out.push(dial(&endpoints[i % endpoints.len()]).await?);
+        out.push(dial(&endpoints[i % endpoints.len()], access).await?);
     }
     Ok(out)
 }
@@ -293,17 +399,19 @@ async fn one(
 /// is shared with the servers under test. Returns the merged measurement.
 pub async fn run(
     endpoints: Vec<String>,
+    access: Access,
     conns: usize,
     spec: Spec,
     shards: usize,
 ) -> Result<Measured, String> {
-    tokio::task::spawn_blocking(move || run_sharded(&endpoints, conns, &spec, shards))
+    tokio::task::spawn_blocking(move || run_sharded(&endpoints, &access, conns, &spec, shards))
         .await
         .map_err(|e| format!("load threads: {e}"))?
 }
 
 fn run_sharded(
     endpoints: &[String],
+    access: &Access,
     conns: usize,
     spec: &Spec,
     shards: usize,
@@ -317,6 +425,7 @@ fn run_sharded(
         .enumerate()
         .map(|(s, (mine, clients))| {
             let spec = spec.clone();
+            let access = access.clone();
             let connected = connected.clone();
             std::thread::Builder::new()
                 .name(format!("load-{s}"))
@@ -326,7 +435,7 @@ fn run_sharded(
                         .build()
                         .map_err(|e| e.to_string())?;
                     rt.block_on(async move {
-                        let ch = connect(&mine, mine.len()).await;
+                        let ch = connect(&mine, mine.len(), &access).await;
                         connected.wait();
                         Ok(run_clients(&ch?, &spec, &clients).await)
                     })
@@ -446,7 +555,7 @@ pub async fn load(channels: &[Conn], count: u64, clients: usize, value_size: usi
 /// channels), then `writes` puts to it; each event's latency is from just
 /// before its put was sent to its arrival at a watcher.
 pub async fn watch_fanout(channels: &[Conn], watchers: usize, writes: usize) -> Measured {
-    const KEY: &[u8] = b"watch-fanout";
+    const KEY: &[u8] = WATCH_KEY;
     let base = Instant::now();
     let hist = Arc::new(Mutex::new(histogram()));
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(watchers.max(1));
@@ -646,7 +755,7 @@ mod tests {
             use tokio::io::AsyncReadExt;
             while sock.read(&mut buf).await.is_ok_and(|n| n > 0) {}
         });
-        let mut conn = dial(&url).await.unwrap();
+        let mut conn = dial(&url, &Access::default()).await.unwrap();
         conn.timeout = Duration::from_millis(300);
         let started = Instant::now();
         let mut kv = KvClient::new(conn);
@@ -665,13 +774,16 @@ mod tests {
 
     #[tokio::test]
     async fn dialing_reports_what_is_wrong_with_the_endpoint() {
-        let e = dial("https://127.0.0.1:1").await.err().unwrap();
-        assert!(e.contains("only http://"), "{e}");
+        let none = Access::default();
+        let e = dial("ftp://127.0.0.1:1", &none).await.err().unwrap();
+        assert!(e.contains("only http:// and https://"), "{e}");
+        let e = dial("https://127.0.0.1:1", &none).await.err().unwrap();
+        assert!(e.contains("needs a CA"), "{e}");
         let closed = free_addr();
         let url = format!("http://{closed}");
-        let e = dial(&url).await.err().unwrap();
+        let e = dial(&url, &none).await.err().unwrap();
         assert!(e.starts_with(&url), "{e}");
-        let e = dial("http://").await.err().unwrap();
+        let e = dial("http://", &none).await.err().unwrap();
         assert!(e.starts_with("http://:"), "{e}");
     }
 
@@ -696,7 +808,7 @@ mod tests {
     /// folder) and its client URL; dropping the cluster kills it.
     async fn member() -> (Cluster, String, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let cluster = Cluster::start_members(System::Nod, &nod_bin(), dir.path(), 1).unwrap();
+        let cluster = Cluster::start_members(System::Nod, &nod_bin(), dir.path(), 1, None).unwrap();
         cluster.wait_ready(Duration::from_secs(30)).await.unwrap();
         let ep = cluster.endpoints()[0].clone();
         (cluster, ep, dir)
@@ -706,9 +818,10 @@ mod tests {
     async fn serving_revision(kv: &mut KvClient<Conn>) -> i64 {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
+            // A key the bench role may read, for the TLS + auth test.
             let r = kv
                 .range(RangeRequest {
-                    key: b"x".to_vec(),
+                    key: key(0),
                     ..Default::default()
                 })
                 .await;
@@ -728,7 +841,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_counted_put_is_one_revision_on_a_real_server() {
         let (mut server, ep, _dir) = member().await;
-        let conns = connect(std::slice::from_ref(&ep), 1).await.unwrap();
+        let conns = connect(std::slice::from_ref(&ep), 1, &Access::default())
+            .await
+            .unwrap();
         let mut kv = KvClient::new(conns[0].clone());
         let before = serving_revision(&mut kv).await;
         let spec = Spec {
@@ -738,7 +853,9 @@ mod tests {
             keyspace: 16,
             value_size: 100,
         };
-        let m = run(vec![ep.clone()], 3, spec, 2).await.unwrap();
+        let m = run(vec![ep.clone()], Access::default(), 3, spec, 2)
+            .await
+            .unwrap();
         assert!(m.ops > 0, "no put succeeded");
         assert_eq!(m.errors, 0);
         assert_eq!(m.hist.len(), m.ops);
@@ -770,7 +887,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn watch_fan_out_counts_every_event_each_watcher_gets() {
         let (mut server, ep, _dir) = member().await;
-        let conns = connect(std::slice::from_ref(&ep), 2).await.unwrap();
+        let conns = connect(std::slice::from_ref(&ep), 2, &Access::default())
+            .await
+            .unwrap();
         serving_revision(&mut KvClient::new(conns[0].clone())).await;
         let m = watch_fanout(&conns, 5, 20).await;
         assert_eq!(m.ops, 100, "5 watchers × 20 writes");
@@ -778,5 +897,97 @@ mod tests {
         assert_eq!(m.hist.len(), 100, "one latency per event");
         drop(conns);
         server.stop();
+    }
+
+    /// The TLS + auth configuration on one real member of each system
+    /// (`nod`, and etcd 3.4 from `$ETCD_BIN` or the path): over `https://`
+    /// with the client certificate, the load logs in and every put it
+    /// counts is one revision; the same load without the token has every
+    /// call refused (the certificate's common name is no user); the token
+    /// opens only the bench role's keys.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tls_and_auth_pass_only_with_the_token_on_both_systems() {
+        use crate::security::{self, Security};
+        let etcd = std::path::PathBuf::from(std::env::var("ETCD_BIN").unwrap_or("etcd".into()));
+        for (system, bin) in [(System::Nod, nod_bin()), (System::Etcd, etcd)] {
+            let dir = tempfile::tempdir().unwrap();
+            let sec = Security::create(&dir.path().join("tls")).unwrap();
+            let mut server = Cluster::start_members(system, &bin, dir.path(), 1, Some(&sec))
+                .unwrap_or_else(|e| panic!("{e} (./scripts/setup installs etcd)"));
+            server
+                .wait_ready(Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let ep = server.endpoints()[0].clone();
+            assert!(ep.starts_with("https://"), "{ep}");
+            let no_token = server.access().clone();
+            security::enable_auth(&ep, &no_token).await.unwrap();
+            let access = no_token
+                .login(&ep, security::USER, security::PASSWORD)
+                .await
+                .unwrap();
+            let wrong = no_token
+                .login(&ep, security::USER, "not the password")
+                .await;
+            assert!(
+                wrong.is_err(),
+                "{}: a wrong password logs in",
+                system.name()
+            );
+
+            let mut kv = KvClient::new(dial(&ep, &access).await.unwrap());
+            let before = serving_revision(&mut kv).await;
+            let spec = Spec {
+                workload: Workload::Put,
+                clients: 8,
+                duration: Duration::from_millis(800),
+                keyspace: 16,
+                value_size: 100,
+            };
+            let m = run(vec![ep.clone()], access.clone(), 3, spec.clone(), 2)
+                .await
+                .unwrap();
+            assert!(m.ops > 0, "{}: no put succeeded", system.name());
+            assert_eq!(m.errors, 0, "{}", system.name());
+            let after = serving_revision(&mut kv).await;
+            assert_eq!((after - before) as u64, m.ops, "{}", system.name());
+
+            let refused = run(
+                vec![ep.clone()],
+                no_token.clone(),
+                1,
+                Spec {
+                    duration: Duration::from_millis(300),
+                    ..spec
+                },
+                1,
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                refused.ops,
+                0,
+                "{}: a put passed without the token",
+                system.name()
+            );
+            assert!(refused.errors > 0);
+            let outside = kv
+                .put(PutRequest {
+                    key: b"/not-the-bench-keys".to_vec(),
+                    value: b"x".to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(
+                outside.message(),
+                "etcdserver: permission denied",
+                "{}",
+                system.name()
+            );
+            assert_eq!(serving_revision(&mut kv).await, after);
+            drop(kv);
+            server.stop();
+        }
     }
 }

@@ -20,7 +20,10 @@
 //!
 //! A fourth covers what is Nod's own: the `nod` CLI's `--user`, the Rust
 //! client logging in again when its token expired, the login rate limit,
-//! and no password in a member's log or on its disk.
+//! and no password in a member's log or on its disk. A fifth sends random
+//! and malformed bytes to every Auth method (no login, then as root):
+//! refusals are etcd's errors or decode errors, nothing changes without a
+//! login, nothing crashes.
 //!
 //! Read `scenario` first; `Session` records, `normalize` says what is
 //! ignored. Transcripts are printed (shown by cargo when a test fails).
@@ -33,8 +36,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nod_proto::etcd::etcdserverpb::{
-    auth_client::AuthClient, kv_client::KvClient, AuthDisableRequest, AuthenticateRequest,
-    PutRequest, RangeRequest,
+    auth_client::AuthClient, kv_client::KvClient, AuthDisableRequest, AuthRoleListRequest,
+    AuthStatusRequest, AuthUserGetRequest, AuthUserListRequest, AuthenticateRequest, PutRequest,
+    RangeRequest,
 };
 use support::{etcdctl_ok, eventually, leader, Cluster, Etcd};
 use tonic::transport::Channel;
@@ -1145,17 +1149,24 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Nod's own clients log in as etcd's do, a token that expired is
-/// replaced without the caller noticing, and guessing passwords is slowed
-/// down (etcd has no limit: this is Nod's own rule, so etcd is not asked).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nod_clients_log_in_and_password_guessing_is_limited() {
-    let cluster = Cluster::start_with(1, &["--bcrypt-cost", "4", "--auth-token-ttl", "1"]);
+/// A one-member cluster with `extra` flags, once it has a leader, and its
+/// endpoint.
+async fn one_member(extra: &[&str]) -> (Cluster, String) {
+    let cluster = Cluster::start_with(1, extra);
     let ep = cluster.endpoints()[0].clone();
     eventually("a leader", Duration::from_secs(20), || async {
         (leader(std::slice::from_ref(&ep)).await != 0).then_some(())
     })
     .await;
+    (cluster, ep)
+}
+
+/// Nod's own clients log in as etcd's do, a token that expired is
+/// replaced without the caller noticing, and guessing passwords is slowed
+/// down (etcd has no limit: this is Nod's own rule, so etcd is not asked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nod_clients_log_in_and_password_guessing_is_limited() {
+    let (cluster, ep) = one_member(&["--bcrypt-cost", "4", "--auth-token-ttl", "1"]).await;
     for args in [
         &["user", "add", "root:rootpw"][..],
         &["user", "add", "alice:alicepw"],
@@ -1436,4 +1447,293 @@ async fn jwt_tokens_match_etcd() {
     let nod = jwt_scenario(&ep, &forged).await;
     println!("Nod: {nod:#?}");
     assert_eq!(nod, reference, "Nod answers as etcd 3.4 does");
+}
+
+/// Passes request bytes through untouched, so the server decodes what the
+/// test sends, however malformed.
+#[derive(Clone, Copy, Default)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let mut v = vec![0; bytes::Buf::remaining(src)];
+        bytes::Buf::copy_to_slice(src, &mut v);
+        Ok(Some(v))
+    }
+}
+
+const AUTH_METHODS: [&str; 17] = [
+    "AuthEnable",
+    "AuthDisable",
+    "AuthStatus",
+    "Authenticate",
+    "UserAdd",
+    "UserGet",
+    "UserList",
+    "UserDelete",
+    "UserChangePassword",
+    "UserGrantRole",
+    "UserRevokeRole",
+    "RoleAdd",
+    "RoleGet",
+    "RoleList",
+    "RoleDelete",
+    "RoleGrantPermission",
+    "RoleRevokePermission",
+];
+
+/// A request body for the Auth service: random bytes, a valid encoding
+/// with bytes flipped, cut or extended, or fields far over any limit.
+fn random_body(rng: &mut u64) -> Vec<u8> {
+    use prost::Message as _;
+    let mut next = || {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        *rng
+    };
+    let name = |n: u64| match n % 4 {
+        0 => "root".to_string(),
+        1 => "alice".to_string(),
+        2 => "x".repeat(70_000),
+        _ => String::new(),
+    };
+    let valid = match next() % 4 {
+        0 => nod_proto::etcd::etcdserverpb::AuthUserAddRequest {
+            name: name(next()),
+            password: name(next()),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        1 => nod_proto::etcd::etcdserverpb::AuthRoleGrantPermissionRequest {
+            name: name(next()),
+            perm: Some(nod_proto::etcd::authpb::Permission {
+                perm_type: (next() % 5) as i32,
+                key: vec![0xff; (next() % 3000) as usize],
+                range_end: vec![0],
+            }),
+        }
+        .encode_to_vec(),
+        2 => AuthenticateRequest {
+            name: name(next()),
+            password: name(next()),
+        }
+        .encode_to_vec(),
+        _ => Vec::new(),
+    };
+    match next() % 4 {
+        // Pure noise.
+        0 => (0..next() % 300).map(|_| next() as u8).collect(),
+        // Bytes flipped.
+        1 => {
+            let mut b = valid;
+            for _ in 0..1 + next() % 4 {
+                if !b.is_empty() {
+                    let at = (next() as usize) % b.len();
+                    b[at] ^= next() as u8 | 1;
+                }
+            }
+            b
+        }
+        // Cut short.
+        2 => {
+            let mut b = valid;
+            let keep = if b.is_empty() {
+                0
+            } else {
+                (next() as usize) % b.len()
+            };
+            b.truncate(keep);
+            b
+        }
+        // A length prefix claiming far more than follows, or invalid
+        // UTF-8 in a string field.
+        _ => {
+            let mut b = vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f];
+            if next() % 2 == 0 {
+                b = vec![0x0a, 0x02, 0xc3, 0x28];
+            }
+            b.extend(valid);
+            b
+        }
+    }
+}
+
+/// Random and malformed bytes to every Auth method, with auth on: without
+/// a login every call but `Authenticate` and `AuthStatus` is refused with
+/// an etcd error or a decode error and changes nothing; as root, nothing
+/// panics, no call ends with `Unknown` (a crashed handler), and the member
+/// serves throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_to_the_auth_service_are_refused_cleanly() {
+    let (cluster, ep) = one_member(&["--bcrypt-cost", "4"]).await;
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "add", "alice:alicepw"],
+        &["role", "add", "app"],
+        &["user", "grant-role", "alice", "app"],
+        &["auth", "enable"],
+    ] {
+        etcdctl_ok(&ep, args);
+    }
+    let ch = channel(&ep).await;
+    let root = authenticate(&ch, "root", "rootpw").await.unwrap();
+    // Read with the token taken first: the random logins below may lock
+    // root's password out for a while (the login rate limit).
+    let listing = || {
+        let mut a = AuthClient::new(ch.clone());
+        let root = root.clone();
+        async move {
+            let users = a
+                .user_list(with_token(AuthUserListRequest {}, Some(&root)))
+                .await
+                .unwrap()
+                .into_inner()
+                .users;
+            let roles = a
+                .role_list(with_token(AuthRoleListRequest {}, Some(&root)))
+                .await
+                .unwrap()
+                .into_inner()
+                .roles;
+            let alice = a
+                .user_get(with_token(
+                    AuthUserGetRequest {
+                        name: "alice".into(),
+                    },
+                    Some(&root),
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .roles;
+            let status = a
+                .auth_status(with_token(AuthStatusRequest {}, Some(&root)))
+                .await
+                .unwrap()
+                .into_inner();
+            (users, roles, alice, status.enabled, status.auth_revision)
+        }
+    };
+    let before = listing().await;
+    assert!(before.3, "auth is on");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("seed {seed}");
+    let mut rng = seed;
+    let call = |method: &'static str, body: Vec<u8>, token: Option<String>| {
+        let ch = ch.clone();
+        async move {
+            let mut g = tonic::client::Grpc::new(ch);
+            g.ready().await.expect("channel ready");
+            let path = tonic::codegen::http::uri::PathAndQuery::from_maybe_shared(format!(
+                "/etcdserverpb.Auth/{method}"
+            ))
+            .unwrap();
+            g.unary(with_token(body, token.as_deref()), path, Raw).await
+        }
+    };
+    let clean = |method: &str, body: &[u8], s: &tonic::Status| {
+        let m = s.message();
+        assert_ne!(
+            s.code(),
+            tonic::Code::Unknown,
+            "{method} {body:02x?}: {m} (seed {seed})"
+        );
+        assert!(
+            m.starts_with("etcdserver: ")
+                || m.starts_with("auth: ")
+                || m.starts_with("failed to decode Protobuf message"),
+            "{method} {body:02x?}: {:?} {m:?} is no etcd error (seed {seed})",
+            s.code()
+        );
+    };
+    // How many bodies decoded and reached the checks (an etcd error), so
+    // the run cannot pass on decode errors alone.
+    let mut checked = 0;
+    for round in 0..30 {
+        for method in AUTH_METHODS {
+            let body = random_body(&mut rng);
+            match call(method, body.clone(), None).await {
+                Ok(_) => assert!(
+                    matches!(method, "AuthStatus" | "Authenticate"),
+                    "round {round}: {method} {body:02x?} accepted without a login (seed {seed})"
+                ),
+                Err(s) => {
+                    clean(method, &body, &s);
+                    checked += usize::from(s.message().starts_with("etcdserver: "));
+                }
+            }
+        }
+    }
+    assert!(checked > 100, "only {checked} bodies reached the checks");
+    assert_eq!(
+        listing().await,
+        before,
+        "anonymous calls changed the auth store"
+    );
+    // As root, whatever decodes may apply; nothing may crash.
+    let mut applied = 0;
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..20 {
+        for method in AUTH_METHODS {
+            let body = random_body(&mut rng);
+            let got = call(method, body.clone(), Some(root.clone())).await;
+            applied += usize::from(got.is_ok());
+            if let Err(s) = &got {
+                let m: String = s.message().chars().take(50).collect();
+                *seen.entry(m).or_insert(0) += 1;
+            }
+            if let Err(s) = got {
+                if s.message() != "etcdserver: invalid auth token"
+                    && s.message() != "etcdserver: revision of auth store is old"
+                {
+                    clean(method, &body, &s);
+                }
+            }
+        }
+    }
+    println!("root's refusals: {seen:#?}");
+    println!("{checked} anonymous calls refused by the checks, {applied} of root's accepted");
+    // Most bodies do not decode, and a decoded change of root's password
+    // or user ends its token; some must still have applied.
+    assert!(applied > 0, "none of root's calls was accepted");
+    let mut c = cluster.members[0].client();
+    c.status().await.expect("the member still serves");
+    let logs = cluster.members[0].logs();
+    assert!(!logs.contains("panicked"), "{logs}");
 }

@@ -4,8 +4,17 @@
 //! be present at the end.
 //!
 //! `cargo test --release --test chaos`; `NOD_CHAOS_SECONDS=N` (default 30),
-//! `NOD_CHAOS_SEED=S` (default: from the clock, printed). The last line is
-//! `chaos: <ops> ops, <faults> faults, <violations> violations, <lost> lost writes`.
+//! `NOD_CHAOS_SEED=S` (default: from the clock, printed). Each run ends
+//! with `chaos: <ops> ops, <faults> faults, <violations> violations, <lost> lost writes`.
+//!
+//! The default runs twice: plain for `NOD_CHAOS_SECONDS`, then secured for
+//! 20 s (or less, if `NOD_CHAOS_SECONDS` is less): client and peer mutual
+//! TLS, sealed gossip and authentication on, the clients logged in as a
+//! user whose role grants readwrite on their keys and nothing else
+//! (`support/secure.rs`). The secure run's line reads `chaos (tls+auth): …`;
+//! the checker and the lost-write check are the same. `NOD_CHAOS_SECURE=1`
+//! runs only the secured schedule (for `NOD_CHAOS_SECONDS`, the planted
+//! run secured too), `NOD_CHAOS_SECURE=0` only the plain one.
 //!
 //! Faults so far are process-level, on loopback: kill -9 and restart,
 //! SIGSTOP/SIGCONT pauses, killing the leader, leadership transfer.
@@ -28,7 +37,62 @@ use nod_proto::etcd::etcdserverpb::{
 };
 use support::network::Network;
 use support::proxy::DelayProxy;
-use support::{leader, Cluster, Member};
+use support::secure::{self, Secure};
+use support::{leader_of, Cluster, Member};
+
+/// How the secure run's user may reach keys: the three keys the clients
+/// contend on (`key0`..`key2`) and their append-only `log/` keys.
+const USER_RANGES: [(&[u8], &[u8]); 2] = [(b"key", b"kez"), (b"log/", b"log0")];
+
+/// How the harness and its clients reach the members: plain, or over TLS
+/// with logins.
+#[derive(Clone)]
+enum Access {
+    Plain,
+    Secure(Arc<Secure>),
+}
+
+impl Access {
+    /// A client as the run's user: the clients' operations and the final
+    /// read. Each call and attempt limited to `timeout`.
+    fn user(&self, endpoints: &[String], timeout: Duration) -> Client {
+        match self {
+            Access::Plain => Client::connect(endpoints, timeout).expect("client"),
+            Access::Secure(s) => {
+                s.client(endpoints, timeout, Some((secure::USER, secure::PASSWORD)))
+            }
+        }
+    }
+
+    /// A client with no login: status and member health need none.
+    fn anonymous(&self, endpoints: &[String], timeout: Duration) -> Client {
+        match self {
+            Access::Plain => Client::connect(endpoints, timeout).expect("client"),
+            Access::Secure(s) => s.client(endpoints, timeout, None),
+        }
+    }
+
+    /// A client as root: moving leadership needs the root role.
+    fn root(&self, endpoints: &[String], timeout: Duration) -> Client {
+        match self {
+            Access::Plain => Client::connect(endpoints, timeout).expect("client"),
+            Access::Secure(s) => {
+                s.client(endpoints, timeout, Some(("root", secure::ROOT_PASSWORD)))
+            }
+        }
+    }
+
+    /// The leader all `endpoints` agree on.
+    async fn leader(&self, endpoints: &[String]) -> u64 {
+        leader_of(endpoints, |ep| {
+            Some(self.anonymous(&[ep.to_string()], Duration::from_secs(2)))
+        })
+        .await
+    }
+}
+
+/// How long the secured run lasts when both runs go (the default).
+const SECURE_SECONDS: u64 = 20;
 
 /// A small seeded generator (xorshift64*): the schedule of faults and the
 /// clients' choices follow from the seed.
@@ -60,16 +124,25 @@ fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").arg(sig).arg(pid.to_string()).status();
 }
 
-async fn run_client(
+struct ClientRun {
     id: u64,
     endpoint: String,
-    mut rng: Rng,
+    rng: Rng,
     start: Instant,
     stale_reads: bool,
-    stop: Arc<AtomicBool>,
-    record: Arc<Mutex<Record>>,
-) {
-    let mut c = Client::connect(&[endpoint], Duration::from_secs(2)).expect("client");
+    access: Access,
+}
+
+async fn run_client(run: ClientRun, stop: Arc<AtomicBool>, record: Arc<Mutex<Record>>) {
+    let ClientRun {
+        id,
+        endpoint,
+        mut rng,
+        start,
+        stale_reads,
+        access,
+    } = run;
+    let mut c = access.user(&[endpoint], Duration::from_secs(2));
     let mut n: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
@@ -187,16 +260,16 @@ async fn run_client(
     }
 }
 
-async fn leader_index(cluster: &Cluster) -> Option<usize> {
+async fn leader_index(cluster: &Cluster, access: &Access) -> Option<usize> {
     let live = cluster.endpoints();
-    let l = tokio::time::timeout(Duration::from_secs(5), leader(&live))
+    let l = tokio::time::timeout(Duration::from_secs(5), access.leader(&live))
         .await
         .ok()?;
     for (i, m) in cluster.members.iter().enumerate() {
         if m.child.is_none() {
             continue;
         }
-        let mut c = Client::connect(&[m.endpoint()], Duration::from_secs(1)).ok()?;
+        let mut c = access.anonymous(&[m.endpoint()], Duration::from_secs(1));
         if c.status().await.ok()?.header?.member_id == l {
             return Some(i);
         }
@@ -212,9 +285,15 @@ struct Report {
     definite: usize,
 }
 
-/// One chaos run of `seconds` from `seed`; prints its faults and findings.
-async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
-    println!("chaos seed {seed}: NOD_CHAOS_SEED={seed} NOD_CHAOS_SECONDS={seconds} repeats this schedule{}", if stale_reads { " (planted: stale reads)" } else { "" });
+/// One chaos run of `seconds` from `seed`, secured when `secure`; prints
+/// its faults and findings.
+async fn run(seconds: u64, seed: u64, stale_reads: bool, secure: bool) -> Report {
+    println!(
+        "chaos seed {seed}: {}NOD_CHAOS_SEED={seed} NOD_CHAOS_SECONDS={seconds} repeats this schedule{}{}",
+        if secure { "NOD_CHAOS_SECURE=1 " } else { "" },
+        if stale_reads { " (planted: stale reads)" } else { "" },
+        if secure { " (tls+auth)" } else { "" },
+    );
     let mut rng = Rng(seed);
     // Each node in its own network namespace when we can (root, iproute2,
     // iptables): then partitions and packet loss join the faults.
@@ -243,6 +322,19 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
         }
     }
     let dir = tempfile::tempdir().expect("temp dir");
+    // Secured: certificates for every address a client or a peer dials
+    // (the namespaces' addresses, the proxies on the gateway).
+    let access = if secure {
+        let mut hosts = Vec::new();
+        if let Some(net) = &network {
+            hosts.push(net.gateway.clone());
+            hosts.extend(net.nodes.iter().map(|(_, ip)| ip.clone()));
+        }
+        Access::Secure(Arc::new(Secure::create(dir.path(), &hosts)))
+    } else {
+        Access::Plain
+    };
+    let scheme = if secure { "https" } else { "http" };
     let members: Vec<Member> = match &network {
         Some(net) => net
             .nodes
@@ -250,7 +342,7 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
             .enumerate()
             .map(|(i, (ns, ip))| {
                 let mut m = Member::in_netns(dir.path(), &format!("n{}", i + 1), ns, ip);
-                m.advertise_peer = proxies.get(i).map(|p| format!("http://{}", p.addr));
+                m.advertise_peer = proxies.get(i).map(|p| format!("{scheme}://{}", p.addr));
                 m
             })
             .collect(),
@@ -259,43 +351,55 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
             .collect(),
     };
     let mut cluster = Cluster { members, dir };
+    for m in &mut cluster.members {
+        m.client_scheme = scheme;
+        m.peer_scheme = scheme;
+    }
     // The nodes find each other by gossip and found the cluster themselves;
     // a wiped node rejoins by itself and autopilot promotes it.
     let seeds: Vec<String> = cluster.members.iter().map(|m| m.gossip_addr()).collect();
-    let launch = |m: &mut Member| {
-        m.start_gossip(
-            &seeds,
-            &[
-                "--bootstrap-expect",
-                "3",
-                "--snapshot-count",
-                "500",
-                "--promote-stabilize",
-                "1000",
-            ],
-        )
-    };
+    let mut flags: Vec<String> = [
+        "--bootstrap-expect",
+        "3",
+        "--snapshot-count",
+        "500",
+        "--promote-stabilize",
+        "1000",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Access::Secure(s) = &access {
+        flags.extend(s.server_flags());
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let launch = |m: &mut Member| m.start_gossip(&seeds, &flags);
     for m in &mut cluster.members {
         launch(m);
     }
     let eps = cluster.endpoints();
-    leader(&eps).await;
+    access.leader(&eps).await;
+    if let Access::Secure(s) = &access {
+        s.enable_auth(&eps[0], &USER_RANGES).await;
+        println!(
+            "authentication on; the clients log in as {:?} (readwrite on key* and log/)",
+            secure::USER
+        );
+    }
 
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let record = Arc::new(Mutex::new(Record::default()));
     let mut clients = Vec::new();
     for id in 0..5u64 {
-        let endpoint = eps[id as usize % eps.len()].clone();
-        clients.push(tokio::spawn(run_client(
+        let run = ClientRun {
             id,
-            endpoint,
-            Rng(rng.next() | 1),
+            endpoint: eps[id as usize % eps.len()].clone(),
+            rng: Rng(rng.next() | 1),
             start,
             stale_reads,
-            stop.clone(),
-            record.clone(),
-        )));
+            access: access.clone(),
+        };
+        clients.push(tokio::spawn(run_client(run, stop.clone(), record.clone())));
     }
 
     let mut faults = 0u64;
@@ -315,8 +419,7 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
             // replacement the wiped node's old entry is still a voter, and
             // wiping a second node then loses a quorum's data, which no
             // cluster survives.)
-            let mut c =
-                Client::connect(&cluster.endpoints(), Duration::from_secs(2)).expect("client");
+            let mut c = access.anonymous(&cluster.endpoints(), Duration::from_secs(2));
             let healthy: Option<BTreeSet<u64>> = match c.member_health().await {
                 Ok(h)
                     if h.members.len() == 3
@@ -328,14 +431,12 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
             };
             let mut running = BTreeSet::new();
             for m in cluster.members.iter().filter(|m| m.child.is_some()) {
-                let id = match Client::connect(&[m.endpoint()], Duration::from_secs(2)) {
-                    Ok(mut c) => c
-                        .status()
-                        .await
-                        .ok()
-                        .and_then(|s| s.header.map(|h| h.member_id)),
-                    Err(_) => None,
-                };
+                let id = access
+                    .anonymous(&[m.endpoint()], Duration::from_secs(2))
+                    .status()
+                    .await
+                    .ok()
+                    .and_then(|s| s.header.map(|h| h.member_id));
                 running.extend(id);
             }
             let settled = healthy.is_some_and(|ids| ids == running);
@@ -377,7 +478,7 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
                 }
             }
             2 => {
-                if let Some(l) = leader_index(&cluster).await {
+                if let Some(l) = leader_index(&cluster, &access).await {
                     println!(
                         "fault {faults}: kill -9 the leader {} and restart",
                         cluster.members[l].name
@@ -400,7 +501,7 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
                         net.partition(victim, other);
                     }
                     1 => {
-                        let l = leader_index(&cluster).await.unwrap_or(victim);
+                        let l = leader_index(&cluster, &access).await.unwrap_or(victim);
                         println!(
                             "fault {faults}: isolate the leader {}",
                             cluster.members[l].name
@@ -439,10 +540,14 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
                 }
             }
             _ => {
-                if let Some(l) = leader_index(&cluster).await {
+                if let Some(l) = leader_index(&cluster, &access).await {
                     let target = (l + 1 + rng.below(2) as usize) % cluster.members.len();
-                    let mut c = cluster.members[l].client();
-                    let mut t = cluster.members[target].client();
+                    let mut c =
+                        access.root(&[cluster.members[l].endpoint()], Duration::from_secs(5));
+                    let mut t = access.anonymous(
+                        &[cluster.members[target].endpoint()],
+                        Duration::from_secs(5),
+                    );
                     if let (Ok(st), Ok(_)) = (t.status().await, c.status().await) {
                         let id = st.header.unwrap_or_default().member_id;
                         println!(
@@ -467,7 +572,7 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
             launch(m);
         }
     }
-    let healed = tokio::time::timeout(Duration::from_secs(30), leader(&cluster.endpoints()))
+    let healed = tokio::time::timeout(Duration::from_secs(30), access.leader(&cluster.endpoints()))
         .await
         .is_ok();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -508,7 +613,7 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool) -> Report {
         }
     }
     // Lost writes: every acknowledged append-only key must be there.
-    let mut c = Client::connect(&cluster.endpoints(), Duration::from_secs(10)).expect("client");
+    let mut c = access.user(&cluster.endpoints(), Duration::from_secs(10));
     let lost = match c
         .range(RangeRequest {
             key: b"log/".to_vec(),
@@ -580,12 +685,34 @@ async fn main() -> ExitCode {
         })
         | 1;
     let plant = std::env::var("NOD_CHAOS_PLANT").ok();
+    // Which runs: plain, secured (TLS + auth), or both (the default; the
+    // secured one shorter).
+    let (plain, secured) = match std::env::var("NOD_CHAOS_SECURE").ok().as_deref() {
+        None | Some("") => (Some(seconds), Some(seconds.min(SECURE_SECONDS))),
+        Some("1") => (None, Some(seconds)),
+        Some("0") => (Some(seconds), None),
+        Some(other) => {
+            println!(
+                "NOD_CHAOS_SECURE={other:?}: 1 (secured only), 0 (plain only) or unset (both)"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     // First, the checker must see a planted fault against real processes
-    // (skip with NOD_CHAOS_PLANT=none; NOD_CHAOS_PLANT=stale-reads runs only it).
+    // (skip with NOD_CHAOS_PLANT=none; NOD_CHAOS_PLANT=stale-reads runs only
+    // it), secured when only the secured run follows.
     if plant.as_deref() != Some("none") {
-        let planted = run(if plant.is_some() { seconds } else { 10 }, seed, true).await;
+        let secure = plain.is_none();
+        let planted = run(
+            if plant.is_some() { seconds } else { 10 },
+            seed,
+            true,
+            secure,
+        )
+        .await;
         println!(
-            "chaos planted stale reads: {} violations (must be > 0)",
+            "chaos planted stale reads{}: {} violations (must be > 0)",
+            if secure { " (tls+auth)" } else { "" },
             planted.violations
         );
         if planted.violations == 0 {
@@ -596,12 +723,29 @@ async fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     }
-    let r = run(seconds, seed, false).await;
-    println!(
-        "chaos: {} ops, {} faults, {} violations, {} lost writes",
-        r.ops, r.faults, r.violations, r.lost
-    );
-    if r.violations == 0 && r.lost == 0 && r.definite > 100 {
+    // After a plain run, the secured one follows another schedule (its
+    // seed is printed, with the command that repeats it alone).
+    let secure_seed = if plain.is_some() {
+        Rng(seed).next() | 1
+    } else {
+        seed
+    };
+    let mut passed = true;
+    for (seconds, secure) in [(plain, false), (secured, true)] {
+        let Some(seconds) = seconds else { continue };
+        let seed = if secure { secure_seed } else { seed };
+        let r = run(seconds, seed, false, secure).await;
+        println!(
+            "chaos{}: {} ops, {} faults, {} violations, {} lost writes",
+            if secure { " (tls+auth)" } else { "" },
+            r.ops,
+            r.faults,
+            r.violations,
+            r.lost
+        );
+        passed &= r.violations == 0 && r.lost == 0 && r.definite > 100;
+    }
+    if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -8,8 +8,9 @@
 //! client certificate's common name as its user once auth is on, and
 //! `--tls-min-version`/`--tls-max-version`/`--cipher-suites` enforced in
 //! the handshake (checked with OpenSSL's client), the metrics port over
-//! TLS when asked, `nod --insecure-skip-tls-verify`, and the gossip key
-//! rotated under a running cluster.
+//! TLS when asked, `nod --insecure-skip-tls-verify`, the gossip key
+//! rotated under a running cluster, and an empty node rejoining by itself
+//! (gossip, peer TLS) with auth on.
 
 mod support;
 
@@ -807,4 +808,111 @@ async fn metrics_over_tls_and_skipping_verification() {
     assert!(put.status.success(), "{}", text(&put));
     let got = nod(&["--cacert", &ca_file.display().to_string(), "get", "k"]);
     assert!(text(&got).contains('v'), "{}", text(&got));
+}
+
+/// With peer mutual TLS and auth on, nodes still join by themselves: a
+/// member that lost its volume starts empty, removes its stale self and
+/// adds itself through the peer port (a call there that no member
+/// forwarded is a node's own and acts as root; only holders of a peer
+/// certificate reach it), and autopilot promotes it. The same removal on
+/// the client port without a login is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_node_rejoins_by_itself_with_peer_tls_and_auth_on() {
+    use support::secure::{Secure, PASSWORD, USER};
+    let dir = tempfile::tempdir().unwrap();
+    let sec = Secure::create(&dir.path().join("pki"), &[]);
+    let mut ms: Vec<Member> = (1..=3)
+        .map(|i| {
+            let mut m = Member::new(dir.path(), &format!("n{i}"));
+            m.client_scheme = "https";
+            m.peer_scheme = "https";
+            m
+        })
+        .collect();
+    let seeds: Vec<String> = ms.iter().map(|m| m.gossip_addr()).collect();
+    let mut flags = sec.server_flags();
+    flags.extend(["--bootstrap-expect", "3", "--promote-stabilize", "1000"].map(String::from));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    for m in &mut ms {
+        m.start_gossip(&seeds, &flags);
+    }
+    let eps: Vec<String> = ms.iter().map(|m| m.endpoint()).collect();
+    // Member list and status need no login.
+    let anonymous = sec.client(&eps, Duration::from_secs(5), None);
+    let n3 = |old: Option<u64>| {
+        let mut c = anonymous.clone();
+        async move {
+            let members = c.member_list().await.ok()?.members;
+            let voters = members.iter().filter(|m| !m.is_learner).count();
+            let n3 = members.iter().find(|m| m.name == "n3")?;
+            (members.len() == 3 && voters == 3 && Some(n3.id) != old && !n3.client_ur_ls.is_empty())
+                .then_some(n3.id)
+        }
+    };
+    let old = eventually("three voters", Duration::from_secs(40), || n3(None)).await;
+    sec.enable_auth(&eps[0], &[(b"k", b"l")]).await;
+
+    // On the client port the caller without a login is its certificate's
+    // common name, no user of the cluster.
+    let e = anonymous.clone().member_remove(old).await.unwrap_err();
+    assert_eq!(e.to_string(), "etcdserver: user name not found");
+
+    ms[2].kill();
+    std::fs::remove_dir_all(&ms[2].data_dir).unwrap();
+    ms[2].start_gossip(&seeds, &flags);
+    let new = eventually(
+        "n3 back, empty, as a new voter",
+        Duration::from_secs(60),
+        || n3(Some(old)),
+    )
+    .await;
+    assert_ne!(new, old);
+    assert!(
+        ms[2].logs().contains("removing the stale member"),
+        "it removed its stale self"
+    );
+    // It serves the user's writes and reads with the rest.
+    let mut user = sec.client(
+        &[ms[2].endpoint()],
+        Duration::from_secs(5),
+        Some((USER, PASSWORD)),
+    );
+    eventually("a write through n3", Duration::from_secs(20), || {
+        let mut u = user.clone();
+        async move {
+            u.put(nod_proto::etcd::etcdserverpb::PutRequest {
+                key: b"k1".to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .ok()
+        }
+    })
+    .await;
+    let got = user.get("k1").await.unwrap().map(|kv| kv.value);
+    assert_eq!(got, Some(b"v".to_vec()));
+
+    // Leaving is a node's own call too: n3, restarted with
+    // --leave-on-shutdown, removes itself on SIGTERM and exits 0.
+    ms[2].terminate();
+    let mut leave = flags.clone();
+    leave.push("--leave-on-shutdown");
+    ms[2].start_gossip(&seeds, &leave);
+    eventually("n3 serving again", Duration::from_secs(30), || {
+        let mut c = sec.client(&[ms[2].endpoint()], Duration::from_secs(2), None);
+        async move { c.status().await.ok().filter(|s| s.leader != 0) }
+    })
+    .await;
+    let status = ms[2].terminate();
+    assert!(status.success(), "{status:?}\n{}", ms[2].logs());
+    let members = eventually("n3 gone from the members", Duration::from_secs(20), || {
+        let mut c = sec.client(&eps[..2], Duration::from_secs(2), None);
+        async move {
+            let ms = c.member_list().await.ok()?.members;
+            (ms.len() == 2).then_some(ms)
+        }
+    })
+    .await;
+    assert!(members.iter().all(|m| m.name != "n3"), "{members:?}");
 }

@@ -720,4 +720,225 @@ mod tests {
             Err(AuthError::PermissionDenied)
         );
     }
+
+    mod random_sequences {
+        //! Random auth command sequences from random callers, against what
+        //! must hold after each one: no panic; a refused command changes
+        //! nothing; the records a change writes, replayed, rebuild the
+        //! store exactly (what a restart or a snapshot load sees); the
+        //! revision only moves up, by one per change, never on enabling;
+        //! with auth on, root exists with the root role and only holders
+        //! of the root role change anything; users' roles stay sorted,
+        //! unique and existing, roles' permissions sorted and unique.
+
+        use super::*;
+        use crate::auth::Login;
+        use nod_proto::etcd::etcdserverpb::{
+            AuthDisableRequest, AuthRoleDeleteRequest, AuthRoleRevokePermissionRequest,
+            AuthUserChangePasswordRequest, AuthUserRevokeRoleRequest,
+        };
+        use proptest::prelude::*;
+
+        /// Names the sequences pick from: the special one, ordinary ones,
+        /// the empty one and one over the length limit.
+        fn name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(ROOT.to_string()),
+                Just("alice".to_string()),
+                Just("bob".to_string()),
+                Just(String::new()),
+                Just("x".repeat(MAX_NAME_BYTES + 1)),
+            ]
+        }
+
+        fn bytes() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                Just(Vec::new()),
+                Just(vec![0u8]),
+                Just(b"a".to_vec()),
+                Just(b"b".to_vec()),
+                Just(b"/a/".to_vec()),
+            ]
+        }
+
+        fn op() -> impl Strategy<Value = AuthOp> {
+            prop_oneof![
+                Just(AuthOp::Enable(AuthEnableRequest {})),
+                Just(AuthOp::Disable(AuthDisableRequest {})),
+                (name(), 0u64..6).prop_map(|(name, auth_revision)| AuthOp::Login(Login {
+                    name,
+                    auth_revision,
+                    ..Default::default()
+                })),
+                (name(), any::<bool>()).prop_map(|(name, no_password)| AuthOp::UserAdd(
+                    AuthUserAddRequest {
+                        name,
+                        hashed_password: "hash".into(),
+                        options: Some(UserAddOptions { no_password }),
+                        ..Default::default()
+                    }
+                )),
+                name().prop_map(|name| AuthOp::UserDelete(AuthUserDeleteRequest { name })),
+                name().prop_map(
+                    |name| AuthOp::UserChangePassword(AuthUserChangePasswordRequest {
+                        name,
+                        hashed_password: "other".into(),
+                        ..Default::default()
+                    })
+                ),
+                (name(), name()).prop_map(|(user, role)| AuthOp::UserGrantRole(
+                    AuthUserGrantRoleRequest { user, role }
+                )),
+                (name(), name()).prop_map(|(name, role)| AuthOp::UserRevokeRole(
+                    AuthUserRevokeRoleRequest { name, role }
+                )),
+                name().prop_map(|name| AuthOp::RoleAdd(AuthRoleAddRequest { name })),
+                name().prop_map(|role| AuthOp::RoleDelete(AuthRoleDeleteRequest { role })),
+                (name(), 0i32..4, bytes(), bytes()).prop_map(|(name, t, key, range_end)| {
+                    AuthOp::RoleGrantPermission(AuthRoleGrantPermissionRequest {
+                        name,
+                        perm: Some(Permission {
+                            perm_type: t,
+                            key,
+                            range_end,
+                        }),
+                    })
+                }),
+                (name(), bytes(), bytes()).prop_map(|(role, key, range_end)| {
+                    AuthOp::RoleRevokePermission(AuthRoleRevokePermissionRequest {
+                        role,
+                        key,
+                        range_end,
+                    })
+                }),
+            ]
+        }
+
+        /// Who asks: a member itself (`None`), or a user at the store's
+        /// current revision or an older one.
+        #[derive(Clone, Debug)]
+        enum Who {
+            Member,
+            User { name: String, stale: bool },
+        }
+
+        fn who() -> impl Strategy<Value = Who> {
+            prop_oneof![
+                Just(Who::Member),
+                (name(), any::<bool>()).prop_map(|(name, stale)| Who::User { name, stale }),
+            ]
+        }
+
+        /// The records as the state machine keeps them.
+        #[derive(Default)]
+        struct Disk {
+            enabled: bool,
+            revision: u64,
+            users: BTreeMap<String, User>,
+            roles: BTreeMap<String, Role>,
+        }
+
+        impl Disk {
+            fn write(&mut self, w: &AuthWrite) {
+                match w {
+                    AuthWrite::Meta { enabled, revision } => {
+                        self.enabled = *enabled;
+                        self.revision = *revision;
+                    }
+                    AuthWrite::User(n, Some(u)) => {
+                        self.users.insert(n.clone(), u.clone());
+                    }
+                    AuthWrite::User(n, None) => {
+                        self.users.remove(n);
+                    }
+                    AuthWrite::Role(n, Some(r)) => {
+                        self.roles.insert(n.clone(), r.clone());
+                    }
+                    AuthWrite::Role(n, None) => {
+                        self.roles.remove(n);
+                    }
+                }
+            }
+
+            fn load(&self) -> AuthState {
+                AuthState::from_records(
+                    self.enabled,
+                    self.revision,
+                    self.users.values().cloned().collect(),
+                    self.roles.values().cloned().collect(),
+                )
+            }
+        }
+
+        fn mutates(op: &AuthOp) -> bool {
+            !matches!(op, AuthOp::Login(_))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn auth_commands_keep_the_store_consistent(
+                steps in proptest::collection::vec((op(), who()), 1..60),
+            ) {
+                let mut s = AuthState::new();
+                let mut disk = Disk::default();
+                for (op, who) in &steps {
+                    let before = s.clone();
+                    let caller = match who {
+                        Who::Member => None,
+                        Who::User { name, stale } => Some(Caller {
+                            user: name.clone(),
+                            auth_revision: if *stale { s.revision() - 1 } else { s.revision() },
+                        }),
+                    };
+                    let admin = caller.as_ref().is_none_or(|c| before.check_admin(c).is_ok());
+                    match s.apply(op, caller.as_ref()) {
+                        Err(_) => prop_assert_eq!(&s, &before, "a refused {:?} changed the store", op),
+                        Ok((applied, writes)) => {
+                            if !admin && mutates(op) {
+                                prop_assert_eq!(&s, &before, "{:?} by {:?}, no admin, changed the store", op, who);
+                            }
+                            if !mutates(op) {
+                                prop_assert!(writes.is_empty());
+                                prop_assert_eq!(&s, &before);
+                                let logged_in = matches!(applied, AuthApplied::LoggedIn { .. });
+                                prop_assert!(logged_in);
+                            }
+                            for w in &writes {
+                                disk.write(w);
+                            }
+                            if s != before {
+                                prop_assert!(!writes.is_empty(), "{:?} changed the store but wrote nothing", op);
+                            }
+                        }
+                    }
+                    prop_assert_eq!(&disk.load(), &s, "the records after {:?} do not rebuild the store", op);
+                    let enabling = matches!(op, AuthOp::Enable(_));
+                    let step = s.revision() - before.revision();
+                    prop_assert!(step <= 1 && (step == 0 || !enabling), "revision {} -> {} on {:?}", before.revision(), s.revision(), op);
+                    // Every change of users, roles or turning auth off
+                    // bumps it (etcd bumps a re-granted permission too).
+                    let changed = s.users != before.users || s.roles != before.roles || (before.enabled && !s.enabled);
+                    prop_assert!(!changed || step == 1, "{:?} changed the store at the same revision", op);
+                    if s.enabled() {
+                        let root = s.user(ROOT);
+                        prop_assert!(root.is_some_and(|u| u.roles.iter().any(|r| r == ROOT)), "auth on without root holding the root role");
+                    }
+                    for (n, u) in &s.users {
+                        prop_assert_eq!(n.as_bytes(), u.name.as_slice());
+                        prop_assert!(!n.is_empty() && n.len() <= MAX_NAME_BYTES);
+                        prop_assert!(u.roles.windows(2).all(|w| w[0] < w[1]), "{}'s roles unsorted: {:?}", n, u.roles);
+                        for r in &u.roles {
+                            prop_assert!(r == ROOT || s.roles.contains_key(r), "{} holds the missing role {}", n, r);
+                        }
+                    }
+                    for (n, r) in &s.roles {
+                        prop_assert_eq!(n.as_bytes(), r.name.as_slice());
+                        let keys: Vec<_> = r.key_permission.iter().map(|p| (&p.key, &p.range_end)).collect();
+                        prop_assert!(keys.windows(2).all(|w| w[0] < w[1]), "{}'s permissions unsorted or repeated", n);
+                    }
+                }
+            }
+        }
+    }
 }

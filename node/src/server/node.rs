@@ -109,10 +109,11 @@ impl Node {
     }
 
     /// Who made `request` (etcd's rules): the identity a member forwarded,
-    /// on the peer port; else, with auth on, the user of its token (a
-    /// token that is unknown or expired is refused), or of its client
-    /// certificate's common name; else nobody, whom the checks refuse
-    /// once auth is on. Tokens are ignored while auth is off.
+    /// on the peer port, or root for a member's own call there (see
+    /// below); else, with auth on, the user of its token (a token that is
+    /// unknown or expired is refused), or of its client certificate's
+    /// common name; else nobody, whom the checks refuse once auth is on.
+    /// Tokens are ignored while auth is off.
     pub async fn ctx<T>(&self, request: &Request<T>) -> Result<Ctx, Status> {
         let forwarded = Node::is_forwarded(request);
         let conn = request.extensions().get::<ConnInfo>();
@@ -127,6 +128,17 @@ impl Node {
                 (Some(user), Some(auth_revision)) => Caller {
                     user: user.to_string(),
                     auth_revision,
+                },
+                // No member forwarded it (every forward is marked and
+                // carries its caller, "" for nobody): a node's own call to
+                // the members' port, joining (removing its stale self,
+                // adding itself) or leaving. The peer port admits members
+                // only (peer mutual TLS), and already trusts the identity
+                // they forward, so their own calls act as root; without
+                // this, no node could join or leave once auth is on.
+                (None, None) if !forwarded => Caller {
+                    user: crate::auth::ROOT.to_string(),
+                    auth_revision: self.shared.store().auth().revision(),
                 },
                 _ => crate::auth::anonymous(),
             };

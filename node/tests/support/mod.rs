@@ -6,6 +6,7 @@
 
 pub mod network;
 pub mod proxy;
+pub mod secure;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -456,14 +457,23 @@ where
 
 /// The leader's member id as `endpoints` report it, once they agree.
 pub async fn leader(endpoints: &[String]) -> u64 {
+    leader_of(endpoints, |ep| {
+        Client::connect(&[ep.to_string()], Duration::from_secs(2)).ok()
+    })
+    .await
+}
+
+/// `leader`, asking each endpoint through a client `connect` makes (TLS,
+/// for instance).
+pub async fn leader_of(endpoints: &[String], connect: impl Fn(&str) -> Option<Client>) -> u64 {
+    let connect = &connect;
     eventually(
         "a leader all members agree on",
         Duration::from_secs(20),
-        || async {
+        || async move {
             let mut seen = None;
             for ep in endpoints {
-                let mut c =
-                    Client::connect(std::slice::from_ref(ep), Duration::from_secs(2)).ok()?;
+                let mut c = connect(ep)?;
                 let s = c.status().await.ok()?;
                 if s.leader == 0 || seen.is_some_and(|l| l != s.leader) {
                     return None;
