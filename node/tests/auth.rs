@@ -23,7 +23,9 @@
 //! and no password in a member's log or on its disk. A fifth sends random
 //! and malformed bytes to every Auth method (no login, then as root):
 //! refusals are etcd's errors or decode errors, nothing changes without a
-//! login, nothing crashes.
+//! login, nothing crashes. A sixth covers leases through a follower with
+//! auth on, and a follower that catches up by a snapshot forgetting the
+//! tokens an auth change it never applied revoked.
 //!
 //! Read `scenario` first; `Session` records, `normalize` says what is
 //! ignored. Transcripts are printed (shown by cargo when a test fails).
@@ -1736,4 +1738,211 @@ async fn random_bytes_to_the_auth_service_are_refused_cleanly() {
     c.status().await.expect("the member still serves");
     let logs = cluster.members[0].logs();
     assert!(!logs.contains("panicked"), "{logs}");
+}
+
+/// Leases with auth on, through a follower (which forwards grants,
+/// keep-alives and revokes to the leader with the caller's identity): a
+/// logged-in user keeps a lease and its key alive past the TTL and revokes
+/// it; without a login each is refused. Then a follower that catches up
+/// by a snapshot forgets its simple tokens: a token revoked (by a password
+/// change) while the follower was stopped is refused there once it
+/// resumes, where it would otherwise still name its user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_through_a_follower_and_tokens_after_a_snapshot() {
+    use nod_proto::etcd::etcdserverpb::{
+        lease_client::LeaseClient, AuthUserChangePasswordRequest, LeaseGrantRequest,
+        LeaseKeepAliveRequest, LeaseRevokeRequest,
+    };
+    let cluster = Cluster::start_with(3, &["--bcrypt-cost", "4", "--snapshot-count", "50"]);
+    let target = Target::nod(&cluster).await;
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "add", "alice:alicepw"],
+        &["role", "add", "app"],
+        &[
+            "role",
+            "grant-permission",
+            "--prefix",
+            "app",
+            "readwrite",
+            "/a/",
+        ],
+        &["user", "grant-role", "alice", "app"],
+        &["auth", "enable"],
+    ] {
+        etcdctl_ok(&target.follower, args);
+    }
+    let f = channel(&target.follower).await;
+    let alice = authenticate(&f, "alice", "alicepw").await.unwrap();
+    let mut lease = LeaseClient::new(f.clone());
+    let grant = |token: Option<&str>| {
+        with_token(
+            LeaseGrantRequest {
+                ttl: 2,
+                ..Default::default()
+            },
+            token,
+        )
+    };
+    assert_eq!(
+        outcome(&lease.lease_grant(grant(None)).await),
+        "InvalidArgument: etcdserver: user name is empty"
+    );
+    let id = lease
+        .lease_grant(grant(Some(&alice)))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    KvClient::new(f.clone())
+        .put(with_token(
+            PutRequest {
+                key: b"/a/leased".to_vec(),
+                value: b"v".to_vec(),
+                lease: id,
+                ..Default::default()
+            },
+            Some(&alice),
+        ))
+        .await
+        .unwrap();
+    let keep_alive = |token: Option<String>| {
+        let mut lease = lease.clone();
+        async move {
+            let once = futures::stream::iter([LeaseKeepAliveRequest { id }]);
+            let mut responses = lease
+                .lease_keep_alive(with_token(once, token.as_deref()))
+                .await?
+                .into_inner();
+            responses
+                .message()
+                .await?
+                .ok_or_else(|| tonic::Status::unavailable("stream ended"))
+        }
+    };
+    let refused = keep_alive(None).await;
+    assert_eq!(
+        outcome(&refused),
+        "InvalidArgument: etcdserver: user name is empty"
+    );
+    // Five seconds of keep-alives, every 0.5 s, on a 2 s lease.
+    for _ in 0..10 {
+        let r = keep_alive(Some(alice.clone())).await.unwrap();
+        assert_eq!((r.id, r.ttl), (id, 2), "a refreshed lease");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let get = |token: String| {
+        let f = f.clone();
+        async move {
+            KvClient::new(f)
+                .range(with_token(
+                    RangeRequest {
+                        key: b"/a/leased".to_vec(),
+                        ..Default::default()
+                    },
+                    Some(&token),
+                ))
+                .await
+                .map(|r| r.into_inner().count)
+        }
+    };
+    assert_eq!(
+        get(alice.clone()).await.unwrap(),
+        1,
+        "kept alive past its TTL"
+    );
+    let revoke = |token: Option<&str>| with_token(LeaseRevokeRequest { id }, token);
+    assert_eq!(
+        outcome(&lease.lease_revoke(revoke(None)).await),
+        "InvalidArgument: etcdserver: user name is empty"
+    );
+    lease.lease_revoke(revoke(Some(&alice))).await.unwrap();
+    assert_eq!(get(alice.clone()).await.unwrap(), 0, "revoked with its key");
+
+    // The follower stops (SIGSTOP: its process and its tokens live on);
+    // meanwhile alice's password changes, which ends her tokens, and the
+    // log moves past two snapshots, so the follower resumes from one.
+    let stopped = cluster
+        .members
+        .iter()
+        .position(|m| m.endpoint() == target.follower)
+        .unwrap();
+    let pid = cluster.members[stopped].child.as_ref().unwrap().id();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    assert_eq!(
+        get(alice.clone()).await.unwrap(),
+        0,
+        "the token works there"
+    );
+    signal("-STOP");
+    let others: Vec<String> = target
+        .endpoints
+        .iter()
+        .filter(|e| **e != target.follower)
+        .cloned()
+        .collect();
+    let o = channel(&others[0]).await;
+    let root = authenticate(&o, "root", "rootpw").await.unwrap();
+    // First more entries than the leader sends a silent follower before it
+    // waits for answers (256 messages in flight, each already in the
+    // follower's socket), then the password change, then enough for two
+    // snapshots: the change is compacted away before the follower can ask
+    // for it, and reaches it only inside a snapshot.
+    let kv = KvClient::new(o.clone());
+    let put = |i: usize| {
+        let mut kv = kv.clone();
+        let root = root.clone();
+        async move {
+            kv.put(with_token(
+                PutRequest {
+                    key: format!("/b/{i}").into_bytes(),
+                    value: b"x".to_vec(),
+                    ..Default::default()
+                },
+                Some(&root),
+            ))
+            .await
+        }
+    };
+    for i in 0..400 {
+        put(i).await.unwrap();
+    }
+    AuthClient::new(o.clone())
+        .user_change_password(with_token(
+            AuthUserChangePasswordRequest {
+                name: "alice".into(),
+                password: "newpw".into(),
+                ..Default::default()
+            },
+            Some(&root),
+        ))
+        .await
+        .unwrap();
+    for i in 400..600 {
+        put(i).await.unwrap();
+    }
+    signal("-CONT");
+    let m = &cluster.members[stopped];
+    eventually(
+        "the follower installs a snapshot",
+        Duration::from_secs(30),
+        || async { m.logs().contains("installed a snapshot").then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        outcome(&get(alice.clone()).await),
+        "Unauthenticated: etcdserver: invalid auth token",
+        "a token revoked while the follower was stopped"
+    );
+    let f = channel(&target.follower).await;
+    assert!(authenticate(&f, "alice", "alicepw").await.is_err());
+    let fresh = authenticate(&f, "alice", "newpw").await.unwrap();
+    assert_eq!(get(fresh).await.unwrap(), 0);
 }
