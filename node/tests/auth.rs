@@ -1169,23 +1169,7 @@ async fn one_member(extra: &[&str]) -> (Cluster, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nod_clients_log_in_and_password_guessing_is_limited() {
     let (cluster, ep) = one_member(&["--bcrypt-cost", "4", "--auth-token-ttl", "1"]).await;
-    for args in [
-        &["user", "add", "root:rootpw"][..],
-        &["user", "add", "alice:alicepw"],
-        &["role", "add", "app"],
-        &[
-            "role",
-            "grant-permission",
-            "--prefix",
-            "app",
-            "readwrite",
-            "/a/",
-        ],
-        &["user", "grant-role", "alice", "app"],
-        &["auth", "enable"],
-    ] {
-        etcdctl_ok(&ep, args);
-    }
+    support::alice_on_a_prefix(&ep);
 
     // The CLI: --user name:password, etcd's errors, exit 1.
     let ok = nod_cli(&ep, &["--user", "alice:alicepw", "put", "/a/x", "1"]);
@@ -1755,23 +1739,7 @@ async fn leases_through_a_follower_and_tokens_after_a_snapshot() {
     };
     let cluster = Cluster::start_with(3, &["--bcrypt-cost", "4", "--snapshot-count", "50"]);
     let target = Target::nod(&cluster).await;
-    for args in [
-        &["user", "add", "root:rootpw"][..],
-        &["user", "add", "alice:alicepw"],
-        &["role", "add", "app"],
-        &[
-            "role",
-            "grant-permission",
-            "--prefix",
-            "app",
-            "readwrite",
-            "/a/",
-        ],
-        &["user", "grant-role", "alice", "app"],
-        &["auth", "enable"],
-    ] {
-        etcdctl_ok(&target.follower, args);
-    }
+    support::alice_on_a_prefix(&target.follower);
     let f = channel(&target.follower).await;
     let alice = authenticate(&f, "alice", "alicepw").await.unwrap();
     let mut lease = LeaseClient::new(f.clone());

@@ -525,3 +525,26 @@ pub fn etcdctl_ok(endpoints: &str, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// Auth as most auth tests want it, through etcdctl at `endpoint`: `root`
+/// (password `rootpw`) and `alice` (`alicepw`) with the role `app`
+/// granting readwrite on the prefix `/a/`, then auth enabled.
+pub fn alice_on_a_prefix(endpoint: &str) {
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "add", "alice:alicepw"],
+        &["role", "add", "app"],
+        &[
+            "role",
+            "grant-permission",
+            "--prefix",
+            "app",
+            "readwrite",
+            "/a/",
+        ],
+        &["user", "grant-role", "alice", "app"],
+        &["auth", "enable"],
+    ] {
+        etcdctl_ok(endpoint, args);
+    }
+}
