@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "etcdserverpb/rpc.proto",
         "mvccpb/kv.proto",
         "authpb/auth.proto",
+        "v3lockpb/v3lock.proto",
+        "v3electionpb/v3election.proto",
     ]
     .map(|f| format!("{root}/{f}"));
     for f in &files {

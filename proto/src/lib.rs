@@ -1,5 +1,6 @@
 //! Nod's wire types, generated with tonic/prost and nothing else: the etcd
-//! v3 API (`etcd`, from `etcd/`, wire-compatible with etcd 3.5) and Nod's
+//! v3 API (`etcd`, from `etcd/`, wire-compatible with etcd 3.5; with the
+//! server-side Lock and Election services) and Nod's
 //! peer protocol (`nodraftpb`, `nodserverpb`, from `nod/`). No I/O of its
 //! own beyond the generated tonic clients and servers. Every other crate
 //! (server, client, operator, bench) imports these types from here, so the
@@ -17,6 +18,12 @@ pub mod etcd {
     }
     pub mod etcdserverpb {
         tonic::include_proto!("etcdserverpb");
+    }
+    pub mod v3lockpb {
+        tonic::include_proto!("v3lockpb");
+    }
+    pub mod v3electionpb {
+        tonic::include_proto!("v3electionpb");
     }
 }
 
@@ -116,5 +123,44 @@ mod tests {
             <maintenance_server::MaintenanceServer<()> as tonic::server::NamedService>::NAME,
             "etcdserverpb.Maintenance"
         );
+        use crate::etcd::{v3electionpb::election_server, v3lockpb::lock_server};
+        assert_eq!(
+            <lock_server::LockServer<()> as tonic::server::NamedService>::NAME,
+            "v3lockpb.Lock"
+        );
+        assert_eq!(
+            <election_server::ElectionServer<()> as tonic::server::NamedService>::NAME,
+            "v3electionpb.Election"
+        );
+    }
+
+    /// The lock and election messages' field numbers (etcd's `v3lock.proto`
+    /// and `v3election.proto`), written out by hand as above.
+    #[test]
+    fn lock_and_election_encodings_match_etcd_field_numbers() {
+        use crate::etcd::v3electionpb::{LeaderKey, ProclaimRequest};
+        use crate::etcd::v3lockpb::LockRequest;
+        let leader = LeaderKey {
+            name: b"n".to_vec(),
+            key: b"k".to_vec(),
+            rev: 3,
+            lease: 4,
+        };
+        assert_eq!(
+            leader.encode_to_vec(),
+            vec![0x0a, 1, b'n', 0x12, 1, b'k', 0x18, 3, 0x20, 4]
+        );
+        let proclaim = ProclaimRequest {
+            leader: Some(leader),
+            value: b"v".to_vec(),
+        };
+        let mut expected = vec![0x0a, 10, 0x0a, 1, b'n', 0x12, 1, b'k', 0x18, 3, 0x20, 4];
+        expected.extend([0x12, 1, b'v']);
+        assert_eq!(proclaim.encode_to_vec(), expected);
+        let lock = LockRequest {
+            name: b"m".to_vec(),
+            lease: 5,
+        };
+        assert_eq!(lock.encode_to_vec(), vec![0x0a, 1, b'm', 0x10, 5]);
     }
 }

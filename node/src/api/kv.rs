@@ -104,8 +104,15 @@ fn txn_is_read_only(t: &TxnRequest) -> bool {
     })
 }
 
+/// Each request for a given caller: the service methods below, and the
+/// Lock and Election services (`in_process`) call these, so size and shape
+/// checks, forwarding and headers have one home.
 impl KvService {
-    async fn range_inner(&self, req: RangeRequest, ctx: &Ctx) -> Result<RangeResponse, Status> {
+    pub(crate) async fn range_as(
+        &self,
+        req: RangeRequest,
+        ctx: &Ctx,
+    ) -> Result<RangeResponse, Status> {
         if req.key.is_empty() {
             return Err(kv_status(KvError::EmptyKey));
         }
@@ -121,6 +128,67 @@ impl KvService {
         resp.header = Some(self.node.header(store.current_revision()));
         Ok(resp)
     }
+
+    pub(crate) async fn delete_range_as(
+        &self,
+        req: DeleteRangeRequest,
+        ctx: &Ctx,
+    ) -> Result<DeleteRangeResponse, Status> {
+        self.node.check_size(req.encoded_len())?;
+        if req.key.is_empty() {
+            return Err(kv_status(KvError::EmptyKey));
+        }
+        match self.node.propose(Op::DeleteRange(req.clone()), ctx).await {
+            Route::Forward(ch) => Ok(KvClient::new(ch)
+                .delete_range(Node::forward_request(req, ctx))
+                .await?
+                .into_inner()),
+            Route::Done(Err(s)) => Err(s),
+            Route::Done(Ok(a)) => match a.outcome {
+                Outcome::Delete(mut d) => {
+                    d.header = Some(self.node.header(a.revision));
+                    Ok(d)
+                }
+                _ => Err(unexpected()),
+            },
+        }
+    }
+
+    pub(crate) async fn txn_as(&self, req: TxnRequest, ctx: &Ctx) -> Result<TxnResponse, Status> {
+        self.node.check_size(req.encoded_len())?;
+        check_txn(&req, 0, &mut 0).map_err(kv_status)?;
+        if txn_is_read_only(&req) {
+            // A read-only txn is served like a linearizable read, without the log.
+            self.node.linearize().await?;
+            let store = self.node.shared.store();
+            let no_leases = |_: i64| Vec::new();
+            store
+                .auth()
+                .check_txn(&ctx.caller, &req, &no_leases)
+                .map_err(auth_status)?;
+            let resp = store.read_txn(&req).map_err(kv_status)?;
+            let rev = store.current_revision();
+            drop(store);
+            return Ok(TxnResponse {
+                header: Some(self.node.header(rev)),
+                ..resp
+            });
+        }
+        match self.node.propose(Op::Txn(req.clone()), ctx).await {
+            Route::Forward(ch) => Ok(KvClient::new(ch)
+                .txn(Node::forward_request(req, ctx))
+                .await?
+                .into_inner()),
+            Route::Done(Err(s)) => Err(s),
+            Route::Done(Ok(a)) => match a.outcome {
+                Outcome::Txn(mut t) => {
+                    t.header = Some(self.node.header(a.revision));
+                    Ok(t)
+                }
+                _ => Err(unexpected()),
+            },
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -130,9 +198,9 @@ impl Kv for KvService {
         request: Request<RangeRequest>,
     ) -> Result<Response<RangeResponse>, Status> {
         let ctx = self.node.ctx(&request).await?;
-        let req = request.into_inner();
-        let r = self.range_inner(req, &ctx).await;
-        r.map(Response::new)
+        self.range_as(request.into_inner(), &ctx)
+            .await
+            .map(Response::new)
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
@@ -165,71 +233,16 @@ impl Kv for KvService {
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let ctx = self.node.ctx(&request).await?;
-        let req = request.into_inner();
-        let r = async {
-            self.node.check_size(req.encoded_len())?;
-            if req.key.is_empty() {
-                return Err(kv_status(KvError::EmptyKey));
-            }
-            match self.node.propose(Op::DeleteRange(req.clone()), &ctx).await {
-                Route::Forward(ch) => Ok(KvClient::new(ch)
-                    .delete_range(Node::forward_request(req, &ctx))
-                    .await?
-                    .into_inner()),
-                Route::Done(Err(s)) => Err(s),
-                Route::Done(Ok(a)) => match a.outcome {
-                    Outcome::Delete(mut d) => {
-                        d.header = Some(self.node.header(a.revision));
-                        Ok(d)
-                    }
-                    _ => Err(unexpected()),
-                },
-            }
-        }
-        .await;
-        r.map(Response::new)
+        self.delete_range_as(request.into_inner(), &ctx)
+            .await
+            .map(Response::new)
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let ctx = self.node.ctx(&request).await?;
-        let req = request.into_inner();
-        let r = async {
-            self.node.check_size(req.encoded_len())?;
-            check_txn(&req, 0, &mut 0).map_err(kv_status)?;
-            if txn_is_read_only(&req) {
-                // A read-only txn is served like a linearizable read, without the log.
-                self.node.linearize().await?;
-                let store = self.node.shared.store();
-                let no_leases = |_: i64| Vec::new();
-                store
-                    .auth()
-                    .check_txn(&ctx.caller, &req, &no_leases)
-                    .map_err(auth_status)?;
-                let resp = store.read_txn(&req).map_err(kv_status)?;
-                let rev = store.current_revision();
-                drop(store);
-                return Ok(TxnResponse {
-                    header: Some(self.node.header(rev)),
-                    ..resp
-                });
-            }
-            match self.node.propose(Op::Txn(req.clone()), &ctx).await {
-                Route::Forward(ch) => Ok(KvClient::new(ch)
-                    .txn(Node::forward_request(req, &ctx))
-                    .await?
-                    .into_inner()),
-                Route::Done(Err(s)) => Err(s),
-                Route::Done(Ok(a)) => match a.outcome {
-                    Outcome::Txn(mut t) => {
-                        t.header = Some(self.node.header(a.revision));
-                        Ok(t)
-                    }
-                    _ => Err(unexpected()),
-                },
-            }
-        }
-        .await;
-        r.map(Response::new)
+        self.txn_as(request.into_inner(), &ctx)
+            .await
+            .map(Response::new)
     }
 
     async fn compact(

@@ -72,14 +72,14 @@ async fn keep_alive_once(
     }
 }
 
-#[tonic::async_trait]
-impl Lease for LeaseService {
-    async fn lease_grant(
+impl LeaseService {
+    /// Grants a lease for the caller of `ctx` (the Lease service, and the
+    /// Lock and Election services for a request with lease 0).
+    pub(crate) async fn grant_as(
         &self,
-        request: Request<LeaseGrantRequest>,
-    ) -> Result<Response<LeaseGrantResponse>, Status> {
-        let ctx = self.node.ctx(&request).await?;
-        let mut req = request.into_inner();
+        mut req: LeaseGrantRequest,
+        ctx: &Ctx,
+    ) -> Result<LeaseGrantResponse, Status> {
         if req.ttl > MAX_LEASE_TTL {
             return Err(kv_status(KvError::LeaseTtlTooLarge));
         }
@@ -92,21 +92,32 @@ impl Lease for LeaseService {
         if req.id == 0 {
             req.id = random_lease_id();
         }
-        match self.node.propose(Op::LeaseGrant(req), &ctx).await {
-            Route::Forward(ch) => Ok(Response::new(
-                LeaseClient::new(ch)
-                    .lease_grant(Node::forward_request(req, &ctx))
-                    .await?
-                    .into_inner(),
-            )),
+        match self.node.propose(Op::LeaseGrant(req), ctx).await {
+            Route::Forward(ch) => Ok(LeaseClient::new(ch)
+                .lease_grant(Node::forward_request(req, ctx))
+                .await?
+                .into_inner()),
             Route::Done(Err(s)) => Err(s),
-            Route::Done(Ok(a)) => Ok(Response::new(LeaseGrantResponse {
+            Route::Done(Ok(a)) => Ok(LeaseGrantResponse {
                 header: Some(self.node.header(a.revision)),
                 id: req.id,
                 ttl: req.ttl,
                 error: String::new(),
-            })),
+            }),
         }
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: Request<LeaseGrantRequest>,
+    ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let ctx = self.node.ctx(&request).await?;
+        self.grant_as(request.into_inner(), &ctx)
+            .await
+            .map(Response::new)
     }
 
     async fn lease_revoke(

@@ -1,13 +1,18 @@
 //! The client-facing API: etcd v3, wire-compatible. The types, clients and
 //! service traits are generated in `nod-proto` (`proto/etcd`); one module
 //! per service implements them, and `status` turns every error into etcd's
-//! gRPC status.
+//! gRPC status. Lock and Election are built, as in etcd, over the other
+//! services' paths for the caller (`in_process`, `key_watch`).
 
 pub mod admin;
 pub mod auth;
 pub mod cluster;
+pub mod election;
+pub mod in_process;
+pub mod key_watch;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod status;
 pub mod watch;

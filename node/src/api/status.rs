@@ -82,10 +82,68 @@ pub fn auth_status(e: AuthError) -> Status {
     }
 }
 
+/// What the Lock and Election services answer for an error of one of
+/// their inner KV, Lease or Watch calls. etcd runs those through its
+/// in-process client, whose `toErr` turns every known `etcdserver: ...`
+/// status into a plain Go error that grpc-go then sends as `Unknown`, with
+/// the message kept. It looks like a bug, but clients see it (a missing
+/// lease is `Unknown: etcdserver: requested lease not found` from Lock),
+/// so Nod answers the same. Any other status keeps its code.
+pub fn in_process_status(s: Status) -> Status {
+    if s.message().starts_with("etcdserver: ") {
+        Status::unknown(s.message())
+    } else {
+        s
+    }
+}
+
+/// The Lock and Election recipes' own errors: plain Go errors in etcd,
+/// so `Unknown` with etcd's message.
+pub fn recipe_status(e: RecipeError) -> Status {
+    Status::unknown(e.to_string())
+}
+
+/// The errors of etcd's concurrency recipes (`clientv3/concurrency`), with
+/// their messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecipeError {
+    #[error("election: no leader")]
+    NoLeader,
+    #[error("election: not leader")]
+    NotLeader,
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
+    /// The waiter's own key went away (its lease ended) while it waited
+    /// (etcd 3.5; see `lock.rs`).
+    #[error("mutex: session is expired")]
+    SessionExpired,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tonic::Code;
+
+    #[test]
+    fn inner_errors_become_unknown_as_in_etcd() {
+        let s = in_process_status(kv_status(KvError::LeaseNotFound));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::Unknown, "etcdserver: requested lease not found")
+        );
+        let s = in_process_status(auth_status(AuthError::PermissionDenied));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::Unknown, "etcdserver: permission denied")
+        );
+        let s = in_process_status(Status::cancelled("request canceled"));
+        assert_eq!(s.code(), Code::Cancelled, "others keep their code");
+        let s = recipe_status(RecipeError::MissingLeaderKey);
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::Unknown, "\"leader\" field must be provided")
+        );
+    }
 
     #[test]
     fn errors_carry_etcd_codes_and_messages() {

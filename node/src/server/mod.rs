@@ -30,8 +30,10 @@ use tokio::task::JoinHandle;
 use crate::api::admin::AdminService;
 use crate::api::auth::AuthService;
 use crate::api::cluster::ClusterService;
+use crate::api::election::ElectionService;
 use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
+use crate::api::lock::LockService;
 use crate::api::maintenance::MaintenanceService;
 use crate::api::watch::WatchService;
 use crate::command::{MemberAttributes, Op};
@@ -51,6 +53,8 @@ use nod_proto::etcd::etcdserverpb::{
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
     Member,
 };
+use nod_proto::etcd::v3electionpb::election_server::ElectionServer;
+use nod_proto::etcd::v3lockpb::lock_server::LockServer;
 use nod_proto::nodserverpb::admin_server::AdminServer;
 use nod_proto::nodserverpb::bootstrap_server::BootstrapServer;
 use nod_proto::nodserverpb::peer_client::PeerClient;
@@ -1084,6 +1088,15 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             .add_service(AdminServer::new(admin))
             .add_service(
                 AuthServer::new(AuthService { node: api.clone() }).max_decoding_message_size(limit),
+            )
+            // Lock and Election only on the client port: their inner KV and
+            // Lease calls are what members forward to the leader.
+            .add_service(
+                LockServer::new(LockService { node: api.clone() }).max_decoding_message_size(limit),
+            )
+            .add_service(
+                ElectionServer::new(ElectionService { node: api.clone() })
+                    .max_decoding_message_size(limit),
             )
             .serve_with_incoming_shutdown(
                 tls::incoming(Arc::new(client_listener), client_tls, "client"),
