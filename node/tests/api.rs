@@ -377,3 +377,101 @@ async fn a_malformed_authority_is_served() {
     assert_eq!(resp.kvs.len(), 1);
     assert_eq!(resp.kvs[0].value, b"v");
 }
+
+/// The responses inside a transaction, as etcd 3.4 shapes them: each
+/// operation's header holds only the revision it saw (the store's, then
+/// the transaction's own once it changed something), a nested
+/// transaction's header is empty. Compared whole against etcd (python-etcd3
+/// reads these headers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn txn_responses_carry_etcds_nested_headers() {
+    use nod_proto::etcd::etcdserverpb::{kv_client::KvClient, DeleteRangeRequest, TxnResponse};
+    let op = |r: request_op::Request| RequestOp { request: Some(r) };
+    let range = |k: &str| {
+        op(request_op::Request::RequestRange(RangeRequest {
+            key: k.into(),
+            ..Default::default()
+        }))
+    };
+    let delete = |k: &str| {
+        op(request_op::Request::RequestDeleteRange(
+            DeleteRangeRequest {
+                key: k.into(),
+                prev_kv: true,
+                ..Default::default()
+            },
+        ))
+    };
+    let txns = vec![
+        // Reads only, then a write after a delete of nothing.
+        TxnRequest {
+            success: vec![range("a"), delete("missing"), range("a")],
+            ..Default::default()
+        },
+        TxnRequest {
+            success: vec![
+                range("a"),
+                delete("missing"),
+                op(request_op::Request::RequestPut(put("b", "2"))),
+                range("a"),
+                delete("a"),
+                op(request_op::Request::RequestTxn(TxnRequest {
+                    success: vec![
+                        range("b"),
+                        op(request_op::Request::RequestPut(put("c", "3"))),
+                    ],
+                    ..Default::default()
+                })),
+            ],
+            ..Default::default()
+        },
+    ];
+    async fn run(endpoint: String, txns: &[TxnRequest]) -> Vec<TxnResponse> {
+        let mut kv = KvClient::connect(format!("http://{endpoint}"))
+            .await
+            .unwrap();
+        kv.put(put("a", "1")).await.unwrap();
+        let mut out = Vec::new();
+        for t in txns {
+            let mut r = kv.txn(t.clone()).await.unwrap().into_inner();
+            // The outer header names the member: compare its revision only.
+            let rev = r.header.take().unwrap().revision;
+            r.header = Some(nod_proto::etcd::etcdserverpb::ResponseHeader {
+                revision: rev,
+                ..Default::default()
+            });
+            out.push(r);
+        }
+        out
+    }
+    let etcd = support::Etcd::start(&[]);
+    etcd.wait_ready();
+    let want = run(etcd.endpoint(), &txns).await;
+    let cluster = Cluster::start(1);
+    leader(&cluster.endpoints()).await;
+    let got = run(cluster.endpoints()[0].clone(), &txns).await;
+    assert_eq!(got, want);
+    // The shape this test relies on, as etcd answered it.
+    let inner = &want[1].responses;
+    let rev_of = |i: usize| match &inner[i].response {
+        Some(nod_proto::etcd::etcdserverpb::response_op::Response::ResponseRange(r)) => {
+            r.header.unwrap().revision
+        }
+        Some(nod_proto::etcd::etcdserverpb::response_op::Response::ResponsePut(r)) => {
+            r.header.unwrap().revision
+        }
+        Some(nod_proto::etcd::etcdserverpb::response_op::Response::ResponseDeleteRange(r)) => {
+            r.header.unwrap().revision
+        }
+        Some(nod_proto::etcd::etcdserverpb::response_op::Response::ResponseTxn(r)) => {
+            assert_eq!(r.header, Some(Default::default()));
+            -1
+        }
+        None => unreachable!(),
+    };
+    assert_eq!(
+        (0..6).map(rev_of).collect::<Vec<_>>(),
+        vec![2, 2, 3, 3, 3, -1],
+        "{want:?}"
+    );
+}

@@ -13,6 +13,7 @@ use super::{
     Event, EventType, KeyRange, KeyValue, KvError, KvStore, PutRequest, PutResponse, ReadError,
     ResponseOp, StoreError, TxnRequest, TxnResponse, MAX_TXN_DEPTH,
 };
+use nod_proto::etcd::etcdserverpb::ResponseHeader;
 
 /// A write transaction being built: changes are staged here and committed to
 /// the backend and the index in one batch, or dropped whole on error.
@@ -42,7 +43,26 @@ impl Staged {
     }
 }
 
+/// A header carrying only `revision`, as etcd fills the responses inside a
+/// transaction.
+fn revision_header(revision: i64) -> ResponseHeader {
+    ResponseHeader {
+        revision,
+        ..Default::default()
+    }
+}
+
 impl<B: Backend> KvStore<B> {
+    /// The revision an operation inside a transaction sees: the store's,
+    /// or the transaction's own once it has staged a change.
+    fn revision_seen(&self, st: &Staged) -> i64 {
+        if st.records.is_empty() {
+            self.current
+        } else {
+            st.rev
+        }
+    }
+
     pub(super) fn stage(&self) -> Staged {
         Staged {
             rev: self.current + 1,
@@ -267,10 +287,15 @@ impl<B: Backend> KvStore<B> {
         };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
+            // etcd puts a header with only a revision in each response
+            // inside a transaction: the store's revision as that operation
+            // saw it (the transaction's own once it has changed something);
+            // a nested transaction's header is left empty.
             let r = match &op.request {
                 Some(request_op::Request::RequestRange(r)) => {
                     let range = KeyRange::new(&r.key, &r.range_end);
-                    if r.revision > 0 && r.revision != self.current {
+                    let seen = self.revision_seen(st);
+                    let mut resp = if r.revision > 0 && r.revision != self.current {
                         // Reads of the past inside a txn go to history.
                         let at = r.revision;
                         if at > self.current {
@@ -279,25 +304,27 @@ impl<B: Backend> KvStore<B> {
                         if at < self.compacted {
                             return Err(KvError::Compacted.into());
                         }
-                        response_op::Response::ResponseRange(shape_range(
-                            r,
-                            self.range_at(&range, at)?,
-                        ))
+                        shape_range(r, self.range_at(&range, at)?)
                     } else {
-                        response_op::Response::ResponseRange(shape_range(
-                            r,
-                            self.staged_range(st, &range)?,
-                        ))
-                    }
+                        shape_range(r, self.staged_range(st, &range)?)
+                    };
+                    resp.header = Some(revision_header(seen));
+                    response_op::Response::ResponseRange(resp)
                 }
                 Some(request_op::Request::RequestPut(p)) => {
-                    response_op::Response::ResponsePut(self.stage_put(st, p)?)
+                    let mut resp = self.stage_put(st, p)?;
+                    resp.header = Some(revision_header(self.revision_seen(st)));
+                    response_op::Response::ResponsePut(resp)
                 }
                 Some(request_op::Request::RequestDeleteRange(d)) => {
-                    response_op::Response::ResponseDeleteRange(self.stage_delete(st, d)?)
+                    let mut resp = self.stage_delete(st, d)?;
+                    resp.header = Some(revision_header(self.revision_seen(st)));
+                    response_op::Response::ResponseDeleteRange(resp)
                 }
                 Some(request_op::Request::RequestTxn(t)) => {
-                    response_op::Response::ResponseTxn(self.stage_txn(st, t, depth + 1)?)
+                    let mut resp = self.stage_txn(st, t, depth + 1)?;
+                    resp.header = Some(ResponseHeader::default());
+                    response_op::Response::ResponseTxn(resp)
                 }
                 None => return Err(KvError::Invalid("txn operation has no request".into()).into()),
             };
