@@ -28,6 +28,8 @@ pub struct Metrics {
     pub grpc_requests: IntCounterVec,
     pub grpc_seconds: HistogramVec,
     pub db_size: IntGauge,
+    pub db_size_in_use: IntGauge,
+    pub defrag_reclaimed: IntCounter,
     pub watchers: IntGauge,
     pub leases: IntGauge,
     pub member_healthy: IntGaugeVec,
@@ -135,6 +137,14 @@ impl Metrics {
             db_size: reg!(IntGauge::new(
                 "etcd_mvcc_db_total_size_in_bytes",
                 "State machine size on disk."
+            )),
+            db_size_in_use: reg!(IntGauge::new(
+                "etcd_mvcc_db_total_size_in_use_in_bytes",
+                "The part of the state machine's size live data takes (RocksDB's estimate)."
+            )),
+            defrag_reclaimed: reg!(IntCounter::new(
+                "nod_defrag_reclaimed_bytes_total",
+                "Bytes Defragment calls reclaimed on this member."
             )),
             watchers: reg!(IntGauge::new(
                 "etcd_debugging_mvcc_watcher_total",

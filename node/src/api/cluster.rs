@@ -26,6 +26,10 @@ use crate::server::node::{Node, Route};
 /// leader's log (etcd uses 90%).
 const PROMOTE_READY_RATIO: f64 = 0.9;
 
+/// How long a member list waits to catch up with the leader before it
+/// answers from what this member has applied.
+const MEMBER_LIST_CATCH_UP: std::time::Duration = std::time::Duration::from_millis(500);
+
 pub struct ClusterService {
     pub node: Arc<Node>,
 }
@@ -248,6 +252,12 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberListResponse>, Status> {
         if request.get_ref().linearizable {
             self.node.linearize().await?;
+        } else {
+            // etcd 3.4 clients cannot ask for it, but they read the list
+            // to find every member's client URLs (`--cluster`): catch up
+            // with the leader's commit first when it answers soon, so a
+            // member that already serves clients is listed with them.
+            let _ = tokio::time::timeout(MEMBER_LIST_CATCH_UP, self.node.linearize()).await;
         }
         Ok(Response::new(MemberListResponse {
             header: Some(self.node.current_header()),

@@ -17,9 +17,9 @@ use super::status::{auth_status, kv_status};
 use crate::auth::perms::Access;
 use crate::command::Op;
 use crate::server::driver::Outcome;
-use crate::server::node::{Ctx, Node, Route};
+use crate::server::node::{Ctx, Node, Route, KV_OVERHEAD};
 use crate::storage::kv_store::KeyRange;
-use crate::storage::kv_store::{MAX_TXN_DEPTH, MAX_TXN_OPS};
+use crate::storage::kv_store::MAX_TXN_DEPTH;
 use crate::storage::KvError;
 
 pub struct KvService {
@@ -32,21 +32,20 @@ fn unexpected() -> Status {
 
 /// Checks a transaction's shape before it is proposed: op count, depth,
 /// and that no key is written twice (etcd's `checkTxnReqsPermission`/dup check).
-fn check_txn(t: &TxnRequest, depth: usize, ops: &mut usize) -> Result<(), KvError> {
+fn check_txn(t: &TxnRequest, max_ops: usize, depth: usize) -> Result<(), KvError> {
     if depth > MAX_TXN_DEPTH {
         return Err(KvError::Invalid("txn nested too deeply".into()));
     }
-    if t.compare.len() > MAX_TXN_OPS {
+    if t.compare.len() > max_ops {
         return Err(KvError::TooManyOps);
     }
     for branch in [&t.success, &t.failure] {
-        if branch.len() > MAX_TXN_OPS {
+        if branch.len() > max_ops {
             return Err(KvError::TooManyOps);
         }
         let mut put_keys = std::collections::BTreeSet::new();
         let mut deletes = Vec::new();
         for op in branch.iter() {
-            *ops += 1;
             match &op.request {
                 Some(request_op::Request::RequestPut(p)) => {
                     check_put(p)?;
@@ -63,7 +62,9 @@ fn check_txn(t: &TxnRequest, depth: usize, ops: &mut usize) -> Result<(), KvErro
                     }
                     deletes.push(KeyRange::new(&d.key, &d.range_end));
                 }
-                Some(request_op::Request::RequestTxn(inner)) => check_txn(inner, depth + 1, ops)?,
+                Some(request_op::Request::RequestTxn(inner)) => {
+                    check_txn(inner, max_ops, depth + 1)?
+                }
                 None => return Err(KvError::Invalid("txn operation has no request".into())),
                 _ => {}
             }
@@ -92,6 +93,22 @@ fn check_put(p: &PutRequest) -> Result<(), KvError> {
         return Err(KvError::LeaseProvided);
     }
     Ok(())
+}
+
+/// What a transaction adds to the store, for the quota (etcd's
+/// `costTxn`): the puts of its costlier branch, each its size plus the
+/// per-key overhead. 0 for a transaction that only reads or deletes.
+fn txn_cost(t: &TxnRequest) -> usize {
+    let branch = |ops: &[RequestOp]| -> usize {
+        ops.iter()
+            .map(|op| match &op.request {
+                Some(request_op::Request::RequestPut(p)) => KV_OVERHEAD + p.encoded_len(),
+                Some(request_op::Request::RequestTxn(inner)) => txn_cost(inner),
+                _ => 0,
+            })
+            .sum()
+    };
+    branch(&t.success).max(branch(&t.failure))
 }
 
 fn txn_is_read_only(t: &TxnRequest) -> bool {
@@ -156,7 +173,7 @@ impl KvService {
 
     pub(crate) async fn txn_as(&self, req: TxnRequest, ctx: &Ctx) -> Result<TxnResponse, Status> {
         self.node.check_size(req.encoded_len())?;
-        check_txn(&req, 0, &mut 0).map_err(kv_status)?;
+        check_txn(&req, self.node.max_txn_ops, 0).map_err(kv_status)?;
         if txn_is_read_only(&req) {
             // A read-only txn is served like a linearizable read, without the log.
             self.node.linearize().await?;
@@ -173,6 +190,10 @@ impl KvService {
                 header: Some(self.node.header(rev)),
                 ..resp
             });
+        }
+        let cost = txn_cost(&req);
+        if cost > 0 {
+            self.node.check_quota(cost).await?;
         }
         match self.node.propose(Op::Txn(req.clone()), ctx).await {
             Route::Forward(ch) => Ok(KvClient::new(ch)
@@ -209,6 +230,9 @@ impl Kv for KvService {
         let r = async {
             self.node.check_size(req.encoded_len())?;
             check_put(&req).map_err(kv_status)?;
+            self.node
+                .check_quota(KV_OVERHEAD + req.encoded_len())
+                .await?;
             match self.node.propose(Op::Put(req.clone()), &ctx).await {
                 Route::Forward(ch) => Ok(KvClient::new(ch)
                     .put(Node::forward_request(req, &ctx))
@@ -271,6 +295,7 @@ impl Kv for KvService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::kv_store::MAX_TXN_OPS;
     use nod_proto::etcd::etcdserverpb::request_op::Request as R;
 
     fn put(k: &[u8]) -> RequestOp {
@@ -288,12 +313,12 @@ mod tests {
             success: vec![put(b"a"), put(b"a")],
             ..Default::default()
         };
-        assert_eq!(check_txn(&dup, 0, &mut 0), Err(KvError::DuplicateKey));
+        assert_eq!(check_txn(&dup, MAX_TXN_OPS, 0), Err(KvError::DuplicateKey));
         let empty = TxnRequest {
             failure: vec![put(b"")],
             ..Default::default()
         };
-        assert_eq!(check_txn(&empty, 0, &mut 0), Err(KvError::EmptyKey));
+        assert_eq!(check_txn(&empty, MAX_TXN_OPS, 0), Err(KvError::EmptyKey));
         let mut deep = TxnRequest::default();
         for _ in 0..=MAX_TXN_DEPTH + 1 {
             deep = TxnRequest {
@@ -304,7 +329,7 @@ mod tests {
             };
         }
         assert!(matches!(
-            check_txn(&deep, 0, &mut 0),
+            check_txn(&deep, MAX_TXN_OPS, 0),
             Err(KvError::Invalid(_))
         ));
         let ok = TxnRequest {
@@ -313,10 +338,57 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            check_txn(&ok, 0, &mut 0),
+            check_txn(&ok, MAX_TXN_OPS, 0),
             Ok(()),
             "the same key in both branches is fine"
         );
         assert!(!txn_is_read_only(&ok));
+        // --max-txn-ops bounds each branch and the compares.
+        let three = TxnRequest {
+            success: vec![put(b"a"), put(b"b"), put(b"c")],
+            ..Default::default()
+        };
+        assert_eq!(check_txn(&three, 2, 0), Err(KvError::TooManyOps));
+        assert_eq!(check_txn(&three, 3, 0), Ok(()));
+    }
+
+    #[test]
+    fn a_txn_costs_its_costlier_branch_of_puts() {
+        let p = |k: &[u8]| PutRequest {
+            key: k.to_vec(),
+            value: vec![0; 100],
+            ..Default::default()
+        };
+        let one = KV_OVERHEAD + p(b"a").encoded_len();
+        let t = TxnRequest {
+            success: vec![put_op(p(b"a"))],
+            failure: vec![
+                put_op(p(b"a")),
+                RequestOp {
+                    request: Some(R::RequestTxn(TxnRequest {
+                        success: vec![put_op(p(b"b"))],
+                        ..Default::default()
+                    })),
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(txn_cost(&t), 2 * one);
+        let deletes_only = TxnRequest {
+            success: vec![RequestOp {
+                request: Some(R::RequestDeleteRange(DeleteRangeRequest {
+                    key: b"a".to_vec(),
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(txn_cost(&deletes_only), 0, "a delete adds nothing");
+    }
+
+    fn put_op(p: PutRequest) -> RequestOp {
+        RequestOp {
+            request: Some(R::RequestPut(p)),
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -20,7 +21,7 @@ use super::status::{kv_status, to_status};
 use crate::auth::perms::Access;
 use crate::command::Op;
 use crate::server::driver::DriverError;
-use crate::server::node::{Ctx, Node, Route};
+use crate::server::node::{Ctx, Node, Route, LEASE_OVERHEAD};
 use crate::storage::kv_store::MAX_LEASE_TTL;
 use crate::storage::KvError;
 
@@ -92,6 +93,9 @@ impl LeaseService {
         if req.id == 0 {
             req.id = random_lease_id();
         }
+        self.node
+            .check_quota(LEASE_OVERHEAD + req.encoded_len())
+            .await?;
         match self.node.propose(Op::LeaseGrant(req), ctx).await {
             Route::Forward(ch) => Ok(LeaseClient::new(ch)
                 .lease_grant(Node::forward_request(req, ctx))

@@ -1,6 +1,7 @@
-//! The etcd Maintenance service: Status, Alarm (list), Snapshot (a backup
-//! stream of the whole key space), MoveLeader, Hash and HashKV. Defragment
-//! is accepted and does nothing: RocksDB compacts on its own.
+//! The etcd Maintenance service: Status, Alarm (replicated: list, raise,
+//! clear), Defragment (a full RocksDB compaction of this member's store),
+//! Snapshot (a backup stream of the whole key space), MoveLeader, Hash and
+//! HashKV.
 
 use std::sync::Arc;
 
@@ -10,7 +11,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::cluster::wait_for_leader_change;
+use super::etcd::etcdserverpb::alarm_request::AlarmAction;
+use super::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
 use super::etcd::etcdserverpb::maintenance_server::Maintenance;
+use super::etcd::etcdserverpb::{AlarmMember, AlarmType};
 use super::etcd::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
     DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
@@ -18,7 +22,10 @@ use super::etcd::etcdserverpb::{
     StatusResponse,
 };
 use super::status::{kv_status, to_status, BAD_TRANSFEREE};
-use crate::server::node::Node;
+use crate::command::Op;
+use crate::server::driver::Outcome;
+use crate::server::node::{Node, Route};
+use crate::storage::backend::rocks;
 
 /// The etcd API version Nod speaks; clients gate features on it.
 pub const ETCD_VERSION: &str = "3.5.0";
@@ -89,6 +96,14 @@ pub fn decode_backup(bytes: &[u8]) -> Result<RangeResponse, BackupError> {
     Ok(RangeResponse::decode(body)?)
 }
 
+/// An alarm as etcd's Status errors name it (its Go text form).
+pub fn alarm_text(a: &AlarmMember) -> String {
+    let kind = AlarmType::try_from(a.alarm)
+        .map(|t| t.as_str_name())
+        .unwrap_or("UNKNOWN");
+    format!("memberID:{} alarm:{kind} ", a.member_id)
+}
+
 impl MaintenanceService {
     /// On the leader: one line per member it has not heard from lately
     /// (etcdctl endpoint status shows them in its ERRORS column).
@@ -124,14 +139,44 @@ impl MaintenanceService {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
+    /// Through the log, as etcd does, so a list is linearizable and a
+    /// change reaches every member in order.
     async fn alarm(
         &self,
-        _request: Request<AlarmRequest>,
+        request: Request<AlarmRequest>,
     ) -> Result<Response<AlarmResponse>, Status> {
-        Ok(Response::new(AlarmResponse {
-            header: Some(self.node.current_header()),
-            alarms: Vec::new(),
-        }))
+        let ctx = self.node.ctx(&request).await?;
+        let req = request.into_inner();
+        if AlarmAction::try_from(req.action).is_err() || AlarmType::try_from(req.alarm).is_err() {
+            return Err(Status::invalid_argument(
+                "etcdserver: unknown alarm action or type",
+            ));
+        }
+        match self.node.propose(Op::Alarm(req), &ctx).await {
+            Route::Forward(ch) => {
+                MaintenanceClient::new(ch)
+                    .alarm(Node::forward_request(req, &ctx))
+                    .await
+            }
+            Route::Done(Err(s)) => Err(s),
+            Route::Done(Ok(a)) => match a.outcome {
+                Outcome::Alarms(alarms) => {
+                    if req.action == AlarmAction::Deactivate as i32 && !alarms.is_empty() {
+                        tracing::info!(
+                            member = format!("{:x}", req.member_id),
+                            alarm = req.alarm,
+                            "alarm disarmed"
+                        );
+                    }
+                    // etcd's answer carries no header.
+                    Ok(Response::new(AlarmResponse {
+                        header: None,
+                        alarms,
+                    }))
+                }
+                _ => Err(Status::internal("etcdserver: unexpected apply result")),
+            },
+        }
     }
 
     async fn status(
@@ -141,12 +186,16 @@ impl Maintenance for MaintenanceService {
         let st = self.node.shared.status();
         let store = self.node.shared.store();
         let db_size = store.db_size();
+        let db_size_in_use = store.db_size_in_use();
+        // etcd lists every active alarm among a member's errors.
+        let alarms: Vec<String> = store.alarms().iter().map(alarm_text).collect();
         let is_learner = store
             .member(self.node.shared.member_id)
             .is_some_and(|m| m.is_learner);
         let revision = store.current_revision();
         drop(store);
         self.node.shared.metrics.db_size.set(db_size);
+        self.node.shared.metrics.db_size_in_use.set(db_size_in_use);
         Ok(Response::new(StatusResponse {
             header: Some(self.node.header(revision)),
             version: ETCD_VERSION.into(),
@@ -159,8 +208,9 @@ impl Maintenance for MaintenanceService {
                 .fatal
                 .into_iter()
                 .chain(self.unhealthy_members(st.leader))
+                .chain(alarms)
                 .collect(),
-            db_size_in_use: db_size,
+            db_size_in_use,
             is_learner,
         }))
     }
@@ -170,9 +220,28 @@ impl Maintenance for MaintenanceService {
         request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.admin(&request).await?;
-        Ok(Response::new(DefragmentResponse {
-            header: Some(self.node.current_header()),
-        }))
+        // Off the store's lock: a compaction takes seconds on a large
+        // store, and reads and writes go on beside it.
+        let db = self.node.shared.store().db_handle();
+        let started = std::time::Instant::now();
+        let (before, after) = tokio::task::spawn_blocking(move || rocks::defragment(&db))
+            .await
+            .map_err(|e| Status::internal(format!("etcdserver: defragment failed: {e}")))?;
+        let metrics = &self.node.shared.metrics;
+        metrics.db_size.set(after.total as i64);
+        metrics.db_size_in_use.set(after.in_use as i64);
+        metrics
+            .defrag_reclaimed
+            .inc_by(before.total.saturating_sub(after.total));
+        tracing::info!(
+            before = before.total,
+            after = after.total,
+            reclaimed = before.total.saturating_sub(after.total),
+            took_ms = started.elapsed().as_millis() as u64,
+            "defragmented the store"
+        );
+        // etcd's answer carries no header.
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {

@@ -36,6 +36,8 @@ pub fn kv_status(e: impl Into<ReadError>) -> Status {
         KvError::LeaseTtlTooLarge | KvError::Compacted | KvError::FutureRevision => {
             Status::out_of_range(msg)
         }
+        KvError::NoSpace => Status::resource_exhausted(msg),
+        KvError::Corrupt => Status::data_loss(msg),
     }
 }
 

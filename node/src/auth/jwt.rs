@@ -73,7 +73,11 @@ pub fn parse_flag(spec: &str) -> Result<Option<JwtOptions>, JwtConfigError> {
             "pub-key" => o.public_key = Some(PathBuf::from(v)),
             "priv-key" => o.private_key = Some(PathBuf::from(v)),
             "sign-method" => o.sign_method = v.to_string(),
-            "ttl" => o.ttl = parse_duration(v).ok_or_else(|| JwtConfigError::Ttl(v.into()))?,
+            "ttl" => {
+                o.ttl = go_duration(v)
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| JwtConfigError::Ttl(v.into()))?
+            }
             _ => return Err(JwtConfigError::UnknownOption(k.to_string())),
         }
     }
@@ -83,8 +87,11 @@ pub fn parse_flag(spec: &str) -> Result<Option<JwtOptions>, JwtConfigError> {
     Ok(Some(o))
 }
 
-/// A Go-style duration of one unit: `300s`, `5m`, `1h`, `500ms`.
-fn parse_duration(v: &str) -> Option<Duration> {
+/// A Go-style duration of one unit: `300s`, `5m`, `1h`, `500ms` (or `0`).
+pub(crate) fn go_duration(v: &str) -> Option<Duration> {
+    if v == "0" {
+        return Some(Duration::ZERO);
+    }
     let split = v.find(|c: char| !c.is_ascii_digit())?;
     let n: u64 = v[..split].parse().ok()?;
     let d = match &v[split..] {
@@ -94,7 +101,7 @@ fn parse_duration(v: &str) -> Option<Duration> {
         "h" => Duration::from_secs(n.checked_mul(3600)?),
         _ => return None,
     };
-    (!d.is_zero()).then_some(d)
+    Some(d)
 }
 
 #[derive(Serialize, Deserialize)]

@@ -69,6 +69,40 @@ pub struct ServerFlags {
     /// Largest client request accepted, in bytes.
     #[arg(long, env = "NOD_MAX_REQUEST_BYTES", default_value_t = 1536 * 1024)]
     pub max_request_bytes: usize,
+    /// Bytes this member's store may take before writes that add data are
+    /// refused and the NOSPACE alarm is raised (etcd's flag and default):
+    /// 0 is 2 GiB, a negative value turns the quota off.
+    #[arg(
+        long,
+        env = "NOD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    pub quota_backend_bytes: i64,
+    /// Most compares, or operations in one branch, a transaction may hold.
+    #[arg(long, env = "NOD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Before serving clients, compare this member's data hash with the
+    /// other members' and refuse to start on a mismatch.
+    #[arg(
+        long,
+        alias = "experimental-initial-corrupt-check",
+        env = "NOD_INITIAL_CORRUPT_CHECK",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub initial_corrupt_check: bool,
+    /// How often the leader compares the members' data hashes and raises
+    /// the CORRUPT alarm on a mismatch (a Go duration: 30s, 5m); 0: never.
+    #[arg(
+        long,
+        alias = "experimental-corrupt-check-time",
+        env = "NOD_CORRUPT_CHECK_TIME",
+        default_value = "0"
+    )]
+    pub corrupt_check_time: String,
     /// Auth token type, as etcd spells it: `simple` (random tokens every
     /// member knows, with a sliding TTL, --auth-token-ttl) or
     /// `jwt,pub-key=PEM,priv-key=PEM,sign-method=RS256|PS256|ES256|EdDSA|HS256|...,ttl=5m`.
@@ -402,6 +436,23 @@ pub fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
     cfg.heartbeat = Duration::from_millis(f.heartbeat_interval);
     cfg.election_ticks = f.election_timeout / f.heartbeat_interval;
     cfg.max_request_bytes = f.max_request_bytes;
+    cfg.quota_backend_bytes = match f.quota_backend_bytes {
+        q if q < 0 => None,
+        0 => Some(crate::server::node::DEFAULT_QUOTA_BYTES),
+        q => Some(q as u64),
+    };
+    if f.max_txn_ops == 0 {
+        return Err("--max-txn-ops must be at least 1".into());
+    }
+    cfg.max_txn_ops = f.max_txn_ops;
+    cfg.initial_corrupt_check = f.initial_corrupt_check;
+    cfg.corrupt_check_time =
+        crate::auth::jwt::go_duration(&f.corrupt_check_time).ok_or_else(|| {
+            format!(
+                "--corrupt-check-time is a duration such as 30s or 5m, not {:?}",
+                f.corrupt_check_time
+            )
+        })?;
     cfg.auth_jwt = crate::auth::jwt::parse_flag(&f.auth_token).map_err(|e| e.to_string())?;
     if f.auth_token_ttl == 0 {
         return Err("--auth-token-ttl must be at least 1 second".into());
@@ -571,6 +622,40 @@ mod tests {
             Command::Server(f) => server_config(&f),
             _ => unreachable!("parsed as the server command"),
         }
+    }
+
+    #[test]
+    fn quota_txn_and_corruption_flags_read_as_etcds() {
+        let d = server_flags(&[]).unwrap();
+        assert_eq!(
+            d.quota_backend_bytes,
+            Some(crate::server::node::DEFAULT_QUOTA_BYTES)
+        );
+        assert!(!d.initial_corrupt_check);
+        assert!(d.corrupt_check_time.is_zero());
+        let c = server_flags(&[
+            "--quota-backend-bytes=-1",
+            "--max-txn-ops=4",
+            "--experimental-initial-corrupt-check=true",
+            "--experimental-corrupt-check-time",
+            "30s",
+        ])
+        .unwrap();
+        assert_eq!(c.quota_backend_bytes, None, "negative turns the quota off");
+        assert_eq!(c.max_txn_ops, 4);
+        assert!(c.initial_corrupt_check);
+        assert_eq!(c.corrupt_check_time, Duration::from_secs(30));
+        let q = server_flags(&[
+            "--quota-backend-bytes",
+            "1048576",
+            "--initial-corrupt-check",
+        ]);
+        let q = q.unwrap();
+        assert_eq!(q.quota_backend_bytes, Some(1 << 20));
+        assert!(q.initial_corrupt_check);
+        let e = server_flags(&["--corrupt-check-time", "soon"]).unwrap_err();
+        assert!(e.contains("--corrupt-check-time"), "{e}");
+        assert!(server_flags(&["--max-txn-ops", "0"]).is_err());
     }
 
     #[test]

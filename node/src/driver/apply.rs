@@ -18,7 +18,7 @@ use crate::storage::backend::Backend;
 use crate::storage::kv_store::AuthOutcome;
 use crate::storage::{kv_store, KvStore};
 use crate::watch_hub::HubState;
-use nod_proto::etcd::etcdserverpb::Member;
+use nod_proto::etcd::etcdserverpb::{request_op, Member, TxnRequest};
 
 /// The hub and the store, held while a run of entries is applied.
 type Held<'a, B> = (MutexGuard<'a, HubState>, RwLockWriteGuard<'a, KvStore<B>>);
@@ -285,12 +285,25 @@ impl<P: Platform> Core<P> {
         op: Op,
         applied: (u64, u64),
     ) -> Result<Verdict, Fatal> {
+        // An active alarm refuses writes on every member alike (etcd's
+        // capped and corrupt appliers).
+        let adds = match &op {
+            Op::Put(_) | Op::LeaseGrant(_) => Some(true),
+            Op::Txn(t) => Some(txn_puts(t)),
+            Op::DeleteRange(_) | Op::Compaction(_) | Op::LeaseRevoke(_) => Some(false),
+            Op::Auth(_) | Op::Alarm(_) | Op::MemberAttributes(_) | Op::MemberPeerUrls(_) => None,
+        };
+        if let Some(e) = adds.and_then(|adds| store.alarm_refusal(adds)) {
+            store.apply_noop(applied)?;
+            return Ok(Verdict::Refused(DriverError::Kv(e)));
+        }
         Ok(match op {
             // Handled by `authorize_and_apply`.
             Op::Auth(_) => {
                 store.apply_noop(applied)?;
                 Verdict::Done(Outcome::Nothing)
             }
+            Op::Alarm(a) => Verdict::Done(Outcome::Alarms(store.apply_alarm(&a, applied)?)),
             Op::Put(p) => {
                 let r = store.apply_put(&p, applied)?;
                 publish(hub, store, r, Outcome::Put)?
@@ -344,6 +357,19 @@ impl<P: Platform> Core<P> {
             },
         })
     }
+}
+
+/// Whether a transaction puts anything, in either branch, at any depth
+/// (etcd's quota cost of a txn is its puts').
+fn txn_puts(t: &TxnRequest) -> bool {
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_)) => true,
+            Some(request_op::Request::RequestTxn(inner)) => txn_puts(inner),
+            _ => false,
+        })
 }
 
 fn apply_conf_change<B: Backend>(

@@ -88,6 +88,8 @@ pub struct Core<P: Platform> {
     snap: snapshots::SnapshotState,
     was_leader: bool,
     last_published: Option<Duration>,
+    /// Whether the member table has shown this member's attributes.
+    published: bool,
     /// When a message last arrived from each member (member health: a
     /// time, not the core's `recent_active` bit, which is cleared every
     /// election timeout and so reads false for a moment after each clear).
@@ -119,6 +121,7 @@ impl<P: Platform> Core<P> {
             snap,
             was_leader: false,
             last_published: None,
+            published: false,
             last_heard: BTreeMap::new(),
         };
         core.refresh_peers();
@@ -158,6 +161,10 @@ impl<P: Platform> Core<P> {
             self.waiters.forget_closed();
             self.forwarding.forget_closed();
             self.reads.forget_closed();
+            self.maybe_publish_attributes();
+        } else if !self.published {
+            // Clients wait for this member's attributes (server::start):
+            // publish as soon as there is a leader, not on the next round.
             self.maybe_publish_attributes();
         }
     }
@@ -410,6 +417,7 @@ impl<P: Platform> Core<P> {
         let current = self.shared.store().member(self.shared.member_id).cloned();
         let Some(current) = current else { return };
         if current.name == mine.name && current.client_ur_ls == mine.client_urls {
+            self.published = true;
             return;
         }
         let data = command::encode(&command::Command {

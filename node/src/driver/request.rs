@@ -10,7 +10,9 @@ use super::platform::Replies;
 use crate::auth::{AuthApplied, AuthError};
 use crate::command::{Caller, Op};
 use crate::storage::{KvError, StoreError};
-use nod_proto::etcd::etcdserverpb::{DeleteRangeResponse, Member, PutResponse, TxnResponse};
+use nod_proto::etcd::etcdserverpb::{
+    AlarmMember, DeleteRangeResponse, Member, PutResponse, TxnResponse,
+};
 use nod_proto::nodserverpb::ProposeResult;
 
 /// Why a request did not get a result. Each is the request's own outcome,
@@ -76,6 +78,8 @@ pub enum Outcome {
     LeaseGranted,
     LeaseRevoked,
     Members(Vec<Member>),
+    /// The alarms an alarm request listed, raised or cleared.
+    Alarms(Vec<AlarmMember>),
     /// An auth store change; for a login, the token every member knows.
     Auth {
         applied: AuthApplied,

@@ -64,7 +64,10 @@ impl HttpState {
 
     fn render_metrics(&self) -> String {
         if let Some(shared) = self.node.get() {
-            shared.metrics.db_size.set(shared.store().db_size());
+            let store = shared.store();
+            shared.metrics.db_size.set(store.db_size());
+            shared.metrics.db_size_in_use.set(store.db_size_in_use());
+            drop(store);
             shared
                 .metrics
                 .leases
@@ -99,6 +102,16 @@ fn ready(shared: &Shared) -> (StatusCode, String) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("applying: {} of {}\n", st.applied, st.commit),
+        );
+    }
+    let published = shared
+        .store()
+        .member(shared.member_id)
+        .is_some_and(|m| !m.client_ur_ls.is_empty());
+    if !published {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "publishing this member's name and client URLs\n".into(),
         );
     }
     (StatusCode::OK, "ok\n".into())

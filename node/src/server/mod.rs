@@ -10,6 +10,7 @@
 pub use crate::{command, identity, metrics, watch_hub};
 
 pub mod autopilot;
+pub mod corruption;
 pub mod driver;
 pub mod grpc_metrics;
 pub mod http;
@@ -105,6 +106,16 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     pub election_ticks: u64,
     pub max_request_bytes: usize,
+    /// `--quota-backend-bytes`, resolved (`None`: no quota).
+    pub quota_backend_bytes: Option<u64>,
+    /// `--max-txn-ops`.
+    pub max_txn_ops: usize,
+    /// Compare this member's hash with the others' before serving, and
+    /// refuse to start on a mismatch (`--initial-corrupt-check`).
+    pub initial_corrupt_check: bool,
+    /// How often the leader compares the members' hashes, raising the
+    /// CORRUPT alarm on a mismatch (`--corrupt-check-time`; zero: never).
+    pub corrupt_check_time: Duration,
     pub request_timeout: Duration,
     pub snapshot_count: u64,
     pub progress_notify_interval: Duration,
@@ -149,6 +160,10 @@ impl ServerConfig {
             heartbeat: Duration::from_millis(100),
             election_ticks: 10,
             max_request_bytes: 1536 * 1024,
+            quota_backend_bytes: Some(node::DEFAULT_QUOTA_BYTES),
+            max_txn_ops: crate::storage::kv_store::MAX_TXN_OPS,
+            initial_corrupt_check: false,
+            corrupt_check_time: Duration::ZERO,
             request_timeout: Duration::from_secs(7),
             snapshot_count: 10_000,
             progress_notify_interval: Duration::from_secs(600),
@@ -199,6 +214,9 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     driver_task: JoinHandle<Result<(), Fatal>>,
+    /// Why the member stopped before serving clients (a failed initial
+    /// corruption check).
+    failure: Option<tokio::sync::oneshot::Receiver<String>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -961,7 +979,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             jwt,
             bcrypt_cost: crate::auth::password::effective_cost(cfg.bcrypt_cost),
             ..AuthSettings::default()
-        }),
+        })
+        .with_limits(cfg.quota_backend_bytes, cfg.max_txn_ops),
     );
     tasks.push(tokio::spawn(sweep_tokens(
         shared.clone(),
@@ -1028,6 +1047,15 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 })
                 .max_decoding_message_size(limit),
             )
+            // Alarms a follower raises or forwards, and the hashes the
+            // corruption checks compare.
+            .add_service(
+                MaintenanceServer::new(MaintenanceService {
+                    node: peer_api.clone(),
+                    autopilot: None,
+                })
+                .max_decoding_message_size(limit),
+            )
             .serve_with_incoming_shutdown(
                 tls::incoming(peer_listener, peer_tls, "peer"),
                 async move {
@@ -1057,7 +1085,33 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let mut stop_client = stop_rx.clone();
     let progress_interval = cfg.progress_notify_interval;
     let metrics_layer = grpc_metrics::GrpcMetricsLayer::new(&shared.metrics);
+    if !cfg.corrupt_check_time.is_zero() {
+        tasks.push(tokio::spawn(corruption::run_periodic(
+            api.clone(),
+            cfg.corrupt_check_time,
+            stop_rx.clone(),
+        )));
+    }
+    let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<String>();
+    let initial_corrupt_check = cfg.initial_corrupt_check;
+    let published = (cfg.name.clone(), cfg.advertise_client.clone());
     tasks.push(tokio::spawn(async move {
+        // As etcd: clients are served once this member's name and client
+        // URLs are committed in the member table, so whoever it answers
+        // finds it in `member list` (a restart with unchanged attributes
+        // finds them there at once).
+        let mut stop = stop_client.clone();
+        tokio::select! {
+            _ = attributes_published(&api, &published.0, &published.1) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if initial_corrupt_check {
+            if let Err(e) = corruption::initial_check(&api).await {
+                tracing::error!(error = %e, "initial corruption check failed; not serving");
+                let _ = fail_tx.send(e);
+                return;
+            }
+        }
         let r = tonic::transport::Server::builder()
             .layer(metrics_layer)
             .add_service(
@@ -1137,8 +1191,25 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         metrics_addr,
         stop,
         driver_task,
+        failure: Some(fail_rx),
         tasks,
     })
+}
+
+/// Waits until the member table this member applied shows its own name
+/// and client URL (the driver publishes them through the log).
+async fn attributes_published(node: &Node, name: &str, client_url: &str) {
+    loop {
+        let done = node
+            .shared
+            .store()
+            .member(node.shared.member_id)
+            .is_some_and(|m| m.name == name && m.client_ur_ls.iter().any(|u| u == client_url));
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 impl RunningServer {
@@ -1201,9 +1272,21 @@ impl RunningServer {
     /// Resolves when the driver stops by itself (removed from the cluster,
     /// or a storage failure), with the reason.
     pub async fn stopped(&mut self) -> Result<(), Fatal> {
-        match (&mut self.driver_task).await {
-            Ok(r) => r,
-            Err(e) => Err(Fatal::Task(e.to_string())),
+        let joined = match self.failure.as_mut() {
+            Some(failure) => tokio::select! {
+                r = &mut self.driver_task => Ok(r),
+                Ok(why) = failure => Err(why),
+            },
+            None => Ok((&mut self.driver_task).await),
+        };
+        match joined {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(Fatal::Task(e.to_string())),
+            Err(why) => {
+                self.failure = None;
+                let _ = self.stop.send(true);
+                Err(Fatal::Store(why))
+            }
         }
     }
 

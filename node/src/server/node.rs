@@ -18,9 +18,12 @@ use crate::auth::password::LoginLimiter;
 use crate::auth::tokens::login_index;
 use crate::auth::{AuthError, AuthState};
 use crate::command::{Caller, Op};
+use crate::storage::KvError;
 use crate::tls::ConnInfo;
 use crate::tls::Dialer;
-use nod_proto::etcd::etcdserverpb::ResponseHeader;
+use nod_proto::etcd::etcdserverpb::alarm_request::AlarmAction;
+use nod_proto::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
+use nod_proto::etcd::etcdserverpb::{AlarmMember, AlarmRequest, AlarmType, ResponseHeader};
 
 /// Metadata key marking a request another member already forwarded.
 pub const FORWARDED: &str = "nod-forwarded";
@@ -75,7 +78,18 @@ pub struct Node {
     /// Dials the leader's peer port (peer TLS when it is on).
     dialer: Dialer,
     pub auth: AuthSettings,
+    /// `--quota-backend-bytes`, resolved (`None`: no quota).
+    pub quota_bytes: Option<u64>,
+    /// `--max-txn-ops`.
+    pub max_txn_ops: usize,
 }
+
+/// etcd's default `--quota-backend-bytes` (2 GiB).
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+/// What etcd's quota adds to a put's size (`kvOverhead`) and to a lease
+/// grant (`leaseOverhead`), for the index and bookkeeping each costs.
+pub const KV_OVERHEAD: usize = 256;
+pub const LEASE_OVERHEAD: usize = 64;
 
 /// Where a request ended: answered here (with its result or error), or
 /// the channel to the leader it must go to instead.
@@ -100,6 +114,70 @@ impl Node {
             leaders: Mutex::new(HashMap::new()),
             dialer,
             auth: AuthSettings::default(),
+            quota_bytes: Some(DEFAULT_QUOTA_BYTES),
+            max_txn_ops: crate::storage::kv_store::MAX_TXN_OPS,
+        }
+    }
+
+    /// Sets `--quota-backend-bytes` (resolved) and `--max-txn-ops`.
+    pub fn with_limits(mut self, quota_bytes: Option<u64>, max_txn_ops: usize) -> Node {
+        self.quota_bytes = quota_bytes;
+        self.max_txn_ops = max_txn_ops;
+        self
+    }
+
+    /// etcd's quota check before a write that adds `cost` bytes: if this
+    /// member's store would reach the quota, raises the NOSPACE alarm for
+    /// this member (once) and refuses the write with etcd's error. Writes
+    /// that only remove data are never checked. While the alarm is active,
+    /// every member refuses such writes as it applies them, whatever its
+    /// own size, until `alarm disarm`.
+    pub async fn check_quota(&self, cost: usize) -> Result<(), Status> {
+        let Some(quota) = self.quota_bytes else {
+            return Ok(());
+        };
+        let (size, raised) = {
+            let store = self.shared.store();
+            let raised = store.alarms().iter().any(|a| {
+                a.member_id == self.shared.member_id && a.alarm == AlarmType::Nospace as i32
+            });
+            (store.db_size().max(0) as u64, raised)
+        };
+        if size.saturating_add(cost as u64) < quota {
+            return Ok(());
+        }
+        if !raised {
+            tracing::warn!(
+                size,
+                quota,
+                "the store reached --quota-backend-bytes; raising the NOSPACE alarm"
+            );
+            let req = AlarmRequest {
+                action: AlarmAction::Activate as i32,
+                member_id: self.shared.member_id,
+                alarm: AlarmType::Nospace as i32,
+            };
+            if let Err(e) = self.own_alarm(req).await {
+                tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
+            }
+        }
+        Err(crate::api::status::kv_status(KvError::NoSpace))
+    }
+
+    /// Proposes an alarm change as this member itself (not checked against
+    /// auth when applied), through the leader's peer port from a follower.
+    pub async fn own_alarm(&self, req: AlarmRequest) -> Result<Vec<AlarmMember>, Status> {
+        match self.propose_as(Op::Alarm(req), None, false).await {
+            Route::Forward(ch) => Ok(MaintenanceClient::new(ch)
+                .alarm(Request::new(req))
+                .await?
+                .into_inner()
+                .alarms),
+            Route::Done(Err(s)) => Err(s),
+            Route::Done(Ok(a)) => match a.outcome {
+                super::driver::Outcome::Alarms(list) => Ok(list),
+                _ => Err(Status::internal("etcdserver: unexpected apply result")),
+            },
         }
     }
 
@@ -235,7 +313,7 @@ impl Node {
 
     /// A channel to the leader's peer port (which serves the calls members
     /// forward, behind peer TLS), from the member table.
-    fn leader_channel(&self, leader: u64) -> Option<Channel> {
+    pub(crate) fn peer_channel(&self, leader: u64) -> Option<Channel> {
         let url = self
             .shared
             .store()
@@ -270,7 +348,7 @@ impl Node {
             };
             match &err {
                 DriverError::NotLeader { leader } if !forwarded => {
-                    if let Some(ch) = self.leader_channel(leader.0) {
+                    if let Some(ch) = self.peer_channel(leader.0) {
                         return Route::Forward(ch);
                     }
                 }
@@ -338,7 +416,7 @@ impl Node {
                 return Ok(None);
             }
             if st.leader != 0 {
-                if let Some(ch) = self.leader_channel(st.leader) {
+                if let Some(ch) = self.peer_channel(st.leader) {
                     return Ok(Some(ch));
                 }
             }

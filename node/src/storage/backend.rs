@@ -144,4 +144,10 @@ pub trait Backend {
 
     /// Bytes the stored data takes, as the backend estimates it.
     fn size(&self) -> u64;
+
+    /// The part of `size` that live data takes (what a compaction of the
+    /// backend would leave).
+    fn size_in_use(&self) -> u64 {
+        self.size()
+    }
 }

@@ -11,7 +11,8 @@
 //!   tag `PUT` or `TOMBSTONE`.
 //! - `lease`: lease id (8 bytes BE) → granted TTL.
 //! - `member`: member id (8 bytes BE) → `etcdserverpb::Member`.
-//! - `meta`: applied index and term, compacted revision.
+//! - `meta`: applied index and term, compacted revision, alarms
+//!   (`alarms.rs`).
 //! - `auth`: the auth store (`auth.rs`): enabled flag and auth revision,
 //!   users, roles; changed in the batch of the entry that changed it.
 //!
@@ -39,6 +40,7 @@ use std::sync::Arc;
 use prost::Message as _;
 use rocksdb::DB;
 
+mod alarms;
 mod apply;
 mod auth;
 mod batch;
@@ -104,6 +106,12 @@ pub enum KvError {
     LeaseProvided,
     #[error("etcdserver: {0}")]
     Invalid(String),
+    /// A NOSPACE alarm is active: writes that add data are refused.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// A CORRUPT alarm is active: every write is refused.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
 }
 
 /// The store itself failed: its backend, or data it holds that does not
@@ -226,6 +234,7 @@ pub struct KvStore<B: Backend = RocksBackend> {
     /// Members removed from the cluster: they are told so if they call.
     removed: BTreeSet<u64>,
     auth: crate::auth::AuthState,
+    alarms: alarms::Alarms,
 }
 
 impl KvStore<RocksBackend> {
@@ -314,9 +323,11 @@ impl<B: Backend> KvStore<B> {
             members: BTreeMap::new(),
             removed: BTreeSet::new(),
             auth: crate::auth::AuthState::new(),
+            alarms: alarms::Alarms::new(),
         };
         store.load()?;
         store.auth = store.load_auth()?;
+        store.alarms = store.load_alarms()?;
         Ok(store)
     }
 
@@ -429,6 +440,12 @@ impl<B: Backend> KvStore<B> {
     /// Size of the stored data, as the backend estimates it (on disk, for RocksDB).
     pub fn db_size(&self) -> i64 {
         self.backend.size() as i64
+    }
+
+    /// The part of `db_size` that live data takes; the rest is what a
+    /// defragmentation (a RocksDB compaction) would reclaim.
+    pub fn db_size_in_use(&self) -> i64 {
+        self.backend.size_in_use() as i64
     }
 
     /// Whether `id` was a member and was removed (ids are never reused).

@@ -118,17 +118,62 @@ impl Backend for RocksBackend {
     }
 
     fn size(&self) -> u64 {
-        let mut total = 0u64;
-        for keyspace in Keyspace::ALL {
-            for prop in [
-                "rocksdb.total-sst-files-size",
-                "rocksdb.size-all-mem-tables",
-            ] {
-                if let Ok(Some(v)) = self.db.property_int_value_cf(self.cf(keyspace), prop) {
-                    total += v;
-                }
-            }
-        }
-        total
+        sizes(&self.db).total
     }
+
+    fn size_in_use(&self) -> u64 {
+        sizes(&self.db).in_use
+    }
+}
+
+/// What the state machine's database takes, summed over its keyspaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    /// Table files plus memtables: what the data takes now.
+    pub total: u64,
+    /// RocksDB's estimate of the live data in the table files, plus the
+    /// memtables: what a full compaction would leave (deleted and
+    /// overwritten records, and compacted history, not counted).
+    pub in_use: u64,
+}
+
+pub fn sizes(db: &DB) -> Sizes {
+    let prop = |cf: &ColumnFamily, name: &str| -> u64 {
+        db.property_int_value_cf(cf, name)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    };
+    let mut s = Sizes {
+        total: 0,
+        in_use: 0,
+    };
+    for keyspace in Keyspace::ALL {
+        let Some(cf) = db.cf_handle(keyspace.name()) else {
+            continue;
+        };
+        let mem = prop(cf, "rocksdb.size-all-mem-tables");
+        let files = prop(cf, "rocksdb.total-sst-files-size");
+        let live = prop(cf, "rocksdb.estimate-live-data-size").min(files);
+        s.total += files + mem;
+        s.in_use += live + mem;
+    }
+    s
+}
+
+/// etcd's defragmentation, for RocksDB: a full manual compaction of every
+/// keyspace, down to the last level, which drops deleted records and
+/// compacted history and rewrites the table files. It runs beside reads
+/// and writes (RocksDB compacts in the background of both); it blocks the
+/// calling thread until it is done. Answers the sizes before and after.
+pub fn defragment(db: &DB) -> (Sizes, Sizes) {
+    let before = sizes(db);
+    let mut opts = rocksdb::CompactOptions::default();
+    opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+    for keyspace in Keyspace::ALL {
+        if let Some(cf) = db.cf_handle(keyspace.name()) {
+            db.compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
+        }
+    }
+    (before, sizes(db))
 }

@@ -10,12 +10,14 @@ use super::{KeyValue, RecordError, StoreError};
 
 pub(super) const KEY_APPLIED: &[u8] = b"applied";
 pub(super) const KEY_COMPACTED: &[u8] = b"compacted";
+pub(super) const KEY_ALARMS: &[u8] = b"alarms";
 
 pub(super) const TAG_PUT: u8 = 1;
 pub(super) const TAG_TOMBSTONE: u8 = 2;
 pub(super) const TAG_MEMBER: u8 = 3;
 pub(super) const TAG_META: u8 = 4;
 pub(super) const TAG_REMOVED: u8 = 5;
+pub(super) const TAG_ALARMS: u8 = 6;
 
 /// A point in the store's history: `main` is the cluster revision of a write
 /// transaction, `sub` orders the changes inside it.
