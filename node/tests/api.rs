@@ -273,7 +273,11 @@ async fn the_finer_points_of_the_etcd_api() {
     let url = cluster.members[0].peer_url();
     let updated = c.member_update(me, vec![url.clone()]).await.unwrap();
     assert_eq!(updated.members[0].peer_ur_ls, vec![url]);
-    c.move_leader(me).await.unwrap();
+    let moved = c.move_leader(me).await.unwrap();
+    assert_eq!(
+        moved.header, None,
+        "etcd's MoveLeader answers without a header"
+    );
     let err = c.move_leader(12345).await.unwrap_err();
     assert!(err.to_string().contains("bad leader transferee"), "{err}");
     let err = c

@@ -238,7 +238,7 @@ async fn etcdctl_works_against_nod() {
         String::from_utf8_lossy(&out.stderr)
     );
     let bytes = std::fs::read(&file).unwrap();
-    let backup = nod::api::maintenance::decode_backup(&bytes).unwrap();
+    let backup = nod::storage::kv_store::etcd_snapshot::read_etcd_snapshot(&bytes).unwrap();
     let keys: Vec<String> = backup
         .kvs
         .iter()
@@ -248,6 +248,67 @@ async fn etcdctl_works_against_nod() {
         keys.contains(&"app/a".to_string()) && keys.contains(&"w/2".to_string()),
         "{keys:?}"
     );
+    // It is an etcd snapshot: etcdctl reads it, and etcd 3.4 serves a
+    // member restored from it with the same keys, values and revisions.
+    let status = ok(
+        &one,
+        &["snapshot", "status", file.to_str().unwrap(), "-w", "json"],
+    );
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        status["revision"].as_i64(),
+        Some(backup.revision),
+        "{status}"
+    );
+    assert_eq!(status["totalSize"].as_u64(), Some(bytes.len() as u64 - 32));
+    let restored = dir.path().join("restored");
+    let peer_port = support::free_port();
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let out = etcdctl(
+        &one,
+        &[
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            restored.to_str().unwrap(),
+            "--name",
+            "e1",
+            "--initial-cluster",
+            &format!("e1={peer_url}"),
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let etcd = support::Etcd::start_restored(&restored, peer_port);
+    etcd.wait_ready();
+    let json = ok(&etcd.endpoint(), &["get", "", "--from-key", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        v["header"]["revision"].as_i64(),
+        Some(backup.revision),
+        "{json}"
+    );
+    let kvs = v["kvs"].as_array().unwrap();
+    assert_eq!(kvs.len(), backup.kvs.len());
+    for (got, want) in kvs.iter().zip(&backup.kvs) {
+        assert_eq!(got["mod_revision"].as_i64(), Some(want.mod_revision));
+        assert_eq!(got["create_revision"].as_i64(), Some(want.create_revision));
+        assert_eq!(got["version"].as_i64(), Some(want.version));
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        assert_eq!(got["key"].as_str().unwrap(), b64.encode(&want.key));
+        assert_eq!(
+            got["value"].as_str().unwrap_or_default(),
+            b64.encode(&want.value)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

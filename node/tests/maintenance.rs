@@ -262,9 +262,9 @@ async fn alarms_are_replicated_refuse_writes_everywhere_and_survive_restarts() {
     let mut kv3 = KvClient::new(channel(&eps[2]).await);
     kv3.put(put("before", 3)).await.unwrap();
 
-    // An unknown member raises nothing; n2's NOSPACE is raised through n1.
+    // An alarm of no type raises nothing; n2's NOSPACE is raised through n1.
     let none = m1
-        .alarm(alarm(AlarmAction::Activate, 0xdead, AlarmType::Nospace))
+        .alarm(alarm(AlarmAction::Activate, ids[1], AlarmType::None))
         .await
         .unwrap()
         .into_inner();

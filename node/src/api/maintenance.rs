@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use nod_raft::{NodeId, Role};
-use prost::Message as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -18,8 +17,7 @@ use super::etcd::etcdserverpb::{AlarmMember, AlarmType};
 use super::etcd::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
     DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, RangeResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
-    StatusResponse,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use super::status::{kv_status, to_status, BAD_TRANSFEREE};
 use crate::command::Op;
@@ -29,71 +27,13 @@ use crate::storage::backend::rocks;
 
 /// The etcd API version Nod speaks; clients gate features on it.
 pub const ETCD_VERSION: &str = "3.5.0";
-/// Bytes per backup snapshot chunk.
-const SNAPSHOT_CHUNK: usize = 64 * 1024;
+/// Bytes per snapshot message (etcd's).
+const SNAPSHOT_CHUNK: usize = 32 * 1024;
 
 pub struct MaintenanceService {
     pub node: Arc<Node>,
     /// Member health, for Status's errors on the leader.
     pub autopilot: Option<Arc<crate::server::autopilot::Autopilot>>,
-}
-
-/// The backup format. etcdctl checks that a snapshot is a whole number of
-/// 512-byte pages followed by a 32-byte SHA-256 (etcd's bbolt file plus its
-/// hash), so Nod's backup has the same shape: the magic `NODSNAP1`, the
-/// body length (u64 LE), a `RangeResponse` holding every live key with its
-/// revisions, version and lease, zero padding to a 512-byte boundary, and the
-/// SHA-256 of everything before it.
-pub const BACKUP_MAGIC: &[u8; 8] = b"NODSNAP1";
-const PAGE: usize = 512;
-
-pub fn encode_backup(resp: &RangeResponse) -> Vec<u8> {
-    use sha2::Digest;
-    let body = resp.encode_to_vec();
-    let mut out = Vec::with_capacity(body.len() + PAGE + 32);
-    out.extend_from_slice(BACKUP_MAGIC);
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&body);
-    out.resize(out.len().div_ceil(PAGE) * PAGE, 0);
-    let hash = sha2::Sha256::digest(&out);
-    out.extend_from_slice(&hash);
-    out
-}
-
-/// Why a backup does not decode.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BackupError {
-    #[error("snapshot of {0} bytes is truncated")]
-    Truncated(usize),
-    #[error("snapshot checksum mismatch: the file is corrupt")]
-    Checksum,
-    #[error("not a Nod snapshot (bad magic)")]
-    Magic,
-    #[error("snapshot body length {0} exceeds the file")]
-    Length(u64),
-    #[error("snapshot does not decode: {0}")]
-    Decode(#[from] prost::DecodeError),
-}
-
-/// Decodes and verifies a backup written by `encode_backup`.
-pub fn decode_backup(bytes: &[u8]) -> Result<RangeResponse, BackupError> {
-    use sha2::Digest;
-    if bytes.len() < PAGE + 32 || !(bytes.len() - 32).is_multiple_of(PAGE) {
-        return Err(BackupError::Truncated(bytes.len()));
-    }
-    let (data, hash) = bytes.split_at(bytes.len() - 32);
-    if sha2::Sha256::digest(data).as_slice() != hash {
-        return Err(BackupError::Checksum);
-    }
-    if &data[..8] != BACKUP_MAGIC {
-        return Err(BackupError::Magic);
-    }
-    let len = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
-    let body = usize::try_from(len)
-        .ok()
-        .and_then(|l| data.get(16..16 + l))
-        .ok_or(BackupError::Length(len))?;
-    Ok(RangeResponse::decode(body)?)
 }
 
 /// An alarm as etcd's Status errors name it (its Go text form).
@@ -272,37 +212,44 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = ReceiverStream<Result<SnapshotResponse, Status>>;
 
+    /// etcd's snapshot: the store as a bbolt file of etcd's buckets
+    /// (`storage::kv_store::etcd_snapshot`), in 32 KiB chunks whose
+    /// `remaining_bytes` count down to 0, then its SHA-256 as a last
+    /// message, as etcd sends it; etcdctl and etcd read it.
     async fn snapshot(
         &self,
         request: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.admin(&request).await?;
-        let (kvs, revision) = {
+        let (file, revision) = {
             let store = self.node.shared.store();
-            (store.dump().map_err(kv_status)?, store.current_revision())
+            (
+                store.etcd_snapshot().map_err(kv_status)?,
+                store.current_revision(),
+            )
         };
         let header = self.node.header(revision);
-        let bytes = encode_backup(&RangeResponse {
-            header: Some(header),
-            count: kvs.len() as i64,
-            kvs,
-            more: false,
-        });
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            let total = bytes.len();
+            let (db, sum) = file.split_at(file.len() - 32);
             let mut sent = 0;
-            for chunk in bytes.chunks(SNAPSHOT_CHUNK) {
+            for chunk in db.chunks(SNAPSHOT_CHUNK) {
                 sent += chunk.len();
-                let r = SnapshotResponse {
+                let m = SnapshotResponse {
                     header: Some(header),
-                    remaining_bytes: (total - sent) as u64,
+                    remaining_bytes: (db.len() - sent) as u64,
                     blob: chunk.to_vec(),
                 };
-                if tx.send(Ok(r)).await.is_err() {
+                if tx.send(Ok(m)).await.is_err() {
                     return;
                 }
             }
+            let last = SnapshotResponse {
+                header: Some(header),
+                remaining_bytes: 0,
+                blob: sum.to_vec(),
+            };
+            let _ = tx.send(Ok(last)).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -333,9 +280,8 @@ impl Maintenance for MaintenanceService {
                 ));
             }
         }
-        Ok(Response::new(MoveLeaderResponse {
-            header: Some(self.node.current_header()),
-        }))
+        // etcd's answer carries no header.
+        Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 
     async fn downgrade(
@@ -345,31 +291,5 @@ impl Maintenance for MaintenanceService {
         Err(Status::unimplemented(
             "etcdserver: downgrade is not supported by nod",
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use nod_proto::etcd::mvccpb::KeyValue;
-
-    #[test]
-    fn backups_have_etcdctls_shape_and_detect_corruption() {
-        let resp = RangeResponse {
-            kvs: vec![KeyValue {
-                key: b"k".to_vec(),
-                value: b"v".to_vec(),
-                ..Default::default()
-            }],
-            count: 1,
-            ..Default::default()
-        };
-        let bytes = encode_backup(&resp);
-        assert_eq!(bytes.len() % 512, 32, "etcdctl's hasChecksum rule");
-        assert_eq!(decode_backup(&bytes).unwrap(), resp);
-        let mut bad = bytes.clone();
-        bad[20] ^= 1;
-        assert_eq!(decode_backup(&bad).unwrap_err(), BackupError::Checksum);
-        assert!(decode_backup(&bytes[..100]).is_err());
     }
 }

@@ -64,16 +64,18 @@ pub async fn snapshot(command: SnapshotCommand, client: ClientFlags) -> Result<E
     let SnapshotCommand::Save { file } = command;
     let mut c = connect(&client)?;
     let bytes = c.snapshot().await?;
-    crate::api::maintenance::decode_backup(&bytes)
+    let contents = crate::storage::kv_store::etcd_snapshot::read_etcd_snapshot(&bytes)
         .map_err(|e| Failure::Client(ClientError::Protocol(e.to_string())))?;
     let part = file.with_extension("part");
     std::fs::write(&part, &bytes)
         .and_then(|_| std::fs::rename(&part, &file))
         .map_err(|e| usage(format!("cannot write {}: {e}", file.display())))?;
     println!(
-        "Snapshot saved at {} ({} bytes)",
+        "Snapshot saved at {} ({} bytes, revision {}, {} keys)",
         file.display(),
-        bytes.len()
+        bytes.len(),
+        contents.revision,
+        contents.kvs.len()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -27,6 +27,7 @@ use nod_raft::Role;
 use tonic::{Code, Request};
 
 use super::node::Node;
+use crate::storage::ReadError;
 use nod_proto::etcd::etcdserverpb::alarm_request::AlarmAction;
 use nod_proto::etcd::etcdserverpb::maintenance_client::MaintenanceClient;
 use nod_proto::etcd::etcdserverpb::{AlarmRequest, AlarmType, HashKvRequest};
@@ -34,6 +35,23 @@ use nod_proto::etcd::etcdserverpb::{AlarmRequest, AlarmType, HashKvRequest};
 /// How often a member that has not reached the revision is asked again.
 const BEHIND_RETRIES: u32 = 5;
 const BEHIND_WAIT: Duration = Duration::from_millis(200);
+
+/// Why a check could not pass.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CorruptionError {
+    #[error("hashing the local store: {0}")]
+    Local(#[from] ReadError),
+    #[error(
+        "{member:x} found data inconsistency with peers: at revision {revision} this member's hash is {hash}, {peers}"
+    )]
+    Mismatch {
+        member: u64,
+        revision: i64,
+        hash: u32,
+        /// Each member that differs, with its hash.
+        peers: String,
+    },
+}
 
 /// One member's digest at a revision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,11 +103,9 @@ pub fn judge(ours: Digest, peers: &[Digest]) -> Verdict {
 
 /// This member's digest at `revision` (0: its current one), and the
 /// revision it is at.
-fn local_digest(node: &Node, revision: i64) -> Result<(Digest, i64), String> {
+fn local_digest(node: &Node, revision: i64) -> Result<(Digest, i64), CorruptionError> {
     let store = node.shared.store();
-    let (hash, rev) = store
-        .hash_kv(revision)
-        .map_err(|e| format!("hashing the local store: {e}"))?;
+    let (hash, rev) = store.hash_kv(revision)?;
     Ok((
         Digest {
             member: node.shared.member_id,
@@ -153,7 +169,7 @@ async fn peer_digests(node: &Node, revision: i64) -> Vec<Digest> {
 
 /// `--initial-corrupt-check`: this member's digest against the others' at
 /// its own revision; an error names the members that differ.
-pub async fn initial_check(node: &Node) -> Result<(), String> {
+pub async fn initial_check(node: &Node) -> Result<(), CorruptionError> {
     let (ours, rev) = local_digest(node, 0)?;
     let peers = peer_digests(node, rev).await;
     let differ: Vec<&Digest> = peers
@@ -171,16 +187,16 @@ pub async fn initial_check(node: &Node) -> Result<(), String> {
         );
         return Ok(());
     }
-    let detail: Vec<String> = differ
+    let peers: Vec<String> = differ
         .iter()
         .map(|d| format!("member {:x} has hash {}", d.member, d.hash))
         .collect();
-    Err(format!(
-        "{:x} found data inconsistency with peers: at revision {rev} this member's hash is {}, {}",
-        ours.member,
-        ours.hash,
-        detail.join(", ")
-    ))
+    Err(CorruptionError::Mismatch {
+        member: ours.member,
+        revision: rev,
+        hash: ours.hash,
+        peers: peers.join(", "),
+    })
 }
 
 /// One periodic check, on the leader: raises CORRUPT for each member

@@ -1108,7 +1108,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         if initial_corrupt_check {
             if let Err(e) = corruption::initial_check(&api).await {
                 tracing::error!(error = %e, "initial corruption check failed; not serving");
-                let _ = fail_tx.send(e);
+                let _ = fail_tx.send(e.to_string());
                 return;
             }
         }

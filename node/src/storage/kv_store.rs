@@ -45,6 +45,7 @@ mod apply;
 mod auth;
 mod batch;
 mod encoding;
+pub mod etcd_snapshot;
 mod index;
 mod key_range;
 mod read;

@@ -3,6 +3,7 @@
 //! RocksDB, over a `backend::Backend` (RocksDB, or memory for simulation).
 
 pub mod backend;
+pub mod bbolt;
 pub mod checkpoint;
 pub mod codec;
 pub mod kv_store;

@@ -364,15 +364,25 @@ pub struct Etcd {
 impl Etcd {
     pub fn start(extra: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("e1");
+        Etcd::spawn(dir, &data, free_port(), extra)
+    }
+
+    /// etcd on a data directory `etcdctl snapshot restore` made for a
+    /// member `e1` whose peer URL is `http://127.0.0.1:<peer_port>`.
+    pub fn start_restored(data: &Path, peer_port: u16) -> Etcd {
+        Etcd::spawn(tempfile::tempdir().unwrap(), data, peer_port, &[])
+    }
+
+    fn spawn(dir: tempfile::TempDir, data: &Path, peer_port: u16, extra: &[&str]) -> Etcd {
         let client_port = free_port();
-        let peer_port = free_port();
         let log = dir.path().join("etcd.log");
         let client = format!("http://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let child = Command::new("/usr/bin/etcd")
             .args(["--name", "e1"])
             .arg("--data-dir")
-            .arg(dir.path().join("e1"))
+            .arg(data)
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])

@@ -17,7 +17,7 @@ pub(super) const TAG_TOMBSTONE: u8 = 2;
 pub(super) const TAG_MEMBER: u8 = 3;
 pub(super) const TAG_META: u8 = 4;
 pub(super) const TAG_REMOVED: u8 = 5;
-pub(super) const TAG_ALARMS: u8 = 6;
+pub(super) const TAG_ALARMS: u8 = 8;
 
 /// A point in the store's history: `main` is the cluster revision of a write
 /// transaction, `sub` orders the changes inside it.
