@@ -479,3 +479,91 @@ async fn txn_responses_carry_etcds_nested_headers() {
         "{want:?}"
     );
 }
+
+/// etcd's `hasleader` metadata (clientv3's WithRequireLeader, which
+/// kube-apiserver sets on its watches): a member without a leader refuses
+/// such a call at once, and ends such a watch with "no leader" after three
+/// election timeouts; a watch that did not ask stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_require_a_leader_fail_fast_without_one() {
+    use nod_proto::etcd::etcdserverpb::{kv_client::KvClient, watch_client::WatchClient};
+    let mut cluster = Cluster::start(3);
+    let eps = cluster.endpoints();
+    leader(&eps).await;
+    let ch = tonic::transport::Channel::from_shared(format!("http://{}", eps[0]))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    fn with_leader<T>(mut r: tonic::Request<T>) -> tonic::Request<T> {
+        r.metadata_mut()
+            .insert("hasleader", "true".parse().unwrap());
+        r
+    }
+    let create = || WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(
+            WatchCreateRequest {
+                key: b"w".to_vec(),
+                ..Default::default()
+            },
+        )),
+    };
+    let (tx1, rx1) = tokio::sync::mpsc::channel(1);
+    tx1.send(create()).await.unwrap();
+    let mut required = WatchClient::new(ch.clone())
+        .watch(with_leader(tonic::Request::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx1),
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(required.message().await.unwrap().unwrap().created);
+    let (tx2, rx2) = tokio::sync::mpsc::channel(1);
+    tx2.send(create()).await.unwrap();
+    let mut plain = WatchClient::new(ch.clone())
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(plain.message().await.unwrap().unwrap().created);
+
+    cluster.members[1].kill();
+    cluster.members[2].kill();
+    let mut kv = KvClient::new(ch.clone());
+    let range = || RangeRequest {
+        key: b"w".to_vec(),
+        serializable: true,
+        ..Default::default()
+    };
+    // Once n1 knows it has no leader, required calls fail at once.
+    let refused = support::eventually("n1 to lose its leader", Duration::from_secs(20), || {
+        let mut kv = kv.clone();
+        async move {
+            match kv.range(with_leader(tonic::Request::new(range()))).await {
+                Err(s) if s.code() == tonic::Code::Unavailable => Some(s),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(refused.message(), "etcdserver: no leader");
+    // A serializable read that did not ask is still served.
+    kv.range(range()).await.unwrap();
+    // The required watch ends with "no leader" (three 500 ms election
+    // timeouts in these tests); the plain one stays open.
+    let ended = tokio::time::timeout(Duration::from_secs(10), required.message())
+        .await
+        .expect("the hasleader watch ended")
+        .unwrap_err();
+    assert_eq!(
+        (ended.code(), ended.message()),
+        (tonic::Code::Unavailable, "etcdserver: no leader")
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), plain.message())
+            .await
+            .is_err(),
+        "the plain watch stays open"
+    );
+    drop((tx1, tx2));
+}

@@ -396,3 +396,76 @@ async fn the_etcd_client_crate_works_against_nod() {
         "{err}"
     );
 }
+
+/// Moving between etcd and Nod with etcdctl's `make-mirror`: everything
+/// under a prefix, then the changes made while it runs (puts and deletes),
+/// in both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn make_mirror_moves_keys_from_etcd_to_nod_and_back() {
+    let etcd = support::Etcd::start(&[]);
+    etcd.wait_ready();
+    let cluster = Cluster::start(1);
+    let eps = cluster.endpoints();
+    leader(&eps).await;
+    let (e, n) = (etcd.endpoint(), eps[0].clone());
+
+    let mirror = |from: &str, to: &str, prefix: &str| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={from}"))
+            .args(["make-mirror", "--prefix", prefix, to])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("etcdctl make-mirror")
+    };
+    let listing = |ep: &str, prefix: &str| ok(ep, &["get", "--prefix", prefix]);
+    let same = |prefix: &'static str, a: String, b: String| async move {
+        eventually(
+            &format!("{prefix} mirrored"),
+            Duration::from_secs(20),
+            || {
+                let (a, b) = (a.clone(), b.clone());
+                async move {
+                    let (x, y) = (listing(&a, prefix), listing(&b, prefix));
+                    (x == y).then_some(x)
+                }
+            },
+        )
+        .await
+    };
+
+    // etcd -> Nod: the existing keys, then changes while mirroring.
+    for i in 0..30 {
+        ok(&e, &["put", &format!("m/{i:02}"), &format!("v{i}")]);
+    }
+    ok(&e, &["del", "m/07"]);
+    let mut to_nod = mirror(&e, &n, "m/");
+    let first = same("m/", e.clone(), n.clone()).await;
+    assert_eq!(first.lines().count(), 2 * 29, "{first}");
+    ok(&e, &["put", "m/30", "late"]);
+    ok(&e, &["put", "m/01", "changed"]);
+    ok(&e, &["del", "m/02"]);
+    let later = same("m/", e.clone(), n.clone()).await;
+    assert!(later.contains("m/30\nlate\n") && later.contains("m/01\nchanged\n"));
+    assert!(!later.contains("m/02\n"), "{later}");
+    let _ = to_nod.kill();
+    let _ = to_nod.wait();
+
+    // Nod -> etcd, the same way.
+    for i in 0..10 {
+        ok(&n, &["put", &format!("r/{i}"), &format!("nod{i}")]);
+    }
+    let mut to_etcd = mirror(&n, &e, "r/");
+    let first = same("r/", n.clone(), e.clone()).await;
+    assert_eq!(first.lines().count(), 2 * 10, "{first}");
+    ok(&n, &["put", "r/1", "again"]);
+    ok(&n, &["del", "r/2"]);
+    let later = same("r/", n.clone(), e.clone()).await;
+    assert!(
+        later.contains("r/1\nagain\n") && !later.contains("r/2\n"),
+        "{later}"
+    );
+    let _ = to_etcd.kill();
+    let _ = to_etcd.wait();
+}

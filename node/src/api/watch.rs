@@ -83,6 +83,7 @@ impl Watch for WatchService {
         // Who watches: each create is authorised for them (etcd does so
         // with the stream's credentials, once, when the watch is created).
         let caller = self.node.ctx(&request).await?.caller;
+        let require_leader = crate::server::node::requires_leader(&request);
         let input = request.into_inner();
         let (out, rx) = mpsc::channel(256);
         let session = Session {
@@ -95,6 +96,7 @@ impl Watch for WatchService {
             by_internal: HashMap::new(),
             stream: self.node.shared.hub.lock().new_stream(),
             progress_interval: self.progress_interval,
+            require_leader,
         };
         tokio::spawn(session.run(input));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -111,15 +113,26 @@ struct Session {
     by_internal: HashMap<i64, i64>,
     stream: u64,
     progress_interval: Duration,
+    /// The client asked for a leader (`hasleader`): the stream ends with
+    /// "no leader" once the member has had none for `Node::leaderless_for`.
+    require_leader: bool,
 }
+
+/// How often a `hasleader` stream checks for a leader.
+const LEADER_CHECK: Duration = Duration::from_millis(250);
 
 impl Session {
     async fn run(mut self, mut input: Streaming<WatchRequest>) {
         let (hub_tx, mut hub_rx) = mpsc::unbounded_channel();
         let mut progress = tokio::time::interval(self.progress_interval);
         progress.tick().await;
+        let mut leader_check = tokio::time::interval(LEADER_CHECK);
+        let mut leaderless_since: Option<tokio::time::Instant> = None;
         loop {
             let ok = tokio::select! {
+                _ = leader_check.tick(), if self.require_leader => {
+                    self.leader_still_there(&mut leaderless_since).await
+                }
                 req = input.next() => match req {
                     Some(Ok(r)) => self.on_request(r, &hub_tx).await,
                     // Client went away or sent garbage: end the session.
@@ -139,6 +152,25 @@ impl Session {
             .metrics
             .watchers
             .set(self.node.shared.hub.watchers() as i64);
+    }
+
+    /// For a `hasleader` stream: false (after telling the client, as etcd
+    /// does) once the member has had no leader for `leaderless_for`.
+    async fn leader_still_there(&self, since: &mut Option<tokio::time::Instant>) -> bool {
+        if self.node.shared.status().leader != 0 {
+            *since = None;
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        let since = *since.get_or_insert(now);
+        if now.duration_since(since) < self.node.leaderless_for {
+            return true;
+        }
+        let _ = self
+            .out
+            .send(Err(Status::unavailable("etcdserver: no leader")))
+            .await;
+        false
     }
 
     async fn send(&self, r: WatchResponse) -> bool {

@@ -120,6 +120,10 @@ pub struct ServerFlags {
     /// Seconds between progress notifications to watchers that asked for them.
     #[arg(long, env = "NOD_PROGRESS_NOTIFY_INTERVAL", default_value_t = 600)]
     pub progress_notify_interval: u64,
+    /// The same as etcd spells it, a Go duration (10m, 5s); wins over
+    /// --progress-notify-interval when given.
+    #[arg(long, env = "NOD_WATCH_PROGRESS_NOTIFY_INTERVAL")]
+    pub experimental_watch_progress_notify_interval: Option<String>,
     /// Log format.
     #[arg(long, env = "NOD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -466,7 +470,14 @@ pub fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
     }
     cfg.bcrypt_cost = f.bcrypt_cost;
     cfg.snapshot_count = f.snapshot_count;
-    cfg.progress_notify_interval = Duration::from_secs(f.progress_notify_interval.max(1));
+    cfg.progress_notify_interval = match &f.experimental_watch_progress_notify_interval {
+        Some(v) => crate::auth::jwt::go_duration(v)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                format!("--experimental-watch-progress-notify-interval is a duration such as 10m, not {v:?}")
+            })?,
+        None => Duration::from_secs(f.progress_notify_interval.max(1)),
+    };
     let founders: Vec<String> = f
         .bootstrap_founders
         .iter()
@@ -656,6 +667,15 @@ mod tests {
         let e = server_flags(&["--corrupt-check-time", "soon"]).unwrap_err();
         assert!(e.contains("--corrupt-check-time"), "{e}");
         assert!(server_flags(&["--max-txn-ops", "0"]).is_err());
+        let p = server_flags(&["--experimental-watch-progress-notify-interval", "500ms"]).unwrap();
+        assert_eq!(p.progress_notify_interval, Duration::from_millis(500));
+        assert_eq!(
+            server_flags(&["--progress-notify-interval", "7"])
+                .unwrap()
+                .progress_notify_interval,
+            Duration::from_secs(7)
+        );
+        assert!(server_flags(&["--experimental-watch-progress-notify-interval", "0"]).is_err());
     }
 
     #[test]

@@ -980,7 +980,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             bcrypt_cost: crate::auth::password::effective_cost(cfg.bcrypt_cost),
             ..AuthSettings::default()
         })
-        .with_limits(cfg.quota_backend_bytes, cfg.max_txn_ops),
+        .with_limits(cfg.quota_backend_bytes, cfg.max_txn_ops)
+        .with_election_timeout(cfg.heartbeat * cfg.election_ticks as u32),
     );
     tasks.push(tokio::spawn(sweep_tokens(
         shared.clone(),

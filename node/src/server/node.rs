@@ -82,6 +82,21 @@ pub struct Node {
     pub quota_bytes: Option<u64>,
     /// `--max-txn-ops`.
     pub max_txn_ops: usize,
+    /// How long without a leader ends the streams of clients that asked
+    /// for one (`hasleader`): etcd's three election timeouts.
+    pub leaderless_for: Duration,
+}
+
+/// Metadata a client sets to be refused, rather than wait, when the member
+/// it reaches has no leader (etcd's `WithRequireLeader`).
+pub const REQUIRE_LEADER: &str = "hasleader";
+
+/// Whether `request` asks for a leader (`hasleader: true`).
+pub fn requires_leader<T>(request: &Request<T>) -> bool {
+    request
+        .metadata()
+        .get(REQUIRE_LEADER)
+        .is_some_and(|v| v.as_bytes() == b"true")
 }
 
 /// etcd's default `--quota-backend-bytes` (2 GiB).
@@ -116,7 +131,15 @@ impl Node {
             auth: AuthSettings::default(),
             quota_bytes: Some(DEFAULT_QUOTA_BYTES),
             max_txn_ops: crate::storage::kv_store::MAX_TXN_OPS,
+            leaderless_for: Duration::from_secs(3),
         }
+    }
+
+    /// Sets how long without a leader ends `hasleader` streams (three
+    /// election timeouts).
+    pub fn with_election_timeout(mut self, election: Duration) -> Node {
+        self.leaderless_for = election * 3;
+        self
     }
 
     /// Sets `--quota-backend-bytes` (resolved) and `--max-txn-ops`.
@@ -193,6 +216,11 @@ impl Node {
     /// common name; else nobody, whom the checks refuse once auth is on.
     /// Tokens are ignored while auth is off.
     pub async fn ctx<T>(&self, request: &Request<T>) -> Result<Ctx, Status> {
+        // etcd's interceptors: a client that requires a leader is refused
+        // at once by a member that has none.
+        if requires_leader(request) && self.shared.status().leader == 0 {
+            return Err(Status::unavailable("etcdserver: no leader"));
+        }
         let forwarded = Node::is_forwarded(request);
         let conn = request.extensions().get::<ConnInfo>();
         let md = request.metadata();
