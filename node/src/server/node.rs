@@ -161,9 +161,7 @@ impl Node {
         };
         let (size, raised) = {
             let store = self.shared.store();
-            let raised = store.alarms().iter().any(|a| {
-                a.member_id == self.shared.member_id && a.alarm == AlarmType::Nospace as i32
-            });
+            let raised = store.has_alarm_of(self.shared.member_id, AlarmType::Nospace);
             (store.db_size().max(0) as u64, raised)
         };
         if size.saturating_add(cost as u64) < quota {
@@ -341,14 +339,14 @@ impl Node {
 
     /// A channel to the leader's peer port (which serves the calls members
     /// forward, behind peer TLS), from the member table.
-    pub(crate) fn peer_channel(&self, leader: u64) -> Option<Channel> {
+    pub(crate) fn peer_channel(&self, member: u64) -> Option<Channel> {
         let url = self
             .shared
             .store()
-            .member(leader)
+            .member(member)
             .and_then(|m| m.peer_ur_ls.first().cloned())?;
         let mut cache = self.leaders.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((u, ch)) = cache.get(&leader) {
+        if let Some((u, ch)) = cache.get(&member) {
             if *u == url {
                 return Some(ch.clone());
             }
@@ -357,7 +355,7 @@ impl Node {
         let ch = self
             .dialer
             .lazy(endpoint.connect_timeout(Duration::from_secs(1)));
-        cache.insert(leader, (url, ch.clone()));
+        cache.insert(member, (url, ch.clone()));
         Some(ch)
     }
 

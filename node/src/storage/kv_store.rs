@@ -177,6 +177,25 @@ pub enum ReadError {
     Store(#[from] StoreError),
 }
 
+/// Every kept record in `stored` in revision order, decoded and checked:
+/// its revision, whether it is a deletion, and the key-value.
+fn records<B: Backend>(
+    stored: &B,
+) -> impl Iterator<Item = Result<(Revision, bool, KeyValue), StoreError>> + '_ {
+    stored.scan_from(Keyspace::Rev, &[]).map(|item| {
+        let (k, v) = item.map_err(backend("scanning revisions"))?;
+        let rev = Revision::from_key(&k).ok_or_else(|| StoreError::CorruptKey {
+            keyspace: Keyspace::Rev.name(),
+            key: k.to_vec(),
+        })?;
+        let (tombstone, kv) = decode_kv(&v).map_err(|cause| StoreError::CorruptRecord {
+            revision: rev.main,
+            cause,
+        })?;
+        Ok((rev, tombstone, kv))
+    })
+}
+
 /// Tags a backend failure with what the store was doing.
 fn backend(context: &'static str) -> impl FnOnce(BackendError) -> StoreError {
     move |cause| StoreError::Backend { context, cause }
@@ -354,16 +373,8 @@ impl<B: Backend> KvStore<B> {
         {
             self.compacted = decode_pair(&v)?.0 as i64;
         }
-        for item in self.backend.scan_from(Keyspace::Rev, &[]) {
-            let (k, v) = item.map_err(backend("scanning revisions"))?;
-            let rev = Revision::from_key(&k).ok_or_else(|| StoreError::CorruptKey {
-                keyspace: Keyspace::Rev.name(),
-                key: k.to_vec(),
-            })?;
-            let (tombstone, kv) = decode_kv(&v).map_err(|cause| StoreError::CorruptRecord {
-                revision: rev.main,
-                cause,
-            })?;
+        for record in records(&self.backend) {
+            let (rev, tombstone, kv) = record?;
             // Revision order: the last record of a key is its current value.
             self.index
                 .entry(IndexKey::from_slice(&kv.key))

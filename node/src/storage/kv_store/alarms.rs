@@ -74,6 +74,11 @@ impl<B: Backend> KvStore<B> {
         to_members(self.alarms.iter())
     }
 
+    /// Whether `member` has raised `kind`.
+    pub fn has_alarm_of(&self, member: u64, kind: AlarmType) -> bool {
+        self.alarms.contains(&(member, kind as i32))
+    }
+
     /// Whether any member has raised `kind`.
     pub fn has_alarm(&self, kind: AlarmType) -> bool {
         self.alarms.iter().any(|&(_, a)| a == kind as i32)

@@ -25,9 +25,8 @@ use std::collections::BTreeMap;
 use prost::Message as _;
 use sha2::Digest as _;
 
-use super::encoding::{decode_kv, Revision};
-use super::{backend, Backend, KvStore, StoreError};
-use crate::storage::backend::Keyspace;
+use super::encoding::Revision;
+use super::{Backend, KvStore, StoreError};
 use crate::storage::bbolt::{self, BoltError};
 use nod_proto::etcd::mvccpb::KeyValue;
 
@@ -81,16 +80,8 @@ impl<B: Backend> KvStore<B> {
     /// This store as an etcd snapshot file (bbolt plus SHA-256).
     pub fn etcd_snapshot(&self) -> Result<Vec<u8>, StoreError> {
         let mut keys = Vec::new();
-        for item in self.backend.scan_from(Keyspace::Rev, &[]) {
-            let (k, v) = item.map_err(backend("scanning revisions"))?;
-            let rev = Revision::from_key(&k).ok_or_else(|| StoreError::CorruptKey {
-                keyspace: Keyspace::Rev.name(),
-                key: k.to_vec(),
-            })?;
-            let (tombstone, kv) = decode_kv(&v).map_err(|cause| StoreError::CorruptRecord {
-                revision: rev.main,
-                cause,
-            })?;
+        for record in super::records(&self.backend) {
+            let (rev, tombstone, kv) = record?;
             let value = if tombstone {
                 KeyValue {
                     key: kv.key,
