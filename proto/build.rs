@@ -16,9 +16,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
+    // The descriptors too: the server's JSON gateway maps etcd's JSON to
+    // these messages by reflection (field names, types, enums).
+    let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("etcd.bin");
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .file_descriptor_set_path(descriptors)
         .compile_protos(&files, &[root.to_string()])?;
     let peer = ["nod/raft.proto", "nod/server.proto"];
     for f in &peer {

@@ -154,6 +154,35 @@ async fn client_certificates_are_required_checked_and_rotated() {
         "refusals are logged"
     );
 
+    // The JSON gateway on the same port, over HTTP/1.1 and HTTP/2: served
+    // with the client certificate, refused at the handshake without one.
+    let curl = |http: &str, id: Option<&Written>| {
+        let mut c = Command::new("curl");
+        c.args(["-s", "--max-time", "5", http, "--cacert"])
+            .arg(&ca_file)
+            .args(["-X", "POST", "-d", r#"{"key":"aw=="}"#]);
+        if let Some(w) = id {
+            c.arg("--cert").arg(&w.cert).arg("--key").arg(&w.key);
+        }
+        c.arg(format!("{url}/v3/kv/range")).output().unwrap()
+    };
+    for http in ["--http1.1", "--http2"] {
+        let out = curl(http, Some(&client));
+        let body = String::from_utf8_lossy(&out.stdout);
+        // "k" is "aw==" and "v1" is "djE=" in base64.
+        assert!(
+            out.status.success() && body.contains(r#""value":"djE=""#),
+            "gateway over TLS ({http}): {}",
+            text(&out)
+        );
+        let out = curl(http, None);
+        assert!(
+            !out.status.success() && out.stdout.is_empty(),
+            "gateway without a client certificate ({http}): {}",
+            text(&out)
+        );
+    }
+
     // Nod's own CLI, with the same flags.
     let nod = |tls: &[String], args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_nod"))

@@ -25,6 +25,10 @@ pub mod etcd {
     pub mod v3electionpb {
         tonic::include_proto!("v3electionpb");
     }
+
+    /// The etcd protos' descriptors (a serialized `FileDescriptorSet`),
+    /// for mapping these messages to and from etcd's JSON.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/etcd.bin"));
 }
 
 /// Code generated from `nod/raft.proto`: Raft messages between peers.

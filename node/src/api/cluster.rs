@@ -1,6 +1,8 @@
 //! The etcd Cluster service: membership through Raft configuration changes,
 //! learner first (thesis §4.2.1). Changes go to the leader (forwarded from a
 //! follower); the member table is the applied state, read like any other.
+//! Responses carry a header without a revision, as etcd's (membership is
+//! not part of the key-value history).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,7 +146,7 @@ impl Cluster for ClusterService {
         };
         let member = members.iter().find(|m| m.id == id).cloned();
         Ok(Response::new(MemberAddResponse {
-            header: Some(self.node.header(applied.revision)),
+            header: Some(self.node.header(0)),
             member,
             members,
         }))
@@ -211,7 +213,7 @@ impl Cluster for ClusterService {
             _ => self.members(),
         };
         Ok(Response::new(MemberRemoveResponse {
-            header: Some(self.node.header(applied.revision)),
+            header: Some(self.node.header(0)),
             members,
         }))
     }
@@ -239,8 +241,8 @@ impl Cluster for ClusterService {
                     .into_inner(),
             )),
             Route::Done(Err(s)) => Err(s),
-            Route::Done(Ok(a)) => Ok(Response::new(MemberUpdateResponse {
-                header: Some(self.node.header(a.revision)),
+            Route::Done(Ok(_)) => Ok(Response::new(MemberUpdateResponse {
+                header: Some(self.node.header(0)),
                 members: self.members(),
             })),
         }
@@ -260,7 +262,7 @@ impl Cluster for ClusterService {
             let _ = tokio::time::timeout(MEMBER_LIST_CATCH_UP, self.node.linearize()).await;
         }
         Ok(Response::new(MemberListResponse {
-            header: Some(self.node.current_header()),
+            header: Some(self.node.header(0)),
             members: self.members(),
         }))
     }
@@ -298,16 +300,15 @@ impl Cluster for ClusterService {
         if !ready {
             return Err(Status::failed_precondition(LEARNER_NOT_READY));
         }
-        let applied = self
-            .change(ConfChange {
-                kind: ConfChangeKind::PromoteLearner,
-                node: NodeId(req.id),
-                context: Vec::new(),
-            })
-            .await?
-            .ok_or_else(|| Status::unavailable("etcdserver: leader changed"))?;
+        self.change(ConfChange {
+            kind: ConfChangeKind::PromoteLearner,
+            node: NodeId(req.id),
+            context: Vec::new(),
+        })
+        .await?
+        .ok_or_else(|| Status::unavailable("etcdserver: leader changed"))?;
         Ok(Response::new(MemberPromoteResponse {
-            header: Some(self.node.header(applied.revision)),
+            header: Some(self.node.header(0)),
             members: self.members(),
         }))
     }

@@ -25,8 +25,15 @@ use crate::server::driver::Outcome;
 use crate::server::node::{Node, Route};
 use crate::storage::backend::rocks;
 
-/// The etcd API version Nod speaks; clients gate features on it.
-pub const ETCD_VERSION: &str = "3.5.0";
+/// The etcd version whose API and behaviour Nod matches; clients gate
+/// features on it. The 3.5 API (no 3.6-only calls such as Downgrade), and
+/// 3.5.13 because that is the first release whose watch progress
+/// (`RequestProgress` answered in order with the events, progress
+/// notifications only for synced watchers) kube-apiserver trusts: from
+/// 3.5.13 on it serves consistent reads from its watch cache and offers
+/// watch-list. Nod's watch streams keep that order (history and progress
+/// go through one channel per stream; see `api/watch.rs`).
+pub const ETCD_VERSION: &str = "3.5.13";
 /// Bytes per snapshot message (etcd's).
 const SNAPSHOT_CHUNK: usize = 32 * 1024;
 

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod election;
+pub mod gateway;
 pub mod in_process;
 pub mod key_watch;
 pub mod kv;

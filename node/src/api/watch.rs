@@ -24,7 +24,6 @@ use crate::command::Caller;
 use crate::server::node::Node;
 use crate::server::watch_hub::HubMessage;
 use crate::storage::kv_store::KeyRange;
-use crate::storage::KvError;
 
 /// Most events one response carries when replaying history.
 const HISTORY_BATCH: usize = 1000;
@@ -69,6 +68,24 @@ impl Watcher {
                 },
             })
             .collect()
+    }
+}
+
+/// A watcher's end because its start revision was compacted, as etcd
+/// sends it: the compact revision (clients turn it into their
+/// "required revision has been compacted" error), no reason, and a header
+/// without a revision (`header` is given one of 0).
+fn compacted_cancel(
+    header: Option<super::etcd::etcdserverpb::ResponseHeader>,
+    watch_id: i64,
+    compacted: i64,
+) -> WatchResponse {
+    WatchResponse {
+        header,
+        watch_id,
+        canceled: true,
+        compact_revision: compacted,
+        ..Default::default()
     }
 }
 
@@ -128,15 +145,23 @@ impl Session {
         progress.tick().await;
         let mut leader_check = tokio::time::interval(LEADER_CHECK);
         let mut leaderless_since: Option<tokio::time::Instant> = None;
+        let mut input_done = false;
         loop {
             let ok = tokio::select! {
                 _ = leader_check.tick(), if self.require_leader => {
                     self.leader_still_there(&mut leaderless_since).await
                 }
-                req = input.next() => match req {
+                req = input.next(), if !input_done => match req {
                     Some(Ok(r)) => self.on_request(r, &hub_tx).await,
-                    // Client went away or sent garbage: end the session.
-                    _ => false,
+                    // The client sends no more requests but still watches
+                    // (etcd's too: a half-closed stream keeps its watchers;
+                    // the JSON gateway's watch is such a stream).
+                    None => {
+                        input_done = true;
+                        true
+                    }
+                    // A broken stream or garbage: end the session.
+                    Some(Err(_)) => false,
                 },
                 Some(m) = hub_rx.recv() => self.on_hub(m).await,
                 _ = progress.tick() => self.progress_notify(&hub_tx),
@@ -317,14 +342,7 @@ impl Session {
                 })
                 .await;
             return self
-                .send(WatchResponse {
-                    header: self.header(current),
-                    watch_id,
-                    canceled: true,
-                    compact_revision: compacted,
-                    cancel_reason: KvError::Compacted.to_string(),
-                    ..Default::default()
-                })
+                .send(compacted_cancel(self.header(0), watch_id, compacted))
                 .await;
         }
         self.next_id = self.next_id.max(watch_id + 1);
@@ -375,15 +393,9 @@ impl Session {
                         .lock()
                         .unsubscribe(self.stream, watcher.internal);
                     let compacted = self.node.shared.store().compacted_revision();
+                    tracing::debug!(error = %e, watch_id, "history compacted under a new watcher");
                     return self
-                        .send(WatchResponse {
-                            header: self.header(current),
-                            watch_id,
-                            canceled: true,
-                            compact_revision: compacted,
-                            cancel_reason: e.to_string(),
-                            ..Default::default()
-                        })
+                        .send(compacted_cancel(self.header(0), watch_id, compacted))
                         .await;
                 }
             }

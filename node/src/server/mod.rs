@@ -32,6 +32,7 @@ use crate::api::admin::AdminService;
 use crate::api::auth::AuthService;
 use crate::api::cluster::ClusterService;
 use crate::api::election::ElectionService;
+use crate::api::gateway;
 use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
 use crate::api::lock::LockService;
@@ -685,7 +686,14 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             None => None,
         })
     };
-    let client_tls = load(&cfg.client_tls)?;
+    // The client port speaks HTTP/1.1 too (the JSON gateway, /health):
+    // offer it after h2, which gRPC clients pick.
+    let client_tls = load(&cfg.client_tls.clone().map(|mut o| {
+        if !o.alpn.iter().any(|p| p == b"http/1.1") {
+            o.alpn.push(b"http/1.1".to_vec());
+        }
+        o
+    }))?;
     let peer_tls = load(&cfg.peer_tls)?;
     let metrics_tls = load(&cfg.metrics_tls)?;
     let dialer = Dialer::new(cfg.peer_tls.as_ref().map(Dialer::peer_options).as_ref())?;
@@ -1113,46 +1121,52 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 return;
             }
         }
+        let grpc = tonic::service::Routes::new(
+            KvServer::new(KvService { node: api.clone() }).max_decoding_message_size(limit),
+        )
+        .add_service(
+            WatchServer::new(WatchService {
+                node: api.clone(),
+                progress_interval,
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            LeaseServer::new(LeaseService { node: api.clone() }).max_decoding_message_size(limit),
+        )
+        .add_service(
+            ClusterServer::new(ClusterService { node: api.clone() })
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            MaintenanceServer::new(MaintenanceService {
+                node: api.clone(),
+                autopilot: Some(autopilot_for_status),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(AdminServer::new(admin))
+        .add_service(
+            AuthServer::new(AuthService { node: api.clone() }).max_decoding_message_size(limit),
+        )
+        // Lock and Election only on the client port: their inner KV and
+        // Lease calls are what members forward to the leader.
+        .add_service(
+            LockServer::new(LockService { node: api.clone() }).max_decoding_message_size(limit),
+        )
+        .add_service(
+            ElectionServer::new(ElectionService { node: api.clone() })
+                .max_decoding_message_size(limit),
+        );
+        // etcd's JSON gateway, /version and /health on the same port
+        // (HTTP/1.1 and HTTP/2): see api/gateway.rs.
+        // The metrics count gRPC calls, the gateway's included (it calls
+        // the services through this router), and no HTTP paths.
+        let grpc = grpc.into_axum_router().layer(metrics_layer);
+        let app = gateway::router(grpc, api.clone(), limit);
         let r = tonic::transport::Server::builder()
-            .layer(metrics_layer)
-            .add_service(
-                KvServer::new(KvService { node: api.clone() }).max_decoding_message_size(limit),
-            )
-            .add_service(
-                WatchServer::new(WatchService {
-                    node: api.clone(),
-                    progress_interval,
-                })
-                .max_decoding_message_size(limit),
-            )
-            .add_service(
-                LeaseServer::new(LeaseService { node: api.clone() })
-                    .max_decoding_message_size(limit),
-            )
-            .add_service(
-                ClusterServer::new(ClusterService { node: api.clone() })
-                    .max_decoding_message_size(limit),
-            )
-            .add_service(
-                MaintenanceServer::new(MaintenanceService {
-                    node: api.clone(),
-                    autopilot: Some(autopilot_for_status),
-                })
-                .max_decoding_message_size(limit),
-            )
-            .add_service(AdminServer::new(admin))
-            .add_service(
-                AuthServer::new(AuthService { node: api.clone() }).max_decoding_message_size(limit),
-            )
-            // Lock and Election only on the client port: their inner KV and
-            // Lease calls are what members forward to the leader.
-            .add_service(
-                LockServer::new(LockService { node: api.clone() }).max_decoding_message_size(limit),
-            )
-            .add_service(
-                ElectionServer::new(ElectionService { node: api.clone() })
-                    .max_decoding_message_size(limit),
-            )
+            .accept_http1(true)
+            .add_routes(tonic::service::Routes::from(app))
             .serve_with_incoming_shutdown(
                 tls::incoming(Arc::new(client_listener), client_tls, "client"),
                 async move {
