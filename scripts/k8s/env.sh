@@ -11,3 +11,10 @@ K8S_API_PORT=6443
 K8S_ETCD_CLIENT=127.0.0.1:23790
 K8S_ETCD_PEER=127.0.0.1:23800
 KUBECONFIG_ADMIN="$K8S_RUN/admin.kubeconfig"
+# The control plane's store: Debian's etcd (default) or Nod, whose members
+# (1 or 3) listen on 127.0.0.1:23790+i (client), 23800+i (peer) and
+# 23810+i (metrics, /readyz). The nod binary comes from $NOD_BIN_DIR.
+K8S_STORE="${NOD_K8S_STORE:-etcd}"
+K8S_STORE_MEMBERS="${NOD_K8S_STORE_MEMBERS:-1}"
+# Extra kube-apiserver flags, split on spaces (e.g. --etcd-compaction-interval=10s).
+K8S_APISERVER_ARGS="${NOD_K8S_APISERVER_ARGS:-}"
