@@ -39,6 +39,8 @@ struct Watcher {
     no_put: bool,
     no_delete: bool,
     progress_notify: bool,
+    /// Large responses go out in pieces (`fragment` in the create).
+    fragment: bool,
     /// Events below this revision are not for this watcher.
     start: i64,
     /// The hub's id for this watcher: never reused in a session, so events
@@ -69,6 +71,41 @@ impl Watcher {
             })
             .collect()
     }
+}
+
+/// etcd's fragments of a watch response: pieces that each stay under
+/// `max_bytes` (a piece holds at least one event, however large), all but
+/// the last marked `fragment`; a response under the limit, or with one
+/// event, goes whole. Clients that asked for fragments join the pieces.
+fn fragments(mut r: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
+    use prost::Message;
+    if r.encoded_len() < max_bytes || r.events.len() < 2 {
+        return vec![r];
+    }
+    let events = std::mem::take(&mut r.events);
+    r.fragment = true;
+    let base = r.encoded_len();
+    // Field 11 of WatchResponse: its bytes in a piece.
+    let size = |e: &Event| prost::encoding::message::encoded_len(11, e);
+    let mut pieces = Vec::new();
+    let mut piece = Vec::new();
+    let mut len = base;
+    for e in events {
+        let n = size(&e);
+        if !piece.is_empty() && len + n >= max_bytes {
+            pieces.push(WatchResponse {
+                events: std::mem::take(&mut piece),
+                ..r.clone()
+            });
+            len = base;
+        }
+        len += n;
+        piece.push(e);
+    }
+    r.fragment = false;
+    r.events = piece;
+    pieces.push(r);
+    pieces
 }
 
 /// A watcher's end because its start revision was compacted, as etcd
@@ -202,6 +239,21 @@ impl Session {
         self.out.send(Ok(r)).await.is_ok()
     }
 
+    /// Events for a watcher, in pieces of under `--max-request-bytes` plus
+    /// gRPC's allowance (etcd's limit for them) when it asked for fragments.
+    async fn send_events(&self, r: WatchResponse, fragment: bool) -> bool {
+        if !fragment {
+            return self.send(r).await;
+        }
+        let limit = self.node.max_request_bytes + crate::server::GRPC_OVERHEAD;
+        for piece in fragments(r, limit) {
+            if !self.send(piece).await {
+                return false;
+            }
+        }
+        true
+    }
+
     fn header(&self, revision: i64) -> Option<super::etcd::etcdserverpb::ResponseHeader> {
         Some(self.node.header(revision))
     }
@@ -311,6 +363,7 @@ impl Session {
             no_put: filters.contains(&(FilterType::Noput as i32)),
             no_delete: filters.contains(&(FilterType::Nodelete as i32)),
             progress_notify: c.progress_notify,
+            fragment: c.fragment,
             start: c.start_revision.max(0),
             internal: self.next_internal,
         };
@@ -372,15 +425,13 @@ impl Session {
                 Ok(events) => {
                     let events = watcher.shape(&events);
                     for chunk in events.chunks(HISTORY_BATCH) {
-                        if !self
-                            .send(WatchResponse {
-                                header: self.header(current),
-                                watch_id,
-                                events: chunk.to_vec(),
-                                ..Default::default()
-                            })
-                            .await
-                        {
+                        let resp = WatchResponse {
+                            header: self.header(current),
+                            watch_id,
+                            events: chunk.to_vec(),
+                            ..Default::default()
+                        };
+                        if !self.send_events(resp, watcher.fragment).await {
                             return false;
                         }
                     }
@@ -422,13 +473,13 @@ impl Session {
                 if events.is_empty() {
                     return true;
                 }
-                self.send(WatchResponse {
+                let resp = WatchResponse {
                     header: self.header(revision),
                     watch_id,
                     events,
                     ..Default::default()
-                })
-                .await
+                };
+                self.send_events(resp, w.fragment).await
             }
             HubMessage::Canceled { watch_id, reason } => {
                 let Some(watch_id) = self.by_internal.remove(&watch_id) else {
@@ -467,5 +518,75 @@ impl Session {
             .hub
             .send_progress(|| shared.store().current_revision(), hub_tx, ids);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::etcd::mvccpb::KeyValue;
+    use prost::Message;
+
+    fn event(key: &str, len: usize) -> Event {
+        Event {
+            kv: Some(KeyValue {
+                key: key.as_bytes().to_vec(),
+                value: vec![7; len],
+                mod_revision: 5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn large_responses_split_into_fragments_under_the_limit() {
+        let r = WatchResponse {
+            watch_id: 3,
+            events: (0..5).map(|i| event(&format!("k{i}"), 400)).collect(),
+            ..Default::default()
+        };
+        let whole = r.clone();
+        // Room for two events per piece, not three.
+        let limit = 1000;
+        let pieces = fragments(r, limit);
+        assert_eq!(
+            pieces.iter().map(|p| p.events.len()).collect::<Vec<_>>(),
+            [2, 2, 1]
+        );
+        assert_eq!(
+            pieces.iter().map(|p| p.fragment).collect::<Vec<_>>(),
+            [true, true, false]
+        );
+        for p in &pieces {
+            assert!(p.encoded_len() < limit, "{}", p.encoded_len());
+            assert_eq!(p.watch_id, 3);
+        }
+        let joined: Vec<Event> = pieces.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(joined, whole.events);
+    }
+
+    #[test]
+    fn small_responses_and_single_events_go_whole() {
+        let small = WatchResponse {
+            events: vec![event("a", 10), event("b", 10)],
+            ..Default::default()
+        };
+        assert_eq!(fragments(small.clone(), 1000), vec![small]);
+        let one = WatchResponse {
+            events: vec![event("big", 5000)],
+            ..Default::default()
+        };
+        assert_eq!(fragments(one.clone(), 1000), vec![one]);
+        // A piece always takes at least one event, even one over the limit.
+        let mixed = WatchResponse {
+            events: vec![event("a", 10), event("big", 5000), event("c", 10)],
+            ..Default::default()
+        };
+        let sizes: Vec<usize> = fragments(mixed, 1000)
+            .iter()
+            .map(|p| p.events.len())
+            .collect();
+        assert_eq!(sizes, [1, 1, 1]);
     }
 }

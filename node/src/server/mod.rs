@@ -67,7 +67,7 @@ use watch_hub::WatchHub;
 
 /// gRPC's allowance over `max_request_bytes`, so a request a little too
 /// large gets etcd's "request is too large" instead of a transport error (etcd does the same).
-const GRPC_OVERHEAD: usize = 512 * 1024;
+pub(crate) const GRPC_OVERHEAD: usize = 512 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClusterState {
