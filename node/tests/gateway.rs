@@ -677,3 +677,65 @@ fn the_json_gateway_answers_as_etcds() {
         );
     }
 }
+
+/// What the client port counts: gateway calls as the gRPC calls they make
+/// (one `Range` per `/v3/kv/range`), and neither HTTP paths nor invented
+/// gRPC method names as labels (each would be a new metric series).
+#[test]
+fn metrics_count_gateway_calls_and_no_invented_names() {
+    let nod = Cluster::start(1);
+    let m = &nod.members[0];
+    let ep = m.endpoint();
+    wait_serving(&ep);
+    let ranges = r#"grpc_server_handled_total{grpc_code="Ok",grpc_method="Range"}"#;
+    let before = m.metric(ranges);
+    for _ in 0..3 {
+        let a = curl(
+            &ep,
+            "POST",
+            "/v3/kv/range",
+            Some(br#"{"key":"YQ=="}"#),
+            &[],
+            5,
+        );
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    for path in [
+        "/v3/kv/nothing-here",
+        "/random-path-1",
+        "/v3/kv/random-path-2",
+    ] {
+        assert_eq!(curl(&ep, "POST", path, Some(b"{}"), &[], 5).status, 404);
+    }
+    for name in ["Invented1", "Invented2"] {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "--http2-prior-knowledge",
+                "-X",
+                "POST",
+            ])
+            .args(["-H", "content-type: application/grpc", "--data-binary", ""])
+            .arg(format!("http://{ep}/etcdserverpb.KV/{name}"))
+            .status()
+            .unwrap();
+        assert!(out.success());
+    }
+    assert_eq!(m.metric(ranges) - before, 3.0);
+    let (_, body) = m.http_get("/metrics").expect("metrics");
+    for name in ["Invented", "random-path", "nothing-here"] {
+        assert!(!body.contains(name), "{name} became a label");
+    }
+    assert!(
+        body.contains(
+            r#"grpc_server_handled_total{grpc_code="Unimplemented",grpc_method="unknown"} 2"#
+        ),
+        "{}",
+        body.lines()
+            .filter(|l| l.contains("Unimplemented"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -46,6 +46,9 @@ pub struct GrpcMetrics<S> {
     families: GrpcMetricsLayer,
 }
 
+/// The label of calls to methods a service does not implement.
+const UNKNOWN_METHOD: &str = "unknown";
+
 /// The method name of a gRPC path (`/etcdserverpb.KV/Range` → `Range`).
 fn method(path: &str) -> String {
     path.rsplit('/').next().unwrap_or(path).to_string()
@@ -89,7 +92,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let name = method(req.uri().path());
+        let mut name = method(req.uri().path());
         let families = self.families.clone();
         let started = Instant::now();
         let fut = self.inner.call(req);
@@ -106,6 +109,11 @@ where
                     .unwrap_or(tonic::Code::Ok),
                 Err(_) => tonic::Code::Internal,
             };
+            // A method the service does not have: one label for all of
+            // them, so callers cannot add series by inventing names.
+            if code == tonic::Code::Unimplemented {
+                name = UNKNOWN_METHOD.to_string();
+            }
             families
                 .requests
                 .with_label_values(&[name.as_str(), code_label(code)])
