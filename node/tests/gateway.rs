@@ -725,6 +725,16 @@ fn metrics_count_gateway_calls_and_no_invented_names() {
     }
     assert_eq!(m.metric(ranges) - before, 3.0);
     let (_, body) = m.http_get("/metrics").expect("metrics");
+    // The client port serves the same metrics, as etcd's does.
+    let client = curl(&ep, "GET", "/metrics", None, &[], 5);
+    assert_eq!(client.status, 200);
+    let line = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with(ranges))
+            .map(str::to_string)
+    };
+    assert_eq!(line(&client.body), line(&body), "{}", client.body);
+    assert!(line(&body).is_some());
     for name in ["Invented", "random-path", "nothing-here"] {
         assert!(!body.contains(name), "{name} became a label");
     }

@@ -1,6 +1,7 @@
 //! etcd's gRPC-JSON gateway on the client port: `POST /v3/<service>/<call>`
 //! with a JSON body (etcd 3.4+ serves it with grpc-gateway; Patroni,
-//! APISIX and curl users call it), plus `GET /version` and `/health`.
+//! APISIX and curl users call it), plus `GET /version`, `/health` and
+//! `/metrics` (etcd serves its metrics on the client port too).
 //! Does network I/O (serves HTTP/1.1 and HTTP/2 next to gRPC).
 //!
 //! A call is turned into the gRPC call it names and served by the same
@@ -214,6 +215,11 @@ impl Gateway {
                 match path {
                     "/version" => self.version(req.method()),
                     "/health" => self.health(req.method()).await,
+                    "/metrics" if req.method() == Method::GET => plain(
+                        StatusCode::OK,
+                        Some("text/plain; version=0.0.4; charset=utf-8"),
+                        crate::server::http::metrics_text(&self.node.shared),
+                    ),
                     _ => not_found("404 page not found\n"),
                 }
             }

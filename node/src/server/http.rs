@@ -63,18 +63,25 @@ impl HttpState {
     }
 
     fn render_metrics(&self) -> String {
-        if let Some(shared) = self.node.get() {
-            let store = shared.store();
-            shared.metrics.db_size.set(store.db_size());
-            shared.metrics.db_size_in_use.set(store.db_size_in_use());
-            drop(store);
-            shared
-                .metrics
-                .leases
-                .set(shared.store().leases().len() as i64);
+        match self.node.get() {
+            Some(shared) => metrics_text(shared),
+            None => self.metrics.render(),
         }
-        self.metrics.render()
     }
+}
+
+/// The Prometheus text of a serving node, its store's gauges read now
+/// (the metrics port's `/metrics`, and the client port's as etcd's).
+pub fn metrics_text(shared: &Shared) -> String {
+    let store = shared.store();
+    shared.metrics.db_size.set(store.db_size());
+    shared.metrics.db_size_in_use.set(store.db_size_in_use());
+    drop(store);
+    shared
+        .metrics
+        .leases
+        .set(shared.store().leases().len() as i64);
+    shared.metrics.render()
 }
 
 fn health(shared: &Shared) -> (StatusCode, String) {
