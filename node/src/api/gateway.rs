@@ -30,6 +30,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
+use futures::StreamExt;
 use prost::Message as _;
 use prost_reflect::{
     DescriptorPool, DeserializeOptions, DynamicMessage, MethodDescriptor, SerializeOptions,
@@ -342,14 +343,7 @@ impl Gateway {
         if !method.is_server_streaming() {
             return match stream.message().await {
                 Ok(Some(bytes)) => match to_json(&output, &bytes) {
-                    Ok(json) => {
-                        let mut r = plain(StatusCode::OK, Some(JSON), json);
-                        r.headers_mut().insert(
-                            "grpc-metadata-content-type",
-                            HeaderValue::from_static("application/grpc"),
-                        );
-                        r
-                    }
+                    Ok(json) => answered(plain(StatusCode::OK, Some(JSON), json)),
                     Err(status) => error_response(&status),
                 },
                 Ok(None) => error_response(&Status::internal("no response message")),
@@ -363,43 +357,38 @@ impl Gateway {
             Ok(None) => return plain(StatusCode::OK, Some(JSON), ""),
             Err(status) => return error_response(&status),
         };
-        let chunks =
-            futures::stream::unfold((Some(first), Some(stream)), move |(first, stream)| {
-                let output = output.clone();
-                async move {
-                    let mut stream = stream?;
-                    let next = match first {
-                        Some(bytes) => Ok(Some(bytes)),
-                        None => stream.message().await,
-                    };
-                    let (chunk, more) = match next {
-                        Ok(Some(bytes)) => match to_json(&output, &bytes) {
-                            Ok(json) => (format!("{{\"result\":{json}}}\n"), true),
-                            Err(status) => (stream_error(&status), false),
-                        },
-                        Ok(None) => return None,
-                        Err(status) => (stream_error(&status), false),
-                    };
-                    let rest = more.then_some(stream);
-                    Some((
-                        Ok::<_, std::convert::Infallible>(Bytes::from(chunk)),
-                        (None, rest),
-                    ))
+        // One chunk per message; an error is the last chunk.
+        let chunks = futures::stream::once(async move { Ok(first) })
+            .chain(stream)
+            .scan(false, move |ended, message| {
+                if *ended {
+                    return futures::future::ready(None);
                 }
+                let chunk = match message.and_then(|bytes| to_json(&output, &bytes)) {
+                    Ok(json) => format!("{{\"result\":{json}}}\n"),
+                    Err(status) => {
+                        *ended = true;
+                        stream_error(&status)
+                    }
+                };
+                futures::future::ready(Some(Ok::<_, std::convert::Infallible>(Bytes::from(chunk))))
             });
-        let mut r = Response::new(Body::from_stream(chunks));
-        let h = r.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON));
-        h.insert(
-            "grpc-metadata-content-type",
-            HeaderValue::from_static("application/grpc"),
-        );
-        r
+        answered(plain(StatusCode::OK, Some(JSON), Body::from_stream(chunks)))
     }
 }
 
 const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
+
+/// A gRPC call's successful answer carries the metadata header
+/// grpc-gateway adds (errors do not).
+fn answered(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        "grpc-metadata-content-type",
+        HeaderValue::from_static("application/grpc"),
+    );
+    r
+}
 
 fn is_grpc(headers: &HeaderMap) -> bool {
     headers
