@@ -147,6 +147,15 @@ fn mask(text: &str, keys: &[&str]) -> String {
     out
 }
 
+/// The string value of `"name":"..."` in a JSON text.
+fn field(json: &str, name: &str) -> String {
+    json.split(&format!("\"{name}\":\""))
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no {name} in {json}"))
+        .to_string()
+}
+
 /// What differs between any two servers, never between two answers.
 const ALWAYS_MASKED: &[&str] = &["cluster_id", "member_id", "raft_term"];
 
@@ -564,6 +573,74 @@ fn transcript(ep: &str) -> Vec<(String, Answer)> {
     version.body = mask(&version.body, &["etcdserver", "etcdcluster"]);
     r.push("version", version);
 
+    // Lock and Election through the gateway (unary calls and Observe's
+    // stream), under a chosen lease so keys agree: `<name>/<lease hex>`.
+    r.post(
+        "lease for lock and election",
+        "/v3/lease/grant",
+        r#"{"TTL":60,"ID":2000}"#,
+        &[],
+    );
+    let lock = r.post(
+        "lock",
+        "/v3/lock/lock",
+        &format!(r#"{{"name":"{}","lease":"2000"}}"#, b64("lk")),
+        &[],
+    );
+    let key = field(&lock.body, "key");
+    r.post(
+        "unlock",
+        "/v3/lock/unlock",
+        &format!(r#"{{"key":"{key}"}}"#),
+        &[],
+    );
+    let el = b64("el");
+    let campaign = r.post(
+        "campaign",
+        "/v3/election/campaign",
+        &format!(
+            r#"{{"name":"{el}","lease":"2000","value":"{}"}}"#,
+            b64("alice")
+        ),
+        &[],
+    );
+    let (key, rev) = (field(&campaign.body, "key"), field(&campaign.body, "rev"));
+    let leader = format!(r#"{{"name":"{el}","key":"{key}","rev":"{rev}","lease":"2000"}}"#);
+    r.post(
+        "proclaim",
+        "/v3/election/proclaim",
+        &format!(r#"{{"leader":{leader},"value":"{}"}}"#, b64("bob")),
+        &[],
+    );
+    r.post(
+        "leader",
+        "/v3/election/leader",
+        &format!(r#"{{"name":"{el}"}}"#),
+        &[],
+    );
+    let mut observe = curl(
+        ep,
+        "POST",
+        "/v3/election/observe",
+        Some(format!(r#"{{"name":"{el}"}}"#).as_bytes()),
+        &[],
+        2,
+    );
+    observe.body = mask(&observe.body, ALWAYS_MASKED);
+    r.push("observe (a stream)", observe);
+    r.post(
+        "resign",
+        "/v3/election/resign",
+        &format!(r#"{{"leader":{leader}}}"#),
+        &[],
+    );
+    r.post(
+        "leader after resign",
+        "/v3/election/leader",
+        &format!(r#"{{"name":"{el}"}}"#),
+        &[],
+    );
+
     // Auth: tokens in Authorization, raw.
     r.post(
         "user add root",
@@ -724,6 +801,52 @@ fn metrics_count_gateway_calls_and_no_invented_names() {
         assert!(out.success());
     }
     assert_eq!(m.metric(ranges) - before, 3.0);
+
+    // A snapshot through the gateway: `{"result":{..,"blob":..}}` lines
+    // whose blobs join into the file etcdctl reads.
+    let put = curl(
+        &ep,
+        "POST",
+        "/v3/kv/put",
+        Some(br#"{"key":"YQ==","value":"Yg=="}"#),
+        &[],
+        5,
+    );
+    let revision = field(&put.body, "revision");
+    let snap = curl(
+        &ep,
+        "POST",
+        "/v3/maintenance/snapshot",
+        Some(b"{}"),
+        &[],
+        10,
+    );
+    assert_eq!(snap.status, 200);
+    let mut file = Vec::new();
+    for line in snap.body.lines() {
+        use base64::Engine;
+        let blob = field(line, "blob");
+        file.extend(
+            base64::engine::general_purpose::STANDARD
+                .decode(blob)
+                .unwrap(),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.db");
+    std::fs::write(&path, &file).unwrap();
+    let status = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && text.contains(&format!("\"revision\":{revision},")),
+        "etcdctl snapshot status: {text} {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let (_, body) = m.http_get("/metrics").expect("metrics");
     // The client port serves the same metrics, as etcd's does.
     let client = curl(&ep, "GET", "/metrics", None, &[], 5);
