@@ -75,6 +75,19 @@ pub fn cluster_id(mut member_ids: Vec<u64>, token: &str) -> u64 {
     fnv1a(&parts)
 }
 
+/// A restored cluster's id: also from the restored database's SHA-256, so
+/// that a restore reusing its source's names and token still makes a new
+/// cluster, which members of the old one cannot talk to (their messages
+/// carry the old id). Every member restored from the same file with the
+/// same flags computes the same id.
+pub fn restored_cluster_id(mut member_ids: Vec<u64>, token: &str, digest: &[u8; 32]) -> u64 {
+    member_ids.sort_unstable();
+    let bytes: Vec<[u8; 8]> = member_ids.iter().map(|i| i.to_be_bytes()).collect();
+    let mut parts: Vec<&[u8]> = vec![b"restore", token.as_bytes(), digest];
+    parts.extend(bytes.iter().map(|b| b.as_slice()));
+    fnv1a(&parts)
+}
+
 /// A random non-zero id (lease and member ids), from the standard library's
 /// randomly keyed hasher and the clock: no RNG crate needed for ids.
 pub fn random_id() -> u64 {

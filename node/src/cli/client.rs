@@ -28,7 +28,7 @@ pub struct ClientFlags {
     )]
     pub endpoints: Vec<String>,
     /// Output format.
-    #[arg(long, short = 'w', env = "NOD_OUTPUT", value_enum, default_value_t = Output::Simple, global = true)]
+    #[arg(long, visible_alias = "write-out", short = 'w', env = "NOD_OUTPUT", value_enum, default_value_t = Output::Simple, global = true)]
     pub output: Output,
     /// Give up on a request after this many seconds.
     #[arg(long, env = "NOD_COMMAND_TIMEOUT", default_value_t = 10, global = true)]
@@ -139,10 +139,15 @@ fn password_from_stdin(user: &str) -> Result<String, Failure> {
     read.clone().map_err(usage)
 }
 
+/// How a command prints its answer (`-w`, as etcdctl's `--write-out`).
+/// `table` and `fields` are etcdctl's forms of `snapshot status`; other
+/// commands print their simple form for them.
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Simple,
     Json,
+    Table,
+    Fields,
 }
 
 /// Why a client command failed: bad usage (exit 2) or the client's error

@@ -144,7 +144,7 @@ pub async fn put(args: PutArgs, client: ClientFlags) -> Result<ExitCode, Failure
             "header": header_json(&r.header),
             "prev_kv": r.prev_kv.as_ref().map(kv_json),
         })),
-        Output::Simple => {
+        Output::Simple | Output::Table | Output::Fields => {
             println!("OK");
             if let Some(p) = r.prev_kv {
                 println!("{}\n{}", text(&p.key), text(&p.value));
@@ -199,7 +199,7 @@ pub async fn get(args: GetArgs, client: ClientFlags) -> Result<ExitCode, Failure
             "more": r.more,
             "count": r.count,
         })),
-        Output::Simple => {
+        Output::Simple | Output::Table | Output::Fields => {
             if count_only {
                 println!("{}", r.count);
             }
@@ -238,7 +238,7 @@ pub async fn del(args: DelArgs, client: ClientFlags) -> Result<ExitCode, Failure
             "deleted": r.deleted,
             "prev_kvs": r.prev_kvs.iter().map(kv_json).collect::<Vec<_>>(),
         })),
-        Output::Simple => {
+        Output::Simple | Output::Table | Output::Fields => {
             println!("{}", r.deleted);
             for kv in &r.prev_kvs {
                 println!("{}\n{}", text(&kv.key), text(&kv.value));
@@ -265,7 +265,7 @@ pub async fn txn(client: ClientFlags) -> Result<ExitCode, Failure> {
             "succeeded": r.succeeded,
             "responses": r.responses.len(),
         })),
-        Output::Simple => {
+        Output::Simple | Output::Table | Output::Fields => {
             println!("{}", if r.succeeded { "SUCCESS" } else { "FAILURE" });
             use nod_proto::etcd::etcdserverpb::response_op::Response as R;
             for op in r.responses {

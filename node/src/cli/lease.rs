@@ -43,7 +43,9 @@ pub async fn lease(command: LeaseCommand, client: ClientFlags) -> Result<ExitCod
                 Output::Json => print_json(
                     json!({"header": header_json(&r.header), "id": format!("{:x}", r.id), "ttl": r.ttl}),
                 ),
-                Output::Simple => println!("lease {:x} granted with TTL({}s)", r.id, r.ttl),
+                Output::Simple | Output::Table | Output::Fields => {
+                    println!("lease {:x} granted with TTL({}s)", r.id, r.ttl)
+                }
             }
         }
         LeaseCommand::Revoke { id } => {
@@ -51,7 +53,7 @@ pub async fn lease(command: LeaseCommand, client: ClientFlags) -> Result<ExitCod
             let r = c.lease_revoke(id as i64).await?;
             match client.output {
                 Output::Json => print_json(json!({"header": header_json(&r.header)})),
-                Output::Simple => println!("lease {id:x} revoked"),
+                Output::Simple | Output::Table | Output::Fields => println!("lease {id:x} revoked"),
             }
         }
         LeaseCommand::KeepAlive { id, once } => {
@@ -68,7 +70,7 @@ pub async fn lease(command: LeaseCommand, client: ClientFlags) -> Result<ExitCod
                 }
                 match client.output {
                     Output::Json => print_json(json!({"id": format!("{:x}", r.id), "ttl": r.ttl})),
-                    Output::Simple => {
+                    Output::Simple | Output::Table | Output::Fields => {
                         println!("lease {:x} keepalived with TTL({})", r.id, r.ttl)
                     }
                 }
@@ -97,8 +99,10 @@ pub async fn lease(command: LeaseCommand, client: ClientFlags) -> Result<ExitCod
                     "id": format!("{:x}", r.id), "ttl": r.ttl, "granted_ttl": r.granted_ttl,
                     "keys": r.keys.iter().map(|k| text(k)).collect::<Vec<_>>(),
                 })),
-                Output::Simple if r.ttl == -1 => println!("lease {id:x} already expired"),
-                Output::Simple => {
+                Output::Simple | Output::Table | Output::Fields if r.ttl == -1 => {
+                    println!("lease {id:x} already expired")
+                }
+                Output::Simple | Output::Table | Output::Fields => {
                     print!(
                         "lease {id:x} granted with TTL({}s), remaining({}s)",
                         r.granted_ttl, r.ttl
@@ -119,7 +123,7 @@ pub async fn lease(command: LeaseCommand, client: ClientFlags) -> Result<ExitCod
                 Output::Json => print_json(
                     json!({"leases": r.leases.iter().map(|l| format!("{:x}", l.id)).collect::<Vec<_>>()}),
                 ),
-                Output::Simple => {
+                Output::Simple | Output::Table | Output::Fields => {
                     println!("found {} leases", r.leases.len());
                     for l in r.leases {
                         println!("{:x}", l.id);

@@ -1,21 +1,12 @@
-//! `nod status`, `snapshot save` and `move-leader`: etcd's Maintenance
-//! service.
+//! `nod status` and `move-leader`: etcd's Maintenance service (`snapshot.rs`
+//! has the snapshot commands).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Subcommand;
-use nod_client::ClientError;
 use serde_json::json;
 
 use super::client::{connect, parse_hex, print_json, usage, ClientFlags, Failure, Output};
-
-#[derive(Subcommand)]
-pub enum SnapshotCommand {
-    /// Saves a backup of the whole key space to a file.
-    Save { file: PathBuf },
-}
 
 /// Each endpoint's status, asked one by one.
 pub async fn status(client: ClientFlags) -> Result<ExitCode, Failure> {
@@ -35,7 +26,7 @@ pub async fn status(client: ClientFlags) -> Result<ExitCode, Failure> {
                         "is_learner": s.is_learner, "raft_term": s.raft_term, "raft_index": s.raft_index,
                         "raft_applied_index": s.raft_applied_index, "errors": s.errors,
                     })),
-                    Output::Simple => println!(
+                    Output::Simple | Output::Table | Output::Fields => println!(
                         "{ep}, {:x}, {}, {} B, {}, {}, {}, {}, {}",
                         h.member_id,
                         s.version,
@@ -57,26 +48,6 @@ pub async fn status(client: ClientFlags) -> Result<ExitCode, Failure> {
     if failed {
         return Ok(ExitCode::from(3));
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn snapshot(command: SnapshotCommand, client: ClientFlags) -> Result<ExitCode, Failure> {
-    let SnapshotCommand::Save { file } = command;
-    let mut c = connect(&client)?;
-    let bytes = c.snapshot().await?;
-    let contents = crate::storage::kv_store::etcd_snapshot::read_etcd_snapshot(&bytes)
-        .map_err(|e| Failure::Client(ClientError::Protocol(e.to_string())))?;
-    let part = file.with_extension("part");
-    std::fs::write(&part, &bytes)
-        .and_then(|_| std::fs::rename(&part, &file))
-        .map_err(|e| usage(format!("cannot write {}: {e}", file.display())))?;
-    println!(
-        "Snapshot saved at {} ({} bytes, revision {}, {} keys)",
-        file.display(),
-        bytes.len(),
-        contents.revision,
-        contents.kvs.len()
-    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -45,7 +45,7 @@ pub async fn member(command: MemberCommand, client: ClientFlags) -> Result<ExitC
                 Output::Json => print_json(
                     json!({"header": header_json(&r.header), "members": r.members.iter().map(member_json).collect::<Vec<_>>()}),
                 ),
-                Output::Simple => {
+                Output::Simple | Output::Table | Output::Fields => {
                     for m in r.members {
                         println!(
                             "{:x}, started, {}, {}, {}, {}",
@@ -75,7 +75,7 @@ pub async fn member(command: MemberCommand, client: ClientFlags) -> Result<ExitC
                         "client_urls": m.client_urls,
                     })).collect::<Vec<_>>(),
                 })),
-                Output::Simple => {
+                Output::Simple | Output::Table | Output::Fields => {
                     println!(
                         "{:<16} {:<12} {:<8} {:<9} {:>10} {:>8}  GOSSIP",
                         "ID", "NAME", "ROLE", "HEALTHY", "MATCHED", "LAG"
@@ -118,7 +118,7 @@ pub async fn member(command: MemberCommand, client: ClientFlags) -> Result<ExitC
                 Output::Json => {
                     print_json(json!({"header": header_json(&r.header), "member": member_json(&m)}))
                 }
-                Output::Simple => {
+                Output::Simple | Output::Table | Output::Fields => {
                     println!(
                         "Member {:x} added to cluster {:x}",
                         m.id,
@@ -146,7 +146,7 @@ pub async fn member(command: MemberCommand, client: ClientFlags) -> Result<ExitC
             let r = c.member_remove(id).await?;
             match client.output {
                 Output::Json => print_json(json!({"header": header_json(&r.header)})),
-                Output::Simple => println!(
+                Output::Simple | Output::Table | Output::Fields => println!(
                     "Member {id:x} removed from cluster {:x}",
                     r.header.unwrap_or_default().cluster_id
                 ),
@@ -157,7 +157,7 @@ pub async fn member(command: MemberCommand, client: ClientFlags) -> Result<ExitC
             let r = c.member_promote(id).await?;
             match client.output {
                 Output::Json => print_json(json!({"header": header_json(&r.header)})),
-                Output::Simple => println!(
+                Output::Simple | Output::Table | Output::Fields => println!(
                     "Member {id:x} promoted in cluster {:x}",
                     r.header.unwrap_or_default().cluster_id
                 ),
@@ -168,7 +168,7 @@ pub async fn member(command: MemberCommand, client: ClientFlags) -> Result<ExitC
             let r = c.member_update(id, peer_urls).await?;
             match client.output {
                 Output::Json => print_json(json!({"header": header_json(&r.header)})),
-                Output::Simple => println!(
+                Output::Simple | Output::Table | Output::Fields => println!(
                     "Member {id:x} updated in cluster {:x}",
                     r.header.unwrap_or_default().cluster_id
                 ),

@@ -3,9 +3,10 @@
 //!
 //! - `server`, `dev`, `sim`: run a member, a local cluster, the simulation;
 //! - `kv` (put, get, del, txn, compact), `watch`, `lease`, `member` and
-//!   `maintenance` (status, snapshot, move-leader): etcdctl-style client
+//!   `maintenance` (status, move-leader): etcdctl-style client
 //!   commands over `nod-client`, sharing the flags, printing and exit codes
 //!   of `client`;
+//! - `snapshot`: save (from a member), status and restore (files only);
 //! - `signal`: stopping on SIGTERM or SIGINT.
 //!
 //! Exit codes: 0 success; 1 the server refused the request (its etcd error
@@ -21,6 +22,7 @@ pub mod member;
 pub mod server;
 pub mod signal;
 pub mod sim;
+pub mod snapshot;
 pub mod watch;
 
 use std::future::Future;
@@ -73,10 +75,11 @@ pub enum Command {
     },
     /// Prints each endpoint's status (leader, Raft index and term, db size).
     Status,
-    /// Snapshots (backups) of the key space.
+    /// Snapshots (backups): save one from a member, print a file's status,
+    /// restore a file into a new member's data directory.
     Snapshot {
         #[command(subcommand)]
-        command: maintenance::SnapshotCommand,
+        command: snapshot::SnapshotCommand,
     },
     /// Compacts history up to a revision.
     Compact { revision: i64 },

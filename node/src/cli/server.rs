@@ -394,6 +394,18 @@ fn advertise_addr(a: &str, port: u16) -> Result<SocketAddr, String> {
     socket_addr(a)
 }
 
+/// `--initial-cluster`: name=peerURL,... as (name, peer URL) pairs.
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (name, url) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--initial-cluster entry {part:?} is not name=peerURL"))?;
+        out.push((name.trim().to_string(), url.trim().to_string()));
+    }
+    Ok(out)
+}
+
 pub fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
     let listen_client = socket_addr(&f.listen_client_urls)?;
     let listen_peer = socket_addr(&f.listen_peer_urls)?;
@@ -405,13 +417,7 @@ pub fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
         .initial_cluster
         .clone()
         .unwrap_or_else(|| format!("{}={}", f.name, advertise_peer));
-    let mut initial_cluster = Vec::new();
-    for part in initial.split(',').filter(|p| !p.is_empty()) {
-        let (name, url) = part
-            .split_once('=')
-            .ok_or_else(|| format!("--initial-cluster entry {part:?} is not name=peerURL"))?;
-        initial_cluster.push((name.trim().to_string(), url.trim().to_string()));
-    }
+    let initial_cluster = parse_initial_cluster(&initial)?;
     if f.heartbeat_interval == 0 || f.election_timeout < 5 * f.heartbeat_interval {
         return Err("--election-timeout must be at least 5 heartbeat intervals".into());
     }

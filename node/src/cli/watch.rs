@@ -76,7 +76,7 @@ pub async fn watch(args: WatchArgs, client: ClientFlags) -> Result<ExitCode, Fai
                     "kv": kv_json(&kv),
                     "prev_kv": ev.prev_kv.as_ref().map(kv_json),
                 })),
-                Output::Simple => {
+                Output::Simple | Output::Table | Output::Fields => {
                     println!("{kind}");
                     if let Some(p) = &ev.prev_kv {
                         println!("{}\n{}", text(&p.key), text(&p.value));

@@ -15,6 +15,7 @@ pub mod driver;
 pub mod grpc_metrics;
 pub mod http;
 pub mod node;
+pub mod restore;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -374,6 +375,44 @@ async fn discover_identity(
     Err(ServerError::Join(last))
 }
 
+/// The founding members `initial_cluster` (name, peer URL) names, with ids
+/// from their names and the token, and this member's id: checks that names
+/// are unique and that `name` is among them with the URL it advertises.
+/// Founding and `nod snapshot restore` both derive the members this way,
+/// so every member computes the same ids from the same flags.
+pub(crate) fn founding_members(
+    initial_cluster: &[(String, String)],
+    name: &str,
+    advertise_peer: &str,
+    token: &str,
+) -> Result<(Vec<MemberAttributes>, u64), ServerError> {
+    let mut members = Vec::new();
+    for (n, url) in initial_cluster {
+        if members.iter().any(|m: &MemberAttributes| m.name == *n) {
+            return Err(ServerError::Config(format!(
+                "--initial-cluster names {n:?} twice"
+            )));
+        }
+        members.push(MemberAttributes {
+            id: identity::founding_member_id(n, token),
+            name: n.clone(),
+            peer_urls: vec![url.clone()],
+            client_urls: Vec::new(),
+        });
+    }
+    let me = members.iter().find(|m| m.name == name).ok_or_else(|| {
+        ServerError::Config(format!("--initial-cluster has no member named {name:?}"))
+    })?;
+    if !me.peer_urls.iter().any(|u| u == advertise_peer) {
+        return Err(ServerError::Config(format!(
+            "--initial-cluster gives {name} the peer URL {}, but it advertises {advertise_peer}",
+            me.peer_urls[0]
+        )));
+    }
+    let id = me.id;
+    Ok((members, id))
+}
+
 /// Founds a new cluster with `initial_cluster` (name, peer URL): every
 /// founding member derives the same member and cluster ids from the names and
 /// the token, and writes the same bootstrap snapshot.
@@ -384,35 +423,11 @@ fn found(
     kv: &mut KvStore,
 ) -> Result<Identity, ServerError> {
     let token = &cfg.initial_cluster_token;
-    let mut members = Vec::new();
-    for (name, url) in initial_cluster {
-        if members.iter().any(|m: &MemberAttributes| m.name == *name) {
-            return Err(ServerError::Config(format!(
-                "--initial-cluster names {name:?} twice"
-            )));
-        }
-        members.push(MemberAttributes {
-            id: identity::founding_member_id(name, token),
-            name: name.clone(),
-            peer_urls: vec![url.clone()],
-            client_urls: Vec::new(),
-        });
-    }
-    let me = members.iter().find(|m| m.name == cfg.name).ok_or_else(|| {
-        ServerError::Config(format!(
-            "--initial-cluster has no member named {:?}",
-            cfg.name
-        ))
-    })?;
-    if !me.peer_urls.contains(&cfg.advertise_peer) {
-        return Err(ServerError::Config(format!(
-            "--initial-cluster gives {} the peer URL {}, but it advertises {}",
-            cfg.name, me.peer_urls[0], cfg.advertise_peer
-        )));
-    }
+    let (members, member_id) =
+        founding_members(initial_cluster, &cfg.name, &cfg.advertise_peer, token)?;
     let id = Identity {
         name: cfg.name.clone(),
-        member_id: me.id,
+        member_id,
         cluster_id: identity::cluster_id(members.iter().map(|m| m.id).collect(), token),
     };
     let conf = ConfState::with_voters(members.iter().map(|m| NodeId(m.id)));

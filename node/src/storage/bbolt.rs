@@ -350,6 +350,11 @@ impl<'a> File<'a> {
         })
     }
 
+    /// The page size the current meta page gives.
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+
     fn page(&self, id: u64) -> Result<Page<'a>, BoltError> {
         let bad = || BoltError::Page(id);
         if id < 2 || id >= self.high_water {
@@ -371,43 +376,60 @@ impl<'a> File<'a> {
 
     /// The top-level buckets' names, in order.
     pub fn buckets(&self) -> Result<Vec<Vec<u8>>, BoltError> {
+        Ok(self
+            .top_level()?
+            .into_iter()
+            .filter(|i| i.bucket)
+            .map(|i| i.key)
+            .collect())
+    }
+
+    /// The top-level entries, in key order (etcd's are all buckets).
+    pub fn top_level(&self) -> Result<Vec<Item>, BoltError> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         self.walk(self.root, 0, &mut seen, &mut |item| {
-            if item.bucket {
-                out.push(item.key);
-            }
-            Ok(())
+            out.push(item);
+            Ok::<(), BoltError>(())
         })?;
         Ok(out)
     }
 
     /// Every key and value of the top-level bucket `name`, in key order.
     pub fn bucket(&self, name: &[u8]) -> Result<Vec<Item>, BoltError> {
-        let mut seen = std::collections::HashSet::new();
-        let mut value = None;
-        self.walk(self.root, 0, &mut seen, &mut |item| {
-            if item.bucket && item.key == name {
-                value = Some(item.value);
-            }
-            Ok(())
-        })?;
-        let value =
-            value.ok_or_else(|| BoltError::NoBucket(String::from_utf8_lossy(name).into_owned()))?;
         let mut out = Vec::new();
-        self.walk_bucket(&value, &mut seen, &mut |item| {
+        self.for_each(name, &mut |item| {
             out.push(item);
-            Ok(())
+            Ok::<(), BoltError>(())
         })?;
         Ok(out)
     }
 
-    fn walk_bucket(
+    /// Calls `f` with every key and value of the top-level bucket `name`,
+    /// in key order, holding one at a time; stops at `f`'s first error.
+    pub fn for_each<E: From<BoltError>>(
+        &self,
+        name: &[u8],
+        f: &mut dyn FnMut(Item) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let value = self
+            .top_level()?
+            .into_iter()
+            .find(|i| i.bucket && i.key == name)
+            .map(|i| i.value)
+            .ok_or_else(|| BoltError::NoBucket(String::from_utf8_lossy(name).into_owned()))?;
+        // Pages seen in the top level are not the bucket's: a fresh set
+        // still catches a bucket that loops or shares its pages.
+        let mut seen = std::collections::HashSet::new();
+        self.walk_bucket(&value, &mut seen, f)
+    }
+
+    fn walk_bucket<E: From<BoltError>>(
         &self,
         value: &[u8],
         seen: &mut std::collections::HashSet<u64>,
-        f: &mut dyn FnMut(Item) -> Result<(), BoltError>,
-    ) -> Result<(), BoltError> {
+        f: &mut dyn FnMut(Item) -> Result<(), E>,
+    ) -> Result<(), E> {
         let root = u64_at(value, 0).ok_or(BoltError::Invalid("a bucket value"))?;
         if root != 0 {
             return self.walk(root, 0, seen, f);
@@ -418,23 +440,23 @@ impl<'a> File<'a> {
             .ok_or(BoltError::Invalid("an inline bucket"))?;
         let count = u16_at(image, 10).ok_or(BoltError::Invalid("an inline bucket"))? as usize;
         if u16_at(image, 8) != Some(LEAF) {
-            return Err(BoltError::Invalid("an inline bucket"));
+            return Err(BoltError::Invalid("an inline bucket").into());
         }
         leaf_items(image, count, 0, f)
     }
 
-    fn walk(
+    fn walk<E: From<BoltError>>(
         &self,
         id: u64,
         depth: usize,
         seen: &mut std::collections::HashSet<u64>,
-        f: &mut dyn FnMut(Item) -> Result<(), BoltError>,
-    ) -> Result<(), BoltError> {
+        f: &mut dyn FnMut(Item) -> Result<(), E>,
+    ) -> Result<(), E> {
         if depth > MAX_DEPTH {
-            return Err(BoltError::Depth);
+            return Err(BoltError::Depth.into());
         }
         if !seen.insert(id) {
-            return Err(BoltError::Cycle(id));
+            return Err(BoltError::Cycle(id).into());
         }
         let page = self.page(id)?;
         match page.flags {
@@ -449,25 +471,25 @@ impl<'a> File<'a> {
                     let child = u64_at(page.bytes, at + 8).ok_or_else(bad)?;
                     let key = page.bytes.get(at + pos..at + pos + ksize).ok_or_else(bad)?;
                     if last.is_some_and(|l| l >= key) {
-                        return Err(BoltError::Order(id));
+                        return Err(BoltError::Order(id).into());
                     }
                     last = Some(key);
                     self.walk(child, depth + 1, seen, f)?;
                 }
                 Ok(())
             }
-            _ => Err(BoltError::Page(id)),
+            _ => Err(BoltError::Page(id).into()),
         }
     }
 }
 
 /// The items of a leaf (a page, or an inline bucket's image).
-fn leaf_items(
+fn leaf_items<E: From<BoltError>>(
     bytes: &[u8],
     count: usize,
     id: u64,
-    f: &mut dyn FnMut(Item) -> Result<(), BoltError>,
-) -> Result<(), BoltError> {
+    f: &mut dyn FnMut(Item) -> Result<(), E>,
+) -> Result<(), E> {
     let bad = || BoltError::Page(id);
     let mut last: Option<Vec<u8>> = None;
     for i in 0..count {
@@ -480,7 +502,7 @@ fn leaf_items(
         let key = bytes.get(k0..k0 + ksize).ok_or_else(bad)?;
         let value = bytes.get(k0 + ksize..k0 + ksize + vsize).ok_or_else(bad)?;
         if key.is_empty() || last.as_deref().is_some_and(|l| l >= key) {
-            return Err(BoltError::Order(id));
+            return Err(BoltError::Order(id).into());
         }
         last = Some(key.to_vec());
         f(Item {

@@ -46,6 +46,8 @@ mod auth;
 mod batch;
 mod encoding;
 pub mod etcd_snapshot;
+mod import;
+pub use import::ImportError;
 mod index;
 mod key_range;
 mod read;

@@ -31,7 +31,7 @@ fn record_key(prefix: u8, name: &str) -> Vec<u8> {
     k
 }
 
-fn write(batch: &mut Batch, w: AuthWrite) {
+pub(super) fn write_auth(batch: &mut Batch, w: AuthWrite) {
     match w {
         AuthWrite::Meta { enabled, revision } => batch.put(
             Keyspace::Auth,
@@ -113,7 +113,7 @@ impl<B: Backend> KvStore<B> {
                 let st = self.stage();
                 self.commit(st, applied, |b| {
                     for w in writes {
-                        write(b, w);
+                        write_auth(b, w);
                     }
                 })?;
                 self.auth = next;

@@ -32,17 +32,17 @@ use nod_proto::etcd::mvccpb::KeyValue;
 
 /// etcd's `leasepb.Lease`.
 #[derive(Clone, PartialEq, prost::Message)]
-struct Lease {
+pub(super) struct Lease {
     #[prost(int64, tag = "1")]
-    id: i64,
+    pub(super) id: i64,
     #[prost(int64, tag = "2")]
-    ttl: i64,
+    pub(super) ttl: i64,
     #[prost(int64, tag = "3")]
-    remaining_ttl: i64,
+    pub(super) remaining_ttl: i64,
 }
 
 /// etcd's key for a revision in its `key` bucket.
-fn revision_key(rev: Revision, tombstone: bool) -> Vec<u8> {
+pub(super) fn revision_key(rev: Revision, tombstone: bool) -> Vec<u8> {
     let mut k = Vec::with_capacity(18);
     k.extend_from_slice(&(rev.main as u64).to_be_bytes());
     k.push(b'_');
@@ -54,7 +54,7 @@ fn revision_key(rev: Revision, tombstone: bool) -> Vec<u8> {
 }
 
 /// A revision key back: (revision, deletion?).
-fn parse_revision_key(k: &[u8]) -> Option<(Revision, bool)> {
+pub(super) fn parse_revision_key(k: &[u8]) -> Option<(Revision, bool)> {
     let tombstone = match k.len() {
         17 => false,
         18 if k[17] == b't' => true,
@@ -201,17 +201,126 @@ impl<B: Backend> KvStore<B> {
     }
 }
 
-/// Why a file is not an etcd snapshot we can read.
+/// Why a file is not an etcd snapshot we can read. The hash texts are
+/// etcdctl's, word for word: scripts look for them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("snapshot of {0} bytes is truncated")]
-    Truncated(usize),
-    #[error("snapshot checksum mismatch: the file is corrupt")]
-    Checksum,
-    #[error("snapshot: {0}")]
+    #[error("snapshot missing hash but --skip-hash-check=false")]
+    MissingHash,
+    #[error("expected sha256 {}, got {}", hex(.expected), hex(.got))]
+    HashMismatch { expected: [u8; 32], got: [u8; 32] },
+    #[error("snapshot is not a valid database: {0}")]
     Bolt(#[from] BoltError),
     #[error("snapshot: a malformed record in bucket {0}")]
     Record(&'static str),
+    #[error("cannot get hash of bucket {0}")]
+    NotBucket(String),
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What to do with the SHA-256 that `etcdctl snapshot save` (and Nod's)
+/// appends to the database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashCheck {
+    /// It must be there and match (restore's default).
+    Require,
+    /// Check it when the size says it is there (a data-dir `db` has none).
+    IfPresent,
+    /// Strip it when the size says it is there, unchecked
+    /// (`--skip-hash-check`).
+    Skip,
+}
+
+/// Splits a snapshot file into the database and its SHA-256, checked as
+/// `check` says. As in etcd, the hash is there when the size is a multiple
+/// of 512 plus 32: bbolt's pages are at least 512 bytes.
+pub fn strip_hash(bytes: &[u8], check: HashCheck) -> Result<&[u8], SnapshotError> {
+    let has_hash = bytes.len() >= 32 && bytes.len() % 512 == 32;
+    if !has_hash {
+        return match check {
+            HashCheck::Require => Err(SnapshotError::MissingHash),
+            HashCheck::IfPresent | HashCheck::Skip => Ok(bytes),
+        };
+    }
+    let (db, sum) = bytes.split_at(bytes.len() - 32);
+    if check != HashCheck::Skip {
+        let got: [u8; 32] = sha2::Sha256::digest(db).into();
+        if got.as_slice() != sum {
+            let mut expected = [0u8; 32];
+            expected.copy_from_slice(sum);
+            return Err(SnapshotError::HashMismatch { expected, got });
+        }
+    }
+    Ok(db)
+}
+
+/// What `etcdctl snapshot status` prints of a database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotStatus {
+    /// CRC-32C of every bucket's name, then its keys and values, in order.
+    pub hash: u32,
+    /// The main revision of the last record of the `key` bucket.
+    pub revision: i64,
+    /// Entries in all buckets.
+    pub total_key: u64,
+    /// The pages in use times the page size (not the file size).
+    pub total_size: u64,
+}
+
+/// Reads a bbolt database (without its hash) as etcd's `snapshot status`
+/// does, with the same totals; a damaged file is an error, never a panic.
+pub fn snapshot_status(db: &[u8]) -> Result<SnapshotStatus, SnapshotError> {
+    let file = bbolt::File::open(db)?;
+    let mut out = SnapshotStatus {
+        hash: 0,
+        revision: 0,
+        total_key: 0,
+        total_size: file.high_water * file.page_size() as u64,
+    };
+    for top in file.top_level()? {
+        if !top.bucket {
+            return Err(SnapshotError::NotBucket(
+                String::from_utf8_lossy(&top.key).into_owned(),
+            ));
+        }
+        out.hash = crc32c::crc32c_append(out.hash, &top.key);
+        let is_key = top.key == b"key";
+        file.for_each(&top.key, &mut |item| {
+            out.hash = crc32c::crc32c_append(out.hash, &item.key);
+            // A nested bucket's value is nil to bbolt's ForEach.
+            if !item.bucket {
+                out.hash = crc32c::crc32c_append(out.hash, &item.value);
+            }
+            if is_key {
+                let (rev, _) = parse_revision_key(&item.key).ok_or(SnapshotError::Record("key"))?;
+                out.revision = rev.main;
+            }
+            out.total_key += 1;
+            Ok::<(), SnapshotError>(())
+        })?;
+    }
+    Ok(out)
+}
+
+/// A size as etcdctl prints it (go-humanize's `Bytes`: SI units, one
+/// decimal under 10).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    if bytes < 10 {
+        return format!("{bytes} B");
+    }
+    let n = bytes as f64;
+    let e = (n.ln() / 1000f64.ln()).floor();
+    let val = (n / 1000f64.powf(e) * 10.0 + 0.5).floor() / 10.0;
+    let unit = UNITS[(e as usize).min(UNITS.len() - 1)];
+    if val < 10.0 {
+        format!("{val:.1} {unit}")
+    } else {
+        format!("{val:.0} {unit}")
+    }
 }
 
 /// What an etcd snapshot holds of the key space.
@@ -235,13 +344,7 @@ pub struct SnapshotContents {
 /// Reads an etcd snapshot (ours or etcd's): checks its SHA-256, then the
 /// bbolt file, then etcd's `key`, `meta` and `lease` buckets.
 pub fn read_etcd_snapshot(bytes: &[u8]) -> Result<SnapshotContents, SnapshotError> {
-    if bytes.len() < 32 || !(bytes.len() - 32).is_multiple_of(512) {
-        return Err(SnapshotError::Truncated(bytes.len()));
-    }
-    let (db, sum) = bytes.split_at(bytes.len() - 32);
-    if sha2::Sha256::digest(db).as_slice() != sum {
-        return Err(SnapshotError::Checksum);
-    }
+    let db = strip_hash(bytes, HashCheck::Require)?;
     let file = bbolt::File::open(db)?;
     let mut live: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
     let mut out = SnapshotContents {
@@ -328,11 +431,106 @@ mod tests {
 
         let mut bad = file.clone();
         bad[5000] ^= 1;
-        assert_eq!(read_etcd_snapshot(&bad), Err(SnapshotError::Checksum));
         assert!(matches!(
-            read_etcd_snapshot(&file[..file.len() - 1]),
-            Err(SnapshotError::Truncated(_))
+            read_etcd_snapshot(&bad),
+            Err(SnapshotError::HashMismatch { .. })
         ));
+        assert_eq!(
+            read_etcd_snapshot(&file[..file.len() - 1]),
+            Err(SnapshotError::MissingHash)
+        );
+    }
+
+    #[test]
+    fn the_hash_is_found_checked_or_skipped_as_etcdctl_does() {
+        let mut s = KvStore::in_memory();
+        put(&mut s, "a", "1", 1);
+        let file = s.etcd_snapshot().unwrap();
+        let db = &file[..file.len() - 32];
+        let mut bad = file.clone();
+        bad[100] ^= 1;
+        let cut = &file[..file.len() - 512];
+        use HashCheck::*;
+        let mismatch =
+            |r: Result<&[u8], SnapshotError>| matches!(r, Err(SnapshotError::HashMismatch { .. }));
+        // (input, check) -> the database, or the error.
+        assert_eq!(strip_hash(&file, Require), Ok(db));
+        assert_eq!(strip_hash(&file, IfPresent), Ok(db));
+        assert_eq!(strip_hash(&file, Skip), Ok(db));
+        assert_eq!(strip_hash(db, Require), Err(SnapshotError::MissingHash));
+        assert_eq!(strip_hash(db, IfPresent), Ok(db), "a data-dir db has none");
+        assert_eq!(strip_hash(db, Skip), Ok(db));
+        assert!(mismatch(strip_hash(&bad, Require)));
+        assert!(mismatch(strip_hash(&bad, IfPresent)));
+        assert_eq!(strip_hash(&bad, Skip).map(<[u8]>::len), Ok(db.len()));
+        // Cut by whole pages: the last 32 bytes are not the hash of the rest.
+        assert!(mismatch(strip_hash(cut, Require)));
+        assert_eq!(strip_hash(&[], Require), Err(SnapshotError::MissingHash));
+        let text = SnapshotError::HashMismatch {
+            expected: [0xab; 32],
+            got: [1; 32],
+        }
+        .to_string();
+        assert!(text.starts_with("expected sha256 abab"), "{text}");
+    }
+
+    #[test]
+    fn sizes_print_as_go_humanize_does() {
+        for (n, want) in [
+            (0, "0 B"),
+            (9, "9 B"),
+            (10, "10 B"),
+            (999, "999 B"),
+            (1000, "1.0 kB"),
+            (1500, "1.5 kB"),
+            (20480, "20 kB"),
+            (217_088, "217 kB"),
+            (9_940_000, "9.9 MB"),
+            (9_950_000, "10 MB"),
+            (3 * 1024 * 1024 * 1024, "3.2 GB"),
+        ] {
+            assert_eq!(human_size(n), want, "{n} bytes");
+        }
+    }
+
+    #[test]
+    fn status_counts_every_bucket_and_reads_the_last_revision() {
+        let mut s = KvStore::in_memory();
+        for i in 0..700 {
+            put(&mut s, &format!("k{i}"), "v", i + 1);
+        }
+        let file = s.etcd_snapshot().unwrap();
+        let db = strip_hash(&file, HashCheck::Require).unwrap();
+        let st = snapshot_status(db).unwrap();
+        assert_eq!(st.revision, s.current_revision());
+        let f = bbolt::File::open(db).unwrap();
+        let all: usize = f
+            .buckets()
+            .unwrap()
+            .iter()
+            .map(|b| f.bucket(b).unwrap().len())
+            .sum();
+        assert_eq!(st.total_key as usize, all);
+        assert_eq!(
+            st.total_key,
+            700 + 2 + 1 + 1,
+            "revisions, auth, cluster, meta"
+        );
+        assert_eq!(st.total_size as usize, db.len());
+        // The hash covers every byte of every bucket.
+        let mut other = KvStore::in_memory();
+        for i in 0..700 {
+            put(
+                &mut other,
+                &format!("k{i}"),
+                if i == 699 { "w" } else { "v" },
+                i + 1,
+            );
+        }
+        let file2 = other.etcd_snapshot().unwrap();
+        let st2 = snapshot_status(strip_hash(&file2, HashCheck::Require).unwrap()).unwrap();
+        assert_ne!(st.hash, st2.hash);
+        assert_eq!((st.revision, st.total_key), (st2.revision, st2.total_key));
     }
 
     #[test]

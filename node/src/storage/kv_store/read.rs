@@ -251,6 +251,14 @@ impl<B: Backend> KvStore<B> {
         Ok(resp)
     }
 
+    /// How many keys are live at the current revision (from the index).
+    pub fn key_count(&self) -> usize {
+        self.index
+            .values()
+            .filter(|e| e.live.live().is_some())
+            .count()
+    }
+
     /// Every live key at the current revision, for a backup snapshot.
     pub fn dump(&self) -> Result<Vec<KeyValue>, StoreError> {
         self.range_at(&KeyRange::new(b"\0", b"\0"), self.current)

@@ -1,0 +1,470 @@
+//! An etcd snapshot's database made into a store: what `nod snapshot
+//! restore` builds a member from. Every revision (deletions too), the
+//! compacted revision, leases, users, roles and the auth flag and revision
+//! come from the file; the member table is the new cluster's, given by the
+//! caller (the old members and alarms describe a cluster that is gone).
+//!
+//! Every record is checked as it is read (its revision key, a KeyValue with
+//! a key whose mod revision is its own), and the store is then loaded as a
+//! restart loads it, which checks every record again and rebuilds the
+//! index. No I/O but the backend's writes.
+
+use prost::Message as _;
+
+use super::super::backend::{Batch, Keyspace};
+use super::auth::write_auth;
+use super::encoding::{encode_kv, encode_pair, put_applied, KEY_COMPACTED};
+use super::etcd_snapshot::{parse_revision_key, Lease, SnapshotError};
+use super::{backend, Backend, KvStore, StoreError, MAX_LEASE_TTL};
+use crate::auth::state::AuthWrite;
+use crate::storage::bbolt::{self, BoltError};
+use nod_proto::etcd::authpb::{Role, User};
+use nod_proto::etcd::etcdserverpb::{CompactionRequest, Member};
+use nod_proto::etcd::mvccpb::KeyValue;
+
+/// Records written per backend batch: bounded memory for any file size.
+const BATCH: usize = 10_000;
+
+/// Why a database could not be imported. The store may hold part of it:
+/// the caller builds it in a folder it removes on failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the store to import into is not empty")]
+    NotEmpty,
+}
+
+impl From<BoltError> for ImportError {
+    fn from(e: BoltError) -> Self {
+        ImportError::Snapshot(e.into())
+    }
+}
+
+/// Writes `batch` when it is full (or `flush`), leaving it empty.
+fn write_full<B: Backend>(b: &mut B, batch: &mut Batch, flush: bool) -> Result<(), StoreError> {
+    if batch.len() >= BATCH || (flush && !batch.is_empty()) {
+        b.write(std::mem::take(batch))
+            .map_err(backend("importing a snapshot"))?;
+    }
+    Ok(())
+}
+
+fn record(bucket: &'static str) -> SnapshotError {
+    SnapshotError::Record(bucket)
+}
+
+impl<B: Backend> KvStore<B> {
+    /// Fills the empty `into` from the bbolt database `db` (an etcd
+    /// snapshot without its hash) and `members`, at applied index and term
+    /// (1, 1): the state a restored member starts from.
+    pub fn import_etcd(
+        mut into: B,
+        db: &[u8],
+        members: &[Member],
+    ) -> Result<KvStore<B>, ImportError> {
+        for ks in Keyspace::ALL {
+            if into.scan_from(ks, &[]).next().is_some() {
+                return Err(ImportError::NotEmpty);
+            }
+        }
+        let file = bbolt::File::open(db)?;
+        let mut batch = Batch::default();
+        file.for_each(b"key", &mut |item| {
+            let (rev, tombstone) = parse_revision_key(&item.key).ok_or(record("key"))?;
+            let mut kv = KeyValue::decode(item.value.as_slice()).map_err(|_| record("key"))?;
+            if kv.key.is_empty() {
+                return Err(record("key").into());
+            }
+            if tombstone {
+                // etcd keeps only the key of a deletion; Nod's own
+                // tombstones carry their revision too.
+                kv = KeyValue {
+                    key: kv.key,
+                    mod_revision: rev.main,
+                    ..Default::default()
+                };
+            } else if kv.mod_revision != rev.main
+                || kv.create_revision <= 0
+                || kv.create_revision > kv.mod_revision
+                || kv.version <= 0
+            {
+                return Err(record("key").into());
+            }
+            batch.put(Keyspace::Rev, &rev.key(), encode_kv(&kv, tombstone));
+            write_full(&mut into, &mut batch, false).map_err(ImportError::from)
+        })?;
+
+        let (mut finished, mut scheduled) = (0, 0);
+        for item in file.bucket(b"meta")? {
+            let at = || parse_revision_key(&item.value).map(|(r, _)| r.main);
+            match item.key.as_slice() {
+                b"finishedCompactRev" => finished = at().ok_or(record("meta"))?,
+                b"scheduledCompactRev" => scheduled = at().ok_or(record("meta"))?,
+                _ => {}
+            }
+        }
+        if finished > 0 {
+            batch.put(
+                Keyspace::Meta,
+                KEY_COMPACTED,
+                encode_pair(finished as u64, 0),
+            );
+        }
+
+        // A missing lease or auth bucket means none (etcd creates them
+        // lazily in some versions).
+        let optional = |name: &[u8]| match file.bucket(name) {
+            Ok(items) => Ok(items),
+            Err(BoltError::NoBucket(_)) => Ok(Vec::new()),
+            Err(e) => Err(ImportError::from(e)),
+        };
+        for item in optional(b"lease")? {
+            let lease = Lease::decode(item.value.as_slice()).map_err(|_| record("lease"))?;
+            if lease.id <= 0 || item.key != lease.id.to_be_bytes() || lease.ttl > MAX_LEASE_TTL {
+                return Err(record("lease").into());
+            }
+            batch.put(
+                Keyspace::Lease,
+                &lease.id.to_be_bytes(),
+                encode_pair(lease.ttl as u64, 0),
+            );
+        }
+
+        let (mut enabled, mut revision) = (false, 1);
+        for item in optional(b"auth")? {
+            match item.key.as_slice() {
+                b"authEnabled" => enabled = item.value.first() == Some(&1),
+                b"authRevision" => {
+                    let v: [u8; 8] = item
+                        .value
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| record("auth"))?;
+                    revision = u64::from_be_bytes(v);
+                }
+                _ => {}
+            }
+        }
+        write_auth(&mut batch, AuthWrite::Meta { enabled, revision });
+        for item in optional(b"authUsers")? {
+            let user = User::decode(item.value.as_slice()).map_err(|_| record("authUsers"))?;
+            if user.name.is_empty() || user.name != item.key {
+                return Err(record("authUsers").into());
+            }
+            let name = String::from_utf8(user.name.clone()).map_err(|_| record("authUsers"))?;
+            write_auth(&mut batch, AuthWrite::User(name, Some(user)));
+        }
+        for item in optional(b"authRoles")? {
+            let role = Role::decode(item.value.as_slice()).map_err(|_| record("authRoles"))?;
+            if role.name.is_empty() || role.name != item.key {
+                return Err(record("authRoles").into());
+            }
+            let name = String::from_utf8(role.name.clone()).map_err(|_| record("authRoles"))?;
+            write_auth(&mut batch, AuthWrite::Role(name, Some(role)));
+        }
+        put_applied(&mut batch, (1, 1));
+        write_full(&mut into, &mut batch, true)?;
+
+        // Loading checks every record again and builds the index.
+        let mut store = KvStore::from_backend(into)?;
+        if scheduled > store.compacted && scheduled <= store.current {
+            // etcd finishes a compaction it had scheduled when it starts.
+            let c = CompactionRequest {
+                revision: scheduled,
+                physical: false,
+            };
+            // Refused only if out of range, which was just ruled out.
+            let _ = store.apply_compaction(&c, (1, 1))?;
+        }
+        for m in members {
+            store.apply_member(m.id, Some(m.clone()), (1, 1))?;
+        }
+        Ok(store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::auth_command::Op as AuthOp;
+    use crate::storage::backend::MemoryBackend;
+    use crate::storage::kv_store::etcd_snapshot::{revision_key, strip_hash, HashCheck};
+    use crate::storage::kv_store::Revision;
+    use nod_proto::etcd::etcdserverpb::{
+        request_op, AuthRoleAddRequest, AuthUserAddRequest, DeleteRangeRequest, PutRequest,
+        RequestOp, TxnRequest,
+    };
+
+    type Store = KvStore<MemoryBackend>;
+
+    fn put(s: &mut Store, k: &str, v: &str, lease: i64, i: u64) {
+        let p = PutRequest {
+            key: k.into(),
+            value: v.into(),
+            lease,
+            ..Default::default()
+        };
+        s.apply_put(&p, (i, 1)).unwrap().into_result().unwrap();
+    }
+
+    /// Overwrites, deletions (one in a transaction with a put), leases
+    /// with keys, a compaction, a user and a role.
+    fn source() -> Store {
+        let mut s = KvStore::in_memory();
+        let mut i = 1;
+        let mut next = || {
+            i += 1;
+            i
+        };
+        s.apply_lease_grant(70, 60, (next(), 1))
+            .unwrap()
+            .into_result()
+            .unwrap();
+        s.apply_lease_grant(71, 9000, (next(), 1))
+            .unwrap()
+            .into_result()
+            .unwrap();
+        for n in 0..300 {
+            let lease = [0, 70, 71][n % 3];
+            put(
+                &mut s,
+                &format!("k/{:03}", n % 120),
+                &format!("v{n}"),
+                lease,
+                next(),
+            );
+        }
+        let txn = TxnRequest {
+            success: vec![
+                RequestOp {
+                    request: Some(request_op::Request::RequestDeleteRange(
+                        DeleteRangeRequest {
+                            key: b"k/000".to_vec(),
+                            range_end: b"k/010".to_vec(),
+                            ..Default::default()
+                        },
+                    )),
+                },
+                RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: b"t".to_vec(),
+                        value: b"in a txn".to_vec(),
+                        ..Default::default()
+                    })),
+                },
+            ],
+            ..Default::default()
+        };
+        s.apply_txn(&txn, (next(), 1))
+            .unwrap()
+            .into_result()
+            .unwrap();
+        let c = CompactionRequest {
+            revision: 150,
+            physical: false,
+        };
+        s.apply_compaction(&c, (next(), 1))
+            .unwrap()
+            .into_result()
+            .unwrap();
+        put(&mut s, "after", "compaction", 0, next());
+        let user = AuthOp::UserAdd(AuthUserAddRequest {
+            name: "u1".into(),
+            hashed_password: "$2a$10$abcdefghijklmnopqrstuu".into(),
+            ..Default::default()
+        });
+        let role = AuthOp::RoleAdd(AuthRoleAddRequest { name: "r1".into() });
+        for op in [user, role] {
+            s.apply_auth(&op, None, (next(), 1)).unwrap();
+        }
+        s
+    }
+
+    fn scan(s: &Store, ks: Keyspace) -> Vec<(Vec<u8>, Vec<u8>)> {
+        s.backend
+            .scan_from(ks, &[])
+            .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+            .collect()
+    }
+
+    fn member(id: u64, name: &str) -> Member {
+        Member {
+            id,
+            name: name.into(),
+            peer_ur_ls: vec![format!("http://{name}:2380")],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_store_comes_back_whole_from_its_etcd_snapshot() {
+        let src = source();
+        let file = src.etcd_snapshot().unwrap();
+        let db = strip_hash(&file, HashCheck::Require).unwrap();
+        let members = vec![member(7, "n1"), member(9, "n2")];
+        let got = KvStore::import_etcd(MemoryBackend::new(), db, &members).unwrap();
+        // Records byte for byte: tombstones get their revision back.
+        for ks in [Keyspace::Rev, Keyspace::Lease, Keyspace::Auth] {
+            assert_eq!(scan(&got, ks), scan(&src, ks), "keyspace {}", ks.name());
+        }
+        assert_eq!(got.current_revision(), src.current_revision());
+        assert_eq!(got.compacted_revision(), 150);
+        for r in 150..=src.current_revision() {
+            assert_eq!(got.hash_kv(r), src.hash_kv(r), "HashKV at {r}");
+        }
+        assert_eq!(got.leases(), src.leases(), "TTLs and attached keys");
+        assert_eq!(got.dump().unwrap(), src.dump().unwrap());
+        assert_eq!(got.auth().user_names(), vec!["u1".to_string()]);
+        assert_eq!(got.auth().revision(), src.auth().revision());
+        assert_eq!(got.members(), members, "the new members, not the old");
+        assert_eq!(got.applied(), (1, 1));
+    }
+
+    type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn bolt(buckets: &[(&[u8], Pairs)]) -> Vec<u8> {
+        let mut w = bbolt::Writer::new();
+        let mut values = Vec::new();
+        for (name, pairs) in buckets {
+            let refs: Vec<(&[u8], &[u8])> = pairs
+                .iter()
+                .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                .collect();
+            values.push((*name, w.bucket(&refs)));
+        }
+        w.finish(&values)
+    }
+
+    fn kv_record(key: &str, create: i64, main: i64, version: i64) -> (Vec<u8>, Vec<u8>) {
+        kv_at(main, key, create, main, version)
+    }
+
+    /// A put record stored under revision `at`.
+    fn kv_at(at: i64, key: &str, create: i64, main: i64, version: i64) -> (Vec<u8>, Vec<u8>) {
+        let kv = KeyValue {
+            key: key.into(),
+            value: b"v".to_vec(),
+            create_revision: create,
+            mod_revision: main,
+            version,
+            lease: 0,
+        };
+        (
+            revision_key(Revision { main: at, sub: 0 }, false),
+            kv.encode_to_vec(),
+        )
+    }
+
+    fn compact_at(main: i64) -> Vec<u8> {
+        revision_key(Revision { main, sub: 0 }, false)
+    }
+
+    #[test]
+    fn a_scheduled_compaction_is_finished_as_etcd_does_on_start() {
+        let keys = vec![
+            kv_record("a", 2, 2, 1),
+            kv_record("a", 2, 3, 2),
+            kv_record("a", 2, 4, 3),
+        ];
+        let meta = vec![
+            (b"finishedCompactRev".to_vec(), compact_at(2)),
+            (b"scheduledCompactRev".to_vec(), compact_at(3)),
+        ];
+        let db = bolt(&[(b"key", keys), (b"meta", meta)]);
+        let got = KvStore::import_etcd(MemoryBackend::new(), &db, &[]).unwrap();
+        assert_eq!(got.compacted_revision(), 3);
+        assert_eq!(
+            scan(&got, Keyspace::Rev).len(),
+            2,
+            "revision 2 compacted away"
+        );
+        assert!(got.leases().is_empty(), "no lease bucket: no leases");
+        assert!(!got.auth().enabled());
+    }
+
+    #[test]
+    fn malformed_records_and_a_full_store_are_refused() {
+        let meta = || vec![];
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "a put whose mod revision is not its own",
+                bolt(&[(b"key", vec![kv_at(4, "a", 2, 3, 1)]), (b"meta", meta())]),
+            ),
+            (
+                "a create revision after the mod revision",
+                bolt(&[(b"key", vec![kv_record("a", 5, 3, 1)]), (b"meta", meta())]),
+            ),
+            (
+                "a version 0 put",
+                bolt(&[(b"key", vec![kv_record("a", 3, 3, 0)]), (b"meta", meta())]),
+            ),
+            (
+                "a short revision key",
+                bolt(&[
+                    (b"key", vec![(b"12345".to_vec(), b"x".to_vec())]),
+                    (b"meta", meta()),
+                ]),
+            ),
+            (
+                "a lease id 0",
+                bolt(&[
+                    (b"key", vec![]),
+                    (
+                        b"lease",
+                        vec![(
+                            0i64.to_be_bytes().to_vec(),
+                            Lease {
+                                id: 0,
+                                ttl: 5,
+                                remaining_ttl: 0,
+                            }
+                            .encode_to_vec(),
+                        )],
+                    ),
+                    (b"meta", meta()),
+                ]),
+            ),
+            (
+                "a user stored under another name",
+                bolt(&[
+                    (
+                        b"authUsers",
+                        vec![(
+                            b"bob".to_vec(),
+                            User {
+                                name: b"eve".to_vec(),
+                                ..Default::default()
+                            }
+                            .encode_to_vec(),
+                        )],
+                    ),
+                    (b"key", vec![]),
+                    (b"meta", meta()),
+                ]),
+            ),
+        ];
+        for (what, db) in cases {
+            match KvStore::import_etcd(MemoryBackend::new(), &db, &[]) {
+                Err(ImportError::Snapshot(SnapshotError::Record(_))) => {}
+                other => panic!("{what}: {:?}", other.map(|s| s.current_revision())),
+            }
+        }
+        let no_key = bolt(&[(b"meta", meta())]);
+        assert!(matches!(
+            KvStore::import_etcd(MemoryBackend::new(), &no_key, &[]),
+            Err(ImportError::Snapshot(SnapshotError::Bolt(
+                BoltError::NoBucket(_)
+            )))
+        ));
+
+        let full = source().into_backend();
+        let db = bolt(&[(b"key", vec![]), (b"meta", meta())]);
+        assert!(matches!(
+            KvStore::import_etcd(full, &db, &[]),
+            Err(ImportError::NotEmpty)
+        ));
+    }
+}
