@@ -153,6 +153,18 @@ pub fn write_durably(dir: &Path, file: &str, body: &[u8]) -> Result<(), StateFil
     write().map_err(|cause| StateFileError::Write { path, cause })
 }
 
+/// Removes `dir/file` durably; a file that is not there is fine.
+pub fn remove_file(dir: &Path, file: &str) -> Result<(), StateFileError> {
+    let path = dir.join(file);
+    match std::fs::remove_file(&path) {
+        Ok(()) => std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|cause| StateFileError::Remove { path, cause }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(cause) => Err(StateFileError::Remove { path, cause }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

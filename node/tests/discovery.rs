@@ -11,51 +11,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use nod_proto::etcd::etcdserverpb::{Member as EtcdMember, PutRequest, RangeRequest};
-use support::{eventually, Member};
-
-/// The member list and cluster id as `m` sees them (linearizable), if it answers.
-async fn view(m: &Member) -> Option<(u64, Vec<EtcdMember>)> {
-    m.child.as_ref()?;
-    let mut c = m.client();
-    let r = tokio::time::timeout(Duration::from_secs(3), c.member_list())
-        .await
-        .ok()?
-        .ok()?;
-    Some((r.header?.cluster_id, r.members))
-}
-
-/// Waits until every running member in `ms` reports one cluster id and a
-/// member list of exactly `names`, all voters; returns the id and the list.
-async fn converge(ms: &[Member], names: &[&str], timeout: Duration) -> (u64, Vec<EtcdMember>) {
-    let want: BTreeSet<String> = names.iter().map(|s| s.to_string()).collect();
-    eventually(
-        &format!("one cluster of voters {names:?}"),
-        timeout,
-        || async {
-            let mut seen = None;
-            for m in ms.iter().filter(|m| m.child.is_some()) {
-                let (id, members) = view(m).await?;
-                let got: BTreeSet<String> = members.iter().map(|m| m.name.clone()).collect();
-                if got != want
-                    || members.len() != want.len()
-                    || members.iter().any(|m| m.is_learner)
-                {
-                    return None;
-                }
-                match &seen {
-                    None => seen = Some((id, members)),
-                    Some((first, _)) if *first != id => {
-                        panic!("two clusters: {first:x} and {id:x}")
-                    }
-                    Some(_) => {}
-                }
-            }
-            seen
-        },
-    )
-    .await
-}
+use nod_proto::etcd::etcdserverpb::{PutRequest, RangeRequest};
+use support::{converge, eventually, view, Member};
 
 fn cluster_ids_on_disk(ms: &[Member]) -> BTreeSet<u64> {
     ms.iter()

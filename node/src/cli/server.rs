@@ -94,6 +94,19 @@ pub struct ServerFlags {
         action = clap::ArgAction::Set
     )]
     pub initial_corrupt_check: bool,
+    /// Unsafe: start as the only member of this member's cluster, removing
+    /// every other member, to recover from a quorum lost for good. Writes
+    /// a majority committed that this member never received are lost; see
+    /// the README's "Disaster recovery". Start without it afterwards.
+    #[arg(
+        long,
+        env = "NOD_FORCE_NEW_CLUSTER",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub force_new_cluster: bool,
     /// How often the leader compares the members' data hashes and raises
     /// the CORRUPT alarm on a mismatch (a Go duration: 30s, 5m); 0: never.
     #[arg(
@@ -456,6 +469,7 @@ pub fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
     }
     cfg.max_txn_ops = f.max_txn_ops;
     cfg.initial_corrupt_check = f.initial_corrupt_check;
+    cfg.force_new_cluster = f.force_new_cluster;
     cfg.corrupt_check_time =
         crate::auth::jwt::go_duration(&f.corrupt_check_time).ok_or_else(|| {
             format!(

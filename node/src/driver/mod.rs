@@ -39,7 +39,7 @@ pub use platform::{
     ForwardFailure, ForwardOutcome, Network, Platform, Replies, Reply, Snapshotter, Stopwatch,
     Taken,
 };
-pub use recovery::raise_commit_to_applied;
+pub use recovery::{current_conf, force_standalone, raise_commit_to_applied, ForceError, Forced};
 pub use request::{Applied, DriverError, Fatal, NodeStatus, Outcome, Request};
 pub use shared::Shared;
 

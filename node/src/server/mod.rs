@@ -118,6 +118,9 @@ pub struct ServerConfig {
     /// How often the leader compares the members' hashes, raising the
     /// CORRUPT alarm on a mismatch (`--corrupt-check-time`; zero: never).
     pub corrupt_check_time: Duration,
+    /// Start as the only member of this member's cluster, removing all the
+    /// others (`--force-new-cluster`, after a quorum is lost for good).
+    pub force_new_cluster: bool,
     pub request_timeout: Duration,
     pub snapshot_count: u64,
     pub progress_notify_interval: Duration,
@@ -166,6 +169,7 @@ impl ServerConfig {
             max_txn_ops: crate::storage::kv_store::MAX_TXN_OPS,
             initial_corrupt_check: false,
             corrupt_check_time: Duration::ZERO,
+            force_new_cluster: false,
             request_timeout: Duration::from_secs(7),
             snapshot_count: 10_000,
             progress_notify_interval: Duration::from_secs(600),
@@ -411,6 +415,81 @@ pub(crate) fn founding_members(
     }
     let id = me.id;
     Ok((members, id))
+}
+
+/// Records that `--force-new-cluster` made this member a cluster of its own;
+/// removed once the member starts without the flag.
+const FORCED_FILE: &str = "forced.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ForcedRecord {
+    /// The commit index the force wrote.
+    index: u64,
+    removed: Vec<String>,
+}
+
+/// `--force-new-cluster`: the log's configuration becomes this member alone
+/// (`driver::force_standalone`). Refused once members joined after an
+/// earlier force, which a flag left on would remove again; without the
+/// flag, the record of an earlier force is dropped.
+fn force_if_asked(cfg: &ServerConfig, log: &mut LogStore, me: u64) -> Result<(), ServerError> {
+    let storage = |e: &dyn std::fmt::Display| ServerError::Storage(e.to_string());
+    let earlier: Option<ForcedRecord> = identity::read_json(&cfg.data_dir, FORCED_FILE)?;
+    if !cfg.force_new_cluster {
+        if earlier.is_some() {
+            identity::remove_file(&cfg.data_dir, FORCED_FILE)?;
+        }
+        return Ok(());
+    }
+    let alone = ConfState::with_voters([NodeId(me)]);
+    if let Some(record) = earlier {
+        let conf = crate::driver::current_conf(log).map_err(|e| storage(&e))?;
+        if conf != alone {
+            return Err(ServerError::Config(format!(
+                "--force-new-cluster already made this member the only one (at index {}) and \
+                 members joined since; forcing again would remove them. Start without the flag \
+                 (to force again after a new loss of quorum, delete {} first)",
+                record.index,
+                cfg.data_dir.join(FORCED_FILE).display()
+            )));
+        }
+    }
+    match crate::driver::force_standalone(log, NodeId(me)) {
+        Ok(Some(f)) => {
+            let removed: Vec<String> = f.removed.iter().map(|id| format!("{:x}", id.0)).collect();
+            tracing::warn!(
+                removed = removed.join(","),
+                commit = f.commit.0,
+                kept_past_commit = f.kept_past_commit,
+                promoted = f.promoted,
+                "--force-new-cluster: this member is now its cluster's only member; \
+                 the others must rejoin with empty data directories"
+            );
+            identity::write_json(
+                &cfg.data_dir,
+                FORCED_FILE,
+                &ForcedRecord {
+                    index: f.commit.0,
+                    removed,
+                },
+            )?;
+        }
+        Ok(None) => {
+            tracing::info!("--force-new-cluster: this member already is the only one");
+            if !cfg.data_dir.join(FORCED_FILE).exists() {
+                identity::write_json(
+                    &cfg.data_dir,
+                    FORCED_FILE,
+                    &ForcedRecord {
+                        index: log.last_index().map_err(|e| storage(&e))?.0,
+                        removed: Vec::new(),
+                    },
+                )?;
+            }
+        }
+        Err(e) => return Err(ServerError::Config(format!("--force-new-cluster: {e}"))),
+    }
+    Ok(())
 }
 
 /// Founds a new cluster with `initial_cluster` (name, peer URL): every
@@ -771,6 +850,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             error,
         })?;
     let stored = Identity::load(&cfg.data_dir)?;
+    if cfg.force_new_cluster && stored.is_none() {
+        return Err(ServerError::Config(format!(
+            "--force-new-cluster keeps this member's data, but {} holds none (no identity.json): \
+             start it on the data directory of a surviving member",
+            cfg.data_dir.display()
+        )));
+    }
 
     // The bootstrap record and the gossip instance exist before the node
     // knows who it is: an empty node finds its cluster through them.
@@ -929,6 +1015,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
             "raised the commit index to what the state machine applied"
         );
     }
+
+    force_if_asked(&cfg, &mut log, identity.member_id)?;
 
     let mut raft_cfg = Config::new(NodeId(identity.member_id));
     raft_cfg.election_tick = cfg.election_ticks;

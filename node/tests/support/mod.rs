@@ -8,6 +8,7 @@ pub mod network;
 pub mod proxy;
 pub mod secure;
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nod_client::Client;
+use nod_proto::etcd::etcdserverpb::Member as EtcdMember;
 
 /// A port nothing listens on now, never the same twice in one test binary
 /// (the kernel may hand a just-released port out again; tests in one binary
@@ -237,6 +239,20 @@ impl Member {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit by itself; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let c = self.child.as_mut().expect("running");
+            if let Some(s) = c.try_wait().unwrap() {
+                self.child = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
@@ -445,6 +461,49 @@ impl Drop for Etcd {
             let _ = c.wait();
         }
     }
+}
+
+/// The member list and cluster id as `m` sees them (linearizable), if it answers.
+pub async fn view(m: &Member) -> Option<(u64, Vec<EtcdMember>)> {
+    m.child.as_ref()?;
+    let mut c = m.client();
+    let r = tokio::time::timeout(Duration::from_secs(3), c.member_list())
+        .await
+        .ok()?
+        .ok()?;
+    Some((r.header?.cluster_id, r.members))
+}
+
+/// Waits until every running member in `ms` reports one cluster id and a
+/// member list of exactly `names`, all voters; returns the id and the list.
+pub async fn converge(ms: &[Member], names: &[&str], timeout: Duration) -> (u64, Vec<EtcdMember>) {
+    let want: BTreeSet<String> = names.iter().map(|s| s.to_string()).collect();
+    eventually(
+        &format!("one cluster of voters {names:?}"),
+        timeout,
+        || async {
+            let mut seen = None;
+            for m in ms.iter().filter(|m| m.child.is_some()) {
+                let (id, members) = view(m).await?;
+                let got: BTreeSet<String> = members.iter().map(|m| m.name.clone()).collect();
+                if got != want
+                    || members.len() != want.len()
+                    || members.iter().any(|m| m.is_learner)
+                {
+                    return None;
+                }
+                match &seen {
+                    None => seen = Some((id, members)),
+                    Some((first, _)) if *first != id => {
+                        panic!("two clusters: {first:x} and {id:x}")
+                    }
+                    Some(_) => {}
+                }
+            }
+            seen
+        },
+    )
+    .await
 }
 
 /// Polls `f` every 100 ms until it returns Some, or panics after `timeout`.
