@@ -796,6 +796,39 @@ impl Client {
         r
     }
 
+    /// Streams the backup into `sink` as it arrives, one chunk in memory at
+    /// a time: etcd's snapshot file, the database then its SHA-256 (what
+    /// `etcdctl snapshot save` writes), the hash checked against the bytes
+    /// streamed. On an error `sink` holds part of the file: write to a
+    /// temporary file and rename it once this returns `Ok`.
+    pub async fn snapshot_to<W>(&mut self, sink: &mut W) -> Result<SnapshotWritten>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let (mut stream, _) = self
+            .open(Route::Any, None, |ch| async move {
+                Ok(maintenance(ch)
+                    .snapshot(SnapshotRequest {})
+                    .await?
+                    .into_inner())
+            })
+            .await?;
+        let mut check = TrailingHash::default();
+        let mut revision = 0;
+        let io = |e: std::io::Error| ClientError::Protocol(format!("writing the snapshot: {e}"));
+        while let Some(chunk) = stream.message().await? {
+            if let Some(h) = &chunk.header {
+                revision = revision.max(h.revision);
+            }
+            check.update(&chunk.blob);
+            sink.write_all(&chunk.blob).await.map_err(io)?;
+        }
+        sink.flush().await.map_err(io)?;
+        let bytes = check.finish()?;
+        Ok(SnapshotWritten { revision, bytes })
+    }
+
     /// The whole backup stream, concatenated.
     pub async fn snapshot(&mut self) -> Result<Vec<u8>> {
         let (out, _) = self
@@ -812,6 +845,55 @@ impl Client {
             })
             .await?;
         Ok(out)
+    }
+}
+
+/// What [`Client::snapshot_to`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotWritten {
+    /// The revision the snapshot holds (the server's response headers).
+    pub revision: i64,
+    /// Bytes written, the SHA-256 included.
+    pub bytes: u64,
+}
+
+/// The SHA-256 of everything but the last 32 bytes of a stream, and those
+/// 32 bytes: an etcd snapshot ends with the hash of the database before
+/// it, and which message carries it is not marked.
+#[derive(Default)]
+struct TrailingHash {
+    hasher: sha2::Sha256,
+    tail: Vec<u8>,
+    bytes: u64,
+}
+
+impl TrailingHash {
+    fn update(&mut self, chunk: &[u8]) {
+        use sha2::Digest as _;
+        self.bytes += chunk.len() as u64;
+        self.tail.extend_from_slice(chunk);
+        if self.tail.len() > 32 {
+            let cut = self.tail.len() - 32;
+            self.hasher.update(&self.tail[..cut]);
+            self.tail.drain(..cut);
+        }
+    }
+
+    /// The byte count, if the last 32 bytes are the hash of the rest.
+    fn finish(self) -> Result<u64> {
+        use sha2::Digest as _;
+        if self.tail.len() < 32 {
+            return Err(ClientError::Protocol(format!(
+                "snapshot stream of {} bytes has no SHA-256",
+                self.bytes
+            )));
+        }
+        if self.hasher.finalize().as_slice() != self.tail.as_slice() {
+            return Err(ClientError::Protocol(
+                "snapshot stream's SHA-256 does not match its data: the snapshot is corrupt".into(),
+            ));
+        }
+        Ok(self.bytes)
     }
 }
 
@@ -843,5 +925,33 @@ mod tests {
         assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
         assert_eq!(prefix_end(b""), vec![0]);
         assert_eq!(KeySpan::FromKey.range_end(b"x"), vec![0]);
+    }
+
+    /// A database and its SHA-256, cut into chunks every way: the hash may
+    /// arrive alone, split, or with the end of the data.
+    #[test]
+    fn the_trailing_hash_is_checked_however_the_stream_is_cut() {
+        use sha2::Digest as _;
+        let db: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let mut file = db.clone();
+        file.extend_from_slice(&sha2::Sha256::digest(&db));
+        for size in [1, 5, 31, 32, 33, 100, 1000, 1032, 5000] {
+            let mut h = TrailingHash::default();
+            for chunk in file.chunks(size) {
+                h.update(chunk);
+            }
+            assert_eq!(h.finish().ok(), Some(file.len() as u64), "chunks of {size}");
+        }
+        let mut bad = file.clone();
+        bad[500] ^= 1;
+        let mut h = TrailingHash::default();
+        h.update(&bad);
+        assert!(h.finish().is_err(), "a flipped byte");
+        let mut h = TrailingHash::default();
+        h.update(&file[..file.len() - 1]);
+        assert!(h.finish().is_err(), "a cut stream");
+        let mut h = TrailingHash::default();
+        h.update(&file[..20]);
+        assert!(h.finish().is_err(), "shorter than a hash");
     }
 }

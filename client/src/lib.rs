@@ -88,7 +88,9 @@ mod watcher;
 
 pub use auth::Credentials;
 pub use batcher::{BatchOptions, PutBatcher, MAX_TXN_OPS};
-pub use client::{prefix_end, txn_is_read_only, Client, ClientError, KeySpan, Result};
+pub use client::{
+    prefix_end, txn_is_read_only, Client, ClientError, KeySpan, Result, SnapshotWritten,
+};
 pub use endpoints::{EndpointInfo, HealthSettings, Route};
 pub use lease_keeper::{LeaseKeeper, LeaseState};
 pub use options::{CallOptions, ClientBuilder};

@@ -309,8 +309,15 @@ async fn a_nod_snapshot_restores_with_the_same_hash_kv_at_every_revision() {
     let dir = tempfile::tempdir().unwrap();
     let ours = dir.path().join("nod.db");
     let theirs = dir.path().join("etcdctl.db");
-    nod_ok(&["--endpoints", &ep, "snapshot", "save", s(&ours)]);
+    let saved = nod_ok(&["--endpoints", &ep, "snapshot", "save", s(&ours)]);
+    let last = *revisions.last().unwrap();
+    assert!(saved.contains(&format!("revision {last})")), "{saved}");
     etcdctl_ok(&ep, &["snapshot", "save", s(&theirs)]);
+    assert!(
+        std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap(),
+        "nod's streamed save and etcdctl's are the same file"
+    );
+    assert!(!dir.path().join("nod.part").exists());
     drop(source);
     statuses_agree(&ours);
     for (i, file) in [ours, theirs].iter().enumerate() {

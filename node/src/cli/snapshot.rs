@@ -82,23 +82,28 @@ fn failed(message: impl std::fmt::Display) -> Failure {
 
 async fn save(file: PathBuf, client: ClientFlags) -> Result<ExitCode, Failure> {
     let mut c = connect(&client)?;
-    let bytes = c.snapshot().await?;
-    // Checked as `status` reads it: the hash, then every page and record
-    // on the way, holding no more than the file (a summary of every live
-    // key took four times the file's size at 1M keys).
-    let db = strip_hash(&bytes, HashCheck::Require).map_err(failed)?;
-    let s = snapshot_status(db).map_err(failed)?;
+    // Streamed to a temporary file, one chunk in memory at a time, its
+    // SHA-256 checked on the way; renamed once whole and synced.
     let part = file.with_extension("part");
-    std::fs::write(&part, &bytes)
-        .and_then(|_| std::fs::File::open(&part).and_then(|f| f.sync_all()))
-        .and_then(|_| std::fs::rename(&part, &file))
+    let cannot = |e: std::io::Error| usage(format!("cannot write {}: {e}", part.display()));
+    let mut out = tokio::fs::File::create(&part).await.map_err(cannot)?;
+    let written = match c.snapshot_to(&mut out).await {
+        Ok(w) => w,
+        Err(e) => {
+            drop(out);
+            let _ = std::fs::remove_file(&part);
+            return Err(e.into());
+        }
+    };
+    out.sync_all().await.map_err(cannot)?;
+    drop(out);
+    std::fs::rename(&part, &file)
         .map_err(|e| usage(format!("cannot write {}: {e}", file.display())))?;
     println!(
-        "Snapshot saved at {} ({}, revision {}, hash {:x})",
+        "Snapshot saved at {} ({}, revision {})",
         file.display(),
-        human_size(bytes.len() as u64),
-        s.revision,
-        s.hash
+        human_size(written.bytes),
+        written.revision
     );
     Ok(ExitCode::SUCCESS)
 }
