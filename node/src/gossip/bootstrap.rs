@@ -189,14 +189,7 @@ impl Promise {
     }
 
     fn remove(dir: &Path) -> Result<(), StateFileError> {
-        let path = dir.join(FILE);
-        match std::fs::remove_file(&path) {
-            Ok(()) => std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|cause| StateFileError::Remove { path, cause }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(cause) => Err(StateFileError::Remove { path, cause }),
-        }
+        identity::remove_file(dir, FILE)
     }
 
     /// The Raft cluster id this set founds (as with `--initial-cluster`).
