@@ -41,7 +41,9 @@ pub struct WatchOptions {
     pub no_delete: bool,
 }
 
-/// Events of one or more revisions, in order.
+/// Events of one or more revisions, in order; or, with no events, the
+/// answer to [`Watcher::request_progress`]: every event up to
+/// `header_revision` has been delivered.
 #[derive(Clone, Debug)]
 pub struct WatchBatch {
     /// The store's revision when the server sent them.
@@ -103,6 +105,7 @@ impl Resume {
 /// A resuming watch; see the module docs. Dropping it stops the stream.
 pub struct Watcher {
     rx: mpsc::Receiver<Result<WatchBatch>>,
+    progress: mpsc::UnboundedSender<()>,
     endpoint: Arc<Mutex<Option<String>>>,
     reconnects: Arc<std::sync::atomic::AtomicU64>,
     task: JoinHandle<()>,
@@ -128,6 +131,15 @@ impl Watcher {
             .clone()
     }
 
+    /// Asks the server which revision the stream has reached: a batch
+    /// with no events follows, once every event up to its
+    /// `header_revision` has been delivered (etcd's progress request,
+    /// `RequestProgress` in its Go client). A request made while the stream
+    /// is being reopened is lost: ask again if no answer comes.
+    pub fn request_progress(&self) {
+        let _ = self.progress.send(());
+    }
+
     /// How many times the stream was opened again after breaking.
     pub fn reconnects(&self) -> u64 {
         self.reconnects.load(std::sync::atomic::Ordering::Relaxed)
@@ -144,17 +156,22 @@ impl Client {
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let endpoint = Arc::new(Mutex::new(None));
         let reconnects = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (progress, progress_rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run(
             self.clone(),
             key,
             options,
-            tx,
-            ready_tx,
+            Channels {
+                out: tx,
+                ready: ready_tx,
+                progress: progress_rx,
+            },
             endpoint.clone(),
             reconnects.clone(),
         ));
         let mut w = Watcher {
             rx,
+            progress,
             endpoint,
             reconnects,
             task,
@@ -169,15 +186,26 @@ impl Client {
     }
 }
 
+/// The watch task's ends of the Watcher's channels.
+struct Channels {
+    out: mpsc::Sender<Result<WatchBatch>>,
+    ready: tokio::sync::oneshot::Sender<()>,
+    progress: mpsc::UnboundedReceiver<()>,
+}
+
 async fn run(
     client: Client,
     key: Vec<u8>,
     options: WatchOptions,
-    out: mpsc::Sender<Result<WatchBatch>>,
-    ready: tokio::sync::oneshot::Sender<()>,
+    channels: Channels,
     endpoint: Arc<Mutex<Option<String>>>,
     reconnects: Arc<std::sync::atomic::AtomicU64>,
 ) {
+    let Channels {
+        out,
+        ready,
+        progress: mut progress_rx,
+    } = channels;
     let mut ready = Some(ready);
     let mut resume = Resume::default();
     let mut jitter = Jitter::from_entropy();
@@ -230,7 +258,7 @@ async fn run(
         let channel = crate::auth::with_token(picked.channel.clone(), token.as_ref());
         // The sender is kept while the stream lives: dropping it would end
         // the request side.
-        let (_req_tx, mut stream) = match open_watch(channel, create).await {
+        let (req_tx, mut stream) = match open_watch(channel, create).await {
             Ok(opened) => opened,
             Err(s) => {
                 picked.finish(Err(&s));
@@ -247,8 +275,26 @@ async fn run(
             }
         };
         *endpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(picked.url.clone());
+        // Progress requests asked for on this stream and not answered yet.
+        let mut progress_asked = 0usize;
         let ended: std::result::Result<(), tonic::Status> = loop {
-            let resp = match stream.message().await {
+            let message = tokio::select! {
+                m = stream.message() => m,
+                Some(()) = progress_rx.recv() => {
+                    let asked = req_tx.try_send(nod_proto::etcd::etcdserverpb::WatchRequest {
+                        request_union: Some(
+                            nod_proto::etcd::etcdserverpb::watch_request::RequestUnion::ProgressRequest(
+                                Default::default(),
+                            ),
+                        ),
+                    });
+                    if asked.is_ok() {
+                        progress_asked += 1;
+                    }
+                    continue;
+                }
+            };
+            let resp = match message {
                 Ok(Some(r)) => r,
                 Ok(None) => break Err(tonic::Status::unavailable("watch stream ended")),
                 Err(s) => break Err(s),
@@ -288,6 +334,20 @@ async fn run(
                 }
                 if let Some(r) = ready.take() {
                     let _ = r.send(());
+                }
+                continue;
+            }
+            if resp.events.is_empty() && resp.watch_id == -1 && progress_asked > 0 {
+                // The answer to a progress request (etcd sends it for all
+                // of a stream's watches, with watch id -1).
+                progress_asked -= 1;
+                let batch = WatchBatch {
+                    header_revision,
+                    events: Vec::new(),
+                };
+                if out.send(Ok(batch)).await.is_err() {
+                    picked.finish(Ok(()));
+                    return;
                 }
                 continue;
             }

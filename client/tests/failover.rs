@@ -130,6 +130,79 @@ async fn a_watch_resumes_on_another_member_without_repeating_or_skipping() {
     assert_eq!(got, want);
 }
 
+/// A progress request answered with revision R comes after every event
+/// up to R, even while the watch is still sending history in chunks (the
+/// server splits a revision of 128 changes across its 1000-event chunks):
+/// what `nod backup` relies on to close a revision without waiting for the
+/// next write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_answer_follows_every_event_up_to_its_revision() {
+    use nod_proto::etcd::etcdserverpb::{request_op, RequestOp, TxnRequest};
+    let cluster = Cluster::start(1);
+    let mut c = cluster.client();
+    let mut last = 0;
+    for r in 0..40 {
+        let success = (0..128)
+            .map(|k| RequestOp {
+                request: Some(request_op::Request::RequestPut(put(
+                    format!("p/{k}"),
+                    &r.to_string(),
+                ))),
+            })
+            .collect();
+        let resp = c
+            .txn(TxnRequest {
+                success,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        last = resp.header.unwrap().revision;
+    }
+    let mut watcher = c
+        .watcher(
+            "p/",
+            WatchOptions {
+                span: KeySpan::Prefix,
+                start_revision: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    watcher.request_progress();
+    let mut seen = 0usize;
+    let answer = loop {
+        let b = tokio::time::timeout(Duration::from_secs(10), watcher.next())
+            .await
+            .expect("no progress answer")
+            .unwrap()
+            .unwrap();
+        if b.events.is_empty() {
+            break b.header_revision;
+        }
+        seen += b.events.len();
+    };
+    assert!(
+        answer >= last,
+        "progress {answer} before the last write {last}"
+    );
+    assert_eq!(
+        seen,
+        40 * 128,
+        "events delivered before the progress answer"
+    );
+    // Without a request, no empty batches: a write shows up as itself.
+    c.put(put("p/after".into(), "x")).await.unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(10), watcher.next())
+        .await
+        .expect("the put after the progress answer")
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.events.len(), 1);
+    assert_eq!(b.events[0].kv.as_ref().unwrap().key, b"p/after");
+}
+
 /// Puts from 8 back-to-back writers while the leader is killed: a put the
 /// client answered Ok is applied exactly once (version 1 for its own
 /// key), and no put — acknowledged or not — is applied twice, which a

@@ -4,8 +4,8 @@
 //!
 //! - `node/src/storage/` never imports `crate::api` or `crate::server`;
 //! - `node/src/transport/` never imports `crate::server` or `crate::api`;
-//! - `nod-proto` and `nod-client` never depend, even indirectly, on the
-//!   server (`nod`), RocksDB or chitchat;
+//! - `nod-proto`, `nod-client` and `nod-backup` never depend, even
+//!   indirectly, on the server (`nod`), RocksDB or chitchat;
 //! - `nod-operator` and `nod-bench` never depend on `nod` (nor so on
 //!   RocksDB or chitchat);
 //! - the server (`node/src/`, but for the CLI in `node/src/cli/`) has no
@@ -331,7 +331,7 @@ fn transport_never_imports_the_server_or_the_api() {
 #[test]
 fn proto_and_client_never_depend_on_the_server() {
     let graph = workspace_lock();
-    for krate in ["nod-proto", "nod-client"] {
+    for krate in ["nod-proto", "nod-client", "nod-backup"] {
         let v = banned_dependencies(&graph, krate, SERVER_SIDE);
         assert!(
             v.is_empty(),

@@ -7,7 +7,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use nod_client::auth::Credentials;
@@ -19,21 +19,11 @@ use nod_proto::etcd::mvccpb::KeyValue;
 use support::{etcdctl, etcdctl_ok, eventually, Cluster, Etcd, Member};
 
 fn nod(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nod"))
-        .args(args)
-        .output()
-        .expect("run nod")
+    support::nod_cmd(args, &[])
 }
 
 fn nod_ok(args: &[&str]) -> String {
-    let out = nod(args);
-    assert!(
-        out.status.success(),
-        "nod {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    support::nod_cmd_ok(args, &[])
 }
 
 fn s(p: &Path) -> &str {

@@ -1,7 +1,8 @@
 //! Nod's wire types, generated with tonic/prost and nothing else: the etcd
 //! v3 API (`etcd`, from `etcd/`, wire-compatible with etcd 3.5; with the
 //! server-side Lock and Election services) and Nod's
-//! peer protocol (`nodraftpb`, `nodserverpb`, from `nod/`). No I/O of its
+//! peer protocol and backup segments (`nodraftpb`, `nodserverpb`,
+//! `nodbackuppb`, from `nod/`). No I/O of its
 //! own beyond the generated tonic clients and servers. Every other crate
 //! (server, client, operator, bench) imports these types from here, so the
 //! wire format has one home and a client never depends on the server.
@@ -42,6 +43,13 @@ pub mod nodraftpb {
 pub mod nodserverpb {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
     include!(concat!(env!("OUT_DIR"), "/nod/nodserverpb.rs"));
+}
+
+/// Code generated from `nod/backup.proto`: the segments of a backup chain
+/// (crate nod-backup).
+pub mod nodbackuppb {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/nod/nodbackuppb.rs"));
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nod::cli::{
-    dev, init_logs, kv, lease, maintenance, member, run_async, run_client, server, sim, snapshot,
-    watch, Cli, Command,
+    backup, dev, init_logs, kv, lease, maintenance, member, run_async, run_client, server, sim,
+    snapshot, watch, Cli, Command,
 };
 
 /// mimalloc instead of glibc's malloc: under 256 writers glibc's allocator
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Command::Member { command } => run_client(member::member(command, client)),
         Command::Status => run_client(maintenance::status(client)),
         Command::Snapshot { command } => snapshot::run(command, client),
+        Command::Backup { command } => backup::run(command, client),
         Command::MoveLeader { target } => run_client(maintenance::move_leader(target, client)),
     }
 }

@@ -6,13 +6,16 @@
 //!   `maintenance` (status, move-leader): etcdctl-style client
 //!   commands over `nod-client`, sharing the flags, printing and exit codes
 //!   of `client`;
-//! - `snapshot`: save (from a member), status and restore (files only);
+//! - `snapshot`: save (from a member), status and restore (from a file or
+//!   a backup);
+//! - `backup`: full and incremental backups into a directory or a bucket;
 //! - `signal`: stopping on SIGTERM or SIGINT.
 //!
 //! Exit codes: 0 success; 1 the server refused the request (its etcd error
 //! is printed); 2 bad usage; 3 the cluster could not be reached or had no
 //! leader in time.
 
+pub mod backup;
 pub mod client;
 pub mod dev;
 pub mod kv;
@@ -80,6 +83,13 @@ pub enum Command {
     Snapshot {
         #[command(subcommand)]
         command: snapshot::SnapshotCommand,
+    },
+    /// Backups into a directory or an S3-compatible bucket: one full
+    /// snapshot (save), or full snapshots on an interval and every change
+    /// in between (run --incremental); list and verify what is there.
+    Backup {
+        #[command(subcommand)]
+        command: backup::BackupCommand,
     },
     /// Compacts history up to a revision.
     Compact { revision: i64 },

@@ -107,6 +107,23 @@ pub struct ServerFlags {
         action = clap::ArgAction::Set
     )]
     pub force_new_cluster: bool,
+    /// Found this member's data from a backup (see `nod backup`) when its
+    /// data directory does not exist yet: a member of a cluster restored
+    /// from DEST, with --initial-cluster, the token and the peer URL as
+    /// `nod snapshot restore` takes them. Every member must restore the
+    /// same revision: give --restore-revision while the source is still
+    /// being backed up. Ignored once the data directory exists.
+    #[arg(long, env = "NOD_RESTORE_FROM")]
+    pub restore_from: Option<String>,
+    /// The revision to restore (the newest a chain reaches without it).
+    #[arg(long, env = "NOD_RESTORE_REVISION", requires = "restore_from", value_parser = clap::value_parser!(i64).range(1..))]
+    pub restore_revision: Option<i64>,
+    /// The chain to restore from (its folder name).
+    #[arg(long, env = "NOD_RESTORE_CHAIN", requires = "restore_from")]
+    pub restore_chain: Option<String>,
+    /// The cluster whose backups to use (hex id), when DEST holds several.
+    #[arg(long, env = "NOD_RESTORE_CLUSTER", requires = "restore_from", value_parser = super::backup::parse_hex_id)]
+    pub restore_cluster: Option<u64>,
     /// How often the leader compares the members' data hashes and raises
     /// the CORRUPT alarm on a mismatch (a Go duration: 30s, 5m); 0: never.
     #[arg(
@@ -583,6 +600,16 @@ pub async fn run(flags: ServerFlags) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(dest) = flags.restore_from.clone() {
+        let restored = tokio::select! {
+            r = restore_if_missing(&flags, &cfg, &dest) => r,
+            _ = stop.recv() => return ExitCode::SUCCESS,
+        };
+        if let Err(e) = restored {
+            eprintln!("nod server: restoring from {dest}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     // Stopping mid-start drops `start` at an await point: every durable
     // step (promise, identity, founding) is written whole or not at all,
     // and the next start resumes from what is on disk.
@@ -616,6 +643,67 @@ pub async fn run(flags: ServerFlags) -> ExitCode {
             Err(e) => { eprintln!("nod server: stopped: {e}"); ExitCode::FAILURE }
         }
     }
+}
+
+/// `--restore-from`: builds the data directory from the backup unless it
+/// exists already (an empty directory counts as missing: a fresh volume).
+async fn restore_if_missing(f: &ServerFlags, cfg: &ServerConfig, dest: &str) -> Result<(), String> {
+    let dir = &cfg.data_dir;
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .map_err(|e| format!("reading {}: {e}", dir.display()))?
+            .next()
+            .is_none();
+        if !empty {
+            tracing::info!(data_dir = %dir.display(), "data directory exists; --restore-from is not used");
+            return Ok(());
+        }
+        std::fs::remove_dir(dir)
+            .map_err(|e| format!("removing the empty {}: {e}", dir.display()))?;
+    }
+    if cfg.initial_cluster_state != ClusterState::New {
+        return Err("--restore-from founds a new cluster: use --initial-cluster-state new".into());
+    }
+    let (chain, fetched) = super::backup::fetch_for_restore(
+        dest,
+        f.restore_cluster,
+        f.restore_chain.as_deref(),
+        f.restore_revision,
+    )
+    .await
+    .map_err(|e| match e {
+        super::client::Failure::Usage(m) => m,
+        super::client::Failure::Client(e) => e.to_string(),
+    })?;
+    let opts = crate::server::restore::RestoreOptions {
+        file: dest.into(),
+        data_dir: dir.clone(),
+        name: cfg.name.clone(),
+        initial_cluster: cfg.initial_cluster.clone(),
+        token: cfg.initial_cluster_token.clone(),
+        advertise_peer: cfg.advertise_peer.clone(),
+        skip_hash_check: false,
+    };
+    let r = tokio::task::spawn_blocking(move || {
+        crate::server::restore::restore_snapshot(
+            &opts,
+            &fetched.snapshot,
+            &fetched.changes,
+            Some(fetched.digest),
+        )
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    tracing::info!(
+        chain = chain.folder(),
+        revision = r.revision,
+        keys = r.keys,
+        cluster_id = %format!("{:x}", r.identity.cluster_id),
+        orphan_leases = r.orphan_leases.len(),
+        "restored the data directory from a backup"
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -27,12 +27,29 @@ pub enum SnapshotCommand {
     /// etcd's) for a new cluster, as `etcdutl snapshot restore` does. Run it
     /// for every member with the same file, --initial-cluster and token,
     /// then start each with `nod server` and the same --name and --data-dir.
-    Restore(RestoreArgs),
+    Restore(Box<RestoreArgs>),
 }
 
 #[derive(Args)]
 pub struct RestoreArgs {
-    file: PathBuf,
+    /// The snapshot file (or give --from-backup).
+    #[arg(required_unless_present = "from_backup")]
+    file: Option<PathBuf>,
+    /// Restore from a backup destination instead of a file (see `nod
+    /// backup`): the newest chain, or the one that reaches --to-revision.
+    #[arg(long, conflicts_with = "file")]
+    from_backup: Option<String>,
+    /// The revision to restore to (point in time): any revision from a
+    /// chain's full snapshot to its last segment.
+    #[arg(long, requires = "from_backup", value_parser = clap::value_parser!(i64).range(1..))]
+    to_revision: Option<i64>,
+    /// The chain to restore from (its folder name, from `nod backup list`).
+    #[arg(long, requires = "from_backup")]
+    chain: Option<String>,
+    /// The cluster whose backups to use (hex id), when the destination
+    /// holds several.
+    #[arg(long, requires = "from_backup", value_parser = super::backup::parse_hex_id)]
+    backup_cluster: Option<u64>,
     /// The data directory to create (it must not exist).
     #[arg(long, env = "NOD_DATA_DIR", default_value = "./nod-data/default")]
     data_dir: PathBuf,
@@ -64,7 +81,7 @@ pub fn run(command: SnapshotCommand, client: ClientFlags) -> ExitCode {
     match command {
         SnapshotCommand::Save { file } => super::run_client(save(file, client)),
         SnapshotCommand::Status { file } => finish(status(&file, client.output)),
-        SnapshotCommand::Restore(args) => finish(restore(args)),
+        SnapshotCommand::Restore(args) => finish(restore(*args)),
     }
 }
 
@@ -187,7 +204,10 @@ fn restore(a: RestoreArgs) -> Result<(), Failure> {
         );
     }
     let opts = RestoreOptions {
-        file: a.file,
+        file: a
+            .file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(a.from_backup.clone().unwrap_or_default())),
         data_dir: a.data_dir,
         name: a.name,
         initial_cluster,
@@ -195,7 +215,48 @@ fn restore(a: RestoreArgs) -> Result<(), Failure> {
         advertise_peer: a.initial_advertise_peer_urls,
         skip_hash_check: a.skip_hash_check,
     };
-    let r = restore::restore(&opts).map_err(failed)?;
+    let r = match &a.from_backup {
+        None => restore::restore(&opts).map_err(failed)?,
+        Some(dest) => {
+            if opts.data_dir.exists() {
+                // Before reading anything from the destination.
+                return Err(failed(restore::RestoreError::Exists(opts.data_dir.clone())));
+            }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| failed(format!("cannot start the runtime: {e}")))?;
+            let (chain, fetched) = rt.block_on(super::backup::fetch_for_restore(
+                dest,
+                a.backup_cluster,
+                a.chain.as_deref(),
+                a.to_revision,
+            ))?;
+            let r = restore::restore_snapshot(
+                &opts,
+                &fetched.snapshot,
+                &fetched.changes,
+                Some(fetched.digest),
+            )
+            .map_err(failed)?;
+            println!(
+                "Read chain {} of cluster {:016x}: full snapshot at revision {}, {} changes after it",
+                chain.folder(),
+                chain.cluster_id,
+                chain.revision().unwrap_or(0),
+                fetched.changes.len()
+            );
+            if !r.orphan_leases.is_empty() {
+                eprintln!(
+                    "warning: {} leases named by restored keys were not in the backup; they were given {}s TTLs: {}",
+                    r.orphan_leases.len(),
+                    crate::storage::kv_store::ORPHAN_LEASE_TTL,
+                    r.orphan_leases.iter().map(|l| format!("{l:x}")).collect::<Vec<_>>().join(", ")
+                );
+            }
+            r
+        }
+    };
     println!(
         "Restored {} into {}: member {} ({:x}) of cluster {:x} with {} members; revision {}, {} keys, {} leases",
         opts.file.display(),

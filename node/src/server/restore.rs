@@ -32,6 +32,7 @@ use crate::storage::kv_store::etcd_snapshot::{strip_hash, HashCheck, SnapshotErr
 use crate::storage::kv_store::ImportError;
 use crate::storage::{checkpoint, KvStore, LogStore};
 use nod_proto::etcd::etcdserverpb::Member;
+use nod_proto::nodbackuppb::RevisionBatch;
 
 /// What to restore, and as which member of which new cluster.
 #[derive(Clone, Debug)]
@@ -59,6 +60,9 @@ pub struct Restored {
     pub compacted: i64,
     pub keys: usize,
     pub leases: usize,
+    /// Leases restored keys named that the backup never recorded, given
+    /// `ORPHAN_LEASE_TTL` (a restore from a file has none).
+    pub orphan_leases: Vec<i64>,
 }
 
 /// Why a restore did not happen. Nothing is left in the data directory.
@@ -80,18 +84,6 @@ pub enum RestoreError {
     Write { path: PathBuf, cause: String },
 }
 
-impl From<ImportError> for RestoreError {
-    fn from(e: ImportError) -> Self {
-        match e {
-            ImportError::Snapshot(e) => RestoreError::Snapshot(e),
-            other => RestoreError::Write {
-                path: PathBuf::new(),
-                cause: other.to_string(),
-            },
-        }
-    }
-}
-
 /// The folder a restore into `data_dir` builds in.
 fn staging_dir(data_dir: &Path) -> PathBuf {
     let mut s = data_dir.as_os_str().to_owned();
@@ -110,13 +102,31 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
         path: opts.file.clone(),
         cause,
     })?;
+    restore_snapshot(opts, &bytes, &[], None)
+}
+
+/// Builds `opts.data_dir` from a snapshot file's `bytes` and the backup
+/// `changes` after it (`nod snapshot restore --from-backup`; `opts.file`
+/// only names the source in errors). `digest` identifies the content for
+/// the new cluster id: a backup passes one that takes in the revision
+/// restored to, so restores of one chain to different revisions never
+/// share a cluster id; without it, the database's SHA-256.
+pub fn restore_snapshot(
+    opts: &RestoreOptions,
+    bytes: &[u8],
+    changes: &[RevisionBatch],
+    digest: Option<[u8; 32]>,
+) -> Result<Restored, RestoreError> {
+    if opts.data_dir.exists() {
+        return Err(RestoreError::Exists(opts.data_dir.clone()));
+    }
     let check = if opts.skip_hash_check {
         HashCheck::Skip
     } else {
         HashCheck::Require
     };
-    let db = strip_hash(&bytes, check)?;
-    let digest: [u8; 32] = sha2::Sha256::digest(db).into();
+    let db = strip_hash(bytes, check)?;
+    let digest: [u8; 32] = digest.unwrap_or_else(|| sha2::Sha256::digest(db).into());
     let (attrs, member_id) = super::founding_members(
         &opts.initial_cluster,
         &opts.name,
@@ -155,15 +165,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
             .map_err(|e| write(format!("clearing {}: {e}", staging.display())))?;
     }
     std::fs::create_dir_all(&staging).map_err(|e| write(e.to_string()))?;
-    let built = build(&staging, db, &members, &identity);
-    let restored = match built {
+    let restored = match build(&staging, &opts.data_dir, db, changes, &members, &identity) {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
-            return Err(match e {
-                RestoreError::Write { cause, .. } => write(cause),
-                other => other,
-            });
+            return Err(e);
         }
     };
     std::fs::rename(&staging, &opts.data_dir)
@@ -182,19 +188,27 @@ pub fn restore(opts: &RestoreOptions) -> Result<Restored, RestoreError> {
     })
 }
 
+/// Builds the member's data in `dir`; errors name `target`, the folder the
+/// user asked for, which `dir` becomes.
 fn build(
     dir: &Path,
+    target: &Path,
     db: &[u8],
+    changes: &[RevisionBatch],
     members: &[Member],
     identity: &Identity,
 ) -> Result<Restored, RestoreError> {
     let write = |what: &str, e: &dyn std::fmt::Display| RestoreError::Write {
-        path: dir.to_path_buf(),
+        path: target.to_path_buf(),
         cause: format!("{what}: {e}"),
     };
     let backend =
         RocksBackend::open(&dir.join("kv")).map_err(|e| write("opening the store", &e))?;
-    let kv = KvStore::import_etcd(backend, db, members)?;
+    let (kv, notes) =
+        KvStore::import_backup(backend, db, changes, members).map_err(|e| match e {
+            ImportError::Snapshot(e) => RestoreError::Snapshot(e),
+            other => write("importing the snapshot", &other),
+        })?;
     let info = checkpoint::create(&kv.db_handle(), &dir.join("snap"))
         .map_err(|e| write("taking a checkpoint", &e))?;
     drop(kv);
@@ -217,6 +231,7 @@ fn build(
         compacted: kv.compacted_revision(),
         keys: kv.key_count(),
         leases: kv.leases().len(),
+        orphan_leases: notes.orphan_leases,
     };
     drop(kv);
 

@@ -47,7 +47,7 @@ mod batch;
 mod encoding;
 pub mod etcd_snapshot;
 mod import;
-pub use import::ImportError;
+pub use import::{ImportError, ImportNotes, ORPHAN_LEASE_TTL};
 mod index;
 mod key_range;
 mod read;

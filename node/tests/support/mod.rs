@@ -74,6 +74,8 @@ pub struct Member {
     pub peer_scheme: &'static str,
     /// `https` when the member serves metrics over TLS.
     pub metrics_scheme: &'static str,
+    /// Extra environment for the process (S3 credentials, for one).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Member {
@@ -93,6 +95,7 @@ impl Member {
             client_scheme: "http",
             peer_scheme: "http",
             metrics_scheme: "http",
+            env: Vec::new(),
         }
     }
 
@@ -113,6 +116,7 @@ impl Member {
             client_scheme: "http",
             peer_scheme: "http",
             metrics_scheme: "http",
+            env: Vec::new(),
         }
     }
 
@@ -225,6 +229,7 @@ impl Member {
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(extra)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -460,6 +465,135 @@ impl Drop for Etcd {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Runs the `nod` command with `args` and extra environment.
+pub fn nod_cmd(args: &[&str], env: &[(&str, String)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nod"))
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run nod")
+}
+
+/// `nod_cmd`, which must succeed; its standard output.
+pub fn nod_cmd_ok(args: &[&str], env: &[(&str, String)]) -> String {
+    let out = nod_cmd(args, env);
+    assert!(
+        out.status.success(),
+        "nod {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// An S3-compatible server on a free loopback port: moto's `moto_server`
+/// from the venv `scripts/setup` makes (`moto[server]`), with one bucket.
+/// Credentials are moto's test ones; `env()` gives what `nod backup` reads.
+/// Killed on drop; its log is printed when a test fails.
+pub struct S3Server {
+    pub port: u16,
+    pub bucket: String,
+    pub log: PathBuf,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    pub fn start(bucket: &str) -> S3Server {
+        let bin =
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/nod/venv/bin/moto_server");
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("moto.log");
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}); ./scripts/setup installs it",
+                    bin.display()
+                )
+            });
+        let s = S3Server {
+            port,
+            bucket: bucket.to_string(),
+            log,
+            child: Some(child),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match s.request("PUT", &format!("/{bucket}")) {
+                Some(200) => return s,
+                Some(code) => panic!("moto refused the bucket: HTTP {code}"),
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                None => panic!("moto_server did not answer on port {port}:\n{}", s.logs()),
+            }
+        }
+    }
+
+    /// A bodiless request; the response's status code.
+    fn request(&self, method: &str, path: &str) -> Option<u16> {
+        use std::io::Read;
+        let mut t = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        write!(
+            t,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .ok()?;
+        let mut buf = Vec::new();
+        t.read_to_end(&mut buf).ok()?;
+        let line = String::from_utf8_lossy(&buf);
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{prefix}", self.bucket)
+    }
+
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// Stops the server (a destination that went away).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(40).collect();
+            eprintln!("---- last lines of moto's log ----");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        self.stop();
     }
 }
 
