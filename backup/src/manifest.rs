@@ -9,6 +9,8 @@ use crate::segment::Sha256Digest;
 pub const FORMAT: &str = "nod-backup/1";
 /// The largest manifest a reader accepts.
 pub const MAX_MANIFEST: usize = 64 << 10;
+/// The largest full snapshot a restore reads (it is held in memory).
+pub const MAX_FULL: u64 = 64 << 30;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -73,8 +75,11 @@ impl Manifest {
         };
         m.cluster_id()
             .ok_or_else(|| field("cluster_id", "not 16 hex digits"))?;
-        if m.revision < 1 {
-            return Err(field("revision", "must be positive"));
+        if !(1..=crate::segment::MAX_REVISION).contains(&m.revision) {
+            return Err(field("revision", "out of range"));
+        }
+        if m.full.size > MAX_FULL {
+            return Err(field("full.size", "larger than a restore reads (64 GiB)"));
         }
         if m.full.object != crate::names::FULL {
             return Err(field("full.object", "must be full.db.zst"));

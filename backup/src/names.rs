@@ -77,7 +77,9 @@ fn parse_revision(s: &str) -> Option<i64> {
     if s.len() != 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    s.parse().ok().filter(|r: &i64| *r >= 0)
+    s.parse()
+        .ok()
+        .filter(|r: &i64| (0..=crate::segment::MAX_REVISION).contains(r))
 }
 
 /// `yyyymmddThhmmssZ` in UTC.

@@ -224,6 +224,8 @@ pub struct Fetched {
     /// Identifies the content: SHA-256 of the full file's hash, the
     /// revision and the last segment's hash (new cluster ids derive from it).
     pub digest: Sha256Digest,
+    /// What the restore will not bring back exactly.
+    pub warnings: Vec<String>,
 }
 
 /// Reads `chain`'s full snapshot and segments up to `to_revision` (all
@@ -274,6 +276,7 @@ pub async fn fetch(
     let upto = to_revision.unwrap_or(i64::MAX);
     let mut seq = Sequence::new(chain.cluster_id, manifest.revision, full_sha);
     let mut changes = Vec::new();
+    let mut warnings = Vec::new();
     for s in &chain.segments {
         if s.first > upto {
             break;
@@ -299,6 +302,14 @@ pub async fn fetch(
         }
         seq.accept(&seg)
             .map_err(|cause| ReadError::Sequence { object, cause })?;
+        let auth = seg.header.auth_revision;
+        if auth != 0 && auth != manifest.auth_revision && warnings.is_empty() {
+            warnings.push(format!(
+                "users, roles or auth settings changed after the full snapshot (auth revision {} \
+                 then, {auth} by revision {}): the restore has the full snapshot's",
+                manifest.auth_revision, s.last
+            ));
+        }
         changes.extend(seg.batches.into_iter().filter(|b| b.revision <= upto));
     }
     let revision = changes.last().map_or(manifest.revision, |b| b.revision);
@@ -319,6 +330,7 @@ pub async fn fetch(
         changes,
         revision,
         digest: h.finalize().into(),
+        warnings,
     })
 }
 

@@ -15,7 +15,6 @@
 //! `prev_sha256` or the revision sequence ([`Sequence`]). Every length read
 //! from a file is checked against a limit before anything is allocated.
 
-use std::collections::HashSet;
 use std::io::Read;
 
 use nod_proto::etcd::mvccpb::{event::EventType, Event};
@@ -30,6 +29,9 @@ pub const MAX_HEADER: usize = 64 << 10;
 /// The largest uncompressed body a reader accepts (one revision that
 /// deletes a million keys is some 50 MB).
 pub const MAX_BODY: u64 = 1 << 30;
+/// Revisions above this are refused (no store gets near it), so adding
+/// one to a revision from a file never overflows.
+pub const MAX_REVISION: i64 = 1 << 62;
 const TRAILER: usize = 8 + 4 + END.len();
 const ZSTD_LEVEL: i32 = 3;
 
@@ -80,13 +82,14 @@ pub fn check_batch(b: &RevisionBatch) -> Result<(), SegmentError> {
         revision: b.revision,
         what,
     };
-    if b.revision < 1 {
-        return Err(invalid("revision must be positive".into()));
+    if !(1..=MAX_REVISION).contains(&b.revision) {
+        return Err(invalid(format!("revision must be in 1..={MAX_REVISION}")));
     }
     if b.events.is_empty() {
         return Err(invalid("no events".into()));
     }
-    let mut keys = HashSet::with_capacity(b.events.len());
+    // One key may change twice in a revision (a put and a delete in two
+    // nested transactions, which etcd allows): both events are kept.
     for (i, e) in b.events.iter().enumerate() {
         let Some(kv) = e.kv.as_ref() else {
             return Err(invalid(format!("event {i} has no key-value")));
@@ -99,9 +102,6 @@ pub fn check_batch(b: &RevisionBatch) -> Result<(), SegmentError> {
                 "event {i} has mod_revision {}",
                 kv.mod_revision
             )));
-        }
-        if !keys.insert(kv.key.as_slice()) {
-            return Err(invalid(format!("event {i} changes a key twice")));
         }
         match EventType::try_from(e.r#type) {
             Ok(EventType::Put) => {
@@ -155,14 +155,29 @@ fn check_revisions(first: i64, last: i64, batches: &[RevisionBatch]) -> Result<(
     Err(SegmentError::Revisions { first, last, got })
 }
 
+/// What a segment's header says besides its revisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentMeta {
+    pub cluster_id: u64,
+    /// SHA-256 of the object it follows.
+    pub prev_sha256: Sha256Digest,
+    pub created_unix_ms: i64,
+    /// The auth revision read before cutting it (0: unknown).
+    pub auth_revision: u64,
+}
+
 /// Writes a segment of `batches` (consecutive revisions, each checked by
-/// [`check_batch`]) that follows the object whose SHA-256 is `prev_sha256`.
+/// [`check_batch`]).
 pub fn encode(
-    cluster_id: u64,
-    prev_sha256: Sha256Digest,
-    created_unix_ms: i64,
+    meta: SegmentMeta,
     batches: &[RevisionBatch],
 ) -> Result<(Vec<u8>, Sha256Digest), SegmentError> {
+    let SegmentMeta {
+        cluster_id,
+        prev_sha256,
+        created_unix_ms,
+        auth_revision,
+    } = meta;
     let (first, last) = match (batches.first(), batches.last()) {
         (Some(a), Some(b)) => (a.revision, b.revision),
         _ => return Err(SegmentError::Empty),
@@ -178,6 +193,7 @@ pub fn encode(
         prev_sha256: prev_sha256.to_vec(),
         created_unix_ms,
         nod_version: env!("CARGO_PKG_VERSION").to_string(),
+        auth_revision,
     };
     let mut body = Vec::new();
     for b in batches {
@@ -426,12 +442,21 @@ mod tests {
 
     const FULL_SHA: Sha256Digest = [0xab; 32];
 
+    fn meta(cluster_id: u64, prev_sha256: Sha256Digest, created_unix_ms: i64) -> SegmentMeta {
+        SegmentMeta {
+            cluster_id,
+            prev_sha256,
+            created_unix_ms,
+            auth_revision: 3,
+        }
+    }
+
     #[test]
     fn round_trip_and_chain() {
         let a = batches(11, 40);
         let b = batches(51, 25);
-        let (bytes_a, sha_a) = encode(9, FULL_SHA, 1_000, &a).unwrap();
-        let (bytes_b, sha_b) = encode(9, sha_a, 2_000, &b).unwrap();
+        let (bytes_a, sha_a) = encode(meta(9, FULL_SHA, 1_000), &a).unwrap();
+        let (bytes_b, sha_b) = encode(meta(9, sha_a, 2_000), &b).unwrap();
         let seg_a = decode(&bytes_a).unwrap();
         let seg_b = decode(&bytes_b).unwrap();
         assert_eq!(seg_a.batches, a);
@@ -441,6 +466,7 @@ mod tests {
             (11, 50)
         );
         assert_eq!(seg_a.header.created_unix_ms, 1_000);
+        assert_eq!(seg_a.header.auth_revision, 3);
         assert_eq!(seg_a.sha256, sha_a);
         assert_eq!(seg_b.sha256, sha_b);
 
@@ -463,7 +489,7 @@ mod tests {
         );
         let mut other_full = Sequence::new(9, 10, [0xcd; 32]);
         assert_eq!(other_full.accept(&seg_a), Err(SequenceError::Link));
-        let (forged, _) = encode(9, [0; 32], 2_000, &b).unwrap();
+        let (forged, _) = encode(meta(9, [0; 32], 2_000), &b).unwrap();
         assert_eq!(
             seq.accept(&decode(&forged).unwrap()),
             Err(SequenceError::Link)
@@ -479,7 +505,7 @@ mod tests {
 
     #[test]
     fn every_truncation_is_refused() {
-        let (bytes, _) = encode(1, FULL_SHA, 0, &batches(1, 30)).unwrap();
+        let (bytes, _) = encode(meta(1, FULL_SHA, 0), &batches(1, 30)).unwrap();
         for len in 0..bytes.len() {
             assert!(
                 decode(&bytes[..len]).is_err(),
@@ -494,7 +520,7 @@ mod tests {
 
     #[test]
     fn every_flipped_byte_is_refused() {
-        let (bytes, _) = encode(1, FULL_SHA, 0, &batches(1, 30)).unwrap();
+        let (bytes, _) = encode(meta(1, FULL_SHA, 0), &batches(1, 30)).unwrap();
         let original = decode(&bytes).unwrap();
         for i in 0..bytes.len() {
             for bit in [0x01u8, 0x80] {
@@ -530,14 +556,14 @@ mod tests {
 
     #[test]
     fn lengths_from_the_file_are_bounded() {
-        let (mut bytes, _) = encode(1, FULL_SHA, 0, &batches(1, 3)).unwrap();
+        let (mut bytes, _) = encode(meta(1, FULL_SHA, 0), &batches(1, 3)).unwrap();
         bytes[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(
             decode(&bytes),
             Err(SegmentError::HeaderTooLarge(u32::MAX.into()))
         );
 
-        let (mut bytes, _) = encode(1, FULL_SHA, 0, &batches(1, 3)).unwrap();
+        let (mut bytes, _) = encode(meta(1, FULL_SHA, 0), &batches(1, 3)).unwrap();
         let n = bytes.len();
         bytes[n - TRAILER..n - TRAILER + 8].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(decode(&bytes), Err(SegmentError::BodyTooLarge(u64::MAX)));
@@ -569,41 +595,49 @@ mod tests {
 
     #[test]
     fn bad_batches_are_refused_on_both_sides() {
-        assert_eq!(encode(1, FULL_SHA, 0, &[]), Err(SegmentError::Empty));
+        assert_eq!(encode(meta(1, FULL_SHA, 0), &[]), Err(SegmentError::Empty));
         let mut gap = batches(1, 4);
         gap.remove(2);
         assert!(matches!(
-            encode(1, FULL_SHA, 0, &gap),
+            encode(meta(1, FULL_SHA, 0), &gap),
             Err(SegmentError::Revisions { .. })
         ));
+        // A key changed twice in one revision is kept as it happened.
         let mut twice = batches(1, 2);
-        twice[1].events.push(put("k2", 2, 2, 2, 0));
+        twice[1].events.push(delete("k2", 2));
+        let (bytes, _) = encode(meta(1, FULL_SHA, 0), &twice).unwrap();
+        assert_eq!(decode(&bytes).unwrap().batches, twice);
+        let mut too_far = batches(MAX_REVISION, 1);
+        too_far[0].revision = MAX_REVISION + 1;
+        for kv in too_far[0].events.iter_mut().filter_map(|e| e.kv.as_mut()) {
+            kv.mod_revision = MAX_REVISION + 1;
+        }
         assert!(matches!(
-            encode(1, FULL_SHA, 0, &twice),
-            Err(SegmentError::Invalid { revision: 2, .. })
+            encode(meta(1, FULL_SHA, 0), &too_far),
+            Err(SegmentError::Invalid { .. })
         ));
         let mut wrong_rev = batches(1, 2);
         wrong_rev[0].events[0].kv.as_mut().unwrap().mod_revision = 2;
         assert!(matches!(
-            encode(1, FULL_SHA, 0, &wrong_rev),
+            encode(meta(1, FULL_SHA, 0), &wrong_rev),
             Err(SegmentError::Invalid { revision: 1, .. })
         ));
         let mut empty = batches(1, 2);
         empty[1].events.clear();
         assert!(matches!(
-            encode(1, FULL_SHA, 0, &empty),
+            encode(meta(1, FULL_SHA, 0), &empty),
             Err(SegmentError::Invalid { .. })
         ));
         let mut bad_type = batches(1, 2);
         bad_type[0].events[0].r#type = 9;
         assert!(matches!(
-            encode(1, FULL_SHA, 0, &bad_type),
+            encode(meta(1, FULL_SHA, 0), &bad_type),
             Err(SegmentError::Invalid { .. })
         ));
 
         // A writer that skips the checks (a forged file) is caught on read.
         let good = batches(1, 3);
-        let (bytes, _) = encode(1, FULL_SHA, 0, &good).unwrap();
+        let (bytes, _) = encode(meta(1, FULL_SHA, 0), &good).unwrap();
         let seg = decode(&bytes).unwrap();
         let mut body = Vec::new();
         for b in &gap {
@@ -657,7 +691,7 @@ mod tests {
                     }
                 })
                 .collect();
-            let (bytes, sha) = encode(42, FULL_SHA, 5, &batches).unwrap();
+            let (bytes, sha) = encode(meta(42, FULL_SHA, 5), &batches).unwrap();
             let seg = decode(&bytes).unwrap();
             prop_assert_eq!(seg.sha256, sha);
             prop_assert_eq!(seg.header.first_revision, first);

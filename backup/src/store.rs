@@ -115,7 +115,9 @@ impl Destination {
         std::fs::create_dir_all(dir).map_err(|e| bad(&format!("creating the directory: {e}")))?;
         let store = LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| bad(&e.to_string()))?
-            .with_fsync(true);
+            .with_fsync(true)
+            // A deleted chain leaves no empty folder behind.
+            .with_automatic_cleanup(true);
         Ok(Destination {
             store: Arc::new(store),
             prefix: None,

@@ -93,16 +93,28 @@ pub async fn take_full(
         .map_err(client_err("asking the auth revision"))?
         .auth_revision;
     let header = status.header.unwrap_or_default();
-    let created_unix_ms = now_unix_ms();
+    let mut created_unix_ms = now_unix_ms();
     // Named by the revision before the snapshot (the snapshot's own is
     // known only once it has streamed): names still sort as chains began.
-    let name = ChainName {
-        revision: header.revision,
-        created_unix_s: created_unix_ms / 1000,
-    }
-    .format();
-    let dir = format!("{}/{name}", names::cluster_dir(header.cluster_id));
-    let upload = dest.create(&format!("{dir}/{}", names::FULL)).await?;
+    // Two backups of an idle cluster in one second would share a name: the
+    // later takes the next second.
+    let mut tries = 0;
+    let (dir, upload) = loop {
+        let name = ChainName {
+            revision: header.revision,
+            created_unix_s: created_unix_ms / 1000,
+        }
+        .format();
+        let dir = format!("{}/{name}", names::cluster_dir(header.cluster_id));
+        match dest.create(&format!("{dir}/{}", names::FULL)).await {
+            Ok(upload) => break (dir, upload),
+            Err(StoreError::Exists { .. }) if tries < 5 => {
+                tries += 1;
+                created_unix_ms += 1000;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let mut sink = FullSink::new(upload)?;
     let written = match client.snapshot_to(&mut sink).await {
         Ok(w) => w,
@@ -301,13 +313,16 @@ where
                 }
             }
             m = watcher.next() => match m {
-                None => return Err(BackupError::WatchEnded("no more events".into())),
+                None => {
+                    cut(client, dest, chain, &mut pending).await?;
+                    return Err(BackupError::WatchEnded("no more events".into()));
+                }
                 Some(Err(ClientError::Compacted { compact_revision })) => {
-                    cut(dest, chain, &mut pending).await?;
+                    cut(client, dest, chain, &mut pending).await?;
                     return Ok(FollowEnd::Compacted { compact_revision });
                 }
                 Some(Err(e)) => {
-                    cut(dest, chain, &mut pending).await?;
+                    cut(client, dest, chain, &mut pending).await?;
                     return Err(BackupError::WatchEnded(e.to_string()));
                 }
                 Some(Ok(b)) if b.events.is_empty() => {
@@ -317,27 +332,29 @@ where
                 Some(Ok(b)) => {
                     for e in b.events {
                         if let Err(end) = pending.add(e) {
-                            cut(dest, chain, &mut pending).await?;
+                            cut(client, dest, chain, &mut pending).await?;
                             return Ok(end);
                         }
                         if let Some(lease) = pending.new_lease(&leases_known) {
-                            leases_known.insert(lease);
-                            let ttl = client
-                                .lease_time_to_live(lease, false)
-                                .await
-                                .map_err(client_err("reading a lease"))?;
-                            // TTL -1: revoked or expired already; its keys'
-                            // deletions follow in the stream.
-                            if ttl.ttl >= 0 && ttl.granted_ttl > 0 {
-                                pending.note_lease(LeaseSeen { id: lease, granted_ttl: ttl.granted_ttl });
+                            match client.lease_time_to_live(lease, false).await {
+                                Ok(ttl) => {
+                                    leases_known.insert(lease);
+                                    // TTL -1: revoked or expired already; its
+                                    // keys' deletions follow in the stream.
+                                    if ttl.ttl >= 0 && ttl.granted_ttl > 0 {
+                                        pending.note_lease(LeaseSeen { id: lease, granted_ttl: ttl.granted_ttl });
+                                    }
+                                }
+                                // Asked again at the lease's next put; a
+                                // restore gives a lease never read a short TTL.
+                                Err(e) => tracing::warn!(lease, error = %e, "reading a lease for the backup"),
                             }
                         }
                     }
-                    if pending.closed_bytes >= opts.max_bytes {
-                        cut(dest, chain, &mut pending).await?;
-                        if auth_changed(client, chain).await? {
-                            return Ok(FollowEnd::AuthChanged);
-                        }
+                    if pending.closed_bytes >= opts.max_bytes
+                        && cut(client, dest, chain, &mut pending).await?
+                    {
+                        return Ok(FollowEnd::AuthChanged);
                     }
                 }
             },
@@ -355,11 +372,11 @@ where
         }
         let due = pending.oldest.is_some_and(|t| t.elapsed() >= opts.max_age);
         if pending.open.is_none() && (due || stopping.is_some()) {
-            cut(dest, chain, &mut pending).await?;
+            let auth_changed = cut(client, dest, chain, &mut pending).await?;
             if stopping.is_some() {
                 return Ok(FollowEnd::Stopped);
             }
-            if auth_changed(client, chain).await? {
+            if auth_changed {
                 return Ok(FollowEnd::AuthChanged);
             }
         }
@@ -367,37 +384,40 @@ where
             // No progress answer: write what is known whole and go; the
             // open revision is left to the next chain.
             pending.open = None;
-            cut(dest, chain, &mut pending).await?;
+            cut(client, dest, chain, &mut pending).await?;
             return Ok(FollowEnd::Stopped);
         }
     }
 }
 
-async fn auth_changed(client: &mut Client, chain: &Chain) -> Result<bool, BackupError> {
-    let now = client
-        .auth_status()
-        .await
-        .map_err(client_err("asking the auth revision"))?
-        .auth_revision;
-    Ok(now != chain.manifest.auth_revision)
-}
-
-/// Writes the closed revisions as the chain's next segment.
+/// Writes the closed revisions as the chain's next segment, with the auth
+/// revision read just before. True when that differs from the chain's: a
+/// new chain must start (users, roles or settings changed, which the
+/// watch does not carry).
 async fn cut(
+    client: &mut Client,
     dest: &Destination,
     chain: &mut Chain,
     pending: &mut Pending,
-) -> Result<(), BackupError> {
+) -> Result<bool, BackupError> {
     if pending.closed.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
+    let auth_revision = match client.auth_status().await {
+        Ok(a) => a.auth_revision,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the auth revision for a backup segment");
+            0
+        }
+    };
     let batches = std::mem::take(&mut pending.closed);
-    let (bytes, _) = segment::encode(
-        chain.sequence.cluster_id,
-        chain.sequence.prev_sha256,
-        now_unix_ms(),
-        &batches,
-    )?;
+    let meta = segment::SegmentMeta {
+        cluster_id: chain.sequence.cluster_id,
+        prev_sha256: chain.sequence.prev_sha256,
+        created_unix_ms: now_unix_ms(),
+        auth_revision,
+    };
+    let (bytes, _) = segment::encode(meta, &batches)?;
     // Read back what is about to be published: the writer's own check.
     let seg = segment::decode(&bytes)?;
     let mut next = chain.sequence.clone();
@@ -409,14 +429,42 @@ async fn cut(
     }
     .format();
     let size = bytes.len() as u64;
-    dest.put_new(&chain.object(&name), Bytes::from(bytes))
-        .await?;
+    put_segment(dest, &chain.object(&name), Bytes::from(bytes)).await?;
     chain.sequence = next;
     chain.segments += 1;
     chain.segment_bytes += size;
     pending.closed_bytes = 0;
     pending.oldest = pending.open.as_ref().map(|_| Instant::now());
-    Ok(())
+    Ok(auth_revision != 0 && auth_revision != chain.manifest.auth_revision)
+}
+
+/// Puts a segment, trying again on a transient failure. Finding the very
+/// same bytes there already is success: an earlier try that landed but
+/// whose answer was lost.
+async fn put_segment(dest: &Destination, object: &str, bytes: Bytes) -> Result<(), BackupError> {
+    let mut attempt = 0u32;
+    loop {
+        match dest.put_new(object, bytes.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Exists { .. }) => {
+                let there = dest.get(object, segment::MAX_BODY).await?;
+                if there == bytes {
+                    return Ok(());
+                }
+                return Err(StoreError::Exists {
+                    dest: dest.to_string(),
+                    object: object.to_string(),
+                }
+                .into());
+            }
+            Err(e) if attempt < 3 => {
+                attempt += 1;
+                tracing::warn!(object, attempt, error = %e, "writing a backup segment; trying again");
+                tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Revisions seen and not yet in a segment. Pure but for the clock.

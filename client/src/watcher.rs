@@ -11,11 +11,10 @@
 //! Departure from "resume at last seen revision + 1": the server may split
 //! one revision's events over several responses (history is sent in
 //! chunks), so the task resumes at the last seen revision itself and drops
-//! the events of that revision it already delivered (a revision holds a
-//! key at most once). Resuming at +1 could skip the rest of a split
-//! revision.
+//! as many events of that revision as it already delivered (every member
+//! sends a revision's events in the same order, its sub revisions).
+//! Resuming at +1 could skip the rest of a split revision.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -51,17 +50,24 @@ pub struct WatchBatch {
     pub events: Vec<Event>,
 }
 
-/// Where the stream is: the last revision delivered and which of its
-/// events (by key) were. Pure.
+/// Where the stream is: the last revision delivered and how many of its
+/// events were. A revision's events come in the same order from every
+/// member (its sub revisions), and one key may change twice in one
+/// revision (a put and a delete in two nested transactions), so a resumed
+/// stream skips by count, not by key. Pure.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Resume {
     last_revision: i64,
-    keys_at_last: HashSet<Vec<u8>>,
+    delivered_at_last: usize,
+    /// Events of `last_revision` the current stream repeats.
+    skip: usize,
 }
 
 impl Resume {
-    /// The `start_revision` for (re)opening the stream.
-    fn start(&self, first: i64) -> i64 {
+    /// The `start_revision` for (re)opening the stream; the new stream
+    /// repeats the events of the last revision already delivered.
+    fn start(&mut self, first: i64) -> i64 {
+        self.skip = self.delivered_at_last;
         if self.last_revision == 0 {
             first
         } else {
@@ -75,11 +81,12 @@ impl Resume {
         if self.last_revision == 0 {
             // Everything up to `revision` is before the watch: resume after it.
             self.last_revision = revision + 1;
-            self.keys_at_last.clear();
+            self.delivered_at_last = 0;
+            self.skip = 0;
         }
     }
 
-    /// Keeps the events not delivered yet, and remembers them.
+    /// Keeps the events not delivered yet, and counts them.
     fn admit(&mut self, events: Vec<Event>) -> Vec<Event> {
         let mut out = Vec::with_capacity(events.len());
         for e in events {
@@ -88,13 +95,16 @@ impl Resume {
             if rev < self.last_revision {
                 continue;
             }
-            if rev == self.last_revision && !self.keys_at_last.insert(kv.key.clone()) {
-                continue;
-            }
-            if rev > self.last_revision {
+            if rev == self.last_revision {
+                if self.skip > 0 {
+                    self.skip -= 1;
+                    continue;
+                }
+                self.delivered_at_last += 1;
+            } else {
                 self.last_revision = rev;
-                self.keys_at_last.clear();
-                self.keys_at_last.insert(kv.key.clone());
+                self.delivered_at_last = 1;
+                self.skip = 0;
             }
             out.push(e);
         }
@@ -431,6 +441,23 @@ mod tests {
             ev("a", 8),
         ]);
         assert_eq!(keys(&got), [("c".to_string(), 7), ("a".to_string(), 8)]);
+    }
+
+    #[test]
+    fn a_key_changed_twice_in_a_revision_is_delivered_twice_and_resumed_right() {
+        let mut r = Resume::default();
+        r.start(1);
+        // A put then a delete of k in revision 7, split over responses.
+        assert_eq!(r.admit(vec![ev("k", 7)]).len(), 1);
+        assert_eq!(
+            r.admit(vec![ev("k", 7)]).len(),
+            1,
+            "the delete is a second event"
+        );
+        // The stream breaks; the new one repeats both, then brings 8.
+        assert_eq!(r.start(1), 7);
+        let got = r.admit(vec![ev("k", 7), ev("k", 7), ev("k", 8)]);
+        assert_eq!(keys(&got), [("k".to_string(), 8)]);
     }
 
     #[test]

@@ -345,6 +345,31 @@ async fn point_in_time_restores_from_s3_match_the_source() {
         .unwrap()
         .id;
     c.move_leader(target).await.unwrap();
+    // One key put and deleted in one revision (two nested txns, which
+    // etcd allows): both changes reach the backup.
+    let nested = |op: request_op::Request| RequestOp {
+        request: Some(request_op::Request::RequestTxn(TxnRequest {
+            success: vec![RequestOp { request: Some(op) }],
+            ..Default::default()
+        })),
+    };
+    let twice = TxnRequest {
+        success: vec![
+            nested(request_op::Request::RequestPut(PutRequest {
+                key: b"k/twice".to_vec(),
+                value: b"short-lived".to_vec(),
+                ..Default::default()
+            })),
+            nested(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: b"k/twice".to_vec(),
+                    ..Default::default()
+                },
+            )),
+        ],
+        ..Default::default()
+    };
+    c.txn(twice).await.unwrap();
     let r2 = write(&mut c, 250, 150, &lease_ids).await;
     points.push(point(&mut c, r2).await);
     let leader = support::leader(&endpoints).await;

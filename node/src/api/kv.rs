@@ -2,6 +2,7 @@
 //! Writes go through the log (forwarded to the leader from a follower);
 //! reads are linearizable unless `serializable`.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use prost::Message as _;
@@ -31,7 +32,8 @@ fn unexpected() -> Status {
 }
 
 /// Checks a transaction's shape before it is proposed: op count, depth,
-/// and that no key is written twice (etcd's `checkTxnReqsPermission`/dup check).
+/// and that no key is written twice (etcd's `checkTxnReqsPermission` and
+/// `checkIntervals`, nested transactions included).
 fn check_txn(t: &TxnRequest, max_ops: usize, depth: usize) -> Result<(), KvError> {
     if depth > MAX_TXN_DEPTH {
         return Err(KvError::Invalid("txn nested too deeply".into()));
@@ -43,24 +45,14 @@ fn check_txn(t: &TxnRequest, max_ops: usize, depth: usize) -> Result<(), KvError
         if branch.len() > max_ops {
             return Err(KvError::TooManyOps);
         }
-        let mut put_keys = std::collections::BTreeSet::new();
-        let mut deletes = Vec::new();
         for op in branch.iter() {
             match &op.request {
-                Some(request_op::Request::RequestPut(p)) => {
-                    check_put(p)?;
-                    if !put_keys.insert(p.key.clone()) {
-                        return Err(KvError::DuplicateKey);
-                    }
-                }
+                Some(request_op::Request::RequestPut(p)) => check_put(p)?,
                 Some(request_op::Request::RequestRange(r)) if r.key.is_empty() => {
                     return Err(KvError::EmptyKey)
                 }
-                Some(request_op::Request::RequestDeleteRange(d)) => {
-                    if d.key.is_empty() {
-                        return Err(KvError::EmptyKey);
-                    }
-                    deletes.push(KeyRange::new(&d.key, &d.range_end));
+                Some(request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
+                    return Err(KvError::EmptyKey)
                 }
                 Some(request_op::Request::RequestTxn(inner)) => {
                     check_txn(inner, max_ops, depth + 1)?
@@ -69,16 +61,62 @@ fn check_txn(t: &TxnRequest, max_ops: usize, depth: usize) -> Result<(), KvError
                 _ => {}
             }
         }
-        // etcd refuses a branch that both puts and deletes a key: one key
-        // would change twice in one revision.
-        if put_keys
-            .iter()
-            .any(|k| deletes.iter().any(|d| d.contains(k)))
-        {
-            return Err(KvError::DuplicateKey);
+    }
+    if depth == 0 {
+        // Once the shape is known to be bounded.
+        for branch in [&t.success, &t.failure] {
+            branch_writes(branch)?;
         }
     }
     Ok(())
+}
+
+/// etcd's `checkIntervals`: the keys a branch puts and the ranges it
+/// deletes, with its nested transactions'. Refused, as etcd refuses them: a
+/// key put twice, or put where a delete of this level or an earlier nested
+/// one reaches it; a nested transaction's two branches exclude each other.
+fn branch_writes(ops: &[RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<KeyRange>), KvError> {
+    let mut dels: Vec<KeyRange> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(request_op::Request::RequestDeleteRange(d)) => {
+                Some(KeyRange::new(&d.key, &d.range_end))
+            }
+            _ => None,
+        })
+        .collect();
+    let deleted = |dels: &[KeyRange], k: &[u8]| dels.iter().any(|d| d.contains(k));
+    let mut puts = BTreeSet::new();
+    for op in ops {
+        let Some(request_op::Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
+        let (then_puts, then_dels) = branch_writes(&t.success)?;
+        let (else_puts, else_dels) = branch_writes(&t.failure)?;
+        for k in &then_puts {
+            if puts.contains(k) || deleted(&dels, k) {
+                return Err(KvError::DuplicateKey);
+            }
+            puts.insert(k.clone());
+        }
+        for k in else_puts {
+            if (puts.contains(&k) && !then_puts.contains(&k)) || deleted(&dels, &k) {
+                return Err(KvError::DuplicateKey);
+            }
+            puts.insert(k);
+        }
+        dels.extend(then_dels);
+        dels.extend(else_dels);
+    }
+    for op in ops {
+        if let Some(request_op::Request::RequestPut(p)) = &op.request {
+            if puts.contains(&p.key) || deleted(&dels, &p.key) {
+                return Err(KvError::DuplicateKey);
+            }
+            puts.insert(p.key.clone());
+        }
+    }
+    Ok((puts, dels))
 }
 
 /// etcd's `checkPutRequest`.
@@ -341,6 +379,58 @@ mod tests {
             check_txn(&ok, MAX_TXN_OPS, 0),
             Ok(()),
             "the same key in both branches is fine"
+        );
+        // Nested transactions, as etcd's checkIntervals judges them.
+        let txn = |success: Vec<RequestOp>, failure: Vec<RequestOp>| RequestOp {
+            request: Some(R::RequestTxn(TxnRequest {
+                success,
+                failure,
+                ..Default::default()
+            })),
+        };
+        let del = |k: &[u8], end: &[u8]| RequestOp {
+            request: Some(R::RequestDeleteRange(DeleteRangeRequest {
+                key: k.to_vec(),
+                range_end: end.to_vec(),
+                ..Default::default()
+            })),
+        };
+        let judged = |success: Vec<RequestOp>| {
+            let t = TxnRequest {
+                success,
+                ..Default::default()
+            };
+            check_txn(&t, MAX_TXN_OPS, 0)
+        };
+        let dup = Err(KvError::DuplicateKey);
+        assert_eq!(judged(vec![put(b"k"), txn(vec![put(b"k")], vec![])]), dup);
+        assert_eq!(
+            judged(vec![put(b"k"), txn(vec![del(b"k", b"")], vec![])]),
+            dup
+        );
+        assert_eq!(
+            judged(vec![del(b"a", b"z"), txn(vec![], vec![put(b"k")])]),
+            dup
+        );
+        assert_eq!(
+            judged(vec![
+                txn(vec![put(b"k")], vec![]),
+                txn(vec![put(b"k")], vec![])
+            ]),
+            dup
+        );
+        assert_eq!(
+            judged(vec![txn(vec![put(b"k")], vec![put(b"k")])]),
+            Ok(()),
+            "a nested txn's branches exclude each other"
+        );
+        assert_eq!(
+            judged(vec![
+                txn(vec![put(b"k")], vec![]),
+                txn(vec![del(b"k", b"")], vec![])
+            ]),
+            Ok(()),
+            "etcd lets a later nested delete meet an earlier nested put"
         );
         assert!(!txn_is_read_only(&ok));
         // --max-txn-ops bounds each branch and the compares.

@@ -341,8 +341,7 @@ pub async fn cluster_chains(
     cluster: Option<u64>,
 ) -> Result<Vec<ChainInfo>, Failure> {
     let chains = reader::chains(dest, cluster).await.map_err(failed)?;
-    let mut clusters: Vec<u64> = chains.iter().map(|c| c.cluster_id).collect();
-    clusters.dedup();
+    let clusters: std::collections::BTreeSet<u64> = chains.iter().map(|c| c.cluster_id).collect();
     if clusters.len() > 1 {
         return Err(usage(format!(
             "{dest} holds backups of {} clusters ({}); choose one with --backup-cluster",

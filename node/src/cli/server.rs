@@ -112,7 +112,8 @@ pub struct ServerFlags {
     /// from DEST, with --initial-cluster, the token and the peer URL as
     /// `nod snapshot restore` takes them. Every member must restore the
     /// same revision: give --restore-revision while the source is still
-    /// being backed up. Ignored once the data directory exists.
+    /// being backed up. Ignored once the data directory exists. The data
+    /// directory must be a folder on the volume, not its mount point.
     #[arg(long, env = "NOD_RESTORE_FROM")]
     pub restore_from: Option<String>,
     /// The revision to restore (the newest a chain reaches without it).
@@ -684,6 +685,9 @@ async fn restore_if_missing(f: &ServerFlags, cfg: &ServerConfig, dest: &str) -> 
         advertise_peer: cfg.advertise_peer.clone(),
         skip_hash_check: false,
     };
+    for w in &fetched.warnings {
+        tracing::warn!("restoring from {dest}: {w}");
+    }
     let r = tokio::task::spawn_blocking(move || {
         crate::server::restore::restore_snapshot(
             &opts,

@@ -246,6 +246,9 @@ fn restore(a: RestoreArgs) -> Result<(), Failure> {
                 chain.revision().unwrap_or(0),
                 fetched.changes.len()
             );
+            for w in &fetched.warnings {
+                eprintln!("warning: {w}");
+            }
             if !r.orphan_leases.is_empty() {
                 eprintln!(
                     "warning: {} leases named by restored keys were not in the backup; they were given {}s TTLs: {}",

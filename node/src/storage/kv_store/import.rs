@@ -493,9 +493,44 @@ mod tests {
             .unwrap()
             .into_result()
             .unwrap();
+        // One key changed twice in one revision (etcd allows a put and a
+        // delete of it in two nested transactions): two records.
+        let nested = |op: request_op::Request| RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest {
+                success: vec![RequestOp { request: Some(op) }],
+                ..Default::default()
+            })),
+        };
+        let twice = TxnRequest {
+            success: vec![
+                nested(request_op::Request::RequestPut(PutRequest {
+                    key: b"twice".to_vec(),
+                    value: b"short-lived".to_vec(),
+                    ..Default::default()
+                })),
+                nested(request_op::Request::RequestDeleteRange(
+                    DeleteRangeRequest {
+                        key: b"twice".to_vec(),
+                        ..Default::default()
+                    },
+                )),
+            ],
+            ..Default::default()
+        };
+        src.apply_txn(&twice, (next(), 1))
+            .unwrap()
+            .into_result()
+            .unwrap();
         put(&mut src, "last", "one", 0, next());
         let end = src.current_revision();
         let batches = changes(&src, at_full);
+        assert!(
+            batches.iter().any(|b| b.events.len() == 2
+                && b.events
+                    .iter()
+                    .all(|e| e.kv.as_ref().unwrap().key == b"twice")),
+            "a revision that changes one key twice"
+        );
         assert_eq!(
             batches.len() as i64,
             end - at_full,
