@@ -252,11 +252,9 @@ pub async fn fetch(
     };
     let mut dec = zstd::stream::write::Decoder::new(sink).map_err(|e| full_err(e.to_string()))?;
     match dest.get_into(&object, &mut dec).await {
-        Err(StoreError::Io {
-            what: "copying",
-            cause,
-            ..
-        }) => return Err(full_err(format!("does not decompress: {cause}"))),
+        Err(StoreError::Sink { cause, .. }) => {
+            return Err(full_err(format!("does not decompress: {cause}")))
+        }
         r => r?,
     };
     dec.flush()

@@ -17,7 +17,7 @@
 
 use std::io::Read;
 
-use nod_proto::etcd::mvccpb::{event::EventType, Event};
+use nod_proto::etcd::mvccpb::event::EventType;
 use nod_proto::nodbackuppb::{RevisionBatch, SegmentHeader};
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -371,9 +371,10 @@ impl Sequence {
     }
 }
 
-/// A put event as the watch reports it (for building batches).
-pub fn put_event(kv: nod_proto::etcd::mvccpb::KeyValue) -> Event {
-    Event {
+/// A put event as the watch reports it (for the tests' batches).
+#[cfg(test)]
+pub(crate) fn put_event(kv: nod_proto::etcd::mvccpb::KeyValue) -> nod_proto::etcd::mvccpb::Event {
+    nod_proto::etcd::mvccpb::Event {
         r#type: EventType::Put as i32,
         kv: Some(kv),
         prev_kv: None,
@@ -383,7 +384,7 @@ pub fn put_event(kv: nod_proto::etcd::mvccpb::KeyValue) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nod_proto::etcd::mvccpb::KeyValue;
+    use nod_proto::etcd::mvccpb::{Event, KeyValue};
     use nod_proto::nodbackuppb::LeaseSeen;
     use proptest::prelude::*;
 

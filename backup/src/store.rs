@@ -36,6 +36,13 @@ pub enum StoreError {
         size: u64,
         limit: u64,
     },
+    /// The object read fine; what it was copied into refused it.
+    #[error("{object} in {dest}: {cause}")]
+    Sink {
+        dest: String,
+        object: String,
+        cause: String,
+    },
     #[error("{what} {object} in {dest}: {cause}")]
     Io {
         what: &'static str,
@@ -227,8 +234,7 @@ impl Destination {
             .await
             .map_err(|e| self.io("reading", rel, e))?
         {
-            sink.write_all(&chunk).map_err(|e| StoreError::Io {
-                what: "copying",
+            sink.write_all(&chunk).map_err(|e| StoreError::Sink {
                 dest: self.display.clone(),
                 object: rel.to_string(),
                 cause: e.to_string(),
@@ -319,13 +325,6 @@ impl Upload {
     /// Adds bytes (buffered into parts; call after [`Upload::poll_ready`]).
     pub fn put(&mut self, bytes: Bytes) {
         self.inner.as_mut().expect("not finished").put(bytes);
-    }
-
-    /// Adds bytes, waiting while too many parts are in flight.
-    pub async fn write(&mut self, bytes: Bytes) -> Result<(), StoreError> {
-        std::future::poll_fn(|cx| self.poll_ready(cx)).await?;
-        self.put(bytes);
-        Ok(())
     }
 
     /// Publishes the object.

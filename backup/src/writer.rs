@@ -70,10 +70,6 @@ impl Chain {
     pub fn object(&self, name: &str) -> String {
         format!("{}/{name}", self.dir)
     }
-
-    pub fn name(&self) -> &str {
-        self.dir.rsplit('/').next().unwrap_or(&self.dir)
-    }
 }
 
 /// Takes a full snapshot into a new chain of `dest` and writes its

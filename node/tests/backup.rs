@@ -413,11 +413,7 @@ async fn point_in_time_restores_from_s3_match_the_source() {
     let mut ms: Vec<Member> = (1..=3)
         .map(|i| Member::new(&root, &format!("s{i}")))
         .collect();
-    let initial = ms
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer_url()))
-        .collect::<Vec<_>>()
-        .join(",");
+    let initial = support::initial_cluster(&ms);
     let end_s = end.to_string();
     for m in &mut ms {
         m.env = env.clone();
@@ -654,4 +650,36 @@ async fn damaged_backups_are_refused_and_leave_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(data.join("identity.json").exists());
+
+    // Retention: `--keep 1` with a full snapshot every second leaves one
+    // chain, a new one, and no folder of a deleted chain behind.
+    let (kept, _) = copy("retention");
+    let kept_s = s(&kept).to_string();
+    let before: Vec<String> = chains(&kept_s, &[])
+        .iter()
+        .map(|c| c["chain"].as_str().unwrap().to_string())
+        .collect();
+    let mut pruner = Agent::start(
+        &kept_s,
+        &endpoints[0],
+        &[],
+        &["--full-every", "1s", "--keep", "1"],
+        root.join("pruner.log"),
+    );
+    support::eventually(
+        "retention down to one new chain",
+        Duration::from_secs(30),
+        || {
+            let now = chains(&kept_s, &[]);
+            let done = now.len() == 1
+                && now[0]["complete"] == true
+                && !before.iter().any(|b| now[0]["chain"] == b.as_str());
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+    pruner.stop();
+    let cluster_dir = kept.join(chain_dir.parent().unwrap().file_name().unwrap());
+    let folders = std::fs::read_dir(&cluster_dir).unwrap().count();
+    assert!(folders <= 2, "deleted chains left {folders} folders behind");
 }

@@ -276,11 +276,7 @@ async fn peers_talk_over_mutual_tls_and_a_wrong_certificate_never_joins() {
     let mut members: Vec<Member> = (1..=3)
         .map(|i| tls_member(dir.path(), &format!("n{i}")))
         .collect();
-    let initial = members
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer_url()))
-        .collect::<Vec<_>>()
-        .join(",");
+    let initial = support::initial_cluster(&members);
     let pf = peer_flags(&ca_file, &member_cert);
     let extra: Vec<&str> = pf.iter().map(String::as_str).collect();
     for m in &mut members {

@@ -122,11 +122,7 @@ fn statuses_agree(file: &Path) {
 
 /// `nod snapshot restore` of `file` for each of `members`, as one cluster.
 fn restore_all(file: &Path, members: &[Member], token: &str) -> String {
-    let initial = members
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer_url()))
-        .collect::<Vec<_>>()
-        .join(",");
+    let initial = support::initial_cluster(members);
     for m in members {
         nod_ok(&[
             "snapshot",

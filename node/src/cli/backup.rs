@@ -9,13 +9,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use nod_backup::reader::{self, ChainInfo, Fetched};
+use nod_backup::reader::{self, ChainInfo};
 use nod_backup::retention::{self, ChainState, Policy};
 use nod_backup::store::Destination;
 use nod_backup::writer::{self, FollowEnd, SegmentOptions};
 use serde_json::json;
 
-use super::client::{connect, usage, ClientFlags, Failure, Output};
+use super::client::{connect, failed, usage, ClientFlags, Failure, Output};
+use crate::server::restore::{self, RestoreOptions, Restored};
 use crate::storage::kv_store::etcd_snapshot::human_size;
 
 #[derive(Subcommand)]
@@ -106,10 +107,6 @@ pub fn run(command: BackupCommand, client: ClientFlags) -> ExitCode {
     }
 }
 
-fn failed(message: impl std::fmt::Display) -> Failure {
-    Failure::Client(nod_client::ClientError::Protocol(message.to_string()))
-}
-
 fn destination(d: &DestFlag) -> Result<Destination, Failure> {
     Destination::parse(&d.dest).map_err(|e| usage(e.to_string()))
 }
@@ -139,10 +136,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// A cluster id flag (hex), for clap.
 pub fn parse_hex_id(s: &str) -> Result<u64, String> {
-    super::client::parse_hex(s, "cluster").map_err(|f| match f {
-        Failure::Usage(m) => m,
-        Failure::Client(e) => e.to_string(),
-    })
+    super::client::parse_hex(s, "cluster").map_err(|f| f.to_string())
 }
 
 async fn save(d: DestFlag, client: ClientFlags) -> Result<ExitCode, Failure> {
@@ -226,7 +220,7 @@ async fn run_loop(a: RunArgs, client: ClientFlags) -> Result<ExitCode, Failure> 
                 wait_or_stop(stop_rx.clone(), Duration::from_secs(5)).await;
             }
         }
-        tracing::info!(chain = %chain.dir, segments = chain.segments, reached = chain.sequence.reached(), "chain closed");
+        tracing::info!(chain = %chain.dir, segments = chain.segments, segment_bytes = chain.segment_bytes, reached = chain.sequence.reached(), "chain closed");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -356,24 +350,60 @@ pub async fn cluster_chains(
     Ok(chains)
 }
 
-/// What a restore from a backup writes: the chosen chain's content, read
-/// and checked.
-pub async fn fetch_for_restore(
-    dest_url: &str,
-    cluster: Option<u64>,
-    chain: Option<&str>,
-    to_revision: Option<i64>,
-) -> Result<(ChainInfo, Fetched), Failure> {
+/// Where a restore from a backup reads: the destination, and which
+/// cluster, chain and revision (the newest without them).
+pub struct BackupSource<'a> {
+    pub dest: &'a str,
+    pub cluster: Option<u64>,
+    pub chain: Option<&'a str>,
+    pub to_revision: Option<i64>,
+}
+
+/// What a restore from a backup did.
+pub struct FromBackup {
+    pub chain: ChainInfo,
+    /// Revisions restored after the full snapshot.
+    pub changes: usize,
+    /// What the restore could not bring back exactly.
+    pub warnings: Vec<String>,
+    pub restored: Restored,
+}
+
+/// Reads the chosen chain, checked, and builds `opts.data_dir` from it (on
+/// a blocking thread): `nod snapshot restore --from-backup` and `nod
+/// server --restore-from`.
+pub async fn restore_from_backup(
+    src: BackupSource<'_>,
+    opts: RestoreOptions,
+) -> Result<FromBackup, Failure> {
     nod_backup::install_crypto();
-    let dest = Destination::parse(dest_url).map_err(|e| usage(e.to_string()))?;
-    let chains = cluster_chains(&dest, cluster).await?;
-    let chosen = reader::choose(&chains, chain, to_revision)
+    let dest = Destination::parse(src.dest).map_err(|e| usage(e.to_string()))?;
+    let chains = cluster_chains(&dest, src.cluster).await?;
+    let chain = reader::choose(&chains, src.chain, src.to_revision)
         .map_err(failed)?
         .clone();
-    let fetched = reader::fetch(&dest, &chosen, to_revision)
+    let fetched = reader::fetch(&dest, &chain, src.to_revision)
         .await
         .map_err(failed)?;
-    Ok((chosen, fetched))
+    let changes = fetched.changes.len();
+    let warnings = fetched.warnings.clone();
+    let restored = tokio::task::spawn_blocking(move || {
+        restore::restore_snapshot(
+            &opts,
+            &fetched.snapshot,
+            &fetched.changes,
+            Some(fetched.digest),
+        )
+    })
+    .await
+    .map_err(failed)?
+    .map_err(failed)?;
+    Ok(FromBackup {
+        chain,
+        changes,
+        warnings,
+        restored,
+    })
 }
 
 async fn verify(a: VerifyArgs) -> Result<ExitCode, Failure> {

@@ -163,8 +163,23 @@ impl From<ClientError> for Failure {
     }
 }
 
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Usage(m) => f.write_str(m),
+            Failure::Client(e) => e.fmt(f),
+        }
+    }
+}
+
 pub fn usage(s: impl Into<String>) -> Failure {
     Failure::Usage(s.into())
+}
+
+/// A failure that is neither bad usage nor the server's answer (a file, a
+/// backup): printed as is, exit 1.
+pub fn failed(message: impl std::fmt::Display) -> Failure {
+    Failure::Client(ClientError::Protocol(message.to_string()))
 }
 
 pub fn exit_for(f: Failure) -> ExitCode {

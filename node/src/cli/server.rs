@@ -665,17 +665,6 @@ async fn restore_if_missing(f: &ServerFlags, cfg: &ServerConfig, dest: &str) -> 
     if cfg.initial_cluster_state != ClusterState::New {
         return Err("--restore-from founds a new cluster: use --initial-cluster-state new".into());
     }
-    let (chain, fetched) = super::backup::fetch_for_restore(
-        dest,
-        f.restore_cluster,
-        f.restore_chain.as_deref(),
-        f.restore_revision,
-    )
-    .await
-    .map_err(|e| match e {
-        super::client::Failure::Usage(m) => m,
-        super::client::Failure::Client(e) => e.to_string(),
-    })?;
     let opts = crate::server::restore::RestoreOptions {
         file: dest.into(),
         data_dir: dir.clone(),
@@ -685,20 +674,19 @@ async fn restore_if_missing(f: &ServerFlags, cfg: &ServerConfig, dest: &str) -> 
         advertise_peer: cfg.advertise_peer.clone(),
         skip_hash_check: false,
     };
-    for w in &fetched.warnings {
+    let source = super::backup::BackupSource {
+        dest,
+        cluster: f.restore_cluster,
+        chain: f.restore_chain.as_deref(),
+        to_revision: f.restore_revision,
+    };
+    let done = super::backup::restore_from_backup(source, opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    for w in &done.warnings {
         tracing::warn!("restoring from {dest}: {w}");
     }
-    let r = tokio::task::spawn_blocking(move || {
-        crate::server::restore::restore_snapshot(
-            &opts,
-            &fetched.snapshot,
-            &fetched.changes,
-            Some(fetched.digest),
-        )
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
+    let (chain, r) = (done.chain, done.restored);
     tracing::info!(
         chain = chain.folder(),
         revision = r.revision,

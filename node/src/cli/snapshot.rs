@@ -6,10 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use nod_client::ClientError;
 use serde_json::json;
 
-use super::client::{connect, usage, ClientFlags, Failure, Output};
+use super::client::{connect, failed, usage, ClientFlags, Failure, Output};
 use crate::server::restore::{self, RestoreOptions};
 use crate::storage::kv_store::etcd_snapshot::{
     human_size, snapshot_status, strip_hash, HashCheck, SnapshotStatus,
@@ -91,10 +90,6 @@ fn finish(r: Result<(), Failure>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => super::client::exit_for(f),
     }
-}
-
-fn failed(message: impl std::fmt::Display) -> Failure {
-    Failure::Client(ClientError::Protocol(message.to_string()))
 }
 
 async fn save(file: PathBuf, client: ClientFlags) -> Result<ExitCode, Failure> {
@@ -226,29 +221,24 @@ fn restore(a: RestoreArgs) -> Result<(), Failure> {
                 .enable_all()
                 .build()
                 .map_err(|e| failed(format!("cannot start the runtime: {e}")))?;
-            let (chain, fetched) = rt.block_on(super::backup::fetch_for_restore(
+            let source = super::backup::BackupSource {
                 dest,
-                a.backup_cluster,
-                a.chain.as_deref(),
-                a.to_revision,
-            ))?;
-            let r = restore::restore_snapshot(
-                &opts,
-                &fetched.snapshot,
-                &fetched.changes,
-                Some(fetched.digest),
-            )
-            .map_err(failed)?;
+                cluster: a.backup_cluster,
+                chain: a.chain.as_deref(),
+                to_revision: a.to_revision,
+            };
+            let done = rt.block_on(super::backup::restore_from_backup(source, opts.clone()))?;
             println!(
                 "Read chain {} of cluster {:016x}: full snapshot at revision {}, {} changes after it",
-                chain.folder(),
-                chain.cluster_id,
-                chain.revision().unwrap_or(0),
-                fetched.changes.len()
+                done.chain.folder(),
+                done.chain.cluster_id,
+                done.chain.revision().unwrap_or(0),
+                done.changes
             );
-            for w in &fetched.warnings {
+            for w in &done.warnings {
                 eprintln!("warning: {w}");
             }
+            let r = done.restored;
             if !r.orphan_leases.is_empty() {
                 eprintln!(
                     "warning: {} leases named by restored keys were not in the backup; they were given {}s TTLs: {}",

@@ -333,13 +333,18 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
 }
 
+/// `--initial-cluster` for `members`: name=peerURL,...
+pub fn initial_cluster(members: &[Member]) -> String {
+    members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl Cluster {
     pub fn initial_cluster(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url()))
-            .collect::<Vec<_>>()
-            .join(",")
+        initial_cluster(&self.members)
     }
 
     pub fn start(n: usize) -> Cluster {
