@@ -269,13 +269,14 @@ pub enum FollowEnd {
 /// Appends segments of the changes after the chain's last revision until
 /// `stop` completes or the chain must end. Every segment written is
 /// complete and checked; what is pending at the end is written when it is
-/// known to be whole.
+/// known to be whole. `on_cut` sees the chain after each segment.
 pub async fn follow<F>(
     client: &mut Client,
     dest: &Destination,
     chain: &mut Chain,
     opts: SegmentOptions,
     stop: F,
+    on_cut: &mut (dyn FnMut(&Chain) + Send),
 ) -> Result<FollowEnd, BackupError>
 where
     F: Future<Output = ()>,
@@ -310,15 +311,15 @@ where
             }
             m = watcher.next() => match m {
                 None => {
-                    cut(client, dest, chain, &mut pending).await?;
+                    cut(client, dest, chain, &mut pending, &mut *on_cut).await?;
                     return Err(BackupError::WatchEnded("no more events".into()));
                 }
                 Some(Err(ClientError::Compacted { compact_revision })) => {
-                    cut(client, dest, chain, &mut pending).await?;
+                    cut(client, dest, chain, &mut pending, &mut *on_cut).await?;
                     return Ok(FollowEnd::Compacted { compact_revision });
                 }
                 Some(Err(e)) => {
-                    cut(client, dest, chain, &mut pending).await?;
+                    cut(client, dest, chain, &mut pending, &mut *on_cut).await?;
                     return Err(BackupError::WatchEnded(e.to_string()));
                 }
                 Some(Ok(b)) if b.events.is_empty() => {
@@ -328,7 +329,7 @@ where
                 Some(Ok(b)) => {
                     for e in b.events {
                         if let Err(end) = pending.add(e) {
-                            cut(client, dest, chain, &mut pending).await?;
+                            cut(client, dest, chain, &mut pending, &mut *on_cut).await?;
                             return Ok(end);
                         }
                         if let Some(lease) = pending.new_lease(&leases_known) {
@@ -348,7 +349,7 @@ where
                         }
                     }
                     if pending.closed_bytes >= opts.max_bytes
-                        && cut(client, dest, chain, &mut pending).await?
+                        && cut(client, dest, chain, &mut pending, &mut *on_cut).await?
                     {
                         return Ok(FollowEnd::AuthChanged);
                     }
@@ -368,7 +369,7 @@ where
         }
         let due = pending.oldest.is_some_and(|t| t.elapsed() >= opts.max_age);
         if pending.open.is_none() && (due || stopping.is_some()) {
-            let auth_changed = cut(client, dest, chain, &mut pending).await?;
+            let auth_changed = cut(client, dest, chain, &mut pending, &mut *on_cut).await?;
             if stopping.is_some() {
                 return Ok(FollowEnd::Stopped);
             }
@@ -380,7 +381,7 @@ where
             // No progress answer: write what is known whole and go; the
             // open revision is left to the next chain.
             pending.open = None;
-            cut(client, dest, chain, &mut pending).await?;
+            cut(client, dest, chain, &mut pending, &mut *on_cut).await?;
             return Ok(FollowEnd::Stopped);
         }
     }
@@ -395,6 +396,7 @@ async fn cut(
     dest: &Destination,
     chain: &mut Chain,
     pending: &mut Pending,
+    on_cut: &mut (dyn FnMut(&Chain) + Send),
 ) -> Result<bool, BackupError> {
     if pending.closed.is_empty() {
         return Ok(false);
@@ -431,6 +433,7 @@ async fn cut(
     chain.segment_bytes += size;
     pending.closed_bytes = 0;
     pending.oldest = pending.open.as_ref().map(|_| Instant::now());
+    on_cut(chain);
     Ok(auth_revision != 0 && auth_revision != chain.manifest.auth_revision)
 }
 

@@ -71,6 +71,7 @@
 
 pub mod auth;
 pub mod backoff;
+pub mod backup_agent;
 mod batcher;
 pub mod blocking;
 pub mod breaker;

@@ -683,3 +683,111 @@ async fn damaged_backups_are_refused_and_leave_nothing() {
     let folders = std::fs::read_dir(&cluster_dir).unwrap().count();
     assert!(folders <= 2, "deleted chains left {folders} folders behind");
 }
+
+/// The agent of `nod backup run --schedule ... --listen`: its status
+/// (`GET /status`) says what it wrote, where its chain reaches and when the
+/// next full starts; `POST /backups` starts a new chain now; a failure is
+/// reported with its reason and the agent keeps going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_its_status_and_takes_requests() {
+    use nod_client::backup_agent::{request_backup, status, AgentStatus};
+    let cluster = Cluster::start(1);
+    let endpoints = cluster.endpoints();
+    support::leader(&endpoints).await;
+    let mut c = connect(&endpoints);
+    let root = cluster.dir.path().to_path_buf();
+    let store = root.join("backups");
+    let dest = s(&store).to_string();
+    let port = support::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let mut agent = Agent::start(
+        &dest,
+        &endpoints[0],
+        &[],
+        &[
+            "--incremental",
+            "--segment-max-age",
+            "1s",
+            "--schedule",
+            "0 0 1 1 *",
+            "--listen",
+            &listen,
+        ],
+        root.join("agent.log"),
+    );
+    let t = Duration::from_secs(5);
+    let seen = |what: &'static str, ok: fn(&AgentStatus) -> bool| {
+        let url = url.clone();
+        async move {
+            support::eventually(what, Duration::from_secs(30), || {
+                let url = url.clone();
+                async move { status(&url, t).await.ok().filter(ok) }
+            })
+            .await
+        }
+    };
+    let first = seen("the first full", |s| s.last_full.is_some()).await;
+    let full = first.last_full.clone().unwrap();
+    assert_eq!(first.destination, dest);
+    assert_eq!(first.schedule, "0 0 1 1 *");
+    assert!(first.incremental);
+    assert_eq!(first.fulls_total, 1);
+    // The agent's status and the destination agree.
+    let listed = chains(&dest, &[]);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        format!(
+            "{}/{}",
+            listed[0]["cluster"].as_str().unwrap(),
+            listed[0]["chain"].as_str().unwrap()
+        ),
+        full.chain
+    );
+    assert_eq!(listed[0]["revision"].as_i64(), Some(full.revision));
+    assert_eq!(first.cluster_id.as_deref(), listed[0]["cluster"].as_str());
+    // The next full: New Year's midnight, UTC, in the future.
+    let next = first.next_full_unix_ms.expect("a next full");
+    let now = nod_backup::writer::now_unix_ms();
+    assert!(next > now && next - now <= 366 * 86_400_000, "{next}");
+    assert_eq!(next % 86_400_000, 0, "midnight UTC: {next}");
+
+    // Changes reach the status as segments are written.
+    let rev = write(&mut c, 0, 3, &[0]).await;
+    support::eventually("the segments' reach", Duration::from_secs(30), || {
+        let url = url.clone();
+        async move {
+            status(&url, t)
+                .await
+                .ok()
+                .filter(|s| s.reached_revision >= rev)
+        }
+    })
+    .await;
+
+    // A full on request: a new chain, and the request reported done.
+    let asked = request_backup(&url, t).await.unwrap();
+    assert_eq!(asked.request, 1);
+    let second = seen("the requested full", |s| s.completed_request >= 1).await;
+    let full2 = second.last_full.clone().unwrap();
+    assert_ne!(full2.chain, full.chain);
+    assert!(full2.revision >= rev);
+    assert_eq!(second.fulls_total, 2);
+    assert!(second.last_failure.is_none(), "{second:?}");
+
+    // The destination made unusable: the next full fails, and says why.
+    std::fs::rename(&store, root.join("moved")).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
+    assert_eq!(request_backup(&url, t).await.unwrap().request, 2);
+    let failed = seen("a reported failure", |s| s.last_failure.is_some()).await;
+    let f = failed.last_failure.unwrap();
+    assert!(f.message.starts_with("full backup"), "{}", f.message);
+    assert!(failed.failures_total >= 1);
+    assert_eq!(failed.completed_request, 1, "request 2 is not done");
+    assert_eq!(failed.last_full, second.last_full, "the last success stays");
+
+    // Bad requests get HTTP errors, not a crash.
+    let e = status(&format!("{url}/nothing-here"), t).await.unwrap_err();
+    assert!(e.contains("404"), "{e}");
+    agent.stop();
+}

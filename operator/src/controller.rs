@@ -62,12 +62,16 @@ impl Error {
 /// loopback; in Kubernetes it is the pods' DNS names).
 pub type Endpoints = Arc<dyn Fn(&NodCluster, i32) -> Vec<String> + Send + Sync>;
 
+/// Where the operator reaches a cluster's backup agent.
+pub type AgentUrl = Arc<dyn Fn(&NodCluster) -> String + Send + Sync>;
+
 pub struct Context<A: ClusterApi> {
     pub client: kube::Client,
     pub api: A,
     pub metrics: Metrics,
     pub recorder: Option<Recorder>,
     pub endpoints: Endpoints,
+    pub agent_url: AgentUrl,
     /// Where the operator keeps each cluster's client certificate files
     /// (`<dir>/<namespace>/<name>/`), for its TLS client to load.
     pub state_dir: std::path::PathBuf,
@@ -95,6 +99,7 @@ impl<A: ClusterApi> Context<A> {
             metrics,
             recorder,
             endpoints: Arc::new(render::client_endpoints),
+            agent_url: Arc::new(render::backup_agent_url),
             state_dir: std::env::temp_dir().join("nod-operator"),
             operator_namespace: None,
             written: Default::default(),
@@ -261,7 +266,40 @@ async fn drop_legacy_finalizer<A: ClusterApi>(
     Ok(())
 }
 
-async fn apply_object<K>(client: &kube::Client, ns: &str, obj: &K) -> Result<(), kube::Error>
+/// Applies a rendered NetworkPolicy, or deletes the one named `name` when
+/// none is rendered (turned off); failures go to `findings`.
+pub(crate) async fn apply_network_policy(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    rendered: Option<serde_json::Value>,
+    what: &str,
+    findings: &mut Findings,
+) {
+    match rendered {
+        Some(np) => {
+            let applied = match serde_json::from_value::<NetworkPolicy>(np) {
+                Ok(np) => apply_object(client, ns, &np).await,
+                Err(e) => Err(kube::Error::SerdeError(e)),
+            };
+            if let Err(e) = applied {
+                findings.kube(&format!("applying {what}"), &e);
+            }
+        }
+        None => {
+            let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+            if let Err(e) = delete_if_present(&api, name).await {
+                findings.errors.push(format!("deleting {what}: {e}"));
+            }
+        }
+    }
+}
+
+pub(crate) async fn apply_object<K>(
+    client: &kube::Client,
+    ns: &str,
+    obj: &K,
+) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -279,7 +317,7 @@ where
     Ok(())
 }
 
-fn condition(
+pub(crate) fn condition(
     type_: &str,
     ok: bool,
     reason: &str,
@@ -341,6 +379,7 @@ async fn apply<A: ClusterApi>(nc: &NodCluster, ctx: &Context<A>) -> Result<Actio
         current_image: old.current_image.clone(),
         tls: old.tls.clone(),
         auth_enabled: old.auth_enabled,
+        backup: old.backup.clone(),
         ..Default::default()
     };
 
@@ -565,25 +604,15 @@ async fn observe_and_act<A: ClusterApi>(
             false
         }
     };
-    let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
-    match render::network_policy(nc, ctx.operator_namespace.as_deref()) {
-        Some(np) => {
-            let applied = match serde_json::from_value::<NetworkPolicy>(np) {
-                Ok(np) => apply_object(client, &ns, &np).await,
-                Err(e) => Err(kube::Error::SerdeError(e)),
-            };
-            if let Err(e) = applied {
-                findings.kube("applying the NetworkPolicy", &e);
-            }
-        }
-        None => {
-            if let Err(e) = delete_if_present(&np_api, &name).await {
-                findings
-                    .errors
-                    .push(format!("deleting the NetworkPolicy: {e}"));
-            }
-        }
-    }
+    apply_network_policy(
+        client,
+        &ns,
+        &name,
+        render::network_policy(nc, ctx.operator_namespace.as_deref()),
+        "the NetworkPolicy",
+        findings,
+    )
+    .await;
     if let Some(sm) = render::service_monitor(nc) {
         let ar = ApiResource {
             group: "monitoring.coreos.com".into(),
@@ -619,6 +648,7 @@ async fn observe_and_act<A: ClusterApi>(
         .await;
     }
     resize_claims(nc, ctx, &raw_claims.items, findings).await;
+    status.backup = crate::backup::reconcile(nc, ctx, status.backup.as_ref(), findings).await;
 
     let nameless_seen = track_nameless_learners(status, health.as_ref());
 
@@ -1164,6 +1194,12 @@ fn fill_status(
         g,
         &old.conditions,
     ));
+    if let (Some(spec), Some(b)) = (&nc.spec.backup, &status.backup) {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        for (type_, ok, reason, message) in crate::backup::conditions(spec, b, now) {
+            conditions.push(condition(type_, ok, reason, &message, g, &old.conditions));
+        }
+    }
     for w in nc.spec.warnings() {
         conditions.push(condition(
             "EvenMembers",
@@ -1212,7 +1248,7 @@ async fn delete_pod(client: &kube::Client, ns: &str, pod: &str) -> Result<(), Er
 }
 
 /// Deletes `name`; already gone counts as done (a repeated reconcile).
-async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+pub(crate) async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), Error>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {

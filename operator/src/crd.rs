@@ -110,6 +110,141 @@ pub struct NodClusterSpec {
     /// Monitoring.
     #[serde(default)]
     pub metrics: MetricsSpec,
+    /// Scheduled backups to S3-compatible storage or a volume claim, by a
+    /// backup agent Deployment `<name>-backup`: full snapshots on a cron
+    /// schedule and, with `incremental`, every change in between (restore
+    /// to any revision with `nod snapshot restore --from-backup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// When full snapshots start a new chain, in Kubernetes CronJob
+    /// syntax, UTC: `0 */6 * * *`, `@daily`.
+    #[schemars(length(min = 1, max = 128))]
+    pub schedule: String,
+    /// Record every change between full snapshots as segments, so a
+    /// restore can reach any revision (point-in-time restore).
+    #[serde(default = "default_true")]
+    pub incremental: bool,
+    /// How long a change may wait before its segment is written: how far
+    /// an incremental backup may trail the cluster.
+    #[serde(default = "default_segment_max_age")]
+    #[schemars(range(min = 5, max = 3600))]
+    pub segment_max_age_seconds: i32,
+    /// Where backups go.
+    pub destination: BackupDestination,
+    /// Which chains (a full and its segments) are kept.
+    #[serde(default)]
+    pub retention: BackupRetention,
+    /// Stop the agent (backups already taken stay).
+    #[serde(default)]
+    pub suspend: bool,
+    /// The `BackupStale` condition turns true, and the `NodBackupMissing`
+    /// alert can fire, when no backup succeeded for this many hours.
+    #[serde(default = "default_stale_after_hours")]
+    #[schemars(range(min = 1, max = 8760))]
+    pub stale_after_hours: i32,
+    /// CPU and memory of the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_segment_max_age() -> i32 {
+    60
+}
+fn default_stale_after_hours() -> i32 {
+    24
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.s3) != has(self.claim)")
+        .message("backup.destination: exactly one of s3 and claim")
+)]
+pub struct BackupDestination {
+    /// An S3-compatible bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Destination>,
+    /// An existing PersistentVolumeClaim in the cluster's namespace,
+    /// mounted by the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<ClaimDestination>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Destination {
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// A folder in the bucket; the cluster's chains go under
+    /// `<prefix>/<cluster id>/`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 512))]
+    pub prefix: String,
+    /// The S3 endpoint (`https://minio.storage:9000`); AWS when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The bucket's region (`us-east-1` when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The Secret holding the access key.
+    pub credentials_secret: S3Credentials,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Credentials {
+    pub name: String,
+    #[serde(default = "default_access_key_id_key")]
+    pub access_key_id_key: String,
+    #[serde(default = "default_secret_access_key_key")]
+    pub secret_access_key_key: String,
+}
+
+fn default_access_key_id_key() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+fn default_secret_access_key_key() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimDestination {
+    pub name: String,
+    /// A folder in the claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRetention {
+    /// Keep at most this many chains (the newest).
+    #[serde(default = "default_retention_count")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub count: i32,
+    /// Delete chains whose newest object is older than this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_age_hours: Option<i32>,
+}
+
+fn default_retention_count() -> i32 {
+    7
+}
+
+impl Default for BackupRetention {
+    fn default() -> Self {
+        BackupRetention {
+            count: default_retention_count(),
+            max_age_hours: None,
+        }
+    }
 }
 
 fn default_replicas() -> i32 {
@@ -441,6 +576,52 @@ pub struct NodClusterStatus {
     /// it off since).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auth_enabled: bool,
+    /// Backups, as the backup agent reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    /// The newest full snapshot written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful: Option<BackupRecord>,
+    /// The newest revision a restore can reach (the last incremental
+    /// segment's, or the full's), and when it was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached_revision: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// The newest failure the agent reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<BackupFailure>,
+    /// When the next full snapshot starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_scheduled: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Why the agent could not be asked, when it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_error: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRecord {
+    pub time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// The chain's folder in the destination (`nod snapshot restore
+    /// --from-backup DEST --chain ...`).
+    pub chain: String,
+    pub revision: i64,
+    /// The snapshot's size (uncompressed).
+    #[schemars(extend("format" = "int64"))]
+    pub size_bytes: u64,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupFailure {
+    pub time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    pub message: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -537,6 +718,9 @@ impl NodClusterSpec {
                 }
             }
         }
+        if let Some(b) = &self.backup {
+            errors.extend(b.validate());
+        }
         if !is_quantity(&self.storage.size) {
             errors.push(format!(
                 "storage.size {:?} is not a quantity such as 10Gi",
@@ -559,6 +743,73 @@ impl NodClusterSpec {
         w
     }
 }
+
+impl BackupSpec {
+    fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Err(e) = nod_client::backup_agent::Schedule::parse(&self.schedule) {
+            errors.push(format!("backup.{e}"));
+        }
+        let d = &self.destination;
+        match (&d.s3, &d.claim) {
+            (Some(s3), None) => {
+                if s3.bucket.is_empty() || s3.credentials_secret.name.is_empty() {
+                    errors.push(
+                        "backup.destination.s3 needs a bucket and credentialsSecret.name".into(),
+                    );
+                }
+                if s3.bucket.contains('/') || s3.prefix.starts_with('/') {
+                    errors.push("backup.destination.s3: the bucket is a name, and the prefix a relative folder".into());
+                }
+                if let Some(e) = &s3.endpoint {
+                    if !(e.starts_with("http://") || e.starts_with("https://")) {
+                        errors.push(format!(
+                            "backup.destination.s3.endpoint {e:?} must be an http:// or https:// URL"
+                        ));
+                    }
+                }
+            }
+            (None, Some(c)) => {
+                if c.name.is_empty() {
+                    errors.push("backup.destination.claim needs a name".into());
+                }
+                if c.sub_path
+                    .as_deref()
+                    .is_some_and(|p| p.starts_with('/') || p.split('/').any(|part| part == ".."))
+                {
+                    errors.push(
+                        "backup.destination.claim.subPath must be a relative folder without '..'"
+                            .into(),
+                    );
+                }
+            }
+            _ => errors.push("backup.destination: exactly one of s3 and claim".into()),
+        }
+        errors
+    }
+
+    /// The destination as `nod backup --dest` takes it.
+    pub fn dest(&self) -> String {
+        match (&self.destination.s3, &self.destination.claim) {
+            (Some(s3), _) => {
+                let prefix = s3.prefix.trim_matches('/');
+                if prefix.is_empty() {
+                    format!("s3://{}", s3.bucket)
+                } else {
+                    format!("s3://{}/{prefix}", s3.bucket)
+                }
+            }
+            (None, Some(c)) => match &c.sub_path {
+                Some(p) => format!("{BACKUP_DIR}/{}", p.trim_matches('/')),
+                None => BACKUP_DIR.into(),
+            },
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// Where the backup agent mounts a claim destination.
+pub const BACKUP_DIR: &str = "/var/lib/nod-backup";
 
 impl TlsSpec {
     fn validate(&self) -> Vec<String> {
@@ -745,10 +996,63 @@ mod tests {
         );
         assert_eq!(rules(&spec["tls"]), ["self.mode == oldSelf.mode"]);
         assert_eq!(
+            rules(&spec["backup"]["properties"]["destination"]),
+            ["has(self.s3) != has(self.claim)"]
+        );
+        assert_eq!(
+            spec["backup"]["properties"]["schedule"]["maxLength"],
+            nod_client::backup_agent::MAX_SCHEDULE_LEN
+        );
+        assert_eq!(
             spec["storage"]["properties"]["claimPolicy"]["enum"],
             serde_json::json!(["Retain", "Delete"])
         );
         assert_eq!("x".repeat(MAX_NAME_LEN).len() + 11, 63);
+    }
+
+    #[test]
+    fn backup_specs_are_checked() {
+        let s3 = "{schedule: '0 */6 * * *', destination: {s3: {bucket: b, prefix: p/, credentialsSecret: {name: k}}}}";
+        let ok = spec(&format!("{{backup: {s3}}}"));
+        assert!(ok.validate().is_empty(), "{:?}", ok.validate());
+        let b = ok.backup.unwrap();
+        assert!(b.incremental, "on by default");
+        assert_eq!(
+            (
+                b.segment_max_age_seconds,
+                b.retention.count,
+                b.stale_after_hours
+            ),
+            (60, 7, 24)
+        );
+        assert_eq!(
+            b.destination
+                .s3
+                .as_ref()
+                .unwrap()
+                .credentials_secret
+                .access_key_id_key,
+            "AWS_ACCESS_KEY_ID"
+        );
+        assert_eq!(b.dest(), "s3://b/p");
+        let claim =
+            spec("{backup: {schedule: '@daily', destination: {claim: {name: c, subPath: nod}}}}");
+        assert!(claim.validate().is_empty());
+        assert_eq!(claim.backup.unwrap().dest(), "/var/lib/nod-backup/nod");
+
+        let bad = |y: &str| spec(&format!("{{backup: {y}}}")).validate().join("; ");
+        assert!(
+            bad("{schedule: 'every day', destination: {claim: {name: c}}}")
+                .contains("backup.schedule")
+        );
+        assert!(bad("{schedule: '@daily', destination: {}}").contains("exactly one"));
+        assert!(bad("{schedule: '@daily', destination: {claim: {name: c}, s3: {bucket: b, credentialsSecret: {name: k}}}}").contains("exactly one"));
+        assert!(
+            bad("{schedule: '@daily', destination: {claim: {name: c, subPath: ../x}}}")
+                .contains("subPath")
+        );
+        assert!(bad("{schedule: '@daily', destination: {s3: {bucket: b, endpoint: 'minio:9000', credentialsSecret: {name: k}}}}").contains("endpoint"));
+        assert!(bad("{schedule: '@daily', destination: {s3: {bucket: b, prefix: /abs, credentialsSecret: {name: k}}}}").contains("relative"));
     }
 
     #[test]

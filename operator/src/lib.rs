@@ -3,6 +3,7 @@
 //! carries it out; `security` and `certs` make the keys and certificates
 //! of `spec.tls` and turn `spec.auth` on.
 
+pub mod backup;
 pub mod certs;
 pub mod controller;
 pub mod crd;

@@ -1,6 +1,6 @@
 //! The operator's Prometheus metrics.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{GaugeVec, Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -8,6 +8,9 @@ pub struct Metrics {
     pub reconciles: IntCounterVec,
     pub failures: IntCounterVec,
     pub reconcile_duration: Histogram,
+    /// When each cluster's newest full backup was written (Unix seconds),
+    /// for the `NodBackupMissing` alert.
+    pub backup_last_success: GaugeVec,
 }
 
 impl Default for Metrics {
@@ -40,10 +43,20 @@ impl Metrics {
             .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
         )
         .expect("valid metric");
+        let backup_last_success = GaugeVec::new(
+            Opts::new(
+                "nod_operator_backup_last_success_timestamp_seconds",
+                "When the cluster's newest full backup was written, as its backup agent reports",
+            ),
+            // Not `namespace`: the scrape's own label (the operator's namespace).
+            &["cluster_namespace", "cluster"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
             Box::new(reconcile_duration.clone()),
+            Box::new(backup_last_success.clone()),
         ] {
             registry.register(c).expect("registered once");
         }
@@ -52,6 +65,7 @@ impl Metrics {
             reconciles,
             failures,
             reconcile_duration,
+            backup_last_success,
         }
     }
 

@@ -69,6 +69,11 @@ pub trait ClusterApi: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), String>> + Send;
     /// Turns authentication off.
     fn disable_auth(&self, target: &Target) -> impl Future<Output = Result<(), String>> + Send;
+    /// The backup agent's status (`GET {url}/status`).
+    fn backup_status(
+        &self,
+        url: &str,
+    ) -> impl Future<Output = Result<nod_client::backup_agent::AgentStatus, String>> + Send;
     /// The certificate (DER) the server at `url` presents.
     fn served_certificate(
         &self,
@@ -110,6 +115,13 @@ impl NodApi {
 }
 
 impl ClusterApi for NodApi {
+    async fn backup_status(
+        &self,
+        url: &str,
+    ) -> Result<nod_client::backup_agent::AgentStatus, String> {
+        nod_client::backup_agent::status(url, self.timeout).await
+    }
+
     async fn health(&self, target: &Target) -> Result<Health, String> {
         let mut c = self.client(target, &target.endpoints)?;
         let h = c.member_health().await.map_err(|e| e.to_string())?;

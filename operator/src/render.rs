@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PodTemplateSpec, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -14,12 +14,14 @@ use kube::api::DynamicObject;
 use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
 
-use crate::crd::{ClaimPolicy, NodCluster, TlsMode};
+use crate::crd::{ClaimPolicy, NodCluster, TlsMode, BACKUP_DIR};
 
 pub const CLIENT_PORT: i32 = 2379;
 pub const PEER_PORT: i32 = 2380;
 pub const METRICS_PORT: i32 = 2381;
 pub const GOSSIP_PORT: i32 = 7946;
+/// The backup agent's status port (`nod backup run --listen`).
+pub const AGENT_PORT: i32 = 2382;
 /// Where the data volume is mounted in a member pod.
 pub const DATA_DIR: &str = "/var/lib/nod";
 /// The volume claim template's name: claims are `data-<pod>`.
@@ -390,6 +392,20 @@ pub fn template_hash(nc: &NodCluster) -> String {
 
 /// The members' pod template, without the hash annotation and the
 /// founding flags.
+/// The pod security context of the members and the backup agent.
+fn pod_security_context() -> Value {
+    json!({
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        // Walk the volume to chown it only when its root is not ours yet: a
+        // large data directory would otherwise delay every start.
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "runAsNonRoot": true,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
 fn pod_template(nc: &NodCluster) -> Value {
     let spec = &nc.spec;
     let name = nc.name_any();
@@ -562,16 +578,7 @@ fn pod_template(nc: &NodCluster) -> Value {
         "automountServiceAccountToken": false,
         // Long enough to hand leadership over on SIGTERM.
         "terminationGracePeriodSeconds": 30,
-        "securityContext": {
-            "runAsUser": 65532,
-            "runAsGroup": 65532,
-            "fsGroup": 65532,
-            // Walk the volume to chown it only when its root is not ours
-            // yet: a large data directory would otherwise delay every start.
-            "fsGroupChangePolicy": "OnRootMismatch",
-            "runAsNonRoot": true,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "affinity": affinity,
         "containers": [container],
         "volumes": volumes,
@@ -703,6 +710,12 @@ pub fn network_policy(nc: &NodCluster, operator_namespace: Option<&str>) -> Opti
             "ports": [tcp(CLIENT_PORT)],
         }));
     }
+    if nc.spec.backup.is_some() {
+        ingress.push(json!({
+            "from": [{"podSelector": {"matchLabels": backup_agent_selector(nc)}}],
+            "ports": [tcp(CLIENT_PORT)],
+        }));
+    }
     ingress.push(json!({"ports": [tcp(METRICS_PORT)]}));
     Some(json!({
         "apiVersion": "networking.k8s.io/v1",
@@ -712,6 +725,194 @@ pub fn network_policy(nc: &NodCluster, operator_namespace: Option<&str>) -> Opti
             "podSelector": {"matchLabels": selector(nc)},
             "policyTypes": ["Ingress"],
             "ingress": ingress,
+        },
+    }))
+}
+
+/// The backup agent's Deployment, Service and NetworkPolicy.
+pub fn backup_agent_name(nc: &NodCluster) -> String {
+    format!("{}-backup", nc.name_any())
+}
+
+/// The labels of the agent's pod: not the members' selector, so the
+/// operator never counts it as a member.
+pub fn backup_agent_selector(nc: &NodCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "nod-backup".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), nc.name_any()),
+    ])
+}
+
+/// Where the operator reads the agent's status.
+pub fn backup_agent_url(nc: &NodCluster) -> String {
+    format!(
+        "http://{}.{}.svc:{AGENT_PORT}",
+        backup_agent_name(nc),
+        nc.namespace().unwrap_or_else(|| "default".into())
+    )
+}
+
+/// The backup agent: one `nod backup run` (never two writers of a chain:
+/// one replica, replaced by `Recreate`), reaching the members through the
+/// client Service as `root` (a snapshot needs it), with no Kubernetes
+/// credentials. `None` without `spec.backup`.
+pub fn backup_agent(nc: &NodCluster) -> Option<Deployment> {
+    let b = nc.spec.backup.as_ref()?;
+    let ns = nc.namespace().unwrap_or_else(|| "default".into());
+    let mut args = vec![
+        "backup".to_string(),
+        "run".into(),
+        format!("--dest={}", b.dest()),
+        format!("--schedule={}", b.schedule),
+        format!("--segment-max-age={}s", b.segment_max_age_seconds),
+        format!("--keep={}", b.retention.count),
+        format!("--listen=[::]:{AGENT_PORT}"),
+        format!(
+            "--endpoints={}://{}.{ns}.svc:{CLIENT_PORT}",
+            scheme(nc),
+            nc.name_any()
+        ),
+    ];
+    if b.incremental {
+        args.push("--incremental".into());
+    }
+    if let Some(h) = b.retention.max_age_hours {
+        args.push(format!("--max-age={h}h"));
+    }
+    let mut env = Vec::new();
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    if let Some(s3) = &b.destination.s3 {
+        let secret =
+            |key: &str| json!({"secretKeyRef": {"name": s3.credentials_secret.name, "key": key}});
+        env.push(json!({"name": "AWS_ACCESS_KEY_ID", "valueFrom": secret(&s3.credentials_secret.access_key_id_key)}));
+        env.push(json!({"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": secret(&s3.credentials_secret.secret_access_key_key)}));
+        env.push(json!({"name": "AWS_REGION", "value": s3.region.clone().unwrap_or_else(|| "us-east-1".into())}));
+        if let Some(e) = &s3.endpoint {
+            env.push(json!({"name": "AWS_ENDPOINT_URL", "value": e}));
+            if e.starts_with("http://") {
+                env.push(json!({"name": "AWS_ALLOW_HTTP", "value": "true"}));
+            }
+        }
+    }
+    if let Some(c) = &b.destination.claim {
+        volumes.push(json!({"name": "backup", "persistentVolumeClaim": {"claimName": c.name}}));
+        mounts.push(json!({"name": "backup", "mountPath": BACKUP_DIR}));
+    }
+    if nc.spec.tls.is_some() {
+        // The operator's client certificate: common name `root`.
+        volumes.push(json!({
+            "name": "tls",
+            "secret": {"secretName": operator_tls_secret_name(nc), "defaultMode": SECRET_MODE},
+        }));
+        mounts.push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
+        env.push(json!({"name": "NOD_CACERT", "value": format!("{TLS_DIR}/ca.crt")}));
+        env.push(json!({"name": "NOD_CERT", "value": format!("{TLS_DIR}/tls.crt")}));
+        env.push(json!({"name": "NOD_KEY", "value": format!("{TLS_DIR}/tls.key")}));
+    } else if let Some(auth) = nc.spec.auth.as_ref().filter(|a| a.enabled) {
+        env.push(json!({"name": "NOD_USER", "value": "root"}));
+        env.push(
+            json!({"name": "NOD_PASSWORD", "valueFrom": {"secretKeyRef": {
+            "name": auth.root_password_secret.name, "key": auth.root_password_secret.key}}}),
+        );
+    }
+    let mut container = json!({
+        "name": "backup",
+        "image": nc.spec.image(),
+        "args": args,
+        "env": env,
+        "ports": [{"name": "agent", "containerPort": AGENT_PORT, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/status", "port": "agent"},
+            "periodSeconds": 10,
+        },
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    });
+    if let Some(p) = &nc.spec.image_pull_policy {
+        container["imagePullPolicy"] = json!(p);
+    }
+    if let Some(r) = &b.resources {
+        container["resources"] = serde_json::to_value(r).unwrap_or(Value::Null);
+    }
+    let mut pod_labels = backup_agent_selector(nc);
+    pod_labels.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
+    pod_labels.insert("app.kubernetes.io/component".into(), "backup".into());
+    let mut metadata = meta(nc, &backup_agent_name(nc));
+    metadata["labels"] = json!(pod_labels);
+    Some(typed(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": if b.suspend { 0 } else { 1 },
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": backup_agent_selector(nc)},
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "terminationGracePeriodSeconds": 30,
+                    "securityContext": pod_security_context(),
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    })))
+}
+
+/// The Service the operator reaches the agent's status through.
+pub fn backup_agent_service(nc: &NodCluster) -> Option<Service> {
+    nc.spec.backup.as_ref()?;
+    let mut metadata = meta(nc, &backup_agent_name(nc));
+    let mut labels = backup_agent_selector(nc);
+    labels.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
+    metadata["labels"] = json!(labels);
+    Some(typed(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "type": "ClusterIP",
+            "selector": backup_agent_selector(nc),
+            "ports": [{"name": "agent", "port": AGENT_PORT, "targetPort": "agent", "protocol": "TCP"}],
+        },
+    })))
+}
+
+/// The agent takes no connections but the operator's (its status, and
+/// requests for a backup now) and the kubelet's probes.
+pub fn backup_network_policy(nc: &NodCluster, operator_namespace: Option<&str>) -> Option<Value> {
+    nc.spec.backup.as_ref()?;
+    if !nc.spec.network_policy.enabled {
+        return None;
+    }
+    let from = match operator_namespace {
+        Some(op) => {
+            json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": op}}}])
+        }
+        // Outside Kubernetes the operator's namespace is unknown.
+        None => json!([{"namespaceSelector": {}}]),
+    };
+    let mut metadata = meta(nc, &backup_agent_name(nc));
+    metadata["labels"] = json!(backup_agent_selector(nc));
+    Some(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata,
+        "spec": {
+            "podSelector": {"matchLabels": backup_agent_selector(nc)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": from, "ports": [{"protocol": "TCP", "port": AGENT_PORT}]}],
         },
     }))
 }
@@ -799,8 +1000,15 @@ pub fn all(nc: &NodCluster, shape: &Shape, operator_namespace: Option<&str>) -> 
     if let Some(sm) = service_monitor(nc) {
         out.push(serde_json::to_value(sm));
     }
+    if let Some(d) = backup_agent(nc) {
+        out.push(serde_json::to_value(d));
+    }
+    if let Some(s) = backup_agent_service(nc) {
+        out.push(serde_json::to_value(s));
+    }
     let mut out: Vec<Value> = out.into_iter().filter_map(Result::ok).collect();
     out.extend(network_policy(nc, operator_namespace));
+    out.extend(backup_network_policy(nc, operator_namespace));
     out.extend(certificates(nc));
     out
 }

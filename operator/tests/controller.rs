@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use http::{Request, Response};
 use kube::client::Body;
+use nod_client::backup_agent::{AgentFailure, AgentStatus, FullBackup};
 use nod_operator::controller::{reconcile, Context};
 use nod_operator::crd::NodCluster;
 use nod_operator::metrics::Metrics;
@@ -25,6 +26,8 @@ struct FakeNod {
     calls: Arc<Mutex<Vec<String>>>,
     /// Whether authentication is on.
     auth: Arc<Mutex<bool>>,
+    /// What the backup agent answers (`None`: it does not answer).
+    agent: Option<AgentStatus>,
 }
 
 impl ClusterApi for FakeNod {
@@ -63,6 +66,15 @@ impl ClusterApi for FakeNod {
         self.calls.lock().unwrap().push("disable-auth".into());
         *self.auth.lock().unwrap() = false;
         Ok(())
+    }
+    async fn backup_status(&self, url: &str) -> Result<AgentStatus, String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("backup-status {url}"));
+        self.agent
+            .clone()
+            .ok_or_else(|| "connection refused".into())
     }
     async fn served_certificate(&self, _: &Target, url: &str) -> Result<Vec<u8>, String> {
         self.calls.lock().unwrap().push(format!("served {url}"));
@@ -377,6 +389,12 @@ fn context(client: kube::Client, nod: FakeNod) -> Arc<Context<FakeNod>> {
         metrics: Metrics::new(),
         recorder: None,
         endpoints: Arc::new(|_, n| (0..n).map(|i| format!("http://demo-{i}:2379")).collect()),
+        agent_url: Arc::new(|nc| {
+            format!(
+                "http://agent-of-{}",
+                nc.metadata.name.as_deref().unwrap_or_default()
+            )
+        }),
         state_dir: tempfile::tempdir().unwrap().keep(),
         operator_namespace: Some("nod-system".into()),
         written: Default::default(),
@@ -1329,4 +1347,188 @@ async fn tls_cannot_be_turned_on_under_a_running_cluster() {
             .contains("created with no TLS"),
         "{status}"
     );
+}
+
+/// `spec.backup`: the agent's Deployment, Service and NetworkPolicy are
+/// applied after the cluster's objects, its status becomes `status.backup`
+/// and the `BackupSucceeded` / `BackupStale` conditions; a later failure
+/// turns `BackupSucceeded` false; removing `spec.backup` deletes the agent.
+#[tokio::test]
+async fn backups_run_an_agent_whose_status_becomes_the_clusters() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    // A minute ago, in whole seconds (status times have no fraction).
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let full_at = (now - 60) * 1000;
+    let next_full = full_at + 6 * 3_600_000;
+    let mut nod = FakeNod {
+        members: Some(members(1)),
+        agent: Some(AgentStatus {
+            destination: "s3://backups/prod".into(),
+            schedule: "0 */6 * * *".into(),
+            incremental: true,
+            last_full: Some(FullBackup {
+                chain: "c1/chain-77".into(),
+                revision: 77,
+                size_bytes: 4096,
+                stored_bytes: 512,
+                time_unix_ms: full_at,
+            }),
+            reached_revision: 90,
+            reached_unix_ms: full_at + 60_000,
+            next_full_unix_ms: Some(next_full),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut nc = cluster(json!({
+        "replicas": 1,
+        "backup": {
+            "schedule": "0 */6 * * *",
+            "staleAfterHours": 1,
+            "destination": {"s3": {"bucket": "backups", "prefix": "prod",
+                                    "endpoint": "http://10.0.0.9:9000",
+                                    "credentialsSecret": {"name": "s3-keys"}}},
+            "retention": {"count": 3},
+        },
+    }));
+    cluster_status(&mut nc, json!({"bootstrapExpect": 1, "clusterId": "c1"}));
+    let hash = nod_operator::render::template_hash(&nc);
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn({
+        let hash = hash.clone();
+        async move {
+            expect_running_members(&mut h, 1, &hash).await;
+            expect_objects(&mut h, 1).await;
+            let agent = expect(
+                &mut h,
+                "PATCH",
+                "/apis/apps/v1/namespaces/default/deployments/demo-backup",
+                echo,
+            )
+            .await;
+            expect(
+                &mut h,
+                "PATCH",
+                "/api/v1/namespaces/default/services/demo-backup",
+                echo,
+            )
+            .await;
+            let np = expect(
+                &mut h,
+                "PATCH",
+                "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo-backup",
+                echo,
+            )
+            .await;
+            (agent, np, expect_status(&mut h, &original).await, h)
+        }
+    });
+    reconcile(Arc::new(nc.clone()), context(client.clone(), nod.clone()))
+        .await
+        .unwrap();
+    let (agent, np, written, mut h) = server.await.unwrap();
+    assert!(nod
+        .calls
+        .lock()
+        .unwrap()
+        .contains(&"backup-status http://agent-of-demo".to_string()));
+    let pod = &agent["spec"]["template"]["spec"];
+    let args = pod["containers"][0]["args"].as_array().unwrap();
+    for want in [
+        "--dest=s3://backups/prod",
+        "--schedule=0 */6 * * *",
+        "--keep=3",
+        "--incremental",
+        "--endpoints=http://demo.default.svc:2379",
+    ] {
+        assert!(args.contains(&json!(want)), "{want} not in {args:?}");
+    }
+    assert_eq!(agent["spec"]["replicas"], 1);
+    assert_eq!(agent["spec"]["strategy"]["type"], "Recreate");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let env = pod["containers"][0]["env"].to_string();
+    assert!(
+        env.contains("s3-keys") && env.contains("AWS_ALLOW_HTTP"),
+        "{env}"
+    );
+    assert_eq!(
+        np["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]
+            ["kubernetes.io/metadata.name"],
+        "nod-system"
+    );
+    let status = written["status"].clone();
+    let backup = &status["backup"];
+    assert_eq!(backup["lastSuccessful"]["chain"], "c1/chain-77");
+    assert_eq!(backup["lastSuccessful"]["revision"], 77);
+    assert_eq!(backup["lastSuccessful"]["sizeBytes"], 4096);
+    assert_eq!(backup["reachedRevision"], 90);
+    let next: k8s_openapi::jiff::Timestamp =
+        backup["nextScheduled"].as_str().unwrap().parse().unwrap();
+    assert_eq!(next.as_millisecond(), next_full);
+    assert_eq!(condition(&status, "BackupSucceeded")["status"], "True");
+    assert_eq!(condition(&status, "BackupStale")["status"], "False");
+
+    // The agent reports a failure after the full: BackupSucceeded false.
+    if let Some(a) = nod.agent.as_mut() {
+        a.last_failure = Some(AgentFailure {
+            time_unix_ms: full_at + 120_000,
+            message: "full backup: access denied".into(),
+        });
+    }
+    cluster_status(&mut nc, status);
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn({
+        let hash = hash.clone();
+        async move {
+            expect_running_members(&mut h, 1, &hash).await;
+            expect_objects(&mut h, 1).await;
+            for path in [
+                "/apis/apps/v1/namespaces/default/deployments/demo-backup",
+                "/api/v1/namespaces/default/services/demo-backup",
+                "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo-backup",
+            ] {
+                expect(&mut h, "PATCH", path, echo).await;
+            }
+            (expect_status(&mut h, &original).await, h)
+        }
+    });
+    reconcile(Arc::new(nc.clone()), context(client.clone(), nod.clone()))
+        .await
+        .unwrap();
+    let (written, mut h) = server.await.unwrap();
+    let status = written["status"].clone();
+    let failed = condition(&status, "BackupSucceeded");
+    assert_eq!(failed["status"], "False");
+    assert_eq!(failed["reason"], "BackupFailed");
+    assert_eq!(failed["message"], "full backup: access denied");
+    assert_eq!(
+        status["backup"]["lastFailure"]["message"],
+        "full backup: access denied"
+    );
+
+    // spec.backup removed: the agent's objects are deleted, status forgets.
+    nc.spec.backup = None;
+    cluster_status(&mut nc, status);
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn(async move {
+        expect_running_members(&mut h, 1, &hash).await;
+        expect_objects(&mut h, 1).await;
+        for path in [
+            "/apis/apps/v1/namespaces/default/deployments/demo-backup",
+            "/api/v1/namespaces/default/services/demo-backup",
+            "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo-backup",
+        ] {
+            expect(&mut h, "DELETE", path, |_| (200, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}))).await;
+        }
+        expect_status(&mut h, &original).await
+    });
+    reconcile(Arc::new(nc), context(client, nod)).await.unwrap();
+    let status = server.await.unwrap()["status"].clone();
+    assert!(status.get("backup").is_none(), "{status}");
+    assert!(status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["type"] != "BackupSucceeded"));
 }

@@ -92,9 +92,10 @@ fn the_examples_match_the_crd() {
         "crds/nod.io_nodclusters.yaml",
         "examples/nodcluster.yaml",
         "examples/nodcluster-production.yaml",
+        "examples/nodcluster-backup.yaml",
     ]);
     assert!(ok, "{out}");
-    assert!(out.contains("(2 ok"), "{out}");
+    assert!(out.contains("(3 ok"), "{out}");
 }
 
 #[test]
@@ -105,6 +106,7 @@ fn every_rendered_object_passes_the_kubernetes_schemas() {
         "nodcluster.yaml",
         "nodcluster-production.yaml",
         "nodcluster-cert-manager.yaml",
+        "nodcluster-backup.yaml",
     ]
     .iter()
     .enumerate()
@@ -141,6 +143,7 @@ fn every_rendered_object_passes_the_kubernetes_schemas() {
         "PodDisruptionBudget/",
         "ServiceAccount/",
         "NetworkPolicy/",
+        "Deployment/",
     ] {
         assert!(out.contains(kind), "{kind} was not checked: {out}");
     }

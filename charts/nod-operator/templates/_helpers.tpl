@@ -93,10 +93,16 @@ operator reads no Secrets or ConfigMaps and changes no Nodes.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["get", "list", "watch", "create", "patch"]
-# Owned, so watched; applied every reconcile.
+# Owned, so watched; applied every reconcile. The backup agent's Service
+# (spec.backup) is deleted when backups are turned off.
 - apiGroups: [""]
   resources: ["services", "serviceaccounts"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# The backup agent of spec.backup, one per NodCluster: applied, deleted when
+# backups are turned off.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["list", "watch", "create", "patch"]

@@ -1,11 +1,12 @@
 //! `nod backup save | run | list | verify`: backups into a directory or an
 //! S3-compatible bucket (crate `nod-backup` holds the formats and the
 //! writer). `save` takes one full snapshot; `run` keeps taking them on an
-//! interval and, with `--incremental`, records every change in between as
-//! segments, so `nod snapshot restore --from-backup DEST --to-revision R`
+//! interval or a cron schedule and, with `--incremental`, records every
+//! change in between as segments, so `nod snapshot restore --from-backup DEST --to-revision R`
 //! can bring back any revision a chain covers.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -13,6 +14,7 @@ use nod_backup::reader::{self, ChainInfo};
 use nod_backup::retention::{self, ChainState, Policy};
 use nod_backup::store::Destination;
 use nod_backup::writer::{self, FollowEnd, SegmentOptions};
+use nod_client::backup_agent::{AgentFailure, AgentStatus, FullBackup, Requested, Schedule};
 use serde_json::json;
 
 use super::client::{connect, failed, usage, ClientFlags, Failure, Output};
@@ -23,9 +25,11 @@ use crate::storage::kv_store::etcd_snapshot::human_size;
 pub enum BackupCommand {
     /// Takes one full snapshot into a new chain of DEST, then exits.
     Save(DestFlag),
-    /// Keeps DEST backed up: a full snapshot every --full-every and, with
-    /// --incremental, the changes in between; retention after each full.
-    /// Stops on SIGTERM or SIGINT after writing what it holds.
+    /// Keeps DEST backed up: a full snapshot every --full-every (or on
+    /// --schedule) and, with --incremental, the changes in between;
+    /// retention after each full. With --listen, serves its status and
+    /// takes requests for a full now (the operator's backup agent). Stops
+    /// on SIGTERM or SIGINT after writing what it holds.
     Run(RunArgs),
     /// Lists the chains in DEST: revisions each reaches, size, problems.
     List(ListArgs),
@@ -54,6 +58,13 @@ pub struct RunArgs {
     /// How often a new chain starts with a full snapshot (90s, 30m, 6h, 1d).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     full_every: Duration,
+    /// When new chains start, in Kubernetes CronJob syntax, UTC
+    /// ("0 */6 * * *", "@daily"); instead of --full-every.
+    #[arg(long, conflicts_with = "full_every")]
+    schedule: Option<String>,
+    /// Serve GET /status (JSON) and POST /backups (a full now) here.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
     /// Cut a segment once its oldest change is this old: how far a backup
     /// may trail the cluster.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
@@ -155,8 +166,73 @@ async fn save(d: DestFlag, client: ClientFlags) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `run` shares with its HTTP listener.
+struct Agent {
+    status: std::sync::Mutex<AgentStatus>,
+    /// `POST /backups`: the newest request number.
+    requested: tokio::sync::watch::Sender<u64>,
+}
+
+impl Agent {
+    fn update(&self, f: impl FnOnce(&mut AgentStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn failed(&self, message: String) {
+        self.update(|s| {
+            s.failures_total += 1;
+            s.last_failure = Some(AgentFailure {
+                time_unix_ms: writer::now_unix_ms(),
+                message,
+            });
+        });
+    }
+}
+
+/// When the next full starts: at the schedule's next time, or
+/// `--full-every` after the last one started.
+enum Fulls {
+    Every(Duration),
+    Cron(Box<Schedule>),
+}
+
+impl Fulls {
+    fn next_unix_ms(&self, started_unix_ms: i64) -> i64 {
+        match self {
+            Fulls::Every(d) => started_unix_ms.saturating_add(d.as_millis() as i64),
+            Fulls::Cron(c) => c
+                .next_after(writer::now_unix_ms())
+                // A schedule that never comes again: no more fulls.
+                .unwrap_or(i64::MAX),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Fulls::Every(d) => format!("every {}s", d.as_secs()),
+            Fulls::Cron(c) => c.as_str().to_string(),
+        }
+    }
+}
+
+/// Sleeps until `unix_ms` by the wall clock (a schedule names wall times).
+async fn sleep_until_unix_ms(unix_ms: i64) {
+    loop {
+        let left = unix_ms.saturating_sub(writer::now_unix_ms());
+        if left <= 0 {
+            return;
+        }
+        // Woken at least every minute: the wall clock may be set.
+        tokio::time::sleep(Duration::from_millis(left.min(60_000) as u64)).await;
+    }
+}
+
 async fn run_loop(a: RunArgs, client: ClientFlags) -> Result<ExitCode, Failure> {
     let dest = destination(&a.dest)?;
+    let fulls = match &a.schedule {
+        Some(s) => Fulls::Cron(Box::new(Schedule::parse(s).map_err(usage)?)),
+        None => Fulls::Every(a.full_every),
+    };
     let mut c = connect(&client)?;
     let policy = Policy {
         max_count: a.keep.map(|n| n as usize),
@@ -166,22 +242,59 @@ async fn run_loop(a: RunArgs, client: ClientFlags) -> Result<ExitCode, Failure> 
         max_bytes: a.segment_max_bytes as usize,
         max_age: a.segment_max_age,
     };
+    let agent = Arc::new(Agent {
+        status: std::sync::Mutex::new(AgentStatus {
+            destination: dest.to_string(),
+            schedule: fulls.describe(),
+            incremental: a.incremental,
+            ..Default::default()
+        }),
+        requested: tokio::sync::watch::channel(0).0,
+    });
+    if let Some(addr) = a.listen {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            // `[::]` where IPv6 is off: the IPv4 wildcard, as the server's
+            // listeners do.
+            Err(_) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+                let v4 = std::net::SocketAddr::from(([0, 0, 0, 0], addr.port()));
+                tokio::net::TcpListener::bind(v4)
+                    .await
+                    .map_err(|e| usage(format!("--listen {addr}: {e}")))?
+            }
+            Err(e) => return Err(usage(format!("--listen {addr}: {e}"))),
+        };
+        tracing::info!(%addr, "backup agent listening (GET /status, POST /backups)");
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, agent_routes(agent)).await {
+                tracing::error!(error = %e, "backup agent listener ended");
+            }
+        });
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         super::signal::stop_signal().await;
         let _ = stop_tx.send(true);
     });
     let stopped = || *stop_rx.borrow();
+    let mut requests = agent.requested.subscribe();
     let mut failures = 0u32;
     while !stopped() {
-        let started = tokio::time::Instant::now();
+        let started = writer::now_unix_ms();
+        let request = *requests.borrow_and_update();
         let mut chain = match writer::take_full(&mut c, &dest, a.incremental).await {
             Ok(chain) => chain,
             Err(e) => {
                 failures += 1;
                 tracing::error!(error = %e, "full backup failed");
+                agent.failed(format!("full backup: {e}"));
                 let wait = Duration::from_secs(5 * u64::from(failures.min(12)));
-                wait_or_stop(stop_rx.clone(), wait).await;
+                let mut rx = requests.clone();
+                tokio::select! {
+                    () = wait_or_stop(stop_rx.clone(), wait) => {}
+                    _ = rx.changed() => {}
+                }
                 continue;
             }
         };
@@ -193,36 +306,105 @@ async fn run_loop(a: RunArgs, client: ClientFlags) -> Result<ExitCode, Failure> 
             stored = chain.manifest.full.stored_size,
             "full backup written"
         );
+        let next_full = fulls.next_unix_ms(started);
+        agent.update(|s| {
+            s.cluster_id = Some(chain.manifest.cluster_id.clone());
+            s.last_full = Some(FullBackup {
+                chain: chain.dir.clone(),
+                revision: chain.manifest.revision,
+                size_bytes: chain.manifest.full.size,
+                stored_bytes: chain.manifest.full.stored_size,
+                time_unix_ms: chain.manifest.created_unix_ms,
+            });
+            s.fulls_total += 1;
+            s.completed_request = s.completed_request.max(request);
+            s.chain = a.incremental.then(|| chain.dir.clone());
+            s.reached_revision = chain.manifest.revision;
+            s.reached_unix_ms = chain.manifest.created_unix_ms;
+            s.next_full_unix_ms = (next_full < i64::MAX).then_some(next_full);
+        });
         prune(&dest, &chain, policy).await;
-        let next_full = started + a.full_every;
-        if !a.incremental {
-            wait_or_stop(
-                stop_rx.clone(),
-                next_full.saturating_duration_since(tokio::time::Instant::now()),
-            )
-            .await;
-            continue;
-        }
+        // Until the next full is due, a backup is requested, or a stop.
         let mut rx = stop_rx.clone();
+        let mut asked = requests.clone();
         let until = async move {
             tokio::select! {
-                () = tokio::time::sleep_until(next_full) => {}
+                () = sleep_until_unix_ms(next_full) => {}
+                _ = asked.changed() => {}
                 _ = rx.wait_for(|s| *s) => {}
             }
         };
-        match writer::follow(&mut c, &dest, &mut chain, segments, until).await {
+        if !a.incremental {
+            until.await;
+            continue;
+        }
+        let on_cut = &mut |chain: &writer::Chain| {
+            agent.update(|s| {
+                s.reached_revision = chain.sequence.reached();
+                s.reached_unix_ms = writer::now_unix_ms();
+            })
+        };
+        match writer::follow(&mut c, &dest, &mut chain, segments, until, on_cut).await {
             Ok(FollowEnd::Stopped) => {}
             Ok(end) => {
                 tracing::warn!(chain = %chain.dir, reached = chain.sequence.reached(), ?end, "chain ended; starting a new one")
             }
             Err(e) => {
                 tracing::error!(chain = %chain.dir, reached = chain.sequence.reached(), error = %e, "incremental backup failed; starting a new chain");
+                agent.failed(format!("incremental backup of {}: {e}", chain.dir));
                 wait_or_stop(stop_rx.clone(), Duration::from_secs(5)).await;
             }
         }
+        agent.update(|s| s.chain = None);
         tracing::info!(chain = %chain.dir, segments = chain.segments, segment_bytes = chain.segment_bytes, reached = chain.sequence.reached(), "chain closed");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn json_answer(
+    code: axum::http::StatusCode,
+    body: &impl serde::Serialize,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match serde_json::to_vec(body) {
+        Ok(b) => (
+            code,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            b,
+        )
+            .into_response(),
+        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// `GET /status` and `POST /backups` (nod_client::backup_agent).
+fn agent_routes(agent: Arc<Agent>) -> axum::Router {
+    use axum::routing::{get, post};
+    let status = agent.clone();
+    axum::Router::new()
+        .route(
+            "/status",
+            get(move || {
+                let s = status
+                    .status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                async move { json_answer(axum::http::StatusCode::OK, &s) }
+            }),
+        )
+        .route(
+            "/backups",
+            post(move || {
+                let mut request = 0;
+                agent.requested.send_modify(|n| {
+                    *n += 1;
+                    request = *n;
+                });
+                tracing::info!(request, "full backup requested");
+                async move { json_answer(axum::http::StatusCode::ACCEPTED, &Requested { request }) }
+            }),
+        )
 }
 
 async fn wait_or_stop(mut stop: tokio::sync::watch::Receiver<bool>, d: Duration) {
