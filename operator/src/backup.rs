@@ -16,8 +16,11 @@ use kube::ResourceExt;
 use nod_client::backup_agent::AgentStatus;
 
 use crate::controller::{apply_network_policy, apply_object, delete_if_present, Context, Findings};
-use crate::crd::{BackupFailure, BackupRecord, BackupSpec, BackupStatus, NodCluster};
+use crate::crd::{
+    BackupFailure, BackupRecord, BackupSpec, BackupStatus, NodCluster, NodClusterStatus,
+};
 use crate::nodapi::ClusterApi;
+use crate::plan::HibernationBackup;
 use crate::render;
 
 /// Applies (or, once `spec.backup` is gone, deletes) the agent's objects,
@@ -27,6 +30,7 @@ pub(crate) async fn reconcile<A: ClusterApi>(
     nc: &NodCluster,
     ctx: &Context<A>,
     old: Option<&BackupStatus>,
+    hibernated: bool,
     findings: &mut Findings,
 ) -> Option<BackupStatus> {
     let ns = nc.namespace().unwrap_or_else(|| "default".into());
@@ -62,7 +66,7 @@ pub(crate) async fn reconcile<A: ClusterApi>(
         }
         return None;
     };
-    if let Some(d) = render::backup_agent(nc) {
+    if let Some(d) = render::backup_agent(nc, hibernated) {
         if let Err(e) = apply_object(client, &ns, &d).await {
             findings.kube("applying the backup agent Deployment", &e);
         }
@@ -81,7 +85,7 @@ pub(crate) async fn reconcile<A: ClusterApi>(
         findings,
     )
     .await;
-    if spec.suspend {
+    if spec.suspend || hibernated {
         let mut kept = old.cloned().unwrap_or_default();
         kept.agent_error = None;
         kept.next_scheduled = None;
@@ -145,7 +149,38 @@ pub fn read_status(old: Option<&BackupStatus>, agent: Result<AgentStatus, String
         }
     }
     s.next_scheduled = a.next_full_unix_ms.and_then(time);
+    s.completed_request = Some(a.completed_request);
     s
+}
+
+/// Where the backup owed before hibernating stands: done once the agent
+/// reports the request finished, or (an agent restarted since, which
+/// numbers requests anew) a full written over a minute after the request
+/// (clocks of two machines).
+pub fn before_hibernation(nc: &NodCluster, status: &NodClusterStatus) -> HibernationBackup {
+    let configured = nc.spec.backup.as_ref().is_some_and(|b| !b.suspend);
+    if !configured || nc.spec.replicas != 0 {
+        return HibernationBackup::NotConfigured;
+    }
+    let Some(asked) = &status.hibernation_backup else {
+        return HibernationBackup::Needed;
+    };
+    let b = status.backup.clone().unwrap_or_default();
+    let finished = b.completed_request.is_some_and(|n| n >= asked.request);
+    let later_full = b
+        .last_successful
+        .as_ref()
+        .is_some_and(|l| l.time.0.as_second() > asked.requested.0.as_second() + 60);
+    if finished || later_full {
+        return HibernationBackup::Done;
+    }
+    HibernationBackup::Pending(match (&b.agent_error, &b.last_failure) {
+        (Some(e), _) => format!("the backup agent does not answer: {e}"),
+        (None, Some(f)) if f.time.0 >= asked.requested.0 => {
+            format!("the backup failed: {}", f.message)
+        }
+        _ => format!("request {} is not finished yet", asked.request),
+    })
 }
 
 /// The newest time a backup made progress: its last full, or the last

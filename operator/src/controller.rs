@@ -380,6 +380,9 @@ async fn apply<A: ClusterApi>(nc: &NodCluster, ctx: &Context<A>) -> Result<Actio
         tls: old.tls.clone(),
         auth_enabled: old.auth_enabled,
         backup: old.backup.clone(),
+        restored_revision: old.restored_revision,
+        hibernated_replicas: old.hibernated_replicas,
+        hibernation_backup: old.hibernation_backup.clone(),
         ..Default::default()
     };
 
@@ -521,13 +524,36 @@ async fn observe_and_act<A: ClusterApi>(
     security::ensure_gossip_key(nc, ctx, findings).await;
     let prepared = security::prepare(nc, ctx, replicas_now, status, findings).await;
     let target = &prepared.target;
-    let health: Option<Health> = match ctx.api.health(target).await {
-        Ok(h) => Some(h),
-        Err(e) => {
-            status.last_error = Some(format!("no member answered: {e}"));
-            None
+    // Hibernated: no member runs, none is asked.
+    let hibernated = nc.spec.replicas == 0 && sts_replicas == Some(0);
+    let health: Option<Health> = if hibernated {
+        None
+    } else {
+        match ctx.api.health(target).await {
+            Ok(h) => Some(h),
+            Err(e) => {
+                status.last_error = Some(format!("no member answered: {e}"));
+                None
+            }
         }
     };
+    if nc.spec.replicas > 0 {
+        status.hibernation_backup = None;
+        // Awake again once every member that hibernated runs and a leader
+        // answers; from here the usual scaling applies.
+        if let Some(h) = status.hibernated_replicas {
+            if replicas_now >= h && health.is_some() {
+                status.hibernated_replicas = None;
+                ctx.event(
+                    nc,
+                    EventType::Normal,
+                    "Resumed",
+                    format!("the {h} members that hibernated are back, with a leader"),
+                )
+                .await;
+            }
+        }
+    }
     // A leader of another cluster than the one this NodCluster founded
     // (a split brain, or endpoints that reach someone else's pods) is
     // never acted on: every membership step would go to the wrong cluster.
@@ -539,6 +565,20 @@ async fn observe_and_act<A: ClusterApi>(
             None if has_leader && h.cluster_id != 0 => {
                 // Founded: from now on new pods only join.
                 status.cluster_id = Some(id.clone());
+                if let Some(r) = &nc.spec.restore {
+                    status.restored_revision = Some(r.revision);
+                    ctx.event(
+                        nc,
+                        EventType::Normal,
+                        "Restored",
+                        format!(
+                            "cluster {id} was restored from {} at revision {}",
+                            r.dest(),
+                            r.revision
+                        ),
+                    )
+                    .await;
+                }
                 ctx.event(
                     nc,
                     EventType::Normal,
@@ -648,7 +688,8 @@ async fn observe_and_act<A: ClusterApi>(
         .await;
     }
     resize_claims(nc, ctx, &raw_claims.items, findings).await;
-    status.backup = crate::backup::reconcile(nc, ctx, status.backup.as_ref(), findings).await;
+    status.backup =
+        crate::backup::reconcile(nc, ctx, status.backup.as_ref(), hibernated, findings).await;
 
     let nameless_seen = track_nameless_learners(status, health.as_ref());
 
@@ -662,6 +703,8 @@ async fn observe_and_act<A: ClusterApi>(
         members: health.as_ref().map(|h| h.members.clone()),
         removed: status.removed_members.clone(),
         nameless_seen,
+        hibernated: status.hibernated_replicas,
+        hibernation_backup: crate::backup::before_hibernation(nc, status),
     };
     let step = match foreign {
         Some(why) => Step::Refuse(format!("{why}: no step is taken")),
@@ -799,6 +842,44 @@ async fn take_step<A: ClusterApi>(
         Step::Refuse(why) => {
             ctx.event(nc, EventType::Warning, "Refused", why.clone())
                 .await;
+        }
+        Step::BackupBeforeHibernation => {
+            let asked = ctx
+                .api
+                .request_backup(&(ctx.agent_url)(nc))
+                .await
+                .map_err(Error::Nod)?;
+            status.hibernation_backup = Some(crate::crd::HibernationBackupStatus {
+                request: asked,
+                requested: Time(k8s_openapi::jiff::Timestamp::now()),
+            });
+            ctx.event(
+                nc,
+                EventType::Normal,
+                "BackupBeforeHibernation",
+                "replicas is 0: a full backup is taken before the members stop".into(),
+            )
+            .await;
+        }
+        Step::Hibernate { members } => {
+            // Recorded before the pods go: a crash in between still
+            // knows how many to bring back.
+            status.hibernated_replicas = Some(*members);
+            let stopped = Shape {
+                replicas: 0,
+                ..shape.clone()
+            };
+            apply_object(client, &ns, &render::stateful_set(nc, &stopped)).await?;
+            apply_object(client, &ns, &render::pod_disruption_budget(nc, 0)).await?;
+            ctx.event(
+                nc,
+                EventType::Normal,
+                "Hibernated",
+                format!(
+                    "all {members} members stopped together (none left Raft); their claims stay; set replicas again to resume"
+                ),
+            )
+            .await;
         }
     }
     Ok(())
@@ -1055,7 +1136,9 @@ fn fill_status(
     let step = &seen.step;
     let replicas = seen.replicas_now;
     let founded = status.cluster_id.is_some();
-    let quorum_lost = founded && seen.health.is_none();
+    let hibernating = nc.spec.replicas == 0;
+    let resuming = !hibernating && status.hibernated_replicas.is_some();
+    let quorum_lost = founded && seen.health.is_none() && !hibernating && !resuming;
     status.replicas = replicas;
     status.ready_replicas = pods.iter().filter(|p| p.ready && !p.terminating).count() as i32;
     status.ready = Some(format!("{}/{}", status.ready_replicas, nc.spec.replicas));
@@ -1083,6 +1166,9 @@ fn fill_status(
             // A founded cluster with no leader answering has lost its
             // quorum (or every member is down): never "Creating" again.
             _ if quorum_lost => "QuorumLost",
+            _ if hibernating && replicas == 0 => "Hibernated",
+            _ if hibernating => "Hibernating",
+            _ if resuming => "Resuming",
             _ if members.is_empty() && pods.is_empty() => "Creating",
             Step::ScaleTo(_)
             | Step::RemoveMember { .. }
@@ -1111,7 +1197,10 @@ fn fill_status(
     let has_leader = members.iter().any(|m| m.leader);
     let available = has_leader && healthy_voters >= crate::plan::quorum(voters.len().max(1));
     let no_leader = status.last_error.clone().unwrap_or_default();
-    let degraded = if let Step::Refuse(r) = step {
+    let degraded = if (hibernating || resuming) && seen.health.is_none() {
+        // Stopped on purpose, or coming back: not a fault.
+        None
+    } else if let Step::Refuse(r) = step {
         Some(("Refused", r.clone()))
     } else if quorum_lost {
         Some((

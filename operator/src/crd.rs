@@ -61,9 +61,11 @@ pub const MAX_NAME_LEN: usize = 52;
 pub struct NodClusterSpec {
     /// Number of members. Odd counts tolerate the most failures for their
     /// size (3 tolerate 1, 5 tolerate 2); an even count is allowed but is
-    /// flagged in status.
+    /// flagged in status. 0 hibernates the cluster: a backup first (when
+    /// `backup` is set), then every pod stops and the claims stay; scaling
+    /// up again brings the same members back with their data.
     #[serde(default = "default_replicas")]
-    #[schemars(range(min = 1, max = 9))]
+    #[schemars(range(min = 0, max = 9))]
     pub replicas: i32,
     /// Nod version: the tag of the default image. Ignored when `image` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,6 +118,36 @@ pub struct NodClusterSpec {
     /// to any revision with `nod snapshot restore --from-backup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
+    /// Create this cluster from a backup (`spec.backup` of another cluster,
+    /// or `nod backup`): every founding member restores the same revision
+    /// into its volume, as a new cluster with a new id. Only read while
+    /// the cluster is created; immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self == oldSelf").message("restore is immutable"))]
+pub struct RestoreSpec {
+    /// Where the backups are: an S3-compatible bucket (a claim cannot be
+    /// mounted by every member at once).
+    pub destination: BackupDestination,
+    /// The backed-up cluster's id (hex, as `status.clusterId` or `nod
+    /// backup list` shows it), when the destination holds several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub source_cluster_id: Option<String>,
+    /// The chain to restore from (its folder, `chain-...`); the one that
+    /// reaches `revision` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub chain: Option<String>,
+    /// The revision to restore: every member must restore the same one,
+    /// so it is fixed here (`status.backup.reachedRevision` of the source,
+    /// or `nod backup list`).
+    #[schemars(range(min = 1))]
+    pub revision: i64,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -521,8 +553,8 @@ pub struct NodClusterStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Creating, Running, Scaling, Upgrading, Degraded, QuorumLost or
-    /// Failed.
+    /// Creating, Running, Scaling, Upgrading, Degraded, QuorumLost,
+    /// Hibernating, Hibernated or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// Members the StatefulSet runs.
@@ -579,6 +611,17 @@ pub struct NodClusterStatus {
     /// Backups, as the backup agent reports them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupStatus>,
+    /// Hibernation (`replicas: 0`): how many members were running when the
+    /// cluster stopped; waking up brings exactly these back first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hibernated_replicas: Option<i32>,
+    /// The backup asked of the agent before hibernating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hibernation_backup: Option<HibernationBackupStatus>,
+    /// The revision this cluster was restored to (`spec.restore`), once
+    /// founded from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_revision: Option<i64>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -602,6 +645,20 @@ pub struct BackupStatus {
     /// Why the agent could not be asked, when it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_error: Option<String>,
+    /// The newest request for a backup now (`POST /backups`) the agent
+    /// has finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int64"))]
+    pub completed_request: Option<u64>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HibernationBackupStatus {
+    /// The agent's number for the request (`POST /backups`).
+    #[schemars(extend("format" = "int64"))]
+    pub request: u64,
+    pub requested: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -691,9 +748,9 @@ impl NodClusterSpec {
     /// any is not acted on (status says why).
     pub fn validate(&self) -> Vec<String> {
         let mut errors = Vec::new();
-        if self.replicas < 1 {
+        if self.replicas < 0 {
             errors.push(format!(
-                "replicas must be at least 1, not {}",
+                "replicas must be at least 0 (0 hibernates), not {}",
                 self.replicas
             ));
         }
@@ -720,6 +777,9 @@ impl NodClusterSpec {
         }
         if let Some(b) = &self.backup {
             errors.extend(b.validate());
+        }
+        if let Some(r) = &self.restore {
+            errors.extend(r.validate());
         }
         if !is_quantity(&self.storage.size) {
             errors.push(format!(
@@ -752,23 +812,7 @@ impl BackupSpec {
         }
         let d = &self.destination;
         match (&d.s3, &d.claim) {
-            (Some(s3), None) => {
-                if s3.bucket.is_empty() || s3.credentials_secret.name.is_empty() {
-                    errors.push(
-                        "backup.destination.s3 needs a bucket and credentialsSecret.name".into(),
-                    );
-                }
-                if s3.bucket.contains('/') || s3.prefix.starts_with('/') {
-                    errors.push("backup.destination.s3: the bucket is a name, and the prefix a relative folder".into());
-                }
-                if let Some(e) = &s3.endpoint {
-                    if !(e.starts_with("http://") || e.starts_with("https://")) {
-                        errors.push(format!(
-                            "backup.destination.s3.endpoint {e:?} must be an http:// or https:// URL"
-                        ));
-                    }
-                }
-            }
+            (Some(_), None) => errors.extend(s3_problems(d)),
             (None, Some(c)) => {
                 if c.name.is_empty() {
                     errors.push("backup.destination.claim needs a name".into());
@@ -791,14 +835,7 @@ impl BackupSpec {
     /// The destination as `nod backup --dest` takes it.
     pub fn dest(&self) -> String {
         match (&self.destination.s3, &self.destination.claim) {
-            (Some(s3), _) => {
-                let prefix = s3.prefix.trim_matches('/');
-                if prefix.is_empty() {
-                    format!("s3://{}", s3.bucket)
-                } else {
-                    format!("s3://{}/{prefix}", s3.bucket)
-                }
-            }
+            (Some(s3), _) => s3_url(Some(s3)),
             (None, Some(c)) => match &c.sub_path {
                 Some(p) => format!("{BACKUP_DIR}/{}", p.trim_matches('/')),
                 None => BACKUP_DIR.into(),
@@ -806,6 +843,85 @@ impl BackupSpec {
             (None, None) => String::new(),
         }
     }
+}
+
+impl RestoreSpec {
+    fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        match &self.destination.s3 {
+            Some(_) if self.destination.claim.is_none() => {
+                errors.extend(
+                    s3_problems(&self.destination)
+                        .into_iter()
+                        .map(|e| e.replacen("backup.", "restore.", 1)),
+                );
+            }
+            _ => errors.push(
+                "restore.destination: an s3 bucket (every member reads it at once; a claim cannot be mounted by all)".into(),
+            ),
+        }
+        if let Some(id) = &self.source_cluster_id {
+            if id.is_empty() || u64::from_str_radix(id, 16).is_err() {
+                errors.push(format!(
+                    "restore.sourceClusterId {id:?} is not a cluster id in hex"
+                ));
+            }
+        }
+        if let Some(c) = &self.chain {
+            if !c.starts_with("chain-") || c.contains('/') {
+                errors.push(format!(
+                    "restore.chain {c:?} is not a chain folder name (chain-...)"
+                ));
+            }
+        }
+        if self.revision < 1 {
+            errors.push("restore.revision must be at least 1".into());
+        }
+        errors
+    }
+
+    /// `nod server --restore-from`'s destination.
+    pub fn dest(&self) -> String {
+        s3_url(self.destination.s3.as_ref())
+    }
+}
+
+fn s3_url(s3: Option<&S3Destination>) -> String {
+    match s3 {
+        Some(s3) => {
+            let prefix = s3.prefix.trim_matches('/');
+            if prefix.is_empty() {
+                format!("s3://{}", s3.bucket)
+            } else {
+                format!("s3://{}/{prefix}", s3.bucket)
+            }
+        }
+        None => String::new(),
+    }
+}
+
+/// What is wrong with an S3 destination (none without one).
+fn s3_problems(d: &BackupDestination) -> Vec<String> {
+    let mut errors = Vec::new();
+    let Some(s3) = &d.s3 else {
+        return errors;
+    };
+    if s3.bucket.is_empty() || s3.credentials_secret.name.is_empty() {
+        errors.push("backup.destination.s3 needs a bucket and credentialsSecret.name".into());
+    }
+    if s3.bucket.contains('/') || s3.prefix.starts_with('/') {
+        errors.push(
+            "backup.destination.s3: the bucket is a name, and the prefix a relative folder".into(),
+        );
+    }
+    if let Some(e) = &s3.endpoint {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            errors.push(format!(
+                "backup.destination.s3.endpoint {e:?} must be an http:// or https:// URL"
+            ));
+        }
+    }
+    errors
 }
 
 /// Where the backup agent mounts a claim destination.
@@ -921,7 +1037,7 @@ mod tests {
 
     #[test]
     fn validation_names_each_problem() {
-        let s = spec("{replicas: 0, raft: {heartbeatIntervalMs: 100, electionTimeoutMs: 300}, storage: {size: lots}, tls: {mode: auto, serverSecretName: x}}");
+        let s = spec("{replicas: -1, raft: {heartbeatIntervalMs: 100, electionTimeoutMs: 300}, storage: {size: lots}, tls: {mode: auto, serverSecretName: x}}");
         let e = s.validate();
         assert_eq!(e.len(), 4, "{e:?}");
         assert!(e[0].contains("replicas"));
@@ -999,6 +1115,7 @@ mod tests {
             rules(&spec["backup"]["properties"]["destination"]),
             ["has(self.s3) != has(self.claim)"]
         );
+        assert_eq!(rules(&spec["restore"]), ["self == oldSelf"]);
         assert_eq!(
             spec["backup"]["properties"]["schedule"]["maxLength"],
             nod_client::backup_agent::MAX_SCHEDULE_LEN
@@ -1053,6 +1170,30 @@ mod tests {
         );
         assert!(bad("{schedule: '@daily', destination: {s3: {bucket: b, endpoint: 'minio:9000', credentialsSecret: {name: k}}}}").contains("endpoint"));
         assert!(bad("{schedule: '@daily', destination: {s3: {bucket: b, prefix: /abs, credentialsSecret: {name: k}}}}").contains("relative"));
+    }
+
+    #[test]
+    fn restore_specs_are_checked() {
+        let s3 = "{bucket: b, prefix: p, endpoint: 'http://s3:9000', credentialsSecret: {name: k}}";
+        let ok = spec(&format!("{{restore: {{destination: {{s3: {s3}}}, revision: 42, sourceClusterId: 6d1c, chain: chain-1}}}}"));
+        assert!(ok.validate().is_empty(), "{:?}", ok.validate());
+        assert_eq!(ok.restore.unwrap().dest(), "s3://b/p");
+        let bad = |y: &str| spec(&format!("{{restore: {y}}}")).validate().join("; ");
+        assert!(bad("{destination: {claim: {name: c}}, revision: 1}").contains("an s3 bucket"));
+        assert!(bad(&format!("{{destination: {{s3: {s3}}}, revision: 0}}")).contains("at least 1"));
+        assert!(bad(&format!(
+            "{{destination: {{s3: {s3}}}, revision: 5, sourceClusterId: xyz}}"
+        ))
+        .contains("hex"));
+        assert!(bad(&format!(
+            "{{destination: {{s3: {s3}}}, revision: 5, chain: ../x}}"
+        ))
+        .contains("chain folder"));
+        assert!(bad("{destination: {s3: {bucket: b, endpoint: 's3:9000', credentialsSecret: {name: k}}}, revision: 5}").contains("restore.destination.s3.endpoint"));
+        assert!(
+            serde_yaml::from_str::<NodClusterSpec>("{restore: {destination: {}}}").is_err(),
+            "revision is required"
+        );
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub trait ClusterApi: Send + Sync + 'static {
         &self,
         url: &str,
     ) -> impl Future<Output = Result<nod_client::backup_agent::AgentStatus, String>> + Send;
+    /// Asks the backup agent for a full backup now; its request number.
+    fn request_backup(&self, url: &str) -> impl Future<Output = Result<u64, String>> + Send;
     /// The certificate (DER) the server at `url` presents.
     fn served_certificate(
         &self,
@@ -120,6 +122,12 @@ impl ClusterApi for NodApi {
         url: &str,
     ) -> Result<nod_client::backup_agent::AgentStatus, String> {
         nod_client::backup_agent::status(url, self.timeout).await
+    }
+
+    async fn request_backup(&self, url: &str) -> Result<u64, String> {
+        nod_client::backup_agent::request_backup(url, self.timeout)
+            .await
+            .map(|r| r.request)
     }
 
     async fn health(&self, target: &Target) -> Result<Health, String> {

@@ -64,6 +64,26 @@ pub struct Observed {
     /// or never published its name), with how long the operator has seen
     /// each one nameless.
     pub nameless_seen: Vec<(u64, Duration)>,
+    /// The member count the cluster hibernated with (`replicas: 0`), until
+    /// it is back.
+    pub hibernated: Option<i32>,
+    /// The backup owed before hibernating.
+    pub hibernation_backup: HibernationBackup,
+}
+
+/// The backup taken before a hibernation (`spec.backup` set).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum HibernationBackup {
+    /// No backups configured (or suspended): hibernate at once.
+    #[default]
+    NotConfigured,
+    /// To be asked of the backup agent.
+    Needed,
+    /// Asked; the agent has not written a full since (its state, for
+    /// status).
+    Pending(String),
+    /// A full was written after it was asked.
+    Done,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +108,12 @@ pub enum Step {
     /// Remove a learner that has had no name for `NAMELESS_LEARNER_GRACE`:
     /// no pod will ever claim it.
     RemoveNamelessLearner { id: u64 },
+    /// Ask the backup agent for a full backup before hibernating.
+    BackupBeforeHibernation,
+    /// Stop every pod (`replicas: 0`) without removing any member from
+    /// Raft: record `members`, the count to bring back, then scale the
+    /// StatefulSet to 0.
+    Hibernate { members: i32 },
     /// Waiting for the cluster to get somewhere by itself (reason for the
     /// Progressing condition).
     Wait(String),
@@ -140,6 +166,29 @@ pub fn plan(o: &Observed) -> Step {
         // The StatefulSet is created with the spec's size by the apply.
         return Step::Wait("creating the StatefulSet".into());
     };
+    // Hibernation: all members stop together and keep their identities
+    // (no Raft removal), after a backup when backups are configured.
+    if o.desired_replicas == 0 {
+        if sts == 0 {
+            return Step::Idle;
+        }
+        return match &o.hibernation_backup {
+            HibernationBackup::Needed => Step::BackupBeforeHibernation,
+            HibernationBackup::Pending(why) => {
+                Step::Wait(format!("a backup before hibernating: {why}"))
+            }
+            HibernationBackup::NotConfigured | HibernationBackup::Done => Step::Hibernate {
+                members: o.hibernated.unwrap_or(sts),
+            },
+        };
+    }
+    // Waking up: every member that hibernated comes back at once (they
+    // need each other for a quorum); the usual scaling follows.
+    if let Some(h) = o.hibernated {
+        if sts < h {
+            return Step::ScaleTo(h);
+        }
+    }
     let desired = o.desired_replicas.max(1);
 
     // A member removed on the way down whose pod is wanted again (the
@@ -374,6 +423,8 @@ mod tests {
             members: Some(members(sts, leader)),
             removed: vec![],
             nameless_seen: vec![],
+            hibernated: None,
+            hibernation_backup: Default::default(),
         }
     }
 
@@ -654,6 +705,77 @@ mod tests {
                 1,
                 Step::RollPod {
                     pod: "demo-0".into(),
+                },
+            ),
+            (
+                "replicas 0 without backups stops every member at once, none removed",
+                Box::new(|_| {}),
+                0,
+                3,
+                Step::Hibernate { members: 3 },
+            ),
+            (
+                "replicas 0 with backups asks for one first",
+                Box::new(|o| o.hibernation_backup = HibernationBackup::Needed),
+                0,
+                3,
+                Step::BackupBeforeHibernation,
+            ),
+            (
+                "replicas 0 waits for that backup",
+                Box::new(|o| o.hibernation_backup = HibernationBackup::Pending("request 1".into())),
+                0,
+                3,
+                Step::Wait("a backup before hibernating: request 1".into()),
+            ),
+            (
+                "replicas 0 once the backup is written",
+                Box::new(|o| o.hibernation_backup = HibernationBackup::Done),
+                0,
+                3,
+                Step::Hibernate { members: 3 },
+            ),
+            (
+                "replicas 0 hibernates even with a member unhealthy (nothing leaves Raft)",
+                Box::new(|o| {
+                    if let Some(m) = o.members.as_mut() {
+                        m[2].healthy = false;
+                    }
+                }),
+                0,
+                3,
+                Step::Hibernate { members: 3 },
+            ),
+            (
+                "hibernated: nothing to do",
+                Box::new(|o| {
+                    o.members = None;
+                    o.pods.clear();
+                    o.hibernated = Some(3);
+                }),
+                0,
+                0,
+                Step::Idle,
+            ),
+            (
+                "waking brings back every member that hibernated, even to a smaller size",
+                Box::new(|o| {
+                    o.members = None;
+                    o.pods.clear();
+                    o.hibernated = Some(3);
+                }),
+                1,
+                0,
+                Step::ScaleTo(3),
+            ),
+            (
+                "woken at the hibernated size, a smaller spec scales down as usual",
+                Box::new(|o| o.hibernated = Some(3)),
+                1,
+                3,
+                Step::RemoveMember {
+                    name: "demo-2".into(),
+                    id: 102,
                 },
             ),
         ];

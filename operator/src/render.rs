@@ -14,7 +14,7 @@ use kube::api::DynamicObject;
 use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
 
-use crate::crd::{ClaimPolicy, NodCluster, TlsMode, BACKUP_DIR};
+use crate::crd::{ClaimPolicy, NodCluster, S3Destination, TlsMode, BACKUP_DIR};
 
 pub const CLIENT_PORT: i32 = 2379;
 pub const PEER_PORT: i32 = 2380;
@@ -352,7 +352,11 @@ pub fn client_service(nc: &NodCluster) -> Service {
 /// scales up or deletes the pod by hand (as etcd operators do): evicting
 /// the only member, or one of two, is an outage.
 pub fn pod_disruption_budget(nc: &NodCluster, replicas: i32) -> PodDisruptionBudget {
-    let quorum = crate::plan::quorum(replicas.max(1) as usize) as i32;
+    // Hibernated (no members running): nothing to protect.
+    let quorum = match replicas {
+        0 => 0,
+        n => crate::plan::quorum(n.max(1) as usize) as i32,
+    };
     typed(json!({
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
@@ -610,8 +614,19 @@ pub fn stateful_set(nc: &NodCluster, shape: &Shape) -> StatefulSet {
     }
     annotations[TEMPLATE_HASH] = json!(template_hash(nc));
     if let Some(n) = shape.founding {
-        if let Some(args) = template["spec"]["containers"][0]["args"].as_array_mut() {
-            args.extend(founding_args(nc, n).into_iter().map(Value::String));
+        let container = &mut template["spec"]["containers"][0];
+        let (extra, env) = match &spec.restore {
+            Some(r) => (
+                restore_args(nc, n),
+                r.destination.s3.as_ref().map(s3_env).unwrap_or_default(),
+            ),
+            None => (founding_args(nc, n), Vec::new()),
+        };
+        if let Some(args) = container["args"].as_array_mut() {
+            args.extend(extra.into_iter().map(Value::String));
+        }
+        if let Some(vars) = container["env"].as_array_mut() {
+            vars.extend(env);
         }
     }
     let claim = shape.claim.clone().unwrap_or_else(|| ClaimTemplate {
@@ -729,6 +744,56 @@ pub fn network_policy(nc: &NodCluster, operator_namespace: Option<&str>) -> Opti
     }))
 }
 
+/// The environment `nod` reads an S3 destination's endpoint, region and
+/// keys from (the keys from the user's Secret).
+fn s3_env(s3: &S3Destination) -> Vec<Value> {
+    let secret =
+        |key: &str| json!({"secretKeyRef": {"name": s3.credentials_secret.name, "key": key}});
+    let mut env = vec![
+        json!({"name": "AWS_ACCESS_KEY_ID", "valueFrom": secret(&s3.credentials_secret.access_key_id_key)}),
+        json!({"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": secret(&s3.credentials_secret.secret_access_key_key)}),
+        json!({"name": "AWS_REGION", "value": s3.region.clone().unwrap_or_else(|| "us-east-1".into())}),
+    ];
+    if let Some(e) = &s3.endpoint {
+        env.push(json!({"name": "AWS_ENDPOINT_URL", "value": e}));
+        if e.starts_with("http://") {
+            env.push(json!({"name": "AWS_ALLOW_HTTP", "value": "true"}));
+        }
+    }
+    env
+}
+
+/// `spec.restore`: the flags that make the founding members `0..n`
+/// restore their data from the backup (`nod server --restore-from`, which
+/// does nothing once the data directory exists) instead of founding an
+/// empty cluster by gossip. Like the founding flags, only rendered until
+/// the cluster is founded: a member added later joins as usual.
+pub fn restore_args(nc: &NodCluster, n: i32) -> Vec<String> {
+    let Some(r) = &nc.spec.restore else {
+        return Vec::new();
+    };
+    let s = scheme(nc);
+    let initial: Vec<String> = (0..n.clamp(1, 9))
+        .map(|i| {
+            let pod = pod_name(nc, i);
+            format!("{pod}={s}://{}:{PEER_PORT}", pod_host(nc, &pod))
+        })
+        .collect();
+    let mut args = vec![
+        format!("--restore-from={}", r.dest()),
+        format!("--restore-revision={}", r.revision),
+        format!("--initial-cluster={}", initial.join(",")),
+        "--initial-cluster-state=new".into(),
+    ];
+    if let Some(c) = &r.chain {
+        args.push(format!("--restore-chain={c}"));
+    }
+    if let Some(id) = &r.source_cluster_id {
+        args.push(format!("--restore-cluster={id}"));
+    }
+    args
+}
+
 /// The backup agent's Deployment, Service and NetworkPolicy.
 pub fn backup_agent_name(nc: &NodCluster) -> String {
     format!("{}-backup", nc.name_any())
@@ -759,7 +824,7 @@ pub fn backup_agent_url(nc: &NodCluster) -> String {
 /// one replica, replaced by `Recreate`), reaching the members through the
 /// client Service as `root` (a snapshot needs it), with no Kubernetes
 /// credentials. `None` without `spec.backup`.
-pub fn backup_agent(nc: &NodCluster) -> Option<Deployment> {
+pub fn backup_agent(nc: &NodCluster, hibernated: bool) -> Option<Deployment> {
     let b = nc.spec.backup.as_ref()?;
     let ns = nc.namespace().unwrap_or_else(|| "default".into());
     let mut args = vec![
@@ -786,17 +851,7 @@ pub fn backup_agent(nc: &NodCluster) -> Option<Deployment> {
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
     if let Some(s3) = &b.destination.s3 {
-        let secret =
-            |key: &str| json!({"secretKeyRef": {"name": s3.credentials_secret.name, "key": key}});
-        env.push(json!({"name": "AWS_ACCESS_KEY_ID", "valueFrom": secret(&s3.credentials_secret.access_key_id_key)}));
-        env.push(json!({"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": secret(&s3.credentials_secret.secret_access_key_key)}));
-        env.push(json!({"name": "AWS_REGION", "value": s3.region.clone().unwrap_or_else(|| "us-east-1".into())}));
-        if let Some(e) = &s3.endpoint {
-            env.push(json!({"name": "AWS_ENDPOINT_URL", "value": e}));
-            if e.starts_with("http://") {
-                env.push(json!({"name": "AWS_ALLOW_HTTP", "value": "true"}));
-            }
-        }
+        env.extend(s3_env(s3));
     }
     if let Some(c) = &b.destination.claim {
         volumes.push(json!({"name": "backup", "persistentVolumeClaim": {"claimName": c.name}}));
@@ -853,7 +908,8 @@ pub fn backup_agent(nc: &NodCluster) -> Option<Deployment> {
         "kind": "Deployment",
         "metadata": metadata,
         "spec": {
-            "replicas": if b.suspend { 0 } else { 1 },
+            // Nothing to back up while hibernated.
+            "replicas": if b.suspend || hibernated { 0 } else { 1 },
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": backup_agent_selector(nc)},
             "template": {
@@ -1000,7 +1056,7 @@ pub fn all(nc: &NodCluster, shape: &Shape, operator_namespace: Option<&str>) -> 
     if let Some(sm) = service_monitor(nc) {
         out.push(serde_json::to_value(sm));
     }
-    if let Some(d) = backup_agent(nc) {
+    if let Some(d) = backup_agent(nc, nc.spec.replicas == 0 && shape.replicas == 0) {
         out.push(serde_json::to_value(d));
     }
     if let Some(s) = backup_agent_service(nc) {
@@ -1127,6 +1183,41 @@ mod tests {
     fn once_founded_new_pods_only_join_and_no_pod_rolls_for_it() {
         let nc = cluster("{replicas: 1}");
         let founding = stateful_set(&nc, &Shape::new(1));
+        let restored = cluster("{replicas: 3, restore: {revision: 42, chain: chain-9, destination: {s3: {bucket: b, prefix: p, credentialsSecret: {name: k}}}}}");
+        let creating = stateful_set(&restored, &Shape::new(3));
+        let a = args(&creating);
+        for want in [
+            "--restore-from=s3://b/p",
+            "--restore-revision=42",
+            "--restore-chain=chain-9",
+            "--initial-cluster-state=new",
+            "--initial-cluster=demo-0=http://demo-0.demo-peers.prod.svc:2380,demo-1=http://demo-1.demo-peers.prod.svc:2380,demo-2=http://demo-2.demo-peers.prod.svc:2380",
+        ] {
+            assert!(a.contains(&want.to_string()), "{want} not in {a:?}");
+        }
+        assert!(!a.iter().any(|x| x.starts_with("--bootstrap")), "{a:?}");
+        let env_of = |sts: &StatefulSet| {
+            serde_json::to_string(
+                &sts.spec
+                    .as_ref()
+                    .unwrap()
+                    .template
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .containers[0]
+                    .env,
+            )
+            .unwrap()
+        };
+        assert!(env_of(&creating).contains("AWS_SECRET_ACCESS_KEY"));
+        // Founded: no restore flags, no keys, and no roll (same hash).
+        let running = stateful_set(&restored, &founded(3));
+        assert!(!args(&running).iter().any(|x| x.starts_with("--restore")
+            || x.starts_with("--initial-cluster=")
+            || x.starts_with("--initial-cluster-state")));
+        assert!(!env_of(&running).contains("AWS_"));
+        assert_eq!(hash_annotation(&creating), hash_annotation(&running));
         assert!(args(&founding).contains(&"--bootstrap-founders=demo-0".to_string()));
         // Scaled 1 -> 3 after founding: no pod may found a cluster again.
         let grown = stateful_set(&nc, &founded(3));

@@ -76,6 +76,13 @@ impl ClusterApi for FakeNod {
             .clone()
             .ok_or_else(|| "connection refused".into())
     }
+    async fn request_backup(&self, url: &str) -> Result<u64, String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("request-backup {url}"));
+        Ok(7)
+    }
     async fn served_certificate(&self, _: &Target, url: &str) -> Result<Vec<u8>, String> {
         self.calls.lock().unwrap().push(format!("served {url}"));
         Err("not served".into())
@@ -1531,4 +1538,166 @@ async fn backups_run_an_agent_whose_status_becomes_the_clusters() {
         .unwrap()
         .iter()
         .all(|c| c["type"] != "BackupSucceeded"));
+}
+
+/// `replicas: 0` with backups: a backup is asked for and waited on, then
+/// every member stops at once (none leaves Raft), the budget drops to 0,
+/// the agent stops, and status says Hibernated, not QuorumLost.
+#[tokio::test]
+async fn replicas_zero_backs_up_then_hibernates_without_touching_raft() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let mut nod = FakeNod {
+        members: Some(members(3)),
+        agent: Some(AgentStatus {
+            completed_request: 0,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut nc = cluster(json!({
+        "replicas": 0,
+        "backup": {"schedule": "@daily", "destination": {"claim": {"name": "b"}}},
+    }));
+    cluster_status(&mut nc, json!({"bootstrapExpect": 3, "clusterId": "c1"}));
+    let hash = nod_operator::render::template_hash(&nc);
+    let agent_paths = [
+        "/apis/apps/v1/namespaces/default/deployments/demo-backup",
+        "/api/v1/namespaces/default/services/demo-backup",
+        "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo-backup",
+    ];
+    // 1: the backup is asked for; nothing stops yet.
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn({
+        let hash = hash.clone();
+        async move {
+            expect_running_members(&mut h, 3, &hash).await;
+            expect_objects(&mut h, 3).await;
+            let agent = expect(&mut h, "PATCH", agent_paths[0], echo).await;
+            assert_eq!(
+                agent["spec"]["replicas"], 1,
+                "the agent runs to take the backup"
+            );
+            for p in &agent_paths[1..] {
+                expect(&mut h, "PATCH", p, echo).await;
+            }
+            (expect_status(&mut h, &original).await, h)
+        }
+    });
+    reconcile(Arc::new(nc.clone()), context(client.clone(), nod.clone()))
+        .await
+        .unwrap();
+    let (written, mut h) = server.await.unwrap();
+    let status = written["status"].clone();
+    assert_eq!(status["hibernationBackup"]["request"], 7, "{status}");
+    assert_eq!(status["phase"], "Hibernating");
+    assert!(nod
+        .calls
+        .lock()
+        .unwrap()
+        .contains(&"request-backup http://agent-of-demo".to_string()));
+
+    // 2: the agent finished request 7: every pod stops at once.
+    nod.agent = Some(AgentStatus {
+        completed_request: 7,
+        ..Default::default()
+    });
+    cluster_status(&mut nc, status);
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn({
+        let hash = hash.clone();
+        async move {
+            expect_running_members(&mut h, 3, &hash).await;
+            expect_objects(&mut h, 3).await;
+            for p in agent_paths {
+                expect(&mut h, "PATCH", p, echo).await;
+            }
+            let sts = expect(
+                &mut h,
+                "PATCH",
+                "/apis/apps/v1/namespaces/default/statefulsets/demo",
+                echo,
+            )
+            .await;
+            assert_eq!(sts["spec"]["replicas"], 0);
+            let pdb = expect(
+                &mut h,
+                "PATCH",
+                "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
+                echo,
+            )
+            .await;
+            assert_eq!(pdb["spec"]["minAvailable"], 0);
+            (expect_status(&mut h, &original).await, h)
+        }
+    });
+    reconcile(Arc::new(nc.clone()), context(client.clone(), nod.clone()))
+        .await
+        .unwrap();
+    let (written, mut h) = server.await.unwrap();
+    let status = written["status"].clone();
+    assert_eq!(status["hibernatedReplicas"], 3, "{status}");
+    let calls = nod.calls.lock().unwrap().clone();
+    assert!(
+        !calls.iter().any(|c| c.starts_with("remove")),
+        "no member leaves Raft: {calls:?}"
+    );
+
+    // 3: hibernated: no pods, no member asked, the agent scaled to 0.
+    nod.calls.lock().unwrap().clear();
+    cluster_status(&mut nc, status);
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn(async move {
+        expect_observation(&mut h, sts_with(0), vec![], (0..3).map(claim).collect()).await;
+        expect_gossip_key(&mut h).await;
+        for p in [
+            "/api/v1/namespaces/default/serviceaccounts/demo",
+            "/api/v1/namespaces/default/services/demo-peers",
+            "/api/v1/namespaces/default/services/demo",
+        ] {
+            expect(&mut h, "PATCH", p, echo).await;
+        }
+        let pdb = expect(
+            &mut h,
+            "PATCH",
+            "/apis/policy/v1/namespaces/default/poddisruptionbudgets/demo",
+            echo,
+        )
+        .await;
+        assert_eq!(pdb["spec"]["minAvailable"], 0);
+        let sts = expect(
+            &mut h,
+            "PATCH",
+            "/apis/apps/v1/namespaces/default/statefulsets/demo",
+            echo,
+        )
+        .await;
+        assert_eq!(sts["spec"]["replicas"], 0);
+        expect(
+            &mut h,
+            "PATCH",
+            "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo",
+            echo,
+        )
+        .await;
+        let agent = expect(&mut h, "PATCH", agent_paths[0], echo).await;
+        assert_eq!(agent["spec"]["replicas"], 0, "nothing to back up");
+        for p in &agent_paths[1..] {
+            expect(&mut h, "PATCH", p, echo).await;
+        }
+        expect_status(&mut h, &original).await
+    });
+    reconcile(Arc::new(nc), context(client, nod.clone()))
+        .await
+        .unwrap();
+    let status = server.await.unwrap()["status"].clone();
+    assert_eq!(status["phase"], "Hibernated", "{status}");
+    assert_eq!(status["hibernatedReplicas"], 3);
+    assert_eq!(
+        condition(&status, "Degraded")["status"],
+        "False",
+        "{status}"
+    );
+    let calls = nod.calls.lock().unwrap().clone();
+    assert!(!calls.contains(&"health".to_string()), "{calls:?}");
 }

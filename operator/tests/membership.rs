@@ -243,6 +243,8 @@ impl FakeStatefulSet {
 struct Memory {
     removed: Vec<String>,
     steps: Vec<Step>,
+    /// `status.hibernatedReplicas`.
+    hibernated: Option<i32>,
 }
 
 async fn observe(sts: &FakeStatefulSet, desired: i32, image: &str, mem: &Memory) -> Observed {
@@ -276,6 +278,8 @@ async fn observe(sts: &FakeStatefulSet, desired: i32, image: &str, mem: &Memory)
         members: health.map(|h| h.members),
         removed: mem.removed.clone(),
         nameless_seen: vec![],
+        hibernated: mem.hibernated,
+        hibernation_backup: Default::default(),
     }
 }
 
@@ -318,8 +322,20 @@ async fn reconcile(sts: &mut FakeStatefulSet, desired: i32, image: &str, mem: &m
             sts.pods[i].stop();
             sts.start(i);
         }
+        Step::Hibernate { members } => {
+            mem.hibernated = Some(*members);
+            sts.scale(0);
+        }
+        Step::BackupBeforeHibernation => panic!("no backups are configured here"),
         Step::Refuse(why) => panic!("refused: {why}"),
         Step::Idle | Step::Wait(_) => {}
+    }
+    // As the controller: awake once every hibernated member runs and a
+    // leader answers.
+    if let Some(h) = mem.hibernated {
+        if desired > 0 && sts.replicas >= h && o_has_leader(sts).await {
+            mem.hibernated = None;
+        }
     }
     if !matches!(step, Step::Wait(_)) && mem.steps.last() != Some(&step) {
         mem.steps.push(step.clone());
@@ -355,6 +371,13 @@ async fn converge(
         last = step;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn o_has_leader(sts: &FakeStatefulSet) -> bool {
+    NodApi::default()
+        .health(&Target::plain(sts.endpoints()))
+        .await
+        .is_ok_and(|h| h.members.iter().any(|m| m.leader))
 }
 
 async fn members(sts: &FakeStatefulSet) -> Vec<(String, bool)> {
@@ -508,5 +531,34 @@ async fn scale_down_reverse_and_rolling_upgrade_on_real_members() {
     assert!(moved < steps.len() - 1, "{steps:?}");
     assert!(sts.pods[..3].iter().all(|p| p.image == "nod:2"));
     assert_eq!(members(&sts).await, three);
+    assert_eq!(all_keys(&sts).await, 20);
+
+    // Hibernate (replicas 0): every member stops at once, none leaves
+    // Raft, the data stays; waking to 1 brings all three back first (they
+    // need each other for a quorum), then scales down as usual.
+    let ids = |h: &nod_operator::nodapi::Health| {
+        let mut v: Vec<(String, u64)> = h.members.iter().map(|m| (m.name.clone(), m.id)).collect();
+        v.sort();
+        v
+    };
+    let before = ids(&NodApi::default()
+        .health(&Target::plain(sts.endpoints()))
+        .await
+        .unwrap());
+    let steps = converge(&mut sts, 0, "nod:2", &mut mem).await;
+    assert_eq!(steps, [Step::Hibernate { members: 3 }]);
+    assert!(sts.pods.iter().all(|p| p.child.is_none()));
+    assert!(
+        sts.pods[..3].iter().all(|p| p.data.exists()),
+        "the claims stay"
+    );
+    let steps = converge(&mut sts, 3, "nod:2", &mut mem).await;
+    assert_eq!(steps, [Step::ScaleTo(3)]);
+    assert_eq!(mem.hibernated, None);
+    let after = ids(&NodApi::default()
+        .health(&Target::plain(sts.endpoints()))
+        .await
+        .unwrap());
+    assert_eq!(after, before, "the same members, the same ids");
     assert_eq!(all_keys(&sts).await, 20);
 }

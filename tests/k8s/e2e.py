@@ -91,7 +91,8 @@ def status(name, ns="default"):
 
 
 def pods(name, ns="default"):
-    out = kjson("get", "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={name}")
+    # Members only: the backup agent's pod shares the instance label.
+    out = kjson("get", "pods", "-n", ns, "-l", f"app.kubernetes.io/name=nod,app.kubernetes.io/instance={name}")
     return {p["metadata"]["name"]: p for p in out["items"]}
 
 
@@ -908,8 +909,79 @@ def events_of(name, reason):
             if e.get("regarding", {}).get("name") == name and e.get("reason") == reason]
 
 
+def hashkv(endpoint, revision):
+    out = json.loads(etcdctl(endpoint, "endpoint", "hashkv", f"--rev={revision}", "-w", "json"))
+    return out[0]["HashKV"]["hash"]
+
+
+def restore_into_a_new_cluster(source, bucket, st, svc):
+    """A new 3-member NodCluster restored from the source's backups at a fixed revision."""
+    revision = int(st["backup"]["reachedRevision"])
+    want = hashkv(f"{svc}:2379", revision)
+    values = {f"k{i}": etcdctl(f"{svc}:2379", "get", f"k{i}", "--print-value-only", f"--rev={revision}").strip()
+              for i in range(20)}
+    apply(cluster_yaml("restored", 3, extra=f"""  restore:
+    revision: {revision}
+    sourceClusterId: "{st['clusterId']}"
+    destination:
+      s3:
+        bucket: {bucket}
+        prefix: e2e
+        endpoint: http://{S3_HOST}:{S3_PORT}
+        credentialsSecret: {{name: s3-keys}}
+"""))
+    rst = running("restored", 3)
+    if rst.get("clusterId") in (None, st["clusterId"]):
+        raise Failed(f"the restored cluster's id {rst.get('clusterId')} is not a new one ({st['clusterId']})")
+    if rst.get("restoredRevision") != revision:
+        raise Failed(f"status.restoredRevision {rst.get('restoredRevision')} != {revision}")
+    one_cluster("restored", 3)
+    for pname, p in pods("restored").items():
+        got = hashkv(f"{pod_ip(p)}:2379", revision)
+        if got != want:
+            raise Failed(f"{pname}: HashKV at {revision} is {got}, the source's is {want}")
+    rsvc = client_ip("restored")
+    for k, v in values.items():
+        got = etcdctl(f"{rsvc}:2379", "get", k, "--print-value-only").strip()
+        if got != v:
+            raise Failed(f"restored {k} = {got!r}, the source had {v!r} at {revision}")
+    if not events_of("restored", "Restored"):
+        raise Failed("no Restored Event")
+    out = json.loads(etcdctl(f"{rsvc}:2379", "put", "after-restore", "x", "-w", "json"))
+    if int(out["header"]["revision"]) != revision + 1:
+        raise Failed(f"the first write after the restore got revision {out['header']['revision']}, not {revision + 1}")
+    say(f"restored: 3 members at revision {revision}, HashKV {want} on each, cluster {rst['clusterId']}")
+    delete_cluster("restored")
+
+
+def hibernate_and_resume(name, svc):
+    """replicas 0: a backup first, the pods go, the claims stay; replicas 1: the same cluster and data."""
+    before = status(name)
+    fulls = before["backup"]["lastSuccessful"]["chain"]
+    kubectl("patch", f"nodcluster/{name}", "--type", "merge", "-p", '{"spec":{"replicas":0}}')
+    st = wait_until("Hibernated", lambda: (lambda s: s.get("phase") == "Hibernated" and s)(status(name)),
+                    timeout=180)
+    if st["backup"]["lastSuccessful"]["chain"] == fulls:
+        raise Failed("no new full backup was taken before hibernating")
+    if pods(name):
+        raise Failed(f"pods left after hibernating: {list(pods(name))}")
+    if not claims(name):
+        raise Failed("the claims went with the pods")
+    if st.get("hibernatedReplicas") != 1:
+        raise Failed(f"hibernatedReplicas: {st.get('hibernatedReplicas')}")
+    say(f"hibernated after backup {st['backup']['lastSuccessful']['chain']}; claims {claims(name)} kept")
+    kubectl("patch", f"nodcluster/{name}", "--type", "merge", "-p", '{"spec":{"replicas":1}}')
+    st = running(name, 1)
+    if st.get("clusterId") != before["clusterId"] or st.get("hibernatedReplicas"):
+        raise Failed(f"resumed as {st.get('clusterId')} (was {before['clusterId']}), {st}")
+    got = etcdctl(f"{client_ip(name)}:2379", "get", "k19", "--print-value-only").strip()
+    if got != "v19":
+        raise Failed(f"k19 after resuming: {got!r}")
+    say("resumed: the same cluster id and keys")
+
+
 def scenario_backup():
-    """spec.backup to S3 (moto): a scheduled full and incremental segments reported in status, verified with nod backup verify; S3 stopped: BackupSucceeded False with a BackupFailed Event."""
+    """spec.backup to S3 (moto): a scheduled full and segments in status, verified with nod backup verify; a new 3-member NodCluster restored at a revision (HashKV equal); hibernate (backup first) and resume; S3 stopped: BackupSucceeded False with an Event."""
     ensure_example()
     s3 = S3()
     name, bucket = "backed", "nod-backups"
@@ -931,8 +1003,13 @@ def scenario_backup():
 """))
         running(name, 1)
         svc = client_ip(name)
+        for i in range(10):
+            etcdctl(f"{svc}:2379", "put", f"k{i}", f"v{i}")
+        # The agent's first full, then changes after it: segments.
+        wait_until("the first full backup", lambda: status(name).get("backup", {}).get("lastSuccessful"),
+                   timeout=180)
         revision = 0
-        for i in range(20):
+        for i in range(10, 20):
             out = json.loads(etcdctl(f"{svc}:2379", "put", f"k{i}", f"v{i}", "-w", "json"))
             revision = int(out["header"]["revision"])
         say(f"20 keys written, up to revision {revision}")
@@ -971,6 +1048,9 @@ def scenario_backup():
         say(f"nod backup verify: {r.stdout.strip().splitlines()[-1] if r.stdout.strip() else 'ok'}")
         if not events_of(name, "BackupSucceeded"):
             raise Failed("no BackupSucceeded Event")
+
+        restore_into_a_new_cluster(name, bucket, st, svc)
+        hibernate_and_resume(name, svc)
 
         # S3 goes away: the next segment (or full) fails, and status says so.
         s3.stop()
