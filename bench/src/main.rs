@@ -8,7 +8,10 @@
 //! - `nod-bench load --endpoints … --workload put --clients 16` drives any
 //!   etcd v3 endpoint with one workload and prints its figures
 //!   (`--cacert/--cert/--key` and `--user` for a secured one).
+//! - `nod-bench backup --keys 1000000` times a full backup and a restore of
+//!   that many keys (`backup.rs`).
 
+mod backup;
 mod cluster;
 mod report;
 mod security;
@@ -73,6 +76,25 @@ enum Cmd {
     /// Runs every workload against a Nod and an etcd cluster, plain and
     /// with TLS + auth, and writes the report.
     Run(RunArgs),
+    /// Times `nod backup save`, `verify` and `snapshot restore
+    /// --from-backup` of a 3-member cluster loaded with --keys keys, and
+    /// the restored member's start; prints a table.
+    Backup {
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
+        /// Values of one repeated byte (compress to nearly nothing) instead
+        /// of random bytes (incompressible).
+        #[arg(long)]
+        constant_values: bool,
+        /// Where the data goes (a real disk, not tmpfs).
+        #[arg(long)]
+        data_root: Option<PathBuf>,
+        /// The nod binary (default: next to this one).
+        #[arg(long)]
+        nod_bin: Option<PathBuf>,
+    },
     /// Drives running endpoints with one workload.
     Load {
         #[arg(long, value_delimiter = ',', required = true)]
@@ -612,6 +634,23 @@ fn main() -> ExitCode {
     let r = rt.block_on(async move {
         match cli.command {
             Cmd::Run(args) => run(args).await,
+            Cmd::Backup {
+                keys,
+                value_size,
+                constant_values,
+                data_root,
+                nod_bin,
+            } => {
+                let bin = match nod_bin {
+                    Some(p) => p,
+                    None => std::env::current_exe()
+                        .map_err(|e| e.to_string())?
+                        .with_file_name("nod"),
+                };
+                let root = backup::data_root(data_root);
+                std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+                backup::run(&bin, &root, keys, value_size, !constant_values).await
+            }
             Cmd::Load {
                 endpoints,
                 workload,

@@ -519,6 +519,18 @@ async fn run_clients(channels: &[Conn], spec: &Spec, clients: &[(usize, usize)])
 /// Writes `count` keys (0..count) with `clients` concurrent clients: the data
 /// set for reads and for the restart measurement.
 pub async fn load(channels: &[Conn], count: u64, clients: usize, value_size: usize) -> u64 {
+    load_values(channels, count, clients, value_size, false).await
+}
+
+/// As [`load`], with `random` values (incompressible: what a backup's
+/// compression meets at worst) or all `v`.
+pub async fn load_values(
+    channels: &[Conn],
+    count: u64,
+    clients: usize,
+    value_size: usize,
+    random: bool,
+) -> u64 {
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let value = Arc::new(vec![b'v'; value_size]);
     let mut tasks = Vec::new();
@@ -526,6 +538,7 @@ pub async fn load(channels: &[Conn], count: u64, clients: usize, value_size: usi
         let mut kv = KvClient::new(channels[c % channels.len()].clone());
         let next = next.clone();
         let value = value.clone();
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (c as u64 + 1));
         tasks.push(tokio::spawn(async move {
             let mut errors = 0;
             loop {
@@ -533,9 +546,17 @@ pub async fn load(channels: &[Conn], count: u64, clients: usize, value_size: usi
                 if i >= count {
                     return errors;
                 }
+                let value = if random {
+                    (0..value_size.div_ceil(8))
+                        .flat_map(|_| rng.next().to_le_bytes())
+                        .take(value_size)
+                        .collect()
+                } else {
+                    value.to_vec()
+                };
                 let req = PutRequest {
                     key: key(i),
-                    value: value.to_vec(),
+                    value,
                     ..Default::default()
                 };
                 if kv.put(req).await.is_err() {
