@@ -176,4 +176,35 @@ async fn five_members_lose_three_and_recover_from_the_most_advanced_survivor() {
     ms[keep].start_gossip(&seeds, &[]);
     converge(&ms, &names, Duration::from_secs(60)).await;
     assert!(!ms[keep].data_dir.join("forced.json").exists());
+
+    // The operator's form, one flag in every member's template: a member
+    // it does not name starts normally and stays in the five.
+    let once = format!("--force-new-cluster-once={keep_name}:r1");
+    ms[other].kill();
+    ms[other].start_gossip(&seeds, &[&once]);
+    converge(&ms, &names, Duration::from_secs(60)).await;
+    // The member it names forces (a new id), once: the same flag at its
+    // next start is a normal start, not a second force.
+    for (i, m) in ms.iter_mut().enumerate() {
+        if i != keep {
+            m.kill();
+        }
+    }
+    ms[keep].kill();
+    ms[keep].start_gossip(&seeds, &[&once]);
+    let (id, members) = converge(&ms, &[keep_name.as_str()], Duration::from_secs(30)).await;
+    assert_eq!((id, members.len()), (cluster, 1));
+    let record = std::fs::read_to_string(ms[keep].data_dir.join("forced.json")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(record["once"], "r1", "{record}");
+    let before = all_keys(&ms[keep]).await;
+    ms[keep].kill();
+    ms[keep].start_gossip(&seeds, &[&once]);
+    converge(&ms, &[keep_name.as_str()], Duration::from_secs(30)).await;
+    assert!(
+        ms[keep].logs().contains("already forced for this id"),
+        "{}",
+        ms[keep].logs()
+    );
+    assert_eq!(all_keys(&ms[keep]).await, before);
 }

@@ -2,6 +2,10 @@
 //! status read into `status.backup`, and the conditions, Events and
 //! metrics that follow from it.
 //!
+//! On demand: `kubectl annotate nodcluster/NAME nod.io/backup-now=<value>`
+//! asks the agent for a full backup now, once per new value; status says
+//! when it was written (`status.backup.onDemand`).
+//!
 //! The agent (`nod backup run --listen`, rendered by `render::backup_agent`)
 //! does the work; the operator only reads `GET /status` on its usual timer
 //! and writes what it read. It is the only writer of the NodCluster.
@@ -18,6 +22,7 @@ use nod_client::backup_agent::AgentStatus;
 use crate::controller::{apply_network_policy, apply_object, delete_if_present, Context, Findings};
 use crate::crd::{
     BackupFailure, BackupRecord, BackupSpec, BackupStatus, NodCluster, NodClusterStatus,
+    OnDemandBackup,
 };
 use crate::nodapi::ClusterApi;
 use crate::plan::HibernationBackup;
@@ -91,10 +96,51 @@ pub(crate) async fn reconcile<A: ClusterApi>(
         kept.next_scheduled = None;
         return Some(kept);
     }
-    let agent = ctx.api.backup_status(&(ctx.agent_url)(nc)).await;
-    let new = read_status(old, agent);
+    let url = (ctx.agent_url)(nc);
+    let agent = ctx.api.backup_status(&url).await;
+    let mut new = read_status(old, agent);
     for (type_, reason, note) in news(old, &new) {
         ctx.event(nc, type_, reason, note).await;
+    }
+    // On demand: a new annotation value asks for a full now.
+    let wanted = nc.annotations().get(BACKUP_NOW_ANNOTATION).cloned();
+    match on_demand(wanted.as_deref(), &new) {
+        OnDemand::Ask(value) => match ctx.api.request_backup(&url).await {
+            Ok(request) => {
+                new.on_demand = Some(OnDemandBackup {
+                    for_value: value.clone(),
+                    request,
+                    requested: Time(k8s_openapi::jiff::Timestamp::now()),
+                    taken: None,
+                });
+                ctx.event(
+                    nc,
+                    EventType::Normal,
+                    "BackupRequested",
+                    format!("{BACKUP_NOW_ANNOTATION}={value}: a full backup is being taken"),
+                )
+                .await;
+            }
+            Err(e) => findings
+                .errors
+                .push(format!("asking the backup agent for a backup now: {e}")),
+        },
+        OnDemand::Taken(record) => {
+            if let Some(o) = new.on_demand.as_mut() {
+                ctx.event(
+                    nc,
+                    EventType::Normal,
+                    "BackupTaken",
+                    format!(
+                        "{BACKUP_NOW_ANNOTATION}={}: backup {} at revision {}",
+                        o.for_value, record.chain, record.revision
+                    ),
+                )
+                .await;
+                o.taken = Some(record);
+            }
+        }
+        OnDemand::Nothing => {}
     }
     let cluster = nc.name_any();
     if let Some(last) = &new.last_successful {
@@ -104,6 +150,37 @@ pub(crate) async fn reconcile<A: ClusterApi>(
             .set(last.time.0.as_second() as f64);
     }
     Some(new)
+}
+
+/// The annotation that asks for a backup now (any new value).
+pub const BACKUP_NOW_ANNOTATION: &str = "nod.io/backup-now";
+
+/// What an on-demand backup needs next.
+#[derive(Debug, PartialEq)]
+pub enum OnDemand {
+    Nothing,
+    /// Ask the agent (a value not asked for yet).
+    Ask(String),
+    /// The agent finished the request: this full answered it.
+    Taken(BackupRecord),
+}
+
+/// The next thing to do for the `nod.io/backup-now` annotation `wanted`,
+/// given the status just read from the agent.
+pub fn on_demand(wanted: Option<&str>, s: &BackupStatus) -> OnDemand {
+    let Some(value) = wanted.filter(|v| !v.is_empty()) else {
+        return OnDemand::Nothing;
+    };
+    match &s.on_demand {
+        Some(o) if o.for_value == value => {
+            let done = s.completed_request.is_some_and(|n| n >= o.request);
+            match (&o.taken, &s.last_successful) {
+                (None, Some(last)) if done => OnDemand::Taken(last.clone()),
+                _ => OnDemand::Nothing,
+            }
+        }
+        _ => OnDemand::Ask(value.to_string()),
+    }
 }
 
 fn time(unix_ms: i64) -> Option<Time> {
@@ -380,6 +457,42 @@ mod tests {
         let restarted = read_status(Some(&first), Ok(agent(None, None)));
         assert_eq!(restarted.last_successful, first.last_successful);
         assert_eq!(restarted.reached_revision, Some(50));
+    }
+
+    #[test]
+    fn an_annotation_value_asks_for_one_backup_and_sees_it_taken() {
+        let mut s = read_status(None, Ok(agent(Some(T0), None)));
+        assert_eq!(on_demand(None, &s), OnDemand::Nothing);
+        assert_eq!(on_demand(Some(""), &s), OnDemand::Nothing);
+        assert_eq!(on_demand(Some("a"), &s), OnDemand::Ask("a".into()));
+        s.on_demand = Some(OnDemandBackup {
+            for_value: "a".into(),
+            request: 3,
+            requested: time(T0).unwrap(),
+            taken: None,
+        });
+        // Asked, not finished: nothing more (never asked twice).
+        s.completed_request = Some(2);
+        assert_eq!(on_demand(Some("a"), &s), OnDemand::Nothing);
+        // Finished: the newest full answered it.
+        let later = read_status(
+            Some(&s),
+            Ok(AgentStatus {
+                completed_request: 3,
+                ..agent(Some(T0 + 5_000), None)
+            }),
+        );
+        match on_demand(Some("a"), &later) {
+            OnDemand::Taken(r) => assert_eq!(r.chain, format!("c1/chain-{}", T0 + 5_000)),
+            other => panic!("{other:?}"),
+        }
+        let mut taken = later.clone();
+        if let Some(o) = taken.on_demand.as_mut() {
+            o.taken = later.last_successful.clone();
+        }
+        assert_eq!(on_demand(Some("a"), &taken), OnDemand::Nothing);
+        // A new value: a new backup.
+        assert_eq!(on_demand(Some("b"), &taken), OnDemand::Ask("b".into()));
     }
 
     #[test]

@@ -189,15 +189,23 @@ pub fn reconcile_trigger(nc: &NodCluster) -> Option<u64> {
     let generation = kube::runtime::predicates::generation(nc)?;
     // ... and the certificate renewal annotation, which asks for action
     // without changing the spec.
-    let renew = nc.annotations().get(crate::certs::RENEW_ANNOTATION);
-    Some(renew.map_or(generation, |r| {
-        // FNV-1a: stable, unlike std's hasher (a predicate's value is
-        // compared with the one seen before).
-        let h = r.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        generation ^ h
-    }))
+    // ... and the annotations that ask for action without changing the
+    // spec: a certificate renewal, a backup now.
+    let mut value = generation;
+    for a in [
+        crate::certs::RENEW_ANNOTATION,
+        crate::backup::BACKUP_NOW_ANNOTATION,
+    ] {
+        if let Some(r) = nc.annotations().get(a) {
+            // FNV-1a: stable, unlike std's hasher (a predicate's value is
+            // compared with the one seen before).
+            let h = r.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+            value = value.rotate_left(1) ^ h;
+        }
+    }
+    Some(value)
 }
 
 pub async fn reconcile<A: ClusterApi>(
@@ -382,6 +390,7 @@ async fn apply<A: ClusterApi>(nc: &NodCluster, ctx: &Context<A>) -> Result<Actio
         backup: old.backup.clone(),
         restored_revision: old.restored_revision,
         hibernated_replicas: old.hibernated_replicas,
+        recovery: old.recovery.clone(),
         hibernation_backup: old.hibernation_backup.clone(),
         ..Default::default()
     };
@@ -618,6 +627,7 @@ async fn observe_and_act<A: ClusterApi>(
         replicas: replicas_now,
         founding,
         claim: sts.as_ref().and_then(ClaimTemplate::of),
+        force: crate::recovery::force_flag(status),
     };
     if let Err(e) = apply_object(client, &ns, &render::service_account(nc)).await {
         findings.kube("applying the ServiceAccount", &e);
@@ -690,6 +700,22 @@ async fn observe_and_act<A: ClusterApi>(
     resize_claims(nc, ctx, &raw_claims.items, findings).await;
     status.backup =
         crate::backup::reconcile(nc, ctx, status.backup.as_ref(), hibernated, findings).await;
+
+    let quorum_lost = status.cluster_id.is_some()
+        && health.is_none()
+        && nc.spec.replicas > 0
+        && status.hibernated_replicas.is_none();
+    crate::recovery::reconcile(
+        nc,
+        ctx,
+        target,
+        health.as_ref(),
+        quorum_lost,
+        replicas_now,
+        status,
+        findings,
+    )
+    .await;
 
     let nameless_seen = track_nameless_learners(status, health.as_ref());
 
@@ -973,6 +999,25 @@ mod nameless_learner_tests {
 /// what cannot be applied goes into `findings` (the StatefulSet's claim
 /// template is immutable, so this is the only way a size change reaches
 /// the volumes).
+/// A claim asked for more storage than its volume has yet (an expansion
+/// in progress).
+fn expanding(c: &PersistentVolumeClaim) -> bool {
+    let asked = c
+        .spec
+        .as_ref()
+        .and_then(|s| s.resources.as_ref())
+        .and_then(|r| r.requests.as_ref())
+        .and_then(|r| r.get("storage"))
+        .and_then(|q| quantity_bytes(&q.0));
+    let has = c
+        .status
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|r| r.get("storage"))
+        .and_then(|q| quantity_bytes(&q.0));
+    matches!((asked, has), (Some(a), Some(h)) if a > h)
+}
+
 async fn resize_claims<A: ClusterApi>(
     nc: &NodCluster,
     ctx: &Context<A>,
@@ -990,6 +1035,11 @@ async fn resize_claims<A: ClusterApi>(
     let mut expandable: BTreeMap<String, Option<bool>> = BTreeMap::new();
     let mut shrink = Vec::new();
     let mut stuck: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // One member's volume at a time: none is asked while another is still
+    // expanding (asked for more than it has), and one per reconcile.
+    let mut busy = claims.iter().any(expanding);
+    let mut claims: Vec<&PersistentVolumeClaim> = claims.iter().collect();
+    claims.sort_by_key(|c| c.name_any());
     for claim in claims {
         let spec = claim.spec.clone().unwrap_or_default();
         let has = spec
@@ -1036,6 +1086,10 @@ async fn resize_claims<A: ClusterApi>(
             stuck.entry(class).or_default().push(claim.name_any());
             continue;
         }
+        if busy {
+            continue;
+        }
+        busy = true;
         let ns = claim.namespace().unwrap_or_default();
         let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
         // A merge patch, not an apply: it must never create a claim that
@@ -1165,8 +1219,10 @@ fn fill_status(
         match step {
             // A founded cluster with no leader answering has lost its
             // quorum (or every member is down): never "Creating" again.
+            _ if status.recovery.is_some() => "Recovering",
             _ if quorum_lost => "QuorumLost",
-            _ if hibernating && replicas == 0 => "Hibernated",
+            // Hibernated once the last pod is gone, not when it is asked to go.
+            _ if hibernating && replicas == 0 && pods.is_empty() => "Hibernated",
             _ if hibernating => "Hibernating",
             _ if resuming => "Resuming",
             _ if members.is_empty() && pods.is_empty() => "Creating",
@@ -1424,6 +1480,11 @@ mod tests {
         a.annotations_mut()
             .insert(crate::certs::RENEW_ANNOTATION.into(), "r2".into());
         assert_ne!(reconcile_trigger.hash_property(&a), r1);
+        // A backup asked for.
+        let r2 = reconcile_trigger.hash_property(&a);
+        a.annotations_mut()
+            .insert(crate::backup::BACKUP_NOW_ANNOTATION.into(), "b1".into());
+        assert_ne!(reconcile_trigger.hash_property(&a), r2);
         // Other annotations do not count.
         a.annotations_mut().insert("team".into(), "x".into());
         let r2 = reconcile_trigger.hash_property(&a);

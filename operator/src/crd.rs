@@ -554,7 +554,7 @@ pub struct NodClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Creating, Running, Scaling, Upgrading, Degraded, QuorumLost,
-    /// Hibernating, Hibernated or Failed.
+    /// Recovering, Hibernating, Hibernated, Resuming or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// Members the StatefulSet runs.
@@ -618,6 +618,10 @@ pub struct NodClusterStatus {
     /// The backup asked of the agent before hibernating.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hibernation_backup: Option<HibernationBackupStatus>,
+    /// A recovery from lost quorum in progress (annotation
+    /// `nod.io/recover-quorum`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryStatus>,
     /// The revision this cluster was restored to (`spec.restore`), once
     /// founded from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -650,6 +654,47 @@ pub struct BackupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "int64"))]
     pub completed_request: Option<u64>,
+    /// The last on-demand backup (annotation `nod.io/backup-now`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_demand: Option<OnDemandBackup>,
+}
+
+/// A backup asked for with `kubectl annotate nodcluster/NAME
+/// nod.io/backup-now=<any new value>`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OnDemandBackup {
+    /// The annotation's value it was taken for.
+    pub for_value: String,
+    /// The agent's number for the request.
+    #[schemars(extend("format" = "int64"))]
+    pub request: u64,
+    pub requested: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// The full backup that answered it, once written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken: Option<BackupRecord>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryStatus {
+    /// This recovery's id (the survivor forces once per id).
+    pub id: String,
+    /// The pod whose member held the most of the log.
+    pub survivor: String,
+    /// Its Raft index when chosen.
+    #[schemars(extend("format" = "int64"))]
+    pub raft_index: u64,
+    /// `Forcing` (the survivor restarts as the only member) or
+    /// `Rejoining` (the others come back empty, one at a time).
+    pub stage: String,
+    /// Whether the survivor's pod was restarted with the force flag.
+    #[serde(default)]
+    pub restarted: bool,
+    /// The pods wiped to rejoin so far (each once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<String>,
+    pub started: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -11,6 +11,7 @@ pub mod lease;
 pub mod metrics;
 pub mod nodapi;
 pub mod plan;
+pub mod recovery;
 pub mod render;
 pub mod security;
 

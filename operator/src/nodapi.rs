@@ -24,6 +24,15 @@ pub struct Health {
     pub client_urls: Vec<(u64, Vec<String>)>,
 }
 
+/// One member's own view, from Maintenance.Status at it alone (answered
+/// without a leader).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberIndex {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub raft_index: u64,
+}
+
 /// How the operator reaches one cluster.
 #[derive(Clone, Debug, Default)]
 pub struct Target {
@@ -69,6 +78,12 @@ pub trait ClusterApi: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), String>> + Send;
     /// Turns authentication off.
     fn disable_auth(&self, target: &Target) -> impl Future<Output = Result<(), String>> + Send;
+    /// The member at `endpoint` alone: its cluster and Raft index.
+    fn member_status(
+        &self,
+        target: &Target,
+        endpoint: &str,
+    ) -> impl Future<Output = Result<MemberIndex, String>> + Send;
     /// The backup agent's status (`GET {url}/status`).
     fn backup_status(
         &self,
@@ -117,6 +132,17 @@ impl NodApi {
 }
 
 impl ClusterApi for NodApi {
+    async fn member_status(&self, target: &Target, endpoint: &str) -> Result<MemberIndex, String> {
+        let mut c = self.client(target, &[endpoint.to_string()])?;
+        let s = c.status().await.map_err(|e| e.to_string())?;
+        let h = s.header.unwrap_or_default();
+        Ok(MemberIndex {
+            cluster_id: h.cluster_id,
+            member_id: h.member_id,
+            raft_index: s.raft_index,
+        })
+    }
+
     async fn backup_status(
         &self,
         url: &str,

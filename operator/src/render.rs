@@ -52,6 +52,10 @@ pub struct Shape {
     /// The claim template of the existing StatefulSet (immutable once
     /// created); `None` renders it from the spec.
     pub claim: Option<ClaimTemplate>,
+    /// A quorum recovery forcing (`recovery::force_flag`): every pod gets
+    /// `--force-new-cluster-once=<survivor>:<id>`, which only the survivor
+    /// acts on. Outside the template hash: no pod rolls for it.
+    pub force: Option<String>,
 }
 
 impl Shape {
@@ -62,6 +66,7 @@ impl Shape {
             replicas,
             founding: Some(replicas),
             claim: None,
+            force: None,
         }
     }
 }
@@ -629,6 +634,11 @@ pub fn stateful_set(nc: &NodCluster, shape: &Shape) -> StatefulSet {
             vars.extend(env);
         }
     }
+    if let Some(f) = &shape.force {
+        if let Some(args) = template["spec"]["containers"][0]["args"].as_array_mut() {
+            args.push(json!(format!("--force-new-cluster-once={f}")));
+        }
+    }
     let claim = shape.claim.clone().unwrap_or_else(|| ClaimTemplate {
         size: spec.storage.size.clone(),
         storage_class_name: spec.storage.storage_class_name.clone(),
@@ -1087,6 +1097,7 @@ mod tests {
             replicas,
             founding: None,
             claim: None,
+            force: None,
         }
     }
 

@@ -13,7 +13,7 @@ use nod_client::backup_agent::{AgentFailure, AgentStatus, FullBackup};
 use nod_operator::controller::{reconcile, Context};
 use nod_operator::crd::NodCluster;
 use nod_operator::metrics::Metrics;
-use nod_operator::nodapi::{ClusterApi, Health, Target};
+use nod_operator::nodapi::{ClusterApi, Health, MemberIndex, Target};
 use nod_operator::plan::MemberView;
 use serde_json::{json, Value};
 
@@ -28,6 +28,8 @@ struct FakeNod {
     auth: Arc<Mutex<bool>>,
     /// What the backup agent answers (`None`: it does not answer).
     agent: Option<AgentStatus>,
+    /// Each member's own Raft index, by endpoint (the others do not answer).
+    indexes: Vec<(String, u64)>,
 }
 
 impl ClusterApi for FakeNod {
@@ -74,6 +76,21 @@ impl ClusterApi for FakeNod {
             .push(format!("backup-status {url}"));
         self.agent
             .clone()
+            .ok_or_else(|| "connection refused".into())
+    }
+    async fn member_status(&self, _: &Target, endpoint: &str) -> Result<MemberIndex, String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("member-status {endpoint}"));
+        self.indexes
+            .iter()
+            .find(|(ep, _)| ep == endpoint)
+            .map(|(_, i)| MemberIndex {
+                cluster_id: 0xc1,
+                member_id: 1,
+                raft_index: *i,
+            })
             .ok_or_else(|| "connection refused".into())
     }
     async fn request_backup(&self, url: &str) -> Result<u64, String> {
@@ -793,6 +810,21 @@ fn sized_claim(i: i32, size: &str) -> Value {
 /// A storage size change against a class that does (`expandable`) or does
 /// not allow expansion; returns the status written and the claims patched.
 async fn resize(expandable: bool) -> (Value, Vec<Value>) {
+    resize_claims_in(
+        expandable,
+        (0..3).map(|i| sized_claim(i, "10Gi")).collect(),
+        &[0],
+    )
+    .await
+}
+
+/// As `resize`, with the claims as given, expecting patches of `patch`.
+async fn resize_claims_in(
+    expandable: bool,
+    claims: Vec<Value>,
+    patch: &[i32],
+) -> (Value, Vec<Value>) {
+    let patch = patch.to_vec();
     let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(svc, "default");
     let nod = FakeNod {
@@ -809,7 +841,7 @@ async fn resize(expandable: bool) -> (Value, Vec<Value>) {
             &mut h,
             sts_with_claims(3),
             (0..3).map(|i| ready_pod(i, &hash)).collect(),
-            (0..3).map(|i| sized_claim(i, "10Gi")).collect(),
+            claims,
         )
         .await;
         let sts = expect_objects(&mut h, 3).await;
@@ -835,7 +867,7 @@ async fn resize(expandable: bool) -> (Value, Vec<Value>) {
         .await;
         let mut patched = Vec::new();
         if expandable {
-            for i in 0..3 {
+            for i in patch {
                 patched.push(
                     expect_merge_patch(
                         &mut h,
@@ -857,13 +889,26 @@ async fn resize(expandable: bool) -> (Value, Vec<Value>) {
 
 #[tokio::test]
 async fn a_storage_size_change_expands_the_claims_when_the_class_allows() {
+    // One member's volume per reconcile, the lowest first.
     let (status, patched) = resize(true).await;
-    assert_eq!(patched.len(), 3);
+    assert_eq!(patched.len(), 1);
     assert_eq!(
         patched[0],
         json!({"spec": {"resources": {"requests": {"storage": "20Gi"}}}})
     );
     assert_eq!(condition(&status, "SpecApplied")["status"], "True");
+    // demo-0 still expanding (asked 20Gi, has 10Gi): nothing else asked.
+    let mut growing = sized_claim(0, "20Gi");
+    growing["status"] = json!({"capacity": {"storage": "10Gi"}});
+    let claims = vec![growing, sized_claim(1, "10Gi"), sized_claim(2, "10Gi")];
+    let (_, patched) = resize_claims_in(true, claims, &[]).await;
+    assert!(patched.is_empty(), "{patched:?}");
+    // demo-0 done: demo-1 next.
+    let mut grown = sized_claim(0, "20Gi");
+    grown["status"] = json!({"capacity": {"storage": "20Gi"}});
+    let claims = vec![grown, sized_claim(1, "10Gi"), sized_claim(2, "10Gi")];
+    let (_, patched) = resize_claims_in(true, claims, &[1]).await;
+    assert_eq!(patched.len(), 1);
 }
 
 #[tokio::test]
@@ -1700,4 +1745,235 @@ async fn replicas_zero_backs_up_then_hibernates_without_touching_raft() {
     );
     let calls = nod.calls.lock().unwrap().clone();
     assert!(!calls.contains(&"health".to_string()), "{calls:?}");
+}
+
+/// `kubectl annotate nodcluster/demo nod.io/backup-now=one`: the agent is
+/// asked once for a full, and status shows the full that answered.
+#[tokio::test]
+async fn a_backup_now_annotation_asks_once_and_reports_the_backup() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let full = |chain: &str, at: i64| FullBackup {
+        chain: chain.into(),
+        revision: 10,
+        size_bytes: 100,
+        stored_bytes: 10,
+        time_unix_ms: at,
+    };
+    let now = k8s_openapi::jiff::Timestamp::now().as_second() * 1000;
+    let mut nod = FakeNod {
+        members: Some(members(1)),
+        agent: Some(AgentStatus {
+            last_full: Some(full("c1/chain-scheduled", now - 60_000)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut nc = cluster(json!({
+        "replicas": 1,
+        "backup": {"schedule": "@daily", "destination": {"claim": {"name": "b"}}},
+    }));
+    nc.metadata.annotations = Some([("nod.io/backup-now".to_string(), "one".to_string())].into());
+    cluster_status(&mut nc, json!({"bootstrapExpect": 1, "clusterId": "c1"}));
+    let hash = nod_operator::render::template_hash(&nc);
+    let agent_paths = [
+        "/apis/apps/v1/namespaces/default/deployments/demo-backup",
+        "/api/v1/namespaces/default/services/demo-backup",
+        "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo-backup",
+    ];
+    for round in 0..3 {
+        let original = serde_json::to_value(&nc).unwrap();
+        let server = tokio::spawn({
+            let hash = hash.clone();
+            async move {
+                expect_running_members(&mut h, 1, &hash).await;
+                expect_objects(&mut h, 1).await;
+                for p in agent_paths {
+                    expect(&mut h, "PATCH", p, echo).await;
+                }
+                (expect_status(&mut h, &original).await, h)
+            }
+        });
+        reconcile(Arc::new(nc.clone()), context(client.clone(), nod.clone()))
+            .await
+            .unwrap();
+        let (written, back) = server.await.unwrap();
+        h = back;
+        let status = written["status"].clone();
+        let asked = nod
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.starts_with("request-backup"))
+            .count();
+        assert_eq!(asked, 1, "asked once, in round {round}");
+        let od = &status["backup"]["onDemand"];
+        assert_eq!(od["forValue"], "one");
+        assert_eq!(od["request"], 7);
+        match round {
+            0 => {
+                assert!(od.get("taken").is_none(), "{od}");
+                // The agent writes the full that answers request 7.
+                nod.agent = Some(AgentStatus {
+                    last_full: Some(full("c1/chain-asked", now)),
+                    completed_request: 7,
+                    ..Default::default()
+                });
+            }
+            _ => assert_eq!(od["taken"]["chain"], "c1/chain-asked", "{od}"),
+        }
+        cluster_status(&mut nc, status);
+    }
+}
+
+/// `nod.io/recover-quorum: c1` on a cluster that lost its quorum: the
+/// member with the highest Raft index is chosen, restarted with the force
+/// flag (rendered for every pod, acted on by it alone), and once it leads
+/// alone the others are wiped and rejoin one at a time.
+#[tokio::test]
+async fn recover_quorum_forces_the_most_advanced_member_then_rejoins_the_rest() {
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let mut nod = FakeNod {
+        members: None,
+        indexes: vec![
+            ("http://demo-0:2379".into(), 40),
+            ("http://demo-1:2379".into(), 42),
+        ],
+        ..Default::default()
+    };
+    let mut nc = cluster(json!({"replicas": 3}));
+    nc.metadata.annotations =
+        Some([("nod.io/recover-quorum".to_string(), "c1".to_string())].into());
+    cluster_status(&mut nc, json!({"bootstrapExpect": 3, "clusterId": "c1"}));
+    let hash = nod_operator::render::template_hash(&nc);
+    let force_args = |sts: &Value| {
+        args(sts)
+            .into_iter()
+            .filter(|a| a.starts_with("--force-new-cluster"))
+            .collect::<Vec<_>>()
+    };
+
+    // 1: survey; demo-1 holds the most of the log; nothing restarts yet.
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn({
+        let hash = hash.clone();
+        async move {
+            expect_running_members(&mut h, 3, &hash).await;
+            let sts = expect_objects(&mut h, 3).await;
+            (sts, expect_status(&mut h, &original).await, h)
+        }
+    });
+    reconcile(Arc::new(nc.clone()), context(client.clone(), nod.clone()))
+        .await
+        .unwrap();
+    let (sts, written, mut h) = server.await.unwrap();
+    assert!(force_args(&sts).is_empty());
+    let status = written["status"].clone();
+    let rec = status["recovery"].clone();
+    assert_eq!(rec["survivor"], "demo-1", "{status}");
+    assert_eq!(rec["raftIndex"], 42);
+    assert_eq!(rec["stage"], "Forcing");
+    assert_eq!(status["phase"], "Recovering");
+    let id = rec["id"].as_str().unwrap().to_string();
+
+    // 2: the template carries the flag; the survivor's pod restarts.
+    cluster_status(&mut nc, status);
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn({
+        let hash = hash.clone();
+        async move {
+            expect_running_members(&mut h, 3, &hash).await;
+            let sts = expect_objects(&mut h, 3).await;
+            expect(
+                &mut h,
+                "DELETE",
+                "/api/v1/namespaces/default/pods/demo-1",
+                |_| (200, ready_pod(1, "x")),
+            )
+            .await;
+            (sts, expect_status(&mut h, &original).await, h)
+        }
+    });
+    reconcile(Arc::new(nc.clone()), context(client.clone(), nod.clone()))
+        .await
+        .unwrap();
+    let (sts, written, mut h) = server.await.unwrap();
+    assert_eq!(
+        force_args(&sts),
+        [format!("--force-new-cluster-once=demo-1:{id}")]
+    );
+    assert_eq!(
+        nod_operator::render::template_hash(&nc),
+        hash,
+        "no roll for the flag"
+    );
+    let status = written["status"].clone();
+    assert_eq!(status["recovery"]["restarted"], true);
+
+    // 3: demo-1 leads alone: the flag goes, the others rejoin.
+    nod.members = Some(vec![MemberView {
+        id: 101,
+        name: "demo-1".into(),
+        learner: false,
+        leader: true,
+        healthy: true,
+        lag: 0,
+        matched: 42,
+    }]);
+    cluster_status(&mut nc, status);
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn({
+        let hash = hash.clone();
+        async move {
+            expect_running_members(&mut h, 3, &hash).await;
+            expect_objects(&mut h, 3).await;
+            (expect_status(&mut h, &original).await, h)
+        }
+    });
+    reconcile(Arc::new(nc.clone()), context(client.clone(), nod.clone()))
+        .await
+        .unwrap();
+    let (written, mut h) = server.await.unwrap();
+    let status = written["status"].clone();
+    assert_eq!(status["recovery"]["stage"], "Rejoining", "{status}");
+
+    // 4: demo-0 first: marked removed, and the planner wipes and restarts it.
+    cluster_status(&mut nc, status);
+    let original = serde_json::to_value(&nc).unwrap();
+    let server = tokio::spawn(async move {
+        expect_running_members(&mut h, 3, &hash).await;
+        let sts = expect_objects(&mut h, 3).await;
+        assert!(force_args(&sts).is_empty(), "{:?}", force_args(&sts));
+        expect(
+            &mut h,
+            "DELETE",
+            "/api/v1/namespaces/default/persistentvolumeclaims/data-demo-0",
+            |_| (200, claim(0)),
+        )
+        .await;
+        expect(
+            &mut h,
+            "DELETE",
+            "/api/v1/namespaces/default/pods/demo-0",
+            |_| (200, ready_pod(0, "x")),
+        )
+        .await;
+        expect_status(&mut h, &original).await
+    });
+    reconcile(Arc::new(nc), context(client, nod.clone()))
+        .await
+        .unwrap();
+    let status = server.await.unwrap()["status"].clone();
+    assert_eq!(status["recovery"]["stage"], "Rejoining");
+    assert!(
+        status.get("removedMembers").is_none(),
+        "replaced, so no longer pending: {status}"
+    );
+    let calls = nod.calls.lock().unwrap().clone();
+    assert!(
+        calls.contains(&"member-status http://demo-1:2379".to_string()),
+        "{calls:?}"
+    );
 }

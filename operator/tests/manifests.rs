@@ -128,6 +128,7 @@ fn every_rendered_object_passes_the_kubernetes_schemas() {
                     replicas: n + 1,
                     founding: None,
                     claim: None,
+                    force: None,
                 },
                 None,
             ),

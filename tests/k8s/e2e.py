@@ -458,6 +458,60 @@ def scenario_quorum_loss():
     say("members back: 3/3 Running, data intact, writes accepted")
 
 
+def scenario_quorum_recovery():
+    """Two of three members lost for good: nod.io/recover-quorum forces the survivor, the others rejoin empty one at a time; data and cluster id kept."""
+    ensure_example()
+    running("example", 3)
+    svc = client_ip("example")
+    before = status("example")
+    etcdctl(f"{svc}:2379", "put", "before-recovery", "1")
+    victims = ["example-1", "example-2"]
+    try:
+        for v in victims:
+            hold_down("default", v)
+        wait_until("QuorumLost", lambda: status("example").get("phase") == "QuorumLost", timeout=120)
+        # A wrong id is refused.
+        kubectl("annotate", "nodcluster/example", "nod.io/recover-quorum=not-this-one")
+        wait_until("the refusal in SpecApplied", lambda: condition_mentioning("example", "RecoveryRefused"),
+                   timeout=60)
+        if status("example").get("recovery"):
+            raise Failed("a recovery started for another cluster id")
+        kubectl("annotate", "--overwrite", "nodcluster/example",
+                f"nod.io/recover-quorum={before['clusterId']}")
+        st = wait_until("the survivor to lead alone", lambda: (lambda s: s.get("recovery", {}).get("stage")
+                        == "Rejoining" and s)(status("example")), timeout=180)
+        if st["recovery"]["survivor"] != "example-0":
+            raise Failed(f"survivor {st['recovery']['survivor']}, but only example-0 answered")
+        ip = pod_ip(pods("example")["example-0"])
+        got = etcdctl(f"{ip}:2379", "get", "before-recovery", "--print-value-only").strip()
+        if got != "1":
+            raise Failed(f"the survivor lost before-recovery: {got!r}")
+        etcdctl(f"{ip}:2379", "put", "during-recovery", "1")
+        say(f"example-0 leads alone at raft index {st['recovery']['raftIndex']}; writes accepted")
+    finally:
+        # Replacement machines: the held pods may run again (empty once
+        # the operator has wiped them).
+        for v in victims:
+            release("default", v)
+    wait_until("the recovery to finish", lambda: not status("example").get("recovery")
+               and status("example").get("phase") == "Running", timeout=300)
+    running("example", 3)
+    one_cluster("example", 3)
+    after = status("example")
+    if after.get("clusterId") != before["clusterId"]:
+        raise Failed(f"cluster id changed: {before['clusterId']} -> {after.get('clusterId')}")
+    if "nod.io/recover-quorum" in nodcluster("example")["metadata"].get("annotations", {}):
+        raise Failed("the annotation was not removed")
+    for k in ("before-recovery", "during-recovery"):
+        got = etcdctl(f"{svc}:2379", "get", k, "--print-value-only").strip()
+        if got != "1":
+            raise Failed(f"{k} after recovery: {got!r}")
+    for reason in ("RecoveryStarted", "RecoveryForced", "RecoveryRejoin", "Recovered"):
+        if not events_of("example", reason):
+            raise Failed(f"no {reason} Event")
+    say("3/3 Running again, same cluster id, every key kept")
+
+
 def scenario_deletion():
     """Deleting a NodCluster removes its objects and follows storage.claimPolicy; no finalizer wedges it without the operator."""
     ensure_example()
@@ -981,7 +1035,7 @@ def hibernate_and_resume(name, svc):
 
 
 def scenario_backup():
-    """spec.backup to S3 (moto): a scheduled full and segments in status, verified with nod backup verify; a new 3-member NodCluster restored at a revision (HashKV equal); hibernate (backup first) and resume; S3 stopped: BackupSucceeded False with an Event."""
+    """spec.backup to S3 (moto): a scheduled full and segments in status, verified with nod backup verify; an on-demand backup by annotation; a new 3-member NodCluster restored at a revision (HashKV equal); hibernate (backup first) and resume; S3 stopped: BackupSucceeded False with an Event."""
     ensure_example()
     s3 = S3()
     name, bucket = "backed", "nod-backups"
@@ -1049,10 +1103,26 @@ def scenario_backup():
         if not events_of(name, "BackupSucceeded"):
             raise Failed("no BackupSucceeded Event")
 
+        # On demand: an annotation value asks for one full now.
+        kubectl("annotate", f"nodcluster/{name}", "nod.io/backup-now=e2e-1")
+        taken = wait_until("the on-demand backup", lambda: status(name).get("backup", {})
+                           .get("onDemand", {}).get("taken"), timeout=120)
+        if f"e2e/{taken['chain']}/manifest.json" not in s3.keys(bucket, "e2e/"):
+            raise Failed(f"the on-demand backup {taken['chain']} is not in the bucket")
+        if not events_of(name, "BackupTaken"):
+            raise Failed("no BackupTaken Event")
+        say(f"on demand: {taken['chain']} at revision {taken['revision']}")
+
         restore_into_a_new_cluster(name, bucket, st, svc)
         hibernate_and_resume(name, svc)
 
-        # S3 goes away: the next segment (or full) fails, and status says so.
+        # Backing up again after the resume, then S3 goes away: the next
+        # segment (or full) fails, and status says so.
+        def succeeding():
+            ok = next((c for c in status(name).get("conditions", []) if c["type"] == "BackupSucceeded"), None)
+            return ok and ok["status"] == "True"
+        wait_until("BackupSucceeded after resuming", succeeding, timeout=150)
+        stopped_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         s3.stop()
         for i in range(5):
             etcdctl(f"{svc}:2379", "put", f"after{i}", "x")
@@ -1060,7 +1130,10 @@ def scenario_backup():
         def failing():
             st = status(name)
             ok = next((c for c in st.get("conditions", []) if c["type"] == "BackupSucceeded"), None)
-            return ok and ok["status"] == "False" and ok["reason"] == "BackupFailed" and ok
+            failure = st.get("backup", {}).get("lastFailure", {})
+            # A failure since S3 stopped (ISO times compare as strings).
+            return (ok and ok["status"] == "False" and ok["reason"] == "BackupFailed"
+                    and failure.get("time", "") >= stopped_at and ok)
         c = wait_until("BackupSucceeded to turn False", failing, timeout=150)
         say(f"BackupSucceeded False: {c['message'][:120]}")
         wait_until("a BackupFailed Event", lambda: events_of(name, "BackupFailed"), timeout=60)
@@ -1086,6 +1159,7 @@ SCENARIOS = [
     ("deletion", scenario_deletion),
     ("security", scenario_security),
     ("backup", scenario_backup),
+    ("quorum-recovery", scenario_quorum_recovery),
 ]
 CORE = ["install", "scale-up-from-one", "pod-deletion", "security"]
 

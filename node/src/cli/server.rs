@@ -107,6 +107,17 @@ pub struct ServerFlags {
         action = clap::ArgAction::Set
     )]
     pub force_new_cluster: bool,
+    /// As --force-new-cluster, for an operator that renders one flag for
+    /// every member: only the member named MEMBER forces, and only once
+    /// per ID (recorded in the data directory), so a restart with the same
+    /// flag starts normally; a new ID forces again.
+    #[arg(
+        long,
+        value_name = "MEMBER:ID",
+        env = "NOD_FORCE_NEW_CLUSTER_ONCE",
+        conflicts_with = "force_new_cluster"
+    )]
+    pub force_new_cluster_once: Option<String>,
     /// Found this member's data from a backup (see `nod backup`) when its
     /// data directory does not exist yet: a member of a cluster restored
     /// from DEST, with --initial-cluster, the token and the peer URL as
@@ -488,6 +499,16 @@ pub fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
     cfg.max_txn_ops = f.max_txn_ops;
     cfg.initial_corrupt_check = f.initial_corrupt_check;
     cfg.force_new_cluster = f.force_new_cluster;
+    if let Some(once) = &f.force_new_cluster_once {
+        let (member, id) = once
+            .split_once(':')
+            .filter(|(m, id)| !m.is_empty() && !id.is_empty())
+            .ok_or_else(|| format!("--force-new-cluster-once is MEMBER:ID, not {once:?}"))?;
+        if member == cfg.name {
+            cfg.force_new_cluster = true;
+            cfg.force_once_id = Some(id.to_string());
+        }
+    }
     cfg.corrupt_check_time =
         crate::auth::jwt::go_duration(&f.corrupt_check_time).ok_or_else(|| {
             format!(

@@ -121,6 +121,10 @@ pub struct ServerConfig {
     /// Start as the only member of this member's cluster, removing all the
     /// others (`--force-new-cluster`, after a quorum is lost for good).
     pub force_new_cluster: bool,
+    /// With `force_new_cluster`: force only if no earlier force recorded
+    /// this id (`--force-new-cluster-once`); a restart with it starts
+    /// normally.
+    pub force_once_id: Option<String>,
     pub request_timeout: Duration,
     pub snapshot_count: u64,
     pub progress_notify_interval: Duration,
@@ -170,6 +174,7 @@ impl ServerConfig {
             initial_corrupt_check: false,
             corrupt_check_time: Duration::ZERO,
             force_new_cluster: false,
+            force_once_id: None,
             request_timeout: Duration::from_secs(7),
             snapshot_count: 10_000,
             progress_notify_interval: Duration::from_secs(600),
@@ -426,6 +431,9 @@ struct ForcedRecord {
     /// The commit index the force wrote.
     index: u64,
     removed: Vec<String>,
+    /// The `--force-new-cluster-once` id it was made for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    once: Option<String>,
 }
 
 /// `--force-new-cluster`: the log's configuration becomes this member alone
@@ -442,7 +450,17 @@ fn force_if_asked(cfg: &ServerConfig, log: &mut LogStore, me: u64) -> Result<(),
         return Ok(());
     }
     let alone = ConfState::with_voters([NodeId(me)]);
-    if let Some(record) = earlier {
+    if let Some(id) = &cfg.force_once_id {
+        if earlier.as_ref().and_then(|r| r.once.as_ref()) == Some(id) {
+            tracing::info!(
+                once = %id,
+                "--force-new-cluster-once: already forced for this id; starting normally"
+            );
+            return Ok(());
+        }
+        // A new id is a new, deliberate force (the operator's recovery
+        // from a new loss of quorum).
+    } else if let Some(record) = earlier {
         let conf = crate::driver::current_conf(log).map_err(|e| storage(&e))?;
         if conf != alone {
             return Err(ServerError::Config(format!(
@@ -471,18 +489,21 @@ fn force_if_asked(cfg: &ServerConfig, log: &mut LogStore, me: u64) -> Result<(),
                 &ForcedRecord {
                     index: f.commit.0,
                     removed,
+                    once: cfg.force_once_id.clone(),
                 },
             )?;
         }
         Ok(None) => {
             tracing::info!("--force-new-cluster: this member already is the only one");
-            if !cfg.data_dir.join(FORCED_FILE).exists() {
+            // With an id, recorded again: a restart with it must not force.
+            if !cfg.data_dir.join(FORCED_FILE).exists() || cfg.force_once_id.is_some() {
                 identity::write_json(
                     &cfg.data_dir,
                     FORCED_FILE,
                     &ForcedRecord {
                         index: log.last_index().map_err(|e| storage(&e))?.0,
                         removed: Vec::new(),
+                        once: cfg.force_once_id.clone(),
                     },
                 )?;
             }
