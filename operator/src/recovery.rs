@@ -151,12 +151,18 @@ pub(crate) async fn reconcile<A: ClusterApi>(
             return;
         };
         let endpoints = (ctx.endpoints)(nc, replicas);
+        // Status needs no login (and a login may need the leader that is
+        // missing): the TLS client certificate only.
+        let anonymous = Target {
+            credentials: None,
+            ..target.clone()
+        };
         let mut answers = Vec::new();
         for (i, (pod, ep)) in pods.iter().zip(&endpoints).enumerate() {
             answers.push((
                 pod.clone(),
                 i as i32,
-                ctx.api.member_status(target, ep).await,
+                ctx.api.member_status(&anonymous, ep).await,
             ));
         }
         let (survivor, index) = match choose_survivor(&answers, cluster_id) {
