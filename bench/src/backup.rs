@@ -5,7 +5,7 @@
 //! started as a one-member cluster until it serves every key. Wall time,
 //! peak resident set (VmHWM, sampled every 20 ms) and sizes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,18 +31,10 @@ fn timed(bin: &Path, args: &[&str]) -> Result<Cost, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("{}: {e}", bin.display()))?;
-    let status_file = format!("/proc/{}/status", child.id());
     let mut peak = 0u64;
     let status = loop {
-        if let Ok(st) = std::fs::read_to_string(&status_file) {
-            if let Some(kb) = st
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                peak = peak.max(kb * 1024);
-            }
+        if let Some(b) = cluster::peak_rss_of(child.id()) {
+            peak = peak.max(b);
         }
         match child.try_wait() {
             Ok(Some(s)) => break s,
@@ -70,13 +62,6 @@ fn timed(bin: &Path, args: &[&str]) -> Result<Cost, String> {
 
 fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
 }
 
 /// Counts the keys a member serves (`count_only` over the benchmark's keys).
@@ -149,8 +134,8 @@ pub async fn run(
     let verify = timed(bin, &["backup", "verify", "--dest", &dest_s])?;
     source.stop();
 
-    let port = free_port();
-    let peer = free_port();
+    let port = cluster::free_port();
+    let peer = cluster::free_port();
     let data = dir.join("restored");
     let data_s = data.to_string_lossy().into_owned();
     let initial = format!("r1=http://127.0.0.1:{peer}");
@@ -246,12 +231,4 @@ pub async fn run(
     println!("| restored member start to serving all {served} keys | {serving:.1} s | | |");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
-}
-
-/// The default place for the data (a real disk).
-pub fn data_root(given: Option<PathBuf>) -> PathBuf {
-    given.unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
-            .join(".cache/nod/bench")
-    })
 }

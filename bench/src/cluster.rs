@@ -48,7 +48,7 @@ pub struct Cluster {
     access: Access,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -237,16 +237,9 @@ impl Cluster {
         self.servers
             .iter()
             .filter_map(|s| s.child.as_ref())
-            .filter_map(|c| std::fs::read_to_string(format!("/proc/{}/status", c.id())).ok())
-            .filter_map(|st| {
-                st.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse::<u64>().ok())
-            })
+            .filter_map(|c| peak_rss_of(c.id()))
             .max()
             .unwrap_or(0)
-            * 1024
     }
 
     /// Bytes on disk in the first member's data folder.
@@ -350,6 +343,17 @@ pub fn fdatasync_latency(dir: &Path, rounds: usize) -> Result<(f64, f64), String
         hist.value_at_quantile(0.5) as f64,
         hist.value_at_quantile(0.99) as f64,
     ))
+}
+
+/// A running process's peak resident set, in bytes (VmHWM).
+pub fn peak_rss_of(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
 }
 
 /// The bytes of every file under `dir`, a file with several hard links

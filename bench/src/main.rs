@@ -512,6 +512,33 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem} RAM")
 }
 
+/// The nod binary: the one given, else the one next to this binary.
+fn nod_binary(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    let bin = match given {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("nod"),
+    };
+    if !bin.exists() {
+        return Err(format!(
+            "no nod binary at {} (build it: cargo build --release --bin nod)",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+/// Where the clusters keep their data (a real disk, not tmpfs), created.
+fn data_root_dir(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    let root = given.unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+            .join(".cache/nod/bench")
+    });
+    std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    Ok(root)
+}
+
 async fn run(args: RunArgs) -> Result<(), String> {
     let RunArgs {
         mode,
@@ -522,23 +549,8 @@ async fn run(args: RunArgs) -> Result<(), String> {
         font,
         plain_only,
     } = args;
-    let nod_bin = match nod_bin {
-        Some(p) => p,
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("nod"),
-    };
-    if !nod_bin.exists() {
-        return Err(format!(
-            "no nod binary at {} (build it: cargo build --release --bin nod)",
-            nod_bin.display()
-        ));
-    }
-    let data_root = data_root.unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
-            .join(".cache/nod/bench")
-    });
-    std::fs::create_dir_all(&data_root).map_err(|e| format!("{}: {e}", data_root.display()))?;
+    let nod_bin = nod_binary(nod_bin)?;
+    let data_root = data_root_dir(data_root)?;
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let fdatasync = cluster::fdatasync_latency(&data_root, 500)?;
     eprintln!(
@@ -641,14 +653,8 @@ fn main() -> ExitCode {
                 data_root,
                 nod_bin,
             } => {
-                let bin = match nod_bin {
-                    Some(p) => p,
-                    None => std::env::current_exe()
-                        .map_err(|e| e.to_string())?
-                        .with_file_name("nod"),
-                };
-                let root = backup::data_root(data_root);
-                std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+                let bin = nod_binary(nod_bin)?;
+                let root = data_root_dir(data_root)?;
                 backup::run(&bin, &root, keys, value_size, !constant_values).await
             }
             Cmd::Load {

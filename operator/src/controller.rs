@@ -701,10 +701,7 @@ async fn observe_and_act<A: ClusterApi>(
     status.backup =
         crate::backup::reconcile(nc, ctx, status.backup.as_ref(), hibernated, findings).await;
 
-    let quorum_lost = status.cluster_id.is_some()
-        && health.is_none()
-        && nc.spec.replicas > 0
-        && status.hibernated_replicas.is_none();
+    let quorum_lost = quorum_lost(nc, status, health.is_some());
     crate::recovery::reconcile(
         nc,
         ctx,
@@ -1174,6 +1171,15 @@ pub fn quantity_bytes(q: &str) -> Option<u128> {
 }
 
 /// Status from what the reconcile observed and met.
+/// A founded cluster that no leader answers for, when it is neither
+/// hibernated nor coming back from it.
+fn quorum_lost(nc: &NodCluster, status: &NodClusterStatus, leader_answered: bool) -> bool {
+    status.cluster_id.is_some()
+        && !leader_answered
+        && nc.spec.replicas > 0
+        && status.hibernated_replicas.is_none()
+}
+
 fn fill_status(
     status: &mut NodClusterStatus,
     nc: &NodCluster,
@@ -1189,10 +1195,9 @@ fn fill_status(
     let pods = &seen.pods;
     let step = &seen.step;
     let replicas = seen.replicas_now;
-    let founded = status.cluster_id.is_some();
     let hibernating = nc.spec.replicas == 0;
     let resuming = !hibernating && status.hibernated_replicas.is_some();
-    let quorum_lost = founded && seen.health.is_none() && !hibernating && !resuming;
+    let quorum_lost = quorum_lost(nc, status, seen.health.is_some());
     status.replicas = replicas;
     status.ready_replicas = pods.iter().filter(|p| p.ready && !p.terminating).count() as i32;
     status.ready = Some(format!("{}/{}", status.ready_replicas, nc.spec.replicas));

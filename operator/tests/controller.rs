@@ -1401,6 +1401,22 @@ async fn tls_cannot_be_turned_on_under_a_running_cluster() {
     );
 }
 
+/// The backup agent's objects, applied after the cluster's when
+/// `spec.backup` is set.
+const AGENT_OBJECTS: [&str; 3] = [
+    "/apis/apps/v1/namespaces/default/deployments/demo-backup",
+    "/api/v1/namespaces/default/services/demo-backup",
+    "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo-backup",
+];
+
+/// The agent's objects applied; returns its Deployment and NetworkPolicy.
+async fn expect_agent_applied(h: &mut Handle) -> (Value, Value) {
+    let agent = expect(h, "PATCH", AGENT_OBJECTS[0], echo).await;
+    expect(h, "PATCH", AGENT_OBJECTS[1], echo).await;
+    let np = expect(h, "PATCH", AGENT_OBJECTS[2], echo).await;
+    (agent, np)
+}
+
 /// `spec.backup`: the agent's Deployment, Service and NetworkPolicy are
 /// applied after the cluster's objects, its status becomes `status.backup`
 /// and the `BackupSucceeded` / `BackupStale` conditions; a later failure
@@ -1452,27 +1468,7 @@ async fn backups_run_an_agent_whose_status_becomes_the_clusters() {
         async move {
             expect_running_members(&mut h, 1, &hash).await;
             expect_objects(&mut h, 1).await;
-            let agent = expect(
-                &mut h,
-                "PATCH",
-                "/apis/apps/v1/namespaces/default/deployments/demo-backup",
-                echo,
-            )
-            .await;
-            expect(
-                &mut h,
-                "PATCH",
-                "/api/v1/namespaces/default/services/demo-backup",
-                echo,
-            )
-            .await;
-            let np = expect(
-                &mut h,
-                "PATCH",
-                "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo-backup",
-                echo,
-            )
-            .await;
+            let (agent, np) = expect_agent_applied(&mut h).await;
             (agent, np, expect_status(&mut h, &original).await, h)
         }
     });
@@ -1535,13 +1531,7 @@ async fn backups_run_an_agent_whose_status_becomes_the_clusters() {
         async move {
             expect_running_members(&mut h, 1, &hash).await;
             expect_objects(&mut h, 1).await;
-            for path in [
-                "/apis/apps/v1/namespaces/default/deployments/demo-backup",
-                "/api/v1/namespaces/default/services/demo-backup",
-                "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo-backup",
-            ] {
-                expect(&mut h, "PATCH", path, echo).await;
-            }
+            expect_agent_applied(&mut h).await;
             (expect_status(&mut h, &original).await, h)
         }
     });
@@ -1566,11 +1556,7 @@ async fn backups_run_an_agent_whose_status_becomes_the_clusters() {
     let server = tokio::spawn(async move {
         expect_running_members(&mut h, 1, &hash).await;
         expect_objects(&mut h, 1).await;
-        for path in [
-            "/apis/apps/v1/namespaces/default/deployments/demo-backup",
-            "/api/v1/namespaces/default/services/demo-backup",
-            "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo-backup",
-        ] {
+        for path in AGENT_OBJECTS {
             expect(&mut h, "DELETE", path, |_| (200, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}))).await;
         }
         expect_status(&mut h, &original).await
@@ -1606,11 +1592,6 @@ async fn replicas_zero_backs_up_then_hibernates_without_touching_raft() {
     }));
     cluster_status(&mut nc, json!({"bootstrapExpect": 3, "clusterId": "c1"}));
     let hash = nod_operator::render::template_hash(&nc);
-    let agent_paths = [
-        "/apis/apps/v1/namespaces/default/deployments/demo-backup",
-        "/api/v1/namespaces/default/services/demo-backup",
-        "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo-backup",
-    ];
     // 1: the backup is asked for; nothing stops yet.
     let original = serde_json::to_value(&nc).unwrap();
     let server = tokio::spawn({
@@ -1618,14 +1599,11 @@ async fn replicas_zero_backs_up_then_hibernates_without_touching_raft() {
         async move {
             expect_running_members(&mut h, 3, &hash).await;
             expect_objects(&mut h, 3).await;
-            let agent = expect(&mut h, "PATCH", agent_paths[0], echo).await;
+            let (agent, _) = expect_agent_applied(&mut h).await;
             assert_eq!(
                 agent["spec"]["replicas"], 1,
                 "the agent runs to take the backup"
             );
-            for p in &agent_paths[1..] {
-                expect(&mut h, "PATCH", p, echo).await;
-            }
             (expect_status(&mut h, &original).await, h)
         }
     });
@@ -1654,9 +1632,7 @@ async fn replicas_zero_backs_up_then_hibernates_without_touching_raft() {
         async move {
             expect_running_members(&mut h, 3, &hash).await;
             expect_objects(&mut h, 3).await;
-            for p in agent_paths {
-                expect(&mut h, "PATCH", p, echo).await;
-            }
+            expect_agent_applied(&mut h).await;
             let sts = expect(
                 &mut h,
                 "PATCH",
@@ -1725,11 +1701,8 @@ async fn replicas_zero_backs_up_then_hibernates_without_touching_raft() {
             echo,
         )
         .await;
-        let agent = expect(&mut h, "PATCH", agent_paths[0], echo).await;
+        let (agent, _) = expect_agent_applied(&mut h).await;
         assert_eq!(agent["spec"]["replicas"], 0, "nothing to back up");
-        for p in &agent_paths[1..] {
-            expect(&mut h, "PATCH", p, echo).await;
-        }
         expect_status(&mut h, &original).await
     });
     reconcile(Arc::new(nc), context(client, nod.clone()))
@@ -1776,11 +1749,6 @@ async fn a_backup_now_annotation_asks_once_and_reports_the_backup() {
     nc.metadata.annotations = Some([("nod.io/backup-now".to_string(), "one".to_string())].into());
     cluster_status(&mut nc, json!({"bootstrapExpect": 1, "clusterId": "c1"}));
     let hash = nod_operator::render::template_hash(&nc);
-    let agent_paths = [
-        "/apis/apps/v1/namespaces/default/deployments/demo-backup",
-        "/api/v1/namespaces/default/services/demo-backup",
-        "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies/demo-backup",
-    ];
     for round in 0..3 {
         let original = serde_json::to_value(&nc).unwrap();
         let server = tokio::spawn({
@@ -1788,9 +1756,7 @@ async fn a_backup_now_annotation_asks_once_and_reports_the_backup() {
             async move {
                 expect_running_members(&mut h, 1, &hash).await;
                 expect_objects(&mut h, 1).await;
-                for p in agent_paths {
-                    expect(&mut h, "PATCH", p, echo).await;
-                }
+                expect_agent_applied(&mut h).await;
                 (expect_status(&mut h, &original).await, h)
             }
         });

@@ -963,6 +963,17 @@ def events_of(name, reason):
             if e.get("regarding", {}).get("name") == name and e.get("reason") == reason]
 
 
+def s3_destination(bucket):
+    """The `destination:` block (under backup or restore) naming moto's bucket."""
+    return f"""    destination:
+      s3:
+        bucket: {bucket}
+        prefix: e2e
+        endpoint: http://{S3_HOST}:{S3_PORT}
+        credentialsSecret: {{name: s3-keys}}
+"""
+
+
 def hashkv(endpoint, revision):
     out = json.loads(etcdctl(endpoint, "endpoint", "hashkv", f"--rev={revision}", "-w", "json"))
     return out[0]["HashKV"]["hash"]
@@ -977,13 +988,7 @@ def restore_into_a_new_cluster(source, bucket, st, svc):
     apply(cluster_yaml("restored", 3, extra=f"""  restore:
     revision: {revision}
     sourceClusterId: "{st['clusterId']}"
-    destination:
-      s3:
-        bucket: {bucket}
-        prefix: e2e
-        endpoint: http://{S3_HOST}:{S3_PORT}
-        credentialsSecret: {{name: s3-keys}}
-"""))
+{s3_destination(bucket)}"""))
     rst = running("restored", 3)
     if rst.get("clusterId") in (None, st["clusterId"]):
         raise Failed(f"the restored cluster's id {rst.get('clusterId')} is not a new one ({st['clusterId']})")
@@ -1048,13 +1053,7 @@ def scenario_backup():
     schedule: "*/1 * * * *"
     segmentMaxAgeSeconds: 5
     retention: {{count: 3}}
-    destination:
-      s3:
-        bucket: {bucket}
-        prefix: e2e
-        endpoint: http://{S3_HOST}:{S3_PORT}
-        credentialsSecret: {{name: s3-keys}}
-"""))
+{s3_destination(bucket)}"""))
         running(name, 1)
         svc = client_ip(name)
         for i in range(10):
