@@ -176,7 +176,7 @@ struct Point {
 async fn point(c: &mut Client, revision: i64) -> Point {
     Point {
         revision,
-        hash: c.hash_kv(revision).await.unwrap().hash,
+        hash: support::hash_kv_at(c, revision).await,
         kvs: all_at(c, revision).await,
         leases: leases(c).await,
     }

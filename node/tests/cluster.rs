@@ -164,8 +164,7 @@ async fn leader_failover_loses_no_acknowledged_write_and_a_restarted_node_catche
     let rev = r.header.unwrap().revision;
     let mut hashes = Vec::new();
     for m in &cluster.members {
-        let h = m.client().hash_kv(rev).await.unwrap();
-        hashes.push(h.hash);
+        hashes.push(support::hash_kv_at(&mut m.client(), rev).await);
     }
     assert!(
         hashes.windows(2).all(|w| w[0] == w[1]),
@@ -522,7 +521,7 @@ async fn sigterm_hands_leadership_over_and_exits_zero_and_data_survives_restart(
 }
 
 async fn hash_at(m: &Member, revision: i64) -> u32 {
-    m.client().hash_kv(revision).await.unwrap().hash
+    support::hash_kv_at(&mut m.client(), revision).await
 }
 
 async fn wait_for_revision(m: &Member, revision: i64) {

@@ -664,6 +664,22 @@ where
 }
 
 /// The leader's member id as `endpoints` report it, once they agree.
+/// HashKV at `revision` on whichever member `c` reaches. HashKV is local
+/// to a member (as in etcd): a member that has not yet applied `revision`
+/// answers OutOfRange ("future revision"), so this waits for it to catch up.
+pub async fn hash_kv_at(c: &mut Client, revision: i64) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.hash_kv(revision).await {
+            Ok(r) => return r.hash,
+            Err(e) if Instant::now() < deadline && e.to_string().contains("future revision") => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("HashKV at {revision}: {e}"),
+        }
+    }
+}
+
 pub async fn leader(endpoints: &[String]) -> u64 {
     leader_of(endpoints, |ep| {
         Client::connect(&[ep.to_string()], Duration::from_secs(2)).ok()
