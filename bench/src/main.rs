@@ -13,6 +13,7 @@
 
 mod backup;
 mod cluster;
+mod etcd_tool;
 mod report;
 mod security;
 mod workload;
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use cluster::{Cluster, System};
-use report::{Extras, Figures, Row};
+use report::{Extras, Figures, Row, ToolRow};
 use security::Security;
 use workload::{Access, Measured, Spec, Workload};
 
@@ -39,7 +40,8 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum Mode {
-    /// About 4 minutes (2 with `--plain-only`): short runs, a small data set.
+    /// Under 3 minutes with `--plain-only` and one etcd: short runs, 1 and
+    /// 256 clients, a small data set.
     Quick,
     /// Longer runs, 1M keys for the restart measurement.
     Full,
@@ -58,8 +60,21 @@ struct RunArgs {
     /// The nod binary (default: next to this one).
     #[arg(long)]
     nod_bin: Option<PathBuf>,
-    #[arg(long, default_value = "etcd")]
-    etcd_bin: PathBuf,
+    /// An etcd to compare with, as NAME=BINARY ("etcd 3.6.17=/path/etcd");
+    /// repeat for several versions, side by side (default: `etcd` on PATH).
+    #[arg(long = "etcd", value_name = "NAME=BINARY")]
+    etcds: Vec<String>,
+    /// The etcd the ratios divide by (a NAME of --etcd; default the first).
+    #[arg(long)]
+    reference: Option<String>,
+    /// etcd's own load tool (tools/benchmark): runs its cases against every
+    /// system first.
+    #[arg(long)]
+    etcd_benchmark: Option<PathBuf>,
+    /// Fail (exit 1) when Nod answered any request of the run with an
+    /// error, or a system measured no throughput in a row.
+    #[arg(long)]
+    strict: bool,
     /// A TrueType font for the chart's labels.
     #[arg(
         long,
@@ -263,6 +278,7 @@ struct Settings {
     watchers: usize,
     writes: usize,
     restart_keys: u64,
+    client_counts: &'static [usize],
 }
 
 impl Settings {
@@ -270,45 +286,85 @@ impl Settings {
         match mode {
             Mode::Quick => Settings {
                 secs: 1,
-                rounds: 3,
+                rounds: 2,
                 keyspace: 10_000,
                 watchers: 100,
                 writes: 100,
-                restart_keys: 100_000,
+                restart_keys: 20_000,
+                client_counts: &[1, 256],
             },
             Mode::Full => Settings {
-                secs: 5,
-                rounds: 5,
+                secs: 3,
+                rounds: 3,
                 keyspace: 100_000,
                 watchers: 1000,
                 writes: 1000,
                 restart_keys: 1_000_000,
+                client_counts: &[1, 16, 256],
             },
         }
     }
 }
 
-/// Starts `system`'s cluster, plain or (with `security`) with client and
+/// A system under test: Nod, or one etcd build.
+#[derive(Clone)]
+struct Target {
+    system: System,
+    /// Its name in the report ("Nod", "etcd 3.6.17").
+    name: String,
+    bin: PathBuf,
+}
+
+impl Target {
+    /// `NAME=BINARY`; a bare BINARY is named `etcd`.
+    fn etcd(spec: &str) -> Result<Target, String> {
+        let (name, bin) = match spec.split_once('=') {
+            Some((n, b)) if !n.trim().is_empty() && !b.is_empty() => (n.trim(), b),
+            Some(_) => return Err(format!("--etcd {spec:?}: expected NAME=BINARY")),
+            None => ("etcd", spec),
+        };
+        Ok(Target {
+            system: System::Etcd,
+            name: name.to_string(),
+            bin: PathBuf::from(bin),
+        })
+    }
+
+    /// A directory name for its data.
+    fn dir_name(&self) -> String {
+        self.name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect()
+    }
+}
+
+/// Starts `target`'s cluster, plain or (with `security`) with client and
 /// peer TLS and authentication on, and loads the workloads' keys.
 async fn start(
-    system: System,
-    bin: &std::path::Path,
+    target: &Target,
     root: &std::path::Path,
     keyspace: u64,
     security: Option<&Security>,
 ) -> Result<Running, String> {
     let label = match security {
-        None => system.name().to_string(),
-        Some(_) => format!("{} TLS + auth", system.name()),
+        None => target.name.clone(),
+        Some(_) => format!("{} TLS + auth", target.name),
     };
     let dir = root.join(match security {
-        None => system.name().to_string(),
-        Some(_) => format!("{}-tls", system.name()),
+        None => target.dir_name(),
+        Some(_) => format!("{}-tls", target.dir_name()),
     });
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     eprintln!("[{label}] starting 3 members in {}", dir.display());
-    let cluster = Cluster::start(system, bin, &dir, security)?;
+    let cluster = Cluster::start(target.system, &target.bin, &dir, security)?;
     cluster.wait_ready(Duration::from_secs(60)).await?;
     let mut access = cluster.access().clone();
     if security.is_some() {
@@ -430,7 +486,7 @@ async fn bench_all(
 ) -> Result<Vec<(String, usize, Vec<Figures>)>, String> {
     let mut rows = Vec::new();
     for w in Workload::ALL {
-        for clients in [1usize, 16, 256] {
+        for &clients in set.client_counts {
             let spec = Spec {
                 workload: w,
                 clients,
@@ -539,19 +595,152 @@ fn data_root_dir(given: Option<PathBuf>) -> Result<PathBuf, String> {
     Ok(root)
 }
 
+/// Writes etcd's tool's range key (256 bytes) on a system.
+async fn put_range_key(r: &Running) -> Result<(), String> {
+    use nod_proto::etcd::etcdserverpb::kv_client::KvClient;
+    use nod_proto::etcd::etcdserverpb::PutRequest;
+    let ch = workload::connect(&r.endpoints, 1, &r.access).await?;
+    KvClient::new(ch[0].clone())
+        .put(PutRequest {
+            key: etcd_tool::RANGE_KEY.as_bytes().to_vec(),
+            value: vec![b'v'; 256],
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("[{}] put {}: {e}", r.name(), etcd_tool::RANGE_KEY))?;
+    Ok(())
+}
+
+/// Every case of etcd's tool on every (plain) system, `rounds` times in
+/// turn, the order reversed every other round; each figure is the median
+/// over the rounds.
+async fn tool_all(
+    systems: &[&Running],
+    tool: &etcd_tool::Tool,
+    quick: bool,
+    rounds: usize,
+) -> Result<Vec<ToolRow>, String> {
+    for r in systems {
+        put_range_key(r).await?;
+    }
+    let mut rows = Vec::new();
+    for case in etcd_tool::cases(quick) {
+        let mut runs: Vec<Vec<etcd_tool::Summary>> = vec![Vec::new(); systems.len()];
+        for i in 0..rounds {
+            let mut order: Vec<usize> = (0..systems.len()).collect();
+            if i % 2 == 1 {
+                order.reverse();
+            }
+            for s in order {
+                let r = systems[s];
+                let sum = tool
+                    .run(&case, &r.endpoints)
+                    .map_err(|e| format!("[{}] {e}", r.name()))?;
+                eprintln!(
+                    "[{}] etcd benchmark {} ×{}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                    r.name(),
+                    case.name,
+                    case.clients,
+                    sum.rps,
+                    sum.p50,
+                    sum.p99,
+                    sum.errors
+                );
+                runs[s].push(sum);
+            }
+        }
+        rows.push(ToolRow {
+            case: case.name.to_string(),
+            clients: case.clients,
+            conns: case.conns,
+            leader_only: case.leader_only,
+            total: case.total,
+            watch: case.watch,
+            sums: runs.iter().map(|v| etcd_tool::median(v)).collect(),
+        });
+    }
+    Ok(rows)
+}
+
+/// What `--strict` refuses: a Nod error, or a row where a system measured
+/// nothing.
+fn strict_failures(rows: &[Row], tool: &[ToolRow], names: &[String]) -> Vec<String> {
+    // (row label, Nod's errors, every system's rate)
+    let ours = rows.iter().map(|r| {
+        (
+            format!("{} ×{}", r.workload, r.clients),
+            r.figs[0].errors,
+            r.figs.iter().map(|f| f.throughput).collect::<Vec<_>>(),
+        )
+    });
+    let theirs = tool.iter().map(|r| {
+        (
+            format!("etcd benchmark {} ×{}", r.case, r.clients),
+            r.sums[0].errors,
+            r.sums.iter().map(|f| f.rps).collect(),
+        )
+    });
+    let mut bad = Vec::new();
+    for (label, nod_errors, rates) in ours.chain(theirs) {
+        if nod_errors > 0 {
+            bad.push(format!("{label}: Nod answered {nod_errors} errors"));
+        }
+        for (rate, n) in rates.iter().zip(names) {
+            if *rate <= 0.0 {
+                bad.push(format!("{label}: {n} measured nothing"));
+            }
+        }
+    }
+    bad
+}
+
 async fn run(args: RunArgs) -> Result<(), String> {
     let RunArgs {
         mode,
         out,
         data_root,
         nod_bin,
-        etcd_bin,
+        etcds,
+        reference,
+        etcd_benchmark,
+        strict,
         font,
         plain_only,
     } = args;
-    let nod_bin = nod_binary(nod_bin)?;
+    let nod = Target {
+        system: System::Nod,
+        name: "Nod".into(),
+        bin: nod_binary(nod_bin)?,
+    };
+    let etcds = if etcds.is_empty() {
+        vec![Target::etcd("etcd")?]
+    } else {
+        etcds
+            .iter()
+            .map(|e| Target::etcd(e))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let mut targets = vec![nod];
+    targets.extend(etcds);
+    let names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    if names.iter().collect::<std::collections::HashSet<_>>().len() != names.len() {
+        return Err(format!("two systems share a name: {names:?}"));
+    }
+    let reference = match &reference {
+        None => 1,
+        Some(r) => names
+            .iter()
+            .position(|n| n == r && n != "Nod")
+            .ok_or_else(|| format!("--reference {r:?} is no --etcd NAME (have {names:?})"))?,
+    };
+    let tool = etcd_benchmark
+        .as_deref()
+        .map(etcd_tool::Tool::new)
+        .transpose()?;
     let data_root = data_root_dir(data_root)?;
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let t0 = std::time::Instant::now();
+    let phase = |what: &str| eprintln!("bench: {what} at {:.0} s", t0.elapsed().as_secs_f64());
     let fdatasync = cluster::fdatasync_latency(&data_root, 500)?;
     eprintln!(
         "fdatasync in {}: p50 {:.0} µs, p99 {:.0} µs",
@@ -560,71 +749,101 @@ async fn run(args: RunArgs) -> Result<(), String> {
         fdatasync.1
     );
     let set = Settings::of(mode);
-    let nod = start(System::Nod, &nod_bin, &data_root, set.keyspace, None).await?;
-    let etcd = start(System::Etcd, &etcd_bin, &data_root, set.keyspace, None).await?;
-    // With TLS + auth, both systems a second time, secured, side by side
-    // with the plain ones: each workload's rounds alternate over all four,
-    // so the plain and secured figures of one system share the machine's
-    // state and their ratio is what TLS + auth costs, not a drift between
-    // two runs minutes apart.
+    let mut plain = Vec::new();
+    for t in &targets {
+        plain.push(start(t, &data_root, set.keyspace, None).await?);
+    }
+    // With TLS + auth, Nod and the reference a second time, secured, side
+    // by side with the plain ones: each workload's rounds alternate over
+    // every cluster, so the plain and secured figures of one system share
+    // the machine's state and their ratio is what TLS + auth costs, not a
+    // drift between two runs minutes apart.
     let mut secured = Vec::new();
     if !plain_only {
         let security = Security::create(&data_root.join("tls"))?;
-        for (system, bin) in [(System::Nod, &nod_bin), (System::Etcd, &etcd_bin)] {
-            secured.push(start(system, bin, &data_root, set.keyspace, Some(&security)).await?);
+        for t in [&targets[0], &targets[reference]] {
+            secured.push(start(t, &data_root, set.keyspace, Some(&security)).await?);
         }
     }
-    let mut running = vec![&nod, &etcd];
+    phase("clusters up and loaded");
+    let tool_rounds = if mode == Mode::Full { 3 } else { 1 };
+    let tool_rows = match &tool {
+        Some(tool) => {
+            let systems: Vec<&Running> = plain.iter().collect();
+            tool_all(&systems, tool, mode == Mode::Quick, tool_rounds).await?
+        }
+        None => Vec::new(),
+    };
+    phase("etcd's tool done");
+    let mut running: Vec<&Running> = plain.iter().collect();
     running.extend(secured.iter());
+    let k = plain.len();
     let mut rows = Vec::new();
     let mut secure_rows = Vec::new();
     for (workload, clients, figs) in bench_all(&running, &set).await? {
-        let row = |n: usize| Row {
-            workload: workload.clone(),
-            clients,
-            nod: figs[n],
-            etcd: figs[n + 1],
-        };
-        rows.push(row(0));
-        if figs.len() == 4 {
-            secure_rows.push(row(2));
+        if figs.len() == k + 2 {
+            secure_rows.push(Row {
+                workload: workload.clone(),
+                clients,
+                figs: figs[k..].to_vec(),
+            });
         }
+        rows.push(Row {
+            workload,
+            clients,
+            figs: figs[..k].to_vec(),
+        });
     }
+    phase("our client done");
     // The restart measurement on the plain clusters alone, as before.
     for mut r in secured {
         r.cluster.stop();
     }
-    let nod = finish(nod, set.restart_keys).await?;
-    let etcd = finish(etcd, set.restart_keys).await?;
+    let mut finished = Vec::new();
+    for r in plain {
+        finished.push(finish(r, set.restart_keys).await?);
+    }
+    phase("restarts done");
     let restart_keys = set.restart_keys;
     let extras = Extras {
         machine: machine(),
+        systems: names.clone(),
+        reference,
         rounds: set.rounds,
         secs: set.secs,
-        command: format!(
-            "./scripts/bench{}{}",
-            if mode == Mode::Full { " --full" } else { "" },
-            if plain_only { " --plain" } else { "" }
-        ),
-        fdatasync_us: fdatasync,
-        peak_rss: (nod.peak_rss, etcd.peak_rss),
-        disk_bytes: (nod.disk, etcd.disk),
-        restart: match (nod.restart, etcd.restart) {
-            (Some(n), Some(e)) => Some((restart_keys, n, e)),
-            _ => None,
+        tool_rounds,
+        command: match (mode, plain_only) {
+            (Mode::Full, false) => "./scripts/bench --full".into(),
+            (Mode::Full, true) => "nod-bench run --mode full --plain-only".into(),
+            (Mode::Quick, true) => "./scripts/bench".into(),
+            (Mode::Quick, false) => "./scripts/bench --tls".into(),
         },
+        fdatasync_us: fdatasync,
+        peak_rss: finished.iter().map(|f| f.peak_rss).collect(),
+        disk_bytes: finished.iter().map(|f| f.disk).collect(),
+        restart: Some((restart_keys, finished.iter().map(|f| f.restart).collect())),
     };
-    let md = report::markdown(&rows, &secure_rows, &extras);
+    let md = report::markdown(&rows, &secure_rows, &tool_rows, &extras);
     let md_path = out.join("results.md");
     std::fs::write(&md_path, &md).map_err(|e| format!("{}: {e}", md_path.display()))?;
     let png = out.join("throughput.png");
-    match report::chart(&rows, &png, &font) {
+    match report::chart(&rows, &names, &png, &font) {
         Ok(()) => eprintln!("chart: {}", png.display()),
         Err(e) => eprintln!("no chart: {e}"),
     }
     println!("{md}");
     eprintln!("results: {}", md_path.display());
     let _ = std::fs::remove_dir_all(&data_root);
+    let bad = strict_failures(&rows, &tool_rows, &names);
+    eprintln!(
+        "bench: {} rows of our client, {} of etcd's tool, {} failures",
+        rows.len(),
+        tool_rows.len(),
+        bad.len()
+    );
+    if strict && !bad.is_empty() {
+        return Err(format!("--strict: {}", bad.join("; ")));
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
-//! The results: a markdown table with the Nod/etcd ratio of every figure
-//! (plain, then TLS + auth when it ran, and what TLS + auth costs each
+//! The results: markdown tables with every system's figures side by side
+//! and the ratio of Nod to the reference etcd (etcd's own tool, our client
+//! plain, then TLS + auth when it ran, and what TLS + auth costs each
 //! system), and a PNG chart of the plain throughput.
 
 use std::fmt::Write as _;
@@ -8,9 +9,22 @@ use std::path::Path;
 pub struct Row {
     pub workload: String,
     pub clients: usize,
-    /// (throughput ops/s, p50, p90, p99, p99.9 in ms, errors) for Nod, etcd.
-    pub nod: Figures,
-    pub etcd: Figures,
+    /// One per system, in the report's order (Nod first).
+    pub figs: Vec<Figures>,
+}
+
+/// A row of etcd's own tool: one case, each system's summary.
+pub struct ToolRow {
+    pub case: String,
+    pub clients: usize,
+    pub conns: usize,
+    pub leader_only: bool,
+    pub total: usize,
+    /// The tool's watch: its rate is events per second, its latencies mean
+    /// nothing (left out).
+    pub watch: bool,
+    /// One per system, the median over rounds of each figure.
+    pub sums: Vec<crate::etcd_tool::Summary>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -31,69 +45,145 @@ pub struct Figures {
 pub struct Extras {
     pub machine: String,
     pub command: String,
+    /// The systems, in the order of every row's figures: Nod first.
+    pub systems: Vec<String>,
+    /// The one the ratios divide by (an index into `systems`).
+    pub reference: usize,
     pub rounds: usize,
     pub secs: u64,
+    pub tool_rounds: usize,
     pub fdatasync_us: (f64, f64),
-    /// (Nod, etcd)
-    pub peak_rss: (u64, u64),
-    pub disk_bytes: (u64, u64),
-    pub restart: Option<(u64, f64, f64)>,
+    /// One per system.
+    pub peak_rss: Vec<u64>,
+    pub disk_bytes: Vec<u64>,
+    /// Keys, then seconds per system (None where the restart failed).
+    pub restart: Option<(u64, Vec<Option<f64>>)>,
 }
 
 fn ratio(a: f64, b: f64) -> String {
-    if b == 0.0 {
+    if a <= 0.0 || b <= 0.0 {
         "–".into()
     } else {
         format!("{:.2}×", a / b)
     }
 }
 
-/// The table of rows: each figure for Nod and etcd, with their ratios.
-fn table(s: &mut String, rows: &[Row]) {
+/// `names[i] figure` column headers, then the ratio column.
+fn heads(names: &[String], what: &str, reference: &str, with_ratio: bool) -> String {
+    let mut h: Vec<String> = names.iter().map(|n| format!("{n} {what}")).collect();
+    if with_ratio {
+        h.push(format!("Nod / {reference}"));
+    }
+    h.join(" | ")
+}
+
+/// A table's two header lines: the leading columns, then ops/s (or
+/// req/s), p50, p99 and p99.9 of every system with the ratios, and errors.
+fn header(s: &mut String, lead: &[&str], rate: &str, names: &[String], reference: usize) {
+    let rn = &names[reference];
+    let cols = lead.len() + 4 * names.len() + 3 + 1;
     let _ = writeln!(
         s,
-        "| workload | clients | Nod ops/s | etcd ops/s | ratio | Nod p50 | etcd p50 | ratio | Nod p90 | etcd p90 | Nod p99 | etcd p99 | ratio | Nod p99.9 | etcd p99.9 | errors (Nod/etcd) |"
+        "| {} | {} | {} | {} | {} | errors ({}) |",
+        lead.join(" | "),
+        heads(names, rate, rn, true),
+        heads(names, "p50", rn, true),
+        heads(names, "p99", rn, true),
+        heads(names, "p99.9", rn, false),
+        names.join("/")
     );
-    let _ = writeln!(
+    let _ = writeln!(s, "|---|{}", "---:|".repeat(cols - 1));
+}
+
+/// The table of rows: ops/s, p50, p99 and p99.9 for every system, each
+/// with the Nod / reference ratio.
+fn table(s: &mut String, rows: &[Row], names: &[String], reference: usize) {
+    header(s, &["workload", "clients"], "ops/s", names, reference);
+    for r in rows {
+        let mut line = format!("| {} | {} |", r.workload, r.clients);
+        let (n, e) = (r.figs[0], r.figs[reference]);
+        for f in &r.figs {
+            let _ = write!(
+                line,
+                " {:.0} ({:.0}–{:.0}) |",
+                f.throughput, f.spread.0, f.spread.1
+            );
+        }
+        let _ = write!(line, " {} |", ratio(n.throughput, e.throughput));
+        for (get, with_ratio) in [
+            ((|f: &Figures| f.p50) as fn(&Figures) -> f64, true),
+            (|f: &Figures| f.p99, true),
+            (|f: &Figures| f.p999, false),
+        ] {
+            for f in &r.figs {
+                let _ = write!(line, " {:.2} |", get(f));
+            }
+            if with_ratio {
+                let _ = write!(line, " {} |", ratio(get(&n), get(&e)));
+            }
+        }
+        let errors: Vec<String> = r.figs.iter().map(|f| f.errors.to_string()).collect();
+        let _ = writeln!(s, "{line} {} |", errors.join("/"));
+    }
+}
+
+/// etcd's own tool's rows: requests/s, p50, p99, p99.9 for every system.
+fn tool_table(s: &mut String, rows: &[ToolRow], names: &[String], reference: usize) {
+    header(
         s,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        &["command", "clients", "conns", "target", "requests"],
+        "req/s",
+        names,
+        reference,
     );
     for r in rows {
-        let (n, e) = (r.nod, r.etcd);
-        let _ = writeln!(
-            s,
-            "| {} | {} | {:.0} ({:.0}–{:.0}) | {:.0} ({:.0}–{:.0}) | {} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {}/{} |",
-            r.workload,
+        let mut line = format!(
+            "| {} | {} | {} | {} | {} |",
+            r.case,
             r.clients,
-            n.throughput,
-            n.spread.0,
-            n.spread.1,
-            e.throughput,
-            e.spread.0,
-            e.spread.1,
-            ratio(n.throughput, e.throughput),
-            n.p50,
-            e.p50,
-            ratio(n.p50, e.p50),
-            n.p90,
-            e.p90,
-            n.p99,
-            e.p99,
-            ratio(n.p99, e.p99),
-            n.p999,
-            e.p999,
-            n.errors,
-            e.errors
+            r.conns,
+            if r.leader_only { "leader" } else { "all" },
+            r.total
         );
+        let (n, e) = (r.sums[0], r.sums[reference]);
+        type Get = fn(&crate::etcd_tool::Summary) -> f64;
+        for (get, with_ratio, digits) in [
+            ((|f: &crate::etcd_tool::Summary| f.rps) as Get, true, 0usize),
+            (|f| f.p50, true, 2),
+            (|f| f.p99, true, 2),
+            (|f| f.p999, false, 2),
+        ] {
+            let latency = digits > 0;
+            for f in &r.sums {
+                // The tool prints a percentile only when it has one (not
+                // p99.9 of a few hundred requests).
+                if (latency && r.watch) || get(f) <= 0.0 {
+                    line.push_str(" – |");
+                } else {
+                    let _ = write!(line, " {:.*} |", digits, get(f));
+                }
+            }
+            if with_ratio {
+                if latency && r.watch {
+                    line.push_str(" – |");
+                } else {
+                    let _ = write!(line, " {} |", ratio(get(&n), get(&e)));
+                }
+            }
+        }
+        let errors: Vec<String> = r.sums.iter().map(|f| f.errors.to_string()).collect();
+        let _ = writeln!(s, "{line} {} |", errors.join("/"));
     }
 }
 
 /// What TLS + auth costs each system: its secure figures over its plain
-/// ones, row by row (rows of the same workload and clients).
-fn cost_table(s: &mut String, plain: &[Row], secure: &[Row]) {
+/// ones, row by row (rows of the same workload and clients). The secure
+/// rows hold Nod and the reference only.
+fn cost_table(s: &mut String, plain: &[Row], secure: &[Row], names: &[String], reference: usize) {
+    let (a, b) = (&names[0], &names[reference]);
     let _ = writeln!(
         s,
-        "| workload | clients | Nod ops/s | etcd ops/s | Nod p50 | etcd p50 | Nod p99 | etcd p99 |"
+        "| workload | clients | {a} ops/s | {b} ops/s | {a} p50 | {b} p50 | {a} p99 | {b} p99 |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
     for t in secure {
@@ -103,48 +193,68 @@ fn cost_table(s: &mut String, plain: &[Row], secure: &[Row]) {
         else {
             continue;
         };
+        let (tn, te, pn, pe) = (t.figs[0], t.figs[1], p.figs[0], p.figs[reference]);
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
             t.workload,
             t.clients,
-            ratio(t.nod.throughput, p.nod.throughput),
-            ratio(t.etcd.throughput, p.etcd.throughput),
-            ratio(t.nod.p50, p.nod.p50),
-            ratio(t.etcd.p50, p.etcd.p50),
-            ratio(t.nod.p99, p.nod.p99),
-            ratio(t.etcd.p99, p.etcd.p99),
+            ratio(tn.throughput, pn.throughput),
+            ratio(te.throughput, pe.throughput),
+            ratio(tn.p50, pn.p50),
+            ratio(te.p50, pe.p50),
+            ratio(tn.p99, pn.p99),
+            ratio(te.p99, pe.p99),
         );
     }
 }
 
 /// The report: `rows` from the plain clusters, `secure` (empty when not
-/// run) from the TLS + auth ones.
-pub fn markdown(rows: &[Row], secure: &[Row], x: &Extras) -> String {
+/// run) from the TLS + auth ones (Nod and the reference), `tool` (empty
+/// when not run) from etcd's own tool.
+pub fn markdown(rows: &[Row], secure: &[Row], tool: &[ToolRow], x: &Extras) -> String {
+    let names = &x.systems;
+    let rn = &names[x.reference];
     let mut s = String::new();
     let _ = writeln!(s, "# Nod vs etcd: benchmark results\n");
     let _ = writeln!(s, "Machine: {}\n", x.machine);
     let _ = writeln!(s, "Command: `{}`\n", x.command);
+    let _ = writeln!(
+        s,
+        "Systems: {}. Ratios are Nod / {rn} (throughput: higher is better; latency: lower is better).\n",
+        names.join(", ")
+    );
+    if !tool.is_empty() {
+        let _ = writeln!(s, "## etcd's own tool\n");
+        let _ = writeln!(
+            s,
+            "etcd's `benchmark` (tools/benchmark, built from its Go module by `scripts/etcd/install`) against every system with the flags of etcd's performance guide: 8-byte sequential keys over a space of 100k, 256-byte values, `--precise`; the guide's 1 client on 1 connection against the leader and 1000 clients on 100 connections against every member, and the counts between. `range` reads one 256-byte key, `lease-keepalive` sends KeepAliveOnce, `watch` is the tool's default of 10 streams × 100 watchers on one key (events delivered per second). Each case ran {} time(s) on each system in turn, the order reversed every other round; figures are the median over runs, latencies in ms.\n",
+            x.tool_rounds
+        );
+        tool_table(&mut s, tool, names, x.reference);
+        let _ = writeln!(s, "\n## Our client\n");
+    }
     let side_by_side = if secure.is_empty() {
-        "both clusters up side by side"
+        "every cluster up side by side"
     } else {
-        "both clusters up side by side, and both again with TLS + auth (below): four clusters, the idle ones only heartbeating"
+        "every cluster up side by side, and Nod and the reference again with TLS + auth (below), the idle ones only heartbeating"
     };
     let _ = writeln!(
         s,
-        "Both systems: 3 members on loopback, fsync on, the same client (`nod-bench`, etcd v3 gRPC), {side_by_side}. Clients spread their connections over the members, the leader's first (so 1 client talks to the leader on both); the client runs one single-threaded runtime per core, each owning its share of the connections and the clients on them. Each workload ran {} rounds of {} s on each cluster in turn, the order reversed every other round; ops/s is the median round (the slowest and fastest round in brackets), latencies (ms) are over every round's requests. Ratio = Nod / etcd (throughput: higher is better; latency: lower is better).\n",
+        "Every system: 3 members on loopback, fsync on, the same client (`nod-bench`, etcd v3 gRPC), {side_by_side}. Clients spread their connections over the members, the leader's first (so 1 client talks to the leader on every system); the client runs one single-threaded runtime per core, each owning its share of the connections and the clients on them. Each workload ran {} rounds of {} s on each cluster in turn, the order reversed every other round; ops/s is the median round (the slowest and fastest round in brackets), latencies (ms) are over every round's requests.\n",
         x.rounds, x.secs
     );
-    table(&mut s, rows);
+    table(&mut s, rows, names, x.reference);
     if !secure.is_empty() {
+        let secure_names = vec![names[0].clone(), rn.clone()];
         let _ = writeln!(s, "\n## TLS + auth\n");
         let _ = writeln!(
             s,
-            "The same workloads on both systems again, in the same rounds as the plain clusters (a workload's rounds go over all four clusters in turn), each member with client TLS requiring client certificates (`--cert-file --key-file --trusted-ca-file --client-cert-auth`), peer mutual TLS (`--peer-cert-file --peer-key-file --peer-trusted-ca-file --peer-client-cert-auth`) and authentication on (a `root` user; the load runs as a user whose role grants readwrite on the benchmark's keys). The client logs in once (Auth.Authenticate, etcd's simple tokens) and sends the token as `token` metadata with every call; its certificate's common name is no user, so no call passes without it. TLS 1.3 (rustls with ring on the client and on Nod; Go's crypto/tls on etcd), ECDSA P-256 certificates. Ratios as above.\n"
+            "The same workloads on Nod and {rn} again, in the same rounds as the plain clusters (a workload's rounds go over every cluster in turn), each member with client TLS requiring client certificates (`--cert-file --key-file --trusted-ca-file --client-cert-auth`), peer mutual TLS (`--peer-cert-file --peer-key-file --peer-trusted-ca-file --peer-client-cert-auth`) and authentication on (a `root` user; the load runs as a user whose role grants readwrite on the benchmark's keys). The client logs in once (Auth.Authenticate, etcd's simple tokens) and sends the token as `token` metadata with every call; its certificate's common name is no user, so no call passes without it. TLS 1.3 (rustls with ring on the client and on Nod; Go's crypto/tls on etcd), ECDSA P-256 certificates.\n"
         );
-        table(&mut s, secure);
+        table(&mut s, secure, &secure_names, 1);
         let _ = writeln!(s, "\nWhat TLS + auth costs each system: its TLS + auth figure over its plain one above, measured in the same rounds (ops/s: below 1× is slower; latency: above 1× is slower).\n");
-        cost_table(&mut s, rows, secure);
+        cost_table(&mut s, rows, secure, names, x.reference);
     }
     let _ = writeln!(s, "\n## The physical limit and the cost per write\n");
     let _ = writeln!(
@@ -154,42 +264,52 @@ pub fn markdown(rows: &[Row], secure: &[Row], x: &Extras) -> String {
     );
     let _ = writeln!(
         s,
-        "| write workload | clients | Nod fsyncs per write | etcd fsyncs per write |"
+        "| write workload | clients | {} |",
+        heads(names, "fsyncs per write", rn, false)
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|{}", "---:|".repeat(names.len()));
     for r in rows {
-        if let (Some(n), Some(e)) = (r.nod.fsyncs_per_write, r.etcd.fsyncs_per_write) {
+        let per: Option<Vec<f64>> = r.figs.iter().map(|f| f.fsyncs_per_write).collect();
+        if let Some(per) = per {
+            let cells: Vec<String> = per.iter().map(|v| format!("{v:.3}")).collect();
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.3} | {:.3} |",
-                r.workload, r.clients, n, e
+                "| {} | {} | {} |",
+                r.workload,
+                r.clients,
+                cells.join(" | ")
             );
         }
     }
     let _ = writeln!(s, "\n(WAL fsyncs per member, `etcd_disk_wal_fsync_duration_seconds_count`, divided by the writes committed.)\n");
     let _ = writeln!(s, "## Resources\n");
-    let _ = writeln!(s, "| | Nod | etcd | ratio |");
-    let _ = writeln!(s, "|---|---:|---:|---:|");
+    let _ = writeln!(s, "| | {} | Nod / {rn} |", names.join(" | "));
+    let _ = writeln!(s, "|---|{}---:|", "---:|".repeat(names.len()));
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let _ = writeln!(
-        s,
-        "| peak RSS per member (MiB) | {:.1} | {:.1} | {} |",
-        mib(x.peak_rss.0),
-        mib(x.peak_rss.1),
-        ratio(x.peak_rss.0 as f64, x.peak_rss.1 as f64)
-    );
-    let _ = writeln!(
-        s,
-        "| data on disk per member (MiB) | {:.1} | {:.1} | {} |",
-        mib(x.disk_bytes.0),
-        mib(x.disk_bytes.1),
-        ratio(x.disk_bytes.0 as f64, x.disk_bytes.1 as f64)
-    );
-    if let Some((keys, n, e)) = x.restart {
+    let resource = |s: &mut String, what: &str, v: &[u64]| {
+        let cells: Vec<String> = v.iter().map(|b| format!("{:.1}", mib(*b))).collect();
         let _ = writeln!(
             s,
-            "| restart to ready with {keys} keys (s) | {n:.2} | {e:.2} | {} |",
-            ratio(n, e)
+            "| {what} | {} | {} |",
+            cells.join(" | "),
+            ratio(v[0] as f64, v[x.reference] as f64)
+        );
+    };
+    resource(&mut s, "peak RSS per member (MiB)", &x.peak_rss);
+    resource(&mut s, "data on disk per member (MiB)", &x.disk_bytes);
+    if let Some((keys, secs)) = &x.restart {
+        let cells: Vec<String> = secs
+            .iter()
+            .map(|v| v.map_or("failed".into(), |v| format!("{v:.2}")))
+            .collect();
+        let r = match (secs[0], secs[x.reference]) {
+            (Some(n), Some(e)) => ratio(n, e),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| restart to ready with {keys} keys (s) | {} | {r} |",
+            cells.join(" | ")
         );
     }
     s
@@ -197,7 +317,7 @@ pub fn markdown(rows: &[Row], secure: &[Row], x: &Extras) -> String {
 
 /// A grouped horizontal bar chart of throughput per workload and client
 /// count (horizontal, so the long workload names stay readable).
-pub fn chart(rows: &[Row], path: &Path, font: &Path) -> Result<(), String> {
+pub fn chart(rows: &[Row], names: &[String], path: &Path, font: &Path) -> Result<(), String> {
     use plotters::prelude::*;
     use plotters::style::text_anchor::{HPos, Pos, VPos};
     let bytes = std::fs::read(font).map_err(|e| format!("font {}: {e}", font.display()))?;
@@ -207,17 +327,32 @@ pub fn chart(rows: &[Row], path: &Path, font: &Path) -> Result<(), String> {
     let n = rows.len();
     let max = rows
         .iter()
-        .map(|r| r.nod.throughput.max(r.etcd.throughput))
+        .flat_map(|r| r.figs.iter().map(|f| f.throughput))
         .fold(1.0, f64::max)
         * 1.1;
-    let height = 120 + 44 * n.max(1) as u32;
+    let k = names.len().max(1);
+    let height = 120 + (22 * k as u32 + 10) * n.max(1) as u32;
+    let colors = [
+        BLUE,
+        RED,
+        RGBColor(230, 140, 0),
+        RGBColor(0, 150, 60),
+        MAGENTA,
+        CYAN,
+    ];
+    let legend: Vec<String> = names
+        .iter()
+        .zip(["blue", "red", "orange", "green", "magenta", "cyan"])
+        .map(|(n, c)| format!("{n} ({c})"))
+        .collect();
+    let caption = format!(
+        "Throughput (ops/s): {}, 3 members, same machine",
+        legend.join(", ")
+    );
     let root = BitMapBackend::new(path, (1400, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Throughput (ops/s): Nod (blue) vs etcd (red), 3 members, same machine",
-            ("sans-serif", 24),
-        )
+        .caption(caption, ("sans-serif", 22))
         .margin(20)
         .x_label_area_size(40)
         .y_label_area_size(330)
@@ -238,11 +373,15 @@ pub fn chart(rows: &[Row], path: &Path, font: &Path) -> Result<(), String> {
         .pos(Pos::new(HPos::Right, VPos::Center));
     for (i, r) in rows.iter().enumerate() {
         let y = i as f64;
+        let band = 0.8 / k as f64;
         chart
-            .draw_series([
-                Rectangle::new([(0.0, y + 0.1), (r.nod.throughput, y + 0.5)], BLUE.filled()),
-                Rectangle::new([(0.0, y + 0.5), (r.etcd.throughput, y + 0.9)], RED.filled()),
-            ])
+            .draw_series(r.figs.iter().enumerate().map(|(i, f)| {
+                let top = y + 0.1 + band * i as f64;
+                Rectangle::new(
+                    [(0.0, top), (f.throughput, top + band)],
+                    colors[i % colors.len()].filled(),
+                )
+            }))
             .map_err(|e| e.to_string())?;
         let (px, py) = chart.backend_coord(&(0.0, y + 0.5));
         root.draw(&Text::new(
@@ -254,4 +393,118 @@ pub fn chart(rows: &[Row], path: &Path, font: &Path) -> Result<(), String> {
     }
     root.present().map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::etcd_tool::Summary;
+
+    fn figs(throughput: f64, p50: f64) -> Figures {
+        Figures {
+            throughput,
+            spread: (throughput, throughput),
+            p50,
+            ..Default::default()
+        }
+    }
+
+    fn extras(systems: &[&str], reference: usize) -> Extras {
+        Extras {
+            machine: "m".into(),
+            command: "c".into(),
+            systems: systems.iter().map(|s| s.to_string()).collect(),
+            reference,
+            rounds: 1,
+            secs: 1,
+            tool_rounds: 1,
+            fdatasync_us: (1.0, 2.0),
+            peak_rss: vec![1 << 20, 2 << 20, 4 << 20],
+            disk_bytes: vec![1 << 20, 1 << 20, 1 << 20],
+            restart: Some((10, vec![Some(1.0), None, Some(4.0)])),
+        }
+    }
+
+    /// The row of `what` in the markdown, split into cells.
+    fn cells(md: &str, what: &str) -> Vec<String> {
+        md.lines()
+            .find(|l| l.starts_with(&format!("| {what} |")))
+            .unwrap_or_else(|| panic!("no row {what:?} in\n{md}"))
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .filter(|c| !c.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn ratios_divide_by_the_reference_not_the_first_etcd() {
+        let x = extras(&["Nod", "etcd 3.7", "etcd 3.6"], 2);
+        let rows = [Row {
+            workload: "put".into(),
+            clients: 16,
+            figs: vec![figs(300.0, 1.0), figs(200.0, 3.0), figs(100.0, 4.0)],
+        }];
+        let md = markdown(&rows, &[], &[], &x);
+        let c = cells(&md, "put");
+        // workload, clients, 3 × ops/s, ratio, 3 × p50, ratio, …
+        assert_eq!(c[5], "3.00×", "{c:?}");
+        assert_eq!(c[9], "0.25×", "{c:?}");
+        assert!(md.contains("Nod / etcd 3.6"), "{md}");
+        // Resources: RSS 1 MiB against the reference's 4 MiB; a failed
+        // restart says so and leaves its ratio out only where needed.
+        assert_eq!(cells(&md, "peak RSS per member (MiB)")[4], "0.25×");
+        let restart = cells(&md, "restart to ready with 10 keys (s)");
+        assert_eq!(restart[1..], ["1.00", "failed", "4.00", "0.25×"]);
+    }
+
+    #[test]
+    fn the_tool_table_leaves_out_what_the_tool_did_not_measure() {
+        let x = extras(&["Nod", "etcd 3.7", "etcd 3.6"], 2);
+        let sum = |rps: f64, p50: f64, p999: f64| Summary {
+            rps,
+            p50,
+            p999,
+            ..Default::default()
+        };
+        let tool = [
+            ToolRow {
+                case: "put".into(),
+                clients: 1,
+                conns: 1,
+                leader_only: true,
+                total: 500,
+                watch: false,
+                sums: vec![
+                    sum(100.0, 1.0, 0.0),
+                    sum(90.0, 1.0, 0.0),
+                    sum(50.0, 2.0, 3.0),
+                ],
+            },
+            ToolRow {
+                case: "watch (events)".into(),
+                clients: 10,
+                conns: 10,
+                leader_only: false,
+                total: 100,
+                watch: true,
+                sums: vec![
+                    sum(1000.0, 0.01, 0.0),
+                    sum(1000.0, 0.0, 0.0),
+                    sum(4000.0, 0.0, 0.0),
+                ],
+            },
+        ];
+        let md = markdown(&[], &[], &tool, &x);
+        let put = cells(&md, "put");
+        assert_eq!(put[3], "leader");
+        assert_eq!(put[8], "2.00×", "{put:?}");
+        // p99.9 of 500 requests: the tool printed none for Nod.
+        assert_eq!(put[put.len() - 4..put.len() - 1], ["–", "–", "3.00"]);
+        let watch = cells(&md, "watch (events)");
+        assert_eq!(watch[8], "0.25×");
+        assert!(
+            watch[9..watch.len() - 1].iter().all(|c| c == "–"),
+            "{watch:?}"
+        );
+    }
 }
