@@ -242,6 +242,19 @@ impl Cluster {
             .unwrap_or(0)
     }
 
+    /// CPU time the members have used so far (user and system, every
+    /// thread), in nanoseconds, from /proc/<pid>/stat (in clock ticks of
+    /// 10 ms: USER_HZ is 100 on Linux).
+    pub fn cpu_ns(&self) -> u64 {
+        self.servers
+            .iter()
+            .filter_map(|s| s.child.as_ref())
+            .filter_map(|c| std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok())
+            .filter_map(|s| cpu_ticks(&s))
+            .sum::<u64>()
+            * 10_000_000
+    }
+
     /// Bytes on disk in the first member's data folder.
     pub fn disk_bytes(&self) -> u64 {
         dir_bytes(&self.servers[0].data)
@@ -324,6 +337,14 @@ impl Drop for Cluster {
     }
 }
 
+/// utime + stime of a /proc/<pid>/stat line (fields 14 and 15, counted
+/// after the command name, which may hold spaces and parentheses).
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
 /// The disk's fdatasync latency for a small write in `dir`, in microseconds
 /// (p50, p99): the floor under any durable write.
 pub fn fdatasync_latency(dir: &Path, rounds: usize) -> Result<(f64, f64), String> {
@@ -381,6 +402,16 @@ pub fn dir_bytes(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_user_plus_system() {
+        let line =
+            "4242 (nod (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 1234 567 0 0 20 0 9 0 100 0 0";
+        assert_eq!(cpu_ticks(line), Some(1234 + 567));
+        let me = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(cpu_ticks(&me).is_some(), "{me}");
+        assert_eq!(cpu_ticks("garbage"), None);
+    }
 
     #[test]
     fn a_hard_linked_file_takes_its_space_once() {

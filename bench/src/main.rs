@@ -14,6 +14,7 @@
 mod backup;
 mod cluster;
 mod etcd_tool;
+mod k8s;
 mod report;
 mod security;
 mod workload;
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use cluster::{Cluster, System};
-use report::{Extras, Figures, Row, ToolRow};
+use report::{Extras, Figures, K8sFigures, Row, ToolRow};
 use security::Security;
 use workload::{Access, Measured, Spec, Workload};
 
@@ -279,6 +280,8 @@ struct Settings {
     writes: usize,
     restart_keys: u64,
     client_counts: &'static [usize],
+    k8s: k8s::Spec,
+    k8s_rounds: usize,
 }
 
 impl Settings {
@@ -292,6 +295,13 @@ impl Settings {
                 writes: 100,
                 restart_keys: 20_000,
                 client_counts: &[1, 256],
+                k8s: k8s::Spec {
+                    objects: 2_000,
+                    value_size: 2048,
+                    rate: 200.0,
+                    duration: Duration::from_secs(5),
+                },
+                k8s_rounds: 1,
             },
             Mode::Full => Settings {
                 secs: 3,
@@ -301,6 +311,13 @@ impl Settings {
                 writes: 1000,
                 restart_keys: 1_000_000,
                 client_counts: &[1, 16, 256],
+                k8s: k8s::Spec {
+                    objects: 10_000,
+                    value_size: 2048,
+                    rate: 400.0,
+                    duration: Duration::from_secs(30),
+                },
+                k8s_rounds: 2,
             },
         }
     }
@@ -662,6 +679,59 @@ async fn tool_all(
     Ok(rows)
 }
 
+/// The Kubernetes-shaped workload on every (plain) system: each populated
+/// with its objects, then `rounds` runs in turn at the same rate, the order
+/// reversed every other round. Returns each system's figures.
+async fn k8s_all(systems: &[&Running], set: &Settings) -> Result<Vec<K8sFigures>, String> {
+    for r in systems {
+        let conns = workload::connect(&r.endpoints, 8, &r.access).await?;
+        let rev = k8s::populate(&conns, &set.k8s).await?;
+        eprintln!(
+            "[{}] kubernetes-shaped: {} objects of {} B, revision {rev}",
+            r.name(),
+            set.k8s.objects,
+            set.k8s.value_size
+        );
+    }
+    let mut acc: Vec<(k8s::Measured, u64)> = systems
+        .iter()
+        .map(|_| (k8s::Measured::empty(), 0))
+        .collect();
+    for i in 0..set.k8s_rounds {
+        let mut order: Vec<usize> = (0..systems.len()).collect();
+        if i % 2 == 1 {
+            order.reverse();
+        }
+        for s in order {
+            let r = systems[s];
+            // Two apiservers' worth of connections, spread over the members;
+            // the watches on connections of their own.
+            let conns = workload::connect(&r.endpoints, 6, &r.access).await?;
+            let watch_conns = workload::connect(&r.endpoints, 3, &r.access).await?;
+            let cpu = r.cluster.cpu_ns();
+            let m = k8s::run(&conns, &watch_conns, &set.k8s, 0x5eed + i as u64)
+                .await
+                .map_err(|e| format!("[{}] kubernetes-shaped: {e}", r.name()))?;
+            let used = r.cluster.cpu_ns().saturating_sub(cpu);
+            eprintln!(
+                "[{}] kubernetes-shaped: {} ops in {:.1} s, {:.0} µs CPU per op, {} conflicts, {} progress notifications",
+                r.name(),
+                m.ops,
+                m.elapsed.as_secs_f64(),
+                used as f64 / 1000.0 / m.ops.max(1) as f64,
+                m.conflicts,
+                m.progress_notifications
+            );
+            acc[s].0.merge(&m);
+            acc[s].1 += used;
+        }
+    }
+    Ok(acc
+        .into_iter()
+        .map(|(m, cpu)| K8sFigures::of(&m, cpu))
+        .collect())
+}
+
 /// What `--strict` refuses: a Nod error, or a row where a system measured
 /// nothing.
 fn strict_failures(rows: &[Row], tool: &[ToolRow], names: &[String]) -> Vec<String> {
@@ -775,6 +845,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
         None => Vec::new(),
     };
     phase("etcd's tool done");
+    let k8s_figs = {
+        let systems: Vec<&Running> = plain.iter().collect();
+        k8s_all(&systems, &set).await?
+    };
+    phase("kubernetes-shaped done");
     let mut running: Vec<&Running> = plain.iter().collect();
     running.extend(secured.iter());
     let k = plain.len();
@@ -823,7 +898,14 @@ async fn run(args: RunArgs) -> Result<(), String> {
         disk_bytes: finished.iter().map(|f| f.disk).collect(),
         restart: Some((restart_keys, finished.iter().map(|f| f.restart).collect())),
     };
-    let md = report::markdown(&rows, &secure_rows, &tool_rows, &extras);
+    let md = report::markdown(
+        &rows,
+        &secure_rows,
+        &tool_rows,
+        &k8s_figs,
+        &set.k8s,
+        &extras,
+    );
     let md_path = out.join("results.md");
     std::fs::write(&md_path, &md).map_err(|e| format!("{}: {e}", md_path.display()))?;
     let png = out.join("throughput.png");
@@ -834,7 +916,13 @@ async fn run(args: RunArgs) -> Result<(), String> {
     println!("{md}");
     eprintln!("results: {}", md_path.display());
     let _ = std::fs::remove_dir_all(&data_root);
-    let bad = strict_failures(&rows, &tool_rows, &names);
+    let mut bad = strict_failures(&rows, &tool_rows, &names);
+    if let Some(nod) = k8s_figs.first() {
+        let errors: u64 = nod.ops.iter().map(|o| o.errors).sum();
+        if errors > 0 {
+            bad.push(format!("kubernetes-shaped: Nod answered {errors} errors"));
+        }
+    }
     eprintln!(
         "bench: {} rows of our client, {} of etcd's tool, {} failures",
         rows.len(),

@@ -27,6 +27,53 @@ pub struct ToolRow {
     pub sums: Vec<crate::etcd_tool::Summary>,
 }
 
+/// One operation of the Kubernetes-shaped workload on one system.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpFigures {
+    pub count: u64,
+    pub errors: u64,
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+/// The Kubernetes-shaped workload on one system.
+#[derive(Clone, Debug, Default)]
+pub struct K8sFigures {
+    /// In the order of `k8s::Op::ALL`.
+    pub ops: Vec<OpFigures>,
+    /// Operations per second completed (lease grants and deliveries not counted).
+    pub rate: f64,
+    /// The members' CPU time per completed operation, in microseconds.
+    pub cpu_us_per_op: f64,
+    pub conflicts: u64,
+    pub progress_notifications: u64,
+}
+
+impl K8sFigures {
+    pub fn of(m: &crate::k8s::Measured, cpu_ns: u64) -> K8sFigures {
+        let q = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        K8sFigures {
+            ops: m
+                .hists
+                .iter()
+                .zip(&m.errors)
+                .map(|(h, e)| OpFigures {
+                    count: h.len(),
+                    errors: *e,
+                    p50: q(h, 0.5),
+                    p99: q(h, 0.99),
+                    p999: q(h, 0.999),
+                })
+                .collect(),
+            rate: m.ops as f64 / m.elapsed.as_secs_f64().max(1e-9),
+            cpu_us_per_op: cpu_ns as f64 / 1000.0 / m.ops.max(1) as f64,
+            conflicts: m.conflicts,
+            progress_notifications: m.progress_notifications,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Figures {
     /// The median round's throughput.
@@ -209,10 +256,97 @@ fn cost_table(s: &mut String, plain: &[Row], secure: &[Row], names: &[String], r
     }
 }
 
+/// The Kubernetes-shaped workload: per operation, each system's p50, p99
+/// and p99.9 (ms), with the ratio of the p99s; then rate, CPU per
+/// operation, conflicts and progress notifications.
+fn k8s_table(s: &mut String, figs: &[K8sFigures], names: &[String], reference: usize) {
+    let rn = &names[reference];
+    let _ = writeln!(
+        s,
+        "| operation | {} | {} | {} | count ({}) | errors ({}) |",
+        heads(names, "p50", rn, false),
+        heads(names, "p99", rn, true),
+        heads(names, "p99.9", rn, true),
+        names.join("/"),
+        names.join("/")
+    );
+    let cols = 1 + 3 * names.len() + 2 + 2;
+    let _ = writeln!(s, "|---|{}", "---:|".repeat(cols - 1));
+    for (i, op) in crate::k8s::Op::ALL.iter().enumerate() {
+        let at = |f: &K8sFigures| f.ops.get(i).copied().unwrap_or_default();
+        let mut line = format!("| {} |", op.name());
+        type Get = fn(&OpFigures) -> f64;
+        for (get, with_ratio) in [
+            ((|o: &OpFigures| o.p50) as Get, false),
+            (|o| o.p99, true),
+            (|o| o.p999, true),
+        ] {
+            for f in figs {
+                let _ = write!(line, " {:.2} |", get(&at(f)));
+            }
+            if with_ratio {
+                let _ = write!(
+                    line,
+                    " {} |",
+                    ratio(get(&at(&figs[0])), get(&at(&figs[reference])))
+                );
+            }
+        }
+        let counts: Vec<String> = figs.iter().map(|f| at(f).count.to_string()).collect();
+        let errors: Vec<String> = figs.iter().map(|f| at(f).errors.to_string()).collect();
+        let _ = writeln!(s, "{line} {} | {} |", counts.join("/"), errors.join("/"));
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "| | {} | Nod / {rn} |", names.join(" | "));
+    let _ = writeln!(s, "|---|{}---:|", "---:|".repeat(names.len()));
+    type Whole = fn(&K8sFigures) -> f64;
+    for (what, get, digits) in [
+        (
+            "operations per second done",
+            (|f: &K8sFigures| f.rate) as Whole,
+            0usize,
+        ),
+        (
+            "members' CPU per operation (µs, all 3 members)",
+            |f| f.cpu_us_per_op,
+            0,
+        ),
+        (
+            "conflicts (compare failed, Else Get)",
+            |f| f.conflicts as f64,
+            0,
+        ),
+        (
+            "progress notifications received",
+            |f| f.progress_notifications as f64,
+            0,
+        ),
+    ] {
+        let cells: Vec<String> = figs
+            .iter()
+            .map(|f| format!("{:.*}", digits, get(f)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {what} | {} | {} |",
+            cells.join(" | "),
+            ratio(get(&figs[0]), get(&figs[reference]))
+        );
+    }
+}
+
 /// The report: `rows` from the plain clusters, `secure` (empty when not
 /// run) from the TLS + auth ones (Nod and the reference), `tool` (empty
-/// when not run) from etcd's own tool.
-pub fn markdown(rows: &[Row], secure: &[Row], tool: &[ToolRow], x: &Extras) -> String {
+/// when not run) from etcd's own tool, `k8s` (empty when not run) from the
+/// Kubernetes-shaped workload.
+pub fn markdown(
+    rows: &[Row],
+    secure: &[Row],
+    tool: &[ToolRow],
+    k8s: &[K8sFigures],
+    k8s_spec: &crate::k8s::Spec,
+    x: &Extras,
+) -> String {
     let names = &x.systems;
     let rn = &names[x.reference];
     let mut s = String::new();
@@ -232,6 +366,21 @@ pub fn markdown(rows: &[Row], secure: &[Row], tool: &[ToolRow], x: &Extras) -> S
             x.tool_rounds
         );
         tool_table(&mut s, tool, names, x.reference);
+    }
+    if !k8s.is_empty() {
+        let _ = writeln!(s, "\n## Kubernetes-shaped\n");
+        let _ = writeln!(
+            s,
+            "kube-apiserver's etcd traffic (`bench/src/k8s.rs`, after its storage layer and etcd's robustness suite's Kubernetes profile): {} objects of {} B under `/registry/<kind>/<namespace>/<name>` (pods 40%, configmaps 20%, secrets, services, endpointslices, events 10% each; 10 namespaces), then {:.0} operations per second for {:.0} s, in open loop (latency from each operation's scheduled time): updates 60% (Txn `mod_revision = r` → Put, else Get), gets 25%, creates 5% (Txn `mod_revision = 0` → Put; events with the newest lease), deletes 5% (Txn → Delete, else Get), lists of one kind in one namespace 4% and of one kind in every namespace 1% (pages of {}, later pages at the first page's revision), a lease grant every second, and one watch per kind with `prev_kv` and progress notification, asking for progress every 5 s (the watches keep the objects' revisions, as the watch cache does). Over 6 connections plus 3 for the watches, spread over the members. CPU is the three members' run time (/proc/<pid>/schedstat) over the run, per operation done. Latencies in ms; ratios of the p99 and p99.9.\n",
+            k8s_spec.objects,
+            k8s_spec.value_size,
+            k8s_spec.rate,
+            k8s_spec.duration.as_secs_f64(),
+            crate::k8s::PAGE
+        );
+        k8s_table(&mut s, k8s, names, x.reference);
+    }
+    if !tool.is_empty() || !k8s.is_empty() {
         let _ = writeln!(s, "\n## Our client\n");
     }
     let side_by_side = if secure.is_empty() {
@@ -409,6 +558,15 @@ mod tests {
         }
     }
 
+    fn spec() -> crate::k8s::Spec {
+        crate::k8s::Spec {
+            objects: 1,
+            value_size: 1,
+            rate: 1.0,
+            duration: std::time::Duration::from_secs(1),
+        }
+    }
+
     fn extras(systems: &[&str], reference: usize) -> Extras {
         Extras {
             machine: "m".into(),
@@ -444,7 +602,7 @@ mod tests {
             clients: 16,
             figs: vec![figs(300.0, 1.0), figs(200.0, 3.0), figs(100.0, 4.0)],
         }];
-        let md = markdown(&rows, &[], &[], &x);
+        let md = markdown(&rows, &[], &[], &[], &spec(), &x);
         let c = cells(&md, "put");
         // workload, clients, 3 × ops/s, ratio, 3 × p50, ratio, …
         assert_eq!(c[5], "3.00×", "{c:?}");
@@ -494,7 +652,7 @@ mod tests {
                 ],
             },
         ];
-        let md = markdown(&[], &[], &tool, &x);
+        let md = markdown(&[], &[], &tool, &[], &spec(), &x);
         let put = cells(&md, "put");
         assert_eq!(put[3], "leader");
         assert_eq!(put[8], "2.00×", "{put:?}");
