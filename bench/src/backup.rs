@@ -9,9 +9,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nod_proto::etcd::etcdserverpb::kv_client::KvClient;
-use nod_proto::etcd::etcdserverpb::RangeRequest;
-
 use crate::cluster::{self, Cluster, System};
 use crate::workload;
 
@@ -68,17 +65,10 @@ fn mib(b: u64) -> f64 {
 async fn count_keys(endpoint: &str) -> Result<i64, String> {
     let access = workload::Access::default();
     let ch = workload::dial(endpoint, &access).await?;
-    let mut kv = KvClient::new(ch);
-    let r = kv
-        .range(RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            count_only: true,
-            ..Default::default()
-        })
+    crate::large::count_all(&ch)
         .await
-        .map_err(|e| format!("counting keys on {endpoint}: {e}"))?;
-    Ok(r.into_inner().count)
+        .map(|(_, n)| n)
+        .map_err(|e| format!("{endpoint}: {e}"))
 }
 
 pub async fn run(

@@ -48,6 +48,10 @@ pub struct Cluster {
     access: Access,
 }
 
+/// Both systems' space quota: 16 GiB, room for the large database (8 GiB
+/// of live data) and its history.
+const QUOTA: &str = "17179869184";
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -161,15 +165,11 @@ impl Cluster {
             cmd.args(sec.server_flags());
         }
         if self.system == System::Etcd {
-            cmd.args([
-                "--quota-backend-bytes",
-                "8589934592",
-                "--log-level",
-                "error",
-            ]);
+            cmd.args(["--quota-backend-bytes", QUOTA, "--log-level", "error"]);
             cmd.args(["--logger", "zap"]);
         } else {
             cmd.env("RUST_LOG", "warn");
+            cmd.args(["--quota-backend-bytes", QUOTA]);
         }
         let child = cmd
             .stdout(Stdio::null())
@@ -242,6 +242,16 @@ impl Cluster {
             .unwrap_or(0)
     }
 
+    /// Resets every member's peak resident set (VmHWM) to its current one
+    /// (writing 5 to /proc/<pid>/clear_refs, allowed for our own children).
+    pub fn reset_peak_rss(&self) -> Result<(), String> {
+        for c in self.servers.iter().filter_map(|s| s.child.as_ref()) {
+            let path = format!("/proc/{}/clear_refs", c.id());
+            std::fs::write(&path, "5").map_err(|e| format!("{path}: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// CPU time the members have used so far (user and system, every
     /// thread), in nanoseconds, from /proc/<pid>/stat (in clock ticks of
     /// 10 ms: USER_HZ is 100 on Linux).
@@ -285,6 +295,13 @@ impl Cluster {
                 .unwrap_or(0.0);
         }
         total
+    }
+
+    /// Deletes every member's data directory (after `stop`).
+    pub fn remove_data(&self) {
+        for s in &self.servers {
+            let _ = std::fs::remove_dir_all(&s.data);
+        }
     }
 
     /// SIGTERM every member and wait for it to exit.

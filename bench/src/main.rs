@@ -15,6 +15,9 @@ mod backup;
 mod cluster;
 mod etcd_tool;
 mod k8s;
+mod large;
+mod maint;
+mod memory;
 mod report;
 mod security;
 mod workload;
@@ -72,6 +75,10 @@ struct RunArgs {
     /// system first.
     #[arg(long)]
     etcd_benchmark: Option<PathBuf>,
+    /// Grow each system to this many GiB of live data (values of 8 KiB),
+    /// one at a time at the end, and measure it there (0: not at all).
+    #[arg(long, default_value_t = 0)]
+    large_gib: u64,
     /// Fail (exit 1) when Nod answered any request of the run with an
     /// error, or a system measured no throughput in a row.
     #[arg(long)]
@@ -282,6 +289,8 @@ struct Settings {
     client_counts: &'static [usize],
     k8s: k8s::Spec,
     k8s_rounds: usize,
+    maint: maint::Spec,
+    memory: memory::Spec,
 }
 
 impl Settings {
@@ -302,6 +311,18 @@ impl Settings {
                     duration: Duration::from_secs(5),
                 },
                 k8s_rounds: 1,
+                maint: maint::Spec {
+                    revisions: 50_000,
+                    keyspace: 5_000,
+                    value_size: 256,
+                    rate: 500.0,
+                },
+                memory: memory::Spec {
+                    keys: 20_000,
+                    watchers: 100,
+                    big_bytes: 16 << 20,
+                    secs: 2,
+                },
             },
             Mode::Full => Settings {
                 secs: 3,
@@ -318,6 +339,18 @@ impl Settings {
                     duration: Duration::from_secs(30),
                 },
                 k8s_rounds: 2,
+                maint: maint::Spec {
+                    revisions: 1_000_000,
+                    keyspace: 100_000,
+                    value_size: 256,
+                    rate: 1000.0,
+                },
+                memory: memory::Spec {
+                    keys: 1_000_000,
+                    watchers: 1000,
+                    big_bytes: 1 << 30,
+                    secs: 5,
+                },
             },
         }
     }
@@ -459,7 +492,7 @@ struct Finish {
 }
 
 /// Loads the restart data set, restarts every member, and stops the cluster.
-async fn finish(mut r: Running, restart_keys: u64) -> Result<Finish, String> {
+async fn finish(r: &mut Running, restart_keys: u64) -> Result<Finish, String> {
     let peak_rss = r.cluster.peak_rss();
     let disk = r.cluster.disk_bytes();
     eprintln!(
@@ -484,7 +517,6 @@ async fn finish(mut r: Running, restart_keys: u64) -> Result<Finish, String> {
         }
     };
     let peak_rss = peak_rss.max(r.cluster.peak_rss());
-    r.cluster.stop();
     Ok(Finish {
         peak_rss,
         disk,
@@ -732,6 +764,137 @@ async fn k8s_all(systems: &[&Running], set: &Settings) -> Result<Vec<K8sFigures>
         .collect())
 }
 
+/// Maintenance pauses on every (plain) system, one after the other (each
+/// writes its history first).
+async fn maint_all(
+    systems: &[&Running],
+    spec: &maint::Spec,
+) -> Result<Vec<Vec<maint::Phase>>, String> {
+    let mut out = Vec::new();
+    for r in systems {
+        let conns = workload::connect(&r.endpoints, 8, &r.access).await?;
+        maint::history(&conns, spec)
+            .await
+            .map_err(|e| format!("[{}] {e}", r.name()))?;
+        let leader = workload::dial(&r.endpoints[0], &r.access)
+            .await?
+            .with_timeout(Duration::from_secs(1800));
+        let phases = maint::run(&conns, leader, spec)
+            .await
+            .map_err(|e| format!("[{}] maintenance: {e}", r.name()))?;
+        for (name, p) in maint::PHASES.iter().zip(&phases) {
+            eprintln!(
+                "[{}] writes during {name}: p99.9 {:.2} ms, max {:.2} ms ({} writes, {} errors, call {:.2} s)",
+                r.name(),
+                p.p999,
+                p.max,
+                p.count,
+                p.errors,
+                p.call_secs
+            );
+        }
+        out.push(phases);
+    }
+    Ok(out)
+}
+
+/// The memory cases on every (plain) system, one after the other.
+async fn memory_all(
+    systems: &[&Running],
+    spec: &memory::Spec,
+) -> Result<Vec<memory::Peaks>, String> {
+    let mut out = Vec::new();
+    for r in systems {
+        let conns = workload::connect(&r.endpoints, 16, &r.access).await?;
+        let leader = workload::dial(&r.endpoints[0], &r.access)
+            .await?
+            .with_timeout(Duration::from_secs(600));
+        let peaks = memory::run(&r.cluster, &conns, &leader, spec).await;
+        for (case, p) in memory::CASES.iter().zip(&peaks) {
+            match p {
+                Ok(b) => eprintln!(
+                    "[{}] peak RSS {case}: {:.1} MiB",
+                    r.name(),
+                    *b as f64 / 1048576.0
+                ),
+                Err(e) => eprintln!("[{}] {case}: {e}", r.name()),
+            }
+        }
+        out.push(peaks);
+    }
+    Ok(out)
+}
+
+/// Put and range throughput (256 clients) before and after `r` grows to
+/// `spec`'s size, a count of every key, and a restart at that size.
+async fn large_one(r: &mut Running, spec: &large::Spec, secs: u64) -> Result<large::Large, String> {
+    let label = r.name().to_string();
+    let measure = |w: Workload| Spec {
+        workload: w,
+        clients: 256,
+        duration: Duration::from_secs(secs.max(3)),
+        keyspace: 10_000,
+        value_size: 256,
+    };
+    let put_empty = round(r, &measure(Workload::Put)).await?.0.throughput();
+    let range_empty = round(r, &measure(Workload::RangeLinearizable))
+        .await?
+        .0
+        .throughput();
+    eprintln!(
+        "[{label}] growing to {} GiB in values of {} B",
+        spec.bytes >> 30,
+        spec.value_size
+    );
+    let conns = workload::connect(&r.endpoints, 16, &r.access).await?;
+    let load_secs = large::grow(&conns, spec)
+        .await
+        .map_err(|e| format!("[{label}] {e}"))?;
+    let put_large = round(r, &measure(Workload::Put)).await?.0.throughput();
+    let range_large = round(r, &measure(Workload::RangeLinearizable))
+        .await?
+        .0
+        .throughput();
+    let leader = workload::dial(&r.endpoints[0], &r.access)
+        .await?
+        .with_timeout(Duration::from_secs(600));
+    let (count_secs, counted) = large::count_all(&leader)
+        .await
+        .map_err(|e| format!("[{label}] {e}"))?;
+    drop((conns, leader));
+    let disk = r.cluster.disk_bytes();
+    let restart_secs = r
+        .cluster
+        .restart()
+        .await
+        .map_err(|e| format!("[{label}] restart at {} GiB: {e}", spec.bytes >> 30))?
+        .as_secs_f64();
+    let l = large::Large {
+        put_empty,
+        put_large,
+        range_empty,
+        range_large,
+        load_secs,
+        count_secs,
+        counted,
+        restart_secs,
+        disk,
+    };
+    eprintln!(
+        "[{label}] at {} GiB: put {:.0} → {:.0} ops/s, range {:.0} → {:.0}, count {} in {:.2} s, restart {:.2} s, loaded in {:.0} s",
+        spec.bytes >> 30,
+        l.put_empty,
+        l.put_large,
+        l.range_empty,
+        l.range_large,
+        l.counted,
+        l.count_secs,
+        l.restart_secs,
+        l.load_secs
+    );
+    Ok(l)
+}
+
 /// What `--strict` refuses: a Nod error, or a row where a system measured
 /// nothing.
 fn strict_failures(rows: &[Row], tool: &[ToolRow], names: &[String]) -> Vec<String> {
@@ -774,6 +937,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         reference,
         etcd_benchmark,
         strict,
+        large_gib,
         font,
         plain_only,
     } = args;
@@ -870,15 +1034,40 @@ async fn run(args: RunArgs) -> Result<(), String> {
         });
     }
     phase("our client done");
+    let (maint_phases, memory_peaks) = {
+        let systems: Vec<&Running> = plain.iter().collect();
+        let m = maint_all(&systems, &set.maint).await?;
+        phase("maintenance done");
+        (m, memory_all(&systems, &set.memory).await?)
+    };
+    phase("memory done");
     // The restart measurement on the plain clusters alone, as before.
     for mut r in secured {
         r.cluster.stop();
     }
     let mut finished = Vec::new();
-    for r in plain {
+    for r in &mut plain {
         finished.push(finish(r, set.restart_keys).await?);
     }
     phase("restarts done");
+    // The large database last, one system at a time, each removed after:
+    // three systems of 3 members at 8 GiB would not fit on most disks.
+    let mut large_figs = Vec::new();
+    if large_gib > 0 {
+        let spec = large::Spec {
+            bytes: large_gib << 30,
+            value_size: 8192,
+        };
+        for r in &mut plain {
+            large_figs.push(large_one(r, &spec, set.secs).await?);
+            r.cluster.stop();
+            r.cluster.remove_data();
+        }
+        phase("large databases done");
+    }
+    for r in &mut plain {
+        r.cluster.stop();
+    }
     let restart_keys = set.restart_keys;
     let extras = Extras {
         machine: machine(),
@@ -898,14 +1087,17 @@ async fn run(args: RunArgs) -> Result<(), String> {
         disk_bytes: finished.iter().map(|f| f.disk).collect(),
         restart: Some((restart_keys, finished.iter().map(|f| f.restart).collect())),
     };
-    let md = report::markdown(
-        &rows,
-        &secure_rows,
-        &tool_rows,
-        &k8s_figs,
-        &set.k8s,
-        &extras,
-    );
+    let more = report::More {
+        k8s: &k8s_figs,
+        k8s_spec: &set.k8s,
+        maint: &maint_phases,
+        maint_spec: &set.maint,
+        memory: &memory_peaks,
+        memory_spec: &set.memory,
+        large: &large_figs,
+        large_gib,
+    };
+    let md = report::markdown(&rows, &secure_rows, &tool_rows, &more, &extras);
     let md_path = out.join("results.md");
     std::fs::write(&md_path, &md).map_err(|e| format!("{}: {e}", md_path.display()))?;
     let png = out.join("throughput.png");
@@ -917,6 +1109,20 @@ async fn run(args: RunArgs) -> Result<(), String> {
     eprintln!("results: {}", md_path.display());
     let _ = std::fs::remove_dir_all(&data_root);
     let mut bad = strict_failures(&rows, &tool_rows, &names);
+    if let Some(Err(e)) = memory_peaks
+        .first()
+        .and_then(|p| p.iter().find(|c| c.is_err()))
+    {
+        bad.push(format!("memory: Nod failed a case: {e}"));
+    }
+    if let Some(nod) = maint_phases.first() {
+        let errors: u64 = nod.iter().map(|p| p.errors).sum();
+        if errors > 0 {
+            bad.push(format!(
+                "maintenance: Nod answered {errors} writes with errors"
+            ));
+        }
+    }
     if let Some(nod) = k8s_figs.first() {
         let errors: u64 = nod.ops.iter().map(|o| o.errors).sum();
         if errors > 0 {

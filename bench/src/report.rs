@@ -335,18 +335,160 @@ fn k8s_table(s: &mut String, figs: &[K8sFigures], names: &[String], reference: u
     }
 }
 
+/// The workloads beyond throughput, each empty when not run, one entry
+/// per system.
+pub struct More<'a> {
+    pub k8s: &'a [K8sFigures],
+    pub k8s_spec: &'a crate::k8s::Spec,
+    pub maint: &'a [Vec<crate::maint::Phase>],
+    pub maint_spec: &'a crate::maint::Spec,
+    pub memory: &'a [crate::memory::Peaks],
+    pub memory_spec: &'a crate::memory::Spec,
+    pub large: &'a [crate::large::Large],
+    pub large_gib: u64,
+}
+
+/// Writes during maintenance: per phase, each system's p99.9 and maximum
+/// (ms) with the ratios of the maxima, and how long the call took.
+fn maint_table(
+    s: &mut String,
+    phases: &[Vec<crate::maint::Phase>],
+    names: &[String],
+    reference: usize,
+) {
+    let rn = &names[reference];
+    let _ = writeln!(
+        s,
+        "| writes during | {} | {} | {} | {} | {} | writes ({}) | errors ({}) |",
+        heads(names, "p50", rn, false),
+        heads(names, "p99", rn, false),
+        heads(names, "p99.9", rn, true),
+        heads(names, "max", rn, true),
+        heads(names, "call (s)", rn, false),
+        names.join("/"),
+        names.join("/")
+    );
+    let cols = 1 + 5 * names.len() + 2 + 2;
+    let _ = writeln!(s, "|---|{}", "---:|".repeat(cols - 1));
+    for (i, name) in crate::maint::PHASES.iter().enumerate() {
+        let at = |k: usize| {
+            phases
+                .get(k)
+                .and_then(|p| p.get(i))
+                .copied()
+                .unwrap_or_default()
+        };
+        let mut line = format!("| {name} |");
+        type Get = fn(&crate::maint::Phase) -> f64;
+        for (get, with_ratio) in [
+            ((|p: &crate::maint::Phase| p.p50) as Get, false),
+            (|p| p.p99, false),
+            (|p| p.p999, true),
+            (|p| p.max, true),
+            (|p| p.call_secs, false),
+        ] {
+            for k in 0..names.len() {
+                let _ = write!(line, " {:.2} |", get(&at(k)));
+            }
+            if with_ratio {
+                let _ = write!(line, " {} |", ratio(get(&at(0)), get(&at(reference))));
+            }
+        }
+        let counts: Vec<String> = (0..names.len()).map(|k| at(k).count.to_string()).collect();
+        let errors: Vec<String> = (0..names.len()).map(|k| at(k).errors.to_string()).collect();
+        let _ = writeln!(s, "{line} {} | {} |", counts.join("/"), errors.join("/"));
+    }
+}
+
+/// The large database: each figure per system, with the ratio.
+fn large_table(s: &mut String, large: &[crate::large::Large], names: &[String], reference: usize) {
+    let rn = &names[reference];
+    let _ = writeln!(s, "| | {} | Nod / {rn} |", names.join(" | "));
+    let _ = writeln!(s, "|---|{}---:|", "---:|".repeat(names.len()));
+    type Get = fn(&crate::large::Large) -> f64;
+    let rows: [(&str, Get, usize); 10] = [
+        ("put ops/s at the start", |l| l.put_empty, 0),
+        ("put ops/s at size", |l| l.put_large, 0),
+        (
+            "put at size / at the start",
+            |l| l.put_large / l.put_empty.max(1e-9),
+            2,
+        ),
+        ("range ops/s at the start", |l| l.range_empty, 0),
+        ("range ops/s at size", |l| l.range_large, 0),
+        (
+            "range at size / at the start",
+            |l| l.range_large / l.range_empty.max(1e-9),
+            2,
+        ),
+        ("seconds to grow", |l| l.load_secs, 0),
+        ("seconds to count every key", |l| l.count_secs, 2),
+        ("seconds from restart to ready", |l| l.restart_secs, 2),
+        (
+            "data on disk per member (GiB)",
+            |l| l.disk as f64 / (1u64 << 30) as f64,
+            2,
+        ),
+    ];
+    for (what, get, digits) in rows {
+        let cells: Vec<String> = large
+            .iter()
+            .map(|l| format!("{:.*}", digits, get(l)))
+            .collect();
+        let r = match (large.first(), large.get(reference)) {
+            (Some(a), Some(b)) => ratio(get(a), get(b)),
+            _ => "–".into(),
+        };
+        let _ = writeln!(s, "| {what} | {} | {r} |", cells.join(" | "));
+    }
+    let counts: Vec<String> = large.iter().map(|l| l.counted.to_string()).collect();
+    let _ = writeln!(s, "| keys counted | {} | |", counts.join(" | "));
+}
+
+/// Peak RSS per member in each memory case (MiB), with the ratio.
+fn memory_table(
+    s: &mut String,
+    peaks: &[crate::memory::Peaks],
+    names: &[String],
+    reference: usize,
+) {
+    let rn = &names[reference];
+    let _ = writeln!(
+        s,
+        "| peak RSS per member (MiB) | {} | Nod / {rn} |",
+        names.join(" | ")
+    );
+    let _ = writeln!(s, "|---|{}---:|", "---:|".repeat(names.len()));
+    let mut refusals = Vec::new();
+    for (i, case) in crate::memory::CASES.iter().enumerate() {
+        let at = |k: usize| peaks.get(k).and_then(|p| p.get(i));
+        let cells: Vec<String> = (0..names.len())
+            .map(|k| match at(k) {
+                Some(Ok(b)) => format!("{:.1}", *b as f64 / 1048576.0),
+                Some(Err(e)) => {
+                    refusals.push(format!("{} {case}: {e}", names[k]));
+                    "failed".into()
+                }
+                None => "–".into(),
+            })
+            .collect();
+        let r = match (at(0), at(reference)) {
+            (Some(Ok(a)), Some(Ok(b))) => ratio(*a as f64, *b as f64),
+            _ => "–".into(),
+        };
+        let _ = writeln!(s, "| {case} | {} | {r} |", cells.join(" | "));
+    }
+    for r in refusals {
+        let _ = writeln!(s, "\n- {r}");
+    }
+}
+
 /// The report: `rows` from the plain clusters, `secure` (empty when not
 /// run) from the TLS + auth ones (Nod and the reference), `tool` (empty
-/// when not run) from etcd's own tool, `k8s` (empty when not run) from the
-/// Kubernetes-shaped workload.
-pub fn markdown(
-    rows: &[Row],
-    secure: &[Row],
-    tool: &[ToolRow],
-    k8s: &[K8sFigures],
-    k8s_spec: &crate::k8s::Spec,
-    x: &Extras,
-) -> String {
+/// when not run) from etcd's own tool, `more` the workloads beyond
+/// throughput.
+pub fn markdown(rows: &[Row], secure: &[Row], tool: &[ToolRow], more: &More, x: &Extras) -> String {
+    let (k8s, k8s_spec) = (more.k8s, more.k8s_spec);
     let names = &x.systems;
     let rn = &names[x.reference];
     let mut s = String::new();
@@ -380,7 +522,46 @@ pub fn markdown(
         );
         k8s_table(&mut s, k8s, names, x.reference);
     }
-    if !tool.is_empty() || !k8s.is_empty() {
+    if !more.maint.is_empty() {
+        let m = more.maint_spec;
+        let _ = writeln!(s, "\n## Maintenance pauses\n");
+        let _ = writeln!(
+            s,
+            "Each system on its own: a history of {} puts over {} keys (values of {} B, so each key has {} revisions), then {:.0} writes per second (open loop, latency from each write's schedule) while nothing runs for 3 s, while the leader compacts to the current revision (`Compact`, physical: the call returns once the old revisions are gone), and while the leader defragments (`Defragment`: etcd rewrites its bbolt file; Nod compacts its RocksDB store). Latencies in ms; \"call\" is how long the maintenance call took.\n",
+            m.revisions,
+            m.keyspace,
+            m.value_size,
+            m.revisions / m.keyspace.max(1),
+            m.rate
+        );
+        maint_table(&mut s, more.maint, names, x.reference);
+    }
+    if !more.memory.is_empty() {
+        let m = more.memory_spec;
+        let _ = writeln!(s, "\n## Memory\n");
+        let _ = writeln!(
+            s,
+            "Each system's largest peak resident set among its members (VmHWM, reset through /proc/<pid>/clear_refs before each case): {} s at rest after {} keys of 256 B were written; {} watchers (one stream each, prev_kv) while 1000 writes a second go to their keys for {} s; one client reading {} MiB of 1 KiB values from the leader in one range, then the same in pages of 10,000 keys at one revision.\n",
+            m.secs,
+            m.keys,
+            m.watchers,
+            m.secs,
+            m.big_bytes >> 20
+        );
+        memory_table(&mut s, more.memory, names, x.reference);
+    }
+    if !more.large.is_empty() {
+        let _ = writeln!(s, "\n## A large database\n");
+        let _ = writeln!(
+            s,
+            "Each system on its own, at the end of the run: put and linearizable range with 256 clients of our client ({} s each, on its 10,000 keys), then the system grows by {} GiB of live data (8 KiB values, {} keys, 128 puts in flight), then the same put and range, one `count_only` range over every key, and a restart of every member to ready. The goal: no cliff, throughput at size within 80% of the system's own at the start.\n",
+            x.secs.max(3),
+            more.large_gib,
+            (more.large_gib << 30) / 8192
+        );
+        large_table(&mut s, more.large, names, x.reference);
+    }
+    if !tool.is_empty() || !k8s.is_empty() || !more.maint.is_empty() {
         let _ = writeln!(s, "\n## Our client\n");
     }
     let side_by_side = if secure.is_empty() {
@@ -558,6 +739,32 @@ mod tests {
         }
     }
 
+    const MAINT: crate::maint::Spec = crate::maint::Spec {
+        revisions: 1,
+        keyspace: 1,
+        value_size: 1,
+        rate: 1.0,
+    };
+    const MEMORY: crate::memory::Spec = crate::memory::Spec {
+        keys: 1,
+        watchers: 1,
+        big_bytes: 1,
+        secs: 1,
+    };
+
+    fn none(k8s: &crate::k8s::Spec) -> More<'_> {
+        More {
+            k8s: &[],
+            k8s_spec: k8s,
+            maint: &[],
+            maint_spec: &MAINT,
+            memory: &[],
+            memory_spec: &MEMORY,
+            large: &[],
+            large_gib: 0,
+        }
+    }
+
     fn spec() -> crate::k8s::Spec {
         crate::k8s::Spec {
             objects: 1,
@@ -602,7 +809,7 @@ mod tests {
             clients: 16,
             figs: vec![figs(300.0, 1.0), figs(200.0, 3.0), figs(100.0, 4.0)],
         }];
-        let md = markdown(&rows, &[], &[], &[], &spec(), &x);
+        let md = markdown(&rows, &[], &[], &none(&spec()), &x);
         let c = cells(&md, "put");
         // workload, clients, 3 × ops/s, ratio, 3 × p50, ratio, …
         assert_eq!(c[5], "3.00×", "{c:?}");
@@ -652,7 +859,7 @@ mod tests {
                 ],
             },
         ];
-        let md = markdown(&[], &[], &tool, &[], &spec(), &x);
+        let md = markdown(&[], &[], &tool, &none(&spec()), &x);
         let put = cells(&md, "put");
         assert_eq!(put[3], "leader");
         assert_eq!(put[8], "2.00×", "{put:?}");
@@ -664,5 +871,46 @@ mod tests {
             watch[9..watch.len() - 1].iter().all(|c| c == "–"),
             "{watch:?}"
         );
+    }
+
+    #[test]
+    fn maintenance_and_memory_compare_maxima_and_name_failures() {
+        let x = extras(&["Nod", "etcd 3.7", "etcd 3.6"], 2);
+        let phase = |max: f64| crate::maint::Phase {
+            count: 10,
+            max,
+            p999: max / 2.0,
+            ..Default::default()
+        };
+        let maint: Vec<Vec<crate::maint::Phase>> = [10.0, 50.0, 500.0]
+            .iter()
+            .map(|m| vec![phase(1.0), phase(*m), phase(*m * 2.0)])
+            .collect();
+        let memory: Vec<crate::memory::Peaks> = vec![
+            vec![Ok(100 << 20), Ok(200 << 20), Ok(300 << 20), Ok(10 << 20)],
+            vec![Ok(1 << 20), Ok(1 << 20), Err("refused".into()), Ok(1 << 20)],
+            vec![Ok(400 << 20), Ok(400 << 20), Ok(600 << 20), Ok(20 << 20)],
+        ];
+        let spec = spec();
+        let more = More {
+            maint: &maint,
+            memory: &memory,
+            ..none(&spec)
+        };
+        let md = markdown(&[], &[], &[], &more, &x);
+        let compaction = cells(&md, "compaction");
+        // p50 × 3, p99 × 3, p99.9 × 3 + ratio, max × 3 + ratio
+        assert_eq!(compaction[14], "0.02×", "10 / 500: {compaction:?}");
+        assert_eq!(
+            cells(&md, "at rest")[1..],
+            ["100.0", "1.0", "400.0", "0.25×"]
+        );
+        let range = cells(&md, "one range of every big value");
+        assert_eq!(range[2], "failed");
+        assert!(
+            md.contains("- etcd 3.7 one range of every big value: refused"),
+            "{md}"
+        );
+        assert_eq!(range[4], "0.50×", "Nod and the reference both measured");
     }
 }

@@ -200,6 +200,15 @@ pub struct Conn {
     token: Option<HeaderValue>,
 }
 
+impl Conn {
+    /// The same connection with another request timeout (a defragmentation
+    /// of a large store takes longer than a request should).
+    pub fn with_timeout(mut self, timeout: Duration) -> Conn {
+        self.timeout = timeout;
+        self
+    }
+}
+
 impl Service<Request<tonic::body::Body>> for Conn {
     type Response = Response<hyper::body::Incoming>;
     type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -570,6 +579,46 @@ pub async fn load_values(
         errors += t.await.unwrap_or(0);
     }
     errors
+}
+
+/// Puts `count` keys, `concurrency` in flight over `conns`, the i-th key
+/// and value made by `make(i)`; stops at the first error.
+pub async fn put_all<F>(
+    conns: &[Conn],
+    count: u64,
+    concurrency: usize,
+    make: F,
+) -> Result<(), String>
+where
+    F: Fn(u64) -> (Vec<u8>, Vec<u8>) + Send + Sync + 'static,
+{
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let make = Arc::new(make);
+    let mut tasks = Vec::new();
+    for c in 0..concurrency.max(1) {
+        let mut kv = KvClient::new(conns[c % conns.len()].clone());
+        let (next, make) = (next.clone(), make.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    return Ok::<(), String>(());
+                }
+                let (key, value) = make(i);
+                kv.put(PutRequest {
+                    key,
+                    value,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("put {i} of {count}: {e}"))?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
 }
 
 /// Watch fan-out: `watchers` watch streams on one key (spread over the
