@@ -86,6 +86,7 @@ conformance!(
     ranges_prefixes_limits_and_sorting,
     txn_compares_and_branches_atomically_in_one_revision,
     compaction_keeps_the_visible_values_and_refuses_older_reads,
+    a_compaction_is_removed_a_step_at_a_time_and_no_answer_changes,
     leases_own_keys_and_revoking_deletes_them_in_one_revision,
     watch_history_is_in_revision_order_with_previous_values,
     a_corrupt_record_is_reported_on_open,
@@ -406,6 +407,80 @@ fn txn_compares_and_branches_atomically_in_one_revision<H: Harness>(h: &mut H) {
     );
 }
 
+/// Every answer a compaction's sweep could change: HashKV at the compacted
+/// and the current revision, and every key at each revision from the
+/// compacted one up.
+fn answers<B: Backend>(f: &Fixture<B>, from: i64) -> Vec<String> {
+    let mut out = vec![
+        format!("{:?}", f.store.hash_kv(from)),
+        format!("{:?}", f.store.hash_kv(0)),
+    ];
+    for rev in from..=f.store.current_revision() {
+        for k in ["k0", "k1", "k2", "k3", "k4", "k5", "k6"] {
+            out.push(format!("{k}@{rev}: {:?}", f.get(k, rev)));
+        }
+    }
+    out
+}
+
+fn a_compaction_is_removed_a_step_at_a_time_and_no_answer_changes<H: Harness>(h: &mut H) {
+    let mut f = create(h);
+    // A history: overwrites, deletions, a key deleted for good.
+    for i in 0..120u32 {
+        let k = format!("k{}", i % 7);
+        if i % 11 == 5 {
+            f.del(&k, "");
+        } else {
+            f.put(&k, &format!("v{i}"));
+        }
+    }
+    let at_rev = f.store.current_revision() - 20;
+    let at = f.next();
+    f.store
+        .apply_compaction(
+            &CompactionRequest {
+                revision: at_rev,
+                physical: true,
+            },
+            at,
+        )
+        .unwrap()
+        .into_result()
+        .unwrap();
+    assert!(f.store.compaction_pending(), "the records go afterwards");
+    assert!(f.store.swept_revision() < at_rev);
+    assert_eq!(f.get("k1", at_rev - 1), Err(KvError::Compacted), "at once");
+    let want = answers(&f, at_rev);
+    // A few steps, then a restart in the middle of the sweep.
+    for _ in 0..3 {
+        assert!(f.store.compaction_step(7).unwrap());
+        assert_eq!(answers(&f, at_rev), want, "mid-sweep");
+    }
+    let mut f = reopen(h, f);
+    assert!(f.store.compaction_pending(), "a restart finishes the sweep");
+    assert_eq!(answers(&f, at_rev), want, "after the restart");
+    let mut steps = 0;
+    while f.store.compaction_step(7).unwrap() {
+        steps += 1;
+        assert_eq!(answers(&f, at_rev), want, "step {steps}");
+    }
+    // A step stops after the key that reaches its budget: 7 keys of about
+    // 14 dropped records each take a step a key (3 before the restart).
+    assert!(steps + 3 >= 6, "bounded steps: {steps} after the restart");
+    assert!(!f.store.compaction_pending());
+    assert_eq!(f.store.swept_revision(), at_rev);
+    // Swept: HashKV now reads the records as stored, unfiltered, and
+    // still agrees, so the dropped records are gone from the disk.
+    assert_eq!(answers(&f, at_rev), want, "swept");
+    let f = reopen(h, f);
+    let mut f = f;
+    assert!(
+        !f.store.compaction_step(7).unwrap(),
+        "nothing left after a restart"
+    );
+    assert_eq!(answers(&f, at_rev), want, "swept, restarted");
+}
+
 fn compaction_keeps_the_visible_values_and_refuses_older_reads<H: Harness>(h: &mut H) {
     let mut f = create(h);
     f.put("a", "1");
@@ -609,7 +684,7 @@ fn a_batch_reads_its_own_writes_and_reaches_the_backend_whole_or_not_at_all<H: H
             "value, create, mod revision and version come from the batch"
         );
         assert_eq!(f.get("a", 2).unwrap().unwrap().0, "1", "history below it");
-        // A compaction inside the batch writes what is pending first.
+        // A compaction inside the batch joins it (its records go later).
         let at = f.next();
         f.store
             .apply_compaction(

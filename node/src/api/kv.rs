@@ -163,6 +163,15 @@ fn txn_is_read_only(t: &TxnRequest) -> bool {
 /// Lock and Election services (`in_process`) call these, so size and shape
 /// checks, forwarding and headers have one home.
 impl KvService {
+    /// Waits until this member has removed what compactions up to
+    /// `revision` dropped (a physical compaction answers then, as etcd's
+    /// does), or until the member's store moves past it.
+    async fn swept(&self, revision: i64) {
+        while self.node.shared.store().swept_revision() < revision {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     pub(crate) async fn range_as(
         &self,
         req: RangeRequest,
@@ -320,9 +329,14 @@ impl Kv for KvService {
                     .await?
                     .into_inner()),
                 Route::Done(Err(s)) => Err(s),
-                Route::Done(Ok(a)) => Ok(CompactionResponse {
-                    header: Some(self.node.header(a.revision)),
-                }),
+                Route::Done(Ok(a)) => {
+                    if req.physical {
+                        self.swept(req.revision).await;
+                    }
+                    Ok(CompactionResponse {
+                        header: Some(self.node.header(a.revision)),
+                    })
+                }
             }
         }
         .await;

@@ -47,6 +47,8 @@ use crate::command::{self, MemberAttributes, Op};
 
 /// How often a tick's housekeeping (closed callers, attribute publishing) runs.
 const HOUSEKEEPING_TICKS: u64 = 10;
+/// Records a compaction step removes at most.
+const COMPACTION_STEP: usize = 250;
 /// How long a member waits before asking again to publish its attributes.
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);
 
@@ -148,6 +150,21 @@ impl<P: Platform> Core<P> {
     /// adapter calls it before each batch of inputs.
     pub fn set_time(&mut self, now: Duration) {
         self.now = self.now.max(now);
+    }
+
+    /// Whether a compaction's dropped records remain to be removed; while
+    /// they do, the adapter calls [`Core::compaction_step`] between inputs.
+    pub fn compaction_pending(&self) -> bool {
+        self.shared.store().compaction_pending()
+    }
+
+    /// Removes one bounded step of what the last compaction dropped (about
+    /// `COMPACTION_STEP` records, one small write), so a compaction of a
+    /// long history interleaves with the writes instead of stalling them
+    /// (etcd's `--compaction-batch-limit`, 1000 by default).
+    pub fn compaction_step(&mut self) -> Result<(), Fatal> {
+        self.shared.store_mut().compaction_step(COMPACTION_STEP)?;
+        Ok(())
     }
 
     pub fn on_tick(&mut self) {

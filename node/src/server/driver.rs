@@ -25,6 +25,9 @@ use crate::storage::{KvStore, LogStore};
 use crate::transport::peer::{self, Transport, TransportEvent};
 use nod_proto::nodserverpb::ProposeResult;
 
+/// The pause after each step of a compaction's removal (250 records).
+const COMPACTION_PAUSE: Duration = Duration::from_millis(1);
+
 /// Answers travel on oneshot channels.
 pub struct Oneshot;
 
@@ -298,8 +301,19 @@ impl Driver {
         let mut ticker = tokio::time::interval(self.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let core = &mut self.core;
+        let mut next_step = tokio::time::Instant::now();
         let result: Result<(), Fatal> = loop {
+            let compacting = core.compaction_pending();
             tokio::select! {
+                // A step of a compaction's removal, then a pause: the loop
+                // shares its thread with the gRPC tasks, and the machine's
+                // cores with the writes (etcd sleeps 10 ms between steps).
+                () = tokio::time::sleep_until(next_step), if compacting => {
+                    if let Err(e) = core.compaction_step() {
+                        break Err(e);
+                    }
+                    next_step = tokio::time::Instant::now() + COMPACTION_PAUSE;
+                }
                 _ = ticker.tick() => {
                     core.set_time(started.elapsed());
                     core.on_tick();

@@ -464,7 +464,13 @@ impl World {
         };
         core.set_time(now);
         let applied_before = core.shared().store().applied().0;
-        let turn = core.run_ready();
+        // One step of a compaction's removal per turn, as the server's loop
+        // interleaves them with its inputs.
+        let turn = if core.compaction_pending() {
+            core.compaction_step().and_then(|()| core.run_ready())
+        } else {
+            core.run_ready()
+        };
         let applied_after = core.shared().store().applied().0;
         let writes = self.members[i].log.lock().writes - writes_before;
         let fsync_ms = self.members[i].fsync_ms;

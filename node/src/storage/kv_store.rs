@@ -244,12 +244,25 @@ impl<R> Outcome<R> {
 }
 
 /// The MVCC store over backend `B` (RocksDB unless said otherwise).
+/// Where the removal of a compaction's dropped records stands: the
+/// compacted revision, and the last key of the index it has passed.
+#[derive(Clone, Debug)]
+struct Sweep {
+    at: i64,
+    after: Option<IndexKey>,
+}
+
 pub struct KvStore<B: Backend = RocksBackend> {
     backend: B,
     pending: Option<Pending>,
     index: BTreeMap<IndexKey, Indexed>,
     current: i64,
     compacted: i64,
+    /// The records the last compaction dropped that are still stored,
+    /// removed a step at a time (`compaction_step`).
+    sweep: Option<Sweep>,
+    /// The compacted revision whose dropped records are all removed.
+    swept: i64,
     applied: (u64, u64),
     leases: BTreeMap<i64, LeaseRecord>,
     members: BTreeMap<u64, Member>,
@@ -340,6 +353,8 @@ impl<B: Backend> KvStore<B> {
             index: BTreeMap::new(),
             current: 1,
             compacted: 0,
+            sweep: None,
+            swept: 0,
             applied: (0, 0),
             leases: BTreeMap::new(),
             members: BTreeMap::new(),
@@ -401,6 +416,14 @@ impl<B: Backend> KvStore<B> {
         }
         // Compaction may have removed every record at the latest revisions.
         self.current = self.current.max(self.compacted);
+        // A sweep cut short (a stop, a crash, a checkpoint taken during it)
+        // left dropped records behind: finish it, a step at a time.
+        if self.compacted > 0 {
+            self.sweep = Some(Sweep {
+                at: self.compacted,
+                after: None,
+            });
+        }
         // Attach live keys to their leases.
         for (k, entry) in &self.index {
             // A deleted key's lease is 0, which is never a lease id.
@@ -428,6 +451,21 @@ impl<B: Backend> KvStore<B> {
     /// The revision of the last write transaction (1 for an empty store, as in etcd).
     pub fn current_revision(&self) -> i64 {
         self.current
+    }
+
+    /// The compacted revision whose dropped records are all removed (a
+    /// physical compaction's answer waits for it to reach its revision).
+    pub fn swept_revision(&self) -> i64 {
+        if self.sweep.is_none() {
+            self.compacted
+        } else {
+            self.swept
+        }
+    }
+
+    /// Whether a compaction's dropped records remain to be removed.
+    pub fn compaction_pending(&self) -> bool {
+        self.sweep.is_some()
     }
 
     pub fn compacted_revision(&self) -> i64 {

@@ -4,17 +4,18 @@
 //! I/O through the backend.
 
 use std::collections::BTreeSet;
+use std::ops::Bound;
 
 use prost::Message as _;
 
 use super::super::backend::Batch;
 use super::super::codec;
-use super::encoding::{encode_pair, put_applied, Revision, KEY_COMPACTED, TAG_MEMBER, TAG_REMOVED};
+use super::encoding::{encode_pair, KEY_COMPACTED, TAG_MEMBER, TAG_REMOVED};
 use super::txn::Staged;
 use super::{
     backend, Applied, Backend, CompactionRequest, DeleteRangeRequest, DeleteRangeResponse,
-    Keyspace, KvError, KvStore, LeaseRecord, Member, Outcome, PutRequest, PutResponse, ReadError,
-    StoreError, TxnRequest, TxnResponse, MAX_LEASE_TTL,
+    IndexKey, Keyspace, KvError, KvStore, LeaseRecord, Member, Outcome, PutRequest, PutResponse,
+    ReadError, StoreError, Sweep, TxnRequest, TxnResponse, MAX_LEASE_TTL,
 };
 
 impl<B: Backend> KvStore<B> {
@@ -96,45 +97,99 @@ impl<B: Backend> KvStore<B> {
         if at <= self.compacted {
             return self.refuse(KvError::Compacted, applied);
         }
-        // The deletions below go to the backend directly: write what is pending first.
-        let batching = self.pending.is_some();
-        self.end_batch()?;
-        if batching {
-            self.begin_batch();
-        }
-        let mut doomed = Vec::new();
-        for entry in self.index.values() {
-            let changes = &entry.changes;
-            // Keep the latest change at or before `at` unless it is a deletion.
-            let keep = changes.iter().rposition(|c| c.rev.main <= at);
-            for (i, c) in changes.iter().enumerate() {
-                if c.rev.main > at {
-                    break;
-                }
-                let kept = Some(i) == keep && !c.tombstone;
-                if !kept {
-                    doomed.push(c.rev);
-                }
-            }
+        // The compaction is decided here, in the log's order, and takes
+        // effect at once for every read (nothing at or below `at` but each
+        // key's kept change is visible any more); the records it drops are
+        // removed afterwards, a bounded step at a time between applies
+        // (`compaction_step`), so a long history does not stall writes.
+        let st = self.stage();
+        self.commit(st, applied, |b| {
+            b.put(Keyspace::Meta, KEY_COMPACTED, encode_pair(at as u64, 0))
+        })?;
+        self.compacted = at;
+        // A sweep under way for an older compaction starts over for this
+        // one: the keys it passed may hold more that is now dropped.
+        self.sweep = Some(Sweep { at, after: None });
+        Ok(Outcome::Applied(Applied::default()))
+    }
+
+    /// Removes about `budget` records that the last compaction dropped (and
+    /// forgets them in the index), outside any apply batch: whole keys, so
+    /// a step stops after the key that reaches the budget.
+    /// Returns whether more remain. The records it removes are invisible
+    /// already (reads below the compacted revision are refused, and every
+    /// key keeps its latest change at or below it), so how far the sweep
+    /// has gone changes no answer; HashKV counts the records it leaves out
+    /// of the hash the same way (`hash_kv`).
+    pub fn compaction_step(&mut self, budget: usize) -> Result<bool, StoreError> {
+        let Some(sweep) = self.sweep.clone() else {
+            return Ok(false);
+        };
+        if self.pending.is_some() {
+            // An apply batch is open; its records may be among the dropped.
+            return Ok(true);
         }
         let mut batch = Batch::default();
-        for rev in &doomed {
-            batch.delete(Keyspace::Rev, &rev.key());
+        let mut dropped = 0usize;
+        let mut emptied = Vec::new();
+        let mut last = None;
+        let range = match &sweep.after {
+            Some(k) => (Bound::Excluded(k.clone()), Bound::Unbounded),
+            None => (Bound::Unbounded, Bound::Unbounded),
+        };
+        // Visiting keys costs too, even when they drop nothing.
+        let mut visits = budget.saturating_mul(4).max(1);
+        for (k, entry) in self.index.range_mut::<IndexKey, _>(range) {
+            let before = entry.changes.len();
+            let keep = entry.changes.iter().rposition(|c| c.rev.main <= sweep.at);
+            let mut i = 0;
+            entry.changes.retain(|c| {
+                let doomed = c.rev.main <= sweep.at && (c.tombstone || Some(i) != keep);
+                if doomed {
+                    batch.delete(Keyspace::Rev, &c.rev.key());
+                }
+                i += 1;
+                !doomed
+            });
+            dropped += before - entry.changes.len();
+            if entry.changes.is_empty() {
+                emptied.push(k.clone());
+            }
+            last = Some(k.clone());
+            visits -= 1;
+            if dropped >= budget || visits == 0 {
+                break;
+            }
         }
-        batch.put(Keyspace::Meta, KEY_COMPACTED, encode_pair(at as u64, 0));
-        put_applied(&mut batch, applied);
-        self.backend
-            .write(batch)
-            .map_err(backend("writing a compaction"))?;
-        let doomed: BTreeSet<Revision> = doomed.into_iter().collect();
-        // A key's current value is never dropped, so `live` stays true.
-        self.index.retain(|_, entry| {
-            entry.changes.retain(|c| !doomed.contains(&c.rev));
-            !entry.changes.is_empty()
-        });
-        self.compacted = at;
-        self.applied = applied;
-        Ok(Outcome::Applied(Applied::default()))
+        for k in &emptied {
+            self.index.remove(k);
+        }
+        if dropped > 0 {
+            self.backend
+                .write(batch)
+                .map_err(backend("writing a compaction step"))?;
+        }
+        let more = match last {
+            Some(k)
+                if self
+                    .index
+                    .range::<IndexKey, _>((Bound::Excluded(k.clone()), Bound::Unbounded))
+                    .next()
+                    .is_some() =>
+            {
+                self.sweep = Some(Sweep {
+                    at: sweep.at,
+                    after: Some(k),
+                });
+                true
+            }
+            _ => {
+                self.sweep = None;
+                self.swept = self.swept.max(sweep.at);
+                false
+            }
+        };
+        Ok(more)
     }
 
     pub fn apply_lease_grant(

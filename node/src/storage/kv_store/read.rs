@@ -237,10 +237,32 @@ impl<B: Backend> KvStore<B> {
             if rev.main > upto {
                 break;
             }
+            if rev.main <= self.compacted && self.sweep.is_some() && !self.kept(rev, &v)? {
+                // Dropped by the compaction, not yet removed: every member
+                // hashes the same records however far its sweep has gone.
+                continue;
+            }
             h.update(&k);
             h.update(&v);
         }
         Ok((h.finalize(), upto))
+    }
+
+    /// Whether the stored record `rev` (value `v`), at or below the
+    /// compacted revision, is one the compaction keeps: its key's latest
+    /// change at or below it, and not a deletion.
+    fn kept(&self, rev: Revision, v: &[u8]) -> Result<bool, StoreError> {
+        let (_, kv) = decode_kv(v).map_err(|cause| StoreError::CorruptRecord {
+            revision: rev.main,
+            cause,
+        })?;
+        Ok(self.index.get(kv.key.as_slice()).is_some_and(|e| {
+            e.changes
+                .iter()
+                .rev()
+                .find(|c| c.rev.main <= self.compacted)
+                .is_some_and(|c| c.rev == rev && !c.tombstone)
+        }))
     }
 
     /// Serves a transaction that only reads (the caller checked), without the log.
