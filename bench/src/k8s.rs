@@ -32,7 +32,9 @@ use nod_proto::etcd::etcdserverpb::{
     RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest,
 };
 
-use crate::workload::{histogram, Conn};
+use nod_client::prefix_end;
+
+use crate::workload::{histogram, list_pages, Conn};
 
 /// The kinds and their share of the objects.
 const KINDS: [(&str, u32); 6] = [
@@ -117,7 +119,7 @@ pub struct Measured {
 }
 
 impl Measured {
-    fn new() -> Measured {
+    pub fn empty() -> Measured {
         Measured {
             hists: Op::ALL.iter().map(|_| histogram()).collect(),
             errors: vec![0; Op::ALL.len()],
@@ -139,10 +141,6 @@ impl Measured {
         self.progress_notifications += m.progress_notifications;
         self.ops += m.ops;
         self.elapsed += m.elapsed;
-    }
-
-    pub fn empty() -> Measured {
-        Measured::new()
     }
 }
 
@@ -202,17 +200,6 @@ fn kind(r: u64) -> &'static str {
 
 pub fn object_key(kind: &str, ns: usize, name: u64) -> Vec<u8> {
     format!("/registry/{kind}/ns-{ns:02}/{kind}-{name:07}").into_bytes()
-}
-
-fn prefix_end(p: &[u8]) -> Vec<u8> {
-    let mut e = p.to_vec();
-    while let Some(last) = e.pop() {
-        if last < 0xff {
-            e.push(last + 1);
-            return e;
-        }
-    }
-    vec![0]
 }
 
 /// A value of `size` bytes starting with the time since `base` in
@@ -311,69 +298,21 @@ async fn list_all(kv: &mut KvClient<Conn>) -> Result<Objects, String> {
     let mut objects = Objects::default();
     let prefix = b"/registry/".to_vec();
     let end = prefix_end(&prefix);
-    let mut from = prefix;
-    let mut revision = 0;
-    loop {
-        let r = kv
-            .range(RangeRequest {
-                key: from.clone(),
-                range_end: end.clone(),
-                limit: PAGE,
-                revision,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("list /registry/: {e}"))?
-            .into_inner();
-        if revision == 0 {
-            revision = r.header.as_ref().map_or(0, |h| h.revision);
-        }
+    list_pages(kv, prefix, end, PAGE, |r| {
         for kv in &r.kvs {
             objects.set(&kv.key, kv.mod_revision);
         }
-        match r.kvs.last() {
-            Some(last) if r.more => {
-                from = last.key.clone();
-                from.push(0);
-            }
-            _ => break,
-        }
-    }
+    })
+    .await
+    .map_err(|e| format!("list /registry/: {e}"))?;
     objects.next_name = objects.keys.len() as u64 + 1_000_000;
     Ok(objects)
 }
 
-/// A paginated list of `[key, end)`: pages of `PAGE` at the first page's
-/// revision, each from the last key + `\0`.
-async fn paginated(
-    kv: &mut KvClient<Conn>,
-    key: Vec<u8>,
-    end: Vec<u8>,
-) -> Result<(), tonic::Status> {
-    let mut from = key;
-    let mut revision = 0;
-    loop {
-        let r = kv
-            .range(RangeRequest {
-                key: from.clone(),
-                range_end: end.clone(),
-                limit: PAGE,
-                revision,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        if revision == 0 {
-            revision = r.header.as_ref().map_or(0, |h| h.revision);
-        }
-        match r.kvs.last() {
-            Some(last) if r.more => {
-                from = last.key.clone();
-                from.push(0);
-            }
-            _ => return Ok(()),
-        }
-    }
+/// A list of one prefix in pages of `PAGE`, as kube-apiserver sends it.
+async fn paginated(kv: &mut KvClient<Conn>, prefix: Vec<u8>) -> bool {
+    let end = prefix_end(&prefix);
+    list_pages(kv, prefix, end, PAGE, |_| {}).await.is_ok()
 }
 
 /// Shared by the tasks of one run.
@@ -531,14 +470,9 @@ async fn one(kv: &mut KvClient<Conn>, sh: &Shared, at: Instant, r: u64) {
                 (r2 as usize / 7) % NAMESPACES
             )
             .into_bytes();
-            let end = prefix_end(&p);
-            paginated(kv, p, end).await.is_ok()
+            paginated(kv, p).await
         }
-        Op::Relist => {
-            let p = format!("/registry/{}/", kind(r2)).into_bytes();
-            let end = prefix_end(&p);
-            paginated(kv, p, end).await.is_ok()
-        }
+        Op::Relist => paginated(kv, format!("/registry/{}/", kind(r2)).into_bytes()).await,
         Op::LeaseGrant | Op::WatchEvent => return,
     };
     sh.record(op, at, ok);
@@ -656,7 +590,7 @@ pub async fn run(
     };
     let sh = Arc::new(Shared {
         objects: Mutex::new(objects),
-        measured: Mutex::new(Measured::new()),
+        measured: Mutex::new(Measured::empty()),
         lease: std::sync::atomic::AtomicI64::new(0),
         base: Instant::now(),
         value_size: spec.value_size,
@@ -737,7 +671,7 @@ pub async fn run(
     }
     let mut m = std::mem::replace(
         &mut *sh.measured.lock().unwrap_or_else(|e| e.into_inner()),
-        Measured::new(),
+        Measured::empty(),
     );
     m.elapsed = elapsed;
     Ok(m)
@@ -765,7 +699,6 @@ mod tests {
         let p = b"/registry/pods/".to_vec();
         assert!(k.as_slice() >= p.as_slice() && k.as_slice() < prefix_end(&p).as_slice());
         assert!(object_key("pods", 9, 1) < prefix_end(b"/registry/pods/"));
-        assert_eq!(prefix_end(&[0x61, 0xff]), vec![0x62]);
     }
 
     #[test]

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use nod_proto::etcd::etcdserverpb::kv_client::KvClient;
 use nod_proto::etcd::etcdserverpb::watch_client::WatchClient;
-use nod_proto::etcd::etcdserverpb::{
-    watch_request, PutRequest, RangeRequest, WatchCreateRequest, WatchRequest,
-};
+use nod_proto::etcd::etcdserverpb::{watch_request, PutRequest, WatchCreateRequest, WatchRequest};
 
 use crate::cluster::Cluster;
-use crate::workload::Conn;
+use nod_client::prefix_end;
+
+use crate::workload::{list_pages, Conn};
 
 #[derive(Clone, Debug)]
 pub struct Spec {
@@ -41,14 +41,6 @@ const PAGE: i64 = 10_000;
 
 fn big_key(i: u64) -> Vec<u8> {
     format!("big/{i:08}").into_bytes()
-}
-
-fn prefix_end(p: &[u8]) -> Vec<u8> {
-    let mut e = p.to_vec();
-    if let Some(last) = e.last_mut() {
-        *last += 1;
-    }
-    e
 }
 
 /// Puts `count` keys made by `key` with `size`-byte values, 64 at a time.
@@ -134,39 +126,13 @@ async fn watchers_with_writes(conns: &[Conn], watchers: usize, secs: u64) -> Res
 /// Reads every big value: in one range (`page` 0) or in pages.
 async fn read_big(conn: &Conn, page: i64) -> Result<u64, String> {
     let mut kv = KvClient::new(conn.clone()).max_decoding_message_size(usize::MAX);
-    let end = prefix_end(b"big/");
-    let mut from = b"big/".to_vec();
-    let mut revision = 0;
     let mut bytes = 0u64;
-    loop {
-        let r = kv
-            .range(RangeRequest {
-                key: from.clone(),
-                range_end: end.clone(),
-                limit: page,
-                revision,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("{}: {}", e.code(), e.message()))?
-            .into_inner();
-        if revision == 0 {
-            revision = r.header.as_ref().map_or(0, |h| h.revision);
-        }
+    list_pages(&mut kv, b"big/".to_vec(), prefix_end(b"big/"), page, |r| {
         bytes += r.kvs.iter().map(|kv| kv.value.len() as u64).sum::<u64>();
-        match r.kvs.last() {
-            Some(last) if r.more && page > 0 => {
-                from = last.key.clone();
-                from.push(0);
-            }
-            _ => return Ok(bytes),
-        }
-    }
-}
-
-/// The peak resident set of the members since their last reset.
-fn peak(cluster: &Cluster) -> u64 {
-    cluster.peak_rss()
+    })
+    .await
+    .map_err(|e| format!("{}: {}", e.code(), e.message()))?;
+    Ok(bytes)
 }
 
 /// Every case on one system; `leader` serves the reads. Returns one entry
@@ -177,14 +143,14 @@ pub async fn run(cluster: &Cluster, conns: &[Conn], leader: &Conn, spec: &Spec) 
         fill(conns, spec.keys, 256, crate::workload::key).await?;
         cluster.reset_peak_rss()?;
         tokio::time::sleep(Duration::from_secs(spec.secs)).await;
-        Ok::<u64, String>(peak(cluster))
+        Ok::<u64, String>(cluster.peak_rss())
     }
     .await;
     out.push(at_rest);
     let watching = async {
         cluster.reset_peak_rss()?;
         watchers_with_writes(conns, spec.watchers, spec.secs).await?;
-        Ok::<u64, String>(peak(cluster))
+        Ok::<u64, String>(cluster.peak_rss())
     }
     .await;
     out.push(watching);
@@ -204,7 +170,7 @@ pub async fn run(cluster: &Cluster, conns: &[Conn], leader: &Conn, spec: &Spec) 
                     big_keys * BIG_VALUE as u64
                 ));
             }
-            Ok::<u64, String>(peak(cluster))
+            Ok::<u64, String>(cluster.peak_rss())
         }
         .await;
         out.push(case);

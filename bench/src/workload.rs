@@ -581,6 +581,43 @@ pub async fn load_values(
     errors
 }
 
+/// Reads `[key, end)` as kube-apiserver lists: pages of `limit` keys (0:
+/// one range of everything), later pages at the first page's revision and
+/// from the last key + `\0`; `each` sees every page.
+pub async fn list_pages(
+    kv: &mut KvClient<Conn>,
+    key: Vec<u8>,
+    end: Vec<u8>,
+    limit: i64,
+    mut each: impl FnMut(&nod_proto::etcd::etcdserverpb::RangeResponse),
+) -> Result<(), tonic::Status> {
+    let mut from = key;
+    let mut revision = 0;
+    loop {
+        let r = kv
+            .range(RangeRequest {
+                key: from,
+                range_end: end.clone(),
+                limit,
+                revision,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        if revision == 0 {
+            revision = r.header.as_ref().map_or(0, |h| h.revision);
+        }
+        each(&r);
+        match r.kvs.last() {
+            Some(last) if r.more => {
+                from = last.key.clone();
+                from.push(0);
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// Puts `count` keys, `concurrency` in flight over `conns`, the i-th key
 /// and value made by `make(i)`; stops at the first error.
 pub async fn put_all<F>(
