@@ -332,6 +332,10 @@ async fn point_in_time_restores_from_s3_match_the_source() {
     lease_ids.push(l3);
     let r1 = write(&mut c, 100, 150, &lease_ids).await;
     points.push(point(&mut c, r1).await);
+    // Each point sealed in a segment before the next writes, so the chain
+    // holds at least three segments whatever the machine's speed (a
+    // segment is cut by age, 1 s here).
+    assert_eq!(reached(&dest, &env, r1, &agent).await, first);
     c.lease_revoke(lease_ids[0]).await.unwrap();
     lease_ids.remove(0);
     let leader = support::leader(&endpoints).await;
@@ -390,6 +394,7 @@ async fn point_in_time_restores_from_s3_match_the_source() {
     support::leader(&survivors).await;
     let r3 = write(&mut c, 400, 300, &lease_ids).await;
     points.push(point(&mut c, r3).await);
+    assert_eq!(reached(&dest, &env, r3, &agent).await, first);
     let initial = cluster.initial_cluster();
     cluster.members[victim].start(&initial, "new", &[]);
     let end = write(&mut c, 700, 300, &lease_ids).await;
