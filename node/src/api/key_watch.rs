@@ -49,9 +49,9 @@ impl KeyWatch {
             let store = shared.store();
             let current = store.current_revision();
             let compacted = store.compacted_revision();
-            let stream = hub.new_stream();
+            let stream = hub.new_stream(tx);
             if !(start > 0 && start < compacted) {
-                hub.subscribe(stream, 1, range.clone(), start.max(current + 1), false, tx);
+                hub.subscribe(stream, 1, range.clone(), start.max(current + 1), false);
             }
             (stream, current, compacted)
         };
@@ -87,11 +87,15 @@ impl KeyWatch {
         loop {
             match self.live.as_mut()?.recv().await {
                 Some(HubMessage::Events {
-                    revision, events, ..
+                    revision,
+                    deliveries,
                 }) => {
                     let start = self.start;
-                    let events: Vec<Event> = events
+                    // The stream has one watcher: one delivery a revision.
+                    debug_assert_eq!(deliveries.len(), 1);
+                    let events: Vec<Event> = deliveries
                         .iter()
+                        .flat_map(|d| d.events.iter())
                         .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision >= start))
                         .cloned()
                         .collect();

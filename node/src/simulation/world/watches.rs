@@ -103,8 +103,8 @@ impl World {
         // seen: it watches from the one it expects next, as a client does.
         w.next = w.next.max(current + 1);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let stream = hub.new_stream();
-        hub.subscribe(stream, 1, sim_range(), w.next, false, tx.clone());
+        let stream = hub.new_stream(tx.clone());
+        hub.subscribe(stream, 1, sim_range(), w.next, false);
         w.rx = Some(rx);
         w.tx = Some(tx);
         w.progress = 0;
@@ -132,7 +132,8 @@ impl World {
             while let Ok(m) = rx.try_recv() {
                 match m {
                     HubMessage::Events {
-                        revision, events, ..
+                        revision,
+                        deliveries,
                     } => {
                         if revision <= w.progress {
                             self.report.violations.push(format!(
@@ -149,7 +150,14 @@ impl World {
                                 w.next - 1
                             ));
                         }
-                        for e in events.iter() {
+                        if deliveries.len() != 1 {
+                            self.report.violations.push(format!(
+                                "member {}'s stream of one watcher got {} deliveries at {revision}",
+                                i + 1,
+                                deliveries.len()
+                            ));
+                        }
+                        for e in deliveries.iter().flat_map(|d| d.events.iter()) {
                             w.seen.push(seen(e));
                         }
                         w.next = w.next.max(revision + 1);
