@@ -678,3 +678,65 @@ async fn snapshots_compact_the_log_and_a_wiped_member_catches_up_by_snapshot() {
     assert_eq!(seen[0], seen[2]);
     assert_eq!(seen[0].len(), 150, "k000..k149 after the late rewrite");
 }
+
+/// etcd's `KeepAliveOnce` (a keep-alive stream opened, one answer read,
+/// the stream dropped) many times over one connection to a follower. The
+/// follower forwards each to the leader over its one peer connection, and
+/// h2's cap on the streams a connection resets in its lifetime (1024) once
+/// closed that connection (ENHANCE_YOUR_CALM), failing the forwarded calls
+/// on it as ResourceExhausted: etcd's benchmark tool saw it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_once_through_a_follower_never_wears_out_its_peer_connection() {
+    use nod_proto::etcd::etcdserverpb::lease_client::LeaseClient;
+    use nod_proto::etcd::etcdserverpb::LeaseKeepAliveRequest;
+    let cluster = Cluster::start(3);
+    let first = leader(&cluster.endpoints()).await;
+    let mut follower = None;
+    for m in &cluster.members {
+        let s = m.client().status().await.unwrap();
+        if s.header.unwrap().member_id != first {
+            follower = Some(m);
+        }
+    }
+    let f = follower.expect("two members follow");
+    let id = f.client().lease_grant(600, 0).await.unwrap().id;
+    let ch = tonic::transport::Endpoint::from_shared(f.client_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // 100 callers at once, as the tool's 100 clients: streams reset
+    // while answers for them are still on their way.
+    let calls = (0..100).map(|c| {
+        let mut lease = LeaseClient::new(ch.clone());
+        tokio::spawn(async move {
+            for i in 0..300 {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tx.send(LeaseKeepAliveRequest { id }).await.unwrap();
+                let mut answers = lease
+                    .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await
+                    .map_err(|e| format!("caller {c}, keep-alive {i}: {e}"))?
+                    .into_inner();
+                let r = answers
+                    .message()
+                    .await
+                    .map_err(|e| format!("caller {c}, keep-alive {i}: {e}"))?
+                    .ok_or_else(|| format!("caller {c}, keep-alive {i}: no answer"))?;
+                assert_eq!((r.id, r.ttl), (id, 600), "keep-alive {i}");
+            }
+            Ok::<(), String>(())
+        })
+    });
+    let failed: Vec<String> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter_map(|r| r.unwrap().err())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} callers failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+}

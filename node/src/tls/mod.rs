@@ -495,12 +495,12 @@ impl Dialer {
 
     /// A channel that connects on first use (and again after a failure).
     pub fn lazy(&self, endpoint: Endpoint) -> Channel {
-        endpoint.connect_with_connector_lazy(self.connector.clone())
+        peer_http2(endpoint).connect_with_connector_lazy(self.connector.clone())
     }
 
     /// A channel connected now.
     pub async fn connect(&self, endpoint: Endpoint) -> Result<Channel, tonic::transport::Error> {
-        endpoint
+        peer_http2(endpoint)
             .connect_with_connector(self.connector.clone())
             .await
     }
@@ -511,6 +511,19 @@ impl Dialer {
             Endpoint::from_shared(url.to_string())?.connect_timeout(Duration::from_secs(1));
         self.connect(endpoint).await
     }
+}
+
+/// HTTP/2 as a member uses it to its peers. h2 closes a connection
+/// (GOAWAY, ENHANCE_YOUR_CALM) once it has reset 1024 streams in its
+/// lifetime for frames that came after it forgot them, a guard against a
+/// hostile peer. A follower's one connection to the leader carries every
+/// call it forwards, and calls it forwards end early all the time (etcd's
+/// `KeepAliveOnce` reads one answer and cancels): under load a healthy
+/// connection reached the cap and failed every forwarded call on it
+/// (etcd's benchmark tool saw ResourceExhausted). Peers are members that
+/// showed a peer certificate when TLS is on; the cap is off for them.
+fn peer_http2(endpoint: Endpoint) -> Endpoint {
+    endpoint.http2_max_local_error_reset_streams(None)
 }
 
 #[cfg(test)]
