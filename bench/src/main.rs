@@ -24,7 +24,7 @@ mod workload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use cluster::{Cluster, System};
@@ -213,15 +213,42 @@ const FSYNCS: &str = "etcd_disk_wal_fsync_duration_seconds_count";
 struct Running {
     cluster: Cluster,
     endpoints: Vec<String>,
-    /// TLS and the bench user's token in the TLS + auth configuration.
-    access: Access,
+    /// TLS, and in the TLS + auth configuration the bench user's token
+    /// with the time it was given.
+    access: std::sync::Mutex<(Access, Instant)>,
+    /// Authentication is on: the token is renewed (`Running::access`).
+    secure: bool,
     /// The system's name, and the configuration unless plain.
     label: String,
 }
 
+/// How old a token may be before a workload logs in again. Simple tokens
+/// expire after 5 minutes unused on both systems (etcd's
+/// `--auth-token-ttl`), and a cluster waits unused while the others run
+/// their rounds.
+const TOKEN_RENEWAL: Duration = Duration::from_secs(60);
+
 impl Running {
     fn name(&self) -> &str {
         &self.label
+    }
+
+    /// How to reach the cluster: with authentication on, with a token
+    /// younger than `TOKEN_RENEWAL` (logging in again when it is older).
+    async fn access(&self) -> Result<Access, String> {
+        let (access, given) = self
+            .access
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if !self.secure || given.elapsed() < TOKEN_RENEWAL {
+            return Ok(access);
+        }
+        let fresh = access
+            .login(&self.endpoints[0], security::USER, security::PASSWORD)
+            .await?;
+        *self.access.lock().unwrap_or_else(|p| p.into_inner()) = (fresh.clone(), Instant::now());
+        Ok(fresh)
     }
 }
 
@@ -435,7 +462,8 @@ async fn start(
     Ok(Running {
         cluster,
         endpoints,
-        access,
+        access: std::sync::Mutex::new((access, Instant::now())),
+        secure: security.is_some(),
         label,
     })
 }
@@ -472,7 +500,7 @@ async fn round(r: &Running, spec: &Spec) -> Result<(Measured, Option<f64>), Stri
     let before = r.cluster.metric_sum(FSYNCS);
     let m = workload::run(
         r.endpoints.clone(),
-        r.access.clone(),
+        r.access().await?,
         conns_for(spec.clients),
         spec.clone(),
         load_threads(),
@@ -499,7 +527,7 @@ async fn finish(r: &mut Running, restart_keys: u64) -> Result<Finish, String> {
         "[{}] loading {restart_keys} keys for the restart measurement",
         r.name()
     );
-    let ch = workload::connect(&r.endpoints, 32, &r.access).await?;
+    let ch = workload::connect(&r.endpoints, 32, &r.access().await?).await?;
     let errors = workload::load(&ch, restart_keys, 256, 256).await;
     drop(ch);
     let restart = match r.cluster.restart().await {
@@ -573,7 +601,7 @@ async fn bench_all(
     }
     let mut watch = vec![Figures::default(); systems.len()];
     for (s, r) in systems.iter().enumerate() {
-        let ch = workload::connect(&r.endpoints, 16, &r.access).await?;
+        let ch = workload::connect(&r.endpoints, 16, &r.access().await?).await?;
         let m = workload::watch_fanout(&ch, set.watchers, set.writes).await;
         let f = figures(&m);
         eprintln!(
@@ -648,7 +676,7 @@ fn data_root_dir(given: Option<PathBuf>) -> Result<PathBuf, String> {
 async fn put_range_key(r: &Running) -> Result<(), String> {
     use nod_proto::etcd::etcdserverpb::kv_client::KvClient;
     use nod_proto::etcd::etcdserverpb::PutRequest;
-    let ch = workload::connect(&r.endpoints, 1, &r.access).await?;
+    let ch = workload::connect(&r.endpoints, 1, &r.access().await?).await?;
     KvClient::new(ch[0].clone())
         .put(PutRequest {
             key: etcd_tool::RANGE_KEY.as_bytes().to_vec(),
@@ -716,7 +744,7 @@ async fn tool_all(
 /// reversed every other round. Returns each system's figures.
 async fn k8s_all(systems: &[&Running], set: &Settings) -> Result<Vec<K8sFigures>, String> {
     for r in systems {
-        let conns = workload::connect(&r.endpoints, 8, &r.access).await?;
+        let conns = workload::connect(&r.endpoints, 8, &r.access().await?).await?;
         let rev = k8s::populate(&conns, &set.k8s).await?;
         eprintln!(
             "[{}] kubernetes-shaped: {} objects of {} B, revision {rev}",
@@ -738,8 +766,8 @@ async fn k8s_all(systems: &[&Running], set: &Settings) -> Result<Vec<K8sFigures>
             let r = systems[s];
             // Two apiservers' worth of connections, spread over the members;
             // the watches on connections of their own.
-            let conns = workload::connect(&r.endpoints, 6, &r.access).await?;
-            let watch_conns = workload::connect(&r.endpoints, 3, &r.access).await?;
+            let conns = workload::connect(&r.endpoints, 6, &r.access().await?).await?;
+            let watch_conns = workload::connect(&r.endpoints, 3, &r.access().await?).await?;
             let cpu = r.cluster.cpu_ns();
             let m = k8s::run(&conns, &watch_conns, &set.k8s, 0x5eed + i as u64)
                 .await
@@ -772,11 +800,11 @@ async fn maint_all(
 ) -> Result<Vec<Vec<maint::Phase>>, String> {
     let mut out = Vec::new();
     for r in systems {
-        let conns = workload::connect(&r.endpoints, 8, &r.access).await?;
+        let conns = workload::connect(&r.endpoints, 8, &r.access().await?).await?;
         maint::history(&conns, spec)
             .await
             .map_err(|e| format!("[{}] {e}", r.name()))?;
-        let leader = workload::dial(&r.endpoints[0], &r.access)
+        let leader = workload::dial(&r.endpoints[0], &r.access().await?)
             .await?
             .with_timeout(Duration::from_secs(1800));
         let phases = maint::run(&conns, leader, spec)
@@ -805,8 +833,8 @@ async fn memory_all(
 ) -> Result<Vec<memory::Peaks>, String> {
     let mut out = Vec::new();
     for r in systems {
-        let conns = workload::connect(&r.endpoints, 16, &r.access).await?;
-        let leader = workload::dial(&r.endpoints[0], &r.access)
+        let conns = workload::connect(&r.endpoints, 16, &r.access().await?).await?;
+        let leader = workload::dial(&r.endpoints[0], &r.access().await?)
             .await?
             .with_timeout(Duration::from_secs(600));
         let peaks = memory::run(&r.cluster, &conns, &leader, spec).await;
@@ -846,7 +874,7 @@ async fn large_one(r: &mut Running, spec: &large::Spec, secs: u64) -> Result<lar
         spec.bytes >> 30,
         spec.value_size
     );
-    let conns = workload::connect(&r.endpoints, 16, &r.access).await?;
+    let conns = workload::connect(&r.endpoints, 16, &r.access().await?).await?;
     let load_secs = large::grow(&conns, spec)
         .await
         .map_err(|e| format!("[{label}] {e}"))?;
@@ -855,7 +883,7 @@ async fn large_one(r: &mut Running, spec: &large::Spec, secs: u64) -> Result<lar
         .await?
         .0
         .throughput();
-    let leader = workload::dial(&r.endpoints[0], &r.access)
+    let leader = workload::dial(&r.endpoints[0], &r.access().await?)
         .await?
         .with_timeout(Duration::from_secs(600));
     let (count_secs, counted) = large::count_all(&leader)
