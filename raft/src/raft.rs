@@ -84,6 +84,10 @@ pub struct Raft<S: Storage> {
 /// near it, and it keeps `+ 1` from overflowing.
 pub const MAX_WIRE_VALUE: u64 = u64::MAX / 4;
 
+/// How many bytes of entries `Raft::new` reads at a time while it rebuilds
+/// the configuration from the log.
+const CONF_SCAN_BYTES: u64 = 1 << 20;
+
 impl<S: Storage> Raft<S> {
     pub fn new(cfg: Config, storage: S) -> Result<Self, crate::error::ConfigError> {
         cfg.validate()?;
@@ -126,13 +130,22 @@ impl<S: Storage> Raft<S> {
 
         // Rebuild the configuration: the snapshot's, then every configuration
         // entry after it (they take effect when appended, committed or not).
+        // Read in pieces of `CONF_SCAN_BYTES`: a long log read whole (every
+        // entry since the snapshot, payloads and all) was most of a
+        // restart's time and its memory.
         let mut conf = ConfHistory::new(first.prev(), state.conf_state);
-        if first <= last {
-            for e in log.slice(first, last.next(), u64::MAX)? {
+        let mut from = first;
+        while from <= last {
+            let piece = log.slice(from, last.next(), CONF_SCAN_BYTES)?;
+            let Some(end) = piece.last().map(|e| e.index) else {
+                break;
+            };
+            for e in &piece {
                 if let EntryPayload::ConfChange(cc) = &e.payload {
                     conf.append(e.index, cc);
                 }
             }
+            from = end.next();
         }
         let mut raft = Raft {
             id: cfg.id,

@@ -974,3 +974,53 @@ fn paper_6_2_a_new_voter_gets_an_election_timeout_before_check_quorum_counts_it(
         "a voter that never answers costs the quorum"
     );
 }
+
+/// A restart rebuilds the configuration from every entry since the
+/// snapshot, which it reads a piece at a time: membership changes far apart
+/// in a long log (megabytes of entries between them, more than one piece)
+/// all count, committed or not.
+#[test]
+fn a_restart_finds_every_membership_change_in_a_long_log() {
+    use nod_raft::{ConfState, HardState, LogWrite, StorageWrite};
+    let mut s = MemStorage::new_bootstrap(ConfState::with_voters([NodeId(1)]), Vec::new());
+    let mut entries = Vec::new();
+    let mut index = 1;
+    let mut next = |payload| {
+        index += 1;
+        Entry {
+            term: Term(1),
+            index: Index(index),
+            payload,
+        }
+    };
+    for (node, kind) in [
+        (2, ConfChangeKind::AddVoter),
+        (3, ConfChangeKind::AddLearner),
+        (2, ConfChangeKind::Remove),
+    ] {
+        // 3 MiB of writes before each change.
+        for _ in 0..48 {
+            entries.push(next(EntryPayload::Normal(vec![7; 64 << 10])));
+        }
+        entries.push(next(EntryPayload::ConfChange(cc(kind, node))));
+    }
+    let last = Index(index);
+    s.write(&LogWrite {
+        entries,
+        hard_state: Some(HardState {
+            term: Term(1),
+            vote: NodeId(1),
+            commit: last,
+        }),
+        sync: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let node = RawNode::new(Config::new(NodeId(1)), s).unwrap();
+    let conf = node.conf_state();
+    assert!(
+        conf.is_voter(NodeId(1)) && !conf.is_voter(NodeId(2)),
+        "{conf:?}"
+    );
+    assert!(conf.learners.contains(&NodeId(3)), "{conf:?}");
+}

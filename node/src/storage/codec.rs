@@ -101,6 +101,10 @@ impl<'a> Reader<'a> {
         ))
     }
     fn bytes(&mut self, what: &'static str, limit: usize) -> Result<Vec<u8>, DecodeError> {
+        Ok(self.slice(what, limit)?.to_vec())
+    }
+    /// A length-prefixed run of bytes, where it lies.
+    fn slice(&mut self, what: &'static str, limit: usize) -> Result<&'a [u8], DecodeError> {
         let len = self.u64(what)?;
         if len > limit as u64 {
             return Err(DecodeError::TooLarge {
@@ -109,7 +113,7 @@ impl<'a> Reader<'a> {
                 limit: limit as u64,
             });
         }
-        Ok(self.take(len as usize, what)?.to_vec())
+        self.take(len as usize, what)
     }
     fn ids(&mut self, what: &'static str) -> Result<Vec<NodeId>, DecodeError> {
         let n = self.u64(what)?;
@@ -169,12 +173,45 @@ pub fn encode_entry(e: &Entry) -> Vec<u8> {
 }
 
 pub fn decode_entry(record: &[u8]) -> Result<Entry, DecodeError> {
+    let (term, index, body) = entry_parts(record)?;
+    let payload = match body {
+        Body::Empty => EntryPayload::Empty,
+        Body::Normal(data) => EntryPayload::Normal(data.to_vec()),
+        Body::ConfChange(kind, node, context) => EntryPayload::ConfChange(ConfChange {
+            kind,
+            node,
+            context: context.to_vec(),
+        }),
+    };
+    Ok(Entry {
+        term,
+        index,
+        payload,
+    })
+}
+
+/// An entry record's term and index, the record checked as `decode_entry`
+/// checks it but its payload not copied: what opening the log reads of
+/// every entry (copying a long log's payloads out was most of a restart).
+pub fn decode_entry_head(record: &[u8]) -> Result<(Term, Index), DecodeError> {
+    let (term, index, _) = entry_parts(record)?;
+    Ok((term, index))
+}
+
+/// An entry's payload where it lies in its record.
+enum Body<'a> {
+    Empty,
+    Normal(&'a [u8]),
+    ConfChange(ConfChangeKind, NodeId, &'a [u8]),
+}
+
+fn entry_parts(record: &[u8]) -> Result<(Term, Index, Body<'_>), DecodeError> {
     let mut r = open(record)?;
     let term = Term(r.u64("term")?);
     let index = Index(r.u64("index")?);
-    let payload = match r.u8("entry kind")? {
-        0 => EntryPayload::Empty,
-        1 => EntryPayload::Normal(r.bytes("entry data", MAX_PAYLOAD)?),
+    let body = match r.u8("entry kind")? {
+        0 => Body::Empty,
+        1 => Body::Normal(r.slice("entry data", MAX_PAYLOAD)?),
         2 => {
             let kind = match r.u8("conf change kind")? {
                 0 => ConfChangeKind::AddLearner,
@@ -184,21 +221,12 @@ pub fn decode_entry(record: &[u8]) -> Result<Entry, DecodeError> {
                 _ => return Err(DecodeError::Invalid("conf change kind")),
             };
             let node = NodeId(r.u64("conf change node")?);
-            let context = r.bytes("conf change context", MAX_PAYLOAD)?;
-            EntryPayload::ConfChange(ConfChange {
-                kind,
-                node,
-                context,
-            })
+            Body::ConfChange(kind, node, r.slice("conf change context", MAX_PAYLOAD)?)
         }
         _ => return Err(DecodeError::Invalid("entry kind")),
     };
     r.finish()?;
-    Ok(Entry {
-        term,
-        index,
-        payload,
-    })
+    Ok((term, index, body))
 }
 
 pub fn encode_hard_state(hs: &HardState) -> Vec<u8> {
@@ -292,6 +320,10 @@ mod tests {
     fn records_round_trip() {
         for e in samples() {
             assert_eq!(decode_entry(&encode_entry(&e)).unwrap(), e);
+            assert_eq!(
+                decode_entry_head(&encode_entry(&e)).unwrap(),
+                (e.term, e.index)
+            );
         }
         let hs = HardState {
             term: Term(7),
@@ -322,14 +354,14 @@ mod tests {
                     let mut bad = good.clone();
                     bad[i] ^= 1 << bit;
                     assert!(
-                        decode_entry(&bad).is_err(),
+                        decode_entry(&bad).is_err() && decode_entry_head(&bad).is_err(),
                         "flip of bit {bit} in byte {i} went unnoticed"
                     );
                 }
             }
             for len in 0..good.len() {
                 assert!(
-                    decode_entry(&good[..len]).is_err(),
+                    decode_entry(&good[..len]).is_err() && decode_entry_head(&good[..len]).is_err(),
                     "truncation to {len} bytes went unnoticed"
                 );
             }
@@ -347,6 +379,10 @@ mod tests {
         let record = seal(body);
         assert!(matches!(
             decode_entry(&record),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decode_entry_head(&record),
             Err(DecodeError::TooLarge { .. })
         ));
         let mut body = vec![VERSION];

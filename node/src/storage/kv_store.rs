@@ -58,7 +58,8 @@ pub use auth::AuthOutcome;
 use batch::Pending;
 pub use encoding::Revision;
 use encoding::{
-    be_i64, decode_kv, decode_pair, KEY_APPLIED, KEY_COMPACTED, TAG_MEMBER, TAG_REMOVED,
+    be_i64, decode_head, decode_kv, decode_pair, KEY_APPLIED, KEY_COMPACTED, TAG_MEMBER,
+    TAG_REMOVED,
 };
 use index::{IndexKey, Indexed};
 pub use key_range::KeyRange;
@@ -184,13 +185,30 @@ pub enum ReadError {
 fn records<B: Backend>(
     stored: &B,
 ) -> impl Iterator<Item = Result<(Revision, bool, KeyValue), StoreError>> + '_ {
-    stored.scan_from(Keyspace::Rev, &[]).map(|item| {
+    scan_records(stored, decode_kv)
+}
+
+/// `records` with each value left out (`decode_head`): for the key index.
+fn record_heads<B: Backend>(
+    stored: &B,
+) -> impl Iterator<Item = Result<(Revision, bool, KeyValue), StoreError>> + '_ {
+    scan_records(stored, decode_head)
+}
+
+/// How a stored record is read: whether it is a deletion, and its key-value.
+type DecodeRecord = fn(&[u8]) -> Result<(bool, KeyValue), RecordError>;
+
+fn scan_records<B: Backend>(
+    stored: &B,
+    decode: DecodeRecord,
+) -> impl Iterator<Item = Result<(Revision, bool, KeyValue), StoreError>> + '_ {
+    stored.scan_from(Keyspace::Rev, &[]).map(move |item| {
         let (k, v) = item.map_err(backend("scanning revisions"))?;
         let rev = Revision::from_key(&k).ok_or_else(|| StoreError::CorruptKey {
             keyspace: Keyspace::Rev.name(),
             key: k.to_vec(),
         })?;
-        let (tombstone, kv) = decode_kv(&v).map_err(|cause| StoreError::CorruptRecord {
+        let (tombstone, kv) = decode(&v).map_err(|cause| StoreError::CorruptRecord {
             revision: rev.main,
             cause,
         })?;
@@ -390,7 +408,7 @@ impl<B: Backend> KvStore<B> {
         {
             self.compacted = decode_pair(&v)?.0 as i64;
         }
-        for record in records(&self.backend) {
+        for record in record_heads(&self.backend) {
             let (rev, tombstone, kv) = record?;
             // Revision order: the last record of a key is its current value.
             self.index

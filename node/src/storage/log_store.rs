@@ -153,15 +153,14 @@ impl LogStore {
                     "log is not contiguous: found index {index} where {expect} was expected"
                 )));
             }
-            let entry = codec::decode_entry(&v)
+            let (term, at) = codec::decode_entry_head(&v)
                 .map_err(|e| fatal(format_args!("corrupt log record at index {index}"), e))?;
-            if entry.index != index {
+            if at != index {
                 return Err(StorageError::Fatal(format!(
-                    "log record at key {index} holds entry {}",
-                    entry.index
+                    "log record at key {index} holds entry {at}"
                 )));
             }
-            cache_term(&mut terms, &mut terms_first, entry.index, entry.term);
+            cache_term(&mut terms, &mut terms_first, index, term);
             expect = expect.next();
         }
         self.last_index = expect.prev();

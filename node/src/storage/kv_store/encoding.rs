@@ -66,6 +66,47 @@ pub(super) fn decode_kv(v: &[u8]) -> Result<(bool, KeyValue), RecordError> {
     Ok((tombstone, kv))
 }
 
+/// A stored record's key-value less its value: what opening the store
+/// needs to rebuild the key index. The value's field is skipped where it
+/// lies, not copied out (in a large store values are nearly all its bytes).
+/// Field numbers are `mvccpb::KeyValue`'s.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct KeyHead {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    pub create_revision: i64,
+    #[prost(int64, tag = "3")]
+    pub mod_revision: i64,
+    #[prost(int64, tag = "4")]
+    pub version: i64,
+    #[prost(int64, tag = "6")]
+    pub lease: i64,
+}
+
+/// `decode_kv` for the index: the record's key-value with an empty value.
+pub(super) fn decode_head(v: &[u8]) -> Result<(bool, KeyValue), RecordError> {
+    let (tag, body) = codec::decode_tagged(v)?;
+    let tombstone = match tag {
+        TAG_PUT => false,
+        TAG_TOMBSTONE => true,
+        t => return Err(RecordError::Tag(t)),
+    };
+    let h = KeyHead::decode(body)?;
+    if h.key.is_empty() {
+        return Err(RecordError::NoKey);
+    }
+    let kv = KeyValue {
+        key: h.key,
+        create_revision: h.create_revision,
+        mod_revision: h.mod_revision,
+        version: h.version,
+        value: Vec::new(),
+        lease: h.lease,
+    };
+    Ok((tombstone, kv))
+}
+
 /// Adds the applied index and term to `batch`.
 pub(super) fn put_applied(batch: &mut Batch, (index, term): (u64, u64)) {
     batch.put(Keyspace::Meta, KEY_APPLIED, encode_pair(index, term));
@@ -97,4 +138,43 @@ pub(super) fn decode_pair(v: &[u8]) -> Result<(u64, u64), StoreError> {
 
 pub(super) fn be_i64(k: &[u8]) -> Option<i64> {
     Some(u64::from_be_bytes(k.try_into().ok()?) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_is_the_record_less_its_value_and_refuses_what_the_record_refuses() {
+        let kv = KeyValue {
+            key: b"k".to_vec(),
+            create_revision: 3,
+            mod_revision: 9,
+            version: 4,
+            value: vec![7; 10_000],
+            lease: 42,
+        };
+        for tombstone in [false, true] {
+            let stored = encode_kv(&kv, tombstone);
+            let (t, head) = decode_head(&stored).unwrap();
+            assert_eq!(t, tombstone);
+            assert_eq!(
+                head,
+                KeyValue {
+                    value: Vec::new(),
+                    ..kv.clone()
+                }
+            );
+            assert_eq!(decode_kv(&stored).unwrap(), (tombstone, kv.clone()));
+        }
+        let stored = encode_kv(&kv, false);
+        for bad in [
+            stored[..stored.len() - 1].to_vec(),
+            encode_kv(&KeyValue::default(), false),
+            codec::encode_tagged(TAG_META, &kv.encode_to_vec()),
+        ] {
+            assert!(decode_head(&bad).is_err(), "{bad:?}");
+            assert!(decode_kv(&bad).is_err());
+        }
+    }
 }
