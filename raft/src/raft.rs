@@ -137,8 +137,13 @@ impl<S: Storage> Raft<S> {
         let mut from = first;
         while from <= last {
             let piece = log.slice(from, last.next(), CONF_SCAN_BYTES)?;
-            let Some(end) = piece.last().map(|e| e.index) else {
-                break;
+            // Storage gives at least one entry of a non-empty range.
+            let Some(end) = piece.last().map(|e| e.index).filter(|&end| end >= from) else {
+                return Err(StorageError::Fatal(format!(
+                    "node {}: the log gave no entry at {from} while rebuilding the configuration",
+                    cfg.id
+                ))
+                .into());
             };
             for e in &piece {
                 if let EntryPayload::ConfChange(cc) = &e.payload {

@@ -52,13 +52,19 @@ pub(super) fn encode_kv(kv: &KeyValue, tombstone: bool) -> Vec<u8> {
     )
 }
 
-pub(super) fn decode_kv(v: &[u8]) -> Result<(bool, KeyValue), RecordError> {
+/// A key-value record's checked envelope: whether it is a deletion, and
+/// the encoded key-value.
+fn record_body(v: &[u8]) -> Result<(bool, &[u8]), RecordError> {
     let (tag, body) = codec::decode_tagged(v)?;
-    let tombstone = match tag {
-        TAG_PUT => false,
-        TAG_TOMBSTONE => true,
-        t => return Err(RecordError::Tag(t)),
-    };
+    match tag {
+        TAG_PUT => Ok((false, body)),
+        TAG_TOMBSTONE => Ok((true, body)),
+        t => Err(RecordError::Tag(t)),
+    }
+}
+
+pub(super) fn decode_kv(v: &[u8]) -> Result<(bool, KeyValue), RecordError> {
+    let (tombstone, body) = record_body(v)?;
     let kv = KeyValue::decode(body)?;
     if kv.key.is_empty() {
         return Err(RecordError::NoKey);
@@ -86,12 +92,7 @@ pub(super) struct KeyHead {
 
 /// `decode_kv` for the index: the record's key-value with an empty value.
 pub(super) fn decode_head(v: &[u8]) -> Result<(bool, KeyValue), RecordError> {
-    let (tag, body) = codec::decode_tagged(v)?;
-    let tombstone = match tag {
-        TAG_PUT => false,
-        TAG_TOMBSTONE => true,
-        t => return Err(RecordError::Tag(t)),
-    };
+    let (tombstone, body) = record_body(v)?;
     let h = KeyHead::decode(body)?;
     if h.key.is_empty() {
         return Err(RecordError::NoKey);
