@@ -1171,9 +1171,6 @@ async fn run(args: RunArgs) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Many clients share a connection: requests sent in one scheduler turn
-    // leave in one write (NOD-PATCH.md, change 5), as the servers' answers do.
-    h2::client::set_gather_writes(true);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

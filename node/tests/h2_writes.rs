@@ -1,16 +1,13 @@
-//! Nod's h2 copy (third_party/h2, NOD-PATCH.md change 4): a server
-//! connection puts off writing what its streams queued by one scheduler
-//! turn, so responses finished by different tasks in the same turn leave in
-//! one write instead of one write each. Measured: watch fan-out +33%,
-//! ranges +14–29% (BENCHMARKS.md). Change 5: with
-//! `h2::client::set_gather_writes(true)` (process-wide; the benchmark
-//! client turns it on) a client connection does the same for requests. The
-//! server test counts the server's writes only, which the client's switch
-//! does not change.
+//! `nod::tls::GatherWrites`, which every accepted connection is wrapped
+//! in: a server connection puts off writing what its streams queued by one
+//! scheduler turn, so responses finished by different tasks in the same
+//! turn leave in one write instead of one write each (watch fan-out and
+//! ranges, BENCHMARKS.md commentary). The test runs h2's server, as hyper
+//! does, over a wrapped connection and counts the writes that reach it.
 //!
 //! The runtime has one worker, as busy members effectively do: a task that
 //! wakes the connection task hands it the worker's LIFO slot, so without
-//! the change the connection would run, and write, after every response.
+//! the wrapper the connection would run, and write, after every response.
 
 use std::io;
 use std::pin::Pin;
@@ -19,6 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use nod::tls::GatherWrites;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 
 /// One end of the connection, counting the writes that carry bytes.
@@ -90,10 +88,10 @@ fn assert_few_writes(used: usize, what: &str) {
 async fn responses_finished_in_one_turn_share_a_write() {
     let (client_io, server_io) = tokio::io::duplex(1 << 20);
     let writes = Arc::new(AtomicUsize::new(0));
-    let server_io = CountingIo {
+    let server_io = GatherWrites::new(CountingIo {
         inner: server_io,
         writes: writes.clone(),
-    };
+    });
 
     // The client sends every request, then waits for every answer.
     let client = tokio::spawn(async move {
@@ -156,66 +154,6 @@ async fn responses_finished_in_one_turn_share_a_write() {
     for (i, body) in bodies.iter().enumerate() {
         assert_eq!(body, format!("answer to /{i}").as_bytes());
     }
-    // Without gathering: about one write per answer.
+    // Without the wrapper: about one write per answer.
     assert_few_writes(used, "answers");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-async fn requests_sent_in_one_turn_share_a_write() {
-    h2::client::set_gather_writes(true);
-    let (client_io, server_io) = tokio::io::duplex(1 << 20);
-    let writes = Arc::new(AtomicUsize::new(0));
-    let client_io = CountingIo {
-        inner: client_io,
-        writes: writes.clone(),
-    };
-
-    // The server answers every request with its own path.
-    let server = tokio::spawn(async move {
-        let mut conn = h2::server::handshake(server_io).await.expect("handshake");
-        while let Some(r) = conn.accept().await {
-            let (req, mut respond) = r.expect("a valid request");
-            let path = req.uri().path().to_string();
-            answer(&mut respond, Bytes::from(path));
-        }
-    });
-
-    let (send, conn) = h2::client::handshake(client_io).await.expect("handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let send = send.ready().await.expect("ready");
-    // Each request from a task of its own, all made runnable at once, as a
-    // load generator's clients are when one read brings their answers.
-    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
-    let mut clients = Vec::new();
-    for i in 0..STREAMS {
-        let (mut go, send) = (go_rx.clone(), send.clone());
-        clients.push(tokio::spawn(async move {
-            let _ = go.wait_for(|go| *go).await;
-            let mut send = send.ready().await.expect("ready");
-            let req = http::Request::post(format!("http://nod/{i}"))
-                .body(())
-                .unwrap();
-            let (resp, _) = send.send_request(req, true).expect("request");
-            read_body(resp.await.expect("response").into_body()).await
-        }));
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let before = writes.load(Ordering::SeqCst);
-    tokio::spawn(async move {
-        let _ = go_tx.send(true);
-    });
-    let mut bodies = Vec::new();
-    for c in clients {
-        bodies.push(c.await.expect("client"));
-    }
-    let used = writes.load(Ordering::SeqCst) - before;
-    server.abort();
-
-    for (i, body) in bodies.iter().enumerate() {
-        assert_eq!(body, format!("/{i}").as_bytes());
-    }
-    // Without gathering: about one write per request.
-    assert_few_writes(used, "requests");
 }

@@ -18,6 +18,9 @@
 /// The small certificate authority of `nod dev --tls` and the tests.
 pub use nod_client::pki;
 
+mod gather_writes;
+pub use gather_writes::{GatherWrites, GATHER_BELOW, GATHER_LIMIT};
+
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -267,7 +270,8 @@ pub enum Stream {
 /// An accepted connection and the port (`"client"`, `"peer"`,
 /// `"metrics"`) it came in on.
 pub struct Conn {
-    stream: Stream,
+    /// Its writes of one scheduler turn leave together (`GatherWrites`).
+    stream: GatherWrites<Stream>,
     port: &'static str,
 }
 
@@ -276,7 +280,7 @@ impl Connected for Conn {
 
     fn connect_info(&self) -> ConnInfo {
         let port = self.port;
-        match &self.stream {
+        match self.stream.get_ref() {
             Stream::Plain(s) => ConnInfo {
                 remote: s.peer_addr().ok(),
                 certs: None,
@@ -427,7 +431,7 @@ pub fn incoming(
                 None => {
                     if tx
                         .send(Ok(Conn {
-                            stream: Stream::Plain(tcp),
+                            stream: GatherWrites::new(Stream::Plain(tcp)),
                             port,
                         }))
                         .await
@@ -441,6 +445,7 @@ pub fn incoming(
                     tokio::spawn(async move {
                         match tls.handshake(tcp).await {
                             Ok(stream) => {
+                                let stream = GatherWrites::new(stream);
                                 let _ = tx.send(Ok(Conn { stream, port })).await;
                             }
                             Err(e) => {

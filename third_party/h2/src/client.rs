@@ -145,7 +145,6 @@ use bytes::{Buf, Bytes};
 use http::{uri, HeaderMap, Method, Request, Response, Version};
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -1328,19 +1327,6 @@ where
     Ok(())
 }
 
-/// Nod: whether client connections made from now on gather their
-/// streams' frames for one scheduler turn before writing, as server
-/// connections always do (NOD-PATCH.md, changes 4 and 5).
-static GATHER_WRITES: AtomicBool = AtomicBool::new(false);
-
-/// Nod: turns write gathering on or off for the client connections this
-/// process makes from now on (hyper builds h2's client `Builder` itself, so
-/// a builder option would not reach it). Off by default: a connection that
-/// carries one stream gains nothing from waiting a turn.
-pub fn set_gather_writes(on: bool) {
-    GATHER_WRITES.store(on, Ordering::Relaxed);
-}
-
 impl<T, B> Connection<T, B>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -1354,8 +1340,6 @@ where
 
         // Create the codec
         let mut codec = Codec::new(io);
-        // Nod: off unless the process turned it on (NOD-PATCH.md, change 5).
-        codec.set_gather_writes(GATHER_WRITES.load(Ordering::Relaxed));
 
         if let Some(max) = builder.settings.max_frame_size() {
             codec.set_max_recv_frame_size(max as usize);

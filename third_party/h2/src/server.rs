@@ -387,9 +387,6 @@ where
 
         // Create the codec.
         let mut codec = Codec::new(io);
-        // Nod: a server's responses finished in one scheduler turn share a
-        // write (NOD-PATCH.md, change 4).
-        codec.set_gather_writes(true);
 
         if let Some(max) = builder.settings.max_frame_size() {
             codec.set_max_recv_frame_size(max as usize);

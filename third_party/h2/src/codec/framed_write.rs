@@ -25,13 +25,6 @@ pub struct FramedWrite<T, B> {
     inner: T,
     final_flush_done: bool,
 
-    /// Nod: let other tasks run once before writing what is buffered, so
-    /// frames that several streams queue in one scheduler turn leave in one
-    /// write (server connections; see NOD-PATCH.md).
-    gather: bool,
-    /// The flush of the buffered frames was put off once already.
-    yielded: bool,
-
     encoder: Encoder<B>,
 }
 
@@ -76,25 +69,12 @@ const DEFAULT_BUFFER_CAPACITY: usize = 16 * 1_024;
 /// Chain payloads bigger than this when vectored I/O is enabled. The remote
 /// will never advertise a max frame size less than this (well, the spec says
 /// the max frame size can't be less than 16kb, so not even close).
-///
-/// Nod: 1024 (upstream: 256, the value below for non-vectored I/O). A
-/// chained payload must be flushed before the next frame is buffered, so
-/// with 256 every gRPC message of a 256-byte value (an etcd put request, a
-/// range response) cost a write syscall of its own; copying up to 1 KiB
-/// lets a connection's messages leave together. See NOD-PATCH.md.
-const CHAIN_THRESHOLD: usize = 1024;
+const CHAIN_THRESHOLD: usize = 256;
 
 /// Chain payloads bigger than this when vectored I/O is **not** enabled.
 /// A larger value in this scenario will reduce the number of small and
 /// fragmented data being sent, and hereby improve the throughput.
 const CHAIN_THRESHOLD_WITHOUT_VECTORED_IO: usize = 1024;
-
-impl<T, B> FramedWrite<T, B> {
-    /// Nod: puts off each flush of buffered frames by one scheduler turn.
-    pub fn set_gather_writes(&mut self, on: bool) {
-        self.gather = on;
-    }
-}
 
 // TODO: Make generic
 impl<T, B> FramedWrite<T, B>
@@ -111,8 +91,6 @@ where
         FramedWrite {
             inner,
             final_flush_done: false,
-            gather: false,
-            yielded: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
                 buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
@@ -161,19 +139,6 @@ where
         let span = tracing::trace_span!("FramedWrite::flush");
         let _e = span.enter();
 
-        // Nod: the first time there is something to write, wake this task
-        // and yield instead. A task woken while it runs goes to the back of
-        // its worker's queue, so the streams that are ready to send run
-        // first and add their frames to this write. Never when the buffer
-        // is full (the caller needs room) and at most once per write, so
-        // the write always happens on the next poll.
-        if self.gather && !self.yielded && !self.encoder.is_empty() && self.encoder.has_capacity()
-        {
-            self.yielded = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-
         loop {
             while !self.encoder.is_empty() {
                 let n = match self.encoder.next {
@@ -203,7 +168,6 @@ where
                 ControlFlow::Break => break,
             }
         }
-        self.yielded = false;
 
         tracing::trace!("flushing buffer");
         // Flush the upstream
@@ -326,9 +290,12 @@ where
                 tracing::trace!(rem = self.buf.remaining(), "encoded window_update");
             }
 
-            Frame::Priority(v) => {
+            Frame::Priority(_) => {
+                /*
                 v.encode(self.buf.get_mut());
-                tracing::trace!(rem = self.buf.remaining(), "encoded priority");
+                tracing::trace!("encoded priority; rem={:?}", self.buf.remaining());
+                */
+                unimplemented!();
             }
             Frame::Reset(v) => {
                 v.encode(self.buf.get_mut());

@@ -116,11 +116,6 @@ impl<T, B> Codec<T, B> {
         self.inner.get_mut().get_mut()
     }
 
-    /// Nod: see `FramedWrite::set_gather_writes`.
-    pub fn set_gather_writes(&mut self, on: bool) {
-        self.framed_write().set_gather_writes(on)
-    }
-
     /// Takes the data payload value that was fully written to the socket
     pub(crate) fn take_last_data_frame(&mut self) -> Option<Data<B>> {
         self.framed_write().take_last_data_frame()
