@@ -307,6 +307,22 @@ fn hpack_literal(out: &mut Vec<u8>, name: &str, value: &str) {
     out.extend_from_slice(value.as_bytes());
 }
 
+/// The HEADERS block of a gRPC KV.Range call to `authority`.
+fn range_headers(authority: &str) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/etcdserverpb.KV/Range"),
+        (":authority", authority),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        hpack_literal(&mut block, name, value);
+    }
+    block
+}
+
 /// etcd's clientv3 3.5.0 sends `:authority: #initially=[http://host:port]`
 /// on every call (etcd-io/etcd#13192), which is not an authority; etcd
 /// serves it. A request written frame by frame with that authority gets
@@ -322,17 +338,7 @@ async fn a_malformed_authority_is_served() {
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     h2_frame(&mut out, 0x4, 0, 0, &[]); // SETTINGS
     let authority = format!("#initially=[http://{ep}]");
-    let mut block = Vec::new();
-    for (name, value) in [
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", "/etcdserverpb.KV/Range"),
-        (":authority", authority.as_str()),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ] {
-        hpack_literal(&mut block, name, value);
-    }
+    let block = range_headers(&authority);
     h2_frame(&mut out, 0x1, 0x4, 1, &block); // HEADERS, END_HEADERS
     let msg = RangeRequest {
         key: b"k".to_vec(),
@@ -380,6 +386,74 @@ async fn a_malformed_authority_is_served() {
     let resp = nod_proto::etcd::etcdserverpb::RangeResponse::decode(&body[5..]).unwrap();
     assert_eq!(resp.kvs.len(), 1);
     assert_eq!(resp.kvs[0].value, b"v");
+}
+
+/// "MadeYouReset" (CVE-2025-8671): a client whose frames make the server
+/// reset its own streams (here a WINDOW_UPDATE that overflows the
+/// stream's window, a flow-control error) frees a stream slot with every
+/// reset while the handler may go on working. The member closes such a
+/// connection (GOAWAY, ENHANCE_YOUR_CALM) after `MAX_LOCAL_ERROR_RESETS`;
+/// tonic's server, left to itself, turns h2's guard off and never does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_makes_the_server_reset_streams_is_cut_off() {
+    use nod::server::MAX_LOCAL_ERROR_RESETS;
+    let cluster = Cluster::start(1);
+    leader(&cluster.endpoints()).await;
+    let ep = cluster.members[0].endpoint();
+
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    h2_frame(&mut out, 0x4, 0, 0, &[]); // SETTINGS
+    let block = range_headers(&ep);
+    let streams = MAX_LOCAL_ERROR_RESETS as u32 + 200;
+    for i in 0..streams {
+        let id = 2 * i + 1;
+        h2_frame(&mut out, 0x1, 0x4, id, &block); // HEADERS, END_HEADERS
+        h2_frame(&mut out, 0x8, 0, id, &0x7fff_ffffu32.to_be_bytes()); // WINDOW_UPDATE
+    }
+
+    let s = tokio::net::TcpStream::connect(&ep).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    // The member may close before it read everything.
+    tokio::spawn(async move {
+        let _ = w.write_all(&out).await;
+        // Keep the write half open until the read side is done.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let exchange = async {
+        let mut resets = 0;
+        loop {
+            let mut head = [0u8; 9];
+            if r.read_exact(&mut head).await.is_err() {
+                return (resets, None);
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            r.read_exact(&mut payload).await.unwrap();
+            match head[3] {
+                0x3 => resets += 1,
+                0x7 => {
+                    let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                    return (resets, Some(code));
+                }
+                _ => {}
+            }
+        }
+    };
+    let (resets, goaway) = tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("the member must close the connection, not serve it on");
+    assert_eq!(
+        goaway,
+        Some(0xb),
+        "GOAWAY ENHANCE_YOUR_CALM after {resets} resets"
+    );
+    assert!(
+        resets <= MAX_LOCAL_ERROR_RESETS,
+        "{resets} streams reset before the connection was closed"
+    );
+    // The member itself is fine.
+    let mut c = cluster.members[0].client();
+    c.put(put("after", "reset storm")).await.unwrap();
 }
 
 /// The responses inside a transaction, as etcd 3.4 shapes them: each

@@ -3,6 +3,7 @@
 //! (a follower passes them on to it).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -65,10 +66,24 @@ async fn keep_alive_once(
                 .lease_keep_alive(Node::forward_request(ReceiverStream::new(rx), ctx))
                 .await?
                 .into_inner();
-            responses
+            let answer = responses
                 .next()
                 .await
-                .unwrap_or_else(|| Err(Status::unavailable("etcdserver: leader changed")))
+                .unwrap_or_else(|| Err(Status::unavailable("etcdserver: leader changed")));
+            // The request stream is closed, so the leader ends the call
+            // right after its answer: read to the end (off the caller's
+            // path) rather than reset a stream whose trailers are on their
+            // way, which h2 would count against the peer connection
+            // (tls::peer_http2).
+            if answer.is_ok() {
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                        while let Some(Ok(_)) = responses.next().await {}
+                    })
+                    .await;
+                });
+            }
+            answer
         }
     }
 }

@@ -70,6 +70,28 @@ use watch_hub::WatchHub;
 /// large gets etcd's "request is too large" instead of a transport error (etcd does the same).
 pub(crate) const GRPC_OVERHEAD: usize = 512 * 1024;
 
+/// Streams one connection may have open at once on any port a member
+/// serves. etcd (grpc-go) sets no limit by default; clients open few
+/// (etcd's clientv3 shares one stream among the watches of a context),
+/// and a bound keeps one connection from holding unbounded handlers.
+pub const MAX_CONCURRENT_STREAMS: u32 = 10_000;
+
+/// Streams a member may reset on one connection because the other side
+/// broke the protocol, before it closes the connection (GOAWAY,
+/// ENHANCE_YOUR_CALM). h2's own default; tonic turns the guard off unless
+/// told (`None`), which leaves a server open to "MadeYouReset"
+/// (CVE-2025-8671): every reset frees a stream slot while its handler
+/// goes on working.
+pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// The HTTP/2 server of every port a member serves (client, peer, and
+/// the bootstrap agreement), with the two bounds above.
+fn http2_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClusterState {
     /// Found a new cluster with the members of `initial_cluster`.
@@ -599,7 +621,7 @@ async fn run_discovery(
         .ok_or_else(|| ServerError::Config("discovery is off".into()))?;
     let (stop, mut stopped) = watch::channel(false);
     let server = AbortOnDrop(Some(tokio::spawn(
-        tonic::transport::Server::builder()
+        http2_server()
             .add_service(BootstrapServer::from_arc(state.clone()))
             .serve_with_incoming_shutdown(
                 tls::incoming(peer_listener.clone(), peer_tls, "peer"),
@@ -1148,7 +1170,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         // membership changes, member health) and what a joining or leaving
         // member calls,
         // behind peer TLS; clients use the client port.
-        let r = tonic::transport::Server::builder()
+        let r = http2_server()
             .add_service(
                 PeerServer::new(peer_service)
                     .max_decoding_message_size(MAX_PEER_FRAME)
@@ -1288,7 +1310,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         // the services through this router), and no HTTP paths.
         let grpc = grpc.into_axum_router().layer(metrics_layer);
         let app = gateway::router(grpc, api.clone(), limit);
-        let r = tonic::transport::Server::builder()
+        let r = http2_server()
             .accept_http1(true)
             .add_routes(tonic::service::Routes::from(app))
             .serve_with_incoming_shutdown(
