@@ -198,6 +198,18 @@ pub fn decode_entry_head(record: &[u8]) -> Result<(Term, Index), DecodeError> {
     Ok((term, index))
 }
 
+/// `Entry::size` of the entry in `record`, without copying its payload
+/// out: what a read bounded by size checks before it decodes.
+pub fn entry_size(record: &[u8]) -> Result<u64, DecodeError> {
+    let (_, _, body) = entry_parts(record)?;
+    let body = match body {
+        Body::Empty => 0,
+        Body::Normal(data) => data.len(),
+        Body::ConfChange(_, _, context) => 9 + context.len(),
+    };
+    Ok((16 + body) as u64)
+}
+
 /// An entry's payload where it lies in its record.
 enum Body<'a> {
     Empty,
@@ -324,6 +336,7 @@ mod tests {
                 decode_entry_head(&encode_entry(&e)).unwrap(),
                 (e.term, e.index)
             );
+            assert_eq!(entry_size(&encode_entry(&e)).unwrap(), e.size());
         }
         let hs = HardState {
             term: Term(7),

@@ -311,13 +311,14 @@ impl Storage for LogStore {
                     "log has a gap: {index} where {expect} was expected"
                 )));
             }
-            let entry = codec::decode_entry(&v)
-                .map_err(|e| fatal(format_args!("corrupt log record at index {index}"), e))?;
-            size += entry.size();
+            let corrupt = |e| fatal(format_args!("corrupt log record at index {index}"), e);
+            // Sized before it is decoded: the entry that would pass
+            // max_size is not copied out only to be dropped.
+            size += codec::entry_size(&v).map_err(corrupt)?;
             if !out.is_empty() && size > max_size {
                 break;
             }
-            out.push(entry);
+            out.push(codec::decode_entry(&v).map_err(corrupt)?);
             expect = expect.next();
         }
         if out.is_empty() && low < high {

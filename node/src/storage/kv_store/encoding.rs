@@ -76,18 +76,85 @@ pub(super) fn decode_kv(v: &[u8]) -> Result<(bool, KeyValue), RecordError> {
 /// needs to rebuild the key index. The value's field is skipped where it
 /// lies, not copied out (in a large store values are nearly all its bytes).
 /// Field numbers are `mvccpb::KeyValue`'s.
-#[derive(Clone, PartialEq, prost::Message)]
+///
+/// `prost::Message` by hand, not derived: a derived message skips an
+/// unknown field whatever its wire type, so the index would accept a
+/// record whose field 5 `decode_kv` refuses; here field 5 must be
+/// length-delimited, as `KeyValue`'s value is.
+#[derive(Clone, PartialEq, Default, Debug)]
 pub(super) struct KeyHead {
-    #[prost(bytes = "vec", tag = "1")]
     pub key: Vec<u8>,
-    #[prost(int64, tag = "2")]
     pub create_revision: i64,
-    #[prost(int64, tag = "3")]
     pub mod_revision: i64,
-    #[prost(int64, tag = "4")]
     pub version: i64,
-    #[prost(int64, tag = "6")]
     pub lease: i64,
+}
+
+impl prost::Message for KeyHead {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        use prost::encoding::{bytes, int64};
+        if !self.key.is_empty() {
+            bytes::encode(1, &self.key, buf);
+        }
+        for (tag, v) in self.numbers() {
+            if v != 0 {
+                int64::encode(tag, &v, buf);
+            }
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        use prost::encoding::{bytes, check_wire_type, int64, skip_field, WireType};
+        match tag {
+            1 => bytes::merge(wire_type, &mut self.key, buf, ctx),
+            2 => int64::merge(wire_type, &mut self.create_revision, buf, ctx),
+            3 => int64::merge(wire_type, &mut self.mod_revision, buf, ctx),
+            4 => int64::merge(wire_type, &mut self.version, buf, ctx),
+            5 => {
+                check_wire_type(WireType::LengthDelimited, wire_type)?;
+                skip_field(wire_type, tag, buf, ctx)
+            }
+            6 => int64::merge(wire_type, &mut self.lease, buf, ctx),
+            _ => skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        use prost::encoding::{bytes, int64};
+        let key = if self.key.is_empty() {
+            0
+        } else {
+            bytes::encoded_len(1, &self.key)
+        };
+        key + self
+            .numbers()
+            .into_iter()
+            .filter(|&(_, v)| v != 0)
+            .map(|(tag, v)| int64::encoded_len(tag, &v))
+            .sum::<usize>()
+    }
+
+    fn clear(&mut self) {
+        *self = KeyHead::default();
+    }
+}
+
+impl KeyHead {
+    /// The integer fields with their tags.
+    fn numbers(&self) -> [(u32, i64); 4] {
+        [
+            (2, self.create_revision),
+            (3, self.mod_revision),
+            (4, self.version),
+            (6, self.lease),
+        ]
+    }
 }
 
 /// `decode_kv` for the index: the record's key-value with an empty value.
@@ -169,13 +236,38 @@ mod tests {
             assert_eq!(decode_kv(&stored).unwrap(), (tombstone, kv.clone()));
         }
         let stored = encode_kv(&kv, false);
+        // Field 5 (the value) as a varint: KeyValue refuses the wire type.
+        let mut odd_value = KeyValue {
+            value: Vec::new(),
+            ..kv.clone()
+        }
+        .encode_to_vec();
+        prost::encoding::int64::encode(5, &7, &mut odd_value);
         for bad in [
             stored[..stored.len() - 1].to_vec(),
             encode_kv(&KeyValue::default(), false),
             codec::encode_tagged(TAG_META, &kv.encode_to_vec()),
+            codec::encode_tagged(TAG_PUT, &odd_value),
         ] {
             assert!(decode_head(&bad).is_err(), "{bad:?}");
             assert!(decode_kv(&bad).is_err());
         }
+        // Fields it does not know are skipped, as KeyValue does.
+        let mut extra = kv.encode_to_vec();
+        prost::encoding::int64::encode(9, &1, &mut extra);
+        let extra = codec::encode_tagged(TAG_PUT, &extra);
+        assert_eq!(decode_head(&extra).unwrap().1.lease, 42);
+        assert_eq!(decode_kv(&extra).unwrap().1, kv);
+        // Its own encoding round-trips.
+        let head = KeyHead {
+            key: b"k".to_vec(),
+            create_revision: 3,
+            mod_revision: 9,
+            version: 4,
+            lease: -1,
+        };
+        let bytes = head.encode_to_vec();
+        assert_eq!(bytes.len(), head.encoded_len());
+        assert_eq!(KeyHead::decode(&bytes[..]).unwrap(), head);
     }
 }
