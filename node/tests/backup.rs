@@ -225,30 +225,45 @@ async fn write(c: &mut Client, from: usize, rounds: usize, leases: &[i64]) -> i6
 
 /// Restores `dest` at `p.revision` into one new member and compares it
 /// with what the source had then.
-async fn restore_and_compare(dest: &str, env: &[(&str, String)], root: &Path, p: &Point, i: usize) {
+/// Restores `p.revision` (from `chain`, or the chain the restore picks)
+/// into a new member and compares it with the source at that revision.
+async fn restore_and_compare(
+    dest: &str,
+    env: &[(&str, String)],
+    root: &Path,
+    p: &Point,
+    i: usize,
+    chain: Option<&str>,
+) {
     let mut m = Member::new(root, &format!("r{i}"));
     let initial = format!("{}={}", m.name, m.peer_url());
-    let out = nod_ok(
-        &[
-            "snapshot",
-            "restore",
-            "--from-backup",
-            dest,
-            "--to-revision",
-            &p.revision.to_string(),
-            "--data-dir",
-            s(&m.data_dir),
-            "--name",
-            &m.name,
-            "--initial-cluster",
-            &initial,
-            "--initial-cluster-token",
-            &format!("restored-{i}"),
-            "--initial-advertise-peer-urls",
-            &m.peer_url(),
-        ],
-        env,
+    let (revision, token, peer) = (
+        p.revision.to_string(),
+        format!("restored-{i}"),
+        m.peer_url(),
     );
+    let mut args = vec![
+        "snapshot",
+        "restore",
+        "--from-backup",
+        dest,
+        "--to-revision",
+        &revision,
+        "--data-dir",
+        s(&m.data_dir),
+        "--name",
+        &m.name,
+        "--initial-cluster",
+        &initial,
+        "--initial-cluster-token",
+        &token,
+        "--initial-advertise-peer-urls",
+        &peer,
+    ];
+    if let Some(chain) = chain {
+        args.extend(["--chain", chain]);
+    }
+    let out = nod_ok(&args, env);
     assert!(out.contains(&format!("revision {}", p.revision)), "{out}");
     m.start(&initial, "new", &[]);
     support::leader(&[m.endpoint()]).await;
@@ -403,15 +418,58 @@ async fn point_in_time_restores_from_s3_match_the_source() {
     let end_point = point(&mut c, end).await;
     agent.stop();
 
+    // A second full snapshot, a chain of its own: the points above lie
+    // between two full snapshots.
+    let saved = nod_ok(
+        &[
+            "--endpoints",
+            &endpoints.join(","),
+            "backup",
+            "save",
+            "--dest",
+            &dest,
+        ],
+        &env,
+    );
+    assert!(saved.contains("saved in"), "{saved}");
     let listed = chains(&dest, &env);
-    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0]["chain"], first.as_str(), "{listed:?}");
     assert!(listed[0]["segments"].as_u64().unwrap() >= 3, "{listed:?}");
-    assert!(listed[0]["problem"].is_null(), "{listed:?}");
+    assert!(listed.iter().all(|c| c["problem"].is_null()), "{listed:?}");
+    let second = listed[1]["chain"].as_str().unwrap().to_string();
+    assert!(listed[1]["revision"].as_i64().unwrap() >= end, "{listed:?}");
     let total_keys = end_point.kvs.len();
     assert!(total_keys > 15_000, "only {total_keys} keys");
+    // The restore picks the chain that holds the revision; named, the
+    // same chain gives the same state.
     for (i, p) in points.iter().enumerate() {
-        restore_and_compare(&dest, &env, &root, p, i).await;
+        restore_and_compare(&dest, &env, &root, p, i, None).await;
     }
+    restore_and_compare(&dest, &env, &root, &points[1], 3, Some(&first)).await;
+    // A named chain that does not hold the revision is refused.
+    let out = nod(
+        &[
+            "snapshot",
+            "restore",
+            "--from-backup",
+            &dest,
+            "--chain",
+            &second,
+            "--to-revision",
+            &points[1].revision.to_string(),
+            "--data-dir",
+            s(&root.join("wrong-chain")),
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("chain {second} holds revisions")),
+        "{err}"
+    );
+    assert!(!root.join("wrong-chain").exists());
 
     // The newest revision into three members that restore themselves on
     // start (`nod server --restore-from`, as a pod of a restored cluster).

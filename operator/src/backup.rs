@@ -42,6 +42,7 @@ pub(crate) async fn reconcile<A: ClusterApi>(
     let name = render::backup_agent_name(nc);
     let client = &ctx.client;
     let Some(spec) = &nc.spec.backup else {
+        ctx.metrics.forget_backups(&ns, &nc.name_any());
         // Backups were configured and are no more: the agent goes (what it
         // wrote stays in the destination). Never asked when they never
         // were, so clusters without backups cost no requests.
@@ -91,6 +92,7 @@ pub(crate) async fn reconcile<A: ClusterApi>(
     )
     .await;
     if spec.suspend || hibernated {
+        ctx.metrics.forget_backups(&ns, &nc.name_any());
         let mut kept = old.cloned().unwrap_or_default();
         kept.agent_error = None;
         kept.next_scheduled = None;
@@ -99,6 +101,8 @@ pub(crate) async fn reconcile<A: ClusterApi>(
     let url = (ctx.agent_url)(nc);
     let agent = ctx.api.backup_status(&url).await;
     let mut new = read_status(old, agent);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    new.enabled_since.get_or_insert(Time(now));
     for (type_, reason, note) in news(old, &new) {
         ctx.event(nc, type_, reason, note).await;
     }
@@ -149,6 +153,13 @@ pub(crate) async fn reconcile<A: ClusterApi>(
             .with_label_values(&[ns.as_str(), cluster.as_str()])
             .set(last.time.0.as_second() as f64);
     }
+    let stale = conditions(spec, &new, now)
+        .iter()
+        .any(|(type_, is, _, _)| *type_ == "BackupStale" && *is);
+    ctx.metrics
+        .backup_stale
+        .with_label_values(&[ns.as_str(), cluster.as_str()])
+        .set(i64::from(stale));
     Some(new)
 }
 
@@ -347,18 +358,23 @@ pub fn conditions(
         )
     };
     let limit = i64::from(spec.stale_after_hours) * 3600;
-    let stale = match last_progress(s) {
-        Some(t) => now.as_second() - t.as_second() > limit,
-        None => false,
-    };
-    let stale_msg = match last_progress(s) {
-        Some(t) if stale => format!(
+    // Before the first backup, the clock runs from when backups were
+    // configured: backups that never work must alert too.
+    let since = last_progress(s).or(s.enabled_since.as_ref().map(|t| t.0));
+    let stale = since.is_some_and(|t| now.as_second() - t.as_second() > limit);
+    let stale_msg = match (last_progress(s), since) {
+        (Some(t), _) if stale => format!(
             "no backup progress for {} h (since {t}); the limit is {} h",
             (now.as_second() - t.as_second()) / 3600,
             spec.stale_after_hours
         ),
-        Some(t) => format!("last backup progress at {t}"),
-        None => "no backup taken yet".into(),
+        (Some(t), _) => format!("last backup progress at {t}"),
+        (None, Some(t)) if stale => format!(
+            "no backup succeeded in the {} h since backups were configured ({t}); the limit is {} h",
+            (now.as_second() - t.as_second()) / 3600,
+            spec.stale_after_hours
+        ),
+        (None, _) => "no backup taken yet".into(),
     };
     vec![
         succeeded,
@@ -448,11 +464,22 @@ mod tests {
         assert_eq!(gone.last_successful, first.last_successful);
         assert_eq!(gone.agent_error.as_deref(), Some("connection refused"));
         assert!(news(Some(&first), &gone).is_empty());
-        let never = read_status(None, Err("no route".into()));
+        let mut never = read_status(None, Err("no route".into()));
         let c = conditions(&spec(), &never, at(T0));
         assert_eq!((c[0].1, c[0].2), (false, "NoBackupYet"));
         assert_eq!(c[0].3, "no route");
         assert!(!c[1].1, "nothing to be stale yet");
+        // Backups that never work go stale, counted from when they were
+        // configured.
+        never.enabled_since = time(T0);
+        assert!(!conditions(&spec(), &never, at(T0 + 23 * 3_600_000))[1].1);
+        let c = conditions(&spec(), &never, at(T0 + 25 * 3_600_000));
+        assert_eq!((c[1].1, c[1].2), (true, "NoRecentBackup"));
+        assert!(
+            c[1].3.contains("since backups were configured"),
+            "{}",
+            c[1].3
+        );
         // A restarted agent reports no full yet: the last one is kept.
         let restarted = read_status(Some(&first), Ok(agent(None, None)));
         assert_eq!(restarted.last_successful, first.last_successful);

@@ -175,7 +175,8 @@ pub struct BackupSpec {
     #[serde(default)]
     pub suspend: bool,
     /// The `BackupStale` condition turns true, and the `NodBackupMissing`
-    /// alert can fire, when no backup succeeded for this many hours.
+    /// alert fires, when backups made no progress for this many hours
+    /// (counted from when backups were configured, until the first one).
     #[serde(default = "default_stale_after_hours")]
     #[schemars(range(min = 1, max = 8760))]
     pub stale_after_hours: i32,
@@ -631,6 +632,10 @@ pub struct NodClusterStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupStatus {
+    /// When the operator first saw `spec.backup`: until a backup
+    /// succeeds, `BackupStale` counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled_since: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// The newest full snapshot written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful: Option<BackupRecord>,

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
-use kube::Api;
+use kube::{Api, ResourceExt};
 use nod_operator::controller::{error_policy, reconcile, reconcile_trigger, Context};
 use nod_operator::crd::NodCluster;
 use nod_operator::lease::LeaseLock;
@@ -282,9 +282,19 @@ async fn run(
         // observed on the timer each reconcile sets, and on changes of the
         // objects it owns.
         let (reader, writer) = reflector::store();
+        let metrics = ctx.metrics.clone();
         let clusters = watcher(api::<NodCluster>(&c, &ns), wc.clone())
             .default_backoff()
             .reflect(writer)
+            // A deleted cluster is never reconciled again: its series go here.
+            .inspect_ok(move |event| {
+                if let watcher::Event::Delete(nc) = event {
+                    metrics.forget_backups(
+                        &nc.namespace().unwrap_or_else(|| "default".into()),
+                        &nc.name_any(),
+                    );
+                }
+            })
             .applied_objects()
             .predicate_filter(reconcile_trigger, Default::default());
         Controller::for_stream(clusters, reader)

@@ -1,6 +1,6 @@
 //! The operator's Prometheus metrics.
 
-use prometheus::{GaugeVec, Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -11,6 +11,11 @@ pub struct Metrics {
     /// When each cluster's newest full backup was written (Unix seconds),
     /// for the `NodBackupMissing` alert.
     pub backup_last_success: GaugeVec,
+    /// 1 while a cluster's `BackupStale` condition is true (no backup
+    /// progress for `spec.backup.staleAfterHours`), else 0; the
+    /// `NodBackupMissing` alert. No series for a cluster without backups,
+    /// suspended or hibernated, or deleted.
+    pub backup_stale: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -52,11 +57,20 @@ impl Metrics {
             &["cluster_namespace", "cluster"],
         )
         .expect("valid metric");
+        let backup_stale = IntGaugeVec::new(
+            Opts::new(
+                "nod_operator_backup_stale",
+                "1 when the cluster's backups made no progress for spec.backup.staleAfterHours",
+            ),
+            &["cluster_namespace", "cluster"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
             Box::new(reconcile_duration.clone()),
             Box::new(backup_last_success.clone()),
+            Box::new(backup_stale.clone()),
         ] {
             registry.register(c).expect("registered once");
         }
@@ -66,7 +80,18 @@ impl Metrics {
             failures,
             reconcile_duration,
             backup_last_success,
+            backup_stale,
         }
+    }
+
+    /// Drops a cluster's backup series: its backups were removed,
+    /// suspended or hibernated, or the cluster was deleted.
+    pub fn forget_backups(&self, namespace: &str, cluster: &str) {
+        // An error only says there was no such series.
+        let _ = self
+            .backup_last_success
+            .remove_label_values(&[namespace, cluster]);
+        let _ = self.backup_stale.remove_label_values(&[namespace, cluster]);
     }
 
     pub fn render(&self) -> String {

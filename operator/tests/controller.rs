@@ -1535,11 +1535,26 @@ async fn backups_run_an_agent_whose_status_becomes_the_clusters() {
             (expect_status(&mut h, &original).await, h)
         }
     });
-    reconcile(Arc::new(nc.clone()), context(client.clone(), nod.clone()))
-        .await
-        .unwrap();
+    let ctx = context(client.clone(), nod.clone());
+    reconcile(Arc::new(nc.clone()), ctx.clone()).await.unwrap();
     let (written, mut h) = server.await.unwrap();
     let status = written["status"].clone();
+    // Failing but not stale (a full a minute ago, staleAfterHours 1): the
+    // alert's series says 0, and the time of that full is kept.
+    let metrics = ctx.metrics.render();
+    let series = r#"{cluster="demo",cluster_namespace="default"}"#;
+    assert!(
+        metrics.contains(&format!("nod_operator_backup_stale{series} 0")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "nod_operator_backup_last_success_timestamp_seconds{series} {}",
+            full_at / 1000
+        )),
+        "{metrics}"
+    );
+    assert!(status["backup"]["enabledSince"].is_string(), "{status}");
     let failed = condition(&status, "BackupSucceeded");
     assert_eq!(failed["status"], "False");
     assert_eq!(failed["reason"], "BackupFailed");
@@ -1561,9 +1576,12 @@ async fn backups_run_an_agent_whose_status_becomes_the_clusters() {
         }
         expect_status(&mut h, &original).await
     });
-    reconcile(Arc::new(nc), context(client, nod)).await.unwrap();
+    reconcile(Arc::new(nc), ctx.clone()).await.unwrap();
     let status = server.await.unwrap()["status"].clone();
     assert!(status.get("backup").is_none(), "{status}");
+    // No backups, no alert series.
+    let metrics = ctx.metrics.render();
+    assert!(!metrics.contains("nod_operator_backup_"), "{metrics}");
     assert!(status["conditions"]
         .as_array()
         .unwrap()

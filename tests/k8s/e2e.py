@@ -1160,7 +1160,7 @@ SCENARIOS = [
     ("backup", scenario_backup),
     ("quorum-recovery", scenario_quorum_recovery),
 ]
-CORE = ["install", "scale-up-from-one", "pod-deletion", "security"]
+CORE = ["install", "scale-up-from-one", "pod-deletion", "security", "quorum-recovery"]
 
 
 def dump_state():
