@@ -10,6 +10,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
@@ -182,9 +184,12 @@ async fn point(c: &mut Client, revision: i64) -> Point {
     }
 }
 
-/// `rounds` transactions of 100 puts over a 20k key space (overwrites:
-/// history), every 7th key on one of `leases`, plus a range deletion every
-/// 50 rounds. Returns the last revision.
+/// `rounds` transactions of 100 puts over a 100k key space (round r puts
+/// keys of its own below round 1000, overwrites above: history), every 7th
+/// key on one of `leases`, plus a range deletion every 50 rounds. Returns
+/// the last revision.
+const KEYS: usize = 100_000;
+
 async fn write(c: &mut Client, from: usize, rounds: usize, leases: &[i64]) -> i64 {
     let mut last = 0;
     for r in from..from + rounds {
@@ -197,7 +202,7 @@ async fn write(c: &mut Client, from: usize, rounds: usize, leases: &[i64]) -> i6
                     0
                 };
                 put(
-                    format!("k/{:05}", (n * 7919) % 20_000),
+                    format!("k/{:05}", (n * 7919) % KEYS),
                     format!("v{n}"),
                     lease,
                 )
@@ -213,8 +218,8 @@ async fn write(c: &mut Client, from: usize, rounds: usize, leases: &[i64]) -> i6
         last = resp.header.unwrap().revision;
         if r % 50 == 49 {
             let d = DeleteRangeRequest {
-                key: format!("k/{:05}", (r * 31) % 20_000).into_bytes(),
-                range_end: format!("k/{:05}", (r * 31) % 20_000 + 40).into_bytes(),
+                key: format!("k/{:05}", (r * 3_001) % KEYS).into_bytes(),
+                range_end: format!("k/{:05}", (r * 3_001) % KEYS + 40).into_bytes(),
                 ..Default::default()
             };
             last = c.delete(d).await.unwrap().header.unwrap().revision;
@@ -223,8 +228,6 @@ async fn write(c: &mut Client, from: usize, rounds: usize, leases: &[i64]) -> i6
     last
 }
 
-/// Restores `dest` at `p.revision` into one new member and compares it
-/// with what the source had then.
 /// Restores `p.revision` (from `chain`, or the chain the restore picks)
 /// into a new member and compares it with the source at that revision.
 async fn restore_and_compare(
@@ -303,9 +306,11 @@ async fn restore_and_compare(
     assert_eq!(next.header.unwrap().revision, p.revision + 1);
 }
 
-/// The round trip: 100k keys, incremental backup to S3 across a
-/// leader move and a leader kill, restores to three revisions between two
-/// full snapshots and to the newest, each the source at that revision.
+/// The round trip: 120k puts over 100k keys, incremental backup to
+/// S3 across a leader move and a leader kill, a second full snapshot under
+/// load and a leader move, restores to three revisions between the two
+/// full snapshots, to the second and to the newest, each the source at
+/// that revision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn point_in_time_restores_from_s3_match_the_source() {
     let s3 = S3Server::start("nod-backups");
@@ -412,25 +417,60 @@ async fn point_in_time_restores_from_s3_match_the_source() {
     assert_eq!(reached(&dest, &env, r3, &agent).await, first);
     let initial = cluster.initial_cluster();
     cluster.members[victim].start(&initial, "new", &[]);
-    let end = write(&mut c, 700, 300, &lease_ids).await;
+    let end = write(&mut c, 700, 500, &lease_ids).await;
     let last_chain = reached(&dest, &env, end, &agent).await;
     assert_eq!(last_chain, first, "one chain covers the whole run");
     let end_point = point(&mut c, end).await;
     agent.stop();
 
-    // A second full snapshot, a chain of its own: the points above lie
-    // between two full snapshots.
-    let saved = nod_ok(
-        &[
-            "--endpoints",
-            &endpoints.join(","),
-            "backup",
-            "save",
-            "--dest",
-            &dest,
-        ],
-        &env,
-    );
+    // A second full snapshot, a chain of its own, taken while a writer
+    // goes on and the leadership moves: the points above lie between two
+    // full snapshots, and this one is checked against the source below.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (stop, eps) = (stop.clone(), endpoints.clone());
+        async move {
+            let mut c = connect(&eps);
+            let mut acked = 0;
+            for n in 0.. {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let p = PutRequest {
+                    key: format!("load/{n}").into_bytes(),
+                    value: vec![b'x'; 100],
+                    ..Default::default()
+                };
+                if c.put(p).await.is_ok() {
+                    acked += 1;
+                }
+            }
+            acked
+        }
+    });
+    let save = tokio::task::spawn_blocking({
+        let (eps, dest, env) = (endpoints.join(","), dest.clone(), env.clone());
+        move || {
+            nod_ok(
+                &["--endpoints", &eps, "backup", "save", "--dest", &dest],
+                &env,
+            )
+        }
+    });
+    let leader = support::leader(&endpoints).await;
+    let target = c
+        .member_list()
+        .await
+        .unwrap()
+        .members
+        .into_iter()
+        .find(|m| m.id != leader)
+        .unwrap()
+        .id;
+    c.move_leader(target).await.unwrap();
+    let saved = save.await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    assert!(load.await.unwrap() > 0, "the writer ran");
     assert!(saved.contains("saved in"), "{saved}");
     let listed = chains(&dest, &env);
     assert_eq!(listed.len(), 2, "{listed:?}");
@@ -440,13 +480,17 @@ async fn point_in_time_restores_from_s3_match_the_source() {
     let second = listed[1]["chain"].as_str().unwrap().to_string();
     assert!(listed[1]["revision"].as_i64().unwrap() >= end, "{listed:?}");
     let total_keys = end_point.kvs.len();
-    assert!(total_keys > 15_000, "only {total_keys} keys");
+    assert!(total_keys > 95_000, "only {total_keys} keys");
     // The restore picks the chain that holds the revision; named, the
     // same chain gives the same state.
     for (i, p) in points.iter().enumerate() {
         restore_and_compare(&dest, &env, &root, p, i, None).await;
     }
     restore_and_compare(&dest, &env, &root, &points[1], 3, Some(&first)).await;
+    // The full taken under load is the source at its revision.
+    let under_load = listed[1]["revision"].as_i64().unwrap();
+    let p = point(&mut c, under_load).await;
+    restore_and_compare(&dest, &env, &root, &p, 4, Some(&second)).await;
     // A named chain that does not hold the revision is refused.
     let out = nod(
         &[
@@ -526,7 +570,7 @@ async fn point_in_time_restores_from_s3_match_the_source() {
             "--from-backup",
             &dest,
             "--to-revision",
-            &(end + 1000).to_string(),
+            &(under_load + 1000).to_string(),
             "--data-dir",
             s(&root.join("no")),
         ],
@@ -536,6 +580,51 @@ async fn point_in_time_restores_from_s3_match_the_source() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no chain reaches revision"), "{err}");
     assert!(!root.join("no").exists());
+}
+
+/// Nothing in a destination is ever replaced: a second put of a name, and
+/// a large upload to a name that exists, are refused and the first bytes
+/// stay. On a directory (hard links) and on S3 (moto honours
+/// `If-None-Match: *` with 412).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_never_overwrite_an_object() {
+    use bytes::Bytes;
+    use nod_backup::store::{Destination, StoreError};
+    nod_backup::install_crypto();
+    let s3 = S3Server::start("nod-create-only");
+    // Destination::parse reads the endpoint and keys from the environment,
+    // as the AWS tools do; the other tests pass theirs to each process.
+    for (k, v) in s3.env() {
+        std::env::set_var(k, v);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for url in [s3.url("p"), dir.path().join("d").display().to_string()] {
+        let d = Destination::parse(&url).unwrap();
+        d.put_new("c/seg-1", Bytes::from_static(b"first"))
+            .await
+            .unwrap();
+        let again = d.put_new("c/seg-1", Bytes::from_static(b"second")).await;
+        assert!(
+            matches!(again, Err(StoreError::Exists { .. })),
+            "{url}: {again:?}"
+        );
+        assert_eq!(&d.get("c/seg-1", 100).await.unwrap()[..], b"first");
+
+        let mut up = d.create("c/full.db.zst").await.unwrap();
+        up.put(Bytes::from_static(b"the full"));
+        up.finish().await.unwrap();
+        match d.create("c/full.db.zst").await {
+            Err(StoreError::Exists { .. }) => {}
+            Err(e) => panic!("{url}: {e}"),
+            Ok(_) => panic!("{url}: a second upload of the full was started"),
+        }
+        let put = d.put_new("c/full.db.zst", Bytes::from_static(b"x")).await;
+        assert!(
+            matches!(put, Err(StoreError::Exists { .. })),
+            "{url}: {put:?}"
+        );
+        assert_eq!(&d.get("c/full.db.zst", 100).await.unwrap()[..], b"the full");
+    }
 }
 
 /// A directory destination: `nod backup save`, then damage of every kind
