@@ -228,6 +228,21 @@ async fn write(c: &mut Client, from: usize, rounds: usize, leases: &[i64]) -> i6
     last
 }
 
+/// Hands the leadership of `endpoints`' cluster to another member.
+async fn move_leadership(c: &mut Client, endpoints: &[String]) {
+    let leader = support::leader(endpoints).await;
+    let target = c
+        .member_list()
+        .await
+        .unwrap()
+        .members
+        .into_iter()
+        .find(|m| m.id != leader)
+        .unwrap()
+        .id;
+    c.move_leader(target).await.unwrap();
+}
+
 /// Restores `p.revision` (from `chain`, or the chain the restore picks)
 /// into a new member and compares it with the source at that revision.
 async fn restore_and_compare(
@@ -358,17 +373,7 @@ async fn point_in_time_restores_from_s3_match_the_source() {
     assert_eq!(reached(&dest, &env, r1, &agent).await, first);
     c.lease_revoke(lease_ids[0]).await.unwrap();
     lease_ids.remove(0);
-    let leader = support::leader(&endpoints).await;
-    let target = c
-        .member_list()
-        .await
-        .unwrap()
-        .members
-        .into_iter()
-        .find(|m| m.id != leader)
-        .unwrap()
-        .id;
-    c.move_leader(target).await.unwrap();
+    move_leadership(&mut c, &endpoints).await;
     // One key put and deleted in one revision (two nested txns, which
     // etcd allows): both changes reach the backup.
     let nested = |op: request_op::Request| RequestOp {
@@ -457,17 +462,7 @@ async fn point_in_time_restores_from_s3_match_the_source() {
             )
         }
     });
-    let leader = support::leader(&endpoints).await;
-    let target = c
-        .member_list()
-        .await
-        .unwrap()
-        .members
-        .into_iter()
-        .find(|m| m.id != leader)
-        .unwrap()
-        .id;
-    c.move_leader(target).await.unwrap();
+    move_leadership(&mut c, &endpoints).await;
     let saved = save.await.unwrap();
     stop.store(true, Ordering::SeqCst);
     assert!(load.await.unwrap() > 0, "the writer ran");

@@ -1,4 +1,5 @@
 use crate::frame::*;
+use bytes::BufMut;
 
 #[derive(Debug, Eq, PartialEq)]
 pub struct Priority {
@@ -32,6 +33,14 @@ impl Priority {
             stream_id: head.stream_id(),
             dependency,
         })
+    }
+
+    // Nod: h2 never sends PRIORITY frames; this encoder replaces the
+    // stub (a panic) the writer had for them (NOD-PATCH.md).
+    pub fn encode<B: BufMut>(&self, dst: &mut B) {
+        let head = Head::new(Kind::Priority, 0, self.stream_id);
+        head.encode(5, dst);
+        self.dependency.encode(dst);
     }
 }
 
@@ -68,5 +77,33 @@ impl StreamDependency {
 
     pub fn dependency_id(&self) -> StreamId {
         self.dependency_id
+    }
+
+    /// The 5-byte payload `load` reads: exclusive flag and stream id, weight.
+    pub fn encode<B: BufMut>(&self, dst: &mut B) {
+        let id = u32::from(self.dependency_id);
+        dst.put_u32(if self.is_exclusive { id | 0x8000_0000 } else { id });
+        dst.put_u8(self.weight);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_is_what_load_reads() {
+        for (dep, weight, exclusive) in [(3u32, 15u8, true), (0x7fff_ffff, 0, false)] {
+            let p = Priority {
+                stream_id: StreamId::from(5),
+                dependency: StreamDependency::new(StreamId::from(dep), weight, exclusive),
+            };
+            let mut buf = Vec::new();
+            p.encode(&mut buf);
+            assert_eq!(buf.len(), 9 + 5);
+            let head = Head::parse(&buf);
+            assert_eq!(head.kind(), Kind::Priority);
+            assert_eq!(Priority::load(head, &buf[9..]).unwrap(), p);
+        }
     }
 }
