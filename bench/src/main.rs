@@ -122,9 +122,12 @@ enum Cmd {
     Load {
         #[arg(long, value_delimiter = ',', required = true)]
         endpoints: Vec<String>,
-        /// put, range, range-serializable, txn, mixed, or watch (fan-out:
+        /// put, range, range-serializable, txn, mixed, watch (fan-out:
         /// `--clients` watchers of one key, then `--writes` puts to it;
-        /// reports events delivered per second)
+        /// reports events delivered per second), or maintenance (a history
+        /// of `--revisions` puts over `--keyspace` keys, then `--rate`
+        /// writes a second through a compaction and a defragmentation sent
+        /// to the first endpoint, which should be the leader)
         #[arg(long, default_value = "put")]
         workload: String,
         #[arg(long, default_value_t = 16)]
@@ -139,6 +142,12 @@ enum Cmd {
         /// Puts for the watch workload.
         #[arg(long, default_value_t = 1000)]
         writes: usize,
+        /// Puts of the maintenance workload's history.
+        #[arg(long, default_value_t = 1_000_000)]
+        revisions: u64,
+        /// Writes a second during the maintenance workload.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
         /// Threads generating load, each with its own connections (default:
         /// one per core).
         #[arg(long)]
@@ -1203,6 +1212,8 @@ fn main() -> ExitCode {
                 duration,
                 keyspace,
                 writes,
+                revisions,
+                rate,
                 threads,
                 cacert,
                 cert,
@@ -1238,8 +1249,29 @@ fn main() -> ExitCode {
                     println!("{}", watch_summary(clients, writes, &figures(&m)));
                     return Ok(());
                 }
+                if workload == "maintenance" {
+                    let spec = maint::Spec {
+                        revisions,
+                        keyspace,
+                        value_size: 256,
+                        rate,
+                    };
+                    let conns = workload::connect(&endpoints, conns, &access).await?;
+                    maint::history(&conns, &spec).await?;
+                    let leader = workload::dial(&endpoints[0], &access)
+                        .await?
+                        .with_timeout(Duration::from_secs(1800));
+                    let phases = maint::run(&conns, leader, &spec).await?;
+                    for (name, p) in maint::PHASES.iter().zip(&phases) {
+                        println!(
+                            "writes during {name}: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({} writes, {} errors, call {:.2} s)",
+                            p.p50, p.p99, p.p999, p.max, p.count, p.errors, p.call_secs
+                        );
+                    }
+                    return Ok(());
+                }
                 let w = Workload::parse(&workload).ok_or_else(|| {
-                    format!("unknown workload {workload:?}: put, range, range-serializable, txn, mixed, watch")
+                    format!("unknown workload {workload:?}: put, range, range-serializable, txn, mixed, watch, maintenance")
                 })?;
                 let spec = Spec {
                     workload: w,

@@ -423,8 +423,9 @@ fn answers<B: Backend>(f: &Fixture<B>, from: i64) -> Vec<String> {
     out
 }
 
-fn a_compaction_is_removed_a_step_at_a_time_and_no_answer_changes<H: Harness>(h: &mut H) {
-    let mut f = create(h);
+/// A history of overwrites and deletions (a key deleted for good), then a
+/// compaction 20 revisions short of the current one; returns its revision.
+fn history_then_compaction<B: Backend>(f: &mut Fixture<B>) -> i64 {
     // A history: overwrites, deletions, a key deleted for good.
     for i in 0..120u32 {
         let k = format!("k{}", i % 7);
@@ -447,6 +448,12 @@ fn a_compaction_is_removed_a_step_at_a_time_and_no_answer_changes<H: Harness>(h:
         .unwrap()
         .into_result()
         .unwrap();
+    at_rev
+}
+
+fn a_compaction_is_removed_a_step_at_a_time_and_no_answer_changes<H: Harness>(h: &mut H) {
+    let mut f = create(h);
+    let at_rev = history_then_compaction(&mut f);
     assert!(f.store.compaction_pending(), "the records go afterwards");
     assert!(f.store.swept_revision() < at_rev);
     assert_eq!(f.get("k1", at_rev - 1), Err(KvError::Compacted), "at once");
@@ -1115,4 +1122,77 @@ fn a_memory_image_restores_the_same_state_and_refuses_corruption() {
         );
     }
     assert!(KvStore::restore_from(&image[..image.len() - 5]).is_err());
+}
+
+/// A backend whose crash loses every unlogged write (`write_unlogged`) and
+/// keeps every logged one: the worst a crash can do to a compaction's
+/// sweep, which writes unlogged.
+#[derive(Default)]
+struct Volatile {
+    live: MemoryBackend,
+    durable: MemoryBackend,
+}
+
+impl Volatile {
+    fn crash(self) -> Volatile {
+        Volatile {
+            live: self.durable.clone(),
+            durable: self.durable,
+        }
+    }
+}
+
+impl Backend for Volatile {
+    fn get(
+        &self,
+        keyspace: Keyspace,
+        key: &[u8],
+    ) -> Result<Option<std::borrow::Cow<'_, [u8]>>, nod::storage::backend::BackendError> {
+        self.live.get(keyspace, key)
+    }
+    fn scan_from<'a>(
+        &'a self,
+        keyspace: Keyspace,
+        from: &[u8],
+    ) -> impl Iterator<
+        Item = Result<nod::storage::backend::Entry<'a>, nod::storage::backend::BackendError>,
+    > + 'a {
+        self.live.scan_from(keyspace, from)
+    }
+    fn write(&mut self, batch: Batch) -> Result<(), nod::storage::backend::BackendError> {
+        self.durable.write(batch.clone())?;
+        self.live.write(batch)
+    }
+    fn write_unlogged(&mut self, batch: Batch) -> Result<(), nod::storage::backend::BackendError> {
+        self.live.write(batch)
+    }
+    fn size(&self) -> u64 {
+        self.live.size()
+    }
+}
+
+#[test]
+fn a_crash_that_loses_a_finished_sweep_has_it_done_again() {
+    let store = KvStore::from_backend(Volatile::default()).unwrap();
+    let index = store.applied().0;
+    let mut f = Fixture { store, index };
+    let at_rev = history_then_compaction(&mut f);
+    let want = answers(&f, at_rev);
+    while f.store.compaction_step(7).unwrap() {}
+    assert_eq!(answers(&f, at_rev), want, "swept");
+    let before = f.store.into_backend();
+    assert!(
+        before.durable.size() > before.live.size(),
+        "the sweep's removals are not logged"
+    );
+    let live_size = before.live.size();
+    let store = KvStore::from_backend(before.crash()).unwrap();
+    let mut f = Fixture { store, index: 0 };
+    assert!(f.store.compaction_pending(), "the reopen sweeps again");
+    assert!(f.store.swept_revision() < at_rev);
+    assert_eq!(answers(&f, at_rev), want, "crashed, before the sweep");
+    while f.store.compaction_step(7).unwrap() {}
+    // Swept again: HashKV reads the records as stored, unfiltered.
+    assert_eq!(answers(&f, at_rev), want, "swept again");
+    assert_eq!(f.store.into_backend().live.size(), live_size);
 }

@@ -27,6 +27,10 @@ use nod_proto::nodserverpb::ProposeResult;
 
 /// The pause after each step of a compaction's removal (250 records).
 const COMPACTION_PAUSE: Duration = Duration::from_millis(1);
+/// ... and at least this many times as long as the step took, so a sweep
+/// whose steps grow slow (keys with long histories, a busy disk) keeps to
+/// a fifth of the loop's time.
+const COMPACTION_SHARE: u32 = 4;
 
 /// Answers travel on oneshot channels.
 pub struct Oneshot;
@@ -309,10 +313,13 @@ impl Driver {
                 // shares its thread with the gRPC tasks, and the machine's
                 // cores with the writes (etcd sleeps 10 ms between steps).
                 () = tokio::time::sleep_until(next_step), if compacting => {
+                    let took = Instant::now();
                     if let Err(e) = core.compaction_step() {
                         break Err(e);
                     }
-                    next_step = tokio::time::Instant::now() + COMPACTION_PAUSE;
+                    let took = took.elapsed();
+                    next_step = tokio::time::Instant::now()
+                        + COMPACTION_PAUSE.max(took * COMPACTION_SHARE);
                 }
                 _ = ticker.tick() => {
                     core.set_time(started.elapsed());

@@ -142,6 +142,13 @@ pub trait Backend {
     /// whatever a crash loses.
     fn write(&mut self, batch: Batch) -> Result<(), BackendError>;
 
+    /// Applies `batch` like `write`, but a crash may lose it even where it
+    /// would not lose a `write` made after it: only for removals that
+    /// reopening finds and redoes (a compaction's sweep).
+    fn write_unlogged(&mut self, batch: Batch) -> Result<(), BackendError> {
+        self.write(batch)
+    }
+
     /// Bytes the stored data takes, as the backend estimates it.
     fn size(&self) -> u64;
 

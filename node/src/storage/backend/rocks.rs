@@ -76,6 +76,21 @@ impl RocksBackend {
             .cf_handle(keyspace.name())
             .expect("column family created at open")
     }
+
+    fn rocks_batch(&self, batch: Batch) -> WriteBatch {
+        let mut b = WriteBatch::default();
+        for op in batch.into_ops() {
+            match op {
+                BatchOp::Put {
+                    keyspace,
+                    key,
+                    value,
+                } => b.put_cf(self.cf(keyspace), key, value),
+                BatchOp::Delete { keyspace, key } => b.delete_cf(self.cf(keyspace), key),
+            }
+        }
+        b
+    }
 }
 
 impl Backend for RocksBackend {
@@ -103,18 +118,17 @@ impl Backend for RocksBackend {
     }
 
     fn write(&mut self, batch: Batch) -> Result<(), BackendError> {
-        let mut b = WriteBatch::default();
-        for op in batch.into_ops() {
-            match op {
-                BatchOp::Put {
-                    keyspace,
-                    key,
-                    value,
-                } => b.put_cf(self.cf(keyspace), key, value),
-                BatchOp::Delete { keyspace, key } => b.delete_cf(self.cf(keyspace), key),
-            }
-        }
+        let b = self.rocks_batch(batch);
         self.db.write(b).map_err(|e| err("writing a batch", e))
+    }
+
+    fn write_unlogged(&mut self, batch: Batch) -> Result<(), BackendError> {
+        let b = self.rocks_batch(batch);
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.disable_wal(true);
+        self.db
+            .write_opt(b, &opts)
+            .map_err(|e| err("writing a batch without the WAL", e))
     }
 
     fn size(&self) -> u64 {
