@@ -8,6 +8,8 @@
 //!   indirectly, on the server (`nod`), RocksDB or chitchat;
 //! - `nod-operator` and `nod-bench` never depend on `nod` (nor so on
 //!   RocksDB or chitchat);
+//! - `nod-query` (index encoding, paths, declarations) is pure: no server,
+//!   RocksDB, chitchat, async runtime or network stack, even indirectly;
 //! - the server (`node/src/`, but for the CLI in `node/src/cli/`) has no
 //!   `Result` whose error is a bare `String` and no `Result` of a `Result`:
 //!   each module's errors are a typed enum, and a request's own error is a
@@ -353,6 +355,23 @@ fn operator_and_bench_never_depend_on_the_server() {
             v.join("\n  ")
         );
     }
+}
+
+#[test]
+fn the_query_core_is_pure() {
+    let graph = workspace_lock();
+    let banned: Vec<&str> = SERVER_SIDE
+        .iter()
+        .copied()
+        .chain(["tokio", "tonic", "hyper", "mio"])
+        .collect();
+    let v = banned_dependencies(&graph, "nod-query", &banned);
+    assert!(
+        v.is_empty(),
+        "nod-query is deterministic and does no I/O (every member must derive the same index \
+         entries); the storage layer and the server build on it, but Cargo.lock has:\n  {}",
+        v.join("\n  ")
+    );
 }
 
 #[test]

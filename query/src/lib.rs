@@ -1,0 +1,21 @@
+//! The pure part of Nod's secondary indexes and queries: the typed values
+//! an index holds ([`value`]), their order-preserving encoding into index
+//! entry keys ([`codec`]), paths to fields of JSON documents ([`path`]),
+//! and index declarations with the tuple each document gives them
+//! ([`spec`]).
+//!
+//! No I/O: the storage layer writes and reads the entries, the server
+//! serves the queries. Everything here is deterministic, because every
+//! member must derive byte-identical index entries from the same value
+//! (the entries are part of the replicated state, written in the apply
+//! batch of the keys they index).
+
+pub mod codec;
+pub mod path;
+pub mod spec;
+pub mod value;
+
+pub use codec::{DecodeError, EntryKey};
+pub use path::{FieldPath, PathError};
+pub use spec::{IndexField, IndexSpec, Skip, SpecError};
+pub use value::{FieldType, FieldValue};
