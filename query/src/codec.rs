@@ -25,7 +25,9 @@ use crate::value::FieldValue;
 const TAG_FALSE: u8 = 0x01;
 const TAG_TRUE: u8 = 0x02;
 const TAG_NUMBER: u8 = 0x10;
-const TAG_STRING: u8 = 0x20;
+/// A string value's tag; `TAG_STRING ‖ esc_body(p)` starts the encoding
+/// of every string that starts with `p`.
+pub const TAG_STRING: u8 = 0x20;
 
 /// Why bytes read back are not an index entry.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +48,13 @@ pub enum DecodeError {
 
 /// Appends `bytes`, escaped and terminated.
 pub fn esc(bytes: &[u8], out: &mut Vec<u8>) {
+    esc_body(bytes, out);
+    out.extend_from_slice(&[0x00, 0x01]);
+}
+
+/// Appends `bytes` escaped, without the terminator: what the escaped
+/// form of every byte string that starts with `bytes` starts with.
+pub fn esc_body(bytes: &[u8], out: &mut Vec<u8>) {
     out.reserve(bytes.len() + 2);
     for &b in bytes {
         out.push(b);
@@ -53,7 +62,6 @@ pub fn esc(bytes: &[u8], out: &mut Vec<u8>) {
             out.push(0xFF);
         }
     }
-    out.extend_from_slice(&[0x00, 0x01]);
 }
 
 /// Reads one escaped byte string off the front of `input`; returns it and
