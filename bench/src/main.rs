@@ -862,6 +862,33 @@ async fn memory_all(
     Ok(out)
 }
 
+/// A member's disk use over its live data in the large phase (Nod: 4.8 GiB
+/// of values took 8 GB per member, with the Raft log and a checkpoint).
+const LARGE_DISK_FACTOR: f64 = 1.75;
+/// Room for everything else a full run keeps on the disk.
+const LARGE_DISK_SLACK_GIB: u64 = 10;
+
+/// Free bytes the large phase needs at `gib` GiB of data.
+fn large_disk_need(gib: u64) -> u64 {
+    let data = (3.0 * LARGE_DISK_FACTOR * gib as f64 * (1u64 << 30) as f64) as u64;
+    data.saturating_add(LARGE_DISK_SLACK_GIB << 30)
+}
+
+/// Bytes free for an unprivileged writer on the filesystem holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Result<u64, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let out = std::process::Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(dir)
+        .output()
+        .map_err(|e| format!("df: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| format!("df {}: unexpected output {text:?}", dir.display()))
+}
+
 /// Put and range throughput (256 clients) before and after `r` grows to
 /// `spec`'s size, a count of every key, and a restart at that size.
 async fn large_one(r: &mut Running, spec: &large::Spec, secs: u64) -> Result<large::Large, String> {
@@ -1009,6 +1036,22 @@ async fn run(args: RunArgs) -> Result<(), String> {
         .map(etcd_tool::Tool::new)
         .transpose()?;
     let data_root = data_root_dir(data_root)?;
+    if large_gib > 0 {
+        // Checked first: a full run reaches the large phase after about
+        // 90 minutes, and the run of 2026-12-06 died there of a full disk.
+        let need = large_disk_need(large_gib);
+        let free = free_bytes(&data_root)?;
+        if free < need {
+            return Err(format!(
+                "--large-gib {large_gib} needs about {} GiB free in {} (3 members, each about \
+                 {LARGE_DISK_FACTOR}x the data, plus {LARGE_DISK_SLACK_GIB} GiB for the rest); {} GiB \
+                 are free: free space, or pass a smaller --large-gib (NOD_BENCH_LARGE_GIB)",
+                need >> 30,
+                data_root.display(),
+                free >> 30
+            ));
+        }
+    }
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let t0 = std::time::Instant::now();
     let phase = |what: &str| eprintln!("bench: {what} at {:.0} s", t0.elapsed().as_secs_f64());
@@ -1087,8 +1130,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
         finished.push(finish(r, set.restart_keys).await?);
     }
     phase("restarts done");
-    // The large database last, one system at a time, each removed after:
-    // three systems of 3 members at 8 GiB would not fit on most disks.
+    // The large database last, one system at a time on a fresh, empty
+    // cluster, each removed after: three systems of 3 members at 8 GiB would
+    // not fit on most disks, nor one beside the others' earlier data (7.8 GB
+    // each by then).
     let mut large_figs = Vec::new();
     if large_gib > 0 {
         let spec = large::Spec {
@@ -1096,6 +1141,15 @@ async fn run(args: RunArgs) -> Result<(), String> {
             value_size: 8192,
         };
         for r in &mut plain {
+            r.cluster.stop();
+            r.cluster.remove_data();
+        }
+        for r in &mut plain {
+            // Members started on empty directories form a new cluster.
+            r.cluster
+                .restart()
+                .await
+                .map_err(|e| format!("[{}] starting empty for the large phase: {e}", r.name()))?;
             large_figs.push(large_one(r, &spec, set.secs).await?);
             r.cluster.stop();
             r.cluster.remove_data();
@@ -1303,5 +1357,20 @@ fn main() -> ExitCode {
             eprintln!("nod-bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_large_phase_asks_for_the_disk_it_will_use() {
+        // 8 GiB: 3 members at 1.75x plus 10 GiB.
+        assert_eq!(large_disk_need(8), 52 << 30);
+        let dir = std::env::temp_dir();
+        let free = free_bytes(&dir).unwrap();
+        assert!(free > 0 && free < large_disk_need(1 << 20), "{free}");
+        assert!(free_bytes(std::path::Path::new("/proc/self/nonexistent/x")).is_err());
     }
 }
