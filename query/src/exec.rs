@@ -214,12 +214,8 @@ impl<S: Source> Run<'_, S> {
                 let (src, q) = (self.src, self.q);
                 let prefix = q.from.as_bytes();
                 let mut failure = None;
-                src.scan_prefix(prefix, &mut |doc| match self.offer(doc) {
-                    Ok(flow) => Ok(flow),
-                    Err(e) => {
-                        failure = Some(e);
-                        Ok(false)
-                    }
+                src.scan_prefix(prefix, &mut |doc| {
+                    keep_failure(self.offer(doc), &mut failure)
                 })
                 .map_err(ExecError::Source)?;
                 failure.map_or(Ok(()), Err)
@@ -240,39 +236,51 @@ impl<S: Source> Run<'_, S> {
     }
 
     fn read_range(&mut self, range: &ByteRange, arity: usize) -> Result<(), ExecError<S::Error>> {
-        let src = self.src;
-        let prefix = self.q.from.as_bytes().to_vec();
+        let (src, q) = (self.src, self.q);
+        let prefix = q.from.as_bytes();
         let mut failure = None;
         src.scan_index(range, &mut |entry| {
-            let step = (|| -> Result<Flow, ExecError<S::Error>> {
-                self.stats.entries += 1;
-                self.examined()?;
-                let e = EntryKey::decode(entry, arity).map_err(ExecError::BadEntry)?;
-                if !e.key.starts_with(&prefix) || self.seen.contains(&e.key) {
-                    return Ok(true);
-                }
-                match src
-                    .visible(&e.key, e.main, e.sub)
-                    .map_err(ExecError::Source)?
-                {
-                    Some(doc) => {
-                        self.seen.insert(e.key);
-                        self.offer(doc)
-                    }
-                    None => Ok(true),
-                }
-            })();
-            match step {
-                Ok(flow) => Ok(flow),
-                Err(e) => {
-                    failure = Some(e);
-                    Ok(false)
-                }
-            }
+            keep_failure(self.entry(entry, arity, prefix), &mut failure)
         })
         .map_err(ExecError::Source)?;
         failure.map_or(Ok(()), Err)
     }
+
+    /// Checks one index entry: the document it indexes, if that is the
+    /// key's change visible at the revision and under the query's prefix.
+    fn entry(
+        &mut self,
+        entry: &[u8],
+        arity: usize,
+        prefix: &[u8],
+    ) -> Result<Flow, ExecError<S::Error>> {
+        self.stats.entries += 1;
+        self.examined()?;
+        let e = EntryKey::decode(entry, arity).map_err(ExecError::BadEntry)?;
+        if !e.key.starts_with(prefix) || self.seen.contains(&e.key) {
+            return Ok(true);
+        }
+        match self
+            .src
+            .visible(&e.key, e.main, e.sub)
+            .map_err(ExecError::Source)?
+        {
+            Some(doc) => {
+                self.seen.insert(e.key);
+                self.offer(doc)
+            }
+            None => Ok(true),
+        }
+    }
+}
+
+/// A scan visitor's answer for a step that may fail: a failure stops the
+/// scan and is kept for after it (the source's own errors travel apart).
+fn keep_failure<E, F>(step: Result<Flow, E>, failure: &mut Option<E>) -> Result<Flow, F> {
+    step.or_else(|e| {
+        *failure = Some(e);
+        Ok(false)
+    })
 }
 
 /// Runs `plan` for `q` over `src`.

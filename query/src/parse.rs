@@ -492,27 +492,29 @@ impl Parser<'_> {
     }
 
     fn or(&mut self) -> Result<Expr, ParseError> {
-        let first = self.and()?;
-        if !self.is_kw("OR") {
-            return Ok(first);
-        }
-        let mut items = vec![first];
-        while self.eat_kw("OR") {
-            items.push(self.and()?);
-        }
-        Ok(Expr::Or(items))
+        self.chain("OR", Self::and, Expr::Or)
     }
 
     fn and(&mut self) -> Result<Expr, ParseError> {
-        let first = self.not()?;
-        if !self.is_kw("AND") {
+        self.chain("AND", Self::not, Expr::And)
+    }
+
+    /// `item {kw item}`: the item alone, or all of them joined by `join`.
+    fn chain(
+        &mut self,
+        kw: &str,
+        item: fn(&mut Self) -> Result<Expr, ParseError>,
+        join: fn(Vec<Expr>) -> Expr,
+    ) -> Result<Expr, ParseError> {
+        let first = item(self)?;
+        if !self.is_kw(kw) {
             return Ok(first);
         }
         let mut items = vec![first];
-        while self.eat_kw("AND") {
-            items.push(self.not()?);
+        while self.eat_kw(kw) {
+            items.push(item(self)?);
         }
-        Ok(Expr::And(items))
+        Ok(join(items))
     }
 
     fn not(&mut self) -> Result<Expr, ParseError> {

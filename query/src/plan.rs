@@ -122,26 +122,30 @@ fn typed_all(list: &[Literal], ty: FieldType) -> Option<Vec<FieldValue>> {
     list.iter().map(|l| typed_value(l, ty)).collect()
 }
 
-fn tighter_lower(a: Option<(FieldValue, bool)>, b: (FieldValue, bool)) -> (FieldValue, bool) {
+/// The tighter of two bounds on one side: `a` where it compares as
+/// `keep` to `b` (`Greater` for lower bounds, `Less` for upper ones), the
+/// exclusive one where the values are equal.
+fn tighter(
+    a: Option<(FieldValue, bool)>,
+    b: (FieldValue, bool),
+    keep: std::cmp::Ordering,
+) -> (FieldValue, bool) {
     match a {
         None => b,
         Some(a) => match a.0.cmp(&b.0) {
-            std::cmp::Ordering::Greater => a,
-            std::cmp::Ordering::Less => b,
             std::cmp::Ordering::Equal => (a.0, a.1 && b.1),
+            o if o == keep => a,
+            _ => b,
         },
     }
 }
 
+fn tighter_lower(a: Option<(FieldValue, bool)>, b: (FieldValue, bool)) -> (FieldValue, bool) {
+    tighter(a, b, std::cmp::Ordering::Greater)
+}
+
 fn tighter_upper(a: Option<(FieldValue, bool)>, b: (FieldValue, bool)) -> (FieldValue, bool) {
-    match a {
-        None => b,
-        Some(a) => match a.0.cmp(&b.0) {
-            std::cmp::Ordering::Less => a,
-            std::cmp::Ordering::Greater => b,
-            std::cmp::Ordering::Equal => (a.0, a.1 && b.1),
-        },
-    }
+    tighter(a, b, std::cmp::Ordering::Less)
 }
 
 /// The conjuncts of `expr` at its top (the expression itself if it is no

@@ -117,19 +117,6 @@ impl Ord for FieldValue {
     }
 }
 
-impl fmt::Display for FieldValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FieldValue::Bool(b) => write!(f, "{b}"),
-            FieldValue::Number(n) => write!(f, "{n}"),
-            FieldValue::String(s) => {
-                // The query language's string literal: quotes doubled.
-                write!(f, "'{}'", s.replace('\'', "''"))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
