@@ -11,12 +11,19 @@ const DB_WRITE_BUFFER: usize = 16 << 20;
 const CF_WRITE_BUFFER: usize = 8 << 20;
 /// Uncompressed blocks kept for reads, per database.
 const BLOCK_CACHE: usize = 8 << 20;
+/// Bytes written to a file between background syncs of it.
+const SYNC_EVERY: u64 = 1 << 20;
 
 pub fn db_options() -> Options {
     let mut o = Options::default();
     o.create_if_missing(true);
     o.create_missing_column_families(true);
     o.set_db_write_buffer_size(DB_WRITE_BUFFER);
+    // Write flushed and compacted files out as they grow, not in one burst
+    // when they are closed: a burst of dirty pages made the log's next fsync
+    // wait behind it (writes stalled during a large compaction).
+    o.set_bytes_per_sync(SYNC_EVERY);
+    o.set_wal_bytes_per_sync(SYNC_EVERY);
     o
 }
 
