@@ -24,7 +24,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .file_descriptor_set_path(descriptors)
         .compile_protos(&files, &[root.to_string()])?;
-    let peer = ["nod/raft.proto", "nod/server.proto", "nod/backup.proto"];
+    let peer = [
+        "nod/raft.proto",
+        "nod/server.proto",
+        "nod/backup.proto",
+        "nod/query.proto",
+    ];
     for f in &peer {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -7,12 +7,14 @@
 
 use nod::storage::backend::{Backend, Batch, Keyspace, MemoryBackend, RocksBackend};
 use nod::storage::kv_store::KeyRange;
+use nod::storage::kv_store::{IndexDef, IndexState};
 use nod::storage::{KvError, KvStore, ReadError};
 use nod_proto::etcd::etcdserverpb::{
     compare, request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest,
     RangeRequest, RequestOp, TxnRequest,
 };
 use nod_proto::etcd::mvccpb::event::EventType;
+use nod_proto::nodquerypb::{FieldType, IndexField, IndexSpec};
 
 /// How the suite makes and reopens stores.
 trait Harness {
@@ -94,6 +96,8 @@ conformance!(
     a_put_takes_version_create_and_lease_from_the_index_and_events_get_their_previous_value_on_demand,
     later_operations_of_a_txn_see_its_deletes_and_puts,
     the_auth_store_is_kept_with_the_data_and_never_moves_the_revision,
+    a_secondary_index_backfills_follows_writes_and_loses_compacted_entries,
+    index_declarations_are_checked_and_refusals_change_nothing_else,
 );
 
 struct Fixture<B: Backend> {
@@ -436,11 +440,17 @@ fn history_then_compaction<B: Backend>(f: &mut Fixture<B>) -> i64 {
         }
     }
     let at_rev = f.store.current_revision() - 20;
+    compact(f, at_rev);
+    at_rev
+}
+
+/// Applies a compaction at `revision`, which must succeed.
+fn compact<B: Backend>(f: &mut Fixture<B>, revision: i64) {
     let at = f.next();
     f.store
         .apply_compaction(
             &CompactionRequest {
-                revision: at_rev,
+                revision,
                 physical: true,
             },
             at,
@@ -448,7 +458,6 @@ fn history_then_compaction<B: Backend>(f: &mut Fixture<B>) -> i64 {
         .unwrap()
         .into_result()
         .unwrap();
-    at_rev
 }
 
 fn a_compaction_is_removed_a_step_at_a_time_and_no_answer_changes<H: Harness>(h: &mut H) {
@@ -1033,12 +1042,8 @@ fn a_corrupt_file_on_disk_is_reported_on_open() {
     {
         let mut opts = ::rocksdb::Options::default();
         opts.create_missing_column_families(true);
-        let db = ::rocksdb::DB::open_cf(
-            &opts,
-            dir.path(),
-            ["rev", "lease", "member", "meta", "auth"],
-        )
-        .unwrap();
+        let db =
+            ::rocksdb::DB::open_cf(&opts, dir.path(), Keyspace::ALL.map(|k| k.name())).unwrap();
         let cf = db.cf_handle("rev").unwrap();
         let key = db
             .iterator_cf(cf, ::rocksdb::IteratorMode::Start)
@@ -1159,6 +1164,15 @@ impl Backend for Volatile {
     > + 'a {
         self.live.scan_from(keyspace, from)
     }
+    fn scan_rev<'a>(
+        &'a self,
+        keyspace: Keyspace,
+        before: Option<&[u8]>,
+    ) -> impl Iterator<
+        Item = Result<nod::storage::backend::Entry<'a>, nod::storage::backend::BackendError>,
+    > + 'a {
+        self.live.scan_rev(keyspace, before)
+    }
     fn write(&mut self, batch: Batch) -> Result<(), nod::storage::backend::BackendError> {
         self.durable.write(batch.clone())?;
         self.live.write(batch)
@@ -1195,4 +1209,229 @@ fn a_crash_that_loses_a_finished_sweep_has_it_done_again() {
     // Swept again: HashKV reads the records as stored, unfiltered.
     assert_eq!(answers(&f, at_rev), want, "swept again");
     assert_eq!(f.store.into_backend().live.size(), live_size);
+}
+
+fn users_age(name: &str, prefix: &str) -> IndexSpec {
+    IndexSpec {
+        name: name.into(),
+        prefix: prefix.into(),
+        fields: vec![IndexField {
+            path: "age".into(),
+            r#type: FieldType::Number as i32,
+        }],
+        unique: false,
+    }
+}
+
+fn create_index<B: Backend>(f: &mut Fixture<B>, spec: &IndexSpec) -> Result<IndexDef, KvError> {
+    let at = f.next();
+    f.store
+        .apply_index_create(spec, at)
+        .unwrap()
+        .into_result()
+        .map(|a| a.response)
+}
+
+/// Index `id` matches what the stored records give; answers how many
+/// entries it must hold.
+#[track_caller]
+fn verified<B: Backend>(f: &Fixture<B>, id: u32) -> u64 {
+    let check = f
+        .store
+        .verify_secondary(id)
+        .unwrap()
+        .expect("the index exists");
+    assert!(
+        check.missing.is_empty() && check.extra.is_empty(),
+        "{check:?}"
+    );
+    check.expected
+}
+
+fn a_secondary_index_backfills_follows_writes_and_loses_compacted_entries<H: Harness>(h: &mut H) {
+    let mut f = create(h);
+    f.put("/u/a", r#"{"age": 30}"#);
+    f.put("/u/b", r#"{"age": "thirty"}"#); // the wrong type: skipped
+    f.put("/u/c", "not json");
+    f.put("/u/e", r#"{"age": 1}"#);
+    f.del("/u/e", ""); // deleted before the index: nothing to backfill
+    f.put("/v/a", r#"{"age": 30}"#); // outside the prefix
+    let since = f.store.current_revision();
+    let def = create_index(&mut f, &users_age("users_age", "/u/")).unwrap();
+    assert_eq!(
+        def.state,
+        IndexState::Building {
+            since,
+            cursor: Vec::new(),
+            keys_done: 0,
+            keys_total: 3,
+        },
+        "a, b and c have values at {since}"
+    );
+    assert_eq!(f.store.current_revision(), since, "DDL moves no revision");
+    // A write during the build is indexed by apply.
+    f.put("/u/d", r#"{"age": 5}"#);
+    assert_eq!(verified(&f, def.id), 1, "only d so far");
+    let at = f.next();
+    f.store.apply_backfill(def.id, 2, at).unwrap();
+    assert!(matches!(
+        &f.store.indexes()[0].state,
+        IndexState::Building { cursor, keys_done: 2, .. } if cursor == b"/u/b"
+    ));
+    assert_eq!(verified(&f, def.id), 2, "a backfilled, b skipped");
+    let mut f = reopen(h, f);
+    let at = f.next();
+    f.store.apply_backfill(def.id, 2, at).unwrap();
+    assert_eq!(f.store.indexes()[0].state, IndexState::Ready { since });
+    assert_eq!(verified(&f, def.id), 2, "c is not JSON");
+    // A repeated step changes nothing.
+    let at = f.next();
+    f.store.apply_backfill(def.id, 2, at).unwrap();
+    assert_eq!(f.store.indexes()[0].state, IndexState::Ready { since });
+    assert_eq!(f.store.applied().0, at.0);
+
+    // Overwrites keep the old entries until compaction; a delete writes none.
+    f.put("/u/a", r#"{"age": 31}"#);
+    f.put("/u/b", r#"{"age": 40, "more": [1, 2]}"#);
+    f.del("/u/d", "");
+    let txn = f.next();
+    f.store
+        .apply_txn(
+            &TxnRequest {
+                success: ["/u/f", "/u/g"]
+                    .iter()
+                    .map(|k| RequestOp {
+                        request: Some(request_op::Request::RequestPut(PutRequest {
+                            key: k.as_bytes().to_vec(),
+                            value: br#"{"age": 7}"#.to_vec(),
+                            ..Default::default()
+                        })),
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            txn,
+        )
+        .unwrap()
+        .into_result()
+        .unwrap();
+    // a twice, d, b, f, g.
+    assert_eq!(verified(&f, def.id), 6);
+    let mut f = reopen(h, f);
+    let ready = IndexDef {
+        state: IndexState::Ready { since },
+        ..def.clone()
+    };
+    assert_eq!(f.store.indexes()[0], ready);
+    assert_eq!(verified(&f, def.id), 6, "reopened");
+
+    // Compaction drops a's old entry and d's (deleted) with their records.
+    let at_rev = f.store.current_revision();
+    compact(&mut f, at_rev);
+    assert_eq!(verified(&f, def.id), 4, "before the sweep either way");
+    assert!(f.store.compaction_step(1).unwrap());
+    let mut f = reopen(h, f);
+    while f.store.compaction_step(1).unwrap() {
+        verified(&f, def.id);
+    }
+    assert_eq!(verified(&f, def.id), 4, "a, b, f, g");
+
+    // Dropping it removes its entries; another index keeps its own.
+    let other = create_index(&mut f, &users_age("v_age", "/v/")).unwrap();
+    assert_eq!(other.id, def.id + 1);
+    assert_eq!(verified(&f, other.id), 0, "building, not backfilled");
+    let at = f.next();
+    f.store.apply_backfill(other.id, 10, at).unwrap();
+    assert!(f.store.indexes()[1].ready_since().is_some());
+    let at = f.next();
+    let dropped = f
+        .store
+        .apply_index_drop("users_age", at)
+        .unwrap()
+        .into_result()
+        .unwrap()
+        .response;
+    assert_eq!(dropped.id, def.id);
+    assert_eq!(f.store.verify_secondary(def.id).unwrap(), None);
+    let f = reopen(h, f);
+    assert_eq!(f.store.indexes().len(), 1);
+    assert_eq!(verified(&f, other.id), 1);
+    let backend = f.store.into_backend();
+    let left: Vec<_> = backend.scan_from(Keyspace::Secondary, &[]).collect();
+    assert_eq!(left.len(), 1, "only v_age's entry is stored");
+}
+
+fn index_declarations_are_checked_and_refusals_change_nothing_else<H: Harness>(h: &mut H) {
+    let mut f = create(h);
+    // An empty prefix at creation: ready at once.
+    let since = f.store.current_revision();
+    let def = create_index(&mut f, &users_age("users_age", "/u/")).unwrap();
+    assert_eq!(
+        (def.id, def.state.clone()),
+        (1, IndexState::Ready { since })
+    );
+    f.put("/u/a", r#"{"age": 1.5}"#);
+    assert_eq!(verified(&f, def.id), 1);
+
+    let mut bad = users_age("Users", "/u/");
+    let refusals = [
+        (
+            users_age("users_age", "/w/"),
+            KvError::IndexExists("users_age".into()),
+        ),
+        (bad.clone(), KvError::Invalid(String::new())),
+        (
+            {
+                bad.name = "ok".into();
+                bad.fields[0].r#type = 9;
+                bad.clone()
+            },
+            KvError::Invalid(String::new()),
+        ),
+        (
+            {
+                bad.fields[0].r#type = FieldType::Bool as i32;
+                bad.unique = true;
+                bad.clone()
+            },
+            KvError::Invalid(String::new()),
+        ),
+    ];
+    for (spec, want) in refusals {
+        let before = f.store.indexes().to_vec();
+        let at = f.next();
+        let got = f
+            .store
+            .apply_index_create(&spec, at)
+            .unwrap()
+            .into_result()
+            .unwrap_err();
+        assert_eq!(
+            std::mem::discriminant(&got),
+            std::mem::discriminant(&want),
+            "{got}"
+        );
+        assert_eq!(f.store.applied(), at, "the entry is applied");
+        assert_eq!(f.store.indexes(), &before[..], "and changed nothing else");
+    }
+    let at = f.next();
+    assert_eq!(
+        f.store
+            .apply_index_drop("nope", at)
+            .unwrap()
+            .into_result()
+            .unwrap_err(),
+        KvError::IndexNotFound("nope".into())
+    );
+    // Up to 64 indexes.
+    for i in 2..=64 {
+        create_index(&mut f, &users_age(&format!("i{i}"), "/x/")).unwrap();
+    }
+    assert_eq!(
+        create_index(&mut f, &users_age("one_more", "/x/")),
+        Err(KvError::TooManyIndexes)
+    );
+    let f = reopen(h, f);
+    assert_eq!(f.store.indexes().len(), 64);
+    assert_eq!(verified(&f, def.id), 1);
 }

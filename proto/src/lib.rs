@@ -52,6 +52,13 @@ pub mod nodbackuppb {
     include!(concat!(env!("OUT_DIR"), "/nod/nodbackuppb.rs"));
 }
 
+/// Code generated from `nod/query.proto`: secondary index declarations as
+/// the log carries them and the store keeps them.
+pub mod nodquerypb {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/nod/nodquerypb.rs"));
+}
+
 #[cfg(test)]
 mod tests {
     use crate::etcd::etcdserverpb::{compare, Compare, PutRequest, RangeRequest, ResponseHeader};

@@ -33,6 +33,9 @@ pub fn kv_status(e: impl Into<ReadError>) -> Status {
         | KvError::Invalid(_) => Status::invalid_argument(msg),
         KvError::LeaseNotFound => Status::not_found(msg),
         KvError::LeaseExists => Status::failed_precondition(msg),
+        KvError::IndexExists(_) => Status::already_exists(msg),
+        KvError::IndexNotFound(_) => Status::not_found(msg),
+        KvError::TooManyIndexes => Status::resource_exhausted(msg),
         KvError::LeaseTtlTooLarge | KvError::Compacted | KvError::FutureRevision => {
             Status::out_of_range(msg)
         }

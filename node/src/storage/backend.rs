@@ -34,15 +34,20 @@ pub enum Keyspace {
     /// The auth store: `meta` → enabled flag and auth revision; `u` ++
     /// name → user; `r` ++ name → role.
     Auth,
+    /// Secondary index entries: index id ‖ tuple ‖ key ‖ revision →
+    /// checksum (`nod_query::codec::EntryKey`), written in the batch of
+    /// the records they point to and left out of HashKV.
+    Secondary,
 }
 
 impl Keyspace {
-    pub const ALL: [Keyspace; 5] = [
+    pub const ALL: [Keyspace; 6] = [
         Keyspace::Rev,
         Keyspace::Lease,
         Keyspace::Member,
         Keyspace::Meta,
         Keyspace::Auth,
+        Keyspace::Secondary,
     ];
 
     /// Its column family's name on disk.
@@ -53,7 +58,15 @@ impl Keyspace {
             Keyspace::Member => "member",
             Keyspace::Meta => "meta",
             Keyspace::Auth => "auth",
+            Keyspace::Secondary => "secondary",
         }
+    }
+
+    /// Whether a store written by an older version may lack it (its
+    /// checkpoints are opened read-only without it; opening one read-write
+    /// adds it empty).
+    pub fn added_later(self) -> bool {
+        matches!(self, Keyspace::Auth | Keyspace::Secondary)
     }
 }
 
@@ -76,6 +89,13 @@ pub enum BatchOp {
     Delete {
         keyspace: Keyspace,
         key: BatchKey,
+    },
+    /// Every key from `from` (included) to `to` (excluded); never empty
+    /// (`Batch::delete_range` leaves an empty range out).
+    DeleteRange {
+        keyspace: Keyspace,
+        from: Vec<u8>,
+        to: Vec<u8>,
     },
 }
 
@@ -100,6 +120,24 @@ impl Batch {
             keyspace,
             key: BatchKey::from_slice(key),
         });
+    }
+
+    /// Deletes every key from `from` (included) to `to` (excluded): a
+    /// dropped index's entries, without reading them first. A range with
+    /// `to <= from` holds no key and adds nothing.
+    pub fn delete_range(&mut self, keyspace: Keyspace, from: &[u8], to: &[u8]) {
+        if from < to {
+            self.ops.push(BatchOp::DeleteRange {
+                keyspace,
+                from: from.to_vec(),
+                to: to.to_vec(),
+            });
+        }
+    }
+
+    /// Adds `other`'s operations after this batch's.
+    pub fn append(&mut self, other: Batch) {
+        self.ops.extend(other.ops);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -136,6 +174,15 @@ pub trait Backend {
         &'a self,
         keyspace: Keyspace,
         from: &[u8],
+    ) -> impl Iterator<Item = Result<Entry<'a>, BackendError>> + 'a;
+
+    /// Every entry with a key before `before` (excluded; `None`: every
+    /// entry), in descending key order: an index read in descending
+    /// order, from the end of its range.
+    fn scan_rev<'a>(
+        &'a self,
+        keyspace: Keyspace,
+        before: Option<&[u8]>,
     ) -> impl Iterator<Item = Result<Entry<'a>, BackendError>> + 'a;
 
     /// Applies `batch` atomically. Not synced: the Raft log is, and replays

@@ -15,6 +15,8 @@
 //!   (`alarms.rs`).
 //! - `auth`: the auth store (`auth.rs`): enabled flag and auth revision,
 //!   users, roles; changed in the batch of the entry that changed it.
+//! - `secondary`: secondary index entries (`secondary.rs`), their
+//!   definitions in `meta`; written in the batch of the records they index.
 //!
 //! Every applied entry, or every run of entries the driver applies together
 //! (`begin_batch`), is one atomic write batch that includes the applied
@@ -51,6 +53,8 @@ pub use import::{ImportError, ImportNotes, ORPHAN_LEASE_TTL};
 mod index;
 mod key_range;
 mod read;
+mod secondary;
+pub use secondary::{spec_from_proto, spec_to_proto, IndexDef, IndexState, SecondaryCheck};
 mod txn;
 
 use super::backend::{Backend, BackendError, Keyspace, MemoryBackend, RocksBackend};
@@ -116,6 +120,15 @@ pub enum KvError {
     /// A CORRUPT alarm is active: every write is refused.
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    #[error("nod: index {0:?} already exists")]
+    IndexExists(String),
+    #[error("nod: no index named {0:?}")]
+    IndexNotFound(String),
+    #[error(
+        "nod: a cluster holds at most {} indexes",
+        nod_query::spec::MAX_INDEXES
+    )]
+    TooManyIndexes,
 }
 
 /// The store itself failed: its backend, or data it holds that does not
@@ -288,6 +301,8 @@ pub struct KvStore<B: Backend = RocksBackend> {
     removed: BTreeSet<u64>,
     auth: crate::auth::AuthState,
     alarms: alarms::Alarms,
+    /// The secondary indexes, in id order (`secondary.rs`).
+    secondary: Vec<IndexDef>,
 }
 
 impl KvStore<RocksBackend> {
@@ -379,8 +394,10 @@ impl<B: Backend> KvStore<B> {
             removed: BTreeSet::new(),
             auth: crate::auth::AuthState::new(),
             alarms: alarms::Alarms::new(),
+            secondary: Vec::new(),
         };
         store.load()?;
+        store.secondary = store.load_indexes()?;
         store.auth = store.load_auth()?;
         store.alarms = store.load_alarms()?;
         Ok(store)

@@ -18,7 +18,7 @@ const TAG_IMAGE: u8 = 1;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemoryBackend {
     /// Indexed by `slot(keyspace)`.
-    keyspaces: [BTreeMap<Vec<u8>, Vec<u8>>; 5],
+    keyspaces: [BTreeMap<Vec<u8>, Vec<u8>>; 6],
     /// Key and value bytes held, kept as batches are written.
     bytes: u64,
 }
@@ -30,6 +30,7 @@ fn slot(keyspace: Keyspace) -> usize {
         Keyspace::Member => 2,
         Keyspace::Meta => 3,
         Keyspace::Auth => 4,
+        Keyspace::Secondary => 5,
     }
 }
 
@@ -122,6 +123,21 @@ impl Backend for MemoryBackend {
             .map(|(k, v)| Ok((Cow::Borrowed(k.as_slice()), Cow::Borrowed(v.as_slice()))))
     }
 
+    fn scan_rev<'a>(
+        &'a self,
+        keyspace: Keyspace,
+        before: Option<&[u8]>,
+    ) -> impl Iterator<Item = Result<Entry<'a>, BackendError>> + 'a {
+        let upper = match before {
+            Some(b) => Bound::Excluded(b),
+            None => Bound::Unbounded,
+        };
+        self.keyspaces[slot(keyspace)]
+            .range::<[u8], _>((Bound::Unbounded, upper))
+            .rev()
+            .map(|(k, v)| Ok((Cow::Borrowed(k.as_slice()), Cow::Borrowed(v.as_slice()))))
+    }
+
     fn write(&mut self, batch: Batch) -> Result<(), BackendError> {
         for op in batch.into_ops() {
             match op {
@@ -141,6 +157,16 @@ impl Backend for MemoryBackend {
                     if let Some(old) = self.keyspaces[slot(keyspace)].remove(key.as_slice()) {
                         self.bytes -= (key.len() + old.len()) as u64;
                     }
+                }
+                BatchOp::DeleteRange { keyspace, from, to } => {
+                    let map = &mut self.keyspaces[slot(keyspace)];
+                    // Split off [from, ..), then put back [to, ..).
+                    let mut tail = map.split_off(from.as_slice());
+                    let mut kept = tail.split_off(to.as_slice());
+                    for (k, v) in &tail {
+                        self.bytes -= (k.len() + v.len()) as u64;
+                    }
+                    map.append(&mut kept);
                 }
             }
         }

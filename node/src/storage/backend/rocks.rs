@@ -45,14 +45,15 @@ impl RocksBackend {
 
     /// Opens a checkpoint of the store read-only (nothing in it changes),
     /// to read its meta and member keyspaces. A checkpoint from a version
-    /// before the auth keyspace has none; opening it read-write adds it.
+    /// before the auth or secondary keyspace lacks it; opening it
+    /// read-write adds it.
     pub fn open_read_only(dir: &Path) -> Result<RocksBackend, BackendError> {
         let present = DB::list_cf(&rocksdb::Options::default(), dir)
             .map_err(|e| err("listing a checkpoint's keyspaces", e))?;
         let names: Vec<&str> = Keyspace::ALL
             .iter()
+            .filter(|k| !k.added_later() || present.iter().any(|p| p == k.name()))
             .map(|k| k.name())
-            .filter(|n| *n != Keyspace::Auth.name() || present.iter().any(|p| p == n))
             .collect();
         let db = DB::open_cf_for_read_only(&rocksdb::Options::default(), dir, names, false)
             .map_err(|e| err("opening a checkpoint", e))?;
@@ -71,13 +72,22 @@ impl RocksBackend {
         self.db.clone()
     }
 
-    fn cf(&self, keyspace: Keyspace) -> &ColumnFamily {
-        self.db
-            .cf_handle(keyspace.name())
-            .expect("column family created at open")
+    /// The keyspace's column family; none only in a checkpoint opened
+    /// read-only from a version before the keyspace (`added_later`).
+    fn cf(&self, keyspace: Keyspace) -> Option<&ColumnFamily> {
+        self.db.cf_handle(keyspace.name())
     }
 
-    fn rocks_batch(&self, batch: Batch) -> WriteBatch {
+    fn rocks_batch(&self, batch: Batch) -> Result<WriteBatch, BackendError> {
+        let cf = |keyspace: Keyspace| {
+            self.cf(keyspace).ok_or_else(|| {
+                BackendError(format!(
+                    "the store in {} has no {} keyspace (a read-only checkpoint)",
+                    self.path.display(),
+                    keyspace.name()
+                ))
+            })
+        };
         let mut b = WriteBatch::default();
         for op in batch.into_ops() {
             match op {
@@ -85,18 +95,24 @@ impl RocksBackend {
                     keyspace,
                     key,
                     value,
-                } => b.put_cf(self.cf(keyspace), key, value),
-                BatchOp::Delete { keyspace, key } => b.delete_cf(self.cf(keyspace), key),
+                } => b.put_cf(cf(keyspace)?, key, value),
+                BatchOp::Delete { keyspace, key } => b.delete_cf(cf(keyspace)?, key),
+                BatchOp::DeleteRange { keyspace, from, to } => {
+                    b.delete_range_cf(cf(keyspace)?, from, to)
+                }
             }
         }
-        b
+        Ok(b)
     }
 }
 
 impl Backend for RocksBackend {
     fn get(&self, keyspace: Keyspace, key: &[u8]) -> Result<Option<Cow<'_, [u8]>>, BackendError> {
+        let Some(cf) = self.cf(keyspace) else {
+            return Ok(None);
+        };
         self.db
-            .get_cf(self.cf(keyspace), key)
+            .get_cf(cf, key)
             .map(|v| v.map(Cow::Owned))
             .map_err(|e| err(&format!("reading {}", keyspace.name()), e))
     }
@@ -106,24 +122,45 @@ impl Backend for RocksBackend {
         keyspace: Keyspace,
         from: &[u8],
     ) -> impl Iterator<Item = Result<Entry<'a>, BackendError>> + 'a {
-        self.db
-            .iterator_cf(
-                self.cf(keyspace),
-                IteratorMode::From(from, Direction::Forward),
-            )
+        self.cf(keyspace)
+            .map(|cf| {
+                self.db
+                    .iterator_cf(cf, IteratorMode::From(from, Direction::Forward))
+            })
+            .into_iter()
+            .flatten()
             .map(move |item| {
                 item.map(|(k, v)| (Cow::Owned(k.into_vec()), Cow::Owned(v.into_vec())))
                     .map_err(|e| err(&format!("scanning {}", keyspace.name()), e))
             })
     }
 
+    fn scan_rev<'a>(
+        &'a self,
+        keyspace: Keyspace,
+        before: Option<&[u8]>,
+    ) -> impl Iterator<Item = Result<Entry<'a>, BackendError>> + 'a {
+        let mut opts = rocksdb::ReadOptions::default();
+        if let Some(before) = before {
+            opts.set_iterate_upper_bound(before.to_vec());
+        }
+        self.cf(keyspace)
+            .map(|cf| self.db.iterator_cf_opt(cf, opts, IteratorMode::End))
+            .into_iter()
+            .flatten()
+            .map(move |item| {
+                item.map(|(k, v)| (Cow::Owned(k.into_vec()), Cow::Owned(v.into_vec())))
+                    .map_err(|e| err(&format!("scanning {} backwards", keyspace.name()), e))
+            })
+    }
+
     fn write(&mut self, batch: Batch) -> Result<(), BackendError> {
-        let b = self.rocks_batch(batch);
+        let b = self.rocks_batch(batch)?;
         self.db.write(b).map_err(|e| err("writing a batch", e))
     }
 
     fn write_unlogged(&mut self, batch: Batch) -> Result<(), BackendError> {
-        let b = self.rocks_batch(batch);
+        let b = self.rocks_batch(batch)?;
         let mut opts = rocksdb::WriteOptions::default();
         opts.disable_wal(true);
         self.db

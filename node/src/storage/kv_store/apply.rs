@@ -78,7 +78,11 @@ impl<B: Backend> KvStore<B> {
     }
 
     /// Records the applied index of a request refused with `e`.
-    fn refuse<R>(&mut self, e: KvError, applied: (u64, u64)) -> Result<Outcome<R>, StoreError> {
+    pub(super) fn refuse<R>(
+        &mut self,
+        e: KvError,
+        applied: (u64, u64),
+    ) -> Result<Outcome<R>, StoreError> {
         self.apply_noop(applied)?;
         Ok(Outcome::Refused(e))
     }
@@ -139,6 +143,9 @@ impl<B: Backend> KvStore<B> {
         };
         // Visiting keys costs too, even when they drop nothing.
         let mut visits = budget.saturating_mul(4).max(1);
+        // Dropped puts whose index entries go with them (read below).
+        let indexed = !self.secondary.is_empty();
+        let mut dropped_puts = Vec::new();
         for (k, entry) in self.index.range_mut::<IndexKey, _>(range) {
             let before = entry.changes.len();
             let keep = entry.changes.iter().rposition(|c| c.rev.main <= sweep.at);
@@ -147,6 +154,9 @@ impl<B: Backend> KvStore<B> {
                 let doomed = c.rev.main <= sweep.at && (c.tombstone || Some(i) != keep);
                 if doomed {
                     batch.delete(Keyspace::Rev, &c.rev.key());
+                    if indexed && !c.tombstone {
+                        dropped_puts.push((k.clone(), c.rev));
+                    }
                 }
                 i += 1;
                 !doomed
@@ -163,6 +173,21 @@ impl<B: Backend> KvStore<B> {
         }
         for k in &emptied {
             self.index.remove(k);
+        }
+        if !dropped_puts.is_empty() {
+            // Through the backend's log, before the records: a crash may
+            // lose the records' removal, and the reopen sweeps again and
+            // finds the entries from them, but must never keep entries
+            // whose records are gone.
+            let mut entries = Batch::default();
+            for (k, rev) in &dropped_puts {
+                self.secondary_removals(k, *rev, &mut entries)?;
+            }
+            if !entries.is_empty() {
+                self.backend
+                    .write(entries)
+                    .map_err(backend("removing compacted index entries"))?;
+            }
         }
         if dropped > 0 {
             // Not through the backend's own log: reopening the store

@@ -60,6 +60,10 @@ impl<B: Backend> KvStore<B> {
         applied: (u64, u64),
         extra: impl FnOnce(&mut Batch),
     ) -> Result<Vec<Event>, StoreError> {
+        let mut entries = Batch::default();
+        if !self.secondary.is_empty() {
+            self.secondary_entries(&st.records, &mut entries);
+        }
         let mut own = Batch::default();
         let batch = match self.pending.as_mut() {
             Some(p) => &mut p.batch,
@@ -68,6 +72,7 @@ impl<B: Backend> KvStore<B> {
         for (rev, kv, tombstone) in &st.records {
             batch.put(Keyspace::Rev, &rev.key(), encode_kv(kv, *tombstone));
         }
+        batch.append(entries);
         extra(batch);
         match self.pending.as_mut() {
             // The batch's last entry writes the applied index (`end_batch`).

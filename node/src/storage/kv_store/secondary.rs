@@ -1,0 +1,720 @@
+//! Secondary indexes over JSON values (docs/research/beyond-etcd.md §1):
+//! the catalog, the entries each write adds, the backfill that indexes
+//! what was there before, the compaction's removal, and a verification.
+//!
+//! An index covers the keys under one prefix. Its entries live in the
+//! `secondary` keyspace, one per indexed put record (append-only: a later
+//! change writes its own entry and leaves the old one, which stops being
+//! live, until compaction removes its record): `EntryKey` (index id ‖
+//! tuple ‖ key ‖ revision) → crc32c of that key. A reader finds an entry
+//! live at revision R when its revision is the key's change visible at R.
+//!
+//! The catalog is in `meta` under `index/` ++ id (4 bytes BE), each a
+//! tagged `nodquerypb.IndexDef`, changed in the batch of the entry that
+//! changed it, and kept in memory in id order. Everything here is applied
+//! in log order, the same on every member. No I/O but the backend's.
+
+use std::ops::Bound;
+
+use prost::Message as _;
+
+use super::super::backend::Batch;
+use super::super::codec;
+use super::encoding::Revision;
+use super::index::IndexKey;
+use super::{backend, Applied, Backend, KvError, KvStore, Outcome, RecordError, StoreError};
+use crate::storage::backend::Keyspace;
+use nod_proto::nodquerypb as pb;
+use nod_query::codec::{index_prefix, EntryKey};
+use nod_query::spec::{MAX_FIELDS, MAX_INDEXES};
+use nod_query::{FieldPath, FieldType, IndexField, IndexSpec};
+
+const KEY_INDEX: &[u8] = b"index/";
+const TAG_INDEX: u8 = 9;
+
+/// Where an index stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IndexState {
+    /// Apply writes entries for changes after `since`; the backfill has
+    /// indexed the values visible at `since` of the keys up to `cursor`
+    /// (none while it is empty).
+    Building {
+        since: i64,
+        cursor: Vec<u8>,
+        keys_done: u64,
+        keys_total: u64,
+    },
+    /// Every entry for revisions from `since` on is there.
+    Ready { since: i64 },
+    /// Given up (a unique index met a duplicate): no entries, none written.
+    Failed { reason: String },
+}
+
+/// An index as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexDef {
+    pub id: u32,
+    pub spec: IndexSpec,
+    pub state: IndexState,
+}
+
+impl IndexDef {
+    /// Whether applied writes add entries to it.
+    fn maintained(&self) -> bool {
+        !matches!(self.state, IndexState::Failed { .. })
+    }
+
+    /// The revision it answers from, once ready.
+    pub fn ready_since(&self) -> Option<i64> {
+        match self.state {
+            IndexState::Ready { since } => Some(since),
+            _ => None,
+        }
+    }
+
+    fn to_proto(&self) -> pb::IndexDef {
+        let state = match &self.state {
+            IndexState::Building {
+                since,
+                cursor,
+                keys_done,
+                keys_total,
+            } => pb::index_def::State::Building(pb::Building {
+                since: *since,
+                cursor: cursor.clone(),
+                keys_done: *keys_done,
+                keys_total: *keys_total,
+            }),
+            IndexState::Ready { since } => pb::index_def::State::Ready(pb::Ready { since: *since }),
+            IndexState::Failed { reason } => pb::index_def::State::Failed(pb::Failed {
+                reason: reason.clone(),
+            }),
+        };
+        pb::IndexDef {
+            id: self.id,
+            spec: Some(spec_to_proto(&self.spec)),
+            state: Some(state),
+        }
+    }
+
+    fn from_proto(p: pb::IndexDef) -> Result<IndexDef, String> {
+        let spec = spec_from_proto(p.spec.as_ref().ok_or("no spec")?)?;
+        let state = match p.state.ok_or("no state")? {
+            pb::index_def::State::Building(b) => IndexState::Building {
+                since: b.since,
+                cursor: b.cursor,
+                keys_done: b.keys_done,
+                keys_total: b.keys_total,
+            },
+            pb::index_def::State::Ready(r) => IndexState::Ready { since: r.since },
+            pb::index_def::State::Failed(f) => IndexState::Failed { reason: f.reason },
+        };
+        Ok(IndexDef {
+            id: p.id,
+            spec,
+            state,
+        })
+    }
+}
+
+pub fn spec_to_proto(spec: &IndexSpec) -> pb::IndexSpec {
+    pb::IndexSpec {
+        name: spec.name.clone(),
+        prefix: spec.prefix.clone(),
+        fields: spec
+            .fields
+            .iter()
+            .map(|f| pb::IndexField {
+                path: f.path.to_string(),
+                r#type: match f.ty {
+                    FieldType::Bool => pb::FieldType::Bool,
+                    FieldType::Number => pb::FieldType::Number,
+                    FieldType::String => pb::FieldType::String,
+                } as i32,
+            })
+            .collect(),
+        unique: spec.unique,
+    }
+}
+
+/// A declaration as a client sent it, checked (`IndexSpec::check`): the
+/// reason it is refused otherwise, for the client.
+pub fn spec_from_proto(p: &pb::IndexSpec) -> Result<IndexSpec, String> {
+    if p.fields.len() > MAX_FIELDS {
+        return Err(format!(
+            "an index declares 1 to {MAX_FIELDS} fields, not {}",
+            p.fields.len()
+        ));
+    }
+    let fields = p
+        .fields
+        .iter()
+        .map(|f| {
+            let path = FieldPath::parse(&f.path).map_err(|e| format!("field {:?}: {e}", f.path))?;
+            let ty = match pb::FieldType::try_from(f.r#type) {
+                Ok(pb::FieldType::Bool) => FieldType::Bool,
+                Ok(pb::FieldType::Number) => FieldType::Number,
+                Ok(pb::FieldType::String) => FieldType::String,
+                _ => {
+                    return Err(format!(
+                        "field {:?}: its type is bool, number or string",
+                        f.path
+                    ))
+                }
+            };
+            Ok(IndexField { path, ty })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let spec = IndexSpec {
+        name: p.name.clone(),
+        prefix: p.prefix.clone(),
+        fields,
+        unique: p.unique,
+    };
+    spec.check().map_err(|e| e.to_string())?;
+    Ok(spec)
+}
+
+fn def_key(id: u32) -> Vec<u8> {
+    let mut k = KEY_INDEX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn corrupt(cause: impl Into<RecordError>) -> StoreError {
+    StoreError::Corrupt {
+        what: "index definition",
+        cause: cause.into(),
+    }
+}
+
+/// An entry's stored value: the checksum of its key.
+fn entry_value(key: &[u8]) -> Vec<u8> {
+    crc32c::crc32c(key).to_be_bytes().to_vec()
+}
+
+/// Every entry of index `id` lies in `[from, to)`.
+fn entry_bounds(id: u32) -> (Vec<u8>, Vec<u8>) {
+    let from = index_prefix(id);
+    // No tuple byte is 0xFF (tags are below 0x30), so this is past them all.
+    let mut to = from.clone();
+    to.push(0xFF);
+    (from, to)
+}
+
+/// What `verify_secondary` found: entries that should be there and are
+/// not, and entries that are there and should not be (or fail their
+/// checksum), each as the entry key's bytes; both empty when the index
+/// matches what its records give.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SecondaryCheck {
+    pub expected: u64,
+    pub missing: Vec<Vec<u8>>,
+    pub extra: Vec<Vec<u8>>,
+}
+
+impl<B: Backend> KvStore<B> {
+    pub(super) fn load_indexes(&self) -> Result<Vec<IndexDef>, StoreError> {
+        let mut defs = Vec::new();
+        for item in self.backend.scan_from(Keyspace::Meta, KEY_INDEX) {
+            let (k, v) = item.map_err(backend("scanning index definitions"))?;
+            if !k.starts_with(KEY_INDEX) {
+                break;
+            }
+            let (tag, body) = codec::decode_tagged(&v).map_err(corrupt)?;
+            if tag != TAG_INDEX {
+                return Err(corrupt(RecordError::Tag(tag)));
+            }
+            let def = IndexDef::from_proto(pb::IndexDef::decode(body).map_err(corrupt)?)
+                .map_err(|_| corrupt(RecordError::Length(body.len())))?;
+            if k[KEY_INDEX.len()..] != def.id.to_be_bytes() || defs.len() >= MAX_INDEXES {
+                return Err(StoreError::CorruptKey {
+                    keyspace: Keyspace::Meta.name(),
+                    key: k.to_vec(),
+                });
+            }
+            defs.push(def);
+        }
+        Ok(defs)
+    }
+
+    /// Every index, in id order.
+    pub fn indexes(&self) -> &[IndexDef] {
+        &self.secondary
+    }
+
+    pub fn index_named(&self, name: &str) -> Option<&IndexDef> {
+        self.secondary.iter().find(|d| d.spec.name == name)
+    }
+
+    fn put_def(batch: &mut Batch, def: &IndexDef) {
+        batch.put(
+            Keyspace::Meta,
+            &def_key(def.id),
+            codec::encode_tagged(TAG_INDEX, &def.to_proto().encode_to_vec()),
+        );
+    }
+
+    /// Declares an index (applied at `applied`): entries for every later
+    /// put under its prefix from now on, and a backfill for the values
+    /// there now (`apply_backfill`); ready at once when there are none.
+    pub fn apply_index_create(
+        &mut self,
+        spec: &pb::IndexSpec,
+        applied: (u64, u64),
+    ) -> Result<Outcome<IndexDef>, StoreError> {
+        let spec = match spec_from_proto(spec) {
+            Ok(s) => s,
+            Err(why) => return self.refuse(KvError::Invalid(why), applied),
+        };
+        if spec.unique {
+            return self.refuse(
+                KvError::Invalid("unique indexes are not supported yet".into()),
+                applied,
+            );
+        }
+        if self.index_named(&spec.name).is_some() {
+            return self.refuse(KvError::IndexExists(spec.name), applied);
+        }
+        if self.secondary.len() >= MAX_INDEXES {
+            return self.refuse(KvError::TooManyIndexes, applied);
+        }
+        let Some(id) = self
+            .secondary
+            .last()
+            .map_or(Some(1), |d| d.id.checked_add(1))
+        else {
+            return self.refuse(KvError::TooManyIndexes, applied);
+        };
+        let since = self.current;
+        let keys_total = self.backfill_keys(&spec.prefix, since, None).count() as u64;
+        let state = if keys_total == 0 {
+            IndexState::Ready { since }
+        } else {
+            IndexState::Building {
+                since,
+                cursor: Vec::new(),
+                keys_done: 0,
+                keys_total,
+            }
+        };
+        let def = IndexDef { id, spec, state };
+        let st = self.stage();
+        self.commit(st, applied, |b| Self::put_def(b, &def))?;
+        self.secondary.push(def.clone());
+        Ok(Outcome::Applied(Applied {
+            response: def,
+            events: Vec::new(),
+        }))
+    }
+
+    /// Drops the index named `name` and its entries.
+    pub fn apply_index_drop(
+        &mut self,
+        name: &str,
+        applied: (u64, u64),
+    ) -> Result<Outcome<IndexDef>, StoreError> {
+        let Some(at) = self.secondary.iter().position(|d| d.spec.name == name) else {
+            return self.refuse(KvError::IndexNotFound(name.to_string()), applied);
+        };
+        let id = self.secondary[at].id;
+        let st = self.stage();
+        self.commit(st, applied, |b| {
+            b.delete(Keyspace::Meta, &def_key(id));
+            let (from, to) = entry_bounds(id);
+            b.delete_range(Keyspace::Secondary, &from, &to);
+        })?;
+        let def = self.secondary.remove(at);
+        Ok(Outcome::Applied(Applied {
+            response: def,
+            events: Vec::new(),
+        }))
+    }
+
+    /// One step of index `id`'s backfill (applied at `applied`): the values
+    /// visible at its `since` of up to `max_keys` more keys, in key order;
+    /// ready after the last. A step for an index that is not building
+    /// (a repeated proposal, a dropped index) changes nothing.
+    pub fn apply_backfill(
+        &mut self,
+        id: u32,
+        max_keys: u32,
+        applied: (u64, u64),
+    ) -> Result<Outcome<()>, StoreError> {
+        let Some(at) = self.secondary.iter().position(|d| d.id == id) else {
+            return self
+                .apply_noop(applied)
+                .map(|()| Outcome::Applied(Applied::default()));
+        };
+        let IndexState::Building {
+            since,
+            cursor,
+            keys_done,
+            keys_total,
+        } = self.secondary[at].state.clone()
+        else {
+            return self
+                .apply_noop(applied)
+                .map(|()| Outcome::Applied(Applied::default()));
+        };
+        let spec = self.secondary[at].spec.clone();
+        let after = (!cursor.is_empty()).then_some(cursor.as_slice());
+        let step: Vec<(IndexKey, Revision)> = self
+            .backfill_keys(&spec.prefix, since, after)
+            .take(max_keys.max(1) as usize)
+            .collect();
+        let mut entries = Vec::new();
+        for (key, rev) in &step {
+            let kv = self.read_record(*rev)?;
+            if let Ok(values) = spec.tuple(&kv.value) {
+                entries.push(
+                    EntryKey {
+                        index: id,
+                        values,
+                        key: key.to_vec(),
+                        main: rev.main as u64,
+                        sub: rev.sub as u64,
+                    }
+                    .encode(),
+                );
+            }
+        }
+        let done = keys_done + step.len() as u64;
+        let more = match step.last() {
+            Some((last, _)) => self
+                .backfill_keys(&spec.prefix, since, Some(last))
+                .next()
+                .is_some(),
+            None => false,
+        };
+        let state = if more {
+            IndexState::Building {
+                since,
+                cursor: step.last().map(|(k, _)| k.to_vec()).unwrap_or(cursor),
+                keys_done: done,
+                keys_total,
+            }
+        } else {
+            IndexState::Ready { since }
+        };
+        let def = IndexDef { id, spec, state };
+        let st = self.stage();
+        self.commit(st, applied, |b| {
+            for e in &entries {
+                b.put(Keyspace::Secondary, e, entry_value(e));
+            }
+            Self::put_def(b, &def);
+        })?;
+        self.secondary[at] = def;
+        Ok(Outcome::Applied(Applied::default()))
+    }
+
+    /// The keys under `prefix` (after `after`, in key order) whose change
+    /// visible at `since` is a put that is still stored, with that
+    /// change's revision: what a backfill at `since` indexes. A change a
+    /// compaction dropped (no longer any key's kept change) is left out:
+    /// its key's later change, which apply indexed, took its place.
+    fn backfill_keys<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        since: i64,
+        after: Option<&[u8]>,
+    ) -> impl Iterator<Item = (IndexKey, Revision)> + 'a {
+        let lower = match after {
+            Some(k) => Bound::Excluded(k.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        let compacted = self.compacted;
+        self.index
+            .range::<[u8], _>((lower.as_ref().map(|k| k.as_slice()), Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .filter_map(move |(k, entry)| {
+                let seen = entry.changes.iter().rev().find(|c| c.rev.main <= since)?;
+                if seen.tombstone {
+                    return None;
+                }
+                if seen.rev.main <= compacted {
+                    let kept = entry.changes.iter().rev().find(|c| c.rev.main <= compacted);
+                    if kept.map(|c| c.rev) != Some(seen.rev) {
+                        return None;
+                    }
+                }
+                Some((k.clone(), seen.rev))
+            })
+    }
+
+    /// The entries the records of a commit add (`commit`): for each put
+    /// under a maintained index's prefix whose value gives it a tuple.
+    pub(super) fn secondary_entries(
+        &self,
+        records: &[(Revision, nod_proto::etcd::mvccpb::KeyValue, bool)],
+        batch: &mut Batch,
+    ) {
+        for (rev, kv, tombstone) in records {
+            if *tombstone {
+                continue;
+            }
+            // One parse per record, however many indexes cover it.
+            let mut doc: Option<Option<serde_json::Value>> = None;
+            for def in &self.secondary {
+                if !def.maintained() || !def.spec.covers(&kv.key) {
+                    continue;
+                }
+                if kv.value.len() > nod_query::spec::MAX_INDEXED_VALUE {
+                    break;
+                }
+                let Some(doc) = doc.get_or_insert_with(|| serde_json::from_slice(&kv.value).ok())
+                else {
+                    break;
+                };
+                if let Ok(values) = def.spec.tuple_of(doc) {
+                    let e = EntryKey {
+                        index: def.id,
+                        values,
+                        key: kv.key.clone(),
+                        main: rev.main as u64,
+                        sub: rev.sub as u64,
+                    }
+                    .encode();
+                    let v = entry_value(&e);
+                    batch.put(Keyspace::Secondary, &e, v);
+                }
+            }
+        }
+    }
+
+    /// The entries that removing record `rev` (of `key`) leaves dead, in
+    /// every maintained index covering `key`: for a compaction's sweep,
+    /// which reads the record for its value.
+    pub(super) fn secondary_removals(
+        &self,
+        key: &[u8],
+        rev: Revision,
+        batch: &mut Batch,
+    ) -> Result<(), StoreError> {
+        if !self
+            .secondary
+            .iter()
+            .any(|d| d.maintained() && d.spec.covers(key))
+        {
+            return Ok(());
+        }
+        let kv = self.read_record(rev)?;
+        for def in &self.secondary {
+            if !def.maintained() || !def.spec.covers(key) {
+                continue;
+            }
+            if let Ok(values) = def.spec.tuple(&kv.value) {
+                let e = EntryKey {
+                    index: def.id,
+                    values,
+                    key: key.to_vec(),
+                    main: rev.main as u64,
+                    sub: rev.sub as u64,
+                }
+                .encode();
+                batch.delete(Keyspace::Secondary, &e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Recomputes index `id`'s entries from the stored records and
+    /// compares them with the stored entries (and their checksums): for
+    /// the tests, and for `nod index describe --verify`.
+    pub fn verify_secondary(&self, id: u32) -> Result<Option<SecondaryCheck>, StoreError> {
+        let Some(def) = self.secondary.iter().find(|d| d.id == id) else {
+            return Ok(None);
+        };
+        let mut want = std::collections::BTreeSet::new();
+        // Entries of records a compaction dropped that its sweep has not
+        // removed yet (or removed, and a crash brought back): either way.
+        let mut either = std::collections::BTreeSet::new();
+        // A failed index holds no entries.
+        let scope: Option<(i64, Option<&[u8]>)> = match &def.state {
+            IndexState::Building { since, cursor, .. } => Some((*since, Some(cursor))),
+            IndexState::Ready { since } => Some((*since, None)),
+            IndexState::Failed { .. } => None,
+        };
+        if let Some((since, backfilled)) = scope {
+            for (k, entry) in self
+                .index
+                .range::<[u8], _>((
+                    Bound::Included(def.spec.prefix.as_slice()),
+                    Bound::Unbounded,
+                ))
+                .take_while(|(k, _)| k.starts_with(&def.spec.prefix))
+            {
+                // The backfill indexed the change visible at `since` of
+                // the keys it has passed.
+                let backfilled = backfilled
+                    .is_none_or(|c| k.as_slice() <= c)
+                    .then(|| entry.changes.iter().rev().find(|c| c.rev.main <= since))
+                    .flatten()
+                    .map(|c| c.rev);
+                for c in &entry.changes {
+                    if c.tombstone || (c.rev.main <= since && backfilled != Some(c.rev)) {
+                        continue;
+                    }
+                    let dropped = c.rev.main <= self.compacted
+                        && entry
+                            .changes
+                            .iter()
+                            .rev()
+                            .find(|d| d.rev.main <= self.compacted)
+                            .map(|d| d.rev)
+                            != Some(c.rev);
+                    let kv = self.read_record(c.rev)?;
+                    if let Ok(values) = def.spec.tuple(&kv.value) {
+                        let e = EntryKey {
+                            index: id,
+                            values,
+                            key: k.to_vec(),
+                            main: c.rev.main as u64,
+                            sub: c.rev.sub as u64,
+                        }
+                        .encode();
+                        if dropped {
+                            either.insert(e);
+                        } else {
+                            want.insert(e);
+                        }
+                    }
+                }
+            }
+        }
+        let (from, to) = entry_bounds(id);
+        let mut check = SecondaryCheck {
+            expected: want.len() as u64,
+            ..SecondaryCheck::default()
+        };
+        for item in self.backend.scan_from(Keyspace::Secondary, &from) {
+            let (k, v) = item.map_err(backend("scanning index entries"))?;
+            if k.as_ref() >= to.as_slice() {
+                break;
+            }
+            let known = want.remove(k.as_ref()) || either.contains(k.as_ref());
+            if !known || v.as_ref() != entry_value(&k).as_slice() {
+                check.extra.push(k.to_vec());
+            }
+        }
+        check.missing = want.into_iter().collect();
+        Ok(Some(check))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_definition_survives_its_stored_form() {
+        let spec = pb::IndexSpec {
+            name: "users_age".into(),
+            prefix: b"/users/".to_vec(),
+            fields: vec![
+                pb::IndexField {
+                    path: "age".into(),
+                    r#type: pb::FieldType::Number as i32,
+                },
+                pb::IndexField {
+                    path: "\"full name\".first".into(),
+                    r#type: pb::FieldType::String as i32,
+                },
+            ],
+            unique: false,
+        };
+        let parsed = spec_from_proto(&spec).unwrap();
+        assert_eq!(spec_to_proto(&parsed), spec);
+        for state in [
+            IndexState::Building {
+                since: 7,
+                cursor: b"/users/k".to_vec(),
+                keys_done: 3,
+                keys_total: 9,
+            },
+            IndexState::Ready { since: 7 },
+            IndexState::Failed {
+                reason: "duplicate".into(),
+            },
+        ] {
+            let def = IndexDef {
+                id: 3,
+                spec: parsed.clone(),
+                state,
+            };
+            assert_eq!(IndexDef::from_proto(def.to_proto()).unwrap(), def);
+        }
+    }
+
+    #[test]
+    fn a_bad_declaration_is_refused_with_its_reason() {
+        let field = |path: &str, ty: pb::FieldType| pb::IndexField {
+            path: path.into(),
+            r#type: ty as i32,
+        };
+        let good = pb::IndexSpec {
+            name: "a".into(),
+            prefix: b"/a/".to_vec(),
+            fields: vec![field("x", pb::FieldType::Bool)],
+            unique: false,
+        };
+        assert!(spec_from_proto(&good).is_ok());
+        let cases = [
+            (
+                pb::IndexSpec {
+                    name: "Bad".into(),
+                    ..good.clone()
+                },
+                "index name",
+            ),
+            (
+                pb::IndexSpec {
+                    prefix: Vec::new(),
+                    ..good.clone()
+                },
+                "prefix",
+            ),
+            (
+                pb::IndexSpec {
+                    fields: vec![field("x", pb::FieldType::Unspecified)],
+                    ..good.clone()
+                },
+                "bool, number or string",
+            ),
+            (
+                pb::IndexSpec {
+                    fields: vec![field("x", pb::FieldType::Bool); 5],
+                    ..good.clone()
+                },
+                "not 5",
+            ),
+            (
+                pb::IndexSpec {
+                    fields: vec![field("x.", pb::FieldType::Bool)],
+                    ..good.clone()
+                },
+                "field \"x.\"",
+            ),
+        ];
+        for (spec, want) in cases {
+            let e = spec_from_proto(&spec).unwrap_err();
+            assert!(e.contains(want), "{e:?} should say {want:?}");
+        }
+    }
+
+    #[test]
+    fn entry_bounds_hold_every_entry_of_their_index_only() {
+        let (from, to) = entry_bounds(7);
+        let e = EntryKey {
+            index: 7,
+            values: vec![nod_query::FieldValue::String("\u{10FFFF}".into())],
+            key: vec![0xFF; 8],
+            main: u64::MAX,
+            sub: u64::MAX,
+        }
+        .encode();
+        assert!(from.as_slice() <= e.as_slice() && e.as_slice() < to.as_slice());
+        assert!(to.as_slice() < entry_bounds(8).0.as_slice());
+    }
+}
