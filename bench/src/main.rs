@@ -1130,6 +1130,56 @@ async fn run(args: RunArgs) -> Result<(), String> {
         finished.push(finish(r, set.restart_keys).await?);
     }
     phase("restarts done");
+    let restart_keys = set.restart_keys;
+    let extras = Extras {
+        machine: machine(),
+        systems: names.clone(),
+        reference,
+        rounds: set.rounds,
+        secs: set.secs,
+        tool_rounds,
+        command: match (mode, plain_only) {
+            (Mode::Full, false) => "./scripts/bench --full".into(),
+            (Mode::Full, true) => "nod-bench run --mode full --plain-only".into(),
+            (Mode::Quick, true) => "./scripts/bench".into(),
+            (Mode::Quick, false) => "./scripts/bench --tls".into(),
+        },
+        fdatasync_us: fdatasync,
+        peak_rss: finished.iter().map(|f| f.peak_rss).collect(),
+        disk_bytes: finished.iter().map(|f| f.disk).collect(),
+        restart: Some((restart_keys, finished.iter().map(|f| f.restart).collect())),
+    };
+    // The report, written before the large phase too: that phase takes
+    // an hour or more, and whatever ends the run during it leaves the
+    // rest of the results written.
+    let write_report = |large: &[large::Large], last: bool| -> Result<(), String> {
+        let more = report::More {
+            k8s: &k8s_figs,
+            k8s_spec: &set.k8s,
+            maint: &maint_phases,
+            maint_spec: &set.maint,
+            memory: &memory_peaks,
+            memory_spec: &set.memory,
+            large,
+            large_gib,
+        };
+        let md = report::markdown(&rows, &secure_rows, &tool_rows, &more, &extras);
+        let md_path = out.join("results.md");
+        std::fs::write(&md_path, &md).map_err(|e| format!("{}: {e}", md_path.display()))?;
+        let png = out.join("throughput.png");
+        match report::chart(&rows, &names, &png, &font) {
+            Ok(()) => eprintln!("chart: {}", png.display()),
+            Err(e) => eprintln!("no chart: {e}"),
+        }
+        if last {
+            println!("{md}");
+        }
+        eprintln!("results: {}", md_path.display());
+        Ok(())
+    };
+    if large_gib > 0 {
+        write_report(&[], false)?;
+    }
     // The large database last, one system at a time on a fresh, empty
     // cluster, each removed after: three systems of 3 members at 8 GiB would
     // not fit on most disks, nor one beside the others' earlier data (7.8 GB
@@ -1159,45 +1209,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     for r in &mut plain {
         r.cluster.stop();
     }
-    let restart_keys = set.restart_keys;
-    let extras = Extras {
-        machine: machine(),
-        systems: names.clone(),
-        reference,
-        rounds: set.rounds,
-        secs: set.secs,
-        tool_rounds,
-        command: match (mode, plain_only) {
-            (Mode::Full, false) => "./scripts/bench --full".into(),
-            (Mode::Full, true) => "nod-bench run --mode full --plain-only".into(),
-            (Mode::Quick, true) => "./scripts/bench".into(),
-            (Mode::Quick, false) => "./scripts/bench --tls".into(),
-        },
-        fdatasync_us: fdatasync,
-        peak_rss: finished.iter().map(|f| f.peak_rss).collect(),
-        disk_bytes: finished.iter().map(|f| f.disk).collect(),
-        restart: Some((restart_keys, finished.iter().map(|f| f.restart).collect())),
-    };
-    let more = report::More {
-        k8s: &k8s_figs,
-        k8s_spec: &set.k8s,
-        maint: &maint_phases,
-        maint_spec: &set.maint,
-        memory: &memory_peaks,
-        memory_spec: &set.memory,
-        large: &large_figs,
-        large_gib,
-    };
-    let md = report::markdown(&rows, &secure_rows, &tool_rows, &more, &extras);
-    let md_path = out.join("results.md");
-    std::fs::write(&md_path, &md).map_err(|e| format!("{}: {e}", md_path.display()))?;
-    let png = out.join("throughput.png");
-    match report::chart(&rows, &names, &png, &font) {
-        Ok(()) => eprintln!("chart: {}", png.display()),
-        Err(e) => eprintln!("no chart: {e}"),
-    }
-    println!("{md}");
-    eprintln!("results: {}", md_path.display());
+    write_report(&large_figs, true)?;
     let _ = std::fs::remove_dir_all(&data_root);
     let mut bad = strict_failures(&rows, &tool_rows, &names);
     if let Some(Err(e)) = memory_peaks
