@@ -54,7 +54,9 @@ mod index;
 mod key_range;
 mod read;
 mod secondary;
-pub use secondary::{spec_from_proto, spec_to_proto, IndexDef, IndexState, SecondaryCheck};
+pub use secondary::{
+    spec_from_proto, spec_to_proto, BadIndex, IndexDef, IndexState, SecondaryCheck,
+};
 mod txn;
 
 use super::backend::{Backend, BackendError, Keyspace, MemoryBackend, RocksBackend};

@@ -32,6 +32,22 @@ use nod_query::{FieldPath, FieldType, IndexField, IndexSpec};
 const KEY_INDEX: &[u8] = b"index/";
 const TAG_INDEX: u8 = 9;
 
+/// Why an index declaration (a client's, or one read back from the
+/// store) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadIndex {
+    #[error("an index declares 1 to {MAX_FIELDS} fields, not {0}")]
+    FieldCount(usize),
+    #[error("field {field:?}: {cause}")]
+    Path { field: String, cause: String },
+    #[error("field {0:?}: its type is bool, number or string")]
+    FieldType(String),
+    #[error(transparent)]
+    Spec(#[from] nod_query::SpecError),
+    #[error("a stored index definition without its {0}")]
+    Incomplete(&'static str),
+}
+
 /// Where an index stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IndexState {
@@ -97,9 +113,9 @@ impl IndexDef {
         }
     }
 
-    fn from_proto(p: pb::IndexDef) -> Result<IndexDef, String> {
-        let spec = spec_from_proto(p.spec.as_ref().ok_or("no spec")?)?;
-        let state = match p.state.ok_or("no state")? {
+    fn from_proto(p: pb::IndexDef) -> Result<IndexDef, BadIndex> {
+        let spec = spec_from_proto(p.spec.as_ref().ok_or(BadIndex::Incomplete("spec"))?)?;
+        let state = match p.state.ok_or(BadIndex::Incomplete("state"))? {
             pb::index_def::State::Building(b) => IndexState::Building {
                 since: b.since,
                 cursor: b.cursor,
@@ -139,39 +155,34 @@ pub fn spec_to_proto(spec: &IndexSpec) -> pb::IndexSpec {
 
 /// A declaration as a client sent it, checked (`IndexSpec::check`): the
 /// reason it is refused otherwise, for the client.
-pub fn spec_from_proto(p: &pb::IndexSpec) -> Result<IndexSpec, String> {
+pub fn spec_from_proto(p: &pb::IndexSpec) -> Result<IndexSpec, BadIndex> {
     if p.fields.len() > MAX_FIELDS {
-        return Err(format!(
-            "an index declares 1 to {MAX_FIELDS} fields, not {}",
-            p.fields.len()
-        ));
+        return Err(BadIndex::FieldCount(p.fields.len()));
     }
     let fields = p
         .fields
         .iter()
         .map(|f| {
-            let path = FieldPath::parse(&f.path).map_err(|e| format!("field {:?}: {e}", f.path))?;
+            let path = FieldPath::parse(&f.path).map_err(|e| BadIndex::Path {
+                field: f.path.clone(),
+                cause: e.to_string(),
+            })?;
             let ty = match pb::FieldType::try_from(f.r#type) {
                 Ok(pb::FieldType::Bool) => FieldType::Bool,
                 Ok(pb::FieldType::Number) => FieldType::Number,
                 Ok(pb::FieldType::String) => FieldType::String,
-                _ => {
-                    return Err(format!(
-                        "field {:?}: its type is bool, number or string",
-                        f.path
-                    ))
-                }
+                _ => return Err(BadIndex::FieldType(f.path.clone())),
             };
             Ok(IndexField { path, ty })
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, BadIndex>>()?;
     let spec = IndexSpec {
         name: p.name.clone(),
         prefix: p.prefix.clone(),
         fields,
         unique: p.unique,
     };
-    spec.check().map_err(|e| e.to_string())?;
+    spec.check()?;
     Ok(spec)
 }
 
@@ -265,7 +276,7 @@ impl<B: Backend> KvStore<B> {
     ) -> Result<Outcome<IndexDef>, StoreError> {
         let spec = match spec_from_proto(spec) {
             Ok(s) => s,
-            Err(why) => return self.refuse(KvError::Invalid(why), applied),
+            Err(why) => return self.refuse(KvError::Invalid(why.to_string()), applied),
         };
         if spec.unique {
             return self.refuse(
@@ -698,7 +709,7 @@ mod tests {
             ),
         ];
         for (spec, want) in cases {
-            let e = spec_from_proto(&spec).unwrap_err();
+            let e = spec_from_proto(&spec).unwrap_err().to_string();
             assert!(e.contains(want), "{e:?} should say {want:?}");
         }
     }
