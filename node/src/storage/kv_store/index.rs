@@ -60,6 +60,15 @@ impl Indexed {
         }
     }
 
+    /// The change visible at revision `at`: the latest with main <= `at`.
+    pub(super) fn visible(&self, at: i64) -> Option<Change> {
+        self.changes
+            .iter()
+            .rev()
+            .find(|c| c.rev.main <= at)
+            .copied()
+    }
+
     pub(super) fn record(&mut self, rev: Revision, kv: &KeyValue, tombstone: bool) {
         self.changes.push(Change { rev, tombstone });
         self.live = if tombstone {

@@ -30,13 +30,7 @@ impl<B: Backend> KvStore<B> {
 
     /// The key's change visible at `at` (its latest change with main <= at).
     pub(super) fn visible(&self, key: &[u8], at: i64) -> Option<Change> {
-        let entry = self.index.get(key)?;
-        entry
-            .changes
-            .iter()
-            .rev()
-            .find(|c| c.rev.main <= at)
-            .copied()
+        self.index.get(key)?.visible(at)
     }
 
     /// The key's value at the current revision.

@@ -199,6 +199,18 @@ fn corrupt(cause: impl Into<RecordError>) -> StoreError {
     }
 }
 
+/// The entry of index `id` for the put at `rev` of `key` with `values`.
+fn entry_key(id: u32, values: Vec<nod_query::FieldValue>, key: Vec<u8>, rev: Revision) -> Vec<u8> {
+    EntryKey {
+        index: id,
+        values,
+        key,
+        main: rev.main as u64,
+        sub: rev.sub as u64,
+    }
+    .encode()
+}
+
 /// An entry's stored value: the checksum of its key.
 fn entry_value(key: &[u8]) -> Vec<u8> {
     crc32c::crc32c(key).to_be_bytes().to_vec()
@@ -378,16 +390,7 @@ impl<B: Backend> KvStore<B> {
         for (key, rev) in &step {
             let kv = self.read_record(*rev)?;
             if let Ok(values) = spec.tuple(&kv.value) {
-                entries.push(
-                    EntryKey {
-                        index: id,
-                        values,
-                        key: key.to_vec(),
-                        main: rev.main as u64,
-                        sub: rev.sub as u64,
-                    }
-                    .encode(),
-                );
+                entries.push(entry_key(id, values, key.to_vec(), *rev));
             }
         }
         let done = keys_done + step.len() as u64;
@@ -440,15 +443,14 @@ impl<B: Backend> KvStore<B> {
             .range::<[u8], _>((lower.as_ref().map(|k| k.as_slice()), Bound::Unbounded))
             .take_while(move |(k, _)| k.starts_with(prefix))
             .filter_map(move |(k, entry)| {
-                let seen = entry.changes.iter().rev().find(|c| c.rev.main <= since)?;
+                let seen = entry.visible(since)?;
                 if seen.tombstone {
                     return None;
                 }
-                if seen.rev.main <= compacted {
-                    let kept = entry.changes.iter().rev().find(|c| c.rev.main <= compacted);
-                    if kept.map(|c| c.rev) != Some(seen.rev) {
-                        return None;
-                    }
+                if seen.rev.main <= compacted
+                    && entry.visible(compacted).map(|c| c.rev) != Some(seen.rev)
+                {
+                    return None;
                 }
                 Some((k.clone(), seen.rev))
             })
@@ -479,14 +481,7 @@ impl<B: Backend> KvStore<B> {
                     break;
                 };
                 if let Ok(values) = def.spec.tuple_of(doc) {
-                    let e = EntryKey {
-                        index: def.id,
-                        values,
-                        key: kv.key.clone(),
-                        main: rev.main as u64,
-                        sub: rev.sub as u64,
-                    }
-                    .encode();
+                    let e = entry_key(def.id, values, kv.key.clone(), *rev);
                     let v = entry_value(&e);
                     batch.put(Keyspace::Secondary, &e, v);
                 }
@@ -516,14 +511,7 @@ impl<B: Backend> KvStore<B> {
                 continue;
             }
             if let Ok(values) = def.spec.tuple(&kv.value) {
-                let e = EntryKey {
-                    index: def.id,
-                    values,
-                    key: key.to_vec(),
-                    main: rev.main as u64,
-                    sub: rev.sub as u64,
-                }
-                .encode();
+                let e = entry_key(def.id, values, key.to_vec(), rev);
                 batch.delete(Keyspace::Secondary, &e);
             }
         }
@@ -560,7 +548,7 @@ impl<B: Backend> KvStore<B> {
                 // the keys it has passed.
                 let backfilled = backfilled
                     .is_none_or(|c| k.as_slice() <= c)
-                    .then(|| entry.changes.iter().rev().find(|c| c.rev.main <= since))
+                    .then(|| entry.visible(since))
                     .flatten()
                     .map(|c| c.rev);
                 for c in &entry.changes {
@@ -568,23 +556,10 @@ impl<B: Backend> KvStore<B> {
                         continue;
                     }
                     let dropped = c.rev.main <= self.compacted
-                        && entry
-                            .changes
-                            .iter()
-                            .rev()
-                            .find(|d| d.rev.main <= self.compacted)
-                            .map(|d| d.rev)
-                            != Some(c.rev);
+                        && entry.visible(self.compacted).map(|d| d.rev) != Some(c.rev);
                     let kv = self.read_record(c.rev)?;
                     if let Ok(values) = def.spec.tuple(&kv.value) {
-                        let e = EntryKey {
-                            index: id,
-                            values,
-                            key: k.to_vec(),
-                            main: c.rev.main as u64,
-                            sub: c.rev.sub as u64,
-                        }
-                        .encode();
+                        let e = entry_key(id, values, k.to_vec(), c.rev);
                         if dropped {
                             either.insert(e);
                         } else {
