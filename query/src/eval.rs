@@ -4,8 +4,9 @@
 //! Comparisons are typed. A string never equals a number, and `a != v`
 //! holds only when `a` has `v`'s type and another value (write `NOT a = v`
 //! for "anything but v"). A field that is absent, or any field of a value
-//! that is not JSON, is *missing*: it fails every predicate but `IS
-//! MISSING`. JSON `null` equals `NULL` and is ordered by nothing else.
+//! that is not JSON or is larger than `spec::MAX_INDEXED_VALUE` (which no
+//! index holds, so every plan agrees), is *missing*: it fails every
+//! predicate but `IS MISSING`. JSON `null` equals `NULL` and is ordered by nothing else.
 //! Arrays and objects compare with nothing (v1). The key's attributes
 //! compare as etcd defines them: `KEY` and `VALUE` as byte strings with
 //! string literals, the revisions, `VERSION` and `LEASE` as numbers.

@@ -13,6 +13,7 @@ use crate::ast::{Operand, Projection, Query};
 use crate::codec::EntryKey;
 use crate::eval::{sort_cmp, Cell, Row};
 use crate::plan::{Access, ByteRange, Plan};
+use crate::spec::MAX_INDEXED_VALUE;
 
 /// A key as the query's revision shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,15 +96,26 @@ pub struct Output {
 
 struct Matched {
     doc: Doc,
+    /// The value as JSON, if it is.
     json: Option<Value>,
+    /// Whether conditions, ORDER BY and projections see its fields: not
+    /// for a value over [`MAX_INDEXED_VALUE`], which no index holds, so
+    /// that every plan finds the same rows.
+    fielded: bool,
 }
 
 impl Matched {
+    fn new(doc: Doc) -> Matched {
+        let json: Option<Value> = serde_json::from_slice(&doc.value).ok();
+        let fielded = doc.value.len() <= MAX_INDEXED_VALUE;
+        Matched { doc, json, fielded }
+    }
+
     fn row(&self) -> Row<'_> {
         Row {
             key: &self.doc.key,
             value: &self.doc.value,
-            doc: self.json.as_ref(),
+            doc: self.json.as_ref().filter(|_| self.fielded),
             create_revision: self.doc.create_revision,
             mod_revision: self.doc.mod_revision,
             version: self.doc.version,
@@ -179,8 +191,7 @@ impl<S: Source> Run<'_, S> {
     fn offer(&mut self, doc: Doc) -> Result<Flow, ExecError<S::Error>> {
         self.stats.docs += 1;
         self.examined()?;
-        let json: Option<Value> = serde_json::from_slice(&doc.value).ok();
-        let m = Matched { doc, json };
+        let m = Matched::new(doc);
         if let Some(f) = &self.q.filter {
             if !m.row().matches(f) {
                 return Ok(true);

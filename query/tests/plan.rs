@@ -515,3 +515,26 @@ fn limits_stop_a_query_that_reads_or_returns_too_much() {
     let keys: Vec<serde_json::Value> = out.rows.into_iter().flatten().collect();
     assert_eq!(keys, ["/u/00000", "/u/00001", "/u/00002"]);
 }
+
+#[test]
+fn a_value_too_large_to_index_has_no_fields_for_any_plan() {
+    let mut m = users(600);
+    let pad = "x".repeat(nod_query::spec::MAX_INDEXED_VALUE);
+    m.put(
+        "/u/big",
+        &format!(r#"{{"city": "Oslo", "age": 40, "pad": "{pad}"}}"#),
+    );
+    m.at = m.rev;
+    let q = parse("SELECT KEY FROM '/u/' WHERE city = 'Oslo'").unwrap();
+    let prefix = execute(&q, &prefix_plan(m.at as i64), &m, LIMITS).unwrap();
+    let through = index_plan(&q, &m.indexes[0], m.at as i64, &m).unwrap();
+    let indexed = execute(&q, &through, &m, LIMITS).unwrap();
+    assert_eq!(prefix.rows, indexed.rows);
+    assert_eq!(prefix.rows.len(), 12, "every 50th of 600, not /u/big");
+    // Its whole value is still an answer's, as JSON; its fields are not.
+    let q = parse("SELECT VALUE, city FROM '/u/big'").unwrap();
+    let out = execute(&q, &prefix_plan(m.at as i64), &m, LIMITS).unwrap();
+    let row = out.rows.first().expect("/u/big is there");
+    assert_eq!(row[0]["pad"].as_str().map(str::len), Some(pad.len()));
+    assert_eq!(row[1], serde_json::Value::Null);
+}

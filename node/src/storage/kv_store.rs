@@ -52,6 +52,8 @@ mod import;
 pub use import::{ImportError, ImportNotes, ORPHAN_LEASE_TTL};
 mod index;
 mod key_range;
+mod query;
+pub use query::{PlanChoice, QueryAnswer, QueryError};
 mod read;
 mod secondary;
 pub use secondary::{
@@ -182,6 +184,8 @@ pub enum RecordError {
     Length(usize),
     #[error("record without a key")]
     NoKey,
+    #[error(transparent)]
+    Entry(#[from] nod_query::DecodeError),
 }
 
 /// Why a read gave no result: the request's own error (etcd's, for its
