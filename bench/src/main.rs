@@ -92,6 +92,10 @@ struct RunArgs {
     /// Only the plain clusters: no TLS + auth rows (half the time).
     #[arg(long)]
     plain_only: bool,
+    /// Only the large phase (needs --large-gib): writes large.md in --out,
+    /// which `scripts/bench --write-md` adds to a results.md without one.
+    #[arg(long)]
+    large_only: bool,
 }
 
 #[derive(Subcommand)]
@@ -889,6 +893,37 @@ fn free_bytes(dir: &std::path::Path) -> Result<u64, String> {
         .ok_or_else(|| format!("df {}: unexpected output {text:?}", dir.display()))
 }
 
+/// Every system of `plain` grown to `gib` GiB and measured there, one at
+/// a time on a fresh, empty cluster, each removed after: three systems of
+/// 3 members at 8 GiB would not fit on most disks, nor one beside the
+/// others' earlier data (7.8 GB each by then).
+async fn large_all(
+    plain: &mut [Running],
+    gib: u64,
+    secs: u64,
+) -> Result<Vec<large::Large>, String> {
+    let spec = large::Spec {
+        bytes: gib << 30,
+        value_size: 8192,
+    };
+    for r in plain.iter_mut() {
+        r.cluster.stop();
+        r.cluster.remove_data();
+    }
+    let mut figs = Vec::new();
+    for r in plain.iter_mut() {
+        // Members started on empty directories form a new cluster.
+        r.cluster
+            .restart()
+            .await
+            .map_err(|e| format!("[{}] starting empty for the large phase: {e}", r.name()))?;
+        figs.push(large_one(r, &spec, secs).await?);
+        r.cluster.stop();
+        r.cluster.remove_data();
+    }
+    Ok(figs)
+}
+
 /// Put and range throughput (256 clients) before and after `r` grows to
 /// `spec`'s size, a count of every key, and a restart at that size.
 async fn large_one(r: &mut Running, spec: &large::Spec, secs: u64) -> Result<large::Large, String> {
@@ -1004,7 +1039,11 @@ async fn run(args: RunArgs) -> Result<(), String> {
         large_gib,
         font,
         plain_only,
+        large_only,
     } = args;
+    if large_only && large_gib == 0 {
+        return Err("--large-only needs --large-gib".into());
+    }
     let nod = Target {
         system: System::Nod,
         name: "Nod".into(),
@@ -1066,6 +1105,20 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let mut plain = Vec::new();
     for t in &targets {
         plain.push(start(t, &data_root, set.keyspace, None).await?);
+    }
+    if large_only {
+        let figs = large_all(&mut plain, large_gib, set.secs).await?;
+        let mut md = format!(
+            "<!-- Written by ./scripts/bench --large-only; BENCHMARKS.md shows it under a results.md without its own. -->\n\nThe large phase run on its own (`./scripts/bench --large-only`), machine: {}.\n",
+            machine()
+        );
+        report::large_section(&mut md, &figs, large_gib, set.secs, &names, reference);
+        let path = out.join("large.md");
+        std::fs::write(&path, &md).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("{md}");
+        eprintln!("results: {}", path.display());
+        let _ = std::fs::remove_dir_all(&data_root);
+        return Ok(());
     }
     // With TLS + auth, Nod and the reference a second time, secured, side
     // by side with the plain ones: each workload's rounds alternate over
@@ -1180,32 +1233,14 @@ async fn run(args: RunArgs) -> Result<(), String> {
     if large_gib > 0 {
         write_report(&[], false)?;
     }
-    // The large database last, one system at a time on a fresh, empty
-    // cluster, each removed after: three systems of 3 members at 8 GiB would
-    // not fit on most disks, nor one beside the others' earlier data (7.8 GB
-    // each by then).
-    let mut large_figs = Vec::new();
-    if large_gib > 0 {
-        let spec = large::Spec {
-            bytes: large_gib << 30,
-            value_size: 8192,
-        };
-        for r in &mut plain {
-            r.cluster.stop();
-            r.cluster.remove_data();
-        }
-        for r in &mut plain {
-            // Members started on empty directories form a new cluster.
-            r.cluster
-                .restart()
-                .await
-                .map_err(|e| format!("[{}] starting empty for the large phase: {e}", r.name()))?;
-            large_figs.push(large_one(r, &spec, set.secs).await?);
-            r.cluster.stop();
-            r.cluster.remove_data();
-        }
+    // The large database last.
+    let large_figs = if large_gib > 0 {
+        let figs = large_all(&mut plain, large_gib, set.secs).await?;
         phase("large databases done");
-    }
+        figs
+    } else {
+        Vec::new()
+    };
     for r in &mut plain {
         r.cluster.stop();
     }

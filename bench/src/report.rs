@@ -445,6 +445,26 @@ fn large_table(s: &mut String, large: &[crate::large::Large], names: &[String], 
     let _ = writeln!(s, "| keys counted | {} | |", counts.join(" | "));
 }
 
+/// The large database's section: how it was measured, and the table.
+pub fn large_section(
+    s: &mut String,
+    large: &[crate::large::Large],
+    large_gib: u64,
+    secs: u64,
+    names: &[String],
+    reference: usize,
+) {
+    let _ = writeln!(s, "\n## A large database\n");
+    let _ = writeln!(
+        s,
+        "Each system on its own (at the end of a full run, or alone with `--large-only`): put and linearizable range with 256 clients of our client ({} s each, on its 10,000 keys), then the system grows by {} GiB of live data (8 KiB values, {} keys, 128 puts in flight), then the same put and range, one `count_only` range over every key, and a restart of every member to ready. The goal: no cliff, throughput at size within 80% of the system's own at the start.\n",
+        secs.max(3),
+        large_gib,
+        (large_gib << 30) / 8192
+    );
+    large_table(s, large, names, reference);
+}
+
 /// Peak RSS per member in each memory case (MiB), with the ratio.
 fn memory_table(
     s: &mut String,
@@ -551,15 +571,14 @@ pub fn markdown(rows: &[Row], secure: &[Row], tool: &[ToolRow], more: &More, x: 
         memory_table(&mut s, more.memory, names, x.reference);
     }
     if !more.large.is_empty() {
-        let _ = writeln!(s, "\n## A large database\n");
-        let _ = writeln!(
-            s,
-            "Each system on its own, at the end of the run: put and linearizable range with 256 clients of our client ({} s each, on its 10,000 keys), then the system grows by {} GiB of live data (8 KiB values, {} keys, 128 puts in flight), then the same put and range, one `count_only` range over every key, and a restart of every member to ready. The goal: no cliff, throughput at size within 80% of the system's own at the start.\n",
-            x.secs.max(3),
+        large_section(
+            &mut s,
+            more.large,
             more.large_gib,
-            (more.large_gib << 30) / 8192
+            x.secs,
+            names,
+            x.reference,
         );
-        large_table(&mut s, more.large, names, x.reference);
     }
     if !tool.is_empty() || !k8s.is_empty() || !more.maint.is_empty() {
         let _ = writeln!(s, "\n## Our client\n");
