@@ -106,7 +106,7 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 fn kv(ch: AuthChannel) -> KvClient<AuthChannel> {
     KvClient::new(ch).max_decoding_message_size(MAX_MESSAGE)
@@ -316,7 +316,12 @@ impl Client {
 
     /// Runs a unary call with the session's token (see `send`), within
     /// the call options' deadline.
-    async fn unary<T, F, Fut>(&self, route: Route, idempotence: Idempotence, call: F) -> Result<T>
+    pub(crate) async fn unary<T, F, Fut>(
+        &self,
+        route: Route,
+        idempotence: Idempotence,
+        call: F,
+    ) -> Result<T>
     where
         F: FnMut(AuthChannel) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,

@@ -82,6 +82,7 @@ mod lease_keeper;
 mod options;
 #[cfg(feature = "pki")]
 pub mod pki;
+mod query;
 pub mod retry;
 pub mod tls;
 pub mod txn;

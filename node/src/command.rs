@@ -5,6 +5,7 @@
 
 use prost::Message as _;
 
+pub use nod_proto::nodquerypb::{index_command::Op as IndexOp, IndexCommand};
 pub use nod_proto::nodserverpb::{command::Op, Caller, Command, MemberAttributes, SnapshotData};
 
 /// The largest command a proposal may carry. Client requests are limited
@@ -12,6 +13,20 @@ pub use nod_proto::nodserverpb::{command::Op, Caller, Command, MemberAttributes,
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024 * 1024;
 /// Most URLs a member may list.
 pub const MAX_URLS: usize = 16;
+/// Most features a member may publish, and the longest name of one.
+pub const MAX_FEATURES: usize = 32;
+pub const MAX_FEATURE_BYTES: usize = 64;
+
+/// Secondary indexes and queries: `Command.index` applies.
+pub const FEATURE_INDEXES: &str = "indexes";
+/// What this binary can apply, as it publishes itself
+/// (`MemberAttributes.features`).
+pub const FEATURES: &[&str] = &[FEATURE_INDEXES];
+
+/// [`FEATURES`], as a member publishes them.
+pub fn features() -> Vec<String> {
+    FEATURES.iter().map(|f| f.to_string()).collect()
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CommandError {
@@ -25,6 +40,10 @@ pub enum CommandError {
     Member(String),
     #[error("caller name of {0} bytes")]
     Caller(usize),
+    #[error("index command: {0}")]
+    Index(&'static str),
+    #[error("a feature name of {0} bytes")]
+    Feature(usize),
 }
 
 /// A decoded command.
@@ -52,6 +71,14 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, CommandError> {
     let op = cmd.op.ok_or(CommandError::Empty)?;
     if let Op::MemberAttributes(m) | Op::MemberPeerUrls(m) = &op {
         check_member(m)?;
+    }
+    if let Op::Index(c) = &op {
+        check_index(c)?;
+    }
+    if let Op::EnableFeature(f) = &op {
+        if f.len() > MAX_FEATURE_BYTES {
+            return Err(CommandError::Feature(f.len()));
+        }
     }
     if let Some(c) = &cmd.caller {
         if c.user.len() > crate::auth::MAX_NAME_BYTES {
@@ -91,7 +118,38 @@ fn check_member(m: &MemberAttributes) -> Result<(), CommandError> {
     {
         return Err(CommandError::Member("name or URL too long".into()));
     }
+    if m.features.len() > MAX_FEATURES || m.features.iter().any(|f| f.len() > MAX_FEATURE_BYTES) {
+        return Err(CommandError::Member(
+            "too many features or one too long".into(),
+        ));
+    }
     Ok(())
+}
+
+/// Bounds what an index command may carry; what it means (a good name,
+/// paths, types) is the store's to check when it applies, so a refusal
+/// reaches the client as the request's own error.
+fn check_index(c: &IndexCommand) -> Result<(), CommandError> {
+    use nod_query::path::MAX_PATH_BYTES;
+    use nod_query::spec::{MAX_FIELDS, MAX_NAME_BYTES, MAX_PREFIX_BYTES};
+    match &c.op {
+        None => Err(CommandError::Index("no operation")),
+        Some(IndexOp::Create(spec)) => {
+            if spec.name.len() > MAX_NAME_BYTES || spec.prefix.len() > MAX_PREFIX_BYTES {
+                return Err(CommandError::Index("name or prefix too long"));
+            }
+            if spec.fields.len() > MAX_FIELDS
+                || spec.fields.iter().any(|f| f.path.len() > MAX_PATH_BYTES)
+            {
+                return Err(CommandError::Index("too many fields or a path too long"));
+            }
+            Ok(())
+        }
+        Some(IndexOp::Drop(name)) if name.len() > MAX_NAME_BYTES => {
+            Err(CommandError::Index("name too long"))
+        }
+        Some(IndexOp::Drop(_) | IndexOp::Backfill(_)) => Ok(()),
+    }
 }
 
 pub fn decode_snapshot_data(bytes: &[u8]) -> Result<SnapshotData, CommandError> {
@@ -154,5 +212,93 @@ mod tests {
             decode(&encode(&bad_member)),
             Err(CommandError::Member(_))
         ));
+        let featured = |features: Vec<String>| Command {
+            id: 1,
+            origin: 0,
+            op: Some(Op::MemberAttributes(MemberAttributes {
+                id: 3,
+                features,
+                ..Default::default()
+            })),
+            caller: None,
+        };
+        assert!(decode(&encode(&featured(features()))).is_ok());
+        for bad in [
+            vec!["x".repeat(MAX_FEATURE_BYTES + 1)],
+            vec!["f".to_string(); MAX_FEATURES + 1],
+        ] {
+            assert!(matches!(
+                decode(&encode(&featured(bad))),
+                Err(CommandError::Member(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn index_commands_are_bounded_on_decode() {
+        use nod_proto::nodquerypb::{BackfillStep, IndexField, IndexSpec};
+        let cmd = |op: Option<IndexOp>| Command {
+            id: 1,
+            origin: 0,
+            op: Some(Op::Index(IndexCommand { op })),
+            caller: None,
+        };
+        let spec = IndexSpec {
+            name: "users_age".into(),
+            prefix: b"/users/".to_vec(),
+            fields: vec![IndexField {
+                path: "age".into(),
+                r#type: 2,
+            }],
+            unique: false,
+        };
+        let good = [
+            IndexOp::Create(spec.clone()),
+            IndexOp::Drop("users_age".into()),
+            IndexOp::Backfill(BackfillStep {
+                index_id: 1,
+                max_keys: 100,
+            }),
+        ];
+        for op in good {
+            let d = decode(&encode(&cmd(Some(op.clone())))).unwrap();
+            assert_eq!(d.op, Op::Index(IndexCommand { op: Some(op) }));
+        }
+        let bad = [
+            None,
+            Some(IndexOp::Create(IndexSpec {
+                name: "n".repeat(65),
+                ..spec.clone()
+            })),
+            Some(IndexOp::Create(IndexSpec {
+                prefix: vec![b'p'; 4097],
+                ..spec.clone()
+            })),
+            Some(IndexOp::Create(IndexSpec {
+                fields: vec![spec.fields[0].clone(); 5],
+                ..spec.clone()
+            })),
+            Some(IndexOp::Drop("n".repeat(65))),
+        ];
+        for op in bad {
+            assert!(
+                matches!(
+                    decode(&encode(&cmd(op.clone()))),
+                    Err(CommandError::Index(_))
+                ),
+                "{op:?}"
+            );
+        }
+        let enable = |name: String| Command {
+            id: 0,
+            origin: 0,
+            op: Some(Op::EnableFeature(name)),
+            caller: None,
+        };
+        assert!(decode(&encode(&enable(FEATURE_INDEXES.into()))).is_ok());
+        assert_eq!(
+            decode(&encode(&enable("f".repeat(MAX_FEATURE_BYTES + 1)))),
+            Err(CommandError::Feature(MAX_FEATURE_BYTES + 1))
+        );
     }
 }

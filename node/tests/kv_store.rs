@@ -98,6 +98,7 @@ conformance!(
     the_auth_store_is_kept_with_the_data_and_never_moves_the_revision,
     a_secondary_index_backfills_follows_writes_and_loses_compacted_entries,
     index_declarations_are_checked_and_refusals_change_nothing_else,
+    indexes_wait_for_every_member_to_publish_the_feature,
 );
 
 struct Fixture<B: Backend> {
@@ -1223,7 +1224,21 @@ fn users_age(name: &str, prefix: &str) -> IndexSpec {
     }
 }
 
+/// Declares an index, first enabling the feature (as a cluster's leader
+/// does once every member has published it).
 fn create_index<B: Backend>(f: &mut Fixture<B>, spec: &IndexSpec) -> Result<IndexDef, KvError> {
+    if !f.store.feature_enabled(nod::command::FEATURE_INDEXES) {
+        let at = f.next();
+        f.store
+            .apply_enable_feature(nod::command::FEATURE_INDEXES, at)
+            .unwrap()
+            .into_result()
+            .unwrap();
+    }
+    declare_index(f, spec)
+}
+
+fn declare_index<B: Backend>(f: &mut Fixture<B>, spec: &IndexSpec) -> Result<IndexDef, KvError> {
     let at = f.next();
     f.store
         .apply_index_create(spec, at)
@@ -1434,4 +1449,99 @@ fn index_declarations_are_checked_and_refusals_change_nothing_else<H: Harness>(h
     let f = reopen(h, f);
     assert_eq!(f.store.indexes().len(), 64);
     assert_eq!(verified(&f, def.id), 1);
+}
+
+/// Index declarations wait for the cluster to enable the feature, which
+/// one entry does on every member alike, whatever each member's table of
+/// published features shows: a member upgraded late, whose table missed
+/// what others published while it ran an older binary, applies the same
+/// entries to the same effect. Published features and the switch survive
+/// a reopen; a removed member's features go with it.
+fn indexes_wait_for_every_member_to_publish_the_feature<H: Harness>(h: &mut H) {
+    use nod::command::{features, MemberAttributes, FEATURE_INDEXES};
+    let mut f = create(h);
+    let mut late = create(h);
+    for id in [7u64, 8] {
+        for s in [&mut f, &mut late] {
+            let at = s.next();
+            s.store
+                .apply_member(
+                    id,
+                    Some(nod::api::etcd::etcdserverpb::Member {
+                        id,
+                        ..Default::default()
+                    }),
+                    at,
+                )
+                .unwrap();
+        }
+    }
+    let publish = |f: &mut Fixture<H::Backend>, id: u64, features: Vec<String>| {
+        let at = f.next();
+        f.store
+            .apply_member_attributes(
+                &MemberAttributes {
+                    id,
+                    name: format!("m{id}"),
+                    client_urls: vec![format!("http://m{id}")],
+                    features,
+                    ..Default::default()
+                },
+                at,
+            )
+            .unwrap()
+    };
+    assert!(publish(&mut f, 7, features()), "7 is a member");
+    assert!(publish(&mut f, 8, Vec::new()));
+    assert_eq!(f.store.lacking(FEATURE_INDEXES), Some(8));
+    assert_eq!(
+        declare_index(&mut f, &users_age("users_age", "/u/")).unwrap_err(),
+        KvError::FeatureMissing(FEATURE_INDEXES)
+    );
+    assert!(f.store.indexes().is_empty());
+    let mut f = reopen(h, f);
+    assert_eq!(f.store.features_of(7), features(), "kept");
+    assert_eq!(f.store.member(7).map(|m| m.name.as_str()), Some("m7"));
+    assert!(publish(&mut f, 8, features()));
+    assert_eq!(
+        f.store.lacking(FEATURE_INDEXES),
+        None,
+        "the leader may enable it"
+    );
+    // The late member ran an older binary when 7 published: its table
+    // has 8's features only. The switch is one entry all apply alike.
+    assert!(publish(&mut late, 8, features()));
+    assert_eq!(late.store.lacking(FEATURE_INDEXES), Some(7));
+    for s in [&mut f, &mut late] {
+        let at = s.next();
+        s.store
+            .apply_enable_feature(FEATURE_INDEXES, at)
+            .unwrap()
+            .into_result()
+            .unwrap();
+        assert!(declare_index(s, &users_age("users_age", "/u/")).is_ok());
+    }
+    assert_eq!(f.store.indexes(), late.store.indexes());
+    // An unknown feature is refused; the entry is applied all the same.
+    let at = f.next();
+    assert!(matches!(
+        f.store
+            .apply_enable_feature("teleport", at)
+            .unwrap()
+            .into_result(),
+        Err(KvError::Invalid(_))
+    ));
+    assert_eq!(f.store.applied(), at);
+    assert!(!f.store.feature_enabled("teleport"));
+    // Removing a member forgets what it published; the switch stays.
+    let at = f.next();
+    f.store.apply_member(8, None, at).unwrap();
+    assert!(f.store.features_of(8).is_empty());
+    let mut f = reopen(h, f);
+    assert!(f.store.features_of(8).is_empty(), "removed with the member");
+    assert!(f.store.feature_enabled(FEATURE_INDEXES), "enabled for good");
+    // An unknown member's attributes change nothing but the applied index.
+    assert!(!publish(&mut f, 9, features()));
+    assert_eq!(f.store.applied(), (f.index, 1));
+    assert!(f.store.features_of(9).is_empty());
 }

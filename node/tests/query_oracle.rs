@@ -419,15 +419,25 @@ struct Pair {
 }
 
 impl Pair {
+    /// Both stores, with the indexes feature enabled (as a cluster's
+    /// leader does once every member has published it).
     fn new() -> Pair {
         let dir = tempfile::tempdir().unwrap();
-        Pair {
+        let mut pair = Pair {
             rocks: KvStore::open(&dir.path().join("kv")).unwrap(),
             memory: KvStore::in_memory(),
-            index: 0,
+            index: 1,
             in_batch: false,
             _dir: dir,
-        }
+        };
+        let feature = nod::command::FEATURE_INDEXES;
+        pair.rocks
+            .apply_enable_feature(feature, (1, 1))
+            .expect("the store works");
+        pair.memory
+            .apply_enable_feature(feature, (1, 1))
+            .expect("the store works");
+        pair
     }
 
     fn reopen(self) -> Pair {

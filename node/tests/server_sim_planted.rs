@@ -42,7 +42,10 @@ fn lease_reads_on_clocks_past_their_bound_are_reported() {
 /// seeds reach only rarely.
 #[test]
 fn a_leader_streams_on_a_snapshot_it_was_sent() {
-    let report = run(Config::from_seed(764));
+    // As the seed ran before runs had indexes (which reshape it).
+    let mut cfg = Config::from_seed(764);
+    cfg.indexes = false;
+    let report = run(cfg);
     assert!(report.violations.is_empty(), "{:?}", report.violations);
     assert!(
         report.snapshots_installed >= 2,

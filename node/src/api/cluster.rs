@@ -126,6 +126,7 @@ impl Cluster for ClusterService {
             name: String::new(),
             peer_urls: req.peer_ur_ls.clone(),
             client_urls: Vec::new(),
+            features: Vec::new(),
         };
         let kind = if req.is_learner {
             ConfChangeKind::AddLearner
@@ -232,6 +233,7 @@ impl Cluster for ClusterService {
             name: cur.name,
             peer_urls: req.peer_ur_ls.clone(),
             client_urls: cur.client_ur_ls,
+            features: Vec::new(),
         };
         match self.node.propose(Op::MemberPeerUrls(attrs), &ctx).await {
             Route::Forward(ch) => Ok(Response::new(

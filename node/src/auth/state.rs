@@ -213,9 +213,12 @@ impl AuthState {
                 }
                 Ok(())
             }
-            Op::Compaction(_) | Op::MemberAttributes(_) | Op::MemberPeerUrls(_) => {
-                self.check_admin(caller)
-            }
+            // Indexes are the cluster's schema: root's, as compaction is.
+            Op::Compaction(_)
+            | Op::MemberAttributes(_)
+            | Op::MemberPeerUrls(_)
+            | Op::Index(_)
+            | Op::EnableFeature(_) => self.check_admin(caller),
             // Checked by `apply` itself (some need no admin).
             Op::Auth(_) => Ok(()),
             // Anyone may list alarms (as anyone may ask a member's

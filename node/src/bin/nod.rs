@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nod::cli::{
-    backup, dev, init_logs, kv, lease, maintenance, member, run_async, run_client, server, sim,
-    snapshot, watch, Cli, Command,
+    backup, dev, index, init_logs, kv, lease, maintenance, member, run_async, run_client, server,
+    sim, snapshot, watch, Cli, Command,
 };
 
 /// mimalloc instead of glibc's malloc: under 256 writers glibc's allocator
@@ -35,6 +35,8 @@ fn main() -> ExitCode {
         Command::Watch(args) => run_client(watch::watch(args, client)),
         Command::Lease { command } => run_client(lease::lease(command, client)),
         Command::Member { command } => run_client(member::member(command, client)),
+        Command::Index { command } => run_client(index::index(command, client)),
+        Command::Query(args) => run_client(index::query(args, client)),
         Command::Status => run_client(maintenance::status(client)),
         Command::Snapshot { command } => snapshot::run(command, client),
         Command::Backup { command } => backup::run(command, client),

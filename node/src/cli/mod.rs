@@ -5,7 +5,7 @@
 //! - `kv` (put, get, del, txn, compact), `watch`, `lease`, `member` and
 //!   `maintenance` (status, move-leader): etcdctl-style client
 //!   commands over `nod-client`, sharing the flags, printing and exit codes
-//!   of `client`;
+//!   of `client`; `index` and `query`, Nod's own, the same way;
 //! - `snapshot`: save (from a member), status and restore (from a file or
 //!   a backup);
 //! - `backup`: full and incremental backups into a directory or a bucket;
@@ -18,6 +18,7 @@
 pub mod backup;
 pub mod client;
 pub mod dev;
+pub mod index;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -76,6 +77,13 @@ pub enum Command {
         #[command(subcommand)]
         command: member::MemberCommand,
     },
+    /// Secondary indexes over JSON values: create, list, describe, drop.
+    Index {
+        #[command(subcommand)]
+        command: index::IndexCommand,
+    },
+    /// Runs a query over JSON values (SELECT … FROM 'prefix' WHERE …).
+    Query(index::QueryArgs),
     /// Prints each endpoint's status (leader, Raft index and term, db size).
     Status,
     /// Snapshots (backups): save one from a member, print a file's status,

@@ -13,10 +13,10 @@ use super::platform::{Replies, Reply};
 use super::request::{Applied, DriverError, Fatal, Outcome};
 use super::{Core, Platform};
 use crate::auth::{auth_command::Op as AuthOp, AuthApplied};
-use crate::command::{self, Caller, MemberAttributes, Op};
+use crate::command::{self, Caller, IndexCommand, IndexOp, MemberAttributes, Op};
 use crate::storage::backend::Backend;
 use crate::storage::kv_store::AuthOutcome;
-use crate::storage::{kv_store, KvStore};
+use crate::storage::{kv_store, KvError, KvStore};
 use crate::watch_hub::HubState;
 use nod_proto::etcd::etcdserverpb::{request_op, Member, TxnRequest};
 
@@ -292,6 +292,9 @@ impl<P: Platform> Core<P> {
             Op::Txn(t) => Some(txn_puts(t)),
             Op::DeleteRange(_) | Op::Compaction(_) | Op::LeaseRevoke(_) => Some(false),
             Op::Auth(_) | Op::Alarm(_) | Op::MemberAttributes(_) | Op::MemberPeerUrls(_) => None,
+            // Declaring and backfilling write entries; dropping frees them.
+            Op::Index(c) => Some(!matches!(c.op, Some(IndexOp::Drop(_)))),
+            Op::EnableFeature(_) => None,
         };
         if let Some(e) = adds.and_then(|adds| store.alarm_refusal(adds)) {
             store.apply_noop(applied)?;
@@ -334,15 +337,16 @@ impl<P: Platform> Core<P> {
                 publish(hub, store, r, |()| Outcome::LeaseRevoked)?
             }
             Op::MemberAttributes(m) => {
-                match store.member(m.id).cloned() {
-                    Some(mut cur) => {
-                        cur.name = m.name;
-                        cur.client_ur_ls = m.client_urls;
-                        store.apply_member(m.id, Some(cur), applied)?;
-                    }
-                    None => store.apply_noop(applied)?,
-                }
+                store.apply_member_attributes(&m, applied)?;
                 Verdict::Done(Outcome::Nothing)
+            }
+            Op::Index(c) => apply_index(store, c, applied)?,
+            Op::EnableFeature(f) => {
+                let r = store.apply_enable_feature(&f, applied)?;
+                if matches!(r, kv_store::Outcome::Applied(_)) {
+                    tracing::info!(feature = %f, "feature enabled");
+                }
+                settled(r, |()| Outcome::Nothing)
             }
             Op::MemberPeerUrls(m) => match store.member(m.id).cloned() {
                 Some(mut cur) => {
@@ -357,6 +361,34 @@ impl<P: Platform> Core<P> {
             },
         })
     }
+}
+
+/// Applies an index command: a declaration or a drop answers the index;
+/// a backfill step (the leader's own proposal) answers nothing.
+fn apply_index<B: Backend>(
+    store: &mut KvStore<B>,
+    c: IndexCommand,
+    applied: (u64, u64),
+) -> Result<Verdict, Fatal> {
+    Ok(match c.op {
+        Some(IndexOp::Create(spec)) => {
+            settled(store.apply_index_create(&spec, applied)?, Outcome::Index)
+        }
+        Some(IndexOp::Drop(name)) => {
+            settled(store.apply_index_drop(&name, applied)?, Outcome::Index)
+        }
+        Some(IndexOp::Backfill(step)) => settled(
+            store.apply_backfill(step.index_id, step.max_keys, applied)?,
+            |()| Outcome::Nothing,
+        ),
+        // `command::decode` refuses these; applied alike if one got by.
+        None => {
+            store.apply_noop(applied)?;
+            Verdict::Refused(DriverError::Kv(KvError::Invalid(
+                "an index command without an operation".into(),
+            )))
+        }
+    })
 }
 
 /// Whether a transaction puts anything, in either branch, at any depth

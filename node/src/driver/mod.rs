@@ -43,7 +43,9 @@ pub use recovery::{current_conf, force_standalone, raise_commit_to_applied, Forc
 pub use request::{Applied, DriverError, Fatal, NodeStatus, Outcome, Request};
 pub use shared::Shared;
 
-use crate::command::{self, MemberAttributes, Op};
+use crate::command::{self, IndexCommand, IndexOp, MemberAttributes, Op};
+use crate::storage::kv_store::IndexState;
+use nod_proto::nodquerypb::BackfillStep;
 
 /// How often a tick's housekeeping (closed callers, attribute publishing) runs.
 const HOUSEKEEPING_TICKS: u64 = 10;
@@ -51,6 +53,13 @@ const HOUSEKEEPING_TICKS: u64 = 10;
 const COMPACTION_STEP: usize = 250;
 /// How long a member waits before asking again to publish its attributes.
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);
+const PUBLISH_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Keys one backfill step indexes: its apply reads each one's record, a
+/// few milliseconds among the writes of its batch.
+const BACKFILL_KEYS: u32 = 1000;
+/// A backfill step proposed but not seen applied is proposed again after
+/// this (a lost proposal, a leader change).
+const BACKFILL_RETRY: Duration = Duration::from_secs(2);
 
 pub struct CoreConfig {
     /// What this member publishes about itself once it is in the cluster.
@@ -92,6 +101,14 @@ pub struct Core<P: Platform> {
     last_published: Option<Duration>,
     /// Whether the member table has shown this member's attributes.
     published: bool,
+    /// The last backfill step proposed: index, its progress then, when.
+    backfill: Option<(u32, u64, Duration)>,
+    /// When features were last proposed for enabling.
+    last_enabled: Option<Duration>,
+    /// How long to wait before publishing the same attributes again: it
+    /// doubles while they do not show (a leader of an older version drops
+    /// the features it does not know), up to a minute.
+    publish_backoff: Duration,
     /// When a message last arrived from each member (member health: a
     /// time, not the core's `recent_active` bit, which is cleared every
     /// election timeout and so reads false for a moment after each clear).
@@ -124,6 +141,9 @@ impl<P: Platform> Core<P> {
             was_leader: false,
             last_published: None,
             published: false,
+            backfill: None,
+            last_enabled: None,
+            publish_backoff: PUBLISH_RETRY,
             last_heard: BTreeMap::new(),
         };
         core.refresh_peers();
@@ -172,6 +192,7 @@ impl<P: Platform> Core<P> {
         self.ticks += 1;
         if self.node.role() == Role::Leader {
             self.expire_leases();
+            self.advance_backfill();
         }
         if self.ticks.is_multiple_of(HOUSEKEEPING_TICKS) {
             // Requests whose callers gave up (timeout, disconnect) free their slots.
@@ -179,6 +200,9 @@ impl<P: Platform> Core<P> {
             self.forwarding.forget_closed();
             self.reads.forget_closed();
             self.maybe_publish_attributes();
+            if self.node.role() == Role::Leader {
+                self.maybe_enable_features();
+            }
         } else if !self.published {
             // Clients wait for this member's attributes (server::start):
             // publish as soon as there is a leader, not on the next round.
@@ -401,6 +425,78 @@ impl<P: Platform> Core<P> {
         self.reads.fail_all(&e);
     }
 
+    /// Enables each feature this binary has that the member table shows
+    /// every member has published (`kv_store/features.rs`): one entry,
+    /// proposed again after `PUBLISH_RETRY` until it applies.
+    fn maybe_enable_features(&mut self) {
+        if self
+            .last_enabled
+            .is_some_and(|t| self.now.saturating_sub(t) < PUBLISH_RETRY)
+        {
+            return;
+        }
+        let due: Vec<&'static str> = {
+            let store = self.shared.store();
+            command::FEATURES
+                .iter()
+                .copied()
+                .filter(|f| !store.feature_enabled(f) && store.lacking(f).is_none())
+                .collect()
+        };
+        for f in due {
+            let data = command::encode(&command::Command {
+                id: 0,
+                origin: 0,
+                op: Some(Op::EnableFeature(f.to_string())),
+                caller: None,
+            });
+            if self.node.propose(data).is_ok() {
+                self.last_enabled = Some(self.now);
+            }
+        }
+    }
+
+    /// Proposes the next step of an index being built, one step in flight
+    /// at a time: the next once the last has applied (the index's
+    /// progress moved), or again after `BACKFILL_RETRY`. Every member
+    /// applies the steps in log order, so all index the same keys.
+    fn advance_backfill(&mut self) {
+        let building = {
+            let store = self.shared.store();
+            // Under an alarm every step would be refused: wait it out.
+            if store.alarm_refusal(true).is_some() {
+                return;
+            }
+            store.indexes().iter().find_map(|d| match &d.state {
+                IndexState::Building { keys_done, .. } => Some((d.id, *keys_done)),
+                _ => None,
+            })
+        };
+        let Some((id, done)) = building else {
+            self.backfill = None;
+            return;
+        };
+        if self.backfill.is_some_and(|(last, last_done, at)| {
+            last == id && last_done == done && self.now.saturating_sub(at) < BACKFILL_RETRY
+        }) {
+            return;
+        }
+        let data = command::encode(&command::Command {
+            id: 0,
+            origin: 0,
+            op: Some(Op::Index(IndexCommand {
+                op: Some(IndexOp::Backfill(BackfillStep {
+                    index_id: id,
+                    max_keys: BACKFILL_KEYS,
+                })),
+            })),
+            caller: None,
+        });
+        if self.node.propose(data).is_ok() {
+            self.backfill = Some((id, done, self.now));
+        }
+    }
+
     fn expire_leases(&mut self) {
         for id in self.leases.expired(self.now) {
             let data = command::encode(&command::Command {
@@ -418,25 +514,45 @@ impl<P: Platform> Core<P> {
         }
     }
 
-    /// Publishes this member's name and client URLs through the log when the
-    /// member table does not show them yet (as etcd's publish does).
+    /// Publishes this member's name, client URLs and features through the
+    /// log when the member table does not show them yet (as etcd's publish
+    /// does; the features after an upgrade, too).
     fn maybe_publish_attributes(&mut self) {
         if self.node.leader().is_none() {
             return;
         }
         if self
             .last_published
-            .is_some_and(|t| self.now.saturating_sub(t) < PUBLISH_RETRY)
+            .is_some_and(|t| self.now.saturating_sub(t) < self.publish_backoff)
         {
             return;
         }
         let mine = &self.config.attributes;
-        let current = self.shared.store().member(self.shared.member_id).cloned();
+        let (current, features) = {
+            let store = self.shared.store();
+            let id = self.shared.member_id;
+            (store.member(id).cloned(), store.features_of(id))
+        };
         let Some(current) = current else { return };
-        if current.name == mine.name && current.client_ur_ls == mine.client_urls {
+        let same_features = {
+            let mut want = mine.features.clone();
+            want.sort();
+            want.dedup();
+            want == features
+        };
+        let listed = current.name == mine.name && current.client_ur_ls == mine.client_urls;
+        if listed && same_features {
             self.published = true;
+            self.publish_backoff = PUBLISH_RETRY;
             return;
         }
+        // Only the features missing (clients are served already): back
+        // off, in case the leader is of a version that drops them.
+        self.publish_backoff = if listed && self.last_published.is_some() {
+            (self.publish_backoff * 2).min(PUBLISH_BACKOFF_MAX)
+        } else {
+            PUBLISH_RETRY
+        };
         let data = command::encode(&command::Command {
             id: 0,
             origin: 0,

@@ -85,6 +85,8 @@ pub enum Outcome {
         applied: AuthApplied,
         token: Option<String>,
     },
+    /// An index declared or dropped, as it stood then.
+    Index(crate::storage::kv_store::IndexDef),
     Nothing,
 }
 

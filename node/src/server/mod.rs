@@ -38,6 +38,7 @@ use crate::api::kv::KvService;
 use crate::api::lease::LeaseService;
 use crate::api::lock::LockService;
 use crate::api::maintenance::MaintenanceService;
+use crate::api::query::{IndexService, QueryService};
 use crate::api::watch::WatchService;
 use crate::command::{MemberAttributes, Op};
 use crate::driver::Fatal;
@@ -58,6 +59,8 @@ use nod_proto::etcd::etcdserverpb::{
 };
 use nod_proto::etcd::v3electionpb::election_server::ElectionServer;
 use nod_proto::etcd::v3lockpb::lock_server::LockServer;
+use nod_proto::nodquerypb::index_server::IndexServer;
+use nod_proto::nodquerypb::query_server::QueryServer;
 use nod_proto::nodserverpb::admin_server::AdminServer;
 use nod_proto::nodserverpb::bootstrap_server::BootstrapServer;
 use nod_proto::nodserverpb::peer_client::PeerClient;
@@ -429,6 +432,7 @@ pub(crate) fn founding_members(
             name: n.clone(),
             peer_urls: vec![url.clone()],
             client_urls: Vec::new(),
+            features: Vec::new(),
         });
     }
     let me = members.iter().find(|m| m.name == name).ok_or_else(|| {
@@ -1102,6 +1106,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 name: cfg.name.clone(),
                 peer_urls: vec![cfg.advertise_peer.clone()],
                 client_urls: vec![cfg.advertise_client.clone()],
+                features: command::features(),
             },
             seed_peers,
             snapshot_count: cfg.snapshot_count,
@@ -1202,6 +1207,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
                 })
                 .max_decoding_message_size(limit),
             )
+            // Index declarations and drops a follower forwards.
+            .add_service(
+                IndexServer::new(IndexService::new(peer_api.clone()))
+                    .max_decoding_message_size(limit),
+            )
             // Alarms a follower raises or forwards, and the hashes the
             // corruption checks compare.
             .add_service(
@@ -1294,6 +1304,13 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         .add_service(AdminServer::new(admin))
         .add_service(
             AuthServer::new(AuthService { node: api.clone() }).max_decoding_message_size(limit),
+        )
+        // Nod's own: secondary indexes and queries.
+        .add_service(
+            IndexServer::new(IndexService::new(api.clone())).max_decoding_message_size(limit),
+        )
+        .add_service(
+            QueryServer::new(QueryService::new(api.clone())).max_decoding_message_size(limit),
         )
         // Lock and Election only on the client port: their inner KV and
         // Lease calls are what members forward to the leader.

@@ -71,6 +71,12 @@ pub struct Config {
     pub churny: bool,
     /// Reads through each new leader the moment it is elected.
     pub leader_probes: bool,
+    /// Values are JSON documents, members publish the "indexes" feature,
+    /// and secondary indexes are declared (and one dropped) through the
+    /// log mid-run, built by the leader's backfill steps under the faults;
+    /// at the end every member must hold the same catalog, every index
+    /// ready and matching its records.
+    pub indexes: bool,
     pub planted: Planted,
     /// Prints what happens, step by step (for replaying one seed).
     pub trace: bool,
@@ -101,6 +107,8 @@ impl Config {
             compactions: rng.range(0, 2) == 0,
             lease_reads: rng.range(0, 2) == 0,
             clock_rates: (0..5).map(|_| rng.range(950, 1_051)).collect(),
+            // Drawn last, so the seeds before it keep their shape.
+            indexes: rng.range(0, 2) == 0,
             planted: Planted::None,
             trace: false,
         }
@@ -120,5 +128,7 @@ pub struct Report {
     pub power_losses: u64,
     /// Log writes that failed as planted (each stops its member).
     pub write_faults: u64,
+    /// Indexes ready on the members at the end (runs with indexes).
+    pub indexes_built: u64,
     pub violations: Vec<String>,
 }

@@ -186,6 +186,8 @@ pub struct SimNetwork {
     pub messages: Vec<(u64, Message)>,
     /// (leader, origin, commands) per forwarded call.
     pub forwards: Vec<ForwardCall>,
+    /// Attributes a follower asked the leader to publish for it.
+    pub publishes: Vec<(NodeId, MemberAttributes)>,
 }
 
 impl Network for SimNetwork {
@@ -209,8 +211,10 @@ impl Network for SimNetwork {
         self.forwards.push((leader, from, commands));
         Some(1)
     }
-    fn forward_attributes(&mut self, _leader: NodeId, _attributes: MemberAttributes) {
-        // Members in the simulation are founded with their attributes.
+    fn forward_attributes(&mut self, leader: NodeId, attributes: MemberAttributes) {
+        // Founders start with their name and URLs; features (runs with
+        // indexes) still have to be published, as the server's Peer.Publish.
+        self.publishes.push((leader, attributes));
     }
 }
 

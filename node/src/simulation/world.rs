@@ -18,6 +18,7 @@ macro_rules! trace {
 mod checks;
 mod clients;
 mod compactions;
+mod indexes;
 mod leases;
 mod nemesis;
 mod probes;
@@ -103,6 +104,14 @@ enum Event {
     Probe(usize),
     /// A compaction through a random live member.
     Compact,
+    /// An index declared or dropped through a random live member.
+    IndexDdl,
+    /// A follower's attributes, which the leader proposes for it
+    /// (`Peer.Publish` in the server).
+    Publish {
+        to: usize,
+        attributes: MemberAttributes,
+    },
     Restart(usize),
     Heal,
     Settle,
@@ -145,6 +154,10 @@ struct World {
     compacted_asked: i64,
     /// Answers to compactions (kept open: their callers wait).
     compactions: Vec<Slot<crate::driver::Applied>>,
+    /// Index declarations and drops sent, with their answers, and the
+    /// steps of the plan settled so far.
+    ddl: Vec<indexes::Ddl>,
+    ddl_done: usize,
     watchers: Vec<Watcher>,
     history: Vec<lin::Operation>,
     /// Pairs of members that cannot reach each other.
@@ -195,6 +208,7 @@ impl World {
                 name: format!("m{}", id.0),
                 peer_urls: vec![member_url(id.0 as usize - 1)],
                 client_urls: vec![format!("sim-client://{}", id.0)],
+                features: Vec::new(),
             })
             .collect();
         let data = prost::Message::encode_to_vec(&SnapshotData {
@@ -268,6 +282,8 @@ impl World {
             probes: Vec::new(),
             compacted_asked: 0,
             compactions: Vec::new(),
+            ddl: Vec::new(),
+            ddl_done: 0,
             history: Vec::new(),
             cut: BTreeSet::new(),
             faults_on: true,
@@ -293,6 +309,10 @@ impl World {
         w.at(t, Event::LeaseNext);
         let t = w.rng.range(300, 1_500);
         w.at(t, Event::Compact);
+        if w.cfg.indexes {
+            let t = w.rng.range(100, 1_000);
+            w.at(t, Event::IndexDdl);
+        }
         if w.cfg.crashes || w.cfg.partitions {
             let t = w.rng.range(200, 800);
             w.at(t, Event::Nemesis);
@@ -402,6 +422,13 @@ impl World {
                     name: format!("m{}", m.id.0),
                     peer_urls: vec![member_url(i)],
                     client_urls: vec![format!("sim-client://{}", m.id.0)],
+                    // Published (a log entry) only in runs with indexes, so
+                    // the others run as they did before features existed.
+                    features: if cfg.indexes {
+                        crate::command::features()
+                    } else {
+                        Vec::new()
+                    },
                 },
                 seed_peers,
                 snapshot_count: cfg.snapshot_count,
@@ -482,6 +509,7 @@ impl World {
         let net = core.network_mut();
         let messages = std::mem::take(&mut net.messages);
         let forwards = std::mem::take(&mut net.forwards);
+        let publishes = std::mem::take(&mut net.publishes);
         let taken = core.snapshots_mut().taken.take();
         let status = core.shared().status();
         let images: Vec<Image> = messages
@@ -590,6 +618,13 @@ impl World {
                     checkpoint,
                 },
             );
+        }
+        for (leader, attributes) in publishes {
+            let l = leader.0 as usize - 1;
+            if l < self.members.len() && !self.lost(i, l) {
+                let delay = self.rng.range(1, 5);
+                self.at(delay, Event::Publish { to: l, attributes });
+            }
         }
         for (leader, _origin, batch) in forwards {
             let l = leader.0 as usize - 1;
@@ -728,7 +763,7 @@ impl World {
             Event::Deliver { to, .. } => Some(*to),
             Event::SnapshotReport { node, .. } | Event::SnapshotTaken { node, .. } => Some(*node),
             Event::ForwardCall { leader, .. } => Some(*leader),
-            Event::ForwardAnswer { to, .. } => Some(*to),
+            Event::ForwardAnswer { to, .. } | Event::Publish { to, .. } => Some(*to),
             _ => None,
         }
     }
@@ -921,6 +956,22 @@ impl World {
             Event::Nemesis => self.nemesis(),
             Event::Probe(i) => self.probe(i),
             Event::Compact => self.compact(),
+            Event::IndexDdl => self.index_ddl(),
+            Event::Publish { to, attributes } => {
+                let clock = self.clock(to);
+                if let Some(core) = self.members[to].core.as_mut() {
+                    // Nobody waits for it: the follower sees its attributes
+                    // in its member table, or asks again.
+                    let (reply, _) = Slot::new();
+                    core.set_time(clock);
+                    core.on_request(Request::Propose {
+                        caller: None,
+                        op: command::Op::MemberAttributes(attributes),
+                        reply,
+                    });
+                    self.after_step(to);
+                }
+            }
             Event::Restart(i) => self.start(i),
             Event::Heal => {
                 trace!(self, "heal");

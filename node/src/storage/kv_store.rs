@@ -48,6 +48,7 @@ mod auth;
 mod batch;
 mod encoding;
 pub mod etcd_snapshot;
+mod features;
 mod import;
 pub use import::{ImportError, ImportNotes, ORPHAN_LEASE_TTL};
 mod index;
@@ -133,6 +134,11 @@ pub enum KvError {
         nod_query::spec::MAX_INDEXES
     )]
     TooManyIndexes,
+    /// The cluster has not enabled a feature the request needs (a member
+    /// runs an older version, or has not published its features yet):
+    /// every member refuses it alike.
+    #[error("nod: the cluster has not enabled the {0:?} feature yet: every member must run a version with it (the leader enables it once all have said so)")]
+    FeatureMissing(&'static str),
 }
 
 /// The store itself failed: its backend, or data it holds that does not
@@ -307,6 +313,10 @@ pub struct KvStore<B: Backend = RocksBackend> {
     removed: BTreeSet<u64>,
     auth: crate::auth::AuthState,
     alarms: alarms::Alarms,
+    /// Each member's published features, and those the cluster enabled
+    /// (`features.rs`).
+    features: features::Features,
+    enabled: BTreeSet<String>,
     /// The secondary indexes, in id order (`secondary.rs`).
     secondary: Vec<IndexDef>,
 }
@@ -400,10 +410,14 @@ impl<B: Backend> KvStore<B> {
             removed: BTreeSet::new(),
             auth: crate::auth::AuthState::new(),
             alarms: alarms::Alarms::new(),
+            features: features::Features::new(),
+            enabled: BTreeSet::new(),
             secondary: Vec::new(),
         };
         store.load()?;
         store.secondary = store.load_indexes()?;
+        store.features = store.load_features()?;
+        store.enabled = store.load_enabled()?;
         store.auth = store.load_auth()?;
         store.alarms = store.load_alarms()?;
         Ok(store)

@@ -80,6 +80,7 @@ impl World {
             views.push((m.id, store.applied().0, store.current_revision(), dump));
         }
         self.check_leases();
+        self.check_indexes();
         // Every watcher saw a prefix of the one history, in order, with no
         // gap (but where it was told "compacted") and no duplicate. The one
         // history: what a live member's store still holds, and before its

@@ -102,7 +102,13 @@ impl World {
         let node = alive[self.rng.range(0, alive.len() as u64) as usize];
         let key = KEYS[self.rng.range(0, KEYS.len() as u64) as usize].to_vec();
         let index = self.history.len();
-        let value = format!("c{c}-{index}").into_bytes();
+        // Unique per operation, as the checker needs; a JSON document when
+        // the run has indexes to fill.
+        let value = if self.cfg.indexes {
+            format!(r#"{{"c": {c}, "i": {index}}}"#).into_bytes()
+        } else {
+            format!("c{c}-{index}").into_bytes()
+        };
         let kind = self.rng.range(0, 10);
         if self.cfg.planted == Planted::StaleReads && (4..=6).contains(&kind) {
             let core = self.members[node]

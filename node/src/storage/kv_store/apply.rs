@@ -304,6 +304,7 @@ impl<B: Backend> KvStore<B> {
             Some(r) => b.put(Keyspace::Member, &id.to_be_bytes(), r),
             None => {
                 b.delete(Keyspace::Member, &id.to_be_bytes());
+                b.delete(Keyspace::Meta, &super::features::features_key(id));
                 b.put(
                     Keyspace::Member,
                     &removed_key,
@@ -315,6 +316,7 @@ impl<B: Backend> KvStore<B> {
             Some(m) => self.members.insert(id, m),
             None => {
                 self.removed.insert(id);
+                self.features.remove(&id);
                 self.members.remove(&id)
             }
         };

@@ -88,7 +88,8 @@ impl IndexDef {
         }
     }
 
-    fn to_proto(&self) -> pb::IndexDef {
+    /// As the Index service answers it (and the catalog stores it).
+    pub fn to_proto(&self) -> pb::IndexDef {
         let state = match &self.state {
             IndexState::Building {
                 since,
@@ -290,6 +291,12 @@ impl<B: Backend> KvStore<B> {
             Ok(s) => s,
             Err(why) => return self.refuse(KvError::Invalid(why.to_string()), applied),
         };
+        if !self.feature_enabled(crate::command::FEATURE_INDEXES) {
+            return self.refuse(
+                KvError::FeatureMissing(crate::command::FEATURE_INDEXES),
+                applied,
+            );
+        }
         if spec.unique {
             return self.refuse(
                 KvError::Invalid("unique indexes are not supported yet".into()),

@@ -1,0 +1,366 @@
+//! Nod's Index and Query services (`proto/nod/query.proto`, the user
+//! guide in docs/query.md). Declaring and dropping an index go through
+//! the log like every write, forwarded to the leader from a follower (the
+//! peer port serves `Index` for that); listing and describing read this
+//! member's catalog. A query is parsed here, made linearizable unless it
+//! says SERIALIZABLE, and answered from this member's store at one
+//! revision in a blocking task, at most `MAX_CONCURRENT_QUERIES` at a
+//! time, within `QUERY_LIMITS`. Auth: DDL is root's (checked when the
+//! entry applies, as every write); a query, a listing and a description
+//! need read access to the index's or the query's whole prefix.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status};
+
+use super::status::{auth_status, kv_status};
+use crate::auth::perms::Access;
+use crate::command::{IndexCommand, IndexOp, Op};
+use crate::server::driver::{Applied, Outcome};
+use crate::server::node::{Ctx, Node, Route};
+use crate::storage::kv_store::{spec_from_proto, IndexDef, PlanChoice, QueryAnswer, QueryError};
+use crate::storage::KvError;
+use nod_proto::nodquerypb::index_client::IndexClient;
+use nod_proto::nodquerypb::index_server::Index;
+use nod_proto::nodquerypb::query_request::Plan as PlanWanted;
+use nod_proto::nodquerypb::query_server::Query as QueryRpc;
+use nod_proto::nodquerypb::{
+    IndexCreateRequest, IndexDescribeRequest, IndexDescription, IndexDropRequest, IndexListRequest,
+    IndexListResponse, IndexResponse, QueryRequest, QueryResponse, QueryRow, QueryStats,
+};
+use nod_query::codec::prefix_end;
+use nod_query::exec::Limits;
+use nod_query::spec::MAX_NAME_BYTES;
+
+/// Queries one member answers at once; more wait their turn.
+pub const MAX_CONCURRENT_QUERIES: usize = 4;
+/// Rows one answer may have, and index entries and documents one query
+/// may read: a query holds the store's read lock while it runs, so the
+/// apply loop waits behind it (about 100 ms at the limit).
+pub const QUERY_LIMITS: Limits = Limits {
+    max_rows: 10_000,
+    max_examined: 100_000,
+};
+
+/// Where a prefix's keys end, as a Range's `range_end` says it.
+fn end_of(prefix: &[u8]) -> Vec<u8> {
+    prefix_end(prefix).unwrap_or_else(|| vec![0])
+}
+
+fn unexpected() -> Status {
+    Status::internal("etcdserver: unexpected apply result")
+}
+
+pub struct IndexService {
+    pub node: Arc<Node>,
+    /// One verification at a time per member (each reads every value
+    /// under its index's prefix while holding the store).
+    verifying: Arc<Semaphore>,
+}
+
+impl IndexService {
+    pub fn new(node: Arc<Node>) -> IndexService {
+        IndexService {
+            node,
+            verifying: Arc::new(Semaphore::new(1)),
+        }
+    }
+
+    fn answer(&self, a: Applied) -> Result<Response<IndexResponse>, Status> {
+        match a.outcome {
+            Outcome::Index(def) => Ok(Response::new(IndexResponse {
+                header: Some(self.node.header(a.revision)),
+                index: Some(def.to_proto()),
+            })),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// The index named `name` if the caller may read its prefix.
+    fn readable(&self, name: &str, ctx: &Ctx) -> Result<IndexDef, Status> {
+        let store = self.node.shared.store();
+        let def = store
+            .index_named(name)
+            .ok_or_else(|| kv_status(KvError::IndexNotFound(name.to_string())))?;
+        store
+            .auth()
+            .check_range(
+                &ctx.caller,
+                Access::Read,
+                &def.spec.prefix,
+                &end_of(&def.spec.prefix),
+            )
+            .map_err(auth_status)?;
+        Ok(def.clone())
+    }
+}
+
+#[tonic::async_trait]
+impl Index for IndexService {
+    async fn create(
+        &self,
+        request: Request<IndexCreateRequest>,
+    ) -> Result<Response<IndexResponse>, Status> {
+        let ctx = self.node.ctx(&request).await?;
+        let req = request.into_inner();
+        self.node.check_size(req.encoded_len())?;
+        let spec = req
+            .spec
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("nod: an index declaration needs its spec"))?;
+        // Every member would refuse it alike: refused here, with its reason.
+        spec_from_proto(&spec).map_err(|e| kv_status(KvError::Invalid(e.to_string())))?;
+        let op = Op::Index(IndexCommand {
+            op: Some(IndexOp::Create(spec)),
+        });
+        match self.node.propose(op, &ctx).await {
+            Route::Forward(ch) => {
+                IndexClient::new(ch)
+                    .create(Node::forward_request(req, &ctx))
+                    .await
+            }
+            Route::Done(Err(s)) => Err(s),
+            Route::Done(Ok(a)) => self.answer(a),
+        }
+    }
+
+    async fn drop(
+        &self,
+        request: Request<IndexDropRequest>,
+    ) -> Result<Response<IndexResponse>, Status> {
+        let ctx = self.node.ctx(&request).await?;
+        let req = request.into_inner();
+        if req.name.is_empty() || req.name.len() > MAX_NAME_BYTES {
+            return Err(kv_status(KvError::IndexNotFound(req.name)));
+        }
+        let op = Op::Index(IndexCommand {
+            op: Some(IndexOp::Drop(req.name.clone())),
+        });
+        match self.node.propose(op, &ctx).await {
+            Route::Forward(ch) => {
+                IndexClient::new(ch)
+                    .drop(Node::forward_request(req, &ctx))
+                    .await
+            }
+            Route::Done(Err(s)) => Err(s),
+            Route::Done(Ok(a)) => self.answer(a),
+        }
+    }
+
+    async fn list(
+        &self,
+        request: Request<IndexListRequest>,
+    ) -> Result<Response<IndexListResponse>, Status> {
+        let ctx = self.node.ctx(&request).await?;
+        if !request.get_ref().serializable {
+            self.node.linearize().await?;
+        }
+        let store = self.node.shared.store();
+        let auth = store.auth();
+        // Only the indexes over prefixes the caller may read.
+        let indexes = store
+            .indexes()
+            .iter()
+            .filter(|d| {
+                auth.check_range(
+                    &ctx.caller,
+                    Access::Read,
+                    &d.spec.prefix,
+                    &end_of(&d.spec.prefix),
+                )
+                .is_ok()
+            })
+            .map(IndexDef::to_proto)
+            .collect();
+        Ok(Response::new(IndexListResponse {
+            header: Some(self.node.header(store.current_revision())),
+            indexes,
+        }))
+    }
+
+    async fn describe(
+        &self,
+        request: Request<IndexDescribeRequest>,
+    ) -> Result<Response<IndexDescription>, Status> {
+        let ctx = self.node.ctx(&request).await?;
+        let req = request.into_inner();
+        if !req.serializable {
+            self.node.linearize().await?;
+        }
+        let def = self.readable(&req.name, &ctx)?;
+        if !req.verify {
+            let store = self.node.shared.store();
+            return Ok(Response::new(IndexDescription {
+                header: Some(self.node.header(store.current_revision())),
+                index: Some(def.to_proto()),
+                ..Default::default()
+            }));
+        }
+        // Reads every value under the prefix: root's, one at a time.
+        self.node
+            .shared
+            .store()
+            .auth()
+            .check_admin(&ctx.caller)
+            .map_err(auth_status)?;
+        let permit = self
+            .verifying
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        let node = self.node.clone();
+        let d = tokio::task::spawn_blocking(move || -> Result<IndexDescription, Status> {
+            let _permit = permit;
+            let store = node.shared.store();
+            // Looked up again: it may have been dropped meanwhile.
+            let def = store
+                .index_named(&req.name)
+                .cloned()
+                .ok_or_else(|| kv_status(KvError::IndexNotFound(req.name.clone())))?;
+            let mut d = IndexDescription {
+                header: Some(node.header(store.current_revision())),
+                index: Some(def.to_proto()),
+                ..Default::default()
+            };
+            if let Some(c) = store.verify_secondary(def.id).map_err(kv_status)? {
+                d.verified = true;
+                d.entries_expected = c.expected;
+                d.entries_missing = c.missing.len() as u64;
+                d.entries_extra = c.extra.len() as u64;
+            }
+            Ok(d)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("nod: verifying an index: {e}")))??;
+        Ok(Response::new(d))
+    }
+}
+
+pub struct QueryService {
+    pub node: Arc<Node>,
+    /// Permits for the queries running on this member.
+    pub running: Arc<Semaphore>,
+}
+
+impl QueryService {
+    pub fn new(node: Arc<Node>) -> QueryService {
+        QueryService {
+            node,
+            running: Arc::new(Semaphore::new(MAX_CONCURRENT_QUERIES)),
+        }
+    }
+}
+
+/// A query's refusal as a status: etcd's for the revision errors,
+/// `RESOURCE_EXHAUSTED` over the limits.
+fn query_status(e: QueryError) -> Status {
+    match e {
+        QueryError::Request(k) => kv_status(k),
+        QueryError::OverLimit(why) => Status::resource_exhausted(format!("nod: {why}")),
+        QueryError::Store(s) => kv_status(s),
+    }
+}
+
+fn parse_status(e: nod_query::ParseError) -> Status {
+    let mut s = Status::invalid_argument(format!("nod: query: {e}"));
+    let md = s.metadata_mut();
+    md.insert("nod-query-line", e.line.into());
+    md.insert("nod-query-column", e.column.into());
+    s
+}
+
+fn response(q: &nod_query::Query, a: QueryAnswer) -> QueryResponse {
+    let QueryAnswer { output, plan } = a;
+    QueryResponse {
+        header: None,
+        revision: plan.revision,
+        columns: output.columns,
+        rows: output
+            .rows
+            .iter()
+            .map(|r| QueryRow {
+                cells: r.iter().map(|v| v.to_string()).collect(),
+            })
+            .collect(),
+        counted: output.count.is_some(),
+        count: output.count.unwrap_or(0),
+        stats: Some(QueryStats {
+            entries: output.stats.entries,
+            docs: output.stats.docs,
+            matched: output.stats.matched,
+        }),
+        plan: nod_query::plan::explain(q, &plan),
+    }
+}
+
+#[tonic::async_trait]
+impl QueryRpc for QueryService {
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<QueryResponse>, Status> {
+        let ctx = self.node.ctx(&request).await?;
+        let req = request.into_inner();
+        self.node.check_size(req.encoded_len())?;
+        let q = nod_query::parse(&req.text).map_err(parse_status)?;
+        let wanted = PlanWanted::try_from(req.plan)
+            .map_err(|_| Status::invalid_argument(format!("nod: unknown plan {}", req.plan)))?;
+        if wanted == PlanWanted::Index && req.index.is_empty() {
+            return Err(Status::invalid_argument(
+                "nod: a query through an index names the index",
+            ));
+        }
+        if !q.serializable {
+            self.node.linearize().await?;
+        }
+        let permit = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("etcdserver: server stopped"))?;
+        let node = self.node.clone();
+        let caller = ctx.caller;
+        let index = req.index;
+        let r = tokio::task::spawn_blocking(move || -> Result<QueryResponse, Status> {
+            // Held by the task, not the call: a client that goes away
+            // does not free the slot of a query still running.
+            let _permit = permit;
+            let store = node.shared.store();
+            let from = q.from.as_bytes();
+            store
+                .auth()
+                .check_range(&caller, Access::Read, from, &end_of(from))
+                .map_err(auth_status)?;
+            let choice = match wanted {
+                PlanWanted::Best => PlanChoice::Best,
+                PlanWanted::PrefixScan => PlanChoice::PrefixScan,
+                PlanWanted::Index => PlanChoice::Index(&index),
+            };
+            let revision = q.at_revision.unwrap_or(0);
+            let mut out = if q.explain {
+                let plan = store
+                    .plan_query(&q, revision, choice)
+                    .map_err(query_status)?;
+                QueryResponse {
+                    revision: plan.revision,
+                    plan: nod_query::plan::explain(&q, &plan),
+                    ..Default::default()
+                }
+            } else {
+                let answer = store
+                    .query(&q, revision, choice, QUERY_LIMITS)
+                    .map_err(query_status)?;
+                response(&q, answer)
+            };
+            out.header = Some(node.header(store.current_revision()));
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("nod: running a query: {e}")))??;
+        Ok(Response::new(r))
+    }
+}
