@@ -21,7 +21,7 @@
 //! kept revision. Queries run between batches, as the server runs them.
 
 use nod::storage::backend::Backend;
-use nod::storage::kv_store::{Outcome, PlanChoice, QueryError};
+use nod::storage::kv_store::{query_doc, Outcome, PlanChoice, QueryError};
 use nod::storage::{KvError, KvStore};
 use nod_proto::etcd::etcdserverpb::{
     request_op, CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
@@ -232,18 +232,7 @@ fn oracle<B: Backend>(store: &KvStore<B>, q: &Query, at: i64) -> Output {
             ..Default::default()
         })
         .expect("a range at a kept revision");
-    let docs = range
-        .kvs
-        .into_iter()
-        .map(|kv| Doc {
-            key: kv.key,
-            value: kv.value,
-            create_revision: kv.create_revision,
-            mod_revision: kv.mod_revision,
-            version: kv.version,
-            lease: kv.lease,
-        })
-        .collect();
+    let docs = range.kvs.into_iter().map(query_doc).collect();
     match execute(q, &prefix_plan(at), &Listed(docs), LIMITS) {
         Ok(out) => out,
         Err(e) => panic!("the oracle failed: {e}"),

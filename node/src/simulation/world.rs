@@ -328,6 +328,17 @@ impl World {
         self.queue.push(Reverse((self.now + delay, self.seq, key)));
     }
 
+    /// A member picked at random among the live ones, if any.
+    fn random_live(&mut self) -> Option<usize> {
+        let alive: Vec<usize> = (0..self.members.len())
+            .filter(|i| self.members[*i].core.is_some())
+            .collect();
+        if alive.is_empty() {
+            return None;
+        }
+        Some(alive[self.rng.range(0, alive.len() as u64) as usize])
+    }
+
     fn chance(&mut self, per_mille: u64) -> bool {
         self.rng.range(0, 1000) < per_mille
     }

@@ -54,7 +54,7 @@ pub use import::{ImportError, ImportNotes, ORPHAN_LEASE_TTL};
 mod index;
 mod key_range;
 mod query;
-pub use query::{PlanChoice, QueryAnswer, QueryError};
+pub use query::{query_doc, PlanChoice, QueryAnswer, QueryError};
 mod read;
 mod secondary;
 pub use secondary::{

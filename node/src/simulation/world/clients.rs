@@ -92,14 +92,10 @@ impl World {
         if self.clients[c].done >= self.cfg.ops_per_client {
             return;
         }
-        let alive: Vec<usize> = (0..self.members.len())
-            .filter(|i| self.members[*i].core.is_some())
-            .collect();
-        if alive.is_empty() {
+        let Some(node) = self.random_live() else {
             self.at(50, Event::ClientNext(c));
             return;
-        }
-        let node = alive[self.rng.range(0, alive.len() as u64) as usize];
+        };
         let key = KEYS[self.rng.range(0, KEYS.len() as u64) as usize].to_vec();
         let index = self.history.len();
         // Unique per operation, as the checker needs; a JSON document when

@@ -18,13 +18,9 @@ impl World {
         }
         let next = self.rng.range(300, 1_500);
         self.at(next, Event::Compact);
-        let alive: Vec<usize> = (0..self.members.len())
-            .filter(|i| self.members[*i].core.is_some())
-            .collect();
-        if alive.is_empty() {
+        let Some(node) = self.random_live() else {
             return;
-        }
-        let node = alive[self.rng.range(0, alive.len() as u64) as usize];
+        };
         let back = self.rng.range(0, 4) as i64;
         let clock = self.clock(node);
         let core = self.members[node]

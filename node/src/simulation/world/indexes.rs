@@ -119,13 +119,9 @@ impl World {
         if self.ddl.iter().any(|d| d.step == step) {
             return; // still waiting for its answer
         }
-        let alive: Vec<usize> = (0..self.members.len())
-            .filter(|i| self.members[*i].core.is_some())
-            .collect();
-        if alive.is_empty() {
+        let Some(node) = self.random_live() else {
             return;
-        }
-        let node = alive[self.rng.range(0, alive.len() as u64) as usize];
+        };
         trace!(self, "index DDL step {step} through member {}", node + 1);
         let clock = self.clock(node);
         let core = self.members[node]

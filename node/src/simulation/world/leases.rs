@@ -55,14 +55,10 @@ impl World {
         if self.leases.pending.is_some() || self.leases.done >= self.cfg.ops_per_client {
             return;
         }
-        let alive: Vec<usize> = (0..self.members.len())
-            .filter(|i| self.members[*i].core.is_some())
-            .collect();
-        if alive.is_empty() {
+        let Some(node) = self.random_live() else {
             self.at(50, Event::LeaseNext);
             return;
-        }
-        let node = alive[self.rng.range(0, alive.len() as u64) as usize];
+        };
         self.leases.seq += 1;
         let seq = self.leases.seq;
         let key = LEASE_KEYS[self.rng.range(0, LEASE_KEYS.len() as u64) as usize].to_vec();

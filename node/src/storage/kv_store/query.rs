@@ -57,7 +57,8 @@ struct At<'a, B: Backend> {
     at: i64,
 }
 
-fn doc(kv: KeyValue) -> Doc {
+/// A key-value as a query reads it.
+pub fn query_doc(kv: KeyValue) -> Doc {
     Doc {
         key: kv.key,
         value: kv.value,
@@ -120,7 +121,7 @@ impl<B: Backend> Source for At<'_, B> {
             let Some(c) = entry.visible(self.at).filter(|c| !c.tombstone) else {
                 continue;
             };
-            if !visit(doc(self.store.read_record(c.rev)?))? {
+            if !visit(query_doc(self.store.read_record(c.rev)?))? {
                 break;
             }
         }
@@ -141,7 +142,7 @@ impl<B: Backend> Source for At<'_, B> {
         };
         match self.store.visible(key, self.at) {
             Some(c) if !c.tombstone && c.rev == Revision { main, sub } => {
-                Ok(Some(doc(self.store.read_record(c.rev)?)))
+                Ok(Some(query_doc(self.store.read_record(c.rev)?)))
             }
             _ => Ok(None),
         }
