@@ -37,9 +37,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // and their (extern) output must not overwrite the etcd code above.
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("nod");
     std::fs::create_dir_all(&out)?;
+    // Their descriptors as well (with the etcd files they import): the
+    // gateway serves Nod's Query, Index and Admin calls too.
+    let nod_descriptors = out.join("nod.bin");
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .file_descriptor_set_path(nod_descriptors)
         .out_dir(out)
         .extern_path(".etcdserverpb", "crate::etcd::etcdserverpb")
         .extern_path(".mvccpb", "crate::etcd::mvccpb")

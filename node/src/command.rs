@@ -93,6 +93,49 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, CommandError> {
     })
 }
 
+/// The `traceparent` an encoded command carries (`Command.trace`), read
+/// without decoding the rest: the driver asks it of every entry it appends
+/// and applies while tracing is on. None when absent, empty, longer than
+/// a traceparent can be, not UTF-8, or the bytes are not a command.
+pub fn trace_of(mut buf: &[u8]) -> Option<&str> {
+    use prost::encoding::{decode_key, decode_varint, WireType};
+    if buf.len() > MAX_COMMAND_BYTES {
+        return None;
+    }
+    while !buf.is_empty() {
+        let (tag, wire) = decode_key(&mut buf).ok()?;
+        let skip = match wire {
+            WireType::Varint => {
+                decode_varint(&mut buf).ok()?;
+                0
+            }
+            WireType::SixtyFourBit => 8,
+            WireType::ThirtyTwoBit => 4,
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
+                if len > buf.len() {
+                    return None;
+                }
+                if tag == TRACE_FIELD {
+                    let t = std::str::from_utf8(&buf[..len]).ok()?;
+                    return (!t.is_empty() && t.len() <= crate::telemetry::MAX_TRACEPARENT_BYTES)
+                        .then_some(t);
+                }
+                len
+            }
+            WireType::StartGroup | WireType::EndGroup => return None,
+        };
+        if skip > buf.len() {
+            return None;
+        }
+        buf = &buf[skip..];
+    }
+    None
+}
+
+/// `Command.trace`'s field number.
+const TRACE_FIELD: u32 = 15;
+
 pub fn encode_member(m: &MemberAttributes) -> Vec<u8> {
     m.encode_to_vec()
 }
@@ -172,9 +215,44 @@ mod tests {
     use nod_proto::etcd::etcdserverpb::PutRequest;
 
     #[test]
+    fn the_trace_is_read_without_decoding() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let cmd = |trace: &str| Command {
+            id: 7,
+            origin: 3,
+            op: Some(Op::Put(PutRequest {
+                key: b"k".to_vec(),
+                // A value holding what looks like field 15, to be skipped.
+                value: [0x7a, 0x03, b'a', b'b', b'c'].repeat(20),
+                lease: 12,
+                ..Default::default()
+            })),
+            caller: Some(Caller {
+                user: "alice".into(),
+                auth_revision: 4,
+            }),
+            trace: trace.to_string(),
+        };
+        let bytes = encode(&cmd(tp));
+        assert_eq!(trace_of(&bytes), Some(tp));
+        assert_eq!(decode(&bytes).unwrap().op, cmd("").op.unwrap());
+        assert_eq!(trace_of(&encode(&cmd(""))), None);
+        let long = "x".repeat(crate::telemetry::MAX_TRACEPARENT_BYTES + 1);
+        assert_eq!(trace_of(&encode(&cmd(&long))), None);
+        // Cut anywhere before the trace's last byte, the bytes give none
+        // and never panic; garbage gives none.
+        for cut in 0..bytes.len() {
+            assert_eq!(trace_of(&bytes[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(trace_of(&[0xff; 16]), None);
+        assert_eq!(trace_of(&[0x7a, 0xff, 0xff, 0xff, 0xff, 0x0f]), None);
+    }
+
+    #[test]
     fn commands_round_trip_and_bad_bytes_are_errors() {
         let cmd = Command {
             caller: None,
+            trace: String::new(),
             id: 42,
             origin: 7,
             op: Some(Op::Put(PutRequest {
@@ -193,6 +271,7 @@ mod tests {
                     origin: 0,
                     op: None,
                     caller: None,
+                    trace: String::new(),
                 }
                 .encode_to_vec()
             ),
@@ -207,6 +286,7 @@ mod tests {
             origin: 0,
             op: Some(Op::MemberAttributes(MemberAttributes::default())),
             caller: None,
+            trace: String::new(),
         };
         assert!(matches!(
             decode(&encode(&bad_member)),
@@ -221,6 +301,7 @@ mod tests {
                 ..Default::default()
             })),
             caller: None,
+            trace: String::new(),
         };
         assert!(decode(&encode(&featured(features()))).is_ok());
         for bad in [
@@ -242,6 +323,7 @@ mod tests {
             origin: 0,
             op: Some(Op::Index(IndexCommand { op })),
             caller: None,
+            trace: String::new(),
         };
         let spec = IndexSpec {
             name: "users_age".into(),
@@ -294,6 +376,7 @@ mod tests {
             origin: 0,
             op: Some(Op::EnableFeature(name)),
             caller: None,
+            trace: String::new(),
         };
         assert!(decode(&encode(&enable(FEATURE_INDEXES.into()))).is_ok());
         assert_eq!(

@@ -385,6 +385,7 @@ async fn bad_input_gets_etcd_errors_and_the_node_keeps_serving() {
             origin,
             op: Some(Op::Put(put(key, "fwd"))),
             caller: None,
+            trace: String::new(),
         }
         .encode_to_vec()
     };

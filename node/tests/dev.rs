@@ -3,30 +3,15 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 fn start_dev(dir: &std::path::Path, base: u16) -> (Child, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nod"))
-        .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let endpoints = loop {
-        let line = lines
-            .next()
-            .expect("nod dev exited before printing its endpoints")
-            .unwrap();
-        if let Some(list) = line.strip_prefix("endpoints: ") {
-            break list.split(',').map(str::to_string).collect::<Vec<_>>();
-        }
-    };
-    // Keep reading stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let (child, printed) = support::start_dev(dir, base, "endpoints: ");
+    let endpoints = printed["endpoints"]
+        .split(',')
+        .map(str::to_string)
+        .collect();
     (child, endpoints)
 }
 

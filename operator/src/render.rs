@@ -544,6 +544,11 @@ fn pod_template(nc: &NodCluster) -> Value {
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            // No web console: the NetworkPolicy opens the metrics port to
+            // anyone (Prometheus), and the console reads keys through it.
+            // An environment variable, not a flag, so an older image that
+            // has no console starts too.
+            {"name": "NOD_CONSOLE", "value": "false"},
         ],
         "ports": [
             {"name": "client", "containerPort": CLIENT_PORT, "protocol": "TCP"},
@@ -1168,6 +1173,14 @@ mod tests {
         );
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("ghcr.io/nod-io/nod:1.2.3"));
+        // The console stays off: the metrics port is open to anyone.
+        let console = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "NOD_CONSOLE")
+            .and_then(|e| e.value.as_deref());
+        assert_eq!(console, Some("false"));
         let path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
             p.as_ref()
                 .unwrap()

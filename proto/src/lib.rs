@@ -59,6 +59,10 @@ pub mod nodquerypb {
     include!(concat!(env!("OUT_DIR"), "/nod/nodquerypb.rs"));
 }
 
+/// The descriptors of Nod's protos and of the etcd protos they import (a
+/// serialized `FileDescriptorSet`), for the JSON gateway's Nod calls.
+pub const NOD_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nod/nod.bin"));
+
 #[cfg(test)]
 mod tests {
     use crate::etcd::etcdserverpb::{compare, Compare, PutRequest, RangeRequest, ResponseHeader};

@@ -146,21 +146,41 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("election/resign", "v3electionpb.Election", "Resign"),
 ];
 
+/// Nod's own calls on the gateway (no etcd counterpart; the web console
+/// makes them), below `/v3/nod/`.
+const NOD_ROUTES: &[(&str, &str, &str)] = &[
+    ("nod/query", "nodquerypb.Query", "Query"),
+    ("nod/index/create", "nodquerypb.Index", "Create"),
+    ("nod/index/drop", "nodquerypb.Index", "Drop"),
+    ("nod/index/list", "nodquerypb.Index", "List"),
+    ("nod/index/describe", "nodquerypb.Index", "Describe"),
+    (
+        "nod/admin/memberhealth",
+        "nodserverpb.Admin",
+        "MemberHealth",
+    ),
+];
+
 /// The route table, resolved against the descriptors once.
 fn methods() -> &'static HashMap<&'static str, MethodDescriptor> {
     static METHODS: OnceLock<HashMap<&'static str, MethodDescriptor>> = OnceLock::new();
     METHODS.get_or_init(|| {
-        let pool = DescriptorPool::decode(nod_proto::etcd::FILE_DESCRIPTOR_SET)
+        let etcd = DescriptorPool::decode(nod_proto::etcd::FILE_DESCRIPTOR_SET)
             .expect("the descriptors compiled into nod-proto decode");
+        let nod = DescriptorPool::decode(nod_proto::NOD_FILE_DESCRIPTOR_SET)
+            .expect("the descriptors compiled into nod-proto decode");
+        let resolve = |pool: &DescriptorPool,
+                       (path, service, method): &(&'static str, &str, &str)| {
+            let m = pool
+                .get_service_by_name(service)
+                .and_then(|s| s.methods().find(|m| m.name() == *method))
+                .unwrap_or_else(|| panic!("{service}/{method} is in the protos"));
+            (*path, m)
+        };
         ROUTES
             .iter()
-            .map(|(path, service, method)| {
-                let m = pool
-                    .get_service_by_name(service)
-                    .and_then(|s| s.methods().find(|m| m.name() == *method))
-                    .unwrap_or_else(|| panic!("{service}/{method} is in the etcd protos"));
-                (*path, m)
-            })
+            .map(|r| resolve(&etcd, r))
+            .chain(NOD_ROUTES.iter().map(|r| resolve(&nod, r)))
             .collect()
     })
 }
@@ -626,8 +646,15 @@ mod tests {
     }
 
     #[test]
-    fn every_route_resolves_to_an_etcd_method() {
-        assert_eq!(methods().len(), ROUTES.len());
+    fn every_route_resolves_to_a_method() {
+        assert_eq!(methods().len(), ROUTES.len() + NOD_ROUTES.len());
+        assert_eq!(method("nod/query").full_name(), "nodquerypb.Query.Query");
+        assert_eq!(
+            method("nod/admin/memberhealth")
+                .parent_service()
+                .full_name(),
+            "nodserverpb.Admin"
+        );
         assert!(method("watch").is_client_streaming());
         assert!(method("election/observe").is_server_streaming());
         assert!(!method("kv/put").is_server_streaming());

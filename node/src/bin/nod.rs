@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nod::cli::{
-    backup, dev, index, init_logs, kv, lease, maintenance, member, run_async, run_client, server,
-    sim, snapshot, watch, Cli, Command,
+    backup, dev, index, kv, lease, maintenance, member, run_client, run_server, server, sim,
+    snapshot, watch, Cli, Command,
 };
 
 /// mimalloc instead of glibc's malloc: under 256 writers glibc's allocator
@@ -19,14 +19,20 @@ fn main() -> ExitCode {
     let Cli { command, client } = Cli::parse();
     match command {
         Command::Sim(args) => sim::run(args),
-        Command::Server(flags) => {
-            init_logs(flags.log_format, "info");
-            run_async(server::run(*flags))
-        }
-        Command::Dev(flags) => {
-            init_logs(flags.log_format, "warn,nod=info");
-            run_async(dev::run(flags))
-        }
+        Command::Server(flags) => match flags.tracing.config(&flags.name) {
+            Ok(tracing) => run_server(flags.log_format, "info", tracing, server::run(*flags)),
+            Err(e) => {
+                eprintln!("nod server: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Dev(flags) => match flags.tracing.config("dev") {
+            Ok(tracing) => run_server(flags.log_format, "warn,nod=info", tracing, dev::run(flags)),
+            Err(e) => {
+                eprintln!("nod dev: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Put(args) => run_client(kv::put(args, client)),
         Command::Get(args) => run_client(kv::get(args, client)),
         Command::Del(args) => run_client(kv::del(args, client)),

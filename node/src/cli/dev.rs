@@ -32,6 +32,8 @@ pub struct DevFlags {
     /// <data-dir>/tls (kept across runs) and prints their paths.
     #[arg(long, env = "NOD_DEV_TLS")]
     pub tls: bool,
+    #[command(flatten)]
+    pub tracing: super::server::TracingFlags,
 }
 
 /// The files `nod dev --tls` serves and prints.
@@ -170,6 +172,9 @@ pub async fn run(flags: DevFlags) -> ExitCode {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    if let Some(a) = servers.first().and_then(|s| s.metrics_addr) {
+        println!("console: http://{a}/ui");
+    }
     let tls_flags = match &tls {
         Some(t) => {
             println!("cacert: {}", t.ca.display());

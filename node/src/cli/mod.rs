@@ -115,15 +115,62 @@ pub enum LogFormat {
 }
 
 pub fn init_logs(format: LogFormat, default: &str) {
+    init_logs_traced(format, default, None);
+}
+
+/// Logs to stderr (`RUST_LOG`, else `default`), and with a tracer, Nod's
+/// spans at info and above (and the events inside them) exported as
+/// OpenTelemetry spans, whatever the log level.
+pub fn init_logs_traced(
+    format: LogFormat,
+    default: &str,
+    tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let traces = tracer.map(|t| {
+        tracing_opentelemetry::layer().with_tracer(t).with_filter(
+            tracing_subscriber::filter::Targets::new().with_target("nod", tracing::Level::INFO),
+        )
+    });
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Text => logs.with_filter(filter).boxed(),
+        LogFormat::Json => logs.json().with_filter(filter).boxed(),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(traces)
+        .with(logs)
+        .try_init();
+}
+
+/// Runs a server command (`nod server`, `nod dev`): logs, tracing when
+/// asked (it needs the runtime), and the exporter flushed at the end.
+pub fn run_server(
+    format: LogFormat,
+    default_logs: &'static str,
+    tracing: Option<crate::telemetry::TraceConfig>,
+    f: impl Future<Output = ExitCode>,
+) -> ExitCode {
+    run_async(async move {
+        let telemetry = match tracing.as_ref().map(crate::telemetry::Telemetry::start) {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                eprintln!("nod: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        init_logs_traced(format, default_logs, telemetry.as_ref().map(|t| t.tracer()));
+        let code = f.await;
+        if let Some(t) = telemetry {
+            let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+        }
+        code
+    })
 }
 
 /// Runs `f` on a multi-threaded runtime of its own.

@@ -51,6 +51,10 @@ pub struct ServerFlags {
         default_value = "http://127.0.0.1:2381"
     )]
     pub listen_metrics_urls: String,
+    /// Serve the web console on the metrics port, at /ui (read-only
+    /// without a login; docs/console.md). `--console=false` turns it off.
+    #[arg(long, env = "NOD_CONSOLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub console: bool,
     /// Founding members (new) or members to ask (existing): name=peerURL,...
     #[arg(long, env = "NOD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
@@ -169,6 +173,8 @@ pub struct ServerFlags {
     /// Log format.
     #[arg(long, env = "NOD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub tracing: TracingFlags,
     /// UDP address to gossip on (host:port); turns discovery by gossip on.
     #[arg(long, env = "NOD_GOSSIP_LISTEN_ADDR")]
     pub gossip_listen_addr: Option<String>,
@@ -215,6 +221,35 @@ pub struct ServerFlags {
     pub leave_on_shutdown: bool,
     #[command(flatten)]
     pub tls: TlsFlags,
+}
+
+/// Distributed tracing (docs/tracing.md).
+#[derive(Args, Clone, Default)]
+pub struct TracingFlags {
+    /// Export OpenTelemetry traces to this OTLP/gRPC collector
+    /// (http://host:4317); tracing is off without it.
+    #[arg(long, env = "NOD_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of client requests that start a trace (0 to 1). A request
+    /// that comes with a sampled W3C `traceparent` is always traced.
+    #[arg(long, env = "NOD_TRACE_SAMPLING_RATIO", default_value_t = 0.01)]
+    pub trace_sampling_ratio: f64,
+}
+
+impl TracingFlags {
+    /// The tracing this process does (`instance`: its spans'
+    /// `service.instance.id`), checked; None when off.
+    pub fn config(&self, instance: &str) -> Result<Option<crate::telemetry::TraceConfig>, String> {
+        let Some(endpoint) = &self.otlp_endpoint else {
+            return Ok(None);
+        };
+        crate::telemetry::check(endpoint, self.trace_sampling_ratio).map_err(|e| e.to_string())?;
+        Ok(Some(crate::telemetry::TraceConfig {
+            endpoint: endpoint.clone(),
+            sampling_ratio: self.trace_sampling_ratio,
+            instance: instance.to_string(),
+        }))
+    }
 }
 
 /// TLS, with etcd's flags. A port serves TLS when its listen URL is
@@ -474,6 +509,7 @@ pub fn server_config(f: &ServerFlags) -> Result<ServerConfig, String> {
     } else {
         Some(socket_addr(&f.listen_metrics_urls)?)
     };
+    cfg.console = f.console;
     cfg.initial_cluster = initial_cluster;
     cfg.initial_cluster_state = match f.initial_cluster_state.as_str() {
         "new" => ClusterState::New,

@@ -10,13 +10,16 @@
 //! Reading order: [`request`] (what it is asked), [`platform`] (the edges),
 //! this file (one loop turn: inputs, then [`Core::run_ready`]), `ready.rs`
 //! (one `Ready`: send, persist, apply, answer), `apply.rs`, then the jobs:
-//! `waiters.rs`, `reads.rs`, `leases.rs`, `forwarding.rs`, `snapshots.rs`.
+//! `waiters.rs`, `reads.rs`, `leases.rs`, `forwarding.rs`, `snapshots.rs`,
+//! `features.rs` (the leader's feature and backfill jobs), `traces.rs`
+//! (spans of traced entries).
 //!
 //! The leader also keeps lease deadlines here and proposes a revoke through
 //! the log when one runs out, so expiry is decided once and applied
 //! everywhere in the same order.
 
 mod apply;
+mod features;
 mod forwarding;
 mod leases;
 pub mod platform;
@@ -26,6 +29,7 @@ mod recovery;
 pub mod request;
 mod shared;
 mod snapshots;
+mod traces;
 mod waiters;
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,16 +40,14 @@ use nod_raft::{Message, NodeId, ProposeError, RawNode, Role};
 
 pub use forwarding::{refusal as forward_refusal, FORWARD_NOT_LEADER};
 pub use platform::{
-    ForwardFailure, ForwardOutcome, Network, Platform, Replies, Reply, Snapshotter, Stopwatch,
-    Taken,
+    ForwardFailure, ForwardOutcome, Network, Platform, Replies, Reply, Snapshotter, Spans, Step,
+    Stopwatch, Taken,
 };
 pub use recovery::{current_conf, force_standalone, raise_commit_to_applied, ForceError, Forced};
 pub use request::{Applied, DriverError, Fatal, NodeStatus, Outcome, Request};
 pub use shared::Shared;
 
-use crate::command::{self, IndexCommand, IndexOp, MemberAttributes, Op};
-use crate::storage::kv_store::IndexState;
-use nod_proto::nodquerypb::BackfillStep;
+use crate::command::{self, MemberAttributes, Op};
 
 /// How often a tick's housekeeping (closed callers, attribute publishing) runs.
 const HOUSEKEEPING_TICKS: u64 = 10;
@@ -54,12 +56,6 @@ const COMPACTION_STEP: usize = 250;
 /// How long a member waits before asking again to publish its attributes.
 const PUBLISH_RETRY: Duration = Duration::from_secs(2);
 const PUBLISH_BACKOFF_MAX: Duration = Duration::from_secs(60);
-/// Keys one backfill step indexes: its apply reads each one's record, a
-/// few milliseconds among the writes of its batch.
-const BACKFILL_KEYS: u32 = 1000;
-/// A backfill step proposed but not seen applied is proposed again after
-/// this (a lost proposal, a leader change).
-const BACKFILL_RETRY: Duration = Duration::from_secs(2);
 
 pub struct CoreConfig {
     /// What this member publishes about itself once it is in the cluster.
@@ -113,7 +109,18 @@ pub struct Core<P: Platform> {
     /// time, not the core's `recent_active` bit, which is cleared every
     /// election timeout and so reads false for a moment after each clear).
     last_heard: BTreeMap<u64, Duration>,
+    spans: P::Spans,
+    /// The leader's traced entries awaiting commit: their trace and when
+    /// they were appended (for `raft.commit`).
+    traced: BTreeMap<u64, (String, <P::Spans as Spans>::Mark)>,
+    /// The log's last index when this run began: entries up to it were
+    /// appended by an earlier run and are not traced again when replayed.
+    traced_from: u64,
 }
+
+/// Traced entries the leader remembers at most while they await commit
+/// (more are recorded without their commit span).
+const MAX_TRACED_PENDING: usize = 4096;
 
 impl<P: Platform> Core<P> {
     pub fn new(
@@ -121,9 +128,11 @@ impl<P: Platform> Core<P> {
         shared: Arc<Shared<P::Backend>>,
         net: P::Net,
         snapshots: P::Snapshots,
+        spans: P::Spans,
         config: CoreConfig,
     ) -> Core<P> {
         let snap = snapshots::SnapshotState::new(&node);
+        let traced_from = node.status().last_index.0;
         let forwarding = forwarding::Forwarding::new(config.first_forward_id);
         let mut core = Core {
             node,
@@ -145,6 +154,9 @@ impl<P: Platform> Core<P> {
             last_enabled: None,
             publish_backoff: PUBLISH_RETRY,
             last_heard: BTreeMap::new(),
+            spans,
+            traced: BTreeMap::new(),
+            traced_from,
         };
         core.refresh_peers();
         core
@@ -266,9 +278,15 @@ impl<P: Platform> Core<P> {
 
     pub fn on_request(&mut self, r: Request<P::Replies>) {
         match r {
-            Request::Propose { op, caller, reply } => {
+            Request::Propose {
+                op,
+                caller,
+                trace,
+                reply,
+            } => {
                 self.shared.metrics.proposals_pending.inc();
                 let leader = self.node.leader();
+                let trace = trace.unwrap_or_default();
                 if self.node.role() != Role::Leader && !leader.is_none() {
                     // Hand it to the leader with the rest of this turn's writes.
                     let origin = self.shared.member_id;
@@ -278,6 +296,7 @@ impl<P: Platform> Core<P> {
                             origin,
                             op: Some(op),
                             caller,
+                            trace,
                         })
                     });
                     return;
@@ -287,6 +306,7 @@ impl<P: Platform> Core<P> {
                     origin: 0,
                     op: Some(op),
                     caller,
+                    trace,
                 });
                 self.propose_here(data, reply);
             }
@@ -425,78 +445,6 @@ impl<P: Platform> Core<P> {
         self.reads.fail_all(&e);
     }
 
-    /// Enables each feature this binary has that the member table shows
-    /// every member has published (`kv_store/features.rs`): one entry,
-    /// proposed again after `PUBLISH_RETRY` until it applies.
-    fn maybe_enable_features(&mut self) {
-        if self
-            .last_enabled
-            .is_some_and(|t| self.now.saturating_sub(t) < PUBLISH_RETRY)
-        {
-            return;
-        }
-        let due: Vec<&'static str> = {
-            let store = self.shared.store();
-            command::FEATURES
-                .iter()
-                .copied()
-                .filter(|f| !store.feature_enabled(f) && store.lacking(f).is_none())
-                .collect()
-        };
-        for f in due {
-            let data = command::encode(&command::Command {
-                id: 0,
-                origin: 0,
-                op: Some(Op::EnableFeature(f.to_string())),
-                caller: None,
-            });
-            if self.node.propose(data).is_ok() {
-                self.last_enabled = Some(self.now);
-            }
-        }
-    }
-
-    /// Proposes the next step of an index being built, one step in flight
-    /// at a time: the next once the last has applied (the index's
-    /// progress moved), or again after `BACKFILL_RETRY`. Every member
-    /// applies the steps in log order, so all index the same keys.
-    fn advance_backfill(&mut self) {
-        let building = {
-            let store = self.shared.store();
-            // Under an alarm every step would be refused: wait it out.
-            if store.alarm_refusal(true).is_some() {
-                return;
-            }
-            store.indexes().iter().find_map(|d| match &d.state {
-                IndexState::Building { keys_done, .. } => Some((d.id, *keys_done)),
-                _ => None,
-            })
-        };
-        let Some((id, done)) = building else {
-            self.backfill = None;
-            return;
-        };
-        if self.backfill.is_some_and(|(last, last_done, at)| {
-            last == id && last_done == done && self.now.saturating_sub(at) < BACKFILL_RETRY
-        }) {
-            return;
-        }
-        let data = command::encode(&command::Command {
-            id: 0,
-            origin: 0,
-            op: Some(Op::Index(IndexCommand {
-                op: Some(IndexOp::Backfill(BackfillStep {
-                    index_id: id,
-                    max_keys: BACKFILL_KEYS,
-                })),
-            })),
-            caller: None,
-        });
-        if self.node.propose(data).is_ok() {
-            self.backfill = Some((id, done, self.now));
-        }
-    }
-
     fn expire_leases(&mut self) {
         for id in self.leases.expired(self.now) {
             let data = command::encode(&command::Command {
@@ -506,6 +454,7 @@ impl<P: Platform> Core<P> {
                     nod_proto::etcd::etcdserverpb::LeaseRevokeRequest { id },
                 )),
                 caller: None,
+                trace: String::new(),
             });
             if self.node.propose(data).is_ok() {
                 tracing::debug!(lease = id, "lease expired; revoking");
@@ -558,6 +507,7 @@ impl<P: Platform> Core<P> {
             origin: 0,
             op: Some(Op::MemberAttributes(mine.clone())),
             caller: None,
+            trace: String::new(),
         });
         match self.node.propose(data) {
             Ok(_) => self.last_published = Some(self.now),

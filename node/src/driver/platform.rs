@@ -88,6 +88,41 @@ pub trait Stopwatch {
     fn seconds(&self) -> f64;
 }
 
+/// A step of a traced entry on one member (a span of the request's trace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Written to this member's log (with its fsync).
+    Append,
+    /// On the leader: from its append until a quorum has it (commit).
+    Commit,
+    /// Applied to this member's store (the batch it went in, committed).
+    Apply,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Append => "raft.append",
+            Step::Commit => "raft.commit",
+            Step::Apply => "raft.apply",
+        }
+    }
+}
+
+/// Spans of traced entries (whose command carries a W3C traceparent):
+/// what each step took on this member. The server exports them over OTLP;
+/// the simulation keeps them in memory.
+pub trait Spans {
+    /// A point in time, on the platform's clock.
+    type Mark: Copy;
+    /// Whether spans are recorded at all: entries are read for a trace
+    /// context only then.
+    fn enabled(&self) -> bool;
+    fn mark(&self) -> Self::Mark;
+    /// One finished step of the entry at `index`, a child of `parent`.
+    fn record(&mut self, parent: &str, step: Step, index: u64, start: Self::Mark, end: Self::Mark);
+}
+
 /// The edges, chosen together.
 pub trait Platform: 'static {
     /// Where the state machine keeps its data.
@@ -97,6 +132,7 @@ pub trait Platform: 'static {
     type Snapshots: Snapshotter<Self::Backend>;
     type Replies: Replies;
     type Stopwatch: Stopwatch;
+    type Spans: Spans;
 }
 
 /// A finished checkpoint, or why it failed.

@@ -19,6 +19,7 @@ impl<P: Platform> Core<P> {
             self.net.send(std::mem::take(&mut rd.messages));
             let write = rd.take_log_write();
             if !write.is_empty() {
+                let traced = self.traced_entries(&write.entries);
                 let watch = P::Stopwatch::start();
                 self.node.storage_mut().write(&write)?;
                 if write.sync {
@@ -27,6 +28,9 @@ impl<P: Platform> Core<P> {
                         .wal_fsync_seconds
                         .observe(watch.seconds());
                 }
+                if let Some(traced) = traced {
+                    self.record_appended(traced);
+                }
             }
             self.net.send(std::mem::take(&mut rd.persisted_messages));
             if let Some(snap) = &rd.snapshot {
@@ -34,15 +38,20 @@ impl<P: Platform> Core<P> {
             }
             let committed = std::mem::take(&mut rd.committed_entries);
             if !committed.is_empty() {
+                let traced = self.traced_entries(&committed);
                 let watch = P::Stopwatch::start();
                 self.apply_committed(committed)?;
                 self.shared
                     .metrics
                     .backend_commit_seconds
                     .observe(watch.seconds());
+                if let Some(traced) = traced {
+                    self.record_applied(traced);
+                }
             }
             self.reads.confirmed(std::mem::take(&mut rd.read_states));
             let applied = self.shared.store().applied().0;
+            self.forget_traced(applied);
             self.reads.serve(Index(applied));
             self.node.advance();
             let st = self.node.status();

@@ -105,6 +105,10 @@ pub enum Request<R: Replies> {
         op: Op,
         /// Who asked, checked when the entry applies (`None`: this member).
         caller: Option<Caller>,
+        /// The W3C traceparent of the traced request that asks (`None`:
+        /// not traced): the entry carries it, so every member's spans for
+        /// it join the request's trace.
+        trace: Option<String>,
         reply: R::Reply<Applied>,
     },
     ConfChange {

@@ -22,6 +22,7 @@ use crate::driver::{
 use crate::storage::backend::RocksBackend;
 use crate::storage::checkpoint;
 use crate::storage::{KvStore, LogStore};
+use crate::telemetry::OtelSpans;
 use crate::transport::peer::{self, Transport, TransportEvent};
 use nod_proto::nodserverpb::ProposeResult;
 
@@ -148,6 +149,7 @@ impl Platform for ServerPlatform {
     type Snapshots = Checkpoints;
     type Replies = Oneshot;
     type Stopwatch = WallStopwatch;
+    type Spans = OtelSpans;
 }
 
 #[derive(Clone)]
@@ -172,8 +174,14 @@ impl DriverHandle {
     /// Proposes `op` on behalf of `caller` (`None`: this member itself,
     /// not subject to the auth checks).
     pub async fn propose(&self, op: Op, caller: Option<Caller>) -> Result<Applied, DriverError> {
-        self.call(|reply| Request::Propose { op, caller, reply })
-            .await
+        let trace = crate::telemetry::current_traceparent();
+        self.call(|reply| Request::Propose {
+            op,
+            caller,
+            trace,
+            reply,
+        })
+        .await
     }
     pub async fn propose_forwarded(
         &self,
@@ -277,11 +285,13 @@ impl Driver {
             done: checkpoints_tx,
             seconds: shared.metrics.snapshot_seconds.clone(),
         };
+        let spans = OtelSpans::new(shared.member_id);
         let core = Core::new(
             node,
             shared,
             net,
             snapshots,
+            spans,
             CoreConfig {
                 attributes: config.attributes,
                 seed_peers: config.seed_peers,

@@ -1,6 +1,8 @@
 //! The metrics port: `/metrics` (Prometheus text), `/healthz` (the node
-//! runs and its storage works) and `/readyz` (it sees a leader and has
-//! applied what it knows is committed, so it can serve). Does network I/O.
+//! runs and its storage works), `/readyz` (it sees a leader and has
+//! applied what it knows is committed, so it can serve) and the web
+//! console under `/ui` (`crate::console`, unless `--console=false`).
+//! Does network I/O.
 //!
 //! The port serves from process start, before the node knows its cluster:
 //! an empty node may wait minutes for its peers, and a liveness probe that
@@ -10,13 +12,15 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
+use axum::extract::{Path, Request};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::driver::Shared;
+use crate::console;
 use crate::metrics::Metrics;
 use crate::tls::{incoming, Conn, ServerTls};
 use tonic::transport::server::Connected;
@@ -27,19 +31,33 @@ use tonic::transport::server::Connected;
 pub struct HttpState {
     metrics: Metrics,
     node: Arc<OnceLock<Arc<Shared>>>,
+    /// The web console (`/ui`), once clients are served; None: turned off.
+    console: Option<Arc<OnceLock<console::Backend>>>,
 }
 
 impl HttpState {
-    pub fn new(metrics: Metrics) -> HttpState {
+    pub fn new(metrics: Metrics, console: bool) -> HttpState {
         HttpState {
             metrics,
             node: Arc::new(OnceLock::new()),
+            console: console.then(|| Arc::new(OnceLock::new())),
         }
     }
 
     /// The node runs: answer from its state from now on.
     pub fn serving(&self, shared: Arc<Shared>) {
         let _ = self.node.set(shared);
+    }
+
+    /// Clients are served: the console's calls go to them from now on.
+    pub fn console_serving(&self, backend: console::Backend) {
+        if let Some(c) = &self.console {
+            let _ = c.set(backend);
+        }
+    }
+
+    fn console_backend(&self) -> Option<console::Backend> {
+        self.console.as_ref().and_then(|c| c.get().cloned())
     }
 
     fn health(&self) -> (StatusCode, String) {
@@ -161,7 +179,7 @@ pub async fn serve(
     state: HttpState,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (m, h, r) = (state.clone(), state.clone(), state);
+    let (m, h, r) = (state.clone(), state.clone(), state.clone());
     let app = Router::new()
         .route(
             "/metrics",
@@ -184,6 +202,29 @@ pub async fn serve(
                 async move { r.ready() }
             }),
         );
+    let app = if state.console.is_some() {
+        let (e, c) = (state.clone(), state);
+        app.route("/ui", get(|| async { console::page() }))
+            .route("/ui/", get(|| async { console::page() }))
+            .route("/ui/app.js", get(|| async { console::script() }))
+            .route("/ui/app.css", get(|| async { console::style() }))
+            .route(
+                "/ui/api/events",
+                get(move || {
+                    let e = e.clone();
+                    async move { console::events(e.console_backend()) }
+                }),
+            )
+            .route(
+                "/ui/api/v3/{*call}",
+                post(move |call: Path<String>, req: Request| {
+                    let c = c.clone();
+                    async move { console::call(c.console_backend(), call, req).await }
+                }),
+            )
+    } else {
+        app
+    };
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };

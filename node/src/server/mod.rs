@@ -46,6 +46,7 @@ use crate::gossip::bootstrap::{self, BootstrapState, Decision, DiscoverConfig, F
 use crate::gossip::{keys, Gossip, GossipConfig, GossipError, PeerInfo};
 use crate::identity::{Identity, StateFileError};
 use crate::storage::{checkpoint, KvStore, LogStore};
+use crate::telemetry;
 use crate::tls::{self, Dialer, ServerTls, ServerTlsOptions};
 use crate::transport::peer::{PeerNode, PeerService, Transport, MAX_PEER_FRAME};
 use autopilot::{Autopilot, AutopilotConfig};
@@ -126,6 +127,8 @@ pub struct ServerConfig {
     pub advertise_peer: String,
     /// `None`: no metrics endpoint.
     pub listen_metrics: Option<SocketAddr>,
+    /// Serve the web console on the metrics port (`/ui`; `--console`).
+    pub console: bool,
     /// (name, peer URL) of every founding member, or of members to ask when joining.
     pub initial_cluster: Vec<(String, String)>,
     pub initial_cluster_state: ClusterState,
@@ -188,6 +191,7 @@ impl ServerConfig {
             listen_peer: peer,
             advertise_peer: format!("http://{peer}"),
             listen_metrics: None,
+            console: true,
             initial_cluster: vec![(name.to_string(), format!("http://{peer}"))],
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: "nod-cluster".into(),
@@ -841,7 +845,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     // The metrics port first: /healthz answers while the stores open and
     // while an empty node waits for its peers (see `http`).
     let metrics = Metrics::new();
-    let http_state = http::HttpState::new(metrics.clone());
+    let http_state = http::HttpState::new(metrics.clone(), cfg.console);
     let (stop, stop_rx) = watch::channel(false);
     let (metrics_addr, http_task) = match cfg.listen_metrics {
         Some(a) => {
@@ -1176,6 +1180,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         // member calls,
         // behind peer TLS; clients use the client port.
         let r = http2_server()
+            .trace_fn(|r| telemetry::server_span(telemetry::Port::Peer, r))
             .add_service(
                 PeerServer::new(peer_service)
                     .max_decoding_message_size(MAX_PEER_FRAME)
@@ -1260,6 +1265,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<String>();
     let initial_corrupt_check = cfg.initial_corrupt_check;
     let published = (cfg.name.clone(), cfg.advertise_client.clone());
+    let (console_state, console_shared) = (http_state.clone(), shared.clone());
     tasks.push(tokio::spawn(async move {
         // As etcd: clients are served once this member's name and client
         // URLs are committed in the member table, so whoever it answers
@@ -1327,8 +1333,14 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         // the services through this router), and no HTTP paths.
         let grpc = grpc.into_axum_router().layer(metrics_layer);
         let app = gateway::router(grpc, api.clone(), limit);
+        console_state.console_serving(crate::console::Backend {
+            shared: console_shared,
+            gateway: app.clone(),
+            name: published.0.clone(),
+        });
         let r = http2_server()
             .accept_http1(true)
+            .trace_fn(|r| telemetry::server_span(telemetry::Port::Client, r))
             .add_routes(tonic::service::Routes::from(app))
             .serve_with_incoming_shutdown(
                 tls::incoming(Arc::new(client_listener), client_tls, "client"),

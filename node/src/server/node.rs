@@ -488,6 +488,9 @@ impl Node {
             FORWARDED_AUTH_REVISION,
             tonic::metadata::MetadataValue::from(ctx.caller.auth_revision),
         );
+        if let Some(tp) = crate::telemetry::current_traceparent() {
+            crate::telemetry::inject(md, &tp);
+        }
         r
     }
 

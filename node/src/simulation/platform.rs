@@ -14,7 +14,8 @@ use nod_raft::{
 
 use crate::command::MemberAttributes;
 use crate::driver::{
-    DriverError, Fatal, Network, Platform, Replies, Reply, Snapshotter, Stopwatch, Taken,
+    DriverError, Fatal, Network, Platform, Replies, Reply, Snapshotter, Spans, Step, Stopwatch,
+    Taken,
 };
 use crate::storage::backend::MemoryBackend;
 use crate::storage::checkpoint::CheckpointInfo;
@@ -280,6 +281,19 @@ impl Stopwatch for ZeroStopwatch {
     }
 }
 
+/// The simulation records no spans: its commands carry no trace (the
+/// server's tracing is tested against a real collector, tests/tracing.rs).
+pub struct NoSpans;
+
+impl Spans for NoSpans {
+    type Mark = ();
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn mark(&self) {}
+    fn record(&mut self, _: &str, _: Step, _: u64, _: (), _: ()) {}
+}
+
 pub struct SimPlatform;
 
 impl Platform for SimPlatform {
@@ -289,6 +303,7 @@ impl Platform for SimPlatform {
     type Snapshots = SimSnapshots;
     type Replies = Slots;
     type Stopwatch = ZeroStopwatch;
+    type Spans = NoSpans;
 }
 
 #[cfg(test)]

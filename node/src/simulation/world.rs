@@ -427,6 +427,7 @@ impl World {
                 ..Default::default()
             },
             snapshots,
+            super::platform::NoSpans,
             CoreConfig {
                 attributes: MemberAttributes {
                     id: m.id.0,
@@ -977,6 +978,7 @@ impl World {
                     core.set_time(clock);
                     core.on_request(Request::Propose {
                         caller: None,
+                        trace: None,
                         op: command::Op::MemberAttributes(attributes),
                         reply,
                     });

@@ -255,11 +255,21 @@ impl Transport {
                 ids.push(id);
                 batch.push(c);
             }
-            let request = ProposeBatch {
+            // A traced write's context goes in the call's metadata, so the
+            // leader's span for the call joins its trace (the first traced
+            // command's, when a batch carries several).
+            let trace = crate::telemetry::enabled()
+                .then(|| batch.iter().find_map(|c| crate::command::trace_of(c)))
+                .flatten()
+                .map(str::to_string);
+            let mut request = Request::new(ProposeBatch {
                 cluster_id: self.cluster_id,
                 from,
                 commands: batch,
-            };
+            });
+            if let Some(t) = &trace {
+                crate::telemetry::inject(request.metadata_mut(), t);
+            }
             let (channel, done) = (channel.clone(), done.clone());
             calls += 1;
             tokio::spawn(async move {

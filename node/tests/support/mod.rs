@@ -51,6 +51,42 @@ pub fn dev_base_port() -> u16 {
     }
 }
 
+/// Starts `nod dev --base-port base --data-dir dir` and reads what it
+/// prints until a line starting with `last` (stdout is drained after);
+/// the child and every `name: value` line, by name.
+pub fn start_dev(
+    dir: &Path,
+    base: u16,
+    last: &str,
+) -> (Child, std::collections::BTreeMap<String, String>) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nod"))
+        .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = std::collections::BTreeMap::new();
+    loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("nod dev exited before printing {last:?}"))
+            .unwrap();
+        let done = line.starts_with(last);
+        if let Some((name, value)) = line.split_once(": ") {
+            printed.insert(name.to_string(), value.to_string());
+        }
+        if done {
+            break;
+        }
+    }
+    // Keep reading stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, printed)
+}
+
 pub struct Member {
     pub name: String,
     pub client_port: u16,

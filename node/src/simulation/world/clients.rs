@@ -148,6 +148,7 @@ impl World {
                     },
                     Request::Propose {
                         caller: None,
+                        trace: None,
                         op: Op::Put(put),
                         reply,
                     },
@@ -178,6 +179,7 @@ impl World {
                     },
                     Request::Propose {
                         caller: None,
+                        trace: None,
                         op: Op::Txn(txn),
                         reply,
                     },
@@ -190,6 +192,7 @@ impl World {
                     lin::Op::Delete { key: key.clone() },
                     Request::Propose {
                         caller: None,
+                        trace: None,
                         op: Op::DeleteRange(DeleteRangeRequest {
                             key: key.clone(),
                             ..Default::default()

@@ -37,6 +37,7 @@ impl World {
         core.set_time(clock);
         core.on_request(Request::Propose {
             caller: None,
+            trace: None,
             op: Op::Compaction(CompactionRequest {
                 revision,
                 physical: false,

@@ -132,6 +132,7 @@ impl World {
         core.set_time(clock);
         core.on_request(Request::Propose {
             caller: None,
+            trace: None,
             op: Op::Index(IndexCommand { op: Some(op) }),
             reply,
         });

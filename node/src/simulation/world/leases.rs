@@ -71,6 +71,7 @@ impl World {
                 (
                     Request::Propose {
                         caller: None,
+                        trace: None,
                         op: Op::LeaseGrant(LeaseGrantRequest { id, ttl }),
                         reply,
                     },
@@ -83,6 +84,7 @@ impl World {
                 (
                     Request::Propose {
                         caller: None,
+                        trace: None,
                         op: Op::Put(PutRequest {
                             key,
                             value: value.clone(),
@@ -99,6 +101,7 @@ impl World {
                 (
                     Request::Propose {
                         caller: None,
+                        trace: None,
                         op: Op::LeaseRevoke(LeaseRevokeRequest { id }),
                         reply,
                     },
