@@ -18,6 +18,7 @@ mod k8s;
 mod large;
 mod maint;
 mod memory;
+mod query;
 mod report;
 mod security;
 mod workload;
@@ -115,6 +116,37 @@ enum Cmd {
         /// of random bytes (incompressible).
         #[arg(long)]
         constant_values: bool,
+        /// Where the data goes (a real disk, not tmpfs).
+        #[arg(long)]
+        data_root: Option<PathBuf>,
+        /// The nod binary (default: next to this one).
+        #[arg(long)]
+        nod_bin: Option<PathBuf>,
+    },
+    /// Secondary indexes and queries against etcd with the client doing
+    /// the filtering, and what indexes cost writes (`query.rs`): prints a
+    /// Markdown table and writes it to --out/query.md.
+    Query {
+        /// JSON documents under /users/ in each system.
+        #[arg(long, default_value_t = 20_000)]
+        docs: u64,
+        /// Rounds over the queries and ways (round robin).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Calls of each query and way in a round.
+        #[arg(long, default_value_t = 10)]
+        repeat: usize,
+        /// Clients of the write-cost runs.
+        #[arg(long, default_value_t = 256)]
+        clients: usize,
+        /// Seconds of each write-cost run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The etcd to compare with, NAME=BINARY (default: `etcd` on PATH).
+        #[arg(long, default_value = "etcd")]
+        etcd: String,
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
         /// Where the data goes (a real disk, not tmpfs).
         #[arg(long)]
         data_root: Option<PathBuf>,
@@ -1304,6 +1336,33 @@ fn main() -> ExitCode {
                 let bin = nod_binary(nod_bin)?;
                 let root = data_root_dir(data_root)?;
                 backup::run(&bin, &root, keys, value_size, !constant_values).await
+            }
+            Cmd::Query {
+                docs,
+                rounds,
+                repeat,
+                clients,
+                seconds,
+                etcd,
+                out,
+                data_root,
+                nod_bin,
+            } => {
+                let bin = nod_binary(nod_bin)?;
+                let root = data_root_dir(data_root)?;
+                let target = Target::etcd(&etcd)?;
+                let args = query::Args {
+                    docs,
+                    rounds,
+                    repeat,
+                    clients,
+                    seconds,
+                };
+                let md = query::run(&bin, (&target.name, &target.bin), &root, args).await?;
+                print!("{md}");
+                std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+                let path = out.join("query.md");
+                std::fs::write(&path, &md).map_err(|e| format!("{}: {e}", path.display()))
             }
             Cmd::Load {
                 endpoints,

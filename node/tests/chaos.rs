@@ -16,6 +16,13 @@
 //! runs only the secured schedule (for `NOD_CHAOS_SECONDS`, the planted
 //! run secured too), `NOD_CHAOS_SECURE=0` only the plain one.
 //!
+//! A sixth client writes JSON documents under `doc/` (an index on
+//! `(group, n)` is declared first) and queries them through the index or
+//! by a forced prefix scan; every answer, and queries at past revisions
+//! after the run, must equal what a `Range` at the answer's revision,
+//! filtered in the test, gives (the query oracle). A mismatch counts as a
+//! violation.
+//!
 //! Faults so far are process-level, on loopback: kill -9 and restart,
 //! SIGSTOP/SIGCONT pauses, killing the leader, leadership transfer.
 //! `NOD_CHAOS_PLANT=stale-reads` makes the clients' reads serializable (served
@@ -33,16 +40,20 @@ use std::time::{Duration, Instant};
 use nod_client::{prefix_end, Client};
 use nod_lincheck::{Op, Operation, Outcome};
 use nod_proto::etcd::etcdserverpb::{
-    compare, request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    compare, request_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest,
 };
+use nod_proto::nodquerypb::query_request::Plan;
+use nod_proto::nodquerypb::{FieldType, IndexField, IndexSpec, QueryRequest};
 use support::network::Network;
 use support::proxy::DelayProxy;
 use support::secure::{self, Secure};
 use support::{leader_of, Cluster, Member};
 
 /// How the secure run's user may reach keys: the three keys the clients
-/// contend on (`key0`..`key2`) and their append-only `log/` keys.
-const USER_RANGES: [(&[u8], &[u8]); 2] = [(b"key", b"kez"), (b"log/", b"log0")];
+/// contend on (`key0`..`key2`), their append-only `log/` keys, and the
+/// documents the query client writes and queries (`doc/`).
+const USER_RANGES: [(&[u8], &[u8]); 3] = [(b"key", b"kez"), (b"log/", b"log0"), (b"doc/", b"doc0")];
 
 /// How the harness and its clients reach the members: plain, or over TLS
 /// with logins.
@@ -118,6 +129,184 @@ struct Record {
     history: Vec<Operation>,
     /// Append-only keys whose put was acknowledged: all must survive.
     acked: Vec<Vec<u8>>,
+    /// The query client's answers, checked against the oracle at the end.
+    answers: Vec<Answer>,
+}
+
+/// One answered query: its filter, the revision it was answered at, and
+/// the keys it returned.
+#[derive(Clone, Debug)]
+struct Answer {
+    group: u64,
+    min_n: u64,
+    plan: Plan,
+    revision: i64,
+    keys: Vec<String>,
+}
+
+/// The documents' prefix, and the index the query client's plan uses.
+const DOCS: &str = "doc/";
+
+fn doc_query(group: u64, min_n: u64, at: Option<i64>) -> String {
+    let at = at.map(|r| format!(" AT REVISION {r}")).unwrap_or_default();
+    format!("SELECT KEY FROM '{DOCS}' WHERE group = 'g{group}' AND n >= {min_n} ORDER BY KEY{at}")
+}
+
+/// Runs a query; its revision and keys (None: an error, under faults).
+async fn query(c: &mut Client, text: String, plan: Plan) -> Option<(i64, Vec<String>)> {
+    let r = c
+        .query_with(QueryRequest {
+            text,
+            plan: plan as i32,
+            index: String::new(),
+        })
+        .await
+        .ok()?;
+    let keys = r
+        .rows
+        .iter()
+        .map(|row| serde_json::from_str::<String>(row.cells.first()?).ok())
+        .collect::<Option<Vec<String>>>()?;
+    Some((r.revision, keys))
+}
+
+/// The query client: puts and deletes documents `doc/00`..`doc/39`
+/// (`{"group": "gK", "n": N}`, now and then a value that is not JSON or
+/// lacks `n`), and between them asks which documents of a group have
+/// `n` at least some bound, through the planner's choice or a forced
+/// prefix scan.
+async fn run_query_client(
+    mut c: Client,
+    mut rng: Rng,
+    stop: Arc<AtomicBool>,
+    record: Arc<Mutex<Record>>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("{DOCS}{:02}", rng.below(40)).into_bytes();
+        let failed = match rng.below(10) {
+            0 => c
+                .delete(DeleteRangeRequest {
+                    key,
+                    ..Default::default()
+                })
+                .await
+                .is_err(),
+            1..=5 => {
+                let value = match rng.below(12) {
+                    0 => b"not json".to_vec(),
+                    1 => format!(r#"{{"group": "g{}"}}"#, rng.below(3)).into_bytes(),
+                    _ => format!(
+                        r#"{{"group": "g{}", "n": {}}}"#,
+                        rng.below(3),
+                        rng.below(100)
+                    )
+                    .into_bytes(),
+                };
+                c.put(PutRequest {
+                    key,
+                    value,
+                    ..Default::default()
+                })
+                .await
+                .is_err()
+            }
+            _ => {
+                let (group, min_n) = (rng.below(3), rng.below(100));
+                let plan = if rng.below(2) == 0 {
+                    Plan::Best
+                } else {
+                    Plan::PrefixScan
+                };
+                match query(&mut c, doc_query(group, min_n, None), plan).await {
+                    Some((revision, keys)) => {
+                        record.lock().unwrap().answers.push(Answer {
+                            group,
+                            min_n,
+                            plan,
+                            revision,
+                            keys,
+                        });
+                        false
+                    }
+                    None => true,
+                }
+            }
+        };
+        if failed {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// What a query must answer: the documents at `revision`, filtered here.
+async fn oracle(c: &mut Client, a: &Answer) -> Result<Vec<String>, String> {
+    let r = c
+        .range(RangeRequest {
+            key: DOCS.as_bytes().to_vec(),
+            range_end: prefix_end(DOCS.as_bytes()),
+            revision: a.revision,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("range at {}: {e}", a.revision))?;
+    let group = format!("g{}", a.group);
+    Ok(r.kvs
+        .iter()
+        .filter(|kv| {
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&kv.value) else {
+                return false;
+            };
+            v["group"] == group.as_str() && v["n"].as_f64().is_some_and(|n| n >= a.min_n as f64)
+        })
+        .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+        .collect())
+}
+
+/// Checks every answer against the oracle, and queries at past revisions
+/// (both plans) after the run; the mismatches.
+async fn check_queries(c: &mut Client, answers: &[Answer], rng: &mut Rng) -> (usize, usize) {
+    let mut all = answers.to_vec();
+    if let Some(last) = answers.iter().map(|a| a.revision).max() {
+        for _ in 0..10 {
+            let revision = 1 + rng.below(last as u64) as i64;
+            let (group, min_n) = (rng.below(3), rng.below(100));
+            for plan in [Plan::Best, Plan::PrefixScan] {
+                if let Some((at, keys)) =
+                    query(c, doc_query(group, min_n, Some(revision)), plan).await
+                {
+                    all.push(Answer {
+                        group,
+                        min_n,
+                        plan,
+                        revision: at,
+                        keys,
+                    });
+                }
+            }
+        }
+    }
+    let mut wrong = 0;
+    for a in &all {
+        match oracle(c, a).await {
+            Ok(expected) if expected == a.keys => {}
+            Ok(expected) => {
+                println!(
+                    "query violation: {} ({:?}) at revision {} answered {:?}, the data gives {:?}",
+                    doc_query(a.group, a.min_n, None),
+                    a.plan,
+                    a.revision,
+                    a.keys,
+                    expected
+                );
+                wrong += 1;
+            }
+            Err(e) => {
+                println!("query oracle: {e}");
+                wrong += 1;
+            }
+        }
+    }
+    (all.len(), wrong)
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -381,15 +570,49 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool, secure: bool) -> Report
     if let Access::Secure(s) = &access {
         s.enable_auth(&eps[0], &USER_RANGES).await;
         println!(
-            "authentication on; the clients log in as {:?} (readwrite on key* and log/)",
+            "authentication on; the clients log in as {:?} (readwrite on key*, log/ and doc/)",
             secure::USER
         );
+    }
+
+    // The documents' index (root's to declare), once the leader has
+    // enabled the feature (every member has published it); the prefix is
+    // empty, so it is ready at once.
+    let mut root = access.root(&eps, Duration::from_secs(10));
+    let spec = IndexSpec {
+        name: "doc_group_n".into(),
+        prefix: DOCS.as_bytes().to_vec(),
+        fields: vec![
+            IndexField {
+                path: "group".into(),
+                r#type: FieldType::String as i32,
+            },
+            IndexField {
+                path: "n".into(),
+                r#type: FieldType::Number as i32,
+            },
+        ],
+        unique: false,
+    };
+    let declared = Instant::now();
+    while let Err(e) = root.index_create(spec.clone()).await {
+        assert!(
+            declared.elapsed() < Duration::from_secs(30),
+            "declare the documents' index: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let record = Arc::new(Mutex::new(Record::default()));
     let mut clients = Vec::new();
+    clients.push(tokio::spawn(run_query_client(
+        access.user(&eps, Duration::from_secs(2)),
+        Rng(rng.next() | 1),
+        stop.clone(),
+        record.clone(),
+    )));
     for id in 0..5u64 {
         let run = ClientRun {
             id,
@@ -638,6 +861,13 @@ async fn run(seconds: u64, seed: u64, stale_reads: bool, secure: bool) -> Report
     };
     if !healed {
         println!("the cluster did not recover a leader within 30 s of healing");
+        violations += 1;
+    }
+    let (checked, wrong) = check_queries(&mut c, &record.answers, &mut rng).await;
+    println!("{checked} query answers checked against the data at their revision, {wrong} wrong");
+    violations += wrong;
+    if checked < 20 {
+        println!("too few query answers to check ({checked})");
         violations += 1;
     }
     let definite = record

@@ -12,8 +12,11 @@
 //! Among the usable indexes and the prefix scan, the planner counts what
 //! each would read, up to [`PROBE_CAP`] (a few microseconds each, against
 //! the revision itself, so the counts never drift), and takes the
-//! smallest; when every count reaches the cap it scans the prefix, which
-//! reads each key once where an index may also hold superseded entries.
+//! smallest. When every count reaches the cap it counts again up to the
+//! next of [`PROBE_CAPS`] (so an index that reads 14,000 of a million
+//! documents wins over the scan); when every count reaches the last, it
+//! scans the prefix, which reads each key once where an index may also
+//! hold superseded entries.
 
 use std::fmt;
 
@@ -22,8 +25,12 @@ use crate::codec::{encode_value, esc_body, index_prefix, prefix_end};
 use crate::spec::IndexSpec;
 use crate::value::{FieldType, FieldValue};
 
-/// What the planner counts up to for each way of reading.
+/// What the planner counts up to for each way of reading, first.
 pub const PROBE_CAP: u64 = 256;
+/// ... and again, while every way reaches the cap: a count costs about a
+/// microsecond an entry, so the last is tens of milliseconds, for queries
+/// that read at least that much whichever way they go.
+pub const PROBE_CAPS: [u64; 3] = [PROBE_CAP, 4096, 65_536];
 /// Ranges one index access may have (IN lists multiply).
 pub const MAX_RANGES: usize = 1024;
 
@@ -83,8 +90,8 @@ pub enum Access {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Considered {
     pub what: String,
-    /// Counted entries or keys (`PROBE_CAP` means "at least"), or why the
-    /// way could not serve the query.
+    /// Counted entries or keys (the plan's `cap` means "at least"), or why
+    /// the way could not serve the query.
     pub outcome: Result<u64, String>,
 }
 
@@ -94,6 +101,8 @@ pub struct Plan {
     pub estimate: u64,
     pub revision: i64,
     pub considered: Vec<Considered>,
+    /// What the counts went up to (one of [`PROBE_CAPS`]).
+    pub cap: u64,
 }
 
 /// What the conditions on one index field allow.
@@ -316,13 +325,14 @@ fn index_access(
     info: &IndexInfo,
     conj: &[&Expr],
     probe: &dyn Probe,
+    cap: u64,
 ) -> Result<(Access, u64), String> {
     let ranges = index_ranges(info, conj)?;
     let mut estimate = 0u64;
     for r in &ranges {
-        estimate += probe.count_entries(r, PROBE_CAP - estimate.min(PROBE_CAP));
-        if estimate >= PROBE_CAP {
-            estimate = PROBE_CAP;
+        estimate += probe.count_entries(r, cap - estimate.min(cap));
+        if estimate >= cap {
+            estimate = cap;
             break;
         }
     }
@@ -353,12 +363,13 @@ pub fn index_plan(
         return Err(format!("it does not cover revision {revision}"));
     }
     let filter = q.filter.as_ref().ok_or("the query has no WHERE clause")?;
-    let (access, estimate) = index_access(info, &conjuncts(filter), probe)?;
+    let (access, estimate) = index_access(info, &conjuncts(filter), probe, PROBE_CAP)?;
     Ok(Plan {
         access,
         estimate,
         revision,
         considered: vec![],
+        cap: PROBE_CAP,
     })
 }
 
@@ -369,13 +380,33 @@ pub fn prefix_plan(revision: i64) -> Plan {
         estimate: 0,
         revision,
         considered: vec![],
+        cap: PROBE_CAP,
     }
 }
 
 /// Plans `q` at `revision` over `indexes`.
 pub fn plan(q: &Query, indexes: &[IndexInfo], revision: i64, probe: &dyn Probe) -> Plan {
+    let mut p = plan_capped(q, indexes, revision, probe, PROBE_CAP);
+    for cap in &PROBE_CAPS[1..] {
+        if p.estimate < p.cap {
+            break;
+        }
+        // Every way reads the cap or more: count further.
+        p = plan_capped(q, indexes, revision, probe, *cap);
+    }
+    p
+}
+
+/// [`plan`], every count up to `cap`.
+fn plan_capped(
+    q: &Query,
+    indexes: &[IndexInfo],
+    revision: i64,
+    probe: &dyn Probe,
+    cap: u64,
+) -> Plan {
     let mut considered = Vec::new();
-    let prefix_count = probe.count_keys(q.from.as_bytes(), PROBE_CAP);
+    let prefix_count = probe.count_keys(q.from.as_bytes(), cap);
     considered.push(Considered {
         what: format!("prefix {}", Literal::String(q.from.clone())),
         outcome: Ok(prefix_count),
@@ -413,12 +444,13 @@ pub fn plan(q: &Query, indexes: &[IndexInfo], revision: i64, probe: &dyn Probe) 
             estimate: best.1,
             revision,
             considered,
+            cap,
         };
     };
     // One AND of conditions: the best single index.
     let conj = conjuncts(filter);
     for info in &usable {
-        let outcome = index_access(info, &conj, probe);
+        let outcome = index_access(info, &conj, probe, cap);
         considered.push(Considered {
             what: format!("index {}", info.spec.name),
             outcome: outcome.as_ref().map(|(_, n)| *n).map_err(Clone::clone),
@@ -437,11 +469,11 @@ pub fn plan(q: &Query, indexes: &[IndexInfo], revision: i64, probe: &dyn Probe) 
             let conj = conjuncts(alt);
             let best_alt = usable
                 .iter()
-                .filter_map(|info| index_access(info, &conj, probe).ok())
+                .filter_map(|info| index_access(info, &conj, probe, cap).ok())
                 .min_by_key(|(_, n)| *n);
             match best_alt {
                 Some((access, n)) => {
-                    total = (total + n).min(PROBE_CAP);
+                    total = (total + n).min(cap);
                     parts.push(access);
                 }
                 None => {
@@ -465,12 +497,13 @@ pub fn plan(q: &Query, indexes: &[IndexInfo], revision: i64, probe: &dyn Probe) 
         estimate: best.1,
         revision,
         considered,
+        cap,
     }
 }
 
-fn count_text(n: u64) -> String {
-    if n >= PROBE_CAP {
-        format!("{PROBE_CAP} or more")
+fn count_text(n: u64, cap: u64) -> String {
+    if n >= cap {
+        format!("{cap} or more")
     } else {
         n.to_string()
     }
@@ -525,12 +558,12 @@ pub fn explain(q: &Query, plan: &Plan) -> String {
         "read {} under {}: {} candidates counted\n",
         plan.access,
         Literal::String(q.from.clone()),
-        count_text(plan.estimate)
+        count_text(plan.estimate, plan.cap)
     ));
     out.push_str("considered:\n");
     for c in &plan.considered {
         match &c.outcome {
-            Ok(n) => out.push_str(&format!("  {}: {}\n", c.what, count_text(*n))),
+            Ok(n) => out.push_str(&format!("  {}: {}\n", c.what, count_text(*n, plan.cap))),
             Err(why) => out.push_str(&format!("  {}: not usable, {why}\n", c.what)),
         }
     }

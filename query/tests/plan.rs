@@ -441,6 +441,35 @@ fn a_selective_condition_reads_through_its_index() {
     );
 }
 
+/// Counts past the first cap: an index reads the 500 Oslo entries, the
+/// prefix 25,000 keys. Both reach 256, so the planner counts again (up to
+/// 4,096) and takes an index; a condition every document meets reads as
+/// much through its index as the scan does, and scans.
+#[test]
+fn counts_go_past_the_first_cap_before_choosing_the_scan() {
+    let m = users(25_000);
+    let q = parse("SELECT KEY FROM '/u/' WHERE city = 'Oslo'").unwrap();
+    let p = plan(&q, &m.indexes, m.at as i64, &m);
+    assert!(
+        matches!(&p.access, Access::Index { .. }),
+        "{}",
+        explain(&q, &p)
+    );
+    assert_eq!(p.cap, 4096);
+    assert!(p.estimate > 256 && p.estimate < 4096, "{}", p.estimate);
+    let text = explain(&q, &p);
+    assert!(text.contains("prefix '/u/': 4096 or more"), "{text}");
+    let out = execute(&q, &p, &m, LIMITS).unwrap();
+    assert_eq!(out.rows.len() as u64, p.estimate);
+    assert_eq!(out.rows.len(), 500);
+    assert!(out.stats.docs <= 500, "{:?}", out.stats);
+
+    let everyone = parse("SELECT COUNT(*) FROM '/u/' WHERE age >= 0").unwrap();
+    let p = plan(&everyone, &m.indexes, m.at as i64, &m);
+    assert_eq!(p.access, Access::Prefix, "{}", explain(&everyone, &p));
+    assert_eq!(p.cap, 65_536);
+}
+
 #[test]
 fn an_index_is_not_used_when_it_could_miss_documents() {
     let mut m = users(600);
