@@ -89,7 +89,7 @@ pub struct Measured {
 }
 
 impl Measured {
-    fn empty() -> Measured {
+    pub(crate) fn empty() -> Measured {
         Measured {
             ops: 0,
             errors: 0,
@@ -99,7 +99,7 @@ impl Measured {
     }
 
     /// Adds `m`'s requests to these; the elapsed time is the longer one.
-    fn merge(&mut self, m: &Measured) {
+    pub(crate) fn merge(&mut self, m: &Measured) {
         self.ops += m.ops;
         self.errors += m.errors;
         self.elapsed = self.elapsed.max(m.elapsed);
@@ -327,10 +327,10 @@ pub async fn connect(
 }
 
 /// A small xorshift generator per client: cheap and reproducible.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;

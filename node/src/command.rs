@@ -62,6 +62,15 @@ pub fn encode(cmd: &Command) -> Vec<u8> {
     cmd.encode_to_vec()
 }
 
+/// A member's own proposal of `op` (lease expiry, attributes, features,
+/// backfill steps): nobody waits for it, nobody to check, no trace.
+pub fn own(op: Op) -> Vec<u8> {
+    encode(&Command {
+        op: Some(op),
+        ..Default::default()
+    })
+}
+
 /// Decodes a command and checks its shape.
 pub fn decode(bytes: &[u8]) -> Result<Decoded, CommandError> {
     if bytes.len() > MAX_COMMAND_BYTES {
@@ -95,8 +104,8 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, CommandError> {
 
 /// The `traceparent` an encoded command carries (`Command.trace`), read
 /// without decoding the rest: the driver asks it of every entry it appends
-/// and applies while tracing is on. None when absent, empty, longer than
-/// a traceparent can be, not UTF-8, or the bytes are not a command.
+/// and applies while tracing is on. None when absent, not of a version-00
+/// traceparent's length, not UTF-8, or the bytes are not a command.
 pub fn trace_of(mut buf: &[u8]) -> Option<&str> {
     use prost::encoding::{decode_key, decode_varint, WireType};
     if buf.len() > MAX_COMMAND_BYTES {
@@ -118,8 +127,7 @@ pub fn trace_of(mut buf: &[u8]) -> Option<&str> {
                 }
                 if tag == TRACE_FIELD {
                     let t = std::str::from_utf8(&buf[..len]).ok()?;
-                    return (!t.is_empty() && t.len() <= crate::telemetry::MAX_TRACEPARENT_BYTES)
-                        .then_some(t);
+                    return (t.len() == crate::telemetry::TRACEPARENT_LEN).then_some(t);
                 }
                 len
             }
@@ -237,7 +245,7 @@ mod tests {
         assert_eq!(trace_of(&bytes), Some(tp));
         assert_eq!(decode(&bytes).unwrap().op, cmd("").op.unwrap());
         assert_eq!(trace_of(&encode(&cmd(""))), None);
-        let long = "x".repeat(crate::telemetry::MAX_TRACEPARENT_BYTES + 1);
+        let long = "x".repeat(crate::telemetry::TRACEPARENT_LEN + 1);
         assert_eq!(trace_of(&encode(&cmd(&long))), None);
         // Cut anywhere before the trace's last byte, the bytes give none
         // and never panic; garbage gives none.

@@ -64,9 +64,17 @@ fn the_console_in_a_browser() {
     let (dev, endpoints, console) = start_dev(&dir.path().join("data"), support::dev_base_port());
     assert!(console.starts_with("http://127.0.0.1:") && console.ends_with("/ui"));
 
-    // The page and its files, as a browser gets them.
-    let page = http_get(&console);
+    // The page as a browser gets it, held to its own origin (the browser
+    // steps below bypass the policy: playwright evaluates strings).
+    let addr = &console["http://".len()..console.len() - "/ui".len()];
+    let (code, page) = support::http_get(addr, "/ui").expect("GET /ui");
+    assert_eq!(code, 200, "{page}");
     assert!(page.contains("<title>Nod console</title>"), "{page}");
+    assert!(
+        page.to_lowercase()
+            .contains("content-security-policy: default-src 'self'"),
+        "{page}"
+    );
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/console.cjs");
     let out = Command::new("node")
@@ -101,21 +109,4 @@ fn the_console_in_a_browser() {
         );
     }
     drop(dev);
-}
-
-/// A plain HTTP/1.1 GET (the body only).
-fn http_get(url: &str) -> String {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    answer
 }

@@ -140,7 +140,7 @@ async fn one_put_is_one_trace_across_three_members() {
     .await;
 
     // Every member exports its apply of the entry.
-    let spans = eventually(
+    eventually(
         "each member's raft.apply span",
         Duration::from_secs(30),
         || {
@@ -152,18 +152,14 @@ async fn one_put_is_one_trace_across_three_members() {
                     .filter(|(_, s)| s.name == "raft.apply")
                     .map(|(i, _)| i.as_str())
                     .collect();
-                (applied.len() == 3).then_some(got)
+                (applied.len() == 3).then_some(())
             }
         },
     )
     .await;
     // The export interval is a second: let any straggler arrive.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let spans = {
-        let all = received.0.lock().unwrap().clone();
-        assert!(all.len() >= spans.len());
-        all
-    };
+    let spans = received.0.lock().unwrap().clone();
 
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     // Only the sampled request was traced: nothing of the other writes,

@@ -388,7 +388,10 @@ pub fn prefix_plan(revision: i64) -> Plan {
 pub fn plan(q: &Query, indexes: &[IndexInfo], revision: i64, probe: &dyn Probe) -> Plan {
     let mut p = plan_capped(q, indexes, revision, probe, PROBE_CAP);
     for cap in &PROBE_CAPS[1..] {
-        if p.estimate < p.cap {
+        // Decided: a way reads less than the cap, or the scan is the only
+        // way counted (nothing could win over it).
+        let counted = p.considered.iter().filter(|c| c.outcome.is_ok()).count();
+        if p.estimate < p.cap || counted <= 1 {
             break;
         }
         // Every way reads the cap or more: count further.

@@ -517,7 +517,8 @@ fn error_body(status: &Status) -> String {
     )
 }
 
-fn error_response(status: &Status) -> Response {
+/// An error as etcd's gateway answers it (the web console's too).
+pub(crate) fn error_response(status: &Status) -> Response {
     plain(http_status(status.code()), Some(JSON), error_body(status))
 }
 

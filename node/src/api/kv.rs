@@ -27,7 +27,8 @@ pub struct KvService {
     pub node: Arc<Node>,
 }
 
-fn unexpected() -> Status {
+/// An apply result of another kind than the request's (a defect).
+pub(super) fn unexpected() -> Status {
     Status::internal("etcdserver: unexpected apply result")
 }
 

@@ -30,7 +30,6 @@ use nod_proto::nodquerypb::{
     IndexCreateRequest, IndexDescribeRequest, IndexDescription, IndexDropRequest, IndexListRequest,
     IndexListResponse, IndexResponse, QueryRequest, QueryResponse, QueryRow, QueryStats,
 };
-use nod_query::codec::prefix_end;
 use nod_query::exec::Limits;
 use nod_query::spec::MAX_NAME_BYTES;
 
@@ -43,15 +42,6 @@ pub const QUERY_LIMITS: Limits = Limits {
     max_rows: 10_000,
     max_examined: 100_000,
 };
-
-/// Where a prefix's keys end, as a Range's `range_end` says it.
-fn end_of(prefix: &[u8]) -> Vec<u8> {
-    prefix_end(prefix).unwrap_or_else(|| vec![0])
-}
-
-fn unexpected() -> Status {
-    Status::internal("etcdserver: unexpected apply result")
-}
 
 pub struct IndexService {
     pub node: Arc<Node>,
@@ -74,7 +64,7 @@ impl IndexService {
                 header: Some(self.node.header(a.revision)),
                 index: Some(def.to_proto()),
             })),
-            _ => Err(unexpected()),
+            _ => Err(super::kv::unexpected()),
         }
     }
 
@@ -90,7 +80,7 @@ impl IndexService {
                 &ctx.caller,
                 Access::Read,
                 &def.spec.prefix,
-                &end_of(&def.spec.prefix),
+                &nod_client::prefix_end(&def.spec.prefix),
             )
             .map_err(auth_status)?;
         Ok(def.clone())
@@ -168,7 +158,7 @@ impl Index for IndexService {
                     &ctx.caller,
                     Access::Read,
                     &d.spec.prefix,
-                    &end_of(&d.spec.prefix),
+                    &nod_client::prefix_end(&d.spec.prefix),
                 )
                 .is_ok()
             })
@@ -333,7 +323,7 @@ impl QueryRpc for QueryService {
             let from = q.from.as_bytes();
             store
                 .auth()
-                .check_range(&caller, Access::Read, from, &end_of(from))
+                .check_range(&caller, Access::Read, from, &nod_client::prefix_end(from))
                 .map_err(auth_status)?;
             let choice = match wanted {
                 PlanWanted::Best => PlanChoice::Best,

@@ -17,13 +17,15 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Request};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use prometheus::core::Collector;
+use tonic::Status;
 use tower::ServiceExt;
 
+use crate::api::gateway::error_response;
 use crate::driver::Shared;
 
 const INDEX_HTML: &str = include_str!("index.html");
@@ -91,37 +93,26 @@ fn static_file(kind: &'static str, body: &'static str) -> Response {
     r
 }
 
-/// An error as the gateway writes them (`{"error","message","code"}`).
-fn error(status: StatusCode, code: tonic::Code, message: &str) -> Response {
-    let body = serde_json::json!({ "error": message, "message": message, "code": code as i32 });
-    let mut r = Response::new(Body::from(body.to_string()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
+/// The console's answer before the member serves clients.
+fn starting() -> Response {
+    error_response(&Status::unavailable(
+        "the member is starting (finding its cluster)",
+    ))
 }
 
 /// `POST /ui/api/v3/<call>`: the gateway's call, if the console may make it.
 pub async fn call(backend: Option<Backend>, Path(call): Path<String>, req: Request) -> Response {
     let Some(backend) = backend else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            tonic::Code::Unavailable,
-            "the member is starting (finding its cluster)",
-        );
+        return starting();
     };
     let logged_in = req.headers().contains_key(header::AUTHORIZATION);
     if !logged_in && !READ_ONLY.contains(&call.as_str()) {
-        return error(
-            StatusCode::FORBIDDEN,
-            tonic::Code::PermissionDenied,
+        return error_response(&Status::permission_denied(
             "the console is read-only: log in (with authentication on) to change data",
-        );
+        ));
     }
     let Ok(uri) = format!("/v3/{call}").parse::<axum::http::Uri>() else {
-        return error(StatusCode::NOT_FOUND, tonic::Code::NotFound, "no such call");
+        return error_response(&Status::not_found("no such call"));
     };
     let (mut parts, body) = req.into_parts();
     parts.uri = uri;
@@ -158,11 +149,7 @@ pub async fn call(backend: Option<Backend>, Path(call): Path<String>, req: Reque
 /// `GET /ui/api/events`: a `stats` event every second while the page is open.
 pub fn events(backend: Option<Backend>) -> Response {
     let Some(backend) = backend else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            tonic::Code::Unavailable,
-            "the member is starting (finding its cluster)",
-        );
+        return starting();
     };
     Sse::new(stats_stream(backend))
         .keep_alive(KeepAlive::default())

@@ -37,13 +37,7 @@ impl<P: Platform> Core<P> {
                 .collect()
         };
         for f in due {
-            let data = command::encode(&command::Command {
-                id: 0,
-                origin: 0,
-                op: Some(Op::EnableFeature(f.to_string())),
-                caller: None,
-                trace: String::new(),
-            });
+            let data = command::own(Op::EnableFeature(f.to_string()));
             if self.node.propose(data).is_ok() {
                 self.last_enabled = Some(self.now);
             }
@@ -75,18 +69,12 @@ impl<P: Platform> Core<P> {
         }) {
             return;
         }
-        let data = command::encode(&command::Command {
-            id: 0,
-            origin: 0,
-            op: Some(Op::Index(IndexCommand {
-                op: Some(IndexOp::Backfill(BackfillStep {
-                    index_id: id,
-                    max_keys: BACKFILL_KEYS,
-                })),
+        let data = command::own(Op::Index(IndexCommand {
+            op: Some(IndexOp::Backfill(BackfillStep {
+                index_id: id,
+                max_keys: BACKFILL_KEYS,
             })),
-            caller: None,
-            trace: String::new(),
-        });
+        }));
         if self.node.propose(data).is_ok() {
             self.backfill = Some((id, done, self.now));
         }

@@ -447,15 +447,9 @@ impl<P: Platform> Core<P> {
 
     fn expire_leases(&mut self) {
         for id in self.leases.expired(self.now) {
-            let data = command::encode(&command::Command {
-                id: 0,
-                origin: 0,
-                op: Some(Op::LeaseRevoke(
-                    nod_proto::etcd::etcdserverpb::LeaseRevokeRequest { id },
-                )),
-                caller: None,
-                trace: String::new(),
-            });
+            let data = command::own(Op::LeaseRevoke(
+                nod_proto::etcd::etcdserverpb::LeaseRevokeRequest { id },
+            ));
             if self.node.propose(data).is_ok() {
                 tracing::debug!(lease = id, "lease expired; revoking");
                 self.leases.revoke_proposed(id, self.now);
@@ -502,13 +496,7 @@ impl<P: Platform> Core<P> {
         } else {
             PUBLISH_RETRY
         };
-        let data = command::encode(&command::Command {
-            id: 0,
-            origin: 0,
-            op: Some(Op::MemberAttributes(mine.clone())),
-            caller: None,
-            trace: String::new(),
-        });
+        let data = command::own(Op::MemberAttributes(mine.clone()));
         match self.node.propose(data) {
             Ok(_) => self.last_published = Some(self.now),
             Err(ProposeError::NotLeader { leader_hint }) if !leader_hint.is_none() => {

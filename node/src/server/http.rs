@@ -31,8 +31,9 @@ use tonic::transport::server::Connected;
 pub struct HttpState {
     metrics: Metrics,
     node: Arc<OnceLock<Arc<Shared>>>,
-    /// The web console (`/ui`), once clients are served; None: turned off.
-    console: Option<Arc<OnceLock<console::Backend>>>,
+    /// The web console (`/ui`): the client port's router and the member's
+    /// name, once clients are served; None: turned off.
+    console: Option<Arc<OnceLock<(axum::Router, String)>>>,
 }
 
 impl HttpState {
@@ -50,14 +51,19 @@ impl HttpState {
     }
 
     /// Clients are served: the console's calls go to them from now on.
-    pub fn console_serving(&self, backend: console::Backend) {
+    pub fn console_serving(&self, gateway: axum::Router, name: String) {
         if let Some(c) = &self.console {
-            let _ = c.set(backend);
+            let _ = c.set((gateway, name));
         }
     }
 
     fn console_backend(&self) -> Option<console::Backend> {
-        self.console.as_ref().and_then(|c| c.get().cloned())
+        let (gateway, name) = self.console.as_ref()?.get()?.clone();
+        Some(console::Backend {
+            shared: self.node.get()?.clone(),
+            gateway,
+            name,
+        })
     }
 
     fn health(&self) -> (StatusCode, String) {

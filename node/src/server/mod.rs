@@ -1265,7 +1265,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
     let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<String>();
     let initial_corrupt_check = cfg.initial_corrupt_check;
     let published = (cfg.name.clone(), cfg.advertise_client.clone());
-    let (console_state, console_shared) = (http_state.clone(), shared.clone());
+    let console_state = http_state.clone();
     tasks.push(tokio::spawn(async move {
         // As etcd: clients are served once this member's name and client
         // URLs are committed in the member table, so whoever it answers
@@ -1333,11 +1333,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, ServerError> {
         // the services through this router), and no HTTP paths.
         let grpc = grpc.into_axum_router().layer(metrics_layer);
         let app = gateway::router(grpc, api.clone(), limit);
-        console_state.console_serving(crate::console::Backend {
-            shared: console_shared,
-            gateway: app.clone(),
-            name: published.0.clone(),
-        });
+        console_state.console_serving(app.clone(), published.0.clone());
         let r = http2_server()
             .accept_http1(true)
             .trace_fn(|r| telemetry::server_span(telemetry::Port::Client, r))

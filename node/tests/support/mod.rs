@@ -51,6 +51,23 @@ pub fn dev_base_port() -> u16 {
     }
 }
 
+/// A plain HTTP/1.1 GET of `path` from `addr` (host:port): the status
+/// code and the whole response, headers included.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, response))
+}
+
 /// Starts `nod dev --base-port base --data-dir dir` and reads what it
 /// prints until a line starting with `last` (stdout is drained after);
 /// the child and every `name: value` line, by name.
@@ -314,18 +331,7 @@ impl Member {
     /// GET `path` on the metrics port: the status code and the whole
     /// response; `None` when nothing answers.
     pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect((self.host.as_str(), self.metrics_port)).ok()?;
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut response = String::new();
-        s.read_to_string(&mut response).ok()?;
-        let code = response.split_whitespace().nth(1)?.parse().ok()?;
-        Some((code, response))
+        http_get(&format!("{}:{}", self.host, self.metrics_port), path)
     }
 
     /// One metric's value from `/metrics` (0 when absent).
