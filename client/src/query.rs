@@ -9,7 +9,7 @@ use nod_proto::nodquerypb::index_client::IndexClient;
 use nod_proto::nodquerypb::query_client::QueryClient;
 use nod_proto::nodquerypb::{
     IndexCreateRequest, IndexDef, IndexDescribeRequest, IndexDescription, IndexDropRequest,
-    IndexListRequest, IndexResponse, IndexSpec, QueryRequest, QueryResponse,
+    IndexListRequest, IndexRebuildRequest, IndexResponse, IndexSpec, QueryRequest, QueryResponse,
 };
 
 use crate::client::{Client, Result, MAX_MESSAGE};
@@ -34,6 +34,18 @@ impl Client {
         self.unary(Route::Leader, Idempotence::NonIdempotent, move |ch| {
             let req = req.clone();
             async move { IndexClient::new(ch).drop(req).await }
+        })
+        .await
+    }
+
+    /// Drops the entries of the index named `name` and builds it again
+    /// from the values (BUILDING, then READY): a unique index that FAILED
+    /// on duplicates, once they are gone.
+    pub async fn index_rebuild(&mut self, name: &str) -> Result<IndexResponse> {
+        let req = IndexRebuildRequest { name: name.into() };
+        self.unary(Route::Leader, Idempotence::NonIdempotent, move |ch| {
+            let req = req.clone();
+            async move { IndexClient::new(ch).rebuild(req).await }
         })
         .await
     }

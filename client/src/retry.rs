@@ -259,6 +259,15 @@ mod tests {
                 false,
             ),
             (
+                // A unique index's refusal: applied (as a refusal), never sent again.
+                Status::failed_precondition(
+                    r#"nod: unique index "users_email": value "a@x" is already used by key "/u/a""#,
+                ),
+                Outcome::Final,
+                false,
+                false,
+            ),
+            (
                 Status::failed_precondition("etcdserver: Peer URLs already exists"),
                 Outcome::Final,
                 false,

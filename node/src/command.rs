@@ -19,9 +19,13 @@ pub const MAX_FEATURE_BYTES: usize = 64;
 
 /// Secondary indexes and queries: `Command.index` applies.
 pub const FEATURE_INDEXES: &str = "indexes";
+/// Unique indexes (a put or txn refused for a duplicate, a build that
+/// fails on one) and `IndexCommand.rebuild`: a member without them would
+/// apply such an entry differently.
+pub const FEATURE_UNIQUE_INDEXES: &str = "unique-indexes";
 /// What this binary can apply, as it publishes itself
 /// (`MemberAttributes.features`).
-pub const FEATURES: &[&str] = &[FEATURE_INDEXES];
+pub const FEATURES: &[&str] = &[FEATURE_INDEXES, FEATURE_UNIQUE_INDEXES];
 
 /// [`FEATURES`], as a member publishes them.
 pub fn features() -> Vec<String> {
@@ -196,10 +200,10 @@ fn check_index(c: &IndexCommand) -> Result<(), CommandError> {
             }
             Ok(())
         }
-        Some(IndexOp::Drop(name)) if name.len() > MAX_NAME_BYTES => {
+        Some(IndexOp::Drop(name) | IndexOp::Rebuild(name)) if name.len() > MAX_NAME_BYTES => {
             Err(CommandError::Index("name too long"))
         }
-        Some(IndexOp::Drop(_) | IndexOp::Backfill(_)) => Ok(()),
+        Some(IndexOp::Drop(_) | IndexOp::Rebuild(_) | IndexOp::Backfill(_)) => Ok(()),
     }
 }
 
@@ -345,6 +349,7 @@ mod tests {
         let good = [
             IndexOp::Create(spec.clone()),
             IndexOp::Drop("users_age".into()),
+            IndexOp::Rebuild("users_age".into()),
             IndexOp::Backfill(BackfillStep {
                 index_id: 1,
                 max_keys: 100,
@@ -369,6 +374,7 @@ mod tests {
                 ..spec.clone()
             })),
             Some(IndexOp::Drop("n".repeat(65))),
+            Some(IndexOp::Rebuild("n".repeat(65))),
         ];
         for op in bad {
             assert!(

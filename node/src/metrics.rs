@@ -2,10 +2,15 @@
 //! existing dashboards and alerts read Nod unchanged. No I/O: `/metrics`
 //! renders the registry (see `http`).
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::storage::kv_store::SKIP_REASONS;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -37,6 +42,38 @@ pub struct Metrics {
     pub autopilot_actions: IntCounterVec,
     pub gossip_nodes: IntGaugeVec,
     pub gossip_packets_dropped: IntCounterVec,
+    pub index_ready: IntGaugeVec,
+    pub index_failed: IntGaugeVec,
+    pub index_backfill_remaining: IntGaugeVec,
+    pub index_skipped: IntCounterVec,
+    pub index_refused: IntCounterVec,
+    /// The index names last shown (`set_indexes` removes the series of
+    /// those gone), and the lock that makes one scrape's update whole.
+    index_names: Arc<Mutex<BTreeSet<String>>>,
+}
+
+/// One secondary index as `/metrics` shows it, read from the store at
+/// the scrape.
+pub struct IndexMetric<'a> {
+    pub name: &'a str,
+    pub ready: bool,
+    pub failed: bool,
+    pub backfill_remaining: u64,
+    /// By [`SKIP_REASONS`], since this process started.
+    pub skipped: [u64; 4],
+    pub refused: u64,
+}
+
+/// Moves a counter to `v`, a count the store keeps (a new index of an
+/// old name starts again: the counter resets, as after a restart).
+fn counter_to(c: &IntCounter, v: u64) {
+    let have = c.get();
+    if v < have {
+        c.reset();
+        c.inc_by(v);
+    } else {
+        c.inc_by(v - have);
+    }
 }
 
 fn buckets() -> Vec<f64> {
@@ -183,7 +220,83 @@ impl Metrics {
                 ),
                 &["reason"]
             )),
+            index_ready: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "nod_index_ready",
+                    "1 if the secondary index serves queries (built), by index."
+                ),
+                &["index"]
+            )),
+            index_failed: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "nod_index_failed",
+                    "1 if the unique index's build met a duplicate (rebuild it once they are gone), by index."
+                ),
+                &["index"]
+            )),
+            index_backfill_remaining: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "nod_index_backfill_remaining_keys",
+                    "Keys the index's build has still to index (0 once built), by index."
+                ),
+                &["index"]
+            )),
+            index_skipped: reg!(IntCounterVec::new(
+                Opts::new(
+                    "nod_index_skipped_total",
+                    "Values under the index's prefix this member applied without an entry, by index and reason (too_large, not_json, missing, wrong_type)."
+                ),
+                &["index", "reason"]
+            )),
+            index_refused: reg!(IntCounterVec::new(
+                Opts::new(
+                    "nod_index_unique_refusals_total",
+                    "Puts and txns this member refused because they would duplicate a unique index's value, by index."
+                ),
+                &["index"]
+            )),
+            index_names: Arc::new(Mutex::new(BTreeSet::new())),
             registry,
+        }
+    }
+
+    /// Shows the indexes as they are now; series of indexes no longer
+    /// there go.
+    pub fn set_indexes(&self, indexes: &[IndexMetric<'_>]) {
+        let mut known = self
+            .index_names
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for gone in known.iter() {
+            if indexes.iter().any(|i| i.name == gone.as_str()) {
+                continue;
+            }
+            let _ = self.index_ready.remove_label_values(&[gone]);
+            let _ = self.index_failed.remove_label_values(&[gone]);
+            let _ = self.index_backfill_remaining.remove_label_values(&[gone]);
+            let _ = self.index_refused.remove_label_values(&[gone]);
+            for reason in SKIP_REASONS {
+                let _ = self
+                    .index_skipped
+                    .remove_label_values(&[gone.as_str(), reason]);
+            }
+        }
+        known.clear();
+        for i in indexes {
+            known.insert(i.name.to_string());
+            self.index_ready
+                .with_label_values(&[i.name])
+                .set(i64::from(i.ready));
+            self.index_failed
+                .with_label_values(&[i.name])
+                .set(i64::from(i.failed));
+            self.index_backfill_remaining
+                .with_label_values(&[i.name])
+                .set(i64::try_from(i.backfill_remaining).unwrap_or(i64::MAX));
+            for (reason, n) in SKIP_REASONS.iter().zip(i.skipped) {
+                counter_to(&self.index_skipped.with_label_values(&[i.name, reason]), n);
+            }
+            counter_to(&self.index_refused.with_label_values(&[i.name]), i.refused);
         }
     }
 

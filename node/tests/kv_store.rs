@@ -99,6 +99,7 @@ conformance!(
     a_secondary_index_backfills_follows_writes_and_loses_compacted_entries,
     index_declarations_are_checked_and_refusals_change_nothing_else,
     indexes_wait_for_every_member_to_publish_the_feature,
+    unique_indexes_refuse_duplicates_whole_and_a_failed_build_is_rebuilt,
 );
 
 struct Fixture<B: Backend> {
@@ -1409,7 +1410,8 @@ fn index_declarations_are_checked_and_refusals_change_nothing_else<H: Harness>(h
                 bad.unique = true;
                 bad.clone()
             },
-            KvError::Invalid(String::new()),
+            // Unique indexes have a feature of their own, not enabled here.
+            KvError::FeatureMissing(nod::command::FEATURE_UNIQUE_INDEXES),
         ),
     ];
     for (spec, want) in refusals {
@@ -1544,4 +1546,281 @@ fn indexes_wait_for_every_member_to_publish_the_feature<H: Harness>(h: &mut H) {
     assert!(!publish(&mut f, 9, features()));
     assert_eq!(f.store.applied(), (f.index, 1));
     assert!(f.store.features_of(9).is_empty());
+}
+
+fn email_index(name: &str, prefix: &str) -> IndexSpec {
+    IndexSpec {
+        name: name.into(),
+        prefix: prefix.into(),
+        fields: vec![IndexField {
+            path: "email".into(),
+            r#type: FieldType::String as i32,
+        }],
+        unique: true,
+    }
+}
+
+fn try_txn<B: Backend>(f: &mut Fixture<B>, puts: &[(&str, &str)]) -> Result<(), KvError> {
+    let at = f.next();
+    let txn = TxnRequest {
+        success: puts
+            .iter()
+            .map(|(k, v)| RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: k.as_bytes().to_vec(),
+                    value: v.as_bytes().to_vec(),
+                    ..Default::default()
+                })),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let r = f.store.apply_txn(&txn, at).unwrap().into_result();
+    assert_eq!(f.store.applied(), at, "applied either way");
+    r.map(|_| ())
+}
+
+fn rebuild<B: Backend>(f: &mut Fixture<B>, name: &str) -> Result<IndexDef, KvError> {
+    let at = f.next();
+    f.store
+        .apply_index_rebuild(name, at)
+        .unwrap()
+        .into_result()
+        .map(|a| a.response)
+}
+
+fn backfill<B: Backend>(f: &mut Fixture<B>, id: u32, keys: u32) -> IndexState {
+    let at = f.next();
+    f.store.apply_backfill(id, keys, at).unwrap();
+    f.store
+        .indexes()
+        .iter()
+        .find(|d| d.id == id)
+        .expect("the index")
+        .state
+        .clone()
+}
+
+fn violation(value: &str, by: &str) -> KvError {
+    KvError::UniqueViolation {
+        index: "users_email".into(),
+        value: value.into(),
+        by: by.into(),
+    }
+}
+
+/// A unique index refuses a put or a txn that would leave two keys with
+/// one value, whole and atomically, on every member alike (the check
+/// reads the entries stored and those of the open batch, and the keys'
+/// visible changes, all applied state); a key keeping or handing over
+/// its value, a delete freeing one, and values the index skips pass. A
+/// build over duplicates fails and holds nothing; once they are gone, a
+/// rebuild makes it ready, and writes are checked again.
+fn unique_indexes_refuse_duplicates_whole_and_a_failed_build_is_rebuilt<H: Harness>(h: &mut H) {
+    use nod::command::FEATURE_UNIQUE_INDEXES;
+    let mut f = create(h);
+    let spec = email_index("users_email", "/u/");
+    assert_eq!(
+        create_index(&mut f, &spec).unwrap_err(),
+        KvError::FeatureMissing(FEATURE_UNIQUE_INDEXES)
+    );
+    assert_eq!(
+        rebuild(&mut f, "users_email").unwrap_err(),
+        KvError::FeatureMissing(FEATURE_UNIQUE_INDEXES),
+        "rebuild comes with the same feature"
+    );
+    let at = f.next();
+    f.store
+        .apply_enable_feature(FEATURE_UNIQUE_INDEXES, at)
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let def = create_index(&mut f, &spec).unwrap();
+    assert!(def.ready_since().is_some(), "nothing to backfill");
+
+    f.put("/u/a", r#"{"email": "a@x"}"#);
+    let rev = f.store.current_revision();
+    let e = try_txn(&mut f, &[("/u/b", r#"{"email": "a@x", "n": 1}"#)]).unwrap_err();
+    assert_eq!(e, violation("\"a@x\"", "key \"/u/a\""));
+    assert_eq!(
+        e.to_string(),
+        r#"nod: unique index "users_email": value "a@x" is already used by key "/u/a""#
+    );
+    assert_eq!(f.store.current_revision(), rev, "nothing written");
+    assert_eq!(f.get("/u/b", 0), Ok(None));
+    // A key keeps its own value; skipped values and other prefixes pass.
+    f.put("/u/a", r#"{"email": "a@x", "v": 2}"#);
+    f.put("/u/c", "not json");
+    f.put("/u/d", r#"{"name": "d"}"#);
+    f.put("/u/e", r#"{"email": 5}"#);
+    f.put("/w/a", r#"{"email": "a@x"}"#);
+    // One txn hands a's value to b: a leaves it in the same revision.
+    try_txn(
+        &mut f,
+        &[
+            ("/u/a", r#"{"email": "z@x"}"#),
+            ("/u/b", r#"{"email": "a@x"}"#),
+        ],
+    )
+    .unwrap();
+    // A txn whose second put conflicts is refused whole.
+    let rev = f.store.current_revision();
+    assert_eq!(
+        try_txn(
+            &mut f,
+            &[
+                ("/u/f", r#"{"email": "f@x"}"#),
+                ("/u/g", r#"{"email": "z@x"}"#),
+            ],
+        ),
+        Err(violation("\"z@x\"", "key \"/u/a\""))
+    );
+    assert_eq!(f.store.current_revision(), rev);
+    assert_eq!(f.get("/u/f", 0), Ok(None), "the first put is gone too");
+    // Two keys of one txn with one new value.
+    assert_eq!(
+        try_txn(
+            &mut f,
+            &[
+                ("/u/f", r#"{"email": "same"}"#),
+                ("/u/g", r#"{"email": "same"}"#),
+            ],
+        ),
+        Err(violation("\"same\"", "key \"/u/f\""))
+    );
+    // A delete frees a value.
+    f.del("/u/b", "");
+    f.put("/u/g", r#"{"email": "a@x"}"#);
+    // Within one batch (a Ready), an entry not yet in the backend counts.
+    f.store.begin_batch();
+    f.put("/u/h", r#"{"email": "h@x"}"#);
+    assert_eq!(
+        try_txn(&mut f, &[("/u/i", r#"{"email": "h@x"}"#)]),
+        Err(violation("\"h@x\"", "key \"/u/h\""))
+    );
+    f.store.end_batch().unwrap();
+    let mut f = reopen(h, f);
+    assert_eq!(
+        try_txn(&mut f, &[("/u/i", r#"{"email": "h@x"}"#)]),
+        Err(violation("\"h@x\"", "key \"/u/h\"")),
+        "and after the batch is written, and reopened"
+    );
+    // a three times, b, g and h: an entry per put record since.
+    assert_eq!(verified(&f, def.id), 6);
+
+    // A build over duplicates fails and drops what it indexed.
+    f.put("/p/a", r#"{"email": "dup"}"#);
+    f.put("/p/b", r#"{"email": "dup"}"#);
+    f.put("/p/c", r#"{"email": "c"}"#);
+    let p = create_index(&mut f, &email_index("p_email", "/p/")).unwrap();
+    assert!(matches!(
+        p.state,
+        IndexState::Building { keys_total: 3, .. }
+    ));
+    // Writes during the build are checked against what is indexed: not b.
+    f.put("/p/d", r#"{"email": "d"}"#);
+    assert!(matches!(
+        backfill(&mut f, p.id, 1),
+        IndexState::Building { keys_done: 1, .. }
+    ));
+    assert_eq!(verified(&f, p.id), 2, "a, and d by apply");
+    let IndexState::Failed { reason } = backfill(&mut f, p.id, 10) else {
+        panic!("a duplicate fails the build");
+    };
+    assert!(
+        reason.contains(r#"value "dup" is held by keys "/p/a" and "/p/b""#),
+        "{reason}"
+    );
+    assert_eq!(verified(&f, p.id), 0, "a failed index holds nothing");
+    let stored: Vec<_> = f
+        .store
+        .indexes()
+        .iter()
+        .map(|d| (d.id, d.state.clone()))
+        .collect();
+    // A failed index checks nothing, and stays failed across a reopen.
+    f.put("/p/e", r#"{"email": "c"}"#);
+    let mut f = reopen(h, f);
+    let reopened: Vec<_> = f
+        .store
+        .indexes()
+        .iter()
+        .map(|d| (d.id, d.state.clone()))
+        .collect();
+    assert_eq!(reopened, stored);
+    // Rebuilt over the same duplicates: failed again.
+    assert!(matches!(
+        rebuild(&mut f, "p_email").unwrap().state,
+        IndexState::Building { keys_total: 5, .. }
+    ));
+    assert!(matches!(
+        backfill(&mut f, p.id, 100),
+        IndexState::Failed { .. }
+    ));
+    // Fixed, then rebuilt: ready, and checking again.
+    f.del("/p/b", "");
+    f.del("/p/e", "");
+    let since = f.store.current_revision();
+    rebuild(&mut f, "p_email").unwrap();
+    assert_eq!(backfill(&mut f, p.id, 100), IndexState::Ready { since });
+    assert_eq!(verified(&f, p.id), 3, "a, c, d");
+    assert_eq!(
+        try_txn(&mut f, &[("/p/z", r#"{"email": "dup"}"#)]),
+        Err(KvError::UniqueViolation {
+            index: "p_email".into(),
+            value: "\"dup\"".into(),
+            by: "key \"/p/a\"".into(),
+        })
+    );
+    assert_eq!(
+        rebuild(&mut f, "nope").unwrap_err(),
+        KvError::IndexNotFound("nope".into())
+    );
+
+    // Dropped and declared again in one batch, the new index takes the
+    // dropped one's id: the old entries, still in the backend until the
+    // batch is written, no longer count, and the new index has none yet.
+    f.store.begin_batch();
+    let at = f.next();
+    f.store
+        .apply_index_drop("p_email", at)
+        .unwrap()
+        .into_result()
+        .unwrap();
+    let again = create_index(&mut f, &email_index("p_email", "/p/")).unwrap();
+    assert_eq!(again.id, p.id);
+    try_txn(&mut f, &[("/p/y", r#"{"email": "dup"}"#)]).unwrap();
+    f.store.end_batch().unwrap();
+    assert!(matches!(
+        backfill(&mut f, again.id, 100),
+        IndexState::Failed { .. }
+    ));
+
+    // With auth on, the refusal does not name the key holding the value.
+    {
+        use nod::auth::auth_command::Op as A;
+        use nod_proto::etcd::etcdserverpb::{
+            AuthEnableRequest, AuthUserAddRequest, AuthUserGrantRoleRequest,
+        };
+        for op in [
+            A::UserAdd(AuthUserAddRequest {
+                name: "root".into(),
+                hashed_password: "$2b$04$hash".into(),
+                ..Default::default()
+            }),
+            A::UserGrantRole(AuthUserGrantRoleRequest {
+                user: "root".into(),
+                role: "root".into(),
+            }),
+            A::Enable(AuthEnableRequest {}),
+        ] {
+            let at = f.next();
+            f.store.apply_auth(&op, None, at).unwrap();
+        }
+        assert!(f.store.auth().enabled());
+    }
+    assert_eq!(
+        try_txn(&mut f, &[("/u/j", r#"{"email": "h@x"}"#)]),
+        Err(violation("\"h@x\"", "another key"))
+    );
 }

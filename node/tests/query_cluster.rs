@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use nod_proto::etcd::etcdserverpb::{request_op, PutRequest, RequestOp, TxnRequest};
 use serde_json::Value;
-use support::{alice_on_a_prefix, eventually, leader, nod_cmd, nod_cmd_ok, Cluster};
+use support::{
+    alice_on_a_prefix, etcdctl, etcdctl_ok, eventually, leader, nod_cmd, nod_cmd_ok, Cluster,
+};
 
 const CITIES: [&str; 5] = ["Oslo", "Bergen", "Trondheim", "Tromsø", "Bodø"];
 
@@ -309,6 +311,197 @@ async fn indexes_are_declared_built_and_queried_on_every_member() {
         let v = query_json(&m.endpoint(), text, "best");
         assert_eq!(keys_of(&v), want);
         assert!(v["plan"].as_str().unwrap().contains("prefix"), "{v}");
+    }
+}
+
+/// Every member's `nod index describe NAME --verify` line, once it
+/// contains `want` (and the entries match the values).
+async fn described_everywhere(cluster: &Cluster, name: &str, want: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    for m in &cluster.members {
+        let ep = m.endpoint();
+        let line = eventually(
+            &format!("{name} to be {want} on {ep}"),
+            Duration::from_secs(30),
+            || {
+                let ep = ep.clone();
+                async move {
+                    let out = nod_cmd(
+                        &["--endpoints", &ep, "index", "describe", name, "--verify"],
+                        &[],
+                    );
+                    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                    (out.status.success() && text.contains(want)).then_some(text)
+                }
+            },
+        )
+        .await;
+        lines.push(line);
+    }
+    lines
+}
+
+/// A unique index on a cluster: its build over a duplicate fails on every
+/// member, with the keys in its state; once the duplicate is deleted,
+/// `nod index rebuild` makes it ready; then a put (etcdctl's, and ours
+/// through a follower) or a txn that would duplicate a value is refused
+/// with FAILED_PRECONDITION and the holder's key, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_index_refuses_duplicates_and_a_failed_build_is_rebuilt() {
+    let cluster = Cluster::start(3);
+    let eps = cluster.endpoints();
+    let leader_id = leader(&eps).await;
+    let mut follower = None;
+    for (i, m) in cluster.members.iter().enumerate() {
+        let s = m.client().status().await.expect("status");
+        if s.header.map(|h| h.member_id) != Some(leader_id) {
+            follower = Some(i);
+        }
+    }
+    let follower = follower.expect("a follower among three");
+    let fep = cluster.members[follower].endpoint();
+    let mut c = cluster.members[0].client();
+    let put = |k: String, email: String| PutRequest {
+        key: k.into_bytes(),
+        value: format!(r#"{{"email": "{email}"}}"#).into_bytes(),
+        ..Default::default()
+    };
+    for i in 0..300 {
+        c.put(put(format!("/acct/{i:05}"), format!("u{i}@x")))
+            .await
+            .expect("put");
+    }
+    c.put(put("/acct/dup".into(), "u7@x".into()))
+        .await
+        .expect("put");
+
+    let create = [
+        "--endpoints",
+        fep.as_str(),
+        "index",
+        "create",
+        "acct_email",
+        "--prefix",
+        "/acct/",
+        "--field",
+        "email:string",
+        "--unique",
+    ];
+    let created = eventually(
+        "the unique index declared",
+        Duration::from_secs(20),
+        || async move {
+            let out = nod_cmd(&create, &[]);
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        },
+    )
+    .await;
+    assert!(created.contains("created: building"), "{created}");
+    for line in described_everywhere(&cluster, "acct_email", "failed:").await {
+        assert!(
+            line.contains(r#"value "u7@x" is held by keys "/acct/00007" and "/acct/dup""#)
+                && line.contains("0 missing, 0 extra"),
+            "{line}"
+        );
+    }
+    for m in &cluster.members {
+        assert_eq!(m.metric(r#"nod_index_failed{index="acct_email"}"#), 1.0);
+        assert_eq!(m.metric(r#"nod_index_ready{index="acct_email"}"#), 0.0);
+    }
+    // Failed: it checks nothing, and a query does not use it.
+    c.put(put("/acct/dup2".into(), "u8@x".into()))
+        .await
+        .expect("a failed index refuses nothing");
+
+    // The duplicates deleted, rebuilt (from a follower): ready everywhere.
+    for k in ["/acct/dup", "/acct/dup2"] {
+        etcdctl_ok(&fep, &["del", k]);
+    }
+    let rebuilt = nod_cmd_ok(
+        &["--endpoints", &fep, "index", "rebuild", "acct_email"],
+        &[],
+    );
+    assert!(
+        rebuilt.contains("index acct_email rebuilding: building (0 of 300 keys"),
+        "{rebuilt}"
+    );
+    described_everywhere(&cluster, "acct_email", "ready (from revision").await;
+    for m in &cluster.members {
+        assert_eq!(m.metric(r#"nod_index_ready{index="acct_email"}"#), 1.0);
+        assert_eq!(m.metric(r#"nod_index_failed{index="acct_email"}"#), 0.0);
+        assert_eq!(
+            m.metric(r#"nod_index_backfill_remaining_keys{index="acct_email"}"#),
+            0.0
+        );
+    }
+    let list = nod_cmd_ok(&["--endpoints", &fep, "index", "list"], &[]);
+    assert!(
+        list.contains("acct_email, /acct/, email:string unique, ready"),
+        "{list}"
+    );
+
+    // etcdctl's put of a used value: refused with the holder's key.
+    let refused = etcdctl(&fep, &["put", "/acct/new", r#"{"email": "u1@x"}"#], None);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        err.contains(
+            r#"nod: unique index "acct_email": value "u1@x" is already used by key "/acct/00001""#
+        ),
+        "{err}"
+    );
+    // Ours through a follower: FAILED_PRECONDITION, after forwarding.
+    let mut f = cluster.members[follower].client();
+    match f.put(put("/acct/new".into(), "u2@x".into())).await {
+        Err(nod_client::ClientError::Status(s)) => {
+            assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}")
+        }
+        other => panic!("a duplicate put answered {other:?}"),
+    }
+    // A txn whose second put duplicates: nothing of it is written.
+    let txn = TxnRequest {
+        success: [("/acct/t1", "t1@x"), ("/acct/t2", "u3@x")]
+            .iter()
+            .map(|(k, e)| RequestOp {
+                request: Some(request_op::Request::RequestPut(put(
+                    k.to_string(),
+                    e.to_string(),
+                ))),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let rev = c.status().await.expect("status").header.unwrap().revision;
+    assert!(c.txn(txn).await.is_err(), "a duplicating txn is refused");
+    assert_eq!(etcdctl_ok(&fep, &["get", "/acct/t1"]), "");
+    // A key keeping its value, or moving to a free one, is fine.
+    c.put(put("/acct/00004".into(), "u4@x".into()))
+        .await
+        .expect("the same key again");
+    c.put(put("/acct/00005".into(), "five@x".into()))
+        .await
+        .expect("a free value");
+    let after = c.status().await.expect("status").header.unwrap().revision;
+    assert_eq!(after, rev + 2, "only the two good puts wrote");
+    // A value that is not JSON is skipped, counted, never refused.
+    etcdctl_ok(&fep, &["put", "/acct/plain", "not json"]);
+    described_everywhere(&cluster, "acct_email", "0 missing, 0 extra").await;
+    // Every member applied the three refusals and the skip itself.
+    for m in &cluster.members {
+        let ep = m.endpoint();
+        eventually(
+            &format!("the index's counters on {ep}"),
+            Duration::from_secs(10),
+            || async {
+                (m.metric(r#"nod_index_unique_refusals_total{index="acct_email"}"#) == 3.0
+                    && m.metric(r#"nod_index_skipped_total{index="acct_email",reason="not_json"}"#)
+                        == 1.0)
+                    .then_some(())
+            },
+        )
+        .await;
     }
 }
 

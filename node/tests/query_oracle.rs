@@ -5,7 +5,10 @@
 //! compactions drop old revisions (and their entries, a sweep step at a
 //! time), indexes are declared, backfilled step by step and dropped, and
 //! the stores are reopened mid-way. Every index also matches what its
-//! records give (`verify_secondary`) after every step.
+//! records give (`verify_secondary`) after every step. Two of the indexes
+//! are unique: no ready one ever has two live keys with one tuple, a
+//! write it refuses would have made such a pair, and a build it gives up
+//! (FAILED) met one; a rebuild starts it again.
 //!
 //! Every document an index access finds is checked against the whole
 //! WHERE clause again, so a stale entry costs a read, not a wrong row:
@@ -21,7 +24,9 @@
 //! kept revision. Queries run between batches, as the server runs them.
 
 use nod::storage::backend::Backend;
-use nod::storage::kv_store::{query_doc, Outcome, PlanChoice, QueryError};
+use std::collections::BTreeMap;
+
+use nod::storage::kv_store::{query_doc, IndexDef, IndexState, Outcome, PlanChoice, QueryError};
 use nod::storage::{KvError, KvStore};
 use nod_proto::etcd::etcdserverpb::{
     request_op, CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
@@ -55,7 +60,7 @@ fn specs() -> Vec<IndexSpec> {
                 r#type: *ty as i32,
             })
             .collect(),
-        unique: false,
+        unique: name.starts_with("uniq_"),
     };
     vec![
         spec("city", "/u/", &[("city", FieldType::String)]),
@@ -67,6 +72,12 @@ fn specs() -> Vec<IndexSpec> {
         ),
         spec("ok", "/u/k1", &[("ok", FieldType::Bool)]),
         spec("nested", "/", &[("a.b", FieldType::Number)]),
+        spec("uniq_city", "/u/", &[("city", FieldType::String)]),
+        spec(
+            "uniq_age_ok",
+            "/u/",
+            &[("age", FieldType::Number), ("ok", FieldType::Bool)],
+        ),
     ]
 }
 
@@ -83,6 +94,7 @@ enum Op {
     Sweep(usize),
     Create(usize),
     Drop(usize),
+    Rebuild(usize),
     Backfill(usize, u32),
     BeginBatch,
     EndBatch,
@@ -134,6 +146,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1..4usize).prop_map(Op::Sweep),
         2 => (0..n).prop_map(Op::Create),
         1 => (0..n).prop_map(Op::Drop),
+        1 => (0..n).prop_map(Op::Rebuild),
         3 => (0..n, 1..4u32).prop_map(|(i, m)| Op::Backfill(i, m)),
         1 => Just(Op::BeginBatch),
         1 => Just(Op::EndBatch),
@@ -316,6 +329,7 @@ fn step<B: Backend>(store: &mut KvStore<B>, op: &Op, at: (u64, u64)) -> String {
         }
         Op::Create(i) => shown(store.apply_index_create(&specs[*i], at)),
         Op::Drop(i) => shown(store.apply_index_drop(&specs[*i].name, at)),
+        Op::Rebuild(i) => shown(store.apply_index_rebuild(&specs[*i].name, at)),
         Op::Backfill(i, max) => {
             let id = id_of(store, *i);
             shown(store.apply_backfill(id, *max, at))
@@ -348,6 +362,42 @@ fn indexes_hold<B: Backend>(store: &KvStore<B>, name: &str) -> Result<(), TestCa
         );
     }
     Ok(())
+}
+
+/// Every live key and its value, at the current revision.
+fn live<B: Backend>(store: &KvStore<B>) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    store
+        .range(&RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .expect("a range")
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect()
+}
+
+/// The first unique index of `defs` (those `which` says) for which two
+/// keys of `docs` give one tuple.
+fn duplicated(
+    defs: &[IndexDef],
+    docs: &BTreeMap<Vec<u8>, Vec<u8>>,
+    which: impl Fn(&IndexDef) -> bool,
+) -> Option<String> {
+    for def in defs.iter().filter(|d| d.spec.unique && which(d)) {
+        let mut seen = Vec::new();
+        for (_, v) in docs.iter().filter(|(k, _)| def.spec.covers(k)) {
+            if let Ok(t) = def.spec.tuple(v) {
+                if seen.contains(&t) {
+                    return Some(format!("{} has {t:?} twice", def.spec.name));
+                }
+                seen.push(t);
+            }
+        }
+    }
+    None
 }
 
 /// Every way of answering `q` at `at` on `store` gives the oracle's rows;
@@ -399,6 +449,16 @@ fn answers_agree<B: Backend>(
     Ok(indexed)
 }
 
+/// The indexes whose build failed.
+fn failed<B: Backend>(store: &KvStore<B>) -> Vec<String> {
+    store
+        .indexes()
+        .iter()
+        .filter(|d| matches!(d.state, IndexState::Failed { .. }))
+        .map(|d| d.spec.name.clone())
+        .collect()
+}
+
 struct Pair {
     rocks: KvStore<nod::storage::backend::RocksBackend>,
     memory: KvStore<nod::storage::backend::MemoryBackend>,
@@ -419,13 +479,19 @@ impl Pair {
             in_batch: false,
             _dir: dir,
         };
-        let feature = nod::command::FEATURE_INDEXES;
-        pair.rocks
-            .apply_enable_feature(feature, (1, 1))
-            .expect("the store works");
-        pair.memory
-            .apply_enable_feature(feature, (1, 1))
-            .expect("the store works");
+        for feature in [
+            nod::command::FEATURE_INDEXES,
+            nod::command::FEATURE_UNIQUE_INDEXES,
+        ] {
+            pair.index += 1;
+            let at = (pair.index, 1);
+            pair.rocks
+                .apply_enable_feature(feature, at)
+                .expect("the store works");
+            pair.memory
+                .apply_enable_feature(feature, at)
+                .expect("the store works");
+        }
         pair
     }
 
@@ -447,13 +513,72 @@ impl Pair {
         }
         self.index += 1;
         let at = (self.index, 1);
+        let before = live(&self.rocks);
+        let failed_before: Vec<String> = failed(&self.rocks);
         let rocks = step(&mut self.rocks, op, at);
         let memory = step(&mut self.memory, op, at);
-        prop_assert_eq!(rocks, memory, "{:?} answered differently", op);
+        prop_assert_eq!(&rocks, &memory, "{:?} answered differently", op);
+        self.unique_holds(op, &rocks, before, &failed_before)?;
         match op {
             Op::BeginBatch => self.in_batch = true,
             Op::EndBatch => self.in_batch = false,
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// A unique index refused `op` (answered `answer`) only if it would
+    /// have left two live keys with one tuple; no ready one has such a
+    /// pair; one whose build failed in this step had one.
+    fn unique_holds(
+        &self,
+        op: &Op,
+        answer: &str,
+        mut docs: BTreeMap<Vec<u8>, Vec<u8>>,
+        failed_before: &[String],
+    ) -> Result<(), TestCaseError> {
+        let defs = self.rocks.indexes();
+        if answer.starts_with("refused: nod: unique index") {
+            let puts: Vec<(usize, String)> = match op {
+                Op::Put(k, doc) => vec![(*k, doc.clone())],
+                Op::Txn(puts) => puts.clone(),
+                _ => return Err(TestCaseError::fail(format!("{op:?}: {answer}"))),
+            };
+            let mut done = Vec::new();
+            for (k, doc) in puts {
+                // The first of each key, as `step` sends a txn.
+                if !done.contains(&k) {
+                    done.push(k);
+                    docs.insert(KEYS[k].into(), doc.into_bytes());
+                }
+            }
+            prop_assert!(
+                duplicated(defs, &docs, |d| !matches!(
+                    d.state,
+                    IndexState::Failed { .. }
+                ))
+                .is_some(),
+                "{:?} refused with no duplicate to make: {}",
+                op,
+                answer
+            );
+        }
+        let now = live(&self.rocks);
+        prop_assert_eq!(
+            duplicated(defs, &now, |d| d.ready_since().is_some()),
+            None,
+            "a ready unique index after {:?}",
+            op
+        );
+        for name in failed(&self.rocks) {
+            if !failed_before.contains(&name) {
+                prop_assert!(
+                    duplicated(defs, &now, |d| d.spec.name == name).is_some(),
+                    "{} failed at {:?} with no duplicate",
+                    name,
+                    op
+                );
+            }
         }
         Ok(())
     }
@@ -602,5 +727,170 @@ fn indexes_answer_with_stale_and_compacted_entries_around() {
     assert!(matches!(
         pair.rocks.query(q, at, PlanChoice::Best, tight),
         Err(QueryError::OverLimit(_))
+    ));
+}
+
+/// The server's queries take the store's lock a page at a time: writes
+/// made between pages (at later revisions, as the apply loop makes them)
+/// leave the answer as the store's at the query's revision, through a
+/// prefix scan and through an index; a compaction past that revision
+/// between pages ends the query as etcd ends a read of a compacted
+/// revision; past its time budget it ends too.
+#[test]
+fn a_paged_query_lets_writes_in_between_and_answers_at_its_revision() {
+    use std::sync::RwLock;
+    use std::time::Duration;
+    let mut pair = Pair::new();
+    for i in 0..20usize {
+        pair.apply(&Op::Put(
+            i % 7,
+            format!(
+                r#"{{"city": "{}", "age": {}}}"#,
+                ["Oslo", "Bergen"][i % 2],
+                i % 50
+            ),
+        ))
+        .unwrap();
+    }
+    pair.apply(&Op::Create(0)).unwrap();
+    pair.apply(&Op::Backfill(0, 100)).unwrap();
+    let mut store = pair.memory;
+    let mut index = pair.index;
+    // A thousand documents more, under keys of their own.
+    for i in 0..1000usize {
+        index += 1;
+        store
+            .apply_put(
+                &PutRequest {
+                    key: format!("/u/many/{i:04}").into_bytes(),
+                    value: format!(
+                        r#"{{"city": "{}", "n": {i}}}"#,
+                        ["Oslo", "Bergen"][i % 3 / 2]
+                    )
+                    .into_bytes(),
+                    ..Default::default()
+                },
+                (index, 1),
+            )
+            .unwrap();
+    }
+    assert!(store.index_named("city").unwrap().ready_since().is_some());
+    let lock = RwLock::new(store);
+    let texts = [
+        (
+            "SELECT KEY, n FROM '/u/' ORDER BY KEY",
+            PlanChoice::PrefixScan,
+        ),
+        (
+            "SELECT KEY, n FROM '/u/' WHERE city = 'Oslo' ORDER BY KEY",
+            PlanChoice::Index("city"),
+        ),
+    ];
+    for (text, choice) in texts {
+        let q = parse(text).unwrap();
+        let (want, at) = {
+            let store = lock.read().unwrap();
+            let at = store.current_revision();
+            (oracle(&*store, &q, at), at)
+        };
+        let mut writes = 0u64;
+        let mut between = || {
+            writes += 1;
+            index += 1;
+            let mut store = lock.write().unwrap();
+            let key = format!("/u/many/{:04}", writes * 7 % 1000);
+            store
+                .apply_put(
+                    &PutRequest {
+                        key: key.into_bytes(),
+                        value: br#"{"city": "Oslo", "n": -1}"#.to_vec(),
+                        ..Default::default()
+                    },
+                    (index, 1),
+                )
+                .unwrap();
+            index += 1;
+            store
+                .apply_delete(
+                    &DeleteRangeRequest {
+                        key: format!("/u/many/{:04}", writes * 11 % 1000).into_bytes(),
+                        ..Default::default()
+                    },
+                    (index, 1),
+                )
+                .unwrap();
+        };
+        let got = KvStore::query_locked(
+            &lock,
+            &q,
+            0,
+            choice,
+            LIMITS,
+            Duration::from_secs(600),
+            &mut between,
+        )
+        .unwrap();
+        assert_eq!(got.plan.revision, at, "{text}");
+        assert_eq!(
+            (&got.output.rows, got.output.count),
+            (&want.rows, want.count),
+            "{text}"
+        );
+        assert!(got.pages >= 3, "{text}: {} pages", got.pages);
+        assert_eq!(writes, got.pages, "a write between every two pages");
+        assert!(lock.read().unwrap().current_revision() > at);
+    }
+
+    // A compaction past the query's revision between pages ends it.
+    let q = parse("SELECT KEY FROM '/u/' ORDER BY KEY").unwrap();
+    let mut compact = || {
+        index += 1;
+        let mut store = lock.write().unwrap();
+        store
+            .apply_put(
+                &PutRequest {
+                    key: b"/u/many/0000".to_vec(),
+                    value: b"{}".to_vec(),
+                    ..Default::default()
+                },
+                (index, 1),
+            )
+            .unwrap();
+        index += 1;
+        let now = store.current_revision();
+        store
+            .apply_compaction(
+                &CompactionRequest {
+                    revision: now,
+                    physical: false,
+                },
+                (index, 1),
+            )
+            .unwrap();
+    };
+    assert!(matches!(
+        KvStore::query_locked(
+            &lock,
+            &q,
+            0,
+            PlanChoice::PrefixScan,
+            LIMITS,
+            Duration::from_secs(600),
+            &mut compact,
+        ),
+        Err(QueryError::Request(KvError::Compacted))
+    ));
+    // No time left: ended at the first page's end.
+    assert!(matches!(
+        KvStore::query_locked(
+            &lock,
+            &q,
+            0,
+            PlanChoice::PrefixScan,
+            LIMITS,
+            Duration::ZERO,
+            &mut || {},
+        ),
+        Err(QueryError::TimedOut(_))
     ));
 }

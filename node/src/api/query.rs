@@ -5,7 +5,8 @@
 //! member's catalog. A query is parsed here, made linearizable unless it
 //! says SERIALIZABLE, and answered from this member's store at one
 //! revision in a blocking task, at most `MAX_CONCURRENT_QUERIES` at a
-//! time, within `QUERY_LIMITS`. Auth: DDL is root's (checked when the
+//! time, within `QUERY_LIMITS` and `QUERY_BUDGET`, taking the store's
+//! read lock a page at a time (`KvStore::query_locked`). Auth: DDL is root's (checked when the
 //! entry applies, as every write); a query, a listing and a description
 //! need read access to the index's or the query's whole prefix.
 
@@ -21,14 +22,15 @@ use crate::command::{IndexCommand, IndexOp, Op};
 use crate::server::driver::{Applied, Outcome};
 use crate::server::node::{Ctx, Node, Route};
 use crate::storage::kv_store::{spec_from_proto, IndexDef, PlanChoice, QueryAnswer, QueryError};
-use crate::storage::KvError;
+use crate::storage::{KvError, KvStore};
 use nod_proto::nodquerypb::index_client::IndexClient;
 use nod_proto::nodquerypb::index_server::Index;
 use nod_proto::nodquerypb::query_request::Plan as PlanWanted;
 use nod_proto::nodquerypb::query_server::Query as QueryRpc;
 use nod_proto::nodquerypb::{
     IndexCreateRequest, IndexDescribeRequest, IndexDescription, IndexDropRequest, IndexListRequest,
-    IndexListResponse, IndexResponse, QueryRequest, QueryResponse, QueryRow, QueryStats,
+    IndexListResponse, IndexRebuildRequest, IndexResponse, QueryRequest, QueryResponse, QueryRow,
+    QueryStats,
 };
 use nod_query::exec::Limits;
 use nod_query::spec::MAX_NAME_BYTES;
@@ -36,12 +38,14 @@ use nod_query::spec::MAX_NAME_BYTES;
 /// Queries one member answers at once; more wait their turn.
 pub const MAX_CONCURRENT_QUERIES: usize = 4;
 /// Rows one answer may have, and index entries and documents one query
-/// may read: a query holds the store's read lock while it runs, so the
-/// apply loop waits behind it (about 100 ms at the limit).
+/// may read (a query takes the store's read lock a page at a time, so
+/// writes go on meanwhile; these bound its work and its answer).
 pub const QUERY_LIMITS: Limits = Limits {
     max_rows: 10_000,
-    max_examined: 100_000,
+    max_examined: 1_000_000,
 };
+/// How long one query may run before it is ended (DEADLINE_EXCEEDED).
+pub const QUERY_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct IndexService {
     pub node: Arc<Node>,
@@ -87,6 +91,17 @@ impl IndexService {
     }
 }
 
+/// The index command `op` makes of a name a client sent (one that no
+/// index can have is not found).
+fn by_name(name: &str, op: fn(String) -> IndexOp) -> Result<Op, Status> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(kv_status(KvError::IndexNotFound(name.to_string())));
+    }
+    Ok(Op::Index(IndexCommand {
+        op: Some(op(name.to_string())),
+    }))
+}
+
 #[tonic::async_trait]
 impl Index for IndexService {
     async fn create(
@@ -122,16 +137,29 @@ impl Index for IndexService {
     ) -> Result<Response<IndexResponse>, Status> {
         let ctx = self.node.ctx(&request).await?;
         let req = request.into_inner();
-        if req.name.is_empty() || req.name.len() > MAX_NAME_BYTES {
-            return Err(kv_status(KvError::IndexNotFound(req.name)));
-        }
-        let op = Op::Index(IndexCommand {
-            op: Some(IndexOp::Drop(req.name.clone())),
-        });
+        let op = by_name(&req.name, IndexOp::Drop)?;
         match self.node.propose(op, &ctx).await {
             Route::Forward(ch) => {
                 IndexClient::new(ch)
                     .drop(Node::forward_request(req, &ctx))
+                    .await
+            }
+            Route::Done(Err(s)) => Err(s),
+            Route::Done(Ok(a)) => self.answer(a),
+        }
+    }
+
+    async fn rebuild(
+        &self,
+        request: Request<IndexRebuildRequest>,
+    ) -> Result<Response<IndexResponse>, Status> {
+        let ctx = self.node.ctx(&request).await?;
+        let req = request.into_inner();
+        let op = by_name(&req.name, IndexOp::Rebuild)?;
+        match self.node.propose(op, &ctx).await {
+            Route::Forward(ch) => {
+                IndexClient::new(ch)
+                    .rebuild(Node::forward_request(req, &ctx))
                     .await
             }
             Route::Done(Err(s)) => Err(s),
@@ -250,6 +278,7 @@ fn query_status(e: QueryError) -> Status {
     match e {
         QueryError::Request(k) => kv_status(k),
         QueryError::OverLimit(why) => Status::resource_exhausted(format!("nod: {why}")),
+        e @ QueryError::TimedOut(_) => Status::deadline_exceeded(format!("nod: {e}")),
         QueryError::Store(s) => kv_status(s),
     }
 }
@@ -263,7 +292,7 @@ fn parse_status(e: nod_query::ParseError) -> Status {
 }
 
 fn response(q: &nod_query::Query, a: QueryAnswer) -> QueryResponse {
-    let QueryAnswer { output, plan } = a;
+    let QueryAnswer { output, plan, .. } = a;
     QueryResponse {
         header: None,
         revision: plan.revision,
@@ -319,9 +348,9 @@ impl QueryRpc for QueryService {
             // Held by the task, not the call: a client that goes away
             // does not free the slot of a query still running.
             let _permit = permit;
-            let store = node.shared.store();
             let from = q.from.as_bytes();
-            store
+            node.shared
+                .store()
                 .auth()
                 .check_range(&caller, Access::Read, from, &nod_client::prefix_end(from))
                 .map_err(auth_status)?;
@@ -331,22 +360,38 @@ impl QueryRpc for QueryService {
                 PlanWanted::Index => PlanChoice::Index(&index),
             };
             let revision = q.at_revision.unwrap_or(0);
+            let lock = &node.shared.store;
+            // Between pages the lock is free: the apply loop's turn.
+            let mut between = std::thread::yield_now;
             let mut out = if q.explain {
-                let plan = store
-                    .plan_query(&q, revision, choice)
-                    .map_err(query_status)?;
+                let plan = KvStore::plan_query_locked(
+                    lock,
+                    &q,
+                    revision,
+                    choice,
+                    QUERY_BUDGET,
+                    &mut between,
+                )
+                .map_err(query_status)?;
                 QueryResponse {
                     revision: plan.revision,
                     plan: nod_query::plan::explain(&q, &plan),
                     ..Default::default()
                 }
             } else {
-                let answer = store
-                    .query(&q, revision, choice, QUERY_LIMITS)
-                    .map_err(query_status)?;
+                let answer = KvStore::query_locked(
+                    lock,
+                    &q,
+                    revision,
+                    choice,
+                    QUERY_LIMITS,
+                    QUERY_BUDGET,
+                    &mut between,
+                )
+                .map_err(query_status)?;
                 response(&q, answer)
             };
-            out.header = Some(node.header(store.current_revision()));
+            out.header = Some(node.header(node.shared.store().current_revision()));
             Ok(out)
         })
         .await

@@ -36,7 +36,9 @@ pub fn kv_status(e: impl Into<ReadError>) -> Status {
         KvError::IndexExists(_) => Status::already_exists(msg),
         KvError::IndexNotFound(_) => Status::not_found(msg),
         KvError::TooManyIndexes => Status::resource_exhausted(msg),
-        KvError::FeatureMissing(_) => Status::failed_precondition(msg),
+        KvError::FeatureMissing(_) | KvError::UniqueViolation { .. } => {
+            Status::failed_precondition(msg)
+        }
         KvError::LeaseTtlTooLarge | KvError::Compacted | KvError::FutureRevision => {
             Status::out_of_range(msg)
         }

@@ -1,4 +1,4 @@
-//! `nod index create|list|describe|drop` and `nod query`: Nod's secondary
+//! `nod index create|list|describe|drop|rebuild` and `nod query`: Nod's secondary
 //! indexes over JSON values and its query language (docs/query.md).
 
 use std::process::ExitCode;
@@ -25,6 +25,11 @@ pub enum IndexCommand {
         /// `--field city:string --field age:number`; 1 to 4, in sort order.
         #[arg(long = "field", required = true)]
         fields: Vec<String>,
+        /// No two keys may hold the same value (the same tuple of every
+        /// field): a put or txn that would is refused whole, and a build
+        /// that finds two fails (see `rebuild`).
+        #[arg(long)]
+        unique: bool,
     },
     /// Lists the indexes (over prefixes you may read) and where each stands.
     List,
@@ -36,6 +41,9 @@ pub enum IndexCommand {
     },
     /// Drops an index and its entries.
     Drop { name: String },
+    /// Drops an index's entries and builds it again from the values: a
+    /// unique index that failed on duplicates, once they are gone.
+    Rebuild { name: String },
 }
 
 #[derive(Args)]
@@ -98,6 +106,7 @@ fn def_json(d: &IndexDef) -> Value {
         "name": spec.name,
         "prefix": text(&spec.prefix),
         "fields": spec.fields.iter().map(|f| json!({"path": f.path, "type": type_name(f.r#type)})).collect::<Vec<_>>(),
+        "unique": spec.unique,
         "state": state(d),
         "ready": matches!(d.state, Some(index_def::State::Ready(_))),
     })
@@ -111,10 +120,11 @@ fn def_line(d: &IndexDef) -> String {
         .map(|f| format!("{}:{}", f.path, type_name(f.r#type)))
         .collect();
     format!(
-        "{}, {}, {}, {}",
+        "{}, {}, {}{}, {}",
         spec.name,
         text(&spec.prefix),
         fields.join(" "),
+        if spec.unique { " unique" } else { "" },
         state(d)
     )
 }
@@ -126,12 +136,13 @@ pub async fn index(command: IndexCommand, client: ClientFlags) -> Result<ExitCod
             name,
             prefix,
             fields,
+            unique,
         } => {
             let spec = IndexSpec {
                 name,
                 prefix: prefix.into_bytes(),
                 fields: fields.iter().map(|f| field(f)).collect::<Result<_, _>>()?,
-                unique: false,
+                unique,
             };
             let r = c.index_create(spec).await?;
             let d = r.index.unwrap_or_default();
@@ -199,6 +210,18 @@ pub async fn index(command: IndexCommand, client: ClientFlags) -> Result<ExitCod
                     json!({"header": header_json(&r.header), "dropped": r.index.as_ref().map(def_json)}),
                 ),
                 Output::Simple | Output::Table | Output::Fields => println!("index {name} dropped"),
+            }
+        }
+        IndexCommand::Rebuild { name } => {
+            let r = c.index_rebuild(&name).await?;
+            let d = r.index.unwrap_or_default();
+            match client.output {
+                Output::Json => {
+                    print_json(json!({"header": header_json(&r.header), "index": def_json(&d)}))
+                }
+                Output::Simple | Output::Table | Output::Fields => {
+                    println!("index {name} rebuilding: {}", state(&d))
+                }
             }
         }
     }

@@ -377,6 +377,9 @@ fn apply_index<B: Backend>(
         Some(IndexOp::Drop(name)) => {
             settled(store.apply_index_drop(&name, applied)?, Outcome::Index)
         }
+        Some(IndexOp::Rebuild(name)) => {
+            settled(store.apply_index_rebuild(&name, applied)?, Outcome::Index)
+        }
         Some(IndexOp::Backfill(step)) => settled(
             store.apply_backfill(step.index_id, step.max_keys, applied)?,
             |()| Outcome::Nothing,

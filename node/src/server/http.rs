@@ -21,7 +21,8 @@ use tokio::sync::watch;
 
 use super::driver::Shared;
 use crate::console;
-use crate::metrics::Metrics;
+use crate::metrics::{IndexMetric, Metrics};
+use crate::storage::kv_store::IndexState;
 use crate::tls::{incoming, Conn, ServerTls};
 use tonic::transport::server::Connected;
 
@@ -100,6 +101,30 @@ pub fn metrics_text(shared: &Shared) -> String {
     let store = shared.store();
     shared.metrics.db_size.set(store.db_size());
     shared.metrics.db_size_in_use.set(store.db_size_in_use());
+    let indexes: Vec<IndexMetric<'_>> = store
+        .indexes()
+        .iter()
+        .map(|d| {
+            let counts = store.index_counts(d.id);
+            IndexMetric {
+                name: &d.spec.name,
+                ready: d.ready_since().is_some(),
+                failed: matches!(d.state, IndexState::Failed { .. }),
+                backfill_remaining: match &d.state {
+                    IndexState::Building {
+                        keys_done,
+                        keys_total,
+                        ..
+                    } => keys_total.saturating_sub(*keys_done),
+                    _ => 0,
+                },
+                skipped: counts.skipped,
+                refused: counts.refused,
+            }
+        })
+        .collect();
+    shared.metrics.set_indexes(&indexes);
+    drop(indexes);
     drop(store);
     shared
         .metrics

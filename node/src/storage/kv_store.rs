@@ -58,7 +58,8 @@ pub use query::{query_doc, PlanChoice, QueryAnswer, QueryError};
 mod read;
 mod secondary;
 pub use secondary::{
-    spec_from_proto, spec_to_proto, BadIndex, IndexDef, IndexState, SecondaryCheck,
+    spec_from_proto, spec_to_proto, BadIndex, IndexCounts, IndexDef, IndexState, SecondaryCheck,
+    SKIP_REASONS,
 };
 mod txn;
 
@@ -139,6 +140,15 @@ pub enum KvError {
     /// every member refuses it alike.
     #[error("nod: the cluster has not enabled the {0:?} feature yet: every member must run a version with it (the leader enables it once all have said so)")]
     FeatureMissing(&'static str),
+    /// A put or txn would leave two keys with one value of a unique index
+    /// (`by` names the key holding it, or says "another key" when auth is
+    /// on and the caller may not see it): refused whole.
+    #[error("nod: unique index {index:?}: value {value} is already used by {by}")]
+    UniqueViolation {
+        index: String,
+        value: String,
+        by: String,
+    },
 }
 
 /// The store itself failed: its backend, or data it holds that does not
@@ -319,6 +329,9 @@ pub struct KvStore<B: Backend = RocksBackend> {
     enabled: BTreeSet<String>,
     /// The secondary indexes, in id order (`secondary.rs`).
     secondary: Vec<IndexDef>,
+    /// What this process's applies skipped and refused, per index id:
+    /// for metrics, not stored.
+    index_counts: BTreeMap<u32, IndexCounts>,
 }
 
 impl KvStore<RocksBackend> {
@@ -413,6 +426,7 @@ impl<B: Backend> KvStore<B> {
             features: features::Features::new(),
             enabled: BTreeSet::new(),
             secondary: Vec::new(),
+            index_counts: BTreeMap::new(),
         };
         store.load()?;
         store.secondary = store.load_indexes()?;

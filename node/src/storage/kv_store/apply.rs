@@ -69,6 +69,11 @@ impl<B: Backend> KvStore<B> {
     ) -> Result<Outcome<R>, StoreError> {
         match staged {
             Ok(response) => {
+                // A unique index refuses the whole write, atomically.
+                if let Some(e) = self.check_unique(&st.records)? {
+                    self.count_refusal(&e);
+                    return self.refuse(e, applied);
+                }
                 let events = self.commit(st, applied, |_| {})?;
                 Ok(Outcome::Applied(Applied { response, events }))
             }

@@ -3,7 +3,7 @@
 //! them), and committing a staged transaction adds its records, the
 //! applied index and any extra writes to it, then updates the key index.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use super::super::backend::Batch;
 use super::encoding::{encode_kv, put_applied, Revision};
@@ -20,6 +20,13 @@ pub(super) struct Pending {
     pub(super) records: HashMap<Revision, KeyValue>,
     /// The last applied entry's index and term, written once at the end.
     applied: Option<(u64, u64)>,
+    /// Entries of unique indexes written in this batch: a unique check
+    /// reads the backend and these (`secondary::check_unique`).
+    pub(super) unique: BTreeSet<Vec<u8>>,
+    /// Indexes whose entries this batch deletes (a drop, a rebuild, a
+    /// failed build): the backend's entries of these ids are gone for
+    /// every check until the batch is written.
+    pub(super) cleared: BTreeSet<u32>,
 }
 
 impl<B: Backend> KvStore<B> {
@@ -61,8 +68,9 @@ impl<B: Backend> KvStore<B> {
         extra: impl FnOnce(&mut Batch),
     ) -> Result<Vec<Event>, StoreError> {
         let mut entries = Batch::default();
+        let mut unique = Vec::new();
         if !self.secondary.is_empty() {
-            self.secondary_entries(&st.records, &mut entries);
+            self.secondary_entries(&st.records, &mut entries, &mut unique);
         }
         let mut own = Batch::default();
         let batch = match self.pending.as_mut() {
@@ -76,7 +84,10 @@ impl<B: Backend> KvStore<B> {
         extra(batch);
         match self.pending.as_mut() {
             // The batch's last entry writes the applied index (`end_batch`).
-            Some(p) => p.applied = Some(applied),
+            Some(p) => {
+                p.applied = Some(applied);
+                p.unique.extend(unique);
+            }
             None => {
                 put_applied(&mut own, applied);
                 self.backend

@@ -8,16 +8,35 @@
 //! value visible at `since`, apply every later put). R must be at or after
 //! the compacted revision, as for Range; entries of changes a compaction
 //! dropped are never visible there, swept or not. No I/O but the
-//! backend's; a query holds the store for its whole run.
+//! backend's.
+//!
+//! The server's queries (`query_locked`) take the store's read lock a
+//! page at a time (`QUERY_PAGE` keys, entries and documents) and let it
+//! go in between, so the apply loop's writes go on while a long query
+//! runs. Nothing a query reads at R changes meanwhile: later writes are
+//! at revisions after R, and records at or before R only go with a
+//! compaction, which each page checks for (a compaction past R ends the
+//! query with etcd's "required revision has been compacted", as it ends
+//! a watch). A query that the caller holds the store for (`query`: tests
+//! and tools) reads in one go.
 
-use std::ops::Bound;
+use std::cell::{Cell, Ref, RefCell};
+use std::ops::{Bound, Deref};
+use std::sync::{RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use nod_query::exec::{execute, Doc, ExecError, Flow, Limits, Output, Source};
 use nod_query::plan::{index_plan, plan, prefix_plan, ByteRange, IndexInfo, Plan, Probe};
 use nod_query::Query;
 
 use super::encoding::Revision;
+use super::index::Indexed;
 use super::{backend, Backend, KeyValue, Keyspace, KvError, KvStore, RecordError, StoreError};
+
+/// Keys, index entries and documents a paged query reads between two
+/// takes of the store's lock (`query_locked`): a fraction of a
+/// millisecond of the apply loop's time.
+pub const QUERY_PAGE: u32 = 256;
 
 /// How a query finds its rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +54,8 @@ pub enum PlanChoice<'a> {
 pub struct QueryAnswer {
     pub output: Output,
     pub plan: Plan,
+    /// Times the query let go of the store's lock (`query_locked`).
+    pub pages: u64,
 }
 
 /// Why a query has no answer.
@@ -47,14 +68,57 @@ pub enum QueryError {
     /// It read, or would return, more than its limits allow.
     #[error("{0}")]
     OverLimit(String),
+    /// It ran longer than its time budget.
+    #[error(
+        "the query ran past its time budget of {0:?}: add a condition an index serves, or a LIMIT"
+    )]
+    TimedOut(Duration),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
+/// What `At::walk` calls for each key: the store and the key's changes.
+type VisitKey<'v, B> = dyn FnMut(&KvStore<B>, &Indexed) -> Result<Flow, QueryError> + 'v;
+
+/// How a query holds the store.
+enum Hold<'a, B: Backend> {
+    /// The caller holds it for the whole query.
+    Borrowed(&'a KvStore<B>),
+    /// The query takes the read lock a page at a time, letting it go (and
+    /// calling `between`) in between, until `deadline`.
+    Paged {
+        lock: &'a RwLock<KvStore<B>>,
+        guard: RefCell<Option<RwLockReadGuard<'a, KvStore<B>>>>,
+        between: RefCell<&'a mut dyn FnMut()>,
+        deadline: Option<Instant>,
+        budget: Duration,
+    },
+}
+
 /// The store as revision `at` shows it.
 struct At<'a, B: Backend> {
-    store: &'a KvStore<B>,
+    hold: Hold<'a, B>,
     at: i64,
+    /// Reads since the lock was last taken.
+    reads: Cell<u32>,
+    /// Times a paged query let the lock go.
+    pages: Cell<u64>,
+}
+
+/// The store, as a query holds it at the moment.
+enum StoreRef<'b, B: Backend> {
+    Plain(&'b KvStore<B>),
+    Locked(Ref<'b, KvStore<B>>),
+}
+
+impl<B: Backend> Deref for StoreRef<'_, B> {
+    type Target = KvStore<B>;
+    fn deref(&self) -> &KvStore<B> {
+        match self {
+            StoreRef::Plain(s) => s,
+            StoreRef::Locked(r) => r,
+        }
+    }
 }
 
 /// A key-value as a query reads it.
@@ -69,80 +133,194 @@ pub fn query_doc(kv: KeyValue) -> Doc {
     }
 }
 
-impl<B: Backend> At<'_, B> {
+impl<'a, B: Backend> At<'a, B> {
+    fn new(hold: Hold<'a, B>, at: i64) -> At<'a, B> {
+        At {
+            hold,
+            at,
+            reads: Cell::new(0),
+            pages: Cell::new(0),
+        }
+    }
+
+    fn store(&self) -> StoreRef<'_, B> {
+        match &self.hold {
+            Hold::Borrowed(s) => StoreRef::Plain(*s),
+            Hold::Paged { guard, .. } => StoreRef::Locked(Ref::map(guard.borrow(), |g| {
+                &**g.as_ref()
+                    .expect("a paged query reads only while it holds the lock")
+            })),
+        }
+    }
+
+    /// Counts a read; whether a page is done (the scan then lets go of
+    /// what it borrows and calls `relax`).
+    fn read(&self) -> bool {
+        let n = self.reads.get().saturating_add(1);
+        self.reads.set(n);
+        n >= QUERY_PAGE
+    }
+
+    /// Between pages of a paged query: lets the lock go, then takes it
+    /// again, and checks the revision is still there and the budget not
+    /// spent. Holding the store (`Borrowed`), or with a read of the store
+    /// still out (never, from the scans here), it goes on holding it.
+    fn relax(&self) -> Result<(), QueryError> {
+        let Hold::Paged {
+            lock,
+            guard,
+            between,
+            deadline,
+            budget,
+        } = &self.hold
+        else {
+            return Ok(());
+        };
+        let Ok(mut held) = guard.try_borrow_mut() else {
+            return Ok(());
+        };
+        self.reads.set(0);
+        drop(held.take());
+        {
+            let mut between = between.borrow_mut();
+            (*between)();
+        }
+        // Taken again whatever follows: the planner reads on after a
+        // failed count.
+        let g = lock.read().unwrap_or_else(|p| p.into_inner());
+        let compacted = self.at < g.compacted;
+        *held = Some(g);
+        self.pages.set(self.pages.get() + 1);
+        if compacted {
+            return Err(KvError::Compacted.into());
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(QueryError::TimedOut(*budget));
+        }
+        Ok(())
+    }
+
+    /// Each key under `prefix` with its changes, in key order, a page at
+    /// a time, until `visit` says stop.
+    fn walk(&self, prefix: &[u8], visit: &mut VisitKey<'_, B>) -> Result<(), QueryError> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let store = self.store();
+            let lower = match &after {
+                Some(k) => Bound::Excluded(k.as_slice()),
+                None => Bound::Included(prefix),
+            };
+            let mut page_end = None;
+            for (k, entry) in store
+                .index
+                .range::<[u8], _>((lower, Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(prefix))
+            {
+                if !visit(&*store, entry)? {
+                    return Ok(());
+                }
+                if self.read() {
+                    page_end = Some(k.to_vec());
+                    break;
+                }
+            }
+            drop(store);
+            match page_end {
+                None => return Ok(()),
+                Some(k) => {
+                    after = Some(k);
+                    self.relax()?;
+                }
+            }
+        }
+    }
+
     /// The index entries in `range`, checked against their checksums, in
-    /// key order, until `visit` says stop.
+    /// key order, a page at a time, until `visit` says stop.
     fn entries(
         &self,
         range: &ByteRange,
-        visit: &mut dyn FnMut(&[u8]) -> Result<Flow, StoreError>,
-    ) -> Result<(), StoreError> {
-        for item in self
-            .store
-            .backend
-            .scan_from(Keyspace::Secondary, &range.start)
-        {
-            let (k, v) = item.map_err(backend("scanning index entries"))?;
-            if range
-                .end
-                .as_ref()
-                .is_some_and(|e| k.as_ref() >= e.as_slice())
-            {
-                break;
+        visit: &mut dyn FnMut(&[u8]) -> Result<Flow, QueryError>,
+    ) -> Result<(), QueryError> {
+        let mut from = range.start.clone();
+        loop {
+            let store = self.store();
+            let mut next = None;
+            for item in store.backend.scan_from(Keyspace::Secondary, &from) {
+                let (k, v) = item.map_err(backend("scanning index entries"))?;
+                if range
+                    .end
+                    .as_ref()
+                    .is_some_and(|e| k.as_ref() >= e.as_slice())
+                {
+                    return Ok(());
+                }
+                if v.as_ref() != crc32c::crc32c(k.as_ref()).to_be_bytes().as_slice() {
+                    return Err(StoreError::CorruptKey {
+                        keyspace: Keyspace::Secondary.name(),
+                        key: k.to_vec(),
+                    }
+                    .into());
+                }
+                if !visit(k.as_ref())? {
+                    return Ok(());
+                }
+                if self.read() {
+                    // The least key after this one.
+                    let mut after = k.to_vec();
+                    after.push(0);
+                    next = Some(after);
+                    break;
+                }
             }
-            if v.as_ref() != crc32c::crc32c(k.as_ref()).to_be_bytes().as_slice() {
-                return Err(StoreError::CorruptKey {
-                    keyspace: Keyspace::Secondary.name(),
-                    key: k.to_vec(),
-                });
-            }
-            if !visit(k.as_ref())? {
-                break;
+            drop(store);
+            match next {
+                None => return Ok(()),
+                Some(n) => {
+                    from = n;
+                    self.relax()?;
+                }
             }
         }
-        Ok(())
     }
 }
 
 impl<B: Backend> Source for At<'_, B> {
-    type Error = StoreError;
+    type Error = QueryError;
 
     fn scan_prefix(
         &self,
         prefix: &[u8],
-        visit: &mut dyn FnMut(Doc) -> Result<Flow, StoreError>,
-    ) -> Result<(), StoreError> {
-        for (_, entry) in self
-            .store
-            .index
-            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-        {
-            let Some(c) = entry.visible(self.at).filter(|c| !c.tombstone) else {
-                continue;
-            };
-            if !visit(query_doc(self.store.read_record(c.rev)?))? {
-                break;
-            }
-        }
-        Ok(())
+        visit: &mut dyn FnMut(Doc) -> Result<Flow, QueryError>,
+    ) -> Result<(), QueryError> {
+        let at = self.at;
+        self.walk(
+            prefix,
+            &mut |store, entry| match entry.visible(at).filter(|c| !c.tombstone) {
+                Some(c) => visit(query_doc(store.read_record(c.rev)?)),
+                None => Ok(true),
+            },
+        )
     }
 
     fn scan_index(
         &self,
         range: &ByteRange,
-        visit: &mut dyn FnMut(&[u8]) -> Result<Flow, StoreError>,
-    ) -> Result<(), StoreError> {
+        visit: &mut dyn FnMut(&[u8]) -> Result<Flow, QueryError>,
+    ) -> Result<(), QueryError> {
         self.entries(range, visit)
     }
 
-    fn visible(&self, key: &[u8], main: u64, sub: u64) -> Result<Option<Doc>, StoreError> {
+    fn visible(&self, key: &[u8], main: u64, sub: u64) -> Result<Option<Doc>, QueryError> {
         let (Ok(main), Ok(sub)) = (i64::try_from(main), i64::try_from(sub)) else {
             return Ok(None);
         };
-        match self.store.visible(key, self.at) {
+        // Counted toward the page; the scan of entries lets go after it.
+        self.read();
+        let store = self.store();
+        match store.visible(key, self.at) {
             Some(c) if !c.tombstone && c.rev == Revision { main, sub } => {
-                Ok(Some(query_doc(self.store.read_record(c.rev)?)))
+                Ok(Some(query_doc(store.read_record(c.rev)?)))
             }
             _ => Ok(None),
         }
@@ -165,13 +343,76 @@ impl<B: Backend> Probe for At<'_, B> {
     }
 
     fn count_keys(&self, prefix: &[u8], cap: u64) -> u64 {
-        self.store
-            .index
-            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(_, entry)| entry.visible(self.at).is_some_and(|c| !c.tombstone))
-            .take(cap as usize)
-            .count() as u64
+        let at = self.at;
+        let mut n = 0;
+        let read = self.walk(prefix, &mut |_, entry| {
+            if entry.visible(at).is_some_and(|c| !c.tombstone) {
+                n += 1;
+            }
+            Ok(n < cap)
+        });
+        match read {
+            Ok(()) => n,
+            Err(_) => cap,
+        }
+    }
+}
+
+/// How `q` at `src`'s revision finds its rows as `choice` says: the
+/// catalog read first, then the planner's probes (which may page).
+fn plan_at<B: Backend>(
+    q: &Query,
+    src: &At<'_, B>,
+    choice: PlanChoice<'_>,
+) -> Result<Plan, QueryError> {
+    Ok(match choice {
+        PlanChoice::Best => {
+            let infos = src.store().index_infos();
+            plan(q, &infos, src.at, src)
+        }
+        PlanChoice::PrefixScan => prefix_plan(src.at),
+        PlanChoice::Index(name) => {
+            let info = {
+                let store = src.store();
+                let def = store
+                    .index_named(name)
+                    .ok_or_else(|| KvError::IndexNotFound(name.to_string()))?;
+                IndexInfo {
+                    id: def.id,
+                    spec: def.spec.clone(),
+                    since: def.ready_since(),
+                }
+            };
+            index_plan(q, &info, src.at, src).map_err(|why| {
+                KvError::Invalid(format!("index {name} cannot serve this query: {why}"))
+            })?
+        }
+    })
+}
+
+/// Plans and runs `q` over `src`.
+fn run<B: Backend>(
+    q: &Query,
+    src: &At<'_, B>,
+    choice: PlanChoice<'_>,
+    limits: Limits,
+) -> Result<QueryAnswer, QueryError> {
+    let plan = plan_at(q, src, choice)?;
+    match execute(q, &plan, src, limits) {
+        Ok(output) => Ok(QueryAnswer {
+            output,
+            plan,
+            pages: src.pages.get(),
+        }),
+        Err(ExecError::Source(e)) => Err(e),
+        Err(ExecError::BadEntry(e)) => Err(StoreError::Corrupt {
+            what: "index entry",
+            cause: RecordError::Entry(e),
+        }
+        .into()),
+        Err(e @ (ExecError::TooManyExamined(_) | ExecError::TooManyRows(_))) => {
+            Err(QueryError::OverLimit(e.to_string()))
+        }
     }
 }
 
@@ -213,31 +454,6 @@ impl<B: Backend> KvStore<B> {
         Ok(at)
     }
 
-    fn plan_at(
-        &self,
-        q: &Query,
-        src: &At<'_, B>,
-        choice: PlanChoice<'_>,
-    ) -> Result<Plan, QueryError> {
-        Ok(match choice {
-            PlanChoice::Best => plan(q, &self.index_infos(), src.at, src),
-            PlanChoice::PrefixScan => prefix_plan(src.at),
-            PlanChoice::Index(name) => {
-                let def = self
-                    .index_named(name)
-                    .ok_or_else(|| KvError::IndexNotFound(name.to_string()))?;
-                let info = IndexInfo {
-                    id: def.id,
-                    spec: def.spec.clone(),
-                    since: def.ready_since(),
-                };
-                index_plan(q, &info, src.at, src).map_err(|why| {
-                    KvError::Invalid(format!("index {name} cannot serve this query: {why}"))
-                })?
-            }
-        })
-    }
-
     /// How `q` at `revision` (as for `query`) would find its rows
     /// (EXPLAIN), reading only the planner's bounded counts.
     pub fn plan_query(
@@ -247,11 +463,12 @@ impl<B: Backend> KvStore<B> {
         choice: PlanChoice<'_>,
     ) -> Result<Plan, QueryError> {
         let at = self.query_revision(q, revision)?;
-        self.plan_at(q, &At { store: self, at }, choice)
+        plan_at(q, &At::new(Hold::Borrowed(self), at), choice)
     }
 
     /// Answers `q` at `revision` (0 or less: its AT REVISION, else the
-    /// current one) as `choice` says to find its rows, within `limits`.
+    /// current one) as `choice` says to find its rows, within `limits`,
+    /// reading the store in one go (the caller holds it).
     pub fn query(
         &self,
         q: &Query,
@@ -260,19 +477,60 @@ impl<B: Backend> KvStore<B> {
         limits: Limits,
     ) -> Result<QueryAnswer, QueryError> {
         let at = self.query_revision(q, revision)?;
-        let src = At { store: self, at };
-        let plan = self.plan_at(q, &src, choice)?;
-        match execute(q, &plan, &src, limits) {
-            Ok(output) => Ok(QueryAnswer { output, plan }),
-            Err(ExecError::Source(e)) => Err(e.into()),
-            Err(ExecError::BadEntry(e)) => Err(StoreError::Corrupt {
-                what: "index entry",
-                cause: RecordError::Entry(e),
-            }
-            .into()),
-            Err(e @ (ExecError::TooManyExamined(_) | ExecError::TooManyRows(_))) => {
-                Err(QueryError::OverLimit(e.to_string()))
-            }
-        }
+        run(q, &At::new(Hold::Borrowed(self), at), choice, limits)
+    }
+
+    /// `query` over the store behind `lock`, taking its read lock a page
+    /// at a time (`QUERY_PAGE` reads) and letting it go in between, when
+    /// it calls `between` (the server yields its thread; a test writes);
+    /// past `budget`, the query ends with `TimedOut`. The answer is the
+    /// store's at one revision all the same.
+    pub fn query_locked(
+        lock: &RwLock<KvStore<B>>,
+        q: &Query,
+        revision: i64,
+        choice: PlanChoice<'_>,
+        limits: Limits,
+        budget: Duration,
+        between: &mut dyn FnMut(),
+    ) -> Result<QueryAnswer, QueryError> {
+        Self::paged(lock, q, revision, budget, between, |src| {
+            run(q, src, choice, limits)
+        })
+    }
+
+    /// `plan_query` over the store behind `lock`, a page at a time, as
+    /// `query_locked` reads.
+    pub fn plan_query_locked(
+        lock: &RwLock<KvStore<B>>,
+        q: &Query,
+        revision: i64,
+        choice: PlanChoice<'_>,
+        budget: Duration,
+        between: &mut dyn FnMut(),
+    ) -> Result<Plan, QueryError> {
+        Self::paged(lock, q, revision, budget, between, |src| {
+            plan_at(q, src, choice)
+        })
+    }
+
+    fn paged<R>(
+        lock: &RwLock<KvStore<B>>,
+        q: &Query,
+        revision: i64,
+        budget: Duration,
+        between: &mut dyn FnMut(),
+        f: impl FnOnce(&At<'_, B>) -> Result<R, QueryError>,
+    ) -> Result<R, QueryError> {
+        let guard = lock.read().unwrap_or_else(|p| p.into_inner());
+        let at = guard.query_revision(q, revision)?;
+        let hold = Hold::Paged {
+            lock,
+            guard: RefCell::new(Some(guard)),
+            between: RefCell::new(between),
+            deadline: Instant::now().checked_add(budget),
+            budget,
+        };
+        f(&At::new(hold, at))
     }
 }

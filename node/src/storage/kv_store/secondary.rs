@@ -25,7 +25,7 @@ use super::index::IndexKey;
 use super::{backend, Applied, Backend, KvError, KvStore, Outcome, RecordError, StoreError};
 use crate::storage::backend::Keyspace;
 use nod_proto::nodquerypb as pb;
-use nod_query::codec::{index_prefix, EntryKey};
+use nod_query::codec::{index_prefix, tuple_prefix, EntryKey};
 use nod_query::spec::{MAX_FIELDS, MAX_INDEXES};
 use nod_query::{FieldPath, FieldType, IndexField, IndexSpec};
 
@@ -64,6 +64,29 @@ pub enum IndexState {
     Ready { since: i64 },
     /// Given up (a unique index met a duplicate): no entries, none written.
     Failed { reason: String },
+}
+
+/// Why values were not indexed, as `nod_index_skipped_total` labels them
+/// (`IndexCounts::skipped` in this order).
+pub const SKIP_REASONS: [&str; 4] = ["too_large", "not_json", "missing", "wrong_type"];
+
+fn skip_slot(skip: &nod_query::spec::Skip) -> usize {
+    use nod_query::spec::Skip;
+    match skip {
+        Skip::TooLarge => 0,
+        Skip::NotJson => 1,
+        Skip::Missing(_) => 2,
+        Skip::WrongType(_) => 3,
+    }
+}
+
+/// What one index's applies did since this process opened the store
+/// (every member counts its own): values skipped, by reason
+/// ([`SKIP_REASONS`]), and writes a unique index refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexCounts {
+    pub skipped: [u64; 4],
+    pub refused: u64,
 }
 
 /// An index as the store keeps it.
@@ -187,6 +210,26 @@ pub fn spec_from_proto(p: &pb::IndexSpec) -> Result<IndexSpec, BadIndex> {
     Ok(spec)
 }
 
+/// A tuple as an error shows it: each value as JSON, in parentheses when
+/// there are several.
+fn show_tuple(values: &[nod_query::FieldValue]) -> String {
+    let one = |v: &nod_query::FieldValue| match v {
+        nod_query::FieldValue::Bool(b) => b.to_string(),
+        // Rust writes 30.0 as "30", as the JSON it came from likely did.
+        nod_query::FieldValue::Number(n) => n.to_string(),
+        nod_query::FieldValue::String(s) => {
+            serde_json::to_string(s).unwrap_or_else(|_| format!("{s:?}"))
+        }
+    };
+    match values {
+        [v] => one(v),
+        _ => format!(
+            "({})",
+            values.iter().map(one).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
 fn def_key(id: u32) -> Vec<u8> {
     let mut k = KEY_INDEX.to_vec();
     k.extend_from_slice(&id.to_be_bytes());
@@ -267,6 +310,20 @@ impl<B: Backend> KvStore<B> {
         &self.secondary
     }
 
+    /// What index `id`'s applies skipped and refused in this process.
+    pub fn index_counts(&self, id: u32) -> IndexCounts {
+        self.index_counts.get(&id).copied().unwrap_or_default()
+    }
+
+    /// Counts a write a unique index (named in `e`) refused.
+    pub(super) fn count_refusal(&mut self, e: &KvError) {
+        if let KvError::UniqueViolation { index, .. } = e {
+            if let Some(d) = self.secondary.iter().find(|d| &d.spec.name == index) {
+                self.index_counts.entry(d.id).or_default().refused += 1;
+            }
+        }
+    }
+
     pub fn index_named(&self, name: &str) -> Option<&IndexDef> {
         self.secondary.iter().find(|d| d.spec.name == name)
     }
@@ -297,9 +354,9 @@ impl<B: Backend> KvStore<B> {
                 applied,
             );
         }
-        if spec.unique {
+        if spec.unique && !self.feature_enabled(crate::command::FEATURE_UNIQUE_INDEXES) {
             return self.refuse(
-                KvError::Invalid("unique indexes are not supported yet".into()),
+                KvError::FeatureMissing(crate::command::FEATURE_UNIQUE_INDEXES),
                 applied,
             );
         }
@@ -316,18 +373,7 @@ impl<B: Backend> KvStore<B> {
         else {
             return self.refuse(KvError::TooManyIndexes, applied);
         };
-        let since = self.current;
-        let keys_total = self.backfill_keys(&spec.prefix, since, None).count() as u64;
-        let state = if keys_total == 0 {
-            IndexState::Ready { since }
-        } else {
-            IndexState::Building {
-                since,
-                cursor: Vec::new(),
-                keys_done: 0,
-                keys_total,
-            }
-        };
+        let state = self.new_build(&spec.prefix);
         let def = IndexDef { id, spec, state };
         let st = self.stage();
         self.commit(st, applied, |b| Self::put_def(b, &def))?;
@@ -354,11 +400,68 @@ impl<B: Backend> KvStore<B> {
             let (from, to) = entry_bounds(id);
             b.delete_range(Keyspace::Secondary, &from, &to);
         })?;
+        self.clear_pending(id);
         let def = self.secondary.remove(at);
         Ok(Outcome::Applied(Applied {
             response: def,
             events: Vec::new(),
         }))
+    }
+
+    /// Builds the index named `name` again from the records (applied at
+    /// `applied`): its entries dropped, a backfill from the current
+    /// revision, as a new index; the way back from `FAILED` once the
+    /// duplicates are gone, or a repair after `describe --verify` found
+    /// it wrong. Same id, name and declaration.
+    pub fn apply_index_rebuild(
+        &mut self,
+        name: &str,
+        applied: (u64, u64),
+    ) -> Result<Outcome<IndexDef>, StoreError> {
+        if !self.feature_enabled(crate::command::FEATURE_UNIQUE_INDEXES) {
+            return self.refuse(
+                KvError::FeatureMissing(crate::command::FEATURE_UNIQUE_INDEXES),
+                applied,
+            );
+        }
+        let Some(at) = self.secondary.iter().position(|d| d.spec.name == name) else {
+            return self.refuse(KvError::IndexNotFound(name.to_string()), applied);
+        };
+        let state = self.new_build(&self.secondary[at].spec.prefix);
+        let def = self.restate(at, state, applied)?;
+        Ok(Outcome::Applied(Applied {
+            response: def,
+            events: Vec::new(),
+        }))
+    }
+
+    /// The state of an index over `prefix` built from now on: ready at
+    /// once when no key there holds a value, otherwise building from the
+    /// current revision (its backfill counts the keys, about 20 ms per 1M).
+    fn new_build(&self, prefix: &[u8]) -> IndexState {
+        let since = self.current;
+        let keys_total = self.backfill_keys(prefix, since, None).count() as u64;
+        if keys_total == 0 {
+            IndexState::Ready { since }
+        } else {
+            IndexState::Building {
+                since,
+                cursor: Vec::new(),
+                keys_done: 0,
+                keys_total,
+            }
+        }
+    }
+
+    /// Notes that the open batch deletes every entry of index `id`, so
+    /// that a unique check later in this Ready finds none of them.
+    fn clear_pending(&mut self, id: u32) {
+        if let Some(p) = self.pending.as_mut() {
+            let (from, to) = entry_bounds(id);
+            p.unique
+                .retain(|e| e.as_slice() < from.as_slice() || e.as_slice() >= to.as_slice());
+            p.cleared.insert(id);
+        }
     }
 
     /// One step of index `id`'s backfill (applied at `applied`): the values
@@ -394,11 +497,34 @@ impl<B: Backend> KvStore<B> {
             .take(max_keys.max(1) as usize)
             .collect();
         let mut entries = Vec::new();
+        // A unique index's tuples this step gives keys whose indexed
+        // change is still their visible one, with the key.
+        let mut held: std::collections::BTreeMap<Vec<u8>, &[u8]> = Default::default();
         for (key, rev) in &step {
             let kv = self.read_record(*rev)?;
-            if let Ok(values) = spec.tuple(&kv.value) {
-                entries.push(entry_key(id, values, key.to_vec(), *rev));
+            let Ok(values) = spec.tuple(&kv.value) else {
+                continue;
+            };
+            if spec.unique && self.visible(key, self.current).map(|c| c.rev) == Some(*rev) {
+                let tuple = tuple_prefix(id, &values);
+                let other = match held.get(&tuple) {
+                    Some(k) => Some(k.to_vec()),
+                    None => self.unique_holder(&self.secondary[at], &tuple, &|k: &[u8]| {
+                        k == key.as_slice()
+                    })?,
+                };
+                if let Some(other) = other {
+                    let reason = format!(
+                        "value {} is held by keys {:?} and {:?}: remove the duplicates, then rebuild",
+                        show_tuple(&values),
+                        String::from_utf8_lossy(&other),
+                        String::from_utf8_lossy(key),
+                    );
+                    return self.fail_build(at, reason, applied);
+                }
+                held.insert(tuple, key.as_slice());
             }
+            entries.push(entry_key(id, values, key.to_vec(), *rev));
         }
         let done = keys_done + step.len() as u64;
         let more = match step.last() {
@@ -418,6 +544,7 @@ impl<B: Backend> KvStore<B> {
         } else {
             IndexState::Ready { since }
         };
+        let unique = spec.unique;
         let def = IndexDef { id, spec, state };
         let st = self.stage();
         self.commit(st, applied, |b| {
@@ -426,8 +553,166 @@ impl<B: Backend> KvStore<B> {
             }
             Self::put_def(b, &def);
         })?;
+        if let (true, Some(p)) = (unique, self.pending.as_mut()) {
+            p.unique.extend(entries);
+        }
         self.secondary[at] = def;
         Ok(Outcome::Applied(Applied::default()))
+    }
+
+    /// Gives up the build of the index at `at` (a unique index met a
+    /// duplicate): FAILED with `reason`, its entries dropped, none written
+    /// from now on, until a rebuild.
+    fn fail_build(
+        &mut self,
+        at: usize,
+        reason: String,
+        applied: (u64, u64),
+    ) -> Result<Outcome<()>, StoreError> {
+        tracing::warn!(index = %self.secondary[at].spec.name, %reason, "unique index build failed");
+        self.restate(at, IndexState::Failed { reason }, applied)?;
+        Ok(Outcome::Applied(Applied::default()))
+    }
+
+    /// Gives the index at `at` `state` with none of its entries (applied
+    /// at `applied`): a rebuild's start, a failed build's end.
+    fn restate(
+        &mut self,
+        at: usize,
+        state: IndexState,
+        applied: (u64, u64),
+    ) -> Result<IndexDef, StoreError> {
+        let def = IndexDef {
+            state,
+            ..self.secondary[at].clone()
+        };
+        let st = self.stage();
+        self.commit(st, applied, |b| {
+            let (from, to) = entry_bounds(def.id);
+            b.delete_range(Keyspace::Secondary, &from, &to);
+            Self::put_def(b, &def);
+        })?;
+        self.clear_pending(def.id);
+        self.secondary[at] = def.clone();
+        Ok(def)
+    }
+
+    /// Why the records of a write (put or txn, staged, not committed)
+    /// cannot be committed: a key's last staged value gives a unique index
+    /// a tuple that another key holds, live now and not changed by this
+    /// write, or that another key of this write ends with too. `None`
+    /// when no unique index objects. The key holding it is named unless
+    /// auth is on (the writer may not be allowed to read it).
+    pub(super) fn check_unique(
+        &self,
+        records: &[(Revision, nod_proto::etcd::mvccpb::KeyValue, bool)],
+    ) -> Result<Option<KvError>, StoreError> {
+        if !self
+            .secondary
+            .iter()
+            .any(|d| d.spec.unique && d.maintained())
+        {
+            return Ok(None);
+        }
+        // Each key's last staged change: what the write leaves it with.
+        let mut last: std::collections::BTreeMap<&[u8], (&[u8], bool)> = Default::default();
+        for (_, kv, tombstone) in records {
+            last.insert(kv.key.as_slice(), (kv.value.as_slice(), *tombstone));
+        }
+        for def in self
+            .secondary
+            .iter()
+            .filter(|d| d.spec.unique && d.maintained())
+        {
+            let mut held: std::collections::BTreeMap<Vec<u8>, &[u8]> = Default::default();
+            for (key, (value, tombstone)) in &last {
+                if *tombstone || !def.spec.covers(key) {
+                    continue;
+                }
+                let Ok(values) = def.spec.tuple(value) else {
+                    continue;
+                };
+                let tuple = tuple_prefix(def.id, &values);
+                let other = match held.get(&tuple) {
+                    Some(k) => Some(k.to_vec()),
+                    // A key this write changes leaves its old entries dead.
+                    None => self.unique_holder(def, &tuple, &|k: &[u8]| last.contains_key(k))?,
+                };
+                if let Some(other) = other {
+                    let by = if self.auth().enabled() {
+                        "another key".to_string()
+                    } else {
+                        format!("key {:?}", String::from_utf8_lossy(&other))
+                    };
+                    return Ok(Some(KvError::UniqueViolation {
+                        index: def.spec.name.clone(),
+                        value: show_tuple(&values),
+                        by,
+                    }));
+                }
+                held.insert(tuple, *key);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The key whose visible change holds the tuple that starts `tuple`
+    /// (index id ‖ tuple) in index `def`, leaving out keys `skip` says:
+    /// from the backend's entries and those of the open batch.
+    fn unique_holder(
+        &self,
+        def: &IndexDef,
+        tuple: &[u8],
+        skip: &dyn Fn(&[u8]) -> bool,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let arity = def.spec.fields.len();
+        let live = |e: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
+            let entry = EntryKey::decode(e, arity).map_err(|_| StoreError::CorruptKey {
+                keyspace: Keyspace::Secondary.name(),
+                key: e.to_vec(),
+            })?;
+            if skip(&entry.key) {
+                return Ok(None);
+            }
+            let (Ok(main), Ok(sub)) = (i64::try_from(entry.main), i64::try_from(entry.sub)) else {
+                return Ok(None);
+            };
+            Ok(self
+                .visible(&entry.key, self.current)
+                .filter(|c| !c.tombstone && c.rev == Revision { main, sub })
+                .map(|_| entry.key))
+        };
+        let pending = self.pending.as_ref();
+        if let Some(p) = pending {
+            for e in p
+                .unique
+                .range::<[u8], _>((Bound::Included(tuple), Bound::Unbounded))
+                .take_while(|e| e.starts_with(tuple))
+            {
+                if let Some(k) = live(e)? {
+                    return Ok(Some(k));
+                }
+            }
+            if p.cleared.contains(&def.id) {
+                return Ok(None);
+            }
+        }
+        for item in self.backend.scan_from(Keyspace::Secondary, tuple) {
+            let (k, v) = item.map_err(backend("reading a unique index's entries"))?;
+            if !k.starts_with(tuple) {
+                break;
+            }
+            if v.as_ref() != entry_value(&k).as_slice() {
+                return Err(StoreError::CorruptKey {
+                    keyspace: Keyspace::Secondary.name(),
+                    key: k.to_vec(),
+                });
+            }
+            if let Some(key) = live(&k)? {
+                return Ok(Some(key));
+            }
+        }
+        Ok(None)
     }
 
     /// The keys under `prefix` (after `after`, in key order) whose change
@@ -466,31 +751,45 @@ impl<B: Backend> KvStore<B> {
     /// The entries the records of a commit add (`commit`): for each put
     /// under a maintained index's prefix whose value gives it a tuple.
     pub(super) fn secondary_entries(
-        &self,
+        &mut self,
         records: &[(Revision, nod_proto::etcd::mvccpb::KeyValue, bool)],
         batch: &mut Batch,
+        unique: &mut Vec<Vec<u8>>,
     ) {
+        use nod_query::spec::{Skip, MAX_INDEXED_VALUE};
         for (rev, kv, tombstone) in records {
             if *tombstone {
                 continue;
             }
             // One parse per record, however many indexes cover it.
-            let mut doc: Option<Option<serde_json::Value>> = None;
+            let mut doc: Option<Result<serde_json::Value, Skip>> = None;
             for def in &self.secondary {
                 if !def.maintained() || !def.spec.covers(&kv.key) {
                     continue;
                 }
-                if kv.value.len() > nod_query::spec::MAX_INDEXED_VALUE {
-                    break;
-                }
-                let Some(doc) = doc.get_or_insert_with(|| serde_json::from_slice(&kv.value).ok())
-                else {
-                    break;
+                let doc = doc.get_or_insert_with(|| {
+                    if kv.value.len() > MAX_INDEXED_VALUE {
+                        Err(Skip::TooLarge)
+                    } else {
+                        serde_json::from_slice(&kv.value).map_err(|_| Skip::NotJson)
+                    }
+                });
+                let tuple = match doc {
+                    Ok(d) => def.spec.tuple_of(d),
+                    Err(skip) => Err(skip.clone()),
                 };
-                if let Ok(values) = def.spec.tuple_of(doc) {
-                    let e = entry_key(def.id, values, kv.key.clone(), *rev);
-                    let v = entry_value(&e);
-                    batch.put(Keyspace::Secondary, &e, v);
+                match tuple {
+                    Ok(values) => {
+                        let e = entry_key(def.id, values, kv.key.clone(), *rev);
+                        let v = entry_value(&e);
+                        batch.put(Keyspace::Secondary, &e, v);
+                        if def.spec.unique {
+                            unique.push(e);
+                        }
+                    }
+                    Err(skip) => {
+                        self.index_counts.entry(def.id).or_default().skipped[skip_slot(&skip)] += 1;
+                    }
                 }
             }
         }
