@@ -1,9 +1,12 @@
 //! A large database: put and range throughput (our client, 256 clients)
 //! before and after a system grows to `bytes` of live data in values of
-//! `value_size` bytes, a count of every key (one `count_only` range), and
-//! the time from a restart to ready at that size.
+//! `value_size` bytes (put right after the load too, then again once the
+//! members are idle: an LSM store compacts what the load wrote for a
+//! while after it, which a database that grew over days has long done),
+//! a count of every key (one `count_only` range), and the time from a
+//! restart to ready at that size.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nod_proto::etcd::etcdserverpb::kv_client::KvClient;
 use nod_proto::etcd::etcdserverpb::RangeRequest;
@@ -27,6 +30,10 @@ impl Spec {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Large {
     pub put_empty: f64,
+    /// Put throughput at once after the load.
+    pub put_loaded: f64,
+    /// Seconds from the end of that round until the members were idle.
+    pub settle_secs: f64,
     pub put_large: f64,
     pub range_empty: f64,
     pub range_large: f64,
@@ -64,6 +71,22 @@ pub async fn grow(conns: &[Conn], spec: &Spec) -> Result<f64, String> {
     .await
     .map_err(|e| format!("grow: {e}"))?;
     Ok(start.elapsed().as_secs_f64())
+}
+
+/// Waits until the members are idle: together under a tenth of a core
+/// over 3 s (background compactions of the load done), at most `cap`;
+/// returns the seconds waited.
+pub async fn settle(cluster: &crate::cluster::Cluster, cap: Duration) -> f64 {
+    let start = Instant::now();
+    let window = Duration::from_secs(3);
+    loop {
+        let before = cluster.cpu_ns();
+        tokio::time::sleep(window).await;
+        let used = cluster.cpu_ns().saturating_sub(before);
+        if (used as f64) < 0.1 * window.as_nanos() as f64 || start.elapsed() >= cap {
+            return start.elapsed().as_secs_f64();
+        }
+    }
 }
 
 /// A `count_only` range over every key: seconds and the count.

@@ -142,6 +142,12 @@ enum Cmd {
         /// Seconds of each write-cost run.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Keys under each write-cost prefix.
+        #[arg(long, default_value_t = 100_000)]
+        write_keys: u64,
+        /// Write-cost rounds (each runs 0, 1 and 3 indexes in turn).
+        #[arg(long, default_value_t = 3)]
+        write_rounds: usize,
         /// The etcd to compare with, NAME=BINARY (default: `etcd` on PATH).
         #[arg(long, default_value = "etcd")]
         etcd: String,
@@ -981,6 +987,8 @@ async fn large_one(r: &mut Running, spec: &large::Spec, secs: u64) -> Result<lar
     let load_secs = large::grow(&conns, spec)
         .await
         .map_err(|e| format!("[{label}] {e}"))?;
+    let put_loaded = round(r, &measure(Workload::Put)).await?.0.throughput();
+    let settle_secs = large::settle(&r.cluster, Duration::from_secs(1800)).await;
     let put_large = round(r, &measure(Workload::Put)).await?.0.throughput();
     let range_large = round(r, &measure(Workload::RangeLinearizable))
         .await?
@@ -1002,6 +1010,8 @@ async fn large_one(r: &mut Running, spec: &large::Spec, secs: u64) -> Result<lar
         .as_secs_f64();
     let l = large::Large {
         put_empty,
+        put_loaded,
+        settle_secs,
         put_large,
         range_empty,
         range_large,
@@ -1012,10 +1022,12 @@ async fn large_one(r: &mut Running, spec: &large::Spec, secs: u64) -> Result<lar
         disk,
     };
     eprintln!(
-        "[{label}] at {} GiB: put {:.0} → {:.0} ops/s, range {:.0} → {:.0}, count {} in {:.2} s, restart {:.2} s, loaded in {:.0} s",
+        "[{label}] at {} GiB: put {:.0} → {:.0} ops/s ({:.0} right after the load, idle {:.0} s later), range {:.0} → {:.0}, count {} in {:.2} s, restart {:.2} s, loaded in {:.0} s",
         spec.bytes >> 30,
         l.put_empty,
         l.put_large,
+        l.put_loaded,
+        l.settle_secs,
         l.range_empty,
         l.range_large,
         l.counted,
@@ -1343,6 +1355,8 @@ fn main() -> ExitCode {
                 repeat,
                 clients,
                 seconds,
+                write_keys,
+                write_rounds,
                 etcd,
                 out,
                 data_root,
@@ -1357,6 +1371,8 @@ fn main() -> ExitCode {
                     repeat,
                     clients,
                     seconds,
+                    write_keys,
+                    write_rounds,
                 };
                 let md = query::run(&bin, (&target.name, &target.bin), &root, args).await?;
                 print!("{md}");

@@ -10,10 +10,13 @@
 //!   forced to a prefix scan, on etcd as a client must: a `Range` of
 //!   `/users/` in pages of 10,000, every value parsed and filtered. Every
 //!   system's answer is checked against the one the data makes.
-//! - Write cost: puts of documents over a 100,000-key keyspace (already
-//!   written, so each put replaces a document and its entries) from
-//!   `--clients` clients for `--seconds`, with 0, 1 and 3 indexes on it;
-//!   and how long the first index took to build over those documents.
+//! - Write cost: puts of documents from `--clients` clients for
+//!   `--seconds` over three prefixes of `--write-keys` keys each (already
+//!   written, so each put replaces a document and its entries) with 0, 1
+//!   and 3 indexes on them, in `--write-rounds` rounds that take the
+//!   prefixes in turn (the order reversed every other round, as the main
+//!   benchmark alternates systems); the median round, and how long the
+//!   one index took to build over its documents.
 //!
 //! Prints a Markdown report and writes it to `--out/query.md`.
 
@@ -39,8 +42,12 @@ const CITIES: usize = 50;
 const CITY_AGE: &[(&str, FieldType)] = &[("city", FieldType::String), ("age", FieldType::Number)];
 /// The city the queries ask for (city 0).
 const OSLO: &str = "Oslo";
-/// The keys the write-cost runs put to.
-const WRITE_KEYS: u64 = 100_000;
+/// The write-cost prefixes, with the indexes each has.
+const WRITE_SETS: [(&str, &str); 3] = [
+    ("/w0/", "0 indexes"),
+    ("/w1/", "1 index (city)"),
+    ("/w3/", "3 indexes (city; city, age; email)"),
+];
 /// etcd's page size for the client-side scan.
 const PAGE: i64 = 10_000;
 
@@ -50,6 +57,8 @@ pub struct Args {
     pub repeat: usize,
     pub clients: usize,
     pub seconds: u64,
+    pub write_keys: u64,
+    pub write_rounds: usize,
 }
 
 fn city(i: u64) -> String {
@@ -261,9 +270,15 @@ async fn build_index(conn: &Conn, spec: IndexSpec) -> Result<Duration, String> {
     }
 }
 
-/// Puts for `seconds` from `clients` clients over the write keyspace; the
-/// measured puts per second and latency.
-async fn write_load(conns: &[Conn], clients: usize, seconds: u64) -> workload::Measured {
+/// Puts for `seconds` from `clients` clients over `keys` keys under
+/// `prefix`; the measured puts per second and latency.
+async fn write_load(
+    conns: &[Conn],
+    prefix: &'static str,
+    keys: u64,
+    clients: usize,
+    seconds: u64,
+) -> workload::Measured {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
     for c in 0..clients.max(1) {
@@ -272,11 +287,11 @@ async fn write_load(conns: &[Conn], clients: usize, seconds: u64) -> workload::M
             let mut m = workload::Measured::empty();
             let mut rng = workload::Rng(0x9e37_79b9_7f4a_7c15 ^ (c as u64 + 1));
             while Instant::now() < deadline {
-                let i = rng.next() % WRITE_KEYS;
+                let i = rng.next() % keys.max(1);
                 let t = Instant::now();
                 let r = kv
                     .put(PutRequest {
-                        key: format!("/w/{i:07}").into_bytes(),
+                        key: format!("{prefix}{i:07}").into_bytes(),
                         value: doc(i.wrapping_add(m.ops)),
                         ..Default::default()
                     })
@@ -391,35 +406,52 @@ pub async fn run(
         }
     }
 
-    // Write cost, on a keyspace written once before.
-    workload::put_all(&nod_conns, WRITE_KEYS, 64, |i| {
-        (format!("/w/{i:07}").into_bytes(), doc(i))
-    })
-    .await?;
-    let mut writes = Vec::new();
-    writes.push((
-        "0 indexes",
-        write_load(&nod_conns, a.clients, a.seconds).await,
-    ));
+    // Write cost, on keyspaces written once before.
+    for (prefix, _) in WRITE_SETS {
+        workload::put_all(&nod_conns, a.write_keys, 64, move |i| {
+            (format!("{prefix}{i:07}").into_bytes(), doc(i))
+        })
+        .await?;
+    }
     let first = build_index(
         &nod_conns[0],
-        index_spec("w_city", "/w/", &[("city", FieldType::String)]),
+        index_spec("w1_city", "/w1/", &[("city", FieldType::String)]),
     )
     .await?;
-    writes.push((
-        "1 index (city)",
-        write_load(&nod_conns, a.clients, a.seconds).await,
-    ));
-    build_index(&nod_conns[0], index_spec("w_city_age", "/w/", CITY_AGE)).await?;
     build_index(
         &nod_conns[0],
-        index_spec("w_email", "/w/", &[("email", FieldType::String)]),
+        index_spec("w3_city", "/w3/", &[("city", FieldType::String)]),
     )
     .await?;
-    writes.push((
-        "3 indexes (city; city, age; email)",
-        write_load(&nod_conns, a.clients, a.seconds).await,
-    ));
+    build_index(&nod_conns[0], index_spec("w3_city_age", "/w3/", CITY_AGE)).await?;
+    build_index(
+        &nod_conns[0],
+        index_spec("w3_email", "/w3/", &[("email", FieldType::String)]),
+    )
+    .await?;
+    let mut rounds: Vec<Vec<workload::Measured>> = WRITE_SETS.iter().map(|_| Vec::new()).collect();
+    for round in 0..a.write_rounds.max(1) {
+        let mut order: Vec<usize> = (0..WRITE_SETS.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for k in order {
+            let m = write_load(
+                &nod_conns,
+                WRITE_SETS[k].0,
+                a.write_keys,
+                a.clients,
+                a.seconds,
+            )
+            .await;
+            rounds[k].push(m);
+        }
+    }
+    let writes: Vec<(&str, Vec<workload::Measured>)> = WRITE_SETS
+        .iter()
+        .map(|(_, label)| *label)
+        .zip(rounds)
+        .collect();
     nod.stop();
     etc.stop();
 
@@ -457,22 +489,37 @@ pub async fn run(
             }
         }
     }
-    let base = writes[0].1.throughput();
+    // Each set's median round, and its latencies over every round.
+    let median = |ms: &[workload::Measured]| {
+        let mut t: Vec<f64> = ms.iter().map(|m| m.throughput()).collect();
+        t.sort_by(f64::total_cmp);
+        t.get(t.len() / 2).copied().unwrap_or(0.0)
+    };
+    let base = median(&writes[0].1);
     md.push_str(&format!(
-        "\nWrite cost: puts of documents over {WRITE_KEYS} keys already written, {} clients, {} s each; \
-         the first index built over them in {:.2} s.\n\n| indexes on the prefix | puts/s | × no index | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|\n",
+        "\nWrite cost: puts of documents over {} keys already written under each of three prefixes (0, 1 and 3 indexes), {} clients, {} rounds of {} s taking the prefixes in turn (the order reversed every other round); puts/s is the median round (slowest and fastest in brackets), latencies over every round. The one index was built over its documents in {:.2} s.\n\n| indexes on the prefix | puts/s | × no index | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|\n",
+        a.write_keys,
         a.clients,
+        a.write_rounds.max(1),
         a.seconds,
         first.as_secs_f64()
     ));
-    for (label, m) in &writes {
+    for (label, ms) in &writes {
+        let mut all = workload::Measured::empty();
+        for m in ms {
+            all.merge(m);
+        }
+        let (lo, hi) = ms
+            .iter()
+            .map(|m| m.throughput())
+            .fold((f64::MAX, 0.0f64), |(lo, hi), t| (lo.min(t), hi.max(t)));
         md.push_str(&format!(
-            "| {label} | {:.0} | {:.2} | {:.2} | {:.2} | {} |\n",
-            m.throughput(),
-            m.throughput() / base.max(1e-9),
-            m.ms(0.5),
-            m.ms(0.99),
-            m.errors
+            "| {label} | {:.0} ({lo:.0}–{hi:.0}) | {:.2} | {:.2} | {:.2} | {} |\n",
+            median(ms),
+            median(ms) / base.max(1e-9),
+            all.ms(0.5),
+            all.ms(0.99),
+            all.errors
         ));
     }
     Ok(md)

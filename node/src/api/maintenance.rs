@@ -174,6 +174,8 @@ impl Maintenance for MaintenanceService {
         let (before, after) = tokio::task::spawn_blocking(move || rocks::defragment(&db))
             .await
             .map_err(|e| Status::internal(format!("etcdserver: defragment failed: {e}")))?;
+        // The quota check reads the new size at once, not a cached one.
+        self.node.forget_quota_size();
         let metrics = &self.node.shared.metrics;
         metrics.db_size.set(after.total as i64);
         metrics.db_size_in_use.set(after.in_use as i64);

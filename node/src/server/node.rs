@@ -85,7 +85,15 @@ pub struct Node {
     /// How long without a leader ends the streams of clients that asked
     /// for one (`hasleader`): etcd's three election timeouts.
     pub leaderless_for: Duration,
+    /// The store's size as the quota check last read it, and when.
+    size_seen: Mutex<Option<(Instant, u64)>>,
 }
+
+/// How long the quota check reuses the store's size: reading it asks
+/// RocksDB for each keyspace's table and memtable sizes under its mutex,
+/// work that grows with the table files (an 8 GiB store made every put
+/// wait on it: a quarter of the empty store's throughput).
+const QUOTA_SIZE_EVERY: Duration = Duration::from_millis(100);
 
 /// Metadata a client sets to be refused, rather than wait, when the member
 /// it reaches has no leader (etcd's `WithRequireLeader`).
@@ -132,7 +140,28 @@ impl Node {
             quota_bytes: Some(DEFAULT_QUOTA_BYTES),
             max_txn_ops: crate::storage::kv_store::MAX_TXN_OPS,
             leaderless_for: Duration::from_secs(3),
+            size_seen: Mutex::new(None),
         }
+    }
+
+    /// Makes the next quota check read the store's size (after a
+    /// defragmentation changed it).
+    pub fn forget_quota_size(&self) {
+        *self.size_seen.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The store's size for the quota check, read at most every
+    /// `QUOTA_SIZE_EVERY` (etcd's check reads bbolt's size, a field).
+    fn quota_size(&self) -> u64 {
+        let mut seen = self.size_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, size)) = *seen {
+            if at.elapsed() < QUOTA_SIZE_EVERY {
+                return size;
+            }
+        }
+        let size = self.shared.store().db_size().max(0) as u64;
+        *seen = Some((Instant::now(), size));
+        size
     }
 
     /// Sets how long without a leader ends `hasleader` streams (three
@@ -159,14 +188,14 @@ impl Node {
         let Some(quota) = self.quota_bytes else {
             return Ok(());
         };
-        let (size, raised) = {
-            let store = self.shared.store();
-            let raised = store.has_alarm_of(self.shared.member_id, AlarmType::Nospace);
-            (store.db_size().max(0) as u64, raised)
-        };
+        let size = self.quota_size();
         if size.saturating_add(cost as u64) < quota {
             return Ok(());
         }
+        let raised = self
+            .shared
+            .store()
+            .has_alarm_of(self.shared.member_id, AlarmType::Nospace);
         if !raised {
             tracing::warn!(
                 size,

@@ -169,7 +169,26 @@ impl Backend for RocksBackend {
     }
 
     fn size(&self) -> u64 {
-        sizes(&self.db).total
+        // Table files and memtables only: not `sizes`' live estimate.
+        Keyspace::ALL
+            .iter()
+            .filter_map(|k| self.db.cf_handle(k.name()))
+            .map(|cf| {
+                [
+                    "rocksdb.total-sst-files-size",
+                    "rocksdb.size-all-mem-tables",
+                ]
+                .iter()
+                .map(|p| {
+                    self.db
+                        .property_int_value_cf(cf, *p)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                })
+                .sum::<u64>()
+            })
+            .sum()
     }
 
     fn size_in_use(&self) -> u64 {
