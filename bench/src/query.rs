@@ -243,11 +243,30 @@ fn index_spec(name: &str, prefix: &str, fields: &[(&str, FieldType)]) -> IndexSp
 /// Declares an index and waits until it is ready; how long that took.
 async fn build_index(conn: &Conn, spec: IndexSpec) -> Result<Duration, String> {
     let name = spec.name.clone();
-    let started = Instant::now();
     let mut ix = IndexClient::new(conn.clone());
-    ix.create(IndexCreateRequest { spec: Some(spec) })
-        .await
-        .map_err(|e| format!("index create {name}: {}", e.message()))?;
+    // A new cluster enables indexes once every member has published
+    // them, a moment after it starts: until then a declaration is
+    // refused, and sent again.
+    let asked = Instant::now();
+    loop {
+        match ix
+            .create(IndexCreateRequest {
+                spec: Some(spec.clone()),
+            })
+            .await
+        {
+            Ok(_) => break,
+            Err(e)
+                if e.code() == tonic::Code::FailedPrecondition
+                    && e.message().contains("has not enabled")
+                    && asked.elapsed() < Duration::from_secs(60) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(format!("index create {name}: {}", e.message())),
+        }
+    }
+    let started = Instant::now();
     loop {
         let d = ix
             .describe(IndexDescribeRequest {

@@ -880,6 +880,43 @@ fn a_paged_query_lets_writes_in_between_and_answers_at_its_revision() {
         ),
         Err(QueryError::Request(KvError::Compacted))
     ));
+    // A compaction met while the planner's probes count (which count on
+    // past a failed read) still ends the query, however little it then
+    // reads.
+    let q1 = parse("SELECT KEY FROM '/u/' WHERE city = 'Oslo' LIMIT 1").unwrap();
+    assert!(matches!(
+        KvStore::query_locked(
+            &lock,
+            &q1,
+            0,
+            PlanChoice::Best,
+            LIMITS,
+            Duration::from_secs(600),
+            &mut compact,
+        ),
+        Err(QueryError::Request(KvError::Compacted))
+    ));
+    // An index dropped between the pages of a query reading it ends it.
+    let q2 = parse("SELECT KEY FROM '/u/' WHERE city = 'Oslo' ORDER BY KEY").unwrap();
+    let mut drop_city = || {
+        index += 1;
+        lock.write()
+            .unwrap()
+            .apply_index_drop("city", (index, 1))
+            .unwrap();
+    };
+    assert!(matches!(
+        KvStore::query_locked(
+            &lock,
+            &q2,
+            0,
+            PlanChoice::Index("city"),
+            LIMITS,
+            Duration::from_secs(600),
+            &mut drop_city,
+        ),
+        Err(QueryError::CatalogChanged)
+    ));
     // No time left: ended at the first page's end.
     assert!(matches!(
         KvStore::query_locked(

@@ -279,6 +279,7 @@ fn query_status(e: QueryError) -> Status {
         QueryError::Request(k) => kv_status(k),
         QueryError::OverLimit(why) => Status::resource_exhausted(format!("nod: {why}")),
         e @ QueryError::TimedOut(_) => Status::deadline_exceeded(format!("nod: {e}")),
+        e @ QueryError::CatalogChanged => Status::aborted(format!("nod: {e}")),
         QueryError::Store(s) => kv_status(s),
     }
 }

@@ -332,6 +332,10 @@ pub struct KvStore<B: Backend = RocksBackend> {
     /// What this process's applies skipped and refused, per index id:
     /// for metrics, not stored.
     index_counts: BTreeMap<u32, IndexCounts>,
+    /// Bumped by every change that removes or replaces index entries
+    /// wholesale (drop, rebuild, a failed build) or adds an index: a
+    /// paged query that read entries gives up when it moved.
+    catalog_epoch: u64,
 }
 
 impl KvStore<RocksBackend> {
@@ -427,6 +431,7 @@ impl<B: Backend> KvStore<B> {
             enabled: BTreeSet::new(),
             secondary: Vec::new(),
             index_counts: BTreeMap::new(),
+            catalog_epoch: 0,
         };
         store.load()?;
         store.secondary = store.load_indexes()?;

@@ -59,7 +59,7 @@ pub struct QueryAnswer {
 }
 
 /// Why a query has no answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum QueryError {
     /// The request's own error: a compacted or future revision, an index
     /// that does not exist or cannot serve it.
@@ -73,6 +73,10 @@ pub enum QueryError {
         "the query ran past its time budget of {0:?}: add a condition an index serves, or a LIMIT"
     )]
     TimedOut(Duration),
+    /// An index it read was dropped, rebuilt or added while it ran
+    /// (between its pages): nothing wrong with it, run it again.
+    #[error("the indexes changed while the query ran: run it again")]
+    CatalogChanged,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -103,6 +107,14 @@ struct At<'a, B: Backend> {
     reads: Cell<u32>,
     /// Times a paged query let the lock go.
     pages: Cell<u64>,
+    /// The catalog as the query found it, and whether it read index
+    /// entries (then a change of the catalog ends it).
+    epoch: u64,
+    read_entries: Cell<bool>,
+    /// The first error taking the lock again met: kept, so that one the
+    /// planner's probes swallow (they count on past a failed read) still
+    /// ends the query.
+    failed: RefCell<Option<QueryError>>,
 }
 
 /// The store, as a query holds it at the moment.
@@ -135,12 +147,23 @@ pub fn query_doc(kv: KeyValue) -> Doc {
 
 impl<'a, B: Backend> At<'a, B> {
     fn new(hold: Hold<'a, B>, at: i64) -> At<'a, B> {
-        At {
+        let mut src = At {
             hold,
             at,
             reads: Cell::new(0),
             pages: Cell::new(0),
-        }
+            epoch: 0,
+            read_entries: Cell::new(false),
+            failed: RefCell::new(None),
+        };
+        let epoch = src.store().catalog_epoch;
+        src.epoch = epoch;
+        src
+    }
+
+    /// The error a page boundary met, if any (the query's answer then).
+    fn failure(&self) -> Option<QueryError> {
+        self.failed.borrow_mut().take()
     }
 
     fn store(&self) -> StoreRef<'_, B> {
@@ -166,6 +189,7 @@ impl<'a, B: Backend> At<'a, B> {
     /// spent. Holding the store (`Borrowed`), or with a read of the store
     /// still out (never, from the scans here), it goes on holding it.
     fn relax(&self) -> Result<(), QueryError> {
+        self.reads.set(0);
         let Hold::Paged {
             lock,
             guard,
@@ -179,7 +203,6 @@ impl<'a, B: Backend> At<'a, B> {
         let Ok(mut held) = guard.try_borrow_mut() else {
             return Ok(());
         };
-        self.reads.set(0);
         drop(held.take());
         {
             let mut between = between.borrow_mut();
@@ -188,16 +211,27 @@ impl<'a, B: Backend> At<'a, B> {
         // Taken again whatever follows: the planner reads on after a
         // failed count.
         let g = lock.read().unwrap_or_else(|p| p.into_inner());
-        let compacted = self.at < g.compacted;
+        let e = if self.at < g.compacted {
+            Some(QueryError::Request(KvError::Compacted))
+        } else if self.read_entries.get() && g.catalog_epoch != self.epoch {
+            Some(QueryError::CatalogChanged)
+        } else if deadline.is_some_and(|d| Instant::now() >= d) {
+            Some(QueryError::TimedOut(*budget))
+        } else {
+            None
+        };
         *held = Some(g);
         self.pages.set(self.pages.get() + 1);
-        if compacted {
-            return Err(KvError::Compacted.into());
+        match e {
+            None => Ok(()),
+            Some(e) => {
+                let mut failed = self.failed.borrow_mut();
+                if failed.is_none() {
+                    *failed = Some(e.clone());
+                }
+                Err(e)
+            }
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Err(QueryError::TimedOut(*budget));
-        }
-        Ok(())
     }
 
     /// Each key under `prefix` with its changes, in key order, a page at
@@ -242,6 +276,7 @@ impl<'a, B: Backend> At<'a, B> {
         range: &ByteRange,
         visit: &mut dyn FnMut(&[u8]) -> Result<Flow, QueryError>,
     ) -> Result<(), QueryError> {
+        self.read_entries.set(true);
         let mut from = range.start.clone();
         loop {
             let store = self.store();
@@ -398,7 +433,14 @@ fn run<B: Backend>(
     limits: Limits,
 ) -> Result<QueryAnswer, QueryError> {
     let plan = plan_at(q, src, choice)?;
-    match execute(q, &plan, src, limits) {
+    if let Some(e) = src.failure() {
+        return Err(e);
+    }
+    let output = execute(q, &plan, src, limits);
+    if let Some(e) = src.failure() {
+        return Err(e);
+    }
+    match output {
         Ok(output) => Ok(QueryAnswer {
             output,
             plan,
@@ -510,7 +552,11 @@ impl<B: Backend> KvStore<B> {
         between: &mut dyn FnMut(),
     ) -> Result<Plan, QueryError> {
         Self::paged(lock, q, revision, budget, between, |src| {
-            plan_at(q, src, choice)
+            let plan = plan_at(q, src, choice);
+            match src.failure() {
+                Some(e) => Err(e),
+                None => plan,
+            }
         })
     }
 

@@ -378,6 +378,7 @@ impl<B: Backend> KvStore<B> {
         let st = self.stage();
         self.commit(st, applied, |b| Self::put_def(b, &def))?;
         self.secondary.push(def.clone());
+        self.catalog_epoch += 1;
         Ok(Outcome::Applied(Applied {
             response: def,
             events: Vec::new(),
@@ -401,6 +402,9 @@ impl<B: Backend> KvStore<B> {
             b.delete_range(Keyspace::Secondary, &from, &to);
         })?;
         self.clear_pending(id);
+        // A later index may take this id: it starts its own counts.
+        self.index_counts.remove(&id);
+        self.catalog_epoch += 1;
         let def = self.secondary.remove(at);
         Ok(Outcome::Applied(Applied {
             response: def,
@@ -594,6 +598,7 @@ impl<B: Backend> KvStore<B> {
         })?;
         self.clear_pending(def.id);
         self.secondary[at] = def.clone();
+        self.catalog_epoch += 1;
         Ok(def)
     }
 
