@@ -10,7 +10,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::storage::kv_store::SKIP_REASONS;
+use nod_query::Skip;
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -59,7 +59,7 @@ pub struct IndexMetric<'a> {
     pub ready: bool,
     pub failed: bool,
     pub backfill_remaining: u64,
-    /// By [`SKIP_REASONS`], since this process started.
+    /// By [`Skip::REASONS`], since this process started.
     pub skipped: [u64; 4],
     pub refused: u64,
 }
@@ -275,7 +275,7 @@ impl Metrics {
             let _ = self.index_failed.remove_label_values(&[gone]);
             let _ = self.index_backfill_remaining.remove_label_values(&[gone]);
             let _ = self.index_refused.remove_label_values(&[gone]);
-            for reason in SKIP_REASONS {
+            for reason in Skip::REASONS {
                 let _ = self
                     .index_skipped
                     .remove_label_values(&[gone.as_str(), reason]);
@@ -293,7 +293,7 @@ impl Metrics {
             self.index_backfill_remaining
                 .with_label_values(&[i.name])
                 .set(i64::try_from(i.backfill_remaining).unwrap_or(i64::MAX));
-            for (reason, n) in SKIP_REASONS.iter().zip(i.skipped) {
+            for (reason, n) in Skip::REASONS.iter().zip(i.skipped) {
                 counter_to(&self.index_skipped.with_label_values(&[i.name, reason]), n);
             }
             counter_to(&self.index_refused.with_label_values(&[i.name]), i.refused);

@@ -88,12 +88,9 @@ fn keys_of(v: &Value) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn indexes_are_declared_built_and_queried_on_every_member() {
-    let mut cluster = Cluster::start(3);
-    let eps = cluster.endpoints();
-    let leader_id = leader(&eps).await;
-    // A follower's endpoint: its declarations travel to the leader.
+/// The index of a member that is not the leader.
+async fn a_follower(cluster: &Cluster) -> usize {
+    let leader_id = leader(&cluster.endpoints()).await;
     let mut follower = None;
     for (i, m) in cluster.members.iter().enumerate() {
         let s = m.client().status().await.expect("status");
@@ -101,7 +98,31 @@ async fn indexes_are_declared_built_and_queried_on_every_member() {
             follower = Some(i);
         }
     }
-    let follower = follower.expect("a follower among three");
+    follower.expect("a follower among three")
+}
+
+/// `nod ARGS` (an `index create`), sent again until the cluster has
+/// enabled indexes (every member publishes its features as it starts):
+/// its output.
+async fn declared(args: &[&str]) -> String {
+    eventually(
+        "the index declared",
+        Duration::from_secs(20),
+        || async move {
+            let out = nod_cmd(args, &[]);
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_are_declared_built_and_queried_on_every_member() {
+    let mut cluster = Cluster::start(3);
+    // A follower's endpoint: its declarations travel to the leader.
+    let follower = a_follower(&cluster).await;
     let fep = cluster.members[follower].endpoint();
     let mut c = cluster.members[follower].client();
     write_users(&mut c, 0..2000).await;
@@ -120,17 +141,7 @@ async fn indexes_are_declared_built_and_queried_on_every_member() {
         "--field",
         "age:number",
     ];
-    let created = eventually(
-        "the index declared",
-        Duration::from_secs(20),
-        || async move {
-            let out = nod_cmd(&create, &[]);
-            out.status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-        },
-    )
-    .await;
+    let created = declared(&create).await;
     assert!(
         created.contains("index users_city_age created: building"),
         "{created}"
@@ -349,16 +360,7 @@ async fn described_everywhere(cluster: &Cluster, name: &str, want: &str) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unique_index_refuses_duplicates_and_a_failed_build_is_rebuilt() {
     let cluster = Cluster::start(3);
-    let eps = cluster.endpoints();
-    let leader_id = leader(&eps).await;
-    let mut follower = None;
-    for (i, m) in cluster.members.iter().enumerate() {
-        let s = m.client().status().await.expect("status");
-        if s.header.map(|h| h.member_id) != Some(leader_id) {
-            follower = Some(i);
-        }
-    }
-    let follower = follower.expect("a follower among three");
+    let follower = a_follower(&cluster).await;
     let fep = cluster.members[follower].endpoint();
     let mut c = cluster.members[0].client();
     let put = |k: String, email: String| PutRequest {
@@ -387,17 +389,7 @@ async fn a_unique_index_refuses_duplicates_and_a_failed_build_is_rebuilt() {
         "email:string",
         "--unique",
     ];
-    let created = eventually(
-        "the unique index declared",
-        Duration::from_secs(20),
-        || async move {
-            let out = nod_cmd(&create, &[]);
-            out.status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-        },
-    )
-    .await;
+    let created = declared(&create).await;
     assert!(created.contains("created: building"), "{created}");
     for line in described_everywhere(&cluster, "acct_email", "failed:").await {
         assert!(

@@ -62,14 +62,24 @@ pub enum Skip {
 }
 
 impl Skip {
+    /// Every reason's metric label (`nod_index_skipped_total{reason}`),
+    /// in the order of [`Skip::slot`].
+    pub const REASONS: [&'static str; 4] = ["too_large", "not_json", "missing", "wrong_type"];
+
+    /// Where this reason is in [`Skip::REASONS`] (and in counts kept in
+    /// that order).
+    pub fn slot(&self) -> usize {
+        match self {
+            Skip::TooLarge => 0,
+            Skip::NotJson => 1,
+            Skip::Missing(_) => 2,
+            Skip::WrongType(_) => 3,
+        }
+    }
+
     /// The metric label (`nod_index_skipped_total{reason}`).
     pub fn reason(&self) -> &'static str {
-        match self {
-            Skip::TooLarge => "too_large",
-            Skip::NotJson => "not_json",
-            Skip::Missing(_) => "missing",
-            Skip::WrongType(_) => "wrong_type",
-        }
+        Self::REASONS[self.slot()]
     }
 }
 

@@ -59,7 +59,6 @@ mod read;
 mod secondary;
 pub use secondary::{
     spec_from_proto, spec_to_proto, BadIndex, IndexCounts, IndexDef, IndexState, SecondaryCheck,
-    SKIP_REASONS,
 };
 mod txn;
 

@@ -31,6 +31,7 @@ use nod_query::Query;
 
 use super::encoding::Revision;
 use super::index::Indexed;
+use super::secondary::check_entry;
 use super::{backend, Backend, KeyValue, Keyspace, KvError, KvStore, RecordError, StoreError};
 
 /// Keys, index entries and documents a paged query reads between two
@@ -177,8 +178,12 @@ impl<'a, B: Backend> At<'a, B> {
     }
 
     /// Counts a read; whether a page is done (the scan then lets go of
-    /// what it borrows and calls `relax`).
+    /// what it borrows and calls `relax`). A query the caller holds the
+    /// store for reads in one go.
     fn read(&self) -> bool {
+        if matches!(self.hold, Hold::Borrowed(_)) {
+            return false;
+        }
         let n = self.reads.get().saturating_add(1);
         self.reads.set(n);
         n >= QUERY_PAGE
@@ -290,13 +295,7 @@ impl<'a, B: Backend> At<'a, B> {
                 {
                     return Ok(());
                 }
-                if v.as_ref() != crc32c::crc32c(k.as_ref()).to_be_bytes().as_slice() {
-                    return Err(StoreError::CorruptKey {
-                        keyspace: Keyspace::Secondary.name(),
-                        key: k.to_vec(),
-                    }
-                    .into());
-                }
+                check_entry(&k, &v)?;
                 if !visit(k.as_ref())? {
                     return Ok(());
                 }

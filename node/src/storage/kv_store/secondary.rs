@@ -66,23 +66,10 @@ pub enum IndexState {
     Failed { reason: String },
 }
 
-/// Why values were not indexed, as `nod_index_skipped_total` labels them
-/// (`IndexCounts::skipped` in this order).
-pub const SKIP_REASONS: [&str; 4] = ["too_large", "not_json", "missing", "wrong_type"];
-
-fn skip_slot(skip: &nod_query::spec::Skip) -> usize {
-    use nod_query::spec::Skip;
-    match skip {
-        Skip::TooLarge => 0,
-        Skip::NotJson => 1,
-        Skip::Missing(_) => 2,
-        Skip::WrongType(_) => 3,
-    }
-}
-
 /// What one index's applies did since this process opened the store
 /// (every member counts its own): values skipped, by reason
-/// ([`SKIP_REASONS`]), and writes a unique index refused.
+/// (`nod_query::Skip::REASONS`, in its order), and writes a unique index
+/// refused.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IndexCounts {
     pub skipped: [u64; 4],
@@ -258,6 +245,19 @@ fn entry_key(id: u32, values: Vec<nod_query::FieldValue>, key: Vec<u8>, rev: Rev
 /// An entry's stored value: the checksum of its key.
 fn entry_value(key: &[u8]) -> Vec<u8> {
     crc32c::crc32c(key).to_be_bytes().to_vec()
+}
+
+/// A stored entry (`key` → `value`) whose value is not its key's checksum
+/// is corrupt: every reader of the `secondary` keyspace checks this.
+pub(super) fn check_entry(key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    if value == crc32c::crc32c(key).to_be_bytes().as_slice() {
+        Ok(())
+    } else {
+        Err(StoreError::CorruptKey {
+            keyspace: Keyspace::Secondary.name(),
+            key: key.to_vec(),
+        })
+    }
 }
 
 /// Every entry of index `id` lies in `[from, to)`.
@@ -707,12 +707,7 @@ impl<B: Backend> KvStore<B> {
             if !k.starts_with(tuple) {
                 break;
             }
-            if v.as_ref() != entry_value(&k).as_slice() {
-                return Err(StoreError::CorruptKey {
-                    keyspace: Keyspace::Secondary.name(),
-                    key: k.to_vec(),
-                });
-            }
+            check_entry(&k, &v)?;
             if let Some(key) = live(&k)? {
                 return Ok(Some(key));
             }
@@ -793,7 +788,7 @@ impl<B: Backend> KvStore<B> {
                         }
                     }
                     Err(skip) => {
-                        self.index_counts.entry(def.id).or_default().skipped[skip_slot(&skip)] += 1;
+                        self.index_counts.entry(def.id).or_default().skipped[skip.slot()] += 1;
                     }
                 }
             }
