@@ -133,6 +133,7 @@ async fn nod_query(conn: &Conn, text: &str, plan: Plan) -> Result<(Answer, u64),
             text: text.to_string(),
             plan: plan as i32,
             index: String::new(),
+            ..Default::default()
         })
         .await
         .map_err(|e| format!("Nod query: {}", e.message()))?

@@ -164,6 +164,7 @@ async fn query(c: &mut Client, text: String, plan: Plan) -> Option<(i64, Vec<Str
             } else {
                 String::new()
             },
+            ..Default::default()
         })
         .await
         .ok()?;

@@ -262,6 +262,100 @@ async fn indexes_are_declared_built_and_queried_on_every_member() {
         "{table}"
     );
 
+    // Pages: Oslo's 700 users by age, 100 a page, read through the index
+    // in its order. A write between pages does not move them off the first
+    // page's revision, and together they are the whole answer there.
+    let paged = "SELECT KEY, age FROM '/users/' WHERE city = 'Oslo' AND age >= 0 ORDER BY age DESC";
+    let page = |cursor: Option<&str>, text: &str| -> std::process::Output {
+        let mut args = vec![
+            "--endpoints",
+            fep.as_str(),
+            "-w",
+            "json",
+            "query",
+            "--page-size",
+            "100",
+        ];
+        if let Some(c) = cursor {
+            args.extend(["--cursor", c]);
+        }
+        args.push(text);
+        nod_cmd(&args, &[])
+    };
+    let json = |out: std::process::Output| -> Value {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    };
+    let first = json(page(None, paged));
+    let revision = first["revision"].as_i64().unwrap();
+    let plan = first["plan"].as_str().unwrap();
+    assert!(plan.contains("backward, in the order of age"), "{plan}");
+    let first_cursor = first["cursor"].as_str().expect("a cursor").to_string();
+    c.put(PutRequest {
+        key: b"/users/00000".to_vec(),
+        value: br#"{"name": "user 0", "city": "Oslo", "age": 5}"#.to_vec(),
+        ..Default::default()
+    })
+    .await
+    .expect("a put between pages");
+    let mut rows = first["rows"].as_array().unwrap().clone();
+    let mut cursor = Some(first_cursor.clone());
+    let mut pages = 1;
+    while let Some(at) = cursor {
+        let next = json(page(Some(&at), paged));
+        assert_eq!(next["revision"].as_i64(), Some(revision), "{next}");
+        assert!(next["rows"].as_array().unwrap().len() <= 100);
+        rows.extend(next["rows"].as_array().unwrap().iter().cloned());
+        cursor = next["cursor"].as_str().map(str::to_string);
+        pages += 1;
+    }
+    assert_eq!(pages, 7);
+    let whole = query_json(&fep, &format!("{paged} AT REVISION {revision}"), "best");
+    assert_eq!(&rows, whole["rows"].as_array().unwrap());
+    assert_eq!(rows.len(), 700);
+    assert!(
+        rows.contains(&serde_json::json!(["/users/00000", 0])),
+        "user 0 as the first page's revision had it"
+    );
+    let all = json(nod_cmd(
+        &[
+            "--endpoints",
+            &fep,
+            "-w",
+            "json",
+            "query",
+            "--page-size",
+            "64",
+            "--all",
+            &format!("{paged} AT REVISION {revision}"),
+        ],
+        &[],
+    ));
+    assert_eq!(&all["rows"], &whole["rows"]);
+    assert!(all["cursor"].is_null());
+    // A cursor serves its own query only, and only one Nod gave.
+    let other = page(Some(&first_cursor), "SELECT KEY FROM '/users/'");
+    assert_eq!(other.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&other.stderr).contains("belongs to another query"));
+    let forged = page(Some("AAAA"), paged);
+    assert_eq!(forged.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&forged.stderr).contains("cursor: not one"));
+    assert_eq!(page(Some("!!"), paged).status.code(), Some(2));
+    // Its revision compacted, a cursor ends as a Range there would.
+    let now = c.status().await.expect("status").header.unwrap().revision;
+    c.compact(now).await.expect("compact");
+    let gone = page(Some(&first_cursor), paged);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("compacted"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+
     // What a user gets wrong: a readable error and exit 1, nothing changed.
     let bad = nod_cmd(
         &[

@@ -34,7 +34,7 @@ use nod_proto::etcd::etcdserverpb::{
 };
 use nod_proto::nodquerypb::{FieldType, IndexField, IndexSpec};
 use nod_query::codec::prefix_end;
-use nod_query::exec::{execute, Doc, Flow, Limits, Output, Source};
+use nod_query::exec::{execute, Doc, Flow, Limits, Output, Paging, Source};
 use nod_query::plan::{prefix_plan, Access, ByteRange};
 use nod_query::{parse, Query};
 use proptest::prelude::*;
@@ -186,7 +186,13 @@ fn query() -> impl Strategy<Value = String> {
         prop::sample::select(vec!["*", "COUNT(*)", "KEY, city, age, CREATE_REVISION"]),
         prop::sample::select(vec!["/u/", "/u/k1", "/", "/v/"]),
         prop::option::weighted(0.85, condition()),
-        prop::sample::select(vec!["", " ORDER BY age", " ORDER BY city DESC, KEY"]),
+        prop::sample::select(vec![
+            "",
+            " ORDER BY age",
+            " ORDER BY age DESC",
+            " ORDER BY city DESC, KEY",
+            " ORDER BY city, age DESC",
+        ]),
         prop::option::of(1u8..4),
     )
         .prop_map(|(what, from, cond, order, limit)| {
@@ -212,9 +218,16 @@ impl Source for Listed {
     fn scan_prefix(
         &self,
         prefix: &[u8],
+        after: Option<&[u8]>,
         visit: &mut dyn FnMut(Doc) -> Result<Flow, Self::Error>,
     ) -> Result<(), Self::Error> {
-        for d in self.0.iter().filter(|d| d.key.starts_with(prefix)) {
+        let after = |d: &&Doc| after.is_none_or(|a| d.key.as_slice() > a);
+        for d in self
+            .0
+            .iter()
+            .filter(|d| d.key.starts_with(prefix))
+            .filter(after)
+        {
             if !visit(d.clone())? {
                 break;
             }
@@ -225,6 +238,7 @@ impl Source for Listed {
     fn scan_index(
         &self,
         _: &ByteRange,
+        _: bool,
         _: &mut dyn FnMut(&[u8]) -> Result<Flow, Self::Error>,
     ) -> Result<(), Self::Error> {
         Ok(())
@@ -445,8 +459,52 @@ fn answers_agree<B: Backend>(
             choice,
             nod_query::plan::explain(q, &got.plan)
         );
+        if want.count.is_none() {
+            for page in [1, 2] {
+                let rows = pages(store, q, at, choice, page)
+                    .map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+                prop_assert_eq!(
+                    &rows,
+                    &want.rows,
+                    "{} at {} by {:?} in pages of {}",
+                    text,
+                    at,
+                    choice,
+                    page
+                );
+            }
+        }
     }
     Ok(indexed)
+}
+
+/// `q`'s rows at `at`, asked for `page` at a time, each page after the
+/// place the one before ended (a cursor's content).
+fn pages<B: Backend>(
+    store: &KvStore<B>,
+    q: &Query,
+    at: i64,
+    choice: PlanChoice<'_>,
+    page: u64,
+) -> Result<Vec<Vec<serde_json::Value>>, QueryError> {
+    let mut paging = Paging {
+        page: Some(page),
+        ..Paging::default()
+    };
+    let mut rows = Vec::new();
+    loop {
+        let a = store.query_page(q, at, choice, LIMITS, &paging)?;
+        assert!(a.output.rows.len() as u64 <= page, "a page over its size");
+        rows.extend(a.output.rows);
+        match a.output.next {
+            None => return Ok(rows),
+            Some(next) => {
+                assert!(rows.len() < 1000, "pages without end");
+                paging.sent = rows.len() as u64;
+                paging.after = Some(next);
+            }
+        }
+    }
 }
 
 /// The indexes whose build failed.

@@ -287,6 +287,27 @@ async fn a_nod_snapshot_restores_with_the_same_hash_kv_at_every_revision() {
     let ep = source.members[0].endpoint();
     support::leader(std::slice::from_ref(&ep)).await;
     let mut c = connect(&ep);
+    // JSON documents and an index over them: the snapshot carries its
+    // declaration, and each restored member builds it again.
+    for i in 0..40 {
+        let doc = format!(r#"{{"city": "{}", "n": {i}}}"#, ["Oslo", "Bergen"][i % 2]);
+        c.put(put(format!("/docs/{i:02}"), doc, 0)).await.unwrap();
+    }
+    let declare = [
+        "--endpoints",
+        ep.as_str(),
+        "index",
+        "create",
+        "docs_city",
+        "--prefix",
+        "/docs/",
+        "--field",
+        "city:string",
+    ];
+    eventually("the index declared", Duration::from_secs(20), || async {
+        nod(&declare).status.success().then_some(())
+    })
+    .await;
     let (_, revisions) = workload(&mut c).await;
     let mut want = Vec::new();
     for r in revisions[0]..=*revisions.last().unwrap() {
@@ -315,6 +336,31 @@ async fn a_nod_snapshot_restores_with_the_same_hash_kv_at_every_revision() {
         for &(r, h) in &want {
             assert_eq!(rc.hash_kv(r).await.unwrap().hash, h, "{file:?} at {r}");
         }
+        let rep = m[0].endpoint();
+        eventually("the index built again", Duration::from_secs(20), || {
+            let rep = rep.clone();
+            async move {
+                let out = nod(&[
+                    "--endpoints",
+                    &rep,
+                    "index",
+                    "describe",
+                    "docs_city",
+                    "--verify",
+                ]);
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                (out.status.success() && text.contains("ready (from revision")).then_some(())
+            }
+        })
+        .await;
+        let q = "SELECT KEY FROM '/docs/' WHERE city = 'Oslo'";
+        let got = nod_ok(&["--endpoints", &rep, "query", "--plan", "index:docs_city", q]);
+        let keys: Vec<&str> = got.lines().skip(1).collect();
+        let oslo: Vec<String> = (0..40)
+            .step_by(2)
+            .map(|i| format!("/docs/{i:02}"))
+            .collect();
+        assert_eq!(keys, oslo, "{file:?}: {got}");
     }
 }
 

@@ -12,8 +12,9 @@ use serde_json::Value;
 use crate::ast::{Operand, Projection, Query};
 use crate::codec::EntryKey;
 use crate::eval::{sort_cmp, Cell, Row};
-use crate::plan::{Access, ByteRange, Plan};
+use crate::plan::{Access, Along, ByteRange, Plan};
 use crate::spec::MAX_INDEXED_VALUE;
+use crate::value::FieldValue;
 
 /// A key as the query's revision shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,16 +38,20 @@ pub type VisitEntry<'a, E> = &'a mut dyn FnMut(&[u8]) -> Result<Flow, E>;
 /// What a query reads, at one revision.
 pub trait Source {
     type Error;
-    /// The keys under `prefix` that exist at the revision, in key order.
+    /// The keys under `prefix` that exist at the revision, in key order,
+    /// from the first after `after` when it is given.
     fn scan_prefix(
         &self,
         prefix: &[u8],
+        after: Option<&[u8]>,
         visit: VisitDoc<'_, Self::Error>,
     ) -> Result<(), Self::Error>;
-    /// The index entry keys in `range`, in order.
+    /// The index entry keys in `range`, in order (the last first when
+    /// `reverse`).
     fn scan_index(
         &self,
         range: &ByteRange,
+        reverse: bool,
         visit: VisitEntry<'_, Self::Error>,
     ) -> Result<(), Self::Error>;
     /// `key` as the revision shows it, if the change visible there is the
@@ -92,6 +97,58 @@ pub struct Output {
     /// `COUNT(*)`'s answer.
     pub count: Option<u64>,
     pub stats: Stats,
+    /// Where the next page starts, when the answer was cut at a page's
+    /// size and more rows follow.
+    pub next: Option<After>,
+}
+
+/// One ORDER BY cell of a row, owned: what a cursor keeps of the last row
+/// a page sent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mark {
+    Missing,
+    Json(Value),
+    Int(i64),
+    Bytes(Vec<u8>),
+}
+
+impl Mark {
+    fn of(cell: Cell<'_>) -> Mark {
+        match cell {
+            Cell::Missing => Mark::Missing,
+            Cell::Json(v) => Mark::Json(v.clone()),
+            Cell::Int(i) => Mark::Int(i),
+            Cell::Bytes(b) => Mark::Bytes(b.to_vec()),
+        }
+    }
+
+    pub fn cell(&self) -> Cell<'_> {
+        match self {
+            Mark::Missing => Cell::Missing,
+            Mark::Json(v) => Cell::Json(v),
+            Mark::Int(i) => Cell::Int(*i),
+            Mark::Bytes(b) => Cell::Bytes(b),
+        }
+    }
+}
+
+/// A place in a query's order (its ORDER BY cells, then the key): a page
+/// has the rows after it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct After {
+    /// One per ORDER BY term.
+    pub marks: Vec<Mark>,
+    pub key: Vec<u8>,
+}
+
+/// Which part of the answer to give: the rows after `after`, at most
+/// `page` of them (then `Output::next` says where the rest starts), with
+/// `sent` rows of a LIMIT already given by the pages before.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Paging {
+    pub after: Option<After>,
+    pub page: Option<u64>,
+    pub sent: u64,
 }
 
 struct Matched {
@@ -136,6 +193,31 @@ fn order(q: &Query, a: &Matched, b: &Matched) -> Ordering {
     a.doc.key.cmp(&b.doc.key)
 }
 
+/// Where `a` stands against the place `after` in `q`'s order.
+fn order_after(q: &Query, a: &Matched, after: &After) -> Ordering {
+    let ra = a.row();
+    for (o, m) in q.order.iter().zip(&after.marks) {
+        let c = sort_cmp(&ra.cell(&o.operand), &m.cell());
+        let c = if o.desc { c.reverse() } else { c };
+        if c != Ordering::Equal {
+            return c;
+        }
+    }
+    a.doc.key.as_slice().cmp(&after.key)
+}
+
+fn after_of(q: &Query, m: &Matched) -> After {
+    let row = m.row();
+    After {
+        marks: q
+            .order
+            .iter()
+            .map(|o| Mark::of(row.cell(&o.operand)))
+            .collect(),
+        key: m.doc.key.clone(),
+    }
+}
+
 fn lossy(b: &[u8]) -> Value {
     Value::String(String::from_utf8_lossy(b).into_owned())
 }
@@ -171,11 +253,22 @@ struct Run<'a, S: Source> {
     seen: HashSet<Vec<u8>>,
     matched: Vec<Matched>,
     count: u64,
-    /// Rows kept: LIMIT with an order other than the read's, or every row.
+    /// Rows kept: LIMIT (or a page) with an order other than the read's,
+    /// or every row.
     keep: Option<usize>,
     /// Matches after which reading stops: LIMIT over a read in key order
     /// with no ORDER BY.
     stop_at: Option<usize>,
+    /// The rows wanted come after this place (a cursor's).
+    after: Option<&'a After>,
+    /// An index read in the order of the first ORDER BY term: once `keep`
+    /// rows matched, the value of that term there; the read stops at the
+    /// first entry past it (rows that tie with it may still sort before
+    /// it by key).
+    along: Option<&'a Along>,
+    boundary: Option<FieldValue>,
+    /// The read ended early (no range after it is read).
+    done: bool,
 }
 
 impl<S: Source> Run<'_, S> {
@@ -197,11 +290,19 @@ impl<S: Source> Run<'_, S> {
                 return Ok(true);
             }
         }
-        self.stats.matched += 1;
         if self.q.projection == Projection::Count {
+            self.stats.matched += 1;
             self.count += 1;
             return Ok(true);
         }
+        if self
+            .after
+            .is_some_and(|a| order_after(self.q, &m, a) != Ordering::Greater)
+        {
+            // On an earlier page.
+            return Ok(true);
+        }
+        self.stats.matched += 1;
         self.matched.push(m);
         if self.stop_at.is_some_and(|n| self.matched.len() >= n) {
             return Ok(false);
@@ -224,16 +325,42 @@ impl<S: Source> Run<'_, S> {
             Access::Prefix => {
                 let (src, q) = (self.src, self.q);
                 let prefix = q.from.as_bytes();
+                // In key order with no ORDER BY: a cursor's key is where
+                // the read starts.
+                let from = self
+                    .after
+                    .filter(|_| in_key_order(q))
+                    .map(|a| a.key.as_slice());
                 let mut failure = None;
-                src.scan_prefix(prefix, &mut |doc| {
+                src.scan_prefix(prefix, from, &mut |doc| {
                     keep_failure(self.offer(doc), &mut failure)
                 })
                 .map_err(ExecError::Source)?;
                 failure.map_or(Ok(()), Err)
             }
             Access::Index { arity, ranges, .. } => {
-                for r in ranges {
-                    self.read_range(r, *arity)?;
+                let reverse = self.along.is_some_and(|a| a.desc);
+                let ranges: Vec<ByteRange> = match (self.along, self.after) {
+                    (Some(along), Some(after)) => ranges
+                        .iter()
+                        .filter_map(|r| along.resume(r, after.marks.first()))
+                        .collect(),
+                    _ => ranges.clone(),
+                };
+                let read = |run: &mut Self, r: &ByteRange| {
+                    if run.done {
+                        return Ok(());
+                    }
+                    run.read_range(r, *arity, reverse)
+                };
+                if reverse {
+                    for r in ranges.iter().rev() {
+                        read(self, r)?;
+                    }
+                } else {
+                    for r in &ranges {
+                        read(self, r)?;
+                    }
                 }
                 Ok(())
             }
@@ -246,11 +373,16 @@ impl<S: Source> Run<'_, S> {
         }
     }
 
-    fn read_range(&mut self, range: &ByteRange, arity: usize) -> Result<(), ExecError<S::Error>> {
+    fn read_range(
+        &mut self,
+        range: &ByteRange,
+        arity: usize,
+        reverse: bool,
+    ) -> Result<(), ExecError<S::Error>> {
         let (src, q) = (self.src, self.q);
         let prefix = q.from.as_bytes();
         let mut failure = None;
-        src.scan_index(range, &mut |entry| {
+        src.scan_index(range, reverse, &mut |entry| {
             keep_failure(self.entry(entry, arity, prefix), &mut failure)
         })
         .map_err(ExecError::Source)?;
@@ -268,6 +400,14 @@ impl<S: Source> Run<'_, S> {
         self.stats.entries += 1;
         self.examined()?;
         let e = EntryKey::decode(entry, arity).map_err(ExecError::BadEntry)?;
+        let ordered = self.along.and_then(|a| e.values.get(a.field));
+        if let (Some(b), Some(v)) = (&self.boundary, ordered) {
+            if v != b {
+                // Every row from here on sorts after the ones kept.
+                self.done = true;
+                return Ok(false);
+            }
+        }
         if !e.key.starts_with(prefix) || self.seen.contains(&e.key) {
             return Ok(true);
         }
@@ -277,8 +417,15 @@ impl<S: Source> Run<'_, S> {
             .map_err(ExecError::Source)?
         {
             Some(doc) => {
-                self.seen.insert(e.key);
-                self.offer(doc)
+                self.seen.insert(e.key.clone());
+                let before = self.matched.len();
+                let flow = self.offer(doc)?;
+                if let (Some(k), Some(v)) = (self.keep, ordered) {
+                    if self.boundary.is_none() && before < k && self.matched.len() >= k {
+                        self.boundary = Some(v.clone());
+                    }
+                }
+                Ok(flow)
             }
             None => Ok(true),
         }
@@ -294,17 +441,48 @@ fn keep_failure<E, F>(step: Result<Flow, E>, failure: &mut Option<E>) -> Result<
     })
 }
 
-/// Runs `plan` for `q` over `src`.
+/// Whether `q`'s rows sort in key order (no ORDER BY, or KEY first).
+fn in_key_order(q: &Query) -> bool {
+    q.order
+        .first()
+        .is_none_or(|o| o.operand == Operand::Key && !o.desc)
+}
+
+/// Runs `plan` for `q` over `src`: the whole answer.
 pub fn execute<S: Source>(
     q: &Query,
     plan: &Plan,
     src: &S,
     limits: Limits,
 ) -> Result<Output, ExecError<S::Error>> {
-    let keep = q
-        .limit
-        .filter(|&n| n <= limits.max_rows)
+    execute_page(q, plan, src, limits, &Paging::default())
+}
+
+/// Runs `plan` for `q` over `src`: the part of the answer `paging` asks
+/// for.
+pub fn execute_page<S: Source>(
+    q: &Query,
+    plan: &Plan,
+    src: &S,
+    limits: Limits,
+    paging: &Paging,
+) -> Result<Output, ExecError<S::Error>> {
+    let counting = q.projection == Projection::Count;
+    // The rows this answer may send, and one more to learn whether a page
+    // is the last.
+    let left = q.limit.map(|n| n.saturating_sub(paging.sent));
+    let page = paging.page.filter(|_| !counting);
+    let want = match (left, page) {
+        (Some(l), Some(p)) => Some(l.min(p.saturating_add(1))),
+        (Some(l), None) => Some(l),
+        (None, Some(p)) => Some(p.saturating_add(1)),
+        (None, None) => None,
+    };
+    let keep = want
+        .filter(|&n| n <= limits.max_rows.saturating_add(1))
         .map(|n| n as usize);
+    let after = paging.after.as_ref().filter(|_| !counting);
+    let along = plan.along.as_ref().filter(|_| !counting);
     let mut run = Run {
         q,
         src,
@@ -314,26 +492,41 @@ pub fn execute<S: Source>(
         matched: Vec::new(),
         count: 0,
         keep,
-        stop_at: keep.filter(|_| plan.access == Access::Prefix && q.order.is_empty()),
+        stop_at: keep.filter(|_| plan.access == Access::Prefix && in_key_order(q)),
+        after,
+        along,
+        boundary: None,
+        done: false,
     };
-    run.read(&plan.access)?;
+    if keep != Some(0) {
+        run.read(&plan.access)?;
+    }
     let Run {
         mut matched,
         count,
         stats,
         ..
     } = run;
-    if q.projection == Projection::Count {
+    if counting {
         return Ok(Output {
             columns: columns(q),
             rows: vec![vec![Value::from(count)]],
             count: Some(count),
             stats,
+            next: None,
         });
     }
     matched.sort_by(|a, b| order(q, a, b));
-    if let Some(n) = q.limit {
+    if let Some(n) = want {
         matched.truncate(usize::try_from(n).unwrap_or(usize::MAX));
+    }
+    let mut next = None;
+    if let Some(p) = page {
+        let p = usize::try_from(p).unwrap_or(usize::MAX);
+        if matched.len() > p {
+            matched.truncate(p);
+            next = matched.last().map(|m| after_of(q, m));
+        }
     }
     if matched.len() as u64 > limits.max_rows {
         return Err(ExecError::TooManyRows(limits.max_rows));
@@ -359,5 +552,6 @@ pub fn execute<S: Source>(
         rows,
         count: None,
         stats,
+        next,
     })
 }

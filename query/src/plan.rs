@@ -22,6 +22,7 @@ use std::fmt;
 
 use crate::ast::{CmpOp, Expr, Literal, Operand, Pred, Query};
 use crate::codec::{encode_value, esc_body, index_prefix, prefix_end};
+use crate::exec::Mark;
 use crate::spec::IndexSpec;
 use crate::value::{FieldType, FieldValue};
 
@@ -95,9 +96,77 @@ pub struct Considered {
     pub outcome: Result<u64, String>,
 }
 
+/// An index read whose entries come in the order of the query's first
+/// ORDER BY term: the index's field at `field`, the fields before it
+/// each fixed to one value by the conditions. With a LIMIT (or a page)
+/// the executor stops reading past the last row it needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Along {
+    pub field: usize,
+    pub desc: bool,
+    pub ty: FieldType,
+    /// The index's prefix and the fixed values of the fields before.
+    pub lead: Vec<u8>,
+}
+
+impl Along {
+    /// `range` less the entries whose ordered field sorts before `mark`
+    /// (a cursor's first ORDER BY cell): a superset of the rows after the
+    /// cursor; `None` when nothing is left of it.
+    pub fn resume(&self, range: &ByteRange, mark: Option<&Mark>) -> Option<ByteRange> {
+        let value = match mark {
+            Some(Mark::Json(v)) => FieldValue::from_json(v, self.ty),
+            _ => None,
+        };
+        let Some(value) = value else {
+            return Some(range.clone());
+        };
+        let mut at = self.lead.clone();
+        encode_value(&value, &mut at);
+        let mut r = range.clone();
+        if self.desc {
+            if let Some(end) = prefix_end(&at) {
+                if r.end.as_ref().is_none_or(|e| end < *e) {
+                    r.end = Some(end);
+                }
+            }
+        } else if at > r.start {
+            r.start = at;
+        }
+        (!r.is_empty()).then_some(r)
+    }
+}
+
+/// The order `info`'s entries give `q`, when they come in the order of
+/// its first ORDER BY term.
+fn along(q: &Query, info: &IndexInfo, conj: &[&Expr]) -> Option<Along> {
+    let first = q.order.first()?;
+    let field = info
+        .spec
+        .fields
+        .iter()
+        .position(|f| first.operand == Operand::Field(f.path.clone()))?;
+    let mut lead = index_prefix(info.id);
+    for f in &info.spec.fields[..field] {
+        let b = bounds_for(conj, &Operand::Field(f.path.clone()), f.ty);
+        match b.points.as_deref() {
+            Some([v]) => encode_value(v, &mut lead),
+            _ => return None,
+        }
+    }
+    Some(Along {
+        field,
+        desc: first.desc,
+        ty: info.spec.fields[field].ty,
+        lead,
+    })
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub access: Access,
+    /// Set when `access` reads one index in the query's order.
+    pub along: Option<Along>,
     pub estimate: u64,
     pub revision: i64,
     pub considered: Vec<Considered>,
@@ -363,9 +432,11 @@ pub fn index_plan(
         return Err(format!("it does not cover revision {revision}"));
     }
     let filter = q.filter.as_ref().ok_or("the query has no WHERE clause")?;
-    let (access, estimate) = index_access(info, &conjuncts(filter), probe, PROBE_CAP)?;
+    let conj = conjuncts(filter);
+    let (access, estimate) = index_access(info, &conj, probe, PROBE_CAP)?;
     Ok(Plan {
         access,
+        along: along(q, info, &conj),
         estimate,
         revision,
         considered: vec![],
@@ -377,6 +448,7 @@ pub fn index_plan(
 pub fn prefix_plan(revision: i64) -> Plan {
     Plan {
         access: Access::Prefix,
+        along: None,
         estimate: 0,
         revision,
         considered: vec![],
@@ -396,6 +468,11 @@ pub fn plan(q: &Query, indexes: &[IndexInfo], revision: i64, probe: &dyn Probe) 
         }
         // Every way reads the cap or more: count further.
         p = plan_capped(q, indexes, revision, probe, *cap);
+    }
+    if let (Access::Index { id, .. }, Some(filter)) = (&p.access, &q.filter) {
+        if let Some(info) = indexes.iter().find(|i| i.id == *id) {
+            p.along = along(q, info, &conjuncts(filter));
+        }
     }
     p
 }
@@ -444,6 +521,7 @@ fn plan_capped(
     let Some(filter) = &q.filter else {
         return Plan {
             access: best.0,
+            along: None,
             estimate: best.1,
             revision,
             considered,
@@ -497,6 +575,7 @@ fn plan_capped(
     }
     Plan {
         access: best.0,
+        along: None,
         estimate: best.1,
         revision,
         considered,
@@ -563,6 +642,13 @@ pub fn explain(q: &Query, plan: &Plan) -> String {
         Literal::String(q.from.clone()),
         count_text(plan.estimate, plan.cap)
     ));
+    if let Some(a) = &plan.along {
+        let way = if a.desc { "backward" } else { "forward" };
+        out.push_str(&format!(
+            "  {way}, in the order of {}: stops after the last row the LIMIT keeps\n",
+            q.order[0].operand
+        ));
+    }
     out.push_str("considered:\n");
     for c in &plan.considered {
         match &c.outcome {

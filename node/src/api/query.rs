@@ -23,16 +23,17 @@ use crate::server::driver::{Applied, Outcome};
 use crate::server::node::{Ctx, Node, Route};
 use crate::storage::kv_store::{spec_from_proto, IndexDef, PlanChoice, QueryAnswer, QueryError};
 use crate::storage::{KvError, KvStore};
+use nod_proto::nodquerypb::cursor_mark::Mark as WireMark;
 use nod_proto::nodquerypb::index_client::IndexClient;
 use nod_proto::nodquerypb::index_server::Index;
 use nod_proto::nodquerypb::query_request::Plan as PlanWanted;
 use nod_proto::nodquerypb::query_server::Query as QueryRpc;
 use nod_proto::nodquerypb::{
-    IndexCreateRequest, IndexDescribeRequest, IndexDescription, IndexDropRequest, IndexListRequest,
-    IndexListResponse, IndexRebuildRequest, IndexResponse, QueryRequest, QueryResponse, QueryRow,
-    QueryStats,
+    CursorMark, IndexCreateRequest, IndexDescribeRequest, IndexDescription, IndexDropRequest,
+    IndexListRequest, IndexListResponse, IndexRebuildRequest, IndexResponse, QueryCursor,
+    QueryRequest, QueryResponse, QueryRow, QueryStats,
 };
-use nod_query::exec::Limits;
+use nod_query::exec::{After, Limits, Mark, Paging};
 use nod_query::spec::MAX_NAME_BYTES;
 
 /// Queries one member answers at once; more wait their turn.
@@ -292,8 +293,86 @@ fn parse_status(e: nod_query::ParseError) -> Status {
     s
 }
 
-fn response(q: &nod_query::Query, a: QueryAnswer) -> QueryResponse {
+/// FNV-1a (64 bits) of `q` as printed: what ties a cursor to its query.
+fn query_hash(q: &nod_query::Query) -> u64 {
+    q.to_string().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The cursor of the page after `next`, the pages so far having sent
+/// `sent` rows of `q` at `revision`.
+fn cursor(q: &nod_query::Query, revision: i64, sent: u64, next: After) -> Vec<u8> {
+    let marks = next
+        .marks
+        .into_iter()
+        .map(|m| CursorMark {
+            mark: Some(match m {
+                Mark::Missing => WireMark::Missing(true),
+                Mark::Json(v) => WireMark::Json(v.to_string()),
+                Mark::Int(i) => WireMark::Int(i),
+                Mark::Bytes(b) => WireMark::Bytes(b),
+            }),
+        })
+        .collect();
+    QueryCursor {
+        query: query_hash(q),
+        revision,
+        sent,
+        marks,
+        key: next.key,
+    }
+    .encode_to_vec()
+}
+
+/// Where the page `cursor` asks for starts, and its revision.
+fn resume(q: &nod_query::Query, cursor: &[u8]) -> Result<(i64, Paging), Status> {
+    let bad = |why: &str| Status::invalid_argument(format!("nod: cursor: {why}"));
+    let c = QueryCursor::decode(cursor).map_err(|_| bad("not one a Nod query answer gave"))?;
+    if c.query != query_hash(q) {
+        return Err(bad(
+            "it belongs to another query (send the text of the query that gave it)",
+        ));
+    }
+    if q.projection == nod_query::ast::Projection::Count {
+        return Err(bad("a COUNT(*) query has no pages"));
+    }
+    if c.revision <= 0 || q.at_revision.is_some_and(|r| r != c.revision) {
+        return Err(bad("its revision is not the query's"));
+    }
+    if c.marks.len() != q.order.len() {
+        return Err(bad("it has not one mark per ORDER BY term"));
+    }
+    let marks = c
+        .marks
+        .into_iter()
+        .map(|m| match m.mark {
+            Some(WireMark::Missing(_)) => Ok(Mark::Missing),
+            Some(WireMark::Json(t)) => serde_json::from_str(&t)
+                .map(Mark::Json)
+                .map_err(|_| bad("a mark is not JSON")),
+            Some(WireMark::Int(i)) => Ok(Mark::Int(i)),
+            Some(WireMark::Bytes(b)) => Ok(Mark::Bytes(b)),
+            None => Err(bad("a mark is empty")),
+        })
+        .collect::<Result<Vec<Mark>, Status>>()?;
+    Ok((
+        c.revision,
+        Paging {
+            after: Some(After { marks, key: c.key }),
+            page: None,
+            sent: c.sent,
+        },
+    ))
+}
+
+fn response(q: &nod_query::Query, a: QueryAnswer, paging: &Paging) -> QueryResponse {
     let QueryAnswer { output, plan, .. } = a;
+    let sent = paging.sent.saturating_add(output.rows.len() as u64);
+    let next = output
+        .next
+        .map(|n| cursor(q, plan.revision, sent, n))
+        .unwrap_or_default();
     QueryResponse {
         header: None,
         revision: plan.revision,
@@ -313,6 +392,7 @@ fn response(q: &nod_query::Query, a: QueryAnswer) -> QueryResponse {
             matched: output.stats.matched,
         }),
         plan: nod_query::plan::explain(q, &plan),
+        cursor: next,
     }
 }
 
@@ -332,6 +412,18 @@ impl QueryRpc for QueryService {
             return Err(Status::invalid_argument(
                 "nod: a query through an index names the index",
             ));
+        }
+        let (mut revision, mut paging) = if req.cursor.is_empty() {
+            (q.at_revision.unwrap_or(0), Paging::default())
+        } else {
+            resume(&q, &req.cursor)?
+        };
+        if req.page_size > 0 {
+            paging.page = Some(u64::from(req.page_size).min(QUERY_LIMITS.max_rows));
+        }
+        if q.explain {
+            paging = Paging::default();
+            revision = q.at_revision.unwrap_or(0);
         }
         if !q.serializable {
             self.node.linearize().await?;
@@ -360,7 +452,6 @@ impl QueryRpc for QueryService {
                 PlanWanted::PrefixScan => PlanChoice::PrefixScan,
                 PlanWanted::Index => PlanChoice::Index(&index),
             };
-            let revision = q.at_revision.unwrap_or(0);
             let lock = &node.shared.store;
             // Between pages the lock is free: the apply loop's turn.
             let mut between = std::thread::yield_now;
@@ -380,17 +471,18 @@ impl QueryRpc for QueryService {
                     ..Default::default()
                 }
             } else {
-                let answer = KvStore::query_locked(
+                let answer = KvStore::query_page_locked(
                     lock,
                     &q,
                     revision,
                     choice,
                     QUERY_LIMITS,
+                    &paging,
                     QUERY_BUDGET,
                     &mut between,
                 )
                 .map_err(query_status)?;
-                response(&q, answer)
+                response(&q, answer, &paging)
             };
             out.header = Some(node.header(node.shared.store().current_revision()));
             Ok(out)

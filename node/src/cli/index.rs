@@ -55,6 +55,17 @@ pub struct QueryArgs {
     /// prefix, or one index (`index:NAME`), to compare.
     #[arg(long, default_value = "best")]
     pub plan: String,
+    /// Rows per answer (at most 10,000): with more to come, the answer
+    /// ends with a cursor for `--cursor`.
+    #[arg(long, default_value_t = 0)]
+    pub page_size: u32,
+    /// A cursor an earlier page of the same query printed: the next page,
+    /// at that page's revision.
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// With --page-size: every page, one request each, until the last.
+    #[arg(long, requires = "page_size")]
+    pub all: bool,
 }
 
 fn field(arg: &str) -> Result<IndexField, Failure> {
@@ -241,25 +252,39 @@ pub async fn query(args: QueryArgs, client: ClientFlags) -> Result<ExitCode, Fai
             }
         },
     };
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut cursor = match &args.cursor {
+        Some(c) => b64
+            .decode(c.trim())
+            .map_err(|_| Failure::Usage(format!("--cursor {c:?}: not a cursor nod printed")))?,
+        None => Vec::new(),
+    };
     let mut c = connect(&client)?;
-    let r = c
-        .query_with(QueryRequest {
-            text: args.text,
-            plan: plan as i32,
-            index,
-        })
-        .await?;
-    let rows: Vec<Vec<Value>> = r
-        .rows
-        .iter()
-        .map(|row| {
+    let mut rows: Vec<Vec<Value>> = Vec::new();
+    let (r, stats) = loop {
+        let r = c
+            .query_with(QueryRequest {
+                text: args.text.clone(),
+                plan: plan as i32,
+                index: index.clone(),
+                page_size: args.page_size,
+                cursor,
+            })
+            .await?;
+        rows.extend(r.rows.iter().map(|row| {
             row.cells
                 .iter()
                 .map(|c| serde_json::from_str(c).unwrap_or_else(|_| Value::String(c.clone())))
-                .collect()
-        })
-        .collect();
-    let stats = r.stats.unwrap_or_default();
+                .collect::<Vec<Value>>()
+        }));
+        let stats = r.stats.unwrap_or_default();
+        if !args.all || r.cursor.is_empty() {
+            break (r, stats);
+        }
+        cursor = r.cursor;
+    };
+    let next = (!r.cursor.is_empty()).then(|| b64.encode(&r.cursor));
     match client.output {
         Output::Json => print_json(json!({
             "header": header_json(&r.header),
@@ -269,6 +294,7 @@ pub async fn query(args: QueryArgs, client: ClientFlags) -> Result<ExitCode, Fai
             "count": r.counted.then_some(r.count),
             "stats": {"entries": stats.entries, "docs": stats.docs, "matched": stats.matched},
             "plan": r.plan,
+            "cursor": next,
         })),
         Output::Simple | Output::Fields | Output::Table if r.columns.is_empty() => {
             // EXPLAIN: the plan only.
@@ -285,6 +311,9 @@ pub async fn query(args: QueryArgs, client: ClientFlags) -> Result<ExitCode, Fai
                 println!("{}", cells.join("\t"));
             }
         }
+    }
+    if let (Some(next), false) = (&next, client.output == Output::Json) {
+        eprintln!("more rows: the next page with --cursor {next}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -17,6 +17,9 @@
 //! - `members`: hex id → the member as JSON; `members_removed`: hex id →
 //!   `removed`; `alarm`: an encoded `AlarmMember` → nothing; `cluster`:
 //!   `clusterVersion` → `3.4.0`.
+//! - `nod_indexes` (Nod's own, which etcd leaves alone): index name → its
+//!   declaration (`nodquerypb.IndexSpec`); a store restored from the file
+//!   builds each again from the values (`import`).
 //!
 //! No I/O but the store's reads.
 
@@ -169,6 +172,16 @@ impl<B: Backend> KvStore<B> {
             .map(|a| (a.encode_to_vec(), Vec::new()))
             .collect();
         let cluster = vec![(b"clusterVersion".to_vec(), b"3.4.0".to_vec())];
+        let indexes = self
+            .indexes()
+            .iter()
+            .map(|d| {
+                (
+                    d.spec.name.clone().into_bytes(),
+                    super::spec_to_proto(&d.spec).encode_to_vec(),
+                )
+            })
+            .collect();
 
         let buckets: BTreeMap<&[u8], Pairs> = [
             (&b"alarm"[..], alarms),
@@ -181,6 +194,7 @@ impl<B: Backend> KvStore<B> {
             (b"members", members),
             (b"members_removed", removed),
             (b"meta", meta),
+            (b"nod_indexes", indexes),
         ]
         .into_iter()
         .collect();

@@ -4,6 +4,11 @@
 //! come from the file; the member table is the new cluster's, given by the
 //! caller (the old members and alarms describe a cluster that is gone).
 //!
+//! Nod's own `nod_indexes` bucket, if there, declares its indexes again:
+//! each is built anew from the imported values (BUILDING until the
+//! restored cluster's leader has backfilled it), as the entries are not in
+//! the file.
+//!
 //! Every record is checked as it is read (its revision key, a KeyValue with
 //! a key whose mod revision is its own), and the store is then loaded as a
 //! restart loads it, which checks every record again and rebuilds the
@@ -38,6 +43,8 @@ pub enum ImportError {
     NotEmpty,
     #[error("backup changes: {0}")]
     Changes(String),
+    #[error("the snapshot's indexes: {0}")]
+    Index(String),
 }
 
 /// The TTL given to a lease a restored key names but no backup recorded
@@ -221,8 +228,46 @@ impl<B: Backend> KvStore<B> {
         for m in members {
             store.apply_member(m.id, Some(m.clone()), (1, 1))?;
         }
+        declare_indexes(&mut store, &optional(b"nod_indexes")?)?;
         Ok((store, notes))
     }
+}
+
+/// Declares the indexes of a `nod_indexes` bucket (name → `IndexSpec`)
+/// in `store`, each building from its current revision; the features they
+/// need are enabled, as the cluster the file comes from had them.
+fn declare_indexes<B: Backend>(
+    store: &mut KvStore<B>,
+    items: &[bbolt::Item],
+) -> Result<(), ImportError> {
+    use crate::command::{FEATURE_INDEXES, FEATURE_UNIQUE_INDEXES};
+    let mut specs = Vec::new();
+    for item in items {
+        let spec = nod_proto::nodquerypb::IndexSpec::decode(item.value.as_slice())
+            .map_err(|_| record("nod_indexes"))?;
+        if spec.name.as_bytes() != item.key.as_slice() || super::spec_from_proto(&spec).is_err() {
+            return Err(record("nod_indexes").into());
+        }
+        specs.push(spec);
+    }
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let mut features = vec![FEATURE_INDEXES];
+    if specs.iter().any(|s| s.unique) {
+        features.push(FEATURE_UNIQUE_INDEXES);
+    }
+    for f in features {
+        if let super::Outcome::Refused(e) = store.apply_enable_feature(f, (1, 1))? {
+            return Err(ImportError::Index(format!("enabling {f}: {e}")));
+        }
+    }
+    for spec in &specs {
+        if let super::Outcome::Refused(e) = store.apply_index_create(spec, (1, 1))? {
+            return Err(ImportError::Index(format!("{}: {e}", spec.name)));
+        }
+    }
+    Ok(())
 }
 
 /// Writes the records of `changes`, which must start after revision
@@ -643,6 +688,122 @@ mod tests {
         revision_key(Revision { main, sub: 0 }, false)
     }
 
+    /// The indexes of a store travel in its etcd snapshot as declarations
+    /// (`nod_indexes`), and the restored store builds them again from its
+    /// values: the same entries, the same answers; a unique one too.
+    #[test]
+    fn indexes_come_back_declared_and_are_built_again() {
+        use crate::command::{FEATURE_INDEXES, FEATURE_UNIQUE_INDEXES};
+        use nod_proto::nodquerypb::{FieldType, IndexField, IndexSpec};
+        let mut src: Store = KvStore::in_memory();
+        let mut i = 1;
+        let mut next = || {
+            i += 1;
+            i
+        };
+        for f in [FEATURE_INDEXES, FEATURE_UNIQUE_INDEXES] {
+            src.apply_enable_feature(f, (next(), 1)).unwrap();
+        }
+        let cities = ["Oslo", "Bergen", "Bodø"];
+        for n in 0..90 {
+            let doc = format!(r#"{{"city": "{}", "id": {n}}}"#, cities[n % 3]);
+            put(&mut src, &format!("/u/{n:03}"), &doc, 0, next());
+        }
+        let spec = |name: &str, path: &str, ty: FieldType, unique| IndexSpec {
+            name: name.into(),
+            prefix: b"/u/".to_vec(),
+            fields: vec![IndexField {
+                path: path.into(),
+                r#type: ty as i32,
+            }],
+            unique,
+        };
+        let specs = [
+            spec("city", "city", FieldType::String, false),
+            spec("uid", "id", FieldType::Number, true),
+        ];
+        fn build(s: &mut Store, next: &mut dyn FnMut() -> u64) {
+            let ready = |s: &Store, id| {
+                s.indexes()
+                    .iter()
+                    .any(|d| d.id == id && d.ready_since().is_some())
+            };
+            for id in s.indexes().iter().map(|d| d.id).collect::<Vec<_>>() {
+                while !ready(s, id) {
+                    s.apply_backfill(id, 16, (next(), 1)).unwrap();
+                }
+            }
+        }
+        for sp in &specs {
+            src.apply_index_create(sp, (next(), 1))
+                .unwrap()
+                .into_result()
+                .unwrap();
+        }
+        build(&mut src, &mut next);
+        put(
+            &mut src,
+            "/u/999",
+            r#"{"city": "Oslo", "id": 999}"#,
+            0,
+            next(),
+        );
+
+        let file = src.etcd_snapshot().unwrap();
+        let db = strip_hash(&file, HashCheck::Require).unwrap();
+        let mut got = KvStore::import_etcd(MemoryBackend::new(), db, &[member(7, "n1")]).unwrap();
+        let declared: Vec<(String, bool)> = got
+            .indexes()
+            .iter()
+            .map(|d| (d.spec.name.clone(), d.ready_since().is_some()))
+            .collect();
+        assert_eq!(
+            declared,
+            vec![("city".to_string(), false), ("uid".to_string(), false)],
+            "declared again, building"
+        );
+        let mut j = 100;
+        build(&mut got, &mut || {
+            j += 1;
+            j
+        });
+        for d in got.indexes() {
+            let check = got.verify_secondary(d.id).unwrap().unwrap();
+            assert_eq!(check.expected, 91, "{}", d.spec.name);
+            assert!(check.missing.is_empty() && check.extra.is_empty());
+            let theirs = src.index_named(&d.spec.name).unwrap();
+            assert_eq!(theirs.spec, d.spec);
+            assert_eq!(
+                scan_entries(&got, d.id),
+                scan_entries(&src, theirs.id),
+                "{}",
+                d.spec.name
+            );
+        }
+        // Still unique: a second key with a taken id is refused.
+        let dup = PutRequest {
+            key: b"/u/998".to_vec(),
+            value: br#"{"city": "Oslo", "id": 999}"#.to_vec(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            got.apply_put(&dup, (500, 1)).unwrap(),
+            crate::storage::kv_store::Outcome::Refused(
+                crate::storage::KvError::UniqueViolation { .. }
+            )
+        ));
+    }
+
+    /// Index `id`'s entries without their id prefix.
+    fn scan_entries(s: &Store, id: u32) -> Vec<Vec<u8>> {
+        let p = nod_query::codec::index_prefix(id);
+        scan(s, Keyspace::Secondary)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&p))
+            .map(|(k, _)| k[p.len()..].to_vec())
+            .collect()
+    }
+
     #[test]
     fn a_scheduled_compaction_is_finished_as_etcd_does_on_start() {
         let keys = vec![
@@ -727,6 +888,37 @@ mod tests {
                 ]),
             ),
         ];
+        let spec = |name: &str, path: &str| nod_proto::nodquerypb::IndexSpec {
+            name: name.into(),
+            prefix: b"/u/".to_vec(),
+            fields: vec![nod_proto::nodquerypb::IndexField {
+                path: path.into(),
+                r#type: nod_proto::nodquerypb::FieldType::String as i32,
+            }],
+            unique: false,
+        };
+        let indexes = |name: &str, spec| {
+            bolt(&[
+                (b"key", vec![]),
+                (b"meta", meta()),
+                (b"nod_indexes", vec![(name.as_bytes().to_vec(), spec)]),
+            ])
+        };
+        let mut cases = cases;
+        cases.extend([
+            (
+                "an index stored under another name",
+                indexes("a", spec("b", "city").encode_to_vec()),
+            ),
+            (
+                "an index with a bad field path",
+                indexes("a", spec("a", "city..x").encode_to_vec()),
+            ),
+            (
+                "an index that is not a declaration",
+                indexes("a", vec![0xff]),
+            ),
+        ]);
         for (what, db) in cases {
             match KvStore::import_etcd(MemoryBackend::new(), &db, &[]) {
                 Err(ImportError::Snapshot(SnapshotError::Record(_))) => {}

@@ -25,7 +25,7 @@ use std::ops::{Bound, Deref};
 use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use nod_query::exec::{execute, Doc, ExecError, Flow, Limits, Output, Source};
+use nod_query::exec::{execute_page, Doc, ExecError, Flow, Limits, Output, Paging, Source};
 use nod_query::plan::{index_plan, plan, prefix_plan, ByteRange, IndexInfo, Plan, Probe};
 use nod_query::Query;
 
@@ -239,10 +239,15 @@ impl<'a, B: Backend> At<'a, B> {
         }
     }
 
-    /// Each key under `prefix` with its changes, in key order, a page at
-    /// a time, until `visit` says stop.
-    fn walk(&self, prefix: &[u8], visit: &mut VisitKey<'_, B>) -> Result<(), QueryError> {
-        let mut after: Option<Vec<u8>> = None;
+    /// Each key under `prefix` (after `after`, if given) with its
+    /// changes, in key order, a page at a time, until `visit` says stop.
+    fn walk(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        visit: &mut VisitKey<'_, B>,
+    ) -> Result<(), QueryError> {
+        let mut after: Option<Vec<u8>> = after.filter(|a| *a >= prefix).map(<[u8]>::to_vec);
         loop {
             let store = self.store();
             let lower = match &after {
@@ -275,12 +280,17 @@ impl<'a, B: Backend> At<'a, B> {
     }
 
     /// The index entries in `range`, checked against their checksums, in
-    /// key order, a page at a time, until `visit` says stop.
+    /// key order (the last first when `reverse`), a page at a time, until
+    /// `visit` says stop.
     fn entries(
         &self,
         range: &ByteRange,
+        reverse: bool,
         visit: &mut dyn FnMut(&[u8]) -> Result<Flow, QueryError>,
     ) -> Result<(), QueryError> {
+        if reverse {
+            return self.entries_rev(range, visit);
+        }
         self.read_entries.set(true);
         let mut from = range.start.clone();
         loop {
@@ -319,30 +329,73 @@ impl<'a, B: Backend> At<'a, B> {
     }
 }
 
+impl<B: Backend> At<'_, B> {
+    /// `entries`, the last first.
+    fn entries_rev(
+        &self,
+        range: &ByteRange,
+        visit: &mut dyn FnMut(&[u8]) -> Result<Flow, QueryError>,
+    ) -> Result<(), QueryError> {
+        self.read_entries.set(true);
+        let mut before = range.end.clone();
+        loop {
+            let store = self.store();
+            let mut next = None;
+            for item in store
+                .backend
+                .scan_rev(Keyspace::Secondary, before.as_deref())
+            {
+                let (k, v) = item.map_err(backend("scanning index entries"))?;
+                if k.as_ref() < range.start.as_slice() {
+                    return Ok(());
+                }
+                check_entry(&k, &v)?;
+                if !visit(k.as_ref())? {
+                    return Ok(());
+                }
+                if self.read() {
+                    next = Some(k.to_vec());
+                    break;
+                }
+            }
+            drop(store);
+            match next {
+                None => return Ok(()),
+                Some(n) => {
+                    before = Some(n);
+                    self.relax()?;
+                }
+            }
+        }
+    }
+}
+
 impl<B: Backend> Source for At<'_, B> {
     type Error = QueryError;
 
     fn scan_prefix(
         &self,
         prefix: &[u8],
+        after: Option<&[u8]>,
         visit: &mut dyn FnMut(Doc) -> Result<Flow, QueryError>,
     ) -> Result<(), QueryError> {
         let at = self.at;
-        self.walk(
-            prefix,
-            &mut |store, entry| match entry.visible(at).filter(|c| !c.tombstone) {
-                Some(c) => visit(query_doc(store.read_record(c.rev)?)),
-                None => Ok(true),
-            },
-        )
+        self.walk(prefix, after, &mut |store, entry| match entry
+            .visible(at)
+            .filter(|c| !c.tombstone)
+        {
+            Some(c) => visit(query_doc(store.read_record(c.rev)?)),
+            None => Ok(true),
+        })
     }
 
     fn scan_index(
         &self,
         range: &ByteRange,
+        reverse: bool,
         visit: &mut dyn FnMut(&[u8]) -> Result<Flow, QueryError>,
     ) -> Result<(), QueryError> {
-        self.entries(range, visit)
+        self.entries(range, reverse, visit)
     }
 
     fn visible(&self, key: &[u8], main: u64, sub: u64) -> Result<Option<Doc>, QueryError> {
@@ -364,7 +417,7 @@ impl<B: Backend> Source for At<'_, B> {
 impl<B: Backend> Probe for At<'_, B> {
     fn count_entries(&self, range: &ByteRange, cap: u64) -> u64 {
         let mut n = 0;
-        let read = self.entries(range, &mut |_| {
+        let read = self.entries(range, false, &mut |_| {
             n += 1;
             Ok(n < cap)
         });
@@ -379,7 +432,7 @@ impl<B: Backend> Probe for At<'_, B> {
     fn count_keys(&self, prefix: &[u8], cap: u64) -> u64 {
         let at = self.at;
         let mut n = 0;
-        let read = self.walk(prefix, &mut |_, entry| {
+        let read = self.walk(prefix, None, &mut |_, entry| {
             if entry.visible(at).is_some_and(|c| !c.tombstone) {
                 n += 1;
             }
@@ -430,12 +483,13 @@ fn run<B: Backend>(
     src: &At<'_, B>,
     choice: PlanChoice<'_>,
     limits: Limits,
+    paging: &Paging,
 ) -> Result<QueryAnswer, QueryError> {
     let plan = plan_at(q, src, choice)?;
     if let Some(e) = src.failure() {
         return Err(e);
     }
-    let output = execute(q, &plan, src, limits);
+    let output = execute_page(q, &plan, src, limits, paging);
     if let Some(e) = src.failure() {
         return Err(e);
     }
@@ -517,8 +571,26 @@ impl<B: Backend> KvStore<B> {
         choice: PlanChoice<'_>,
         limits: Limits,
     ) -> Result<QueryAnswer, QueryError> {
+        self.query_page(q, revision, choice, limits, &Paging::default())
+    }
+
+    /// `query`, the part of the answer `paging` asks for.
+    pub fn query_page(
+        &self,
+        q: &Query,
+        revision: i64,
+        choice: PlanChoice<'_>,
+        limits: Limits,
+        paging: &Paging,
+    ) -> Result<QueryAnswer, QueryError> {
         let at = self.query_revision(q, revision)?;
-        run(q, &At::new(Hold::Borrowed(self), at), choice, limits)
+        run(
+            q,
+            &At::new(Hold::Borrowed(self), at),
+            choice,
+            limits,
+            paging,
+        )
     }
 
     /// `query` over the store behind `lock`, taking its read lock a page
@@ -535,8 +607,24 @@ impl<B: Backend> KvStore<B> {
         budget: Duration,
         between: &mut dyn FnMut(),
     ) -> Result<QueryAnswer, QueryError> {
+        let paging = Paging::default();
+        Self::query_page_locked(lock, q, revision, choice, limits, &paging, budget, between)
+    }
+
+    /// `query_locked`, the part of the answer `paging` asks for.
+    #[allow(clippy::too_many_arguments)]
+    pub fn query_page_locked(
+        lock: &RwLock<KvStore<B>>,
+        q: &Query,
+        revision: i64,
+        choice: PlanChoice<'_>,
+        limits: Limits,
+        paging: &Paging,
+        budget: Duration,
+        between: &mut dyn FnMut(),
+    ) -> Result<QueryAnswer, QueryError> {
         Self::paged(lock, q, revision, budget, between, |src| {
-            run(q, src, choice, limits)
+            run(q, src, choice, limits, paging)
         })
     }
 
