@@ -19,9 +19,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The descriptors too: the server's JSON gateway maps etcd's JSON to
     // these messages by reflection (field names, types, enums).
     let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("etcd.bin");
+    // Prost's codec with an exact buffer and Range answers encoded a
+    // key-value at a time (src/codec.rs).
+    let codec = "crate::codec::ExactCodec";
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .codec_path(codec)
         .file_descriptor_set_path(descriptors)
         .compile_protos(&files, &[root.to_string()])?;
     let peer = [
@@ -43,6 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .codec_path(codec)
         .file_descriptor_set_path(nod_descriptors)
         .out_dir(out)
         .extern_path(".etcdserverpb", "crate::etcd::etcdserverpb")

@@ -181,6 +181,9 @@ enum Cmd {
         duration: u64,
         #[arg(long, default_value_t = 100_000)]
         keyspace: u64,
+        /// Bytes of each value the put workloads write.
+        #[arg(long, default_value_t = 256)]
+        value_size: usize,
         /// Puts for the watch workload.
         #[arg(long, default_value_t = 1000)]
         writes: usize,
@@ -1387,6 +1390,7 @@ fn main() -> ExitCode {
                 conns,
                 duration,
                 keyspace,
+                value_size,
                 writes,
                 revisions,
                 rate,
@@ -1429,7 +1433,7 @@ fn main() -> ExitCode {
                     let spec = maint::Spec {
                         revisions,
                         keyspace,
-                        value_size: 256,
+                        value_size,
                         rate,
                     };
                     let conns = workload::connect(&endpoints, conns, &access).await?;
@@ -1454,7 +1458,7 @@ fn main() -> ExitCode {
                     clients,
                     duration: Duration::from_secs(duration),
                     keyspace,
-                    value_size: 256,
+                    value_size,
                 };
                 let threads = threads.unwrap_or_else(load_threads);
                 let m = workload::run(endpoints, access, conns, spec, threads).await?;

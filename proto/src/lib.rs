@@ -7,6 +7,8 @@
 //! (server, client, operator, bench) imports these types from here, so the
 //! wire format has one home and a client never depends on the server.
 
+pub mod codec;
+
 /// Code generated from etcd's v3 API protos (see `etcd/README.md`).
 pub mod etcd {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
