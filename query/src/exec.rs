@@ -269,6 +269,47 @@ struct Run<'a, S: Source> {
     boundary: Option<FieldValue>,
     /// The read ended early (no range after it is read).
     done: bool,
+    /// Index entries of rows a cursor has passed, told by the entry alone
+    /// (their documents are not read).
+    passed: Option<Passed>,
+}
+
+/// What marks an index entry as one of a row before a cursor's place.
+enum Passed {
+    /// In key order: a key at or before this one.
+    Key(Vec<u8>),
+    /// Ordered by one term along the index: this value of it (the tie
+    /// group the cursor is in) with a key at or before this one.
+    Tie(FieldValue, Vec<u8>),
+}
+
+impl Passed {
+    fn of(q: &Query, along: Option<&Along>, after: Option<&After>) -> Option<Passed> {
+        let after = after?;
+        if in_key_order(q) {
+            return Some(Passed::Key(after.key.clone()));
+        }
+        // Ties break on the key only when nothing else orders them.
+        let key_next = q
+            .order
+            .get(1)
+            .is_none_or(|o| o.operand == Operand::Key && !o.desc);
+        let along = along.filter(|_| key_next)?;
+        match after.marks.first()? {
+            Mark::Json(v) => Some(Passed::Tie(
+                FieldValue::from_json(v, along.ty)?,
+                after.key.clone(),
+            )),
+            _ => None,
+        }
+    }
+
+    fn covers(&self, e: &EntryKey, ordered: Option<&FieldValue>) -> bool {
+        match self {
+            Passed::Key(k) => e.key <= *k,
+            Passed::Tie(v, k) => ordered == Some(v) && e.key <= *k,
+        }
+    }
 }
 
 impl<S: Source> Run<'_, S> {
@@ -408,7 +449,10 @@ impl<S: Source> Run<'_, S> {
                 return Ok(false);
             }
         }
-        if !e.key.starts_with(prefix) || self.seen.contains(&e.key) {
+        if !e.key.starts_with(prefix)
+            || self.seen.contains(&e.key)
+            || self.passed.as_ref().is_some_and(|p| p.covers(&e, ordered))
+        {
             return Ok(true);
         }
         match self
@@ -497,6 +541,7 @@ pub fn execute_page<S: Source>(
         along,
         boundary: None,
         done: false,
+        passed: Passed::of(q, along, after),
     };
     if keep != Some(0) {
         run.read(&plan.access)?;

@@ -644,8 +644,13 @@ pub fn explain(q: &Query, plan: &Plan) -> String {
     ));
     if let Some(a) = &plan.along {
         let way = if a.desc { "backward" } else { "forward" };
+        let stop = if q.limit.is_some() {
+            "stops after the last row the LIMIT keeps"
+        } else {
+            "a page stops after its last row"
+        };
         out.push_str(&format!(
-            "  {way}, in the order of {}: stops after the last row the LIMIT keeps\n",
+            "  {way}, in the order of {}: {stop}\n",
             q.order[0].operand
         ));
     }
