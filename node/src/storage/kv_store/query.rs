@@ -288,21 +288,37 @@ impl<'a, B: Backend> At<'a, B> {
         reverse: bool,
         visit: &mut dyn FnMut(&[u8]) -> Result<Flow, QueryError>,
     ) -> Result<(), QueryError> {
-        if reverse {
-            return self.entries_rev(range, visit);
-        }
         self.read_entries.set(true);
-        let mut from = range.start.clone();
+        // Where a page starts: forward, the least key it reads; backward,
+        // the key it reads before (`None`: from the end).
+        let mut at = if reverse {
+            range.end.clone()
+        } else {
+            Some(range.start.clone())
+        };
         loop {
             let store = self.store();
+            let items: Box<dyn Iterator<Item = _>> = if reverse {
+                Box::new(store.backend.scan_rev(Keyspace::Secondary, at.as_deref()))
+            } else {
+                Box::new(
+                    store
+                        .backend
+                        .scan_from(Keyspace::Secondary, at.as_deref().unwrap_or_default()),
+                )
+            };
             let mut next = None;
-            for item in store.backend.scan_from(Keyspace::Secondary, &from) {
+            for item in items {
                 let (k, v) = item.map_err(backend("scanning index entries"))?;
-                if range
-                    .end
-                    .as_ref()
-                    .is_some_and(|e| k.as_ref() >= e.as_slice())
-                {
+                let past = if reverse {
+                    k.as_ref() < range.start.as_slice()
+                } else {
+                    range
+                        .end
+                        .as_ref()
+                        .is_some_and(|e| k.as_ref() >= e.as_slice())
+                };
+                if past {
                     return Ok(());
                 }
                 check_entry(&k, &v)?;
@@ -310,10 +326,12 @@ impl<'a, B: Backend> At<'a, B> {
                     return Ok(());
                 }
                 if self.read() {
-                    // The least key after this one.
-                    let mut after = k.to_vec();
-                    after.push(0);
-                    next = Some(after);
+                    let mut n = k.to_vec();
+                    if !reverse {
+                        // The least key after this one.
+                        n.push(0);
+                    }
+                    next = Some(n);
                     break;
                 }
             }
@@ -321,48 +339,7 @@ impl<'a, B: Backend> At<'a, B> {
             match next {
                 None => return Ok(()),
                 Some(n) => {
-                    from = n;
-                    self.relax()?;
-                }
-            }
-        }
-    }
-}
-
-impl<B: Backend> At<'_, B> {
-    /// `entries`, the last first.
-    fn entries_rev(
-        &self,
-        range: &ByteRange,
-        visit: &mut dyn FnMut(&[u8]) -> Result<Flow, QueryError>,
-    ) -> Result<(), QueryError> {
-        self.read_entries.set(true);
-        let mut before = range.end.clone();
-        loop {
-            let store = self.store();
-            let mut next = None;
-            for item in store
-                .backend
-                .scan_rev(Keyspace::Secondary, before.as_deref())
-            {
-                let (k, v) = item.map_err(backend("scanning index entries"))?;
-                if k.as_ref() < range.start.as_slice() {
-                    return Ok(());
-                }
-                check_entry(&k, &v)?;
-                if !visit(k.as_ref())? {
-                    return Ok(());
-                }
-                if self.read() {
-                    next = Some(k.to_vec());
-                    break;
-                }
-            }
-            drop(store);
-            match next {
-                None => return Ok(()),
-                Some(n) => {
-                    before = Some(n);
+                    at = Some(n);
                     self.relax()?;
                 }
             }
