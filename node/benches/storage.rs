@@ -7,7 +7,12 @@
 //! - the MVCC store: applying a put, and a one-key and a 100-key range,
 //!   over RocksDB (`mvcc`, the server's) and over memory (`mvcc_memory`,
 //!   the simulator's);
-//! - the peer codec: encoding and decoding an Append of 64 entries.
+//! - the peer codec: encoding and decoding an Append of 64 entries;
+//! - secondary indexes: a batch of 64 puts of JSON documents (as one
+//!   Ready applies them) under a prefix with 0, 1 and 3 indexes, over
+//!   RocksDB (`index_put`), and the tuple of one document read in one
+//!   pass over its text against parsing it into a `serde_json::Value`
+//!   first, the route that pass replaced (`index_tuple`).
 //!
 //! `cargo bench -p nod --bench storage`
 
@@ -16,6 +21,7 @@ use nod::storage::backend::Backend;
 use nod::storage::{KvStore, LogStore};
 use nod::transport::codec::{decode_message, encode_message};
 use nod_proto::etcd::etcdserverpb::{PutRequest, RangeRequest};
+use nod_proto::nodquerypb::{FieldType, IndexField, IndexSpec};
 use nod_raft::{
     Entry, EntryPayload, Index, LogWrite, Message, MessageBody, NodeId, Storage, StorageWrite, Term,
 };
@@ -161,5 +167,118 @@ fn codec(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, log_append, log_append_then_term, mvcc, codec);
+/// Document `i`, shaped as `nod-bench query`'s.
+fn doc(i: u64) -> Vec<u8> {
+    format!(
+        r#"{{"name":"user {i}","email":"user{i}@example.com","city":"City {:02}","age":{}}}"#,
+        i % 50,
+        (i * 37 + i / 50) % 100
+    )
+    .into_bytes()
+}
+
+fn field(path: &str, ty: FieldType) -> IndexField {
+    IndexField {
+        path: path.into(),
+        r#type: ty as i32,
+    }
+}
+
+fn index_put(c: &mut Criterion) {
+    let sets: [(&str, Vec<Vec<IndexField>>); 3] = [
+        ("0_indexes", vec![]),
+        ("1_index", vec![vec![field("city", FieldType::String)]]),
+        (
+            "3_indexes",
+            vec![
+                vec![field("city", FieldType::String)],
+                vec![
+                    field("city", FieldType::String),
+                    field("age", FieldType::Number),
+                ],
+                vec![field("email", FieldType::String)],
+            ],
+        ),
+    ];
+    let mut group = c.benchmark_group("index_put");
+    group.throughput(Throughput::Elements(64));
+    for (name, indexes) in sets {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut kv = KvStore::open(&dir.path().join("kv")).expect("open store");
+        let mut index = 1u64;
+        kv.apply_enable_feature(nod::command::FEATURE_INDEXES, (index, 1))
+            .expect("enable")
+            .into_result()
+            .expect("enabled");
+        for (n, fields) in indexes.into_iter().enumerate() {
+            index += 1;
+            let spec = IndexSpec {
+                name: format!("i{n}"),
+                prefix: b"/w/".to_vec(),
+                fields,
+                unique: false,
+            };
+            kv.apply_index_create(&spec, (index, 1))
+                .expect("create")
+                .into_result()
+                .expect("created");
+        }
+        let mut i = 0u64;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                kv.begin_batch();
+                for _ in 0..64 {
+                    i += 1;
+                    index += 1;
+                    let req = PutRequest {
+                        key: format!("/w/{:07}", i % 100_000).into_bytes(),
+                        value: doc(i),
+                        ..Default::default()
+                    };
+                    kv.apply_put(&req, (index, 1))
+                        .expect("put")
+                        .into_result()
+                        .expect("applied");
+                }
+                kv.end_batch().expect("write")
+            })
+        });
+    }
+    group.finish();
+}
+
+fn index_tuple(c: &mut Criterion) {
+    let spec = nod_query::IndexSpec {
+        name: "city".into(),
+        prefix: b"/w/".to_vec(),
+        fields: vec![nod_query::IndexField {
+            path: nod_query::FieldPath::parse("city").expect("path"),
+            ty: nod_query::FieldType::String,
+        }],
+        unique: false,
+    };
+    let value = doc(12345);
+    let mut group = c.benchmark_group("index_tuple");
+    group.bench_function("one_pass", |b| b.iter(|| spec.tuple(&value)));
+    group.bench_function("value_then_lookup", |b| {
+        b.iter(|| {
+            let v: serde_json::Value = serde_json::from_slice(&value).ok()?;
+            spec.fields
+                .iter()
+                .map(|f| nod_query::FieldValue::from_json(f.path.lookup(&v)?, f.ty))
+                .collect::<Option<Vec<_>>>()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    log_append,
+    log_append_then_term,
+    mvcc,
+    codec,
+    index_put,
+    index_tuple
+);
 criterion_main!(benches);

@@ -1,10 +1,11 @@
 //! The pure part of Nod's secondary indexes and queries: the typed values
 //! an index holds ([`value`]), their order-preserving encoding into index
 //! entry keys ([`codec`]), paths to fields of JSON documents ([`path`]),
-//! index declarations with the tuple each document gives them
-//! ([`spec`]), and the query language: its syntax tree ([`ast`]) and
-//! parser ([`parse`]), what a query means for one row ([`eval`]), how to
-//! find its rows ([`plan`]) and finding them ([`exec`]).
+//! index declarations ([`spec`]) with the tuple each document gives them,
+//! read in one pass over its text ([`extract`]), and the query language:
+//! its syntax tree ([`ast`]) and parser ([`parse`]), what a query means
+//! for one row ([`eval`]), how to find its rows ([`plan`]) and finding
+//! them ([`exec`]).
 //!
 //! No I/O: the storage layer writes and reads the entries, the server
 //! serves the queries. Everything here is deterministic, because every
@@ -16,6 +17,7 @@ pub mod ast;
 pub mod codec;
 pub mod eval;
 pub mod exec;
+pub mod extract;
 pub mod parse;
 pub mod path;
 pub mod plan;

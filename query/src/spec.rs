@@ -115,25 +115,13 @@ impl IndexSpec {
         key.starts_with(&self.prefix)
     }
 
-    /// The tuple `value` gives this index, or why it gives none.
+    /// The tuple `value` gives this index, or why it gives none (for
+    /// several indexes over one value, [`crate::extract::tuples`] reads it
+    /// once).
     pub fn tuple(&self, value: &[u8]) -> Result<Vec<FieldValue>, Skip> {
-        if value.len() > MAX_INDEXED_VALUE {
-            return Err(Skip::TooLarge);
-        }
-        let doc: serde_json::Value = serde_json::from_slice(value).map_err(|_| Skip::NotJson)?;
-        self.tuple_of(&doc)
-    }
-
-    /// The tuple of a parsed document (several indexes share one parse).
-    pub fn tuple_of(&self, doc: &serde_json::Value) -> Result<Vec<FieldValue>, Skip> {
-        self.fields
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let v = f.path.lookup(doc).ok_or(Skip::Missing(i))?;
-                FieldValue::from_json(v, f.ty).ok_or(Skip::WrongType(i))
-            })
-            .collect()
+        crate::extract::tuples(&[self], value)
+            .pop()
+            .unwrap_or(Err(Skip::NotJson))
     }
 }
 

@@ -756,28 +756,25 @@ impl<B: Backend> KvStore<B> {
         batch: &mut Batch,
         unique: &mut Vec<Vec<u8>>,
     ) {
-        use nod_query::spec::{Skip, MAX_INDEXED_VALUE};
+        let mut covering = Vec::new();
+        let mut specs = Vec::new();
         for (rev, kv, tombstone) in records {
             if *tombstone {
                 continue;
             }
-            // One parse per record, however many indexes cover it.
-            let mut doc: Option<Result<serde_json::Value, Skip>> = None;
-            for def in &self.secondary {
-                if !def.maintained() || !def.spec.covers(&kv.key) {
-                    continue;
-                }
-                let doc = doc.get_or_insert_with(|| {
-                    if kv.value.len() > MAX_INDEXED_VALUE {
-                        Err(Skip::TooLarge)
-                    } else {
-                        serde_json::from_slice(&kv.value).map_err(|_| Skip::NotJson)
-                    }
-                });
-                let tuple = match doc {
-                    Ok(d) => def.spec.tuple_of(d),
-                    Err(skip) => Err(skip.clone()),
-                };
+            covering.clear();
+            covering.extend((0..self.secondary.len()).filter(|&i| {
+                self.secondary[i].maintained() && self.secondary[i].spec.covers(&kv.key)
+            }));
+            if covering.is_empty() {
+                continue;
+            }
+            // One pass over the value, however many indexes cover it.
+            specs.clear();
+            specs.extend(covering.iter().map(|&i| &self.secondary[i].spec));
+            let tuples = nod_query::extract::tuples(&specs, &kv.value);
+            for (&i, tuple) in covering.iter().zip(tuples) {
+                let def = &self.secondary[i];
                 match tuple {
                     Ok(values) => {
                         let e = entry_key(def.id, values, kv.key.clone(), *rev);
@@ -788,7 +785,8 @@ impl<B: Backend> KvStore<B> {
                         }
                     }
                     Err(skip) => {
-                        self.index_counts.entry(def.id).or_default().skipped[skip.slot()] += 1;
+                        let id = def.id;
+                        self.index_counts.entry(id).or_default().skipped[skip.slot()] += 1;
                     }
                 }
             }
@@ -898,6 +896,39 @@ impl<B: Backend> KvStore<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `nod_query::extract` reads index fields in one pass and agrees with
+    /// a `serde_json::Value` parse (what a prefix scan evaluates) only
+    /// while serde_json's `arbitrary_precision` and `raw_value` features
+    /// are off: they turn these objects into a number. Features unify per
+    /// build, so this checks the server's.
+    #[test]
+    fn the_json_parser_has_no_private_object_keys() {
+        for text in [
+            r#"{"$serde_json::private::Number":"1"}"#,
+            r#"{"$serde_json::private::RawValue":"1"}"#,
+        ] {
+            let v: serde_json::Value = serde_json::from_str(text).expect("JSON");
+            assert!(
+                v.is_object(),
+                "{text} parsed as {v}: a serde_json feature changed how documents are read; \
+                 nod_query::extract must follow it before indexes can be trusted"
+            );
+        }
+        let spec = nod_query::IndexSpec {
+            name: "t".into(),
+            prefix: b"/".to_vec(),
+            fields: vec![nod_query::IndexField {
+                path: nod_query::FieldPath::parse("n").expect("path"),
+                ty: nod_query::FieldType::Number,
+            }],
+            unique: false,
+        };
+        assert_eq!(
+            spec.tuple(br#"{"n":12.5}"#),
+            Ok(vec![nod_query::FieldValue::Number(12.5)])
+        );
+    }
 
     #[test]
     fn a_definition_survives_its_stored_form() {
