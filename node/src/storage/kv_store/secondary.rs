@@ -802,19 +802,21 @@ impl<B: Backend> KvStore<B> {
         rev: Revision,
         batch: &mut Batch,
     ) -> Result<(), StoreError> {
-        if !self
+        let covering: Vec<&IndexDef> = self
             .secondary
             .iter()
-            .any(|d| d.maintained() && d.spec.covers(key))
-        {
+            .filter(|d| d.maintained() && d.spec.covers(key))
+            .collect();
+        if covering.is_empty() {
             return Ok(());
         }
         let kv = self.read_record(rev)?;
-        for def in &self.secondary {
-            if !def.maintained() || !def.spec.covers(key) {
-                continue;
-            }
-            if let Ok(values) = def.spec.tuple(&kv.value) {
+        // One pass over the value for every covering index, as `commit`
+        // made their entries.
+        let specs: Vec<&nod_query::IndexSpec> = covering.iter().map(|d| &d.spec).collect();
+        let tuples = nod_query::extract::tuples(&specs, &kv.value);
+        for (def, tuple) in covering.iter().zip(tuples) {
+            if let Ok(values) = tuple {
                 let e = entry_key(def.id, values, key.to_vec(), rev);
                 batch.delete(Keyspace::Secondary, &e);
             }
