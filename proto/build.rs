@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path(codec)
         .file_descriptor_set_path(descriptors)
         .compile_protos(&files, &[root.to_string()])?;
+    kv_server();
     let peer = [
         "nod/raft.proto",
         "nod/server.proto",
@@ -55,4 +56,63 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".authpb", "crate::etcd::authpb")
         .compile_protos(&peer, &["nod", root])?;
     Ok(())
+}
+
+/// etcd's KV service once more, server side only, with Range answering a
+/// `crate::range::RangeAnswer`: key-values the server copies from its
+/// stored records, encoded once (src/range.rs). The service's path and
+/// messages are etcd's; clients use the generated `kv_client`.
+fn kv_server() {
+    use tonic_prost_build::manual::{Builder, Method, Service};
+    let pb = "crate::etcd::etcdserverpb";
+    let method = |name: &str, route: &str, input: &str, output: &str, codec: &str| {
+        Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(format!("{pb}::{input}"))
+            .output_type(output)
+            .codec_path(codec)
+            .build()
+    };
+    let exact = "crate::codec::ExactCodec";
+    let service = Service::builder()
+        .name("KV")
+        .package("etcdserverpb")
+        .method(method(
+            "range",
+            "Range",
+            "RangeRequest",
+            "crate::range::RangeAnswer",
+            "crate::range::RangeCodec",
+        ))
+        .method(method(
+            "put",
+            "Put",
+            "PutRequest",
+            &format!("{pb}::PutResponse"),
+            exact,
+        ))
+        .method(method(
+            "delete_range",
+            "DeleteRange",
+            "DeleteRangeRequest",
+            &format!("{pb}::DeleteRangeResponse"),
+            exact,
+        ))
+        .method(method(
+            "txn",
+            "Txn",
+            "TxnRequest",
+            &format!("{pb}::TxnResponse"),
+            exact,
+        ))
+        .method(method(
+            "compact",
+            "Compact",
+            "CompactionRequest",
+            &format!("{pb}::CompactionResponse"),
+            exact,
+        ))
+        .build();
+    Builder::new().build_client(false).compile(&[service]);
 }

@@ -8,6 +8,15 @@
 //! wire format has one home and a client never depends on the server.
 
 pub mod codec;
+pub mod range;
+
+/// etcd's KV service, server side, with Range answering a
+/// `range::RangeAnswer` (build.rs, `kv_server`). Its clients are the
+/// generated `etcd::etcdserverpb::kv_client`.
+pub mod kv {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.KV.rs"));
+}
 
 /// Code generated from etcd's v3 API protos (see `etcd/README.md`).
 pub mod etcd {
@@ -130,6 +139,10 @@ mod tests {
         };
         assert_eq!(
             <kv_server::KvServer<()> as tonic::server::NamedService>::NAME,
+            "etcdserverpb.KV"
+        );
+        assert_eq!(
+            <crate::kv::k_v_server::KVServer<()> as tonic::server::NamedService>::NAME,
             "etcdserverpb.KV"
         );
         assert_eq!(

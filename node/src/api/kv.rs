@@ -9,11 +9,12 @@ use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use super::etcd::etcdserverpb::kv_client::KvClient;
-use super::etcd::etcdserverpb::kv_server::Kv;
 use super::etcd::etcdserverpb::{
     request_op, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, TxnRequest,
+    TxnResponse,
 };
+// The KV server whose Range answers a `RangeAnswer` (nod_proto's build.rs).
 use super::status::{auth_status, kv_status};
 use crate::auth::perms::Access;
 use crate::command::Op;
@@ -21,7 +22,9 @@ use crate::server::driver::Outcome;
 use crate::server::node::{Ctx, Node, Route, KV_OVERHEAD};
 use crate::storage::kv_store::KeyRange;
 use crate::storage::kv_store::MAX_TXN_DEPTH;
-use crate::storage::KvError;
+use crate::storage::{KvError, KvStore, ReadError};
+use nod_proto::kv::k_v_server::KV as Kv;
+use nod_proto::range::RangeAnswer;
 
 pub struct KvService {
     pub node: Arc<Node>,
@@ -173,11 +176,15 @@ impl KvService {
         }
     }
 
-    pub(crate) async fn range_as(
+    /// A Range request checked, made linearizable unless serializable,
+    /// allowed, and read by `read` from the store, with the header of the
+    /// revision it read at.
+    async fn read_range<T>(
         &self,
-        req: RangeRequest,
+        req: &RangeRequest,
         ctx: &Ctx,
-    ) -> Result<RangeResponse, Status> {
+        read: impl FnOnce(&KvStore, &RangeRequest) -> Result<T, ReadError>,
+    ) -> Result<(T, ResponseHeader), Status> {
         if req.key.is_empty() {
             return Err(kv_status(KvError::EmptyKey));
         }
@@ -189,9 +196,29 @@ impl KvService {
             .auth()
             .check_range(&ctx.caller, Access::Read, &req.key, &req.range_end)
             .map_err(auth_status)?;
-        let mut resp = store.range(&req).map_err(kv_status)?;
-        resp.header = Some(self.node.header(store.current_revision()));
+        let answer = read(&store, req).map_err(kv_status)?;
+        Ok((answer, self.node.header(store.current_revision())))
+    }
+
+    pub(crate) async fn range_as(
+        &self,
+        req: RangeRequest,
+        ctx: &Ctx,
+    ) -> Result<RangeResponse, Status> {
+        let (mut resp, header) = self.read_range(&req, ctx, KvStore::range).await?;
+        resp.header = Some(header);
         Ok(resp)
+    }
+
+    /// `range_as` for the KV service's Range: the key-values copied from
+    /// their stored records where they can be (`KvStore::range_answer`).
+    async fn range_answer_as(&self, req: RangeRequest, ctx: &Ctx) -> Result<RangeAnswer, Status> {
+        let (mut answer, header) = self.read_range(&req, ctx, KvStore::range_answer).await?;
+        match &mut answer {
+            RangeAnswer::Message(r) => r.header = Some(header),
+            RangeAnswer::Encoded(e) => e.header = Some(header),
+        }
+        Ok(answer)
     }
 
     pub(crate) async fn delete_range_as(
@@ -262,12 +289,9 @@ impl KvService {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(
-        &self,
-        request: Request<RangeRequest>,
-    ) -> Result<Response<RangeResponse>, Status> {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeAnswer>, Status> {
         let ctx = self.node.ctx(&request).await?;
-        self.range_as(request.into_inner(), &ctx)
+        self.range_answer_as(request.into_inner(), &ctx)
             .await
             .map(Response::new)
     }

@@ -15,8 +15,33 @@ use nod::cli::{
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How often an idle process hands memory freed over a while back to the
+/// system (see `collect_freed_memory`).
+const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// mimalloc hands freed memory back to the system a short delay after the
+/// free, and only when some thread next allocates: a member that went idle
+/// after sending one large Range answer kept the answer's buffer resident
+/// (0.5 GB after a 0.5 GB answer, measured). A thread of its own asks it,
+/// twice a second, to return what has waited long enough.
+fn collect_freed_memory() {
+    let collect = || loop {
+        std::thread::sleep(COLLECT_EVERY);
+        // SAFETY: `mi_collect` takes no pointer and may be called from any
+        // thread at any time; `false` only returns memory already free.
+        unsafe { libmimalloc_sys::mi_collect(false) };
+    };
+    // Without the thread, memory is returned later; nothing else changes.
+    let _ = std::thread::Builder::new()
+        .name("mi-collect".into())
+        .spawn(collect);
+}
+
 fn main() -> ExitCode {
     let Cli { command, client } = Cli::parse();
+    if matches!(command, Command::Server(_) | Command::Dev(_)) {
+        collect_freed_memory();
+    }
     match command {
         Command::Sim(args) => sim::run(args),
         Command::Server(flags) => match flags.tracing.config(&flags.name) {

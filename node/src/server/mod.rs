@@ -54,12 +54,13 @@ use driver::{Driver, DriverConfig, DriverHandle, NodeStatus, Shared};
 use metrics::Metrics;
 use nod_client::tls::{TlsError, TlsOptions};
 use nod_proto::etcd::etcdserverpb::{
-    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
-    Member,
+    auth_server::AuthServer, cluster_server::ClusterServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer, Member,
 };
+// etcd's KV service with Range answering a `RangeAnswer` (nod_proto::range).
 use nod_proto::etcd::v3electionpb::election_server::ElectionServer;
 use nod_proto::etcd::v3lockpb::lock_server::LockServer;
+use nod_proto::kv::k_v_server::KVServer as KvServer;
 use nod_proto::nodquerypb::index_server::IndexServer;
 use nod_proto::nodquerypb::query_server::QueryServer;
 use nod_proto::nodserverpb::admin_server::AdminServer;

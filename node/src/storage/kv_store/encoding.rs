@@ -157,6 +157,17 @@ impl KeyHead {
     }
 }
 
+/// A stored record's encoded key-value, checked as `decode_kv` checks it
+/// (the value's field is skipped, not copied): what a Range answer sends
+/// as it is stored.
+pub(super) fn checked_kv(v: &[u8]) -> Result<&[u8], RecordError> {
+    let (_, body) = record_body(v)?;
+    if KeyHead::decode(body)?.key.is_empty() {
+        return Err(RecordError::NoKey);
+    }
+    Ok(body)
+}
+
 /// `decode_kv` for the index: the record's key-value with an empty value.
 pub(super) fn decode_head(v: &[u8]) -> Result<(bool, KeyValue), RecordError> {
     let (tombstone, body) = record_body(v)?;

@@ -3,12 +3,15 @@
 //! to the backend (or the open batch) for records only. I/O through the
 //! backend.
 
-use super::encoding::{decode_kv, Revision};
+use prost::Message as _;
+
+use super::encoding::{checked_kv, decode_kv, Revision};
 use super::index::Change;
 use super::{
     backend, range_request, Backend, Event, EventType, KeyRange, KeyValue, Keyspace, KvError,
     KvStore, RangeRequest, RangeResponse, ReadError, StoreError, TxnRequest, TxnResponse,
 };
+use nod_proto::range::{EncodedKvs, EncodedRange, RangeAnswer};
 
 impl<B: Backend> KvStore<B> {
     pub(super) fn read_record(&self, rev: Revision) -> Result<KeyValue, StoreError> {
@@ -59,9 +62,9 @@ impl<B: Backend> KvStore<B> {
         Ok(out)
     }
 
-    /// Serves a Range request against the local state (the caller has made
-    /// it linearizable if it had to be). Checks revisions against compaction.
-    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ReadError> {
+    /// The revision a Range request reads at, checked against the current
+    /// revision and compaction.
+    fn range_revision(&self, req: &RangeRequest) -> Result<i64, ReadError> {
         let at = if req.revision <= 0 {
             self.current
         } else {
@@ -73,6 +76,19 @@ impl<B: Backend> KvStore<B> {
         if at < self.compacted {
             return Err(KvError::Compacted.into());
         }
+        Ok(at)
+    }
+
+    /// Calls `each` with the revision of every key-value a Range request in
+    /// key order (or counting only) returns, counting all, so `--limit 1`
+    /// over a large range reads one record; `None` when the request needs
+    /// the general path (a filter, another order, an empty range).
+    fn range_in_key_order(
+        &self,
+        req: &RangeRequest,
+        at: i64,
+        mut each: impl FnMut(Revision) -> Result<(), StoreError>,
+    ) -> Result<Option<(i64, bool)>, StoreError> {
         let range = KeyRange::new(&req.key, &req.range_end);
         let key_order = req.sort_target == range_request::SortTarget::Key as i32
             && req.sort_order != range_request::SortOrder::Descend as i32;
@@ -80,40 +96,96 @@ impl<B: Backend> KvStore<B> {
             || req.max_mod_revision != 0
             || req.min_create_revision != 0
             || req.max_create_revision != 0;
-        if !filtered && (key_order || req.count_only) && !range.is_empty() {
-            // Count from the in-memory index and read only the records
-            // returned, so `--limit 1` over a large range reads one record.
-            let limit = if req.limit > 0 {
-                req.limit as usize
-            } else {
-                usize::MAX
-            };
-            let mut count = 0i64;
-            let mut kvs = Vec::new();
-            for (key, _) in self.index.range::<[u8], _>(range.bounds()) {
-                match self.visible(key, at) {
-                    Some(c) if !c.tombstone => {
-                        count += 1;
-                        if !req.count_only && kvs.len() < limit {
-                            let mut kv = self.read_record(c.rev)?;
-                            if req.keys_only {
-                                kv.value.clear();
-                            }
-                            kvs.push(kv);
-                        }
+        if filtered || !(key_order || req.count_only) || range.is_empty() {
+            return Ok(None);
+        }
+        // Counted from the in-memory index; only returned records are read.
+        let limit = if req.limit > 0 {
+            req.limit as usize
+        } else {
+            usize::MAX
+        };
+        let mut count = 0usize;
+        for (key, _) in self.index.range::<[u8], _>(range.bounds()) {
+            match self.visible(key, at) {
+                Some(c) if !c.tombstone => {
+                    if !req.count_only && count < limit {
+                        each(c.rev)?;
                     }
-                    _ => {}
+                    count += 1;
                 }
+                _ => {}
             }
+        }
+        Ok(Some((count as i64, count > limit)))
+    }
+
+    /// Serves a Range request against the local state (the caller has made
+    /// it linearizable if it had to be). Checks revisions against compaction.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ReadError> {
+        let at = self.range_revision(req)?;
+        let mut kvs = Vec::new();
+        let read = |rev| {
+            let mut kv = self.read_record(rev)?;
+            if req.keys_only {
+                kv.value.clear();
+            }
+            kvs.push(kv);
+            Ok(())
+        };
+        if let Some((count, more)) = self.range_in_key_order(req, at, read)? {
             return Ok(RangeResponse {
                 header: None,
                 kvs,
-                more: count as usize > limit,
+                more,
                 count,
             });
         }
+        let range = KeyRange::new(&req.key, &req.range_end);
         let kvs = self.range_at(&range, at)?;
         Ok(shape_range(req, kvs))
+    }
+
+    /// `range` as the KV service sends it: in key order, the key-values
+    /// are copied from their stored records, already encoded, never
+    /// decoded into `KeyValue`s (a large answer is held about once; see
+    /// `nod_proto::range`). Other requests get `range`'s answer.
+    pub fn range_answer(&self, req: &RangeRequest) -> Result<RangeAnswer, ReadError> {
+        if req.keys_only {
+            return self.range(req).map(RangeAnswer::Message);
+        }
+        let at = self.range_revision(req)?;
+        let mut kvs = EncodedKvs::default();
+        let copy = |rev| self.copy_record(rev, &mut kvs);
+        match self.range_in_key_order(req, at, copy)? {
+            Some((count, more)) => Ok(RangeAnswer::Encoded(EncodedRange {
+                header: None,
+                kvs,
+                more,
+                count,
+            })),
+            None => self.range(req).map(RangeAnswer::Message),
+        }
+    }
+
+    /// Appends record `rev`'s encoded key-value to `kvs`, checked as
+    /// `read_record` checks it.
+    fn copy_record(&self, rev: Revision, kvs: &mut EncodedKvs) -> Result<(), StoreError> {
+        if let Some(kv) = self.pending.as_ref().and_then(|p| p.records.get(&rev)) {
+            kvs.push(&kv.encode_to_vec());
+            return Ok(());
+        }
+        let v = self
+            .backend
+            .get(Keyspace::Rev, &rev.key())
+            .map_err(backend("reading a revision"))?
+            .ok_or(StoreError::Missing(rev))?;
+        let body = checked_kv(&v).map_err(|cause| StoreError::CorruptRecord {
+            revision: rev.main,
+            cause,
+        })?;
+        kvs.push(body);
+        Ok(())
     }
 
     /// Every change in `(after, upto]` to keys in `range`, as watch events
