@@ -97,6 +97,10 @@ struct RunArgs {
     /// which `scripts/bench --write-md` adds to a results.md without one.
     #[arg(long)]
     large_only: bool,
+    /// Only the memory cases (on the plain clusters): writes memory.md in
+    /// --out, for measuring a memory change without the whole run.
+    #[arg(long, conflicts_with = "large_only")]
+    memory_only: bool,
 }
 
 #[derive(Subcommand)]
@@ -1087,6 +1091,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         font,
         plain_only,
         large_only,
+        memory_only,
     } = args;
     if large_only && large_gib == 0 {
         return Err("--large-only needs --large-gib".into());
@@ -1164,6 +1169,24 @@ async fn run(args: RunArgs) -> Result<(), String> {
         std::fs::write(&path, &md).map_err(|e| format!("{}: {e}", path.display()))?;
         println!("{md}");
         eprintln!("results: {}", path.display());
+        let _ = std::fs::remove_dir_all(&data_root);
+        return Ok(());
+    }
+    if memory_only {
+        let systems: Vec<&Running> = plain.iter().collect();
+        let peaks = memory_all(&systems, &set.memory).await?;
+        let mut md = format!(
+            "<!-- Written by ./scripts/bench --memory-only. -->\n\nThe memory cases run on their own (`./scripts/bench --memory-only`), machine: {}.\n",
+            machine()
+        );
+        report::memory_section(&mut md, &peaks, &set.memory, &names, reference);
+        let path = out.join("memory.md");
+        std::fs::write(&path, &md).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("{md}");
+        eprintln!("results: {}", path.display());
+        for mut r in plain {
+            r.cluster.stop();
+        }
         let _ = std::fs::remove_dir_all(&data_root);
         return Ok(());
     }

@@ -467,6 +467,27 @@ pub fn large_section(
     large_table(s, large, names, reference);
 }
 
+/// The section "Memory": what was measured, then `memory_table`.
+pub fn memory_section(
+    s: &mut String,
+    peaks: &[crate::memory::Peaks],
+    m: &crate::memory::Spec,
+    names: &[String],
+    reference: usize,
+) {
+    let _ = writeln!(s, "\n## Memory\n");
+    let _ = writeln!(
+        s,
+        "Each system's largest peak resident set among its members (VmHWM, reset through /proc/<pid>/clear_refs before each case): {} s at rest after {} keys of 256 B were written; {} watchers (one stream each, prev_kv) while 1000 writes a second go to their keys for {} s; one client reading {} MiB of 1 KiB values from the leader in one range, then the same in pages of 10,000 keys at one revision.\n",
+        m.secs,
+        m.keys,
+        m.watchers,
+        m.secs,
+        m.big_bytes >> 20
+    );
+    memory_table(s, peaks, names, reference);
+}
+
 /// Peak RSS per member in each memory case (MiB), with the ratio.
 fn memory_table(
     s: &mut String,
@@ -559,18 +580,7 @@ pub fn markdown(rows: &[Row], secure: &[Row], tool: &[ToolRow], more: &More, x: 
         maint_table(&mut s, more.maint, names, x.reference);
     }
     if !more.memory.is_empty() {
-        let m = more.memory_spec;
-        let _ = writeln!(s, "\n## Memory\n");
-        let _ = writeln!(
-            s,
-            "Each system's largest peak resident set among its members (VmHWM, reset through /proc/<pid>/clear_refs before each case): {} s at rest after {} keys of 256 B were written; {} watchers (one stream each, prev_kv) while 1000 writes a second go to their keys for {} s; one client reading {} MiB of 1 KiB values from the leader in one range, then the same in pages of 10,000 keys at one revision.\n",
-            m.secs,
-            m.keys,
-            m.watchers,
-            m.secs,
-            m.big_bytes >> 20
-        );
-        memory_table(&mut s, more.memory, names, x.reference);
+        memory_section(&mut s, more.memory, more.memory_spec, names, x.reference);
     }
     if !more.large.is_empty() {
         large_section(

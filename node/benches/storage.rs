@@ -15,6 +15,12 @@
 //!   first, the route that pass replaced (`index_tuple`).
 //!
 //! `cargo bench -p nod --bench storage`
+//!
+//! With the server's allocator (mimalloc, src/bin/nod.rs): glibc's malloc
+//! was a fifth of an indexed put's profile here, which the server never pays.
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use nod::storage::backend::Backend;
