@@ -182,11 +182,17 @@ impl EncodedKvs {
 
     /// Appends one key-value, given as its encoded `mvccpb.KeyValue`.
     pub fn push(&mut self, kv: &[u8]) {
-        let mut head = Vec::with_capacity(11);
-        head.push(KVS_TAG);
-        encoding::encode_varint(kv.len() as u64, &mut head);
+        // The field's tag and the key-value's length (a varint, at most 10 bytes).
+        let mut head = [0u8; 11];
+        head[0] = KVS_TAG;
+        let unused = {
+            let mut rest = &mut head[1..];
+            encoding::encode_varint(kv.len() as u64, &mut rest);
+            rest.len()
+        };
+        let head = &head[..head.len() - unused];
         let n = head.len() + kv.len();
-        let parts = [head.as_slice(), kv];
+        let parts = [head, kv];
         let fits = self.chunks.last_mut().is_some_and(|c| c.append(&parts, n));
         if !fits {
             let mut chunk = self.chunk_for(n);

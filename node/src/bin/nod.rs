@@ -25,11 +25,19 @@ const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_millis(500)
 /// (0.5 GB after a 0.5 GB answer, measured). A thread of its own asks it,
 /// twice a second, to return what has waited long enough.
 fn collect_freed_memory() {
-    let collect = || loop {
-        std::thread::sleep(COLLECT_EVERY);
-        // SAFETY: `mi_collect` takes no pointer and may be called from any
-        // thread at any time; `false` only returns memory already free.
-        unsafe { libmimalloc_sys::mi_collect(false) };
+    let collect = || {
+        // `mi_collect` works through the calling thread's own heap and
+        // returns at once while it has none; this thread may never
+        // allocate, so it sets its heap up first.
+        // SAFETY: `mi_thread_init` and `mi_collect` take no pointer and may
+        // be called from any thread at any time; `false` only returns
+        // memory already free.
+        unsafe { libmimalloc_sys::mi_thread_init() };
+        loop {
+            std::thread::sleep(COLLECT_EVERY);
+            // SAFETY: as above.
+            unsafe { libmimalloc_sys::mi_collect(false) };
+        }
     };
     // Without the thread, memory is returned later; nothing else changes.
     let _ = std::thread::Builder::new()
