@@ -1,6 +1,7 @@
 //! The gRPC codec of every generated client and server: prost's, but an
-//! answer's buffer is reserved at its exact encoded size first, and a
-//! Range answer's key-values are encoded and dropped one at a time.
+//! answer's buffer is reserved at its exact encoded size first. A Range
+//! answer's key-values are encoded and dropped one at a time
+//! (`encode_range`, called by `range::RangeCodec`, the KV server's Range).
 //!
 //! tonic-prost's codec lets prost write into a buffer that doubles as it
 //! fills, so a 1 GiB Range answer was held three times at its peak: the
@@ -11,7 +12,6 @@
 //! field in tag order) frees each value as its bytes are written, so the
 //! answer is about once in memory. Decoding is prost's, unchanged.
 
-use std::any::Any;
 use std::marker::PhantomData;
 
 use prost::Message;
@@ -56,12 +56,10 @@ impl<T: Message + 'static> Encoder for ExactEncoder<T> {
     type Item = T;
     type Error = Status;
 
-    fn encode(&mut self, mut item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+    fn encode(&mut self, item: T, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
         buf.reserve(item.encoded_len());
-        if let Some(range) = (&mut item as &mut dyn Any).downcast_mut::<RangeResponse>() {
-            encode_range(range, buf);
-            return Ok(());
-        }
+        // Range answers go through `range::RangeCodec`, which drops their
+        // key-values as it writes them (`encode_range`).
         // Cannot fail: the buffer grows as needed.
         item.encode(buf)
             .map_err(|e| Status::internal(format!("encoding an answer: {e}")))
