@@ -623,11 +623,12 @@ fn a_compaction_is_removed_a_step_at_a_time_and_no_answer_changes<H: Harness>(h:
 
 fn compaction_keeps_the_visible_values_and_refuses_older_reads<H: Harness>(h: &mut H) {
     let mut f = create(h);
-    f.put("a", "1");
+    let r0 = f.put("a", "1");
     let r = f.put("a", "2");
     f.put("b", "1");
     f.del("b", "");
     f.put("a", "3");
+    let rc = f.put("c", "1");
     let at = f.next();
     f.store
         .apply_compaction(
@@ -677,10 +678,17 @@ fn compaction_keeps_the_visible_values_and_refuses_older_reads<H: Harness>(h: &m
     );
     // Reopen: the index is rebuilt from disk and agrees.
     let applied = f.store.applied();
-    let f = reopen(h, f);
+    let mut f = reopen(h, f);
     assert_eq!(f.store.applied(), applied);
     assert_eq!(f.get("a", 0).unwrap().unwrap().0, "3");
     assert_eq!(f.get("a", r - 1), Err(KvError::Compacted));
+    // Puts after the reopen carry each key's create revision and version
+    // on: a key whose oldest record left is its second version, and one
+    // put once.
+    let ra = f.put("a", "4");
+    assert_eq!(f.get("a", 0).unwrap(), Some(("4".into(), r0, ra, 4)));
+    let rc2 = f.put("c", "2");
+    assert_eq!(f.get("c", 0).unwrap(), Some(("2".into(), rc, rc2, 2)));
 }
 
 fn leases_own_keys_and_revoking_deletes_them_in_one_revision<H: Harness>(h: &mut H) {

@@ -500,7 +500,7 @@ impl<B: Backend> KvStore<B> {
         // Attach live keys to their leases.
         for (k, entry) in &self.index {
             // A deleted key's lease is 0, which is never a lease id.
-            if let Some(rec) = self.leases.get_mut(&entry.live.lease) {
+            if let Some(rec) = self.leases.get_mut(&entry.lease()) {
                 rec.keys.insert(k.to_vec());
             }
         }

@@ -152,22 +152,13 @@ impl<B: Backend> KvStore<B> {
         let indexed = !self.secondary.is_empty();
         let mut dropped_puts = Vec::new();
         for (k, entry) in self.index.range_mut::<IndexKey, _>(range) {
-            let before = entry.changes.len();
-            let keep = entry.changes.iter().rposition(|c| c.rev.main <= sweep.at);
-            let mut i = 0;
-            entry.changes.retain(|c| {
-                let doomed = c.rev.main <= sweep.at && (c.tombstone || Some(i) != keep);
-                if doomed {
-                    batch.delete(Keyspace::Rev, &c.rev.key());
-                    if indexed && !c.tombstone {
-                        dropped_puts.push((k.clone(), c.rev));
-                    }
+            dropped += entry.compact(sweep.at, |c| {
+                batch.delete(Keyspace::Rev, &c.rev.key());
+                if indexed && !c.tombstone {
+                    dropped_puts.push((k.clone(), c.rev));
                 }
-                i += 1;
-                !doomed
             });
-            dropped += before - entry.changes.len();
-            if entry.changes.is_empty() {
+            if entry.is_empty() {
                 emptied.push(k.clone());
             }
             last = Some(k.clone());

@@ -107,9 +107,9 @@ impl<B: Backend> KvStore<B> {
                     .entry(IndexKey::from_slice(&kv.key))
                     .or_insert_with(Indexed::new),
             };
-            let before = entry.live.lease;
+            let before = entry.lease();
             entry.record(rev, &kv, tombstone);
-            let after = entry.live.lease;
+            let after = entry.lease();
             // The key moves from the lease of the value it replaced to its own.
             if before != after {
                 if let Some(rec) = self.leases.get_mut(&before) {

@@ -273,7 +273,7 @@ impl<B: Backend> KvStore<B> {
         let Some(entry) = self.index.get(key) else {
             return Ok(None);
         };
-        match entry.changes.iter().rev().find(|c| c.rev < rev) {
+        match entry.before(rev) {
             Some(c) if !c.tombstone => self.read_record(c.rev).map(Some),
             _ => Ok(None),
         }
@@ -323,10 +323,7 @@ impl<B: Backend> KvStore<B> {
             cause,
         })?;
         Ok(self.index.get(kv.key.as_slice()).is_some_and(|e| {
-            e.changes
-                .iter()
-                .rev()
-                .find(|c| c.rev.main <= self.compacted)
+            e.visible(self.compacted)
                 .is_some_and(|c| c.rev == rev && !c.tombstone)
         }))
     }
@@ -341,10 +338,7 @@ impl<B: Backend> KvStore<B> {
 
     /// How many keys are live at the current revision (from the index).
     pub fn key_count(&self) -> usize {
-        self.index
-            .values()
-            .filter(|e| e.live.live().is_some())
-            .count()
+        self.index.values().filter(|e| e.live().is_some()).count()
     }
 
     /// Every live key at the current revision, for a backup snapshot.

@@ -857,7 +857,7 @@ impl<B: Backend> KvStore<B> {
                     .then(|| entry.visible(since))
                     .flatten()
                     .map(|c| c.rev);
-                for c in &entry.changes {
+                for c in entry.changes().as_slice() {
                     if c.tombstone || (c.rev.main <= since && backfilled != Some(c.rev)) {
                         continue;
                     }

@@ -95,7 +95,7 @@ impl<B: Backend> KvStore<B> {
     fn staged_meta(&self, st: &Staged, key: &[u8]) -> Option<Meta> {
         match st.change(key) {
             Some(v) => v.map(Meta::of),
-            None => self.index.get(key).and_then(|e| e.live.live()),
+            None => self.index.get(key).and_then(|e| e.live()),
         }
     }
 
