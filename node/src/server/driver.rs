@@ -111,6 +111,8 @@ pub struct Checkpoints {
     root: PathBuf,
     done: mpsc::Sender<Taken>,
     seconds: prometheus::Histogram,
+    /// The last checkpoint's table file sums (one checkpoint at a time).
+    sums: Arc<std::sync::Mutex<checkpoint::TableSums>>,
 }
 
 impl Snapshotter<RocksBackend> for Checkpoints {
@@ -119,9 +121,17 @@ impl Snapshotter<RocksBackend> for Checkpoints {
         let root = self.root.clone();
         let tx = self.done.clone();
         let seconds = self.seconds.clone();
+        let sums = self.sums.clone();
         let started = Instant::now();
         tokio::task::spawn_blocking(move || {
-            let r = checkpoint::create(&db, &root);
+            // A poisoned lock held sums a panic may have left half made:
+            // start over from none.
+            let mut sums = sums.lock().unwrap_or_else(|p| {
+                let mut g = p.into_inner();
+                *g = checkpoint::TableSums::default();
+                g
+            });
+            let r = checkpoint::create_reusing(&db, &root, &mut sums);
             seconds.observe(started.elapsed().as_secs_f64());
             let _ = tx.blocking_send(r);
         });
@@ -284,6 +294,7 @@ impl Driver {
             root: config.snapshot_root,
             done: checkpoints_tx,
             seconds: shared.metrics.snapshot_seconds.clone(),
+            sums: Default::default(),
         };
         let spans = OtelSpans::new(shared.member_id);
         let core = Core::new(
