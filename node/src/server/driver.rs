@@ -124,13 +124,12 @@ impl Snapshotter<RocksBackend> for Checkpoints {
         let sums = self.sums.clone();
         let started = Instant::now();
         tokio::task::spawn_blocking(move || {
-            // A poisoned lock held sums a panic may have left half made:
-            // start over from none.
-            let mut sums = sums.lock().unwrap_or_else(|p| {
-                let mut g = p.into_inner();
-                *g = checkpoint::TableSums::default();
-                g
-            });
+            // Sums are never left half made (`digest_reusing` takes them
+            // first, then puts the new ones back whole): a lock poisoned by
+            // a panic still holds usable sums, or none.
+            let mut sums = sums
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let r = checkpoint::create_reusing(&db, &root, &mut sums);
             seconds.observe(started.elapsed().as_secs_f64());
             let _ = tx.blocking_send(r);
